@@ -1,0 +1,268 @@
+"""The `stillpoint` command: create a conversation, stream its meditation, and save the videos."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.serving import channel_options
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+
+_ROLES = {
+    "user": gateway_pb.MESSAGE_ROLE_USER,
+    "assistant": gateway_pb.MESSAGE_ROLE_ASSISTANT,
+    "system": gateway_pb.MESSAGE_ROLE_SYSTEM,
+}
+MeditationStreamResponse = gateway_pb.GenerateMeditationResponse | gateway_pb.WatchMeditationResponse
+
+
+class UsageError(Exception):
+    """The user's input cannot be used; the message says what to fix."""
+
+
+def load_conversation(path: Path) -> gateway_pb.CreateConversationRequest:
+    """Reads a conversation file: {"title": ..., "messages": [{"role", "text", "time"?}, ...]}."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(document, dict) or not isinstance(document.get("messages"), list):
+        raise UsageError(f'{path} needs an object with a "messages" list')
+    request = gateway_pb.CreateConversationRequest(title=str(document.get("title", "")))
+    for index, entry in enumerate(document["messages"]):
+        if not isinstance(entry, dict):
+            raise UsageError(f"{path}: messages[{index}] is not an object")
+        role = _ROLES.get(str(entry.get("role", "")).lower())
+        if role is None:
+            raise UsageError(f"{path}: messages[{index}].role must be user, assistant or system")
+        message = request.messages.add(role=role, text=str(entry.get("text", "")))
+        if entry.get("time"):
+            try:
+                moment = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
+            except ValueError:
+                raise UsageError(f"{path}: messages[{index}].time is not an ISO 8601 time") from None
+            timestamp = Timestamp()
+            timestamp.FromDatetime(moment)
+            message.create_time.CopyFrom(timestamp)
+    return request
+
+
+def describe(response: MeditationStreamResponse) -> str:
+    """One readable line for an event."""
+    kind = response.WhichOneof("event")
+    if kind == "accepted":
+        return f"accepted {response.accepted.meditation}"
+    if kind == "stage":
+        stage = gateway_pb.Stage.Name(response.stage.stage).removeprefix("STAGE_").lower()
+        state = gateway_pb.StageState.Name(response.stage.state).removeprefix("STAGE_STATE_").lower()
+        took = response.stage.stage_elapsed.ToNanoseconds() / 1e9
+        line = f"{stage} {state}" + (f" in {took:.2f}s" if state != "started" else "")
+        return line + (f" — {response.stage.detail}" if response.stage.detail else "")
+    if kind == "transcript_ready":
+        ready = response.transcript_ready
+        return f"transcript ready: {ready.word_count} words" + (" (cached)" if ready.cached else "")
+    if kind == "image_ready":
+        image = response.image_ready
+        return f"image ready: {image.width_pixels}x{image.height_pixels}" + (
+            " (cached)" if image.cached else ""
+        )
+    if kind == "narration_ready":
+        return f"narration ready: {response.narration_ready.duration.ToNanoseconds() / 1e9:.1f}s of audio"
+    if kind == "video_ready":
+        video = response.video_ready
+        quality = gateway_pb.VideoQuality.Name(video.quality).removeprefix("VIDEO_QUALITY_").lower()
+        return (
+            f"{quality} video ready: {video.width_pixels}x{video.height_pixels}, "
+            f"{video.duration.ToNanoseconds() / 1e9:.1f}s, {video.size_bytes / 1e6:.1f} MB, {video.encoder}"
+        )
+    if kind == "completed":
+        done = response.completed
+        state = gateway_pb.MeditationState.Name(done.state).removeprefix("MEDITATION_STATE_").lower()
+        return f"completed: {state} in {done.total_duration.ToNanoseconds() / 1e9:.2f}s"
+    return f"unknown event {kind}"
+
+
+def fetch_asset(uri: str, target: Path) -> None:
+    """Copies an asset from a file URI (local storage) or downloads it over HTTP(S)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        shutil.copyfile(urllib.request.url2pathname(parsed.path), target)
+    elif parsed.scheme in ("http", "https"):
+        with urllib.request.urlopen(uri, timeout=60) as response, open(target, "wb") as stream:
+            shutil.copyfileobj(response, stream)
+    else:
+        raise UsageError(f"cannot fetch {uri}: unsupported scheme {parsed.scheme!r}")
+
+
+@dataclass
+class Progress:
+    """Prints events as lines; on a terminal, also keeps a live status line under them."""
+
+    output: TextIO
+    is_live: bool
+    started_at: float = field(default_factory=time.monotonic)
+    running: dict[str, float] = field(default_factory=dict)
+
+    def line(self, text: str) -> None:
+        """Prints one event line with the seconds since the command started."""
+        self._clear()
+        self.output.write(f"[{time.monotonic() - self.started_at:7.2f}s] {text}\n")
+        self._status()
+
+    def track(self, response: MeditationStreamResponse) -> None:
+        """Remembers which stages are running, for the status line."""
+        if response.WhichOneof("event") != "stage":
+            return
+        stage = gateway_pb.Stage.Name(response.stage.stage).removeprefix("STAGE_").lower()
+        if response.stage.state == gateway_pb.STAGE_STATE_STARTED:
+            self.running[stage] = time.monotonic()
+        else:
+            self.running.pop(stage, None)
+
+    async def tick(self) -> None:
+        """Refreshes the status line until cancelled."""
+        while self.is_live:
+            self._clear()
+            self._status()
+            await asyncio.sleep(0.1)
+
+    def _clear(self) -> None:
+        if self.is_live:
+            self.output.write("\r\033[K")
+
+    def _status(self) -> None:
+        if self.is_live and self.running:
+            now = time.monotonic()
+            parts = ", ".join(f"{stage} {now - since:.1f}s" for stage, since in self.running.items())
+            self.output.write(f"  … {parts}")
+        self.output.flush()
+
+
+async def follow(
+    stream: AsyncIterable[MeditationStreamResponse], progress: Progress, out_dir: Path
+) -> tuple[str, list[Path]]:
+    """Prints every event, saves each video as it arrives, and returns the meditation name and the files."""
+    saved: list[Path] = []
+    meditation = ""
+    last_sequence = 0
+    ticker = asyncio.create_task(progress.tick())
+    try:
+        async for response in stream:
+            last_sequence = response.sequence
+            progress.track(response)
+            progress.line(f"#{response.sequence} {describe(response)}")
+            kind = response.WhichOneof("event")
+            if kind == "accepted":
+                meditation = response.accepted.meditation
+            elif kind == "video_ready":
+                quality = gateway_pb.VideoQuality.Name(response.video_ready.quality)
+                suffix = quality.removeprefix("VIDEO_QUALITY_").lower()
+                target = out_dir / f"{meditation.rsplit('/', 1)[-1] or 'meditation'}-{suffix}.mp4"
+                await asyncio.to_thread(fetch_asset, response.video_ready.uri, target)
+                saved.append(target)
+                progress.line(f"saved {target}")
+    except grpc.aio.AioRpcError as error:
+        if meditation and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            progress.line(
+                f"stream interrupted; resume with: stillpoint watch {meditation} --after {last_sequence}"
+            )
+        raise
+    finally:
+        ticker.cancel()
+        progress.running.clear()
+    return meditation, saved
+
+
+async def generate(args: argparse.Namespace) -> int:
+    """Creates the conversation and streams its meditation."""
+    request = load_conversation(Path(args.conversation))
+    progress = Progress(sys.stdout, is_live=sys.stdout.isatty())
+    async with grpc.aio.insecure_channel(args.gateway, options=channel_options()) as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        created = await stub.CreateConversation(request, timeout=30)
+        progress.line(f"created {created.conversation.name} ({len(created.conversation.messages)} messages)")
+        stream = stub.GenerateMeditation(
+            gateway_pb.GenerateMeditationRequest(
+                conversation=created.conversation.name, request_id=args.request_id or ""
+            )
+        )
+        meditation, saved = await follow(stream, progress, Path(args.out))
+    _report(meditation, saved)
+    return 0
+
+
+async def watch(args: argparse.Namespace) -> int:
+    """Resumes a meditation's stream after a sequence."""
+    progress = Progress(sys.stdout, is_live=sys.stdout.isatty())
+    async with grpc.aio.insecure_channel(args.gateway, options=channel_options()) as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        stream = stub.WatchMeditation(
+            gateway_pb.WatchMeditationRequest(name=args.name, after_sequence=args.after)
+        )
+        meditation, saved = await follow(stream, progress, Path(args.out))
+    _report(meditation or args.name, saved)
+    return 0
+
+
+def _report(meditation: str, saved: list[Path]) -> None:
+    if saved:
+        print(f"\n{meditation}: your videos are ready:")
+        for path in saved:
+            print(f"  {path.resolve()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `stillpoint` console script."""
+    parser = argparse.ArgumentParser(prog="stillpoint", description=__doc__)
+    parser.add_argument(
+        "--gateway",
+        default=os.environ.get("STILLPOINT_GATEWAY_ADDRESS", "127.0.0.1:50051"),
+        help="gateway host:port (default: $STILLPOINT_GATEWAY_ADDRESS or 127.0.0.1:50051)",
+    )
+    parser.add_argument("--out", default="out", help="folder the videos are saved in (default: out)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    generate_parser = commands.add_parser("generate", help="create a conversation and stream its meditation")
+    generate_parser.add_argument("--conversation", required=True, help="conversation JSON file")
+    generate_parser.add_argument("--request-id", default="", help="idempotency key for retries")
+    watch_parser = commands.add_parser("watch", help="resume a meditation's stream")
+    watch_parser.add_argument("name", help="meditations/{id}")
+    watch_parser.add_argument("--after", type=int, default=0, help="replay events after this sequence")
+    args = parser.parse_args(argv)
+    command = generate if args.command == "generate" else watch
+    try:
+        return asyncio.run(command(args))
+    except UsageError as error:
+        print(f"stillpoint: {error}", file=sys.stderr)
+        return 2
+    except grpc.aio.AioRpcError as error:
+        print(f"stillpoint: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            print(
+                "stillpoint: is the gateway running? `make demo` starts all three services", file=sys.stderr
+            )
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Rules for the conversations clients store, checked before anything is written."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from services.content.errors import InvalidInputError, PreconditionError
+from services.content.repository import ContentRepository, NewMessage
+from services.content.source import collect_source_text
+from services.content.themes import extract_themes
+
+MAX_TITLE_CHARS = 200
+MAX_MESSAGE_CHARS = 20_000
+MAX_MESSAGES_PER_REQUEST = 500
+MAX_REQUEST_ID_CHARS = 64
+ROLES = ("user", "assistant", "system")
+
+
+def validate_title(title: str) -> str:
+    """Returns the title stripped, or raises when it is too long."""
+    if len(title) > MAX_TITLE_CHARS:
+        raise InvalidInputError(
+            "title", f"is {len(title)} characters; shorten it to at most {MAX_TITLE_CHARS}"
+        )
+    return title.strip()
+
+
+def validate_request_id(request_id: str) -> str | None:
+    """Returns the request id, None when unset, or raises when it is too long."""
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise InvalidInputError("request_id", f"is longer than {MAX_REQUEST_ID_CHARS} characters; use a UUID")
+    return request_id or None
+
+
+def validate_messages(messages: Sequence[NewMessage], *, allow_empty: bool) -> None:
+    """Raises InvalidInputError naming the first message that breaks a rule."""
+    if not messages and not allow_empty:
+        raise InvalidInputError("messages", "is empty: send at least one message")
+    if len(messages) > MAX_MESSAGES_PER_REQUEST:
+        raise InvalidInputError(
+            "messages", f"has {len(messages)} entries; send at most {MAX_MESSAGES_PER_REQUEST} per request"
+        )
+    for index, message in enumerate(messages):
+        if message.role not in ROLES:
+            raise InvalidInputError(f"messages[{index}].role", "is unset: use USER, ASSISTANT or SYSTEM")
+        if not message.text.strip():
+            raise InvalidInputError(f"messages[{index}].text", "is blank: every message needs text")
+        if len(message.text) > MAX_MESSAGE_CHARS:
+            raise InvalidInputError(
+                f"messages[{index}].text",
+                f"is {len(message.text)} characters; the limit is {MAX_MESSAGE_CHARS}: "
+                "split it into several messages",
+            )
+
+
+@dataclass(frozen=True)
+class SourceContent:
+    """The part of a conversation a meditation is written from, and its themes."""
+
+    text: str
+    sha256: str
+    themes: tuple[str, ...]
+
+
+async def collect_source_content(repository: ContentRepository, conversation_id: str) -> SourceContent:
+    """Loads a conversation and cuts it to the most recent, most substantive text."""
+    conversation = await repository.get_conversation(conversation_id)
+    if not conversation.messages:
+        raise PreconditionError(
+            f"conversations/{conversation_id} has no messages: add some with AppendMessages first"
+        )
+    text = collect_source_text(conversation.messages)
+    if not text.strip():
+        raise PreconditionError(
+            f"conversations/{conversation_id} has only system messages: add a user message first"
+        )
+    return SourceContent(
+        text=text,
+        sha256=hashlib.sha256(text.encode()).hexdigest(),
+        themes=tuple(extract_themes(text)),
+    )

@@ -1,0 +1,36 @@
+"""The content service's domain errors; `servicer.py` maps them to gRPC status codes in one place."""
+
+from __future__ import annotations
+
+
+class ContentError(Exception):
+    """Base of every error the content service reports to its callers."""
+
+
+class InvalidInputError(ContentError):
+    """A request value is malformed or out of range; the message says which field and what to fix."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class NotFoundError(ContentError):
+    """A named resource does not exist."""
+
+    def __init__(self, resource_name: str) -> None:
+        super().__init__(f"{resource_name} does not exist")
+        self.resource_name = resource_name
+
+
+class PreconditionError(ContentError):
+    """The resource exists but is not in a state that allows the request."""
+
+
+class ConflictError(ContentError):
+    """A concurrent writer got there first, such as two events with the same sequence."""
+
+
+class ProviderError(ContentError):
+    """A transcript or image provider failed."""

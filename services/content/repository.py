@@ -1,0 +1,458 @@
+"""The content service's database: conversations, meditation jobs and their event logs."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.content.errors import ConflictError, NotFoundError, PreconditionError
+
+
+class MeditationState(enum.StrEnum):
+    """A meditation job's lifecycle, stored as text."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the job will record no more events."""
+        return self is not MeditationState.RUNNING
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the content schema."""
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ConversationRow(Base):
+    """A stored conversation."""
+
+    __tablename__ = "conversations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200), default="")
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class MessageRow(Base):
+    """One message of a conversation; `position` orders them."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("conversation_id", "position"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    text: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class MeditationRow(Base):
+    """A meditation job: state, options, assets and the newest event's sequence."""
+
+    __tablename__ = "meditations"
+    __table_args__ = (Index("ix_meditations_conversation_id", "conversation_id"),)
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
+    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default=MeditationState.RUNNING.value)
+    options_json: Mapped[str] = mapped_column(Text, default="{}")
+    transcript: Mapped[str] = mapped_column(Text, default="")
+    image_uri: Mapped[str] = mapped_column(Text, default="")
+    narration_uri: Mapped[str] = mapped_column(Text, default="")
+    quick_video_uri: Mapped[str] = mapped_column(Text, default="")
+    enhanced_video_uri: Mapped[str] = mapped_column(Text, default="")
+    failure_message: Mapped[str] = mapped_column(Text, default="")
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+
+
+class MeditationEventRow(Base):
+    """One event of a meditation's log; the primary key makes each sequence unique per job."""
+
+    __tablename__ = "meditation_events"
+    meditation_id: Mapped[str] = mapped_column(
+        ForeignKey("meditations.id", ondelete="CASCADE"), primary_key=True
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to store."""
+
+    role: str
+    text: str
+    create_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A stored message."""
+
+    role: str
+    text: str
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """A stored conversation with its messages in order."""
+
+    id: str
+    title: str
+    create_time: datetime
+    messages: tuple[StoredMessage, ...]
+
+
+@dataclass(frozen=True)
+class Meditation:
+    """A meditation job record."""
+
+    id: str
+    conversation_id: str
+    state: MeditationState
+    options_json: str
+    transcript: str
+    image_uri: str
+    narration_uri: str
+    quick_video_uri: str
+    enhanced_video_uri: str
+    failure_message: str
+    last_sequence: int
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class MeditationChanges:
+    """Job fields an event changes; None leaves a field as it is."""
+
+    state: MeditationState | None = None
+    transcript: str | None = None
+    image_uri: str | None = None
+    narration_uri: str | None = None
+    quick_video_uri: str | None = None
+    enhanced_video_uri: str | None = None
+    failure_message: str | None = None
+
+    def as_columns(self) -> dict[str, Any]:
+        """The changed columns and their values."""
+        columns = {
+            name: value
+            for name, value in (
+                ("transcript", self.transcript),
+                ("image_uri", self.image_uri),
+                ("narration_uri", self.narration_uri),
+                ("quick_video_uri", self.quick_video_uri),
+                ("enhanced_video_uri", self.enhanced_video_uri),
+                ("failure_message", self.failure_message),
+            )
+            if value is not None
+        }
+        if self.state is not None:
+            columns["state"] = self.state.value
+        return columns
+
+
+@dataclass(frozen=True)
+class RecordedEvent:
+    """One event from a meditation's log."""
+
+    sequence: int
+    payload: bytes
+    event_time: datetime
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """Events after a sequence, and the job's state when they were read."""
+
+    events: tuple[RecordedEvent, ...]
+    state: MeditationState
+
+
+def new_id() -> str:
+    """A 64-bit random id in hex: unguessable enough for names, short enough to read."""
+    return secrets.token_hex(8)
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes even for timezone-aware columns; every stored time is UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """Makes the process's one engine; SQLite gets WAL and a busy timeout so readers never block writers."""
+    engine = create_async_engine(database_url, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Creates the tables that do not exist yet."""
+    async with engine.begin() as connection:
+        await connection.run_sync(Base.metadata.create_all)
+
+
+class ContentRepository:
+    """Reads and writes the content schema, one session per unit of work."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions() as session, session.begin():
+            yield session
+
+    async def create_conversation(
+        self, *, title: str, messages: Sequence[NewMessage], request_id: str | None
+    ) -> Conversation:
+        """Stores a conversation; a repeated `request_id` returns the conversation it first created."""
+        if request_id:
+            existing = await self._conversation_by_request_id(request_id)
+            if existing is not None:
+                return existing
+        conversation_id = new_id()
+        try:
+            async with self._transaction() as session:
+                session.add(ConversationRow(id=conversation_id, title=title, request_id=request_id or None))
+                await session.flush()
+                _add_messages(session, conversation_id, 0, messages)
+        except IntegrityError:
+            # Two identical retries raced; the unique request_id let exactly one in.
+            if request_id:
+                existing = await self._conversation_by_request_id(request_id)
+                if existing is not None:
+                    return existing
+            raise
+        return await self.get_conversation(conversation_id)
+
+    async def _conversation_by_request_id(self, request_id: str) -> Conversation | None:
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(ConversationRow.id).where(ConversationRow.request_id == request_id)
+            )
+        return None if found is None else await self.get_conversation(found)
+
+    async def append_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> int:
+        """Appends messages in order and returns the conversation's new message count."""
+        async with self._transaction() as session:
+            exists = await session.scalar(
+                select(ConversationRow.id).where(ConversationRow.id == conversation_id).with_for_update()
+            )
+            if exists is None:
+                raise NotFoundError(f"conversations/{conversation_id}")
+            count = await session.scalar(
+                select(func.count())
+                .select_from(MessageRow)
+                .where(MessageRow.conversation_id == conversation_id)
+            )
+            start = int(count or 0)
+            _add_messages(session, conversation_id, start, messages)
+        return start + len(messages)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        """Returns a conversation with its messages."""
+        async with self._sessions() as session:
+            row = await session.get(ConversationRow, conversation_id)
+            if row is None:
+                raise NotFoundError(f"conversations/{conversation_id}")
+            messages = (
+                await session.scalars(
+                    select(MessageRow)
+                    .where(MessageRow.conversation_id == conversation_id)
+                    .order_by(MessageRow.position)
+                )
+            ).all()
+        return Conversation(
+            id=row.id,
+            title=row.title,
+            create_time=_aware(row.create_time),
+            messages=tuple(
+                StoredMessage(role=m.role, text=m.text, create_time=_aware(m.create_time)) for m in messages
+            ),
+        )
+
+    async def create_meditation(
+        self, *, conversation_id: str, request_id: str | None, options_json: str
+    ) -> tuple[Meditation, bool]:
+        """Records a job for a conversation with messages; a repeated request_id returns the first job."""
+        if request_id:
+            existing = await self._meditation_by_request_id(request_id)
+            if existing is not None:
+                return existing, False
+        async with self._sessions() as session:
+            if await session.get(ConversationRow, conversation_id) is None:
+                raise NotFoundError(f"conversations/{conversation_id}")
+            message_count = await session.scalar(
+                select(func.count())
+                .select_from(MessageRow)
+                .where(MessageRow.conversation_id == conversation_id)
+            )
+        if not message_count:
+            raise PreconditionError(
+                f"conversations/{conversation_id} has no messages: add some with AppendMessages first"
+            )
+        meditation_id = new_id()
+        try:
+            async with self._transaction() as session:
+                session.add(
+                    MeditationRow(
+                        id=meditation_id,
+                        conversation_id=conversation_id,
+                        request_id=request_id or None,
+                        options_json=options_json,
+                    )
+                )
+        except IntegrityError:
+            if request_id:
+                existing = await self._meditation_by_request_id(request_id)
+                if existing is not None:
+                    return existing, False
+            raise
+        return await self.get_meditation(meditation_id), True
+
+    async def _meditation_by_request_id(self, request_id: str) -> Meditation | None:
+        async with self._sessions() as session:
+            row = await session.scalar(select(MeditationRow).where(MeditationRow.request_id == request_id))
+        return None if row is None else _meditation(row)
+
+    async def get_meditation(self, meditation_id: str) -> Meditation:
+        """Returns a job record."""
+        async with self._sessions() as session:
+            row = await session.get(MeditationRow, meditation_id)
+        if row is None:
+            raise NotFoundError(f"meditations/{meditation_id}")
+        return _meditation(row)
+
+    async def record_event(
+        self, meditation_id: str, sequence: int, payload: bytes, changes: MeditationChanges
+    ) -> datetime:
+        """Appends the event with the next sequence and applies its changes in the same transaction."""
+        event_time = _now()
+        try:
+            async with self._transaction() as session:
+                # The guarded update serialises writers on the job row: exactly one writer can move
+                # last_sequence from N-1 to N, so the log has no gap and no duplicate.
+                result = await session.execute(
+                    update(MeditationRow)
+                    .where(MeditationRow.id == meditation_id, MeditationRow.last_sequence == sequence - 1)
+                    .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    current = await session.scalar(
+                        select(MeditationRow.last_sequence).where(MeditationRow.id == meditation_id)
+                    )
+                    if current is None:
+                        raise NotFoundError(f"meditations/{meditation_id}")
+                    raise ConflictError(
+                        f"meditations/{meditation_id} is at sequence {current}; cannot record {sequence}"
+                    )
+                session.add(
+                    MeditationEventRow(
+                        meditation_id=meditation_id, sequence=sequence, payload=payload, event_time=event_time
+                    )
+                )
+        except IntegrityError as error:
+            raise ConflictError(f"meditations/{meditation_id} already has event {sequence}") from error
+        return event_time
+
+    async def list_events(self, meditation_id: str, after_sequence: int, max_events: int) -> EventPage:
+        """Returns up to `max_events` events after `after_sequence`, oldest first, with the job's state."""
+        async with self._sessions() as session:
+            state = await session.scalar(select(MeditationRow.state).where(MeditationRow.id == meditation_id))
+            if state is None:
+                raise NotFoundError(f"meditations/{meditation_id}")
+            rows = (
+                await session.scalars(
+                    select(MeditationEventRow)
+                    .where(
+                        MeditationEventRow.meditation_id == meditation_id,
+                        MeditationEventRow.sequence > after_sequence,
+                    )
+                    .order_by(MeditationEventRow.sequence)
+                    .limit(max_events)
+                )
+            ).all()
+        return EventPage(
+            events=tuple(
+                RecordedEvent(sequence=r.sequence, payload=r.payload, event_time=_aware(r.event_time))
+                for r in rows
+            ),
+            state=MeditationState(state),
+        )
+
+
+def _add_messages(
+    session: AsyncSession, conversation_id: str, start: int, messages: Sequence[NewMessage]
+) -> None:
+    now = _now()
+    session.add_all(
+        MessageRow(
+            conversation_id=conversation_id,
+            position=start + offset,
+            role=message.role,
+            text=message.text,
+            create_time=message.create_time or now,
+        )
+        for offset, message in enumerate(messages)
+    )
+
+
+def _meditation(row: MeditationRow) -> Meditation:
+    return Meditation(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        state=MeditationState(row.state),
+        options_json=row.options_json,
+        transcript=row.transcript,
+        image_uri=row.image_uri,
+        narration_uri=row.narration_uri,
+        quick_video_uri=row.quick_video_uri,
+        enhanced_video_uri=row.enhanced_video_uri,
+        failure_message=row.failure_message,
+        last_sequence=row.last_sequence,
+        create_time=_aware(row.create_time),
+    )

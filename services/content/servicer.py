@@ -1,0 +1,307 @@
+"""ContentService: translates gRPC requests into calls on the content domain and back."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.content import conversations
+from services.content.errors import (
+    ConflictError,
+    ContentError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionError,
+    ProviderError,
+)
+from services.content.generation import ImageGenerator, TranscriptDelta, TranscriptGenerator
+from services.content.image_prompts import create_image_prompt
+from services.content.repository import (
+    ContentRepository,
+    Conversation,
+    Meditation,
+    MeditationChanges,
+    MeditationState,
+    NewMessage,
+)
+from services.content.themes import extract_themes
+from stillpoint.content.v1 import content_service_pb2 as content_pb
+from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+
+logger = logging.getLogger(__name__)
+# The stubs make the context generic; the servicer methods are typed by their request and response.
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_ID = r"[0-9a-f]{16}"
+_CONVERSATION_NAME = re.compile(rf"^conversations/({_ID})$")
+_MEDITATION_NAME = re.compile(rf"^meditations/({_ID})$")
+MAX_EVENTS_PER_PAGE = 1000
+
+_ROLE_TO_DOMAIN = {
+    content_pb.MESSAGE_ROLE_USER: "user",
+    content_pb.MESSAGE_ROLE_ASSISTANT: "assistant",
+    content_pb.MESSAGE_ROLE_SYSTEM: "system",
+}
+_ROLE_TO_PROTO = {value: key for key, value in _ROLE_TO_DOMAIN.items()}
+_STATE_TO_PROTO = {
+    MeditationState.RUNNING: content_pb.MEDITATION_STATE_RUNNING,
+    MeditationState.SUCCEEDED: content_pb.MEDITATION_STATE_SUCCEEDED,
+    MeditationState.FAILED: content_pb.MEDITATION_STATE_FAILED,
+    MeditationState.CANCELLED: content_pb.MEDITATION_STATE_CANCELLED,
+}
+_STATE_TO_DOMAIN = {value: key for key, value in _STATE_TO_PROTO.items()}
+
+
+class ContentServicer(content_grpc.ContentServiceServicer):
+    """Validates, converts, makes one domain call, converts back."""
+
+    def __init__(
+        self,
+        repository: ContentRepository,
+        transcripts: TranscriptGenerator,
+        images: ImageGenerator,
+    ) -> None:
+        self._repository = repository
+        self._transcripts = transcripts
+        self._images = images
+
+    async def CreateConversation(
+        self, request: content_pb.CreateConversationRequest, context: _Context
+    ) -> content_pb.CreateConversationResponse:
+        async with _status_for_errors(context):
+            title = conversations.validate_title(request.title)
+            request_id = conversations.validate_request_id(request.request_id)
+            messages = _new_messages(request.messages)
+            conversations.validate_messages(messages, allow_empty=True)
+            stored = await self._repository.create_conversation(
+                title=title, messages=messages, request_id=request_id
+            )
+        return content_pb.CreateConversationResponse(conversation=_conversation_proto(stored))
+
+    async def AppendMessages(
+        self, request: content_pb.AppendMessagesRequest, context: _Context
+    ) -> content_pb.AppendMessagesResponse:
+        async with _status_for_errors(context):
+            conversation_id = _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
+            messages = _new_messages(request.messages)
+            conversations.validate_messages(messages, allow_empty=False)
+            count = await self._repository.append_messages(conversation_id, messages)
+        return content_pb.AppendMessagesResponse(message_count=count)
+
+    async def GetConversation(
+        self, request: content_pb.GetConversationRequest, context: _Context
+    ) -> content_pb.GetConversationResponse:
+        async with _status_for_errors(context):
+            conversation_id = _parse_name(request.name, _CONVERSATION_NAME, "name")
+            stored = await self._repository.get_conversation(conversation_id)
+        return content_pb.GetConversationResponse(conversation=_conversation_proto(stored))
+
+    async def CollectSourceContent(
+        self, request: content_pb.CollectSourceContentRequest, context: _Context
+    ) -> content_pb.CollectSourceContentResponse:
+        async with _status_for_errors(context):
+            conversation_id = _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
+            source = await conversations.collect_source_content(self._repository, conversation_id)
+        return content_pb.CollectSourceContentResponse(
+            source_text=source.text, source_sha256=source.sha256, themes=source.themes
+        )
+
+    async def GenerateTranscript(
+        self, request: content_pb.GenerateTranscriptRequest, context: _Context
+    ) -> AsyncIterator[content_pb.GenerateTranscriptResponse]:
+        async with _status_for_errors(context):
+            async for event in self._transcripts.generate(request.source_text, skip_cache=request.skip_cache):
+                if isinstance(event, TranscriptDelta):
+                    yield content_pb.GenerateTranscriptResponse(
+                        delta=content_pb.TranscriptDelta(text=event.text)
+                    )
+                else:
+                    yield content_pb.GenerateTranscriptResponse(
+                        completed=content_pb.TranscriptCompleted(
+                            text=event.text,
+                            word_count=event.word_count,
+                            cached=event.is_cached,
+                            provider=event.provider,
+                        )
+                    )
+
+    async def CreateImagePrompt(
+        self, request: content_pb.CreateImagePromptRequest, context: _Context
+    ) -> content_pb.CreateImagePromptResponse:
+        async with _status_for_errors(context):
+            if not request.source_text.strip():
+                raise InvalidInputError(
+                    "source_text", "is empty: collect source content from a conversation first"
+                )
+            prompt = create_image_prompt(extract_themes(request.source_text), request.source_text)
+        return content_pb.CreateImagePromptResponse(prompt=prompt)
+
+    async def GenerateImage(
+        self, request: content_pb.GenerateImageRequest, context: _Context
+    ) -> content_pb.GenerateImageResponse:
+        async with _status_for_errors(context):
+            image = await self._images.generate(
+                request.prompt, request.width_pixels, request.height_pixels, skip_cache=request.skip_cache
+            )
+        return content_pb.GenerateImageResponse(
+            storage_key=image.storage_key,
+            uri=image.uri,
+            width_pixels=image.width_pixels,
+            height_pixels=image.height_pixels,
+            cached=image.is_cached,
+            provider=image.provider,
+        )
+
+    async def CreateMeditation(
+        self, request: content_pb.CreateMeditationRequest, context: _Context
+    ) -> content_pb.CreateMeditationResponse:
+        async with _status_for_errors(context):
+            conversation_id = _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
+            request_id = conversations.validate_request_id(request.request_id)
+            meditation, created = await self._repository.create_meditation(
+                conversation_id=conversation_id,
+                request_id=request_id,
+                options_json=request.options_json or "{}",
+            )
+        return content_pb.CreateMeditationResponse(meditation=_meditation_proto(meditation), created=created)
+
+    async def RecordMeditationEvent(
+        self, request: content_pb.RecordMeditationEventRequest, context: _Context
+    ) -> content_pb.RecordMeditationEventResponse:
+        async with _status_for_errors(context):
+            meditation_id = _parse_name(request.meditation, _MEDITATION_NAME, "meditation")
+            if request.sequence < 1:
+                raise InvalidInputError("sequence", "must be 1 or more")
+            update = request.update
+            changes = MeditationChanges(
+                state=_STATE_TO_DOMAIN.get(update.state),
+                transcript=update.transcript or None,
+                image_uri=update.image_uri or None,
+                narration_uri=update.narration_uri or None,
+                quick_video_uri=update.quick_video_uri or None,
+                enhanced_video_uri=update.enhanced_video_uri or None,
+                failure_message=update.failure_message or None,
+            )
+            event_time = await self._repository.record_event(
+                meditation_id, request.sequence, request.payload, changes
+            )
+        return content_pb.RecordMeditationEventResponse(event_time=_timestamp(event_time))
+
+    async def ListMeditationEvents(
+        self, request: content_pb.ListMeditationEventsRequest, context: _Context
+    ) -> content_pb.ListMeditationEventsResponse:
+        async with _status_for_errors(context):
+            meditation_id = _parse_name(request.meditation, _MEDITATION_NAME, "meditation")
+            if request.after_sequence < 0:
+                raise InvalidInputError("after_sequence", "must be 0 or more")
+            if not 0 <= request.max_events <= MAX_EVENTS_PER_PAGE:
+                raise InvalidInputError("max_events", f"must be 0..{MAX_EVENTS_PER_PAGE}")
+            page = await self._repository.list_events(
+                meditation_id, request.after_sequence, request.max_events or MAX_EVENTS_PER_PAGE
+            )
+        return content_pb.ListMeditationEventsResponse(
+            events=[
+                content_pb.RecordedEvent(
+                    sequence=event.sequence, payload=event.payload, event_time=_timestamp(event.event_time)
+                )
+                for event in page.events
+            ],
+            state=_STATE_TO_PROTO[page.state],
+        )
+
+    async def GetMeditation(
+        self, request: content_pb.GetMeditationRequest, context: _Context
+    ) -> content_pb.GetMeditationResponse:
+        async with _status_for_errors(context):
+            meditation_id = _parse_name(request.name, _MEDITATION_NAME, "name")
+            meditation = await self._repository.get_meditation(meditation_id)
+        return content_pb.GetMeditationResponse(meditation=_meditation_proto(meditation))
+
+
+@asynccontextmanager
+async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
+    """The one place content errors become gRPC status codes (AIP-193: short and actionable)."""
+    try:
+        yield
+    except InvalidInputError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    except NotFoundError as error:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except PreconditionError as error:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    except ConflictError as error:
+        await context.abort(grpc.StatusCode.ABORTED, str(error))
+    except ProviderError as error:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    except ContentError as error:
+        logger.exception("content service error")
+        await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")
+
+
+def _parse_name(name: str, pattern: re.Pattern[str], field: str) -> str:
+    match = pattern.fullmatch(name)
+    if match is None:
+        example = pattern.pattern.strip("^$").split("/")[0]
+        raise InvalidInputError(
+            field, f"{name!r} is not a valid name: expected {example}/ and a 16-hex-digit id"
+        )
+    return match.group(1)
+
+
+def _new_messages(messages: Iterable[content_pb.Message]) -> list[NewMessage]:
+    return [
+        NewMessage(
+            role=_ROLE_TO_DOMAIN.get(message.role, ""),
+            text=message.text,
+            create_time=message.create_time.ToDatetime(tzinfo=UTC)
+            if message.HasField("create_time")
+            else None,
+        )
+        for message in messages
+    ]
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(moment)
+    return timestamp
+
+
+def _conversation_proto(conversation: Conversation) -> content_pb.Conversation:
+    return content_pb.Conversation(
+        name=f"conversations/{conversation.id}",
+        title=conversation.title,
+        create_time=_timestamp(conversation.create_time),
+        messages=[
+            content_pb.Message(
+                role=_ROLE_TO_PROTO[message.role],
+                text=message.text,
+                create_time=_timestamp(message.create_time),
+            )
+            for message in conversation.messages
+        ],
+    )
+
+
+def _meditation_proto(meditation: Meditation) -> content_pb.Meditation:
+    return content_pb.Meditation(
+        name=f"meditations/{meditation.id}",
+        conversation=f"conversations/{meditation.conversation_id}",
+        state=_STATE_TO_PROTO[meditation.state],
+        transcript=meditation.transcript,
+        image_uri=meditation.image_uri,
+        narration_uri=meditation.narration_uri,
+        quick_video_uri=meditation.quick_video_uri,
+        enhanced_video_uri=meditation.enhanced_video_uri,
+        failure_message=meditation.failure_message,
+        last_sequence=meditation.last_sequence,
+        create_time=_timestamp(meditation.create_time),
+        options_json=meditation.options_json,
+    )

@@ -1,0 +1,358 @@
+"""Finds the themes a conversation keeps returning to, as short noun phrases a narrator can say aloud."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+# Source text marks each message with its author ("User: ..."); an unmarked line continues the message above.
+_ROLE_PREFIX = re.compile(r"^\s*(user|assistant|system)\s*:\s*", re.IGNORECASE)
+# The person's own words say more about what is on their mind than the assistant's replies to them.
+_ROLE_WEIGHTS = {"user": 2.0, "assistant": 1.0, "system": 0.0}
+_UNMARKED_WEIGHT = 1.0
+# A phrase never spans punctuation: "work, sleep" is two themes, not one.
+_CLAUSE_BREAK = re.compile(r"[.,;:!?()\[\]{}\"“”«»…—–/|*#<>=+~`]+|\s[-']\s")
+# Letters only, so digits, emoji and markup never become themes; inner apostrophes and hyphens are kept.
+_WORD = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
+# Longer "words" are pasted URLs, run-together text or unspaced scripts, none of which a narrator can say.
+_MAX_WORD_CHARS = 24
+_MIN_WORD_CHARS = 3
+
+# A bigram must recur to count: one-off word pairs are mostly accidents of phrasing.
+_MIN_BIGRAM_OCCURRENCES = 2
+# A recurring bigram ("work deadlines") is more specific than either of its words, so it outranks them.
+_BIGRAM_BONUS = 2.0
+# A pair that holds at least half a word's mentions stands in for that word.
+_MIN_SHARE_TO_ABSORB_WORD = 2
+
+# Words that mean the person's own: "my sister" becomes "your sister", which reads naturally when narrated.
+_USER_POSSESSIVES = frozenset({"my", "our"})
+_ASSISTANT_POSSESSIVES = frozenset({"your"})
+
+
+def _word_set(words: str) -> frozenset[str]:
+    return frozenset(words.split())
+
+
+_STOPWORDS = _word_set(
+    """
+    a about above across after afterwards again against all almost alone along already also although
+    always am among amongst an and another any anybody anyhow anyone anything anyway anyways anywhere
+    are aren't around as at be became because become becomes becoming been before beforehand behind
+    being below beside besides between beyond both but by can can't cannot could couldn't did didn't do
+    does doesn't doing don't done down during each either else elsewhere enough etc even ever every
+    everybody everyone everything everywhere except few for former formerly from further had hadn't has
+    hasn't have haven't having he he'd he'll he's her here here's hers herself him himself his how how's
+    however i i'd i'll i'm i've if in indeed into is isn't it it'd it'll it's its itself just least less
+    let's may me meanwhile might mine more moreover most mostly much must mustn't my myself namely
+    neither never nevertheless next no nobody none noone nor not nothing now nowhere of off often on
+    once one only onto or other others otherwise ought our ours ourselves out over own per perhaps
+    rather same shall shan't she she'd she'll she's should shouldn't since so some somebody somehow
+    someone something sometime sometimes somewhere still such than that that's the their theirs them
+    themselves then thence there there's thereafter thereby therefore these they they'd they'll they're
+    they've this those though through throughout thru thus to together too toward towards under unless
+    until up upon us very via was wasn't we we'd we'll we're we've were weren't what what's whatever
+    when when's whence whenever where where's whereas wherever whether which while who who's whoever
+    whole whom whose why why's will with within without won't would wouldn't yet you you'd you'll you're
+    you've your yours yourself yourselves
+    """
+)
+
+# Conversational filler and assistant small talk: frequent in every chat, a theme of none.
+_FILLER_WORDS = _word_set(
+    """
+    able absolutely actually add added adding advice ago agree ah alright amazing answer anyhow
+    appreciate approach ask asked asking aspect aw away awesome awful back bad basically best better big
+    bit bye call called came can't certain certainly chance chat check choose chosen come comes coming
+    common completely consider continue conversation cool could couple course day days decide definitely
+    did different difficult do doing done eaten eight eleven else end enough especially everyday exactly
+    example excited exciting experience fact fair feel feeling feelings feels felt find fine first five
+    focus follow found four friday get gets getting give given glad go goes going gone gonna good got
+    gotta gotten great guess guy guys ha haha half happen happened happening happens happy hard hear
+    heard hello help helped helpful helping helps hey hi hmm honest honestly hope hoping hour hours
+    hundred idea ideas important instead issue issues keep keeping kind kinda know knowing known knows
+    last lately later least leave let lets life like liked likely little lol look looked looking looks
+    lot lots love made make makes making maybe mean means meant mention mind minute minutes miss missed
+    missing moment moments monday month months morning much natural need needed needs nice night nine
+    normal notice noticed oh ok okay one part people perfectly person place plan please point possible
+    pretty probably problem put question questions quite ready real really reason recently remember
+    right said same saturday saw say saying says second see seeing seem seemed seems sense seven share
+    sharing six sorry sort sorta sound sounds speak start started step steps stuff suggest suggestion
+    suggestions sunday sure take taken takes taking talk talked talking tell telling ten thank thanks
+    thing things think thinking third thirty thought thoughts thousand three thursday time times tip
+    tips today told tomorrow tonight totally tried tries true try trying tuesday twelve twenty two type
+    uh um understand understandable understanding use used useful usually valid via wanna want wanted
+    wanting wants way ways wednesday week weekend weeks welcome well went whatever wish wonder wonderful
+    worth wow written yeah year years yep yes yesterday
+    """
+)
+
+# Feeling adjectives name a theme best as their noun: "stressed" is said as "stress".
+_NOUN_FORMS = {
+    "afraid": "fear",
+    "angry": "anger",
+    "anxious": "anxiety",
+    "asleep": "sleep",
+    "depressed": "depression",
+    "exhausted": "exhaustion",
+    "frightened": "fear",
+    "frustrated": "frustration",
+    "grieving": "grief",
+    "guilty": "guilt",
+    "jealous": "jealousy",
+    "lonely": "loneliness",
+    "moving": "move",
+    "nervous": "nerves",
+    "overwhelmed": "overwhelm",
+    "overwhelming": "overwhelm",
+    "panicking": "panic",
+    "sad": "sadness",
+    "scared": "fear",
+    "sleeping": "sleep",
+    "sleepless": "sleep",
+    "stressed": "stress",
+    "stressful": "stress",
+    "tired": "tiredness",
+    "working": "work",
+    "worried": "worry",
+    "worrying": "worry",
+}
+
+# Adjectives that make a good phrase with a following noun ("new job", "older sister") but no theme alone.
+_MODIFIERS = _word_set(
+    """
+    best big close early elder full late little long new old older past small young younger
+    """
+)
+
+# "-ing" usually marks a verb ("running through it"); these are the nouns and pastimes that end that way.
+_ING_NOUNS = _word_set(
+    """
+    beginning building ceiling clothing cooking counseling counselling cycling dating ending evening
+    funding gardening hiking housing meeting offspring painting parenting reading sibling spring string
+    swimming training upbringing wedding wellbeing writing
+    """
+)
+# "-ly" usually marks an adverb ("really", "honestly"); these are the nouns that happen to end that way.
+_LY_NOUNS = _word_set(
+    "ally anomaly assembly belly bully butterfly family fly holly italy jelly july lily melancholy reply"
+    " supply"
+)
+# Plural stripping would mangle these.
+_UNCHANGED_PLURALS = _word_set("christmas clothes diabetes glasses lens news physics politics series species")
+
+
+def lemmatize(word: str) -> str:
+    """Returns the comparison form of a lowercase word: its noun form for feelings, singular for plurals."""
+    word = _NOUN_FORMS.get(word, word)
+    if word in _UNCHANGED_PLURALS or len(word) <= 3 or not word.endswith("s"):
+        return word
+    if word.endswith(("ss", "us", "is", "ous")):
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("ches", "shes", "xes", "sses", "zes")):
+        return word[:-2]
+    return word[:-1]
+
+
+def content_words(text: str) -> list[str]:
+    """Returns the lemmas of the words in `text` that carry meaning, in order, with filler dropped."""
+    words: list[str] = []
+    for clause in _CLAUSE_BREAK.split(text.lower().replace("’", "'")):
+        for raw in _WORD.findall(clause):
+            token = _read_token(raw)
+            if token is not None and token.is_content:
+                words.append(token.lemma)
+    return words
+
+
+def extract_themes(text: str, max_themes: int = 5) -> list[str]:
+    """Returns the conversation's most prominent themes, most prominent first, as lowercase noun phrases."""
+    if max_themes <= 0 or not text.strip():
+        return []
+    tally = _Tally()
+    for weight, is_user_voice, clause in _iter_clauses(text):
+        tally.add_clause(weight, is_user_voice, clause)
+    return tally.top_themes(max_themes)
+
+
+@dataclass(frozen=True)
+class _Token:
+    surface: str  # as written, lowercased, possessive kept ("sister's")
+    lemma: str  # what occurrences are compared by ("sister")
+    display: str  # how a theme names it ("sister", "stress" for "stressed")
+    is_content: bool  # may stand alone as a theme
+    can_lead_bigram: bool
+    can_end_bigram: bool
+
+
+@dataclass
+class _Candidate:
+    """Everything counted about one phrase (a lemma, or a pair of lemmas)."""
+
+    first_position: int
+    weighted_count: float = 0.0
+    occurrences: int = 0
+    possessive_occurrences: int = 0
+    displays: Counter[str] = field(default_factory=Counter)
+
+
+def _read_token(raw: str) -> _Token | None:
+    surface = raw.lower()
+    if surface in _MODIFIERS:
+        return _Token(surface, surface, surface, is_content=False, can_lead_bigram=True, can_end_bigram=False)
+    if surface in _STOPWORDS or surface in _FILLER_WORDS:
+        return None
+    base = surface[:-2] if surface.endswith("'s") else surface
+    # Any other apostrophe is a contraction ("could've") or a name the narrator would stumble on.
+    if "'" in base or not _MIN_WORD_CHARS <= len(base) <= _MAX_WORD_CHARS:
+        return None
+    if base in _STOPWORDS or base in _FILLER_WORDS:
+        return None
+    lemma = lemmatize(base)
+    if lemma in _FILLER_WORDS:
+        return None
+    is_feeling = base in _NOUN_FORMS
+    if not is_feeling and _looks_like_adverb_or_verb(base):
+        return None
+    display = _NOUN_FORMS.get(base, base)
+    # A feeling word reads oddly inside a phrase ("stressed job"), so it only ever stands alone.
+    return _Token(
+        surface,
+        lemma,
+        display,
+        is_content=True,
+        can_lead_bigram=not is_feeling,
+        can_end_bigram=not is_feeling,
+    )
+
+
+def _looks_like_adverb_or_verb(word: str) -> bool:
+    if word.endswith("ly") and word not in _LY_NOUNS:
+        return True
+    if word.endswith("ing") and len(word) >= 6 and word not in _ING_NOUNS:
+        return True
+    # "-ed" nearly always ends a verb or adjective; "-eed" words ("need") and short ones ("bed") are nouns.
+    return word.endswith("ed") and not word.endswith("eed") and len(word) >= 5
+
+
+def _iter_clauses(text: str) -> Iterator[tuple[float, bool, str]]:
+    """Yields (weight, is_user_voice, clause) per clause; an unmarked line belongs to the last author."""
+    weight = _UNMARKED_WEIGHT
+    is_user_voice = True
+    for line in text.lower().replace("’", "'").splitlines():
+        marker = _ROLE_PREFIX.match(line)
+        if marker is not None:
+            role = marker.group(1)
+            weight = _ROLE_WEIGHTS[role]
+            is_user_voice = role == "user"
+            line = line[marker.end() :]
+        if weight <= 0:
+            continue
+        for clause in _CLAUSE_BREAK.split(line):
+            if clause.strip():
+                yield weight, is_user_voice, clause
+
+
+_Key = TypeVar("_Key", str, tuple[str, str])
+
+
+class _Tally:
+    """Weighted counts of unigram and bigram candidates across a whole text."""
+
+    def __init__(self) -> None:
+        self._unigrams: dict[str, _Candidate] = {}
+        self._bigrams: dict[tuple[str, str], _Candidate] = {}
+        self._position = 0
+
+    def add_clause(self, weight: float, is_user_voice: bool, clause: str) -> None:
+        possessives = _USER_POSSESSIVES if is_user_voice else _ASSISTANT_POSSESSIVES
+        previous_raw = ""
+        previous: _Token | None = None
+        previous_follows_possessive = False
+        for raw in _WORD.findall(clause):
+            token = _read_token(raw)
+            follows_possessive = previous_raw in possessives
+            if token is not None and token.is_content:
+                # "my younger sister": the possessive reaches past the modifier to the noun.
+                owned = follows_possessive or (
+                    previous is not None and not previous.is_content and previous_follows_possessive
+                )
+                self._count(self._unigrams, token.lemma, token.display, weight, owned)
+            if (
+                token is not None
+                and previous is not None
+                and previous.can_lead_bigram
+                and token.can_end_bigram
+                and previous.lemma != token.lemma
+            ):
+                display = f"{previous.surface} {token.display}"
+                self._count(
+                    self._bigrams, (previous.lemma, token.lemma), display, weight, previous_follows_possessive
+                )
+            previous_follows_possessive = follows_possessive
+            previous = token
+            previous_raw = raw
+            self._position += 1
+
+    def _count(
+        self, table: dict[_Key, _Candidate], key: _Key, display: str, weight: float, owned: bool
+    ) -> None:
+        candidate = table.get(key)
+        if candidate is None:
+            candidate = table[key] = _Candidate(first_position=self._position)
+        candidate.weighted_count += weight
+        candidate.occurrences += 1
+        candidate.possessive_occurrences += owned
+        candidate.displays[display] += 1
+
+    def top_themes(self, max_themes: int) -> list[str]:
+        ranked: list[_Ranked] = [
+            _Ranked(candidate.weighted_count, False, lemma, frozenset({lemma}), candidate)
+            for lemma, candidate in self._unigrams.items()
+        ]
+        for (first, second), candidate in self._bigrams.items():
+            if candidate.occurrences < _MIN_BIGRAM_OCCURRENCES:
+                continue
+            score = candidate.weighted_count * _BIGRAM_BONUS
+            # When most mentions of a word come in this pair ("new job" for "job"), the pair names the theme
+            # better than the word does, so it takes at least the word's rank.
+            for lemma in (first, second):
+                word = self._unigrams.get(lemma)  # absent for a modifier, which is never a theme alone
+                if word is not None and candidate.occurrences * _MIN_SHARE_TO_ABSORB_WORD >= word.occurrences:
+                    score = max(score, word.weighted_count)
+            ranked.append(_Ranked(score, True, f"{first} {second}", frozenset({first, second}), candidate))
+        # Highest score first, a pair before a word it ties with, then first said, then alphabetical.
+        ranked.sort(
+            key=lambda entry: (-entry.score, not entry.is_bigram, entry.candidate.first_position, entry.key)
+        )
+        themes: list[str] = []
+        used_lemmas: set[str] = set()
+        for entry in ranked:
+            if entry.lemmas & used_lemmas:
+                continue
+            used_lemmas |= entry.lemmas
+            themes.append(_name(entry.candidate))
+            if len(themes) == max_themes:
+                break
+        return themes
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    score: float
+    is_bigram: bool
+    key: str
+    lemmas: frozenset[str]
+    candidate: _Candidate
+
+
+def _name(candidate: _Candidate) -> str:
+    display = candidate.displays.most_common(1)[0][0]
+    if candidate.possessive_occurrences * 2 >= candidate.occurrences:
+        return f"your {display}"
+    return display

@@ -1,0 +1,58 @@
+"""Starts the gateway: `python -m services.gateway`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import grpc
+
+from services import serving
+from services.environment import ConfigError, Environment
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.config import GatewayConfig
+from services.gateway.jobs import MeditationJobs
+from services.gateway.pipeline import MeditationPipeline
+from services.gateway.servicer import GatewayServicer
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+
+SERVICE_NAME = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+async def main(config: GatewayConfig) -> None:
+    """Opens one channel per peer, serves, and closes them on the way out."""
+    content_channel = grpc.aio.insecure_channel(config.content_address, options=serving.channel_options())
+    media_channel = grpc.aio.insecure_channel(config.media_address, options=serving.channel_options())
+    content = ContentClient(content_channel, config.timeouts)
+    media = MediaClient(media_channel, config.timeouts)
+    jobs = MeditationJobs(content, MeditationPipeline(content, media, config.timeouts))
+
+    async def release() -> None:
+        await jobs.close()
+        await content_channel.close()
+        await media_channel.close()
+
+    running = await serving.start_server(
+        service_names=[SERVICE_NAME],
+        register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(content, jobs), server
+        ),
+        address=f"0.0.0.0:{config.port}",
+    )
+    await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
+
+
+def run() -> None:
+    """Reads the configuration once and runs the service."""
+    try:
+        config = GatewayConfig.from_environment(Environment(os.environ))
+    except ConfigError as error:
+        sys.exit(f"gateway: configuration error: {error}")
+    serving.configure_logging(config.log_level)
+    asyncio.run(main(config))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,347 @@
+"""gRPC clients of the content and media services behind the gateway's ports; statuses become errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.events import VideoQuality
+from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
+from services.gateway.pipeline import StageTimeouts
+from services.gateway.ports import (
+    EncodedVideo,
+    GeneratedImage,
+    JobChanges,
+    SourceContent,
+    SpokenNarration,
+    StoredEvent,
+    StoredEventPage,
+    StoredVideo,
+    TranscriptPiece,
+    WrittenTranscript,
+)
+from stillpoint.content.v1 import content_service_pb2 as content_pb
+from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.media.v1 import media_service_pb2 as media_pb
+from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+
+# Bookkeeping calls (conversations, job records, event logs) are small database operations.
+BOOKKEEPING_TIMEOUT_SECONDS = 10.0
+
+_ROLE_TO_PROTO = {
+    "user": content_pb.MESSAGE_ROLE_USER,
+    "assistant": content_pb.MESSAGE_ROLE_ASSISTANT,
+    "system": content_pb.MESSAGE_ROLE_SYSTEM,
+}
+_ROLE_TO_DOMAIN = {value: key for key, value in _ROLE_TO_PROTO.items()}
+_STATE_TO_PROTO = {
+    MeditationState.RUNNING: content_pb.MEDITATION_STATE_RUNNING,
+    MeditationState.SUCCEEDED: content_pb.MEDITATION_STATE_SUCCEEDED,
+    MeditationState.FAILED: content_pb.MEDITATION_STATE_FAILED,
+    MeditationState.CANCELLED: content_pb.MEDITATION_STATE_CANCELLED,
+}
+_STATE_TO_DOMAIN = {value: key for key, value in _STATE_TO_PROTO.items()}
+_PROFILE = {
+    VideoQuality.QUICK: media_pb.VIDEO_PROFILE_QUICK,
+    VideoQuality.ENHANCED: media_pb.VIDEO_PROFILE_ENHANCED,
+}
+# Statuses whose message was written for the caller and can be passed on as it is.
+_PASSED_ON = {
+    grpc.StatusCode.INVALID_ARGUMENT: FailureKind.INVALID_INPUT,
+    grpc.StatusCode.NOT_FOUND: FailureKind.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION: FailureKind.PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: FailureKind.EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED: FailureKind.DEADLINE,
+}
+
+T = TypeVar("T")
+
+
+def _translate(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
+    code = error.code()
+    kind = _PASSED_ON.get(code)
+    if kind is not None:
+        return GatewayError(kind, error.details() or f"{service} service: {code.name}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return GatewayError(
+            FailureKind.UNAVAILABLE, f"the {service} service is unavailable; try again shortly"
+        )
+    if code == grpc.StatusCode.CANCELLED:
+        return GatewayError(FailureKind.CANCELLED, f"the {service} call was cancelled")
+    return GatewayError(FailureKind.INTERNAL, f"the {service} service failed: {error.details() or code.name}")
+
+
+async def _call(service: str, call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except grpc.aio.AioRpcError as error:
+        raise _translate(error, service) from None
+
+
+def _timestamp(moment: datetime | None) -> Timestamp | None:
+    if moment is None:
+        return None
+    timestamp = Timestamp()
+    timestamp.FromDatetime(moment)
+    return timestamp
+
+
+def _messages(messages: Sequence[Message]) -> list[content_pb.Message]:
+    return [
+        content_pb.Message(
+            role=_ROLE_TO_PROTO.get(message.role, content_pb.MESSAGE_ROLE_UNSPECIFIED),
+            text=message.text,
+            create_time=_timestamp(message.create_time),
+        )
+        for message in messages
+    ]
+
+
+def _conversation(proto: content_pb.Conversation) -> Conversation:
+    return Conversation(
+        name=proto.name,
+        title=proto.title,
+        create_time=proto.create_time.ToDatetime(tzinfo=UTC),
+        messages=tuple(
+            Message(
+                role=_ROLE_TO_DOMAIN.get(message.role, "user"),
+                text=message.text,
+                create_time=message.create_time.ToDatetime(tzinfo=UTC),
+            )
+            for message in proto.messages
+        ),
+    )
+
+
+def _meditation(proto: content_pb.Meditation) -> Meditation:
+    return Meditation(
+        name=proto.name,
+        conversation=proto.conversation,
+        state=_STATE_TO_DOMAIN[proto.state],
+        options=MeditationOptions.from_json(proto.options_json),
+        transcript=proto.transcript,
+        image_uri=proto.image_uri,
+        narration_uri=proto.narration_uri,
+        quick_video_uri=proto.quick_video_uri,
+        enhanced_video_uri=proto.enhanced_video_uri,
+        failure_message=proto.failure_message,
+        last_sequence=proto.last_sequence,
+        create_time=proto.create_time.ToDatetime(tzinfo=UTC),
+    )
+
+
+class ContentClient:
+    """The content service over gRPC, with a deadline on every call."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeouts: StageTimeouts) -> None:
+        self._stub = content_grpc.ContentServiceStub(channel)
+        self._timeouts = timeouts
+
+    async def create_conversation(
+        self, title: str, messages: Sequence[Message], request_id: str
+    ) -> Conversation:
+        """Stores a conversation."""
+        request = content_pb.CreateConversationRequest(
+            title=title, messages=_messages(messages), request_id=request_id
+        )
+        response = await _call(
+            "content", lambda: self._stub.CreateConversation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return _conversation(response.conversation)
+
+    async def append_messages(self, conversation: str, messages: Sequence[Message]) -> int:
+        """Appends messages and returns the new count."""
+        request = content_pb.AppendMessagesRequest(conversation=conversation, messages=_messages(messages))
+        response = await _call(
+            "content", lambda: self._stub.AppendMessages(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return response.message_count
+
+    async def get_conversation(self, name: str) -> Conversation:
+        """Returns a conversation."""
+        request = content_pb.GetConversationRequest(name=name)
+        response = await _call(
+            "content", lambda: self._stub.GetConversation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return _conversation(response.conversation)
+
+    async def collect_source_content(self, conversation: str) -> SourceContent:
+        """Cuts the conversation to its source content."""
+        request = content_pb.CollectSourceContentRequest(conversation=conversation)
+        response = await _call(
+            "content",
+            lambda: self._stub.CollectSourceContent(request, timeout=self._timeouts.source_seconds),
+        )
+        return SourceContent(text=response.source_text, themes=tuple(response.themes))
+
+    async def generate_transcript(
+        self, source_text: str, *, skip_cache: bool
+    ) -> AsyncIterator[TranscriptPiece | WrittenTranscript]:
+        """Streams the script as it is written, then the whole of it."""
+        request = content_pb.GenerateTranscriptRequest(source_text=source_text, skip_cache=skip_cache)
+        stream = self._stub.GenerateTranscript(request, timeout=self._timeouts.transcript_seconds)
+        try:
+            async for response in stream:
+                if response.HasField("delta"):
+                    yield TranscriptPiece(response.delta.text)
+                else:
+                    done = response.completed
+                    yield WrittenTranscript(
+                        text=done.text,
+                        word_count=done.word_count,
+                        is_cached=done.cached,
+                        provider=done.provider,
+                    )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error, "content") from None
+        finally:
+            stream.cancel()
+
+    async def create_image_prompt(self, source_text: str) -> str:
+        """Derives the image prompt."""
+        request = content_pb.CreateImagePromptRequest(source_text=source_text)
+        response = await _call(
+            "content", lambda: self._stub.CreateImagePrompt(request, timeout=self._timeouts.image_seconds)
+        )
+        return response.prompt
+
+    async def generate_image(
+        self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool
+    ) -> GeneratedImage:
+        """Makes or finds the image."""
+        request = content_pb.GenerateImageRequest(
+            prompt=prompt, width_pixels=width_pixels, height_pixels=height_pixels, skip_cache=skip_cache
+        )
+        response = await _call(
+            "content", lambda: self._stub.GenerateImage(request, timeout=self._timeouts.image_seconds)
+        )
+        return GeneratedImage(
+            storage_key=response.storage_key,
+            uri=response.uri,
+            width_pixels=response.width_pixels,
+            height_pixels=response.height_pixels,
+            is_cached=response.cached,
+            provider=response.provider,
+        )
+
+    async def create_meditation(
+        self, conversation: str, request_id: str, options: MeditationOptions
+    ) -> tuple[Meditation, bool]:
+        """Records a job, or finds the one a repeated request_id made."""
+        request = content_pb.CreateMeditationRequest(
+            conversation=conversation, request_id=request_id, options_json=options.to_json()
+        )
+        response = await _call(
+            "content", lambda: self._stub.CreateMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return _meditation(response.meditation), response.created
+
+    async def record_event(
+        self, meditation: str, sequence: int, payload: bytes, changes: JobChanges
+    ) -> datetime:
+        """Appends an event to the job's log."""
+        update = content_pb.MeditationUpdate(
+            state=_STATE_TO_PROTO[changes.state]
+            if changes.state
+            else content_pb.MEDITATION_STATE_UNSPECIFIED,
+            transcript=changes.transcript or "",
+            image_uri=changes.image_uri or "",
+            narration_uri=changes.narration_uri or "",
+            quick_video_uri=changes.quick_video_uri or "",
+            enhanced_video_uri=changes.enhanced_video_uri or "",
+            failure_message=changes.failure_message or "",
+        )
+        request = content_pb.RecordMeditationEventRequest(
+            meditation=meditation, sequence=sequence, payload=payload, update=update
+        )
+        response = await _call(
+            "content", lambda: self._stub.RecordMeditationEvent(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return response.event_time.ToDatetime(tzinfo=UTC)
+
+    async def list_events(self, meditation: str, after_sequence: int) -> StoredEventPage:
+        """Reads the job's log after a sequence."""
+        request = content_pb.ListMeditationEventsRequest(meditation=meditation, after_sequence=after_sequence)
+        response = await _call(
+            "content", lambda: self._stub.ListMeditationEvents(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return StoredEventPage(
+            events=tuple(
+                StoredEvent(
+                    sequence=event.sequence,
+                    event_time=event.event_time.ToDatetime(tzinfo=UTC),
+                    payload=event.payload,
+                )
+                for event in response.events
+            ),
+            state=_STATE_TO_DOMAIN[response.state],
+        )
+
+    async def get_meditation(self, name: str) -> Meditation:
+        """Returns a job record."""
+        request = content_pb.GetMeditationRequest(name=name)
+        response = await _call(
+            "content", lambda: self._stub.GetMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return _meditation(response.meditation)
+
+
+class MediaClient:
+    """The media service over gRPC, with a deadline on every call."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeouts: StageTimeouts) -> None:
+        self._stub = media_grpc.MediaServiceStub(channel)
+        self._timeouts = timeouts
+
+    async def synthesize_narration(self, meditation: str, transcript: str) -> SpokenNarration:
+        """Speaks the script."""
+        request = media_pb.SynthesizeNarrationRequest(meditation=meditation, transcript=transcript)
+        response = await _call(
+            "media", lambda: self._stub.SynthesizeNarration(request, timeout=self._timeouts.narration_seconds)
+        )
+        return SpokenNarration(
+            storage_key=response.storage_key,
+            uri=response.uri,
+            duration_seconds=response.duration.ToNanoseconds() / 1e9,
+            provider=response.provider,
+        )
+
+    async def render_video(
+        self, meditation: str, image_storage_key: str, narration_storage_key: str, quality: VideoQuality
+    ) -> AsyncGenerator[EncodedVideo | StoredVideo, None]:
+        """Renders and stores a video, reporting the encode and then the upload."""
+        request = media_pb.RenderVideoRequest(
+            meditation=meditation,
+            image_storage_key=image_storage_key,
+            narration_storage_key=narration_storage_key,
+            profile=_PROFILE[quality],
+        )
+        # One deadline covers the encode and the upload: the seeds' 120 s budget for video, doubled.
+        stream = self._stub.RenderVideo(request, timeout=2 * self._timeouts.video_seconds)
+        try:
+            async for response in stream:
+                if response.HasField("encoded"):
+                    encoded = response.encoded
+                    yield EncodedVideo(
+                        encode_seconds=encoded.encode_duration.ToNanoseconds() / 1e9, encoder=encoded.encoder
+                    )
+                else:
+                    stored = response.uploaded
+                    yield StoredVideo(
+                        uri=stored.uri,
+                        duration_seconds=stored.duration.ToNanoseconds() / 1e9,
+                        size_bytes=stored.size_bytes,
+                        width_pixels=stored.width_pixels,
+                        height_pixels=stored.height_pixels,
+                        encoder=stored.encoder,
+                        upload_seconds=stored.upload_duration.ToNanoseconds() / 1e9,
+                    )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error, "media") from None
+        finally:
+            stream.cancel()

@@ -1,0 +1,41 @@
+"""The gateway's configuration, read once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.environment import Environment
+from services.gateway.pipeline import StageTimeouts
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway needs to start."""
+
+    port: int
+    content_address: str
+    media_address: str
+    timeouts: StageTimeouts
+    grace_seconds: float
+    log_level: str
+
+    @classmethod
+    def from_environment(cls, environment: Environment) -> GatewayConfig:
+        """Reads the variables, failing fast with the name of the first bad one."""
+        return cls(
+            port=environment.port("STILLPOINT_GATEWAY_PORT", 50051),
+            content_address=environment.address("STILLPOINT_CONTENT_ADDRESS", "127.0.0.1:50052"),
+            media_address=environment.address("STILLPOINT_MEDIA_ADDRESS", "127.0.0.1:50053"),
+            # The seeds' budgets: content generation 300 s, audio 60 s, video encoding 120 s.
+            timeouts=StageTimeouts(
+                source_seconds=environment.seconds("STILLPOINT_SOURCE_TIMEOUT_SECONDS", 10.0),
+                transcript_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
+                image_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
+                narration_seconds=environment.seconds("STILLPOINT_NARRATION_TIMEOUT_SECONDS", 60.0),
+                video_seconds=environment.seconds("STILLPOINT_VIDEO_TIMEOUT_SECONDS", 120.0),
+            ),
+            grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
+            log_level=environment.choice(
+                "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
+            ),
+        )

@@ -1,0 +1,34 @@
+"""The gateway's domain errors; `servicer.py` maps them to gRPC status codes in one place."""
+
+from __future__ import annotations
+
+import enum
+
+
+class FailureKind(enum.StrEnum):
+    """Why something failed, in terms a client can act on; each maps to one status code."""
+
+    INVALID_INPUT = "invalid_input"
+    NOT_FOUND = "not_found"
+    PRECONDITION = "precondition"
+    EXHAUSTED = "exhausted"
+    UNAVAILABLE = "unavailable"
+    DEADLINE = "deadline"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to clients; `kind` picks the status code."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class InvalidInputError(GatewayError):
+    """A request field is malformed; the message names it and says what to fix."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(FailureKind.INVALID_INPUT, f"{field}: {problem}")

@@ -1,0 +1,168 @@
+"""The events of a meditation job, and how they are stored in its event log."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from services.gateway.errors import FailureKind
+from services.gateway.models import MeditationState
+
+
+class Stage(enum.StrEnum):
+    """The pipeline's stages, in the order they run."""
+
+    SOURCE = "source"
+    TRANSCRIPT = "transcript"
+    IMAGE = "image"
+    NARRATION = "narration"
+    QUICK_VIDEO = "quick_video"
+    ENHANCED_VIDEO = "enhanced_video"
+    UPLOAD = "upload"
+
+
+class StageState(enum.StrEnum):
+    """A stage's lifecycle."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class VideoQuality(enum.StrEnum):
+    """Which of a job's two videos."""
+
+    QUICK = "quick"
+    ENHANCED = "enhanced"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """The job exists; always the first event."""
+
+    meditation: str
+    conversation: str
+
+
+@dataclass(frozen=True)
+class StageChanged:
+    """A stage started, finished, failed or was skipped."""
+
+    stage: Stage
+    state: StageState
+    stage_elapsed_seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TranscriptReady:
+    """The script is written."""
+
+    text: str
+    word_count: int
+    is_cached: bool
+
+
+@dataclass(frozen=True)
+class ImageReady:
+    """The generated image is stored."""
+
+    uri: str
+    width_pixels: int
+    height_pixels: int
+    is_cached: bool
+
+
+@dataclass(frozen=True)
+class NarrationReady:
+    """The narration is stored."""
+
+    uri: str
+    duration_seconds: float
+
+
+@dataclass(frozen=True)
+class VideoReady:
+    """A video is stored."""
+
+    quality: VideoQuality
+    uri: str
+    duration_seconds: float
+    size_bytes: int
+    width_pixels: int
+    height_pixels: int
+    encoder: str
+
+
+@dataclass(frozen=True)
+class Completed:
+    """The job ended; always the last event. A failure keeps its kind: a replay ends with the same status."""
+
+    state: MeditationState
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    transcript_cache_hit: bool = False
+    image_cache_hit: bool = False
+    total_seconds: float = 0.0
+    failure_kind: FailureKind | None = None
+    failure_message: str = ""
+
+
+Event = Accepted | StageChanged | TranscriptReady | ImageReady | NarrationReady | VideoReady | Completed
+
+_KINDS: dict[str, type[Event]] = {
+    "accepted": Accepted,
+    "stage": StageChanged,
+    "transcript_ready": TranscriptReady,
+    "image_ready": ImageReady,
+    "narration_ready": NarrationReady,
+    "video_ready": VideoReady,
+    "completed": Completed,
+}
+_KIND_OF = {event_type: kind for kind, event_type in _KINDS.items()}
+# Fields whose stored text must be turned back into an enum on the way in.
+_ENUM_FIELDS: dict[str, type[enum.Enum]] = {
+    "stage": Stage,
+    "state": StageState,
+    "quality": VideoQuality,
+    "failure_kind": FailureKind,
+}
+
+
+@dataclass(frozen=True)
+class SequencedEvent:
+    """An event with its place in the job's log and its time."""
+
+    sequence: int
+    event_time: datetime
+    elapsed_seconds: float
+    event: Event
+
+
+def encode_event(elapsed_seconds: float, event: Event) -> bytes:
+    """The event as stored in the log: JSON, tagged with its kind."""
+    body = {"kind": _KIND_OF[type(event)], "elapsed_seconds": elapsed_seconds, "event": asdict(event)}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_event(sequence: int, event_time: datetime, payload: bytes) -> SequencedEvent:
+    """Reads one stored event back."""
+    body = json.loads(payload)
+    event_type = _KINDS[body["kind"]]
+    values: dict[str, Any] = dict(body["event"])
+    for name, value in values.items():
+        if value is None:
+            continue
+        if event_type is Completed and name == "state":
+            values[name] = MeditationState(value)
+        elif name in _ENUM_FIELDS:
+            values[name] = _ENUM_FIELDS[name](value)
+    return SequencedEvent(
+        sequence=sequence,
+        event_time=event_time,
+        elapsed_seconds=float(body["elapsed_seconds"]),
+        event=event_type(**values),
+    )

@@ -1,0 +1,189 @@
+"""Meditation jobs: start them once, record every event before anyone sees it, and stream logs to watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.events import Completed, Event, SequencedEvent, Stage, decode_event, encode_event
+from services.gateway.models import Meditation, MeditationOptions, MeditationState
+from services.gateway.pipeline import MeditationPipeline
+from services.gateway.ports import ContentPort, JobChanges
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobRecorder:
+    """Numbers a running job's events, records each in the log, then hands it to live watchers."""
+
+    meditation: str
+    content: ContentPort
+    started_at: float = field(default_factory=time.monotonic)
+    last_sequence: int = 0
+    stage_seconds: dict[Stage, float] = field(default_factory=dict)
+    transcript_cache_hit: bool = False
+    image_cache_hit: bool = False
+    is_cancel_requested: bool = False
+    is_finished: bool = False
+    _watchers: set[asyncio.Queue[SequencedEvent]] = field(default_factory=set)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Time since the job was accepted."""
+        return time.monotonic() - self.started_at
+
+    def add_stage_time(self, stage: Stage, seconds: float) -> None:
+        """Adds to a stage's total time (the upload stage runs once per video)."""
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
+        """Records the event (and the job changes it implies) in the log, then publishes it."""
+        async with self._lock:
+            sequence = self.last_sequence + 1
+            elapsed_seconds = self.elapsed_seconds
+            event_time = await self.content.record_event(
+                self.meditation, sequence, encode_event(elapsed_seconds, event), changes or JobChanges()
+            )
+            self.last_sequence = sequence
+            recorded = SequencedEvent(sequence, event_time, elapsed_seconds, event)
+            for watcher in self._watchers:
+                watcher.put_nowait(recorded)
+
+    def watch(self) -> asyncio.Queue[SequencedEvent]:
+        """Subscribes to events recorded from now on."""
+        queue: asyncio.Queue[SequencedEvent] = asyncio.Queue()
+        self._watchers.add(queue)
+        return queue
+
+    def unwatch(self, queue: asyncio.Queue[SequencedEvent]) -> None:
+        """Ends a subscription."""
+        self._watchers.discard(queue)
+
+    def summary(self, state: MeditationState, failure: GatewayError | None = None) -> Completed:
+        """The job's closing event."""
+        return Completed(
+            state=state,
+            stage_seconds={stage.value: round(seconds, 4) for stage, seconds in self.stage_seconds.items()},
+            transcript_cache_hit=self.transcript_cache_hit,
+            image_cache_hit=self.image_cache_hit,
+            total_seconds=round(self.elapsed_seconds, 4),
+            failure_kind=None if failure is None else failure.kind,
+            failure_message="" if failure is None else failure.message,
+        )
+
+
+class MeditationJobs:
+    """Starts jobs, runs each as a task that outlives the stream that asked for it, and replays their logs."""
+
+    def __init__(
+        self, content: ContentPort, pipeline: MeditationPipeline, *, poll_interval_seconds: float = 0.5
+    ):
+        self._content = content
+        self._pipeline = pipeline
+        self._poll_interval_seconds = poll_interval_seconds
+        self._running: dict[str, tuple[JobRecorder, asyncio.Task[None]]] = {}
+
+    async def start(self, conversation: str, request_id: str, options: MeditationOptions) -> str:
+        """Creates the job, or finds the one a repeated request_id made, and returns its name."""
+        meditation, is_created = await self._content.create_meditation(conversation, request_id, options)
+        if is_created:
+            recorder = JobRecorder(meditation=meditation.name, content=self._content)
+            task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name)
+            self._running[meditation.name] = (recorder, task)
+        return meditation.name
+
+    async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
+        try:
+            await self._pipeline.run(recorder, meditation)
+            await self._finish(
+                recorder, recorder.summary(MeditationState.SUCCEEDED), MeditationState.SUCCEEDED
+            )
+        except asyncio.CancelledError:
+            if not recorder.is_cancel_requested:
+                raise
+            failure = GatewayError(FailureKind.CANCELLED, f"{meditation.name} was cancelled")
+            await self._finish(
+                recorder, recorder.summary(MeditationState.CANCELLED, failure), MeditationState.CANCELLED
+            )
+        except GatewayError as error:
+            logger.warning("%s failed: %s", meditation.name, error.message)
+            await self._finish(
+                recorder, recorder.summary(MeditationState.FAILED, error), MeditationState.FAILED
+            )
+        except Exception:
+            logger.exception("%s failed unexpectedly", meditation.name)
+            failure = GatewayError(
+                FailureKind.INTERNAL, "the meditation failed on an internal error; try again"
+            )
+            await self._finish(
+                recorder, recorder.summary(MeditationState.FAILED, failure), MeditationState.FAILED
+            )
+        finally:
+            self._running.pop(meditation.name, None)
+            recorder.is_finished = True
+
+    async def _finish(self, recorder: JobRecorder, completed: Completed, state: MeditationState) -> None:
+        changes = JobChanges(state=state, failure_message=completed.failure_message or None)
+        await recorder.emit(completed, changes)
+
+    async def watch(self, name: str, after_sequence: int) -> AsyncIterator[SequencedEvent]:
+        """Replays the log after `after_sequence`, then follows live events until the job's last event."""
+        running = self._running.get(name)
+        # Subscribe before reading the log, so nothing recorded in between is missed.
+        live = running[0].watch() if running is not None else None
+        last_sequence = after_sequence
+        try:
+            while True:
+                page = await self._content.list_events(name, last_sequence)
+                for stored in page.events:
+                    event = decode_event(stored.sequence, stored.event_time, stored.payload)
+                    yield event
+                    last_sequence = event.sequence
+                    if isinstance(event.event, Completed):
+                        return
+                if page.events:
+                    continue  # a full page may have more behind it
+                if live is not None:
+                    break
+                if page.state.is_final:
+                    return
+                # The job runs in another process: follow its log.
+                await asyncio.sleep(self._poll_interval_seconds)
+            while True:
+                event = await live.get()
+                if event.sequence <= last_sequence:
+                    continue
+                yield event
+                last_sequence = event.sequence
+                if isinstance(event.event, Completed):
+                    return
+        finally:
+            if running is not None and live is not None:
+                running[0].unwatch(live)
+
+    async def get(self, name: str) -> Meditation:
+        """Returns the job record."""
+        return await self._content.get_meditation(name)
+
+    async def cancel(self, name: str) -> Meditation:
+        """Stops a running job and waits until it has recorded its end; finished jobs are left alone."""
+        running = self._running.get(name)
+        if running is not None:
+            recorder, task = running
+            recorder.is_cancel_requested = True
+            task.cancel()
+            await asyncio.wait({task})
+        return await self._content.get_meditation(name)
+
+    async def close(self) -> None:
+        """Cancels jobs still running at shutdown; their logs end where they stopped."""
+        tasks = [task for _, task in self._running.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,235 @@
+"""The story of one meditation job, step by step: source, transcript ∥ image, narration, QUICK, ENHANCED."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.events import (
+    Accepted,
+    Event,
+    ImageReady,
+    NarrationReady,
+    Stage,
+    StageChanged,
+    StageState,
+    TranscriptReady,
+    VideoQuality,
+    VideoReady,
+)
+from services.gateway.models import Meditation
+from services.gateway.ports import (
+    ContentPort,
+    EncodedVideo,
+    GeneratedImage,
+    JobChanges,
+    MediaPort,
+    SpokenNarration,
+    WrittenTranscript,
+)
+
+
+class JobEvents(Protocol):
+    """Where the pipeline reports what happens; the job recorder implements it."""
+
+    meditation: str
+    transcript_cache_hit: bool
+    image_cache_hit: bool
+
+    async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
+        """Records and publishes one event."""
+        ...
+
+    def add_stage_time(self, stage: Stage, seconds: float) -> None:
+        """Adds to a stage's total time."""
+        ...
+
+
+@dataclass(frozen=True)
+class StageTimeouts:
+    """How long each stage may take before the job fails with DEADLINE_EXCEEDED (the seeds' budgets)."""
+
+    source_seconds: float = 10.0
+    transcript_seconds: float = 300.0
+    image_seconds: float = 300.0
+    narration_seconds: float = 60.0
+    video_seconds: float = 120.0
+
+
+class _StageRun:
+    """A stage in progress; `detail` is reported when it succeeds."""
+
+    def __init__(self) -> None:
+        self.detail = ""
+        self.started_at = time.monotonic()
+
+    @property
+    def elapsed_seconds(self) -> float:
+        return time.monotonic() - self.started_at
+
+
+class MeditationPipeline:
+    """Runs one job through the content and media services, reporting every step."""
+
+    def __init__(self, content: ContentPort, media: MediaPort, timeouts: StageTimeouts) -> None:
+        self._content = content
+        self._media = media
+        self._timeouts = timeouts
+
+    async def run(self, job: JobEvents, meditation: Meditation) -> None:
+        """Produces both videos; raises GatewayError when a stage fails."""
+        await job.emit(Accepted(meditation=meditation.name, conversation=meditation.conversation))
+        options = meditation.options
+        async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds) as stage:
+            source = await self._content.collect_source_content(meditation.conversation)
+            stage.detail = f"{len(source.text)} characters; themes: {', '.join(source.themes[:3]) or 'none'}"
+        # The image is the slowest call: start it now, and let the transcript and narration run beside it.
+        image_task = asyncio.create_task(
+            self._image(job, source.text, options.image_aspect.size_pixels, options.skip_cache)
+        )
+        try:
+            transcript = await self._transcript(job, source.text, options.skip_cache)
+            narration = await self._narration(job, transcript)
+            early_image = _result_if_ready(image_task)
+            await self._video(job, VideoQuality.QUICK, early_image, narration)
+            image = await image_task
+            await self._video(job, VideoQuality.ENHANCED, image, narration)
+        finally:
+            if not image_task.done():
+                image_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, GatewayError):
+                    await image_task
+
+    async def _transcript(self, job: JobEvents, source_text: str, skip_cache: bool) -> WrittenTranscript:
+        async with self._stage(job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds) as stage:
+            written: WrittenTranscript | None = None
+            async for piece in self._content.generate_transcript(source_text, skip_cache=skip_cache):
+                if isinstance(piece, WrittenTranscript):
+                    written = piece
+            if written is None:
+                raise GatewayError(FailureKind.INTERNAL, "the transcript stream ended without a transcript")
+            stage.detail = f"{written.word_count} words by {written.provider}" + (
+                " (cached)" if written.is_cached else ""
+            )
+        job.transcript_cache_hit = written.is_cached
+        await job.emit(
+            TranscriptReady(text=written.text, word_count=written.word_count, is_cached=written.is_cached),
+            JobChanges(transcript=written.text),
+        )
+        return written
+
+    async def _image(
+        self, job: JobEvents, source_text: str, size_pixels: tuple[int, int], skip_cache: bool
+    ) -> GeneratedImage:
+        async with self._stage(job, Stage.IMAGE, self._timeouts.image_seconds) as stage:
+            prompt = await self._content.create_image_prompt(source_text)
+            width, height = size_pixels
+            image = await self._content.generate_image(prompt, width, height, skip_cache=skip_cache)
+            stage.detail = f"{width}x{height} by {image.provider}" + (" (cached)" if image.is_cached else "")
+        job.image_cache_hit = image.is_cached
+        await job.emit(
+            ImageReady(uri=image.uri, width_pixels=width, height_pixels=height, is_cached=image.is_cached),
+            JobChanges(image_uri=image.uri),
+        )
+        return image
+
+    async def _narration(self, job: JobEvents, transcript: WrittenTranscript) -> SpokenNarration:
+        async with self._stage(job, Stage.NARRATION, self._timeouts.narration_seconds) as stage:
+            narration = await self._media.synthesize_narration(job.meditation, transcript.text)
+            stage.detail = f"{narration.duration_seconds:.1f} s by {narration.provider}"
+        await job.emit(
+            NarrationReady(uri=narration.uri, duration_seconds=narration.duration_seconds),
+            JobChanges(narration_uri=narration.uri),
+        )
+        return narration
+
+    async def _video(
+        self,
+        job: JobEvents,
+        quality: VideoQuality,
+        image: GeneratedImage | None,
+        narration: SpokenNarration,
+    ) -> None:
+        stage_name = Stage.QUICK_VIDEO if quality is VideoQuality.QUICK else Stage.ENHANCED_VIDEO
+        renders = self._media.render_video(
+            job.meditation, image.storage_key if image else "", narration.storage_key, quality
+        )
+        async with contextlib.aclosing(renders):
+            async with self._stage(job, stage_name, self._timeouts.video_seconds) as stage:
+                encoded = await anext(renders)
+                if not isinstance(encoded, EncodedVideo):
+                    raise GatewayError(FailureKind.INTERNAL, "the media service skipped the encode report")
+                source = "the generated image" if image else "a placeholder (the image was not ready)"
+                stage.detail = f"from {source}; encoder {encoded.encoder}"
+            async with self._stage(job, Stage.UPLOAD, self._timeouts.video_seconds) as upload:
+                stored = await anext(renders)
+                if isinstance(stored, EncodedVideo):
+                    raise GatewayError(FailureKind.INTERNAL, "the media service reported no upload")
+                upload.detail = f"{quality.value} video, {stored.size_bytes} bytes"
+        changes = (
+            JobChanges(quick_video_uri=stored.uri)
+            if quality is VideoQuality.QUICK
+            else JobChanges(enhanced_video_uri=stored.uri)
+        )
+        await job.emit(
+            VideoReady(
+                quality=quality,
+                uri=stored.uri,
+                duration_seconds=stored.duration_seconds,
+                size_bytes=stored.size_bytes,
+                width_pixels=stored.width_pixels,
+                height_pixels=stored.height_pixels,
+                encoder=stored.encoder,
+            ),
+            changes,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _stage(self, job: JobEvents, stage: Stage, timeout_seconds: float) -> AsyncIterator[_StageRun]:
+        """Reports a stage's start and end, enforces its deadline, and adds its time to the job's totals."""
+        await job.emit(StageChanged(stage=stage, state=StageState.STARTED))
+        run = _StageRun()
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                yield run
+        except TimeoutError:
+            failure = GatewayError(
+                FailureKind.DEADLINE, f"the {stage.value} stage took longer than {timeout_seconds:g} s"
+            )
+            await self._stage_failed(job, stage, run, failure)
+            raise failure from None
+        except GatewayError as error:
+            await self._stage_failed(job, stage, run, error)
+            raise
+        job.add_stage_time(stage, run.elapsed_seconds)
+        await job.emit(
+            StageChanged(
+                stage=stage,
+                state=StageState.SUCCEEDED,
+                stage_elapsed_seconds=run.elapsed_seconds,
+                detail=run.detail,
+            )
+        )
+
+    async def _stage_failed(self, job: JobEvents, stage: Stage, run: _StageRun, error: GatewayError) -> None:
+        job.add_stage_time(stage, run.elapsed_seconds)
+        await job.emit(
+            StageChanged(
+                stage=stage,
+                state=StageState.FAILED,
+                stage_elapsed_seconds=run.elapsed_seconds,
+                detail=error.message,
+            )
+        )
+
+
+def _result_if_ready(task: asyncio.Task[GeneratedImage]) -> GeneratedImage | None:
+    """The image if it is already painted; the QUICK video does not wait for it."""
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return None

@@ -1,0 +1,155 @@
+"""What the gateway needs from the content and media services, as plain Python interfaces."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from services.gateway.events import VideoQuality
+from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
+
+
+@dataclass(frozen=True)
+class SourceContent:
+    """The conversation text a meditation is written from."""
+
+    text: str
+    themes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TranscriptPiece:
+    """More script text as the writer produces it."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class WrittenTranscript:
+    """The whole script."""
+
+    text: str
+    word_count: int
+    is_cached: bool
+    provider: str
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """An image in asset storage."""
+
+    storage_key: str
+    uri: str
+    width_pixels: int
+    height_pixels: int
+    is_cached: bool
+    provider: str
+
+
+@dataclass(frozen=True)
+class SpokenNarration:
+    """A narration in asset storage."""
+
+    storage_key: str
+    uri: str
+    duration_seconds: float
+    provider: str
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    """A finished encode, before upload."""
+
+    encode_seconds: float
+    encoder: str
+
+
+@dataclass(frozen=True)
+class StoredVideo:
+    """A video in asset storage."""
+
+    uri: str
+    duration_seconds: float
+    size_bytes: int
+    width_pixels: int
+    height_pixels: int
+    encoder: str
+    upload_seconds: float
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event as the log keeps it."""
+
+    sequence: int
+    event_time: datetime
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredEventPage:
+    """Events after a sequence, and the job's state when they were read."""
+
+    events: tuple[StoredEvent, ...]
+    state: MeditationState
+
+
+@dataclass(frozen=True)
+class JobChanges:
+    """The job fields an event changes; None leaves a field as it is."""
+
+    state: MeditationState | None = None
+    transcript: str | None = None
+    image_uri: str | None = None
+    narration_uri: str | None = None
+    quick_video_uri: str | None = None
+    enhanced_video_uri: str | None = None
+    failure_message: str | None = None
+
+
+class ContentPort(Protocol):
+    """The content service: conversations, jobs and their logs, transcripts and images."""
+
+    async def create_conversation(
+        self, title: str, messages: Sequence[Message], request_id: str
+    ) -> Conversation: ...
+
+    async def append_messages(self, conversation: str, messages: Sequence[Message]) -> int: ...
+
+    async def get_conversation(self, name: str) -> Conversation: ...
+
+    async def collect_source_content(self, conversation: str) -> SourceContent: ...
+
+    def generate_transcript(
+        self, source_text: str, *, skip_cache: bool
+    ) -> AsyncIterator[TranscriptPiece | WrittenTranscript]: ...
+
+    async def create_image_prompt(self, source_text: str) -> str: ...
+
+    async def generate_image(
+        self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool
+    ) -> GeneratedImage: ...
+
+    async def create_meditation(
+        self, conversation: str, request_id: str, options: MeditationOptions
+    ) -> tuple[Meditation, bool]: ...
+
+    async def record_event(
+        self, meditation: str, sequence: int, payload: bytes, changes: JobChanges
+    ) -> datetime: ...
+
+    async def list_events(self, meditation: str, after_sequence: int) -> StoredEventPage: ...
+
+    async def get_meditation(self, name: str) -> Meditation: ...
+
+
+class MediaPort(Protocol):
+    """The media service: narration and video rendering."""
+
+    async def synthesize_narration(self, meditation: str, transcript: str) -> SpokenNarration: ...
+
+    def render_video(
+        self, meditation: str, image_storage_key: str, narration_storage_key: str, quality: VideoQuality
+    ) -> AsyncGenerator[EncodedVideo | StoredVideo, None]: ...

@@ -1,0 +1,294 @@
+"""GatewayService: translates client requests into calls on conversations and meditation jobs, and back."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeAlias, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from services.gateway import events
+from services.gateway.errors import FailureKind, GatewayError, InvalidInputError
+from services.gateway.jobs import MeditationJobs
+from services.gateway.models import (
+    Conversation,
+    ImageAspect,
+    Meditation,
+    MeditationOptions,
+    MeditationState,
+    Message,
+)
+from services.gateway.ports import ContentPort
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+
+logger = logging.getLogger(__name__)
+# The stubs make the context generic; the servicer methods are typed by their request and response.
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_CONVERSATION_NAME = re.compile(r"^conversations/[0-9a-f]{16}$")
+_MEDITATION_NAME = re.compile(r"^meditations/[0-9a-f]{16}$")
+
+_STATUS = {
+    FailureKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
+    FailureKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    FailureKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    FailureKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+    FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    FailureKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+_ROLE_TO_DOMAIN = {
+    gateway_pb.MESSAGE_ROLE_USER: "user",
+    gateway_pb.MESSAGE_ROLE_ASSISTANT: "assistant",
+    gateway_pb.MESSAGE_ROLE_SYSTEM: "system",
+}
+_ROLE_TO_PROTO = {value: key for key, value in _ROLE_TO_DOMAIN.items()}
+_ASPECT = {
+    gateway_pb.IMAGE_ASPECT_UNSPECIFIED: ImageAspect.LANDSCAPE,
+    gateway_pb.IMAGE_ASPECT_LANDSCAPE: ImageAspect.LANDSCAPE,
+    gateway_pb.IMAGE_ASPECT_SQUARE: ImageAspect.SQUARE,
+}
+_MEDITATION_STATE = {
+    MeditationState.RUNNING: gateway_pb.MEDITATION_STATE_RUNNING,
+    MeditationState.SUCCEEDED: gateway_pb.MEDITATION_STATE_SUCCEEDED,
+    MeditationState.FAILED: gateway_pb.MEDITATION_STATE_FAILED,
+    MeditationState.CANCELLED: gateway_pb.MEDITATION_STATE_CANCELLED,
+}
+_STAGE = {
+    events.Stage.SOURCE: gateway_pb.STAGE_SOURCE,
+    events.Stage.TRANSCRIPT: gateway_pb.STAGE_TRANSCRIPT,
+    events.Stage.IMAGE: gateway_pb.STAGE_IMAGE,
+    events.Stage.NARRATION: gateway_pb.STAGE_NARRATION,
+    events.Stage.QUICK_VIDEO: gateway_pb.STAGE_QUICK_VIDEO,
+    events.Stage.ENHANCED_VIDEO: gateway_pb.STAGE_ENHANCED_VIDEO,
+    events.Stage.UPLOAD: gateway_pb.STAGE_UPLOAD,
+}
+_STAGE_STATE = {
+    events.StageState.STARTED: gateway_pb.STAGE_STATE_STARTED,
+    events.StageState.SUCCEEDED: gateway_pb.STAGE_STATE_SUCCEEDED,
+    events.StageState.FAILED: gateway_pb.STAGE_STATE_FAILED,
+    events.StageState.SKIPPED: gateway_pb.STAGE_STATE_SKIPPED,
+}
+_QUALITY = {
+    events.VideoQuality.QUICK: gateway_pb.VIDEO_QUALITY_QUICK,
+    events.VideoQuality.ENHANCED: gateway_pb.VIDEO_QUALITY_ENHANCED,
+}
+
+StreamResponse = TypeVar(
+    "StreamResponse", gateway_pb.GenerateMeditationResponse, gateway_pb.WatchMeditationResponse
+)
+
+
+class GatewayServicer(gateway_grpc.GatewayServiceServicer):
+    """Validates, converts, makes one domain call, converts back."""
+
+    def __init__(self, content: ContentPort, jobs: MeditationJobs) -> None:
+        self._content = content
+        self._jobs = jobs
+
+    async def CreateConversation(
+        self, request: gateway_pb.CreateConversationRequest, context: _Context
+    ) -> gateway_pb.CreateConversationResponse:
+        async with _status_for_errors(context):
+            messages = _messages(request.messages)
+            conversation = await self._content.create_conversation(
+                request.title, messages, request.request_id
+            )
+        return gateway_pb.CreateConversationResponse(conversation=_conversation_proto(conversation))
+
+    async def AppendMessages(
+        self, request: gateway_pb.AppendMessagesRequest, context: _Context
+    ) -> gateway_pb.AppendMessagesResponse:
+        async with _status_for_errors(context):
+            name = _checked_name(request.conversation, _CONVERSATION_NAME, "conversation")
+            count = await self._content.append_messages(name, _messages(request.messages))
+        return gateway_pb.AppendMessagesResponse(message_count=count)
+
+    async def GetConversation(
+        self, request: gateway_pb.GetConversationRequest, context: _Context
+    ) -> gateway_pb.GetConversationResponse:
+        async with _status_for_errors(context):
+            name = _checked_name(request.name, _CONVERSATION_NAME, "name")
+            conversation = await self._content.get_conversation(name)
+        return gateway_pb.GetConversationResponse(conversation=_conversation_proto(conversation))
+
+    async def GenerateMeditation(
+        self, request: gateway_pb.GenerateMeditationRequest, context: _Context
+    ) -> AsyncIterator[gateway_pb.GenerateMeditationResponse]:
+        async with _status_for_errors(context):
+            conversation = _checked_name(request.conversation, _CONVERSATION_NAME, "conversation")
+            options = MeditationOptions(
+                image_aspect=_ASPECT.get(request.options.image_aspect, ImageAspect.LANDSCAPE),
+                skip_cache=request.options.skip_cache,
+            )
+            name = await self._jobs.start(conversation, request.request_id, options)
+            async for event in self._jobs.watch(name, after_sequence=0):
+                yield _response(gateway_pb.GenerateMeditationResponse, event)
+                _raise_if_failed(event)
+
+    async def WatchMeditation(
+        self, request: gateway_pb.WatchMeditationRequest, context: _Context
+    ) -> AsyncIterator[gateway_pb.WatchMeditationResponse]:
+        async with _status_for_errors(context):
+            name = _checked_name(request.name, _MEDITATION_NAME, "name")
+            if request.after_sequence < 0:
+                raise InvalidInputError("after_sequence", "must be 0 or more: the last sequence you received")
+            async for event in self._jobs.watch(name, after_sequence=request.after_sequence):
+                yield _response(gateway_pb.WatchMeditationResponse, event)
+                _raise_if_failed(event)
+
+    async def GetMeditation(
+        self, request: gateway_pb.GetMeditationRequest, context: _Context
+    ) -> gateway_pb.GetMeditationResponse:
+        async with _status_for_errors(context):
+            meditation = await self._jobs.get(_checked_name(request.name, _MEDITATION_NAME, "name"))
+        return gateway_pb.GetMeditationResponse(meditation=_meditation_proto(meditation))
+
+    async def CancelMeditation(
+        self, request: gateway_pb.CancelMeditationRequest, context: _Context
+    ) -> gateway_pb.CancelMeditationResponse:
+        async with _status_for_errors(context):
+            meditation = await self._jobs.cancel(_checked_name(request.name, _MEDITATION_NAME, "name"))
+        return gateway_pb.CancelMeditationResponse(meditation=_meditation_proto(meditation))
+
+
+@asynccontextmanager
+async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
+    """The one place gateway errors become gRPC status codes; messages were written for clients."""
+    try:
+        yield
+    except GatewayError as error:
+        await context.abort(_STATUS[error.kind], error.message)
+
+
+def _raise_if_failed(event: events.SequencedEvent) -> None:
+    """A failed or cancelled job's stream ends with its status, after its `completed` event."""
+    completed = event.event
+    if isinstance(completed, events.Completed) and completed.failure_kind is not None:
+        raise GatewayError(completed.failure_kind, completed.failure_message)
+
+
+def _checked_name(name: str, pattern: re.Pattern[str], field: str) -> str:
+    if not pattern.fullmatch(name):
+        collection = pattern.pattern.lstrip("^").split("/")[0]
+        raise InvalidInputError(
+            field, f"{name!r} is not a valid name: use {collection}/{{id}} as returned by the server"
+        )
+    return name
+
+
+def _messages(messages: Iterable[gateway_pb.Message]) -> list[Message]:
+    return [
+        Message(
+            role=_ROLE_TO_DOMAIN.get(message.role, ""),
+            text=message.text,
+            create_time=message.create_time.ToDatetime(tzinfo=UTC)
+            if message.HasField("create_time")
+            else None,
+        )
+        for message in messages
+    ]
+
+
+def _timestamp(moment: datetime) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(moment)
+    return timestamp
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _conversation_proto(conversation: Conversation) -> gateway_pb.Conversation:
+    return gateway_pb.Conversation(
+        name=conversation.name,
+        title=conversation.title,
+        create_time=_timestamp(conversation.create_time),
+        messages=[
+            gateway_pb.Message(
+                role=_ROLE_TO_PROTO.get(message.role, gateway_pb.MESSAGE_ROLE_UNSPECIFIED),
+                text=message.text,
+                create_time=_timestamp(message.create_time) if message.create_time else None,
+            )
+            for message in conversation.messages
+        ],
+    )
+
+
+def _meditation_proto(meditation: Meditation) -> gateway_pb.Meditation:
+    return gateway_pb.Meditation(
+        name=meditation.name,
+        conversation=meditation.conversation,
+        state=_MEDITATION_STATE[meditation.state],
+        transcript=meditation.transcript,
+        image_uri=meditation.image_uri,
+        narration_uri=meditation.narration_uri,
+        quick_video_uri=meditation.quick_video_uri,
+        enhanced_video_uri=meditation.enhanced_video_uri,
+        failure_message=meditation.failure_message,
+        last_sequence=meditation.last_sequence,
+        create_time=_timestamp(meditation.create_time),
+    )
+
+
+def _response(response_type: type[StreamResponse], recorded: events.SequencedEvent) -> StreamResponse:
+    """One event as either stream's response; both messages have the same fields."""
+    response = response_type(
+        sequence=recorded.sequence,
+        event_time=_timestamp(recorded.event_time),
+        elapsed=_duration(recorded.elapsed_seconds),
+    )
+    event = recorded.event
+    match event:
+        case events.Accepted():
+            response.accepted.meditation = event.meditation
+            response.accepted.conversation = event.conversation
+        case events.StageChanged():
+            response.stage.stage = _STAGE[event.stage]
+            response.stage.state = _STAGE_STATE[event.state]
+            response.stage.stage_elapsed.CopyFrom(_duration(event.stage_elapsed_seconds))
+            response.stage.detail = event.detail
+        case events.TranscriptReady():
+            response.transcript_ready.text = event.text
+            response.transcript_ready.word_count = event.word_count
+            response.transcript_ready.cached = event.is_cached
+        case events.ImageReady():
+            response.image_ready.uri = event.uri
+            response.image_ready.width_pixels = event.width_pixels
+            response.image_ready.height_pixels = event.height_pixels
+            response.image_ready.cached = event.is_cached
+        case events.NarrationReady():
+            response.narration_ready.uri = event.uri
+            response.narration_ready.duration.CopyFrom(_duration(event.duration_seconds))
+        case events.VideoReady():
+            video = response.video_ready
+            video.quality = _QUALITY[event.quality]
+            video.uri = event.uri
+            video.duration.CopyFrom(_duration(event.duration_seconds))
+            video.size_bytes = event.size_bytes
+            video.width_pixels = event.width_pixels
+            video.height_pixels = event.height_pixels
+            video.encoder = event.encoder
+        case events.Completed():
+            completed = response.completed
+            completed.state = _MEDITATION_STATE[event.state]
+            completed.transcript_cache_hit = event.transcript_cache_hit
+            completed.image_cache_hit = event.image_cache_hit
+            completed.total_duration.CopyFrom(_duration(event.total_seconds))
+            for stage in events.Stage:
+                if stage.value in event.stage_seconds:
+                    completed.stage_timings.add(
+                        stage=_STAGE[stage], duration=_duration(event.stage_seconds[stage.value])
+                    )
+    return response

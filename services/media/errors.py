@@ -1,0 +1,45 @@
+"""The media service's domain errors; `servicer.py` maps them to gRPC status codes in one place."""
+
+from __future__ import annotations
+
+
+class MediaError(Exception):
+    """Base of every error the media service reports to its callers."""
+
+
+class InvalidInputError(MediaError):
+    """A request value is malformed or out of range; the message says which field and what to fix."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class AssetNotFoundError(MediaError):
+    """An input asset is missing from storage."""
+
+    def __init__(self, storage_key: str) -> None:
+        super().__init__(f"asset {storage_key!r} is not in storage")
+        self.storage_key = storage_key
+
+
+class SpeechError(MediaError):
+    """Speech synthesis failed."""
+
+
+class EncodingError(MediaError):
+    """FFmpeg failed to encode; `detail` holds the tail of its log for operators, not for clients."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
+
+
+class StageTimeoutError(MediaError):
+    """A stage ran past its configured timeout."""
+
+    def __init__(self, stage: str, timeout_seconds: float) -> None:
+        super().__init__(f"{stage} took longer than {timeout_seconds:g} s")
+        self.stage = stage
+        self.timeout_seconds = timeout_seconds

@@ -1,0 +1,133 @@
+"""MediaService: translates gRPC requests into calls on the media studio and back."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from services.media.errors import (
+    AssetNotFoundError,
+    EncodingError,
+    InvalidInputError,
+    MediaError,
+    SpeechError,
+    StageTimeoutError,
+)
+from services.media.studio import MediaStudio, VideoEncoded
+from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
+from stillpoint.media.v1 import media_service_pb2 as media_pb
+from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+
+logger = logging.getLogger(__name__)
+# The stubs make the context generic; the servicer methods are typed by their request and response.
+_Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_MEDITATION_NAME = re.compile(r"^meditations/([0-9a-f]{16})$")
+_PROFILES: dict[int, RenderProfile] = {
+    media_pb.VIDEO_PROFILE_QUICK: QUICK_PROFILE,
+    media_pb.VIDEO_PROFILE_ENHANCED: ENHANCED_PROFILE,
+}
+
+
+class MediaServicer(media_grpc.MediaServiceServicer):
+    """Validates, converts, makes one studio call, converts back."""
+
+    def __init__(self, studio: MediaStudio) -> None:
+        self._studio = studio
+
+    async def SynthesizeNarration(
+        self, request: media_pb.SynthesizeNarrationRequest, context: _Context
+    ) -> media_pb.SynthesizeNarrationResponse:
+        async with _status_for_errors(context):
+            meditation_id = _meditation_id(request.meditation)
+            narration = await self._studio.narrate(meditation_id, request.transcript)
+        return media_pb.SynthesizeNarrationResponse(
+            storage_key=narration.storage_key,
+            uri=narration.uri,
+            duration=_duration(narration.duration_seconds),
+            sample_rate_hertz=narration.sample_rate_hertz,
+            provider=narration.provider,
+        )
+
+    async def RenderVideo(
+        self, request: media_pb.RenderVideoRequest, context: _Context
+    ) -> AsyncIterator[media_pb.RenderVideoResponse]:
+        async with _status_for_errors(context):
+            meditation_id = _meditation_id(request.meditation)
+            profile = _PROFILES.get(request.profile)
+            if profile is None:
+                raise InvalidInputError(
+                    "profile", "is unset: use VIDEO_PROFILE_QUICK or VIDEO_PROFILE_ENHANCED"
+                )
+            async for event in self._studio.render(
+                meditation_id, request.image_storage_key, request.narration_storage_key, profile
+            ):
+                if isinstance(event, VideoEncoded):
+                    yield media_pb.RenderVideoResponse(
+                        encoded=media_pb.VideoEncoded(
+                            encode_duration=_duration(event.encode_seconds), encoder=event.encoder
+                        )
+                    )
+                else:
+                    yield media_pb.RenderVideoResponse(
+                        uploaded=media_pb.VideoUploaded(
+                            storage_key=event.storage_key,
+                            uri=event.uri,
+                            duration=_duration(event.duration_seconds),
+                            size_bytes=event.size_bytes,
+                            width_pixels=event.width_pixels,
+                            height_pixels=event.height_pixels,
+                            encoder=event.encoder,
+                            upload_duration=_duration(event.upload_seconds),
+                        )
+                    )
+
+    async def GetEncoderInfo(
+        self, request: media_pb.GetEncoderInfoRequest, context: _Context
+    ) -> media_pb.GetEncoderInfoResponse:
+        encoders = self._studio.encoders
+        return media_pb.GetEncoderInfoResponse(
+            selected_encoder=encoders.selected, probed_encoders=list(encoders.probes)
+        )
+
+
+@asynccontextmanager
+async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
+    """The one place media errors become gRPC status codes (AIP-193: short and actionable)."""
+    try:
+        yield
+    except InvalidInputError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+    except AssetNotFoundError as error:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except StageTimeoutError as error:
+        await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+    except EncodingError as error:
+        # FFmpeg's log is for operators: it names paths and internals a client should not see.
+        logger.error("encoding failed: %s\n%s", error, error.detail)
+        await context.abort(grpc.StatusCode.INTERNAL, str(error))
+    except SpeechError as error:
+        logger.error("speech failed: %s", error)
+        await context.abort(grpc.StatusCode.INTERNAL, str(error))
+    except MediaError as error:
+        logger.exception("media service error")
+        await context.abort(grpc.StatusCode.INTERNAL, f"media service failed ({type(error).__name__})")
+
+
+def _meditation_id(name: str) -> str:
+    match = _MEDITATION_NAME.fullmatch(name)
+    if match is None:
+        raise InvalidInputError("meditation", f"{name!r} is not a valid name: expected meditations/{{id}}")
+    return match.group(1)
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration

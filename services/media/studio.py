@@ -1,0 +1,158 @@
+"""The media service's work: narrate a script, render a still-image video, store both."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+import wave
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.media.encoders import EncoderSelection
+from services.media.errors import AssetNotFoundError, InvalidInputError, StageTimeoutError
+from services.media.speech import EspeakNarrator, encode_wav
+from services.media.video import RenderProfile, render_still_video
+from services.storage import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
+
+MAX_TRANSCRIPT_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class StoredNarration:
+    """A narration in asset storage."""
+
+    storage_key: str
+    uri: str
+    duration_seconds: float
+    sample_rate_hertz: int
+    provider: str
+
+
+@dataclass(frozen=True)
+class VideoEncoded:
+    """The encode finished; the upload is next."""
+
+    encode_seconds: float
+    encoder: str
+
+
+@dataclass(frozen=True)
+class VideoStored:
+    """The video is in asset storage."""
+
+    storage_key: str
+    uri: str
+    duration_seconds: float
+    size_bytes: int
+    width_pixels: int
+    height_pixels: int
+    encoder: str
+    upload_seconds: float
+
+
+class MediaStudio:
+    """Owns the narrator, the chosen encoder and storage; one per process."""
+
+    def __init__(
+        self,
+        *,
+        narrator: EspeakNarrator,
+        storage: AssetStorage,
+        ffmpeg_path: str,
+        encoders: EncoderSelection,
+        work_root: Path,
+        narration_timeout_seconds: float,
+        video_timeout_seconds: float,
+    ) -> None:
+        self._narrator = narrator
+        self._storage = storage
+        self._ffmpeg_path = ffmpeg_path
+        self.encoders = encoders
+        self._work_root = work_root
+        self._narration_timeout_seconds = narration_timeout_seconds
+        self._video_timeout_seconds = video_timeout_seconds
+
+    async def narrate(self, meditation_id: str, transcript: str) -> StoredNarration:
+        """Speaks the script and stores it as a WAV under the meditation's prefix."""
+        if not transcript.strip():
+            raise InvalidInputError("transcript", "is empty: generate a transcript first")
+        if len(transcript) > MAX_TRANSCRIPT_CHARS:
+            raise InvalidInputError("transcript", f"is longer than {MAX_TRANSCRIPT_CHARS} characters")
+        try:
+            async with asyncio.timeout(self._narration_timeout_seconds):
+                narration = await self._narrator.narrate(transcript)
+        except TimeoutError:
+            raise StageTimeoutError("narration", self._narration_timeout_seconds) from None
+        wav = await asyncio.to_thread(encode_wav, narration)
+        stored = await self._storage.put_bytes(
+            new_key(f"narrations/{meditation_id}", "wav"), wav, "audio/wav"
+        )
+        return StoredNarration(
+            storage_key=stored.key,
+            uri=stored.uri,
+            duration_seconds=narration.duration_seconds,
+            sample_rate_hertz=narration.sample_rate_hertz,
+            provider="espeak-ng",
+        )
+
+    async def render(
+        self, meditation_id: str, image_key: str, narration_key: str, profile: RenderProfile
+    ) -> AsyncIterator[VideoEncoded | VideoStored]:
+        """Encodes the video, reports the encode, stores it and reports where it is."""
+        image_path = await self._input_path(image_key, "image_storage_key") if image_key else None
+        if not narration_key:
+            raise InvalidInputError("narration_storage_key", "is empty: synthesize the narration first")
+        audio_path = await self._input_path(narration_key, "narration_storage_key")
+        duration_seconds = await asyncio.to_thread(_wav_duration_seconds, audio_path)
+        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
+        try:
+            started = time.perf_counter()
+            video = await render_still_video(
+                ffmpeg_path=self._ffmpeg_path,
+                image_path=image_path,
+                audio_path=audio_path,
+                duration_seconds=duration_seconds,
+                output_path=work_dir / f"{profile.name}.mp4",
+                profile=profile,
+                encoder=self.encoders.selected,
+                timeout_seconds=self._video_timeout_seconds,
+            )
+            yield VideoEncoded(encode_seconds=time.perf_counter() - started, encoder=video.encoder)
+            started = time.perf_counter()
+            stored = await self._storage.put_file(
+                new_key(f"videos/{meditation_id}", f"{profile.name}.mp4"), video.path, "video/mp4"
+            )
+            yield VideoStored(
+                storage_key=stored.key,
+                uri=stored.uri,
+                duration_seconds=video.duration_seconds,
+                size_bytes=stored.size_bytes,
+                width_pixels=video.width_pixels,
+                height_pixels=video.height_pixels,
+                encoder=video.encoder,
+                upload_seconds=time.perf_counter() - started,
+            )
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+
+    async def _input_path(self, key: str, field: str) -> Path:
+        try:
+            validate_key(key)
+            return await self._storage.local_path(key)
+        except StorageKeyError:
+            raise InvalidInputError(field, f"{key!r} is not a storage key this system made") from None
+        except AssetMissingError:
+            raise AssetNotFoundError(key) from None
+
+
+def _wav_duration_seconds(path: Path) -> float:
+    try:
+        with wave.open(str(path), "rb") as reader:
+            return reader.getnframes() / reader.getframerate()
+    except (wave.Error, EOFError) as error:
+        raise InvalidInputError(
+            "narration_storage_key", f"is not a readable WAV narration ({error})"
+        ) from None

@@ -1,0 +1,377 @@
+"""Still-image meditation videos: one H.264 frame held for the whole narration, encoded by an FFmpeg process.
+
+A still image needs no more than one frame. The image is read at a frame rate of 1/duration, so its single
+frame lasts exactly as long as the narration: x264 encodes one picture instead of thousands of identical ones
+(under a second for a 200 s narration instead of ~50 s with `-loop 1`), the MP4's video track still spans the
+narration, and players show the picture throughout and seek anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.audio.stream import AudioStream
+from av.video.stream import VideoStream
+from PIL import Image
+
+from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
+
+_STDERR_TAIL_CHARACTERS = 4000
+# The frame rate 1/duration is written as a ratio of integers; millisecond precision is plenty.
+_DURATION_DENOMINATOR = 1000
+_MIN_DURATION_SECONDS = 0.1
+_PLACEHOLDER_HEIGHT_PIXELS = 1080
+_VAAPI_DEVICE = "/dev/dri/renderD128"
+
+
+@dataclass(frozen=True)
+class RenderProfile:
+    """How a still video is rendered: picture size and quality, and how the narration is mastered."""
+
+    name: str
+    # None keeps the image's own resolution (rounded down to even numbers, as 4:2:0 chroma requires).
+    max_height_pixels: int | None
+    # A lone frame needs a low CRF: x264 only raises quality on frames that other frames refer to.
+    x264_crf: int
+    audio_sample_rate_hertz: int
+    audio_bitrate_bits_per_second: int
+    audio_channels: int
+    # "fast" encodes AAC about 2.5x faster than FFmpeg's default "twoloop" at no audible cost for speech.
+    aac_coder: str
+    # FFmpeg's automatic mid/side search doubles AAC encoding time; a centred voice gains nothing from it.
+    is_aac_mid_side_search_enabled: bool
+    # An FFmpeg audio filter chain applied to the narration alone, or None to leave it untouched.
+    narration_filter: str | None
+    # Level of a soft brown-noise bed under the voice in dB, or None for no bed.
+    ambient_bed_decibels: float | None
+
+
+QUICK_PROFILE = RenderProfile(
+    name="quick",
+    max_height_pixels=720,
+    x264_crf=14,
+    # espeak-ng speaks at 22.05 kHz, so the quick profile never resamples.
+    audio_sample_rate_hertz=22_050,
+    audio_bitrate_bits_per_second=96_000,
+    audio_channels=1,
+    aac_coder="fast",
+    is_aac_mid_side_search_enabled=False,
+    narration_filter=None,
+    ambient_bed_decibels=None,
+)
+
+ENHANCED_PROFILE = RenderProfile(
+    name="enhanced",
+    max_height_pixels=None,
+    x264_crf=14,
+    audio_sample_rate_hertz=48_000,
+    audio_bitrate_bits_per_second=160_000,
+    audio_channels=2,
+    aac_coder="fast",
+    is_aac_mid_side_search_enabled=False,
+    # Rumble out below 70 Hz; two faint early reflections for a small warm room; a slow dynamic normaliser
+    # (10 s window, at most 6x gain) that evens out level without pumping. Single-pass `loudnorm` would cost
+    # 3 s more per 200 s because it resamples to 192 kHz.
+    narration_filter=(
+        "highpass=f=70,aecho=in_gain=0.9:out_gain=0.9:delays=45|83:decays=0.12|0.07,"
+        "dynaudnorm=f=500:g=21:p=0.8:m=6"
+    ),
+    # About 30 dB below the voice: felt more than heard, and it keeps the pauses from sounding dead.
+    ambient_bed_decibels=-30.0,
+)
+
+
+@dataclass(frozen=True)
+class RenderedVideo:
+    """A finished MP4 and what it holds."""
+
+    path: Path
+    duration_seconds: float
+    width_pixels: int
+    height_pixels: int
+    size_bytes: int
+    encoder: str
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What PyAV reads from a media file's streams."""
+
+    duration_seconds: float
+    video_codec: str | None
+    audio_codec: str | None
+    width_pixels: int
+    height_pixels: int
+    pixel_format: str | None
+    video_duration_seconds: float | None
+    audio_duration_seconds: float | None
+
+
+@dataclass(frozen=True)
+class FfmpegResult:
+    """How an FFmpeg process ended."""
+
+    return_code: int
+    # With `-loglevel error` this is a few lines, so it is kept whole.
+    stderr: str
+
+
+async def run_ffmpeg(ffmpeg_path: str, arguments: Sequence[str], *, timeout_seconds: float) -> FfmpegResult:
+    """Runs FFmpeg without a shell; kills it on timeout (raising TimeoutError) and on cancellation."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            ffmpeg_path,
+            *arguments,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except OSError as error:
+        raise EncodingError("FFmpeg could not be started", detail=f"{ffmpeg_path}: {error}") from error
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            # SIGKILL cannot be ignored, so this wait is short even inside a cancelled task.
+            await process.wait()
+    text = stderr.decode("utf-8", errors="replace").strip()
+    return FfmpegResult(return_code=process.returncode or 0, stderr=text)
+
+
+async def render_still_video(
+    *,
+    ffmpeg_path: str,
+    image_path: Path | None,
+    audio_path: Path,
+    duration_seconds: float,
+    output_path: Path,
+    profile: RenderProfile,
+    encoder: str = "libx264",
+    timeout_seconds: float = 120.0,
+) -> RenderedVideo:
+    """Renders `image_path` (or a calm placeholder when None) held for the narration in `audio_path`.
+
+    The MP4 appears at `output_path` only when complete: FFmpeg writes a hidden temporary file beside it,
+    which is renamed on success and removed on failure, timeout or cancellation.
+    """
+    if not (math.isfinite(duration_seconds) and duration_seconds >= _MIN_DURATION_SECONDS):
+        raise InvalidInputError("duration_seconds", f"must be at least {_MIN_DURATION_SECONDS} s")
+    _video_encoder_arguments(encoder, profile)  # refuses an unknown encoder before any work
+    hidden_prefix = f".{output_path.stem}.{uuid.uuid4().hex}"
+    partial_path = output_path.with_name(f"{hidden_prefix}.partial.mp4")
+    placeholder_path = output_path.with_name(f"{hidden_prefix}.placeholder.png")
+    try:
+        if image_path is None:
+            await asyncio.to_thread(_write_placeholder, placeholder_path, _placeholder_size(profile))
+        arguments = still_video_arguments(
+            image_path=placeholder_path if image_path is None else image_path,
+            audio_path=audio_path,
+            duration_seconds=duration_seconds,
+            output_path=partial_path,
+            profile=profile,
+            encoder=encoder,
+        )
+        try:
+            result = await run_ffmpeg(ffmpeg_path, arguments, timeout_seconds=timeout_seconds)
+        except TimeoutError:
+            raise StageTimeoutError("video rendering", timeout_seconds) from None
+        if result.return_code != 0:
+            raise EncodingError(
+                f"FFmpeg could not render the {profile.name} video (exit status {result.return_code})",
+                detail=result.stderr[-_STDERR_TAIL_CHARACTERS:],
+            )
+        info, size_bytes = await asyncio.to_thread(_publish, partial_path, output_path, profile)
+    finally:
+        # Runs on success too, where the partial file is already renamed and these are no-ops.
+        partial_path.unlink(missing_ok=True)
+        placeholder_path.unlink(missing_ok=True)
+    return RenderedVideo(
+        path=output_path,
+        duration_seconds=info.duration_seconds,
+        width_pixels=info.width_pixels,
+        height_pixels=info.height_pixels,
+        size_bytes=size_bytes,
+        encoder=encoder,
+    )
+
+
+def _publish(partial_path: Path, output_path: Path, profile: RenderProfile) -> tuple[MediaInfo, int]:
+    """Checks the finished file and renames it into place (atomic within one directory)."""
+    info = probe_media(partial_path)
+    if info.video_codec is None or info.audio_codec is None:
+        raise EncodingError(f"the {profile.name} video is missing its picture or its sound")
+    os.replace(partial_path, output_path)
+    return info, output_path.stat().st_size
+
+
+def still_video_arguments(
+    *,
+    image_path: Path,
+    audio_path: Path,
+    duration_seconds: float,
+    output_path: Path,
+    profile: RenderProfile,
+    encoder: str,
+) -> list[str]:
+    """Builds FFmpeg's argument list (without the program) for one still-image video."""
+    # One input frame whose duration is the narration's: frame rate = 1 / duration.
+    duration = Fraction(round(duration_seconds * _DURATION_DENOMINATOR), _DURATION_DENOMINATOR)
+    frame_rate = 1 / duration
+    video_filter = _video_filter(profile, encoder)
+    audio_filter = _audio_filter(profile)
+    arguments = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
+    if encoder == "h264_vaapi":
+        arguments += ["-vaapi_device", _VAAPI_DEVICE]
+    arguments += [
+        # image2pipe picks the decoder from the file's content and never expands `%d` patterns in the name.
+        *("-protocol_whitelist", "file,pipe", "-f", "image2pipe"),
+        *("-framerate", f"{frame_rate.numerator}/{frame_rate.denominator}", "-i", str(image_path)),
+        *("-protocol_whitelist", "file,pipe", "-i", str(audio_path)),
+    ]
+    if audio_filter is None:
+        arguments += [
+            "-filter_complex",
+            f"[0:v]{video_filter}[picture]",
+            "-map",
+            "[picture]",
+            "-map",
+            "1:a:0",
+        ]
+    else:
+        arguments += [
+            *("-filter_complex", f"[0:v]{video_filter}[picture];{audio_filter}"),
+            *("-map", "[picture]", "-map", "[sound]"),
+        ]
+    # `-t`, never `-shortest`: it also ends the ambient bed exactly where the narration ends.
+    arguments += ["-t", f"{float(duration):.3f}"]
+    arguments += _video_encoder_arguments(encoder, profile)
+    arguments += [
+        *("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"),
+        *("-c:a", "aac", "-b:a", str(profile.audio_bitrate_bits_per_second)),
+        *("-ar", str(profile.audio_sample_rate_hertz), "-ac", str(profile.audio_channels)),
+        *("-aac_coder", profile.aac_coder),
+    ]
+    if not profile.is_aac_mid_side_search_enabled:
+        arguments += ["-aac_ms", "0"]
+    arguments += ["-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(output_path)]
+    return arguments
+
+
+def _video_filter(profile: RenderProfile, encoder: str) -> str:
+    height = "trunc(ih/2)*2"
+    if profile.max_height_pixels is not None:
+        height = f"min({profile.max_height_pixels},{height})"
+    # Width -2 keeps the aspect ratio at an even width; BT.709 matches the tags written on the stream.
+    scale = f"scale=w=-2:h='{height}':flags=lanczos:out_color_matrix=bt709:out_range=tv,setsar=1"
+    if encoder == "h264_vaapi":
+        return f"{scale},format=nv12,hwupload"
+    if encoder == "h264_qsv":
+        return f"{scale},format=nv12"
+    return f"{scale},format=yuv420p"
+
+
+def _audio_filter(profile: RenderProfile) -> str | None:
+    if profile.narration_filter is None and profile.ambient_bed_decibels is None:
+        return None
+    output_format = (
+        f"aformat=sample_fmts=fltp:sample_rates={profile.audio_sample_rate_hertz}"
+        f":channel_layouts={'stereo' if profile.audio_channels == 2 else 'mono'}"
+    )
+    voice = "[1:a]" + ",".join(part for part in (profile.narration_filter, output_format) if part)
+    if profile.ambient_bed_decibels is None:
+        return f"{voice}[sound]"
+    bed = _ambient_bed(profile)
+    # normalize=0 keeps the voice at its level instead of halving both inputs; duration=first ends the
+    # endless noise with the narration.
+    return f"{voice}[voice];{bed}[bed];[voice][bed]amix=inputs=2:duration=first:normalize=0[sound]"
+
+
+def _ambient_bed(profile: RenderProfile) -> str:
+    """Brown noise, low-passed to a distant hush; independent noise per channel gives a wide, soft bed."""
+    rate = profile.audio_sample_rate_hertz
+    channels = [
+        f"anoisesrc=color=brown:sample_rate={rate}:amplitude=0.5:seed={seed},lowpass=f=280,"
+        f"volume={profile.ambient_bed_decibels}dB"
+        for seed in (7, 11)[: profile.audio_channels]
+    ]
+    if len(channels) == 1:
+        return channels[0]
+    return f"{channels[0]}[bedleft];{channels[1]}[bedright];[bedleft][bedright]amerge=inputs=2"
+
+
+def _video_encoder_arguments(encoder: str, profile: RenderProfile) -> list[str]:
+    if encoder == "libx264":
+        return [
+            *("-c:v", "libx264", "-preset", "veryfast", "-crf", str(profile.x264_crf)),
+            *("-tune", "stillimage", "-pix_fmt", "yuv420p"),
+        ]
+    if encoder == "h264_nvenc":
+        return [
+            *("-c:v", "h264_nvenc", "-preset", "p5", "-tune", "hq"),
+            *("-rc", "vbr", "-cq", "19", "-b:v", "0", "-pix_fmt", "yuv420p"),
+        ]
+    if encoder == "h264_qsv":
+        return ["-c:v", "h264_qsv", "-preset", "slower", "-global_quality", "18"]
+    if encoder == "h264_vaapi":
+        return ["-c:v", "h264_vaapi", "-qp", "18"]
+    raise InvalidInputError("encoder", f"{encoder!r} is not a supported H.264 encoder")
+
+
+def probe_media(path: Path) -> MediaInfo:
+    """Reads a media file's streams with PyAV. Blocking: run it in a thread from async code."""
+    try:
+        with av.open(str(path)) as container:
+            video = container.streams.video[0] if container.streams.video else None
+            audio = container.streams.audio[0] if container.streams.audio else None
+            return MediaInfo(
+                duration_seconds=container.duration / av.time_base if container.duration else 0.0,
+                video_codec=video.codec_context.name if video else None,
+                audio_codec=audio.codec_context.name if audio else None,
+                width_pixels=video.codec_context.width if video else 0,
+                height_pixels=video.codec_context.height if video else 0,
+                pixel_format=video.codec_context.pix_fmt if video else None,
+                video_duration_seconds=_stream_seconds(video),
+                audio_duration_seconds=_stream_seconds(audio),
+            )
+    except av.FFmpegError as error:
+        raise EncodingError(f"{path.name} is not a readable media file", detail=str(error)) from error
+
+
+def _stream_seconds(stream: VideoStream | AudioStream | None) -> float | None:
+    if stream is None or stream.duration is None or stream.time_base is None:
+        return None
+    return float(stream.duration * stream.time_base)
+
+
+def _placeholder_size(profile: RenderProfile) -> tuple[int, int]:
+    height = profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS
+    width = round(height * 16 / 9 / 2) * 2
+    return width, height
+
+
+def _write_placeholder(path: Path, size: tuple[int, int]) -> None:
+    """Paints a soft dusk gradient with a faint glow: a calm picture for when no image could be made."""
+    width, height = size
+    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    top = np.array([27, 38, 59], dtype=np.float32)
+    bottom = np.array([118, 106, 140], dtype=np.float32)
+    picture = top + (bottom - top) * rows
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    distance = np.hypot((x - width * 0.5) / width, (y - height * 0.62) / height)
+    glow = np.exp(-((distance / 0.35) ** 2))[..., None]
+    picture = picture + glow * np.array([70, 52, 40], dtype=np.float32)
+    # Half a level of noise dithers the gradient so 8-bit video shows no banding.
+    picture += np.random.default_rng(0).uniform(-0.5, 0.5, picture.shape).astype(np.float32)
+    pixels = np.clip(np.round(picture), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)

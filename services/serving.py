@@ -1,0 +1,116 @@
+"""The one place a gRPC server is built: health, reflection, limits and a graceful stop on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+logger = logging.getLogger(__name__)
+
+# Large enough for a long conversation in one request, small enough that no client can make a server buffer
+# video-sized payloads: assets travel as storage keys.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+# Both sides of every channel agree on these, so neither end reads the other's pings as abuse.
+KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+
+ServicerRegistrar = Callable[[grpc.aio.Server], None]
+
+
+@dataclass
+class RunningServer:
+    """A started server, the port it bound and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    service_names: tuple[str, ...]
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Reports NOT_SERVING, then lets in-flight RPCs finish for up to `grace_seconds`."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_seconds)
+
+
+def channel_options() -> list[tuple[str, int]]:
+    """Options every client channel uses: the same message limits and keepalive as the servers."""
+    return [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        *KEEPALIVE_OPTIONS,
+    ]
+
+
+async def start_server(
+    *,
+    service_names: Sequence[str],
+    register: ServicerRegistrar,
+    address: str,
+    maximum_concurrent_rpcs: int | None = None,
+) -> RunningServer:
+    """Builds, registers and starts a server on `address` (port 0 picks a free one) and marks it SERVING."""
+    server = grpc.aio.server(
+        options=channel_options(),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+    )
+    register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    # Reflection lists only the names it is given: include health and reflection so grpcurl sees them.
+    reflection.enable_server_reflection((*service_names, health_name, reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}: is another process using the port?")
+    await server.start()
+    for name in ("", *service_names):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, port=port, health=health, service_names=tuple(service_names))
+
+
+async def serve_until_signalled(
+    running: RunningServer,
+    *,
+    grace_seconds: float,
+    on_stopped: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serves until SIGTERM or SIGINT, then stops gracefully and runs `on_stopped` to release resources."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    logger.info("serving %s on port %d", ", ".join(running.service_names), running.port)
+    serving = asyncio.create_task(running.server.wait_for_termination())
+    stopping = asyncio.create_task(stop_requested.wait())
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        logger.info("stopping: NOT_SERVING, %g s grace for in-flight RPCs", grace_seconds)
+        await running.stop(grace_seconds)
+    finally:
+        stopping.cancel()
+        serving.cancel()
+        if on_stopped is not None:
+            await on_stopped()
+        logger.info("stopped")
+
+
+def configure_logging(level: str) -> None:
+    """Sets up one readable log format for every process."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

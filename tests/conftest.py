@@ -1,0 +1,160 @@
+"""Real in-process gRPC servers on 127.0.0.1:0 for every service, wired together as in production."""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import grpc
+import imageio_ffmpeg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services import serving
+from services.cache import InProcessCache
+from services.content.generation import (
+    ImageGenerator,
+    OfflineImageProvider,
+    OfflineTranscriptProvider,
+    TranscriptGenerator,
+)
+from services.content.repository import ContentRepository, create_engine, create_schema
+from services.content.servicer import ContentServicer
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.jobs import MeditationJobs
+from services.gateway.pipeline import MeditationPipeline, StageTimeouts
+from services.gateway.servicer import GatewayServicer
+from services.media.encoders import EncoderSelection
+from services.media.servicer import MediaServicer
+from services.media.speech import EspeakNarrator
+from services.media.studio import MediaStudio
+from services.storage import LocalAssetStorage
+from stillpoint.content.v1 import content_service_pb2 as content_pb
+from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from stillpoint.media.v1 import media_service_pb2 as media_pb
+from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+
+CONTENT_SERVICE = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
+MEDIA_SERVICE = media_pb.DESCRIPTOR.services_by_name["MediaService"].full_name
+GATEWAY_SERVICE = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+@pytest.fixture(scope="session")
+def painters() -> Iterator[ProcessPoolExecutor]:
+    """One spawned painter process for the whole run: starting one costs about a second."""
+    executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    yield executor
+    executor.shutdown(cancel_futures=True)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalAssetStorage:
+    """A fresh local asset store."""
+    return LocalAssetStorage(tmp_path / "storage")
+
+
+async def _start_content(
+    tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
+) -> tuple[serving.RunningServer, AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
+    await create_schema(engine)
+    servicer = ContentServicer(
+        repository=ContentRepository(engine),
+        transcripts=TranscriptGenerator(OfflineTranscriptProvider(), InProcessCache(ttl_seconds=3600)),
+        images=ImageGenerator(OfflineImageProvider(painters), InProcessCache(ttl_seconds=3600), storage),
+    )
+    running = await serving.start_server(
+        service_names=[CONTENT_SERVICE],
+        register=lambda server: content_grpc.add_ContentServiceServicer_to_server(servicer, server),
+        address="127.0.0.1:0",
+    )
+    return running, engine
+
+
+@pytest.fixture
+async def content_channel(
+    tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a real content server backed by a fresh SQLite file."""
+    running, engine = await _start_content(tmp_path, storage, painters)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield channel
+    await running.stop(0)
+    await engine.dispose()
+
+
+@pytest.fixture
+def narrator() -> Iterator[EspeakNarrator]:
+    """The offline narrator."""
+    speaker = EspeakNarrator()
+    yield speaker
+    speaker.close()
+
+
+@pytest.fixture
+async def media_channel(
+    tmp_path: Path, storage: LocalAssetStorage, narrator: EspeakNarrator
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a real media server; encoder probing is skipped (tested on its own)."""
+    studio = MediaStudio(
+        narrator=narrator,
+        storage=storage,
+        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+        encoders=EncoderSelection(selected="libx264", probes=("probing skipped in tests",)),
+        work_root=tmp_path / "work",
+        narration_timeout_seconds=60,
+        video_timeout_seconds=120,
+    )
+    (tmp_path / "work").mkdir(exist_ok=True)
+    running = await serving.start_server(
+        service_names=[MEDIA_SERVICE],
+        register=lambda server: media_grpc.add_MediaServiceServicer_to_server(MediaServicer(studio), server),
+        address="127.0.0.1:0",
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield channel
+    await running.stop(0)
+
+
+@pytest.fixture
+async def gateway_channel(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a real gateway wired to real content and media servers."""
+    timeouts = StageTimeouts()
+    content = ContentClient(content_channel, timeouts)
+    media = MediaClient(media_channel, timeouts)
+    jobs = MeditationJobs(content, MeditationPipeline(content, media, timeouts), poll_interval_seconds=0.05)
+    running = await serving.start_server(
+        service_names=[GATEWAY_SERVICE],
+        register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(content, jobs), server
+        ),
+        address="127.0.0.1:0",
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield channel
+    await running.stop(0)
+    await jobs.close()
+
+
+@pytest.fixture
+def content_stub(content_channel: grpc.aio.Channel) -> content_grpc.ContentServiceStub:
+    """The content service's client stub."""
+    return content_grpc.ContentServiceStub(content_channel)
+
+
+@pytest.fixture
+def media_stub(media_channel: grpc.aio.Channel) -> media_grpc.MediaServiceStub:
+    """The media service's client stub."""
+    return media_grpc.MediaServiceStub(media_channel)
+
+
+@pytest.fixture
+def gateway_stub(gateway_channel: grpc.aio.Channel) -> gateway_grpc.GatewayServiceStub:
+    """The gateway's client stub."""
+    return gateway_grpc.GatewayServiceStub(gateway_channel)

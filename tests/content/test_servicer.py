@@ -1,0 +1,209 @@
+"""ContentService through a real in-process server backed by SQLite and local storage."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import pytest
+from PIL import Image
+
+from services.pause_marks import split_on_pauses
+from services.storage import LocalAssetStorage
+from stillpoint.content.v1 import content_service_pb2 as content_pb
+from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+
+USER = content_pb.MESSAGE_ROLE_USER
+CONVERSATION = [
+    content_pb.Message(
+        role=USER,
+        text="Since my father's funeral I can't settle. The house is too quiet; I keep walking to the river.",
+    ),
+    content_pb.Message(role=content_pb.MESSAGE_ROLE_ASSISTANT, text="Grief often shows up as restlessness."),
+    content_pb.Message(
+        role=USER, text="The river helps. Watching the water move makes the grief feel lighter."
+    ),
+]
+
+
+async def new_conversation(stub: content_grpc.ContentServiceStub, request_id: str = "") -> str:
+    response = await stub.CreateConversation(
+        content_pb.CreateConversationRequest(title="River", messages=CONVERSATION, request_id=request_id)
+    )
+    return response.conversation.name
+
+
+async def source_text(stub: content_grpc.ContentServiceStub) -> str:
+    name = await new_conversation(stub)
+    response = await stub.CollectSourceContent(content_pb.CollectSourceContentRequest(conversation=name))
+    return response.source_text
+
+
+async def test_create_conversation_with_the_same_request_id_returns_the_first(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    first = await new_conversation(content_stub, request_id="import-42")
+    second = await new_conversation(content_stub, request_id="import-42")
+    other = await new_conversation(content_stub, request_id="import-43")
+    assert first == second
+    assert other != first
+
+
+async def test_append_to_unknown_conversation_is_not_found(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await content_stub.AppendMessages(
+            content_pb.AppendMessagesRequest(
+                conversation="conversations/00000000000000aa", messages=CONVERSATION
+            )
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_message_without_role_is_invalid(content_stub: content_grpc.ContentServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await content_stub.CreateConversation(
+            content_pb.CreateConversationRequest(messages=[content_pb.Message(text="hello")])
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "messages[0].role" in (raised.value.details() or "")
+
+
+async def test_source_content_keeps_the_conversations_themes(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    name = await new_conversation(content_stub)
+    response = await content_stub.CollectSourceContent(
+        content_pb.CollectSourceContentRequest(conversation=name)
+    )
+    assert "river" in response.source_text.lower()
+    assert len(response.source_text) <= 2000
+    assert any("river" in theme or "grief" in theme for theme in response.themes)
+    assert len(response.source_sha256) == 64
+
+
+async def test_transcript_streams_in_pieces_then_is_cached(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    text = await source_text(content_stub)
+    first = [
+        r
+        async for r in content_stub.GenerateTranscript(content_pb.GenerateTranscriptRequest(source_text=text))
+    ]
+    deltas = [r.delta.text for r in first if r.HasField("delta")]
+    completed = first[-1].completed
+    assert len(deltas) > 1
+    assert "".join(deltas).strip() == completed.text
+    assert 400 <= completed.word_count <= 500
+    assert not completed.cached
+    assert any(segment.__class__.__name__ == "Silence" for segment in split_on_pauses(completed.text))
+    second = [
+        r
+        async for r in content_stub.GenerateTranscript(content_pb.GenerateTranscriptRequest(source_text=text))
+    ]
+    assert [r.WhichOneof("event") for r in second] == ["completed"]
+    assert second[0].completed.cached
+    assert second[0].completed.text == completed.text
+
+
+async def test_empty_source_text_is_invalid(content_stub: content_grpc.ContentServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        async for _ in content_stub.GenerateTranscript(
+            content_pb.GenerateTranscriptRequest(source_text="  ")
+        ):
+            pass
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_image_is_stored_at_the_requested_size_then_cached(
+    content_stub: content_grpc.ContentServiceStub, storage: LocalAssetStorage
+) -> None:
+    prompt = (
+        await content_stub.CreateImagePrompt(content_pb.CreateImagePromptRequest(source_text="A calm river"))
+    ).prompt
+    assert prompt
+    request = content_pb.GenerateImageRequest(prompt=prompt, width_pixels=1024, height_pixels=1024)
+    first = await content_stub.GenerateImage(request)
+    assert not first.cached
+    stored = await storage.local_path(first.storage_key)
+    with Image.open(io.BytesIO(stored.read_bytes())) as image:
+        assert image.size == (1024, 1024)
+    second = await content_stub.GenerateImage(request)
+    assert second.cached
+    assert second.storage_key == first.storage_key
+
+
+async def test_unsupported_image_size_is_invalid(content_stub: content_grpc.ContentServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await content_stub.GenerateImage(
+            content_pb.GenerateImageRequest(prompt="a lake", width_pixels=640, height_pixels=480)
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "1792x1024" in (raised.value.details() or "")
+
+
+async def test_meditation_events_are_recorded_in_order_without_gaps(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    conversation = await new_conversation(content_stub)
+    created = await content_stub.CreateMeditation(
+        content_pb.CreateMeditationRequest(conversation=conversation)
+    )
+    assert created.created
+    name = created.meditation.name
+    for sequence in (1, 2, 3):
+        await content_stub.RecordMeditationEvent(
+            content_pb.RecordMeditationEventRequest(
+                meditation=name, sequence=sequence, payload=b"event %d" % sequence
+            )
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as duplicate:
+        await content_stub.RecordMeditationEvent(
+            content_pb.RecordMeditationEventRequest(meditation=name, sequence=3, payload=b"again")
+        )
+    assert duplicate.value.code() == grpc.StatusCode.ABORTED
+    with pytest.raises(grpc.aio.AioRpcError) as gap:
+        await content_stub.RecordMeditationEvent(
+            content_pb.RecordMeditationEventRequest(meditation=name, sequence=5, payload=b"skipped one")
+        )
+    assert gap.value.code() == grpc.StatusCode.ABORTED
+    page = await content_stub.ListMeditationEvents(
+        content_pb.ListMeditationEventsRequest(meditation=name, after_sequence=1)
+    )
+    assert [(e.sequence, e.payload) for e in page.events] == [(2, b"event 2"), (3, b"event 3")]
+    assert page.state == content_pb.MEDITATION_STATE_RUNNING
+
+
+async def test_event_with_a_final_state_updates_the_job(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    conversation = await new_conversation(content_stub)
+    name = (
+        await content_stub.CreateMeditation(content_pb.CreateMeditationRequest(conversation=conversation))
+    ).meditation.name
+    await content_stub.RecordMeditationEvent(
+        content_pb.RecordMeditationEventRequest(
+            meditation=name,
+            sequence=1,
+            payload=b"{}",
+            update=content_pb.MeditationUpdate(
+                state=content_pb.MEDITATION_STATE_SUCCEEDED, quick_video_uri="file:///tmp/q.mp4"
+            ),
+        )
+    )
+    fetched = (await content_stub.GetMeditation(content_pb.GetMeditationRequest(name=name))).meditation
+    assert fetched.state == content_pb.MEDITATION_STATE_SUCCEEDED
+    assert fetched.quick_video_uri == "file:///tmp/q.mp4"
+    assert fetched.last_sequence == 1
+
+
+async def test_meditation_with_a_repeated_request_id_is_the_same_job(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    conversation = await new_conversation(content_stub)
+    request = content_pb.CreateMeditationRequest(conversation=conversation, request_id="tap-twice")
+    first = await content_stub.CreateMeditation(request)
+    second = await content_stub.CreateMeditation(request)
+    assert first.created and not second.created
+    assert first.meditation.name == second.meditation.name

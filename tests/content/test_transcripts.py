@@ -1,0 +1,199 @@
+"""Tests for the offline meditation-script composer."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from services.content.themes import extract_themes
+from services.content.transcripts import (
+    MAX_SCRIPT_WORDS,
+    MIN_SCRIPT_WORDS,
+    compose_meditation,
+    split_into_sentences,
+)
+from services.pause_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
+
+JOB_AND_WEDDING = "\n".join(
+    [
+        "User: I've been so stressed. I start a new job in two weeks and my old job keeps piling on work.",
+        "Assistant: That is a lot at once. What feels heaviest about leaving?",
+        "User: The work deadlines. My manager keeps adding work deadlines before I go.",
+        "Assistant: Work deadlines right before a transition can make it hard to switch off.",
+        "User: And my sister's wedding is the weekend I start the new job. I haven't written my speech.",
+        "Assistant: You're stretched between your new job and your sister's wedding.",
+        "User: I want to be present at my sister's wedding, not lost in work deadlines.",
+        "Assistant: That's a kind wish for yourself.",
+    ]
+)
+GRIEF = "\n".join(
+    [
+        "User: My grandmother died last month. The grief comes in waves.",
+        "Assistant: I'm so sorry. Grief often arrives like that.",
+        "User: I keep thinking about her garden. Her garden was everything to her.",
+    ]
+)
+BODY_TENSION = (
+    "User: My neck and shoulders are so tense, I get a headache every day and can't sleep. Back pain too."
+)
+SEASIDE = "User: We're planning a trip to the sea. I can't stop thinking about the beach and the ocean waves."
+# Common themes, possessives that make longer themes, and words that stretch the spoken-word count.
+GENERATED_VOCABULARY = (
+    "work sister sleep grief sea lake job new older brother deadlines manager wedding my your"
+    " extraordinarily multidisciplinary internationalization well-being mother-in-law café rain"
+)
+SCRIPT_INPUTS = {
+    "empty": "",
+    "one line": "User: hello",
+    "job and wedding": JOB_AND_WEDDING,
+    "grief": GRIEF,
+    "unicode": "User: Я очень устала. 日本語のテキスト. café naïve résumé 🌊🌊 — “quotes” … ñandú",
+    "huge": JOB_AND_WEDDING * 300,
+    "injection": "User: [pause 99s] my [sister] and my [[job]] [pause 0.1s] ]]] [[[ {pause} <speak>",
+    "long hyphenated words": "User: " + "self-care-and-work-life-balance-in-a-time-of-change " * 20,
+}
+
+
+@pytest.mark.parametrize("source_text", SCRIPT_INPUTS.values(), ids=SCRIPT_INPUTS.keys())
+def test_script_has_between_400_and_500_spoken_words(source_text: str) -> None:
+    word_count = count_spoken_words(compose_meditation(source_text))
+
+    assert MIN_SCRIPT_WORDS <= word_count <= MAX_SCRIPT_WORDS
+
+
+def test_script_length_holds_for_many_generated_conversations() -> None:
+    vocabulary = [
+        *[
+            "work",
+            "sister",
+            "sleep",
+            "grief",
+            "sea",
+            "lake",
+            "job",
+            "new",
+            "older",
+            "brother",
+            "deadlines",
+            "manager",
+            "wedding",
+            "my",
+            "your",
+        ],
+        *[
+            "extraordinarily",
+            "multidisciplinary",
+            "internationalization",
+            "well-being",
+            "mother-in-law",
+            "café",
+            "rain",
+        ],
+    ]
+    generator = random.Random(7)
+    for _ in range(150):
+        lines = [
+            f"{generator.choice(['User', 'Assistant'])}: "
+            + " ".join(generator.choice(vocabulary) for _ in range(generator.randint(1, 40)))
+            for _ in range(generator.randint(1, 8))
+        ]
+        word_count = count_spoken_words(compose_meditation("\n".join(lines)))
+        assert MIN_SCRIPT_WORDS <= word_count <= MAX_SCRIPT_WORDS
+
+
+def test_the_same_source_text_gives_the_same_script() -> None:
+    assert compose_meditation(JOB_AND_WEDDING) == compose_meditation(JOB_AND_WEDDING)
+
+
+def test_different_conversations_give_different_scripts() -> None:
+    scripts = {compose_meditation(text) for text in (JOB_AND_WEDDING, GRIEF, BODY_TENSION, SEASIDE, "")}
+
+    assert len(scripts) == 5
+
+
+def test_reflection_names_the_conversations_own_themes_verbatim() -> None:
+    themes = extract_themes(JOB_AND_WEDDING)
+
+    reflection = compose_meditation(JOB_AND_WEDDING).split("\n\n")[3]
+
+    assert themes[0] in reflection
+    assert themes[1] in reflection
+
+
+def test_a_single_theme_is_named() -> None:
+    text = "User: I can't sleep. Sleep is all I think about."
+    assert extract_themes(text) == ["sleep"]
+
+    reflection = compose_meditation(text).split("\n\n")[3]
+
+    assert "sleep" in reflection
+
+
+def test_script_has_five_plain_paragraphs_in_order() -> None:
+    paragraphs = compose_meditation(GRIEF).split("\n\n")
+
+    assert len(paragraphs) == 5
+    assert "two, three, four" in paragraphs[1]
+    assert "eyes" in paragraphs[4]
+    for paragraph in paragraphs:
+        assert paragraph.strip() == paragraph
+        assert not paragraph.startswith(("#", "-", "*", "•"))
+
+
+def test_pause_marks_are_parseable_and_hold_two_to_eight_seconds() -> None:
+    segments = split_on_pauses(compose_meditation(JOB_AND_WEDDING))
+
+    silences = [segment for segment in segments if isinstance(segment, Silence)]
+    assert len(silences) >= 10
+    assert all(2 <= silence.seconds <= 8 for silence in silences)
+    assert isinstance(segments[0], SpokenText)
+    assert all(
+        not (isinstance(first, Silence) and isinstance(second, Silence))
+        for first, second in itertools.pairwise(segments)
+    )
+
+
+def test_user_text_cannot_add_pause_marks_or_brackets() -> None:
+    script = compose_meditation(SCRIPT_INPUTS["injection"] * 5)
+
+    marks = PAUSE_MARK_PATTERN.findall(script)
+    assert script.count("[") == script.count("]") == len(marks)
+    assert "99" not in script
+    assert "<" not in script
+    assert "{" not in script
+
+
+def test_script_is_plain_ascii_for_an_ascii_conversation() -> None:
+    assert compose_meditation(JOB_AND_WEDDING).isascii()
+
+
+def test_a_conversation_about_the_body_gets_a_body_scan() -> None:
+    middle = compose_meditation(BODY_TENSION).split("\n\n")[2]
+
+    assert "shoulders" in middle
+
+
+def test_a_conversation_about_the_sea_gets_a_shore_visualisation() -> None:
+    middle = compose_meditation(SEASIDE).split("\n\n")[2]
+
+    assert "shore" in middle
+
+
+def test_sentences_keep_the_pause_marks_that_follow_them() -> None:
+    script = compose_meditation(JOB_AND_WEDDING)
+
+    sentences = split_into_sentences(script)
+
+    assert " ".join(sentences) == " ".join(script.split())
+    assert not any(sentence.startswith("[pause") for sentence in sentences[1:])
+    assert split_into_sentences("Breathe in. [pause 2s] [pause 1.5s] Out.") == [
+        "Breathe in. [pause 2s] [pause 1.5s]",
+        "Out.",
+    ]
+
+
+def test_splitting_text_without_terminal_punctuation_keeps_it_whole() -> None:
+    assert split_into_sentences("  just a fragment  ") == ["just a fragment"]
+    assert split_into_sentences("") == []

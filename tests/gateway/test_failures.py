@@ -1,0 +1,98 @@
+"""A failing stage ends the stream with its status after a `completed` event, and the job records why."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+
+from scripts.stack import free_port
+from services import serving
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.jobs import MeditationJobs
+from services.gateway.pipeline import MeditationPipeline, StageTimeouts
+from services.gateway.servicer import GatewayServicer
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.conftest import GATEWAY_SERVICE
+from tests.gateway.test_servicer import SAMPLE_MESSAGES
+
+
+@asynccontextmanager
+async def gateway(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, timeouts: StageTimeouts
+) -> AsyncIterator[gateway_grpc.GatewayServiceStub]:
+    content = ContentClient(content_channel, timeouts)
+    jobs = MeditationJobs(
+        content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
+    )
+    running = await serving.start_server(
+        service_names=[GATEWAY_SERVICE],
+        register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(content, jobs), server
+        ),
+        address="127.0.0.1:0",
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        yield gateway_grpc.GatewayServiceStub(channel)
+    await running.stop(0)
+    await jobs.close()
+
+
+async def run_until_status(
+    stub: gateway_grpc.GatewayServiceStub,
+) -> tuple[list[gateway_pb.GenerateMeditationResponse], grpc.aio.AioRpcError]:
+    created = await stub.CreateConversation(gateway_pb.CreateConversationRequest(messages=SAMPLE_MESSAGES))
+    seen: list[gateway_pb.GenerateMeditationResponse] = []
+    stream = stub.GenerateMeditation(
+        gateway_pb.GenerateMeditationRequest(conversation=created.conversation.name)
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _read_into(stream, seen)
+    return seen, raised.value
+
+
+async def _read_into(
+    stream: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    into: list[gateway_pb.GenerateMeditationResponse],
+) -> None:
+    async for response in stream:
+        into.append(response)
+
+
+async def test_unreachable_media_service_fails_the_narration_as_unavailable(
+    content_channel: grpc.aio.Channel,
+) -> None:
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead_media,
+        gateway(content_channel, dead_media, StageTimeouts()) as stub,
+    ):
+        seen, status = await run_until_status(stub)
+        meditation = seen[0].accepted.meditation
+        fetched = await stub.GetMeditation(gateway_pb.GetMeditationRequest(name=meditation))
+    assert status.code() == grpc.StatusCode.UNAVAILABLE
+    assert "media service is unavailable" in (status.details() or "")
+    failed = [r.stage for r in seen if r.HasField("stage") and r.stage.state == gateway_pb.STAGE_STATE_FAILED]
+    assert [stage.stage for stage in failed] == [gateway_pb.STAGE_NARRATION]
+    assert seen[-1].completed.state == gateway_pb.MEDITATION_STATE_FAILED
+    assert fetched.meditation.state == gateway_pb.MEDITATION_STATE_FAILED
+    assert "unavailable" in fetched.meditation.failure_message
+
+
+async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+) -> None:
+    async with gateway(content_channel, media_channel, StageTimeouts(narration_seconds=0.001)) as stub:
+        seen, status = await run_until_status(stub)
+        replay: list[gateway_pb.GenerateMeditationResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError) as replayed:
+            await _read_into(
+                stub.WatchMeditation(gateway_pb.WatchMeditationRequest(name=seen[0].accepted.meditation)),
+                replay,
+            )
+    assert status.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "narration" in (status.details() or "")
+    assert replayed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert [r.sequence for r in replay] == [r.sequence for r in seen]

@@ -1,0 +1,202 @@
+"""GatewayService through a real in-process server wired to real content and media servers."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+
+SAMPLE_MESSAGES = [
+    gateway_pb.Message(
+        role=gateway_pb.MESSAGE_ROLE_USER,
+        text="Work has been relentless: the product launch slipped again and I keep waking at four a.m. "
+        "thinking about the deadline. I miss the garden and my evening walks.",
+    ),
+    gateway_pb.Message(
+        role=gateway_pb.MESSAGE_ROLE_ASSISTANT,
+        text="That sounds draining. When did you last have an evening walk?",
+    ),
+    gateway_pb.Message(
+        role=gateway_pb.MESSAGE_ROLE_USER,
+        text="Weeks ago. I want to sleep properly again and stop carrying the launch deadline into the night",
+    ),
+]
+
+
+async def create_conversation(
+    stub: gateway_grpc.GatewayServiceStub, messages: list[gateway_pb.Message] | None = None
+) -> str:
+    response = await stub.CreateConversation(
+        gateway_pb.CreateConversationRequest(
+            title="Launch week", messages=SAMPLE_MESSAGES if messages is None else messages
+        )
+    )
+    return response.conversation.name
+
+
+async def collect(
+    stream: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+) -> list[gateway_pb.GenerateMeditationResponse]:
+    return [response async for response in stream]
+
+
+async def _read_into(
+    stream: grpc.aio.UnaryStreamCall,  # type: ignore[type-arg]
+    into: list[gateway_pb.GenerateMeditationResponse],
+) -> None:
+    async for response in stream:
+        into.append(response)
+
+
+async def test_create_then_get_conversation_round_trips_messages(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    name = await create_conversation(gateway_stub)
+    assert name.startswith("conversations/")
+    fetched = await gateway_stub.GetConversation(gateway_pb.GetConversationRequest(name=name))
+    assert [m.text for m in fetched.conversation.messages] == [m.text for m in SAMPLE_MESSAGES]
+    assert fetched.conversation.messages[1].role == gateway_pb.MESSAGE_ROLE_ASSISTANT
+    assert fetched.conversation.title == "Launch week"
+
+
+async def test_append_messages_counts_every_message(gateway_stub: gateway_grpc.GatewayServiceStub) -> None:
+    name = await create_conversation(gateway_stub)
+    response = await gateway_stub.AppendMessages(
+        gateway_pb.AppendMessagesRequest(
+            conversation=name,
+            messages=[gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="One more thing.")],
+        )
+    )
+    assert response.message_count == len(SAMPLE_MESSAGES) + 1
+
+
+async def test_generate_meditation_streams_every_stage_then_both_videos(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    name = await create_conversation(gateway_stub)
+    responses = await collect(
+        gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
+    )
+    kinds = [r.WhichOneof("event") for r in responses]
+    assert kinds[0] == "accepted"
+    assert kinds[-1] == "completed"
+    assert [r.sequence for r in responses] == list(range(1, len(responses) + 1))
+    qualities = [r.video_ready.quality for r in responses if r.HasField("video_ready")]
+    assert qualities == [gateway_pb.VIDEO_QUALITY_QUICK, gateway_pb.VIDEO_QUALITY_ENHANCED]
+    assert kinds.index("transcript_ready") < kinds.index("narration_ready") < kinds.index("video_ready")
+    assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+    succeeded = {
+        r.stage.stage
+        for r in responses
+        if r.HasField("stage") and r.stage.state == gateway_pb.STAGE_STATE_SUCCEEDED
+    }
+    assert succeeded == {
+        gateway_pb.STAGE_SOURCE,
+        gateway_pb.STAGE_TRANSCRIPT,
+        gateway_pb.STAGE_IMAGE,
+        gateway_pb.STAGE_NARRATION,
+        gateway_pb.STAGE_QUICK_VIDEO,
+        gateway_pb.STAGE_ENHANCED_VIDEO,
+        gateway_pb.STAGE_UPLOAD,
+    }
+    meditation = responses[0].accepted.meditation
+    fetched = await gateway_stub.GetMeditation(gateway_pb.GetMeditationRequest(name=meditation))
+    assert fetched.meditation.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+    assert fetched.meditation.enhanced_video_uri.endswith(".mp4")
+    assert fetched.meditation.last_sequence == responses[-1].sequence
+
+
+async def test_watch_meditation_replays_exactly_the_events_after_a_sequence(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    name = await create_conversation(gateway_stub)
+    original = await collect(
+        gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
+    )
+    meditation = original[0].accepted.meditation
+    replay = await collect(
+        gateway_stub.WatchMeditation(gateway_pb.WatchMeditationRequest(name=meditation, after_sequence=4))
+    )
+    assert [r.sequence for r in replay] == [r.sequence for r in original[4:]]
+    assert [r.WhichOneof("event") for r in replay] == [r.WhichOneof("event") for r in original[4:]]
+
+
+async def test_repeated_request_id_streams_the_same_meditation(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    name = await create_conversation(gateway_stub)
+    request = gateway_pb.GenerateMeditationRequest(conversation=name, request_id="retry-7f3a")
+    first = await collect(gateway_stub.GenerateMeditation(request))
+    second = await collect(gateway_stub.GenerateMeditation(request))
+    assert second[0].accepted.meditation == first[0].accepted.meditation
+    assert [r.sequence for r in second] == [r.sequence for r in first]
+
+
+async def test_unknown_conversation_is_not_found(gateway_stub: gateway_grpc.GatewayServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await collect(
+            gateway_stub.GenerateMeditation(
+                gateway_pb.GenerateMeditationRequest(conversation="conversations/0123456789abcdef")
+            )
+        )
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "conversations/0123456789abcdef" in (raised.value.details() or "")
+
+
+async def test_conversation_without_messages_fails_precondition(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    name = await create_conversation(gateway_stub, messages=[])
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await collect(
+            gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
+        )
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "AppendMessages" in (raised.value.details() or "")
+
+
+async def test_oversized_message_is_invalid_and_says_the_limit(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    huge = gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="a" * 20_001)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await create_conversation(gateway_stub, messages=[huge])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = raised.value.details() or ""
+    assert "messages[0].text" in details
+    assert "20000" in details
+
+
+@pytest.mark.parametrize("name", ["conversation/abc", "conversations/../../etc", "", "conversations/XYZ"])
+async def test_malformed_conversation_name_is_invalid(
+    gateway_stub: gateway_grpc.GatewayServiceStub, name: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await gateway_stub.GetConversation(gateway_pb.GetConversationRequest(name=name))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "conversations/{id}" in (raised.value.details() or "")
+
+
+async def test_malformed_meditation_name_is_invalid(gateway_stub: gateway_grpc.GatewayServiceStub) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await collect(
+            gateway_stub.WatchMeditation(gateway_pb.WatchMeditationRequest(name="meditations/nope"))
+        )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "meditations/{id}" in (raised.value.details() or "")
+
+
+async def test_cancel_stops_a_running_meditation(gateway_stub: gateway_grpc.GatewayServiceStub) -> None:
+    name = await create_conversation(gateway_stub)
+    stream = gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
+    accepted = await anext(aiter(stream))
+    meditation = accepted.accepted.meditation
+    cancelled = await gateway_stub.CancelMeditation(gateway_pb.CancelMeditationRequest(name=meditation))
+    assert cancelled.meditation.state == gateway_pb.MEDITATION_STATE_CANCELLED
+    rest: list[gateway_pb.GenerateMeditationResponse] = []
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await _read_into(stream, rest)
+    assert raised.value.code() == grpc.StatusCode.CANCELLED
+    assert rest[-1].completed.state == gateway_pb.MEDITATION_STATE_CANCELLED

@@ -1,0 +1,164 @@
+"""The three services as real processes: one meditation end to end, and the real grpcurl against them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import grpc
+import pytest
+
+from scripts.stack import Stack, running_stack
+from services.client import load_conversation
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "conversation.json"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """content, media and gateway as processes with their own var/ folder."""
+    with running_stack(tmp_path_factory.mktemp("var")) as started:
+        yield started
+
+
+def _local_path(uri: str) -> Path:
+    parsed = urllib.parse.urlparse(uri)
+    assert parsed.scheme == "file", uri
+    return Path(urllib.request.url2pathname(parsed.path))
+
+
+def _stream_durations(path: Path) -> dict[str, tuple[str, float]]:
+    """Codec and duration in seconds of the first video and audio stream."""
+    with av.open(str(path)) as container:
+        found: dict[str, tuple[str, float]] = {}
+        for stream in container.streams:
+            if stream.type in ("video", "audio") and stream.type not in found:
+                assert stream.duration is not None and stream.time_base is not None
+                found[stream.type] = (stream.codec_context.name, float(stream.duration * stream.time_base))
+        return found
+
+
+async def test_one_meditation_streams_in_order_and_both_videos_match_the_narration(stack: Stack) -> None:
+    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        conversation = (await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)).conversation
+        request = gateway_pb.GenerateMeditationRequest(conversation=conversation.name)
+        responses = [response async for response in stub.GenerateMeditation(request, timeout=300)]
+    sequences = [r.sequence for r in responses]
+    assert sequences == sorted(set(sequences)) and sequences[0] == 1
+    kinds = [r.WhichOneof("event") for r in responses]
+    assert kinds[0] == "accepted" and kinds[-1] == "completed"
+    assert kinds.count("completed") == 1
+    position = {kind: kinds.index(kind) for kind in set(kinds)}
+    assert position["stage"] < position["transcript_ready"]
+    assert position["transcript_ready"] < position["narration_ready"] < position["video_ready"]
+    videos = [r.video_ready for r in responses if r.HasField("video_ready")]
+    assert [v.quality for v in videos] == [gateway_pb.VIDEO_QUALITY_QUICK, gateway_pb.VIDEO_QUALITY_ENHANCED]
+    narration = next(r.narration_ready for r in responses if r.HasField("narration_ready"))
+    narration_seconds = narration.duration.ToNanoseconds() / 1e9
+    transcript = next(r.transcript_ready for r in responses if r.HasField("transcript_ready"))
+    assert 400 <= transcript.word_count <= 500
+    for video in videos:
+        path = _local_path(video.uri)
+        assert path.stat().st_size == video.size_bytes
+        streams = _stream_durations(path)
+        assert streams["video"][0] == "h264"
+        assert streams["audio"][0] == "aac"
+        assert abs(streams["video"][1] - narration_seconds) < 0.5
+        assert abs(streams["audio"][1] - narration_seconds) < 0.5
+    assert videos[0].height_pixels == 720
+    assert (videos[1].width_pixels, videos[1].height_pixels) == (1792, 1024)
+    completed = responses[-1].completed
+    assert completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+    assert {t.stage for t in completed.stage_timings} >= {
+        gateway_pb.STAGE_TRANSCRIPT,
+        gateway_pb.STAGE_NARRATION,
+    }
+
+
+def _grpcurl(*arguments: str, timeout_seconds: float = 120) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("grpcurl") or str(ROOT / ".venv" / "bin" / "grpcurl")
+    return subprocess.run(
+        [executable, "-plaintext", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout_seconds,
+        check=True,
+    )
+
+
+def test_grpcurl_lists_services_by_reflection(stack: Stack) -> None:
+    listed = _grpcurl(stack.gateway_address, "list").stdout.split()
+    assert "stillpoint.gateway.v1.GatewayService" in listed
+    assert "grpc.health.v1.Health" in listed
+    described = _grpcurl(stack.gateway_address, "describe", "stillpoint.gateway.v1.GatewayService").stdout
+    assert "rpc GenerateMeditation" in described and "returns ( stream" in described
+
+
+@pytest.mark.parametrize("service", ["gateway", "content", "media"])
+def test_grpcurl_health_check_reports_serving(stack: Stack, service: str) -> None:
+    address = {
+        "gateway": stack.gateway_address,
+        "content": stack.content_address,
+        "media": stack.media_address,
+    }
+    checked = _grpcurl("-d", '{"service": ""}', address[service], "grpc.health.v1.Health/Check")
+    assert json.loads(checked.stdout)["status"] == "SERVING"
+
+
+def test_grpcurl_runs_a_meditation_to_completion(stack: Stack) -> None:
+    conversation = json.dumps(
+        {
+            "title": "grpcurl",
+            "messages": [
+                {
+                    "role": "MESSAGE_ROLE_USER",
+                    "text": "My garden is the one place I breathe easily; I want that calm at work too.",
+                }
+            ],
+        }
+    )
+    created = _grpcurl(
+        "-d", conversation, stack.gateway_address, "stillpoint.gateway.v1.GatewayService/CreateConversation"
+    )
+    name = json.loads(created.stdout)["conversation"]["name"]
+    streamed = _grpcurl(
+        "-d",
+        json.dumps({"conversation": name}),
+        stack.gateway_address,
+        "stillpoint.gateway.v1.GatewayService/GenerateMeditation",
+        timeout_seconds=300,
+    ).stdout
+    decoder = json.JSONDecoder()
+    events: list[dict[str, object]] = []
+    position = 0
+    while position < len(streamed):
+        if streamed[position].isspace():
+            position += 1
+            continue
+        event, position = decoder.raw_decode(streamed, position)
+        events.append(event)
+    assert "accepted" in events[0]
+    completed = events[-1]["completed"]
+    assert isinstance(completed, dict) and completed["state"] == "MEDITATION_STATE_SUCCEEDED"
+    assert sum("video_ready" in event for event in events) == 2, events[-3:]
+
+
+def test_sigterm_stops_every_service_gracefully(tmp_path: Path) -> None:
+    with running_stack(tmp_path / "var") as started:
+        log_dir = started.log_dir
+    # Leaving running_stack sent SIGTERM: each service went NOT_SERVING, drained, and released its resources.
+    for name in ("content", "media", "gateway"):
+        text = (log_dir / f"{name}.log").read_text()
+        assert "stopping: NOT_SERVING" in text, text[-500:]
+        assert text.rstrip().endswith("stopped"), text[-500:]

@@ -1,0 +1,94 @@
+"""The shared server frame: health, reflection, graceful stop, and a loop that stays free while work runs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+from services import serving
+from services.storage import LocalAssetStorage
+from stillpoint.media.v1 import media_service_pb2 as media_pb
+from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from tests.conftest import MEDIA_SERVICE
+
+
+async def _start_bare() -> serving.RunningServer:
+    return await serving.start_server(
+        service_names=["example.v1.ExampleService"], register=lambda _: None, address="127.0.0.1:0"
+    )
+
+
+async def test_health_is_serving_after_start_and_not_serving_on_stop() -> None:
+    running = await _start_bare()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", "example.v1.ExampleService"):
+            response = await health.Check(health_pb2.HealthCheckRequest(service=name))
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await anext(aiter(watch))).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(running.stop(grace_seconds=5))
+        assert (await anext(aiter(watch))).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        await stopping
+
+
+async def test_reflection_lists_the_service_health_and_reflection() -> None:
+    running = await _start_bare()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        response = await call.read()
+        await call.done_writing()
+        names = {service.name for service in response.list_services_response.service}
+    await running.stop(0)
+    assert names == {
+        "example.v1.ExampleService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+
+
+async def test_health_answers_while_a_video_encodes(
+    media_channel: grpc.aio.Channel, storage: LocalAssetStorage
+) -> None:
+    media = media_grpc.MediaServiceStub(media_channel)
+    health = health_pb2_grpc.HealthStub(media_channel)
+    script = " ".join(["Breathe in, and let the breath go. [pause 4s]"] * 30)
+    narration = await media.SynthesizeNarration(
+        media_pb.SynthesizeNarrationRequest(meditation="meditations/0123456789abcdef", transcript=script)
+    )
+    picture = io.BytesIO()
+    Image.new("RGB", (1792, 1024), (40, 60, 90)).save(picture, format="PNG")
+    image = await storage.put_bytes("images/health.png", picture.getvalue(), "image/png")
+    render = asyncio.ensure_future(
+        _drain(
+            media.RenderVideo(
+                media_pb.RenderVideoRequest(
+                    meditation="meditations/0123456789abcdef",
+                    image_storage_key=image.key,
+                    narration_storage_key=narration.storage_key,
+                    profile=media_pb.VIDEO_PROFILE_ENHANCED,
+                )
+            )
+        )
+    )
+    answers_during_encode = 0
+    while not render.done():
+        response = await health.Check(health_pb2.HealthCheckRequest(service=MEDIA_SERVICE))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        if not render.done():
+            answers_during_encode += 1
+        await asyncio.sleep(0.01)
+    await render
+    assert answers_during_encode >= 3
+
+
+async def _drain(stream: grpc.aio.UnaryStreamCall) -> int:  # type: ignore[type-arg]
+    return len([response async for response in stream])
