@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.serving import channel_options
+from services.wire import seconds_of, to_timestamp
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -59,9 +59,7 @@ def load_conversation(path: Path) -> gateway_pb.CreateConversationRequest:
                 moment = datetime.fromisoformat(str(entry["time"]).replace("Z", "+00:00"))
             except ValueError:
                 raise UsageError(f"{path}: messages[{index}].time is not an ISO 8601 time") from None
-            timestamp = Timestamp()
-            timestamp.FromDatetime(moment)
-            message.create_time.CopyFrom(timestamp)
+            message.create_time.CopyFrom(to_timestamp(moment))
     return request
 
 
@@ -73,7 +71,7 @@ def describe(response: MeditationStreamResponse) -> str:
     if kind == "stage":
         stage = gateway_pb.Stage.Name(response.stage.stage).removeprefix("STAGE_").lower()
         state = gateway_pb.StageState.Name(response.stage.state).removeprefix("STAGE_STATE_").lower()
-        took = response.stage.stage_elapsed.ToNanoseconds() / 1e9
+        took = seconds_of(response.stage.stage_elapsed)
         line = f"{stage} {state}" + (f" in {took:.2f}s" if state != "started" else "")
         return line + (f" — {response.stage.detail}" if response.stage.detail else "")
     if kind == "transcript_ready":
@@ -85,18 +83,18 @@ def describe(response: MeditationStreamResponse) -> str:
             " (cached)" if image.cached else ""
         )
     if kind == "narration_ready":
-        return f"narration ready: {response.narration_ready.duration.ToNanoseconds() / 1e9:.1f}s of audio"
+        return f"narration ready: {seconds_of(response.narration_ready.duration):.1f}s of audio"
     if kind == "video_ready":
         video = response.video_ready
         quality = gateway_pb.VideoQuality.Name(video.quality).removeprefix("VIDEO_QUALITY_").lower()
         return (
             f"{quality} video ready: {video.width_pixels}x{video.height_pixels}, "
-            f"{video.duration.ToNanoseconds() / 1e9:.1f}s, {video.size_bytes / 1e6:.1f} MB, {video.encoder}"
+            f"{seconds_of(video.duration):.1f}s, {video.size_bytes / 1e6:.1f} MB, {video.encoder}"
         )
     if kind == "completed":
         done = response.completed
         state = gateway_pb.MeditationState.Name(done.state).removeprefix("MEDITATION_STATE_").lower()
-        return f"completed: {state} in {done.total_duration.ToNanoseconds() / 1e9:.2f}s"
+        return f"completed: {state} in {seconds_of(done.total_duration):.2f}s"
     return f"unknown event {kind}"
 
 

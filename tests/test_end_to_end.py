@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import re
 import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -162,3 +164,35 @@ def test_sigterm_stops_every_service_gracefully(tmp_path: Path) -> None:
         text = (log_dir / f"{name}.log").read_text()
         assert "stopping: NOT_SERVING" in text, text[-500:]
         assert text.rstrip().endswith("stopped"), text[-500:]
+
+
+def test_stillpoint_cli_saves_both_videos_and_watch_resumes_after_a_sequence(
+    stack: Stack, tmp_path: Path
+) -> None:
+    command = [str(Path(sys.executable).parent / "stillpoint"), "--gateway", stack.gateway_address]
+    out_dir = tmp_path / "out"
+    generated = subprocess.run(
+        [*command, "--out", str(out_dir), "generate", "--conversation", str(EXAMPLE)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    accepted = re.search(r"accepted (meditations/([0-9a-f]{16}))", generated)
+    assert accepted is not None, generated
+    meditation, meditation_id = accepted.groups()
+    assert sorted(path.name for path in out_dir.glob("*.mp4")) == [
+        f"{meditation_id}-enhanced.mp4",
+        f"{meditation_id}-quick.mp4",
+    ]
+    assert "completed: succeeded" in generated
+    watched = subprocess.run(
+        [*command, "--out", str(tmp_path / "again"), "watch", meditation, "--after", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    replayed = [int(number) for number in re.findall(r"\] #(\d+) ", watched)]
+    total = max(int(number) for number in re.findall(r"\] #(\d+) ", generated))
+    assert replayed == list(range(21, total + 1))

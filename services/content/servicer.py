@@ -6,11 +6,9 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.content import conversations
 from services.content.errors import (
@@ -32,6 +30,7 @@ from services.content.repository import (
     NewMessage,
 )
 from services.content.themes import extract_themes
+from services.wire import from_timestamp, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 
@@ -192,7 +191,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             event_time = await self._repository.record_event(
                 meditation_id, request.sequence, request.payload, changes
             )
-        return content_pb.RecordMeditationEventResponse(event_time=_timestamp(event_time))
+        return content_pb.RecordMeditationEventResponse(event_time=to_timestamp(event_time))
 
     async def ListMeditationEvents(
         self, request: content_pb.ListMeditationEventsRequest, context: _Context
@@ -209,7 +208,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
         return content_pb.ListMeditationEventsResponse(
             events=[
                 content_pb.RecordedEvent(
-                    sequence=event.sequence, payload=event.payload, event_time=_timestamp(event.event_time)
+                    sequence=event.sequence, payload=event.payload, event_time=to_timestamp(event.event_time)
                 )
                 for event in page.events
             ],
@@ -260,30 +259,22 @@ def _new_messages(messages: Iterable[content_pb.Message]) -> list[NewMessage]:
         NewMessage(
             role=_ROLE_TO_DOMAIN.get(message.role, ""),
             text=message.text,
-            create_time=message.create_time.ToDatetime(tzinfo=UTC)
-            if message.HasField("create_time")
-            else None,
+            create_time=from_timestamp(message.create_time) if message.HasField("create_time") else None,
         )
         for message in messages
     ]
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(moment)
-    return timestamp
 
 
 def _conversation_proto(conversation: Conversation) -> content_pb.Conversation:
     return content_pb.Conversation(
         name=f"conversations/{conversation.id}",
         title=conversation.title,
-        create_time=_timestamp(conversation.create_time),
+        create_time=to_timestamp(conversation.create_time),
         messages=[
             content_pb.Message(
                 role=_ROLE_TO_PROTO[message.role],
                 text=message.text,
-                create_time=_timestamp(message.create_time),
+                create_time=to_timestamp(message.create_time),
             )
             for message in conversation.messages
         ],
@@ -302,6 +293,6 @@ def _meditation_proto(meditation: Meditation) -> content_pb.Meditation:
         enhanced_video_uri=meditation.enhanced_video_uri,
         failure_message=meditation.failure_message,
         last_sequence=meditation.last_sequence,
-        create_time=_timestamp(meditation.create_time),
+        create_time=to_timestamp(meditation.create_time),
         options_json=meditation.options_json,
     )

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import VideoQuality
@@ -25,6 +24,7 @@ from services.gateway.ports import (
     TranscriptPiece,
     WrittenTranscript,
 )
+from services.wire import from_timestamp, seconds_of, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb
@@ -83,20 +83,12 @@ async def _call(service: str, call: Callable[[], Awaitable[T]]) -> T:
         raise _translate(error, service) from None
 
 
-def _timestamp(moment: datetime | None) -> Timestamp | None:
-    if moment is None:
-        return None
-    timestamp = Timestamp()
-    timestamp.FromDatetime(moment)
-    return timestamp
-
-
 def _messages(messages: Sequence[Message]) -> list[content_pb.Message]:
     return [
         content_pb.Message(
             role=_ROLE_TO_PROTO.get(message.role, content_pb.MESSAGE_ROLE_UNSPECIFIED),
             text=message.text,
-            create_time=_timestamp(message.create_time),
+            create_time=to_timestamp(message.create_time) if message.create_time else None,
         )
         for message in messages
     ]
@@ -106,12 +98,12 @@ def _conversation(proto: content_pb.Conversation) -> Conversation:
     return Conversation(
         name=proto.name,
         title=proto.title,
-        create_time=proto.create_time.ToDatetime(tzinfo=UTC),
+        create_time=from_timestamp(proto.create_time),
         messages=tuple(
             Message(
                 role=_ROLE_TO_DOMAIN.get(message.role, "user"),
                 text=message.text,
-                create_time=message.create_time.ToDatetime(tzinfo=UTC),
+                create_time=from_timestamp(message.create_time),
             )
             for message in proto.messages
         ),
@@ -131,7 +123,7 @@ def _meditation(proto: content_pb.Meditation) -> Meditation:
         enhanced_video_uri=proto.enhanced_video_uri,
         failure_message=proto.failure_message,
         last_sequence=proto.last_sequence,
-        create_time=proto.create_time.ToDatetime(tzinfo=UTC),
+        create_time=from_timestamp(proto.create_time),
     )
 
 
@@ -262,7 +254,7 @@ class ContentClient:
         response = await _call(
             "content", lambda: self._stub.RecordMeditationEvent(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
         )
-        return response.event_time.ToDatetime(tzinfo=UTC)
+        return from_timestamp(response.event_time)
 
     async def list_events(self, meditation: str, after_sequence: int) -> StoredEventPage:
         """Reads the job's log after a sequence."""
@@ -274,7 +266,7 @@ class ContentClient:
             events=tuple(
                 StoredEvent(
                     sequence=event.sequence,
-                    event_time=event.event_time.ToDatetime(tzinfo=UTC),
+                    event_time=from_timestamp(event.event_time),
                     payload=event.payload,
                 )
                 for event in response.events
@@ -307,7 +299,7 @@ class MediaClient:
         return SpokenNarration(
             storage_key=response.storage_key,
             uri=response.uri,
-            duration_seconds=response.duration.ToNanoseconds() / 1e9,
+            duration_seconds=seconds_of(response.duration),
             provider=response.provider,
         )
 
@@ -328,18 +320,18 @@ class MediaClient:
                 if response.HasField("encoded"):
                     encoded = response.encoded
                     yield EncodedVideo(
-                        encode_seconds=encoded.encode_duration.ToNanoseconds() / 1e9, encoder=encoded.encoder
+                        encode_seconds=seconds_of(encoded.encode_duration), encoder=encoded.encoder
                     )
                 else:
                     stored = response.uploaded
                     yield StoredVideo(
                         uri=stored.uri,
-                        duration_seconds=stored.duration.ToNanoseconds() / 1e9,
+                        duration_seconds=seconds_of(stored.duration),
                         size_bytes=stored.size_bytes,
                         width_pixels=stored.width_pixels,
                         height_pixels=stored.height_pixels,
                         encoder=stored.encoder,
-                        upload_seconds=stored.upload_duration.ToNanoseconds() / 1e9,
+                        upload_seconds=seconds_of(stored.upload_duration),
                     )
         except grpc.aio.AioRpcError as error:
             raise _translate(error, "media") from None

@@ -29,6 +29,7 @@ class JobRecorder:
     transcript_cache_hit: bool = False
     image_cache_hit: bool = False
     is_cancel_requested: bool = False
+    is_shutting_down: bool = False
     is_finished: bool = False
     _watchers: set[asyncio.Queue[SequencedEvent]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -101,36 +102,49 @@ class MeditationJobs:
     async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
         try:
             await self._pipeline.run(recorder, meditation)
-            await self._finish(
-                recorder, recorder.summary(MeditationState.SUCCEEDED), MeditationState.SUCCEEDED
-            )
+            await self._finish(recorder, MeditationState.SUCCEEDED, None)
         except asyncio.CancelledError:
-            if not recorder.is_cancel_requested:
+            if not (recorder.is_cancel_requested or recorder.is_shutting_down):
                 raise
-            failure = GatewayError(FailureKind.CANCELLED, f"{meditation.name} was cancelled")
-            await self._finish(
-                recorder, recorder.summary(MeditationState.CANCELLED, failure), MeditationState.CANCELLED
-            )
+            await self._finish_stopped(recorder)
         except GatewayError as error:
             logger.warning("%s failed: %s", meditation.name, error.message)
-            await self._finish(
-                recorder, recorder.summary(MeditationState.FAILED, error), MeditationState.FAILED
-            )
+            await self._finish(recorder, MeditationState.FAILED, error)
         except Exception:
             logger.exception("%s failed unexpectedly", meditation.name)
             failure = GatewayError(
                 FailureKind.INTERNAL, "the meditation failed on an internal error; try again"
             )
-            await self._finish(
-                recorder, recorder.summary(MeditationState.FAILED, failure), MeditationState.FAILED
-            )
+            await self._finish(recorder, MeditationState.FAILED, failure)
         finally:
             self._running.pop(meditation.name, None)
-            recorder.is_finished = True
 
-    async def _finish(self, recorder: JobRecorder, completed: Completed, state: MeditationState) -> None:
+    async def _finish(
+        self, recorder: JobRecorder, state: MeditationState, failure: GatewayError | None
+    ) -> None:
+        completed = recorder.summary(state, failure)
         changes = JobChanges(state=state, failure_message=completed.failure_message or None)
         await recorder.emit(completed, changes)
+        recorder.is_finished = True
+
+    async def _finish_stopped(self, recorder: JobRecorder) -> None:
+        if recorder.is_cancel_requested:
+            failure = GatewayError(FailureKind.CANCELLED, f"{recorder.meditation} was cancelled")
+            await self._finish(recorder, MeditationState.CANCELLED, failure)
+        else:
+            # Record the end so watchers are not left waiting on a job nobody runs any more.
+            failure = GatewayError(
+                FailureKind.UNAVAILABLE, "the gateway stopped before the meditation finished; start it again"
+            )
+            await self._finish(recorder, MeditationState.FAILED, failure)
+
+    async def _stop(self, recorder: JobRecorder, task: asyncio.Task[None]) -> None:
+        task.cancel()
+        await asyncio.wait({task})
+        if not recorder.is_finished:
+            # Cancelled before its first step ran, so the task could not record its own end.
+            self._running.pop(recorder.meditation, None)
+            await self._finish_stopped(recorder)
 
     async def watch(self, name: str, after_sequence: int) -> AsyncIterator[SequencedEvent]:
         """Replays the log after `after_sequence`, then follows live events until the job's last event."""
@@ -177,13 +191,13 @@ class MeditationJobs:
         if running is not None:
             recorder, task = running
             recorder.is_cancel_requested = True
-            task.cancel()
-            await asyncio.wait({task})
+            await self._stop(recorder, task)
         return await self._content.get_meditation(name)
 
     async def close(self) -> None:
-        """Cancels jobs still running at shutdown; their logs end where they stopped."""
-        tasks = [task for _, task in self._running.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stops jobs still running at shutdown, recording each as FAILED (UNAVAILABLE) so watchers finish."""
+        stopping = []
+        for recorder, task in list(self._running.values()):
+            recorder.is_shutting_down = True
+            stopping.append(self._stop(recorder, task))
+        await asyncio.gather(*stopping, return_exceptions=True)

@@ -6,12 +6,9 @@ import logging
 import re
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from services.gateway import events
 from services.gateway.errors import FailureKind, GatewayError, InvalidInputError
@@ -25,6 +22,7 @@ from services.gateway.models import (
     Message,
 )
 from services.gateway.ports import ContentPort
+from services.wire import from_timestamp, to_duration, to_timestamp
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -190,36 +188,22 @@ def _messages(messages: Iterable[gateway_pb.Message]) -> list[Message]:
         Message(
             role=_ROLE_TO_DOMAIN.get(message.role, ""),
             text=message.text,
-            create_time=message.create_time.ToDatetime(tzinfo=UTC)
-            if message.HasField("create_time")
-            else None,
+            create_time=from_timestamp(message.create_time) if message.HasField("create_time") else None,
         )
         for message in messages
     ]
-
-
-def _timestamp(moment: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(moment)
-    return timestamp
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration
 
 
 def _conversation_proto(conversation: Conversation) -> gateway_pb.Conversation:
     return gateway_pb.Conversation(
         name=conversation.name,
         title=conversation.title,
-        create_time=_timestamp(conversation.create_time),
+        create_time=to_timestamp(conversation.create_time),
         messages=[
             gateway_pb.Message(
                 role=_ROLE_TO_PROTO.get(message.role, gateway_pb.MESSAGE_ROLE_UNSPECIFIED),
                 text=message.text,
-                create_time=_timestamp(message.create_time) if message.create_time else None,
+                create_time=to_timestamp(message.create_time) if message.create_time else None,
             )
             for message in conversation.messages
         ],
@@ -238,7 +222,7 @@ def _meditation_proto(meditation: Meditation) -> gateway_pb.Meditation:
         enhanced_video_uri=meditation.enhanced_video_uri,
         failure_message=meditation.failure_message,
         last_sequence=meditation.last_sequence,
-        create_time=_timestamp(meditation.create_time),
+        create_time=to_timestamp(meditation.create_time),
     )
 
 
@@ -246,8 +230,8 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
     """One event as either stream's response; both messages have the same fields."""
     response = response_type(
         sequence=recorded.sequence,
-        event_time=_timestamp(recorded.event_time),
-        elapsed=_duration(recorded.elapsed_seconds),
+        event_time=to_timestamp(recorded.event_time),
+        elapsed=to_duration(recorded.elapsed_seconds),
     )
     event = recorded.event
     match event:
@@ -257,7 +241,7 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
         case events.StageChanged():
             response.stage.stage = _STAGE[event.stage]
             response.stage.state = _STAGE_STATE[event.state]
-            response.stage.stage_elapsed.CopyFrom(_duration(event.stage_elapsed_seconds))
+            response.stage.stage_elapsed.CopyFrom(to_duration(event.stage_elapsed_seconds))
             response.stage.detail = event.detail
         case events.TranscriptReady():
             response.transcript_ready.text = event.text
@@ -270,12 +254,12 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             response.image_ready.cached = event.is_cached
         case events.NarrationReady():
             response.narration_ready.uri = event.uri
-            response.narration_ready.duration.CopyFrom(_duration(event.duration_seconds))
+            response.narration_ready.duration.CopyFrom(to_duration(event.duration_seconds))
         case events.VideoReady():
             video = response.video_ready
             video.quality = _QUALITY[event.quality]
             video.uri = event.uri
-            video.duration.CopyFrom(_duration(event.duration_seconds))
+            video.duration.CopyFrom(to_duration(event.duration_seconds))
             video.size_bytes = event.size_bytes
             video.width_pixels = event.width_pixels
             video.height_pixels = event.height_pixels
@@ -285,10 +269,10 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             completed.state = _MEDITATION_STATE[event.state]
             completed.transcript_cache_hit = event.transcript_cache_hit
             completed.image_cache_hit = event.image_cache_hit
-            completed.total_duration.CopyFrom(_duration(event.total_seconds))
+            completed.total_duration.CopyFrom(to_duration(event.total_seconds))
             for stage in events.Stage:
                 if stage.value in event.stage_seconds:
                     completed.stage_timings.add(
-                        stage=_STAGE[stage], duration=_duration(event.stage_seconds[stage.value])
+                        stage=_STAGE[stage], duration=to_duration(event.stage_seconds[stage.value])
                     )
     return response

@@ -9,7 +9,6 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
 
 from services.media.errors import (
     AssetNotFoundError,
@@ -21,6 +20,7 @@ from services.media.errors import (
 )
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
+from services.wire import to_duration
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 
@@ -50,7 +50,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         return media_pb.SynthesizeNarrationResponse(
             storage_key=narration.storage_key,
             uri=narration.uri,
-            duration=_duration(narration.duration_seconds),
+            duration=to_duration(narration.duration_seconds),
             sample_rate_hertz=narration.sample_rate_hertz,
             provider=narration.provider,
         )
@@ -71,7 +71,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 if isinstance(event, VideoEncoded):
                     yield media_pb.RenderVideoResponse(
                         encoded=media_pb.VideoEncoded(
-                            encode_duration=_duration(event.encode_seconds), encoder=event.encoder
+                            encode_duration=to_duration(event.encode_seconds), encoder=event.encoder
                         )
                     )
                 else:
@@ -79,12 +79,12 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                         uploaded=media_pb.VideoUploaded(
                             storage_key=event.storage_key,
                             uri=event.uri,
-                            duration=_duration(event.duration_seconds),
+                            duration=to_duration(event.duration_seconds),
                             size_bytes=event.size_bytes,
                             width_pixels=event.width_pixels,
                             height_pixels=event.height_pixels,
                             encoder=event.encoder,
-                            upload_duration=_duration(event.upload_seconds),
+                            upload_duration=to_duration(event.upload_seconds),
                         )
                     )
 
@@ -125,9 +125,3 @@ def _meditation_id(name: str) -> str:
     if match is None:
         raise InvalidInputError("meditation", f"{name!r} is not a valid name: expected meditations/{{id}}")
     return match.group(1)
-
-
-def _duration(seconds: float) -> Duration:
-    duration = Duration()
-    duration.FromNanoseconds(round(seconds * 1e9))
-    return duration

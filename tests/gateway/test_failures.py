@@ -11,7 +11,10 @@ import pytest
 from scripts.stack import free_port
 from services import serving
 from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.errors import FailureKind
+from services.gateway.events import Completed
 from services.gateway.jobs import MeditationJobs
+from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import GatewayServicer
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
@@ -96,3 +99,28 @@ async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same
     assert "narration" in (status.details() or "")
     assert replayed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert [r.sequence for r in replay] == [r.sequence for r in seen]
+
+
+async def test_jobs_stopped_by_shutdown_are_recorded_as_failed_so_watchers_finish(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+) -> None:
+    timeouts = StageTimeouts()
+    content = ContentClient(content_channel, timeouts)
+    jobs = MeditationJobs(
+        content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
+    )
+    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
+    name = await jobs.start(conversation.name, "", MeditationOptions())
+    await jobs.close()
+    meditation = await content.get_meditation(name)
+    assert meditation.state is MeditationState.FAILED
+    assert "gateway stopped" in meditation.failure_message
+    replay = [event async for event in jobs.watch(name, after_sequence=0)]
+    assert isinstance(replay[-1].event, Completed)
+    assert replay[-1].event.failure_kind is FailureKind.UNAVAILABLE
+
+
+def _message(proto: gateway_pb.Message) -> Message:
+    return Message(
+        role="user" if proto.role == gateway_pb.MESSAGE_ROLE_USER else "assistant", text=proto.text
+    )
