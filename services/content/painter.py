@@ -1,4 +1,4 @@
-"""Paints calm procedural landscapes (sky, sun or moon, ridges, water) as PNG stills, offline and deterministic."""
+"""Paints calm procedural landscapes (sky, sun or moon, ridges, water) as PNG stills, offline and seeded."""
 
 from __future__ import annotations
 
@@ -219,7 +219,7 @@ class _Painter:
         self._paint_light_disc(light_x, light_y, light_radius)
         for index, (tops, color, mist_strength) in enumerate(ridges):
             self._paint_ridge(tops, color, mist_strength, is_nearest=index == len(ridges) - 1)
-        # Veiling glare: the sun also brightens the haze in front of the ridges, which softens the silhouettes.
+        # Veiling glare: the sun also brightens the haze in front of the ridges, softening the silhouettes.
         self._paint_light_glow(light_x, light_y, strength=0.35)
         if self.scene.has_water:
             self._paint_water(light_x)
@@ -352,7 +352,7 @@ class _Painter:
         sky += (cloud_rgb - sky) * (alpha * strength)[..., None]
 
     def _paint_light_glow(self, light_x: float, light_y: float, strength: float) -> None:
-        # A sum of separable Gaussians approximates a long-tailed glow with one (rows x 3) @ (3 x columns) product.
+        # Separable Gaussians summed approximate a long-tailed glow: one (rows x 3) @ (3 x columns) product.
         widths = np.array((0.035, 0.12, 0.40), dtype=np.float32) * self.height
         weights = np.array((0.55, 0.35, 0.30), dtype=np.float32) * strength
         if self.scene.time_of_day in ("dawn", "dusk"):
@@ -454,7 +454,9 @@ def _jitter_palette(palette: _Palette, rng: np.random.Generator) -> _Palette:
     shift = rng.normal(0.0, 0.025, 3)
 
     def shifted(color: tuple[float, float, float]) -> tuple[float, float, float]:
-        red, green, blue = (float(np.clip(channel + delta, 0.0, 1.0)) for channel, delta in zip(color, shift))
+        red, green, blue = (
+            float(np.clip(channel + delta, 0.0, 1.0)) for channel, delta in zip(color, shift, strict=True)
+        )
         return red, green, blue
 
     return _Palette(
@@ -473,7 +475,8 @@ def _smooth_curve(rng: np.random.Generator, cells: int, width: int) -> FloatArra
     """Returns 1D value noise (zero mean, unit knots) bicubically interpolated across the width."""
     knots = rng.standard_normal((1, cells + 1)).astype(np.float32)
     curve = Image.fromarray(knots).resize((width, 1), Image.Resampling.BICUBIC)
-    return np.asarray(curve, dtype=np.float32)[0]
+    row: FloatArray = np.asarray(curve, dtype=np.float32)[0]
+    return row
 
 
 def _fractal_noise(
@@ -490,12 +493,14 @@ def _fractal_noise(
         amplitude *= 0.5
     total = (total - total.mean()) / max(float(total.std()), 1e-6)
     upscaled = Image.fromarray(total).resize((width, height), Image.Resampling.BICUBIC)
-    return np.asarray(upscaled, dtype=np.float32)
+    noise: FloatArray = np.asarray(upscaled, dtype=np.float32)
+    return noise
 
 
 def _smoothstep(edge0: float, edge1: float, values: npt.ArrayLike) -> FloatArray:
     fraction = np.clip((np.asarray(values, dtype=np.float32) - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return (fraction * fraction * (3.0 - 2.0 * fraction)).astype(np.float32)
+    eased: FloatArray = (fraction * fraction * (3.0 - 2.0 * fraction)).astype(np.float32)
+    return eased
 
 
 def _normalized(values: FloatArray) -> FloatArray:
