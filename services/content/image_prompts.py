@@ -19,6 +19,9 @@ _THEME_WORD_WEIGHT = 3.0
 _SOURCE_WORD_WEIGHT = 1.0
 # "new job" says more than "new" or "job" alone, and outweighs a theme that names only "job".
 _PHRASE_WEIGHT = 3.0
+# A place the person names ("the sea", "my garden") is where they find calm in their own words. Any named
+# place is chosen over moods; among several places, one said often outweighs one with many mood words.
+_PLACE_WEIGHT = 4.0
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 
 
@@ -32,6 +35,8 @@ class Landscape(enum.Enum):
     OCEAN_SHORE = "ocean_shore"
     STILL_LAKE = "still_lake"
     FOREST_CLEARING = "forest_clearing"
+    RIVERSIDE = "riverside"
+    GARDEN = "garden"
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,8 @@ class LandscapeChoice:
     landscape: Landscape
     # Weighted keyword matches; 0 when nothing matched and the landscape was drawn by hash.
     keyword_hits: float
+    # Whether the conversation names this very place (the sea, a garden), not only its mood.
+    is_named_place: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,13 +56,14 @@ class _Scene:
     description: str
     details: tuple[str, ...]
     mood: str
+    places: str = ""  # space-separated single words that name the place itself ("sea", "beach")
 
 
 _SCENES = {
     Landscape.MOUNTAIN_DAWN: _Scene(
         keywords=(
-            "boss burnout busy career client colleague deadline exam interview job manager meeting office"
-            " overwhelm presentation pressure project promotion stress study work workload"
+            "boss burnout busy career client climb colleague deadline exam hike hiking interview job manager"
+            " meeting office overwhelm presentation pressure project promotion stress study work workload"
         ),
         description="quiet mountains at dawn, a pale gold sky above a valley of low mist",
         details=(
@@ -64,6 +72,7 @@ _SCENES = {
             "distant peaks fading into blue",
         ),
         mood="steadiness and a slow, unhurried morning",
+        places="hill mountain summit valley",
     ),
     Landscape.EVENING_LIGHT: _Scene(
         keywords=(
@@ -100,12 +109,10 @@ _SCENES = {
             "dew catching the light",
         ),
         mood="growth and new beginnings",
+        places="meadow",
     ),
     Landscape.OCEAN_SHORE: _Scene(
-        keywords=(
-            "abroad beach boat coast flight harbor harbour holiday island ocean sail sea shore surf swim"
-            " travel trip vacation wave"
-        ),
+        keywords="abroad boat flight holiday sail sand surf swim tide travel trip vacation wave",
         description="a wide, calm ocean shore at first light, gentle waves on pale sand",
         details=(
             "a smooth line of driftwood",
@@ -113,12 +120,10 @@ _SCENES = {
             "a calm horizon without a boat in sight",
         ),
         mood="openness and ease",
+        places="beach coast harbor harbour island ocean sea seaside shore",
     ),
     Landscape.STILL_LAKE: _Scene(
-        keywords=(
-            "breath breathe calm clarity lake peace pond quiet rain raining rainy river stillness stream"
-            " water"
-        ),
+        keywords="breath breathe calm clarity peace quiet rain raining rainy stillness water",
         description="a still lake at dawn, thin mist resting on glassy water framed by hills",
         details=(
             "a wooden jetty reaching into the mist",
@@ -126,11 +131,12 @@ _SCENES = {
             "reflections of birch trees",
         ),
         mood="stillness and clarity",
+        places="lake loch pond",
     ),
     Landscape.FOREST_CLEARING: _Scene(
         keywords=(
             "anxiety body brother child dad daughter family father friend friendship grandfather grandmother"
-            " health home kid mom mother mum parent partner relationship sister son"
+            " health home kid mom moss mother mum parent partner pine relationship sister son tree"
         ),
         description="a sunlit forest clearing, tall old trees, soft moss and dappled light",
         details=(
@@ -139,16 +145,50 @@ _SCENES = {
             "beams of light through the leaves",
         ),
         mood="shelter and belonging",
+        places="forest wood woodland",
+    ),
+    Landscape.RIVERSIDE: _Scene(
+        keywords="bridge current flow path stream towpath walk",
+        description="a slow river winding through a green valley in early light, willows along its banks",
+        details=(
+            "smooth stones in the shallows",
+            "a narrow footpath following the water",
+            "mist lifting gently from the current",
+        ),
+        mood="gentle movement and letting go",
+        places="canal river riverbank",
+    ),
+    Landscape.GARDEN: _Scene(
+        keywords="bloom flower grow plant seed seedling soil tomato vegetable",
+        description="a quiet garden in soft morning light, flower beds and green leaves bright with dew",
+        details=(
+            "a wooden bench beneath an old apple tree",
+            "a watering can resting by the path",
+            "bees drifting between the flowers",
+        ),
+        mood="patient growth and care",
+        places="allotment garden gardening",
     ),
 }
 # Each keyword in the form `_count_terms` produces, with its weight.
 _KEYWORD_WEIGHTS = {
-    landscape: tuple(
-        ("_".join(lemmatize(part) for part in keyword.split("_")), _PHRASE_WEIGHT if "_" in keyword else 1.0)
-        for keyword in scene.keywords.split()
+    landscape: (
+        *(
+            (
+                "_".join(lemmatize(part) for part in keyword.split("_")),
+                _PHRASE_WEIGHT if "_" in keyword else 1.0,
+            )
+            for keyword in scene.keywords.split()
+        ),
+        *((lemmatize(place), _PLACE_WEIGHT) for place in scene.places.split()),
     )
     for landscape, scene in _SCENES.items()
 }
+_PLACES_BY_LANDSCAPE = {
+    landscape: frozenset(lemmatize(place) for place in scene.places.split())
+    for landscape, scene in _SCENES.items()
+}
+_PLACES = {place: landscape for landscape, places in _PLACES_BY_LANDSCAPE.items() for place in places}
 _PHRASE_KEYS = frozenset(
     key for keyword_weights in _KEYWORD_WEIGHTS.values() for key, _ in keyword_weights if "_" in key
 )
@@ -162,20 +202,33 @@ _DEFAULT_LANDSCAPES = (
 
 
 def choose_landscape(themes: Sequence[str], source_text: str) -> LandscapeChoice:
-    """Returns the landscape whose keywords the themes and source text mention most."""
+    """Returns the landscape of the place the person names, or else the one whose mood words the themes and
+    source text mention most."""
     counts: defaultdict[str, float] = defaultdict(float)
     for theme in themes:
         _count_terms(theme, _THEME_WORD_WEIGHT, counts)
     _count_terms(source_text, _SOURCE_WORD_WEIGHT, counts)
     best = Landscape.STILL_LAKE
-    best_hits = 0.0
+    best_rank = (False, 0.0)
     for landscape, keyword_weights in _KEYWORD_WEIGHTS.items():
         hits = sum(counts.get(key, 0.0) * weight for key, weight in keyword_weights)
-        if hits > best_hits:
-            best, best_hits = landscape, hits
+        is_named_place = any(counts.get(place, 0.0) > 0 for place in _PLACES_BY_LANDSCAPE[landscape])
+        # A place the person names is their own picture of calm, so it comes before any count of moods.
+        if (is_named_place, hits) > best_rank:
+            best, best_rank = landscape, (is_named_place, hits)
+    is_named_place, best_hits = best_rank
     if best_hits == 0:
         best = _DEFAULT_LANDSCAPES[_digest_number(source_text) % len(_DEFAULT_LANDSCAPES)]
-    return LandscapeChoice(best, best_hits)
+    return LandscapeChoice(best, best_hits, is_named_place)
+
+
+def landscape_of_place(phrase: str) -> Landscape | None:
+    """Returns the landscape of the first place `phrase` names ("the sea" is the ocean shore), if any."""
+    for word in _words(phrase):
+        landscape = _PLACES.get(word)
+        if landscape is not None:
+            return landscape
+    return None
 
 
 def create_image_prompt(themes: Sequence[str], source_text: str) -> str:
@@ -190,8 +243,12 @@ def create_image_prompt(themes: Sequence[str], source_text: str) -> str:
     return prompt
 
 
+def _words(text: str) -> list[str]:
+    return [lemmatize(word.removesuffix("'s")) for word in _WORD.findall(text.lower().replace("’", "'"))]
+
+
 def _count_terms(text: str, weight: float, counts: defaultdict[str, float]) -> None:
-    words = [lemmatize(word.removesuffix("'s")) for word in _WORD.findall(text.lower().replace("’", "'"))]
+    words = _words(text)
     position = 0
     while position < len(words):
         pair = "_".join(words[position : position + 2])

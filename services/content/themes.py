@@ -25,8 +25,22 @@ _MIN_WORD_CHARS = 3
 _MIN_BIGRAM_OCCURRENCES = 2
 # A recurring bigram ("work deadlines") is more specific than either of its words, so it outranks them.
 _BIGRAM_BONUS = 2.0
-# A pair that holds at least half a word's mentions stands in for that word.
+# A pair that holds at least half a word's mentions stands in for that word; so does one that holds a third
+# of them and that the person repeats in more than one message ("launch deadlines" for "launch").
 _MIN_SHARE_TO_ABSORB_WORD = 2
+_MIN_SHARE_TO_ABSORB_WORD_WHEN_REPEATED = 3
+# What the person comes back to in message after message is on their mind; a word repeated within one
+# message may only be how they happened to tell it. Each further message that mentions a theme adds this
+# share to its score, and a theme only the assistant named loses the same share.
+_USER_SPREAD_BONUS = 0.25
+# The people someone names carry much of a conversation's feeling, even when named less often than work.
+_FAMILY_SALIENCE = 1.5
+# Broad words ("work", "air") name little on their own; a specific phrase or person should outrank them.
+_GENERIC_SALIENCE = 0.5
+# A theme far below the most prominent one was mentioned in passing; naming it would only add noise.
+_MIN_SHARE_OF_TOP_SCORE = 0.25
+# Words that only echo a pooled theme ("waves" for the sea, "tired" for sleep) count this much toward it.
+_ECHO_WEIGHT = 0.5
 
 # Words that mean the person's own: "my sister" becomes "your sister", which reads naturally when narrated.
 _USER_POSSESSIVES = frozenset({"my", "our"})
@@ -64,29 +78,30 @@ _STOPWORDS = _word_set(
 # Conversational filler and assistant small talk: frequent in every chat, a theme of none.
 _FILLER_WORDS = _word_set(
     """
-    able absolutely actually add added adding advice ago agree ah alright amazing answer anyhow
-    appreciate approach ask asked asking aspect aw away awesome awful back bad basically best better big
-    bit bye call called came can't certain certainly chance chat check choose chosen come comes coming
-    common completely consider continue conversation cool could couple course day days decide definitely
-    did different difficult do doing done eaten eight eleven else end enough especially everyday exactly
-    example excited exciting experience fact fair feel feeling feelings feels felt find fine first five
-    focus follow found four friday get gets getting give given glad go goes going gone gonna good got
-    gotta gotten great guess guy guys ha haha half happen happened happening happens happy hard hear
-    heard hello help helped helpful helping helps hey hi hmm honest honestly hope hoping hour hours
-    hundred idea ideas important instead issue issues keep keeping kind kinda know knowing known knows
-    last lately later least leave let lets life like liked likely little lol look looked looking looks
-    lot lots love made make makes making maybe mean means meant mention mind minute minutes miss missed
-    missing moment moments monday month months morning much natural need needed needs nice night nine
-    normal notice noticed oh ok okay one part people perfectly person place plan please point possible
-    pretty probably problem put question questions quite ready real really reason recently remember
-    right said same saturday saw say saying says second see seeing seem seemed seems sense seven share
-    sharing six sorry sort sorta sound sounds speak start started step steps stuff suggest suggestion
-    suggestions sunday sure take taken takes taking talk talked talking tell telling ten thank thanks
-    thing things think thinking third thirty thought thoughts thousand three thursday time times tip
-    tips today told tomorrow tonight totally tried tries true try trying tuesday twelve twenty two type
-    uh um understand understandable understanding use used useful usually valid via wanna want wanted
-    wanting wants way ways wednesday week weekend weeks welcome well went whatever wish wonder wonderful
-    worth wow written yeah year years yep yes yesterday
+    able absolutely actually add added adding advice ago agree ah alright amazing answer anyhow anymore
+    appreciate approach april ask asked asking aspect august aw away awesome awful back bad basically
+    believe best better big bit bye call called came can't certain certainly chance chat check choose
+    chosen come comes coming common completely consider continue conversation cool could couple course
+    day days december decide definitely did different difficult do doing done eaten eight eleven else end
+    enough especially everyday exactly example excited exciting experience fact fair february feel
+    feeling feelings feels felt fifth find fine first five focus follow found four fourth friday get gets
+    getting give given glad go goes going gone gonna good got gotta gotten great guess guy guys ha haha
+    half happen happened happening happens happy hard hear heard hello help helped helpful helping helps
+    hey hi hmm honest honestly hope hoping hour hours hundred idea ideas important instead issue issues
+    january july june keep keeping kind kinda know knowing known knows last lately later least leave let
+    lets life like liked likely little lol look looked looking looks lot lots love made make makes making
+    march maybe mean means meant mention mind minute minutes miss missed missing moment moments monday
+    month months morning much natural need needed needs nice night nine normal notice noticed november
+    october oh ok okay one part people perfectly person place plan please point possible pretty probably
+    problem put question questions quite ready real really reason recently remember right said same
+    saturday saw say saying says second see seeing seem seemed seems sense september seven share sharing
+    six sixth soon sorry sort sorta sound sounds speak start started step steps stop stops stuff suggest
+    suggestion suggestions sunday sure take taken takes taking talk talked talking tell telling ten thank
+    thanks thing things think thinking third thirty thought thoughts thousand three thursday time times
+    tip tips today told tomorrow tonight totally tried tries true try trying tuesday twelve twenty two
+    type uh um understand understandable understanding use used useful usually valid via wanna want
+    wanted wanting wants way ways wednesday week weekend weeks welcome well went whatever wish wonder
+    wonderful worth wow written yeah year years yep yes yesterday
     """
 )
 
@@ -97,6 +112,7 @@ _NOUN_FORMS = {
     "anxious": "anxiety",
     "asleep": "sleep",
     "depressed": "depression",
+    "died": "death",
     "exhausted": "exhaustion",
     "frightened": "fear",
     "frustrated": "frustration",
@@ -113,9 +129,12 @@ _NOUN_FORMS = {
     "scared": "fear",
     "sleeping": "sleep",
     "sleepless": "sleep",
+    "tense": "tension",
+    "slept": "sleep",
     "stressed": "stress",
     "stressful": "stress",
     "tired": "tiredness",
+    "tiring": "tiredness",
     "working": "work",
     "worried": "worry",
     "worrying": "worry",
@@ -124,7 +143,8 @@ _NOUN_FORMS = {
 # Adjectives that make a good phrase with a following noun ("new job", "older sister") but no theme alone.
 _MODIFIERS = _word_set(
     """
-    best big close early elder full late little long new old older past small young younger
+    best big close day early elder evening full late little long morning new night old older past small
+    young younger
     """
 )
 
@@ -143,6 +163,63 @@ _LY_NOUNS = _word_set(
 )
 # Plural stripping would mangle these.
 _UNCHANGED_PLURALS = _word_set("christmas clothes diabetes glasses lens news physics politics series species")
+
+# Broad nouns that name little alone; "cold air" is as vague as "air", so a phrase ending in one is too.
+_GENERIC_NOUNS = _word_set("air area head level matter room side space thing walk work world")
+# People a conversation is about. Family words said like a name ("thinking about Mum") mean the person's own.
+_FAMILY_NAMES = _word_set(
+    "dad daddy gran grandad granddad grandma grandpa granny mam mama mom mommy mum mummy nan nana nanna papa"
+)
+_FAMILY_WORDS = _FAMILY_NAMES | _word_set(
+    """
+    aunt boyfriend brother child cousin daughter family father fiance fiancee friend girlfriend grandchild
+    granddaughter grandfather grandmother grandson husband kid mother nephew niece parent partner sibling
+    sister son stepdad stepmom stepmum uncle wife
+    """
+)
+# Before a family name these make it someone else's ("her mum", "a dad"), not the person's own.
+_NOT_OWNING = _word_set("a an another any every her his its some that the their these this those whose")
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """Words that name one theme together: "the sea", "the beach" and "the waves" are one place of calm.
+
+    `names` map each word that names the theme to how a narrator says it; `echoes` only add weight once the
+    theme has been named ("waves" alone may be grief coming in waves, not the sea).
+    """
+
+    names: dict[str, str]
+    echoes: frozenset[str] = frozenset()
+
+
+_POOLS = (
+    _Pool(
+        {
+            "sea": "the sea",
+            "ocean": "the ocean",
+            "beach": "the beach",
+            "shore": "the shore",
+            "coast": "the coast",
+            "seaside": "the seaside",
+        },
+        _word_set("sand surf tide wave"),
+    ),
+    _Pool({"river": "the river", "riverbank": "the riverbank", "canal": "the canal"}),
+    _Pool({"lake": "the lake", "loch": "the loch", "pond": "the pond"}),
+    _Pool(
+        {"garden": "the garden", "gardening": "gardening", "allotment": "the allotment"},
+        _word_set("flower plant seedling soil tomato vegetable"),
+    ),
+    _Pool({"mountain": "the mountains", "hill": "the hills"}, _word_set("climb hike hiking trail")),
+    _Pool(
+        {"forest": "the forest", "wood": "the woods", "woodland": "the woodland"}, _word_set("moss pine tree")
+    ),
+    # A death, a loss or a funeral is grief when the person names it so, and stays as they said it otherwise.
+    _Pool({"grief": "grief"}, _word_set("death funeral loss mourning")),
+    # Tiredness is a theme of its own until the person says what they want instead of it: sleep.
+    _Pool({"sleep": "sleep"}, _word_set("bedtime exhaustion insomnia tiredness")),
+)
 
 
 def lemmatize(word: str) -> str:
@@ -171,12 +248,13 @@ def content_words(text: str) -> list[str]:
 
 
 def extract_themes(text: str, max_themes: int = 5) -> list[str]:
-    """Returns the conversation's most prominent themes, most prominent first, as lowercase noun phrases."""
+    """Returns the conversation's most prominent themes, most prominent first, as lowercase noun phrases: at
+    most `max_themes`, and fewer when the rest were only mentioned in passing."""
     if max_themes <= 0 or not text.strip():
         return []
     tally = _Tally()
-    for weight, is_user_voice, clause in _iter_clauses(text):
-        tally.add_clause(weight, is_user_voice, clause)
+    for weight, user_message, clause in _iter_clauses(text):
+        tally.add_clause(weight, user_message, clause)
     return tally.top_themes(max_themes)
 
 
@@ -198,6 +276,9 @@ class _Candidate:
     weighted_count: float = 0.0
     occurrences: int = 0
     possessive_occurrences: int = 0
+    user_occurrences: int = 0
+    # Which of the person's messages mention it, by index among all messages.
+    user_messages: set[int] = field(default_factory=set)
     displays: Counter[str] = field(default_factory=Counter)
 
 
@@ -240,9 +321,11 @@ def _looks_like_adverb_or_verb(word: str) -> bool:
     return word.endswith("ed") and not word.endswith("eed") and len(word) >= 5
 
 
-def _iter_clauses(text: str) -> Iterator[tuple[float, bool, str]]:
-    """Yields (weight, is_user_voice, clause) per clause; an unmarked line belongs to the last author."""
+def _iter_clauses(text: str) -> Iterator[tuple[float, int | None, str]]:
+    """Yields (weight, user_message, clause) per clause, where user_message is the index of the person's
+    message the clause is in (None for the assistant); an unmarked line belongs to the message above."""
     weight = _UNMARKED_WEIGHT
+    message = 0
     is_user_voice = True
     for line in text.lower().replace("’", "'").splitlines():
         marker = _ROLE_PREFIX.match(line)
@@ -250,15 +333,28 @@ def _iter_clauses(text: str) -> Iterator[tuple[float, bool, str]]:
             role = marker.group(1)
             weight = _ROLE_WEIGHTS[role]
             is_user_voice = role == "user"
+            message += 1
             line = line[marker.end() :]
         if weight <= 0:
             continue
         for clause in _CLAUSE_BREAK.split(line):
             if clause.strip():
-                yield weight, is_user_voice, clause
+                yield weight, message if is_user_voice else None, clause
 
 
 _Key = TypeVar("_Key", str, tuple[str, str])
+
+
+@dataclass(frozen=True)
+class _Ranked:
+    score: float
+    is_bigram: bool
+    key: str
+    lemmas: frozenset[str]  # a theme sharing any of these with a higher-ranked one is left out
+    name: str
+    first_position: int
+    # Words it speaks for without being named by them (a pool's echoes): used up, but never a conflict.
+    echoes: frozenset[str] = frozenset()
 
 
 class _Tally:
@@ -269,8 +365,8 @@ class _Tally:
         self._bigrams: dict[tuple[str, str], _Candidate] = {}
         self._position = 0
 
-    def add_clause(self, weight: float, is_user_voice: bool, clause: str) -> None:
-        possessives = _USER_POSSESSIVES if is_user_voice else _ASSISTANT_POSSESSIVES
+    def add_clause(self, weight: float, user_message: int | None, clause: str) -> None:
+        possessives = _USER_POSSESSIVES if user_message is not None else _ASSISTANT_POSSESSIVES
         previous_raw = ""
         previous: _Token | None = None
         previous_follows_possessive = False
@@ -279,10 +375,12 @@ class _Tally:
             follows_possessive = previous_raw in possessives
             if token is not None and token.is_content:
                 # "my younger sister": the possessive reaches past the modifier to the noun.
-                owned = follows_possessive or (
-                    previous is not None and not previous.is_content and previous_follows_possessive
+                owned = (
+                    follows_possessive
+                    or (previous is not None and not previous.is_content and previous_follows_possessive)
+                    or _is_family_name_as_own(token.lemma, previous_raw)
                 )
-                self._count(self._unigrams, token.lemma, token.display, weight, owned)
+                self._count(self._unigrams, token.lemma, token.display, weight, owned, user_message)
             if (
                 token is not None
                 and previous is not None
@@ -290,9 +388,13 @@ class _Tally:
                 and token.can_end_bigram
                 and previous.lemma != token.lemma
             ):
-                display = f"{previous.surface} {token.display}"
                 self._count(
-                    self._bigrams, (previous.lemma, token.lemma), display, weight, previous_follows_possessive
+                    self._bigrams,
+                    (previous.lemma, token.lemma),
+                    f"{previous.surface} {token.display}",
+                    weight,
+                    previous_follows_possessive,
+                    user_message,
                 )
             previous_follows_possessive = follows_possessive
             previous = token
@@ -300,7 +402,13 @@ class _Tally:
             self._position += 1
 
     def _count(
-        self, table: dict[_Key, _Candidate], key: _Key, display: str, weight: float, owned: bool
+        self,
+        table: dict[_Key, _Candidate],
+        key: _Key,
+        display: str,
+        weight: float,
+        owned: bool,
+        user_message: int | None,
     ) -> None:
         candidate = table.get(key)
         if candidate is None:
@@ -309,50 +417,147 @@ class _Tally:
         candidate.occurrences += 1
         candidate.possessive_occurrences += owned
         candidate.displays[display] += 1
+        if user_message is not None:
+            candidate.user_occurrences += 1
+            candidate.user_messages.add(user_message)
 
     def top_themes(self, max_themes: int) -> list[str]:
-        ranked: list[_Ranked] = [
-            _Ranked(candidate.weighted_count, False, lemma, frozenset({lemma}), candidate)
-            for lemma, candidate in self._unigrams.items()
-        ]
+        ranked = self._pooled()
+        pooled = frozenset().union(*(entry.lemmas | entry.echoes for entry in ranked))
+        for lemma, candidate in self._unigrams.items():
+            if lemma not in pooled:
+                ranked.append(
+                    _Ranked(
+                        _score(candidate, (lemma,)),
+                        False,
+                        lemma,
+                        frozenset({lemma}),
+                        _name(candidate),
+                        candidate.first_position,
+                    )
+                )
         for (first, second), candidate in self._bigrams.items():
             if candidate.occurrences < _MIN_BIGRAM_OCCURRENCES:
                 continue
-            score = candidate.weighted_count * _BIGRAM_BONUS
+            score = _score(candidate, (first, second)) * _BIGRAM_BONUS
             # When most mentions of a word come in this pair ("new job" for "job"), the pair names the theme
             # better than the word does, so it takes at least the word's rank.
             for lemma in (first, second):
                 word = self._unigrams.get(lemma)  # absent for a modifier, which is never a theme alone
-                if word is not None and candidate.occurrences * _MIN_SHARE_TO_ABSORB_WORD >= word.occurrences:
-                    score = max(score, word.weighted_count)
-            ranked.append(_Ranked(score, True, f"{first} {second}", frozenset({first, second}), candidate))
+                if word is not None and _absorbs(candidate, word):
+                    score = max(score, _score(word, (lemma,)))
+            ranked.append(
+                _Ranked(
+                    score,
+                    True,
+                    f"{first} {second}",
+                    frozenset({first, second}),
+                    _name(candidate),
+                    candidate.first_position,
+                )
+            )
         # Highest score first, a pair before a word it ties with, then first said, then alphabetical.
-        ranked.sort(
-            key=lambda entry: (-entry.score, not entry.is_bigram, entry.candidate.first_position, entry.key)
-        )
+        ranked.sort(key=lambda entry: (-entry.score, not entry.is_bigram, entry.first_position, entry.key))
         themes: list[str] = []
         used_lemmas: set[str] = set()
         for entry in ranked:
-            if entry.lemmas & used_lemmas:
+            if entry.score < ranked[0].score * _MIN_SHARE_OF_TOP_SCORE:
+                break
+            if entry.lemmas & used_lemmas or entry.name in themes:
                 continue
-            used_lemmas |= entry.lemmas
-            themes.append(_name(entry.candidate))
+            used_lemmas |= entry.lemmas | entry.echoes
+            themes.append(entry.name)
             if len(themes) == max_themes:
                 break
         return themes
 
+    def _pooled(self) -> list[_Ranked]:
+        """Returns one entry per pool the text names, scored as all its words together."""
+        entries: list[_Ranked] = []
+        for pool in _POOLS:
+            names = {lemma: self._unigrams[lemma] for lemma in pool.names if lemma in self._unigrams}
+            if not names:
+                continue
+            echoes = {lemma: self._unigrams[lemma] for lemma in pool.echoes if lemma in self._unigrams}
+            members = [*names.values(), *echoes.values()]
+            weighted_count = sum(
+                candidate.weighted_count for candidate in names.values()
+            ) + _ECHO_WEIGHT * sum(candidate.weighted_count for candidate in echoes.values())
+            user_messages = set[int]().union(*(candidate.user_messages for candidate in members))
+            # The word the person uses most for it names it; "the sea" before "the beach" if said as often.
+            lemma, candidate = min(
+                names.items(),
+                key=lambda item: (
+                    -len(item[1].user_messages),
+                    -item[1].user_occurrences,
+                    item[1].first_position,
+                ),
+            )
+            name = pool.names[lemma]
+            if _is_mostly_owned(candidate):
+                name = "your " + name.removeprefix("the ")
+            entries.append(
+                _Ranked(
+                    weighted_count * _spread(user_messages),
+                    False,
+                    lemma,
+                    frozenset(names),
+                    name,
+                    min(member.first_position for member in members),
+                    frozenset(echoes),
+                )
+            )
+        return entries
 
-@dataclass(frozen=True)
-class _Ranked:
-    score: float
-    is_bigram: bool
-    key: str
-    lemmas: frozenset[str]
-    candidate: _Candidate
+
+def _is_family_name_as_own(lemma: str, previous_raw: str) -> bool:
+    """Whether a family word said like a name ("about Mum") means the person's own, not someone else's."""
+    return (
+        lemma in _FAMILY_NAMES
+        and previous_raw not in _NOT_OWNING
+        and previous_raw not in _USER_POSSESSIVES | _ASSISTANT_POSSESSIVES
+    )
+
+
+def _absorbs(pair: _Candidate, word: _Candidate) -> bool:
+    """Whether a recurring pair names the theme of one of its words better than the word does alone."""
+    if pair.occurrences * _MIN_SHARE_TO_ABSORB_WORD >= word.occurrences:
+        return True
+    is_repeated = len(pair.user_messages) >= _MIN_BIGRAM_OCCURRENCES
+    return is_repeated and pair.occurrences * _MIN_SHARE_TO_ABSORB_WORD_WHEN_REPEATED >= word.occurrences
+
+
+def _spread(user_messages: set[int]) -> float:
+    return 1.0 + _USER_SPREAD_BONUS * (len(user_messages) - 1)
+
+
+def _score(candidate: _Candidate, lemmas: tuple[str, ...]) -> float:
+    salience = 1.0
+    if any(lemma in _FAMILY_WORDS for lemma in lemmas):
+        salience = _FAMILY_SALIENCE
+    elif lemmas[-1] in _GENERIC_NOUNS:
+        salience = _GENERIC_SALIENCE
+    return candidate.weighted_count * salience * _spread(candidate.user_messages)
+
+
+def _is_mostly_owned(candidate: _Candidate) -> bool:
+    return candidate.possessive_occurrences * 2 >= candidate.occurrences
 
 
 def _name(candidate: _Candidate) -> str:
+    display = _display(candidate)
+    return f"your {display}" if _is_mostly_owned(candidate) else display
+
+
+def _display(candidate: _Candidate) -> str:
+    """Returns how the phrase was most often written, plural when it was written both ways: "night shift"
+    and "night shifts" are the same theme, and a theme that recurs is more naturally named in the plural."""
     display = candidate.displays.most_common(1)[0][0]
-    if candidate.possessive_occurrences * 2 >= candidate.occurrences:
-        return f"your {display}"
+    stem, _, last = display.rpartition(" ")
+    if lemmatize(last) != last:
+        return display
+    for variant, _ in candidate.displays.most_common():
+        variant_stem, _, variant_last = variant.rpartition(" ")
+        if variant_stem == stem and variant_last != last and lemmatize(variant_last) == last:
+            return variant
     return display

@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape
+from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape, landscape_of_place
 from services.content.themes import content_words, extract_themes
 from services.pause_marks import count_spoken_words, format_pause
 
@@ -23,6 +23,23 @@ _MAX_THEME_WORDS = 4
 _MAX_THEME_CHARS = 40
 # Letters (any script), apostrophes, hyphens and spaces: nothing a user writes can add a pause mark or markup.
 _THEME_UNSAFE_CHARS = re.compile(r"[^\w' -]|[\d_]")
+# Words that read naturally without an article ("you spoke about grief"); any other single-word theme that is
+# not a plural is a countable thing and gets "the" ("you spoke about the wedding", not "about wedding").
+_MASS_NOUN_LIST = (
+    "anger anxiety burnout cancer change childhood college confidence death dementia depression"
+    " exhaustion family fear food frustration grief guilt health heartbreak home homework insomnia"
+    " jealousy loneliness loss love money motherhood music overwhelm pain panic parenthood peace pregnancy"
+    " pressure rain rest retirement sadness school shame sleep stress tension therapy tiredness uni"
+    " university weather work worry"
+)
+_MASS_NOUNS = frozenset(_MASS_NOUN_LIST.split())
+_MASS_NOUN_SUFFIXES = ("ness", "ing", "ity", "ism")
+# "-ing" is mostly a pastime ("gardening") or a feeling ("grieving"); these are things, said with "the".
+_COUNTABLE_ING_LIST = (
+    "beginning building ceiling ending evening meeting offspring sibling spring string wedding"
+)
+_COUNTABLE_ING_NOUNS = frozenset(_COUNTABLE_ING_LIST.split())
+_DETERMINERS = frozenset({"a", "an", "her", "his", "my", "our", "the", "their", "your"})
 # Words that point to the body as where the conversation's weight sits, making a body scan the better fit.
 _BODY_WORD_LIST = (
     "ache body breath burnout chest exhaustion headache health heart illness insomnia jaw migraine muscle"
@@ -240,6 +257,22 @@ _SCENES = {
         f"Feel how sheltered you are here. The trees have stood together for many years, rooted and patient,"
         f" and they make room for you. {_P4}",
     ),
+    Landscape.RIVERSIDE: (
+        f"You are walking slowly along a quiet riverbank in the soft light of early morning. The path is easy"
+        f" beneath your feet. {_P3}",
+        f"Beside you the river moves steadily on, carrying small leaves and ripples downstream, never in a"
+        f" hurry. {_P4}",
+        f"Let your thoughts be like those leaves on the water. Notice each one, and let the current carry it"
+        f" gently away. {_P4}",
+    ),
+    Landscape.GARDEN: (
+        f"You are standing in a quiet garden in the early morning. The air is cool, and it smells of damp"
+        f" earth and green leaves. {_P3}",
+        f"Everything around you is growing at its own pace, the flowers opening slowly toward the light."
+        f" {_P4}",
+        f"Feel the soil, soft and cool beneath your hands. Nothing here can be hurried, and nothing needs to"
+        f" be. {_P4}",
+    ),
 }
 
 _REFLECTION_OPENING = _core(
@@ -293,9 +326,16 @@ def compose_meditation(source_text: str) -> str:
     """Returns a 400 to 500 word guided meditation with pause marks, reflecting the source text's themes."""
     rng = random.Random(_seed(source_text))
     themes = extract_themes(source_text)
+    # The same choice the image is painted from, so the place the listener hears is the place they see.
     landscape = choose_landscape(themes, source_text)
-    middle = _BODY_SCAN if _prefers_body_scan(source_text, landscape, rng) else _visualisation(landscape)
-    sections = (_ARRIVAL, _BREATH, middle, _reflection(_speakable_themes(themes)), _CLOSING)
+    spoken = _speakable_themes(themes)
+    refuge = _place_of_refuge(spoken)
+    middle: tuple[_Sentence, ...]
+    if _prefers_body_scan(source_text, landscape, rng):
+        middle = _BODY_SCAN
+    else:
+        middle = _visualisation(landscape, _place_to_visit(refuge, landscape))
+    sections = (_ARRIVAL, _BREATH, middle, _reflection(spoken, refuge), _CLOSING)
     # Phrasings are drawn before sentences are chosen, so the choice of one never shifts the other.
     drafted = [[(rng.choice(slot.variants), slot.is_optional) for slot in section] for section in sections]
     kept = _fit_to_word_range(drafted, rng)
@@ -325,6 +365,9 @@ def _seed(source_text: str) -> int:
 
 
 def _prefers_body_scan(source_text: str, landscape: LandscapeChoice, rng: random.Random) -> bool:
+    # A place the person named as their calm is the strongest cue there is: take them there.
+    if landscape.is_named_place:
+        return False
     body_hits = sum(1 for word in content_words(source_text) if word in _BODY_WORDS)
     if body_hits >= _DECISIVE_BODY_WORDS or (body_hits > 0 and landscape.keyword_hits == 0):
         return True
@@ -333,9 +376,30 @@ def _prefers_body_scan(source_text: str, landscape: LandscapeChoice, rng: random
     return rng.random() < 0.5
 
 
-def _visualisation(landscape: LandscapeChoice) -> tuple[_Sentence, ...]:
+def _visualisation(landscape: LandscapeChoice, named_place: str | None) -> tuple[_Sentence, ...]:
     scene = tuple(_core(sentence) for sentence in _SCENES[landscape.landscape])
-    return (_VISUALISATION_OPENING, *scene, *_VISUALISATION_CLOSING)
+    opening = _VISUALISATION_OPENING
+    if named_place is not None:
+        opening = _core(
+            f"Now, in your imagination, let yourself go back to {named_place}, the place where you feel at"
+            " ease.",
+            f"Now let an image of {named_place} form in your mind, as clearly and as gently as it comes.",
+        )
+    return (opening, *scene, *_VISUALISATION_CLOSING)
+
+
+def _place_to_visit(refuge: str | None, landscape: LandscapeChoice) -> str | None:
+    """Returns the refuge when the visualisation shows it: a place ("the sea", "your garden"), not a pastime
+    ("gardening"), and the very place the image shows, so what is heard and what is seen agree."""
+    if refuge is None or not refuge.startswith(("the ", "your ")):
+        return None
+    return refuge if landscape_of_place(refuge) is landscape.landscape else None
+
+
+def _place_of_refuge(themes: Sequence[str]) -> str | None:
+    """Returns the first theme that names a calm place (the sea, your garden), which is a comfort to return
+    to rather than a weight to set down."""
+    return next((theme for theme in themes if landscape_of_place(theme) is not None), None)
 
 
 def _speakable_themes(themes: Sequence[str]) -> list[str]:
@@ -348,18 +412,45 @@ def _speakable_themes(themes: Sequence[str]) -> list[str]:
         while words and count_spoken_words(" ".join(words)) > _MAX_THEME_WORDS:
             words.pop()
         cleaned = " ".join(words)
-        if cleaned and len(cleaned) <= _MAX_THEME_CHARS and cleaned not in speakable:
-            speakable.append(cleaned)
+        if not cleaned or len(cleaned) > _MAX_THEME_CHARS:
+            continue
+        # "the" is one more spoken word than the limit above allows; the script's budget leaves room for it.
+        spoken = _with_article(cleaned)
+        if spoken not in speakable:
+            speakable.append(spoken)
         if len(speakable) == _MAX_NAMED_THEMES:
             break
     return speakable
 
 
-def _reflection(themes: Sequence[str]) -> tuple[_Sentence, ...]:
+def _with_article(theme: str) -> str:
+    """Returns a theme that ends in a lone countable noun with "the" ("the wedding", "the new job"), so it
+    reads as a thing in a sentence; a feeling, a plural or a phrase that already says whose is left as is."""
+    words = theme.split()
+    first, last = words[0], words[-1]
+    # Only English has these rules; a word in another language is said just as the person wrote it.
+    if not theme.isascii() or first in _DETERMINERS or first.endswith("'s") or last in _MASS_NOUNS:
+        return theme
+    if last.endswith(_MASS_NOUN_SUFFIXES) and last not in _COUNTABLE_ING_NOUNS:
+        return theme
+    if last.endswith("s") and not last.endswith("ss"):
+        return theme
+    return f"the {theme}"
+
+
+def _reflection(themes: Sequence[str], refuge: str | None = None) -> tuple[_Sentence, ...]:
+    if refuge is None:
+        middle = _reflection_on_weights(themes)
+    else:
+        carried = [theme for theme in themes if theme != refuge][: _MAX_NAMED_THEMES - 1]
+        middle = _reflection_with_refuge(carried, refuge)
+    return (_REFLECTION_OPENING, *middle, *_REFLECTION_CLOSING)
+
+
+def _reflection_on_weights(themes: Sequence[str]) -> tuple[_Sentence, ...]:
     # Phrased so a theme reads right whether singular or plural ("sleep", "work deadlines"): "that", not "it".
-    middle: tuple[_Sentence, ...]
     if not themes:
-        middle = (
+        return (
             _core(
                 f"Let whatever has been on your mind today come gently into view, without needing to name"
                 f" it or solve it. {_P4}",
@@ -371,9 +462,9 @@ def _reflection(themes: Sequence[str]) -> tuple[_Sentence, ...]:
                 f" place. {_P5}",
             ),
         )
-    elif len(themes) == 1:
+    if len(themes) == 1:
         only = themes[0]
-        middle = (
+        return (
             _core(
                 f"You spoke about {only}. Let that come to mind now, gently, without needing to solve"
                 f" anything. {_P4}",
@@ -385,30 +476,75 @@ def _reflection(themes: Sequence[str]) -> tuple[_Sentence, ...]:
                 f" Let your breath move gently around that place. {_P5}",
             ),
         )
-    else:
-        first, second = themes[0], themes[1]
-        named = f"{first} and {second}" if len(themes) == 2 else f"{first}, {second}, and {themes[2]}"
-        middle = (
+    first, second = themes[0], themes[1]
+    named = f"{first} and {second}" if len(themes) == 2 else f"{first}, {second}, and {themes[2]}"
+    middle: tuple[_Sentence, ...] = (
+        _core(
+            f"You spoke about {named}. {_P3}",
+            f"In your conversation, you talked about {named}. {_P3}",
+            f"Lately your thoughts have turned to {named}. {_P3}",
+        ),
+        _first_weight(first),
+        _second_weight(second),
+    )
+    if len(themes) > 2:
+        middle = (*middle, _extra(f"And {themes[2]}, too. Nothing needs solving right now. {_P3}"))
+    return middle
+
+
+def _reflection_with_refuge(carried: Sequence[str], refuge: str) -> tuple[_Sentence, ...]:
+    """The weights are met one by one, and the place of quiet is named last, as something to keep."""
+    # "the sea, your place of quiet"; "your garden, where you find quiet" (never "your garden, your ...").
+    framed = f"{refuge}, {'your place of quiet' if refuge.startswith('the ') else 'where you find quiet'}"
+    if not carried:
+        return (
             _core(
-                f"You spoke about {named}. {_P3}",
-                f"In your conversation, you talked about {named}. {_P3}",
-                f"Lately you have been holding {named}. {_P3}",
+                f"You spoke about {framed}. Let it come to mind now, as clearly as you can. {_P4}",
+                f"In your conversation, you spoke about {framed}. Picture it now, softly, in as much detail"
+                f" as you like. {_P4}",
             ),
             _core(
-                f"Think first of {first}. Notice what stirs in you, and where you feel it in your body."
-                f" Let your breath move gently around that place. {_P5}",
-                f"Begin with {first}. Notice where that lives in your body, and let your breath soften"
-                f" the place. {_P5}",
-            ),
-            _core(
-                f"Now bring {second} to mind. Whatever comes up, let it be here for a moment, held with"
-                f" kindness rather than pressure. {_P5}",
-                f"Now turn toward {second}. Meet whatever you find there with warmth instead of worry. {_P5}",
+                f"Notice how your body feels when you picture {refuge}, and let that ease spread a little"
+                f" further with each breath. {_P5}",
             ),
         )
-        if len(themes) > 2:
-            middle = (*middle, _extra(f"And {themes[2]}, too. Nothing needs solving right now. {_P3}"))
-    return (_REFLECTION_OPENING, *middle, *_REFLECTION_CLOSING)
+    named = carried[0] if len(carried) == 1 else f"{carried[0]} and {carried[1]}"
+    middle = [
+        _core(
+            f"You spoke about {named}, and about {framed}. {_P3}",
+            f"In your conversation, you talked about {named}, and about {framed}. {_P3}",
+            f"Lately your thoughts have turned to {named}, and to {framed}. {_P3}",
+        ),
+        _first_weight(carried[0]),
+    ]
+    if len(carried) > 1:
+        middle.append(_second_weight(carried[1]))
+    middle.append(
+        _core(
+            f"And whenever it feels like too much, remember {refuge}, and the quiet you find there. That"
+            f" quiet is still yours. {_P4}",
+            f"And remember {refuge}. The calm you find there is yours, and you can return to it whenever you"
+            f" need. {_P4}",
+        )
+    )
+    return tuple(middle)
+
+
+def _first_weight(theme: str) -> _Sentence:
+    return _core(
+        f"Think first of {theme}. Notice what stirs in you, and where you feel it in your body. Let your"
+        f" breath move gently around that place. {_P5}",
+        f"Begin with {theme}. Notice where that lives in your body, and let your breath soften the place."
+        f" {_P5}",
+    )
+
+
+def _second_weight(theme: str) -> _Sentence:
+    return _core(
+        f"Now bring {theme} to mind. Whatever comes up, let it be here for a moment, held with kindness"
+        f" rather than pressure. {_P5}",
+        f"Now turn toward {theme}. Meet whatever you find there with warmth instead of worry. {_P5}",
+    )
 
 
 def _fit_to_word_range(drafted: list[list[tuple[str, bool]]], rng: random.Random) -> set[tuple[int, int]]:

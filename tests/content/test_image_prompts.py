@@ -9,8 +9,15 @@ from services.content.image_prompts import (
     Landscape,
     choose_landscape,
     create_image_prompt,
+    landscape_of_place,
 )
 from services.content.themes import extract_themes
+from tests.content.test_themes import (
+    EXAMS_AND_MOUNTAINS,
+    LAUNCH_AND_GARDEN,
+    RIVER_GRIEF,
+    example_source_text,
+)
 
 STYLE = "soft light, no people, no text, painterly, serene"
 
@@ -18,7 +25,8 @@ STYLE = "soft light, no people, no text, painterly, serene"
 @pytest.mark.parametrize(
     ("source_text", "expected_scene"),
     [
-        ("User: It has rained all week and I sit by the river watching the water.", "lake"),
+        ("User: It has rained all week and I sit by the river watching the water.", "slow river"),
+        ("User: It has rained all week and I sit by the lake watching the water.", "still lake"),
         ("User: I miss the sea. The ocean and the waves always calmed me.", "ocean"),
         (
             "User: My work deadlines and my boss are crushing me. So much stress at the office.",
@@ -27,6 +35,8 @@ STYLE = "soft light, no people, no text, painterly, serene"
         ("User: My grandfather died. The grief and the loss are heavy.", "evening light"),
         ("User: I can't sleep at night. Insomnia again, lying in bed awake.", "moonlit water"),
         ("User: I got a new job! A fresh start, real growth.", "spring meadow at sunrise"),
+        ("User: My garden is overgrown and I miss planting tomatoes.", "quiet garden"),
+        ("User: The woods behind our house are where I go to think. The forest is so still.", "forest"),
     ],
 )
 def test_prompt_scene_suits_the_themes(source_text: str, expected_scene: str) -> None:
@@ -75,3 +85,96 @@ def test_with_nothing_to_go_on_a_default_landscape_is_drawn_from_the_text() -> N
 
     assert choice.keyword_hits == 0
     assert choice.landscape in set(Landscape)
+
+
+def test_the_showcase_conversation_is_painted_as_the_sea_shore() -> None:
+    text = example_source_text()
+    themes = extract_themes(text)
+
+    choice = choose_landscape(themes, text)
+    prompt = create_image_prompt(themes, text)
+
+    assert choice.landscape is Landscape.OCEAN_SHORE
+    assert choice.is_named_place
+    assert "ocean shore" in prompt
+    assert "forest" not in prompt
+
+
+@pytest.mark.parametrize(
+    ("text", "landscape"),
+    [
+        (RIVER_GRIEF, Landscape.RIVERSIDE),
+        (LAUNCH_AND_GARDEN, Landscape.GARDEN),
+        (EXAMS_AND_MOUNTAINS, Landscape.MOUNTAIN_DAWN),
+    ],
+    ids=["grief by the river", "launch and garden", "exams and mountains"],
+)
+def test_the_place_a_person_finds_calm_in_is_the_scene(text: str, landscape: Landscape) -> None:
+    choice = choose_landscape(extract_themes(text), text)
+
+    assert choice.landscape is landscape
+    assert choice.is_named_place
+
+
+def test_a_named_place_outweighs_the_stress_words_around_it() -> None:
+    text = (
+        "User: Work deadlines, my boss, the office, the project, the pressure, the stress of my job.\n"
+        "User: The only thing that helps is the beach."
+    )
+
+    choice = choose_landscape(extract_themes(text), text)
+
+    assert choice.landscape is Landscape.OCEAN_SHORE
+
+
+def test_waves_of_grief_are_not_a_place() -> None:
+    text = "User: My grandfather died. The grief comes in waves."
+
+    choice = choose_landscape(extract_themes(text), text)
+
+    assert choice.landscape is Landscape.EVENING_LIGHT
+    assert not choice.is_named_place
+
+
+def test_moods_alone_choose_a_scene_without_naming_a_place() -> None:
+    text = "User: My work deadlines and my boss are crushing me."
+
+    assert not choose_landscape(extract_themes(text), text).is_named_place
+
+
+@pytest.mark.parametrize(
+    ("phrase", "landscape"),
+    [
+        ("the sea", Landscape.OCEAN_SHORE),
+        ("the beach", Landscape.OCEAN_SHORE),
+        ("the river", Landscape.RIVERSIDE),
+        ("the lake", Landscape.STILL_LAKE),
+        ("your garden", Landscape.GARDEN),
+        ("gardening", Landscape.GARDEN),
+        ("the mountains", Landscape.MOUNTAIN_DAWN),
+        ("the hills", Landscape.MOUNTAIN_DAWN),
+        ("the woods", Landscape.FOREST_CLEARING),
+        ("night shifts", None),
+        ("your mum", None),
+        ("", None),
+    ],
+)
+def test_a_phrase_that_names_a_place_gives_its_landscape(phrase: str, landscape: Landscape | None) -> None:
+    assert landscape_of_place(phrase) is landscape
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "User: The sea and the beach.",
+        "User: The river and the canal.",
+        "User: The lake and the pond.",
+        "User: My garden and gardening.",
+        "User: The mountains and the hills.",
+        "User: The forest and the woods.",
+    ],
+)
+def test_every_place_theme_has_a_landscape(text: str) -> None:
+    place = extract_themes(text)[0]
+
+    assert landscape_of_place(place) is choose_landscape([place], text).landscape

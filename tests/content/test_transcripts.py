@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from services.content.image_prompts import Landscape, choose_landscape
 from services.content.themes import extract_themes
 from services.content.transcripts import (
     MAX_SCRIPT_WORDS,
@@ -15,6 +16,12 @@ from services.content.transcripts import (
     split_into_sentences,
 )
 from services.pause_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
+from tests.content.test_themes import (
+    EXAMS_AND_MOUNTAINS,
+    LAUNCH_AND_GARDEN,
+    RIVER_GRIEF,
+    example_source_text,
+)
 
 JOB_AND_WEDDING = "\n".join(
     [
@@ -53,6 +60,17 @@ SCRIPT_INPUTS = {
     "huge": JOB_AND_WEDDING * 300,
     "injection": "User: [pause 99s] my [sister] and my [[job]] [pause 0.1s] ]]] [[[ {pause} <speak>",
     "long hyphenated words": "User: " + "self-care-and-work-life-balance-in-a-time-of-change " * 20,
+    "showcase": example_source_text(),
+    "grief by the river": RIVER_GRIEF,
+    "launch and garden": LAUNCH_AND_GARDEN,
+    "exams and mountains": EXAMS_AND_MOUNTAINS,
+}
+# Words only the narrated visualisation of each place says, so a test can tell which place is narrated.
+SCENE_WORDS = {
+    Landscape.OCEAN_SHORE: "calm shore",
+    Landscape.RIVERSIDE: "riverbank",
+    Landscape.GARDEN: "quiet garden",
+    Landscape.MOUNTAIN_DAWN: "mountainside",
 }
 
 
@@ -197,3 +215,82 @@ def test_sentences_keep_the_pause_marks_that_follow_them() -> None:
 def test_splitting_text_without_terminal_punctuation_keeps_it_whole() -> None:
     assert split_into_sentences("  just a fragment  ") == ["just a fragment"]
     assert split_into_sentences("") == []
+
+
+def test_the_showcase_reflection_names_night_shifts_mum_and_the_sea() -> None:
+    reflection = compose_meditation(example_source_text()).split("\n\n")[3]
+
+    named = [theme for theme in ("night shifts", "your mum", "the sea") if theme in reflection]
+    assert len(named) >= 2, reflection
+    assert "the sea, your place of quiet" in reflection
+
+
+def test_the_showcase_visualises_the_sea_the_image_shows_despite_its_body_words() -> None:
+    text = example_source_text()
+    assert choose_landscape(extract_themes(text), text).landscape is Landscape.OCEAN_SHORE
+
+    middle = compose_meditation(text).split("\n\n")[2]
+
+    assert "the sea" in middle
+    assert SCENE_WORDS[Landscape.OCEAN_SHORE] in middle
+
+
+@pytest.mark.parametrize(
+    ("text", "landscape", "themes"),
+    [
+        (RIVER_GRIEF, Landscape.RIVERSIDE, ("your dad", "the river", "your brother")),
+        (LAUNCH_AND_GARDEN, Landscape.GARDEN, ("launch deadlines", "your garden")),
+        (EXAMS_AND_MOUNTAINS, Landscape.MOUNTAIN_DAWN, ("your exams", "panic", "the mountains")),
+    ],
+    ids=["grief by the river", "launch and garden", "exams and mountains"],
+)
+def test_the_narrated_place_is_the_painted_place_and_the_reflection_names_the_themes(
+    text: str, landscape: Landscape, themes: tuple[str, ...]
+) -> None:
+    assert choose_landscape(extract_themes(text), text).landscape is landscape
+
+    paragraphs = compose_meditation(text).split("\n\n")
+
+    assert SCENE_WORDS[landscape] in paragraphs[2]
+    assert sum(theme in paragraphs[3] for theme in themes) >= 2, paragraphs[3]
+
+
+def test_a_lone_countable_theme_is_spoken_with_an_article() -> None:
+    text = "User: The wedding is soon. The wedding costs so much. I dread the wedding."
+    assert extract_themes(text)[0] == "wedding"
+
+    reflection = compose_meditation(text).split("\n\n")[3]
+
+    assert "about the wedding" in reflection
+
+
+def test_a_phrase_ending_in_a_countable_noun_is_spoken_with_an_article() -> None:
+    assert "new job" in extract_themes(JOB_AND_WEDDING)
+
+    reflection = compose_meditation(JOB_AND_WEDDING).split("\n\n")[3]
+
+    assert "the new job" in reflection
+    assert "the your" not in reflection
+    assert "the work deadlines" not in reflection
+
+
+def test_feelings_and_plurals_are_spoken_without_an_article() -> None:
+    text = "User: Grief, grief and my exams. The exams and the grief. Grief."
+
+    reflection = compose_meditation(text).split("\n\n")[3]
+
+    assert "the grief" not in reflection
+    assert "the exams" not in reflection
+    assert "grief" in reflection
+
+
+def test_a_pastime_of_calm_is_remembered_but_never_visited_as_a_place() -> None:
+    text = "User: Gardening is what calms me. I miss gardening. Gardening, every weekend."
+    assert extract_themes(text)[0] == "gardening"
+
+    paragraphs = compose_meditation(text).split("\n\n")
+
+    assert "back to gardening" not in paragraphs[2]
+    assert "image of gardening" not in paragraphs[2]
+    assert SCENE_WORDS[Landscape.GARDEN] in paragraphs[2]
+    assert "gardening, where you find quiet" in paragraphs[3]
