@@ -76,14 +76,16 @@ def describe(response: MeditationStreamResponse) -> str:
         return line + (f" — {response.stage.detail}" if response.stage.detail else "")
     if kind == "transcript_ready":
         ready = response.transcript_ready
-        return f"transcript ready: {ready.word_count} words" + (" (cached)" if ready.cached else "")
+        line = f"transcript ready: {ready.word_count} words by {ready.provider}"
+        return line + (" (cached)" if ready.cached else "") + _fallback(ready.fallback_reason)
     if kind == "image_ready":
         image = response.image_ready
-        return f"image ready: {image.width_pixels}x{image.height_pixels}" + (
-            " (cached)" if image.cached else ""
-        )
+        line = f"image ready: {image.width_pixels}x{image.height_pixels} by {image.provider}"
+        return line + (" (cached)" if image.cached else "") + _fallback(image.fallback_reason)
     if kind == "narration_ready":
-        return f"narration ready: {seconds_of(response.narration_ready.duration):.1f}s of audio"
+        narration = response.narration_ready
+        line = f"narration ready: {seconds_of(narration.duration):.1f}s of audio by {narration.provider}"
+        return line + _fallback(narration.fallback_reason)
     if kind == "video_ready":
         video = response.video_ready
         quality = gateway_pb.VideoQuality.Name(video.quality).removeprefix("VIDEO_QUALITY_").lower()
@@ -96,6 +98,10 @@ def describe(response: MeditationStreamResponse) -> str:
         state = gateway_pb.MeditationState.Name(done.state).removeprefix("MEDITATION_STATE_").lower()
         return f"completed: {state} in {seconds_of(done.total_duration):.2f}s"
     return f"unknown event {kind}"
+
+
+def _fallback(reason: str) -> str:
+    return f" — fell back to offline: {reason}" if reason else ""
 
 
 def fetch_asset(uri: str, target: Path) -> None:

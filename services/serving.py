@@ -108,9 +108,31 @@ async def serve_until_signalled(
         logger.info("stopped")
 
 
-def configure_logging(level: str) -> None:
-    """Sets up one readable log format for every process."""
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+class SecretRedactor(logging.Filter):
+    """Replaces secrets in every log record, whoever logs it (our code, the SDKs, a traceback)."""
+
+    def __init__(self, secrets: Sequence[str]) -> None:
+        super().__init__()
+        self._secrets = [secret for secret in secrets if secret]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        redacted = message
+        for secret in self._secrets:
+            redacted = redacted.replace(secret, "***")
+            if record.exc_text:
+                record.exc_text = record.exc_text.replace(secret, "***")
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+def configure_logging(level: str, *, secrets: Sequence[str] = ()) -> None:
+    """Sets up one readable log format for every process; `secrets` never reach the output."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # On the handler, not a logger: records from every logger pass through it.
+    handler.addFilter(SecretRedactor(secrets))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

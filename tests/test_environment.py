@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from services.content.config import ContentConfig
 from services.environment import ConfigError, Environment
 from services.gateway.config import GatewayConfig
+from services.media.config import MediaConfig
+from services.serving import SecretRedactor
 
 
 def test_defaults_are_the_embedded_offline_ones(tmp_path: Path) -> None:
@@ -44,3 +47,47 @@ def test_flags_accept_the_usual_spellings() -> None:
     assert environment.flag("B", True) is False
     with pytest.raises(ConfigError, match="C"):
         environment.flag("C", True)
+
+
+def test_an_openai_provider_without_a_key_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        ContentConfig.from_environment(
+            Environment({"STILLPOINT_TRANSCRIPT_PROVIDER": "openai"}), var_root=tmp_path
+        )
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        MediaConfig.from_environment(Environment({"STILLPOINT_SPEECH_PROVIDER": "openai"}), var_root=tmp_path)
+
+
+def test_openai_settings_never_show_the_key(tmp_path: Path) -> None:
+    key = "sk-proj-NeverPrintMe0123456789"
+    config = ContentConfig.from_environment(
+        Environment({"STILLPOINT_IMAGE_PROVIDER": "openai", "OPENAI_API_KEY": key}), var_root=tmp_path
+    )
+    assert config.openai is not None
+    assert config.openai.api_key == key
+    assert key not in repr(config)
+    assert config.image_model.name == "gpt-image-2.5-flare"
+    assert config.transcript_provider == "offline"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STILLPOINT_SPEECH_FORMAT", "ogg"),
+        ("STILLPOINT_SPEECH_PROVIDER", "elevenlabs"),
+        ("STILLPOINT_SPEECH_VOICE", "sage; rm -rf"),
+    ],
+)
+def test_bad_speech_settings_name_their_variable(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        MediaConfig.from_environment(Environment({variable: value}), var_root=tmp_path)
+
+
+def test_secrets_are_redacted_from_every_log_record() -> None:
+    key = "sk-proj-RedactMe0123456789"
+    record = logging.LogRecord(
+        "openai", logging.DEBUG, __file__, 1, "headers: %s", ({"Authorization": key},), None
+    )
+    assert SecretRedactor([key]).filter(record)
+    assert key not in record.getMessage()
+    assert "***" in record.getMessage()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import multiprocessing
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
+
+import openai
 
 from services import serving
 from services.cache import InProcessCache
@@ -18,36 +21,84 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
+from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
 from services.content.repository import ContentRepository, create_engine, create_schema
 from services.content.servicer import ContentServicer
 from services.environment import ConfigError, Environment
-from services.storage import LocalAssetStorage
+from services.openai_api import check_models, make_client
+from services.provider_status import ProviderReport
+from services.storage import AssetStorage, LocalAssetStorage
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
+logger = logging.getLogger("services.content")
+
+
+def build_generators(
+    config: ContentConfig, client: openai.AsyncOpenAI | None, painters: Executor, storage: AssetStorage
+) -> tuple[TranscriptGenerator, ImageGenerator, list[ProviderReport]]:
+    """Wires the configured providers, each behind its cache, with the offline ones as fallbacks."""
+    offline_transcripts = TranscriptGenerator(
+        OfflineTranscriptProvider(), InProcessCache(ttl_seconds=config.cache_ttl_seconds)
+    )
+    offline_images = ImageGenerator(
+        OfflineImageProvider(painters), InProcessCache(ttl_seconds=config.cache_ttl_seconds), storage
+    )
+    transcripts, images = offline_transcripts, offline_images
+    reports = [ProviderReport("transcript", "offline"), ProviderReport("image", "offline")]
+    fallback = config.fallback_to_offline
+    # Providers get four fifths of their stage's budget, retries included, leaving time for the fallback.
+    budget = 0.8
+    if config.transcript_provider == "openai" and client is not None:
+        transcripts = TranscriptGenerator(
+            OpenAITranscriptProvider(
+                client, config.transcript_model, budget * config.transcript_timeout_seconds
+            ),
+            InProcessCache(ttl_seconds=config.cache_ttl_seconds),
+            fallback=offline_transcripts if fallback else None,
+        )
+        reports[0] = ProviderReport("transcript", "openai", config.transcript_model.name, fallback)
+    if config.image_provider == "openai" and client is not None:
+        provider = OpenAIImageProvider(
+            client,
+            config.image_model,
+            landscape_size=config.image_size_landscape,
+            square_size=config.image_size_square,
+            timeout_seconds=budget * config.image_timeout_seconds,
+        )
+        images = ImageGenerator(
+            provider,
+            InProcessCache(ttl_seconds=config.cache_ttl_seconds),
+            storage,
+            fallback=offline_images if fallback else None,
+        )
+        reports[1] = ProviderReport("image", "openai", config.image_model.name, fallback)
+    return transcripts, images, reports
 
 
 async def main(config: ContentConfig) -> None:
-    """Makes the process's engine, caches and worker pool once, serves, and releases them on the way out."""
+    """Makes the process's engine, client, caches and worker pool once, serves, and releases them."""
     engine = create_engine(config.database_url)
     await create_schema(engine)
+    client = make_client(config.openai) if config.openai is not None else None
     # Painting is CPU-bound Python: a spawned worker keeps it off the event loop, and spawn (never fork)
     # keeps gRPC's threads out of the child.
     painters = ProcessPoolExecutor(config.painter_workers, mp_context=multiprocessing.get_context("spawn"))
     storage = LocalAssetStorage(config.storage_root)
-    servicer = ContentServicer(
-        repository=ContentRepository(engine),
-        transcripts=TranscriptGenerator(
-            OfflineTranscriptProvider(), InProcessCache(ttl_seconds=config.cache_ttl_seconds)
-        ),
-        images=ImageGenerator(
-            OfflineImageProvider(painters), InProcessCache(ttl_seconds=config.cache_ttl_seconds), storage
-        ),
-    )
+    transcripts, images, reports = build_generators(config, client, painters, storage)
+    if client is not None:
+        # Warn at start-up, in the log and through GetProviderStatus, about models missing or retiring soon.
+        models = {"transcript": config.transcript_model, "image": config.image_model}
+        for report in reports:
+            if report.provider == "openai":
+                report.warnings = await check_models(client, [models[report.capability]])
+    servicer = ContentServicer(ContentRepository(engine), transcripts, images, reports)
 
     async def release() -> None:
         painters.shutdown(wait=False, cancel_futures=True)
+        if client is not None:
+            await client.close()
         await engine.dispose()
 
     running = await serving.start_server(
@@ -66,7 +117,10 @@ def run() -> None:
         config = ContentConfig.from_environment(environment, var_root=var_root)
     except ConfigError as error:
         sys.exit(f"content: configuration error: {error}")
-    serving.configure_logging(config.log_level)
+    serving.configure_logging(
+        config.log_level, secrets=[config.openai.api_key] if config.openai is not None else []
+    )
+    logger.info("providers: transcript=%s image=%s", config.transcript_provider, config.image_provider)
     asyncio.run(main(config))
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.environment import Environment
+from services.environment import ConfigError, Environment
+from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
+
+PROVIDERS = ("offline", "openai")
+# What OpenAI serves on 2026-11-21: gpt-6-luna replaces the gpt-4o class; DALL-E and gpt-image-1 are gone.
+DEFAULT_TRANSCRIPT_MODEL = "gpt-6-luna"
+DEFAULT_IMAGE_MODEL = "gpt-image-2.5-flare"
+_SIZE = re.compile(r"^(auto|\d{2,5}x\d{2,5})$")
 
 
 @dataclass(frozen=True)
@@ -19,12 +27,25 @@ class ContentConfig:
     painter_workers: int
     grace_seconds: float
     log_level: str
+    transcript_provider: str
+    image_provider: str
+    openai: OpenAISettings | None
+    transcript_model: ConfiguredModel
+    image_model: ConfiguredModel
+    image_size_landscape: str
+    image_size_square: str
+    fallback_to_offline: bool
+    transcript_timeout_seconds: float
+    image_timeout_seconds: float
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> ContentConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
         storage_root = environment.directory("STILLPOINT_STORAGE_DIR", var_root / "storage")
         default_database = f"sqlite+aiosqlite:///{var_root / 'stillpoint.db'}"
+        transcript_provider = environment.choice("STILLPOINT_TRANSCRIPT_PROVIDER", "offline", PROVIDERS)
+        image_provider = environment.choice("STILLPOINT_IMAGE_PROVIDER", "offline", PROVIDERS)
+        uses_openai = "openai" in (transcript_provider, image_provider)
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
             database_url=environment.text("DATABASE_URL", default_database),
@@ -35,4 +56,27 @@ class ContentConfig:
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            transcript_provider=transcript_provider,
+            image_provider=image_provider,
+            openai=read_openai_settings(environment) if uses_openai else None,
+            transcript_model=ConfiguredModel(
+                environment.text("STILLPOINT_TRANSCRIPT_MODEL", DEFAULT_TRANSCRIPT_MODEL),
+                "STILLPOINT_TRANSCRIPT_MODEL",
+            ),
+            image_model=ConfiguredModel(
+                environment.text("STILLPOINT_IMAGE_MODEL", DEFAULT_IMAGE_MODEL), "STILLPOINT_IMAGE_MODEL"
+            ),
+            image_size_landscape=_image_size(environment, "STILLPOINT_IMAGE_SIZE_LANDSCAPE", "1536x1024"),
+            image_size_square=_image_size(environment, "STILLPOINT_IMAGE_SIZE_SQUARE", "1024x1024"),
+            fallback_to_offline=environment.flag("STILLPOINT_FALLBACK_TO_OFFLINE", True),
+            # The seeds' budget for content generation: 300 s.
+            transcript_timeout_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
+            image_timeout_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
         )
+
+
+def _image_size(environment: Environment, name: str, default: str) -> str:
+    value = environment.text(name, default)
+    if not _SIZE.fullmatch(value):
+        raise ConfigError(f"{name}={value!r} is not WIDTHxHEIGHT (such as 1536x1024) or auto")
+    return value

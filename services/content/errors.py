@@ -30,7 +30,3 @@ class PreconditionError(ContentError):
 
 class ConflictError(ContentError):
     """A concurrent writer got there first, such as two events with the same sequence."""
-
-
-class ProviderError(ContentError):
-    """A transcript or image provider failed."""

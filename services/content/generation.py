@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import io
+import json
+import logging
 import re
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Protocol
 
+from PIL import Image
+
 from services.cache import InProcessCache
 from services.content import painter, transcripts
 from services.content.errors import InvalidInputError
+from services.openai_api import ProviderCallError
 from services.pause_marks import count_spoken_words
 from services.storage import AssetStorage, new_key
 
-# Bump when the offline composer's output changes, so cached scripts from an older composer are not reused.
-TRANSCRIPT_PROMPT_VERSION = "offline-v1"
+logger = logging.getLogger(__name__)
+
+# Bump when the offline composer's output changes, so scripts cached from an older composer are not reused.
+OFFLINE_COMPOSER_VERSION = "offline-v1"
 _SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+")
 
 
@@ -26,11 +35,16 @@ class TranscriptProvider(Protocol):
 
     @property
     def name(self) -> str:
-        """What writes the scripts, for events and cache keys."""
+        """What writes the scripts, for events."""
+        ...
+
+    @property
+    def cache_identity(self) -> str:
+        """What, besides the source, decides the script (model, prompt version): part of the cache key."""
         ...
 
     def stream(self, source_text: str) -> AsyncIterator[str]:
-        """Yields consecutive pieces of the script."""
+        """Yields consecutive pieces of the script; raises ProviderCallError when the provider fails."""
         ...
 
 
@@ -39,11 +53,16 @@ class ImageProvider(Protocol):
 
     @property
     def name(self) -> str:
-        """What makes the images, for events and cache keys."""
+        """What makes the images, for events."""
+        ...
+
+    @property
+    def cache_identity(self) -> str:
+        """What, besides the prompt, decides the image (model, size): part of the cache key."""
         ...
 
     async def generate(self, prompt: str, width_pixels: int, height_pixels: int) -> bytes:
-        """Returns PNG bytes."""
+        """Returns PNG bytes in the requested shape; raises ProviderCallError when the provider fails."""
         ...
 
 
@@ -51,6 +70,7 @@ class OfflineTranscriptProvider:
     """The embedded composer: a deterministic script built from the conversation's own themes."""
 
     name = "offline"
+    cache_identity = OFFLINE_COMPOSER_VERSION
 
     async def stream(self, source_text: str) -> AsyncIterator[str]:
         """Composes off the event loop, then yields the script sentence by sentence as a model would."""
@@ -64,6 +84,7 @@ class OfflineImageProvider:
     """The embedded painter: a procedural landscape seeded from the prompt, painted in a worker process."""
 
     name = "offline"
+    cache_identity = "painter-v1"
 
     def __init__(self, executor: Executor) -> None:
         self._executor = executor
@@ -84,6 +105,13 @@ class TranscriptDelta:
 
 
 @dataclass(frozen=True)
+class TranscriptRestart:
+    """The text streamed so far is void: the provider failed, and the fallback writes the script afresh."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class TranscriptResult:
     """The whole script."""
 
@@ -91,6 +119,7 @@ class TranscriptResult:
     word_count: int
     is_cached: bool
     provider: str
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,28 +132,55 @@ class GeneratedImage:
     height_pixels: int
     is_cached: bool
     provider: str
+    fallback_reason: str = ""
+
+
+TranscriptEvent = TranscriptDelta | TranscriptRestart | TranscriptResult
 
 
 class TranscriptGenerator:
-    """Writes scripts through the provider, with a cache keyed by source content and prompt version."""
+    """Writes scripts through the provider, with a cache keyed by source content, model and prompt version.
 
-    def __init__(self, provider: TranscriptProvider, cache: InProcessCache) -> None:
+    With a fallback, a failed provider call is announced (TranscriptRestart) and the fallback writes the
+    script instead; its result is cached under the fallback's own key, never under the failed provider's.
+    """
+
+    def __init__(
+        self, provider: TranscriptProvider, cache: InProcessCache, fallback: TranscriptGenerator | None = None
+    ) -> None:
         self._provider = provider
         self._cache = cache
+        self._fallback = fallback
 
     def cache_key(self, source_text: str) -> str:
-        """The cache key: a hash of the source content, the provider and the prompt version."""
+        """The cache key: a hash of the source content, the provider and what decides its output."""
         digest = hashlib.sha256(source_text.encode()).hexdigest()
-        return f"transcript:{self._provider.name}:{TRANSCRIPT_PROMPT_VERSION}:{digest}"
+        return f"transcript:{self._provider.name}:{self._provider.cache_identity}:{digest}"
 
-    async def generate(
-        self, source_text: str, *, skip_cache: bool = False
-    ) -> AsyncIterator[TranscriptDelta | TranscriptResult]:
+    async def generate(self, source_text: str, *, skip_cache: bool = False) -> AsyncIterator[TranscriptEvent]:
         """Streams deltas while the provider writes, then the whole script; a hit yields only the result."""
         if not source_text.strip():
             raise InvalidInputError(
                 "source_text", "is empty: collect source content from a conversation first"
             )
+        failure: ProviderCallError | None = None
+        try:
+            async for event in self._generate(source_text, skip_cache):
+                yield event
+        except ProviderCallError as error:
+            if self._fallback is None:
+                raise
+            failure = error
+        if failure is None or self._fallback is None:
+            return
+        logger.warning("transcript provider %s failed, using the fallback: %s", self._provider.name, failure)
+        yield TranscriptRestart(reason=failure.message)
+        async for event in self._fallback.generate(source_text, skip_cache=skip_cache):
+            if isinstance(event, TranscriptResult):
+                event = dataclasses.replace(event, fallback_reason=failure.message)
+            yield event
+
+    async def _generate(self, source_text: str, skip_cache: bool) -> AsyncIterator[TranscriptEvent]:
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
         async def write() -> bytes:
@@ -155,12 +211,22 @@ class TranscriptGenerator:
 
 
 class ImageGenerator:
-    """Makes and stores images through the provider, with a cache from prompt and size to storage key."""
+    """Makes and stores images through the provider, with a cache from prompt, model and size to the asset.
 
-    def __init__(self, provider: ImageProvider, cache: InProcessCache, storage: AssetStorage) -> None:
+    With a fallback, a failed provider call makes the fallback paint the image, reported with the reason.
+    """
+
+    def __init__(
+        self,
+        provider: ImageProvider,
+        cache: InProcessCache,
+        storage: AssetStorage,
+        fallback: ImageGenerator | None = None,
+    ) -> None:
         self._provider = provider
         self._cache = cache
         self._storage = storage
+        self._fallback = fallback
 
     async def generate(
         self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool = False
@@ -171,28 +237,46 @@ class ImageGenerator:
         if (width_pixels, height_pixels) not in painter.SUPPORTED_SIZES:
             sizes = ", ".join(f"{w}x{h}" for w, h in sorted(painter.SUPPORTED_SIZES))
             raise InvalidInputError("width_pixels/height_pixels", f"use one of {sizes}")
+        try:
+            return await self._generate(prompt, width_pixels, height_pixels, skip_cache)
+        except ProviderCallError as error:
+            if self._fallback is None:
+                raise
+            logger.warning("image provider %s failed, using the fallback: %s", self._provider.name, error)
+            image = await self._fallback.generate(prompt, width_pixels, height_pixels, skip_cache=skip_cache)
+            return dataclasses.replace(image, fallback_reason=error.message)
+
+    async def _generate(
+        self, prompt: str, width_pixels: int, height_pixels: int, skip_cache: bool
+    ) -> GeneratedImage:
         digest = hashlib.sha256(prompt.encode()).hexdigest()
-        cache_key = f"image:{self._provider.name}:{width_pixels}x{height_pixels}:{digest}"
+        identity = f"{self._provider.name}:{self._provider.cache_identity}"
+        cache_key = f"image:{identity}:{width_pixels}x{height_pixels}:{digest}"
 
         async def make() -> bytes:
             png = await self._provider.generate(prompt, width_pixels, height_pixels)
+            # A provider may answer in its own size for the shape asked: record what really came back.
+            width, height = await asyncio.to_thread(_png_size, png)
             stored = await self._storage.put_bytes(new_key("images", "png"), png, "image/png")
-            return stored.key.encode()
+            return json.dumps({"key": stored.key, "width": width, "height": height}).encode()
 
         result = await self._cache.get_or_compute(cache_key, make, skip_cache=skip_cache)
-        storage_key = result.value.decode()
-        if result.is_cached and not await self._is_stored(storage_key):
-            # The cache outlived the asset (storage was cleaned): make it again, never hand out a dead URI
+        entry = json.loads(result.value)
+        if result.is_cached and not await self._storage.exists(entry["key"]):
+            # The cache outlived the asset (storage was cleaned): make it again, never hand out a dead URI.
             result = await self._cache.get_or_compute(cache_key, make, skip_cache=True)
-            storage_key = result.value.decode()
+            entry = json.loads(result.value)
         return GeneratedImage(
-            storage_key=storage_key,
-            uri=self._storage.uri(storage_key),
-            width_pixels=width_pixels,
-            height_pixels=height_pixels,
+            storage_key=entry["key"],
+            uri=self._storage.uri(entry["key"]),
+            width_pixels=int(entry["width"]),
+            height_pixels=int(entry["height"]),
             is_cached=result.is_cached,
             provider=self._provider.name,
         )
 
-    async def _is_stored(self, storage_key: str) -> bool:
-        return await self._storage.exists(storage_key)
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(png)) as image:
+        width, height = image.size
+    return width, height

@@ -17,9 +17,13 @@ from services.content.errors import (
     InvalidInputError,
     NotFoundError,
     PreconditionError,
-    ProviderError,
 )
-from services.content.generation import ImageGenerator, TranscriptDelta, TranscriptGenerator
+from services.content.generation import (
+    ImageGenerator,
+    TranscriptDelta,
+    TranscriptGenerator,
+    TranscriptRestart,
+)
 from services.content.image_prompts import create_image_prompt
 from services.content.repository import (
     ContentRepository,
@@ -30,6 +34,8 @@ from services.content.repository import (
     NewMessage,
 )
 from services.content.themes import extract_themes
+from services.openai_api import FailureKind, ProviderCallError
+from services.provider_status import ProviderReport
 from services.wire import from_timestamp, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
@@ -66,10 +72,12 @@ class ContentServicer(content_grpc.ContentServiceServicer):
         repository: ContentRepository,
         transcripts: TranscriptGenerator,
         images: ImageGenerator,
+        providers: list[ProviderReport] | None = None,
     ) -> None:
         self._repository = repository
         self._transcripts = transcripts
         self._images = images
+        self._providers = providers or []
 
     async def CreateConversation(
         self, request: content_pb.CreateConversationRequest, context: _Context
@@ -121,6 +129,10 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                     yield content_pb.GenerateTranscriptResponse(
                         delta=content_pb.TranscriptDelta(text=event.text)
                     )
+                elif isinstance(event, TranscriptRestart):
+                    yield content_pb.GenerateTranscriptResponse(
+                        delta=content_pb.TranscriptDelta(restart=True, restart_reason=event.reason)
+                    )
                 else:
                     yield content_pb.GenerateTranscriptResponse(
                         completed=content_pb.TranscriptCompleted(
@@ -128,6 +140,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                             word_count=event.word_count,
                             cached=event.is_cached,
                             provider=event.provider,
+                            fallback_reason=event.fallback_reason,
                         )
                     )
 
@@ -156,6 +169,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             height_pixels=image.height_pixels,
             cached=image.is_cached,
             provider=image.provider,
+            fallback_reason=image.fallback_reason,
         )
 
     async def CreateMeditation(
@@ -223,6 +237,31 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             meditation = await self._repository.get_meditation(meditation_id)
         return content_pb.GetMeditationResponse(meditation=_meditation_proto(meditation))
 
+    async def GetProviderStatus(
+        self, request: content_pb.GetProviderStatusRequest, context: _Context
+    ) -> content_pb.GetProviderStatusResponse:
+        return content_pb.GetProviderStatusResponse(
+            providers=[
+                content_pb.ProviderStatus(
+                    capability=report.capability,
+                    provider=report.provider,
+                    model=report.model,
+                    fallback_to_offline=report.fallback_to_offline,
+                    warnings=report.warnings,
+                )
+                for report in self._providers
+            ]
+        )
+
+
+_PROVIDER_STATUS = {
+    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
 
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
@@ -237,8 +276,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     except ConflictError as error:
         await context.abort(grpc.StatusCode.ABORTED, str(error))
-    except ProviderError as error:
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+    except ProviderCallError as error:
+        await context.abort(_PROVIDER_STATUS[error.kind], error.message)
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")

@@ -188,6 +188,7 @@ class ContentClient:
                         word_count=done.word_count,
                         is_cached=done.cached,
                         provider=done.provider,
+                        fallback_reason=done.fallback_reason,
                     )
         except grpc.aio.AioRpcError as error:
             raise _translate(error, "content") from None
@@ -219,6 +220,7 @@ class ContentClient:
             height_pixels=response.height_pixels,
             is_cached=response.cached,
             provider=response.provider,
+            fallback_reason=response.fallback_reason,
         )
 
     async def create_meditation(
@@ -301,6 +303,7 @@ class MediaClient:
             uri=response.uri,
             duration_seconds=seconds_of(response.duration),
             provider=response.provider,
+            fallback_reason=response.fallback_reason,
         )
 
     async def render_video(

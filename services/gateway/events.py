@@ -65,6 +65,8 @@ class TranscriptReady:
     text: str
     word_count: int
     is_cached: bool
+    provider: str = ""
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class ImageReady:
     width_pixels: int
     height_pixels: int
     is_cached: bool
+    provider: str = ""
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,8 @@ class NarrationReady:
 
     uri: str
     duration_seconds: float
+    provider: str = ""
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -113,12 +113,18 @@ class MeditationPipeline:
                     written = piece
             if written is None:
                 raise GatewayError(FailureKind.INTERNAL, "the transcript stream ended without a transcript")
-            stage.detail = f"{written.word_count} words by {written.provider}" + (
-                " (cached)" if written.is_cached else ""
+            stage.detail = _provider_detail(
+                f"{written.word_count} words", written.provider, written.is_cached, written.fallback_reason
             )
         job.transcript_cache_hit = written.is_cached
         await job.emit(
-            TranscriptReady(text=written.text, word_count=written.word_count, is_cached=written.is_cached),
+            TranscriptReady(
+                text=written.text,
+                word_count=written.word_count,
+                is_cached=written.is_cached,
+                provider=written.provider,
+                fallback_reason=written.fallback_reason,
+            ),
             JobChanges(transcript=written.text),
         )
         return written
@@ -130,10 +136,22 @@ class MeditationPipeline:
             prompt = await self._content.create_image_prompt(source_text)
             width, height = size_pixels
             image = await self._content.generate_image(prompt, width, height, skip_cache=skip_cache)
-            stage.detail = f"{width}x{height} by {image.provider}" + (" (cached)" if image.is_cached else "")
+            stage.detail = _provider_detail(
+                f"{image.width_pixels}x{image.height_pixels}",
+                image.provider,
+                image.is_cached,
+                image.fallback_reason,
+            )
         job.image_cache_hit = image.is_cached
         await job.emit(
-            ImageReady(uri=image.uri, width_pixels=width, height_pixels=height, is_cached=image.is_cached),
+            ImageReady(
+                uri=image.uri,
+                width_pixels=image.width_pixels,
+                height_pixels=image.height_pixels,
+                is_cached=image.is_cached,
+                provider=image.provider,
+                fallback_reason=image.fallback_reason,
+            ),
             JobChanges(image_uri=image.uri),
         )
         return image
@@ -141,9 +159,16 @@ class MeditationPipeline:
     async def _narration(self, job: JobEvents, transcript: WrittenTranscript) -> SpokenNarration:
         async with self._stage(job, Stage.NARRATION, self._timeouts.narration_seconds) as stage:
             narration = await self._media.synthesize_narration(job.meditation, transcript.text)
-            stage.detail = f"{narration.duration_seconds:.1f} s by {narration.provider}"
+            stage.detail = _provider_detail(
+                f"{narration.duration_seconds:.1f} s", narration.provider, False, narration.fallback_reason
+            )
         await job.emit(
-            NarrationReady(uri=narration.uri, duration_seconds=narration.duration_seconds),
+            NarrationReady(
+                uri=narration.uri,
+                duration_seconds=narration.duration_seconds,
+                provider=narration.provider,
+                fallback_reason=narration.fallback_reason,
+            ),
             JobChanges(narration_uri=narration.uri),
         )
         return narration
@@ -226,6 +251,12 @@ class MeditationPipeline:
                 detail=error.message,
             )
         )
+
+
+def _provider_detail(what: str, provider: str, is_cached: bool, fallback_reason: str) -> str:
+    """A stage's detail; a fallback is announced here, in the stream, with its reason."""
+    detail = f"{what} by {provider}" + (" (cached)" if is_cached else "")
+    return f"{detail}; fell back to offline: {fallback_reason}" if fallback_reason else detail
 
 
 def _result_if_ready(task: asyncio.Task[GeneratedImage]) -> GeneratedImage | None:

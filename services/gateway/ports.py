@@ -34,6 +34,7 @@ class WrittenTranscript:
     word_count: int
     is_cached: bool
     provider: str
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class GeneratedImage:
     height_pixels: int
     is_cached: bool
     provider: str
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class SpokenNarration:
     uri: str
     duration_seconds: float
     provider: str
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -247,14 +247,20 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             response.transcript_ready.text = event.text
             response.transcript_ready.word_count = event.word_count
             response.transcript_ready.cached = event.is_cached
+            response.transcript_ready.provider = event.provider
+            response.transcript_ready.fallback_reason = event.fallback_reason
         case events.ImageReady():
             response.image_ready.uri = event.uri
             response.image_ready.width_pixels = event.width_pixels
             response.image_ready.height_pixels = event.height_pixels
             response.image_ready.cached = event.is_cached
+            response.image_ready.provider = event.provider
+            response.image_ready.fallback_reason = event.fallback_reason
         case events.NarrationReady():
             response.narration_ready.uri = event.uri
             response.narration_ready.duration.CopyFrom(to_duration(event.duration_seconds))
+            response.narration_ready.provider = event.provider
+            response.narration_ready.fallback_reason = event.fallback_reason
         case events.VideoReady():
             video = response.video_ready
             video.quality = _QUALITY[event.quality]

@@ -14,9 +14,12 @@ from services import serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig
 from services.media.encoders import EncoderSelection, select_h264_encoder
+from services.media.openai_speech import OpenAISpeechNarrator
 from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
-from services.media.studio import MediaStudio
+from services.media.studio import MediaStudio, Narrator
+from services.openai_api import check_models, make_client
+from services.provider_status import ProviderReport
 from services.storage import LocalAssetStorage
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
@@ -35,9 +38,35 @@ async def main(config: MediaConfig) -> None:
             selected="libx264", probes=("hardware encoding disabled by configuration",)
         )
     logger.info("H.264 encoder: %s (%s)", encoders.selected, "; ".join(encoders.probes))
-    narrator = EspeakNarrator(voice=config.espeak_voice, words_per_minute=config.espeak_words_per_minute)
+    espeak = EspeakNarrator(voice=config.espeak_voice, words_per_minute=config.espeak_words_per_minute)
+    client = make_client(config.openai) if config.openai is not None else None
+    narrator: Narrator = espeak
+    report = ProviderReport("speech", "offline")
+    if client is not None:
+        narrator = OpenAISpeechNarrator(
+            client,
+            config.speech_model,
+            voice=config.speech_voice,
+            instructions=config.speech_instructions,
+            audio_format=config.speech_format,
+            ffmpeg_path=ffmpeg_path,
+            work_root=config.work_root,
+            # Leave a fifth of the stage's budget for espeak-ng should the provider fail.
+            timeout_seconds=0.8 * config.narration_timeout_seconds,
+        )
+        # Warn at start-up, in the log and through GetProviderStatus, about a model missing or retiring soon.
+        report = ProviderReport(
+            "speech",
+            "openai",
+            config.speech_model.name,
+            config.fallback_to_offline,
+            await check_models(client, [config.speech_model]),
+        )
     studio = MediaStudio(
         narrator=narrator,
+        narrator_name="openai" if client is not None else "espeak-ng",
+        fallback_narrator=espeak if client is not None and config.fallback_to_offline else None,
+        providers=[report],
         storage=LocalAssetStorage(config.storage_root),
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,
@@ -47,7 +76,9 @@ async def main(config: MediaConfig) -> None:
     )
 
     async def release() -> None:
-        narrator.close()
+        espeak.close()
+        if client is not None:
+            await client.close()
 
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
@@ -65,7 +96,9 @@ def run() -> None:
         config = MediaConfig.from_environment(environment, var_root=var_root)
     except ConfigError as error:
         sys.exit(f"media: configuration error: {error}")
-    serving.configure_logging(config.log_level)
+    serving.configure_logging(
+        config.log_level, secrets=[config.openai.api_key] if config.openai is not None else []
+    )
     asyncio.run(main(config))
 
 

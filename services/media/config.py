@@ -5,7 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.environment import Environment
+from services.environment import ConfigError, Environment
+from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
+
+# The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
+# gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.
+DEFAULT_SPEECH_MODEL = "gpt-4o-mini-tts"
+DEFAULT_SPEECH_INSTRUCTIONS = (
+    "You are a calm, warm meditation guide. Speak slowly and softly, unhurried, with gentle pauses between "
+    "sentences and a relaxed, low tone."
+)
+SPEECH_FORMATS = ("wav", "pcm", "aac", "opus", "mp3")
 
 
 @dataclass(frozen=True)
@@ -22,10 +32,21 @@ class MediaConfig:
     hardware_encoding: bool
     grace_seconds: float
     log_level: str
+    speech_provider: str
+    openai: OpenAISettings | None
+    speech_model: ConfiguredModel
+    speech_voice: str
+    speech_instructions: str
+    speech_format: str
+    fallback_to_offline: bool
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> MediaConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
+        speech_provider = environment.choice("STILLPOINT_SPEECH_PROVIDER", "offline", ("offline", "openai"))
+        voice = environment.text("STILLPOINT_SPEECH_VOICE", "sage")
+        if not voice.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
             storage_root=environment.directory("STILLPOINT_STORAGE_DIR", var_root / "storage"),
@@ -42,4 +63,15 @@ class MediaConfig:
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            speech_provider=speech_provider,
+            openai=read_openai_settings(environment) if speech_provider == "openai" else None,
+            speech_model=ConfiguredModel(
+                environment.text("STILLPOINT_SPEECH_MODEL", DEFAULT_SPEECH_MODEL), "STILLPOINT_SPEECH_MODEL"
+            ),
+            speech_voice=voice,
+            speech_instructions=environment.text(
+                "STILLPOINT_SPEECH_INSTRUCTIONS", DEFAULT_SPEECH_INSTRUCTIONS
+            ),
+            speech_format=environment.choice("STILLPOINT_SPEECH_FORMAT", "pcm", SPEECH_FORMATS),
+            fallback_to_offline=environment.flag("STILLPOINT_FALLBACK_TO_OFFLINE", True),
         )

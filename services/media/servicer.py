@@ -20,6 +20,7 @@ from services.media.errors import (
 )
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
+from services.openai_api import FailureKind, ProviderCallError
 from services.wire import to_duration
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
@@ -53,6 +54,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             duration=to_duration(narration.duration_seconds),
             sample_rate_hertz=narration.sample_rate_hertz,
             provider=narration.provider,
+            fallback_reason=narration.fallback_reason,
         )
 
     async def RenderVideo(
@@ -96,6 +98,31 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             selected_encoder=encoders.selected, probed_encoders=list(encoders.probes)
         )
 
+    async def GetProviderStatus(
+        self, request: media_pb.GetProviderStatusRequest, context: _Context
+    ) -> media_pb.GetProviderStatusResponse:
+        return media_pb.GetProviderStatusResponse(
+            providers=[
+                media_pb.ProviderStatus(
+                    capability=report.capability,
+                    provider=report.provider,
+                    model=report.model,
+                    fallback_to_offline=report.fallback_to_offline,
+                    warnings=report.warnings,
+                )
+                for report in self._studio.providers
+            ]
+        )
+
+
+_PROVIDER_STATUS = {
+    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
 
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
@@ -106,6 +133,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except AssetNotFoundError as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+    except ProviderCallError as error:
+        await context.abort(_PROVIDER_STATUS[error.kind], error.message)
     except StageTimeoutError as error:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
     except EncodingError as error:

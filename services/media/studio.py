@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 import tempfile
 import time
@@ -10,14 +11,26 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError, StageTimeoutError
-from services.media.speech import EspeakNarrator, encode_wav
+from services.media.speech import Narration, encode_wav
 from services.media.video import RenderProfile, render_still_video
+from services.openai_api import ProviderCallError
+from services.provider_status import ProviderReport
 from services.storage import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
 
 MAX_TRANSCRIPT_CHARS = 20_000
+logger = logging.getLogger(__name__)
+
+
+class Narrator(Protocol):
+    """Speaks a script with pause marks."""
+
+    async def narrate(self, script: str) -> Narration:
+        """Returns the narration; a provider failure raises ProviderCallError."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class StoredNarration:
     duration_seconds: float
     sample_rate_hertz: int
     provider: str
+    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,15 +73,21 @@ class MediaStudio:
     def __init__(
         self,
         *,
-        narrator: EspeakNarrator,
+        narrator: Narrator,
+        narrator_name: str = "espeak-ng",
+        fallback_narrator: Narrator | None = None,
         storage: AssetStorage,
         ffmpeg_path: str,
         encoders: EncoderSelection,
         work_root: Path,
         narration_timeout_seconds: float,
         video_timeout_seconds: float,
+        providers: list[ProviderReport] | None = None,
     ) -> None:
         self._narrator = narrator
+        self._narrator_name = narrator_name
+        self._fallback_narrator = fallback_narrator
+        self.providers = providers or [ProviderReport("speech", "offline")]
         self._storage = storage
         self._ffmpeg_path = ffmpeg_path
         self.encoders = encoders
@@ -81,9 +101,17 @@ class MediaStudio:
             raise InvalidInputError("transcript", "is empty: generate a transcript first")
         if len(transcript) > MAX_TRANSCRIPT_CHARS:
             raise InvalidInputError("transcript", f"is longer than {MAX_TRANSCRIPT_CHARS} characters")
+        provider, fallback_reason = self._narrator_name, ""
         try:
             async with asyncio.timeout(self._narration_timeout_seconds):
-                narration = await self._narrator.narrate(transcript)
+                try:
+                    narration = await self._narrator.narrate(transcript)
+                except ProviderCallError as error:
+                    if self._fallback_narrator is None:
+                        raise
+                    logger.warning("speech provider %s failed, using espeak-ng: %s", provider, error)
+                    provider, fallback_reason = "espeak-ng", error.message
+                    narration = await self._fallback_narrator.narrate(transcript)
         except TimeoutError:
             raise StageTimeoutError("narration", self._narration_timeout_seconds) from None
         wav = await asyncio.to_thread(encode_wav, narration)
@@ -95,7 +123,8 @@ class MediaStudio:
             uri=stored.uri,
             duration_seconds=narration.duration_seconds,
             sample_rate_hertz=narration.sample_rate_hertz,
-            provider="espeak-ng",
+            provider=provider,
+            fallback_reason=fallback_reason,
         )
 
     async def render(

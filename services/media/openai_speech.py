@@ -1,0 +1,195 @@
+"""Narration by the OpenAI speech endpoint (or a compatible server), streamed to disk as it arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import wave
+from pathlib import Path
+
+import openai
+
+from services.media.errors import SpeechError
+from services.media.speech import Narration
+from services.media.video import run_ffmpeg
+from services.openai_api import ConfiguredModel, FailureKind, ProviderCallError, classify
+from services.pause_marks import Silence, SpokenText, split_on_pauses
+
+# The endpoint's input limit; longer stretches are split at sentence boundaries below it.
+MAX_INPUT_CHARS = 4096
+# `pcm` is raw 16-bit little-endian mono at 24 kHz; every other format is decoded to the same.
+SAMPLE_RATE_HERTZ = 24_000
+AUDIO_FORMATS = ("wav", "pcm", "aac", "opus", "mp3", "flac")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
+_DECODE_TIMEOUT_SECONDS = 60.0
+
+
+def split_for_speech(text: str, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
+    """Splits text at sentence boundaries into pieces of at most `max_chars` (words split only if one
+    sentence alone is longer)."""
+    pieces: list[str] = []
+    current = ""
+    for sentence in _SENTENCE_END.split(text.strip()):
+        while len(sentence) > max_chars:
+            cut = sentence.rfind(" ", 0, max_chars)
+            cut = cut if cut > 0 else max_chars
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(sentence[:cut].strip())
+            sentence = sentence[cut:].strip()
+        candidate = f"{current} {sentence}".strip()
+        if len(candidate) > max_chars:
+            pieces.append(current)
+            current = sentence
+        else:
+            current = candidate
+    if current:
+        pieces.append(current)
+    return [piece for piece in pieces if piece]
+
+
+class OpenAISpeechNarrator:
+    """Speaks each stretch between pause marks with `audio.speech`, a few requests at a time, and holds
+    exact digital silence for every pause mark."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        model: ConfiguredModel,
+        *,
+        voice: str,
+        instructions: str,
+        audio_format: str,
+        ffmpeg_path: str,
+        work_root: Path,
+        timeout_seconds: float,
+        max_concurrent_requests: int = 4,
+    ) -> None:
+        if audio_format not in AUDIO_FORMATS:
+            raise ValueError(f"audio format {audio_format!r} is not one of {', '.join(AUDIO_FORMATS)}")
+        self._client = client
+        self._model = model
+        self._voice = voice
+        self._instructions = instructions
+        self._audio_format = audio_format
+        self._ffmpeg_path = ffmpeg_path
+        self._work_root = work_root
+        self._timeout_seconds = timeout_seconds
+        self._requests = asyncio.Semaphore(max_concurrent_requests)
+
+    async def narrate(self, script: str) -> Narration:
+        """Returns the whole narration at 24 kHz within the time budget (retries included); raises
+        ProviderCallError when the provider fails."""
+        try:
+            async with asyncio.timeout(self._timeout_seconds):
+                return await self._narrate(script)
+        except TimeoutError:
+            raise ProviderCallError(
+                FailureKind.TIMEOUT, f"the speech provider did not finish within {self._timeout_seconds:g} s"
+            ) from None
+
+    async def _narrate(self, script: str) -> Narration:
+        segments = split_on_pauses(script)
+        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
+        try:
+            spoken: dict[int, asyncio.Task[bytes]] = {}
+            async with asyncio.TaskGroup() as group:
+                index = 0
+                for segment in segments:
+                    if isinstance(segment, SpokenText):
+                        for piece in split_for_speech(segment.text):
+                            spoken[index] = group.create_task(self._speak(piece, work_dir / f"{index:04d}"))
+                            index += 1
+        except* ProviderCallError as failures:
+            raise failures.exceptions[0] from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+        if not spoken:
+            raise SpeechError("the script has no words to speak")
+        pcm = bytearray()
+        index = 0
+        for segment in segments:
+            if isinstance(segment, Silence):
+                pcm += bytes(2 * round(segment.seconds * SAMPLE_RATE_HERTZ))
+            else:
+                for _ in split_for_speech(segment.text):
+                    pcm += spoken[index].result()
+                    index += 1
+        return Narration(pcm_s16le=bytes(pcm), sample_rate_hertz=SAMPLE_RATE_HERTZ)
+
+    async def _speak(self, text: str, stem: Path) -> bytes:
+        """One request, its audio written to disk chunk by chunk as it arrives, then decoded to PCM."""
+        received = stem.with_suffix(f".{self._audio_format}")
+        async with self._requests:
+            try:
+                # tts-1 and tts-1-hd ignore instructions; leave them out rather than pretend.
+                instructions = openai.omit if self._model.name.startswith("tts-1") else self._instructions
+                async with self._client.audio.speech.with_streaming_response.create(
+                    model=self._model.name,
+                    voice=self._voice,
+                    input=text,
+                    response_format=self._audio_format,  # type: ignore[arg-type]
+                    instructions=instructions,
+                ) as response:
+                    with open(received, "wb") as stream:  # noqa: ASYNC230
+                        async for chunk in response.iter_bytes():
+                            stream.write(chunk)
+            except openai.OpenAIError as error:
+                raise classify(error, self._model) from None
+        return await self._decode(received)
+
+    async def _decode(self, path: Path) -> bytes:
+        if self._audio_format == "pcm":
+            return await asyncio.to_thread(path.read_bytes)
+        if self._audio_format == "wav":
+            wav = await asyncio.to_thread(_read_wav, path)
+            if wav is not None:
+                return wav
+        decoded = path.with_suffix(".s16le")
+        result = await run_ffmpeg(
+            self._ffmpeg_path,
+            [
+                "-nostdin",
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-protocol_whitelist",
+                "file,pipe",
+                "-i",
+                str(path),
+                "-f",
+                "s16le",
+                "-acodec",
+                "pcm_s16le",
+                "-ac",
+                "1",
+                "-ar",
+                str(SAMPLE_RATE_HERTZ),
+                str(decoded),
+            ],
+            timeout_seconds=_DECODE_TIMEOUT_SECONDS,
+        )
+        if result.return_code != 0:
+            raise ProviderCallError(
+                FailureKind.REJECTED, f"the speech provider returned audio that is not {self._audio_format}"
+            )
+        return await asyncio.to_thread(decoded.read_bytes)
+
+
+def _read_wav(path: Path) -> bytes | None:
+    """The samples of a 24 kHz mono 16-bit WAV, or None when it needs FFmpeg to convert it."""
+    try:
+        with wave.open(str(path), "rb") as reader:
+            if (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) != (
+                SAMPLE_RATE_HERTZ,
+                1,
+                2,
+            ):
+                return None
+            return reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError):
+        return None

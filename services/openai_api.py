@@ -1,0 +1,154 @@
+"""The one OpenAI (or OpenAI-compatible) client a process uses, its model check, and how its failures read."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+import openai
+
+from services.environment import ConfigError, Environment
+
+logger = logging.getLogger(__name__)
+
+# A configured model retiring this soon is worth a warning at every start.
+SHUTDOWN_WARNING_DAYS = 30
+
+
+class FailureKind(enum.StrEnum):
+    """What went wrong with a provider call, in the terms a caller acts on."""
+
+    CREDENTIALS = "credentials"
+    MODEL = "model"
+    UNAVAILABLE = "unavailable"
+    TIMEOUT = "timeout"
+    REJECTED = "rejected"
+
+
+class ProviderCallError(Exception):
+    """A provider call failed; `message` is safe to show a client (it never holds the key)."""
+
+    def __init__(self, kind: FailureKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ConfiguredModel:
+    """A model name and the variable that set it, so messages can say what to change."""
+
+    name: str
+    variable: str
+
+
+@dataclass(frozen=True)
+class OpenAISettings:
+    """How to reach the API; read once at start-up."""
+
+    api_key: str
+    base_url: str | None
+    max_retries: int
+
+    def __repr__(self) -> str:
+        # A settings object may end up in a log line or a traceback: never show the key.
+        return f"OpenAISettings(api_key='***', base_url={self.base_url!r}, max_retries={self.max_retries})"
+
+
+def read_openai_settings(environment: Environment) -> OpenAISettings:
+    """Reads the SDK's own variables; called only when some provider is `openai`, so the key is required."""
+    api_key = environment.text("OPENAI_API_KEY", "")
+    if not api_key:
+        raise ConfigError("OPENAI_API_KEY is not set: an `openai` provider needs it (or choose `offline`)")
+    base_url = environment.text("OPENAI_BASE_URL", "") or None
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"OPENAI_BASE_URL={base_url!r} is not an http(s) URL")
+    return OpenAISettings(
+        api_key=api_key,
+        base_url=base_url,
+        # Each retry of an image or speech call costs money: keep them few (the SDK's default is 2).
+        max_retries=environment.integer("STILLPOINT_OPENAI_MAX_RETRIES", 2, minimum=0, maximum=5),
+    )
+
+
+def make_client(settings: OpenAISettings) -> openai.AsyncOpenAI:
+    """The process's one client: made inside the running loop, closed at shutdown."""
+    return openai.AsyncOpenAI(
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        max_retries=settings.max_retries,
+    )
+
+
+def classify(error: Exception, model: ConfiguredModel) -> ProviderCallError:
+    """Turns an SDK error into a failure whose message names what to fix, never the key."""
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return ProviderCallError(
+            FailureKind.CREDENTIALS,
+            "the OpenAI API rejected the key: check OPENAI_API_KEY (and OPENAI_BASE_URL for another server)",
+        )
+    if isinstance(error, openai.NotFoundError):
+        return ProviderCallError(
+            FailureKind.MODEL,
+            f"the model {model.name!r} is unknown or retired at the provider: "
+            f"set {model.variable} to a served model",
+        )
+    if isinstance(error, openai.APITimeoutError):
+        return ProviderCallError(FailureKind.TIMEOUT, "the OpenAI API did not answer in time")
+    if isinstance(error, openai.RateLimitError):
+        return ProviderCallError(
+            FailureKind.UNAVAILABLE, "the OpenAI API is rate limiting us; try again shortly"
+        )
+    if isinstance(error, openai.APIConnectionError):
+        return ProviderCallError(
+            FailureKind.UNAVAILABLE, "the OpenAI API could not be reached; try again shortly"
+        )
+    if isinstance(error, openai.InternalServerError):
+        return ProviderCallError(FailureKind.UNAVAILABLE, "the OpenAI API is failing; try again shortly")
+    if isinstance(error, openai.APIStatusError):
+        return ProviderCallError(
+            FailureKind.REJECTED, f"the OpenAI API refused the request ({error.status_code})"
+        )
+    return ProviderCallError(FailureKind.UNAVAILABLE, f"the OpenAI call failed ({type(error).__name__})")
+
+
+async def check_models(
+    client: openai.AsyncOpenAI, models: Iterable[ConfiguredModel], *, today: date | None = None
+) -> list[str]:
+    """Lists the provider's models and returns a warning for each configured one missing or retiring soon."""
+    today = today or datetime.now(UTC).date()
+    try:
+        served = {model.id: model async for model in client.models.list()}
+    except openai.OpenAIError as error:
+        return [f"could not list models to check them: {classify(error, ConfiguredModel('', '')).message}"]
+    warnings = []
+    for model in models:
+        found = served.get(model.name)
+        if found is None:
+            warnings.append(f"{model.variable}={model.name} is not served by the provider")
+            continue
+        shutdown = _shutdown_date(
+            getattr(found, "shutdown_date", None) or (found.model_extra or {}).get("shutdown_date")
+        )
+        if shutdown is not None and shutdown <= today + timedelta(days=SHUTDOWN_WARNING_DAYS):
+            verb = "was retired" if shutdown <= today else "retires"
+            warnings.append(
+                f"{model.variable}={model.name} {verb} on {shutdown.isoformat()}: choose a replacement"
+            )
+    for warning in warnings:
+        logger.warning("model check: %s", warning)
+    return warnings
+
+
+def _shutdown_date(value: object) -> date | None:
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value[:10])
+        except ValueError:
+            return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).date()
+    return None
