@@ -8,7 +8,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: demo test lint protos install services-up clean
+.PHONY: demo test lint protos install migrate clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ lint: protos
 test: protos
 	$(MAKE) lint
 	$(BIN)/pytest -q
+
+# Upgrades DATABASE_URL (SQLite under var/ by default) to the newest schema; the content service
+# refuses to start on an unmigrated database.
+migrate: protos
+	$(PY) -m services.content.migrate
 
 demo: protos
 	$(PY) -m scripts.demo

@@ -78,6 +78,12 @@ def running_stack(
         **(extra_environment or {}),
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    # The content service refuses an unmigrated database, as in production: migrate first.
+    migrated = subprocess.run(
+        [sys.executable, "-m", "services.content.migrate"], env=environment, capture_output=True, text=True
+    )
+    if migrated.returncode != 0:
+        raise RuntimeError(f"migration failed: {migrated.stderr.strip() or migrated.stdout.strip()}")
     try:
         for name in SERVICES:
             with open(log_dir / f"{name}.log", "ab") as log:

@@ -20,7 +20,8 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
-from services.content.repository import ContentRepository, create_engine, create_schema
+from services.content.migrate import upgrade
+from services.content.repository import ContentRepository, create_engine
 from services.content.servicer import ContentServicer
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
@@ -61,7 +62,7 @@ async def _start_content(
     tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
 ) -> tuple[serving.RunningServer, AsyncEngine]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-    await create_schema(engine)
+    await upgrade(engine)
     servicer = ContentServicer(
         repository=ContentRepository(engine),
         transcripts=TranscriptGenerator(OfflineTranscriptProvider(), InProcessCache(ttl_seconds=3600)),

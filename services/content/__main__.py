@@ -21,8 +21,9 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
+from services.content.migrate import DatabaseNotReadyError, ensure_migrated
 from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
-from services.content.repository import ContentRepository, create_engine, create_schema
+from services.content.repository import ContentRepository, create_engine
 from services.content.servicer import ContentServicer
 from services.environment import ConfigError, Environment
 from services.openai_api import check_models, make_client
@@ -79,8 +80,12 @@ def build_generators(
 
 async def main(config: ContentConfig) -> None:
     """Makes the process's engine, client, caches and worker pool once, serves, and releases them."""
-    engine = create_engine(config.database_url)
-    await create_schema(engine)
+    engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-content")
+    try:
+        await ensure_migrated(engine, config.database_url)
+    except DatabaseNotReadyError as error:
+        await engine.dispose()
+        sys.exit(f"content: {error}")
     client = make_client(config.openai) if config.openai is not None else None
     # Painting is CPU-bound Python: a spawned worker keeps it off the event loop, and spawn (never fork)
     # keeps gRPC's threads out of the child.

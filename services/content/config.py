@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.content.repository import PoolSettings
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 
@@ -22,6 +23,7 @@ class ContentConfig:
 
     port: int
     database_url: str
+    database_pool: PoolSettings
     storage_root: Path
     cache_ttl_seconds: float
     painter_workers: int
@@ -42,13 +44,20 @@ class ContentConfig:
     def from_environment(cls, environment: Environment, *, var_root: Path) -> ContentConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
         storage_root = environment.directory("STILLPOINT_STORAGE_DIR", var_root / "storage")
-        default_database = f"sqlite+aiosqlite:///{var_root / 'stillpoint.db'}"
         transcript_provider = environment.choice("STILLPOINT_TRANSCRIPT_PROVIDER", "offline", PROVIDERS)
         image_provider = environment.choice("STILLPOINT_IMAGE_PROVIDER", "offline", PROVIDERS)
         uses_openai = "openai" in (transcript_provider, image_provider)
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
-            database_url=environment.text("DATABASE_URL", default_database),
+            database_url=read_database_url(environment, var_root),
+            database_pool=PoolSettings(
+                size=environment.integer("STILLPOINT_DATABASE_POOL_SIZE", 5, minimum=1, maximum=100),
+                max_overflow=environment.integer(
+                    "STILLPOINT_DATABASE_MAX_OVERFLOW", 5, minimum=0, maximum=100
+                ),
+                is_pre_ping=environment.flag("STILLPOINT_DATABASE_POOL_PRE_PING", True),
+                recycle_seconds=environment.seconds("STILLPOINT_DATABASE_POOL_RECYCLE_SECONDS", 1800.0),
+            ),
             storage_root=storage_root,
             cache_ttl_seconds=environment.seconds("STILLPOINT_CACHE_TTL_SECONDS", 3600.0),
             painter_workers=environment.integer("STILLPOINT_PAINTER_WORKERS", 1, minimum=1, maximum=16),
@@ -73,6 +82,16 @@ class ContentConfig:
             transcript_timeout_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
             image_timeout_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
         )
+
+
+def read_database_url(environment: Environment, var_root: Path) -> str:
+    """DATABASE_URL, or a SQLite file under the var folder; only async drivers can serve an async engine."""
+    url = environment.text("DATABASE_URL", f"sqlite+aiosqlite:///{var_root / 'stillpoint.db'}")
+    if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ConfigError(
+            "DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite:// (an async driver)"
+        )
+    return url
 
 
 def _image_size(environment: Environment, name: str, default: str) -> str:

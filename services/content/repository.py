@@ -57,9 +57,10 @@ class ConversationRow(Base):
     """A stored conversation."""
 
     __tablename__ = "conversations"
+    __table_args__ = (UniqueConstraint("request_id", name="uq_conversations_request_id"),)
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    title: Mapped[str] = mapped_column(String(200), default="")
-    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    title: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    request_id: Mapped[str | None] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -67,9 +68,13 @@ class MessageRow(Base):
     """One message of a conversation; `position` orders them."""
 
     __tablename__ = "messages"
-    __table_args__ = (UniqueConstraint("conversation_id", "position"),)
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "position", name="uq_messages_conversation_id_position"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id", ondelete="CASCADE"))
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE", name="fk_messages_conversation_id")
+    )
     position: Mapped[int] = mapped_column(Integer)
     role: Mapped[str] = mapped_column(String(16))
     text: Mapped[str] = mapped_column(Text)
@@ -80,10 +85,16 @@ class MeditationRow(Base):
     """A meditation job: state, options, assets and the newest event's sequence."""
 
     __tablename__ = "meditations"
-    __table_args__ = (Index("ix_meditations_conversation_id", "conversation_id"),)
+    __table_args__ = (
+        UniqueConstraint("request_id", name="uq_meditations_request_id"),
+        Index("ix_meditations_conversation_id", "conversation_id"),
+        Index("ix_meditations_state", "state"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"))
-    request_id: Mapped[str | None] = mapped_column(String(64), unique=True)
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", name="fk_meditations_conversation_id")
+    )
+    request_id: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default=MeditationState.RUNNING.value)
     options_json: Mapped[str] = mapped_column(Text, default="{}")
     transcript: Mapped[str] = mapped_column(Text, default="")
@@ -102,7 +113,8 @@ class MeditationEventRow(Base):
 
     __tablename__ = "meditation_events"
     meditation_id: Mapped[str] = mapped_column(
-        ForeignKey("meditations.id", ondelete="CASCADE"), primary_key=True
+        ForeignKey("meditations.id", ondelete="CASCADE", name="fk_meditation_events_meditation_id"),
+        primary_key=True,
     )
     sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
@@ -213,9 +225,39 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def create_engine(database_url: str) -> AsyncEngine:
-    """Makes the process's one engine; SQLite gets WAL and a busy timeout so readers never block writers."""
-    engine = create_async_engine(database_url, pool_pre_ping=True)
+@dataclass(frozen=True)
+class PoolSettings:
+    """The connection pool: at most `size + max_overflow` connections per process."""
+
+    size: int = 5
+    max_overflow: int = 5
+    is_pre_ping: bool = True
+    recycle_seconds: float = 1800.0
+
+    @property
+    def max_connections(self) -> int:
+        """The most connections one process holds at once."""
+        return self.size + self.max_overflow
+
+
+def create_engine(
+    database_url: str, pool: PoolSettings | None = None, *, application_name: str = ""
+) -> AsyncEngine:
+    """Makes the process's one engine with a bounded pool; SQLite gets WAL and a busy timeout so readers
+    never block writers."""
+    pool = pool or PoolSettings()
+    connect_args: dict[str, Any] = {}
+    if database_url.startswith("postgresql+asyncpg") and application_name:
+        # Named connections are what pg_stat_activity shows operators (and the pool test counts).
+        connect_args["server_settings"] = {"application_name": application_name}
+    engine = create_async_engine(
+        database_url,
+        pool_size=pool.size,
+        max_overflow=pool.max_overflow,
+        pool_pre_ping=pool.is_pre_ping,
+        pool_recycle=pool.recycle_seconds,
+        connect_args=connect_args,
+    )
     if engine.dialect.name == "sqlite":
 
         @event.listens_for(engine.sync_engine, "connect")
@@ -227,12 +269,6 @@ def create_engine(database_url: str) -> AsyncEngine:
             cursor.close()
 
     return engine
-
-
-async def create_schema(engine: AsyncEngine) -> None:
-    """Creates the tables that do not exist yet."""
-    async with engine.begin() as connection:
-        await connection.run_sync(Base.metadata.create_all)
 
 
 class ContentRepository:

@@ -23,13 +23,14 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
+from services.content.migrate import upgrade
 from services.content.openai_providers import (
     SYSTEM_PROMPT,
     OpenAIImageProvider,
     OpenAITranscriptProvider,
     fence_conversation,
 )
-from services.content.repository import ContentRepository, create_engine, create_schema
+from services.content.repository import ContentRepository, create_engine
 from services.content.servicer import ContentServicer
 from services.media.encoders import EncoderSelection
 from services.media.openai_speech import OpenAISpeechNarrator, split_for_speech
@@ -78,7 +79,7 @@ async def content_stub_with(
     tmp_path: Path, transcripts: TranscriptGenerator, images: ImageGenerator
 ) -> tuple[content_grpc.ContentServiceStub, serving.RunningServer, grpc.aio.Channel]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-    await create_schema(engine)
+    await upgrade(engine)
     servicer = ContentServicer(ContentRepository(engine), transcripts, images)
     running = await serving.start_server(
         service_names=[CONTENT_SERVICE],

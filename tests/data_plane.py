@@ -1,0 +1,60 @@
+"""The real data services on this machine (PostgreSQL, Redis) for tests: required under CI, else optional."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+import asyncpg
+import pytest
+
+POSTGRES_ADMIN_DSN = os.environ.get(
+    "STILLPOINT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+def is_ci() -> bool:
+    """CI runs with CI=true and must test the real data plane, never skip it."""
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def unavailable(what: str, error: BaseException) -> None:
+    """Fails under CI, skips elsewhere, naming what was missing."""
+    message = f"{what} is not reachable ({type(error).__name__}: {error}); `.ci/run` starts it"
+    if is_ci():
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def create_postgres_database() -> str:
+    """Creates a fresh, empty database and returns its SQLAlchemy async URL."""
+    name = f"stillpoint_test_{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    try:
+        asyncio.run(create())
+    except (OSError, asyncpg.PostgresError) as error:
+        unavailable("PostgreSQL at 127.0.0.1:5432", error)
+    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+def drop_postgres_database(url: str) -> None:
+    """Drops a database made by create_postgres_database, closing what still uses it."""
+    name = url.rsplit("/", 1)[1]
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN, timeout=5)
+        try:
+            await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
