@@ -32,6 +32,7 @@ lint: protos
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/buf lint
 	scripts/buf-breaking.sh
+	scripts/check-compose.sh
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy

@@ -56,7 +56,8 @@ class Environment:
     def address(self, name: str, default: str) -> str:
         """Returns a `host:port` address."""
         value = self.text(name, default)
-        host, separator, port = value.rpartition(":")
+        # gRPC target names such as dns:///media:50053 resolve to every replica behind one name.
+        host, separator, port = value.removeprefix("dns:///").rpartition(":")
         if not separator or not host or not port.isdigit():
             raise ConfigError(f"{name}={value!r} is not host:port, such as 127.0.0.1:50052")
         return value

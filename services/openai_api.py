@@ -14,6 +14,8 @@ from services.environment import ConfigError, Environment
 
 logger = logging.getLogger(__name__)
 
+# The SDK reads OPENAI_BASE_URL itself when given None, and takes an empty value literally: always pass one.
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A configured model retiring this soon is worth a warning at every start.
 SHUTDOWN_WARNING_DAYS = 30
 
@@ -78,7 +80,7 @@ def make_client(settings: OpenAISettings) -> openai.AsyncOpenAI:
     """The process's one client: made inside the running loop, closed at shutdown."""
     return openai.AsyncOpenAI(
         api_key=settings.api_key,
-        base_url=settings.base_url,
+        base_url=settings.base_url or DEFAULT_BASE_URL,
         max_retries=settings.max_retries,
     )
 

@@ -23,8 +23,11 @@ SERVICE_NAME = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_nam
 
 async def main(config: GatewayConfig) -> None:
     """Opens one channel per peer, serves, and closes them on the way out."""
-    content_channel = grpc.aio.insecure_channel(config.content_address, options=serving.channel_options())
-    media_channel = grpc.aio.insecure_channel(config.media_address, options=serving.channel_options())
+    # round_robin spreads calls over every address a name resolves to (dns:///media:50053 with replicas);
+    # the default, pick_first, would send everything to one replica.
+    options = [*serving.channel_options(), ("grpc.lb_policy_name", "round_robin")]
+    content_channel = grpc.aio.insecure_channel(config.content_address, options=options)
+    media_channel = grpc.aio.insecure_channel(config.media_address, options=options)
     content = ContentClient(content_channel, config.timeouts)
     media = MediaClient(media_channel, config.timeouts)
     jobs = MeditationJobs(content, MeditationPipeline(content, media, config.timeouts))
