@@ -21,6 +21,8 @@ import grpc
 
 from services.serving import channel_options
 from services.wire import seconds_of, to_timestamp
+from stillpoint.content.v1 import content_service_pb2 as content_pb
+from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -227,6 +229,45 @@ async def watch(args: argparse.Namespace) -> int:
     return 0
 
 
+async def stats(args: argparse.Namespace) -> int:
+    """Prints the content service's cache hit and miss counts."""
+    async with grpc.aio.insecure_channel(args.content, options=channel_options()) as channel:
+        stub = content_grpc.ContentServiceStub(channel)
+        response = await stub.GetCacheStats(content_pb.GetCacheStatsRequest(), timeout=10)
+    print(f"{'cache':<12} {'backend':<11} {'hits':>8} {'misses':>8} {'hit rate':>9}")
+    for cache in response.caches:
+        lookups = cache.hits + cache.misses
+        rate = f"{100 * cache.hits / lookups:.0f}%" if lookups else "-"
+        print(f"{cache.name:<12} {cache.backend:<11} {cache.hits:>8} {cache.misses:>8} {rate:>9}")
+    return 0
+
+
+async def pregenerate(args: argparse.Namespace) -> int:
+    """Renders a list of image prompts into the image cache, reporting each as it is ready."""
+    prompts = _read_prompts(Path(args.prompts)) if args.prompts else []
+    width, height = (1024, 1024) if args.square else (1792, 1024)
+    request = content_pb.PregenerateImagesRequest(prompts=prompts, width_pixels=width, height_pixels=height)
+    started = time.monotonic()
+    made = cached = 0
+    async with grpc.aio.insecure_channel(args.content, options=channel_options()) as channel:
+        stub = content_grpc.ContentServiceStub(channel)
+        async for response in stub.PregenerateImages(request):
+            made += 1
+            cached += response.cached
+            state = "already cached" if response.cached else f"made by {response.provider}"
+            print(f"[{time.monotonic() - started:7.2f}s] {state}: {response.prompt[:90]}")
+    print(f"{made} images in the cache ({made - cached} new, {cached} already there)")
+    return 0
+
+
+def _read_prompts(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror}") from None
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
 def _report(meditation: str, saved: list[Path]) -> None:
     if saved:
         print(f"\n{meditation}: your videos are ready:")
@@ -250,8 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     watch_parser = commands.add_parser("watch", help="resume a meditation's stream")
     watch_parser.add_argument("name", help="meditations/{id}")
     watch_parser.add_argument("--after", type=int, default=0, help="replay events after this sequence")
+    content_address = os.environ.get("STILLPOINT_CONTENT_ADDRESS", "127.0.0.1:50052")
+    stats_parser = commands.add_parser("stats", help="cache hit and miss counts (from the content service)")
+    stats_parser.add_argument("--content", default=content_address, help="content service host:port")
+    pregenerate_parser = commands.add_parser(
+        "pregenerate", help="render image prompts into the image cache (the service's list by default)"
+    )
+    pregenerate_parser.add_argument("--content", default=content_address, help="content service host:port")
+    pregenerate_parser.add_argument("--prompts", default="", help="file with one prompt per line")
+    pregenerate_parser.add_argument("--square", action="store_true", help="1024x1024 instead of 1792x1024")
     args = parser.parse_args(argv)
-    command = generate if args.command == "generate" else watch
+    command = {"generate": generate, "watch": watch, "stats": stats, "pregenerate": pregenerate}[args.command]
     try:
         return asyncio.run(command(args))
     except UsageError as error:

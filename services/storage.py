@@ -7,13 +7,20 @@ import os
 import re
 import secrets
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.environment import ConfigError, Environment
+
 # Keys are made by the servers, never taken from clients, and this pattern is checked again on every use
 # so that no key can step outside the storage root.
 _KEY_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*$")
+
+
+_BUCKET_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{1,62}$")
 
 
 class StorageKeyError(ValueError):
@@ -75,6 +82,10 @@ class AssetStorage(Protocol):
         """Returns the URI clients fetch the asset from."""
         ...
 
+    async def signed_uri(self, key: str) -> str:
+        """Returns a URI clients can fetch the asset from now; a remote store signs it for a limited time."""
+        ...
+
 
 class LocalAssetStorage:
     """Keeps assets in a folder; the embedded default for a single machine."""
@@ -118,6 +129,10 @@ class LocalAssetStorage:
         """A file URI: clients on this machine read it directly."""
         return self._path(key).as_uri()
 
+    async def signed_uri(self, key: str) -> str:
+        """The file URI: a local file needs no signature."""
+        return self.uri(key)
+
 
 def _write_atomically(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -141,3 +156,72 @@ def _install_file(source: Path, target: Path) -> int:
     finally:
         temporary.unlink(missing_ok=True)
     return target.stat().st_size
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Which asset store to use and how to reach it; read once at start-up."""
+
+    kind: str
+    local_root: Path
+    supabase_url: str = ""
+    supabase_key: str = ""
+    bucket: str = "stillpoint"
+    signed_url_expiry_seconds: int = 3600
+    cache_dir: Path | None = None
+
+    def __repr__(self) -> str:
+        # Settings may reach a log line or a traceback: never show the service key.
+        return (
+            f"StorageSettings(kind={self.kind!r}, bucket={self.bucket!r}, supabase_url={self.supabase_url!r})"
+        )
+
+
+def read_storage_settings(environment: Environment, var_root: Path) -> StorageSettings:
+    """STILLPOINT_STORAGE=local (a folder, the default) or supabase (SUPABASE_URL, SUPABASE_KEY, bucket)."""
+    kind = environment.choice("STILLPOINT_STORAGE", "local", ("local", "supabase"))
+    local_root = environment.directory("STILLPOINT_STORAGE_DIR", var_root / "storage")
+    if kind == "local":
+        return StorageSettings(kind=kind, local_root=local_root)
+    url = environment.text("SUPABASE_URL", "")
+    key = environment.text("SUPABASE_KEY", "")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError("SUPABASE_URL must be the project URL, such as https://<project>.supabase.co")
+    if not key:
+        raise ConfigError("SUPABASE_KEY is not set: STILLPOINT_STORAGE=supabase needs the service key")
+    bucket = environment.text("STILLPOINT_SUPABASE_BUCKET", "stillpoint")
+    if not _BUCKET_PATTERN.fullmatch(bucket):
+        raise ConfigError(f"STILLPOINT_SUPABASE_BUCKET={bucket!r} is not a bucket name (a-z, 0-9, - and _)")
+    return StorageSettings(
+        kind=kind,
+        local_root=local_root,
+        supabase_url=url.rstrip("/"),
+        supabase_key=key,
+        bucket=bucket,
+        signed_url_expiry_seconds=environment.integer(
+            "STILLPOINT_SIGNED_URL_EXPIRY_SECONDS", 3600, minimum=60, maximum=7 * 24 * 3600
+        ),
+        cache_dir=environment.directory("STILLPOINT_STORAGE_CACHE_DIR", var_root / "storage-cache"),
+    )
+
+
+@asynccontextmanager
+async def open_asset_storage(settings: StorageSettings) -> AsyncIterator[AssetStorage]:
+    """The process's one store, made inside the running loop and closed on the way out."""
+    if settings.kind == "local":
+        yield LocalAssetStorage(settings.local_root)
+        return
+    # Imported here: the Supabase client is only loaded by processes that use it.
+    from services.supabase_storage import SupabaseAssetStorage
+
+    remote = await SupabaseAssetStorage.create(
+        settings.supabase_url,
+        settings.supabase_key,
+        settings.bucket,
+        cache_dir=settings.cache_dir or settings.local_root,
+        signed_url_expiry_seconds=settings.signed_url_expiry_seconds,
+    )
+    try:
+        yield remote
+    finally:
+        await remote.aclose()

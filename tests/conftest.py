@@ -39,6 +39,8 @@ from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 
+# Two prompts keep the pre-generation tests quick; the service's real default is every prompt it can make.
+PREGENERATED_PROMPTS = ["A calm landscape: a still lake at dusk", "A calm landscape: a quiet forest at dawn"]
 CONTENT_SERVICE = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 MEDIA_SERVICE = media_pb.DESCRIPTOR.services_by_name["MediaService"].full_name
 GATEWAY_SERVICE = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -63,10 +65,14 @@ async def _start_content(
 ) -> tuple[serving.RunningServer, AsyncEngine]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
     await upgrade(engine)
+    transcript_cache = InProcessCache(ttl_seconds=3600, name="transcripts")
+    image_cache = InProcessCache(ttl_seconds=3600, name="images")
     servicer = ContentServicer(
         repository=ContentRepository(engine),
-        transcripts=TranscriptGenerator(OfflineTranscriptProvider(), InProcessCache(ttl_seconds=3600)),
-        images=ImageGenerator(OfflineImageProvider(painters), InProcessCache(ttl_seconds=3600), storage),
+        transcripts=TranscriptGenerator(OfflineTranscriptProvider(), transcript_cache),
+        images=ImageGenerator(OfflineImageProvider(painters), image_cache, storage),
+        caches=[transcript_cache, image_cache],
+        pregenerate_prompts=PREGENERATED_PROMPTS,
     )
     running = await serving.start_server(
         service_names=[CONTENT_SERVICE],

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
 import sys
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import openai
+from redis.asyncio import Redis
 
 from services import serving
-from services.cache import InProcessCache
+from services.cache import CacheUnavailableError, InProcessCache, RedisCache, ResultCache, connect_redis
 from services.content.config import ContentConfig
 from services.content.generation import (
     ImageGenerator,
@@ -23,40 +26,44 @@ from services.content.generation import (
 )
 from services.content.migrate import DatabaseNotReadyError, ensure_migrated
 from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
+from services.content.pregeneration import pregenerate_off_peak, read_prompt_list
 from services.content.repository import ContentRepository, create_engine
 from services.content.servicer import ContentServicer
 from services.environment import ConfigError, Environment
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
-from services.storage import AssetStorage, LocalAssetStorage
+from services.storage import AssetStorage, open_asset_storage
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 logger = logging.getLogger("services.content")
+CacheFactory = Callable[[str], ResultCache]
 
 
 def build_generators(
-    config: ContentConfig, client: openai.AsyncOpenAI | None, painters: Executor, storage: AssetStorage
+    config: ContentConfig,
+    client: openai.AsyncOpenAI | None,
+    painters: Executor,
+    storage: AssetStorage,
+    transcript_cache: ResultCache,
+    image_cache: ResultCache,
 ) -> tuple[TranscriptGenerator, ImageGenerator, list[ProviderReport]]:
     """Wires the configured providers, each behind its cache, with the offline ones as fallbacks."""
-    offline_transcripts = TranscriptGenerator(
-        OfflineTranscriptProvider(), InProcessCache(ttl_seconds=config.cache_ttl_seconds)
-    )
-    offline_images = ImageGenerator(
-        OfflineImageProvider(painters), InProcessCache(ttl_seconds=config.cache_ttl_seconds), storage
-    )
+    offline_transcripts = TranscriptGenerator(OfflineTranscriptProvider(), transcript_cache)
+    offline_images = ImageGenerator(OfflineImageProvider(painters), image_cache, storage)
     transcripts, images = offline_transcripts, offline_images
     reports = [ProviderReport("transcript", "offline"), ProviderReport("image", "offline")]
     fallback = config.fallback_to_offline
     # Providers get four fifths of their stage's budget, retries included, leaving time for the fallback.
     budget = 0.8
+    # One cache per capability serves both providers: their keys differ by provider and model.
     if config.transcript_provider == "openai" and client is not None:
         transcripts = TranscriptGenerator(
             OpenAITranscriptProvider(
                 client, config.transcript_model, budget * config.transcript_timeout_seconds
             ),
-            InProcessCache(ttl_seconds=config.cache_ttl_seconds),
+            transcript_cache,
             fallback=offline_transcripts if fallback else None,
         )
         reports[0] = ProviderReport("transcript", "openai", config.transcript_model.name, fallback)
@@ -68,43 +75,74 @@ def build_generators(
             square_size=config.image_size_square,
             timeout_seconds=budget * config.image_timeout_seconds,
         )
-        images = ImageGenerator(
-            provider,
-            InProcessCache(ttl_seconds=config.cache_ttl_seconds),
-            storage,
-            fallback=offline_images if fallback else None,
-        )
+        images = ImageGenerator(provider, image_cache, storage, fallback=offline_images if fallback else None)
         reports[1] = ProviderReport("image", "openai", config.image_model.name, fallback)
     return transcripts, images, reports
 
 
+@contextlib.asynccontextmanager
+async def open_caches(config: ContentConfig) -> AsyncIterator[CacheFactory]:
+    """Redis when REDIS_URL is set (shared by every replica), else in-process; one client per process."""
+    if config.redis_url is None:
+        yield lambda name: InProcessCache(ttl_seconds=config.cache_ttl_seconds, name=name)
+        return
+    client: Redis = await connect_redis(config.redis_url)
+    try:
+        yield lambda name: RedisCache(
+            client,
+            name=name,
+            ttl_seconds=config.cache_ttl_seconds,
+            lock_timeout_seconds=config.cache_lock_timeout_seconds,
+        )
+    finally:
+        await client.aclose()
+
+
 async def main(config: ContentConfig) -> None:
-    """Makes the process's engine, client, caches and worker pool once, serves, and releases them."""
+    """Makes the process's engine, client, store, caches and worker pool once, serves, and releases them."""
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-content")
     try:
         await ensure_migrated(engine, config.database_url)
-    except DatabaseNotReadyError as error:
-        await engine.dispose()
+        async with open_asset_storage(config.storage) as storage, open_caches(config) as make_cache:
+            await serve(config, ContentRepository(engine), storage, make_cache)
+    except (DatabaseNotReadyError, CacheUnavailableError) as error:
         sys.exit(f"content: {error}")
+    finally:
+        await engine.dispose()
+
+
+async def serve(
+    config: ContentConfig, repository: ContentRepository, storage: AssetStorage, make_cache: CacheFactory
+) -> None:
+    """Builds the generators and serves until SIGTERM."""
     client = make_client(config.openai) if config.openai is not None else None
     # Painting is CPU-bound Python: a spawned worker keeps it off the event loop, and spawn (never fork)
     # keeps gRPC's threads out of the child.
     painters = ProcessPoolExecutor(config.painter_workers, mp_context=multiprocessing.get_context("spawn"))
-    storage = LocalAssetStorage(config.storage_root)
-    transcripts, images, reports = build_generators(config, client, painters, storage)
+    caches = [make_cache("transcripts"), make_cache("images")]
+    transcripts, images, reports = build_generators(config, client, painters, storage, *caches)
     if client is not None:
         # Warn at start-up, in the log and through GetProviderStatus, about models missing or retiring soon.
         models = {"transcript": config.transcript_model, "image": config.image_model}
         for report in reports:
             if report.provider == "openai":
                 report.warnings = await check_models(client, [models[report.capability]])
-    servicer = ContentServicer(ContentRepository(engine), transcripts, images, reports)
+    prompts = read_prompt_list(config.pregenerate_prompts_file)
+    servicer = ContentServicer(
+        repository, transcripts, images, reports, caches=caches, pregenerate_prompts=prompts
+    )
+    nightly: asyncio.Task[None] | None = None
+    if config.pregenerate_hour_utc is not None:
+        nightly = asyncio.create_task(
+            pregenerate_off_peak(images, prompts, hour_utc=config.pregenerate_hour_utc, sizes=[(1792, 1024)])
+        )
 
     async def release() -> None:
+        if nightly is not None:
+            nightly.cancel()
         painters.shutdown(wait=False, cancel_futures=True)
         if client is not None:
             await client.close()
-        await engine.dispose()
 
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
@@ -122,10 +160,15 @@ def run() -> None:
         config = ContentConfig.from_environment(environment, var_root=var_root)
     except ConfigError as error:
         sys.exit(f"content: configuration error: {error}")
-    serving.configure_logging(
-        config.log_level, secrets=[config.openai.api_key] if config.openai is not None else []
+    secrets = [config.openai.api_key] if config.openai is not None else []
+    serving.configure_logging(config.log_level, secrets=[*secrets, config.storage.supabase_key])
+    logger.info(
+        "providers: transcript=%s image=%s; storage=%s; cache=%s",
+        config.transcript_provider,
+        config.image_provider,
+        config.storage.kind,
+        "redis" if config.redis_url else "in-process",
     )
-    logger.info("providers: transcript=%s image=%s", config.transcript_provider, config.image_provider)
     asyncio.run(main(config))
 
 

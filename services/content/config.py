@@ -9,6 +9,7 @@ from pathlib import Path
 from services.content.repository import PoolSettings
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
+from services.storage import StorageSettings, read_storage_settings
 
 PROVIDERS = ("offline", "openai")
 # What OpenAI serves on 2026-11-21: gpt-6-luna replaces the gpt-4o class; DALL-E and gpt-image-1 are gone.
@@ -24,7 +25,7 @@ class ContentConfig:
     port: int
     database_url: str
     database_pool: PoolSettings
-    storage_root: Path
+    storage: StorageSettings
     cache_ttl_seconds: float
     painter_workers: int
     grace_seconds: float
@@ -39,11 +40,14 @@ class ContentConfig:
     fallback_to_offline: bool
     transcript_timeout_seconds: float
     image_timeout_seconds: float
+    redis_url: str | None
+    cache_lock_timeout_seconds: float
+    pregenerate_prompts_file: Path | None
+    pregenerate_hour_utc: int | None
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> ContentConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
-        storage_root = environment.directory("STILLPOINT_STORAGE_DIR", var_root / "storage")
         transcript_provider = environment.choice("STILLPOINT_TRANSCRIPT_PROVIDER", "offline", PROVIDERS)
         image_provider = environment.choice("STILLPOINT_IMAGE_PROVIDER", "offline", PROVIDERS)
         uses_openai = "openai" in (transcript_provider, image_provider)
@@ -58,7 +62,7 @@ class ContentConfig:
                 is_pre_ping=environment.flag("STILLPOINT_DATABASE_POOL_PRE_PING", True),
                 recycle_seconds=environment.seconds("STILLPOINT_DATABASE_POOL_RECYCLE_SECONDS", 1800.0),
             ),
-            storage_root=storage_root,
+            storage=read_storage_settings(environment, var_root),
             cache_ttl_seconds=environment.seconds("STILLPOINT_CACHE_TTL_SECONDS", 3600.0),
             painter_workers=environment.integer("STILLPOINT_PAINTER_WORKERS", 1, minimum=1, maximum=16),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
@@ -81,6 +85,16 @@ class ContentConfig:
             # The seeds' budget for content generation: 300 s.
             transcript_timeout_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
             image_timeout_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
+            redis_url=_redis_url(environment),
+            # The lock is extended while its holder computes, so this only bounds how long a crashed
+            # replica's lock keeps the others waiting.
+            cache_lock_timeout_seconds=environment.seconds("STILLPOINT_CACHE_LOCK_TIMEOUT_SECONDS", 30.0),
+            pregenerate_prompts_file=_prompts_file(environment),
+            pregenerate_hour_utc=(
+                environment.integer("STILLPOINT_PREGENERATE_HOUR_UTC", 0, minimum=0, maximum=23)
+                if environment.text("STILLPOINT_PREGENERATE_HOUR_UTC", "")
+                else None
+            ),
         )
 
 
@@ -92,6 +106,23 @@ def read_database_url(environment: Environment, var_root: Path) -> str:
             "DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite:// (an async driver)"
         )
     return url
+
+
+def _redis_url(environment: Environment) -> str | None:
+    url = environment.text("REDIS_URL", "")
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return url or None
+
+
+def _prompts_file(environment: Environment) -> Path | None:
+    value = environment.text("STILLPOINT_PREGENERATE_PROMPTS_FILE", "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"STILLPOINT_PREGENERATE_PROMPTS_FILE={value!r} is not a readable file")
+    return path
 
 
 def _image_size(environment: Environment, name: str, default: str) -> str:

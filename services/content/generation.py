@@ -16,7 +16,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from services.cache import InProcessCache
+from services.cache import ResultCache
 from services.content import painter, transcripts
 from services.content.errors import InvalidInputError
 from services.openai_api import ProviderCallError
@@ -146,7 +146,7 @@ class TranscriptGenerator:
     """
 
     def __init__(
-        self, provider: TranscriptProvider, cache: InProcessCache, fallback: TranscriptGenerator | None = None
+        self, provider: TranscriptProvider, cache: ResultCache, fallback: TranscriptGenerator | None = None
     ) -> None:
         self._provider = provider
         self._cache = cache
@@ -219,7 +219,7 @@ class ImageGenerator:
     def __init__(
         self,
         provider: ImageProvider,
-        cache: InProcessCache,
+        cache: ResultCache,
         storage: AssetStorage,
         fallback: ImageGenerator | None = None,
     ) -> None:
@@ -268,7 +268,7 @@ class ImageGenerator:
             entry = json.loads(result.value)
         return GeneratedImage(
             storage_key=entry["key"],
-            uri=self._storage.uri(entry["key"]),
+            uri=await self._storage.signed_uri(entry["key"]),
             width_pixels=int(entry["width"]),
             height_pixels=int(entry["height"]),
             is_cached=result.is_cached,

@@ -236,6 +236,16 @@ def create_image_prompt(themes: Sequence[str], source_text: str) -> str:
     landscape = choose_landscape(themes, source_text).landscape
     scene = _SCENES[landscape]
     detail = scene.details[_digest_number("\n".join([*themes, source_text])) % len(scene.details)]
+    return _prompt(scene, detail)
+
+
+def all_image_prompts() -> list[str]:
+    """Every prompt create_image_prompt can return: a finite set, so pre-generating it off-peak makes every
+    later image request a cache hit."""
+    return [_prompt(scene, detail) for scene in _SCENES.values() for detail in scene.details]
+
+
+def _prompt(scene: _Scene, detail: str) -> str:
     prompt = f"A calm landscape: {scene.description}, {detail}, evoking {scene.mood}; {_STYLE}"
     # Every part is a fixed phrase well under the limit; the check guards future edits to the tables.
     if len(prompt) > MAX_PROMPT_CHARS:

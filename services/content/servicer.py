@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import grpc
 
+from services.cache import RedisCache, ResultCache
 from services.content import conversations
 from services.content.errors import (
     ConflictError,
@@ -25,6 +26,7 @@ from services.content.generation import (
     TranscriptRestart,
 )
 from services.content.image_prompts import create_image_prompt
+from services.content.pregeneration import pregenerate_images
 from services.content.repository import (
     ContentRepository,
     Conversation,
@@ -73,11 +75,16 @@ class ContentServicer(content_grpc.ContentServiceServicer):
         transcripts: TranscriptGenerator,
         images: ImageGenerator,
         providers: list[ProviderReport] | None = None,
+        *,
+        caches: Sequence[ResultCache] = (),
+        pregenerate_prompts: Sequence[str] = (),
     ) -> None:
         self._repository = repository
         self._transcripts = transcripts
         self._images = images
         self._providers = providers or []
+        self._caches = list(caches)
+        self._pregenerate_prompts = list(pregenerate_prompts)
 
     async def CreateConversation(
         self, request: content_pb.CreateConversationRequest, context: _Context
@@ -252,6 +259,30 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 for report in self._providers
             ]
         )
+
+    async def GetCacheStats(
+        self, request: content_pb.GetCacheStatsRequest, context: _Context
+    ) -> content_pb.GetCacheStatsResponse:
+        response = content_pb.GetCacheStatsResponse()
+        for cache in self._caches:
+            stats = await cache.read_stats()
+            backend = "redis" if isinstance(cache, RedisCache) else "in-process"
+            response.caches.add(name=cache.name, hits=stats.hits, misses=stats.misses, backend=backend)
+        return response
+
+    async def PregenerateImages(
+        self, request: content_pb.PregenerateImagesRequest, context: _Context
+    ) -> AsyncIterator[content_pb.PregenerateImagesResponse]:
+        async with _status_for_errors(context):
+            prompts = list(request.prompts) or self._pregenerate_prompts
+            width, height = (request.width_pixels or 1792), (request.height_pixels or 1024)
+            async for made in pregenerate_images(self._images, prompts, width, height):
+                yield content_pb.PregenerateImagesResponse(
+                    prompt=made.prompt,
+                    storage_key=made.image.storage_key,
+                    cached=made.image.is_cached,
+                    provider=made.image.provider,
+                )
 
 
 _PROVIDER_STATUS = {

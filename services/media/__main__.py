@@ -20,7 +20,7 @@ from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio, Narrator
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
-from services.storage import LocalAssetStorage
+from services.storage import AssetStorage, open_asset_storage
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 
@@ -29,6 +29,12 @@ logger = logging.getLogger("services.media")
 
 
 async def main(config: MediaConfig) -> None:
+    """Opens asset storage for the process's lifetime and serves."""
+    async with open_asset_storage(config.storage) as storage:
+        await serve(config, storage)
+
+
+async def serve(config: MediaConfig, storage: AssetStorage) -> None:
     """Probes encoders and starts the narrator once, serves, and releases them on the way out."""
     ffmpeg_path = imageio_ffmpeg.get_ffmpeg_exe()
     if config.hardware_encoding:
@@ -67,7 +73,7 @@ async def main(config: MediaConfig) -> None:
         narrator_name="openai" if client is not None else "espeak-ng",
         fallback_narrator=espeak if client is not None and config.fallback_to_offline else None,
         providers=[report],
-        storage=LocalAssetStorage(config.storage_root),
+        storage=storage,
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,
         work_root=config.work_root,

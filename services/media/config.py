@@ -7,6 +7,7 @@ from pathlib import Path
 
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
+from services.storage import StorageSettings, read_storage_settings
 
 # The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
 # gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.
@@ -23,7 +24,7 @@ class MediaConfig:
     """Everything the media service needs to start."""
 
     port: int
-    storage_root: Path
+    storage: StorageSettings
     work_root: Path
     narration_timeout_seconds: float
     video_timeout_seconds: float
@@ -49,7 +50,7 @@ class MediaConfig:
             raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
-            storage_root=environment.directory("STILLPOINT_STORAGE_DIR", var_root / "storage"),
+            storage=read_storage_settings(environment, var_root),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
             # The seeds' budgets: audio 60 s, video encoding 120 s.
             narration_timeout_seconds=environment.seconds("STILLPOINT_NARRATION_TIMEOUT_SECONDS", 60.0),

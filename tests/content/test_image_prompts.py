@@ -178,3 +178,20 @@ def test_every_place_theme_has_a_landscape(text: str) -> None:
     place = extract_themes(text)[0]
 
     assert landscape_of_place(place) is choose_landscape([place], text).landscape
+
+
+def test_every_prompt_a_conversation_can_get_is_in_the_pregeneration_set() -> None:
+    from services.content.image_prompts import all_image_prompts
+
+    every = set(all_image_prompts())
+    conversations = [
+        "User: the sea at night helps me sleep",
+        "User: my garden and the roses",
+        "User: exams and mountains and panic",
+        "User: nothing in particular",
+        "",
+        "User: grief since dad died, walking by the river",
+    ]
+    for index, text in enumerate(conversations * 5):
+        prompt = create_image_prompt([f"theme {index}"], text + f" {index}")
+        assert prompt in every

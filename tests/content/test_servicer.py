@@ -207,3 +207,43 @@ async def test_meditation_with_a_repeated_request_id_is_the_same_job(
     second = await content_stub.CreateMeditation(request)
     assert first.created and not second.created
     assert first.meditation.name == second.meditation.name
+
+
+async def test_cache_stats_count_hits_and_misses_per_cache(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    text = await source_text(content_stub)
+    for _ in range(3):
+        async for _ in content_stub.GenerateTranscript(
+            content_pb.GenerateTranscriptRequest(source_text=text)
+        ):
+            pass
+    stats = await content_stub.GetCacheStats(content_pb.GetCacheStatsRequest())
+    by_name = {cache.name: cache for cache in stats.caches}
+    assert (by_name["transcripts"].hits, by_name["transcripts"].misses) == (2, 1)
+    assert (by_name["images"].hits, by_name["images"].misses) == (0, 0)
+    assert by_name["transcripts"].backend == "in-process"
+
+
+async def test_pregeneration_fills_the_image_cache_so_jobs_hit_it(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    first = [r async for r in content_stub.PregenerateImages(content_pb.PregenerateImagesRequest())]
+    assert [r.cached for r in first] == [False, False]
+    again = [r async for r in content_stub.PregenerateImages(content_pb.PregenerateImagesRequest())]
+    assert [r.cached for r in again] == [True, True]
+    image = await content_stub.GenerateImage(
+        content_pb.GenerateImageRequest(prompt=first[0].prompt, width_pixels=1792, height_pixels=1024)
+    )
+    assert image.cached
+    assert image.storage_key == first[0].storage_key
+
+
+async def test_pregeneration_of_named_prompts_at_square_size(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    request = content_pb.PregenerateImagesRequest(
+        prompts=["A calm landscape: moonlit sea"], width_pixels=1024, height_pixels=1024
+    )
+    made = [r async for r in content_stub.PregenerateImages(request)]
+    assert [r.prompt for r in made] == ["A calm landscape: moonlit sea"]

@@ -6,6 +6,7 @@ import io
 import wave
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import asynccontextmanager
 from datetime import date
 from pathlib import Path
 
@@ -75,9 +76,11 @@ def faults(server: OpenAICompatibleServer, endpoint: str, *specs: FaultSpec) -> 
     server.configure(ServerConfig(faults={endpoint: specs}))  # type: ignore[dict-item]
 
 
+@asynccontextmanager
 async def content_stub_with(
     tmp_path: Path, transcripts: TranscriptGenerator, images: ImageGenerator
-) -> tuple[content_grpc.ContentServiceStub, serving.RunningServer, grpc.aio.Channel]:
+) -> AsyncIterator[content_grpc.ContentServiceStub]:
+    """A real content server over these generators, torn down (engine included) on the way out."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
     await upgrade(engine)
     servicer = ContentServicer(ContentRepository(engine), transcripts, images)
@@ -86,8 +89,12 @@ async def content_stub_with(
         register=lambda server: content_grpc.add_ContentServiceServicer_to_server(servicer, server),
         address="127.0.0.1:0",
     )
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
-    return content_grpc.ContentServiceStub(channel), running, channel
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield content_grpc.ContentServiceStub(channel)
+    finally:
+        await running.stop(0)
+        await engine.dispose()
 
 
 async def transcript_events(
@@ -109,13 +116,9 @@ async def test_streamed_transcript_arrives_in_many_pieces_and_is_then_cached(
     images = ImageGenerator(
         OfflineImageProvider(painters), InProcessCache(ttl_seconds=60), LocalAssetStorage(tmp_path)
     )
-    stub, running, channel = await content_stub_with(tmp_path, transcripts, images)
-    try:
+    async with content_stub_with(tmp_path, transcripts, images) as stub:
         first = await transcript_events(stub)
         second = await transcript_events(stub)
-    finally:
-        await channel.close()
-        await running.stop(0)
     deltas = [r.delta.text for r in first if r.HasField("delta")]
     completed = first[-1].completed
     assert len(deltas) > 10
@@ -170,13 +173,9 @@ async def test_provider_failures_without_fallback_map_to_clear_statuses(
     images = ImageGenerator(
         OfflineImageProvider(painters), InProcessCache(ttl_seconds=60), LocalAssetStorage(tmp_path)
     )
-    stub, running, channel = await content_stub_with(tmp_path, transcripts, images)
-    try:
+    async with content_stub_with(tmp_path, transcripts, images) as stub:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await transcript_events(stub)
-    finally:
-        await channel.close()
-        await running.stop(0)
     assert raised.value.code() == code
     assert named in (raised.value.details() or "")
     assert DEFAULT_API_KEY not in (raised.value.details() or "")

@@ -1,0 +1,473 @@
+"""Asset storage in Supabase Storage: a private bucket, TUS for large files, signed URLs for clients."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO, Final, Self
+
+import httpx
+from storage3 import AsyncStorageClient
+from storage3.exceptions import StorageApiError
+from storage3.types import FileOptions
+
+from services.storage import AssetMissingError, StoredAsset, validate_key
+
+_LOG = logging.getLogger(__name__)
+
+MEBIBYTE: Final = 1 << 20
+# Supabase advises TUS above about 6 MB, and requires every TUS chunk but the last to be exactly 6 MiB.
+DEFAULT_RESUMABLE_THRESHOLD_BYTES: Final = 6 * MEBIBYTE
+DEFAULT_CHUNK_BYTES: Final = 6 * MEBIBYTE
+DEFAULT_SIGNED_URL_EXPIRY_SECONDS: Final = 3600
+DEFAULT_TIMEOUT_SECONDS: Final = 60.0
+# Keys are new for every asset and never overwritten, so every cache may keep an asset for a year.
+CACHE_CONTROL_SECONDS: Final = "31536000"
+
+_TUS_VERSION: Final = "1.0.0"
+# Failed PATCHes in a row (lost connection, offset conflict) before a resumable upload gives up.
+_TUS_ATTEMPTS: Final = 3
+_DOWNLOAD_CHUNK_BYTES: Final = MEBIBYTE
+_SIGNED_URI_MEMO_SIZE: Final = 4096
+
+ChunkReader = Callable[[int, int], Awaitable[bytes]]
+
+
+class StorageUnavailableError(Exception):
+    """Supabase Storage refused or failed a request.
+
+    The message says what went wrong and never names the asset key, a signed token or the service key.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        # Storage's own status (its body's `statusCode`, e.g. 403, 409), None when no answer came.
+        self.status_code = status_code
+        # Storage's error name (e.g. "Duplicate", "Unauthorized"), None when no answer came.
+        self.reason = reason
+
+
+class SupabaseAssetStorage:
+    """Keeps assets in a private Supabase Storage bucket; clients fetch them through signed URLs.
+
+    Make one per process with `await SupabaseAssetStorage.create(...)` inside the running event loop, and
+    `await aclose()` it at shutdown.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        service_key: str,
+        bucket: str,
+        *,
+        cache_dir: Path,
+        signed_url_expiry_seconds: int = DEFAULT_SIGNED_URL_EXPIRY_SECONDS,
+        resumable_threshold_bytes: int = DEFAULT_RESUMABLE_THRESHOLD_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("the Supabase URL must start with http:// or https://")
+        if not service_key:
+            raise ValueError("the Supabase service key is empty")
+        if not bucket:
+            raise ValueError("the bucket name is empty")
+        if signed_url_expiry_seconds < 1 or chunk_bytes < 1 or resumable_threshold_bytes < 0:
+            raise ValueError("expiry and chunk size must be positive, the resumable threshold not negative")
+        self._storage_url = f"{url.rstrip('/')}/storage/v1/"
+        self._bucket = bucket
+        self._cache_root = cache_dir.resolve() / bucket
+        self._signed_url_expiry_seconds = signed_url_expiry_seconds
+        self._resumable_threshold_bytes = resumable_threshold_bytes
+        self._chunk_bytes = chunk_bytes
+        credentials = {"apikey": service_key, "Authorization": f"Bearer {service_key}"}
+        # One connection pool for storage3 and for what it lacks (TUS, streamed downloads).
+        self._http = httpx.AsyncClient(headers=credentials, timeout=httpx.Timeout(timeout_seconds))
+        self._client = AsyncStorageClient(self._storage_url, credentials, http_client=self._http)
+        self._signed: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._download_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    async def create(
+        cls,
+        url: str,
+        service_key: str,
+        bucket: str,
+        *,
+        cache_dir: Path,
+        signed_url_expiry_seconds: int = DEFAULT_SIGNED_URL_EXPIRY_SECONDS,
+        resumable_threshold_bytes: int = DEFAULT_RESUMABLE_THRESHOLD_BYTES,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    ) -> SupabaseAssetStorage:
+        """Makes the client inside the running loop and makes sure the (private) bucket exists."""
+        storage = cls(
+            url,
+            service_key,
+            bucket,
+            cache_dir=cache_dir,
+            signed_url_expiry_seconds=signed_url_expiry_seconds,
+            resumable_threshold_bytes=resumable_threshold_bytes,
+            chunk_bytes=chunk_bytes,
+            timeout_seconds=timeout_seconds,
+        )
+        try:
+            await storage._ensure_bucket()
+        except BaseException:
+            await storage.aclose()
+            raise
+        return storage
+
+    async def aclose(self) -> None:
+        """Closes the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"SupabaseAssetStorage(url={self._storage_url!r}, bucket={self._bucket!r})"
+
+    @property
+    def bucket(self) -> str:
+        """The bucket assets are kept in."""
+        return self._bucket
+
+    # AssetStorage -------------------------------------------------------------------------------------------
+
+    async def put_file(self, key: str, source_path: Path, content_type: str) -> StoredAsset:
+        """Uploads a local file; above the resumable threshold it goes by TUS, read chunk by chunk."""
+        _check_upload(key, content_type)
+        size_bytes = (await asyncio.to_thread(source_path.stat)).st_size
+        if size_bytes > self._resumable_threshold_bytes:
+            stream = await asyncio.to_thread(open, source_path, "rb")
+            try:
+                await self._upload_resumable(key, size_bytes, content_type, _file_reader(stream))
+            finally:
+                await asyncio.to_thread(stream.close)
+        else:
+            data = await asyncio.to_thread(source_path.read_bytes)
+            size_bytes = len(data)
+            await self._upload_standard(key, data, content_type)
+        return await self._stored(key, size_bytes, content_type)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+        """Uploads bytes; above the resumable threshold they go by TUS."""
+        _check_upload(key, content_type)
+        if len(data) > self._resumable_threshold_bytes:
+            await self._upload_resumable(key, len(data), content_type, _bytes_reader(data))
+        else:
+            await self._upload_standard(key, data, content_type)
+        return await self._stored(key, len(data), content_type)
+
+    async def local_path(self, key: str) -> Path:
+        """Downloads the asset into the cache folder once; later calls reuse the cached copy.
+
+        A cached copy never goes stale: keys are never overwritten.
+        """
+        target = self._cache_root / validate_key(key)
+        if await asyncio.to_thread(target.is_file):
+            return target
+        lock = self._download_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                if not await asyncio.to_thread(target.is_file):
+                    await self._download(key, target)
+        finally:
+            # At worst a caller arriving just now downloads again; the atomic rename keeps that harmless.
+            if not lock.locked():
+                self._download_locks.pop(key, None)
+        return target
+
+    async def exists(self, key: str) -> bool:
+        """Asks Storage for the object's info."""
+        validate_key(key)
+        with _translated("check for an asset"):
+            return await self._client.from_(self._bucket).exists(key)
+
+    def uri(self, key: str) -> str:
+        """The signed URL made for `key` by `put_*` or `signed_uri` in this process, while at least half its
+        lifetime is left. Signing needs a request, so this synchronous call cannot: await `signed_uri`."""
+        validate_key(key)
+        remembered = self._signed.get(key)
+        if remembered is None or remembered[1] <= time.monotonic():
+            raise StorageUnavailableError(
+                "no fresh signed URL is held for this asset in this process; await signed_uri(key) for one"
+            )
+        return remembered[0]
+
+    async def signed_uri(self, key: str) -> str:
+        """A URL anyone holding it can download the asset from, without credentials, until it expires."""
+        validate_key(key)
+        with _translated("sign a download URL", key):
+            signed = await self._client.from_(self._bucket).create_signed_url(
+                key, self._signed_url_expiry_seconds
+            )
+        url = signed["signedURL"]
+        if not url:
+            raise StorageUnavailableError("Supabase Storage answered without a signed URL")
+        self._signed[key] = (url, time.monotonic() + self._signed_url_expiry_seconds / 2)
+        self._signed.move_to_end(key)
+        while len(self._signed) > _SIGNED_URI_MEMO_SIZE:
+            self._signed.popitem(last=False)
+        return url
+
+    # Uploads ------------------------------------------------------------------------------------------------
+
+    def _file_options(self, content_type: str) -> FileOptions:
+        # Values are strings; "upsert" false because assets get new keys rather than overwrites.
+        return {"content-type": content_type, "cache-control": CACHE_CONTROL_SECONDS, "upsert": "false"}
+
+    async def _upload_standard(self, key: str, data: bytes, content_type: str) -> None:
+        with _translated("store an asset"):
+            await self._client.from_(self._bucket).upload(key, data, self._file_options(content_type))
+
+    async def _upload_resumable(
+        self, key: str, size_bytes: int, content_type: str, read: ChunkReader
+    ) -> None:
+        """TUS 1.0.0 as Supabase implements it; a lost connection resumes from the offset the server holds."""
+        metadata = {
+            "bucketName": self._bucket,
+            "objectName": key,
+            "contentType": content_type,
+            "cacheControl": CACHE_CONTROL_SECONDS,
+        }
+        headers = {
+            "Tus-Resumable": _TUS_VERSION,
+            "Upload-Length": str(size_bytes),
+            "Upload-Metadata": ",".join(
+                f"{name} {base64.b64encode(value.encode()).decode()}" for name, value in metadata.items()
+            ),
+            "x-upsert": "false",
+        }
+        with _translated("start a resumable upload"):
+            response = await self._http.post(f"{self._storage_url}upload/resumable", headers=headers)
+            if response.status_code != 201:
+                raise _api_error(response)
+        location = response.headers.get("Location")
+        if not location:
+            raise StorageUnavailableError("Supabase Storage started a resumable upload without a Location")
+        upload_url = response.url.join(location)
+        try:
+            await self._send_chunks(upload_url, size_bytes, read)
+        except StorageUnavailableError:
+            # Best effort: free what the server holds; Storage also expires unfinished uploads itself.
+            with contextlib.suppress(httpx.HTTPError):
+                await self._http.delete(upload_url, headers={"Tus-Resumable": _TUS_VERSION})
+            raise
+        _LOG.debug("stored %s (%d bytes) by resumable upload", key, size_bytes)
+
+    async def _send_chunks(self, upload_url: httpx.URL, size_bytes: int, read: ChunkReader) -> None:
+        offset = 0
+        failures = 0
+        while offset < size_bytes:
+            # After a partial chunk, the next one ends on a chunk boundary: Storage expects whole 6 MiB parts.
+            chunk = await read(
+                offset, min(self._chunk_bytes - offset % self._chunk_bytes, size_bytes - offset)
+            )
+            if not chunk:
+                raise StorageUnavailableError("the file became shorter while it was being uploaded")
+            headers = {
+                "Tus-Resumable": _TUS_VERSION,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            }
+            try:
+                response = await self._http.patch(upload_url, content=chunk, headers=headers)
+            except httpx.TransportError as error:
+                failures += 1
+                if failures >= _TUS_ATTEMPTS:
+                    raise StorageUnavailableError(
+                        f"Supabase Storage could not be reached to upload a chunk ({type(error).__name__})"
+                    ) from error
+                offset = await self._resumable_offset(upload_url)
+                continue
+            if response.status_code == 409 and _error_name(response) != "Duplicate":
+                # Our offset and the server's disagree (an earlier chunk landed in part): ask where it is.
+                failures += 1
+                if failures >= _TUS_ATTEMPTS:
+                    raise _refusal("upload a chunk", 409, "offset conflict")
+                offset = await self._resumable_offset(upload_url)
+                continue
+            if response.status_code != 204:
+                with _translated("upload a chunk"):
+                    raise _api_error(response)
+            offset = _upload_offset(response, minimum=offset + 1)
+            failures = 0
+
+    async def _resumable_offset(self, upload_url: httpx.URL) -> int:
+        with _translated("resume an upload"):
+            response = await self._http.head(upload_url, headers={"Tus-Resumable": _TUS_VERSION})
+            if response.status_code != 200:
+                raise _api_error(response)
+        return _upload_offset(response, minimum=0)
+
+    async def _stored(self, key: str, size_bytes: int, content_type: str) -> StoredAsset:
+        uri = await self.signed_uri(key)
+        return StoredAsset(key=key, uri=uri, size_bytes=size_bytes, content_type=content_type)
+
+    # Downloads and the bucket -------------------------------------------------------------------------------
+
+    async def _download(self, key: str, target: Path) -> None:
+        """Streams the object into a temporary file beside `target`, then renames it into place."""
+        await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        stream = await asyncio.to_thread(open, temporary, "wb")
+        try:
+            try:
+                with _translated("fetch an asset", key):
+                    async with self._http.stream(
+                        "GET", f"{self._storage_url}object/{self._bucket}/{key}"
+                    ) as got:
+                        if got.status_code != 200:
+                            await got.aread()
+                            raise _api_error(got)
+                        async for piece in got.aiter_bytes(_DOWNLOAD_CHUNK_BYTES):
+                            await asyncio.to_thread(stream.write, piece)
+                await asyncio.to_thread(_flush_to_disk, stream)
+            finally:
+                await asyncio.to_thread(stream.close)
+            await asyncio.to_thread(os.replace, temporary, target)
+        finally:
+            await asyncio.to_thread(temporary.unlink, missing_ok=True)
+
+    async def _ensure_bucket(self) -> None:
+        try:
+            found = await self._client.get_bucket(self._bucket)
+        except StorageApiError as error:
+            if _status_code(error.status) != 404:
+                with _translated("look up the bucket"):
+                    raise
+            with _translated("create the bucket"):
+                try:
+                    await self._client.create_bucket(self._bucket, options={"public": False})
+                except StorageApiError as create_error:
+                    # Another process made it first.
+                    if _status_code(create_error.status) != 409:
+                        raise
+            _LOG.info("created the private bucket %r", self._bucket)
+            return
+        except httpx.HTTPError:
+            with _translated("look up the bucket"):
+                raise
+        if found.public:
+            _LOG.warning("bucket %r is public: anyone who learns a key can read the asset", self._bucket)
+
+
+# Errors -----------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _translated(action: str, key: str | None = None) -> Iterator[None]:
+    """Turns storage3 and httpx failures into AssetMissingError (when `key` is given) or
+    StorageUnavailableError; `action` completes "… while trying to <action>"."""
+    try:
+        yield
+    except StorageApiError as error:
+        status = _status_code(error.status)
+        if key is not None and status == 404 and error.code in ("not_found", "NoSuchKey"):
+            raise AssetMissingError(key) from error
+        raise _refusal(action, status, str(error.code)) from error
+    except httpx.TimeoutException as error:
+        raise StorageUnavailableError(f"Supabase Storage timed out while trying to {action}") from error
+    except httpx.HTTPError as error:
+        raise StorageUnavailableError(
+            f"Supabase Storage could not be reached to {action} ({type(error).__name__})"
+        ) from error
+
+
+def _refusal(action: str, status: int | None, reason: str) -> StorageUnavailableError:
+    said = f"{status} {reason}" if status is not None else reason
+    if status in (401, 403) or reason in ("Unauthorized", "AccessDenied", "InvalidJWT"):
+        message = (
+            f"Supabase Storage refused the service key while trying to {action} ({said}); "
+            "check that it is the project's service-role key"
+        )
+    elif status == 409:
+        message = (
+            f"Supabase Storage already holds an asset under this key ({said}); "
+            "assets are never overwritten, so store it under a new key"
+        )
+    elif status == 404 and reason in ("Bucket not found", "NoSuchBucket"):
+        message = f"the asset bucket does not exist ({said}); SupabaseAssetStorage.create makes it"
+    elif status == 413:
+        message = f"the asset is larger than the bucket allows ({said})"
+    elif status == 415:
+        message = f"the bucket does not accept this content type ({said})"
+    else:
+        message = f"Supabase Storage failed while trying to {action} ({said})"
+    return StorageUnavailableError(message, status, reason)
+
+
+def _api_error(response: httpx.Response) -> StorageApiError:
+    """Storage's error body (`statusCode`, `error`, `message`), or the HTTP status where there is none."""
+    try:
+        body = json.loads(response.content)
+        return StorageApiError(str(body["message"]), str(body["error"]), str(body["statusCode"]))
+    except (ValueError, KeyError, TypeError):
+        return StorageApiError("unparsable error", response.reason_phrase or "Error", response.status_code)
+
+
+def _error_name(response: httpx.Response) -> str | None:
+    return str(_api_error(response).code)
+
+
+def _status_code(status: int | str) -> int | None:
+    return int(status) if str(status).isdigit() else None
+
+
+def _upload_offset(response: httpx.Response, minimum: int) -> int:
+    value = response.headers.get("Upload-Offset", "")
+    if not value.isdigit() or int(value) < minimum:
+        raise StorageUnavailableError(
+            "Supabase Storage answered a resumable upload with a wrong Upload-Offset"
+        )
+    return int(value)
+
+
+def _check_upload(key: str, content_type: str) -> None:
+    validate_key(key)
+    if not content_type:
+        # Players and browsers guess badly without one, and defaults have varied between versions.
+        raise ValueError("a content type is required")
+
+
+def _file_reader(stream: BinaryIO) -> ChunkReader:
+    def read(offset: int, size_bytes: int) -> bytes:
+        stream.seek(offset)
+        pieces = []
+        while size_bytes > 0 and (piece := stream.read(size_bytes)):
+            pieces.append(piece)
+            size_bytes -= len(piece)
+        return b"".join(pieces)
+
+    async def read_in_thread(offset: int, size_bytes: int) -> bytes:
+        return await asyncio.to_thread(read, offset, size_bytes)
+
+    return read_in_thread
+
+
+def _bytes_reader(data: bytes) -> ChunkReader:
+    view = memoryview(data)
+
+    async def read(offset: int, size_bytes: int) -> bytes:
+        return bytes(view[offset : offset + size_bytes])
+
+    return read
+
+
+def _flush_to_disk(stream: BinaryIO) -> None:
+    stream.flush()
+    os.fsync(stream.fileno())

@@ -1,0 +1,158 @@
+"""The real data plane end to end: PostgreSQL, Redis and Supabase-compatible storage behind real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import grpc
+import pytest
+import redis.asyncio
+
+from scripts.stack import Stack, running_stack
+from services.client import load_conversation
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.data_plane import create_postgres_database, drop_postgres_database, unavailable
+from tests.servers.supabase_storage import SupabaseStorageServer
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+SERVICE_KEY = "service-role-e2e-key-do-not-log"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _redis_reachable() -> None:
+    async def ping() -> None:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
+    try:
+        asyncio.run(ping())
+    except (OSError, redis.RedisError) as error:
+        unavailable(f"Redis at {REDIS_URL}", error)
+
+
+@pytest.fixture
+def production_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """PostgreSQL (a fresh database), Redis and a Supabase-compatible server, as production wires them."""
+    _redis_reachable()
+    database_url = create_postgres_database()
+    with SupabaseStorageServer(tmp_path / "supabase", service_key=SERVICE_KEY) as storage_server:
+        yield {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": REDIS_URL,
+            "STILLPOINT_STORAGE": "supabase",
+            "SUPABASE_URL": storage_server.url,
+            "SUPABASE_KEY": SERVICE_KEY,
+            "STILLPOINT_SUPABASE_BUCKET": "stillpoint-e2e",
+            # Distinct cache keys per run: a value cached by an earlier run would point at a deleted store.
+            "STILLPOINT_CACHE_TTL_SECONDS": "60",
+        }
+    drop_postgres_database(database_url)
+
+
+async def _generate(stack: Stack) -> list[gateway_pb.GenerateMeditationResponse]:
+    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        created = await stub.CreateConversation(load_conversation(ROOT / "examples" / "conversation.json"))
+        request = gateway_pb.GenerateMeditationRequest(
+            conversation=created.conversation.name, options=gateway_pb.MeditationOptions(skip_cache=True)
+        )
+        return [response async for response in stub.GenerateMeditation(request, timeout=300)]
+
+
+def _cli(*arguments: str) -> str:
+    command = [sys.executable, "-m", "services.client", *arguments]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+
+
+def _download(uri: str, target: Path) -> Path:
+    with urllib.request.urlopen(uri, timeout=30) as response:
+        target.write_bytes(response.read())
+    return target
+
+
+async def test_a_meditation_on_postgresql_redis_and_supabase_storage(
+    production_environment: dict[str, str], tmp_path: Path
+) -> None:
+    with running_stack(tmp_path / "var", extra_environment=production_environment) as stack:
+        responses = await _generate(stack)
+        stats = await asyncio.to_thread(_cli, "stats", "--content", stack.content_address)
+        logs = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
+    assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+    videos = [r.video_ready for r in responses if r.HasField("video_ready")]
+    assert len(videos) == 2
+    for index, video in enumerate(videos):
+        # Clients get signed HTTP URLs from Supabase Storage, fetchable without credentials.
+        assert video.uri.startswith(production_environment["SUPABASE_URL"])
+        assert "token=" in video.uri
+        path = await asyncio.to_thread(_download, video.uri, tmp_path / f"{index}.mp4")
+        assert path.stat().st_size == video.size_bytes
+        with av.open(str(path)) as container:
+            assert {stream.type for stream in container.streams} >= {"video", "audio"}
+    assert "redis" in stats
+    assert "transcripts" in stats
+    assert SERVICE_KEY not in logs
+
+
+def test_content_refuses_an_unmigrated_database_and_says_what_to_run(tmp_path: Path) -> None:
+    database_url = create_postgres_database()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "services.content"],
+            env={
+                **os.environ,
+                "DATABASE_URL": database_url,
+                "STILLPOINT_VAR_DIR": str(tmp_path),
+                "STILLPOINT_CONTENT_PORT": "0",
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        drop_postgres_database(database_url)
+    assert result.returncode != 0
+    assert "make migrate" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "named"),
+    [
+        ("REDIS_URL", "redis://:hunter2@127.0.0.1:1/0", "127.0.0.1:1"),
+        ("DATABASE_URL", "postgresql+asyncpg://stillpoint:hunter2@127.0.0.1:1/stillpoint", "127.0.0.1:1"),
+    ],
+)
+def test_an_unreachable_data_service_stops_start_up_naming_the_host_not_the_password(
+    tmp_path: Path, variable: str, url: str, named: str
+) -> None:
+    environment = {
+        **os.environ,
+        "STILLPOINT_VAR_DIR": str(tmp_path),
+        "STILLPOINT_CONTENT_PORT": "0",
+        variable: url,
+    }
+    if variable == "REDIS_URL":
+        subprocess.run(
+            [sys.executable, "-m", "services.content.migrate"], env=environment, check=True, timeout=60
+        )
+    result = subprocess.run(
+        [sys.executable, "-m", "services.content"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout

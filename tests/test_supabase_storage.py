@@ -1,0 +1,350 @@
+"""Supabase asset storage against a Storage-compatible server on 127.0.0.1, via the real storage3 client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from services.storage import AssetMissingError, AssetStorage, LocalAssetStorage, StorageKeyError, new_key
+from services.supabase_storage import StorageUnavailableError, SupabaseAssetStorage
+from tests.servers.supabase_storage import DEFAULT_SERVICE_KEY, ReceivedRequest, SupabaseStorageServer
+
+BUCKET = "stillpoint-assets"
+THRESHOLD_BYTES = 64 * 1024
+CHUNK_BYTES = 64 * 1024
+LARGE_BYTES = 300 * 1024
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[SupabaseStorageServer]:
+    with SupabaseStorageServer(tmp_path / "server") as server:
+        yield server
+
+
+async def open_storage(
+    server: SupabaseStorageServer,
+    cache_dir: Path,
+    service_key: str = DEFAULT_SERVICE_KEY,
+    signed_url_expiry_seconds: int = 600,
+) -> SupabaseAssetStorage:
+    return await SupabaseAssetStorage.create(
+        server.url,
+        service_key,
+        BUCKET,
+        cache_dir=cache_dir,
+        signed_url_expiry_seconds=signed_url_expiry_seconds,
+        resumable_threshold_bytes=THRESHOLD_BYTES,
+        chunk_bytes=CHUNK_BYTES,
+        timeout_seconds=10.0,
+    )
+
+
+@pytest.fixture
+async def storage(server: SupabaseStorageServer, tmp_path: Path) -> AsyncIterator[SupabaseAssetStorage]:
+    async with await open_storage(server, tmp_path / "cache") as storage:
+        yield storage
+
+
+def fetch(url: str) -> tuple[int, dict[str, str], bytes]:
+    """A plain GET with no credentials, as a player holding only the URL would make it."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def requests_to(server: SupabaseStorageServer, method: str, path_part: str) -> list[ReceivedRequest]:
+    return [r for r in server.received_requests() if r.method == method and path_part in r.path]
+
+
+def exception_chain_text(error: BaseException) -> str:
+    texts = []
+    current: BaseException | None = error
+    while current is not None:
+        texts.append(f"{current!r} {current}")
+        current = current.__cause__ or current.__context__
+    return "\n".join(texts)
+
+
+async def test_stored_bytes_come_back_identical_through_the_signed_url_with_type_and_cache_control(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    data = os.urandom(10_000)
+    key = new_key("images", "png")
+
+    stored = await storage.put_bytes(key, data, "image/png")
+
+    assert (stored.key, stored.size_bytes, stored.content_type) == (key, len(data), "image/png")
+    status, headers, body = await asyncio.to_thread(fetch, stored.uri)
+    assert (status, body) == (200, data)
+    assert headers["Content-Type"] == "image/png"
+    assert headers["Cache-Control"] == "max-age=31536000"
+    [upload] = requests_to(server, "POST", f"/object/{BUCKET}/")
+    assert upload.form == {"cacheControl": "31536000", "file.content-type": "image/png"}
+    assert upload.headers["x-upsert"] == "false"
+    assert not requests_to(server, "POST", "/upload/resumable")
+
+
+async def test_a_small_file_goes_by_one_standard_upload(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, tmp_path: Path
+) -> None:
+    source = tmp_path / "narration.wav"
+    source.write_bytes(os.urandom(THRESHOLD_BYTES))
+    key = new_key("narrations/0123456789abcdef", "wav")
+
+    stored = await storage.put_file(key, source, "audio/wav")
+
+    assert stored.size_bytes == THRESHOLD_BYTES
+    assert len(requests_to(server, "POST", f"/object/{BUCKET}/")) == 1
+    assert not requests_to(server, "POST", "/upload/resumable")
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == source.read_bytes() and kept.content_type == "audio/wav"
+
+
+async def test_a_file_above_the_threshold_goes_by_tus_in_several_chunks_and_arrives_intact(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, tmp_path: Path
+) -> None:
+    data = os.urandom(LARGE_BYTES)
+    source = tmp_path / "quick.mp4"
+    source.write_bytes(data)
+    key = new_key("videos/0123456789abcdef", "quick.mp4")
+
+    stored = await storage.put_file(key, source, "video/mp4")
+
+    assert stored.size_bytes == LARGE_BYTES
+    assert not requests_to(server, "POST", f"/object/{BUCKET}/")
+    [created] = requests_to(server, "POST", "/upload/resumable")
+    assert created.headers["upload-length"] == str(LARGE_BYTES)
+    assert created.headers["x-upsert"] == "false"
+    patches = requests_to(server, "PATCH", "/upload/resumable/")
+    assert [int(p.headers["upload-offset"]) for p in patches] == list(range(0, LARGE_BYTES, CHUNK_BYTES))
+    assert {p.headers["content-type"] for p in patches} == {"application/offset+octet-stream"}
+    assert all(p.status == 204 for p in patches)
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None
+    assert (kept.data, kept.content_type, kept.cache_control) == (data, "video/mp4", "max-age=31536000")
+    status, _, body = await asyncio.to_thread(fetch, stored.uri)
+    assert (status, body) == (200, data)
+
+
+async def test_large_bytes_also_go_by_tus(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    data = os.urandom(THRESHOLD_BYTES + 1)
+    key = new_key("images", "png")
+
+    await storage.put_bytes(key, data, "image/png")
+
+    assert len(requests_to(server, "PATCH", "/upload/resumable/")) == 2
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == data
+
+
+async def test_a_chunk_lost_on_the_way_resumes_from_the_offset_the_server_holds(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, tmp_path: Path
+) -> None:
+    data = os.urandom(LARGE_BYTES)
+    source = tmp_path / "full.mp4"
+    source.write_bytes(data)
+    key = new_key("videos/0123456789abcdef", "full.mp4")
+    server.interrupt_next_patches(1)
+
+    await storage.put_file(key, source, "video/mp4")
+
+    patches = requests_to(server, "PATCH", "/upload/resumable/")
+    assert patches[0].status is None
+    assert len(requests_to(server, "HEAD", "/upload/resumable/")) == 1
+    # Half the first chunk arrived; the next chunk makes up the rest, and the others stay aligned.
+    offsets = [int(p.headers["upload-offset"]) for p in patches]
+    assert offsets == [0, CHUNK_BYTES // 2, *range(CHUNK_BYTES, LARGE_BYTES, CHUNK_BYTES)]
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == data
+
+
+@pytest.mark.parametrize("size_bytes", [100, LARGE_BYTES], ids=["standard", "resumable"])
+async def test_a_duplicate_key_is_refused_and_the_first_asset_kept(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, size_bytes: int
+) -> None:
+    key = new_key("images", "png")
+    await storage.put_bytes(key, b"first", "image/png")
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        await storage.put_bytes(key, os.urandom(size_bytes), "image/png")
+
+    assert (refused.value.status_code, refused.value.reason) == (409, "Duplicate")
+    assert "new key" in str(refused.value)
+    assert key not in str(refused.value)
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == b"first"
+
+
+async def test_signed_urls_stop_working_after_they_expire(
+    server: SupabaseStorageServer, tmp_path: Path
+) -> None:
+    async with await open_storage(server, tmp_path / "cache", signed_url_expiry_seconds=1) as storage:
+        stored = await storage.put_bytes(new_key("images", "png"), b"png-bytes", "image/png")
+
+    await asyncio.sleep(2.1)
+
+    status, _, _ = await asyncio.to_thread(fetch, stored.uri)
+    assert status == 400
+
+
+async def test_a_tampered_signed_url_is_refused(storage: SupabaseAssetStorage) -> None:
+    stored = await storage.put_bytes(new_key("images", "png"), b"png-bytes", "image/png")
+    tampered = stored.uri[:-2] + ("xx" if not stored.uri.endswith("xx") else "yy")
+
+    status, _, body = await asyncio.to_thread(fetch, tampered)
+
+    assert status == 400
+    assert b"png-bytes" not in body
+
+
+async def test_signed_uri_signs_afresh_and_uri_returns_the_last_one(storage: SupabaseAssetStorage) -> None:
+    key = new_key("images", "png")
+    with pytest.raises(StorageUnavailableError, match="await signed_uri"):
+        storage.uri(key)
+    stored = await storage.put_bytes(key, b"png-bytes", "image/png")
+    assert storage.uri(key) == stored.uri
+
+    again = await storage.signed_uri(key)
+
+    assert storage.uri(key) == again
+    status, _, body = await asyncio.to_thread(fetch, again)
+    assert (status, body) == (200, b"png-bytes")
+
+
+async def test_local_path_downloads_once_and_reuses_the_cache(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, tmp_path: Path
+) -> None:
+    data = os.urandom(LARGE_BYTES)
+    key = new_key("videos/0123456789abcdef", "quick.mp4")
+    await storage.put_bytes(key, data, "video/mp4")
+
+    paths = await asyncio.gather(storage.local_path(key), storage.local_path(key))
+    again = await storage.local_path(key)
+
+    assert paths[0] == paths[1] == again
+    assert again.is_relative_to(tmp_path / "cache")
+    assert again.read_bytes() == data
+    assert len(requests_to(server, "GET", f"/object/{BUCKET}/{key}")) == 1
+    assert not list((tmp_path / "cache").rglob("*.partial"))
+
+
+async def test_a_missing_key_is_reported_as_missing(storage: SupabaseAssetStorage, tmp_path: Path) -> None:
+    key = new_key("images", "png")
+
+    with pytest.raises(AssetMissingError) as missing:
+        await storage.local_path(key)
+    with pytest.raises(AssetMissingError):
+        await storage.signed_uri(key)
+
+    assert missing.value.key == key
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+async def test_exists_tells_stored_from_missing(storage: SupabaseAssetStorage) -> None:
+    key = new_key("images", "png")
+    assert not await storage.exists(key)
+
+    await storage.put_bytes(key, b"png-bytes", "image/png")
+
+    assert await storage.exists(key)
+
+
+async def test_a_wrong_service_key_is_a_clear_error_that_never_shows_the_key(
+    server: SupabaseStorageServer, tmp_path: Path
+) -> None:
+    wrong_key = "sb_secret_wrong-0123456789"
+
+    with pytest.raises(StorageUnavailableError) as refused:
+        await open_storage(server, tmp_path / "cache", service_key=wrong_key)
+
+    assert "refused the service key" in str(refused.value)
+    assert refused.value.status_code == 403
+    assert wrong_key not in exception_chain_text(refused.value)
+    assert DEFAULT_SERVICE_KEY not in exception_chain_text(refused.value)
+
+
+async def test_a_service_key_revoked_after_start_is_reported_on_use(
+    server: SupabaseStorageServer, tmp_path: Path
+) -> None:
+    wrong_key = "revoked-service-key"
+    async with await open_storage(server, tmp_path / "cache") as good:
+        key = new_key("images", "png")
+        await good.put_bytes(key, b"png-bytes", "image/png")
+    # The bucket exists now, so only each operation's own request can tell the key is wrong.
+    revoked = SupabaseAssetStorage(server.url, wrong_key, BUCKET, cache_dir=tmp_path / "cache")
+    try:
+        for operation in (
+            revoked.exists(key),
+            revoked.local_path(key),
+            revoked.signed_uri(key),
+            revoked.put_bytes(new_key("images", "png"), b"x", "image/png"),
+            revoked.put_bytes(new_key("images", "png"), os.urandom(THRESHOLD_BYTES + 1), "image/png"),
+        ):
+            with pytest.raises(StorageUnavailableError) as refused:
+                await operation
+            assert "service key" in str(refused.value)
+            assert wrong_key not in exception_chain_text(refused.value)
+            assert key not in str(refused.value)
+    finally:
+        await revoked.aclose()
+
+
+async def test_unreachable_storage_is_unavailable(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    with pytest.raises(StorageUnavailableError, match="could not be reached"):
+        await SupabaseAssetStorage.create(
+            f"http://127.0.0.1:{port}", DEFAULT_SERVICE_KEY, BUCKET, cache_dir=tmp_path / "cache"
+        )
+
+
+async def test_create_makes_a_private_bucket_and_finds_it_the_next_time(
+    server: SupabaseStorageServer, tmp_path: Path
+) -> None:
+    for _ in range(2):
+        async with await open_storage(server, tmp_path / "cache"):
+            pass
+
+    assert len(requests_to(server, "POST", "/storage/v1/bucket")) == 1
+    assert len(requests_to(server, "GET", f"/storage/v1/bucket/{BUCKET}")) == 2
+
+
+async def test_malformed_keys_and_missing_content_types_are_refused_before_any_request(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    server.clear_requests()
+    with pytest.raises(StorageKeyError):
+        await storage.put_bytes("../escape.png", b"x", "image/png")
+    with pytest.raises(StorageKeyError):
+        await storage.local_path("images/../../etc/passwd")
+    with pytest.raises(ValueError, match="content type"):
+        await storage.put_bytes(new_key("images", "png"), b"x", "")
+    assert server.received_requests() == []
+
+
+async def test_both_stores_fit_the_asset_storage_protocol(
+    storage: SupabaseAssetStorage, tmp_path: Path
+) -> None:
+    local = LocalAssetStorage(tmp_path / "local")
+    stores: list[AssetStorage] = [storage, local]
+    key = new_key("images", "png")
+
+    for store in stores:
+        await store.put_bytes(key, b"png-bytes", "image/png")
+        assert (await store.local_path(key)).read_bytes() == b"png-bytes"
+
+    assert await local.signed_uri(key) == local.uri(key) == (tmp_path / "local" / key).resolve().as_uri()
+    assert DEFAULT_SERVICE_KEY not in repr(storage)
