@@ -8,7 +8,7 @@ PY := $(BIN)/python
 STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: demo test lint protos install migrate clean
+.PHONY: demo test lint protos install migrate bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,8 @@ lint: protos
 
 test: protos
 	$(MAKE) lint
+	# Debian's Chromium plays every rendered video in the browser tests.
+	scripts/ensure-chromium.sh
 	$(BIN)/pytest -q
 
 # Upgrades DATABASE_URL (SQLite under var/ by default) to the newest schema; the content service
@@ -48,6 +50,10 @@ migrate: protos
 
 demo: protos
 	$(PY) -m scripts.demo
+
+# Seeds' pipeline vs Stillpoint's on the seeds' latency model; writes var/bench/report.{json,md} and a chart.
+bench: protos
+	$(PY) -m bench
 
 clean:
 	rm -rf gen var out

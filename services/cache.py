@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
@@ -17,6 +17,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Shared hit and miss counters live here, one pair per cache name, counted by every replica.
 STATS_KEY_PREFIX = "stillpoint:stats:"
@@ -286,17 +287,20 @@ class RedisCache:
     ) -> CacheResult:
         """Returns the cached value, or computes, stores and returns it; concurrent callers share one call,
         in this process and across replicas. `skip_cache` recomputes and overwrites the stored value."""
+        guard = _CancellationGuard()
         result, is_shared = await self._flights.share(
-            key, lambda: self._lookup_or_compute(key, compute, skip_cache), may_join=not skip_cache
+            key, lambda: self._lookup_or_compute(key, compute, skip_cache, guard), may_join=not skip_cache
         )
         if is_shared:
-            await self._count(is_hit=True)
+            await self._count(guard, is_hit=True)
         return result
 
     async def read_stats(self) -> CacheStats:
         """Hits and misses counted in Redis by every replica; raises CacheUnavailableError without Redis."""
         try:
-            hits, misses = await self._client.mget(self._hits_key, self._misses_key)
+            hits, misses = await _CancellationGuard().call(
+                self._client.mget(self._hits_key, self._misses_key)
+            )
         except RedisError as error:
             raise CacheUnavailableError(_address_of(self._client), str(error)) from error
         return CacheStats(hits=int(hits or 0), misses=int(misses or 0))
@@ -314,26 +318,24 @@ class RedisCache:
         )
 
     async def _lookup_or_compute(
-        self, key: str, compute: Callable[[], Awaitable[bytes]], skip_cache: bool
+        self, key: str, compute: Callable[[], Awaitable[bytes]], skip_cache: bool, guard: _CancellationGuard
     ) -> CacheResult:
         keys = self._keys(key)
         token = secrets.token_hex(16)
         try:
             if not skip_cache:
-                cached = _as_bytes(await self._client.get(keys.value))
+                cached = _as_bytes(await guard.call(self._client.get(keys.value)))
                 if cached is not None:
-                    await self._count(is_hit=True)
+                    await self._count(guard, is_hit=True)
                     return CacheResult(cached, is_cached=True)
             while True:
-                is_lock_holder = bool(
-                    await self._client.set(keys.lock, token, nx=True, px=self._lock_timeout_milliseconds)
-                )
+                is_lock_holder = await self._try_to_lock(keys, token, guard)
                 # skip_cache computes even while another caller holds the lock: it asked for a fresh value.
                 if is_lock_holder or skip_cache:
                     break
-                cached = await self._wait_for_value(keys)
+                cached = await self._wait_for_value(keys, guard)
                 if cached is not None:
-                    await self._count(is_hit=True)
+                    await self._count(guard, is_hit=True)
                     return CacheResult(cached, is_cached=True)
                 # The lock went away without a value: the one computing failed; try to take over.
         except RedisError as error:
@@ -342,30 +344,42 @@ class RedisCache:
             )
             self._stats.misses += 1
             return CacheResult(await compute(), is_cached=False)
-        await self._count(is_hit=False)
-        value = await self._compute_and_store(keys, compute, token if is_lock_holder else None)
+        value = await self._compute_and_store(keys, compute, token if is_lock_holder else None, guard)
         return CacheResult(value, is_cached=False)
 
-    async def _wait_for_value(self, keys: _RedisKeys) -> bytes | None:
+    async def _try_to_lock(self, keys: _RedisKeys, token: str, guard: _CancellationGuard) -> bool:
+        try:
+            return bool(
+                await guard.call(
+                    self._client.set(keys.lock, token, nx=True, px=self._lock_timeout_milliseconds)
+                )
+            )
+        except BaseException:
+            # The SET may have reached Redis though its answer never reached us (we were cancelled, or the
+            # connection broke): never leave a lock behind that nobody computes under.
+            await self._release_shielded(keys, token)
+            raise
+
+    async def _wait_for_value(self, keys: _RedisKeys, guard: _CancellationGuard) -> bytes | None:
         """Waits while someone else holds the lock: their value, or None once the lock is gone without one."""
         # Subscribe before looking, so a value stored between the look and the wait still wakes us at once.
-        pubsub = await self._subscribe(keys.done_channel)
+        pubsub = await self._subscribe(keys.done_channel, guard)
         try:
             while True:
-                value, lock = await self._client.mget(keys.value, keys.lock)
+                value, lock = await guard.call(self._client.mget(keys.value, keys.lock))
                 if value is not None:
                     return _as_bytes(value)
                 if lock is None:
                     return None
-                pubsub = await self._wait_for_message(pubsub)
+                pubsub = await self._wait_for_message(pubsub, guard)
         finally:
             if pubsub is not None:
                 await _close(pubsub)
 
-    async def _subscribe(self, channel: str) -> PubSub | None:
+    async def _subscribe(self, channel: str, guard: _CancellationGuard) -> PubSub | None:
         pubsub = self._client.pubsub()
         try:
-            await pubsub.subscribe(channel)
+            await guard.call(pubsub.subscribe(channel))
         except RedisError as error:
             logger.warning("cache %s: no done messages (%s); polling only", self._name, error)
             await _close(pubsub)
@@ -375,13 +389,15 @@ class RedisCache:
             raise
         return pubsub
 
-    async def _wait_for_message(self, pubsub: PubSub | None) -> PubSub | None:
+    async def _wait_for_message(self, pubsub: PubSub | None, guard: _CancellationGuard) -> PubSub | None:
         """Waits for a done message or the next poll; returns the subscription, or None once it failed."""
         if pubsub is None:
             await asyncio.sleep(self._wait_poll_seconds)
             return None
         try:
-            await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._wait_poll_seconds)
+            await guard.call(
+                pubsub.get_message(ignore_subscribe_messages=True, timeout=self._wait_poll_seconds)
+            )
         except RedisError as error:
             logger.warning("cache %s: done messages lost (%s); polling only", self._name, error)
             await _close(pubsub)
@@ -389,17 +405,24 @@ class RedisCache:
         return pubsub
 
     async def _compute_and_store(
-        self, keys: _RedisKeys, compute: Callable[[], Awaitable[bytes]], token: str | None
+        self,
+        keys: _RedisKeys,
+        compute: Callable[[], Awaitable[bytes]],
+        token: str | None,
+        guard: _CancellationGuard,
     ) -> bytes:
         extender = asyncio.create_task(self._keep_lock(keys, token)) if token is not None else None
         is_stored = False
         try:
+            await self._count(guard, is_hit=False)
             value = await compute()
             await _stop(extender)
             try:
-                await self._store_and_release(
-                    keys=[keys.value, keys.lock],
-                    args=[value, self._ttl_milliseconds, token or "", keys.done_channel],
+                await guard.call(
+                    self._store_and_release(
+                        keys=[keys.value, keys.lock],
+                        args=[value, self._ttl_milliseconds, token or "", keys.done_channel],
+                    )
                 )
                 is_stored = True
             except RedisError as error:
@@ -408,19 +431,18 @@ class RedisCache:
         finally:
             await _stop(extender)
             if token is not None and not is_stored:
-                # Hand the lock on at once (waiters take over) rather than after its timeout. Shielded, so a
-                # second cancellation of this caller cannot leave it held.
-                release = asyncio.create_task(self._release_lock(keys, token))
-                self._background.add(release)
-                release.add_done_callback(self._background.discard)
-                await asyncio.shield(release)
+                # Hand the lock on at once (waiters take over) rather than after its timeout.
+                await self._release_shielded(keys, token)
 
     async def _keep_lock(self, keys: _RedisKeys, token: str) -> None:
         """Extends the lock every third of its timeout for as long as the computation runs."""
+        guard = _CancellationGuard()
         while True:
             await asyncio.sleep(self._lock_timeout_seconds / 3)
             try:
-                is_held = await self._extend(keys=[keys.lock], args=[token, self._lock_timeout_milliseconds])
+                is_held = await guard.call(
+                    self._extend(keys=[keys.lock], args=[token, self._lock_timeout_milliseconds])
+                )
             except RedisError as error:
                 logger.warning("cache %s: could not extend a lock (%s)", self._name, error)
                 continue
@@ -430,6 +452,13 @@ class RedisCache:
                 )
                 return
 
+    async def _release_shielded(self, keys: _RedisKeys, token: str) -> None:
+        """Releases the lock if `token` holds it; a second cancellation of the caller cannot stop that."""
+        release = asyncio.create_task(self._release_lock(keys, token))
+        self._background.add(release)
+        release.add_done_callback(self._background.discard)
+        await asyncio.shield(release)
+
     async def _release_lock(self, keys: _RedisKeys, token: str) -> None:
         try:
             await self._release(keys=[keys.lock], args=[token, keys.done_channel])
@@ -437,18 +466,37 @@ class RedisCache:
             # The lock expires by itself after its timeout; waiters take over then.
             logger.warning("cache %s: could not release a lock (%s)", self._name, error)
 
-    async def _count(self, *, is_hit: bool) -> None:
+    async def _count(self, guard: _CancellationGuard, *, is_hit: bool) -> None:
         if is_hit:
             self._stats.hits += 1
         else:
             self._stats.misses += 1
         try:
-            await self._client.incr(self._hits_key if is_hit else self._misses_key)
+            await guard.call(self._client.incr(self._hits_key if is_hit else self._misses_key))
         except RedisError as error:
             # Counting must never fail a request that has its value.
             logger.warning(
                 "cache %s: could not count a %s (%s)", self._name, "hit" if is_hit else "miss", error
             )
+
+
+class _CancellationGuard:
+    """Re-raises a cancellation of the current task that a Redis call swallowed.
+
+    With a socket timeout (redis-py's default is 5 s) redis-py sends each command inside `asyncio.wait_for`,
+    and on Python 3.11 `wait_for` drops a cancellation that lands as the send completes (fixed in 3.12). A
+    cancelled caller would then carry on computing, and `asyncio.timeout` deadlines would silently pass.
+    """
+
+    def __init__(self) -> None:
+        self._task = asyncio.current_task()
+        self._cancel_requests = 0 if self._task is None else self._task.cancelling()
+
+    async def call(self, awaitable: Awaitable[T]) -> T:
+        result = await awaitable
+        if self._task is not None and self._task.cancelling() > self._cancel_requests:
+            raise asyncio.CancelledError
+        return result
 
 
 async def connect_redis(url: str, *, timeout_seconds: float = 3.0) -> Redis:

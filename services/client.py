@@ -84,9 +84,14 @@ def describe(response: MeditationStreamResponse) -> str:
         image = response.image_ready
         line = f"image ready: {image.width_pixels}x{image.height_pixels} by {image.provider}"
         return line + (" (cached)" if image.cached else "") + _fallback(image.fallback_reason)
+    if kind == "playlist_ready":
+        return f"live preview ready (HLS, playable now): {response.playlist_ready.uri}"
     if kind == "narration_ready":
         narration = response.narration_ready
-        line = f"narration ready: {seconds_of(narration.duration):.1f}s of audio by {narration.provider}"
+        line = (
+            f"narration ready: {seconds_of(narration.duration):.1f}s of audio, {len(narration.sentences)} "
+            f"sentences, by {narration.provider}"
+        )
         return line + _fallback(narration.fallback_reason)
     if kind == "video_ready":
         video = response.video_ready
@@ -260,6 +265,53 @@ async def pregenerate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def render(args: argparse.Namespace) -> int:
+    """Renders one still-image video outside the services, as the media service would."""
+    # Imported here: the other commands need no FFmpeg.
+    import imageio_ffmpeg
+
+    from services.media.encoders import select_h264_encoder
+    from services.media.video import (
+        ENHANCED_PROFILE,
+        QUICK_PROFILE,
+        measure_audio_seconds,
+        probe_media,
+        render_still_video,
+    )
+
+    image, audio, output = Path(args.image), Path(args.audio), Path(args.output)
+    for path in (image, audio):
+        if not path.is_file():
+            raise UsageError(f"{path} does not exist")
+    profile = QUICK_PROFILE if args.profile == "quick" else ENHANCED_PROFILE
+    ffmpeg_path = imageio_ffmpeg.get_ffmpeg_exe()
+    encoder = (await select_h264_encoder(ffmpeg_path)).selected if args.encoder == "auto" else args.encoder
+    sound = await asyncio.to_thread(probe_media, audio)
+    if sound.audio_codec is None:
+        raise UsageError(f"{audio} has no audio stream")
+    duration_seconds = await asyncio.to_thread(measure_audio_seconds, audio)
+    # Narration that is already AAC is copied into a QUICK video rather than encoded again.
+    is_audio_copied = sound.audio_codec == "aac" and profile.narration_filter is None
+    started = time.perf_counter()
+    video = await render_still_video(
+        ffmpeg_path=ffmpeg_path,
+        image_path=image,
+        audio_path=audio,
+        duration_seconds=duration_seconds,
+        output_path=output,
+        profile=profile,
+        encoder=encoder,
+        is_audio_copied=is_audio_copied,
+    )
+    elapsed = time.perf_counter() - started
+    print(
+        f"{output}: {video.width_pixels}x{video.height_pixels}, {video.duration_seconds:.2f}s, "
+        f"{video.size_bytes / 1e6:.2f} MB, {video.encoder}, "
+        f"audio {'copied' if is_audio_copied else 'encoded'}, rendered in {elapsed:.3f}s"
+    )
+    return 0
+
+
 def _read_prompts(path: Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -300,8 +352,23 @@ def main(argv: list[str] | None = None) -> int:
     pregenerate_parser.add_argument("--content", default=content_address, help="content service host:port")
     pregenerate_parser.add_argument("--prompts", default="", help="file with one prompt per line")
     pregenerate_parser.add_argument("--square", action="store_true", help="1024x1024 instead of 1792x1024")
+    render_parser = commands.add_parser("render", help="render one still-image video from an image and audio")
+    render_parser.add_argument("--image", required=True, help="the still picture (PNG, JPEG, …)")
+    render_parser.add_argument("--audio", required=True, help="the narration (WAV, or AAC to copy it)")
+    render_parser.add_argument("--profile", choices=("quick", "enhanced"), default="quick")
+    render_parser.add_argument("-o", "--output", required=True, help="the MP4 to write")
+    render_parser.add_argument(
+        "--encoder", default="auto", help="auto (probe GPU encoders, else libx264), libx264, h264_nvenc, …"
+    )
     args = parser.parse_args(argv)
-    command = {"generate": generate, "watch": watch, "stats": stats, "pregenerate": pregenerate}[args.command]
+    commands_by_name = {
+        "generate": generate,
+        "watch": watch,
+        "stats": stats,
+        "pregenerate": pregenerate,
+        "render": render,
+    }
+    command = commands_by_name[args.command]
     try:
         return asyncio.run(command(args))
     except UsageError as error:

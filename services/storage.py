@@ -70,6 +70,10 @@ class AssetStorage(Protocol):
         """Stores bytes under `key`."""
         ...
 
+    async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+        """Writes an object meant to be rewritten in place, such as a live playlist; never cached long."""
+        ...
+
     async def local_path(self, key: str) -> Path:
         """Returns a local path holding the asset, fetching it first if storage is remote."""
         ...
@@ -113,6 +117,10 @@ class LocalAssetStorage:
         target = self._path(key)
         await asyncio.to_thread(_write_atomically, target, data)
         return StoredAsset(key=key, uri=self.uri(key), size_bytes=len(data), content_type=content_type)
+
+    async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+        """Replaces the file atomically: a reader sees the old version or the new one, never half of one."""
+        return await self.put_bytes(key, data, content_type)
 
     async def local_path(self, key: str) -> Path:
         """Returns the asset's own path; it must exist."""

@@ -172,6 +172,15 @@ class SupabaseAssetStorage:
             await self._upload_standard(key, data, content_type)
         return await self._stored(key, len(data), content_type)
 
+    async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+        """Writes an object that is rewritten in place (a live playlist): upserted, and never cached long,
+        so players polling it see each new version."""
+        _check_upload(key, content_type)
+        options: FileOptions = {"content-type": content_type, "cache-control": "0", "upsert": "true"}
+        with _translated("store a live object"):
+            await self._client.from_(self._bucket).upload(key, data, options)
+        return await self._stored(key, len(data), content_type)
+
     async def local_path(self, key: str) -> Path:
         """Downloads the asset into the cache folder once; later calls reuse the cached copy.
 

@@ -394,6 +394,21 @@ async def test_a_waiter_takes_over_when_the_lock_of_a_crashed_leader_expires(
     assert (result.value, result.is_cached, compute.calls) == (b"after the crash", False, 1)
 
 
+async def test_a_request_cancelled_while_a_redis_command_is_sent_stops(
+    redis_namespace: RedisNamespace,
+) -> None:
+    # redis-py sends through asyncio.wait_for, which on Python 3.11 can swallow the cancellation.
+    cache = redis_namespace.cache()
+    compute = CountingCompute()
+    for attempt in range(20):
+        request = asyncio.create_task(cache.get_or_compute(f"k{attempt}", compute))
+        await asyncio.sleep(0)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    assert compute.calls == 0
+
+
 async def test_a_slow_leader_keeps_its_lock_past_the_lock_timeout(redis_namespace: RedisNamespace) -> None:
     lock_timeout_seconds = 0.3
     first = redis_namespace.cache(lock_timeout_seconds=lock_timeout_seconds)

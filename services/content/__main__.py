@@ -87,14 +87,24 @@ async def open_caches(config: ContentConfig) -> AsyncIterator[CacheFactory]:
         yield lambda name: InProcessCache(ttl_seconds=config.cache_ttl_seconds, name=name)
         return
     client: Redis = await connect_redis(config.redis_url)
-    try:
-        yield lambda name: RedisCache(
+    made: list[RedisCache] = []
+
+    def make(name: str) -> ResultCache:
+        cache = RedisCache(
             client,
             name=name,
             ttl_seconds=config.cache_ttl_seconds,
             lock_timeout_seconds=config.cache_lock_timeout_seconds,
         )
+        made.append(cache)
+        return cache
+
+    try:
+        yield make
     finally:
+        # A lock release still in flight at shutdown must finish before the client closes.
+        for cache in made:
+            await cache.aclose()
         await client.aclose()
 
 

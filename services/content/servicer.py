@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services.cache import RedisCache, ResultCache
+from services.cache import CacheUnavailableError, RedisCache, ResultCache
 from services.content import conversations
 from services.content.errors import (
     ConflictError,
@@ -265,7 +265,12 @@ class ContentServicer(content_grpc.ContentServiceServicer):
     ) -> content_pb.GetCacheStatsResponse:
         response = content_pb.GetCacheStatsResponse()
         for cache in self._caches:
-            stats = await cache.read_stats()
+            try:
+                stats = await cache.read_stats()
+            except CacheUnavailableError:
+                # The address is for operators (it is in the log), not for clients.
+                logger.warning("cache %s: Redis is unavailable for its counters", cache.name)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again")
             backend = "redis" if isinstance(cache, RedisCache) else "in-process"
             response.caches.add(name=cache.name, hits=stats.hits, misses=stats.misses, backend=backend)
         return response

@@ -9,19 +9,21 @@ from typing import TypeVar
 import grpc
 
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.events import VideoQuality
+from services.gateway.events import SentenceTiming, VideoQuality
 from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import StageTimeouts
 from services.gateway.ports import (
     EncodedVideo,
     GeneratedImage,
     JobChanges,
+    LivePlaylist,
     SourceContent,
     SpokenNarration,
     StoredEvent,
     StoredEventPage,
     StoredVideo,
     TranscriptPiece,
+    TranscriptRestart,
     WrittenTranscript,
 )
 from services.wire import from_timestamp, seconds_of, to_timestamp
@@ -173,13 +175,15 @@ class ContentClient:
 
     async def generate_transcript(
         self, source_text: str, *, skip_cache: bool
-    ) -> AsyncIterator[TranscriptPiece | WrittenTranscript]:
+    ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]:
         """Streams the script as it is written, then the whole of it."""
         request = content_pb.GenerateTranscriptRequest(source_text=source_text, skip_cache=skip_cache)
         stream = self._stub.GenerateTranscript(request, timeout=self._timeouts.transcript_seconds)
         try:
             async for response in stream:
-                if response.HasField("delta"):
+                if response.HasField("delta") and response.delta.restart:
+                    yield TranscriptRestart(response.delta.restart_reason)
+                elif response.HasField("delta"):
                     yield TranscriptPiece(response.delta.text)
                 else:
                     done = response.completed
@@ -306,14 +310,56 @@ class MediaClient:
             fallback_reason=response.fallback_reason,
         )
 
+    async def narrate_live(
+        self, meditation: str, script: AsyncIterator[str]
+    ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:
+        """Streams the script to the media service as it arrives and relays the playlist and the narration."""
+
+        async def requests() -> AsyncIterator[media_pb.NarrateLiveRequest]:
+            yield media_pb.NarrateLiveRequest(start=media_pb.NarrateLiveStart(meditation=meditation))
+            async for text in script:
+                yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text=text))
+            yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
+
+        # The narration runs alongside the transcript, so its deadline covers both.
+        timeout = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
+        stream = self._stub.NarrateLive(requests(), timeout=timeout)
+        try:
+            async for response in stream:
+                if response.HasField("playlist_ready"):
+                    yield LivePlaylist(uri=response.playlist_ready.uri)
+                    continue
+                done = response.completed
+                yield SpokenNarration(
+                    storage_key=done.storage_key,
+                    uri=done.uri,
+                    duration_seconds=seconds_of(done.duration),
+                    provider=done.provider,
+                    fallback_reason=done.fallback_reason,
+                    aac_storage_key=done.aac_storage_key,
+                    sentences=tuple(
+                        SentenceTiming(
+                            text=sentence.text,
+                            start_seconds=seconds_of(sentence.start_offset),
+                            end_seconds=seconds_of(sentence.end_offset),
+                        )
+                        for sentence in done.sentences
+                    ),
+                )
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error, "media") from None
+        finally:
+            stream.cancel()
+
     async def render_video(
-        self, meditation: str, image_storage_key: str, narration_storage_key: str, quality: VideoQuality
+        self, meditation: str, image_storage_key: str, narration: SpokenNarration, quality: VideoQuality
     ) -> AsyncGenerator[EncodedVideo | StoredVideo, None]:
         """Renders and stores a video, reporting the encode and then the upload."""
         request = media_pb.RenderVideoRequest(
             meditation=meditation,
             image_storage_key=image_storage_key,
-            narration_storage_key=narration_storage_key,
+            narration_storage_key=narration.storage_key,
+            narration_aac_storage_key=narration.aac_storage_key,
             profile=_PROFILE[quality],
         )
         # One deadline covers the encode and the upload: the seeds' 120 s budget for video, doubled.

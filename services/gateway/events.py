@@ -82,6 +82,22 @@ class ImageReady:
 
 
 @dataclass(frozen=True)
+class SentenceTiming:
+    """One sentence's place in the narration."""
+
+    text: str
+    start_seconds: float
+    end_seconds: float
+
+
+@dataclass(frozen=True)
+class PlaylistReady:
+    """The live preview can be played: an HLS playlist that grows as the narration is spoken."""
+
+    uri: str
+
+
+@dataclass(frozen=True)
 class NarrationReady:
     """The narration is stored."""
 
@@ -89,6 +105,7 @@ class NarrationReady:
     duration_seconds: float
     provider: str = ""
     fallback_reason: str = ""
+    sentences: tuple[SentenceTiming, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,13 +134,23 @@ class Completed:
     failure_message: str = ""
 
 
-Event = Accepted | StageChanged | TranscriptReady | ImageReady | NarrationReady | VideoReady | Completed
+Event = (
+    Accepted
+    | StageChanged
+    | TranscriptReady
+    | ImageReady
+    | PlaylistReady
+    | NarrationReady
+    | VideoReady
+    | Completed
+)
 
 _KINDS: dict[str, type[Event]] = {
     "accepted": Accepted,
     "stage": StageChanged,
     "transcript_ready": TranscriptReady,
     "image_ready": ImageReady,
+    "playlist_ready": PlaylistReady,
     "narration_ready": NarrationReady,
     "video_ready": VideoReady,
     "completed": Completed,
@@ -164,6 +191,8 @@ def decode_event(sequence: int, event_time: datetime, payload: bytes) -> Sequenc
             continue
         if event_type is Completed and name == "state":
             values[name] = MeditationState(value)
+        elif name == "sentences":
+            values[name] = tuple(SentenceTiming(**sentence) for sentence in value)
         elif name in _ENUM_FIELDS:
             values[name] = _ENUM_FIELDS[name](value)
     return SequencedEvent(

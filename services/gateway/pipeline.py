@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -15,6 +15,7 @@ from services.gateway.events import (
     Event,
     ImageReady,
     NarrationReady,
+    PlaylistReady,
     Stage,
     StageChanged,
     StageState,
@@ -28,8 +29,11 @@ from services.gateway.ports import (
     EncodedVideo,
     GeneratedImage,
     JobChanges,
+    LivePlaylist,
     MediaPort,
     SpokenNarration,
+    TranscriptPiece,
+    TranscriptRestart,
     WrittenTranscript,
 )
 
@@ -93,8 +97,7 @@ class MeditationPipeline:
             self._image(job, source.text, options.image_aspect.size_pixels, options.skip_cache)
         )
         try:
-            transcript = await self._transcript(job, source.text, options.skip_cache)
-            narration = await self._narration(job, transcript)
+            narration = await self._transcript_and_narration(job, source.text, options.skip_cache)
             early_image = _result_if_ready(image_task)
             await self._video(job, VideoQuality.QUICK, early_image, narration)
             image = await image_task
@@ -105,11 +108,51 @@ class MeditationPipeline:
                 with contextlib.suppress(asyncio.CancelledError, GatewayError):
                     await image_task
 
-    async def _transcript(self, job: JobEvents, source_text: str, skip_cache: bool) -> WrittenTranscript:
+    async def _transcript_and_narration(
+        self, job: JobEvents, source_text: str, skip_cache: bool
+    ) -> SpokenNarration:
+        """Writes the transcript and speaks it at the same time: each sentence goes to the narrator as soon
+        as the writer finishes it, so the live preview plays while the transcript is still being written."""
+        script = _LiveScript()
+        narrating = asyncio.create_task(self._narration(job, script))
+
+        def restart() -> None:
+            # The writer failed over to its fallback: what was spoken is void, so speak the new script.
+            nonlocal script, narrating
+            narrating.cancel()
+            script = _LiveScript()
+            narrating = asyncio.create_task(self._narration(job, script))
+
+        try:
+            await self._transcript(job, source_text, skip_cache, lambda text: script.add(text), restart)
+            script.end()
+            return await narrating
+        finally:
+            if not narrating.done():
+                narrating.cancel()
+                with contextlib.suppress(asyncio.CancelledError, GatewayError):
+                    await narrating
+
+    async def _transcript(
+        self,
+        job: JobEvents,
+        source_text: str,
+        skip_cache: bool,
+        on_text: Callable[[str], None],
+        on_restart: Callable[[], None],
+    ) -> WrittenTranscript:
         async with self._stage(job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds) as stage:
             written: WrittenTranscript | None = None
             async for piece in self._content.generate_transcript(source_text, skip_cache=skip_cache):
-                if isinstance(piece, WrittenTranscript):
+                if isinstance(piece, TranscriptPiece):
+                    on_text(piece.text)
+                elif isinstance(piece, TranscriptRestart):
+                    on_restart()
+                elif piece.is_cached:
+                    # A cached script arrives whole, with no pieces before it.
+                    on_text(piece.text)
+                    written = piece
+                else:
                     written = piece
             if written is None:
                 raise GatewayError(FailureKind.INTERNAL, "the transcript stream ended without a transcript")
@@ -156,11 +199,23 @@ class MeditationPipeline:
         )
         return image
 
-    async def _narration(self, job: JobEvents, transcript: WrittenTranscript) -> SpokenNarration:
-        async with self._stage(job, Stage.NARRATION, self._timeouts.narration_seconds) as stage:
-            narration = await self._media.synthesize_narration(job.meditation, transcript.text)
+    async def _narration(self, job: JobEvents, script: _LiveScript) -> SpokenNarration:
+        # It runs alongside the transcript, so its budget is the transcript's plus its own.
+        timeout_seconds = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
+        async with self._stage(job, Stage.NARRATION, timeout_seconds) as stage:
+            narration: SpokenNarration | None = None
+            async for event in self._media.narrate_live(job.meditation, script.texts()):
+                if isinstance(event, LivePlaylist):
+                    await job.emit(PlaylistReady(uri=event.uri))
+                else:
+                    narration = event
+            if narration is None:
+                raise GatewayError(FailureKind.INTERNAL, "the narration stream ended without a narration")
             stage.detail = _provider_detail(
-                f"{narration.duration_seconds:.1f} s", narration.provider, False, narration.fallback_reason
+                f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences",
+                narration.provider,
+                False,
+                narration.fallback_reason,
             )
         await job.emit(
             NarrationReady(
@@ -168,6 +223,7 @@ class MeditationPipeline:
                 duration_seconds=narration.duration_seconds,
                 provider=narration.provider,
                 fallback_reason=narration.fallback_reason,
+                sentences=narration.sentences,
             ),
             JobChanges(narration_uri=narration.uri),
         )
@@ -182,7 +238,7 @@ class MeditationPipeline:
     ) -> None:
         stage_name = Stage.QUICK_VIDEO if quality is VideoQuality.QUICK else Stage.ENHANCED_VIDEO
         renders = self._media.render_video(
-            job.meditation, image.storage_key if image else "", narration.storage_key, quality
+            job.meditation, image.storage_key if image else "", narration, quality
         )
         async with contextlib.aclosing(renders):
             async with self._stage(job, stage_name, self._timeouts.video_seconds) as stage:
@@ -251,6 +307,26 @@ class MeditationPipeline:
                 detail=error.message,
             )
         )
+
+
+class _LiveScript:
+    """The transcript's text as it arrives, handed to the narrator in the same order."""
+
+    def __init__(self) -> None:
+        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def add(self, text: str) -> None:
+        """Queues more script text."""
+        self._pieces.put_nowait(text)
+
+    def end(self) -> None:
+        """Marks the script complete."""
+        self._pieces.put_nowait(None)
+
+    async def texts(self) -> AsyncIterator[str]:
+        """The pieces, until the script is complete."""
+        while (piece := await self._pieces.get()) is not None:
+            yield piece
 
 
 def _provider_detail(what: str, provider: str, is_cached: bool, fallback_reason: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from services.gateway.events import VideoQuality
+from services.gateway.events import SentenceTiming, VideoQuality
 from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
 
 
@@ -51,6 +51,20 @@ class GeneratedImage:
 
 
 @dataclass(frozen=True)
+class TranscriptRestart:
+    """The text streamed so far is void: the provider failed, and the fallback writes the script afresh."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class LivePlaylist:
+    """The live preview of a narration can be played."""
+
+    uri: str
+
+
+@dataclass(frozen=True)
 class SpokenNarration:
     """A narration in asset storage."""
 
@@ -59,6 +73,9 @@ class SpokenNarration:
     duration_seconds: float
     provider: str
     fallback_reason: str = ""
+    # The same narration as AAC, for a QUICK video that copies rather than encodes it.
+    aac_storage_key: str = ""
+    sentences: tuple[SentenceTiming, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +144,7 @@ class ContentPort(Protocol):
 
     def generate_transcript(
         self, source_text: str, *, skip_cache: bool
-    ) -> AsyncIterator[TranscriptPiece | WrittenTranscript]: ...
+    ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]: ...
 
     async def create_image_prompt(self, source_text: str) -> str: ...
 
@@ -153,6 +170,12 @@ class MediaPort(Protocol):
 
     async def synthesize_narration(self, meditation: str, transcript: str) -> SpokenNarration: ...
 
+    def narrate_live(
+        self, meditation: str, script: AsyncIterator[str]
+    ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:
+        """Speaks the script while it arrives: LivePlaylist once playable, then the narration, last."""
+        ...
+
     def render_video(
-        self, meditation: str, image_storage_key: str, narration_storage_key: str, quality: VideoQuality
+        self, meditation: str, image_storage_key: str, narration: SpokenNarration, quality: VideoQuality
     ) -> AsyncGenerator[EncodedVideo | StoredVideo, None]: ...

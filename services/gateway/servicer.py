@@ -261,6 +261,14 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             response.narration_ready.duration.CopyFrom(to_duration(event.duration_seconds))
             response.narration_ready.provider = event.provider
             response.narration_ready.fallback_reason = event.fallback_reason
+            for sentence in event.sentences:
+                response.narration_ready.sentences.add(
+                    text=sentence.text,
+                    start_offset=to_duration(sentence.start_seconds),
+                    end_offset=to_duration(sentence.end_seconds),
+                )
+        case events.PlaylistReady():
+            response.playlist_ready.uri = event.uri
         case events.VideoReady():
             video = response.video_ready
             video.quality = _QUALITY[event.quality]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -18,6 +19,7 @@ from services.media.errors import (
     SpeechError,
     StageTimeoutError,
 )
+from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPublished
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
 from services.openai_api import FailureKind, ProviderCallError
@@ -68,7 +70,11 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                     "profile", "is unset: use VIDEO_PROFILE_QUICK or VIDEO_PROFILE_ENHANCED"
                 )
             async for event in self._studio.render(
-                meditation_id, request.image_storage_key, request.narration_storage_key, profile
+                meditation_id,
+                request.image_storage_key,
+                request.narration_storage_key,
+                profile,
+                narration_aac_key=request.narration_aac_storage_key,
             ):
                 if isinstance(event, VideoEncoded):
                     yield media_pb.RenderVideoResponse(
@@ -89,6 +95,37 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                             upload_duration=to_duration(event.upload_seconds),
                         )
                     )
+
+    async def NarrateLive(
+        self, request_iterator: AsyncIterator[media_pb.NarrateLiveRequest], context: _Context
+    ) -> AsyncIterator[media_pb.NarrateLiveResponse]:
+        async with _status_for_errors(context):
+            first = await anext(aiter(request_iterator), None)
+            if first is None or not first.HasField("start"):
+                raise InvalidInputError("start", "must be the first message of a live narration")
+            meditation_id = _meditation_id(first.start.meditation)
+            live = await self._studio.open_live_narration(meditation_id, first.start.image_storage_key)
+            async with live:
+                feeding = asyncio.create_task(_feed(request_iterator, live))
+                # A broken request stream must end the narration, not leave it waiting for text.
+                feeding.add_done_callback(
+                    lambda task: (
+                        live.fail(task.exception() or RuntimeError())
+                        if not task.cancelled() and task.exception() is not None
+                        else None
+                    )
+                )
+                try:
+                    async for event in live.events():
+                        if isinstance(event, PlaylistPublished):
+                            yield media_pb.NarrateLiveResponse(
+                                playlist_ready=media_pb.LivePlaylistReady(uri=event.uri)
+                            )
+                        else:
+                            yield media_pb.NarrateLiveResponse(completed=_completed(event))
+                    await feeding
+                finally:
+                    feeding.cancel()
 
     async def GetEncoderInfo(
         self, request: media_pb.GetEncoderInfoRequest, context: _Context
@@ -147,6 +184,40 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     except MediaError as error:
         logger.exception("media service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"media service failed ({type(error).__name__})")
+
+
+async def _feed(requests: AsyncIterator[media_pb.NarrateLiveRequest], live: LiveNarration) -> None:
+    """Hands the client's script pieces to the live narration as they arrive."""
+    async for request in requests:
+        if request.HasField("text"):
+            live.add_text(request.text.text)
+        elif request.HasField("end"):
+            live.finish_script()
+            return
+        else:
+            raise InvalidInputError("start", "was sent twice")
+    raise InvalidInputError("end", "never came: the client closed the stream before the script ended")
+
+
+def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
+    return media_pb.LiveNarrationCompleted(
+        storage_key=result.wav_key,
+        uri=result.wav_uri,
+        aac_storage_key=result.aac_key,
+        duration=to_duration(result.duration_seconds),
+        sample_rate_hertz=result.sample_rate_hertz,
+        provider=result.provider,
+        fallback_reason=result.fallback_reason,
+        playlist_uri=result.playlist_uri,
+        sentences=[
+            media_pb.SpokenSentence(
+                text=sentence.text,
+                start_offset=to_duration(sentence.start_seconds),
+                end_offset=to_duration(sentence.end_seconds),
+            )
+            for sentence in result.sentences
+        ],
+    )
 
 
 def _meditation_id(name: str) -> str:

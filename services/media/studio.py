@@ -15,6 +15,7 @@ from typing import Protocol
 
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError, StageTimeoutError
+from services.media.live import LiveNarration, SpokenSegment
 from services.media.speech import Narration, encode_wav
 from services.media.video import RenderProfile, render_still_video
 from services.openai_api import ProviderCallError
@@ -101,19 +102,12 @@ class MediaStudio:
             raise InvalidInputError("transcript", "is empty: generate a transcript first")
         if len(transcript) > MAX_TRANSCRIPT_CHARS:
             raise InvalidInputError("transcript", f"is longer than {MAX_TRANSCRIPT_CHARS} characters")
-        provider, fallback_reason = self._narrator_name, ""
         try:
             async with asyncio.timeout(self._narration_timeout_seconds):
-                try:
-                    narration = await self._narrator.narrate(transcript)
-                except ProviderCallError as error:
-                    if self._fallback_narrator is None:
-                        raise
-                    logger.warning("speech provider %s failed, using espeak-ng: %s", provider, error)
-                    provider, fallback_reason = "espeak-ng", error.message
-                    narration = await self._fallback_narrator.narrate(transcript)
+                spoken = await self.speak(transcript)
         except TimeoutError:
             raise StageTimeoutError("narration", self._narration_timeout_seconds) from None
+        narration, provider, fallback_reason = spoken.narration, spoken.provider, spoken.fallback_reason
         wav = await asyncio.to_thread(encode_wav, narration)
         stored = await self._storage.put_bytes(
             new_key(f"narrations/{meditation_id}", "wav"), wav, "audio/wav"
@@ -127,8 +121,36 @@ class MediaStudio:
             fallback_reason=fallback_reason,
         )
 
+    async def speak(self, script: str) -> SpokenSegment:
+        """Speaks a script (or one sentence) with the configured narrator, falling back to espeak-ng."""
+        try:
+            narration = await self._narrator.narrate(script)
+        except ProviderCallError as error:
+            if self._fallback_narrator is None:
+                raise
+            logger.warning("speech provider %s failed, using espeak-ng: %s", self._narrator_name, error)
+            return SpokenSegment(await self._fallback_narrator.narrate(script), "espeak-ng", error.message)
+        return SpokenSegment(narration, self._narrator_name, "")
+
+    async def open_live_narration(self, meditation_id: str, image_key: str) -> LiveNarration:
+        """A live narration for one job; use it as an async context manager."""
+        image_path = await self._input_path(image_key, "image_storage_key") if image_key else None
+        return LiveNarration(
+            meditation_id=meditation_id,
+            speak=self.speak,
+            storage=self._storage,
+            ffmpeg_path=self._ffmpeg_path,
+            work_root=self._work_root,
+            image_path=image_path,
+        )
+
     async def render(
-        self, meditation_id: str, image_key: str, narration_key: str, profile: RenderProfile
+        self,
+        meditation_id: str,
+        image_key: str,
+        narration_key: str,
+        profile: RenderProfile,
+        narration_aac_key: str = "",
     ) -> AsyncIterator[VideoEncoded | VideoStored]:
         """Encodes the video, reports the encode, stores it and reports where it is."""
         image_path = await self._input_path(image_key, "image_storage_key") if image_key else None
@@ -136,6 +158,14 @@ class MediaStudio:
             raise InvalidInputError("narration_storage_key", "is empty: synthesize the narration first")
         audio_path = await self._input_path(narration_key, "narration_storage_key")
         duration_seconds = await asyncio.to_thread(_wav_duration_seconds, audio_path)
+        # The live narration already encoded the AAC the QUICK profile wants: copy it rather than encode.
+        is_audio_copied = (
+            bool(narration_aac_key)
+            and profile.narration_filter is None
+            and (profile.ambient_bed_decibels is None)
+        )
+        if is_audio_copied:
+            audio_path = await self._input_path(narration_aac_key, "narration_aac_storage_key")
         work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
         try:
             started = time.perf_counter()
@@ -148,6 +178,7 @@ class MediaStudio:
                 profile=profile,
                 encoder=self.encoders.selected,
                 timeout_seconds=self._video_timeout_seconds,
+                is_audio_copied=is_audio_copied,
             )
             yield VideoEncoded(encode_seconds=time.perf_counter() - started, encoder=video.encoder)
             started = time.perf_counter()

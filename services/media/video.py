@@ -159,8 +159,12 @@ async def render_still_video(
     profile: RenderProfile,
     encoder: str = "libx264",
     timeout_seconds: float = 120.0,
+    is_audio_copied: bool = False,
 ) -> RenderedVideo:
     """Renders `image_path` (or a calm placeholder when None) held for the narration in `audio_path`.
+
+    With `is_audio_copied`, `audio_path` is already AAC as the profile wants it and is copied, not
+    encoded: the render is then one still frame and a remux, a fraction of a second.
 
     The MP4 appears at `output_path` only when complete: FFmpeg writes a hidden temporary file beside it,
     which is renamed on success and removed on failure, timeout or cancellation.
@@ -181,6 +185,7 @@ async def render_still_video(
             output_path=partial_path,
             profile=profile,
             encoder=encoder,
+            is_audio_copied=is_audio_copied,
         )
         try:
             result = await run_ffmpeg(ffmpeg_path, arguments, timeout_seconds=timeout_seconds)
@@ -223,6 +228,7 @@ def still_video_arguments(
     output_path: Path,
     profile: RenderProfile,
     encoder: str,
+    is_audio_copied: bool = False,
 ) -> list[str]:
     """Builds FFmpeg's argument list (without the program) for one still-image video."""
     # One input frame whose duration is the narration's: frame rate = 1 / duration.
@@ -230,6 +236,10 @@ def still_video_arguments(
     frame_rate = 1 / duration
     video_filter = _video_filter(profile, encoder)
     audio_filter = _audio_filter(profile)
+    if is_audio_copied and audio_filter is not None:
+        raise InvalidInputError(
+            "profile", f"the {profile.name} profile masters its audio, so it cannot copy it"
+        )
     arguments = ["-nostdin", "-hide_banner", "-loglevel", "error", "-y"]
     if encoder == "h264_vaapi":
         arguments += ["-vaapi_device", _VAAPI_DEVICE]
@@ -256,14 +266,17 @@ def still_video_arguments(
     # `-t`, never `-shortest`: it also ends the ambient bed exactly where the narration ends.
     arguments += ["-t", f"{float(duration):.3f}"]
     arguments += _video_encoder_arguments(encoder, profile)
-    arguments += [
-        *("-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"),
-        *("-c:a", "aac", "-b:a", str(profile.audio_bitrate_bits_per_second)),
-        *("-ar", str(profile.audio_sample_rate_hertz), "-ac", str(profile.audio_channels)),
-        *("-aac_coder", profile.aac_coder),
-    ]
-    if not profile.is_aac_mid_side_search_enabled:
-        arguments += ["-aac_ms", "0"]
+    arguments += ["-colorspace", "bt709", "-color_primaries", "bt709", "-color_trc", "bt709"]
+    if is_audio_copied:
+        arguments += ["-c:a", "copy"]
+    else:
+        arguments += [
+            *("-c:a", "aac", "-b:a", str(profile.audio_bitrate_bits_per_second)),
+            *("-ar", str(profile.audio_sample_rate_hertz), "-ac", str(profile.audio_channels)),
+            *("-aac_coder", profile.aac_coder),
+        ]
+        if not profile.is_aac_mid_side_search_enabled:
+            arguments += ["-aac_ms", "0"]
     arguments += ["-map_metadata", "-1", "-movflags", "+faststart", "-f", "mp4", str(output_path)]
     return arguments
 
@@ -375,3 +388,14 @@ def _write_placeholder(path: Path, size: tuple[int, int]) -> None:
     picture += np.random.default_rng(0).uniform(-0.5, 0.5, picture.shape).astype(np.float32)
     pixels = np.clip(np.round(picture), 0, 255).astype(np.uint8)
     Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+
+
+def measure_audio_seconds(path: Path) -> float:
+    """The first audio stream's exact length, from its packets: a raw ADTS (AAC) file has no duration in
+    any header, and the estimate containers give from its bit rate can be wrong by a third."""
+    with av.open(str(path)) as container:
+        stream = next((s for s in container.streams if s.type == "audio"), None)
+        if stream is None or stream.time_base is None:
+            raise InvalidInputError("audio", "has no audio stream")
+        ticks = sum(packet.duration or 0 for packet in container.demux(stream))
+        return float(ticks * stream.time_base)

@@ -87,7 +87,7 @@ async def test_unreachable_media_service_fails_the_narration_as_unavailable(
 async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same(
     content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
 ) -> None:
-    async with gateway(content_channel, media_channel, StageTimeouts(narration_seconds=0.001)) as stub:
+    async with gateway(content_channel, media_channel, StageTimeouts(video_seconds=0.001)) as stub:
         seen, status = await run_until_status(stub)
         replay: list[gateway_pb.GenerateMeditationResponse] = []
         with pytest.raises(grpc.aio.AioRpcError) as replayed:
@@ -96,7 +96,7 @@ async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same
                 replay,
             )
     assert status.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert "narration" in (status.details() or "")
+    assert "quick_video" in (status.details() or "")
     assert replayed.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert [r.sequence for r in replay] == [r.sequence for r in seen]
 

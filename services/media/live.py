@@ -1,0 +1,474 @@
+"""Live narration: sentences are spoken while the script is still being written, encoded once as they
+arrive, and published as a growing HLS playlist that a player can open after the first sentence."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from services.media.errors import EncodingError, InvalidInputError
+from services.media.speech import Narration, encode_wav
+from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
+from services.storage import AssetStorage, new_key
+
+logger = logging.getLogger(__name__)
+
+# A sentence ends at . ! ? or … (closing quotes allowed); it is complete once real text follows it, which
+# also settles whether pause marks belong to it.
+_SENTENCE_BOUNDARY = re.compile(
+    r"(?<=[.!?…])[\"'”’)\]]*\s+((?:\[pause\s+\d+(?:\.\d+)?\s*s\]\s*)*)(?=[^\s\[])", re.IGNORECASE
+)
+# Two-second HLS segments: the first is playable two seconds of audio after the first sentence is spoken.
+SEGMENT_SECONDS = 2
+PREVIEW_SIZE_PIXELS = (1280, 720)
+_POLL_SECONDS = 0.1
+_ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
+
+
+class SentenceSplitter:
+    """Cuts a script arriving in pieces into sentences, each with the pause marks that follow it."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, text: str) -> list[str]:
+        """Adds text and returns the sentences it completed."""
+        self._buffer += text
+        sentences = []
+        start = 0
+        for boundary in _SENTENCE_BOUNDARY.finditer(self._buffer):
+            sentences.append(self._buffer[start : boundary.end()].strip())
+            start = boundary.end()
+        self._buffer = self._buffer[start:]
+        return [sentence for sentence in sentences if sentence]
+
+    def finish(self) -> list[str]:
+        """Returns what remains once the script is complete."""
+        rest, self._buffer = self._buffer.strip(), ""
+        return [rest] if rest else []
+
+
+@dataclass(frozen=True)
+class SpokenSentence:
+    """A sentence's place in the narration."""
+
+    text: str
+    start_seconds: float
+    end_seconds: float
+
+
+@dataclass(frozen=True)
+class SpokenSegment:
+    """One sentence's audio, and who spoke it."""
+
+    narration: Narration
+    provider: str
+    fallback_reason: str
+
+
+@dataclass(frozen=True)
+class PlaylistPublished:
+    """The live playlist exists and can be played; later segments are appended to it."""
+
+    uri: str
+    storage_key: str
+
+
+@dataclass(frozen=True)
+class LiveNarrationResult:
+    """The whole narration, as WAV (for mastering) and as AAC (copied into the QUICK video)."""
+
+    wav_key: str
+    wav_uri: str
+    aac_key: str
+    duration_seconds: float
+    sample_rate_hertz: int
+    provider: str
+    fallback_reason: str
+    sentences: tuple[SpokenSentence, ...]
+    playlist_uri: str
+
+
+LiveEvent = PlaylistPublished | LiveNarrationResult
+SpeakSentence = Callable[[str], Awaitable[SpokenSegment]]
+
+
+@dataclass
+class _Published:
+    """HLS segments already in storage, in order, and the initialisation segment they share."""
+
+    segments: list[tuple[str, float]] = field(default_factory=list)
+    init_uri: str = ""
+    playlist_key: str = ""
+    playlist_uri: str = ""
+
+
+class LiveNarration:
+    """One job's live narration: speak sentences with bounded concurrency, feed their audio in order to one
+    FFmpeg process (AAC for the videos, HLS for the live preview), and publish the playlist as it grows."""
+
+    def __init__(
+        self,
+        *,
+        meditation_id: str,
+        speak: SpeakSentence,
+        storage: AssetStorage,
+        ffmpeg_path: str,
+        work_root: Path,
+        image_path: Path | None,
+        max_concurrent_sentences: int = 3,
+    ) -> None:
+        self._meditation_id = meditation_id
+        self._speak = speak
+        self._storage = storage
+        self._ffmpeg_path = ffmpeg_path
+        self._work_root = work_root
+        self._image_path = image_path
+        self._speaking = asyncio.Semaphore(max_concurrent_sentences)
+        self._splitter = SentenceSplitter()
+        self._texts: list[str] = []
+        self._spoken: list[asyncio.Task[SpokenSegment]] = []
+        self._events: asyncio.Queue[LiveEvent | BaseException] = asyncio.Queue()
+        self._new_sentence = asyncio.Event()
+        self._is_script_complete = False
+        self._writer: asyncio.Task[None] | None = None
+        self._work_dir: Path | None = None
+
+    async def __aenter__(self) -> LiveNarration:
+        self._work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="live-", dir=self._work_root))
+        self._writer = asyncio.create_task(self._write_in_order())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for task in [*self._spoken, *([self._writer] if self._writer else [])]:
+            task.cancel()
+        await asyncio.gather(*self._spoken, *([self._writer] if self._writer else []), return_exceptions=True)
+        if self._work_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
+
+    def add_text(self, text: str) -> None:
+        """Adds script text; each sentence it completes starts being spoken at once."""
+        if self._is_script_complete:
+            raise InvalidInputError("text", "arrived after the end of the script")
+        for sentence in self._splitter.feed(text):
+            self._start_speaking(sentence)
+
+    def finish_script(self) -> None:
+        """Marks the script complete; the narration ends after its last sentence."""
+        for sentence in self._splitter.finish():
+            self._start_speaking(sentence)
+        if not self._texts:
+            raise InvalidInputError("transcript", "is empty: there is nothing to narrate")
+        self._is_script_complete = True
+        self._new_sentence.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Ends the narration with `error` (the client's stream broke): events() raises it."""
+        self._events.put_nowait(error)
+
+    async def events(self) -> AsyncIterator[LiveEvent]:
+        """Yields PlaylistPublished once the preview can be played, then the result, always last."""
+        while True:
+            event = await self._events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, LiveNarrationResult):
+                return
+
+    def _start_speaking(self, sentence: str) -> None:
+        self._texts.append(sentence)
+        self._spoken.append(asyncio.create_task(self._speak_bounded(sentence)))
+        self._new_sentence.set()
+
+    async def _speak_bounded(self, sentence: str) -> SpokenSegment:
+        async with self._speaking:
+            if count_spoken_words(sentence) == 0:
+                # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
+                seconds = sum(float(m.group(1)) for m in PAUSE_MARK_PATTERN.finditer(sentence))
+                return SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", "")
+            return await self._speak(sentence)
+
+    async def _write_in_order(self) -> None:
+        try:
+            await self._events.put(await self._narrate())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # handed to the reader of events(), which raises it
+            await self._events.put(error)
+
+    async def _narrate(self) -> LiveNarrationResult:
+        assert self._work_dir is not None
+        work_dir = self._work_dir
+        index = 0
+        encoder: _LiveEncoder | None = None
+        published = _Published()
+        publisher: asyncio.Task[None] | None = None
+        pcm = bytearray()
+        sentences: list[SpokenSentence] = []
+        providers: list[str] = []
+        fallback_reason = ""
+        sample_rate = 0
+        try:
+            while True:
+                while index >= len(self._spoken):
+                    if self._is_script_complete:
+                        break
+                    self._new_sentence.clear()
+                    await self._new_sentence.wait()
+                if index >= len(self._spoken):
+                    break
+                segment = await self._spoken[index]
+                if encoder is None:
+                    sample_rate = segment.narration.sample_rate_hertz
+                    encoder = await _LiveEncoder.start(
+                        self._ffmpeg_path, work_dir, sample_rate, await self._preview_image(work_dir)
+                    )
+                    publisher = asyncio.create_task(
+                        self._publish_while_encoding(work_dir, published, encoder)
+                    )
+                samples = _at_rate(segment.narration, sample_rate)
+                start = len(pcm) / 2 / sample_rate
+                pcm += samples
+                sentences.append(SpokenSentence(self._texts[index], start, len(pcm) / 2 / sample_rate))
+                if segment.provider:
+                    providers.append(segment.provider)
+                fallback_reason = fallback_reason or segment.fallback_reason
+                await encoder.write(samples)
+                index += 1
+            assert encoder is not None and publisher is not None
+            await encoder.close()
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            duration_seconds = len(pcm) / 2 / sample_rate
+            await self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True)
+        finally:
+            if publisher is not None:
+                publisher.cancel()
+            if encoder is not None:
+                await encoder.kill()
+        narration = Narration(bytes(pcm), sample_rate)
+        wav = await asyncio.to_thread(encode_wav, narration)
+        prefix = f"narrations/{self._meditation_id}"
+        stored_wav = await self._storage.put_bytes(new_key(prefix, "wav"), wav, "audio/wav")
+        stored_aac = await self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac")
+        provider = max(set(providers), key=providers.count) if providers else "espeak-ng"
+        return LiveNarrationResult(
+            wav_key=stored_wav.key,
+            wav_uri=stored_wav.uri,
+            aac_key=stored_aac.key,
+            duration_seconds=narration.duration_seconds,
+            sample_rate_hertz=sample_rate,
+            provider=provider,
+            fallback_reason=fallback_reason,
+            sentences=tuple(sentences),
+            playlist_uri=published.playlist_uri,
+        )
+
+    async def _preview_image(self, work_dir: Path) -> Path:
+        """The preview's picture at 720p: the image if one was given, else a calm gradient."""
+        target = work_dir / "preview.bmp"
+        await asyncio.to_thread(_write_preview, self._image_path, target)
+        return target
+
+    async def _publish_while_encoding(
+        self, work_dir: Path, published: _Published, encoder: _LiveEncoder
+    ) -> None:
+        while True:
+            await self._publish(work_dir, published, audio_seconds=None, is_final=False)
+            await asyncio.sleep(_POLL_SECONDS)
+
+    async def _publish(
+        self, work_dir: Path, published: _Published, *, audio_seconds: float | None, is_final: bool
+    ) -> None:
+        """Uploads the segments FFmpeg has finished and rewrites the playlist to list them."""
+        listed = await asyncio.to_thread(_read_playlist, work_dir / "live.m3u8")
+        if not listed:
+            return
+        if not published.init_uri:
+            stored = await self._storage.put_file(
+                new_key(f"live/{self._meditation_id}", "mp4"), work_dir / "init.mp4", "video/mp4"
+            )
+            published.init_uri = await self._reference(stored.key)
+        offset = sum(duration for _, duration in published.segments)
+        for name, duration in listed[len(published.segments) :]:
+            if audio_seconds is not None and offset >= audio_seconds - 0.05:
+                break  # FFmpeg's picture runs a little past the sound: those segments hold nothing to hear
+            stored = await self._storage.put_file(
+                new_key(f"live/{self._meditation_id}", "m4s"), work_dir / name, "video/iso.segment"
+            )
+            published.segments.append((await self._reference(stored.key), duration))
+            offset += duration
+        if not published.segments:
+            return
+        if not published.playlist_key:
+            published.playlist_key = f"live/{self._meditation_id}/{secrets.token_hex(8)}.m3u8"
+        playlist = _playlist(published.init_uri, published.segments, is_final=is_final)
+        stored = await self._storage.put_mutable_bytes(
+            published.playlist_key, playlist.encode(), "application/vnd.apple.mpegurl"
+        )
+        if not published.playlist_uri:
+            published.playlist_uri = stored.uri
+            await self._events.put(PlaylistPublished(uri=stored.uri, storage_key=stored.key))
+
+    async def _reference(self, key: str) -> str:
+        """How the playlist names a segment: by name when it sits beside the playlist in a local folder (so
+        the folder can be served over HTTP as it is), else by its signed URL."""
+        uri = await self._storage.signed_uri(key)
+        return key.rsplit("/", 1)[-1] if uri.startswith("file:") else uri
+
+
+class _LiveEncoder:
+    """One FFmpeg process fed PCM in order: it writes the narration's AAC and the preview's HLS segments."""
+
+    def __init__(self, process: asyncio.subprocess.Process, aac_path: Path) -> None:
+        self._process = process
+        self.aac_path = aac_path
+
+    @classmethod
+    async def start(cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path) -> _LiveEncoder:
+        aac_path = work_dir / "narration.aac"
+        hls = ":".join(
+            [
+                "f=hls",
+                f"hls_time={SEGMENT_SECONDS}",
+                "hls_playlist_type=event",
+                "hls_flags=independent_segments+temp_file",
+                # fMP4 segments: browsers' own HLS players load a live fMP4 playlist of still pictures, while
+                # MPEG-TS with one picture per segment stalls (tried in Chromium).
+                "hls_segment_type=fmp4",
+                "hls_fmp4_init_filename=init.mp4",
+                f"hls_segment_filename={work_dir / 'segment-%05d.m4s'}",
+            ]
+        )
+        arguments = [
+            *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
+            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"),
+            # One picture per segment, each a keyframe, so every segment plays on its own. The picture is a
+            # BMP because `-loop` decodes it again for every frame, and a BMP costs nothing to decode.
+            *("-protocol_whitelist", "file,pipe", "-loop", "1", "-framerate", f"1/{SEGMENT_SECONDS}"),
+            *("-i", str(image), "-map", "1:v", "-map", "0:a"),
+            # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
+            *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
+            *("-pix_fmt", "yuv420p", "-g", "1"),
+            # The narration is encoded once, as it arrives, and the same AAC goes to both outputs: the HLS
+            # preview and the plain AAC file the QUICK video copies.
+            *("-c:a", "aac", "-b:a", "96k", "-aac_coder", "fast", "-aac_ms", "0", "-shortest"),
+            *("-f", "tee", f"[{hls}]{work_dir / 'live.m3u8'}|[f=adts:select=a]{aac_path}"),
+        ]
+        process = await asyncio.create_subprocess_exec(
+            ffmpeg_path,
+            *arguments,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(process, aac_path)
+
+    async def write(self, samples: bytes) -> None:
+        assert self._process.stdin is not None
+        try:
+            self._process.stdin.write(samples)
+            await self._process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            raise EncodingError("the live encoder stopped", detail=await self._stderr()) from None
+
+    async def close(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(_ENCODER_EXIT_TIMEOUT_SECONDS):
+                await self._process.wait()
+        except TimeoutError:
+            raise EncodingError("the live encoder did not finish", detail="") from None
+        if self._process.returncode != 0:
+            raise EncodingError(
+                f"the live encoder failed (exit status {self._process.returncode})",
+                detail=await self._stderr(),
+            )
+        logger.debug("live encoder drained in %.2f s", time.monotonic() - started)
+
+    async def kill(self) -> None:
+        if self._process.returncode is None:
+            self._process.kill()
+            await self._process.wait()
+
+    async def _stderr(self) -> str:
+        if self._process.stderr is None:
+            return ""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                return (await self._process.stderr.read()).decode(errors="replace")[-4000:]
+        return ""
+
+
+def _at_rate(narration: Narration, sample_rate: int) -> bytes:
+    """The narration's samples at `sample_rate`: a fallback voice may speak at another rate mid-script."""
+    if narration.sample_rate_hertz == sample_rate:
+        return narration.pcm_s16le
+    samples = np.frombuffer(narration.pcm_s16le, dtype=np.int16).astype(np.float32)
+    count = round(len(samples) * sample_rate / narration.sample_rate_hertz)
+    positions = np.linspace(0, len(samples) - 1, count, dtype=np.float32) if len(samples) else samples
+    resampled = np.interp(positions, np.arange(len(samples), dtype=np.float32), samples) if count else samples
+    return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
+
+
+def _write_preview(image_path: Path | None, target: Path) -> None:
+    width, height = PREVIEW_SIZE_PIXELS
+    if image_path is not None:
+        with Image.open(image_path) as image:
+            image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(target)
+        return
+    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    top = np.array([58, 74, 120], dtype=np.float32)
+    bottom = np.array([214, 170, 150], dtype=np.float32)
+    gradient = np.broadcast_to(top + (bottom - top) * rows, (height, width, 3))
+    Image.fromarray(gradient.astype(np.uint8)).save(target)
+
+
+def _read_playlist(path: Path) -> list[tuple[str, float]]:
+    """The segments FFmpeg's playlist lists, in order; it writes the playlist atomically (temp_file)."""
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    segments = []
+    duration = 0.0
+    for line in lines:
+        if line.startswith("#EXTINF:"):
+            duration = float(line.removeprefix("#EXTINF:").split(",")[0])
+        elif line and not line.startswith("#"):
+            segments.append((line, duration))
+    return segments
+
+
+def _playlist(init_uri: str, segments: list[tuple[str, float]], *, is_final: bool) -> str:
+    target = max(1, round(max(duration for _, duration in segments) + 0.5))
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:7",
+        f"#EXT-X-TARGETDURATION:{target}",
+        "#EXT-X-MEDIA-SEQUENCE:0",
+        "#EXT-X-PLAYLIST-TYPE:EVENT",
+        "#EXT-X-INDEPENDENT-SEGMENTS",
+        f'#EXT-X-MAP:URI="{init_uri}"',
+    ]
+    for uri, duration in segments:
+        lines += [f"#EXTINF:{duration:.3f},", uri]
+    if is_final:
+        lines.append("#EXT-X-ENDLIST")
+    return "\n".join(lines) + "\n"
