@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -19,15 +19,33 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICES = ("content", "media", "gateway")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Stack:
-    """Addresses of a running stack."""
+    """Addresses and processes of a running stack."""
 
     gateway_address: str
     content_address: str
     media_address: str
     var_root: Path
     log_dir: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, name: str, signum: int = signal.SIGTERM) -> int:
+        """Stops one service (SIGTERM: gracefully; SIGKILL: a crash) and returns its exit status."""
+        process = self.processes[name]
+        process.send_signal(signum)
+        return process.wait(timeout=30)
+
+    def start(self, name: str, startup_timeout_seconds: float = 60.0) -> None:
+        """Starts one service again with the stack's environment and waits until it is SERVING."""
+        self.processes[name] = _spawn(name, self.environment, self.log_dir)
+        address = {
+            "content": self.content_address,
+            "media": self.media_address,
+            "gateway": self.gateway_address,
+        }
+        wait_until_serving(address[name], startup_timeout_seconds)
 
 
 def free_port() -> int:
@@ -78,6 +96,15 @@ def running_stack(
         **(extra_environment or {}),
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
+    stack = Stack(
+        gateway_address=f"127.0.0.1:{chosen['gateway']}",
+        content_address=f"127.0.0.1:{chosen['content']}",
+        media_address=f"127.0.0.1:{chosen['media']}",
+        var_root=var_root,
+        log_dir=log_dir,
+        processes=processes,
+        environment=environment,
+    )
     # The content service refuses an unmigrated database, as in production: migrate first.
     migrated = subprocess.run(
         [sys.executable, "-m", "services.content.migrate"], env=environment, capture_output=True, text=True
@@ -86,10 +113,7 @@ def running_stack(
         raise RuntimeError(f"migration failed: {migrated.stderr.strip() or migrated.stdout.strip()}")
     try:
         for name in SERVICES:
-            with open(log_dir / f"{name}.log", "ab") as log:
-                processes[name] = subprocess.Popen(
-                    [sys.executable, "-m", f"services.{name}"], env=environment, stdout=log, stderr=log
-                )
+            processes[name] = _spawn(name, environment, log_dir)
         for name in SERVICES:
             try:
                 wait_until_serving(f"127.0.0.1:{chosen[name]}", startup_timeout_seconds)
@@ -98,13 +122,7 @@ def running_stack(
                 status = "is still starting" if code is None else f"exited with {code}"
                 log_tail = (log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{name} {status}: {error}\n--- {name}.log ---\n{log_tail}") from None
-        yield Stack(
-            gateway_address=f"127.0.0.1:{chosen['gateway']}",
-            content_address=f"127.0.0.1:{chosen['content']}",
-            media_address=f"127.0.0.1:{chosen['media']}",
-            var_root=var_root,
-            log_dir=log_dir,
-        )
+        yield stack
     finally:
         for process in processes.values():
             if process.poll() is None:
@@ -115,3 +133,10 @@ def running_stack(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _spawn(name: str, environment: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    with open(log_dir / f"{name}.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env=environment, stdout=log, stderr=log
+        )

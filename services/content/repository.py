@@ -7,7 +7,7 @@ import secrets
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -21,6 +21,7 @@ from sqlalchemy import (
     UniqueConstraint,
     event,
     func,
+    or_,
     select,
     update,
 )
@@ -89,6 +90,7 @@ class MeditationRow(Base):
         UniqueConstraint("request_id", name="uq_meditations_request_id"),
         Index("ix_meditations_conversation_id", "conversation_id"),
         Index("ix_meditations_state", "state"),
+        Index("ix_meditations_state_lease", "state", "lease_expires_time"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(
@@ -106,6 +108,9 @@ class MeditationRow(Base):
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now, onupdate=_now)
+    # Which gateway process runs the job, and until when its claim holds without renewal.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class MeditationEventRow(Base):
@@ -352,7 +357,13 @@ class ContentRepository:
         )
 
     async def create_meditation(
-        self, *, conversation_id: str, request_id: str | None, options_json: str
+        self,
+        *,
+        conversation_id: str,
+        request_id: str | None,
+        options_json: str,
+        owner: str | None = None,
+        lease_seconds: float = 0.0,
     ) -> tuple[Meditation, bool]:
         """Records a job for a conversation with messages; a repeated request_id returns the first job."""
         if request_id:
@@ -380,6 +391,9 @@ class ContentRepository:
                         conversation_id=conversation_id,
                         request_id=request_id or None,
                         options_json=options_json,
+                        # The creator runs the job: no janitor can take it while the lease holds.
+                        owner=owner,
+                        lease_expires_time=_now() + timedelta(seconds=lease_seconds) if owner else None,
                     )
                 )
         except IntegrityError:
@@ -434,6 +448,50 @@ class ContentRepository:
         except IntegrityError as error:
             raise ConflictError(f"meditations/{meditation_id} already has event {sequence}") from error
         return event_time
+
+    async def claim(self, meditation_id: str, owner: str, lease_seconds: float) -> bool:
+        """Takes (or renews) a running job for `owner` when it is unowned, already `owner`'s, or its lease
+        lapsed; one guarded UPDATE, so two claimants can never both win."""
+        now = _now()
+        async with self._transaction() as session:
+            result = await session.execute(
+                update(MeditationRow)
+                .where(
+                    MeditationRow.id == meditation_id,
+                    MeditationRow.state == MeditationState.RUNNING.value,
+                    or_(
+                        MeditationRow.owner.is_(None),
+                        MeditationRow.owner == owner,
+                        MeditationRow.lease_expires_time < now,
+                    ),
+                )
+                .values(owner=owner, lease_expires_time=now + timedelta(seconds=lease_seconds))
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, meditation_id: str, owner: str) -> None:
+        """Gives a job back (at shutdown) so any replica can claim it at once."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(MeditationRow)
+                .where(MeditationRow.id == meditation_id, MeditationRow.owner == owner)
+                .values(owner=None, lease_expires_time=None)
+            )
+
+    async def list_claimable(self, max_jobs: int) -> list[str]:
+        """Running jobs nobody holds: unowned, or their owner's lease lapsed (it crashed), oldest first."""
+        now = _now()
+        async with self._sessions() as session:
+            ids = await session.scalars(
+                select(MeditationRow.id)
+                .where(
+                    MeditationRow.state == MeditationState.RUNNING.value,
+                    or_(MeditationRow.owner.is_(None), MeditationRow.lease_expires_time < now),
+                )
+                .order_by(MeditationRow.create_time)
+                .limit(max_jobs)
+            )
+            return list(ids)
 
     async def list_events(self, meditation_id: str, after_sequence: int, max_events: int) -> EventPage:
         """Returns up to `max_events` events after `after_sequence`, oldest first, with the job's state."""

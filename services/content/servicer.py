@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from services.cache import CacheUnavailableError, RedisCache, ResultCache
 from services.content import conversations
@@ -38,7 +39,7 @@ from services.content.repository import (
 from services.content.themes import extract_themes
 from services.openai_api import FailureKind, ProviderCallError
 from services.provider_status import ProviderReport
-from services.wire import from_timestamp, to_timestamp
+from services.wire import from_timestamp, seconds_of, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 
@@ -189,6 +190,8 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 conversation_id=conversation_id,
                 request_id=request_id,
                 options_json=request.options_json or "{}",
+                owner=request.owner or None,
+                lease_seconds=_lease_seconds(request.lease_duration) if request.owner else 0.0,
             )
         return content_pb.CreateMeditationResponse(meditation=_meditation_proto(meditation), created=created)
 
@@ -260,6 +263,34 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             ]
         )
 
+    async def ClaimMeditation(
+        self, request: content_pb.ClaimMeditationRequest, context: _Context
+    ) -> content_pb.ClaimMeditationResponse:
+        async with _status_for_errors(context):
+            meditation_id = _parse_name(request.meditation, _MEDITATION_NAME, "meditation")
+            lease_seconds = _lease_seconds(request.lease_duration)
+            if not request.owner:
+                raise InvalidInputError("owner", "is empty: name the claiming process")
+            claimed = await self._repository.claim(meditation_id, request.owner, lease_seconds)
+        return content_pb.ClaimMeditationResponse(claimed=claimed)
+
+    async def ReleaseMeditation(
+        self, request: content_pb.ReleaseMeditationRequest, context: _Context
+    ) -> content_pb.ReleaseMeditationResponse:
+        async with _status_for_errors(context):
+            meditation_id = _parse_name(request.meditation, _MEDITATION_NAME, "meditation")
+            await self._repository.release(meditation_id, request.owner)
+        return content_pb.ReleaseMeditationResponse()
+
+    async def ListClaimableMeditations(
+        self, request: content_pb.ListClaimableMeditationsRequest, context: _Context
+    ) -> content_pb.ListClaimableMeditationsResponse:
+        async with _status_for_errors(context):
+            if not 0 <= request.max_meditations <= 100:
+                raise InvalidInputError("max_meditations", "must be 0..100")
+            ids = await self._repository.list_claimable(request.max_meditations or 10)
+        return content_pb.ListClaimableMeditationsResponse(meditations=[f"meditations/{i}" for i in ids])
+
     async def GetCacheStats(
         self, request: content_pb.GetCacheStatsRequest, context: _Context
     ) -> content_pb.GetCacheStatsResponse:
@@ -317,6 +348,13 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")
+
+
+def _lease_seconds(duration: Duration) -> float:
+    seconds = seconds_of(duration)
+    if not 1 <= seconds <= 3600:
+        raise InvalidInputError("lease_duration", "must be between 1 s and 1 h")
+    return seconds
 
 
 def _parse_name(name: str, pattern: re.Pattern[str], field: str) -> str:

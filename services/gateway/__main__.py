@@ -10,7 +10,7 @@ import grpc
 
 from services import serving
 from services.environment import ConfigError, Environment
-from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.backends import ContentClient, MediaClient, backend_channel_options
 from services.gateway.config import GatewayConfig
 from services.gateway.jobs import MeditationJobs
 from services.gateway.pipeline import MeditationPipeline
@@ -23,14 +23,14 @@ SERVICE_NAME = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_nam
 
 async def main(config: GatewayConfig) -> None:
     """Opens one channel per peer, serves, and closes them on the way out."""
-    # round_robin spreads calls over every address a name resolves to (dns:///media:50053 with replicas);
-    # the default, pick_first, would send everything to one replica.
-    options = [*serving.channel_options(), ("grpc.lb_policy_name", "round_robin")]
+    options = backend_channel_options()
     content_channel = grpc.aio.insecure_channel(config.content_address, options=options)
     media_channel = grpc.aio.insecure_channel(config.media_address, options=options)
     content = ContentClient(content_channel, config.timeouts)
     media = MediaClient(media_channel, config.timeouts)
-    jobs = MeditationJobs(content, MeditationPipeline(content, media, config.timeouts))
+    jobs = MeditationJobs(
+        content, MeditationPipeline(content, media, config.timeouts), lease_seconds=config.job_lease_seconds
+    )
 
     async def release() -> None:
         await jobs.close()
@@ -44,6 +44,8 @@ async def main(config: GatewayConfig) -> None:
         ),
         address=f"0.0.0.0:{config.port}",
     )
+    # Carries on jobs a stopped or crashed gateway left behind, and keeps this one's leases fresh.
+    jobs.start_janitor()
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
@@ -26,11 +27,65 @@ from services.gateway.ports import (
     TranscriptRestart,
     WrittenTranscript,
 )
-from services.wire import from_timestamp, seconds_of, to_timestamp
+from services.serving import channel_options
+from services.wire import from_timestamp, seconds_of, to_duration, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+
+# Only UNAVAILABLE is retried (the call most likely never reached a server), and only for calls that are
+# safe to repeat: reads, writes made idempotent by a request_id, lease claims, and cached generation.
+# AppendMessages, RecordMeditationEvent, the media renders and the live narration stream are never retried.
+_RETRIED_METHODS = {
+    "stillpoint.content.v1.ContentService": (
+        "CreateConversation",
+        "GetConversation",
+        "CollectSourceContent",
+        "GenerateTranscript",
+        "CreateImagePrompt",
+        "GenerateImage",
+        "CreateMeditation",
+        "ClaimMeditation",
+        "ReleaseMeditation",
+        "ListClaimableMeditations",
+        "ListMeditationEvents",
+        "GetMeditation",
+    ),
+    "stillpoint.media.v1.MediaService": ("GetEncoderInfo", "GetProviderStatus"),
+}
+_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": service, "method": method} for method in methods],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+            for service, methods in _RETRIED_METHODS.items()
+        ]
+    }
+)
+
+
+def backend_channel_options() -> list[tuple[str, str | int]]:
+    """Options of the gateway's channels to content and media: shared limits and keepalive, round-robin
+    over every address a name resolves to (replicas), the retry policy, and quick reconnection."""
+    return [
+        *channel_options(),
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.service_config", _SERVICE_CONFIG),
+        ("grpc.enable_retries", 1),
+        # A peer that restarts is back within a second or two: do not wait out a long reconnect backoff.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+
 
 # Bookkeeping calls (conversations, job records, event logs) are small database operations.
 BOOKKEEPING_TIMEOUT_SECONDS = 10.0
@@ -228,16 +283,46 @@ class ContentClient:
         )
 
     async def create_meditation(
-        self, conversation: str, request_id: str, options: MeditationOptions
+        self, conversation: str, request_id: str, options: MeditationOptions, owner: str, lease_seconds: float
     ) -> tuple[Meditation, bool]:
-        """Records a job, or finds the one a repeated request_id made."""
+        """Records a job held by `owner`, or finds the one a repeated request_id made."""
         request = content_pb.CreateMeditationRequest(
-            conversation=conversation, request_id=request_id, options_json=options.to_json()
+            conversation=conversation,
+            request_id=request_id,
+            options_json=options.to_json(),
+            owner=owner,
+            lease_duration=to_duration(lease_seconds),
         )
         response = await _call(
             "content", lambda: self._stub.CreateMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
         )
         return _meditation(response.meditation), response.created
+
+    async def claim_meditation(self, meditation: str, owner: str, lease_seconds: float) -> bool:
+        """Takes or renews a job's lease."""
+        request = content_pb.ClaimMeditationRequest(
+            meditation=meditation, owner=owner, lease_duration=to_duration(lease_seconds)
+        )
+        response = await _call(
+            "content", lambda: self._stub.ClaimMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return response.claimed
+
+    async def release_meditation(self, meditation: str, owner: str) -> None:
+        """Gives a job back."""
+        request = content_pb.ReleaseMeditationRequest(meditation=meditation, owner=owner)
+        await _call(
+            "content", lambda: self._stub.ReleaseMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+
+    async def list_claimable_meditations(self, max_meditations: int) -> list[str]:
+        """Running jobs nobody holds."""
+        request = content_pb.ListClaimableMeditationsRequest(max_meditations=max_meditations)
+        response = await _call(
+            "content",
+            lambda: self._stub.ListClaimableMeditations(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS),
+        )
+        return list(response.meditations)
 
     async def record_event(
         self, meditation: str, sequence: int, payload: bytes, changes: JobChanges

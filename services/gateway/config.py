@@ -18,6 +18,7 @@ class GatewayConfig:
     timeouts: StageTimeouts
     grace_seconds: float
     log_level: str
+    job_lease_seconds: float
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -35,6 +36,10 @@ class GatewayConfig:
                 video_seconds=environment.seconds("STILLPOINT_VIDEO_TIMEOUT_SECONDS", 120.0),
             ),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
+            # How long a job stays with a gateway that stopped renewing (crashed) before another takes it.
+            job_lease_seconds=environment.seconds(
+                "STILLPOINT_JOB_LEASE_SECONDS", 30.0, minimum=3, maximum=3600
+            ),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),

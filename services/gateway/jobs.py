@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ class JobRecorder:
     image_cache_hit: bool = False
     is_cancel_requested: bool = False
     is_shutting_down: bool = False
+    is_lease_lost: bool = False
     is_finished: bool = False
     _watchers: set[asyncio.Queue[SequencedEvent]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -44,7 +46,14 @@ class JobRecorder:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
     async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
-        """Records the event (and the job changes it implies) in the log, then publishes it."""
+        """Records the event (and the job changes it implies) in the log, then publishes it.
+
+        Shielded: a job cancelled mid-write still finishes that write and counts it, so the event that
+        records the cancellation takes the next sequence instead of colliding with the one in flight.
+        """
+        await asyncio.shield(self._record(event, changes))
+
+    async def _record(self, event: Event, changes: JobChanges | None) -> None:
         async with self._lock:
             sequence = self.last_sequence + 1
             elapsed_seconds = self.elapsed_seconds
@@ -83,29 +92,86 @@ class MeditationJobs:
     """Starts jobs, runs each as a task that outlives the stream that asked for it, and replays their logs."""
 
     def __init__(
-        self, content: ContentPort, pipeline: MeditationPipeline, *, poll_interval_seconds: float = 0.5
+        self,
+        content: ContentPort,
+        pipeline: MeditationPipeline,
+        *,
+        poll_interval_seconds: float = 0.5,
+        lease_seconds: float = 30.0,
+        owner: str | None = None,
     ):
         self._content = content
         self._pipeline = pipeline
         self._poll_interval_seconds = poll_interval_seconds
+        self._lease_seconds = lease_seconds
+        # One identity per process: its leases tell other replicas the job is in good hands.
+        self.owner = owner or f"gateway-{secrets.token_hex(6)}"
         self._running: dict[str, tuple[JobRecorder, asyncio.Task[None]]] = {}
+        self._janitor: asyncio.Task[None] | None = None
 
     async def start(self, conversation: str, request_id: str, options: MeditationOptions) -> str:
         """Creates the job, or finds the one a repeated request_id made, and returns its name."""
-        meditation, is_created = await self._content.create_meditation(conversation, request_id, options)
+        meditation, is_created = await self._content.create_meditation(
+            conversation, request_id, options, self.owner, self._lease_seconds
+        )
         if is_created:
-            recorder = JobRecorder(meditation=meditation.name, content=self._content)
-            task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name)
-            self._running[meditation.name] = (recorder, task)
+            self._launch(meditation)
         return meditation.name
+
+    def _launch(self, meditation: Meditation) -> None:
+        # A resumed job continues its log where it stopped: no gap, no duplicate.
+        recorder = JobRecorder(
+            meditation=meditation.name, content=self._content, last_sequence=meditation.last_sequence
+        )
+        task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name)
+        self._running[meditation.name] = (recorder, task)
+
+    def start_janitor(self) -> None:
+        """Keeps this process's leases fresh and takes over jobs whose owner stopped or died."""
+        if self._janitor is None:
+            self._janitor = asyncio.create_task(self._tend(), name="job janitor")
+
+    async def _tend(self) -> None:
+        while True:
+            try:
+                await self.renew_leases()
+                await self.resume_orphans()
+            except GatewayError as error:
+                logger.warning("job janitor: %s", error.message)
+            await asyncio.sleep(self._lease_seconds / 3)
+
+    async def renew_leases(self) -> None:
+        """Renews every running job's lease; a job whose lease was lost is another replica's now."""
+        for name, (recorder, task) in list(self._running.items()):
+            if recorder.is_finished:
+                continue
+            if not await self._content.claim_meditation(name, self.owner, self._lease_seconds):
+                logger.warning("%s: lease lost to another replica; stopping here", name)
+                recorder.is_lease_lost = True
+                task.cancel()
+
+    async def resume_orphans(self) -> list[str]:
+        """Claims running jobs nobody holds (their gateway stopped or crashed) and carries them on."""
+        resumed = []
+        for name in await self._content.list_claimable_meditations(10):
+            if name in self._running:
+                continue
+            if await self._content.claim_meditation(name, self.owner, self._lease_seconds):
+                meditation = await self._content.get_meditation(name)
+                if meditation.state.is_final:
+                    continue
+                logger.info("%s: resuming after event %d", name, meditation.last_sequence)
+                self._launch(meditation)
+                resumed.append(name)
+        return resumed
 
     async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
         try:
             await self._pipeline.run(recorder, meditation)
             await self._finish(recorder, MeditationState.SUCCEEDED, None)
         except asyncio.CancelledError:
-            if not (recorder.is_cancel_requested or recorder.is_shutting_down):
-                raise
+            if not recorder.is_cancel_requested:
+                raise  # shutdown or a lost lease: the job stays running for whoever holds it next
             await self._finish_stopped(recorder)
         except GatewayError as error:
             logger.warning("%s failed: %s", meditation.name, error.message)
@@ -124,24 +190,23 @@ class MeditationJobs:
     ) -> None:
         completed = recorder.summary(state, failure)
         changes = JobChanges(state=state, failure_message=completed.failure_message or None)
-        await recorder.emit(completed, changes)
+        try:
+            await recorder.emit(completed, changes)
+        except GatewayError as error:
+            # The log could not take its last event (content unreachable, or another replica took the job
+            # over): the job stays running in the database, and a janitor will carry it on.
+            logger.error("%s: could not record its end: %s", recorder.meditation, error.message)
+            return
         recorder.is_finished = True
 
     async def _finish_stopped(self, recorder: JobRecorder) -> None:
-        if recorder.is_cancel_requested:
-            failure = GatewayError(FailureKind.CANCELLED, f"{recorder.meditation} was cancelled")
-            await self._finish(recorder, MeditationState.CANCELLED, failure)
-        else:
-            # Record the end so watchers are not left waiting on a job nobody runs any more.
-            failure = GatewayError(
-                FailureKind.UNAVAILABLE, "the gateway stopped before the meditation finished; start it again"
-            )
-            await self._finish(recorder, MeditationState.FAILED, failure)
+        failure = GatewayError(FailureKind.CANCELLED, f"{recorder.meditation} was cancelled")
+        await self._finish(recorder, MeditationState.CANCELLED, failure)
 
     async def _stop(self, recorder: JobRecorder, task: asyncio.Task[None]) -> None:
         task.cancel()
         await asyncio.wait({task})
-        if not recorder.is_finished:
+        if not recorder.is_finished and recorder.is_cancel_requested:
             # Cancelled before its first step ran, so the task could not record its own end.
             self._running.pop(recorder.meditation, None)
             await self._finish_stopped(recorder)
@@ -195,9 +260,19 @@ class MeditationJobs:
         return await self._content.get_meditation(name)
 
     async def close(self) -> None:
-        """Stops jobs still running at shutdown, recording each as FAILED (UNAVAILABLE) so watchers finish."""
-        stopping = []
-        for recorder, task in list(self._running.values()):
+        """Stops this process's jobs and gives them back: another replica, or this one after a restart,
+        resumes each from its last recorded event."""
+        if self._janitor is not None:
+            self._janitor.cancel()
+        running = list(self._running.values())
+        for recorder, task in running:
             recorder.is_shutting_down = True
-            stopping.append(self._stop(recorder, task))
-        await asyncio.gather(*stopping, return_exceptions=True)
+            task.cancel()
+        await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+        for recorder, _ in running:
+            if not recorder.is_finished:
+                try:
+                    await self._content.release_meditation(recorder.meditation, self.owner)
+                except GatewayError as error:
+                    # The lease lapses on its own; the job is only delayed, not lost.
+                    logger.warning("%s: could not release (%s)", recorder.meditation, error.message)

@@ -11,8 +11,7 @@ import pytest
 from scripts.stack import free_port
 from services import serving
 from services.gateway.backends import ContentClient, MediaClient
-from services.gateway.errors import FailureKind
-from services.gateway.events import Completed
+from services.gateway.events import Accepted, Completed, SequencedEvent, Stage, StageChanged
 from services.gateway.jobs import MeditationJobs
 from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
@@ -101,7 +100,30 @@ async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same
     assert [r.sequence for r in replay] == [r.sequence for r in seen]
 
 
-async def test_jobs_stopped_by_shutdown_are_recorded_as_failed_so_watchers_finish(
+async def test_a_job_given_back_at_shutdown_is_resumed_by_another_gateway_with_no_gap(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+) -> None:
+    timeouts = StageTimeouts()
+    content = ContentClient(content_channel, timeouts)
+    media = MediaClient(media_channel, timeouts)
+    first = MeditationJobs(content, MeditationPipeline(content, media, timeouts), owner="gateway-first")
+    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
+    name = await first.start(conversation.name, "", MeditationOptions())
+    seen = [event async for event in _until_stage(first.watch(name, after_sequence=0), Stage.NARRATION)]
+    await first.close()  # SIGTERM: the job is given back, not failed
+    assert (await content.get_meditation(name)).state is MeditationState.RUNNING
+    second = MeditationJobs(content, MeditationPipeline(content, media, timeouts), owner="gateway-second")
+    assert await second.resume_orphans() == [name]
+    rest = [event async for event in second.watch(name, after_sequence=seen[-1].sequence)]
+    await second.close()
+    whole = [*seen, *rest]
+    assert [event.sequence for event in whole] == list(range(1, len(whole) + 1))
+    assert sum(isinstance(event.event, Accepted) for event in whole) == 1
+    assert isinstance(whole[-1].event, Completed)
+    assert whole[-1].event.state is MeditationState.SUCCEEDED
+
+
+async def test_a_running_job_cannot_be_claimed_by_a_second_gateway_while_its_lease_holds(
     content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
 ) -> None:
     timeouts = StageTimeouts()
@@ -111,13 +133,18 @@ async def test_jobs_stopped_by_shutdown_are_recorded_as_failed_so_watchers_finis
     )
     conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
     name = await jobs.start(conversation.name, "", MeditationOptions())
+    assert not await content.claim_meditation(name, "gateway-intruder", 30)
+    assert name not in await content.list_claimable_meditations(10)
+    assert await content.claim_meditation(name, jobs.owner, 30)  # renewal by the owner
+    await jobs.cancel(name)
     await jobs.close()
-    meditation = await content.get_meditation(name)
-    assert meditation.state is MeditationState.FAILED
-    assert "gateway stopped" in meditation.failure_message
-    replay = [event async for event in jobs.watch(name, after_sequence=0)]
-    assert isinstance(replay[-1].event, Completed)
-    assert replay[-1].event.failure_kind is FailureKind.UNAVAILABLE
+
+
+async def _until_stage(events: AsyncIterator[SequencedEvent], stage: Stage) -> AsyncIterator[SequencedEvent]:
+    async for event in events:
+        yield event
+        if isinstance(event.event, StageChanged) and event.event.stage is stage:
+            return
 
 
 def _message(proto: gateway_pb.Message) -> Message:
