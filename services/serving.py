@@ -86,9 +86,11 @@ async def serve_until_signalled(
     running: RunningServer,
     *,
     grace_seconds: float,
+    on_stopping: Callable[[], Awaitable[None]] | None = None,
     on_stopped: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serves until SIGTERM or SIGINT, then stops gracefully and runs `on_stopped` to release resources."""
+    """Serves until SIGTERM or SIGINT, then stops gracefully: `on_stopping` first (take no new work),
+    NOT_SERVING and a grace period for in-flight RPCs, then `on_stopped` to release resources."""
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -99,6 +101,8 @@ async def serve_until_signalled(
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
         logger.info("stopping: NOT_SERVING, %g s grace for in-flight RPCs", grace_seconds)
+        if on_stopping is not None:
+            await on_stopping()
         await running.stop(grace_seconds)
     finally:
         stopping.cancel()

@@ -82,6 +82,10 @@ class AssetStorage(Protocol):
         """Returns whether an asset is stored under `key`."""
         ...
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Removes every asset directly under `prefix` (a cancelled job's folder); returns how many."""
+        ...
+
     def uri(self, key: str) -> str:
         """Returns the URI clients fetch the asset from."""
         ...
@@ -132,6 +136,19 @@ class LocalAssetStorage:
     async def exists(self, key: str) -> bool:
         """Returns whether the asset's file exists."""
         return await asyncio.to_thread(self._path(key).is_file)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Removes the folder's files (and the folder)."""
+        folder = self._path(prefix)
+
+        def remove() -> int:
+            if not folder.is_dir():
+                return 0
+            count = sum(1 for path in folder.iterdir() if path.is_file())
+            shutil.rmtree(folder)
+            return count
+
+        return await asyncio.to_thread(remove)
 
     def uri(self, key: str) -> str:
         """A file URI: clients on this machine read it directly."""

@@ -206,6 +206,19 @@ class SupabaseAssetStorage:
         with _translated("check for an asset"):
             return await self._client.from_(self._bucket).exists(key)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Removes every object directly under `prefix` (one job's folder) and returns how many."""
+        validate_key(prefix)
+        with _translated("list a job's assets"):
+            listed = await self._client.from_(self._bucket).list(prefix)
+        names = [f"{prefix}/{entry['name']}" for entry in listed if entry.get("name")]
+        if names:
+            with _translated("remove a job's assets"):
+                await self._client.from_(self._bucket).remove(names)
+        for name in names:
+            (self._cache_root / name).unlink(missing_ok=True)
+        return len(names)
+
     def uri(self, key: str) -> str:
         """The signed URL made for `key` by `put_*` or `signed_uri` in this process, while at least half its
         lifetime is left. Signing needs a request, so this synchronous call cannot: await `signed_uri`."""

@@ -135,7 +135,9 @@ async def gateway_channel(
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
-    jobs = MeditationJobs(content, MeditationPipeline(content, media, timeouts), poll_interval_seconds=0.05)
+    jobs = MeditationJobs(
+        content, MeditationPipeline(content, media, timeouts), media=media, poll_interval_seconds=0.05
+    )
     running = await serving.start_server(
         service_names=[GATEWAY_SERVICE],
         register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(

@@ -29,6 +29,7 @@ class ContentConfig:
     cache_ttl_seconds: float
     painter_workers: int
     grace_seconds: float
+    max_concurrent_rpcs: int
     log_level: str
     transcript_provider: str
     image_provider: str
@@ -66,6 +67,10 @@ class ContentConfig:
             cache_ttl_seconds=environment.seconds("STILLPOINT_CACHE_TTL_SECONDS", 3600.0),
             painter_workers=environment.integer("STILLPOINT_PAINTER_WORKERS", 1, minimum=1, maximum=16),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
+            # Past this, new RPCs get RESOURCE_EXHAUSTED at once instead of queueing without bound.
+            max_concurrent_rpcs=environment.integer(
+                "STILLPOINT_MAX_CONCURRENT_RPCS", 500, minimum=1, maximum=100_000
+            ),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),

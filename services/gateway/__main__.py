@@ -29,7 +29,10 @@ async def main(config: GatewayConfig) -> None:
     content = ContentClient(content_channel, config.timeouts)
     media = MediaClient(media_channel, config.timeouts)
     jobs = MeditationJobs(
-        content, MeditationPipeline(content, media, config.timeouts), lease_seconds=config.job_lease_seconds
+        content,
+        MeditationPipeline(content, media, config.timeouts),
+        media=media,
+        lease_seconds=config.job_lease_seconds,
     )
 
     async def release() -> None:
@@ -43,10 +46,13 @@ async def main(config: GatewayConfig) -> None:
             GatewayServicer(content, jobs), server
         ),
         address=f"0.0.0.0:{config.port}",
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     # Carries on jobs a stopped or crashed gateway left behind, and keeps this one's leases fresh.
     jobs.start_janitor()
-    await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
+    await serving.serve_until_signalled(
+        running, grace_seconds=config.grace_seconds, on_stopping=jobs.stop_janitor, on_stopped=release
+    )
 
 
 def run() -> None:

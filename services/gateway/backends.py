@@ -52,7 +52,7 @@ _RETRIED_METHODS = {
         "ListMeditationEvents",
         "GetMeditation",
     ),
-    "stillpoint.media.v1.MediaService": ("GetEncoderInfo", "GetProviderStatus"),
+    "stillpoint.media.v1.MediaService": ("GetEncoderInfo", "GetProviderStatus", "DeleteMeditationAssets"),
 }
 _SERVICE_CONFIG = json.dumps(
     {
@@ -435,6 +435,14 @@ class MediaClient:
             raise _translate(error, "media") from None
         finally:
             stream.cancel()
+
+    async def delete_meditation_assets(self, meditation: str) -> int:
+        """Removes a meditation's narration, preview and videos."""
+        request = media_pb.DeleteMeditationAssetsRequest(meditation=meditation)
+        response = await _call(
+            "media", lambda: self._stub.DeleteMeditationAssets(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+        )
+        return response.deleted_count
 
     async def render_video(
         self, meditation: str, image_storage_key: str, narration: SpokenNarration, quality: VideoQuality

@@ -17,6 +17,7 @@ class GatewayConfig:
     media_address: str
     timeouts: StageTimeouts
     grace_seconds: float
+    max_concurrent_rpcs: int
     log_level: str
     job_lease_seconds: float
 
@@ -36,6 +37,10 @@ class GatewayConfig:
                 video_seconds=environment.seconds("STILLPOINT_VIDEO_TIMEOUT_SECONDS", 120.0),
             ),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
+            # Past this, new RPCs get RESOURCE_EXHAUSTED at once instead of queueing without bound.
+            max_concurrent_rpcs=environment.integer(
+                "STILLPOINT_MAX_CONCURRENT_RPCS", 500, minimum=1, maximum=100_000
+            ),
             # How long a job stays with a gateway that stopped renewing (crashed) before another takes it.
             job_lease_seconds=environment.seconds(
                 "STILLPOINT_JOB_LEASE_SECONDS", 30.0, minimum=3, maximum=3600

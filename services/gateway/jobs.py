@@ -13,7 +13,7 @@ from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Completed, Event, SequencedEvent, Stage, decode_event, encode_event
 from services.gateway.models import Meditation, MeditationOptions, MeditationState
 from services.gateway.pipeline import MeditationPipeline
-from services.gateway.ports import ContentPort, JobChanges
+from services.gateway.ports import ContentPort, JobChanges, MediaPort
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +96,14 @@ class MeditationJobs:
         content: ContentPort,
         pipeline: MeditationPipeline,
         *,
+        media: MediaPort | None = None,
         poll_interval_seconds: float = 0.5,
         lease_seconds: float = 30.0,
         owner: str | None = None,
     ):
         self._content = content
         self._pipeline = pipeline
+        self._media = media
         self._poll_interval_seconds = poll_interval_seconds
         self._lease_seconds = lease_seconds
         # One identity per process: its leases tell other replicas the job is in good hands.
@@ -130,6 +132,12 @@ class MeditationJobs:
         """Keeps this process's leases fresh and takes over jobs whose owner stopped or died."""
         if self._janitor is None:
             self._janitor = asyncio.create_task(self._tend(), name="job janitor")
+
+    async def stop_janitor(self) -> None:
+        """Takes no more orphaned jobs (at shutdown: another replica should take them)."""
+        if self._janitor is not None:
+            self._janitor.cancel()
+            await asyncio.gather(self._janitor, return_exceptions=True)
 
     async def _tend(self) -> None:
         while True:
@@ -257,6 +265,9 @@ class MeditationJobs:
             recorder, task = running
             recorder.is_cancel_requested = True
             await self._stop(recorder, task)
+            if self._media is not None:
+                # Nothing half-made stays behind: the narration, the live preview and any video go.
+                await self._media.delete_meditation_assets(name)
         return await self._content.get_meditation(name)
 
     async def close(self) -> None:

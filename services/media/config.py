@@ -32,6 +32,7 @@ class MediaConfig:
     espeak_words_per_minute: int
     hardware_encoding: bool
     grace_seconds: float
+    max_concurrent_rpcs: int
     log_level: str
     speech_provider: str
     openai: OpenAISettings | None
@@ -61,6 +62,10 @@ class MediaConfig:
             ),
             hardware_encoding=environment.flag("STILLPOINT_HARDWARE_ENCODING", True),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
+            # Past this, new RPCs get RESOURCE_EXHAUSTED at once instead of queueing without bound.
+            max_concurrent_rpcs=environment.integer(
+                "STILLPOINT_MAX_CONCURRENT_RPCS", 500, minimum=1, maximum=100_000
+            ),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),

@@ -127,6 +127,13 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 finally:
                     feeding.cancel()
 
+    async def DeleteMeditationAssets(
+        self, request: media_pb.DeleteMeditationAssetsRequest, context: _Context
+    ) -> media_pb.DeleteMeditationAssetsResponse:
+        async with _status_for_errors(context):
+            deleted = await self._studio.delete_assets(_meditation_id(request.meditation))
+        return media_pb.DeleteMeditationAssetsResponse(deleted_count=deleted)
+
     async def GetEncoderInfo(
         self, request: media_pb.GetEncoderInfoRequest, context: _Context
     ) -> media_pb.GetEncoderInfoResponse:

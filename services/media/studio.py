@@ -132,6 +132,13 @@ class MediaStudio:
             return SpokenSegment(await self._fallback_narrator.narrate(script), "espeak-ng", error.message)
         return SpokenSegment(narration, self._narrator_name, "")
 
+    async def delete_assets(self, meditation_id: str) -> int:
+        """Removes the meditation's narration, live preview and videos; returns how many assets."""
+        deleted = 0
+        for kind in ("narrations", "live", "videos"):
+            deleted += await self._storage.delete_prefix(f"{kind}/{meditation_id}")
+        return deleted
+
     async def open_live_narration(self, meditation_id: str, image_key: str) -> LiveNarration:
         """A live narration for one job; use it as an async context manager."""
         image_path = await self._input_path(image_key, "image_storage_key") if image_key else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from services.storage import LocalAssetStorage
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -188,11 +189,16 @@ async def test_malformed_meditation_name_is_invalid(gateway_stub: gateway_grpc.G
     assert "meditations/{id}" in (raised.value.details() or "")
 
 
-async def test_cancel_stops_a_running_meditation(gateway_stub: gateway_grpc.GatewayServiceStub) -> None:
+async def test_cancel_stops_a_running_meditation_and_removes_its_partial_assets(
+    gateway_stub: gateway_grpc.GatewayServiceStub, storage: LocalAssetStorage
+) -> None:
     name = await create_conversation(gateway_stub)
     stream = gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
     accepted = await anext(aiter(stream))
     meditation = accepted.accepted.meditation
+    async for response in stream:  # let the narration produce something worth cleaning up
+        if response.HasField("playlist_ready"):
+            break
     cancelled = await gateway_stub.CancelMeditation(gateway_pb.CancelMeditationRequest(name=meditation))
     assert cancelled.meditation.state == gateway_pb.MEDITATION_STATE_CANCELLED
     rest: list[gateway_pb.GenerateMeditationResponse] = []
@@ -200,3 +206,10 @@ async def test_cancel_stops_a_running_meditation(gateway_stub: gateway_grpc.Gate
         await _read_into(stream, rest)
     assert raised.value.code() == grpc.StatusCode.CANCELLED
     assert rest[-1].completed.state == gateway_pb.MEDITATION_STATE_CANCELLED
+    meditation_id = meditation.rsplit("/", 1)[1]
+    leftovers = [
+        path
+        for kind in ("narrations", "live", "videos")
+        for path in (storage.root / kind / meditation_id).glob("*")
+    ]
+    assert leftovers == []
