@@ -33,6 +33,7 @@ async def main(config: GatewayConfig) -> None:
         MeditationPipeline(content, media, config.timeouts),
         media=media,
         lease_seconds=config.job_lease_seconds,
+        max_jobs_per_client=config.max_jobs_per_client,
     )
 
     async def release() -> None:

@@ -20,6 +20,7 @@ class GatewayConfig:
     max_concurrent_rpcs: int
     log_level: str
     job_lease_seconds: float
+    max_jobs_per_client: int
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -42,6 +43,9 @@ class GatewayConfig:
                 "STILLPOINT_MAX_CONCURRENT_RPCS", 500, minimum=1, maximum=100_000
             ),
             # How long a job stays with a gateway that stopped renewing (crashed) before another takes it.
+            max_jobs_per_client=environment.integer(
+                "STILLPOINT_MAX_JOBS_PER_CLIENT", 4, minimum=1, maximum=10_000
+            ),
             job_lease_seconds=environment.seconds(
                 "STILLPOINT_JOB_LEASE_SECONDS", 30.0, minimum=3, maximum=3600
             ),

@@ -32,6 +32,8 @@ class JobRecorder:
     is_cancel_requested: bool = False
     is_shutting_down: bool = False
     is_lease_lost: bool = False
+    client: str = ""
+    request_id: str = ""
     is_finished: bool = False
     _watchers: set[asyncio.Queue[SequencedEvent]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -100,30 +102,52 @@ class MeditationJobs:
         poll_interval_seconds: float = 0.5,
         lease_seconds: float = 30.0,
         owner: str | None = None,
+        max_jobs_per_client: int = 4,
     ):
         self._content = content
         self._pipeline = pipeline
         self._media = media
         self._poll_interval_seconds = poll_interval_seconds
         self._lease_seconds = lease_seconds
+        self._max_jobs_per_client = max_jobs_per_client
         # One identity per process: its leases tell other replicas the job is in good hands.
         self.owner = owner or f"gateway-{secrets.token_hex(6)}"
         self._running: dict[str, tuple[JobRecorder, asyncio.Task[None]]] = {}
         self._janitor: asyncio.Task[None] | None = None
 
-    async def start(self, conversation: str, request_id: str, options: MeditationOptions) -> str:
+    async def start(
+        self, conversation: str, request_id: str, options: MeditationOptions, client: str = ""
+    ) -> str:
         """Creates the job, or finds the one a repeated request_id made, and returns its name."""
+        self._check_quota(client, request_id)
         meditation, is_created = await self._content.create_meditation(
             conversation, request_id, options, self.owner, self._lease_seconds
         )
         if is_created:
-            self._launch(meditation)
+            self._launch(meditation, client=client, request_id=request_id)
         return meditation.name
 
-    def _launch(self, meditation: Meditation) -> None:
+    def _check_quota(self, client: str, request_id: str) -> None:
+        """Refuses a client's job past its limit of concurrent jobs (on this gateway); a retry of one of its
+        running jobs (same request_id) is never refused."""
+        mine = [recorder for recorder, _ in self._running.values() if recorder.client == client]
+        if request_id and any(recorder.request_id == request_id for recorder in mine):
+            return
+        if len(mine) >= self._max_jobs_per_client:
+            raise GatewayError(
+                FailureKind.EXHAUSTED,
+                f"{len(mine)} of your meditations are already running (the limit is "
+                f"{self._max_jobs_per_client}): wait for one to finish, or cancel one",
+            )
+
+    def _launch(self, meditation: Meditation, *, client: str = "", request_id: str = "") -> None:
         # A resumed job continues its log where it stopped: no gap, no duplicate.
         recorder = JobRecorder(
-            meditation=meditation.name, content=self._content, last_sequence=meditation.last_sequence
+            meditation=meditation.name,
+            content=self._content,
+            last_sequence=meditation.last_sequence,
+            client=client,
+            request_id=request_id,
         )
         task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name)
         self._running[meditation.name] = (recorder, task)

@@ -127,7 +127,9 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
                 image_aspect=_ASPECT.get(request.options.image_aspect, ImageAspect.LANDSCAPE),
                 skip_cache=request.options.skip_cache,
             )
-            name = await self._jobs.start(conversation, request.request_id, options)
+            name = await self._jobs.start(
+                conversation, request.request_id, options, client=_client_of(context)
+            )
             async for event in self._jobs.watch(name, after_sequence=0):
                 yield _response(gateway_pb.GenerateMeditationResponse, event)
                 _raise_if_failed(event)
@@ -165,6 +167,16 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         yield
     except GatewayError as error:
         await context.abort(_STATUS[error.kind], error.message)
+
+
+def _client_of(context: _Context) -> str:
+    """Who is asking, for per-client limits: the `x-stillpoint-client` metadata if the caller names itself
+    (an app behind one proxy should), else the peer's host."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-stillpoint-client" and isinstance(value, str) and value:
+            return value[:64]
+    peer = context.peer() or ""
+    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def _raise_if_failed(event: events.SequencedEvent) -> None:

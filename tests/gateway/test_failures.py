@@ -11,6 +11,7 @@ import pytest
 from scripts.stack import free_port
 from services import serving
 from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, Stage, StageChanged
 from services.gateway.jobs import MeditationJobs
 from services.gateway.models import MeditationOptions, MeditationState, Message
@@ -151,3 +152,25 @@ def _message(proto: gateway_pb.Message) -> Message:
     return Message(
         role="user" if proto.role == gateway_pb.MESSAGE_ROLE_USER else "assistant", text=proto.text
     )
+
+
+async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries_are_not(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+) -> None:
+    timeouts = StageTimeouts()
+    content = ContentClient(content_channel, timeouts)
+    media = MediaClient(media_channel, timeouts)
+    jobs = MeditationJobs(
+        content, MeditationPipeline(content, media, timeouts), media=media, max_jobs_per_client=1
+    )
+    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
+    first = await jobs.start(conversation.name, "tap-1", MeditationOptions(), client="alice")
+    with pytest.raises(GatewayError) as refused:
+        await jobs.start(conversation.name, "tap-2", MeditationOptions(), client="alice")
+    assert refused.value.kind is FailureKind.EXHAUSTED
+    assert "limit is 1" in refused.value.message
+    assert await jobs.start(conversation.name, "tap-1", MeditationOptions(), client="alice") == first
+    other = await jobs.start(conversation.name, "", MeditationOptions(), client="bob")
+    for name in (first, other):
+        await jobs.cancel(name)
+    await jobs.close()
