@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import (
@@ -36,6 +37,9 @@ from services.gateway.ports import (
     TranscriptRestart,
     WrittenTranscript,
 )
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class JobEvents(Protocol):
@@ -206,14 +210,7 @@ class MeditationPipeline:
         # It runs alongside the transcript, so its budget is the transcript's plus its own.
         timeout_seconds = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
         async with self._stage(job, Stage.NARRATION, timeout_seconds) as stage:
-            narration: SpokenNarration | None = None
-            async for event in self._media.narrate_live(job.meditation, script.texts()):
-                if isinstance(event, LivePlaylist):
-                    await job.emit(PlaylistReady(uri=event.uri))
-                else:
-                    narration = event
-            if narration is None:
-                raise GatewayError(FailureKind.INTERNAL, "the narration stream ended without a narration")
+            narration = await _on_another_replica_if_gone(lambda: self._narrate_once(job, script))
             stage.detail = _provider_detail(
                 f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences",
                 narration.provider,
@@ -232,7 +229,27 @@ class MeditationPipeline:
         )
         return narration
 
+    async def _narrate_once(self, job: JobEvents, script: _LiveScript) -> SpokenNarration:
+        narration: SpokenNarration | None = None
+        async for event in self._media.narrate_live(job.meditation, script.texts()):
+            if isinstance(event, LivePlaylist):
+                await job.emit(PlaylistReady(uri=event.uri))
+            else:
+                narration = event
+        if narration is None:
+            raise GatewayError(FailureKind.INTERNAL, "the narration stream ended without a narration")
+        return narration
+
     async def _video(
+        self,
+        job: JobEvents,
+        quality: VideoQuality,
+        image: GeneratedImage | None,
+        narration: SpokenNarration,
+    ) -> None:
+        await _on_another_replica_if_gone(lambda: self._render(job, quality, image, narration))
+
+    async def _render(
         self,
         job: JobEvents,
         quality: VideoQuality,
@@ -313,23 +330,57 @@ class MeditationPipeline:
 
 
 class _LiveScript:
-    """The transcript's text as it arrives, handed to the narrator in the same order."""
+    """The transcript's text as it arrives, handed to the narrator in the same order. It is kept whole, so
+    a narration retried on another media replica hears the script again from its start."""
 
     def __init__(self) -> None:
-        self._pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self._pieces: list[str] = []
+        self._is_complete = False
+        self._changed = asyncio.Event()
 
     def add(self, text: str) -> None:
-        """Queues more script text."""
-        self._pieces.put_nowait(text)
+        """Adds more script text."""
+        self._pieces.append(text)
+        self._changed.set()
 
     def end(self) -> None:
         """Marks the script complete."""
-        self._pieces.put_nowait(None)
+        self._is_complete = True
+        self._changed.set()
 
     async def texts(self) -> AsyncIterator[str]:
-        """The pieces, until the script is complete."""
-        while (piece := await self._pieces.get()) is not None:
-            yield piece
+        """Every piece from the start, then new ones as they come, until the script is complete."""
+        sent = 0
+        while True:
+            while sent < len(self._pieces):
+                yield self._pieces[sent]
+                sent += 1
+            if self._is_complete:
+                return
+            self._changed.clear()
+            if sent == len(self._pieces) and not self._is_complete:
+                await self._changed.wait()
+
+
+# A media replica that dies mid-work (a crash, a deploy) answers UNAVAILABLE: the work is done again on
+# whichever replica answers next. A render writes its video under a new key only once it is complete, and
+# a narration is started afresh, so a retry never leaves two sets of assets.
+_MEDIA_ATTEMPTS = 4
+_MEDIA_RETRY_SECONDS = 1.0
+
+
+async def _on_another_replica_if_gone(work: Callable[[], Awaitable[T]]) -> T:
+    for attempt in range(1, _MEDIA_ATTEMPTS + 1):
+        try:
+            return await work()
+        except GatewayError as error:
+            if error.kind is not FailureKind.UNAVAILABLE or attempt == _MEDIA_ATTEMPTS:
+                raise
+            logger.warning(
+                "media unavailable (attempt %d of %d): %s", attempt, _MEDIA_ATTEMPTS, error.message
+            )
+            await asyncio.sleep(_MEDIA_RETRY_SECONDS * attempt)
+    raise AssertionError("unreachable")
 
 
 def _provider_detail(what: str, provider: str, is_cached: bool, fallback_reason: str) -> str:

@@ -83,3 +83,20 @@ async def test_a_gateway_restarted_mid_job_completes_it_and_the_stream_resumes(
     await asyncio.to_thread(stack.start, "gateway")
     rest = await _watch(stack, name, after=seen[-1].sequence)
     _assert_one_whole_log(seen, rest)
+
+
+async def test_a_media_replica_killed_mid_narration_is_replaced_and_the_job_completes_once(
+    stack: Stack,
+) -> None:
+    """Property: work on a media replica that dies is done again on the next one that answers; the job
+    completes once, with one set of videos."""
+    name, seen = await _start_and_read_until_narration(stack)
+    await asyncio.to_thread(stack.stop, "media", signal.SIGKILL)
+    await asyncio.to_thread(stack.start, "media")
+    rest = await _watch(stack, name, after=seen[-1].sequence)
+    _assert_one_whole_log(seen, rest)
+    videos = [r.video_ready for r in rest if r.HasField("video_ready")]
+    assert [v.quality for v in videos] == [gateway_pb.VIDEO_QUALITY_QUICK, gateway_pb.VIDEO_QUALITY_ENHANCED]
+    meditation_id = name.rsplit("/", 1)[1]
+    stored_videos = list((stack.var_root / "storage" / "videos" / meditation_id).glob("*.mp4"))
+    assert len(stored_videos) == 2
