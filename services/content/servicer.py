@@ -39,6 +39,7 @@ from services.content.repository import (
 from services.content.themes import extract_themes
 from services.openai_api import FailureKind, ProviderCallError
 from services.provider_status import ProviderReport
+from services.supabase_storage import StorageUnavailableError
 from services.wire import from_timestamp, seconds_of, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
@@ -345,6 +346,9 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.ABORTED, str(error))
     except ProviderCallError as error:
         await context.abort(_PROVIDER_STATUS[error.kind], error.message)
+    except StorageUnavailableError as error:
+        logger.warning("storage unavailable: %s", error)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "asset storage is unavailable; try again shortly")
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")

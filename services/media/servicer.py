@@ -23,6 +23,7 @@ from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPubl
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
 from services.openai_api import FailureKind, ProviderCallError
+from services.supabase_storage import StorageUnavailableError
 from services.wire import to_duration
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
@@ -179,6 +180,10 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     except ProviderCallError as error:
         await context.abort(_PROVIDER_STATUS[error.kind], error.message)
+    except StorageUnavailableError as error:
+        # Retryable: the gateway does the work again on a replica that can reach storage.
+        logger.warning("storage unavailable: %s", error)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "asset storage is unavailable; try again shortly")
     except StageTimeoutError as error:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
     except EncodingError as error:
