@@ -1,63 +1,169 @@
-"""The offline painter: calm landscapes at the supported sizes, seeded by the prompt."""
+"""Tests of the offline procedural painter: sizes, determinism, variety, mood and a sound tonal range."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from PIL import Image
 
 from services.content.painter import SUPPORTED_SIZES, paint_landscape, paint_placeholder
 
-LAKE = "Serene mountain lake at sunset with gentle ripples"
-NIGHT = "Moonlit calm sea under stars, quiet night"
-MORNING = "Sunny spring meadow at sunrise, morning light"
+SAMPLE_PROMPTS = (
+    "Serene mountain lake at sunset with gentle ripples",
+    "Moonlit calm sea under stars, quiet night",
+    "Peaceful zen garden with flowing water and soft sunlight",
+    "sunny morning meadow",
+    "quiet pine forest with mountain peaks at dawn",
+    "",
+    "静かな呼吸 ☯",
+)
 
 
-def pixels(png: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(png)) as image:
-        assert image.mode == "RGB"
-        return np.asarray(image, dtype=np.float32)
+@functools.cache
+def _painted(prompt: str, width_pixels: int = 1792, height_pixels: int = 1024) -> bytes:
+    # Painting takes a few hundred milliseconds; several tests look at the same images.
+    return paint_landscape(prompt, width_pixels, height_pixels)
 
 
-@pytest.mark.parametrize("size", sorted(SUPPORTED_SIZES))
-def test_each_supported_size_is_a_png_of_exactly_that_size(size: tuple[int, int]) -> None:
-    with Image.open(io.BytesIO(paint_landscape(LAKE, *size))) as image:
-        assert image.format == "PNG"
-        assert image.size == size
+def _decoded(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
 
 
-def test_the_same_prompt_paints_the_same_bytes() -> None:
-    assert paint_landscape(LAKE, 1024, 1024) == paint_landscape(LAKE, 1024, 1024)
+def _pixels(png: bytes) -> npt.NDArray[np.float32]:
+    return np.asarray(_decoded(png), dtype=np.float32)
 
 
-def test_different_prompts_paint_visibly_different_scenes() -> None:
-    difference = np.abs(
-        pixels(paint_landscape(LAKE, 1024, 1024)) - pixels(paint_landscape(NIGHT, 1024, 1024))
+def _luminance(png: bytes) -> npt.NDArray[np.float32]:
+    # Rec. 709 weights: how bright a person perceives each pixel to be.
+    weights = np.array((0.2126, 0.7152, 0.0722), dtype=np.float32)
+    return np.asarray(_pixels(png) @ weights, dtype=np.float32)
+
+
+@pytest.mark.parametrize(("width_pixels", "height_pixels"), sorted(SUPPORTED_SIZES))
+def test_each_supported_size_gives_an_rgb_png_of_exactly_that_size(
+    width_pixels: int, height_pixels: int
+) -> None:
+    image = _decoded(_painted(SAMPLE_PROMPTS[0], width_pixels, height_pixels))
+
+    assert image.format == "PNG"
+    assert image.mode == "RGB"
+    assert image.size == (width_pixels, height_pixels)
+
+
+def test_the_same_prompt_and_size_give_identical_bytes() -> None:
+    first = paint_landscape(SAMPLE_PROMPTS[1], 1024, 1024)
+    second = paint_landscape(SAMPLE_PROMPTS[1], 1024, 1024)
+
+    assert first == second
+
+
+def test_another_process_with_another_hash_seed_paints_identical_bytes() -> None:
+    # Worker processes each salt hash() differently; the painter must not depend on it.
+    script = (
+        "import hashlib, sys\n"
+        "from services.content.painter import paint_landscape\n"
+        "png = paint_landscape(sys.argv[1], 1024, 1024)\n"
+        "print(hashlib.sha256(png).hexdigest())\n"
     )
-    assert difference.mean() > 20
+    environment = {**os.environ, "PYTHONHASHSEED": "12345"}
+    completed = subprocess.run(
+        [sys.executable, "-c", script, SAMPLE_PROMPTS[2]],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+        timeout=60,
+    )
+
+    expected = hashlib.sha256(paint_landscape(SAMPLE_PROMPTS[2], 1024, 1024)).hexdigest()
+    assert completed.stdout.strip() == expected
 
 
-def test_a_night_prompt_is_darker_than_a_morning_prompt() -> None:
-    night = pixels(paint_landscape(NIGHT, 1024, 1024)).mean()
-    morning = pixels(paint_landscape(MORNING, 1024, 1024)).mean()
-    assert night < morning - 30
+@pytest.mark.parametrize(
+    ("first_prompt", "second_prompt"),
+    [
+        ("Calm mountain lake at dawn", "Still mountain lake at dawn"),
+        ("Serene mountain lake at sunset with gentle ripples", "Moonlit calm sea under stars, quiet night"),
+        ("moonlit night lake", "deep sleep"),
+        ("", " "),
+    ],
+)
+def test_different_prompts_give_visibly_different_images(first_prompt: str, second_prompt: str) -> None:
+    difference = np.abs(_pixels(_painted(first_prompt)) - _pixels(_painted(second_prompt)))
+
+    # Out of 255: well above dither (about 1) and far above what the eye can tell apart.
+    assert float(difference.mean()) > 5.0
 
 
-def test_a_landscape_has_structure_and_no_blown_out_areas() -> None:
-    image = pixels(paint_landscape(LAKE, 1792, 1024))
-    luminance = image.mean(axis=2)
-    assert luminance.std() > 10
-    assert (luminance < 2).mean() < 0.01
-    assert (luminance > 253).mean() < 0.01
+def test_a_moonlit_night_lake_is_darker_than_a_sunny_morning_meadow() -> None:
+    night = _luminance(_painted("moonlit night lake"))
+    morning = _luminance(_painted("sunny morning meadow"))
+
+    assert float(night.mean()) + 50.0 < float(morning.mean())
 
 
-def test_unsupported_size_is_refused() -> None:
-    with pytest.raises(ValueError, match="1792"):
-        paint_landscape(LAKE, 640, 480)
+@pytest.mark.parametrize(
+    ("width_pixels", "height_pixels"), [(1024, 1792), (512, 512), (1920, 1080), (0, 0), (-1024, 1024)]
+)
+def test_an_unsupported_size_raises_value_error(width_pixels: int, height_pixels: int) -> None:
+    with pytest.raises(ValueError, match="unsupported image size"):
+        paint_landscape("a quiet lake", width_pixels, height_pixels)
 
 
-def test_placeholder_has_the_requested_size() -> None:
-    with Image.open(io.BytesIO(paint_placeholder(1280, 720))) as image:
-        assert image.size == (1280, 720)
+@pytest.mark.parametrize("prompt", SAMPLE_PROMPTS)
+def test_every_image_has_detail_and_no_large_clipped_areas(prompt: str) -> None:
+    pixels = _pixels(_painted(prompt))
+    luminance = _luminance(_painted(prompt))
+
+    assert float(luminance.std()) > 12.0
+    crushed_fraction = float((pixels.max(axis=-1) <= 4.0).mean())
+    blown_out_fraction = float((pixels.min(axis=-1) >= 251.0).mean())
+    assert crushed_fraction < 0.01
+    assert blown_out_fraction < 0.01
+
+
+def test_a_night_prompt_paints_a_dark_sky_with_a_few_bright_points() -> None:
+    luminance = _luminance(_painted("Moonlit calm sea under stars, quiet night"))
+    top_band = luminance[: luminance.shape[0] // 5]
+
+    assert float(np.median(top_band)) < 60.0
+    # Stars (and perhaps the moon) stand well above the dark sky around them.
+    assert int((top_band > float(np.median(top_band)) + 60.0).sum()) > 20
+
+
+@pytest.mark.parametrize(
+    ("width_pixels", "height_pixels"), [(1792, 1024), (1024, 1024), (640, 360), (16, 16)]
+)
+def test_placeholder_is_an_rgb_png_of_the_requested_size(width_pixels: int, height_pixels: int) -> None:
+    image = _decoded(paint_placeholder(width_pixels, height_pixels))
+
+    assert image.format == "PNG"
+    assert image.mode == "RGB"
+    assert image.size == (width_pixels, height_pixels)
+
+
+def test_placeholder_is_a_soft_gradient_without_clipping() -> None:
+    luminance = _luminance(paint_placeholder(1792, 1024))
+
+    # Brighter towards the bottom, no harsh extremes.
+    assert float(luminance[-10:].mean()) > float(luminance[:10].mean()) + 40.0
+    assert float(luminance.min()) > 20.0
+    assert float(luminance.max()) < 245.0
+
+
+@pytest.mark.parametrize(
+    ("width_pixels", "height_pixels"), [(15, 16), (16, 15), (14, 14), (0, 16), (1793, 1024)]
+)
+def test_placeholder_rejects_odd_or_tiny_sizes(width_pixels: int, height_pixels: int) -> None:
+    with pytest.raises(ValueError, match="must be even and at least 16"):
+        paint_placeholder(width_pixels, height_pixels)
