@@ -20,6 +20,8 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
+import random
 import re
 import secrets
 import signal
@@ -58,6 +60,8 @@ _BEARER: Final = re.compile(r"^Bearer\s+", re.IGNORECASE)
 _BUCKET_NAME: Final = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 _RANGE: Final = re.compile(r"^bytes=(\d*)-(\d*)$")
 _COPY_CHUNK_BYTES: Final = 1 << 20
+# An upload whose latency scales with its size never takes less than this share of the drawn latency.
+_MIN_UPLOAD_LATENCY_SHARE: Final = 0.05
 
 
 @dataclass
@@ -80,9 +84,25 @@ class SupabaseStorageServer:
     """A ThreadingHTTPServer on its own thread; `start()` returns the project URL for storage3 or supabase."""
 
     def __init__(
-        self, root: Path, service_key: str = DEFAULT_SERVICE_KEY, host: str = "127.0.0.1", port: int = 0
+        self,
+        root: Path,
+        service_key: str = DEFAULT_SERVICE_KEY,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        upload_latency: tuple[float, float] | None = None,
+        upload_latency_seed: int = 0,
+        upload_latency_scale_by_bytes: int | None = None,
     ) -> None:
-        self._state = _StorageState(root, service_key)
+        """`upload_latency` (min, max seconds) delays every object upload and TUS PATCH by a time drawn from a
+        uniform range seeded with `upload_latency_seed`, so runs are reproducible; None answers at once.
+
+        With `upload_latency_scale_by_bytes`, the drawn latency is that of an upload of this many bytes and
+        scales with each upload's size (never below 5 % of it): small objects pay little more than a round
+        trip."""
+        self._state = _StorageState(
+            root, service_key, upload_latency, upload_latency_seed, upload_latency_scale_by_bytes
+        )
         self._host = host
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -251,7 +271,25 @@ class _HangupError(Exception):
 class _StorageState:
     """What every handler thread shares: buckets, objects, uploads, the signing secret and the log."""
 
-    def __init__(self, root: Path, service_key: str) -> None:
+    def __init__(
+        self,
+        root: Path,
+        service_key: str,
+        upload_latency: tuple[float, float] | None = None,
+        upload_latency_seed: int = 0,
+        upload_latency_scale_by_bytes: int | None = None,
+    ) -> None:
+        if upload_latency_scale_by_bytes is not None and upload_latency_scale_by_bytes <= 0:
+            raise ValueError("upload_latency_scale_by_bytes must be a positive number of bytes")
+        if upload_latency is not None:
+            low, high = upload_latency
+            if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+                raise ValueError(
+                    f"upload_latency must be (min, max) with 0 <= min <= max, not {upload_latency}"
+                )
+        self.upload_latency = upload_latency
+        self.upload_latency_scale_by_bytes = upload_latency_scale_by_bytes
+        self._upload_latency_random = random.Random(upload_latency_seed)
         self.root = root.resolve()
         self.service_key = service_key
         # Signs download URLs; a fresh one per server, so URLs never outlive it.
@@ -286,6 +324,16 @@ class _StorageState:
     def interrupt_patches(self, count: int) -> None:
         with self._lock:
             self._patches_to_interrupt = count
+
+    def draw_upload_latency_seconds(self, size_bytes: int) -> float:
+        """The delay of one upload or TUS PATCH of `size_bytes`; 0 when no latency is configured."""
+        if self.upload_latency is None:
+            return 0.0
+        with self._lock:
+            seconds = self._upload_latency_random.uniform(*self.upload_latency)
+        if self.upload_latency_scale_by_bytes is not None:
+            seconds *= max(size_bytes / self.upload_latency_scale_by_bytes, _MIN_UPLOAD_LATENCY_SHARE)
+        return seconds
 
     def take_patch_interruption(self) -> bool:
         with self._lock:
@@ -630,6 +678,7 @@ class _Handler(BaseHTTPRequestHandler):
         return bucket, name
 
     def _upload(self, method: str, bucket_id: str, name: str, body: bytes) -> None:
+        time.sleep(self._state.draw_upload_latency_seconds(len(body)))
         bucket = self._state.bucket(bucket_id)
         content_type_header = self.headers.get("Content-Type", "")
         if content_type_header.lower().startswith("multipart/form-data"):
@@ -805,6 +854,7 @@ class _Handler(BaseHTTPRequestHandler):
                 },
             )
         elif method == "PATCH":
+            time.sleep(self._state.draw_upload_latency_seconds(len(body)))
             self._tus_append(upload, body, is_creation=False)
             self._send_empty(204, {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(upload.offset)})
         elif method == "DELETE":
@@ -1093,12 +1143,38 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _latency_range(text: str) -> tuple[float, float]:
+    """Parses `MIN,MAX` seconds for --upload-latency."""
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, not {text!r}") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0 <= low <= high):
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, not {text!r}")
+    return low, high
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--root", type=Path, required=True, help="folder for object bytes")
     parser.add_argument("--service-key", default=DEFAULT_SERVICE_KEY)
+    parser.add_argument(
+        "--upload-latency",
+        type=_latency_range,
+        default=None,
+        metavar="MIN,MAX",
+        help="seconds each object upload and TUS PATCH takes, drawn uniformly (seeded)",
+    )
+    parser.add_argument("--upload-latency-seed", type=int, default=0)
+    parser.add_argument(
+        "--upload-latency-scale-by-bytes",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="the upload latency is for an upload of this size and scales with each upload's size",
+    )
     arguments = parser.parse_args(argv)
     stop_requested = threading.Event()
 
@@ -1108,7 +1184,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     with SupabaseStorageServer(
-        arguments.root, arguments.service_key, arguments.host, arguments.port
+        arguments.root,
+        arguments.service_key,
+        arguments.host,
+        arguments.port,
+        upload_latency=arguments.upload_latency,
+        upload_latency_seed=arguments.upload_latency_seed,
+        upload_latency_scale_by_bytes=arguments.upload_latency_scale_by_bytes,
     ) as server:
         print(f"listening on {server.url}", flush=True)
         while not stop_requested.wait(0.5):

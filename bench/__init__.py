@@ -1,0 +1,1 @@
+"""`python -m bench`: the seeds' pipeline against Stillpoint's, under one seeded latency model."""

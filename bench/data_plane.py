@@ -1,0 +1,53 @@
+"""A fresh PostgreSQL database per run (dropped afterwards) and the Redis Stillpoint shares caches through."""
+
+from __future__ import annotations
+
+import secrets
+
+import asyncpg
+import redis.asyncio
+
+DEFAULT_POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+# Not database 0, which the test suite uses: nothing this run caches can point a test at a deleted store.
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
+
+
+class DataPlaneUnavailableError(RuntimeError):
+    """PostgreSQL or Redis cannot be reached; the message says which and where."""
+
+
+async def create_database(admin_dsn: str) -> str:
+    """Creates an empty database and returns its SQLAlchemy async URL."""
+    name = f"stillpoint_bench_{secrets.token_hex(6)}"
+    try:
+        connection = await asyncpg.connect(admin_dsn, timeout=5)
+    except (OSError, asyncpg.PostgresError) as error:
+        host = admin_dsn.rsplit("@", 1)[-1]
+        raise DataPlaneUnavailableError(f"PostgreSQL at {host} is not reachable: {error}") from error
+    try:
+        await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+    base = admin_dsn.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+async def drop_database(admin_dsn: str, url: str) -> None:
+    """Drops a database made by create_database, closing what still uses it."""
+    name = url.rsplit("/", 1)[1]
+    connection = await asyncpg.connect(admin_dsn, timeout=5)
+    try:
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await connection.close()
+
+
+async def check_redis(url: str) -> None:
+    """Raises DataPlaneUnavailableError unless Redis answers PING."""
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        await client.ping()
+    except (OSError, redis.RedisError) as error:
+        raise DataPlaneUnavailableError(f"Redis at {url} is not reachable: {error}") from error
+    finally:
+        await client.aclose()
