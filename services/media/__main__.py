@@ -59,6 +59,7 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
             work_root=config.work_root,
             # Leave a fifth of the stage's budget for espeak-ng should the provider fail.
             timeout_seconds=0.8 * config.narration_timeout_seconds,
+            max_concurrent_requests=config.speech_requests_in_flight,
         )
         # Warn at start-up, in the log and through GetProviderStatus, about a model missing or retiring soon.
         report = ProviderReport(
@@ -73,6 +74,7 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         narrator_name="openai" if client is not None else "espeak-ng",
         fallback_narrator=espeak if client is not None and config.fallback_to_offline else None,
         providers=[report],
+        sentences_in_flight_per_job=config.sentences_in_flight_per_job,
         storage=storage,
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,

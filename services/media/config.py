@@ -41,6 +41,8 @@ class MediaConfig:
     speech_instructions: str
     speech_format: str
     fallback_to_offline: bool
+    sentences_in_flight_per_job: int
+    speech_requests_in_flight: int
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> MediaConfig:
@@ -80,4 +82,12 @@ class MediaConfig:
             ),
             speech_format=environment.choice("STILLPOINT_SPEECH_FORMAT", "pcm", SPEECH_FORMATS),
             fallback_to_offline=environment.flag("STILLPOINT_FALLBACK_TO_OFFLINE", True),
+            # A remote speech request is mostly waiting: several sentences of a job are spoken at once, and
+            # the process caps the total so a burst of jobs cannot flood the provider.
+            sentences_in_flight_per_job=environment.integer(
+                "STILLPOINT_SENTENCES_IN_FLIGHT_PER_JOB", 6, minimum=1, maximum=64
+            ),
+            speech_requests_in_flight=environment.integer(
+                "STILLPOINT_SPEECH_REQUESTS_IN_FLIGHT", 24, minimum=1, maximum=1024
+            ),
         )

@@ -84,11 +84,13 @@ class MediaStudio:
         narration_timeout_seconds: float,
         video_timeout_seconds: float,
         providers: list[ProviderReport] | None = None,
+        sentences_in_flight_per_job: int = 3,
     ) -> None:
         self._narrator = narrator
         self._narrator_name = narrator_name
         self._fallback_narrator = fallback_narrator
         self.providers = providers or [ProviderReport("speech", "offline")]
+        self._sentences_in_flight_per_job = sentences_in_flight_per_job
         self._storage = storage
         self._ffmpeg_path = ffmpeg_path
         self.encoders = encoders
@@ -149,6 +151,7 @@ class MediaStudio:
             ffmpeg_path=self._ffmpeg_path,
             work_root=self._work_root,
             image_path=image_path,
+            max_concurrent_sentences=self._sentences_in_flight_per_job,
         )
 
     async def render(
