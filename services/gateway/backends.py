@@ -381,20 +381,6 @@ class MediaClient:
         self._stub = media_grpc.MediaServiceStub(channel)
         self._timeouts = timeouts
 
-    async def synthesize_narration(self, meditation: str, transcript: str) -> SpokenNarration:
-        """Speaks the script."""
-        request = media_pb.SynthesizeNarrationRequest(meditation=meditation, transcript=transcript)
-        response = await _call(
-            "media", lambda: self._stub.SynthesizeNarration(request, timeout=self._timeouts.narration_seconds)
-        )
-        return SpokenNarration(
-            storage_key=response.storage_key,
-            uri=response.uri,
-            duration_seconds=seconds_of(response.duration),
-            provider=response.provider,
-            fallback_reason=response.fallback_reason,
-        )
-
     async def narrate_live(
         self, meditation: str, script: AsyncIterator[str]
     ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:

@@ -30,8 +30,6 @@ class JobRecorder:
     transcript_cache_hit: bool = False
     image_cache_hit: bool = False
     is_cancel_requested: bool = False
-    is_shutting_down: bool = False
-    is_lease_lost: bool = False
     client: str = ""
     request_id: str = ""
     is_finished: bool = False
@@ -179,7 +177,6 @@ class MeditationJobs:
                 continue
             if not await self._content.claim_meditation(name, self.owner, self._lease_seconds):
                 logger.warning("%s: lease lost to another replica; stopping here", name)
-                recorder.is_lease_lost = True
                 task.cancel()
 
     async def resume_orphans(self) -> list[str]:
@@ -300,8 +297,7 @@ class MeditationJobs:
         if self._janitor is not None:
             self._janitor.cancel()
         running = list(self._running.values())
-        for recorder, task in running:
-            recorder.is_shutting_down = True
+        for _, task in running:
             task.cancel()
         await asyncio.gather(*(task for _, task in running), return_exceptions=True)
         for recorder, _ in running:

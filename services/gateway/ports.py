@@ -174,8 +174,6 @@ class ContentPort(Protocol):
 class MediaPort(Protocol):
     """The media service: narration and video rendering."""
 
-    async def synthesize_narration(self, meditation: str, transcript: str) -> SpokenNarration: ...
-
     def narrate_live(
         self, meditation: str, script: AsyncIterator[str]
     ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:
