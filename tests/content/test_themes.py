@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,18 +299,3 @@ def test_themes_mentioned_only_in_passing_are_left_out() -> None:
     text = "User: My sister, my sister, always my sister. My sister again.\nAssistant: And the weather?"
 
     assert extract_themes(text) == ["your sister"]
-
-
-def test_themes_of_a_full_source_text_take_well_under_five_milliseconds() -> None:
-    text = example_source_text()
-    assert len(text) > 1900
-    fastest_seconds = min(_seconds_per_call(text, calls=20) for _ in range(5))
-
-    assert fastest_seconds < 0.005
-
-
-def _seconds_per_call(text: str, calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        extract_themes(text)
-    return (time.perf_counter() - start) / calls

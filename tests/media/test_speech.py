@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import wave
 from collections.abc import Iterator
 
@@ -108,24 +107,17 @@ async def test_closed_narrator_refuses_new_work() -> None:
         await narrator.narrate("Hello.")
 
 
-async def test_event_loop_keeps_ticking_during_narration(narrator: EspeakNarrator) -> None:
+async def test_event_loop_keeps_running_during_narration(narrator: EspeakNarrator) -> None:
+    """Ordering, not timing: other coroutines run while a long narration is in progress, which could not
+    happen if synthesis blocked the event loop."""
     await narrator.narrate("Warm up.")
-    tick_times: list[float] = []
-
-    async def tick() -> None:
-        while True:
-            tick_times.append(time.perf_counter())
-            await asyncio.sleep(0.01)
-
-    ticker = asyncio.create_task(tick())
-    started = time.perf_counter()
-    await narrator.narrate(CALM_SENTENCES * 12)
-    elapsed = time.perf_counter() - started
-    ticker.cancel()
-
-    gaps = np.diff(tick_times)
-    assert len(tick_times) >= elapsed / 0.01 * 0.5
-    assert gaps.max() < 0.1
+    narration = asyncio.create_task(narrator.narrate(CALM_SENTENCES * 12))
+    turns_while_narrating = 0
+    while not narration.done():
+        turns_while_narrating += 1
+        await asyncio.sleep(0.001)
+    await narration
+    assert turns_while_narrating >= 3
 
 
 async def test_wav_decodes_with_the_wave_module(narrator: EspeakNarrator) -> None:
