@@ -20,7 +20,6 @@ import math
 import random
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -32,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Final, Literal, cast, get_args
@@ -44,6 +43,7 @@ from services.content.painter import SUPPORTED_SIZES, paint_landscape
 from services.content.transcripts import compose_meditation
 from services.media.errors import SpeechError
 from services.media.speech import EspeakNarrator, Narration
+from tests.servers.http_base import TrackingHTTPServer
 
 Endpoint = Literal["models", "chat", "images", "speech"]
 ENDPOINTS: Final[tuple[Endpoint, ...]] = get_args(Endpoint)
@@ -428,35 +428,8 @@ class _ServerState:
             narrator.close()
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    # Hung handlers must never hold up server_close().
-    block_on_close = False
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], state: _ServerState
-    ) -> None:
-        self.state = state
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-
-    def track(self, connection: socket.socket, is_open: bool) -> None:
-        with self._connections_lock:
-            if is_open:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def close_connections(self) -> None:
-        """Shuts every open connection so handler threads blocked on it (keep-alive reads, writes) end."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+class _HTTPServer(TrackingHTTPServer[_ServerState]):
+    """The shared threaded server, holding this fake's state."""
 
 
 class _ApiError(Exception):

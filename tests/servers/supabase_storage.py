@@ -25,7 +25,6 @@ import random
 import re
 import secrets
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -35,10 +34,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Final
+
+from tests.servers.http_base import TrackingHTTPServer
 
 DEFAULT_SERVICE_KEY: Final = "service-role-test-key"
 API_PREFIX: Final = "/storage/v1/"
@@ -450,34 +451,8 @@ class _StorageState:
             removed.data_path.unlink(missing_ok=True)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(
-        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], state: _StorageState
-    ) -> None:
-        self.state = state
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, handler)
-
-    def track(self, connection: socket.socket, is_open: bool) -> None:
-        with self._connections_lock:
-            if is_open:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def close_connections(self) -> None:
-        """Shuts every open connection so handler threads blocked on keep-alive reads end."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
+class _HTTPServer(TrackingHTTPServer[_StorageState]):
+    """The shared threaded server, holding this fake's state."""
 
 
 # Handler -------------------------------------------------------------------------------------------------

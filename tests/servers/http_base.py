@@ -1,0 +1,46 @@
+"""The HTTP server the fake provider servers share: threaded, IPv4 or IPv6, stops despite hung handlers."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Generic, TypeVar
+
+StateT = TypeVar("StateT")
+
+
+class TrackingHTTPServer(ThreadingHTTPServer, Generic[StateT]):
+    """Serves each request on a daemon thread, holds the fake's `state`, and tracks open connections so
+    stopping never waits on a handler blocked in a keep-alive read, a slow write or an injected hang."""
+
+    daemon_threads = True
+    # Hung handlers must never hold up server_close().
+    block_on_close = False
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], state: StateT
+    ) -> None:
+        self.state = state
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def track(self, connection: socket.socket, is_open: bool) -> None:
+        """Records a connection opening or closing (called from the handler's setup and finish)."""
+        with self._connections_lock:
+            if is_open:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        """Shuts every open connection so handler threads blocked on it end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
