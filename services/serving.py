@@ -6,7 +6,8 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,7 +29,47 @@ KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
+# How long the RPCs that the end of a grace period cut get to run their cleanup (`finally`: kill FFmpeg,
+# remove scratch files, release a cache lock) before the process releases what they use and exits.
+CLEANUP_SECONDS = 5.0
+
 ServicerRegistrar = Callable[[grpc.aio.Server], None]
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
+
+
+class InFlightRpcs(grpc.aio.ServerInterceptor):
+    """Remembers the task of every RPC in flight. The server cancels the ones still running when the grace
+    period ends, but does not wait for them: without this, their cleanup is cut short a second time when the
+    event loop closes."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_TRequest, _TResponse] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
+        # Interceptors run in the RPC's own task, the one the server cancels.
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await continuation(handler_call_details)
+
+    async def wait_for_cleanup(self, timeout_seconds: float) -> None:
+        """Waits until every RPC task has ended (the cut ones have run their `finally`), or the timeout."""
+        tasks = self._tasks - {asyncio.current_task()}
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
+        if pending:
+            logger.warning(
+                "%d RPCs still cleaning up after %g s; stopping anyway", len(pending), timeout_seconds
+            )
 
 
 @dataclass
@@ -39,11 +80,14 @@ class RunningServer:
     port: int
     health: HealthServicer
     service_names: tuple[str, ...]
+    in_flight: InFlightRpcs = field(default_factory=InFlightRpcs)
 
     async def stop(self, grace_seconds: float) -> None:
-        """Reports NOT_SERVING, then lets in-flight RPCs finish for up to `grace_seconds`."""
+        """Reports NOT_SERVING, lets in-flight RPCs finish for up to `grace_seconds`, then lets the ones it
+        cut run their cleanup (up to CLEANUP_SECONDS) before returning."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_seconds)
+        await self.in_flight.wait_for_cleanup(CLEANUP_SECONDS)
 
 
 def channel_options() -> list[tuple[str, int]]:
@@ -63,7 +107,9 @@ async def start_server(
     maximum_concurrent_rpcs: int | None = None,
 ) -> RunningServer:
     """Builds, registers and starts a server on `address` (port 0 picks a free one) and marks it SERVING."""
+    in_flight = InFlightRpcs()
     server = grpc.aio.server(
+        interceptors=[in_flight],
         options=channel_options(),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
@@ -79,7 +125,9 @@ async def start_server(
     await server.start()
     for name in ("", *service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health, service_names=tuple(service_names))
+    return RunningServer(
+        server=server, port=port, health=health, service_names=tuple(service_names), in_flight=in_flight
+    )
 
 
 async def serve_until_signalled(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import AsyncIterator
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,6 +37,50 @@ async def test_health_is_serving_after_start_and_not_serving_on_stop() -> None:
         assert (await anext(aiter(watch))).status == health_pb2.HealthCheckResponse.NOT_SERVING
         watch.cancel()
         await stopping
+
+
+async def test_a_stream_cut_by_the_end_of_the_grace_period_runs_its_cleanup_before_stop_returns() -> None:
+    cleaned_up = asyncio.Event()
+
+    async def endless(
+        request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]
+    ) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                yield b"tick"
+                await asyncio.sleep(0.05)
+        finally:
+            # Cleanup that awaits (a subprocess to exit, files to go), cancelled once already.
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(cleaned_up.set)
+
+    def register(server: grpc.aio.Server) -> None:
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_stream_rpc_method_handler(endless)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("example.v1.ExampleService", {"Tick": handler}),)
+        )
+
+    running = await serving.start_server(
+        service_names=["example.v1.ExampleService"], register=register, address="127.0.0.1:0"
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        tick: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            "/example.v1.ExampleService/Tick"
+        )
+        stream = tick(b"")
+        assert await stream.read() == b"tick"
+        await running.stop(grace_seconds=0.1)
+        assert cleaned_up.is_set()
+        assert await _status_once_cut(stream) == grpc.StatusCode.UNAVAILABLE
+
+
+async def _status_once_cut(stream: grpc.aio.UnaryStreamCall[bytes, bytes]) -> grpc.StatusCode:
+    try:
+        while await stream.read() is not grpc.aio.EOF:
+            pass
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
 
 
 async def test_reflection_lists_the_service_health_and_reflection() -> None:
