@@ -19,9 +19,23 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 SERVICES = ("content", "media", "gateway")
 
 
+def replica_key(service: str, replica: int) -> str:
+    """The process key of a service's replica: `media` for the first, then `media-2`, `media-3` ..."""
+    return service if replica == 1 else f"{service}-{replica}"
+
+
+def service_of(key: str) -> str:
+    """The service a process key belongs to: `media-2` is a media replica."""
+    service = key.rsplit("-", 1)[0] if key.rsplit("-", 1)[-1].isdigit() else key
+    if service not in SERVICES:
+        raise KeyError(f"{key!r} is not a process of the stack: use one of {', '.join(SERVICES)}[-N]")
+    return service
+
+
 @dataclass
 class Stack:
-    """Addresses and processes of a running stack."""
+    """Addresses and processes of a running stack. The `*_address` fields are each service's first replica;
+    `addresses` has every process, keyed like `processes` ("media", "media-2", ...)."""
 
     gateway_address: str
     content_address: str
@@ -30,22 +44,23 @@ class Stack:
     log_dir: Path
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
+    addresses: dict[str, str] = field(default_factory=dict)
 
-    def stop(self, name: str, signum: int = signal.SIGTERM) -> int:
-        """Stops one service (SIGTERM: gracefully; SIGKILL: a crash) and returns its exit status."""
-        process = self.processes[name]
+    def replicas(self, service: str) -> list[str]:
+        """The process keys of one service's replicas, first replica first."""
+        return [key for key in self.addresses if service_of(key) == service]
+
+    def stop(self, key: str, signum: int = signal.SIGTERM, timeout_seconds: float = 30.0) -> int:
+        """Stops one process (SIGTERM: gracefully; SIGKILL: a crash) and returns its exit status."""
+        process = self.processes[key]
         process.send_signal(signum)
-        return process.wait(timeout=30)
+        return process.wait(timeout=timeout_seconds)
 
-    def start(self, name: str, startup_timeout_seconds: float = 60.0) -> None:
-        """Starts one service again with the stack's environment and waits until it is SERVING."""
-        self.processes[name] = _spawn(name, self.environment, self.log_dir)
-        address = {
-            "content": self.content_address,
-            "media": self.media_address,
-            "gateway": self.gateway_address,
-        }
-        wait_until_serving(address[name], startup_timeout_seconds)
+    def start(self, key: str, startup_timeout_seconds: float = 60.0) -> None:
+        """Starts one process again, on its own port with the stack's environment, and waits until it is
+        SERVING."""
+        self.processes[key] = _spawn(key, _port_of(self.addresses[key]), self.environment, self.log_dir)
+        _wait_for(key, self.processes[key], self.addresses[key], self.log_dir, startup_timeout_seconds)
 
 
 def free_port() -> int:
@@ -73,55 +88,81 @@ def wait_until_serving(address: str, timeout_seconds: float) -> None:
     raise TimeoutError(f"{address} did not report SERVING within {timeout_seconds:g} s ({last_error})")
 
 
+def target_of(addresses: list[str]) -> str:
+    """A gRPC target naming every replica: `127.0.0.1:P` for one, `ipv4:127.0.0.1:P1,127.0.0.1:P2` for
+    several, so the gateway's round-robin channel spreads calls over all of them."""
+    return addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+
+
 @contextmanager
 def running_stack(
     var_root: Path,
     *,
+    replicas: Mapping[str, int] | None = None,
     ports: Mapping[str, int] | None = None,
     extra_environment: Mapping[str, str] | None = None,
     startup_timeout_seconds: float = 60.0,
 ) -> Iterator[Stack]:
-    """Starts content, media and gateway, waits for health, yields their addresses, then SIGTERMs them."""
-    chosen = dict(ports or {name: free_port() for name in SERVICES})
+    """Starts content, media and gateway (`replicas` of each, one by default), waits for health, yields their
+    addresses, then SIGTERMs them. `ports` fixes a process's port by its key ("media", "media-2"); the others
+    get free ones. Replicas share the environment (and so the database and storage) but not their port."""
+    counts = {service: (replicas or {}).get(service, 1) for service in SERVICES}
+    unknown = set(replicas or {}) - set(SERVICES)
+    if unknown or any(count < 1 for count in counts.values()):
+        raise ValueError(f"replicas must map {', '.join(SERVICES)} to 1 or more, not {dict(replicas or {})}")
+    keys = [replica_key(service, n) for service in SERVICES for n in range(1, counts[service] + 1)]
+    fixed = dict(ports or {})
+    chosen: dict[str, int] = {}
+    for key in keys:
+        port = fixed.get(key) or free_port()
+        # Two probes can land on the same free port, or on one fixed for another process.
+        while key not in fixed and (port in chosen.values() or port in fixed.values()):
+            port = free_port()
+        chosen[key] = port
+    addresses = {key: f"127.0.0.1:{port}" for key, port in chosen.items()}
     log_dir = var_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+
+    def first_port(service: str) -> str:
+        return str(_port_of(addresses[service]))
+
+    def target(service: str) -> str:
+        return target_of([addresses[key] for key in keys if service_of(key) == service])
+
     environment = {
         **os.environ,
         "STILLPOINT_VAR_DIR": str(var_root),
-        "STILLPOINT_CONTENT_PORT": str(chosen["content"]),
-        "STILLPOINT_MEDIA_PORT": str(chosen["media"]),
-        "STILLPOINT_GATEWAY_PORT": str(chosen["gateway"]),
-        "STILLPOINT_CONTENT_ADDRESS": f"127.0.0.1:{chosen['content']}",
-        "STILLPOINT_MEDIA_ADDRESS": f"127.0.0.1:{chosen['media']}",
+        # Each replica overrides its own service's port when it is spawned.
+        "STILLPOINT_CONTENT_PORT": first_port("content"),
+        "STILLPOINT_MEDIA_PORT": first_port("media"),
+        "STILLPOINT_GATEWAY_PORT": first_port("gateway"),
+        "STILLPOINT_CONTENT_ADDRESS": target("content"),
+        "STILLPOINT_MEDIA_ADDRESS": target("media"),
         **(extra_environment or {}),
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
     stack = Stack(
-        gateway_address=f"127.0.0.1:{chosen['gateway']}",
-        content_address=f"127.0.0.1:{chosen['content']}",
-        media_address=f"127.0.0.1:{chosen['media']}",
+        gateway_address=addresses["gateway"],
+        content_address=addresses["content"],
+        media_address=addresses["media"],
         var_root=var_root,
         log_dir=log_dir,
         processes=processes,
         environment=environment,
+        addresses=addresses,
     )
-    # The content service refuses an unmigrated database, as in production: migrate first.
+    # The content service refuses an unmigrated database, as in production: migrate first (once: replicas
+    # share the database).
     migrated = subprocess.run(
         [sys.executable, "-m", "services.content.migrate"], env=environment, capture_output=True, text=True
     )
     if migrated.returncode != 0:
         raise RuntimeError(f"migration failed: {migrated.stderr.strip() or migrated.stdout.strip()}")
     try:
-        for name in SERVICES:
-            processes[name] = _spawn(name, environment, log_dir)
-        for name in SERVICES:
-            try:
-                wait_until_serving(f"127.0.0.1:{chosen[name]}", startup_timeout_seconds)
-            except TimeoutError as error:
-                code = processes[name].poll()
-                status = "is still starting" if code is None else f"exited with {code}"
-                log_tail = (log_dir / f"{name}.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{name} {status}: {error}\n--- {name}.log ---\n{log_tail}") from None
+        for key in keys:
+            processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)
+        for key in keys:
+            _wait_for(key, processes[key], addresses[key], log_dir, startup_timeout_seconds)
         yield stack
     finally:
         for process in processes.values():
@@ -135,8 +176,28 @@ def running_stack(
                 process.wait()
 
 
-def _spawn(name: str, environment: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
-    with open(log_dir / f"{name}.log", "ab") as log:
+def _port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+def _spawn(key: str, port: int, environment: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    service = service_of(key)
+    with open(log_dir / f"{key}.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=environment, stdout=log, stderr=log
+            [sys.executable, "-m", f"services.{service}"],
+            env={**environment, f"STILLPOINT_{service.upper()}_PORT": str(port)},
+            stdout=log,
+            stderr=log,
         )
+
+
+def _wait_for(
+    key: str, process: subprocess.Popen[bytes], address: str, log_dir: Path, timeout_seconds: float
+) -> None:
+    try:
+        wait_until_serving(address, timeout_seconds)
+    except TimeoutError as error:
+        code = process.poll()
+        status = "is still starting" if code is None else f"exited with {code}"
+        log_tail = (log_dir / f"{key}.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"{key} {status}: {error}\n--- {key}.log ---\n{log_tail}") from None

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+# A DNS name or an IPv4 address: letters, digits, dots, hyphens and underscores; no leading dot or hyphen,
+# no trailing dot.
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9._-]*[A-Za-z0-9_-])?")
+_PORT = re.compile(r"[0-9]{1,5}")
 
 
 class ConfigError(ValueError):
@@ -54,12 +61,23 @@ class Environment:
         return self.integer(name, default, minimum=0, maximum=65_535)
 
     def address(self, name: str, default: str) -> str:
-        """Returns a `host:port` address."""
+        """Returns a gRPC target: `host:port`; `dns:///host:port`, which resolves to every replica behind
+        the name; or the replicas listed, as in `ipv4:10.0.0.1:50053,10.0.0.2:50053` or
+        `ipv6:[::1]:50053,[::1]:50063`."""
         value = self.text(name, default)
-        # gRPC target names such as dns:///media:50053 resolve to every replica behind one name.
-        host, separator, port = value.removeprefix("dns:///").rpartition(":")
-        if not separator or not host or not port.isdigit():
-            raise ConfigError(f"{name}={value!r} is not host:port, such as 127.0.0.1:50052")
+        scheme, _, listed = value.partition(":")
+        if scheme in _ADDRESS_LISTS:
+            is_host, example = _ADDRESS_LISTS[scheme]
+            if not all(_is_host_port(entry, is_host) for entry in listed.split(",")):
+                raise ConfigError(
+                    f"{name}={value!r} is not a list of {scheme} addresses with ports, such as {example}"
+                )
+            return value
+        if not _is_host_port(value.removeprefix("dns:///"), _is_host_name):
+            raise ConfigError(
+                f"{name}={value!r} is not host:port (such as 127.0.0.1:50052), dns:///host:port, or a list "
+                "of replicas (such as ipv4:127.0.0.1:50052,127.0.0.1:50062)"
+            )
         return value
 
     def choice(self, name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -88,3 +106,37 @@ class Environment:
         except OSError as error:
             raise ConfigError(f"{name}={str(path)!r} cannot be created: {error.strerror}") from None
         return path
+
+
+def _is_host_port(value: str, is_host: Callable[[str], bool]) -> bool:
+    host, separator, port = value.rpartition(":")
+    return bool(separator) and is_host(host) and _PORT.fullmatch(port) is not None and 0 < int(port) < 65_536
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_bracketed_ipv6(host: str) -> bool:
+    if not (host.startswith("[") and host.endswith("]")):
+        return False
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host_name(host: str) -> bool:
+    return _HOST_NAME.fullmatch(host) is not None or _is_bracketed_ipv6(host)
+
+
+# gRPC's target schemes that list the replicas themselves; a round-robin channel spreads calls over them.
+_ADDRESS_LISTS: dict[str, tuple[Callable[[str], bool], str]] = {
+    "ipv4": (_is_ipv4, "ipv4:127.0.0.1:50053,127.0.0.1:50063"),
+    "ipv6": (_is_bracketed_ipv6, "ipv6:[::1]:50053,[::1]:50063"),
+}

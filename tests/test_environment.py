@@ -41,6 +41,46 @@ def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
         GatewayConfig.from_environment(Environment({variable: value}))
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:50053",
+        "media:50053",
+        "[::1]:50053",
+        "dns:///media-pool:50053",
+        "ipv4:127.0.0.1:50053",
+        "ipv4:127.0.0.1:50053,127.0.0.1:50063",
+        "ipv6:[::1]:50053,[::1]:50063",
+    ],
+)
+def test_a_backend_address_may_name_one_server_or_every_replica(target: str) -> None:
+    config = GatewayConfig.from_environment(Environment({"STILLPOINT_MEDIA_ADDRESS": target}))
+    assert config.media_address == target
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("127.0.0.1", "is not host:port"),
+        ("127.0.0.1:0", "is not host:port"),
+        ("127.0.0.1:70000", "is not host:port"),
+        ("media:50053,media:50063", "or a list of replicas \\(such as ipv4:"),
+        ("unix:/run/media.sock", "is not host:port"),
+        ("ipv4:", "is not a list of ipv4 addresses with ports"),
+        ("ipv4:127.0.0.1:50053,", "is not a list of ipv4 addresses with ports"),
+        ("ipv4:127.0.0.1:50053,127.0.0.1", "is not a list of ipv4 addresses with ports"),
+        ("ipv4:media:50053", "is not a list of ipv4 addresses with ports"),
+        ("ipv4:300.0.0.1:50053", "is not a list of ipv4 addresses with ports"),
+        ("ipv6:::1:50053", "is not a list of ipv6 addresses with ports, such as ipv6:\\[::1\\]"),
+    ],
+)
+def test_a_malformed_backend_address_names_its_variable_and_the_forms_it_takes(
+    target: str, expected: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^STILLPOINT_MEDIA_ADDRESS=.* {expected}"):
+        GatewayConfig.from_environment(Environment({"STILLPOINT_MEDIA_ADDRESS": target}))
+
+
 def test_flags_accept_the_usual_spellings() -> None:
     environment = Environment({"A": "yes", "B": "off", "C": "maybe"})
     assert environment.flag("A", False) is True

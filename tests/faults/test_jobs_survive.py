@@ -14,10 +14,10 @@ from scripts.stack import Stack, running_stack
 from services.client import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.faults.logs import assert_one_whole_log, stored_videos
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "conversation.json"
-Responses = list[gateway_pb.GenerateMeditationResponse] | list[gateway_pb.WatchMeditationResponse]
 
 
 @pytest.fixture
@@ -53,23 +53,11 @@ async def _watch(stack: Stack, name: str, after: int) -> list[gateway_pb.WatchMe
         return [response async for response in stub.WatchMeditation(request, timeout=120)]
 
 
-def _assert_one_whole_log(before: Responses, after: Responses) -> None:
-    sequences = [r.sequence for r in before] + [r.sequence for r in after]
-    assert sequences == list(range(1, len(sequences) + 1)), "a gap or a duplicate in the event log"
-    kinds = [r.WhichOneof("event") for r in before] + [r.WhichOneof("event") for r in after]
-    assert kinds.count("accepted") == 1
-    assert kinds.count("completed") == 1
-    assert kinds[-1] == "completed"
-    assert after[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
-    qualities = [r.video_ready.quality for r in [*before, *after] if r.HasField("video_ready")]
-    assert gateway_pb.VIDEO_QUALITY_ENHANCED in qualities
-
-
 async def test_a_dropped_client_leaves_the_job_running_and_watch_resumes_with_no_gap(stack: Stack) -> None:
     """Property: the job does not depend on the stream that started it."""
     name, seen = await _start_and_read_until_narration(stack)
     rest = await _watch(stack, name, after=seen[-1].sequence)
-    _assert_one_whole_log(seen, rest)
+    assert_one_whole_log(seen, rest)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
@@ -82,7 +70,7 @@ async def test_a_gateway_restarted_mid_job_completes_it_and_the_stream_resumes(
     await asyncio.to_thread(stack.stop, "gateway", signum)
     await asyncio.to_thread(stack.start, "gateway")
     rest = await _watch(stack, name, after=seen[-1].sequence)
-    _assert_one_whole_log(seen, rest)
+    assert_one_whole_log(seen, rest)
 
 
 async def test_a_media_replica_killed_mid_narration_is_replaced_and_the_job_completes_once(
@@ -94,9 +82,7 @@ async def test_a_media_replica_killed_mid_narration_is_replaced_and_the_job_comp
     await asyncio.to_thread(stack.stop, "media", signal.SIGKILL)
     await asyncio.to_thread(stack.start, "media")
     rest = await _watch(stack, name, after=seen[-1].sequence)
-    _assert_one_whole_log(seen, rest)
+    assert_one_whole_log(seen, rest)
     videos = [r.video_ready for r in rest if r.HasField("video_ready")]
     assert [v.quality for v in videos] == [gateway_pb.VIDEO_QUALITY_QUICK, gateway_pb.VIDEO_QUALITY_ENHANCED]
-    meditation_id = name.rsplit("/", 1)[1]
-    stored_videos = list((stack.var_root / "storage" / "videos" / meditation_id).glob("*.mp4"))
-    assert len(stored_videos) == 2
+    assert len(stored_videos(stack.var_root, name)) == 2
