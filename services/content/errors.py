@@ -30,3 +30,7 @@ class PreconditionError(ContentError):
 
 class ConflictError(ContentError):
     """A concurrent writer got there first, such as two events with the same sequence."""
+
+
+class ExhaustedError(ContentError):
+    """A limit is reached; the message says which and what to do."""

@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.content.errors import ConflictError, NotFoundError, PreconditionError
+from services.content.errors import ConflictError, ExhaustedError, NotFoundError, PreconditionError
 
 
 class MeditationState(enum.StrEnum):
@@ -91,6 +91,7 @@ class MeditationRow(Base):
         Index("ix_meditations_conversation_id", "conversation_id"),
         Index("ix_meditations_state", "state"),
         Index("ix_meditations_state_lease", "state", "lease_expires_time"),
+        Index("ix_meditations_client_state", "client", "state"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(
@@ -111,6 +112,8 @@ class MeditationRow(Base):
     # Which gateway process runs the job, and until when its claim holds without renewal.
     owner: Mapped[str | None] = mapped_column(String(64))
     lease_expires_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Who asked for the job: a client's running jobs are limited across every gateway.
+    client: Mapped[str | None] = mapped_column(String(128))
 
 
 class MeditationEventRow(Base):
@@ -245,6 +248,11 @@ class PoolSettings:
         return self.size + self.max_overflow
 
 
+# No caller waits longer than this for a connection (the gateway's bookkeeping calls get 10 s), and a
+# healthy PostgreSQL answers in milliseconds.
+DATABASE_CONNECT_TIMEOUT_SECONDS = 10.0
+
+
 def create_engine(
     database_url: str, pool: PoolSettings | None = None, *, application_name: str = ""
 ) -> AsyncEngine:
@@ -252,9 +260,13 @@ def create_engine(
     never block writers."""
     pool = pool or PoolSettings()
     connect_args: dict[str, Any] = {}
-    if database_url.startswith("postgresql+asyncpg") and application_name:
-        # Named connections are what pg_stat_activity shows operators (and the pool test counts).
-        connect_args["server_settings"] = {"application_name": application_name}
+    if database_url.startswith("postgresql+asyncpg"):
+        # asyncpg waits 60 s for a server that accepts and never answers: start-up (and the migration)
+        # would hang that long instead of saying where the database is not answering.
+        connect_args["timeout"] = DATABASE_CONNECT_TIMEOUT_SECONDS
+        if application_name:
+            # Named connections are what pg_stat_activity shows operators (and the pool test counts).
+            connect_args["server_settings"] = {"application_name": application_name}
     engine = create_async_engine(
         database_url,
         pool_size=pool.size,
@@ -364,8 +376,15 @@ class ContentRepository:
         options_json: str,
         owner: str | None = None,
         lease_seconds: float = 0.0,
+        client: str | None = None,
+        max_running_per_client: int = 0,
     ) -> tuple[Meditation, bool]:
-        """Records a job for a conversation with messages; a repeated request_id returns the first job."""
+        """Records a job for a conversation with messages; a repeated request_id returns the first job.
+
+        With an owner, the owner holds the job for `lease_seconds`; without one, the job is queued: any
+        gateway may claim it, but no janitor lists it as abandoned before `lease_seconds` pass. A client
+        with `max_running_per_client` running jobs is refused (a repeated request_id never is).
+        """
         if request_id:
             existing = await self._meditation_by_request_id(request_id)
             if existing is not None:
@@ -378,6 +397,23 @@ class ContentRepository:
                 .select_from(MessageRow)
                 .where(MessageRow.conversation_id == conversation_id)
             )
+            if client and max_running_per_client > 0:
+                # Counted, then inserted: two requests racing past the limit can overshoot it by one each.
+                # A bound on concurrent work, not an accounting ledger, so that is an acceptable trade for
+                # not serialising every client's inserts.
+                running = await session.scalar(
+                    select(func.count())
+                    .select_from(MeditationRow)
+                    .where(
+                        MeditationRow.client == client,
+                        MeditationRow.state == MeditationState.RUNNING.value,
+                    )
+                )
+                if (running or 0) >= max_running_per_client:
+                    raise ExhaustedError(
+                        f"{running} of your meditations are already running (the limit is "
+                        f"{max_running_per_client}): wait for one to finish, or cancel one"
+                    )
         if not message_count:
             raise PreconditionError(
                 f"conversations/{conversation_id} has no messages: add some with AppendMessages first"
@@ -391,9 +427,11 @@ class ContentRepository:
                         conversation_id=conversation_id,
                         request_id=request_id or None,
                         options_json=options_json,
-                        # The creator runs the job: no janitor can take it while the lease holds.
+                        client=client or None,
                         owner=owner,
-                        lease_expires_time=_now() + timedelta(seconds=lease_seconds) if owner else None,
+                        lease_expires_time=(
+                            _now() + timedelta(seconds=lease_seconds) if lease_seconds > 0 else None
+                        ),
                     )
                 )
         except IntegrityError:
@@ -469,24 +507,44 @@ class ContentRepository:
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def release(self, meditation_id: str, owner: str) -> None:
-        """Gives a job back (at shutdown) so any replica can claim it at once."""
+    async def requeue(self, meditation_id: str, lease_seconds: float) -> bool:
+        """Hands an abandoned running job (no lease, or a lapsed one) to the work queue: unowned, so any
+        gateway may claim it, and hidden from `list_claimable` for `lease_seconds`. One guarded UPDATE, so
+        of several janitors exactly one requeues it."""
+        now = _now()
+        async with self._transaction() as session:
+            result = await session.execute(
+                update(MeditationRow)
+                .where(
+                    MeditationRow.id == meditation_id,
+                    MeditationRow.state == MeditationState.RUNNING.value,
+                    or_(MeditationRow.lease_expires_time.is_(None), MeditationRow.lease_expires_time < now),
+                )
+                .values(owner=None, lease_expires_time=now + timedelta(seconds=lease_seconds))
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, meditation_id: str, owner: str, queue_lease_seconds: float = 0.0) -> None:
+        """Gives a job back (at shutdown, or after a failed attempt) so any replica can claim it at once;
+        with `queue_lease_seconds`, a work queue delivers it, so janitors leave it alone that long."""
+        lease_expires_time = _now() + timedelta(seconds=queue_lease_seconds) if queue_lease_seconds else None
         async with self._transaction() as session:
             await session.execute(
                 update(MeditationRow)
                 .where(MeditationRow.id == meditation_id, MeditationRow.owner == owner)
-                .values(owner=None, lease_expires_time=None)
+                .values(owner=None, lease_expires_time=lease_expires_time)
             )
 
     async def list_claimable(self, max_jobs: int) -> list[str]:
-        """Running jobs nobody holds: unowned, or their owner's lease lapsed (it crashed), oldest first."""
+        """Running jobs nobody holds, oldest first: given back (no lease), or their lease lapsed (their owner
+        crashed, or the queue that was to deliver them lost them)."""
         now = _now()
         async with self._sessions() as session:
             ids = await session.scalars(
                 select(MeditationRow.id)
                 .where(
                     MeditationRow.state == MeditationState.RUNNING.value,
-                    or_(MeditationRow.owner.is_(None), MeditationRow.lease_expires_time < now),
+                    or_(MeditationRow.lease_expires_time.is_(None), MeditationRow.lease_expires_time < now),
                 )
                 .order_by(MeditationRow.create_time)
                 .limit(max_jobs)

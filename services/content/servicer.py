@@ -16,6 +16,7 @@ from services.content import conversations
 from services.content.errors import (
     ConflictError,
     ContentError,
+    ExhaustedError,
     InvalidInputError,
     NotFoundError,
     PreconditionError,
@@ -192,7 +193,13 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 request_id=request_id,
                 options_json=request.options_json or "{}",
                 owner=request.owner or None,
-                lease_seconds=_lease_seconds(request.lease_duration) if request.owner else 0.0,
+                lease_seconds=(
+                    _lease_seconds(request.lease_duration)
+                    if request.owner or request.HasField("lease_duration")
+                    else 0.0
+                ),
+                client=_client(request.client),
+                max_running_per_client=max(0, request.max_running_per_client),
             )
         return content_pb.CreateMeditationResponse(meditation=_meditation_proto(meditation), created=created)
 
@@ -270,9 +277,12 @@ class ContentServicer(content_grpc.ContentServiceServicer):
         async with _status_for_errors(context):
             meditation_id = _parse_name(request.meditation, _MEDITATION_NAME, "meditation")
             lease_seconds = _lease_seconds(request.lease_duration)
-            if not request.owner:
+            if request.requeue:
+                claimed = await self._repository.requeue(meditation_id, lease_seconds)
+            elif not request.owner:
                 raise InvalidInputError("owner", "is empty: name the claiming process")
-            claimed = await self._repository.claim(meditation_id, request.owner, lease_seconds)
+            else:
+                claimed = await self._repository.claim(meditation_id, request.owner, lease_seconds)
         return content_pb.ClaimMeditationResponse(claimed=claimed)
 
     async def ReleaseMeditation(
@@ -280,7 +290,12 @@ class ContentServicer(content_grpc.ContentServiceServicer):
     ) -> content_pb.ReleaseMeditationResponse:
         async with _status_for_errors(context):
             meditation_id = _parse_name(request.meditation, _MEDITATION_NAME, "meditation")
-            await self._repository.release(meditation_id, request.owner)
+            queue_lease_seconds = (
+                _lease_seconds(request.queue_lease_duration)
+                if request.HasField("queue_lease_duration")
+                else 0.0
+            )
+            await self._repository.release(meditation_id, request.owner, queue_lease_seconds)
         return content_pb.ReleaseMeditationResponse()
 
     async def ListClaimableMeditations(
@@ -344,6 +359,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     except ConflictError as error:
         await context.abort(grpc.StatusCode.ABORTED, str(error))
+    except ExhaustedError as error:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except ProviderCallError as error:
         await context.abort(_PROVIDER_STATUS[error.kind], error.message)
     except StorageUnavailableError as error:
@@ -352,6 +369,15 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")
+
+
+def _client(client: str) -> str | None:
+    if len(client) > _MAX_CLIENT_CHARACTERS:
+        raise InvalidInputError("client", f"is longer than {_MAX_CLIENT_CHARACTERS} characters")
+    return client or None
+
+
+_MAX_CLIENT_CHARACTERS = 128
 
 
 def _lease_seconds(duration: Duration) -> float:

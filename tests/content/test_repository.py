@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.content.errors import ConflictError, NotFoundError, PreconditionError
+from services.content.errors import ConflictError, ExhaustedError, NotFoundError, PreconditionError
 from services.content.migrate import DatabaseNotReadyError, ensure_migrated, upgrade
 from services.content.repository import (
     Base,
@@ -157,6 +157,55 @@ async def test_events_page_after_a_sequence_and_final_state_is_kept(repository: 
     assert [event.sequence for event in page.events] == [11, 12, 13, 14, 15]
     assert page.state is MeditationState.SUCCEEDED
     assert (await repository.get_meditation(meditation.id)).last_sequence == 25
+
+
+async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_lease_lapses(
+    repository: ContentRepository,
+) -> None:
+    """Property: a job created without an owner (queued) can be claimed by whichever gateway the queue
+    hands it to, is not listed as abandoned while the queue holds it, and only one janitor requeues it."""
+    conversation = await repository.create_conversation(title="t", messages=MESSAGES, request_id=None)
+    meditation, _ = await repository.create_meditation(
+        conversation_id=conversation.id, request_id=None, options_json="{}", lease_seconds=60
+    )
+    assert meditation.id not in await repository.list_claimable(10)
+    assert not await repository.requeue(meditation.id, 60)  # held by the queue
+    assert await repository.claim(meditation.id, "gateway-b", 60)
+    assert not await repository.claim(meditation.id, "gateway-c", 60)
+    await repository.release(meditation.id, "gateway-b")
+    assert meditation.id in await repository.list_claimable(10)
+    requeued = await asyncio.gather(*(repository.requeue(meditation.id, 60) for _ in range(5)))
+    assert requeued.count(True) == 1
+    assert meditation.id not in await repository.list_claimable(10)
+    await repository.release(meditation.id, "nobody", queue_lease_seconds=60)  # not the owner: no change
+    assert await repository.claim(meditation.id, "gateway-c", 60)
+
+
+async def test_a_clients_running_jobs_are_limited_and_a_repeated_request_is_never_refused(
+    repository: ContentRepository,
+) -> None:
+    """Property: past `max_running_per_client` running jobs a client's new job is refused; a repeat of one
+    of its requests, and other clients, are not; a finished job frees its place."""
+    conversation = await repository.create_conversation(title="t", messages=MESSAGES, request_id=None)
+
+    async def create(client: str, request_id: str) -> str:
+        meditation, _ = await repository.create_meditation(
+            conversation_id=conversation.id,
+            request_id=request_id,
+            options_json="{}",
+            client=client,
+            max_running_per_client=2,
+        )
+        return meditation.id
+
+    first = await create("alice", "a1")
+    await create("alice", "a2")
+    with pytest.raises(ExhaustedError, match="limit is 2"):
+        await create("alice", "a3")
+    assert await create("alice", "a1") == first
+    await create("bob", "b1")
+    await repository.record_event(first, 1, b"{}", MeditationChanges(state=MeditationState.SUCCEEDED))
+    await create("alice", "a3")
 
 
 async def _connections(application_name: str) -> int:
