@@ -100,6 +100,12 @@ def describe(response: MeditationStreamResponse) -> str:
             f"{quality} video ready: {video.width_pixels}x{video.height_pixels}, "
             f"{seconds_of(video.duration):.1f}s, {video.size_bytes / 1e6:.1f} MB, {video.encoder}"
         )
+    if kind == "attempt_failed":
+        failed = response.attempt_failed
+        return (
+            f"attempt {failed.attempt} of {failed.max_attempts} failed: {failed.reason}; trying again in "
+            f"{seconds_of(failed.retry_delay):.0f}s"
+        )
     if kind == "completed":
         done = response.completed
         state = gateway_pb.MeditationState.Name(done.state).removeprefix("MEDITATION_STATE_").lower()

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 
 import grpc
 
 from services import serving
+from services.cache import CacheUnavailableError, connect_redis, redact_redis_url
 from services.environment import ConfigError, Environment
 from services.gateway.backends import ContentClient, MediaClient, backend_channel_options
 from services.gateway.config import GatewayConfig
-from services.gateway.jobs import MeditationJobs
+from services.gateway.jobs import MeditationJobs, claim_timeout_seconds
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import GatewayServicer
+from services.work_queue import InProcessWorkQueue, RedisStreamWorkQueue, WorkQueue, WorkQueueUnavailableError
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
+logger = logging.getLogger(__name__)
 SERVICE_NAME = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
@@ -28,12 +32,15 @@ async def main(config: GatewayConfig) -> None:
     media_channel = grpc.aio.insecure_channel(config.media_address, options=options)
     content = ContentClient(content_channel, config.timeouts)
     media = MediaClient(media_channel, config.timeouts)
+    queue = await open_work_queue(config)
+    logger.info("job queue: %s", queue.name)
     jobs = MeditationJobs(
         content,
         MeditationPipeline(content, media, config.timeouts),
         media=media,
+        queue=queue,
         lease_seconds=config.job_lease_seconds,
-        max_jobs_per_client=config.max_jobs_per_client,
+        limits=config.job_limits,
     )
 
     async def release() -> None:
@@ -54,6 +61,25 @@ async def main(config: GatewayConfig) -> None:
     await serving.serve_until_signalled(
         running, grace_seconds=config.grace_seconds, on_stopping=jobs.stop_janitor, on_stopped=release
     )
+
+
+async def open_work_queue(config: GatewayConfig) -> WorkQueue:
+    """The Redis stream every replica shares when REDIS_URL is set, else an in-process queue.
+
+    Exits with a clear message, naming the host and never the password, when Redis does not answer.
+    """
+    claim_timeout = claim_timeout_seconds(config.job_lease_seconds)
+    if config.redis_url is None:
+        return InProcessWorkQueue(claim_timeout_seconds=claim_timeout)
+    try:
+        client = await connect_redis(config.redis_url)
+        queue = RedisStreamWorkQueue(
+            client, redact_redis_url(config.redis_url), claim_timeout_seconds=claim_timeout
+        )
+        await queue.ensure_group()
+    except (CacheUnavailableError, WorkQueueUnavailableError) as error:
+        sys.exit(f"gateway: the job queue is unavailable: {error}")
+    return queue
 
 
 def run() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
 import grpc
 
+from services.gateway.deadlines import bounded
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import SentenceTiming, VideoQuality
 from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
@@ -117,6 +120,7 @@ _PASSED_ON = {
 }
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _translate(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
@@ -138,6 +142,84 @@ async def _call(service: str, call: Callable[[], Awaitable[T]]) -> T:
         return await call()
     except grpc.aio.AioRpcError as error:
         raise _translate(error, service) from None
+
+
+# A stopped replica's stream is asked again this many times in all; each call also has the channel's retries
+# for UNAVAILABLE before its first answer.
+_TRANSCRIPT_ATTEMPTS = 4
+_TRANSCRIPT_RETRY_SECONDS = 0.5
+TranscriptEvent = TranscriptPiece | TranscriptRestart | WrittenTranscript
+
+
+def _transcript_event(response: content_pb.GenerateTranscriptResponse) -> TranscriptEvent:
+    if response.HasField("delta") and response.delta.restart:
+        return TranscriptRestart(response.delta.restart_reason)
+    if response.HasField("delta"):
+        return TranscriptPiece(response.delta.text)
+    done = response.completed
+    return WrittenTranscript(
+        text=done.text,
+        word_count=done.word_count,
+        is_cached=done.cached,
+        provider=done.provider,
+        fallback_reason=done.fallback_reason,
+    )
+
+
+class TranscriptRelay:
+    """Passes one script on across repeated GenerateTranscript streams, so the caller sees one script.
+
+    A repeat writes the script again from its start. While it writes what was already passed on, it is
+    skipped; once past it, the rest is passed on, so a deterministic writer (the offline composer) resumes
+    with no seam. A repeat that writes something else (a model samples afresh) voids what was passed on: a
+    TranscriptRestart, then the repeat's script from its start, as when a writer falls back.
+    """
+
+    _RESTART_REASON = "the content replica writing it stopped, and another wrote it again"
+
+    def __init__(self) -> None:
+        self._passed_on = ""  # the script text the caller has, since the last restart
+        self._to_skip = ""  # what the current repeat has yet to write again
+        self._rewritten = ""  # what the current repeat has written while skipping
+        self.is_complete = False
+
+    def begin(self) -> None:
+        """A stream (the first, or a repeat) starts writing the script from its start."""
+        self._to_skip, self._rewritten = self._passed_on, ""
+
+    def take(self, event: TranscriptEvent) -> list[TranscriptEvent]:
+        """What to pass on for one event of the current stream."""
+        if isinstance(event, TranscriptRestart):
+            self._passed_on = self._to_skip = self._rewritten = ""
+            return [event]
+        if isinstance(event, WrittenTranscript):
+            self.is_complete = True
+            if event.is_cached and self._passed_on:
+                # A cached script arrives whole and is spoken whole: what was passed on is void.
+                return [TranscriptRestart(self._RESTART_REASON), event]
+            if self._to_skip:
+                # The repeat ended inside what was passed on: its shorter script replaces it.
+                return [*self._diverge(""), event]
+            return [event]
+        text = event.text
+        if not self._to_skip:
+            self._passed_on += text
+            return [event]
+        if self._to_skip.startswith(text):
+            self._to_skip = self._to_skip[len(text) :]
+            self._rewritten += text
+            return []
+        if text.startswith(self._to_skip):
+            rest = text[len(self._to_skip) :]
+            self._passed_on += rest
+            self._to_skip = ""
+            return [TranscriptPiece(rest)] if rest else []
+        return self._diverge(text)
+
+    def _diverge(self, text: str) -> list[TranscriptEvent]:
+        script = self._rewritten + text
+        self._passed_on, self._to_skip, self._rewritten = script, "", ""
+        return [TranscriptRestart(self._RESTART_REASON), *([TranscriptPiece(script)] if script else [])]
 
 
 def _messages(messages: Sequence[Message]) -> list[content_pb.Message]:
@@ -199,7 +281,8 @@ class ContentClient:
             title=title, messages=_messages(messages), request_id=request_id
         )
         response = await _call(
-            "content", lambda: self._stub.CreateConversation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.CreateConversation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return _conversation(response.conversation)
 
@@ -207,7 +290,8 @@ class ContentClient:
         """Appends messages and returns the new count."""
         request = content_pb.AppendMessagesRequest(conversation=conversation, messages=_messages(messages))
         response = await _call(
-            "content", lambda: self._stub.AppendMessages(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.AppendMessages(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return response.message_count
 
@@ -215,7 +299,8 @@ class ContentClient:
         """Returns a conversation."""
         request = content_pb.GetConversationRequest(name=name)
         response = await _call(
-            "content", lambda: self._stub.GetConversation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.GetConversation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return _conversation(response.conversation)
 
@@ -224,41 +309,52 @@ class ContentClient:
         request = content_pb.CollectSourceContentRequest(conversation=conversation)
         response = await _call(
             "content",
-            lambda: self._stub.CollectSourceContent(request, timeout=self._timeouts.source_seconds),
+            lambda: self._stub.CollectSourceContent(request, timeout=bounded(self._timeouts.source_seconds)),
         )
         return SourceContent(text=response.source_text, themes=tuple(response.themes))
 
     async def generate_transcript(
         self, source_text: str, *, skip_cache: bool
     ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]:
-        """Streams the script as it is written, then the whole of it."""
+        """Streams the script as it is written, then the whole of it.
+
+        A stream cut with UNAVAILABLE once it has begun (its content replica stopped: a deploy's SIGTERM past
+        its grace period, a crash) is not retried by the channel, so it is asked again here, on whichever
+        replica answers, and the relay carries on where it stopped (see `TranscriptRelay`).
+        """
         request = content_pb.GenerateTranscriptRequest(source_text=source_text, skip_cache=skip_cache)
-        stream = self._stub.GenerateTranscript(request, timeout=self._timeouts.transcript_seconds)
-        try:
-            async for response in stream:
-                if response.HasField("delta") and response.delta.restart:
-                    yield TranscriptRestart(response.delta.restart_reason)
-                elif response.HasField("delta"):
-                    yield TranscriptPiece(response.delta.text)
-                else:
-                    done = response.completed
-                    yield WrittenTranscript(
-                        text=done.text,
-                        word_count=done.word_count,
-                        is_cached=done.cached,
-                        provider=done.provider,
-                        fallback_reason=done.fallback_reason,
-                    )
-        except grpc.aio.AioRpcError as error:
-            raise _translate(error, "content") from None
-        finally:
-            stream.cancel()
+        relay = TranscriptRelay()
+        for attempt in range(1, _TRANSCRIPT_ATTEMPTS + 1):
+            stream = self._stub.GenerateTranscript(
+                request, timeout=bounded(self._timeouts.transcript_seconds)
+            )
+            relay.begin()
+            try:
+                async for response in stream:
+                    for event in relay.take(_transcript_event(response)):
+                        yield event
+                return
+            except grpc.aio.AioRpcError as error:
+                if relay.is_complete:
+                    return  # cut after the last message: nothing is missing
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == _TRANSCRIPT_ATTEMPTS:
+                    raise _translate(error, "content") from None
+                logger.warning(
+                    "transcript stream cut (attempt %d of %d): %s; asking again",
+                    attempt,
+                    _TRANSCRIPT_ATTEMPTS,
+                    error.details(),
+                )
+            finally:
+                stream.cancel()
+            await asyncio.sleep(_TRANSCRIPT_RETRY_SECONDS * attempt)
 
     async def create_image_prompt(self, source_text: str) -> str:
         """Derives the image prompt."""
         request = content_pb.CreateImagePromptRequest(source_text=source_text)
         response = await _call(
-            "content", lambda: self._stub.CreateImagePrompt(request, timeout=self._timeouts.image_seconds)
+            "content",
+            lambda: self._stub.CreateImagePrompt(request, timeout=bounded(self._timeouts.image_seconds)),
         )
         return response.prompt
 
@@ -270,7 +366,8 @@ class ContentClient:
             prompt=prompt, width_pixels=width_pixels, height_pixels=height_pixels, skip_cache=skip_cache
         )
         response = await _call(
-            "content", lambda: self._stub.GenerateImage(request, timeout=self._timeouts.image_seconds)
+            "content",
+            lambda: self._stub.GenerateImage(request, timeout=bounded(self._timeouts.image_seconds)),
         )
         return GeneratedImage(
             storage_key=response.storage_key,
@@ -283,18 +380,30 @@ class ContentClient:
         )
 
     async def create_meditation(
-        self, conversation: str, request_id: str, options: MeditationOptions, owner: str, lease_seconds: float
+        self,
+        conversation: str,
+        request_id: str,
+        options: MeditationOptions,
+        *,
+        lease_seconds: float,
+        owner: str = "",
+        client: str = "",
+        max_running_per_client: int = 0,
     ) -> tuple[Meditation, bool]:
-        """Records a job held by `owner`, or finds the one a repeated request_id made."""
+        """Records a job (held by `owner`, or queued without one), or finds the one a repeated request_id
+        made; RESOURCE_EXHAUSTED when the client already runs `max_running_per_client` jobs."""
         request = content_pb.CreateMeditationRequest(
             conversation=conversation,
             request_id=request_id,
             options_json=options.to_json(),
             owner=owner,
             lease_duration=to_duration(lease_seconds),
+            client=client,
+            max_running_per_client=max_running_per_client,
         )
         response = await _call(
-            "content", lambda: self._stub.CreateMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.CreateMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return _meditation(response.meditation), response.created
 
@@ -304,15 +413,32 @@ class ContentClient:
             meditation=meditation, owner=owner, lease_duration=to_duration(lease_seconds)
         )
         response = await _call(
-            "content", lambda: self._stub.ClaimMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.ClaimMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return response.claimed
 
-    async def release_meditation(self, meditation: str, owner: str) -> None:
-        """Gives a job back."""
-        request = content_pb.ReleaseMeditationRequest(meditation=meditation, owner=owner)
+    async def requeue_meditation(self, meditation: str, lease_seconds: float) -> bool:
+        """Hands an abandoned job to the work queue; False when another janitor did, or it is held."""
+        request = content_pb.ClaimMeditationRequest(
+            meditation=meditation, requeue=True, lease_duration=to_duration(lease_seconds)
+        )
+        response = await _call(
+            "content",
+            lambda: self._stub.ClaimMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
+        )
+        return response.claimed
+
+    async def release_meditation(self, meditation: str, owner: str, queue_lease_seconds: float = 0.0) -> None:
+        """Gives a job back: to janitors, or (with `queue_lease_seconds`) to the work queue."""
+        request = content_pb.ReleaseMeditationRequest(
+            meditation=meditation,
+            owner=owner,
+            queue_lease_duration=to_duration(queue_lease_seconds) if queue_lease_seconds else None,
+        )
         await _call(
-            "content", lambda: self._stub.ReleaseMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.ReleaseMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
 
     async def list_claimable_meditations(self, max_meditations: int) -> list[str]:
@@ -320,7 +446,9 @@ class ContentClient:
         request = content_pb.ListClaimableMeditationsRequest(max_meditations=max_meditations)
         response = await _call(
             "content",
-            lambda: self._stub.ListClaimableMeditations(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS),
+            lambda: self._stub.ListClaimableMeditations(
+                request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)
+            ),
         )
         return list(response.meditations)
 
@@ -343,7 +471,8 @@ class ContentClient:
             meditation=meditation, sequence=sequence, payload=payload, update=update
         )
         response = await _call(
-            "content", lambda: self._stub.RecordMeditationEvent(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.RecordMeditationEvent(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return from_timestamp(response.event_time)
 
@@ -351,7 +480,8 @@ class ContentClient:
         """Reads the job's log after a sequence."""
         request = content_pb.ListMeditationEventsRequest(meditation=meditation, after_sequence=after_sequence)
         response = await _call(
-            "content", lambda: self._stub.ListMeditationEvents(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content",
+            lambda: self._stub.ListMeditationEvents(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return StoredEventPage(
             events=tuple(
@@ -369,7 +499,7 @@ class ContentClient:
         """Returns a job record."""
         request = content_pb.GetMeditationRequest(name=name)
         response = await _call(
-            "content", lambda: self._stub.GetMeditation(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "content", lambda: self._stub.GetMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS))
         )
         return _meditation(response.meditation)
 
@@ -394,7 +524,7 @@ class MediaClient:
 
         # The narration runs alongside the transcript, so its deadline covers both.
         timeout = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
-        stream = self._stub.NarrateLive(requests(), timeout=timeout)
+        stream = self._stub.NarrateLive(requests(), timeout=bounded(timeout))
         try:
             async for response in stream:
                 if response.HasField("playlist_ready"):
@@ -426,7 +556,8 @@ class MediaClient:
         """Removes a meditation's narration, preview and videos."""
         request = media_pb.DeleteMeditationAssetsRequest(meditation=meditation)
         response = await _call(
-            "media", lambda: self._stub.DeleteMeditationAssets(request, timeout=BOOKKEEPING_TIMEOUT_SECONDS)
+            "media",
+            lambda: self._stub.DeleteMeditationAssets(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return response.deleted_count
 
@@ -442,7 +573,7 @@ class MediaClient:
             profile=_PROFILE[quality],
         )
         # One deadline covers the encode and the upload: the seeds' 120 s budget for video, doubled.
-        stream = self._stub.RenderVideo(request, timeout=2 * self._timeouts.video_seconds)
+        stream = self._stub.RenderVideo(request, timeout=bounded(2 * self._timeouts.video_seconds))
         try:
             async for response in stream:
                 if response.HasField("encoded"):

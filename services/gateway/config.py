@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.environment import Environment
+from services.environment import ConfigError, Environment
+from services.gateway.jobs import JobLimits
 from services.gateway.pipeline import StageTimeouts
 
 
@@ -20,7 +21,9 @@ class GatewayConfig:
     max_concurrent_rpcs: int
     log_level: str
     job_lease_seconds: float
-    max_jobs_per_client: int
+    job_limits: JobLimits
+    # With Redis, jobs are shared by every gateway replica through a Redis stream; without, in-process.
+    redis_url: str | None
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -42,14 +45,37 @@ class GatewayConfig:
             max_concurrent_rpcs=environment.integer(
                 "STILLPOINT_MAX_CONCURRENT_RPCS", 500, minimum=1, maximum=100_000
             ),
-            # How long a job stays with a gateway that stopped renewing (crashed) before another takes it.
-            max_jobs_per_client=environment.integer(
-                "STILLPOINT_MAX_JOBS_PER_CLIENT", 4, minimum=1, maximum=10_000
+            job_limits=JobLimits(
+                max_jobs_per_client=environment.integer(
+                    "STILLPOINT_MAX_JOBS_PER_CLIENT", 4, minimum=1, maximum=10_000
+                ),
+                # Each job holds a live FFmpeg encoder and speech requests on the media replicas: past this
+                # many on one gateway, jobs wait in the queue for any replica with room.
+                max_running_jobs=environment.integer(
+                    "STILLPOINT_MAX_RUNNING_JOBS", 8, minimum=1, maximum=1000
+                ),
+                # Past this many waiting, new jobs get RESOURCE_EXHAUSTED instead of a wait without end.
+                max_queued_jobs=environment.integer(
+                    "STILLPOINT_MAX_QUEUED_JOBS", 200, minimum=1, maximum=1_000_000
+                ),
+                max_attempts=environment.integer("STILLPOINT_MAX_JOB_ATTEMPTS", 3, minimum=1, maximum=20),
+                retry_delay_seconds=environment.seconds(
+                    "STILLPOINT_JOB_RETRY_DELAY_SECONDS", 2.0, minimum=0, maximum=600
+                ),
             ),
+            # How long a job stays with a gateway that stopped renewing (crashed) before another takes it.
             job_lease_seconds=environment.seconds(
                 "STILLPOINT_JOB_LEASE_SECONDS", 30.0, minimum=3, maximum=3600
             ),
+            redis_url=_redis_url(environment),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
         )
+
+
+def _redis_url(environment: Environment) -> str | None:
+    url = environment.text("REDIS_URL", "")
+    if url and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
+    return url or None

@@ -122,6 +122,16 @@ class VideoReady:
 
 
 @dataclass(frozen=True)
+class AttemptFailed:
+    """An attempt failed in a way another may not; the job is attempted again after `retry_delay_seconds`."""
+
+    attempt: int
+    max_attempts: int
+    reason: str
+    retry_delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class Completed:
     """The job ended; always the last event. A failure keeps its kind: a replay ends with the same status."""
 
@@ -142,6 +152,7 @@ Event = (
     | PlaylistReady
     | NarrationReady
     | VideoReady
+    | AttemptFailed
     | Completed
 )
 
@@ -153,6 +164,7 @@ _KINDS: dict[str, type[Event]] = {
     "playlist_ready": PlaylistReady,
     "narration_ready": NarrationReady,
     "video_ready": VideoReady,
+    "attempt_failed": AttemptFailed,
     "completed": Completed,
 }
 _KIND_OF = {event_type: kind for kind, event_type in _KINDS.items()}

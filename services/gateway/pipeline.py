@@ -12,7 +12,6 @@ from typing import Protocol, TypeVar
 
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import (
-    Accepted,
     Event,
     ImageReady,
     NarrationReady,
@@ -91,10 +90,9 @@ class MeditationPipeline:
 
     async def run(self, job: JobEvents, meditation: Meditation) -> None:
         """Produces both videos; raises GatewayError when a stage fails."""
-        if meditation.last_sequence == 0:
-            await job.emit(Accepted(meditation=meditation.name, conversation=meditation.conversation))
-        # A resumed job (its gateway stopped) runs again from the start; caches make the repeated
-        # transcript and image free, and its log simply continues.
+        # `accepted` was recorded when the job was queued. A resumed job (its gateway stopped, or an attempt
+        # failed) runs again from the start; caches make the repeated transcript and image free, and its log
+        # simply continues.
         options = meditation.options
         async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds) as stage:
             source = await self._content.collect_source_content(meditation.conversation)

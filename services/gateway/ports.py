@@ -153,12 +153,24 @@ class ContentPort(Protocol):
     ) -> GeneratedImage: ...
 
     async def create_meditation(
-        self, conversation: str, request_id: str, options: MeditationOptions, owner: str, lease_seconds: float
+        self,
+        conversation: str,
+        request_id: str,
+        options: MeditationOptions,
+        *,
+        lease_seconds: float,
+        owner: str = "",
+        client: str = "",
+        max_running_per_client: int = 0,
     ) -> tuple[Meditation, bool]: ...
 
     async def claim_meditation(self, meditation: str, owner: str, lease_seconds: float) -> bool: ...
 
-    async def release_meditation(self, meditation: str, owner: str) -> None: ...
+    async def requeue_meditation(self, meditation: str, lease_seconds: float) -> bool: ...
+
+    async def release_meditation(
+        self, meditation: str, owner: str, queue_lease_seconds: float = 0.0
+    ) -> None: ...
 
     async def list_claimable_meditations(self, max_meditations: int) -> list[str]: ...
 

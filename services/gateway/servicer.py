@@ -11,6 +11,7 @@ from typing import Any, TypeAlias, TypeVar
 import grpc
 
 from services.gateway import events
+from services.gateway.deadlines import client_deadline
 from services.gateway.errors import FailureKind, GatewayError, InvalidInputError
 from services.gateway.jobs import MeditationJobs
 from services.gateway.models import (
@@ -162,9 +163,11 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
 
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
-    """The one place gateway errors become gRPC status codes; messages were written for clients."""
+    """The one place gateway errors become gRPC status codes; messages were written for clients. Every
+    internal call made inside is bounded by the client's deadline."""
     try:
-        yield
+        with client_deadline(context.time_remaining()):
+            yield
     except GatewayError as error:
         await context.abort(_STATUS[error.kind], error.message)
 
@@ -290,6 +293,11 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             video.width_pixels = event.width_pixels
             video.height_pixels = event.height_pixels
             video.encoder = event.encoder
+        case events.AttemptFailed():
+            response.attempt_failed.attempt = event.attempt
+            response.attempt_failed.max_attempts = event.max_attempts
+            response.attempt_failed.reason = event.reason
+            response.attempt_failed.retry_delay.CopyFrom(to_duration(event.retry_delay_seconds))
         case events.Completed():
             completed = response.completed
             completed.state = _MEDITATION_STATE[event.state]

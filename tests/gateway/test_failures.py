@@ -13,7 +13,7 @@ from services import serving
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, Stage, StageChanged
-from services.gateway.jobs import MeditationJobs
+from services.gateway.jobs import JobLimits, MeditationJobs
 from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import GatewayServicer
@@ -22,14 +22,22 @@ from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.conftest import GATEWAY_SERVICE
 from tests.gateway.test_servicer import SAMPLE_MESSAGES
 
+# One attempt per job, so a failure surfaces at once (retries have a test of their own).
+ONE_ATTEMPT = JobLimits(max_attempts=1)
+
 
 @asynccontextmanager
 async def gateway(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, timeouts: StageTimeouts
+    content_channel: grpc.aio.Channel,
+    media_channel: grpc.aio.Channel,
+    timeouts: StageTimeouts,
+    limits: JobLimits = ONE_ATTEMPT,
 ) -> AsyncIterator[gateway_grpc.GatewayServiceStub]:
     content = ContentClient(content_channel, timeouts)
     jobs = MeditationJobs(
-        content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
+        content,
+        MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts),
+        limits=limits,
     )
     running = await serving.start_server(
         service_names=[GATEWAY_SERVICE],
@@ -84,6 +92,34 @@ async def test_unreachable_media_service_fails_the_narration_as_unavailable(
     assert "unavailable" in fetched.meditation.failure_message
 
 
+async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_reason(
+    content_channel: grpc.aio.Channel,
+) -> None:
+    """Property: a failure another attempt may not repeat (media unreachable) is announced and retried, and
+    after the last attempt the job ends FAILED with the reason; the log stays whole."""
+    limits = JobLimits(max_attempts=2, retry_delay_seconds=0.1)
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead_media,
+        gateway(content_channel, dead_media, StageTimeouts(), limits) as stub,
+    ):
+        seen, status = await run_until_status(stub)
+    assert status.code() == grpc.StatusCode.UNAVAILABLE
+    assert "gave up after 2 attempts" in (status.details() or "")
+    retries = [r.attempt_failed for r in seen if r.HasField("attempt_failed")]
+    assert [(retry.attempt, retry.max_attempts) for retry in retries] == [(1, 2)]
+    assert "media service is unavailable" in retries[0].reason
+    narration_failures = [
+        r.stage
+        for r in seen
+        if r.HasField("stage")
+        and r.stage.stage == gateway_pb.STAGE_NARRATION
+        and r.stage.state == gateway_pb.STAGE_STATE_FAILED
+    ]
+    assert len(narration_failures) == 2
+    assert [r.sequence for r in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1].completed.state == gateway_pb.MEDITATION_STATE_FAILED
+
+
 async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same(
     content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
 ) -> None:
@@ -134,6 +170,8 @@ async def test_a_running_job_cannot_be_claimed_by_a_second_gateway_while_its_lea
     )
     conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
     name = await jobs.start(conversation.name, "", MeditationOptions())
+    # Queued, the job is anyone's to take; once a dispatcher has taken it, it is held.
+    [_ async for _ in _until_stage(jobs.watch(name, after_sequence=0), Stage.SOURCE)]
     assert not await content.claim_meditation(name, "gateway-intruder", 30)
     assert name not in await content.list_claimable_meditations(10)
     assert await content.claim_meditation(name, jobs.owner, 30)  # renewal by the owner
@@ -174,3 +212,31 @@ async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries
     for name in (first, other):
         await jobs.cancel(name)
     await jobs.close()
+
+
+async def test_jobs_past_a_replicas_limit_wait_in_the_queue_and_past_the_queues_limit_are_refused(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+) -> None:
+    """Property: a replica runs at most `max_running_jobs`; the next job waits in the queue (accepted, then
+    started once a slot frees), and past `max_queued_jobs` waiting a new job is RESOURCE_EXHAUSTED."""
+    timeouts = StageTimeouts()
+    content = ContentClient(content_channel, timeouts)
+    media = MediaClient(media_channel, timeouts)
+    limits = JobLimits(max_running_jobs=1, max_queued_jobs=1, max_jobs_per_client=10)
+    jobs = MeditationJobs(content, MeditationPipeline(content, media, timeouts), media=media, limits=limits)
+    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
+    first = await jobs.start(conversation.name, "", MeditationOptions())
+    [_ async for _ in _until_stage(jobs.watch(first, after_sequence=0), Stage.SOURCE)]  # taken: running
+    second = await jobs.start(conversation.name, "", MeditationOptions())
+    with pytest.raises(GatewayError) as refused:
+        await jobs.start(conversation.name, "", MeditationOptions())
+    assert refused.value.kind is FailureKind.EXHAUSTED
+    assert "waiting to start" in refused.value.message
+    first_log = [event async for event in jobs.watch(first, after_sequence=0)]
+    second_log = [event async for event in jobs.watch(second, after_sequence=0)]
+    await jobs.close()
+    for log in (first_log, second_log):
+        assert isinstance(log[-1].event, Completed)
+        assert log[-1].event.state is MeditationState.SUCCEEDED
+    second_started = next(event for event in second_log if isinstance(event.event, StageChanged))
+    assert second_started.event_time >= first_log[-1].event_time
