@@ -75,16 +75,11 @@ async def _flush_redis() -> None:
         await client.aclose()
 
 
-@pytest.fixture(params=["in-process-sqlite", "redis-postgresql"])
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    """The three services retrying a failed job once, 0.2 s later: with the in-process queue on SQLite, or
-    with the Redis stream queue (a database of its own, flushed) on a fresh PostgreSQL database."""
-    if request.param == "in-process-sqlite":
-        # Blank is unset: whatever the surrounding environment says, SQLite and the in-process queue.
-        environment = {**RETRY_ENVIRONMENT, "REDIS_URL": "", "DATABASE_URL": ""}
-        with running_stack(tmp_path / "var", extra_environment=environment) as started:
-            yield started
-        return
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    """The three services retrying a failed job once, 0.2 s later, with the Redis stream queue (a database
+    of its own, flushed) on a fresh PostgreSQL database. (The in-process queue's retries and dead letters
+    share the contract tests in tests/test_work_queue.py and the gateway's tests/gateway/test_failures.py.)"""
     asyncio.run(_flush_redis())
     database_url = create_postgres_database()
     environment = {**RETRY_ENVIRONMENT, "REDIS_URL": REDIS_URL, "DATABASE_URL": database_url}
@@ -225,15 +220,12 @@ async def test_a_poison_image_fails_its_job_after_n_attempts_with_the_reason_and
     ]
     assert len(stored_videos(stack.var_root, healthy_name)) == 2
 
-    if stack.environment["REDIS_URL"]:
-        waiting, letters = await _dead_letters()
-        assert waiting == 0, (
-            "the job stream still holds entries: a job neither acknowledged nor dead-lettered"
-        )
-        assert letters == [
-            {
-                b"job": poison_name.encode(),
-                b"reason": meditation.failure_message.encode(),
-                b"delivery_count": str(MAX_ATTEMPTS).encode(),
-            }
-        ]
+    waiting, letters = await _dead_letters()
+    assert waiting == 0, "the job stream still holds entries: a job neither acknowledged nor dead-lettered"
+    assert letters == [
+        {
+            b"job": poison_name.encode(),
+            b"reason": meditation.failure_message.encode(),
+            b"delivery_count": str(MAX_ATTEMPTS).encode(),
+        }
+    ]
