@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -152,9 +153,16 @@ class LiveNarration:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        for task in [*self._spoken, *([self._writer] if self._writer else [])]:
+        tasks = [*self._spoken, *([self._writer] if self._writer else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._spoken, *([self._writer] if self._writer else []), return_exceptions=True)
+        # Shielded: a second cancellation (the end of a grace period lands while we wait) must not skip the
+        # clean-up, and the files go only once the writer has killed FFmpeg, or it would write new ones.
+        await asyncio.shield(self._clean_up(tasks))
+
+    async def _clean_up(self, tasks: list[asyncio.Task[Any]]) -> None:
+        if tasks:
+            await asyncio.wait(tasks)
         if self._work_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 

@@ -206,7 +206,8 @@ class MediaStudio:
                 upload_seconds=time.perf_counter() - started,
             )
         finally:
-            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+            # Shielded: a cancellation landing here (a cut stream, a shutdown) must not leave the files.
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work_dir, True))
 
     async def _input_path(self, key: str, field: str) -> Path:
         try:
