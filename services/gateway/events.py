@@ -31,6 +31,7 @@ class StageState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"
+    STOPPED = "stopped"
 
 
 class VideoQuality(enum.StrEnum):

@@ -45,6 +45,8 @@ class JobRecorder:
     client: str = ""
     request_id: str = ""
     is_finished: bool = False
+    # Set when another replica took the job over: this one must not write to its log any more.
+    is_fenced: bool = False
     _watchers: set[asyncio.Queue[SequencedEvent | None]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -67,6 +69,8 @@ class JobRecorder:
 
     async def _record(self, event: Event, changes: JobChanges | None) -> None:
         async with self._lock:
+            if self.is_fenced:
+                raise GatewayError(FailureKind.PRECONDITION, f"{self.meditation} is held by another replica")
             sequence = self.last_sequence + 1
             elapsed_seconds = self.elapsed_seconds
             event_time = await self.content.record_event(
@@ -418,6 +422,7 @@ class MeditationJobs:
             name = job.recorder.meditation
             if not await self._content.claim_meditation(name, self.owner, self._lease_seconds):
                 logger.warning("%s: lease lost to another replica; stopping here", name)
+                job.recorder.is_fenced = True
                 job.task.cancel()
 
     async def _follow_cancellations(self) -> None:

@@ -305,6 +305,20 @@ class MeditationPipeline:
         except GatewayError as error:
             await self._stage_failed(job, stage, run, error)
             raise
+        except asyncio.CancelledError:
+            # Stopped from outside: a cancel, a shutdown, or a transcript that fell back and is spoken
+            # afresh. Close the stage in the log, so no client sees it open for ever; a replica that lost the
+            # job cannot write any more, and that is fine.
+            with contextlib.suppress(GatewayError):
+                job.add_stage_time(stage, run.elapsed_seconds)
+                await job.emit(
+                    StageChanged(
+                        stage=stage,
+                        state=StageState.STOPPED,
+                        stage_elapsed_seconds=run.elapsed_seconds,
+                    )
+                )
+            raise
         job.add_stage_time(stage, run.elapsed_seconds)
         await job.emit(
             StageChanged(

@@ -75,6 +75,7 @@ _STAGE_STATE = {
     events.StageState.SUCCEEDED: gateway_pb.STAGE_STATE_SUCCEEDED,
     events.StageState.FAILED: gateway_pb.STAGE_STATE_FAILED,
     events.StageState.SKIPPED: gateway_pb.STAGE_STATE_SKIPPED,
+    events.StageState.STOPPED: gateway_pb.STAGE_STATE_STOPPED,
 }
 _QUALITY = {
     events.VideoQuality.QUICK: gateway_pb.VIDEO_QUALITY_QUICK,

@@ -196,7 +196,9 @@ async def test_cancel_stops_a_running_meditation_and_removes_its_partial_assets(
     stream = gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
     accepted = await anext(aiter(stream))
     meditation = accepted.accepted.meditation
+    before: list[gateway_pb.GenerateMeditationResponse] = []
     async for response in stream:  # let the narration produce something worth cleaning up
+        before.append(response)
         if response.HasField("playlist_ready"):
             break
     cancelled = await gateway_stub.CancelMeditation(gateway_pb.CancelMeditationRequest(name=meditation))
@@ -206,6 +208,12 @@ async def test_cancel_stops_a_running_meditation_and_removes_its_partial_assets(
         await _read_into(stream, rest)
     assert raised.value.code() == grpc.StatusCode.CANCELLED
     assert rest[-1].completed.state == gateway_pb.MEDITATION_STATE_CANCELLED
+    # Every stage that started is closed in the log: the ones cut short as STOPPED.
+    stages = [r.stage for r in [*before, *rest] if r.HasField("stage")]
+    started = [s.stage for s in stages if s.state == gateway_pb.STAGE_STATE_STARTED]
+    closed = [s.stage for s in stages if s.state != gateway_pb.STAGE_STATE_STARTED]
+    assert sorted(started) == sorted(closed)
+    assert any(s.state == gateway_pb.STAGE_STATE_STOPPED for s in stages)
     meditation_id = meditation.rsplit("/", 1)[1]
     leftovers = [
         path
