@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 StateT = TypeVar("StateT")
 
@@ -44,3 +44,47 @@ class TrackingHTTPServer(ThreadingHTTPServer, Generic[StateT]):
         for connection in connections:
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
+
+
+class TrackingHandler(BaseHTTPRequestHandler):
+    """A handler that registers its connection with the TrackingHTTPServer and sends every method to
+    `_dispatch(method)`; quiet, because the fakes keep a request log instead."""
+
+    protocol_version = "HTTP/1.1"
+    server: TrackingHTTPServer[Any]
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, is_open=True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, is_open=False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Quiet: tests read the request log instead."""
+
+    def _dispatch(self, method: str) -> None:
+        raise NotImplementedError
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("HEAD")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def do_OPTIONS(self) -> None:
+        self._dispatch("OPTIONS")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import contextlib
 import io
 import json
 import math
@@ -31,7 +30,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Final, Literal, cast, get_args
@@ -43,7 +41,7 @@ from services.content.painter import SUPPORTED_SIZES, paint_landscape
 from services.content.transcripts import compose_meditation
 from services.media.errors import SpeechError
 from services.media.speech import EspeakNarrator, Narration
-from tests.servers.http_base import TrackingHTTPServer
+from tests.servers.http_base import TrackingHandler, TrackingHTTPServer
 
 Endpoint = Literal["models", "chat", "images", "speech"]
 ENDPOINTS: Final[tuple[Endpoint, ...]] = get_args(Endpoint)
@@ -454,31 +452,9 @@ class _HangupError(Exception):
     """The server is stopping: close the connection without an answer."""
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackingHandler):
     server_version = "stillpoint-openai-compatible/1.0"
     server: _HTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, is_open=True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, is_open=False)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: tests read the request log instead."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
 
     @property
     def _state(self) -> _ServerState:

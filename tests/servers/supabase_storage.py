@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -34,12 +33,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import FrameType
 from typing import Final
 
-from tests.servers.http_base import TrackingHTTPServer
+from tests.servers.http_base import TrackingHandler, TrackingHTTPServer
 
 DEFAULT_SERVICE_KEY: Final = "service-role-test-key"
 API_PREFIX: Final = "/storage/v1/"
@@ -458,43 +456,9 @@ class _HTTPServer(TrackingHTTPServer[_StorageState]):
 # Handler -------------------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(TrackingHandler):
     server_version = "stillpoint-supabase-storage/1.0"
     server: _HTTPServer
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, is_open=True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, is_open=False)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Quiet: tests read the request log instead."""
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_PATCH(self) -> None:
-        self._dispatch("PATCH")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def do_OPTIONS(self) -> None:
-        self._dispatch("OPTIONS")
 
     @property
     def _state(self) -> _StorageState:
