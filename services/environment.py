@@ -28,6 +28,13 @@ class Environment:
         value = self._values.get(name, "").strip()
         return value or default
 
+    def redis_url(self, name: str) -> str | None:
+        """Returns a Redis URL (redis://, rediss:// or unix://), or None when the variable is unset."""
+        url = self.text(name, "")
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"{name} must start with redis://, rediss:// or unix://")
+        return url or None
+
     def integer(self, name: str, default: int, *, minimum: int, maximum: int) -> int:
         """Returns an integer within [minimum, maximum]."""
         raw = self._values.get(name, "").strip()

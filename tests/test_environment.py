@@ -131,3 +131,14 @@ def test_secrets_are_redacted_from_every_log_record() -> None:
     assert SecretRedactor([key]).filter(record)
     assert key not in record.getMessage()
     assert "***" in record.getMessage()
+
+
+def test_redis_url_is_checked_alike_by_every_service_that_reads_it(tmp_path: Path) -> None:
+    """Property: content and gateway share REDIS_URL and reject the same malformed value, naming it."""
+    assert Environment({}).redis_url("REDIS_URL") is None
+    assert Environment({"REDIS_URL": "redis://r:6379/0"}).redis_url("REDIS_URL") == "redis://r:6379/0"
+    malformed = Environment({"REDIS_URL": "http://r:6379"})
+    with pytest.raises(ConfigError, match="REDIS_URL must start with redis://"):
+        ContentConfig.from_environment(malformed, var_root=tmp_path)
+    with pytest.raises(ConfigError, match="REDIS_URL must start with redis://"):
+        GatewayConfig.from_environment(malformed)

@@ -90,7 +90,7 @@ class ContentConfig:
             # The seeds' budget for content generation: 300 s.
             transcript_timeout_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
             image_timeout_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
-            redis_url=_redis_url(environment),
+            redis_url=environment.redis_url("REDIS_URL"),
             # The lock is extended while its holder computes, so this only bounds how long a crashed
             # replica's lock keeps the others waiting.
             cache_lock_timeout_seconds=environment.seconds("STILLPOINT_CACHE_LOCK_TIMEOUT_SECONDS", 30.0),
@@ -111,13 +111,6 @@ def read_database_url(environment: Environment, var_root: Path) -> str:
             "DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite:// (an async driver)"
         )
     return url
-
-
-def _redis_url(environment: Environment) -> str | None:
-    url = environment.text("REDIS_URL", "")
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
-    return url or None
 
 
 def _prompts_file(environment: Environment) -> Path | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.environment import ConfigError, Environment
+from services.environment import Environment
 from services.gateway.jobs import JobLimits
 from services.gateway.pipeline import StageTimeouts
 
@@ -67,15 +67,8 @@ class GatewayConfig:
             job_lease_seconds=environment.seconds(
                 "STILLPOINT_JOB_LEASE_SECONDS", 30.0, minimum=3, maximum=3600
             ),
-            redis_url=_redis_url(environment),
+            redis_url=environment.redis_url("REDIS_URL"),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
         )
-
-
-def _redis_url(environment: Environment) -> str | None:
-    url = environment.text("REDIS_URL", "")
-    if url and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://")
-    return url or None
