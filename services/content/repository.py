@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
@@ -518,7 +519,7 @@ class ContentRepository:
                 .where(
                     MeditationRow.id == meditation_id,
                     MeditationRow.state == MeditationState.RUNNING.value,
-                    or_(MeditationRow.lease_expires_time.is_(None), MeditationRow.lease_expires_time < now),
+                    _is_abandoned(now),
                 )
                 .values(owner=None, lease_expires_time=now + timedelta(seconds=lease_seconds))
             )
@@ -544,7 +545,7 @@ class ContentRepository:
                 select(MeditationRow.id)
                 .where(
                     MeditationRow.state == MeditationState.RUNNING.value,
-                    or_(MeditationRow.lease_expires_time.is_(None), MeditationRow.lease_expires_time < now),
+                    _is_abandoned(now),
                 )
                 .order_by(MeditationRow.create_time)
                 .limit(max_jobs)
@@ -608,3 +609,8 @@ def _meditation(row: MeditationRow) -> Meditation:
         last_sequence=row.last_sequence,
         create_time=_aware(row.create_time),
     )
+
+
+def _is_abandoned(now: datetime) -> ColumnElement[bool]:
+    """A running job nobody holds: given back (no lease), or its holder's lease (or the queue's) lapsed."""
+    return or_(MeditationRow.lease_expires_time.is_(None), MeditationRow.lease_expires_time < now)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import time
@@ -42,8 +41,6 @@ class JobRecorder:
     transcript_cache_hit: bool = False
     image_cache_hit: bool = False
     is_cancel_requested: bool = False
-    client: str = ""
-    request_id: str = ""
     is_finished: bool = False
     # Set when another replica took the job over: this one must not write to its log any more.
     is_fenced: bool = False
@@ -138,7 +135,6 @@ class _Running:
     recorder: JobRecorder
     task: asyncio.Task[None]
     delivery: Delivery
-    is_shutting_down: bool = False
 
 
 class MeditationJobs:
@@ -162,7 +158,6 @@ class MeditationJobs:
         lease_seconds: float = 30.0,
         owner: str | None = None,
         limits: JobLimits | None = None,
-        max_jobs_per_client: int | None = None,
     ):
         self._content = content
         self._pipeline = pipeline
@@ -175,10 +170,7 @@ class MeditationJobs:
         self._queue_lease_seconds = lease_seconds * (
             _SHARED_QUEUE_LEASE_FACTOR if self._queue.is_shared else 1
         )
-        limits = limits or JobLimits()
-        if max_jobs_per_client is not None:
-            limits = dataclasses.replace(limits, max_jobs_per_client=max_jobs_per_client)
-        self._limits = limits
+        self._limits = limits = limits or JobLimits()
         # One identity per process: its leases and queue deliveries tell other replicas the job is in hand.
         self.owner = owner or f"gateway-{secrets.token_hex(6)}"
         self._running: dict[str, _Running] = {}
@@ -275,11 +267,7 @@ class MeditationJobs:
         """Claims the delivered job and launches it; False when there is nothing to run."""
         name = delivery.job
         try:
-            running = self._running.get(name)
-            if running is not None and running.delivery.entry_id == delivery.entry_id:
-                # Handed back by its own attempt, and taken again before that attempt's task ended.
-                await asyncio.wait({running.task})
-            elif running is not None:
+            if name in self._running:
                 await self._queue.acknowledge(delivery)  # a duplicate entry of a job running here
                 return False
             if not await self._content.claim_meditation(name, self.owner, self._lease_seconds):
@@ -323,10 +311,14 @@ class MeditationJobs:
         task.add_done_callback(lambda _: self._forget(running))
 
     def _forget(self, running: _Running) -> None:
+        self._retire(running)
+        self._slots.release()
+
+    def _retire(self, running: _Running) -> None:
+        """The attempt is over: the job is no longer running here, and its watchers read on elsewhere."""
         if self._running.get(running.recorder.meditation) is running:
             del self._running[running.recorder.meditation]
-        running.recorder.end_attempt()
-        self._slots.release()
+            running.recorder.end_attempt()
 
     async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
         running = self._running[meditation.name]
@@ -335,15 +327,12 @@ class MeditationJobs:
             if await self._finish(recorder, MeditationState.SUCCEEDED, None):
                 await self._queue.acknowledge(running.delivery)
         except asyncio.CancelledError:
-            if recorder.is_cancel_requested:
-                if await self._finish_stopped(recorder):
-                    await self._queue.acknowledge(running.delivery)
-            elif running.is_shutting_down:
-                raise  # close() hands the job back
-            else:
-                # The lease was lost to another replica, which holds the job now (through this entry or
-                # its own): leave the entry alone.
+            if not recorder.is_cancel_requested:
+                # A shutdown (close() hands the job back) or a lost lease (the replica holding it now has
+                # this entry or its own): either way, not this task's to end.
                 raise
+            if await self._finish_stopped(recorder):
+                await self._queue.acknowledge(running.delivery)
         except GatewayError as error:
             await self._failed(recorder, running, error)
         except Exception:
@@ -381,6 +370,8 @@ class MeditationJobs:
             await self._content.release_meditation(name, self.owner, self._queue_lease_seconds)
         except GatewayError as bookkeeping:
             logger.warning("%s: %s; the queue hands it on anyway", name, bookkeeping.message)
+        # Retired before it is handed back, so the next attempt (here, too) finds no attempt in the way.
+        self._retire(running)
         await self._hand_back(running.delivery, counts_as_attempt=True, delay_seconds=delay_seconds)
 
     async def _give_up(self, delivery: Delivery, meditation: Meditation, why: str) -> None:
@@ -591,7 +582,6 @@ class MeditationJobs:
             task.cancel()
         running = list(self._running.values())
         for job in running:
-            job.is_shutting_down = True
             job.task.cancel()
         await asyncio.gather(*background, *(job.task for job in running), return_exceptions=True)
         for job in running:

@@ -199,7 +199,10 @@ async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
     jobs = MeditationJobs(
-        content, MeditationPipeline(content, media, timeouts), media=media, max_jobs_per_client=1
+        content,
+        MeditationPipeline(content, media, timeouts),
+        media=media,
+        limits=JobLimits(max_jobs_per_client=1),
     )
     conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
     first = await jobs.start(conversation.name, "tap-1", MeditationOptions(), client="alice")
