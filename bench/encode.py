@@ -14,9 +14,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.seeds_pipeline import run_seed_b, seed_b_command
+from bench.reference_pipeline import run_seed_b, seed_b_command
 from services.content.painter import paint_landscape
-from services.content.transcripts import compose_meditation
+from services.content.script_composer import compose_meditation
 from services.media.speech import EspeakNarrator, Narration, encode_wav
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, probe_media, render_still_video
 

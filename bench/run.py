@@ -34,6 +34,7 @@ from bench.latency_model import (
 )
 from bench.percentiles import summarize
 from bench.providers import API_KEY, SERVICE_KEY, ProviderServers, running_providers
+from bench.reference_pipeline import SeedsPipeline
 from bench.report import build_targets, pipeline_section, write_report
 from bench.resources import (
     MemorySampler,
@@ -41,7 +42,6 @@ from bench.resources import (
     data_plane_cpu_seconds,
     machine_busy_cpu_seconds,
 )
-from bench.seeds_pipeline import SeedsPipeline
 from bench.stillpoint_pipeline import DEFAULT_JOB_TIMEOUT_SECONDS, run_jobs
 from scripts.stack import running_stack
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from scripts.stack import running_stack
-from services import client
+from services import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,7 +19,7 @@ def main() -> int:
     try:
         with running_stack(var_root, ports={"gateway": 50051, "content": 50052, "media": 50053}) as stack:
             print(f"Gateway serving on {stack.gateway_address}\n", flush=True)
-            code = client.main(
+            code = cli.main(
                 [
                     "--gateway",
                     stack.gateway_address,

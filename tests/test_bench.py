@@ -18,8 +18,8 @@ from bench.__main__ import parse_settings
 from bench.conversations import conversation_for
 from bench.jobs import MILESTONES, JobTimeline, StageSpan
 from bench.percentiles import percentile, summarize
+from bench.reference_pipeline import seed_b_command
 from bench.report import build_targets, pipeline_section, render_markdown, write_report
-from bench.seeds_pipeline import seed_b_command
 from tests.servers.supabase_storage import SupabaseStorageServer
 
 ROOT = Path(__file__).resolve().parent.parent

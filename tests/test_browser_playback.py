@@ -23,7 +23,7 @@ from services.media.video import (
     RenderProfile,
     render_still_video,
 )
-from services.wire import seconds_of
+from services.proto_time import seconds_of
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 from tests.browser import (
     DEFAULT_CHROMIUM,

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio
 
 from scripts.stack import Stack, running_stack
-from services.client import load_conversation
+from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.data_plane import create_postgres_database, drop_postgres_database, unavailable
@@ -72,7 +72,7 @@ async def _generate(stack: Stack) -> list[gateway_pb.GenerateMeditationResponse]
 
 
 def _cli(*arguments: str) -> str:
-    command = [sys.executable, "-m", "services.client", *arguments]
+    command = [sys.executable, "-m", "services.cli", *arguments]
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
 
 

@@ -54,7 +54,7 @@ def _render(image: Path, audio: Path, profile: str, output: Path) -> str:
     command = [
         sys.executable,
         "-m",
-        "services.client",
+        "services.cli",
         "render",
         "--image",
         str(image),
@@ -97,7 +97,7 @@ def test_render_names_a_missing_input(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "services.client",
+            "services.cli",
             "render",
             "--image",
             str(tmp_path / "none.png"),

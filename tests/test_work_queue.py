@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from services.work_queue import InProcessWorkQueue, RedisStreamWorkQueue, WorkQueue
+from services.gateway.jobs.work_queue import InProcessWorkQueue, RedisStreamWorkQueue, WorkQueue
 from tests.test_cache import REDIS_URL, connect_or_skip
 
 CLAIM_TIMEOUT_SECONDS = 0.4

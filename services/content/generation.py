@@ -17,7 +17,7 @@ from typing import Protocol
 from PIL import Image
 
 from services.cache import ResultCache
-from services.content import painter, transcripts
+from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
 from services.openai_api import ProviderCallError
 from services.pause_marks import count_spoken_words
@@ -74,7 +74,7 @@ class OfflineTranscriptProvider:
 
     async def stream(self, source_text: str) -> AsyncIterator[str]:
         """Composes off the event loop, then yields the script sentence by sentence as a model would."""
-        script = await asyncio.to_thread(transcripts.compose_meditation, source_text)
+        script = await asyncio.to_thread(script_composer.compose_meditation, source_text)
         pieces = _SENTENCE_END.split(script)
         for index, piece in enumerate(pieces):
             yield piece if index == len(pieces) - 1 else piece + " "

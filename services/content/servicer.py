@@ -39,9 +39,9 @@ from services.content.repository import (
 )
 from services.content.themes import extract_themes
 from services.openai_api import FailureKind, ProviderCallError
+from services.proto_time import from_timestamp, seconds_of, to_timestamp
 from services.provider_status import ProviderReport
 from services.supabase_storage import StorageUnavailableError
-from services.wire import from_timestamp, seconds_of, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 

@@ -15,9 +15,14 @@ from services.environment import ConfigError, Environment
 from services.gateway.backends import ContentClient, MediaClient, backend_channel_options
 from services.gateway.config import GatewayConfig
 from services.gateway.jobs import MeditationJobs, claim_timeout_seconds
+from services.gateway.jobs.work_queue import (
+    InProcessWorkQueue,
+    RedisStreamWorkQueue,
+    WorkQueue,
+    WorkQueueUnavailableError,
+)
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import GatewayServicer
-from services.work_queue import InProcessWorkQueue, RedisStreamWorkQueue, WorkQueue, WorkQueueUnavailableError
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 

@@ -30,8 +30,8 @@ from services.gateway.ports import (
     TranscriptRestart,
     WrittenTranscript,
 )
+from services.proto_time import from_timestamp, seconds_of, to_duration, to_timestamp
 from services.serving import channel_options
-from services.wire import from_timestamp, seconds_of, to_duration, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb

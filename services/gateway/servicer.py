@@ -23,7 +23,7 @@ from services.gateway.models import (
     Message,
 )
 from services.gateway.ports import ContentPort
-from services.wire import from_timestamp, to_duration, to_timestamp
+from services.proto_time import from_timestamp, to_duration, to_timestamp
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 

@@ -23,8 +23,8 @@ from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPubl
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
 from services.openai_api import FailureKind, ProviderCallError
+from services.proto_time import to_duration
 from services.supabase_storage import StorageUnavailableError
-from services.wire import to_duration
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from scripts.stack import Stack, running_stack
-from services.client import load_conversation
+from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.faults.logs import assert_one_whole_log, stored_videos

@@ -12,7 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from scripts.stack import Stack, running_stack
-from services.client import load_conversation
+from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.data_plane import create_postgres_database, drop_postgres_database, unavailable

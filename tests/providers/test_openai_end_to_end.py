@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from scripts.stack import Stack, running_stack
-from services.client import load_conversation
+from services.cli import load_conversation
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb

@@ -38,7 +38,7 @@ import imageio_ffmpeg
 from PIL import Image, ImageOps
 
 from services.content.painter import SUPPORTED_SIZES, paint_landscape
-from services.content.transcripts import compose_meditation
+from services.content.script_composer import compose_meditation
 from services.media.errors import SpeechError
 from services.media.speech import EspeakNarrator, Narration
 from tests.servers.http_base import TrackingHandler, TrackingHTTPServer

@@ -21,7 +21,7 @@ import openai
 import pytest
 from PIL import Image
 
-from services.content.transcripts import compose_meditation
+from services.content.script_composer import compose_meditation
 from services.media.speech import EspeakNarrator
 from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
 from tests.servers.openai_compatible import (

@@ -19,8 +19,8 @@ from typing import TextIO
 
 import grpc
 
+from services.proto_time import seconds_of, to_timestamp
 from services.serving import channel_options
-from services.wire import seconds_of, to_timestamp
 from stillpoint.content.v1 import content_service_pb2 as content_pb
 from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb

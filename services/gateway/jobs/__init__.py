@@ -21,10 +21,15 @@ from services.gateway.events import (
     decode_event,
     encode_event,
 )
+from services.gateway.jobs.work_queue import (
+    Delivery,
+    InProcessWorkQueue,
+    WorkQueue,
+    WorkQueueUnavailableError,
+)
 from services.gateway.models import Meditation, MeditationOptions, MeditationState
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.ports import ContentPort, JobChanges, MediaPort
-from services.work_queue import Delivery, InProcessWorkQueue, WorkQueue, WorkQueueUnavailableError
 
 logger = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import random
 import pytest
 
 from services.content.image_prompts import Landscape, choose_landscape
-from services.content.themes import extract_themes
-from services.content.transcripts import (
+from services.content.script_composer import (
     MAX_SCRIPT_WORDS,
     MIN_SCRIPT_WORDS,
     compose_meditation,
     split_into_sentences,
 )
+from services.content.themes import extract_themes
 from services.pause_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
 from tests.content.test_themes import (
     EXAMS_AND_MOUNTAINS,
