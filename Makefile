@@ -47,6 +47,7 @@ test: protos
 # refuses to start on an unmigrated database.
 migrate: protos
 	$(PY) -m services.content.migrate
+	$(PY) -m services.gateway.migrate
 
 demo: protos
 	$(PY) -m scripts.demo

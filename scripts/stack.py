@@ -151,13 +151,19 @@ def running_stack(
         environment=environment,
         addresses=addresses,
     )
-    # The content service refuses an unmigrated database, as in production: migrate first (once: replicas
-    # share the database).
-    migrated = subprocess.run(
-        [sys.executable, "-m", "services.content.migrate"], env=environment, capture_output=True, text=True
-    )
-    if migrated.returncode != 0:
-        raise RuntimeError(f"migration failed: {migrated.stderr.strip() or migrated.stdout.strip()}")
+    # The content service and the gateway refuse an unmigrated database, as in production: migrate each
+    # one's tables first (once: replicas share the database).
+    for owner in ("content", "gateway"):
+        migrated = subprocess.run(
+            [sys.executable, "-m", f"services.{owner}.migrate"],
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+        if migrated.returncode != 0:
+            raise RuntimeError(
+                f"{owner} migration failed: {migrated.stderr.strip() or migrated.stdout.strip()}"
+            )
     try:
         for key in keys:
             processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)

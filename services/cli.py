@@ -21,8 +21,8 @@ import grpc
 
 from services.proto_time import seconds_of, to_timestamp
 from services.serving import channel_options
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 

@@ -21,10 +21,13 @@ from services.content.generation import (
     TranscriptGenerator,
 )
 from services.content.migrate import upgrade
-from services.content.repository import ContentRepository, create_engine
+from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
+from services.database import create_engine
+from services.gateway import migrate as gateway_migrate
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
+from services.gateway.jobs.store import JobStore
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import GatewayServicer
 from services.media.encoders import EncoderSelection
@@ -32,8 +35,8 @@ from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio
 from services.storage import LocalAssetStorage
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb
@@ -128,15 +131,28 @@ async def media_channel(
 
 
 @pytest.fixture
+async def job_store(tmp_path: Path) -> AsyncIterator[JobStore]:
+    """The gateway's job tables in a fresh, migrated SQLite file."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
+    await gateway_migrate.upgrade(engine)
+    yield JobStore(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
 async def gateway_channel(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a real gateway wired to real content and media servers."""
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
     jobs = MeditationJobs(
-        content, MeditationPipeline(content, media, timeouts), media=media, poll_interval_seconds=0.05
+        job_store,
+        content,
+        MeditationPipeline(content, media, timeouts),
+        media=media,
+        poll_interval_seconds=0.05,
     )
     running = await serving.start_server(
         service_names=[GATEWAY_SERVICE],

@@ -24,17 +24,18 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
-from services.content.migrate import DatabaseNotReadyError, ensure_migrated
+from services.content.migrate import ensure_migrated
 from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
 from services.content.pregeneration import pregenerate_off_peak, read_prompt_list
-from services.content.repository import ContentRepository, create_engine
+from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
+from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
 from services.storage import AssetStorage, open_asset_storage
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 logger = logging.getLogger("services.content")

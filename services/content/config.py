@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.content.repository import PoolSettings
+from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage import StorageSettings, read_storage_settings
@@ -54,15 +54,8 @@ class ContentConfig:
         uses_openai = "openai" in (transcript_provider, image_provider)
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
-            database_url=read_database_url(environment, var_root),
-            database_pool=PoolSettings(
-                size=environment.integer("STILLPOINT_DATABASE_POOL_SIZE", 5, minimum=1, maximum=100),
-                max_overflow=environment.integer(
-                    "STILLPOINT_DATABASE_MAX_OVERFLOW", 5, minimum=0, maximum=100
-                ),
-                is_pre_ping=environment.flag("STILLPOINT_DATABASE_POOL_PRE_PING", True),
-                recycle_seconds=environment.seconds("STILLPOINT_DATABASE_POOL_RECYCLE_SECONDS", 1800.0),
-            ),
+            database_url=read_database_url(environment, var_root / "stillpoint.db"),
+            database_pool=read_pool_settings(environment),
             storage=read_storage_settings(environment, var_root),
             cache_ttl_seconds=environment.seconds("STILLPOINT_CACHE_TTL_SECONDS", 3600.0),
             painter_workers=environment.integer("STILLPOINT_PAINTER_WORKERS", 1, minimum=1, maximum=16),
@@ -101,16 +94,6 @@ class ContentConfig:
                 else None
             ),
         )
-
-
-def read_database_url(environment: Environment, var_root: Path) -> str:
-    """DATABASE_URL, or a SQLite file under the var folder; only async drivers can serve an async engine."""
-    url = environment.text("DATABASE_URL", f"sqlite+aiosqlite:///{var_root / 'stillpoint.db'}")
-    if not url.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
-        raise ConfigError(
-            "DATABASE_URL must start with postgresql+asyncpg:// or sqlite+aiosqlite:// (an async driver)"
-        )
-    return url
 
 
 def _prompts_file(environment: Environment) -> Path | None:

@@ -26,11 +26,3 @@ class NotFoundError(ContentError):
 
 class PreconditionError(ContentError):
     """The resource exists but is not in a state that allows the request."""
-
-
-class ConflictError(ContentError):
-    """A concurrent writer got there first, such as two events with the same sequence."""
-
-
-class ExhaustedError(ContentError):
-    """A limit is reached; the message says which and what to do."""

@@ -11,16 +11,19 @@ import grpc
 
 from services import serving
 from services.cache import CacheUnavailableError, connect_redis, redact_redis_url
+from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.gateway.backends import ContentClient, MediaClient, backend_channel_options
 from services.gateway.config import GatewayConfig
 from services.gateway.jobs import MeditationJobs, claim_timeout_seconds
+from services.gateway.jobs.store import JobStore
 from services.gateway.jobs.work_queue import (
     InProcessWorkQueue,
     RedisStreamWorkQueue,
     WorkQueue,
     WorkQueueUnavailableError,
 )
+from services.gateway.migrate import ensure_migrated
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import GatewayServicer
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
@@ -31,7 +34,19 @@ SERVICE_NAME = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_nam
 
 
 async def main(config: GatewayConfig) -> None:
-    """Opens one channel per peer, serves, and closes them on the way out."""
+    """Opens the job database, serves, and closes it on the way out."""
+    engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-gateway")
+    try:
+        await ensure_migrated(engine, config.database_url)
+        await serve(config, JobStore(engine))
+    except DatabaseNotReadyError as error:
+        sys.exit(f"gateway: {error}")
+    finally:
+        await engine.dispose()
+
+
+async def serve(config: GatewayConfig, store: JobStore) -> None:
+    """Opens one channel per peer and the work queue, serves, and closes them on the way out."""
     options = backend_channel_options()
     content_channel = grpc.aio.insecure_channel(config.content_address, options=options)
     media_channel = grpc.aio.insecure_channel(config.media_address, options=options)
@@ -40,6 +55,7 @@ async def main(config: GatewayConfig) -> None:
     queue = await open_work_queue(config)
     logger.info("job queue: %s", queue.name)
     jobs = MeditationJobs(
+        store,
         content,
         MeditationPipeline(content, media, config.timeouts),
         media=media,

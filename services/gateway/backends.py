@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from datetime import datetime
 from typing import TypeVar
 
 import grpc
@@ -14,46 +12,38 @@ import grpc
 from services.gateway.deadlines import bounded
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import SentenceTiming, VideoQuality
-from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
+from services.gateway.models import Conversation, Message
 from services.gateway.pipeline import StageTimeouts
 from services.gateway.ports import (
     EncodedVideo,
     GeneratedImage,
-    JobChanges,
     LivePlaylist,
     SourceContent,
     SpokenNarration,
-    StoredEvent,
-    StoredEventPage,
     StoredVideo,
     TranscriptPiece,
     TranscriptRestart,
     WrittenTranscript,
 )
-from services.proto_time import from_timestamp, seconds_of, to_duration, to_timestamp
+from services.proto_time import from_timestamp, seconds_of, to_timestamp
 from services.serving import channel_options
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 
-# Only UNAVAILABLE is retried (the call most likely never reached a server), and only for calls that are
-# safe to repeat: reads, writes made idempotent by a request_id, lease claims, and cached generation.
-# AppendMessages, RecordMeditationEvent, the media renders and the live narration stream are never retried.
+# The channel's retry policy is the one retry layer of idempotent unary calls: only UNAVAILABLE (the call most
+# likely never reached a server), and only for calls that are safe to repeat (reads, writes made idempotent
+# by a request_id, cached generation). Everything else — AppendMessages, the transcript stream, the live
+# narration, the renders — is never retried here: a failure fails the job's attempt, and the job's retry
+# policy (services/gateway/jobs/retry_policy.py) decides whether it is tried again.
 _RETRIED_METHODS = {
-    "stillpoint.content.v1.ContentService": (
+    "stillpoint.content.v2.ContentService": (
         "CreateConversation",
         "GetConversation",
         "CollectSourceContent",
-        "GenerateTranscript",
         "CreateImagePrompt",
         "GenerateImage",
-        "CreateMeditation",
-        "ClaimMeditation",
-        "ReleaseMeditation",
-        "ListClaimableMeditations",
-        "ListMeditationEvents",
-        "GetMeditation",
     ),
     "stillpoint.media.v1.MediaService": ("GetEncoderInfo", "GetProviderStatus", "DeleteMeditationAssets"),
 }
@@ -99,13 +89,6 @@ _ROLE_TO_PROTO = {
     "system": content_pb.MESSAGE_ROLE_SYSTEM,
 }
 _ROLE_TO_DOMAIN = {value: key for key, value in _ROLE_TO_PROTO.items()}
-_STATE_TO_PROTO = {
-    MeditationState.RUNNING: content_pb.MEDITATION_STATE_RUNNING,
-    MeditationState.SUCCEEDED: content_pb.MEDITATION_STATE_SUCCEEDED,
-    MeditationState.FAILED: content_pb.MEDITATION_STATE_FAILED,
-    MeditationState.CANCELLED: content_pb.MEDITATION_STATE_CANCELLED,
-}
-_STATE_TO_DOMAIN = {value: key for key, value in _STATE_TO_PROTO.items()}
 _PROFILE = {
     VideoQuality.QUICK: media_pb.VIDEO_PROFILE_QUICK,
     VideoQuality.ENHANCED: media_pb.VIDEO_PROFILE_ENHANCED,
@@ -144,14 +127,9 @@ async def _call(service: str, call: Callable[[], Awaitable[T]]) -> T:
         raise _translate(error, service) from None
 
 
-# A stopped replica's stream is asked again this many times in all; each call also has the channel's retries
-# for UNAVAILABLE before its first answer.
-_TRANSCRIPT_ATTEMPTS = 4
-_TRANSCRIPT_RETRY_SECONDS = 0.5
-TranscriptEvent = TranscriptPiece | TranscriptRestart | WrittenTranscript
-
-
-def _transcript_event(response: content_pb.GenerateTranscriptResponse) -> TranscriptEvent:
+def _transcript_event(
+    response: content_pb.GenerateTranscriptResponse,
+) -> TranscriptPiece | TranscriptRestart | WrittenTranscript:
     if response.HasField("delta") and response.delta.restart:
         return TranscriptRestart(response.delta.restart_reason)
     if response.HasField("delta"):
@@ -164,62 +142,6 @@ def _transcript_event(response: content_pb.GenerateTranscriptResponse) -> Transc
         provider=done.provider,
         fallback_reason=done.fallback_reason,
     )
-
-
-class TranscriptRelay:
-    """Passes one script on across repeated GenerateTranscript streams, so the caller sees one script.
-
-    A repeat writes the script again from its start. While it writes what was already passed on, it is
-    skipped; once past it, the rest is passed on, so a deterministic writer (the offline composer) resumes
-    with no seam. A repeat that writes something else (a model samples afresh) voids what was passed on: a
-    TranscriptRestart, then the repeat's script from its start, as when a writer falls back.
-    """
-
-    _RESTART_REASON = "the content replica writing it stopped, and another wrote it again"
-
-    def __init__(self) -> None:
-        self._passed_on = ""  # the script text the caller has, since the last restart
-        self._to_skip = ""  # what the current repeat has yet to write again
-        self._rewritten = ""  # what the current repeat has written while skipping
-        self.is_complete = False
-
-    def begin(self) -> None:
-        """A stream (the first, or a repeat) starts writing the script from its start."""
-        self._to_skip, self._rewritten = self._passed_on, ""
-
-    def take(self, event: TranscriptEvent) -> list[TranscriptEvent]:
-        """What to pass on for one event of the current stream."""
-        if isinstance(event, TranscriptRestart):
-            self._passed_on = self._to_skip = self._rewritten = ""
-            return [event]
-        if isinstance(event, WrittenTranscript):
-            self.is_complete = True
-            if event.is_cached and self._passed_on:
-                # A cached script arrives whole and is spoken whole: what was passed on is void.
-                return [TranscriptRestart(self._RESTART_REASON), event]
-            if self._to_skip:
-                # The repeat ended inside what was passed on: its shorter script replaces it.
-                return [*self._diverge(""), event]
-            return [event]
-        text = event.text
-        if not self._to_skip:
-            self._passed_on += text
-            return [event]
-        if self._to_skip.startswith(text):
-            self._to_skip = self._to_skip[len(text) :]
-            self._rewritten += text
-            return []
-        if text.startswith(self._to_skip):
-            rest = text[len(self._to_skip) :]
-            self._passed_on += rest
-            self._to_skip = ""
-            return [TranscriptPiece(rest)] if rest else []
-        return self._diverge(text)
-
-    def _diverge(self, text: str) -> list[TranscriptEvent]:
-        script = self._rewritten + text
-        self._passed_on, self._to_skip, self._rewritten = script, "", ""
-        return [TranscriptRestart(self._RESTART_REASON), *([TranscriptPiece(script)] if script else [])]
 
 
 def _messages(messages: Sequence[Message]) -> list[content_pb.Message]:
@@ -246,23 +168,6 @@ def _conversation(proto: content_pb.Conversation) -> Conversation:
             )
             for message in proto.messages
         ),
-    )
-
-
-def _meditation(proto: content_pb.Meditation) -> Meditation:
-    return Meditation(
-        name=proto.name,
-        conversation=proto.conversation,
-        state=_STATE_TO_DOMAIN[proto.state],
-        options=MeditationOptions.from_json(proto.options_json),
-        transcript=proto.transcript,
-        image_uri=proto.image_uri,
-        narration_uri=proto.narration_uri,
-        quick_video_uri=proto.quick_video_uri,
-        enhanced_video_uri=proto.enhanced_video_uri,
-        failure_message=proto.failure_message,
-        last_sequence=proto.last_sequence,
-        create_time=from_timestamp(proto.create_time),
     )
 
 
@@ -318,36 +223,18 @@ class ContentClient:
     ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]:
         """Streams the script as it is written, then the whole of it.
 
-        A stream cut with UNAVAILABLE once it has begun (its content replica stopped: a deploy's SIGTERM past
-        its grace period, a crash) is not retried by the channel, so it is asked again here, on whichever
-        replica answers, and the relay carries on where it stopped (see `TranscriptRelay`).
+        A stream cut mid-way (its content replica stopped or crashed) fails the job's attempt with
+        UNAVAILABLE, and the job's retry policy tries again: streams have no retry layer of their own.
         """
         request = content_pb.GenerateTranscriptRequest(source_text=source_text, skip_cache=skip_cache)
-        relay = TranscriptRelay()
-        for attempt in range(1, _TRANSCRIPT_ATTEMPTS + 1):
-            stream = self._stub.GenerateTranscript(
-                request, timeout=bounded(self._timeouts.transcript_seconds)
-            )
-            relay.begin()
-            try:
-                async for response in stream:
-                    for event in relay.take(_transcript_event(response)):
-                        yield event
-                return
-            except grpc.aio.AioRpcError as error:
-                if relay.is_complete:
-                    return  # cut after the last message: nothing is missing
-                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == _TRANSCRIPT_ATTEMPTS:
-                    raise _translate(error, "content") from None
-                logger.warning(
-                    "transcript stream cut (attempt %d of %d): %s; asking again",
-                    attempt,
-                    _TRANSCRIPT_ATTEMPTS,
-                    error.details(),
-                )
-            finally:
-                stream.cancel()
-            await asyncio.sleep(_TRANSCRIPT_RETRY_SECONDS * attempt)
+        stream = self._stub.GenerateTranscript(request, timeout=bounded(self._timeouts.transcript_seconds))
+        try:
+            async for response in stream:
+                yield _transcript_event(response)
+        except grpc.aio.AioRpcError as error:
+            raise _translate(error, "content") from None
+        finally:
+            stream.cancel()
 
     async def create_image_prompt(self, source_text: str) -> str:
         """Derives the image prompt."""
@@ -378,130 +265,6 @@ class ContentClient:
             provider=response.provider,
             fallback_reason=response.fallback_reason,
         )
-
-    async def create_meditation(
-        self,
-        conversation: str,
-        request_id: str,
-        options: MeditationOptions,
-        *,
-        lease_seconds: float,
-        owner: str = "",
-        client: str = "",
-        max_running_per_client: int = 0,
-    ) -> tuple[Meditation, bool]:
-        """Records a job (held by `owner`, or queued without one), or finds the one a repeated request_id
-        made; RESOURCE_EXHAUSTED when the client already runs `max_running_per_client` jobs."""
-        request = content_pb.CreateMeditationRequest(
-            conversation=conversation,
-            request_id=request_id,
-            options_json=options.to_json(),
-            owner=owner,
-            lease_duration=to_duration(lease_seconds),
-            client=client,
-            max_running_per_client=max_running_per_client,
-        )
-        response = await _call(
-            "content",
-            lambda: self._stub.CreateMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
-        )
-        return _meditation(response.meditation), response.created
-
-    async def claim_meditation(self, meditation: str, owner: str, lease_seconds: float) -> bool:
-        """Takes or renews a job's lease."""
-        request = content_pb.ClaimMeditationRequest(
-            meditation=meditation, owner=owner, lease_duration=to_duration(lease_seconds)
-        )
-        response = await _call(
-            "content",
-            lambda: self._stub.ClaimMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
-        )
-        return response.claimed
-
-    async def requeue_meditation(self, meditation: str, lease_seconds: float) -> bool:
-        """Hands an abandoned job to the work queue; False when another janitor did, or it is held."""
-        request = content_pb.ClaimMeditationRequest(
-            meditation=meditation, requeue=True, lease_duration=to_duration(lease_seconds)
-        )
-        response = await _call(
-            "content",
-            lambda: self._stub.ClaimMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
-        )
-        return response.claimed
-
-    async def release_meditation(self, meditation: str, owner: str, queue_lease_seconds: float = 0.0) -> None:
-        """Gives a job back: to janitors, or (with `queue_lease_seconds`) to the work queue."""
-        request = content_pb.ReleaseMeditationRequest(
-            meditation=meditation,
-            owner=owner,
-            queue_lease_duration=to_duration(queue_lease_seconds) if queue_lease_seconds else None,
-        )
-        await _call(
-            "content",
-            lambda: self._stub.ReleaseMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
-        )
-
-    async def list_claimable_meditations(self, max_meditations: int) -> list[str]:
-        """Running jobs nobody holds."""
-        request = content_pb.ListClaimableMeditationsRequest(max_meditations=max_meditations)
-        response = await _call(
-            "content",
-            lambda: self._stub.ListClaimableMeditations(
-                request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)
-            ),
-        )
-        return list(response.meditations)
-
-    async def record_event(
-        self, meditation: str, sequence: int, payload: bytes, changes: JobChanges
-    ) -> datetime:
-        """Appends an event to the job's log."""
-        update = content_pb.MeditationUpdate(
-            state=_STATE_TO_PROTO[changes.state]
-            if changes.state
-            else content_pb.MEDITATION_STATE_UNSPECIFIED,
-            transcript=changes.transcript or "",
-            image_uri=changes.image_uri or "",
-            narration_uri=changes.narration_uri or "",
-            quick_video_uri=changes.quick_video_uri or "",
-            enhanced_video_uri=changes.enhanced_video_uri or "",
-            failure_message=changes.failure_message or "",
-        )
-        request = content_pb.RecordMeditationEventRequest(
-            meditation=meditation, sequence=sequence, payload=payload, update=update
-        )
-        response = await _call(
-            "content",
-            lambda: self._stub.RecordMeditationEvent(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
-        )
-        return from_timestamp(response.event_time)
-
-    async def list_events(self, meditation: str, after_sequence: int) -> StoredEventPage:
-        """Reads the job's log after a sequence."""
-        request = content_pb.ListMeditationEventsRequest(meditation=meditation, after_sequence=after_sequence)
-        response = await _call(
-            "content",
-            lambda: self._stub.ListMeditationEvents(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
-        )
-        return StoredEventPage(
-            events=tuple(
-                StoredEvent(
-                    sequence=event.sequence,
-                    event_time=from_timestamp(event.event_time),
-                    payload=event.payload,
-                )
-                for event in response.events
-            ),
-            state=_STATE_TO_DOMAIN[response.state],
-        )
-
-    async def get_meditation(self, name: str) -> Meditation:
-        """Returns a job record."""
-        request = content_pb.GetMeditationRequest(name=name)
-        response = await _call(
-            "content", lambda: self._stub.GetMeditation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS))
-        )
-        return _meditation(response.meditation)
 
 
 class MediaClient:

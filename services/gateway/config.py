@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import Environment
 from services.gateway.jobs import JobLimits
+from services.gateway.migrate import default_sqlite_file
 from services.gateway.pipeline import StageTimeouts
 
 
@@ -14,6 +17,9 @@ class GatewayConfig:
     """Everything the gateway needs to start."""
 
     port: int
+    # The job tables: the same PostgreSQL as the content service in production, its own SQLite file offline.
+    database_url: str
+    database_pool: PoolSettings
     content_address: str
     media_address: str
     timeouts: StageTimeouts
@@ -28,8 +34,11 @@ class GatewayConfig:
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
+        var_root = environment.directory("STILLPOINT_VAR_DIR", Path("var"))
         return cls(
             port=environment.port("STILLPOINT_GATEWAY_PORT", 50051),
+            database_url=read_database_url(environment, default_sqlite_file(var_root)),
+            database_pool=read_pool_settings(environment),
             content_address=environment.address("STILLPOINT_CONTENT_ADDRESS", "127.0.0.1:50052"),
             media_address=environment.address("STILLPOINT_MEDIA_ADDRESS", "127.0.0.1:50053"),
             # The seeds' budgets: content generation 300 s, audio 60 s, video encoding 120 s.

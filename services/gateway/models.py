@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 
 class ImageAspect(enum.StrEnum):
@@ -60,19 +60,6 @@ class MeditationOptions:
     image_aspect: ImageAspect = ImageAspect.LANDSCAPE
     skip_cache: bool = False
 
-    def to_json(self) -> str:
-        """The options as stored with the job."""
-        return json.dumps({"image_aspect": self.image_aspect.value, "skip_cache": self.skip_cache})
-
-    @classmethod
-    def from_json(cls, text: str) -> MeditationOptions:
-        """Reads options stored with a job; unknown or missing keys take their defaults."""
-        values = json.loads(text or "{}")
-        return cls(
-            image_aspect=ImageAspect(values.get("image_aspect", ImageAspect.LANDSCAPE.value)),
-            skip_cache=bool(values.get("skip_cache", False)),
-        )
-
 
 @dataclass(frozen=True)
 class Meditation:
@@ -90,3 +77,34 @@ class Meditation:
     failure_message: str
     last_sequence: int
     create_time: datetime
+
+
+@dataclass(frozen=True)
+class JobChanges:
+    """The job fields an event changes; None leaves a field as it is."""
+
+    state: MeditationState | None = None
+    transcript: str | None = None
+    image_uri: str | None = None
+    narration_uri: str | None = None
+    quick_video_uri: str | None = None
+    enhanced_video_uri: str | None = None
+    failure_message: str | None = None
+
+    def as_columns(self) -> dict[str, Any]:
+        """The changed columns and their values."""
+        columns: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("transcript", self.transcript),
+                ("image_uri", self.image_uri),
+                ("narration_uri", self.narration_uri),
+                ("quick_video_uri", self.quick_video_uri),
+                ("enhanced_video_uri", self.enhanced_video_uri),
+                ("failure_message", self.failure_message),
+            )
+            if value is not None
+        }
+        if self.state is not None:
+            columns["state"] = self.state.value
+        return columns

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
@@ -23,12 +23,11 @@ from services.gateway.events import (
     VideoQuality,
     VideoReady,
 )
-from services.gateway.models import Meditation
+from services.gateway.models import JobChanges, Meditation
 from services.gateway.ports import (
     ContentPort,
     EncodedVideo,
     GeneratedImage,
-    JobChanges,
     LivePlaylist,
     MediaPort,
     SpokenNarration,
@@ -208,7 +207,7 @@ class MeditationPipeline:
         # It runs alongside the transcript, so its budget is the transcript's plus its own.
         timeout_seconds = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
         async with self._stage(job, Stage.NARRATION, timeout_seconds) as stage:
-            narration = await _on_another_replica_if_gone(lambda: self._narrate_once(job, script))
+            narration = await self._narrate_once(job, script)
             stage.detail = _provider_detail(
                 f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences",
                 narration.provider,
@@ -239,15 +238,6 @@ class MeditationPipeline:
         return narration
 
     async def _video(
-        self,
-        job: JobEvents,
-        quality: VideoQuality,
-        image: GeneratedImage | None,
-        narration: SpokenNarration,
-    ) -> None:
-        await _on_another_replica_if_gone(lambda: self._render(job, quality, image, narration))
-
-    async def _render(
         self,
         job: JobEvents,
         quality: VideoQuality,
@@ -372,27 +362,6 @@ class _LiveScript:
             self._changed.clear()
             if sent == len(self._pieces) and not self._is_complete:
                 await self._changed.wait()
-
-
-# A media replica that dies mid-work (a crash, a deploy) answers UNAVAILABLE: the work is done again on
-# whichever replica answers next. A render writes its video under a new key only once it is complete, and
-# a narration is started afresh, so a retry never leaves two sets of assets.
-_MEDIA_ATTEMPTS = 4
-_MEDIA_RETRY_SECONDS = 1.0
-
-
-async def _on_another_replica_if_gone(work: Callable[[], Awaitable[T]]) -> T:
-    for attempt in range(1, _MEDIA_ATTEMPTS + 1):
-        try:
-            return await work()
-        except GatewayError as error:
-            if error.kind is not FailureKind.UNAVAILABLE or attempt == _MEDIA_ATTEMPTS:
-                raise
-            logger.warning(
-                "media unavailable (attempt %d of %d): %s", attempt, _MEDIA_ATTEMPTS, error.message
-            )
-            await asyncio.sleep(_MEDIA_RETRY_SECONDS * attempt)
-    raise AssertionError("unreachable")
 
 
 def _provider_detail(what: str, provider: str, is_cached: bool, fallback_reason: str) -> str:

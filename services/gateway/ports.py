@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Protocol
 
 from services.gateway.events import SentenceTiming, VideoQuality
-from services.gateway.models import Conversation, Meditation, MeditationOptions, MeditationState, Message
+from services.gateway.models import Conversation, Message
 
 
 @dataclass(frozen=True)
@@ -99,38 +98,8 @@ class StoredVideo:
     upload_seconds: float
 
 
-@dataclass(frozen=True)
-class StoredEvent:
-    """One event as the log keeps it."""
-
-    sequence: int
-    event_time: datetime
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class StoredEventPage:
-    """Events after a sequence, and the job's state when they were read."""
-
-    events: tuple[StoredEvent, ...]
-    state: MeditationState
-
-
-@dataclass(frozen=True)
-class JobChanges:
-    """The job fields an event changes; None leaves a field as it is."""
-
-    state: MeditationState | None = None
-    transcript: str | None = None
-    image_uri: str | None = None
-    narration_uri: str | None = None
-    quick_video_uri: str | None = None
-    enhanced_video_uri: str | None = None
-    failure_message: str | None = None
-
-
 class ContentPort(Protocol):
-    """The content service: conversations, jobs and their logs, transcripts and images."""
+    """The content service: conversations, transcripts and images."""
 
     async def create_conversation(
         self, title: str, messages: Sequence[Message], request_id: str
@@ -151,36 +120,6 @@ class ContentPort(Protocol):
     async def generate_image(
         self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool
     ) -> GeneratedImage: ...
-
-    async def create_meditation(
-        self,
-        conversation: str,
-        request_id: str,
-        options: MeditationOptions,
-        *,
-        lease_seconds: float,
-        owner: str = "",
-        client: str = "",
-        max_running_per_client: int = 0,
-    ) -> tuple[Meditation, bool]: ...
-
-    async def claim_meditation(self, meditation: str, owner: str, lease_seconds: float) -> bool: ...
-
-    async def requeue_meditation(self, meditation: str, lease_seconds: float) -> bool: ...
-
-    async def release_meditation(
-        self, meditation: str, owner: str, queue_lease_seconds: float = 0.0
-    ) -> None: ...
-
-    async def list_claimable_meditations(self, max_meditations: int) -> list[str]: ...
-
-    async def record_event(
-        self, meditation: str, sequence: int, payload: bytes, changes: JobChanges
-    ) -> datetime: ...
-
-    async def list_events(self, meditation: str, after_sequence: int) -> StoredEventPage: ...
-
-    async def get_meditation(self, name: str) -> Meditation: ...
 
 
 class MediaPort(Protocol):

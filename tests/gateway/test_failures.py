@@ -14,6 +14,7 @@ from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, Stage, StageChanged
 from services.gateway.jobs import JobLimits, MeditationJobs
+from services.gateway.jobs.store import JobStore
 from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import GatewayServicer
@@ -28,6 +29,7 @@ ONE_ATTEMPT = JobLimits(max_attempts=1)
 
 @asynccontextmanager
 async def gateway(
+    job_store: JobStore,
     content_channel: grpc.aio.Channel,
     media_channel: grpc.aio.Channel,
     timeouts: StageTimeouts,
@@ -35,6 +37,7 @@ async def gateway(
 ) -> AsyncIterator[gateway_grpc.GatewayServiceStub]:
     content = ContentClient(content_channel, timeouts)
     jobs = MeditationJobs(
+        job_store,
         content,
         MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts),
         limits=limits,
@@ -74,11 +77,11 @@ async def _read_into(
 
 
 async def test_unreachable_media_service_fails_the_narration_as_unavailable(
-    content_channel: grpc.aio.Channel,
+    content_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead_media,
-        gateway(content_channel, dead_media, StageTimeouts()) as stub,
+        gateway(job_store, content_channel, dead_media, StageTimeouts()) as stub,
     ):
         seen, status = await run_until_status(stub)
         meditation = seen[0].accepted.meditation
@@ -93,14 +96,14 @@ async def test_unreachable_media_service_fails_the_narration_as_unavailable(
 
 
 async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_reason(
-    content_channel: grpc.aio.Channel,
+    content_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     """Property: a failure another attempt may not repeat (media unreachable) is announced and retried, and
     after the last attempt the job ends FAILED with the reason; the log stays whole."""
     limits = JobLimits(max_attempts=2, retry_delay_seconds=0.1)
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead_media,
-        gateway(content_channel, dead_media, StageTimeouts(), limits) as stub,
+        gateway(job_store, content_channel, dead_media, StageTimeouts(), limits) as stub,
     ):
         seen, status = await run_until_status(stub)
     assert status.code() == grpc.StatusCode.UNAVAILABLE
@@ -121,9 +124,9 @@ async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_rea
 
 
 async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
-    async with gateway(content_channel, media_channel, StageTimeouts(video_seconds=0.001)) as stub:
+    async with gateway(job_store, content_channel, media_channel, StageTimeouts(video_seconds=0.001)) as stub:
         seen, status = await run_until_status(stub)
         replay: list[gateway_pb.GenerateMeditationResponse] = []
         with pytest.raises(grpc.aio.AioRpcError) as replayed:
@@ -138,18 +141,22 @@ async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same
 
 
 async def test_a_job_given_back_at_shutdown_is_resumed_by_another_gateway_with_no_gap(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
-    first = MeditationJobs(content, MeditationPipeline(content, media, timeouts), owner="gateway-first")
+    first = MeditationJobs(
+        job_store, content, MeditationPipeline(content, media, timeouts), owner="gateway-first"
+    )
     conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
     name = await first.start(conversation.name, "", MeditationOptions())
     seen = [event async for event in _until_stage(first.watch(name, after_sequence=0), Stage.NARRATION)]
     await first.close()  # SIGTERM: the job is given back, not failed
-    assert (await content.get_meditation(name)).state is MeditationState.RUNNING
-    second = MeditationJobs(content, MeditationPipeline(content, media, timeouts), owner="gateway-second")
+    assert (await job_store.get(name)).state is MeditationState.RUNNING
+    second = MeditationJobs(
+        job_store, content, MeditationPipeline(content, media, timeouts), owner="gateway-second"
+    )
     assert await second.resume_orphans() == [name]
     rest = [event async for event in second.watch(name, after_sequence=seen[-1].sequence)]
     await second.close()
@@ -161,20 +168,20 @@ async def test_a_job_given_back_at_shutdown_is_resumed_by_another_gateway_with_n
 
 
 async def test_a_running_job_cannot_be_claimed_by_a_second_gateway_while_its_lease_holds(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     jobs = MeditationJobs(
-        content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
+        job_store, content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
     )
     conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
     name = await jobs.start(conversation.name, "", MeditationOptions())
     # Queued, the job is anyone's to take; once a dispatcher has taken it, it is held.
     [_ async for _ in _until_stage(jobs.watch(name, after_sequence=0), Stage.SOURCE)]
-    assert not await content.claim_meditation(name, "gateway-intruder", 30)
-    assert name not in await content.list_claimable_meditations(10)
-    assert await content.claim_meditation(name, jobs.owner, 30)  # renewal by the owner
+    assert not await job_store.claim(name, "gateway-intruder", 30)
+    assert name not in await job_store.list_claimable(10)
+    assert await job_store.claim(name, jobs.owner, 30)  # renewal by the owner
     await jobs.cancel(name)
     await jobs.close()
 
@@ -193,12 +200,13 @@ def _message(proto: gateway_pb.Message) -> Message:
 
 
 async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries_are_not(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
     jobs = MeditationJobs(
+        job_store,
         content,
         MeditationPipeline(content, media, timeouts),
         media=media,
@@ -218,7 +226,7 @@ async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries
 
 
 async def test_jobs_past_a_replicas_limit_wait_in_the_queue_and_past_the_queues_limit_are_refused(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     """Property: a replica runs at most `max_running_jobs`; the next job waits in the queue (accepted, then
     started once a slot frees), and past `max_queued_jobs` waiting a new job is RESOURCE_EXHAUSTED."""
@@ -226,7 +234,9 @@ async def test_jobs_past_a_replicas_limit_wait_in_the_queue_and_past_the_queues_
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
     limits = JobLimits(max_running_jobs=1, max_queued_jobs=1, max_jobs_per_client=10)
-    jobs = MeditationJobs(content, MeditationPipeline(content, media, timeouts), media=media, limits=limits)
+    jobs = MeditationJobs(
+        job_store, content, MeditationPipeline(content, media, timeouts), media=media, limits=limits
+    )
     conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
     first = await jobs.start(conversation.name, "", MeditationOptions())
     [_ async for _ in _until_stage(jobs.watch(first, after_sequence=0), Stage.SOURCE)]  # taken: running

@@ -11,8 +11,8 @@ import pytest
 
 from scripts.stack import Stack, running_stack
 from services.cli import load_conversation
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from stillpoint.media.v1 import media_service_pb2 as media_pb

@@ -31,8 +31,9 @@ from services.content.openai_providers import (
     OpenAITranscriptProvider,
     fence_conversation,
 )
-from services.content.repository import ContentRepository, create_engine
+from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
+from services.database import create_engine
 from services.media.encoders import EncoderSelection
 from services.media.openai_speech import OpenAISpeechNarrator, split_for_speech
 from services.media.speech import EspeakNarrator
@@ -40,8 +41,8 @@ from services.media.studio import MediaStudio
 from services.openai_api import ConfiguredModel, FailureKind, OpenAISettings, ProviderCallError, check_models
 from services.openai_api import make_client as make_openai_client
 from services.storage import LocalAssetStorage
-from stillpoint.content.v1 import content_service_pb2 as content_pb
-from stillpoint.content.v1 import content_service_pb2_grpc as content_grpc
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from tests.conftest import CONTENT_SERVICE
 from tests.servers.openai_compatible import (
     DEFAULT_API_KEY,

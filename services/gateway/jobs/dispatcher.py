@@ -1,0 +1,415 @@
+"""Runs the jobs this replica takes from the work queue: slots, leases and heartbeats, attempts, the janitor,
+cancellation wherever a job is, and the hand-back at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from services.gateway.deadlines import detached
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.events import AttemptFailed
+from services.gateway.jobs.recorder import JobRecorder
+from services.gateway.jobs.retry_policy import Outcome, RetryPolicy
+from services.gateway.jobs.store import JobStore
+from services.gateway.jobs.work_queue import Delivery, WorkQueue, WorkQueueUnavailableError
+from services.gateway.models import JobChanges, Meditation, MeditationState
+from services.gateway.pipeline import MeditationPipeline
+from services.gateway.ports import MediaPort
+
+logger = logging.getLogger(__name__)
+
+# A queue entry is taken over only once its lease has surely lapsed too: both are renewed together.
+_CLAIM_MARGIN_SECONDS = 1.0
+# How long CancelMeditation waits for another replica to record the cancellation before answering.
+_CANCEL_WAIT_SECONDS = 10.0
+# How many abandoned jobs one janitor round requeues.
+_JANITOR_BATCH = 10
+
+
+def claim_timeout_seconds(lease_seconds: float) -> float:
+    """How long a queue entry must sit idle before another replica takes it over (its holder crashed)."""
+    return lease_seconds + _CLAIM_MARGIN_SECONDS
+
+
+@dataclass
+class _Running:
+    recorder: JobRecorder
+    task: asyncio.Task[None]
+    delivery: Delivery
+
+
+class JobDispatcher:
+    """Takes a job from the queue whenever a slot is free, claims its lease, and runs it as a task that
+    outlives the stream that asked for it; acknowledges its queue entry only once the job's last event is
+    committed. A replica that crashes stops renewing its leases and heartbeats, and another takes its
+    entries over; a failed attempt is finished, retried or dead-lettered as the retry policy says."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        pipeline: MeditationPipeline,
+        queue: WorkQueue,
+        *,
+        media: MediaPort | None,
+        owner: str,
+        lease_seconds: float,
+        queue_lease_seconds: float,
+        max_running_jobs: int,
+        retry_policy: RetryPolicy,
+        poll_interval_seconds: float,
+    ) -> None:
+        self._store = store
+        self._pipeline = pipeline
+        self._queue = queue
+        self._media = media
+        self.owner = owner
+        self._lease_seconds = lease_seconds
+        self._queue_lease_seconds = queue_lease_seconds
+        self._retry_policy = retry_policy
+        self._poll_interval_seconds = poll_interval_seconds
+        self._running: dict[str, _Running] = {}
+        self._slots = asyncio.Semaphore(max_running_jobs)
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._janitor: asyncio.Task[None] | None = None
+        self._services: list[asyncio.Task[None]] = []
+        self._is_closing = False
+
+    def recorder_of(self, name: str) -> JobRecorder | None:
+        """The recorder of a job running here, if it is."""
+        running = self._running.get(name)
+        return None if running is None else running.recorder
+
+    # ---- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self, *, with_janitor: bool = False) -> None:
+        """Starts taking jobs, keeping this replica's leases fresh and following cancellations; with the
+        janitor, also requeues jobs nobody holds. Idempotent."""
+        if self._is_closing:
+            return
+        # Detached: these (and the jobs they start) outlive the request that happened to start them, so
+        # they must not inherit its deadline.
+        if self._dispatcher is None:
+            self._dispatcher = asyncio.create_task(
+                self._dispatch(), name="job dispatcher", context=detached()
+            )
+            self._services = [
+                asyncio.create_task(self._keep_alive(), name="job heartbeat", context=detached()),
+                asyncio.create_task(
+                    self._follow_cancellations(), name="job cancellations", context=detached()
+                ),
+            ]
+        if with_janitor and self._janitor is None:
+            self._janitor = asyncio.create_task(self._tend(), name="job janitor", context=detached())
+
+    async def stop_taking(self) -> None:
+        """Takes no more jobs (at shutdown: other replicas should take them); running ones go on."""
+        self._is_closing = True
+        tasks = [task for task in (self._janitor, self._dispatcher) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stops this replica's jobs and hands them back: another replica, or this one after a restart,
+        resumes each from its last recorded event."""
+        self._is_closing = True
+        background = [task for task in (self._janitor, self._dispatcher, *self._services) if task is not None]
+        for task in background:
+            task.cancel()
+        running = list(self._running.values())
+        for job in running:
+            job.task.cancel()
+        await asyncio.gather(*background, *(job.task for job in running), return_exceptions=True)
+        for job in running:
+            if job.recorder.is_finished:
+                continue
+            try:
+                # A shared queue hands the job on; an in-process one dies with us, so janitors must.
+                await self._store.release(
+                    job.recorder.meditation,
+                    self.owner,
+                    self._queue_lease_seconds if self._queue.is_shared else 0.0,
+                )
+            except GatewayError as error:
+                # The lease lapses on its own; the job is only delayed, not lost.
+                logger.warning("%s: could not release (%s)", job.recorder.meditation, error.message)
+            await self._hand_back(job.delivery, counts_as_attempt=False)
+        await self._queue.aclose()
+
+    # ---- taking jobs ------------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Takes a job whenever a slot is free: at most `max_running_jobs` run here, the rest wait."""
+        while not self._is_closing:
+            await self._slots.acquire()
+            try:
+                delivery = await self._queue.take(self.owner, wait_seconds=1.0)
+            except WorkQueueUnavailableError as error:
+                self._slots.release()
+                logger.warning("job queue: %s", error)
+                await asyncio.sleep(1.0)  # a back-off while the queue is down, not synchronisation
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if delivery is None or self._is_closing:
+                self._slots.release()
+                if delivery is not None:
+                    await self._hand_back(delivery, counts_as_attempt=False)
+                continue
+            try:
+                is_launched = await self._take_on(delivery)
+            except BaseException:
+                self._slots.release()
+                raise
+            if not is_launched:
+                self._slots.release()
+
+    async def _take_on(self, delivery: Delivery) -> bool:
+        """Claims the delivered job and launches it; False when there is nothing to run."""
+        name = delivery.job
+        try:
+            if name in self._running:
+                await self._queue.acknowledge(delivery)  # a duplicate entry of a job running here
+                return False
+            if not await self._store.claim(name, self.owner, self._lease_seconds):
+                # Finished, or held by a live replica (which has its own entry): this one is a duplicate.
+                await self._queue.acknowledge(delivery)
+                return False
+            meditation = await self._store.get(name)
+            if meditation.state.is_final:
+                await self._queue.acknowledge(delivery)
+                return False
+            if self._retry_policy.is_crash_loop(delivery.delivery_count):
+                # Its replicas kept dying on it: stop here.
+                await self._give_up(delivery, meditation, "the gateway running it stopped every time")
+                return False
+        except GatewayError as error:
+            if error.kind is FailureKind.NOT_FOUND:
+                await self._queue.acknowledge(delivery)
+                return False
+            logger.warning("%s: could not take it on (%s); handing it back", name, error.message)
+            await self._hand_back(delivery, counts_as_attempt=False)
+            return False
+        except WorkQueueUnavailableError as error:
+            logger.warning("%s: %s", name, error)
+            return False
+        if delivery.delivery_count > 1:
+            logger.info(
+                "%s: attempt %d, after event %d", name, delivery.delivery_count, meditation.last_sequence
+            )
+        self._launch(meditation, delivery)
+        return True
+
+    def _launch(self, meditation: Meditation, delivery: Delivery) -> None:
+        # A resumed job continues its log where it stopped: no gap, no duplicate.
+        recorder = JobRecorder(
+            meditation=meditation.name, store=self._store, last_sequence=meditation.last_sequence
+        )
+        task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name, context=detached())
+        running = _Running(recorder, task, delivery)
+        self._running[meditation.name] = running
+        # A done callback, not a `finally`: a task cancelled before its first step never runs its body.
+        task.add_done_callback(lambda _: self._forget(running))
+
+    def _forget(self, running: _Running) -> None:
+        self._retire(running)
+        self._slots.release()
+
+    def _retire(self, running: _Running) -> None:
+        """The attempt is over: the job is no longer running here, and its watchers read on elsewhere."""
+        if self._running.get(running.recorder.meditation) is running:
+            del self._running[running.recorder.meditation]
+            running.recorder.end_attempt()
+
+    # ---- one attempt ------------------------------------------------------------------------------------
+
+    async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
+        running = self._running[meditation.name]
+        try:
+            await self._pipeline.run(recorder, meditation)
+            if await recorder.finish(MeditationState.SUCCEEDED, None):
+                await self._queue.acknowledge(running.delivery)
+        except asyncio.CancelledError:
+            if not recorder.is_cancel_requested:
+                # A shutdown (close() hands the job back) or a lost lease (the replica holding it now has
+                # this entry or its own): either way, not this task's to end.
+                raise
+            if await _finish_cancelled(recorder):
+                await self._queue.acknowledge(running.delivery)
+        except GatewayError as error:
+            await self._failed(recorder, running, error)
+        except Exception:
+            logger.exception("%s failed unexpectedly", meditation.name)
+            failure = GatewayError(FailureKind.INTERNAL, "the meditation failed on an internal error")
+            await self._failed(recorder, running, failure)
+
+    async def _failed(self, recorder: JobRecorder, running: _Running, error: GatewayError) -> None:
+        """Ends the job, dead-letters it, or hands it back for one more attempt, as the policy says."""
+        attempt = running.delivery.delivery_count
+        name = recorder.meditation
+        decision = self._retry_policy.after_failure(error, attempt)
+        if decision.outcome is Outcome.FINISH:
+            logger.warning("%s failed: %s", name, error.message)
+            if await recorder.finish(MeditationState.FAILED, decision.failure):
+                await self._queue.acknowledge(running.delivery)
+            return
+        if decision.outcome is Outcome.DEAD_LETTER:
+            logger.warning("%s failed on its last attempt (%d): %s", name, attempt, error.message)
+            if await recorder.finish(MeditationState.FAILED, decision.failure):
+                await self._queue.dead_letter(running.delivery, decision.failure.message)
+            return
+        logger.warning(
+            "%s: attempt %d failed (%s); retrying in %g s",
+            name,
+            attempt,
+            error.message,
+            decision.delay_seconds,
+        )
+        try:
+            await recorder.emit(
+                AttemptFailed(
+                    attempt, self._retry_policy.max_attempts, error.message, decision.delay_seconds
+                ),
+                JobChanges(failure_message=error.message),
+            )
+            if self._media is not None:
+                # The next attempt starts afresh: what this one made would be a second set of assets.
+                await self._media.delete_meditation_assets(name)
+            await self._store.release(name, self.owner, self._queue_lease_seconds)
+        except GatewayError as bookkeeping:
+            logger.warning("%s: %s; the queue hands it on anyway", name, bookkeeping.message)
+        # Retired before it is handed back, so the next attempt (here, too) finds no attempt in the way.
+        self._retire(running)
+        await self._hand_back(running.delivery, counts_as_attempt=True, delay_seconds=decision.delay_seconds)
+
+    async def _give_up(self, delivery: Delivery, meditation: Meditation, why: str) -> None:
+        """Dead-letters a job and records its end, with the last failure's reason."""
+        failure = self._retry_policy.gave_up(delivery.delivery_count, meditation.failure_message or why)
+        recorder = JobRecorder(
+            meditation=meditation.name, store=self._store, last_sequence=meditation.last_sequence
+        )
+        logger.warning("%s: %s", meditation.name, failure.message)
+        if await recorder.finish(MeditationState.FAILED, failure):
+            await self._queue.dead_letter(delivery, failure.message)
+
+    async def _hand_back(
+        self, delivery: Delivery, *, counts_as_attempt: bool, delay_seconds: float = 0.0
+    ) -> None:
+        try:
+            await self._queue.hand_back(
+                self.owner, delivery, delay_seconds=delay_seconds, counts_as_attempt=counts_as_attempt
+            )
+        except WorkQueueUnavailableError as error:
+            # The entry stays ours and pending: it is taken over once it goes idle past the claim timeout.
+            logger.warning("%s: could not hand back (%s)", delivery.job, error)
+
+    # ---- leases, heartbeats and the janitor -------------------------------------------------------------
+
+    async def _keep_alive(self) -> None:
+        """Renews this replica's leases and queue heartbeats, together, a third of a lease apart."""
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)  # the heartbeat's period
+            try:
+                await self.renew_leases()
+            except (GatewayError, WorkQueueUnavailableError) as error:
+                logger.warning("job heartbeat: %s", error)
+
+    async def renew_leases(self) -> None:
+        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here."""
+        running = [job for job in self._running.values() if not job.recorder.is_finished]
+        await self._queue.heartbeat(self.owner, [job.delivery for job in running])
+        for job in running:
+            name = job.recorder.meditation
+            if not await self._store.claim(name, self.owner, self._lease_seconds):
+                logger.warning("%s: lease lost to another replica; stopping here", name)
+                job.recorder.is_fenced = True
+                job.task.cancel()
+
+    async def _tend(self) -> None:
+        while True:
+            try:
+                await self.resume_orphans()
+            except GatewayError as error:
+                logger.warning("job janitor: %s", error.message)
+            await asyncio.sleep(self._lease_seconds / 3)  # the janitor's period
+
+    async def resume_orphans(self) -> list[str]:
+        """Requeues running jobs nobody holds (their gateway stopped or crashed, or the queue lost them)."""
+        self.start()
+        requeued = []
+        for name in await self._store.list_claimable(_JANITOR_BATCH):
+            if name in self._running:
+                continue
+            if await self._store.requeue(name, self._queue_lease_seconds):
+                try:
+                    await self._queue.submit(name)
+                except WorkQueueUnavailableError as error:
+                    logger.warning("%s: not requeued (%s)", name, error)
+                    continue
+                logger.info("%s: requeued (its gateway stopped)", name)
+                requeued.append(name)
+        return requeued
+
+    # ---- cancellation -----------------------------------------------------------------------------------
+
+    async def _follow_cancellations(self) -> None:
+        """Stops a job running here when any replica is asked to cancel it."""
+        while True:
+            try:
+                async for name in self._queue.cancel_requests():
+                    running = self._running.get(name)
+                    if running is not None:
+                        await self._cancel_here(running)
+            except WorkQueueUnavailableError as error:
+                logger.warning("job cancellations: %s", error)
+                await asyncio.sleep(1.0)  # a back-off while the queue is down, not synchronisation
+
+    async def cancel(self, name: str) -> None:
+        """Stops a job wherever it is — running here, queued, or running on another replica — and waits
+        until it has recorded its end; finished jobs are left alone."""
+        running = self._running.get(name)
+        if running is not None:
+            await self._cancel_here(running)
+        elif await self._store.claim(name, self.owner, self._lease_seconds):
+            # Queued or abandoned: it is ours now, so end it here; its queue entry finds it final.
+            meditation = await self._store.get(name)
+            recorder = JobRecorder(meditation=name, store=self._store, last_sequence=meditation.last_sequence)
+            await _finish_cancelled(recorder)
+            await self._delete_assets(name)
+        elif not (await self._store.get(name)).state.is_final:
+            await self._cancel_elsewhere(name)
+
+    async def _cancel_here(self, running: _Running) -> None:
+        running.recorder.is_cancel_requested = True
+        running.task.cancel()
+        await asyncio.wait({running.task})
+        # Cancelled before its first step ran, the task could not record its own end.
+        if not running.recorder.is_finished and await _finish_cancelled(running.recorder):
+            await self._queue.acknowledge(running.delivery)
+        await self._delete_assets(running.recorder.meditation)
+
+    async def _cancel_elsewhere(self, name: str) -> None:
+        """Asks the replica running the job to stop it, and waits (briefly) until it has."""
+        try:
+            await self._queue.publish_cancel(name)
+        except WorkQueueUnavailableError as error:
+            raise GatewayError(FailureKind.UNAVAILABLE, "the job queue is unavailable; try again") from error
+        deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            if (await self._store.get(name)).state.is_final:
+                return
+            await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
+
+    async def _delete_assets(self, name: str) -> None:
+        if self._media is not None:
+            # Nothing half-made stays behind: the narration, the live preview and any video go.
+            await self._media.delete_meditation_assets(name)
+
+
+async def _finish_cancelled(recorder: JobRecorder) -> bool:
+    failure = GatewayError(FailureKind.CANCELLED, f"{recorder.meditation} was cancelled")
+    return await recorder.finish(MeditationState.CANCELLED, failure)

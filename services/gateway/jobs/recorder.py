@@ -1,0 +1,108 @@
+"""A running job's events: numbered, written to the job's log, then handed to the watchers following it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.events import Completed, Event, SequencedEvent, Stage, encode_event
+from services.gateway.jobs.store import JobStore
+from services.gateway.models import JobChanges, MeditationState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobRecorder:
+    """Numbers a running job's events, records each in the log, then hands it to live watchers."""
+
+    meditation: str
+    store: JobStore
+    started_at: float = field(default_factory=time.monotonic)
+    last_sequence: int = 0
+    stage_seconds: dict[Stage, float] = field(default_factory=dict)
+    transcript_cache_hit: bool = False
+    image_cache_hit: bool = False
+    is_cancel_requested: bool = False
+    is_finished: bool = False
+    # Set when another replica took the job over: this one must not write to its log any more.
+    is_fenced: bool = False
+    _watchers: set[asyncio.Queue[SequencedEvent | None]] = field(default_factory=set)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def elapsed_seconds(self) -> float:
+        """Time since the job was accepted."""
+        return time.monotonic() - self.started_at
+
+    def add_stage_time(self, stage: Stage, seconds: float) -> None:
+        """Adds to a stage's total time (the upload stage runs once per video)."""
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
+
+    async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
+        """Records the event (and the job changes it implies) in the log, then publishes it.
+
+        Shielded: a job cancelled mid-write still finishes that write and counts it, so the event that
+        records the cancellation takes the next sequence instead of colliding with the one in flight.
+        """
+        await asyncio.shield(self._record(event, changes))
+
+    async def _record(self, event: Event, changes: JobChanges | None) -> None:
+        async with self._lock:
+            if self.is_fenced:
+                raise GatewayError(FailureKind.PRECONDITION, f"{self.meditation} is held by another replica")
+            sequence = self.last_sequence + 1
+            elapsed_seconds = self.elapsed_seconds
+            event_time = await self.store.record_event(
+                self.meditation, sequence, encode_event(elapsed_seconds, event), changes or JobChanges()
+            )
+            self.last_sequence = sequence
+            recorded = SequencedEvent(sequence, event_time, elapsed_seconds, event)
+            for watcher in self._watchers:
+                watcher.put_nowait(recorded)
+
+    def watch(self) -> asyncio.Queue[SequencedEvent | None]:
+        """Subscribes to events recorded from now on; None says this attempt at the job is over."""
+        queue: asyncio.Queue[SequencedEvent | None] = asyncio.Queue()
+        self._watchers.add(queue)
+        return queue
+
+    def unwatch(self, queue: asyncio.Queue[SequencedEvent | None]) -> None:
+        """Ends a subscription."""
+        self._watchers.discard(queue)
+
+    def end_attempt(self) -> None:
+        """Tells watchers this attempt is over: the job's next events come from another attempt."""
+        for watcher in self._watchers:
+            watcher.put_nowait(None)
+
+    def summary(self, state: MeditationState, failure: GatewayError | None = None) -> Completed:
+        """The job's closing event."""
+        return Completed(
+            state=state,
+            stage_seconds={stage.value: round(seconds, 4) for stage, seconds in self.stage_seconds.items()},
+            transcript_cache_hit=self.transcript_cache_hit,
+            image_cache_hit=self.image_cache_hit,
+            total_seconds=round(self.elapsed_seconds, 4),
+            failure_kind=None if failure is None else failure.kind,
+            failure_message="" if failure is None else failure.message,
+        )
+
+    async def finish(self, state: MeditationState, failure: GatewayError | None) -> bool:
+        """Records the job's last event; False when it could not (the job then stays with the queue, and
+        another attempt carries it on)."""
+        completed = self.summary(state, failure)
+        try:
+            await self.emit(
+                completed, JobChanges(state=state, failure_message=completed.failure_message or None)
+            )
+        except GatewayError as error:
+            # The database unreachable, or another replica took the job over: the job stays running in the
+            # database and pending in the queue.
+            logger.error("%s: could not record its end: %s", self.meditation, error.message)
+            return False
+        self.is_finished = True
+        return True

@@ -1,0 +1,352 @@
+"""The gateway's job tables: each meditation job's state, lease, request id and client, and its event log.
+
+Only this module reads or writes them. Every method is one short transaction; the guarded UPDATEs are what
+keep several gateway replicas honest (one writer per sequence, one holder per lease).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    Boolean,
+    ColumnElement,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from services.database import aware, now
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.models import ImageAspect, JobChanges, Meditation, MeditationOptions, MeditationState
+
+_NAME_PREFIX = "meditations/"
+
+
+class Base(DeclarativeBase):
+    """Declarative base of the gateway's tables."""
+
+
+class JobRow(Base):
+    """A meditation job: what it was asked to do, how far it got, and who holds it."""
+
+    __tablename__ = "meditation_jobs"
+    __table_args__ = (
+        # Enforces AIP-155 idempotency in the database, also across gateway replicas.
+        UniqueConstraint("request_id", name="uq_meditation_jobs_request_id"),
+        # The janitor's query: running jobs whose lease is missing or lapsed.
+        Index("ix_meditation_jobs_state_lease", "state", "lease_expires_time"),
+        # Counting a client's running jobs.
+        Index("ix_meditation_jobs_client_state", "client", "state"),
+    )
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
+    conversation: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    # Who asked for the job: a client's running jobs are limited across every gateway.
+    client: Mapped[str | None] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default=MeditationState.RUNNING.value)
+    image_aspect: Mapped[str] = mapped_column(String(16))
+    skip_cache: Mapped[bool] = mapped_column(Boolean)
+    transcript: Mapped[str] = mapped_column(Text, default="")
+    image_uri: Mapped[str] = mapped_column(Text, default="")
+    narration_uri: Mapped[str] = mapped_column(Text, default="")
+    quick_video_uri: Mapped[str] = mapped_column(Text, default="")
+    enhanced_video_uri: Mapped[str] = mapped_column(Text, default="")
+    failure_message: Mapped[str] = mapped_column(Text, default="")
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
+    # Which gateway process runs the job, and until when its claim holds without renewal. Unowned with a
+    # lease: the work queue holds it.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    lease_expires_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobEventRow(Base):
+    """One event of a job's log; the primary key makes each sequence unique per job and is the index that
+    replays read."""
+
+    __tablename__ = "meditation_job_events"
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("meditation_jobs.id", ondelete="CASCADE", name="fk_meditation_job_events_job_id"),
+        primary_key=True,
+    )
+    sequence: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    event_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One event as the log keeps it."""
+
+    sequence: int
+    event_time: datetime
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredEventPage:
+    """Events after a sequence, and the job's state when they were read."""
+
+    events: tuple[StoredEvent, ...]
+    state: MeditationState
+
+
+def _id_of(name: str) -> str:
+    # Names were checked by the servicer; the store's rows are keyed by the bare id.
+    return name.removeprefix(_NAME_PREFIX)
+
+
+@contextmanager
+def _unavailable_when_unreachable() -> Iterator[None]:
+    """A database that cannot be reached (down, restarting, out of connections) is UNAVAILABLE: the job
+    attempt, or the client, tries again. Anything else is a bug and stays loud."""
+    try:
+        yield
+    except (OSError, TimeoutError) as error:
+        raise GatewayError(
+            FailureKind.UNAVAILABLE, "the job database is unavailable; try again shortly"
+        ) from (error)
+    except DBAPIError as error:
+        if isinstance(error, IntegrityError):
+            raise
+        raise GatewayError(
+            FailureKind.UNAVAILABLE, "the job database is unavailable; try again shortly"
+        ) from (error)
+
+
+class JobStore:
+    """Reads and writes the job tables, one session per unit of work."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncSession]:
+        with _unavailable_when_unreachable():
+            async with self._sessions() as session, session.begin():
+                yield session
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncSession]:
+        with _unavailable_when_unreachable():
+            async with self._sessions() as session:
+                yield session
+
+    async def create(
+        self,
+        *,
+        conversation: str,
+        request_id: str,
+        options: MeditationOptions,
+        queue_lease_seconds: float,
+        client: str = "",
+        max_running_per_client: int = 0,
+    ) -> tuple[Meditation, bool]:
+        """Records a queued job, or returns the one a repeated request_id made (never refused).
+
+        Queued means unowned with the queue's lease: any gateway may claim it when the queue delivers it,
+        and no janitor lists it as abandoned before the lease lapses. A client with
+        `max_running_per_client` running jobs is refused with EXHAUSTED.
+        """
+        if request_id:
+            existing = await self.find_by_request_id(request_id)
+            if existing is not None:
+                return existing, False
+        if client and max_running_per_client > 0:
+            # Counted, then inserted: two requests racing past the limit can overshoot it by one each. A
+            # bound on concurrent work, not an accounting ledger, so that is an acceptable trade for not
+            # serialising every client's inserts.
+            async with self._reading() as session:
+                running = await session.scalar(
+                    select(func.count())
+                    .select_from(JobRow)
+                    .where(JobRow.client == client, JobRow.state == MeditationState.RUNNING.value)
+                )
+            if (running or 0) >= max_running_per_client:
+                raise GatewayError(
+                    FailureKind.EXHAUSTED,
+                    f"{running} of your meditations are already running (the limit is "
+                    f"{max_running_per_client}): wait for one to finish, or cancel one",
+                )
+        job_id = secrets.token_hex(8)
+        try:
+            async with self._transaction() as session:
+                session.add(
+                    JobRow(
+                        id=job_id,
+                        conversation=conversation,
+                        request_id=request_id or None,
+                        client=client or None,
+                        image_aspect=options.image_aspect.value,
+                        skip_cache=options.skip_cache,
+                        lease_expires_time=now() + timedelta(seconds=queue_lease_seconds),
+                    )
+                )
+        except IntegrityError:
+            # Two identical retries raced; the unique request_id let exactly one in.
+            existing = await self.find_by_request_id(request_id) if request_id else None
+            if existing is None:
+                raise
+            return existing, False
+        return await self.get(_NAME_PREFIX + job_id), True
+
+    async def find_by_request_id(self, request_id: str) -> Meditation | None:
+        """The job a request_id made, if any."""
+        async with self._reading() as session:
+            row = await session.scalar(select(JobRow).where(JobRow.request_id == request_id))
+        return None if row is None else _meditation(row)
+
+    async def get(self, name: str) -> Meditation:
+        """Returns a job record; NOT_FOUND when there is none."""
+        async with self._reading() as session:
+            row = await session.get(JobRow, _id_of(name))
+        if row is None:
+            raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
+        return _meditation(row)
+
+    async def record_event(self, name: str, sequence: int, payload: bytes, changes: JobChanges) -> datetime:
+        """Appends the event with the next sequence and applies its changes in the same transaction."""
+        job_id = _id_of(name)
+        event_time = now()
+        try:
+            async with self._transaction() as session:
+                # The guarded update serialises writers on the job row: exactly one writer can move
+                # last_sequence from N-1 to N, so the log has no gap and no duplicate.
+                result = await session.execute(
+                    update(JobRow)
+                    .where(JobRow.id == job_id, JobRow.last_sequence == sequence - 1)
+                    .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
+                )
+                if result.rowcount != 1:  # type: ignore[attr-defined]
+                    current = await session.scalar(select(JobRow.last_sequence).where(JobRow.id == job_id))
+                    if current is None:
+                        raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
+                    raise GatewayError(
+                        FailureKind.INTERNAL, f"{name} is at sequence {current}; cannot record {sequence}"
+                    )
+                session.add(
+                    JobEventRow(job_id=job_id, sequence=sequence, payload=payload, event_time=event_time)
+                )
+        except IntegrityError as error:
+            raise GatewayError(FailureKind.INTERNAL, f"{name} already has event {sequence}") from error
+        return event_time
+
+    async def claim(self, name: str, owner: str, lease_seconds: float) -> bool:
+        """Takes (or renews) a running job for `owner` when it is unowned, already `owner`'s, or its lease
+        lapsed; one guarded UPDATE, so two claimants can never both win."""
+        moment = now()
+        async with self._transaction() as session:
+            result = await session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == _id_of(name),
+                    JobRow.state == MeditationState.RUNNING.value,
+                    or_(JobRow.owner.is_(None), JobRow.owner == owner, JobRow.lease_expires_time < moment),
+                )
+                .values(owner=owner, lease_expires_time=moment + timedelta(seconds=lease_seconds))
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def requeue(self, name: str, queue_lease_seconds: float) -> bool:
+        """Hands an abandoned running job (no lease, or a lapsed one) to the work queue: unowned, so any
+        gateway may claim it, and hidden from `list_claimable` for the queue's lease. One guarded UPDATE, so
+        of several janitors exactly one requeues it."""
+        moment = now()
+        async with self._transaction() as session:
+            result = await session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == _id_of(name),
+                    JobRow.state == MeditationState.RUNNING.value,
+                    _is_abandoned(moment),
+                )
+                .values(owner=None, lease_expires_time=moment + timedelta(seconds=queue_lease_seconds))
+            )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def release(self, name: str, owner: str, queue_lease_seconds: float = 0.0) -> None:
+        """Gives a job back (at shutdown, or after a failed attempt) so any replica can claim it at once;
+        with `queue_lease_seconds`, a work queue delivers it, so janitors leave it alone that long."""
+        lease_expires_time = now() + timedelta(seconds=queue_lease_seconds) if queue_lease_seconds else None
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == _id_of(name), JobRow.owner == owner)
+                .values(owner=None, lease_expires_time=lease_expires_time)
+            )
+
+    async def list_claimable(self, max_jobs: int) -> list[str]:
+        """Running jobs nobody holds, oldest first: given back (no lease), or their lease lapsed (their owner
+        crashed, or the queue that was to deliver them lost them)."""
+        async with self._reading() as session:
+            ids = await session.scalars(
+                select(JobRow.id)
+                .where(JobRow.state == MeditationState.RUNNING.value, _is_abandoned(now()))
+                .order_by(JobRow.create_time)
+                .limit(max_jobs)
+            )
+            return [_NAME_PREFIX + job_id for job_id in ids]
+
+    async def list_events(self, name: str, after_sequence: int, max_events: int = 1000) -> StoredEventPage:
+        """Returns up to `max_events` events after `after_sequence`, oldest first, with the job's state."""
+        job_id = _id_of(name)
+        async with self._reading() as session:
+            state = await session.scalar(select(JobRow.state).where(JobRow.id == job_id))
+            if state is None:
+                raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
+            rows = (
+                await session.scalars(
+                    select(JobEventRow)
+                    .where(JobEventRow.job_id == job_id, JobEventRow.sequence > after_sequence)
+                    .order_by(JobEventRow.sequence)
+                    .limit(max_events)
+                )
+            ).all()
+        return StoredEventPage(
+            events=tuple(
+                StoredEvent(sequence=row.sequence, event_time=aware(row.event_time), payload=row.payload)
+                for row in rows
+            ),
+            state=MeditationState(state),
+        )
+
+
+def _meditation(row: JobRow) -> Meditation:
+    return Meditation(
+        name=_NAME_PREFIX + row.id,
+        conversation=row.conversation,
+        state=MeditationState(row.state),
+        options=MeditationOptions(image_aspect=ImageAspect(row.image_aspect), skip_cache=row.skip_cache),
+        transcript=row.transcript,
+        image_uri=row.image_uri,
+        narration_uri=row.narration_uri,
+        quick_video_uri=row.quick_video_uri,
+        enhanced_video_uri=row.enhanced_video_uri,
+        failure_message=row.failure_message,
+        last_sequence=row.last_sequence,
+        create_time=aware(row.create_time),
+    )
+
+
+def _is_abandoned(moment: datetime) -> ColumnElement[bool]:
+    """A running job nobody holds: given back (no lease), or its holder's lease (or the queue's) lapsed."""
+    return or_(JobRow.lease_expires_time.is_(None), JobRow.lease_expires_time < moment)

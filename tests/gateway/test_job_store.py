@@ -1,0 +1,212 @@
+"""The gateway's job tables on both data planes: SQLite (embedded default) and PostgreSQL (production)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.content import migrate as content_migrate
+from services.database import DatabaseNotReadyError, create_engine
+from services.gateway import migrate as gateway_migrate
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.jobs.store import Base, JobStore
+from services.gateway.models import ImageAspect, JobChanges, MeditationOptions, MeditationState
+from tests.data_plane import create_postgres_database, drop_postgres_database
+
+CONVERSATION = "conversations/0123456789abcdef"
+QUEUE_LEASE_SECONDS = 60.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database of each kind."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
+        return
+    url = create_postgres_database()
+    yield url
+    drop_postgres_database(url)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A migrated engine."""
+    made = create_engine(database_url)
+    await gateway_migrate.upgrade(made)
+    yield made
+    await made.dispose()
+
+
+@pytest.fixture
+def store(engine: AsyncEngine) -> JobStore:
+    """The job store over the migrated engine."""
+    return JobStore(engine)
+
+
+async def _create(store: JobStore, request_id: str = "", client: str = "", limit: int = 0) -> str:
+    meditation, _ = await store.create(
+        conversation=CONVERSATION,
+        request_id=request_id,
+        options=MeditationOptions(),
+        queue_lease_seconds=QUEUE_LEASE_SECONDS,
+        client=client,
+        max_running_per_client=limit,
+    )
+    return meditation.name
+
+
+async def test_migrations_build_exactly_the_schema_the_models_describe(engine: AsyncEngine) -> None:
+    def differences(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"version_table": "alembic_version_gateway"})
+        return list(compare_metadata(context, Base.metadata))
+
+    async with engine.connect() as connection:
+        assert await connection.run_sync(differences) == []
+
+
+async def test_the_gateway_and_content_histories_share_one_database_each_at_its_own_head(
+    database_url: str,
+) -> None:
+    """Property: production runs both services on one PostgreSQL; each history keeps its own version table,
+    so migrating one never moves or confuses the other, and each service finds its own tables current."""
+    shared = create_engine(database_url)
+    try:
+        with pytest.raises(DatabaseNotReadyError, match=r"services\.gateway\.migrate"):
+            await gateway_migrate.ensure_migrated(shared, database_url)
+        await content_migrate.upgrade(shared)
+        with pytest.raises(DatabaseNotReadyError, match="has no schema for the gateway service"):
+            await gateway_migrate.ensure_migrated(shared, database_url)
+        await gateway_migrate.upgrade(shared)
+        await gateway_migrate.upgrade(shared)  # running it again changes nothing
+        await content_migrate.ensure_migrated(shared, database_url)
+        await gateway_migrate.ensure_migrated(shared, database_url)
+
+        def tables(connection: Connection) -> set[str]:
+            return set(inspect(connection).get_table_names())
+
+        async with shared.connect() as connection:
+            found = await connection.run_sync(tables)
+        # The job tables are the gateway's alone: the content history dropped its old copies.
+        assert {"meditation_jobs", "meditation_job_events", "conversations", "messages"} <= found
+        assert not {"meditations", "meditation_events"} & found
+    finally:
+        await shared.dispose()
+
+
+async def test_concurrent_jobs_with_one_request_id_are_one_job(store: JobStore) -> None:
+    made = await asyncio.gather(
+        *(
+            store.create(
+                conversation=CONVERSATION,
+                request_id="tap",
+                options=MeditationOptions(image_aspect=ImageAspect.SQUARE, skip_cache=True),
+                queue_lease_seconds=QUEUE_LEASE_SECONDS,
+            )
+            for _ in range(10)
+        )
+    )
+    assert len({meditation.name for meditation, _ in made}) == 1
+    assert sum(created for _, created in made) == 1
+    stored = await store.get(made[0][0].name)
+    assert stored.options == MeditationOptions(image_aspect=ImageAspect.SQUARE, skip_cache=True)
+    assert stored.conversation == CONVERSATION
+    assert (await store.find_by_request_id("tap")) == stored
+
+
+async def test_an_unknown_job_is_not_found(store: JobStore) -> None:
+    for read in (
+        store.get("meditations/0000000000000000"),
+        store.list_events("meditations/0000000000000000", 0),
+    ):
+        with pytest.raises(GatewayError) as raised:
+            await read
+        assert raised.value.kind is FailureKind.NOT_FOUND
+        assert raised.value.message == "meditations/0000000000000000 does not exist"
+
+
+async def test_racing_writers_of_one_sequence_leave_exactly_one_event(store: JobStore) -> None:
+    name = await _create(store)
+    results = await asyncio.gather(
+        *(store.record_event(name, 1, b"writer %d" % n, JobChanges()) for n in range(8)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(result, BaseException) for result in results) == 1
+    assert all(isinstance(r, GatewayError) for r in results if isinstance(r, BaseException))
+    with pytest.raises(GatewayError, match="is at sequence 1; cannot record 3"):
+        await store.record_event(name, 3, b"a gap", JobChanges())
+    page = await store.list_events(name, 0, 100)
+    assert [event.sequence for event in page.events] == [1]
+
+
+async def test_events_page_after_a_sequence_and_an_events_changes_are_kept(store: JobStore) -> None:
+    name = await _create(store)
+    for sequence in range(1, 26):
+        changes = (
+            JobChanges(state=MeditationState.SUCCEEDED, quick_video_uri="file:///q.mp4")
+            if sequence == 25
+            else JobChanges()
+        )
+        await store.record_event(name, sequence, b"%d" % sequence, changes)
+    page = await store.list_events(name, 10, 5)
+    assert [(event.sequence, event.payload) for event in page.events] == [
+        (n, b"%d" % n) for n in range(11, 16)
+    ]
+    assert page.events[0].event_time.tzinfo is not None
+    assert page.state is MeditationState.SUCCEEDED
+    finished = await store.get(name)
+    assert (finished.last_sequence, finished.quick_video_uri) == (25, "file:///q.mp4")
+
+
+async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_lease_lapses(
+    store: JobStore,
+) -> None:
+    """Property: a queued job can be claimed by whichever gateway the queue hands it to, is not listed as
+    abandoned while the queue holds it, and only one janitor requeues it."""
+    name = await _create(store)
+    assert name not in await store.list_claimable(10)
+    assert not await store.requeue(name, 60)  # held by the queue
+    assert await store.claim(name, "gateway-b", 60)
+    assert not await store.claim(name, "gateway-c", 60)
+    await store.release(name, "gateway-b")
+    assert name in await store.list_claimable(10)
+    requeued = await asyncio.gather(*(store.requeue(name, 60) for _ in range(5)))
+    assert requeued.count(True) == 1
+    assert name not in await store.list_claimable(10)
+    await store.release(name, "nobody", queue_lease_seconds=60)  # not the owner: no change
+    assert await store.claim(name, "gateway-c", 60)
+    await store.record_event(name, 1, b"{}", JobChanges(state=MeditationState.CANCELLED))
+    assert not await store.claim(name, "gateway-c", 60)  # a finished job is nobody's
+
+
+async def test_a_clients_running_jobs_are_limited_and_a_repeated_request_is_never_refused(
+    store: JobStore,
+) -> None:
+    """Property: past `max_running_per_client` running jobs a client's new job is refused; a repeat of one
+    of its requests, and other clients, are not; a finished job frees its place."""
+    first = await _create(store, "a1", "alice", 2)
+    await _create(store, "a2", "alice", 2)
+    with pytest.raises(GatewayError, match="limit is 2") as refused:
+        await _create(store, "a3", "alice", 2)
+    assert refused.value.kind is FailureKind.EXHAUSTED
+    assert await _create(store, "a1", "alice", 2) == first
+    await _create(store, "b1", "bob", 2)
+    await store.record_event(first, 1, b"{}", JobChanges(state=MeditationState.SUCCEEDED))
+    await _create(store, "a3", "alice", 2)
+
+
+async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
+    engine = create_engine("postgresql+asyncpg://stillpoint:hunter2@127.0.0.1:1/stillpoint")
+    try:
+        with pytest.raises(GatewayError) as raised:
+            await JobStore(engine).get("meditations/0123456789abcdef")
+    finally:
+        await engine.dispose()
+    assert raised.value.kind is FailureKind.UNAVAILABLE
+    assert "hunter2" not in raised.value.message
