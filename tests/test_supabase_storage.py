@@ -12,8 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from services.storage import AssetMissingError, AssetStorage, LocalAssetStorage, StorageKeyError, new_key
-from services.supabase_storage import StorageUnavailableError, SupabaseAssetStorage
+from services.storage.base import (
+    AssetMissingError,
+    AssetStorage,
+    StorageKeyError,
+    StorageUnavailableError,
+    new_key,
+)
+from services.storage.local import LocalAssetStorage
+from services.storage.supabase import SupabaseAssetStorage
 from tests.servers.supabase_storage import DEFAULT_SERVICE_KEY, ReceivedRequest, SupabaseStorageServer
 
 BUCKET = "stillpoint-assets"
