@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services import serving
-from services.cache import InProcessCache
+from services.cache.in_process import InProcessCache
 from services.content.generation import (
     ImageGenerator,
     OfflineImageProvider,
@@ -34,7 +34,7 @@ from services.media.encoders import EncoderSelection
 from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio
-from services.storage import LocalAssetStorage
+from services.storage.local import LocalAssetStorage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 from services.environment import ConfigError, Environment
-from services.storage import (
+from services.storage.base import (
     AssetMissingError,
     AssetStorage,
-    LocalAssetStorage,
     StorageKeyError,
+    StorageUnavailableError,
     new_key,
-    read_storage_settings,
     validate_key,
 )
-from services.supabase_storage import StorageUnavailableError, SupabaseAssetStorage
+from services.storage.factory import read_storage_settings
+from services.storage.local import LocalAssetStorage
+from services.storage.supabase import SupabaseAssetStorage
 from tests.servers.supabase_storage import SupabaseStorageServer
 
 SERVICE_KEY = "service-role-test-key"

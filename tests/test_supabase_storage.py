@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -12,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from services.storage import AssetMissingError, AssetStorage, LocalAssetStorage, StorageKeyError, new_key
-from services.supabase_storage import StorageUnavailableError, SupabaseAssetStorage
+from services.storage.base import (
+    AssetMissingError,
+    AssetStorage,
+    StorageKeyError,
+    StorageUnavailableError,
+    new_key,
+)
+from services.storage.local import LocalAssetStorage
+from services.storage.supabase import SupabaseAssetStorage
 from tests.servers.supabase_storage import DEFAULT_SERVICE_KEY, ReceivedRequest, SupabaseStorageServer
 
 BUCKET = "stillpoint-assets"
@@ -192,10 +200,12 @@ async def test_signed_urls_stop_working_after_they_expire(
     async with await open_storage(server, tmp_path / "cache", signed_url_expiry_seconds=1) as storage:
         stored = await storage.put_bytes(new_key("images", "png"), b"png-bytes", "image/png")
 
-    await asyncio.sleep(2.1)
-
-    status, _, _ = await asyncio.to_thread(fetch, stored.uri)
-    assert status == 400
+    # The fake server signs with whole seconds of wall-clock time, as Storage does: poll until it refuses.
+    deadline = time.monotonic() + 10
+    while (status := (await asyncio.to_thread(fetch, stored.uri))[0]) != 400:
+        assert status == 200, f"a live signed URL answered {status}"
+        assert time.monotonic() < deadline, "the signed URL still works 10 s after a 1 s expiry"
+        await asyncio.sleep(0.1)  # the polling interval, not a wait for the expiry itself
 
 
 async def test_a_tampered_signed_url_is_refused(storage: SupabaseAssetStorage) -> None:

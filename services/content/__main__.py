@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 
 import openai
-from redis.asyncio import Redis
 
 from services import serving
-from services.cache import CacheUnavailableError, InProcessCache, RedisCache, ResultCache, connect_redis
+from services.cache.base import ResultCache
+from services.cache.factory import CacheFactory, open_result_caches
 from services.content.config import ContentConfig
 from services.content.generation import (
     ImageGenerator,
@@ -33,13 +31,14 @@ from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
-from services.storage import AssetStorage, open_asset_storage
+from services.redis_connection import RedisUnavailableError
+from services.storage.base import AssetStorage
+from services.storage.factory import open_asset_storage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 logger = logging.getLogger("services.content")
-CacheFactory = Callable[[str], ResultCache]
 
 
 def build_generators(
@@ -81,42 +80,19 @@ def build_generators(
     return transcripts, images, reports
 
 
-@contextlib.asynccontextmanager
-async def open_caches(config: ContentConfig) -> AsyncIterator[CacheFactory]:
-    """Redis when REDIS_URL is set (shared by every replica), else in-process; one client per process."""
-    if config.redis_url is None:
-        yield lambda name: InProcessCache(ttl_seconds=config.cache_ttl_seconds, name=name)
-        return
-    client: Redis = await connect_redis(config.redis_url)
-    made: list[RedisCache] = []
-
-    def make(name: str) -> ResultCache:
-        cache = RedisCache(
-            client,
-            name=name,
-            ttl_seconds=config.cache_ttl_seconds,
-            lock_timeout_seconds=config.cache_lock_timeout_seconds,
-        )
-        made.append(cache)
-        return cache
-
-    try:
-        yield make
-    finally:
-        # A lock release still in flight at shutdown must finish before the client closes.
-        for cache in made:
-            await cache.aclose()
-        await client.aclose()
-
-
 async def main(config: ContentConfig) -> None:
     """Makes the process's engine, client, store, caches and worker pool once, serves, and releases them."""
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-content")
     try:
         await ensure_migrated(engine, config.database_url)
-        async with open_asset_storage(config.storage) as storage, open_caches(config) as make_cache:
+        caches = open_result_caches(
+            config.redis_url,
+            ttl_seconds=config.cache_ttl_seconds,
+            lock_timeout_seconds=config.cache_lock_timeout_seconds,
+        )
+        async with open_asset_storage(config.storage) as storage, caches as make_cache:
             await serve(config, ContentRepository(engine), storage, make_cache)
-    except (DatabaseNotReadyError, CacheUnavailableError) as error:
+    except (DatabaseNotReadyError, RedisUnavailableError) as error:
         sys.exit(f"content: {error}")
     finally:
         await engine.dispose()

@@ -9,7 +9,7 @@ from pathlib import Path
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
-from services.storage import StorageSettings, read_storage_settings
+from services.storage.factory import StorageSettings, read_storage_settings
 
 PROVIDERS = ("offline", "openai")
 # What OpenAI serves on 2026-11-21: gpt-6-luna replaces the gpt-4o class; DALL-E and gpt-image-1 are gone.

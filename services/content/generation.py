@@ -16,12 +16,12 @@ from typing import Protocol
 
 from PIL import Image
 
-from services.cache import ResultCache
+from services.cache.base import ResultCache
 from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
 from services.openai_api import ProviderCallError
 from services.pause_marks import count_spoken_words
-from services.storage import AssetStorage, new_key
+from services.storage.base import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 

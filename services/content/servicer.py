@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services.cache import CacheUnavailableError, RedisCache, ResultCache
+from services.cache.base import CacheUnavailableError, ResultCache
 from services.content import conversations
 from services.content.errors import (
     ContentError,
@@ -32,10 +32,9 @@ from services.content.repository import (
     NewMessage,
 )
 from services.content.themes import extract_themes
-from services.openai_api import FailureKind, ProviderCallError
+from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from services.proto_time import from_timestamp, to_timestamp
 from services.provider_status import ProviderReport
-from services.supabase_storage import StorageUnavailableError
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
@@ -194,8 +193,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 # The address is for operators (it is in the log), not for clients.
                 logger.warning("cache %s: Redis is unavailable for its counters", cache.name)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again")
-            backend = "redis" if isinstance(cache, RedisCache) else "in-process"
-            response.caches.add(name=cache.name, hits=stats.hits, misses=stats.misses, backend=backend)
+            response.caches.add(name=cache.name, hits=stats.hits, misses=stats.misses, backend=cache.backend)
         return response
 
     async def PregenerateImages(
@@ -213,15 +211,6 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 )
 
 
-_PROVIDER_STATUS = {
-    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     """The one place content errors become gRPC status codes (AIP-193: short and actionable)."""
@@ -233,11 +222,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     except PreconditionError as error:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
-    except ProviderCallError as error:
-        await context.abort(_PROVIDER_STATUS[error.kind], error.message)
-    except StorageUnavailableError as error:
-        logger.warning("storage unavailable: %s", error)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "asset storage is unavailable; try again shortly")
+    except DEPENDENCY_FAILURES as error:
+        await context.abort(*status_of_dependency_failure(error))
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")

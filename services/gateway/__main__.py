@@ -10,7 +10,6 @@ import sys
 import grpc
 
 from services import serving
-from services.cache import CacheUnavailableError, connect_redis, redact_redis_url
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.gateway.backends import ContentClient, MediaClient, backend_channel_options
@@ -26,6 +25,7 @@ from services.gateway.jobs.work_queue import (
 from services.gateway.migrate import ensure_migrated
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import GatewayServicer
+from services.redis_connection import RedisUnavailableError, connect_redis, redact_redis_url
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -98,7 +98,7 @@ async def open_work_queue(config: GatewayConfig) -> WorkQueue:
             client, redact_redis_url(config.redis_url), claim_timeout_seconds=claim_timeout
         )
         await queue.ensure_group()
-    except (CacheUnavailableError, WorkQueueUnavailableError) as error:
+    except (RedisUnavailableError, WorkQueueUnavailableError) as error:
         sys.exit(f"gateway: the job queue is unavailable: {error}")
     return queue
 

@@ -20,7 +20,8 @@ from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio, Narrator
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
-from services.storage import AssetStorage, open_asset_storage
+from services.storage.base import AssetStorage
+from services.storage.factory import open_asset_storage
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
-from services.storage import StorageSettings, read_storage_settings
+from services.storage.factory import StorageSettings, read_storage_settings
 
 # The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
 # gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.

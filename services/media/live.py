@@ -22,7 +22,7 @@ from PIL import Image
 from services.media.errors import EncodingError, InvalidInputError
 from services.media.speech import Narration, encode_wav
 from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
-from services.storage import AssetStorage, new_key
+from services.storage.base import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 

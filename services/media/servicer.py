@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from services.media.errors import (
     AssetNotFoundError,
     EncodingError,
@@ -22,9 +23,7 @@ from services.media.errors import (
 from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPublished
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
-from services.openai_api import FailureKind, ProviderCallError
 from services.proto_time import to_duration
-from services.supabase_storage import StorageUnavailableError
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 
@@ -160,15 +159,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         )
 
 
-_PROVIDER_STATUS = {
-    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     """The one place media errors become gRPC status codes (AIP-193: short and actionable)."""
@@ -178,12 +168,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except AssetNotFoundError as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
-    except ProviderCallError as error:
-        await context.abort(_PROVIDER_STATUS[error.kind], error.message)
-    except StorageUnavailableError as error:
-        # Retryable: the gateway does the work again on a replica that can reach storage.
-        logger.warning("storage unavailable: %s", error)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "asset storage is unavailable; try again shortly")
+    except DEPENDENCY_FAILURES as error:
+        await context.abort(*status_of_dependency_failure(error))
     except StageTimeoutError as error:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
     except EncodingError as error:

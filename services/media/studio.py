@@ -20,7 +20,7 @@ from services.media.speech import Narration, encode_wav
 from services.media.video import RenderProfile, render_still_video
 from services.openai_api import ProviderCallError
 from services.provider_status import ProviderReport
-from services.storage import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
+from services.storage.base import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
 
 MAX_TRANSCRIPT_CHARS = 20_000
 logger = logging.getLogger(__name__)

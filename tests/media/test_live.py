@@ -18,7 +18,7 @@ from PIL import Image
 from services.media.live import SentenceSplitter
 from services.media.video import probe_media
 from services.proto_time import seconds_of
-from services.storage import LocalAssetStorage
+from services.storage.local import LocalAssetStorage
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 

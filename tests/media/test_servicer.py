@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from services.media.video import probe_media
-from services.storage import LocalAssetStorage
+from services.storage.local import LocalAssetStorage
 from stillpoint.media.v1 import media_service_pb2 as media_pb
 from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
 

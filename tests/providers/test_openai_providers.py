@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from services import serving
-from services.cache import InProcessCache
+from services.cache.in_process import InProcessCache
 from services.content.generation import (
     ImageGenerator,
     OfflineImageProvider,
@@ -40,7 +40,7 @@ from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio
 from services.openai_api import ConfiguredModel, FailureKind, OpenAISettings, ProviderCallError, check_models
 from services.openai_api import make_client as make_openai_client
-from services.storage import LocalAssetStorage
+from services.storage.local import LocalAssetStorage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from tests.conftest import CONTENT_SERVICE

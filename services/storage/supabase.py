@@ -20,7 +20,7 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
-from services.storage import AssetMissingError, StoredAsset, validate_key
+from services.storage.base import AssetMissingError, StorageUnavailableError, StoredAsset, validate_key
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,20 +40,6 @@ _DOWNLOAD_CHUNK_BYTES: Final = MEBIBYTE
 _SIGNED_URI_MEMO_SIZE: Final = 4096
 
 ChunkReader = Callable[[int, int], Awaitable[bytes]]
-
-
-class StorageUnavailableError(Exception):
-    """Supabase Storage refused or failed a request.
-
-    The message says what went wrong and never names the asset key, a signed token or the service key.
-    """
-
-    def __init__(self, message: str, status_code: int | None = None, reason: str | None = None) -> None:
-        super().__init__(message)
-        # Storage's own status (its body's `statusCode`, e.g. 403, 409), None when no answer came.
-        self.status_code = status_code
-        # Storage's error name (e.g. "Duplicate", "Unauthorized"), None when no answer came.
-        self.reason = reason
 
 
 class SupabaseAssetStorage:

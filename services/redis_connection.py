@@ -1,0 +1,137 @@
+"""The process's one Redis client: checked at start-up, its credentials redacted, cancellation kept."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import (
+    AbstractConnection,
+    Connection,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
+from redis.exceptions import RedisError
+
+
+class RedisUnavailableError(Exception):
+    """Redis cannot be reached; `address` is its host and port (or socket path), never its credentials."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"Redis at {address} is unavailable: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+async def connect_redis(url: str, *, timeout_seconds: float = 3.0) -> Redis:
+    """Makes the process's one Redis client (bytes in, bytes out) and checks it answers PING in time.
+
+    Every command sent through it honours the caller's cancellation (see `_send_keeping_cancellation`).
+    Raises RedisUnavailableError naming the host and port, never the password, instead of hanging.
+    """
+    redacted_url = redact_redis_url(url)
+    address = _address_of_url(url)
+    try:
+        pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout_seconds, decode_responses=False)
+    except ValueError as error:
+        raise RedisUnavailableError(address, f"{redacted_url} is not a valid Redis URL: {error}") from None
+    # The URL chose the transport (TCP, TLS or a Unix socket); keep it, with the guard added. The pool makes
+    # its connections lazily, so none was made with the unguarded class.
+    pool.connection_class = _CANCELLATION_KEEPING[pool.connection_class]
+    client = Redis.from_pool(pool)
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await client.ping()
+    except (RedisError, OSError, TimeoutError) as error:
+        await client.aclose()
+        reason = str(error) or type(error).__name__
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        raise RedisUnavailableError(
+            address, f"no answer to PING from {redacted_url} within {timeout_seconds:g} s: {reason}"
+        ) from None
+    return client
+
+
+def redact_redis_url(url: str) -> str:
+    """The URL without its credentials: `redis://:secret@host:6379/0` becomes `redis://***@host:6379/0`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<a malformed Redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***" if pair.partition("=")[0].lower() == "password" else pair
+        for pair in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redis_address(client: Redis) -> str:
+    """The client's host and port (or socket path), for messages: never its credentials."""
+    settings = client.connection_pool.connection_kwargs
+    if "path" in settings:
+        return str(settings["path"])
+    return f"{settings.get('host', 'localhost')}:{settings.get('port', 6379)}"
+
+
+def _address_of_url(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        if parts.scheme == "unix":
+            return parts.path
+        host = parts.hostname or "localhost"
+        port = parts.port or 6379
+    except ValueError:
+        return "<a malformed Redis URL>"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _send_keeping_cancellation(connection: AbstractConnection, send: Awaitable[None]) -> None:
+    """Sends a command and re-raises a cancellation of the current task that the send swallowed.
+
+    With a socket timeout (redis-py's default is 5 s) redis-py sends each command inside `asyncio.wait_for`,
+    and on Python 3.11 `wait_for` drops a cancellation that lands as the send completes (fixed in 3.12). A
+    cancelled caller would then carry on (a cache computing, a queue taking a job), and `asyncio.timeout`
+    deadlines would silently pass. The reply to the command is never read, so the connection is dropped,
+    as redis-py itself does when a send is interrupted.
+    """
+    task = asyncio.current_task()
+    cancel_requests = 0 if task is None else task.cancelling()
+    await send
+    if task is not None and task.cancelling() > cancel_requests:
+        await connection.disconnect(nowait=True)
+        raise asyncio.CancelledError
+
+
+class _CancellationKeepingConnection(Connection):
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        await _send_keeping_cancellation(self, super().send_packed_command(command, check_health))
+
+
+class _CancellationKeepingSSLConnection(SSLConnection):
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        await _send_keeping_cancellation(self, super().send_packed_command(command, check_health))
+
+
+class _CancellationKeepingUnixDomainSocketConnection(UnixDomainSocketConnection):
+    async def send_packed_command(
+        self, command: bytes | str | Iterable[bytes], check_health: bool = True
+    ) -> None:
+        await _send_keeping_cancellation(self, super().send_packed_command(command, check_health))
+
+
+_CANCELLATION_KEEPING: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: _CancellationKeepingConnection,
+    SSLConnection: _CancellationKeepingSSLConnection,
+    UnixDomainSocketConnection: _CancellationKeepingUnixDomainSocketConnection,
+}
