@@ -23,7 +23,7 @@ $(STAMP): $(DEV_LOCK) pyproject.toml
 	# Every dependency comes from the lock, each file checked against its hash; then the project alone.
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --requirement $(DEV_LOCK)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
-	# The lock must satisfy pyproject.toml's requirements: a dependency added there but not locked fails here.
+	# The lock must satisfy pyproject.toml's runtime requirements: one added there but not locked fails here.
 	$(PY) -m pip check
 	# The generated code lives in gen/; put it (and the project) on the venv's import path.
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stillpoint-gen.pth
