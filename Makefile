@@ -6,19 +6,40 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 STAMP := $(VENV)/.installed
+# The hashed locks: runtime (what the image installs) and runtime + dev (what `make install` installs).
+RUNTIME_LOCK := requirements/runtime.lock
+DEV_LOCK := requirements/dev.lock
+# Universal: one lock resolves on every platform (Linux x86_64 and aarch64, macOS) from Python 3.11 up.
+# `make lock LOCK_FLAGS=--upgrade` moves every pin to the newest release; without it pins stay put.
+LOCK_FLAGS ?=
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 --generate-hashes \
+  --custom-compile-command 'make lock' $(LOCK_FLAGS)
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: demo test lint protos install migrate bench clean
+.PHONY: demo test lint protos install lock migrate bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): $(DEV_LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# Every dependency comes from the lock, each file checked against its hash; then the project alone.
+	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes --requirement $(DEV_LOCK)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	# The lock must satisfy pyproject.toml's runtime requirements: one added there but not locked fails here.
+	$(PY) -m pip check
 	# The generated code lives in gen/; put it (and the project) on the venv's import path.
 	echo "$(CURDIR)/gen" > $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/stillpoint-gen.pth
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerates both locks from pyproject.toml. The runtime lock is constrained by the dev lock so that the
+# image runs the very versions the tests ran.
+# Not behind the install stamp: after a new dependency goes into pyproject.toml the install fails its
+# `pip check` until the lock has it. uv comes pinned from the dev lock once installed.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/uv || $(PY) -m pip install --quiet --disable-pip-version-check uv
+	$(UV_COMPILE) --extra dev --output-file $(DEV_LOCK)
+	$(UV_COMPILE) --constraint $(DEV_LOCK) --output-file $(RUNTIME_LOCK)
 
 gen/.stamp: $(PROTOS) $(STAMP)
 	rm -rf gen && mkdir -p gen

@@ -572,6 +572,7 @@ function once(video, name) {
   });
 }
 
+// Spaces the checks of a poll that has its own deadline; never a wait for something to happen.
 function sleep(ms) { return new Promise((resolve) => setTimeout(resolve, ms)); }
 
 function measureFrame(video) {

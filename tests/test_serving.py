@@ -48,6 +48,7 @@ async def test_a_stream_cut_by_the_end_of_the_grace_period_runs_its_cleanup_befo
         try:
             while True:
                 yield b"tick"
+                # A stream that never ends on its own, ticking at a modest pace.
                 await asyncio.sleep(0.05)
         finally:
             # Cleanup that awaits (a subprocess to exit, files to go), cancelled once already.
@@ -130,6 +131,7 @@ async def test_health_answers_while_a_video_encodes(
         assert response.status == health_pb2.HealthCheckResponse.SERVING
         if not render.done():
             answers_during_encode += 1
+        # Spaces the probes; the loop ends on the render's completion, not on time.
         await asyncio.sleep(0.01)
     await render
     assert answers_during_encode >= 3

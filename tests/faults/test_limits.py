@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services import serving
+from tests.waiting import wait_until
 
 
 async def test_an_oversized_request_is_resource_exhausted() -> None:
@@ -50,8 +49,18 @@ async def test_more_concurrent_rpcs_than_allowed_are_resource_exhausted() -> Non
             assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             for watch in watches:
                 watch.cancel()
-            await asyncio.sleep(0.1)
-            answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-            assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+            # The server frees a cancelled watch's slot on its own loop: poll until a call is admitted.
+            async def is_admitted() -> bool:
+                try:
+                    answer = await health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+                except grpc.aio.AioRpcError as error:
+                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                        return False
+                    raise
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING
+                return True
+
+            await wait_until(is_admitted, what="a call to be admitted once the watches ended")
     finally:
         await running.stop(0)

@@ -23,6 +23,7 @@ from tests.servers.openai_compatible import (
     OpenAICompatibleServer,
     ServerConfig,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "conversation.json"
@@ -107,12 +108,12 @@ async def _watch_from_start(
 
 async def _wait_for_request(server: OpenAICompatibleServer, path: str) -> None:
     """Returns once the provider has received `POST path`."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(r.method == "POST" and r.path == path for r in server.received_requests()):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"the provider never received POST {path}")
+    await wait_until(
+        lambda: any(r.method == "POST" and r.path == path for r in server.received_requests()),
+        what=f"the provider to receive POST {path}",
+        timeout_seconds=60,
+        interval_seconds=0.05,
+    )
 
 
 async def _check_health(address: str) -> float:

@@ -44,6 +44,7 @@ async def test_first_working_candidate_in_the_given_order_wins() -> None:
 
 
 async def test_probe_that_hangs_is_killed_at_the_timeout(tmp_path: Path) -> None:
+    # A fake FFmpeg that never answers: its sleep is the hang under test, not synchronisation.
     hanging = tmp_path / "ffmpeg"
     hanging.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
     hanging.chmod(0o755)

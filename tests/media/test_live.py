@@ -59,6 +59,7 @@ async def _requests(script: str, pieces: int) -> AsyncIterator[media_pb.NarrateL
     size = max(1, len(script) // pieces)
     for start in range(0, len(script), size):
         yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text=script[start : start + size]))
+        # Text arrives over time, as a model streams it; the server must not rely on it all being there.
         await asyncio.sleep(0.01)
     yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
 

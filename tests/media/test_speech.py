@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 import wave
 from collections.abc import Iterator
 
@@ -11,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from services.media import speech
 from services.media.errors import SpeechError
 from services.media.speech import EspeakNarrator, Narration, encode_wav
 
@@ -115,6 +117,7 @@ async def test_event_loop_keeps_running_during_narration(narrator: EspeakNarrato
     turns_while_narrating = 0
     while not narration.done():
         turns_while_narrating += 1
+        # Yields the loop between counts; the count, not the time, is what the test looks at.
         await asyncio.sleep(0.001)
     await narration
     assert turns_while_narrating >= 3
@@ -130,9 +133,20 @@ async def test_wav_decodes_with_the_wave_module(narrator: EspeakNarrator) -> Non
         assert wav.readframes(wav.getnframes()) == narration.pcm_s16le
 
 
-async def test_cancelled_narration_leaves_the_narrator_usable(narrator: EspeakNarrator) -> None:
+async def test_cancelled_narration_leaves_the_narrator_usable(
+    narrator: EspeakNarrator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Cancels while libespeak-ng is speaking, which is what could leave it wedged: wait for that moment.
+    synthesis_started = threading.Event()
+    synthesize = speech._ENGINE.synthesize
+
+    def synthesize_and_signal(text: str, abort: threading.Event) -> npt.NDArray[np.int16]:
+        synthesis_started.set()
+        return synthesize(text, abort)
+
+    monkeypatch.setattr(speech._ENGINE, "synthesize", synthesize_and_signal)
     long_narration = asyncio.create_task(narrator.narrate(CALM_SENTENCES * 40))
-    await asyncio.sleep(0.02)
+    assert await asyncio.to_thread(synthesis_started.wait, 10), "synthesis never started"
     long_narration.cancel()
     with pytest.raises(asyncio.CancelledError):
         await long_narration

@@ -25,6 +25,7 @@ from services.media.video import (
     render_still_video,
     still_video_arguments,
 )
+from tests.waiting import wait_until
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 IMAGE_SIZE = (1344, 896)
@@ -273,11 +274,7 @@ async def test_cancellation_kills_ffmpeg_and_removes_the_partial_file(
             profile=ENHANCED_PROFILE,
         )
     )
-    for _ in range(500):
-        if leftovers(output_dir, set()):
-            break
-        await asyncio.sleep(0.02)
-    assert leftovers(output_dir, set()), "FFmpeg never started writing"
+    await wait_until(lambda: bool(leftovers(output_dir, set())), what="FFmpeg to start writing")
     ffmpeg_pid = int(pid_path.read_text())
     assert is_running(ffmpeg_pid)
     render.cancel()

@@ -590,6 +590,7 @@ class _Handler(TrackingHandler):
         )
 
     def _sleep_until(self, deadline: float) -> None:
+        # The provider's simulated latency, not synchronisation; a stopping server hangs up at once.
         remaining = deadline - time.monotonic()
         if remaining > 0 and self._state.stopping.wait(remaining):
             raise _HangupError

@@ -29,7 +29,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -92,15 +92,19 @@ class SupabaseStorageServer:
         upload_latency: tuple[float, float] | None = None,
         upload_latency_seed: int = 0,
         upload_latency_scale_by_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`upload_latency` (min, max seconds) delays every object upload and TUS PATCH by a time drawn from a
         uniform range seeded with `upload_latency_seed`, so runs are reproducible; None answers at once.
 
         With `upload_latency_scale_by_bytes`, the drawn latency is that of an upload of this many bytes and
         scales with each upload's size (never below 5 % of it): small objects pay little more than a round
-        trip."""
+        trip.
+
+        `clock` (seconds since the epoch) dates signed URLs and decides when they expire: a test passes its
+        own to see a URL expire without waiting for it."""
         self._state = _StorageState(
-            root, service_key, upload_latency, upload_latency_seed, upload_latency_scale_by_bytes
+            root, service_key, upload_latency, upload_latency_seed, upload_latency_scale_by_bytes, clock
         )
         self._host = host
         self._port = port
@@ -277,6 +281,7 @@ class _StorageState:
         upload_latency: tuple[float, float] | None = None,
         upload_latency_seed: int = 0,
         upload_latency_scale_by_bytes: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if upload_latency_scale_by_bytes is not None and upload_latency_scale_by_bytes <= 0:
             raise ValueError("upload_latency_scale_by_bytes must be a positive number of bytes")
@@ -291,6 +296,7 @@ class _StorageState:
         self._upload_latency_random = random.Random(upload_latency_seed)
         self.root = root.resolve()
         self.service_key = service_key
+        self.clock = clock
         # Signs download URLs; a fresh one per server, so URLs never outlive it.
         self.signing_secret = secrets.token_bytes(32)
         for folder in ("objects", "uploads", "incoming"):
@@ -617,6 +623,7 @@ class _Handler(TrackingHandler):
         return bucket, name
 
     def _upload(self, method: str, bucket_id: str, name: str, body: bytes) -> None:
+        # The simulated network time of the upload (upload_latency), not synchronisation.
         time.sleep(self._state.draw_upload_latency_seconds(len(body)))
         bucket = self._state.bucket(bucket_id)
         content_type_header = self.headers.get("Content-Type", "")
@@ -680,7 +687,7 @@ class _Handler(TrackingHandler):
         self._send_json(200, signed)
 
     def _signed_path(self, bucket: str, name: str, expires_in: int) -> str:
-        issued_at = int(time.time())
+        issued_at = int(self._state.clock())
         token = _sign_token(
             self._state.signing_secret,
             {"url": f"{bucket}/{name}", "iat": issued_at, "exp": issued_at + expires_in},
@@ -694,7 +701,7 @@ class _Handler(TrackingHandler):
             raise _StorageError(
                 400, "InvalidRequest", "Error", "querystring must have required property 'token'"
             )
-        claims = _verify_token(self._state.signing_secret, tokens[0])
+        claims = _verify_token(self._state.signing_secret, tokens[0], now=self._state.clock())
         if claims.get("url") != f"{bucket}/{name}":
             raise _StorageError(
                 400, "InvalidSignature", "InvalidSignature", "The url do not match the signature"
@@ -793,6 +800,7 @@ class _Handler(TrackingHandler):
                 },
             )
         elif method == "PATCH":
+            # The simulated network time of the chunk (upload_latency), not synchronisation.
             time.sleep(self._state.draw_upload_latency_seconds(len(body)))
             self._tus_append(upload, body, is_creation=False)
             self._send_empty(204, {"Tus-Resumable": TUS_VERSION, "Upload-Offset": str(upload.offset)})
@@ -1040,7 +1048,7 @@ def _sign_token(secret: bytes, claims: Mapping[str, object]) -> str:
     return f"{signing_input}.{_b64url(signature)}"
 
 
-def _verify_token(secret: bytes, token: str) -> dict[str, object]:
+def _verify_token(secret: bytes, token: str, *, now: float) -> dict[str, object]:
     pieces = token.split(".")
     if len(pieces) != 3:
         raise _invalid_jwt("jwt malformed")
@@ -1053,7 +1061,7 @@ def _verify_token(secret: bytes, token: str) -> dict[str, object]:
     if not hmac.compare_digest(signature, expected) or not isinstance(claims, dict):
         raise _invalid_jwt("invalid signature")
     expiry = claims.get("exp")
-    if not isinstance(expiry, int) or time.time() >= expiry:
+    if not isinstance(expiry, int) or now >= expiry:
         raise _invalid_jwt("jwt expired")
     return claims
 

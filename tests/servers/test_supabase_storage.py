@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
@@ -189,15 +190,21 @@ async def test_signed_urls_serve_the_object_without_credentials(
     assert "token" not in repr(served)
 
 
-async def test_signed_urls_stop_working_when_they_expire(client: AsyncStorageClient) -> None:
-    bucket = client.from_(BUCKET)
-    await bucket.upload("images/a.png", b"png-bytes", {"content-type": "image/png"})
-    signed = await bucket.create_signed_url("images/a.png", 1)
-    assert signed["signedURL"] is not None
+async def test_signed_urls_stop_working_when_they_expire(tmp_path: Path) -> None:
+    now = time.time()
+    with SupabaseStorageServer(tmp_path / "storage", clock=lambda: now) as server:
+        async with storage_client(server) as client:
+            await client.create_bucket(BUCKET, options={"public": False})
+            bucket = client.from_(BUCKET)
+            await bucket.upload("images/a.png", b"png-bytes", {"content-type": "image/png"})
+            signed = await bucket.create_signed_url("images/a.png", 1)
+            assert signed["signedURL"] is not None
+            status, _, _ = await asyncio.to_thread(fetch, signed["signedURL"])
+            assert status == 200
 
-    await asyncio.sleep(2.1)
+            now += 2
 
-    status, _, body = await asyncio.to_thread(fetch, signed["signedURL"])
+            status, _, body = await asyncio.to_thread(fetch, signed["signedURL"])
     assert status == 400
     assert json.loads(body) == {
         "statusCode": "400",

@@ -1,0 +1,91 @@
+# syntax=docker/dockerfile:1
+# One image recipe for the three services, chosen by the SERVICE build argument (content, media or gateway):
+#   docker build --build-arg SERVICE=media -t stillpoint-media .
+# The content image also runs the schema migrations (see the migrate service in docker-compose.yml).
+# Build from the repository root; docker-compose.yml passes SERVICE for each of its services.
+
+ARG PYTHON_IMAGE=python:3.11-slim
+# No default: an image for no particular service is a mistake, and the final FROM below fails without it.
+ARG SERVICE
+
+# ---- builder: the project's dependencies in a virtual environment, and the generated protobuf code ----
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+WORKDIR /src
+# Dependencies first, from the runtime lock alone, so that a change to the code does not reinstall them.
+# Every file is checked against the lock's hashes.
+COPY requirements/runtime.lock requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --require-hashes --requirement requirements/runtime.lock
+COPY pyproject.toml README.md ./
+COPY protos/ protos/
+COPY services/ services/
+# The project itself (its dependencies are in already): the `stillpoint` command. At run time /app comes
+# first on PYTHONPATH, so the services are imported from /app/services.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps .
+# Messages and gRPC code only: the mypy type stubs (--mypy_out, --mypy_grpc_out) serve type checking, not running.
+RUN mkdir gen \
+ && find protos -name '*.proto' -exec \
+      python -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen {} +
+
+# ---- runtime: what every service shares ----
+FROM ${PYTHON_IMAGE} AS runtime
+ARG APP_UID=10001
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app:/app/gen \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+# A non-root user, the same uid in every image, that owns the var folder.
+RUN groupadd --system --gid "${APP_UID}" stillpoint \
+ && useradd --system --uid "${APP_UID}" --gid stillpoint --home-dir /var/lib/stillpoint --no-create-home \
+      --shell /usr/sbin/nologin stillpoint \
+ && mkdir -p /var/lib/stillpoint \
+ && chown stillpoint:stillpoint /var/lib/stillpoint
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY --from=builder /src/gen gen/
+COPY --from=builder /src/services services/
+# Byte-code compiled now: the non-root user cannot write __pycache__ under /app.
+RUN python -m compileall -q services gen
+STOPSIGNAL SIGTERM
+
+# ---- one stage per service: its port, its folders, its command ----
+# The storage folder exists in the image so that a named volume mounted there starts out owned by the
+# non-root user (Docker copies the ownership into an empty volume).
+
+# Conversations, jobs and event logs; transcripts and images.
+FROM runtime AS content
+ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
+    STILLPOINT_STORAGE_DIR=/var/lib/stillpoint/storage \
+    STILLPOINT_CONTENT_PORT=50052
+RUN mkdir -p /var/lib/stillpoint/storage \
+ && chown -R stillpoint:stillpoint /var/lib/stillpoint
+USER stillpoint
+EXPOSE 50052
+CMD ["python", "-m", "services.content"]
+
+# Narration and video encoding. FFmpeg, libespeak-ng and PyAV come as wheels, so the image needs no system
+# packages (libespeak-ng's libstdc++ is already in the base image).
+FROM runtime AS media
+ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
+    STILLPOINT_STORAGE_DIR=/var/lib/stillpoint/storage \
+    STILLPOINT_MEDIA_WORK_DIR=/var/lib/stillpoint/work/media \
+    STILLPOINT_MEDIA_PORT=50053
+RUN mkdir -p /var/lib/stillpoint/storage /var/lib/stillpoint/work/media \
+ && chown -R stillpoint:stillpoint /var/lib/stillpoint
+USER stillpoint
+EXPOSE 50053
+CMD ["python", "-m", "services.media"]
+
+# The public GatewayService: jobs, event streams, replay and cancel. It keeps no files.
+FROM runtime AS gateway
+ENV STILLPOINT_GATEWAY_PORT=50051
+USER stillpoint
+EXPOSE 50051
+CMD ["python", "-m", "services.gateway"]
+
+# ---- the image: the stage named by SERVICE (BuildKit builds only the stages it needs) ----
+FROM ${SERVICE}
