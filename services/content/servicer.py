@@ -38,7 +38,7 @@ from services.content.repository import (
     NewMessage,
 )
 from services.content.themes import extract_themes
-from services.openai_api import FailureKind, ProviderCallError
+from services.openai_api import ProviderCallError, ProviderFailureKind
 from services.proto_time import from_timestamp, seconds_of, to_timestamp
 from services.provider_status import ProviderReport
 from services.supabase_storage import StorageUnavailableError
@@ -338,11 +338,11 @@ class ContentServicer(content_grpc.ContentServiceServicer):
 
 
 _PROVIDER_STATUS = {
-    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ProviderFailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ProviderFailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -14,7 +14,7 @@ import openai
 from services.media.errors import SpeechError
 from services.media.speech import Narration
 from services.media.video import run_ffmpeg
-from services.openai_api import ConfiguredModel, FailureKind, ProviderCallError, classify
+from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
 from services.pause_marks import Silence, SpokenText, split_on_pauses
 
 # The endpoint's input limit; longer stretches are split at sentence boundaries below it.
@@ -88,7 +88,8 @@ class OpenAISpeechNarrator:
                 return await self._narrate(script)
         except TimeoutError:
             raise ProviderCallError(
-                FailureKind.TIMEOUT, f"the speech provider did not finish within {self._timeout_seconds:g} s"
+                ProviderFailureKind.TIMEOUT,
+                f"the speech provider did not finish within {self._timeout_seconds:g} s",
             ) from None
 
     async def _narrate(self, script: str) -> Narration:
@@ -175,7 +176,8 @@ class OpenAISpeechNarrator:
         )
         if result.return_code != 0:
             raise ProviderCallError(
-                FailureKind.REJECTED, f"the speech provider returned audio that is not {self._audio_format}"
+                ProviderFailureKind.REJECTED,
+                f"the speech provider returned audio that is not {self._audio_format}",
             )
         return await asyncio.to_thread(decoded.read_bytes)
 

@@ -22,7 +22,7 @@ from services.media.errors import (
 from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPublished
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
-from services.openai_api import FailureKind, ProviderCallError
+from services.openai_api import ProviderCallError, ProviderFailureKind
 from services.proto_time import to_duration
 from services.supabase_storage import StorageUnavailableError
 from stillpoint.media.v1 import media_service_pb2 as media_pb
@@ -161,11 +161,11 @@ class MediaServicer(media_grpc.MediaServiceServicer):
 
 
 _PROVIDER_STATUS = {
-    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ProviderFailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ProviderFailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

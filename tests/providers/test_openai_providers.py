@@ -37,7 +37,13 @@ from services.media.encoders import EncoderSelection
 from services.media.openai_speech import OpenAISpeechNarrator, split_for_speech
 from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio
-from services.openai_api import ConfiguredModel, FailureKind, OpenAISettings, ProviderCallError, check_models
+from services.openai_api import (
+    ConfiguredModel,
+    OpenAISettings,
+    ProviderCallError,
+    ProviderFailureKind,
+    check_models,
+)
 from services.openai_api import make_client as make_openai_client
 from services.storage import LocalAssetStorage
 from stillpoint.content.v1 import content_service_pb2 as content_pb
@@ -189,7 +195,7 @@ async def test_a_hanging_provider_is_deadline_exceeded_within_the_budget(
     with pytest.raises(ProviderCallError) as raised:
         async for _ in provider.stream(SOURCE):
             pass
-    assert raised.value.kind is FailureKind.TIMEOUT
+    assert raised.value.kind is ProviderFailureKind.TIMEOUT
 
 
 async def test_retries_absorb_a_single_rate_limit(
@@ -263,7 +269,7 @@ async def test_retired_image_model_names_the_variable(
     )
     with pytest.raises(ProviderCallError) as raised:
         await provider.generate("A quiet lake", 1792, 1024)
-    assert raised.value.kind is FailureKind.MODEL
+    assert raised.value.kind is ProviderFailureKind.MODEL
     assert "gpt-image-1" in raised.value.message
     assert "STILLPOINT_IMAGE_MODEL" in raised.value.message
 
