@@ -20,7 +20,6 @@ PLAYLIST_EVENT = "playlist_ready"
 _STAGE_ENDS = {
     gateway_pb.STAGE_STATE_SUCCEEDED: "succeeded",
     gateway_pb.STAGE_STATE_FAILED: "failed",
-    gateway_pb.STAGE_STATE_SKIPPED: "skipped",
 }
 
 

@@ -113,7 +113,6 @@ async def media_channel(
         ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
         encoders=EncoderSelection(selected="libx264", probes=("probing skipped in tests",)),
         work_root=tmp_path / "work",
-        narration_timeout_seconds=60,
         video_timeout_seconds=120,
     )
     (tmp_path / "work").mkdir(exist_ok=True)

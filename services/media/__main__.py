@@ -79,7 +79,6 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,
         work_root=config.work_root,
-        narration_timeout_seconds=config.narration_timeout_seconds,
         video_timeout_seconds=config.video_timeout_seconds,
     )
 

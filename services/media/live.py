@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from services.media.errors import EncodingError, InvalidInputError
+from services.media.placeholder import paint_placeholder
 from services.media.speech import Narration, encode_wav
 from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
 from services.storage import AssetStorage, new_key
@@ -128,7 +128,6 @@ class LiveNarration:
         storage: AssetStorage,
         ffmpeg_path: str,
         work_root: Path,
-        image_path: Path | None,
         max_concurrent_sentences: int = 3,
     ) -> None:
         self._meditation_id = meditation_id
@@ -136,7 +135,6 @@ class LiveNarration:
         self._storage = storage
         self._ffmpeg_path = ffmpeg_path
         self._work_root = work_root
-        self._image_path = image_path
         self._speaking = asyncio.Semaphore(max_concurrent_sentences)
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
@@ -287,9 +285,9 @@ class LiveNarration:
         )
 
     async def _preview_image(self, work_dir: Path) -> Path:
-        """The preview's picture at 720p: the image if one was given, else a calm gradient."""
+        """The preview's picture at 720p: the placeholder, as no image is ready this early in a job."""
         target = work_dir / "preview.bmp"
-        await asyncio.to_thread(_write_preview, self._image_path, target)
+        await asyncio.to_thread(_write_preview, target)
         return target
 
     async def _publish_while_encoding(
@@ -435,17 +433,8 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
 
 
-def _write_preview(image_path: Path | None, target: Path) -> None:
-    width, height = PREVIEW_SIZE_PIXELS
-    if image_path is not None:
-        with Image.open(image_path) as image:
-            image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(target)
-        return
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    top = np.array([58, 74, 120], dtype=np.float32)
-    bottom = np.array([214, 170, 150], dtype=np.float32)
-    gradient = np.broadcast_to(top + (bottom - top) * rows, (height, width, 3))
-    Image.fromarray(gradient.astype(np.uint8)).save(target)
+def _write_preview(target: Path) -> None:
+    paint_placeholder(*PREVIEW_SIZE_PIXELS).save(target)
 
 
 def _read_playlist(path: Path) -> list[tuple[str, float]]:

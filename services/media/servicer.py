@@ -45,21 +45,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
     def __init__(self, studio: MediaStudio) -> None:
         self._studio = studio
 
-    async def SynthesizeNarration(
-        self, request: media_pb.SynthesizeNarrationRequest, context: _Context
-    ) -> media_pb.SynthesizeNarrationResponse:
-        async with _status_for_errors(context):
-            meditation_id = _meditation_id(request.meditation)
-            narration = await self._studio.narrate(meditation_id, request.transcript)
-        return media_pb.SynthesizeNarrationResponse(
-            storage_key=narration.storage_key,
-            uri=narration.uri,
-            duration=to_duration(narration.duration_seconds),
-            sample_rate_hertz=narration.sample_rate_hertz,
-            provider=narration.provider,
-            fallback_reason=narration.fallback_reason,
-        )
-
     async def RenderVideo(
         self, request: media_pb.RenderVideoRequest, context: _Context
     ) -> AsyncIterator[media_pb.RenderVideoResponse]:
@@ -105,7 +90,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             if first is None or not first.HasField("start"):
                 raise InvalidInputError("start", "must be the first message of a live narration")
             meditation_id = _meditation_id(first.start.meditation)
-            live = await self._studio.open_live_narration(meditation_id, first.start.image_storage_key)
+            live = await self._studio.open_live_narration(meditation_id)
             async with live:
                 feeding = asyncio.create_task(_feed(request_iterator, live))
                 # A broken request stream must end the narration, not leave it waiting for text.
