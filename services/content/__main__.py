@@ -30,6 +30,7 @@ from services.content.pregeneration import pregenerate_off_peak, read_prompt_lis
 from services.content.repository import ContentRepository, create_engine
 from services.content.servicer import ContentServicer
 from services.environment import ConfigError, Environment
+from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
 from services.storage import AssetStorage, open_asset_storage
@@ -144,7 +145,9 @@ async def serve(
     nightly: asyncio.Task[None] | None = None
     if config.pregenerate_hour_utc is not None:
         nightly = asyncio.create_task(
-            pregenerate_off_peak(images, prompts, hour_utc=config.pregenerate_hour_utc, sizes=[(1792, 1024)])
+            pregenerate_off_peak(
+                images, prompts, hour_utc=config.pregenerate_hour_utc, sizes=[LANDSCAPE_SIZE_PIXELS]
+            )
         )
 
     async def release() -> None:

@@ -13,10 +13,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from services.image_sizes import SUPPORTED_SIZES_PIXELS, describe_supported_sizes
+
 FloatArray = npt.NDArray[np.float32]
 TimeOfDay = Literal["dawn", "day", "dusk", "night"]
-
-SUPPORTED_SIZES: Final[frozenset[tuple[int, int]]] = frozenset({(1024, 1024), (1792, 1024)})
 
 # Checked in priority order, so "a starry night after sunset" is a night scene, not a dusk one.
 _TIME_KEYWORDS: Final[tuple[tuple[TimeOfDay, frozenset[str]], ...]] = (
@@ -119,9 +119,10 @@ class _Scene:
 
 def paint_landscape(prompt: str, width_pixels: int, height_pixels: int) -> bytes:
     """Returns an RGB PNG of a calm landscape chosen by the prompt's keywords and varied by its hash."""
-    if (width_pixels, height_pixels) not in SUPPORTED_SIZES:
-        supported = ", ".join(f"{w}x{h}" for w, h in sorted(SUPPORTED_SIZES))
-        raise ValueError(f"unsupported image size {width_pixels}x{height_pixels}; use one of {supported}")
+    if (width_pixels, height_pixels) not in SUPPORTED_SIZES_PIXELS:
+        raise ValueError(
+            f"unsupported image size {width_pixels}x{height_pixels}; use one of {describe_supported_sizes()}"
+        )
     # A SHA-256 seed (never hash(), which is salted per process) makes the bytes identical across workers.
     seed = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:16], "big")
     rng = np.random.default_rng(seed)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape, landscape_of_place
 from services.content.themes import content_words, extract_themes
-from services.pause_marks import count_spoken_words, format_pause
+from services.script_marks import count_spoken_words, format_pause
 
 MIN_SCRIPT_WORDS = 400
 MAX_SCRIPT_WORDS = 500

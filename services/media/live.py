@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import shutil
 import tempfile
@@ -21,44 +20,17 @@ import numpy as np
 from services.media.errors import EncodingError, InvalidInputError
 from services.media.placeholder import paint_placeholder
 from services.media.speech import Narration, encode_wav
-from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
+from services.script_marks import count_spoken_words, total_pause_seconds
+from services.sentences import SentenceSplitter
 from services.storage import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 
-# A sentence ends at . ! ? or … (closing quotes allowed); it is complete once real text follows it, which
-# also settles whether pause marks belong to it.
-_SENTENCE_BOUNDARY = re.compile(
-    r"(?<=[.!?…])[\"'”’)\]]*\s+((?:\[pause\s+\d+(?:\.\d+)?\s*s\]\s*)*)(?=[^\s\[])", re.IGNORECASE
-)
 # Two-second HLS segments: the first is playable two seconds of audio after the first sentence is spoken.
 SEGMENT_SECONDS = 2
 PREVIEW_SIZE_PIXELS = (1280, 720)
 _POLL_SECONDS = 0.1
 _ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
-
-
-class SentenceSplitter:
-    """Cuts a script arriving in pieces into sentences, each with the pause marks that follow it."""
-
-    def __init__(self) -> None:
-        self._buffer = ""
-
-    def feed(self, text: str) -> list[str]:
-        """Adds text and returns the sentences it completed."""
-        self._buffer += text
-        sentences = []
-        start = 0
-        for boundary in _SENTENCE_BOUNDARY.finditer(self._buffer):
-            sentences.append(self._buffer[start : boundary.end()].strip())
-            start = boundary.end()
-        self._buffer = self._buffer[start:]
-        return [sentence for sentence in sentences if sentence]
-
-    def finish(self) -> list[str]:
-        """Returns what remains once the script is complete."""
-        rest, self._buffer = self._buffer.strip(), ""
-        return [rest] if rest else []
 
 
 @dataclass(frozen=True)
@@ -203,7 +175,7 @@ class LiveNarration:
         async with self._speaking:
             if count_spoken_words(sentence) == 0:
                 # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
-                seconds = sum(float(m.group(1)) for m in PAUSE_MARK_PATTERN.finditer(sentence))
+                seconds = total_pause_seconds(sentence)
                 return SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", "")
             return await self._speak(sentence)
 

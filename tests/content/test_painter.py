@@ -14,7 +14,8 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from services.content.painter import SUPPORTED_SIZES, paint_landscape
+from services.content.painter import paint_landscape
+from services.image_sizes import SUPPORTED_SIZES_PIXELS
 
 SAMPLE_PROMPTS = (
     "Serene mountain lake at sunset with gentle ripples",
@@ -49,7 +50,7 @@ def _luminance(png: bytes) -> npt.NDArray[np.float32]:
     return np.asarray(_pixels(png) @ weights, dtype=np.float32)
 
 
-@pytest.mark.parametrize(("width_pixels", "height_pixels"), sorted(SUPPORTED_SIZES))
+@pytest.mark.parametrize(("width_pixels", "height_pixels"), sorted(SUPPORTED_SIZES_PIXELS))
 def test_each_supported_size_gives_an_rgb_png_of_exactly_that_size(
     width_pixels: int, height_pixels: int
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 from services.content.image_prompts import Landscape, choose_landscape
 from services.content.script_composer import MAX_SCRIPT_WORDS, MIN_SCRIPT_WORDS, compose_meditation
 from services.content.themes import extract_themes
-from services.pause_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
+from services.script_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
 from tests.content.test_themes import (
     EXAMS_AND_MOUNTAINS,
     LAUNCH_AND_GARDEN,
