@@ -73,7 +73,7 @@ migrate: protos
 demo: protos
 	$(PY) -m scripts.demo
 
-# Seeds' pipeline vs Stillpoint's on the seeds' latency model; writes var/bench/report.{json,md} and a chart.
+# The reference pipeline (the system Stillpoint replaces) vs Stillpoint, on its latency model; writes var/bench/report.{json,md} and a chart.
 bench: protos
 	$(PY) -m bench
 

@@ -1,1 +1,1 @@
-"""`python -m bench`: the seeds' pipeline against Stillpoint's, under one seeded latency model."""
+"""`python -m bench`: the reference pipeline against Stillpoint's, under one seeded latency model."""

@@ -1,4 +1,4 @@
-"""`python -m bench`: the seeds' pipeline and Stillpoint's under one latency model, and a report of both."""
+"""`python -m bench`: the reference pipeline and Stillpoint under one latency model, and a report of both."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bench.data_plane import DEFAULT_POSTGRES_ADMIN_DSN, DEFAULT_REDIS_URL, DataPlaneUnavailableError
 from bench.latency_model import LatencyModel
-from bench.run import DEFAULT_SEEDS_JOBS, PHASES, BenchSettings, run_bench
+from bench.run import DEFAULT_REFERENCE_JOBS, PHASES, BenchSettings, run_bench
 
 
 def _positive(text: str) -> int:
@@ -47,9 +47,12 @@ def parse_settings(argv: Sequence[str] | None = None) -> BenchSettings:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--jobs", type=_positive, help="Stillpoint jobs run one at a time (default 20)")
     parser.add_argument(
-        "--seeds-jobs",
+        "--reference-jobs",
         type=_positive,
-        help=f"seeds jobs run one at a time (default --jobs, at most {DEFAULT_SEEDS_JOBS}: ~110 s each)",
+        help=(
+            f"reference pipeline jobs run one at a time (default --jobs, at most {DEFAULT_REFERENCE_JOBS}:"
+            " ~110 s each)"
+        ),
     )
     parser.add_argument(
         "--concurrency", type=_levels, help="concurrent Stillpoint jobs per level (default 1,10,50)"
@@ -84,10 +87,10 @@ def parse_settings(argv: Sequence[str] | None = None) -> BenchSettings:
     }
     if arguments.jobs is not None:
         overrides["jobs"] = arguments.jobs
-    if arguments.seeds_jobs is not None:
-        overrides["seeds_jobs"] = arguments.seeds_jobs
+    if arguments.reference_jobs is not None:
+        overrides["reference_jobs"] = arguments.reference_jobs
     elif arguments.jobs is not None:
-        overrides["seeds_jobs"] = min(arguments.jobs, DEFAULT_SEEDS_JOBS)
+        overrides["reference_jobs"] = min(arguments.jobs, DEFAULT_REFERENCE_JOBS)
     for name in ("concurrency", "encode_repetitions", "narration_seconds", "phases"):
         value = getattr(arguments, name)
         if value is not None:

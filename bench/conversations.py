@@ -81,6 +81,6 @@ def conversation_for(index: int) -> list[ConversationTurn]:
 
 
 def source_text_of(turns: list[ConversationTurn]) -> str:
-    """The seeds' source content: the conversation as `User: ...` lines (Stillpoint's own cut, 2,000
-    characters at most, which is also the seeds' limit)."""
+    """The reference pipeline's source content: the conversation as `User: ...` lines (Stillpoint's own
+    cut, 2,000 characters at most, which is also the reference pipeline's limit)."""
     return collect_source_text(turns)

@@ -1,4 +1,4 @@
-"""Seed B's FFmpeg command against Stillpoint's renderer on one image and one narration: time and SSIM."""
+"""The reference encode against Stillpoint's renderer on one image and one narration: time and SSIM."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.reference_pipeline import run_seed_b, seed_b_command
+from bench.reference_pipeline import reference_encode_command, run_reference_encode
 from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
 from services.media.speech import EspeakNarrator, Narration, encode_wav
@@ -183,10 +183,10 @@ async def compare_encodes(
             **extra,
         )
 
-    seed_b_output = work_dir / "seed-b.mp4"
+    reference_output = work_dir / "reference.mp4"
     commands: dict[str, Callable[[], Awaitable[object]]] = {
-        "seed_b": lambda: run_seed_b(
-            seed_b_command(ffmpeg_path, inputs.image_path, inputs.wav_path, seed_b_output)
+        "reference": lambda: run_reference_encode(
+            reference_encode_command(ffmpeg_path, inputs.image_path, inputs.wav_path, reference_output)
         ),
         "stillpoint_quick_from_wav": render("quick", inputs.wav_path, work_dir / "quick-wav.mp4", False),
         "stillpoint_enhanced_from_wav": render(
@@ -194,7 +194,7 @@ async def compare_encodes(
         ),
     }
     outputs = {
-        "seed_b": seed_b_output,
+        "reference": reference_output,
         "stillpoint_quick_from_wav": work_dir / "quick-wav.mp4",
         "stillpoint_enhanced_from_wav": work_dir / "enhanced-wav.mp4",
     }
@@ -234,11 +234,13 @@ async def compare_encodes(
             "supported": False,
             "note": "render_still_video cannot copy an AAC narration in this tree: measured from WAV only",
         }
-    seed_b_wall = _wall(results, "seed_b")
+    reference_wall = _wall(results, "reference")
     speedups: dict[str, float | None] = {}
     for name in ("stillpoint_quick_from_wav", "stillpoint_enhanced_from_wav", "stillpoint_quick_from_aac"):
         render_wall = _wall(results, name)
-        speedups[name] = None if render_wall is None or seed_b_wall is None else seed_b_wall / render_wall
+        speedups[name] = (
+            None if render_wall is None or reference_wall is None else reference_wall / render_wall
+        )
     return {
         "inputs": {
             "image": f"{inputs.width_pixels}x{inputs.height_pixels} PNG from paint_landscape",
@@ -250,7 +252,7 @@ async def compare_encodes(
         "repetitions": repetitions,
         "audio_copy_supported": copy_supported,
         "commands": results,
-        "speedup_over_seed_b": speedups,
+        "speedup_over_reference": speedups,
     }
 
 

@@ -1,7 +1,7 @@
 """The seeded latency model both pipelines run under: what the outside world costs, reproducibly.
 
-The ranges are the seeds' own timing analysis: transcript 3–8 s, image 10–20 s, speech 5–10 s for a whole
-script, upload 1–3 s, database 0.1–0.5 s.
+The ranges are the reference pipeline's own timing analysis: transcript 3–8 s, image 10–20 s, speech
+5–10 s for a whole script, upload 1–3 s, database 0.1–0.5 s.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from tests.servers.openai_compatible import DEFAULT_MODELS, LatencySpec, ModelSp
 # A typical 450-word script with its pause marks is about this long; a speech request for a part of a script
 # takes that part's share of the whole script's 5–10 s.
 TYPICAL_SCRIPT_CHARACTERS = 2600
-# The seeds' 1–3 s upload is for their video, 3.5–4.3 MB for a 450-word narration: with size scaling, smaller
-# objects (HLS segments, playlists) take their share of it, and never less than 5 % (a round trip).
+# The reference pipeline's 1–3 s upload is for its video, 3.5–4.3 MB for a 450-word narration: with size
+# scaling, smaller objects (HLS segments, playlists) take their share of it, and never less than 5 % (a
+# round trip).
 TYPICAL_VIDEO_BYTES = 4_000_000
-# The seeds called GPT-4o and DALL-E 3; the server offers them beside the models Stillpoint is set up with.
-SEEDS_CHAT_MODEL = "gpt-4o"
-SEEDS_IMAGE_MODEL = "dall-e-3"
+# The reference pipeline called GPT-4o and DALL-E 3; the server offers them beside the models Stillpoint is
+# set up with.
+REFERENCE_CHAT_MODEL = "gpt-4o"
+REFERENCE_IMAGE_MODEL = "dall-e-3"
 SPEECH_MODEL = "gpt-4o-mini-tts"
 STILLPOINT_CHAT_MODEL = "gpt-5.6-terra"
 STILLPOINT_IMAGE_MODEL = "gpt-image-2.5-flare"
@@ -56,7 +58,7 @@ class LatencyModel:
     def provider_config(self, api_key: str, *, chat_text: str | None = None) -> ServerConfig:
         """The OpenAI-compatible server's configuration: chat tokens stream across the transcript latency,
         images take the image latency, speech scales with the length of what is spoken."""
-        models = (*DEFAULT_MODELS, ModelSpec(SEEDS_CHAT_MODEL), ModelSpec(SEEDS_IMAGE_MODEL))
+        models = (*DEFAULT_MODELS, ModelSpec(REFERENCE_CHAT_MODEL), ModelSpec(REFERENCE_IMAGE_MODEL))
         return ServerConfig(
             api_key=api_key,
             models=models,
@@ -84,7 +86,8 @@ class LatencyModel:
         return self.seed + 4
 
     def database_delays(self) -> DatabaseDelays:
-        """The seeds' database step as a seeded sleep per job (Stillpoint uses the real PostgreSQL)."""
+        """The reference pipeline's database step as a seeded sleep per job (Stillpoint uses the real
+        PostgreSQL)."""
         return DatabaseDelays(self.database, random.Random(self.seed + 5))
 
     def to_json_object(self) -> dict[str, object]:
@@ -96,12 +99,12 @@ class LatencyModel:
             "speech_scale_by_characters": self.speech_scale_by_characters,
             "upload_seconds": self.upload.as_pair(),
             "upload_scale_by_bytes": self.upload_scale_by_bytes,
-            "seeds_database_seconds": self.database.as_pair(),
+            "reference_database_seconds": self.database.as_pair(),
         }
 
 
 class DatabaseDelays:
-    """Draws the seeds' database latency, one per job, in a reproducible order."""
+    """Draws the reference pipeline's database latency, one per job, in a reproducible order."""
 
     def __init__(self, seconds: SecondsRange, generator: random.Random) -> None:
         self._seconds = seconds

@@ -1,7 +1,7 @@
 """The outside world as processes of their own: the OpenAI-compatible server and the Supabase-compatible one.
 
 Each runs in its own process so that its CPU time (painting images, synthesising speech) is never counted as
-either pipeline's, and both pipelines get a fresh pair with the same seeds: the same sequence of latencies.
+either pipeline's, and both pipelines get a fresh pair with the same random seeds: the same latencies.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def running_providers(
     work_dir: Path, model: LatencyModel, *, chat_text: str | None = None
 ) -> Iterator[ProviderServers]:
-    """Starts both servers with the latency model's seeds, yields where they are, then stops them.
+    """Starts both servers with the latency model's random seeds, yields where they are, then stops them.
 
     `chat_text` replaces every transcript the chat endpoint writes (short ones make a quick smoke run).
     """

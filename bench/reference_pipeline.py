@@ -1,9 +1,9 @@
-"""The system Stillpoint replaces, reproduced faithfully from the seeds, stage by stage.
+"""The reference pipeline: the system Stillpoint replaces, reproduced faithfully from its documents.
 
 database (load the conversation, collect source content) → transcript (GPT-4o, one non-streamed chat
 completion) ∥ image (DALL-E 3, `images.generate`, fetched from its URL) → speech (gpt-4o-mini-tts, the whole
-script in one `audio.speech` call, MP3 written to a file) → seed B's FFmpeg command as written → upload of the
-MP4 with storage3. Nothing reaches the person until the upload is done.
+script in one `audio.speech` call, MP3 written to a file) → the reference encode (its FFmpeg command as
+written) → upload of the MP4 with storage3. Nothing reaches the person until the upload is done.
 """
 
 from __future__ import annotations
@@ -19,23 +19,27 @@ import openai
 from storage3 import AsyncStorageClient
 
 from bench.jobs import JobTimeline, StageSpan
-from bench.latency_model import SEEDS_CHAT_MODEL, SEEDS_IMAGE_MODEL, SPEECH_MODEL, DatabaseDelays
+from bench.latency_model import REFERENCE_CHAT_MODEL, REFERENCE_IMAGE_MODEL, SPEECH_MODEL, DatabaseDelays
 
-# The seeds' encode budget (VIDEO_ENCODING_TIMEOUT in their settings): an encode past it failed the job.
-SEEDS_VIDEO_TIMEOUT_SECONDS = 120.0
-SEEDS_BUCKET = "videos"
+# The reference pipeline's encode budget (VIDEO_ENCODING_TIMEOUT in its settings): an encode past it
+# failed the job.
+REFERENCE_VIDEO_TIMEOUT_SECONDS = 120.0
+REFERENCE_BUCKET = "videos"
 # DALL-E 3's size when none is asked for; Stillpoint is asked for the same square image.
-SEEDS_IMAGE_SIZE = "1024x1024"
-SEEDS_VOICE = "alloy"
-SEEDS_SYSTEM_PROMPT = (
+REFERENCE_IMAGE_SIZE = "1024x1024"
+REFERENCE_VOICE = "alloy"
+REFERENCE_SYSTEM_PROMPT = (
     "You are a calm meditation guide. Write a guided meditation of 400 to 500 words for the person whose "
     "conversation follows, in the second person, with pauses marked like [pause 3s]."
 )
 _T = TypeVar("_T")
 
 
-def seed_b_command(ffmpeg_path: str, image_path: Path, audio_path: Path, output_path: Path) -> list[str]:
-    """Seed B's FFmpeg command as the seeds wrote it (their optimisations document and MEASUREMENTS.md).
+def reference_encode_command(
+    ffmpeg_path: str, image_path: Path, audio_path: Path, output_path: Path
+) -> list[str]:
+    """The reference encode: the reference pipeline's FFmpeg command as its optimisations document and
+    MEASUREMENTS.md give it.
 
     It loops the image (`-loop 1`) into a 25 fps video until the audio ends (`-shortest`), which decodes the
     image again for every frame and encodes thousands of identical frames; with a PNG it keeps 4:4:4 chroma.
@@ -56,7 +60,7 @@ def seed_b_command(ffmpeg_path: str, image_path: Path, audio_path: Path, output_
     ]
 
 
-async def run_seed_b(command: list[str]) -> float:
+async def run_reference_encode(command: list[str]) -> float:
     """Runs the command (stdin closed, output discarded) and returns its wall time; raises on failure."""
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(
@@ -68,12 +72,12 @@ async def run_seed_b(command: list[str]) -> float:
     _, stderr = await process.communicate()
     if process.returncode != 0:
         tail = stderr.decode(errors="replace")[-1500:]
-        raise RuntimeError(f"seed B's FFmpeg command failed ({process.returncode}): {tail}")
+        raise RuntimeError(f"the reference encode failed ({process.returncode}): {tail}")
     return time.perf_counter() - started
 
 
-class SeedsPipeline:
-    """One process's clients, made once, as the seeds' service held them."""
+class ReferencePipeline:
+    """One process's clients, made once, as the reference pipeline's service held them."""
 
     def __init__(
         self,
@@ -95,12 +99,12 @@ class SeedsPipeline:
     async def prepare(self) -> None:
         """Creates the bucket the videos go to (not timed)."""
         buckets = {bucket.name for bucket in await self._storage.list_buckets()}
-        if SEEDS_BUCKET not in buckets:
-            await self._storage.create_bucket(SEEDS_BUCKET, options={"public": False})
+        if REFERENCE_BUCKET not in buckets:
+            await self._storage.create_bucket(REFERENCE_BUCKET, options={"public": False})
 
     async def run(self, index: int, source_text: str) -> JobTimeline:
         """One job, from the request to the uploaded video; a failure is recorded, never raised."""
-        timeline = JobTimeline(pipeline="seeds", index=index)
+        timeline = JobTimeline(pipeline="reference", index=index)
         job_dir = self._work_dir / f"job-{index:03d}"
         job_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -118,7 +122,8 @@ class SeedsPipeline:
             return result
 
         try:
-            # The seeds load the conversation and collect its source content from PostgreSQL: a seeded sleep.
+            # The reference pipeline loads the conversation and collects its source content from PostgreSQL:
+            # a seeded sleep.
             await timed("source", lambda: asyncio.sleep(self._database_delays.next_seconds()))
             transcript, image = await asyncio.gather(
                 timed("transcript", lambda: self._transcript(source_text)),
@@ -126,20 +131,20 @@ class SeedsPipeline:
             )
             audio = await timed("narration", lambda: self._speech(transcript, job_dir / "speech.mp3"))
             video = job_dir / "video.mp4"
-            command = seed_b_command(self._ffmpeg_path, image, audio, video)
-            encode_seconds = await timed("encode", lambda: run_seed_b(command))
-            if encode_seconds > SEEDS_VIDEO_TIMEOUT_SECONDS:
+            command = reference_encode_command(self._ffmpeg_path, image, audio, video)
+            encode_seconds = await timed("encode", lambda: run_reference_encode(command))
+            if encode_seconds > REFERENCE_VIDEO_TIMEOUT_SECONDS:
                 timeline.notes.append(
-                    f"the encode took {encode_seconds:.1f} s, past the seeds' own "
-                    f"{SEEDS_VIDEO_TIMEOUT_SECONDS:g} s VIDEO_ENCODING_TIMEOUT"
+                    f"the encode took {encode_seconds:.1f} s, past the reference pipeline's own "
+                    f"{REFERENCE_VIDEO_TIMEOUT_SECONDS:g} s VIDEO_ENCODING_TIMEOUT"
                 )
             await timed("upload", lambda: self._upload(index, video))
         except Exception as error:  # a benchmark records a failed job and goes on
             timeline.error = f"{type(error).__name__}: {error}"[:500]
             return timeline
         finished = time.perf_counter() - started
-        # The seeds deliver nothing until the end: the one video is the first event, the first playable
-        # media, and stands for both the QUICK and the ENHANCED video.
+        # The reference pipeline delivers nothing until the end: the one video is the first event, the first
+        # playable media, and stands for both the QUICK and the ENHANCED video.
         timeline.milestones = dict.fromkeys(timeline.milestones, finished)
         timeline.first_playable_kind = "completed"
         timeline.succeeded = True
@@ -147,9 +152,9 @@ class SeedsPipeline:
 
     async def _transcript(self, source_text: str) -> str:
         completion = await self._openai.chat.completions.create(
-            model=SEEDS_CHAT_MODEL,
+            model=REFERENCE_CHAT_MODEL,
             messages=[
-                {"role": "system", "content": SEEDS_SYSTEM_PROMPT},
+                {"role": "system", "content": REFERENCE_SYSTEM_PROMPT},
                 {"role": "user", "content": source_text},
             ],
         )
@@ -161,7 +166,7 @@ class SeedsPipeline:
     async def _image(self, source_text: str, path: Path) -> Path:
         prompt = f"A peaceful, serene meditation landscape inspired by: {source_text[:300]}"
         response = await self._openai.images.generate(
-            model=SEEDS_IMAGE_MODEL, prompt=prompt, size=SEEDS_IMAGE_SIZE, n=1
+            model=REFERENCE_IMAGE_MODEL, prompt=prompt, size=REFERENCE_IMAGE_SIZE, n=1
         )
         if not response.data or not response.data[0].url:
             raise RuntimeError("the image response had no URL")
@@ -172,14 +177,14 @@ class SeedsPipeline:
 
     async def _speech(self, transcript: str, path: Path) -> Path:
         response = await self._openai.audio.speech.create(
-            model=SPEECH_MODEL, voice=SEEDS_VOICE, input=transcript, response_format="mp3"
+            model=SPEECH_MODEL, voice=REFERENCE_VOICE, input=transcript, response_format="mp3"
         )
         await asyncio.to_thread(path.write_bytes, response.content)
         return path
 
     async def _upload(self, index: int, video: Path) -> None:
         data = await asyncio.to_thread(video.read_bytes)
-        await self._storage.from_(SEEDS_BUCKET).upload(
+        await self._storage.from_(REFERENCE_BUCKET).upload(
             f"meditations/{index:03d}-{time.time_ns()}.mp4",
             data,
             {"content-type": "video/mp4", "cache-control": "3600", "upsert": "false"},

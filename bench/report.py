@@ -116,17 +116,17 @@ def pipeline_section(
 
 def build_targets(encode: Mapping[str, Any] | None, concurrency: Mapping[str, Any]) -> list[Target]:
     """The goals Stillpoint is held to, with what this run measured (None where it was not measured)."""
-    speedups: Mapping[str, Any] = (encode or {}).get("speedup_over_seed_b", {})
+    speedups: Mapping[str, Any] = (encode or {}).get("speedup_over_reference", {})
     commands: Mapping[str, Any] = (encode or {}).get("commands", {})
 
     def ssim(name: str) -> float | None:
         entry = commands.get(name)
         return entry.get("ssim") if isinstance(entry, Mapping) else None
 
-    seed_b_ssim = ssim("seed_b")
+    reference_ssim = ssim("reference")
     targets = [
         Target(
-            "encode: QUICK render from WAV vs seed B's command",
+            "encode: QUICK render from WAV vs the reference encode",
             ">=",
             60.0,
             "×",
@@ -134,7 +134,7 @@ def build_targets(encode: Mapping[str, Any] | None, concurrency: Mapping[str, An
             "wall time, median of the repetitions",
         ),
         Target(
-            "encode: QUICK render from already-AAC narration vs seed B's command",
+            "encode: QUICK render from already-AAC narration vs the reference encode",
             ">=",
             200.0,
             "×",
@@ -148,12 +148,12 @@ def build_targets(encode: Mapping[str, Any] | None, concurrency: Mapping[str, An
         quality = ssim(name)
         targets.append(
             Target(
-                f"encode: {label} SSIM (luma) minus seed B's",
+                f"encode: {label} SSIM (luma) minus the reference encode's",
                 ">=",
                 0.0,
                 "",
-                None if quality is None or seed_b_ssim is None else quality - seed_b_ssim,
-                f"{label} {_number(quality, 4)} vs seed B {_number(seed_b_ssim, 4)}"
+                None if quality is None or reference_ssim is None else quality - reference_ssim,
+                f"{label} {_number(quality, 4)} vs the reference encode {_number(reference_ssim, 4)}"
                 " (the middle frame against the source image)",
             )
         )
@@ -188,7 +188,9 @@ def write_report(
     output.mkdir(parents=True, exist_ok=True)
     (output / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     (output / "report.md").write_text(render_markdown(report))
-    draw_timelines(sections, output / "timelines.png", "Seeds vs Stillpoint: one job at a time, cold caches")
+    draw_timelines(
+        sections, output / "timelines.png", "Reference pipeline vs Stillpoint: one job at a time, cold caches"
+    )
 
 
 def render_markdown(report: Mapping[str, Any]) -> str:
@@ -196,9 +198,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines = ["# Stillpoint benchmark", ""]
     settings = report.get("settings", {})
     lines += [
-        f"Generated {report.get('generated_at', '')}. Seeds: {settings.get('seeds_jobs')} jobs, Stillpoint: "
-        f"{settings.get('jobs')} jobs, run one at a time on distinct conversations with cold caches"
-        + (" (`--quick` smoke run)." if settings.get("quick") else "."),
+        f"Generated {report.get('generated_at', '')}. Reference pipeline: {settings.get('reference_jobs')} "
+        f"jobs, Stillpoint: {settings.get('jobs')} jobs, run one at a time on distinct conversations with "
+        "cold caches" + (" (`--quick` smoke run)." if settings.get("quick") else "."),
         "",
     ]
     model = report.get("latency_model", {})
@@ -216,51 +218,51 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             + " upload "
             + _range(model.get("upload_seconds"))
             + _upload_scaling(model.get("upload_scale_by_bytes"))
-            + ", seeds' database "
-            + _range(model.get("seeds_database_seconds"))
+            + ", the reference pipeline's database "
+            + _range(model.get("reference_database_seconds"))
             + ". Stillpoint uses the real PostgreSQL and Redis.",
             "",
         ]
-    seeds, stillpoint = report.get("seeds"), report.get("stillpoint")
-    if seeds or stillpoint:
+    reference, stillpoint = report.get("reference"), report.get("stillpoint")
+    if reference or stillpoint:
         lines += [
             "## Latency, seconds from sending the request",
             "",
-            "| milestone | seeds p50 | seeds p95 | Stillpoint p50 | Stillpoint p95 | p50 speed-up |",
+            "| milestone | reference p50 | reference p95 | Stillpoint p50 | Stillpoint p95 | p50 speed-up |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for milestone in MILESTONES:
             key = f"{milestone}_seconds"
-            seed_summary = (seeds or {}).get(key, {})
+            reference_summary = (reference or {}).get(key, {})
             still_summary = (stillpoint or {}).get(key, {})
             lines.append(
-                f"| {_MILESTONE_TITLES[milestone]} | {_seconds(seed_summary.get('p50'))} | "
-                f"{_seconds(seed_summary.get('p95'))} | {_seconds(still_summary.get('p50'))} | "
+                f"| {_MILESTONE_TITLES[milestone]} | {_seconds(reference_summary.get('p50'))} | "
+                f"{_seconds(reference_summary.get('p95'))} | {_seconds(still_summary.get('p50'))} | "
                 f"{_seconds(still_summary.get('p95'))} | "
-                f"{_ratio(seed_summary.get('p50'), still_summary.get('p50'))} |"
+                f"{_ratio(reference_summary.get('p50'), still_summary.get('p50'))} |"
             )
         lines += [
             "",
-            "The seeds deliver nothing until their one video is uploaded: their first event, first playable"
-            " media, QUICK and ENHANCED times are all their completion time.",
+            "The reference pipeline delivers nothing until its one video is uploaded: its first event, first"
+            " playable media, QUICK and ENHANCED times are all its completion time.",
         ]
         kinds = (stillpoint or {}).get("first_playable_kinds", {})
         if kinds:
             described = ", ".join(f"{kind} in {count}" for kind, count in sorted(kinds.items()))
             lines.append(f"Stillpoint's first playable media was: {described} of its jobs.")
-        lines += ["", "## Cost per job", "", "| | seeds | Stillpoint |", "|---|---:|---:|"]
+        lines += ["", "## Cost per job", "", "| | reference | Stillpoint |", "|---|---:|---:|"]
         lines.append(
-            f"| CPU seconds per job | {_number((seeds or {}).get('cpu_seconds_per_job'))} | "
+            f"| CPU seconds per job | {_number((reference or {}).get('cpu_seconds_per_job'))} | "
             f"{_number((stillpoint or {}).get('cpu_seconds_per_job'))} |"
         )
-        lines.append(f"| peak RSS, summed (PSS) | {_memory(seeds)} | {_memory(stillpoint)} |")
+        lines.append(f"| peak RSS, summed (PSS) | {_memory(reference)} | {_memory(stillpoint)} |")
         lines.append(
-            f"| jobs succeeded | {(seeds or {}).get('succeeded')}/{(seeds or {}).get('jobs')} | "
+            f"| jobs succeeded | {(reference or {}).get('succeeded')}/{(reference or {}).get('jobs')} | "
             f"{(stillpoint or {}).get('succeeded')}/{(stillpoint or {}).get('jobs')} |"
         )
         lines.append(
             f"| provider servers' CPU seconds per job (counted for neither) | "
-            f"{_number((seeds or {}).get('provider_servers_cpu_seconds_per_job'))} | "
+            f"{_number((reference or {}).get('provider_servers_cpu_seconds_per_job'))} | "
             f"{_number((stillpoint or {}).get('provider_servers_cpu_seconds_per_job'))} |"
         )
         lines.append(
@@ -268,15 +270,16 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{_number((stillpoint or {}).get('data_plane_cpu_seconds_per_job'))} |"
         )
         lines.append(
-            f"| other processes' share of the CPU meanwhile | {_share(seeds)} | {_share(stillpoint)} |"
+            f"| other processes' share of the CPU meanwhile | {_share(reference)} | {_share(stillpoint)} |"
         )
         lines += [
             "",
-            "Seeds: the bench process (the seeds' service) and its FFmpeg children. Stillpoint: the content,"
-            " media and gateway processes and their children. The provider servers' CPU counts for neither.",
+            "Reference pipeline: the bench process (its one service) and its FFmpeg children. Stillpoint: the"
+            " content, media and gateway processes and their children. The provider servers' CPU counts for"
+            " neither.",
             "",
         ]
-        for name, section in (("Seeds", seeds), ("Stillpoint", stillpoint)):
+        for name, section in (("Reference pipeline", reference), ("Stillpoint", stillpoint)):
             for failure in (section or {}).get("failures", []):
                 lines.append(f"- {name} failure: {failure}")
             for note in (section or {}).get("notes", []):
@@ -292,10 +295,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f" of {encode.get('repetitions')} run(s); SSIM of the middle frame against the source image"
             " (the frame scaled to the image's size).",
             "",
-            "| command | wall | CPU | SSIM (Y) | SSIM (Y, U, V at 4:4:4) | output | speed-up vs seed B |",
+            "| command | wall | CPU | SSIM (Y) | SSIM (Y, U, V at 4:4:4) | output | speed-up vs reference |",
             "|---|---:|---:|---:|---:|---|---:|",
         ]
-        speedups = encode.get("speedup_over_seed_b", {})
+        speedups = encode.get("speedup_over_reference", {})
         for name, entry in encode.get("commands", {}).items():
             if not entry.get("supported", True):
                 lines.append(f"| {name} | — | — | — | — | {entry.get('note')} | — |")

@@ -1,4 +1,4 @@
-"""The benchmark, phase by phase: the seeds' pipeline, Stillpoint's, the concurrency sweep and the encodes."""
+"""The benchmark, phase by phase: the reference pipeline, Stillpoint, the concurrency sweep, the encodes."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from bench.latency_model import (
 )
 from bench.percentiles import summarize
 from bench.providers import API_KEY, SERVICE_KEY, ProviderServers, running_providers
-from bench.reference_pipeline import SeedsPipeline
+from bench.reference_pipeline import ReferencePipeline
 from bench.report import build_targets, pipeline_section, write_report
 from bench.resources import (
     MemorySampler,
@@ -45,7 +45,7 @@ from bench.resources import (
 from bench.stillpoint_pipeline import DEFAULT_JOB_TIMEOUT_SECONDS, run_jobs
 from scripts.stack import running_stack
 
-PHASES = ("seeds", "stillpoint", "concurrency", "encode")
+PHASES = ("reference", "stillpoint", "concurrency", "encode")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # A short script for `--quick`: every narration a few seconds long, so a smoke run takes about a minute.
 QUICK_SCRIPT = (
@@ -54,9 +54,9 @@ QUICK_SCRIPT = (
     "eyes and come back."
 )
 _SERVICES = ("content", "media", "gateway")
-# A faithful seeds job takes about 110 s on 2 cores (seed B's FFmpeg command alone about 75 s for a 450-word
-# narration), so 20 of them would take 37 minutes: by default the seeds run this many.
-DEFAULT_SEEDS_JOBS = 3
+# A faithful reference pipeline job takes about 110 s on 2 cores (the reference encode alone about 75 s for
+# a 450-word narration), so 20 of them would take 37 minutes: by default it runs this many.
+DEFAULT_REFERENCE_JOBS = 3
 # Other processes using more than this share of the machine's CPU during a phase make its times unreliable.
 INTERFERENCE_WARNING_SHARE = 0.05
 
@@ -66,7 +66,7 @@ class BenchSettings:
     """What one run measures and where it writes."""
 
     jobs: int = 20
-    seeds_jobs: int = DEFAULT_SEEDS_JOBS
+    reference_jobs: int = DEFAULT_REFERENCE_JOBS
     concurrency_levels: tuple[int, ...] = (1, 10, 50)
     encode_repetitions: int = 3
     narration_seconds: float = NARRATION_SECONDS
@@ -81,10 +81,10 @@ class BenchSettings:
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
-        """A smoke run: 2 Stillpoint jobs, 1 seeds job, levels 1 and 3, one encode of a short narration."""
+        """A smoke run: 2 Stillpoint jobs, 1 reference job, levels 1 and 3, one encode of a short script."""
         values: dict[str, Any] = {
             "jobs": 2,
-            "seeds_jobs": 1,
+            "reference_jobs": 1,
             "concurrency_levels": (1, 3),
             "encode_repetitions": 1,
             "narration_seconds": QUICK_NARRATION_SECONDS,
@@ -111,7 +111,7 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {
             "jobs": settings.jobs,
-            "seeds_jobs": settings.seeds_jobs,
+            "reference_jobs": settings.reference_jobs,
             "concurrency_levels": list(settings.concurrency_levels),
             "encode_repetitions": settings.encode_repetitions,
             "narration_seconds": settings.narration_seconds,
@@ -125,10 +125,10 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
     sections: list[tuple[str, Sequence[JobTimeline]]] = []
     concurrency: dict[str, Any] = {}
     with MemorySampler() as sampler:
-        if "seeds" in settings.phases:
-            seeds_jobs = await _seeds_phase(settings, ffmpeg_path, work, sampler)
-            report["seeds"] = seeds_jobs[0]
-            sections.append(("Seeds: nothing to play until done", seeds_jobs[1]))
+        if "reference" in settings.phases:
+            reference_jobs = await _reference_phase(settings, ffmpeg_path, work, sampler)
+            report["reference"] = reference_jobs[0]
+            sections.append(("Reference pipeline: nothing to play until done", reference_jobs[1]))
         if "stillpoint" in settings.phases or "concurrency" in settings.phases:
             stillpoint = await _stillpoint_phases(settings, work, sampler, concurrency)
             if stillpoint is not None:
@@ -159,14 +159,14 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
     return report
 
 
-async def _seeds_phase(
+async def _reference_phase(
     settings: BenchSettings, ffmpeg_path: str, work: Path, sampler: MemorySampler
 ) -> tuple[dict[str, Any], list[JobTimeline]]:
     model = settings.latency_model
-    with running_providers(work / "seeds-providers", model, chat_text=_chat_text(settings)) as providers:
+    with running_providers(work / "reference-providers", model, chat_text=_chat_text(settings)) as providers:
         group = ProcessGroup((os.getpid(),), excluded_pids=frozenset(providers.pids))
         provider_group = ProcessGroup(providers.pids)
-        sampler.watch("seeds", group)
+        sampler.watch("reference", group)
         credentials = {"apikey": SERVICE_KEY, "Authorization": f"Bearer {SERVICE_KEY}"}
         async with (
             openai.AsyncOpenAI(api_key=API_KEY, base_url=providers.openai_base_url) as client,
@@ -175,12 +175,12 @@ async def _seeds_phase(
             storage = AsyncStorageClient(
                 f"{providers.supabase_url}/storage/v1/", credentials, http_client=http
             )
-            pipeline = SeedsPipeline(
+            pipeline = ReferencePipeline(
                 openai_client=client,
                 storage=storage,
                 http=http,
                 ffmpeg_path=ffmpeg_path,
-                work_dir=work / "seeds",
+                work_dir=work / "reference",
                 database_delays=model.database_delays(),
             )
             await pipeline.prepare()
@@ -188,10 +188,10 @@ async def _seeds_phase(
             provider_before, busy_before = provider_group.cpu_seconds(), machine_busy_cpu_seconds()
             phase_started = time.perf_counter()
             jobs: list[JobTimeline] = []
-            for index in range(settings.seeds_jobs):
+            for index in range(settings.reference_jobs):
                 job = await pipeline.run(index, source_text_of(conversation_for(index)))
                 jobs.append(job)
-                log(f"seeds job {index}: {_describe(job)}")
+                log(f"reference job {index}: {_describe(job)}")
             wall = time.perf_counter() - phase_started
             cpu = group.cpu_seconds() - sampler.own_cpu_seconds - cpu_before
             provider_cpu = provider_group.cpu_seconds() - provider_before
@@ -200,15 +200,20 @@ async def _seeds_phase(
         section = pipeline_section(
             jobs,
             cpu_seconds=cpu,
-            peak_rss_bytes=sampler.peak("seeds").rss_bytes,
-            peak_pss_bytes=sampler.peak("seeds").pss_bytes,
+            peak_rss_bytes=sampler.peak("reference").rss_bytes,
+            peak_pss_bytes=sampler.peak("reference").pss_bytes,
             wall_seconds=wall,
         )
-        section["measured_processes"] = "the bench process (the seeds' service) and its FFmpeg children"
+        section["measured_processes"] = (
+            "the bench process (the reference pipeline's service) and its FFmpeg children"
+        )
         section["provider_servers_cpu_seconds_per_job"] = provider_cpu / len(jobs) if jobs else None
-        # The sampler's own CPU is left out of the seeds' but is still busy time of this machine.
-        section["interference"] = _interference("the seeds' jobs", busy, cpu + provider_cpu, wall)
-        sampler.forget(["seeds"])
+        # The sampler's own CPU is left out of the reference pipeline's, but is still busy time of this
+        # machine.
+        section["interference"] = _interference(
+            "the reference pipeline's jobs", busy, cpu + provider_cpu, wall
+        )
+        sampler.forget(["reference"])
     return section, jobs
 
 

@@ -20,7 +20,6 @@ PLAYLIST_EVENT = "playlist_ready"
 _STAGE_ENDS = {
     gateway_pb.STAGE_STATE_SUCCEEDED: "succeeded",
     gateway_pb.STAGE_STATE_FAILED: "failed",
-    gateway_pb.STAGE_STATE_SKIPPED: "skipped",
 }
 
 
@@ -50,7 +49,8 @@ async def run_job(
     """Streams one meditation, timing every event from the moment the request is sent."""
     timeline = JobTimeline(pipeline="stillpoint", index=index)
     # Distinct conversations already miss the transcript cache; skip_cache also makes the image (whose
-    # prompts come from a finite set) fresh, so every job is a cold one. Square, as the seeds' DALL-E 3 image.
+    # prompts come from a finite set) fresh, so every job is a cold one. Square, as the reference pipeline's
+    # DALL-E 3 image.
     request = gateway_pb.GenerateMeditationRequest(
         conversation=conversation,
         options=gateway_pb.MeditationOptions(skip_cache=True, image_aspect=gateway_pb.IMAGE_ASPECT_SQUARE),

@@ -1,4 +1,4 @@
-"""A PNG of every job's timeline, seeds above Stillpoint on one time axis, drawn with Pillow alone."""
+"""A PNG of every job's timeline, the reference pipeline above Stillpoint on one time axis, with Pillow."""
 
 from __future__ import annotations
 

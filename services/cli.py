@@ -19,6 +19,7 @@ from typing import TextIO
 
 import grpc
 
+from services.image_sizes import LANDSCAPE_SIZE_PIXELS, SQUARE_SIZE_PIXELS, describe_size
 from services.proto_time import seconds_of, to_timestamp
 from services.serving import channel_options
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -256,7 +257,7 @@ async def stats(args: argparse.Namespace) -> int:
 async def pregenerate(args: argparse.Namespace) -> int:
     """Renders a list of image prompts into the image cache, reporting each as it is ready."""
     prompts = _read_prompts(Path(args.prompts)) if args.prompts else []
-    width, height = (1024, 1024) if args.square else (1792, 1024)
+    width, height = SQUARE_SIZE_PIXELS if args.square else LANDSCAPE_SIZE_PIXELS
     request = content_pb.PregenerateImagesRequest(prompts=prompts, width_pixels=width, height_pixels=height)
     started = time.monotonic()
     made = cached = 0
@@ -357,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     pregenerate_parser.add_argument("--content", default=content_address, help="content service host:port")
     pregenerate_parser.add_argument("--prompts", default="", help="file with one prompt per line")
-    pregenerate_parser.add_argument("--square", action="store_true", help="1024x1024 instead of 1792x1024")
+    pregenerate_parser.add_argument(
+        "--square",
+        action="store_true",
+        help=f"{describe_size(SQUARE_SIZE_PIXELS)} instead of {describe_size(LANDSCAPE_SIZE_PIXELS)}",
+    )
     render_parser = commands.add_parser("render", help="render one still-image video from an image and audio")
     render_parser.add_argument("--image", required=True, help="the still picture (PNG, JPEG, …)")
     render_parser.add_argument("--audio", required=True, help="the narration (WAV, or AAC to copy it)")

@@ -6,7 +6,7 @@ import logging
 
 import grpc
 
-from services.openai_api import FailureKind, ProviderCallError
+from services.openai_api import ProviderCallError, ProviderFailureKind
 from services.storage.base import StorageUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -15,11 +15,11 @@ logger = logging.getLogger(__name__)
 DEPENDENCY_FAILURES = (ProviderCallError, StorageUnavailableError)
 
 _PROVIDER_STATUS = {
-    FailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
-    FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    FailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ProviderFailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.MODEL: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.REJECTED: grpc.StatusCode.FAILED_PRECONDITION,
+    ProviderFailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ProviderFailureKind.TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

@@ -20,7 +20,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 SHUTDOWN_WARNING_DAYS = 30
 
 
-class FailureKind(enum.StrEnum):
+class ProviderFailureKind(enum.StrEnum):
     """What went wrong with a provider call, in the terms a caller acts on."""
 
     CREDENTIALS = "credentials"
@@ -33,7 +33,7 @@ class FailureKind(enum.StrEnum):
 class ProviderCallError(Exception):
     """A provider call failed; `message` is safe to show a client (it never holds the key)."""
 
-    def __init__(self, kind: FailureKind, message: str) -> None:
+    def __init__(self, kind: ProviderFailureKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -89,32 +89,36 @@ def classify(error: Exception, model: ConfiguredModel) -> ProviderCallError:
     """Turns an SDK error into a failure whose message names what to fix, never the key."""
     if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
         return ProviderCallError(
-            FailureKind.CREDENTIALS,
+            ProviderFailureKind.CREDENTIALS,
             "the OpenAI API rejected the key: check OPENAI_API_KEY (and OPENAI_BASE_URL for another server)",
         )
     if isinstance(error, openai.NotFoundError):
         return ProviderCallError(
-            FailureKind.MODEL,
+            ProviderFailureKind.MODEL,
             f"the model {model.name!r} is unknown or retired at the provider: "
             f"set {model.variable} to a served model",
         )
     if isinstance(error, openai.APITimeoutError):
-        return ProviderCallError(FailureKind.TIMEOUT, "the OpenAI API did not answer in time")
+        return ProviderCallError(ProviderFailureKind.TIMEOUT, "the OpenAI API did not answer in time")
     if isinstance(error, openai.RateLimitError):
         return ProviderCallError(
-            FailureKind.UNAVAILABLE, "the OpenAI API is rate limiting us; try again shortly"
+            ProviderFailureKind.UNAVAILABLE, "the OpenAI API is rate limiting us; try again shortly"
         )
     if isinstance(error, openai.APIConnectionError):
         return ProviderCallError(
-            FailureKind.UNAVAILABLE, "the OpenAI API could not be reached; try again shortly"
+            ProviderFailureKind.UNAVAILABLE, "the OpenAI API could not be reached; try again shortly"
         )
     if isinstance(error, openai.InternalServerError):
-        return ProviderCallError(FailureKind.UNAVAILABLE, "the OpenAI API is failing; try again shortly")
+        return ProviderCallError(
+            ProviderFailureKind.UNAVAILABLE, "the OpenAI API is failing; try again shortly"
+        )
     if isinstance(error, openai.APIStatusError):
         return ProviderCallError(
-            FailureKind.REJECTED, f"the OpenAI API refused the request ({error.status_code})"
+            ProviderFailureKind.REJECTED, f"the OpenAI API refused the request ({error.status_code})"
         )
-    return ProviderCallError(FailureKind.UNAVAILABLE, f"the OpenAI call failed ({type(error).__name__})")
+    return ProviderCallError(
+        ProviderFailureKind.UNAVAILABLE, f"the OpenAI call failed ({type(error).__name__})"
+    )
 
 
 async def check_models(

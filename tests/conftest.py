@@ -39,8 +39,8 @@ from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
 # Two prompts keep the pre-generation tests quick; the service's real default is every prompt it can make.
 PREGENERATED_PROMPTS = ["A calm landscape: a still lake at dusk", "A calm landscape: a quiet forest at dawn"]
@@ -116,7 +116,6 @@ async def media_channel(
         ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
         encoders=EncoderSelection(selected="libx264", probes=("probing skipped in tests",)),
         work_root=tmp_path / "work",
-        narration_timeout_seconds=60,
         video_timeout_seconds=120,
     )
     (tmp_path / "work").mkdir(exist_ok=True)

@@ -1,4 +1,4 @@
-"""The benchmark's parts that can go wrong: percentiles, the report, seed B's command, the encodes."""
+"""The benchmark's parts that can go wrong: percentiles, the report, the reference encode, the encodes."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bench.__main__ import parse_settings
 from bench.conversations import conversation_for
 from bench.jobs import MILESTONES, JobTimeline, StageSpan
 from bench.percentiles import percentile, summarize
-from bench.reference_pipeline import seed_b_command
+from bench.reference_pipeline import reference_encode_command
 from bench.report import build_targets, pipeline_section, render_markdown, write_report
 from tests.servers.supabase_storage import SupabaseStorageServer
 
@@ -48,8 +48,10 @@ def test_summary_counts_jobs_that_never_reached_a_milestone() -> None:
     assert summarize([None])["p95"] is None
 
 
-def test_seed_b_command_is_the_seeds_command_as_written(tmp_path: Path) -> None:
-    command = seed_b_command("ffmpeg", tmp_path / "image.png", tmp_path / "speech.mp3", tmp_path / "out.mp4")
+def test_the_reference_encode_is_the_reference_pipelines_command_as_written(tmp_path: Path) -> None:
+    command = reference_encode_command(
+        "ffmpeg", tmp_path / "image.png", tmp_path / "speech.mp3", tmp_path / "out.mp4"
+    )
     joined = " ".join(command)
     first_input = command.index("-i")
     assert command[command.index("-hwaccel") + 1] == "auto" and command.index("-hwaccel") < first_input
@@ -92,19 +94,19 @@ def _job(pipeline: str, index: int, offset: float, *, playable: float | None) ->
 
 
 def _report() -> tuple[dict[str, Any], list[tuple[str, list[JobTimeline]]]]:
-    seeds = [_job("seeds", index, index * 1.5, playable=30.0 + index) for index in range(3)]
+    reference = [_job("reference", index, index * 1.5, playable=30.0 + index) for index in range(3)]
     stillpoint = [_job("stillpoint", index, index * 0.5, playable=2.0 + index) for index in range(4)]
     encode = {
         "inputs": {"image": "1024x1024 PNG", "narration_seconds": 200.0},
         "repetitions": 3,
         "audio_copy_supported": False,
         "commands": {
-            "seed_b": {"wall_seconds": 50.0, "cpu_seconds": 99.0, "ssim": 0.9946, "size_bytes": 4_000_000},
+            "reference": {"wall_seconds": 50.0, "cpu_seconds": 99.0, "ssim": 0.9946, "size_bytes": 4_000_000},
             "stillpoint_quick_from_wav": {"wall_seconds": 0.5, "cpu_seconds": 0.6, "ssim": 0.995},
             "stillpoint_enhanced_from_wav": {"wall_seconds": 1.0, "cpu_seconds": 1.1, "ssim": 0.996},
             "stillpoint_quick_from_aac": {"supported": False, "note": "no stream copy"},
         },
-        "speedup_over_seed_b": {
+        "speedup_over_reference": {
             "stillpoint_quick_from_wav": 100.0,
             "stillpoint_enhanced_from_wav": 50.0,
             "stillpoint_quick_from_aac": None,
@@ -113,8 +115,10 @@ def _report() -> tuple[dict[str, Any], list[tuple[str, list[JobTimeline]]]]:
     fifty = pipeline_section(stillpoint, cpu_seconds=8.0, peak_rss_bytes=1_600_000_000, wall_seconds=30.0)
     report: dict[str, Any] = {
         "generated_at": "2026-11-21T00:00:00+00:00",
-        "settings": {"jobs": 4, "seeds_jobs": 3, "quick": False},
-        "seeds": pipeline_section(seeds, cpu_seconds=300.0, peak_rss_bytes=300_000_000, wall_seconds=100.0),
+        "settings": {"jobs": 4, "reference_jobs": 3, "quick": False},
+        "reference": pipeline_section(
+            reference, cpu_seconds=300.0, peak_rss_bytes=300_000_000, wall_seconds=100.0
+        ),
         "stillpoint": pipeline_section(
             stillpoint, cpu_seconds=6.0, peak_rss_bytes=500_000_000, wall_seconds=60.0
         ),
@@ -123,7 +127,7 @@ def _report() -> tuple[dict[str, Any], list[tuple[str, list[JobTimeline]]]]:
         "environment": {"logical_cpus": 2},
     }
     report["targets"] = [target.to_json_object() for target in build_targets(encode, report["concurrency"])]
-    return report, [("Seeds", seeds), ("Stillpoint", stillpoint)]
+    return report, [("Reference pipeline", reference), ("Stillpoint", stillpoint)]
 
 
 def test_report_writes_stable_json_a_markdown_table_and_a_timeline_png(tmp_path: Path) -> None:
@@ -131,24 +135,25 @@ def test_report_writes_stable_json_a_markdown_table_and_a_timeline_png(tmp_path:
     write_report(report, sections, tmp_path)
 
     written = json.loads((tmp_path / "report.json").read_text())
-    for pipeline in ("seeds", "stillpoint"):
+    for pipeline in ("reference", "stillpoint"):
         for milestone in MILESTONES:
             assert set(written[pipeline][f"{milestone}_seconds"]) >= {"p50", "p95"}
         assert {"cpu_seconds_per_job", "peak_rss_bytes", "timelines"} <= set(written[pipeline])
     assert written["stillpoint"]["first_playable_seconds"]["p50"] == pytest.approx(3.5)
-    assert written["seeds"]["cpu_seconds_per_job"] == pytest.approx(100.0)
+    assert written["reference"]["cpu_seconds_per_job"] == pytest.approx(100.0)
     assert {"encode", "concurrency", "targets", "environment"} <= set(written)
     targets = {target["name"]: target for target in written["targets"]}
     assert all({"name", "target", "measured", "met"} <= set(target) for target in targets.values())
-    assert targets["encode: QUICK render from WAV vs seed B's command"]["met"] is True
-    assert targets["encode: QUICK render from already-AAC narration vs seed B's command"]["met"] is None
+    assert targets["encode: QUICK render from WAV vs the reference encode"]["met"] is True
+    assert targets["encode: QUICK render from already-AAC narration vs the reference encode"]["met"] is None
     assert targets["50 concurrent jobs on 2 cores: p95 first playable"]["met"] is True
     peak = targets["50 concurrent jobs: peak RSS of all services"]
     assert peak["met"] is False and peak["measured"] == pytest.approx(1.6)
 
     markdown = (tmp_path / "report.md").read_text()
     assert (
-        "| milestone | seeds p50 | seeds p95 | Stillpoint p50 | Stillpoint p95 | p50 speed-up |" in markdown
+        "| milestone | reference p50 | reference p95 | Stillpoint p50 | Stillpoint p95 | p50 speed-up |"
+        in markdown
     )
     assert "| first playable media | 31.00 s |" in markdown
     assert "**missed**, by 0.10 GB (7 %)" in markdown
@@ -172,11 +177,11 @@ def test_every_job_gets_a_distinct_conversation() -> None:
     assert len(texts) == 100
 
 
-def test_jobs_default_to_twenty_for_stillpoint_and_at_most_three_for_the_slow_seeds() -> None:
-    assert (parse_settings([]).jobs, parse_settings([]).seeds_jobs) == (20, 3)
+def test_jobs_default_to_twenty_for_stillpoint_and_at_most_three_for_the_slow_reference_pipeline() -> None:
+    assert (parse_settings([]).jobs, parse_settings([]).reference_jobs) == (20, 3)
     settings = parse_settings(["--jobs", "2", "--concurrency", "1,5"])
-    assert (settings.jobs, settings.seeds_jobs, settings.concurrency_levels) == (2, 2, (1, 5))
-    assert parse_settings(["--jobs", "20", "--seeds-jobs", "20"]).seeds_jobs == 20
+    assert (settings.jobs, settings.reference_jobs, settings.concurrency_levels) == (2, 2, (1, 5))
+    assert parse_settings(["--jobs", "20", "--reference-jobs", "20"]).reference_jobs == 20
     assert parse_settings(["--upload-per-object"]).latency_model.upload_scale_by_bytes is None
     quick = parse_settings(["--quick", "--phases", "encode"])
     assert quick.is_quick and quick.phases == ("encode",) and quick.encode_repetitions == 1
@@ -227,11 +232,13 @@ def test_quick_encode_comparison_reports_ssim_for_every_command(tmp_path: Path) 
     report = json.loads((tmp_path / "report.json").read_text())
     commands = report["encode"]["commands"]
     measured = {name: entry for name, entry in commands.items() if entry.get("supported", True)}
-    assert {"seed_b", "stillpoint_quick_from_wav", "stillpoint_enhanced_from_wav"} <= set(measured)
+    assert {"reference", "stillpoint_quick_from_wav", "stillpoint_enhanced_from_wav"} <= set(measured)
     for name, entry in measured.items():
         assert 0.0 < entry["ssim"] <= 1.0, name
         assert 0.0 < entry["ssim_all_planes_444"] <= 1.0, name
         assert entry["wall_seconds"] > 0, name
-    assert commands["seed_b"]["pixel_format"] == "yuv444p"  # seed B keeps 4:4:4, as measured before
-    assert report["encode"]["speedup_over_seed_b"]["stillpoint_quick_from_wav"] > 1
+    assert (
+        commands["reference"]["pixel_format"] == "yuv444p"
+    )  # the reference encode keeps 4:4:4, as measured before
+    assert report["encode"]["speedup_over_reference"]["stillpoint_quick_from_wav"] > 1
     assert (tmp_path / "report.md").exists() and (tmp_path / "timelines.png").exists()

@@ -24,7 +24,7 @@ from services.media.video import (
     render_still_video,
 )
 from services.proto_time import seconds_of
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.browser import (
     DEFAULT_CHROMIUM,
     MediaServer,

@@ -12,9 +12,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 
 from services import serving
+from services.media.speech import EspeakNarrator, encode_wav
 from services.storage.local import LocalAssetStorage
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.conftest import MEDIA_SERVICE
 
 
@@ -102,14 +103,13 @@ async def test_reflection_lists_the_service_health_and_reflection() -> None:
 
 
 async def test_health_answers_while_a_video_encodes(
-    media_channel: grpc.aio.Channel, storage: LocalAssetStorage
+    media_channel: grpc.aio.Channel, storage: LocalAssetStorage, narrator: EspeakNarrator
 ) -> None:
     media = media_grpc.MediaServiceStub(media_channel)
     health = health_pb2_grpc.HealthStub(media_channel)
     script = " ".join(["Breathe in, and let the breath go. [pause 4s]"] * 30)
-    narration = await media.SynthesizeNarration(
-        media_pb.SynthesizeNarrationRequest(meditation="meditations/0123456789abcdef", transcript=script)
-    )
+    wav = encode_wav(await narrator.narrate(script))
+    narration = await storage.put_bytes("narrations/0123456789abcdef/health.wav", wav, "audio/wav")
     picture = io.BytesIO()
     Image.new("RGB", (1792, 1024), (40, 60, 90)).save(picture, format="PNG")
     image = await storage.put_bytes("images/health.png", picture.getvalue(), "image/png")
@@ -119,7 +119,7 @@ async def test_health_answers_while_a_video_encodes(
                 media_pb.RenderVideoRequest(
                     meditation="meditations/0123456789abcdef",
                     image_storage_key=image.key,
-                    narration_storage_key=narration.storage_key,
+                    narration_storage_key=narration.key,
                     profile=media_pb.VIDEO_PROFILE_ENHANCED,
                 )
             )

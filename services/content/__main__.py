@@ -29,6 +29,7 @@ from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
+from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
 from services.redis_connection import RedisUnavailableError
@@ -121,7 +122,9 @@ async def serve(
     nightly: asyncio.Task[None] | None = None
     if config.pregenerate_hour_utc is not None:
         nightly = asyncio.create_task(
-            pregenerate_off_peak(images, prompts, hour_utc=config.pregenerate_hour_utc, sizes=[(1792, 1024)])
+            pregenerate_off_peak(
+                images, prompts, hour_utc=config.pregenerate_hour_utc, sizes=[LANDSCAPE_SIZE_PIXELS]
+            )
         )
 
     async def release() -> None:

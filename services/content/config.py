@@ -80,7 +80,7 @@ class ContentConfig:
             image_size_landscape=_image_size(environment, "STILLPOINT_IMAGE_SIZE_LANDSCAPE", "1536x1024"),
             image_size_square=_image_size(environment, "STILLPOINT_IMAGE_SIZE_SQUARE", "1024x1024"),
             fallback_to_offline=environment.flag("STILLPOINT_FALLBACK_TO_OFFLINE", True),
-            # The seeds' budget for content generation: 300 s.
+            # The reference pipeline's budget for content generation: 300 s.
             transcript_timeout_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
             image_timeout_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
             redis_url=environment.redis_url("REDIS_URL"),

@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -19,15 +18,16 @@ from PIL import Image
 from services.cache.base import ResultCache
 from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
+from services.image_sizes import SUPPORTED_SIZES_PIXELS, describe_supported_sizes
 from services.openai_api import ProviderCallError
-from services.pause_marks import count_spoken_words
+from services.script_marks import count_spoken_words
+from services.sentences import split_sentences
 from services.storage.base import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 
 # Bump when the offline composer's output changes, so scripts cached from an older composer are not reused.
 OFFLINE_COMPOSER_VERSION = "offline-v1"
-_SENTENCE_END = re.compile(r"(?<=[.!?\]])\s+")
 
 
 class TranscriptProvider(Protocol):
@@ -75,7 +75,7 @@ class OfflineTranscriptProvider:
     async def stream(self, source_text: str) -> AsyncIterator[str]:
         """Composes off the event loop, then yields the script sentence by sentence as a model would."""
         script = await asyncio.to_thread(script_composer.compose_meditation, source_text)
-        pieces = _SENTENCE_END.split(script)
+        pieces = split_sentences(script)
         for index, piece in enumerate(pieces):
             yield piece if index == len(pieces) - 1 else piece + " "
 
@@ -234,9 +234,8 @@ class ImageGenerator:
         """Returns the stored image for the prompt, making and storing it on a cache miss."""
         if not prompt.strip():
             raise InvalidInputError("prompt", "is empty: create an image prompt first")
-        if (width_pixels, height_pixels) not in painter.SUPPORTED_SIZES:
-            sizes = ", ".join(f"{w}x{h}" for w, h in sorted(painter.SUPPORTED_SIZES))
-            raise InvalidInputError("width_pixels/height_pixels", f"use one of {sizes}")
+        if (width_pixels, height_pixels) not in SUPPORTED_SIZES_PIXELS:
+            raise InvalidInputError("width_pixels/height_pixels", f"use one of {describe_supported_sizes()}")
         try:
             return await self._generate(prompt, width_pixels, height_pixels, skip_cache)
         except ProviderCallError as error:

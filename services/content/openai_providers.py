@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import openai
 from PIL import Image
 
-from services.openai_api import ConfiguredModel, FailureKind, ProviderCallError, classify
+from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
 
 # Bump when the prompt changes, so scripts cached from an older prompt are not reused.
 TRANSCRIPT_PROMPT_VERSION = "openai-v1"
@@ -148,7 +148,7 @@ class OpenAIImageProvider:
         except openai.OpenAIError as error:
             raise classify(error, self._model) from None
         if not response.data:
-            raise ProviderCallError(FailureKind.REJECTED, "the image provider returned no image")
+            raise ProviderCallError(ProviderFailureKind.REJECTED, "the image provider returned no image")
         image = response.data[0]
         if image.b64_json:
             raw = base64.b64decode(image.b64_json)
@@ -156,29 +156,33 @@ class OpenAIImageProvider:
             raw = await asyncio.to_thread(_download, image.url, self._timeout_seconds)
         else:
             raise ProviderCallError(
-                FailureKind.REJECTED, "the image provider returned neither base64 nor a URL"
+                ProviderFailureKind.REJECTED, "the image provider returned neither base64 nor a URL"
             )
         return await asyncio.to_thread(_as_png, raw)
 
 
 def _timed_out(timeout_seconds: float) -> ProviderCallError:
     return ProviderCallError(
-        FailureKind.TIMEOUT, f"the OpenAI API did not finish within {timeout_seconds:g} s"
+        ProviderFailureKind.TIMEOUT, f"the OpenAI API did not finish within {timeout_seconds:g} s"
     )
 
 
 def _download(url: str, timeout_seconds: float) -> bytes:
     if not url.startswith(("https://", "http://")):
-        raise ProviderCallError(FailureKind.REJECTED, "the image provider returned a URL that is not HTTP(S)")
+        raise ProviderCallError(
+            ProviderFailureKind.REJECTED, "the image provider returned a URL that is not HTTP(S)"
+        )
     try:
         with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
             data: bytes = response.read(MAX_DOWNLOAD_BYTES + 1)
     except OSError as error:
         raise ProviderCallError(
-            FailureKind.UNAVAILABLE, f"the image could not be downloaded ({error})"
+            ProviderFailureKind.UNAVAILABLE, f"the image could not be downloaded ({error})"
         ) from None
     if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ProviderCallError(FailureKind.REJECTED, "the image provider returned an image over 50 MB")
+        raise ProviderCallError(
+            ProviderFailureKind.REJECTED, "the image provider returned an image over 50 MB"
+        )
     return data
 
 
@@ -192,7 +196,7 @@ def _as_png(raw: bytes) -> bytes:
             converted = image.convert("RGB")
     except (OSError, Image.DecompressionBombError) as error:
         raise ProviderCallError(
-            FailureKind.REJECTED, f"the image provider returned an unreadable image ({error})"
+            ProviderFailureKind.REJECTED, f"the image provider returned an unreadable image ({error})"
         ) from None
     output = io.BytesIO()
     converted.save(output, format="PNG")

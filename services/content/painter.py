@@ -13,11 +13,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from services.image_sizes import SUPPORTED_SIZES_PIXELS, describe_supported_sizes
+
 FloatArray = npt.NDArray[np.float32]
 TimeOfDay = Literal["dawn", "day", "dusk", "night"]
-
-SUPPORTED_SIZES: Final[frozenset[tuple[int, int]]] = frozenset({(1024, 1024), (1792, 1024)})
-PLACEHOLDER_MIN_SIDE_PIXELS: Final = 16
 
 # Checked in priority order, so "a starry night after sunset" is a night scene, not a dusk one.
 _TIME_KEYWORDS: Final[tuple[tuple[TimeOfDay, frozenset[str]], ...]] = (
@@ -120,38 +119,16 @@ class _Scene:
 
 def paint_landscape(prompt: str, width_pixels: int, height_pixels: int) -> bytes:
     """Returns an RGB PNG of a calm landscape chosen by the prompt's keywords and varied by its hash."""
-    if (width_pixels, height_pixels) not in SUPPORTED_SIZES:
-        supported = ", ".join(f"{w}x{h}" for w, h in sorted(SUPPORTED_SIZES))
-        raise ValueError(f"unsupported image size {width_pixels}x{height_pixels}; use one of {supported}")
+    if (width_pixels, height_pixels) not in SUPPORTED_SIZES_PIXELS:
+        raise ValueError(
+            f"unsupported image size {width_pixels}x{height_pixels}; use one of {describe_supported_sizes()}"
+        )
     # A SHA-256 seed (never hash(), which is salted per process) makes the bytes identical across workers.
     seed = int.from_bytes(hashlib.sha256(prompt.encode("utf-8")).digest()[:16], "big")
     rng = np.random.default_rng(seed)
     scene = _choose_scene(prompt, rng)
     rgb = _Painter(scene, rng, width_pixels, height_pixels).paint()
     return _encode_png(_quantize(rgb, rng))
-
-
-def paint_placeholder(width_pixels: int, height_pixels: int) -> bytes:
-    """Returns a cheap, calm gradient PNG to show while the real image is still being painted."""
-    # Video encoders need even sides; tiny images are always a caller's mistake.
-    for name, side in (("width_pixels", width_pixels), ("height_pixels", height_pixels)):
-        if side < PLACEHOLDER_MIN_SIDE_PIXELS or side % 2:
-            raise ValueError(f"{name} must be even and at least {PLACEHOLDER_MIN_SIDE_PIXELS}, got {side}")
-    row_fraction = np.linspace(0.0, 1.0, height_pixels, dtype=np.float32)
-    top = np.array((0.36, 0.42, 0.62), dtype=np.float32)
-    middle = np.array((0.72, 0.66, 0.76), dtype=np.float32)
-    bottom = np.array((0.95, 0.82, 0.74), dtype=np.float32)
-    eased = _smoothstep(0.0, 1.0, row_fraction)[:, None]
-    row_rgb = np.where(
-        eased < 0.5, top + (middle - top) * eased * 2.0, middle + (bottom - middle) * (eased * 2.0 - 1.0)
-    )
-    # An ordered (Bayer) dither hides the 8-bit steps; its rows repeat every 4 pixels, so painting one 4-pixel
-    # tile per row and repeating it keeps this cheap, and the periodic rows compress quickly.
-    bayer = _bayer_matrix(4)
-    row_dither = np.tile(bayer, (height_pixels // 4 + 1, 1))[:height_pixels]
-    tile = np.clip(row_rgb[:, None, :] * 255.0 + row_dither[..., None] + 0.5, 0.0, 255.0).astype(np.uint8)
-    pixels = np.tile(tile, (1, width_pixels // 4 + 1, 1))[:, :width_pixels]
-    return _encode_png(pixels)
 
 
 def _choose_scene(prompt: str, rng: np.random.Generator) -> _Scene:
@@ -538,14 +515,6 @@ def _screen(canvas: FloatArray, intensity: FloatArray, color: FloatArray) -> Non
     for channel in range(3):
         plane = canvas[..., channel]
         plane += (1.0 - plane) * (intensity * color[channel])
-
-
-def _bayer_matrix(size: int) -> FloatArray:
-    """Returns a size x size ordered-dither threshold matrix centred on zero, in 8-bit steps."""
-    matrix = np.zeros((1, 1), dtype=np.float32)
-    while matrix.shape[0] < size:
-        matrix = np.block([[4 * matrix, 4 * matrix + 2], [4 * matrix + 3, 4 * matrix + 1]])
-    return ((matrix + 0.5) / matrix.size - 0.5).astype(np.float32)
 
 
 def _quantize(rgb: FloatArray, rng: np.random.Generator) -> npt.NDArray[np.uint8]:

@@ -1,4 +1,4 @@
-"""Pre-generation (the seeds' plan): renders common image prompts into the image cache, now or nightly."""
+"""Pre-generation (from the reference pipeline's plan): common image prompts cached, now or nightly."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape, landscape_of_place
 from services.content.themes import content_words, extract_themes
-from services.pause_marks import count_spoken_words, format_pause
+from services.script_marks import count_spoken_words, format_pause
 
 MIN_SCRIPT_WORDS = 400
 MAX_SCRIPT_WORDS = 500
@@ -49,11 +49,6 @@ _BODY_WORD_LIST = (
 _BODY_WORDS = frozenset(_BODY_WORD_LIST.split())
 # This many body words settle the choice whatever else the conversation mentions.
 _DECISIVE_BODY_WORDS = 3
-# A sentence ends at terminal punctuation; pause marks after it belong to it, so a streamed sentence
-# carries its own silence.
-_SENTENCE = re.compile(
-    r"\S.*?[.!?][\"')]*(?:\s*\[pause\s+\d+(?:\.\d+)?\s*s\])*(?=\s|$)", re.IGNORECASE | re.DOTALL
-)
 
 _P2 = format_pause(2)
 _P3 = format_pause(3)
@@ -344,19 +339,6 @@ def compose_meditation(source_text: str) -> str:
         for index, section in enumerate(drafted)
     ]
     return "\n\n".join(paragraphs)
-
-
-def split_into_sentences(text: str) -> list[str]:
-    """Splits a script into sentences, each keeping the pause marks that follow it, whitespace collapsed."""
-    sentences: list[str] = []
-    position = 0
-    for match in _SENTENCE.finditer(text):
-        position = match.end()
-        sentences.append(" ".join(match.group().split()))
-    tail = " ".join(text[position:].split())
-    if tail:
-        sentences.append(tail)
-    return sentences
 
 
 def _seed(source_text: str) -> int:

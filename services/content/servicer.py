@@ -33,6 +33,7 @@ from services.content.repository import (
 )
 from services.content.themes import extract_themes
 from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
+from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.proto_time import from_timestamp, to_timestamp
 from services.provider_status import ProviderReport
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -201,7 +202,8 @@ class ContentServicer(content_grpc.ContentServiceServicer):
     ) -> AsyncIterator[content_pb.PregenerateImagesResponse]:
         async with _status_for_errors(context):
             prompts = list(request.prompts) or self._pregenerate_prompts
-            width, height = (request.width_pixels or 1792), (request.height_pixels or 1024)
+            default_width, default_height = LANDSCAPE_SIZE_PIXELS
+            width, height = (request.width_pixels or default_width), (request.height_pixels or default_height)
             async for made in pregenerate_images(self._images, prompts, width, height):
                 yield content_pb.PregenerateImagesResponse(
                     prompt=made.prompt,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from services.content.themes import content_words
+from services.sentences import sentence_end_positions
 
 MAX_SOURCE_CHARS = 2000
 
@@ -26,8 +26,6 @@ _MAX_SHARE_OF_TRIMMED = 0.6
 # A message cut shorter than this is a fragment that says more about the cut than the conversation.
 _MIN_TRIMMED_TEXT_CHARS = 40
 _ELLIPSIS = "…"
-# A sentence ends at terminal punctuation (and any closing quote or bracket) followed by whitespace.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s")
 
 
 class SourceMessage(Protocol):
@@ -91,9 +89,9 @@ def trim_text(text: str, max_chars: int) -> str:
     if max_chars <= len(_ELLIPSIS):
         return _ELLIPSIS[:max_chars]
     # Leave room for " …" after a whole sentence.
-    sentence_ends = list(_SENTENCE_END.finditer(text[: max_chars - 1]))
-    if sentence_ends and sentence_ends[-1].end() > max_chars // 2:
-        return text[: sentence_ends[-1].end()].rstrip() + " " + _ELLIPSIS
+    sentence_ends = sentence_end_positions(text[: max_chars - 1])
+    if sentence_ends and sentence_ends[-1] >= max_chars // 2:
+        return text[: sentence_ends[-1]] + " " + _ELLIPSIS
     window = text[: max_chars - len(_ELLIPSIS)]
     word_break = window.rfind(" ")
     if word_break > 0:

@@ -29,8 +29,8 @@ from services.proto_time import from_timestamp, seconds_of, to_timestamp
 from services.serving import channel_options
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
 # The channel's retry policy is the one retry layer of idempotent unary calls: only UNAVAILABLE (the call most
 # likely never reached a server), and only for calls that are safe to repeat (reads, writes made idempotent
@@ -45,7 +45,7 @@ _RETRIED_METHODS = {
         "CreateImagePrompt",
         "GenerateImage",
     ),
-    "stillpoint.media.v1.MediaService": ("GetEncoderInfo", "GetProviderStatus", "DeleteMeditationAssets"),
+    "stillpoint.media.v2.MediaService": ("GetEncoderInfo", "GetProviderStatus", "DeleteMeditationAssets"),
 }
 _SERVICE_CONFIG = json.dumps(
     {

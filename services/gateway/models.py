@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from services.image_sizes import LANDSCAPE_SIZE_PIXELS, SQUARE_SIZE_PIXELS
+
 
 class ImageAspect(enum.StrEnum):
     """The generated image's shape, which is also the ENHANCED video's."""
@@ -17,7 +19,7 @@ class ImageAspect(enum.StrEnum):
     @property
     def size_pixels(self) -> tuple[int, int]:
         """Width and height of the generated image."""
-        return (1024, 1024) if self is ImageAspect.SQUARE else (1792, 1024)
+        return SQUARE_SIZE_PIXELS if self is ImageAspect.SQUARE else LANDSCAPE_SIZE_PIXELS
 
 
 class MeditationState(enum.StrEnum):

@@ -22,8 +22,8 @@ from services.openai_api import check_models, make_client
 from services.provider_status import ProviderReport
 from services.storage.base import AssetStorage
 from services.storage.factory import open_asset_storage
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
 SERVICE_NAME = media_pb.DESCRIPTOR.services_by_name["MediaService"].full_name
 logger = logging.getLogger("services.media")
@@ -80,7 +80,6 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,
         work_root=config.work_root,
-        narration_timeout_seconds=config.narration_timeout_seconds,
         video_timeout_seconds=config.video_timeout_seconds,
     )
 

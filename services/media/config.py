@@ -55,7 +55,7 @@ class MediaConfig:
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
             storage=read_storage_settings(environment, var_root),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
-            # The seeds' budgets: audio 60 s, video encoding 120 s.
+            # The reference pipeline's budgets: audio 60 s, video encoding 120 s.
             narration_timeout_seconds=environment.seconds("STILLPOINT_NARRATION_TIMEOUT_SECONDS", 60.0),
             video_timeout_seconds=environment.seconds("STILLPOINT_VIDEO_TIMEOUT_SECONDS", 120.0),
             espeak_voice=environment.text("STILLPOINT_ESPEAK_VOICE", "en-us"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
 import shutil
 import tempfile
@@ -17,48 +16,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from services.media.errors import EncodingError, InvalidInputError
+from services.media.placeholder import paint_placeholder
 from services.media.speech import Narration, encode_wav
-from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
+from services.script_marks import count_spoken_words, total_pause_seconds
+from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 
-# A sentence ends at . ! ? or … (closing quotes allowed); it is complete once real text follows it, which
-# also settles whether pause marks belong to it.
-_SENTENCE_BOUNDARY = re.compile(
-    r"(?<=[.!?…])[\"'”’)\]]*\s+((?:\[pause\s+\d+(?:\.\d+)?\s*s\]\s*)*)(?=[^\s\[])", re.IGNORECASE
-)
 # Two-second HLS segments: the first is playable two seconds of audio after the first sentence is spoken.
 SEGMENT_SECONDS = 2
 PREVIEW_SIZE_PIXELS = (1280, 720)
 _POLL_SECONDS = 0.1
 _ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
-
-
-class SentenceSplitter:
-    """Cuts a script arriving in pieces into sentences, each with the pause marks that follow it."""
-
-    def __init__(self) -> None:
-        self._buffer = ""
-
-    def feed(self, text: str) -> list[str]:
-        """Adds text and returns the sentences it completed."""
-        self._buffer += text
-        sentences = []
-        start = 0
-        for boundary in _SENTENCE_BOUNDARY.finditer(self._buffer):
-            sentences.append(self._buffer[start : boundary.end()].strip())
-            start = boundary.end()
-        self._buffer = self._buffer[start:]
-        return [sentence for sentence in sentences if sentence]
-
-    def finish(self) -> list[str]:
-        """Returns what remains once the script is complete."""
-        rest, self._buffer = self._buffer.strip(), ""
-        return [rest] if rest else []
 
 
 @dataclass(frozen=True)
@@ -128,7 +100,6 @@ class LiveNarration:
         storage: AssetStorage,
         ffmpeg_path: str,
         work_root: Path,
-        image_path: Path | None,
         max_concurrent_sentences: int = 3,
     ) -> None:
         self._meditation_id = meditation_id
@@ -136,7 +107,6 @@ class LiveNarration:
         self._storage = storage
         self._ffmpeg_path = ffmpeg_path
         self._work_root = work_root
-        self._image_path = image_path
         self._speaking = asyncio.Semaphore(max_concurrent_sentences)
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
@@ -205,7 +175,7 @@ class LiveNarration:
         async with self._speaking:
             if count_spoken_words(sentence) == 0:
                 # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
-                seconds = sum(float(m.group(1)) for m in PAUSE_MARK_PATTERN.finditer(sentence))
+                seconds = total_pause_seconds(sentence)
                 return SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", "")
             return await self._speak(sentence)
 
@@ -287,9 +257,9 @@ class LiveNarration:
         )
 
     async def _preview_image(self, work_dir: Path) -> Path:
-        """The preview's picture at 720p: the image if one was given, else a calm gradient."""
+        """The preview's picture at 720p: the placeholder, as no image is ready this early in a job."""
         target = work_dir / "preview.bmp"
-        await asyncio.to_thread(_write_preview, self._image_path, target)
+        await asyncio.to_thread(_write_preview, target)
         return target
 
     async def _publish_while_encoding(
@@ -435,17 +405,8 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
 
 
-def _write_preview(image_path: Path | None, target: Path) -> None:
-    width, height = PREVIEW_SIZE_PIXELS
-    if image_path is not None:
-        with Image.open(image_path) as image:
-            image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS).save(target)
-        return
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    top = np.array([58, 74, 120], dtype=np.float32)
-    bottom = np.array([214, 170, 150], dtype=np.float32)
-    gradient = np.broadcast_to(top + (bottom - top) * rows, (height, width, 3))
-    Image.fromarray(gradient.astype(np.uint8)).save(target)
+def _write_preview(target: Path) -> None:
+    paint_placeholder(*PREVIEW_SIZE_PIXELS).save(target)
 
 
 def _read_playlist(path: Path) -> list[tuple[str, float]]:

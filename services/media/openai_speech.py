@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import shutil
 import tempfile
 import wave
@@ -14,15 +13,15 @@ import openai
 from services.media.errors import SpeechError
 from services.media.speech import Narration
 from services.media.video import run_ffmpeg
-from services.openai_api import ConfiguredModel, FailureKind, ProviderCallError, classify
-from services.pause_marks import Silence, SpokenText, split_on_pauses
+from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
+from services.script_marks import Silence, SpokenText, split_on_pauses
+from services.sentences import split_sentences
 
 # The endpoint's input limit; longer stretches are split at sentence boundaries below it.
 MAX_INPUT_CHARS = 4096
 # `pcm` is raw 16-bit little-endian mono at 24 kHz; every other format is decoded to the same.
 SAMPLE_RATE_HERTZ = 24_000
 AUDIO_FORMATS = ("wav", "pcm", "aac", "opus", "mp3", "flac")
-_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+")
 _DECODE_TIMEOUT_SECONDS = 60.0
 
 
@@ -31,7 +30,7 @@ def split_for_speech(text: str, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
     sentence alone is longer)."""
     pieces: list[str] = []
     current = ""
-    for sentence in _SENTENCE_END.split(text.strip()):
+    for sentence in split_sentences(text):
         while len(sentence) > max_chars:
             cut = sentence.rfind(" ", 0, max_chars)
             cut = cut if cut > 0 else max_chars
@@ -88,7 +87,8 @@ class OpenAISpeechNarrator:
                 return await self._narrate(script)
         except TimeoutError:
             raise ProviderCallError(
-                FailureKind.TIMEOUT, f"the speech provider did not finish within {self._timeout_seconds:g} s"
+                ProviderFailureKind.TIMEOUT,
+                f"the speech provider did not finish within {self._timeout_seconds:g} s",
             ) from None
 
     async def _narrate(self, script: str) -> Narration:
@@ -175,7 +175,8 @@ class OpenAISpeechNarrator:
         )
         if result.return_code != 0:
             raise ProviderCallError(
-                FailureKind.REJECTED, f"the speech provider returned audio that is not {self._audio_format}"
+                ProviderFailureKind.REJECTED,
+                f"the speech provider returned audio that is not {self._audio_format}",
             )
         return await asyncio.to_thread(decoded.read_bytes)
 

@@ -24,8 +24,8 @@ from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPubl
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
 from services.proto_time import to_duration
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
 logger = logging.getLogger(__name__)
 # The stubs make the context generic; the servicer methods are typed by their request and response.
@@ -43,21 +43,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
 
     def __init__(self, studio: MediaStudio) -> None:
         self._studio = studio
-
-    async def SynthesizeNarration(
-        self, request: media_pb.SynthesizeNarrationRequest, context: _Context
-    ) -> media_pb.SynthesizeNarrationResponse:
-        async with _status_for_errors(context):
-            meditation_id = _meditation_id(request.meditation)
-            narration = await self._studio.narrate(meditation_id, request.transcript)
-        return media_pb.SynthesizeNarrationResponse(
-            storage_key=narration.storage_key,
-            uri=narration.uri,
-            duration=to_duration(narration.duration_seconds),
-            sample_rate_hertz=narration.sample_rate_hertz,
-            provider=narration.provider,
-            fallback_reason=narration.fallback_reason,
-        )
 
     async def RenderVideo(
         self, request: media_pb.RenderVideoRequest, context: _Context
@@ -104,7 +89,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             if first is None or not first.HasField("start"):
                 raise InvalidInputError("start", "must be the first message of a live narration")
             meditation_id = _meditation_id(first.start.meditation)
-            live = await self._studio.open_live_narration(meditation_id, first.start.image_storage_key)
+            live = await self._studio.open_live_narration(meditation_id)
             async with live:
                 feeding = asyncio.create_task(_feed(request_iterator, live))
                 # A broken request stream must end the narration, not leave it waiting for text.

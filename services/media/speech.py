@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import io
-import re
 import threading
 import wave
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from services.media.errors import SpeechError
-from services.pause_marks import Silence, SpokenText, split_on_pauses
+from services.script_marks import Silence, SpokenText, speakable_text, split_on_pauses
 
 _SAMPLE_WIDTH_BYTES = 2
 # Values from espeak-ng's speak_lib.h.
@@ -36,8 +35,6 @@ _PITCH_RANGE = 40
 # the inserted digital silence with a step, which a listener hears as a click.
 _FADE_IN_SECONDS = 0.02
 _FADE_OUT_SECONDS = 0.05
-# The pause-mark module promises that no bracketed mark is ever spoken; anything it did not parse goes here.
-_BRACKETED_MARK = re.compile(r"\[[^\]]*\]")
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
@@ -179,7 +176,7 @@ class EspeakNarrator:
         if self._is_closed:
             raise SpeechError("the narrator is closed")
         segments = split_on_pauses(script)
-        if not any(isinstance(segment, SpokenText) and _speakable(segment.text) for segment in segments):
+        if not any(isinstance(segment, SpokenText) and speakable_text(segment.text) for segment in segments):
             raise SpeechError("the script has no words to speak")
         await asyncio.wrap_future(self._ready)
         abort = threading.Event()
@@ -210,7 +207,7 @@ class EspeakNarrator:
                 if isinstance(segment, Silence):
                     pieces.append(np.zeros(round(segment.seconds * sample_rate_hertz), dtype=np.int16))
                     continue
-                text = _speakable(segment.text)
+                text = speakable_text(segment.text)
                 if not text:
                     continue
                 # espeak phrases the whole stretch itself: about 0.5 s after a full stop and 0.25 s after a
@@ -234,10 +231,6 @@ def encode_wav(narration: Narration) -> bytes:
         wav.setframerate(narration.sample_rate_hertz)
         wav.writeframes(narration.pcm_s16le)
     return buffer.getvalue()
-
-
-def _speakable(text: str) -> str:
-    return re.sub(r"\s+", " ", _BRACKETED_MARK.sub(" ", text)).strip()
 
 
 def _trim_silence(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:

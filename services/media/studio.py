@@ -14,15 +14,14 @@ from pathlib import Path
 from typing import Protocol
 
 from services.media.encoders import EncoderSelection
-from services.media.errors import AssetNotFoundError, InvalidInputError, StageTimeoutError
+from services.media.errors import AssetNotFoundError, InvalidInputError
 from services.media.live import LiveNarration, SpokenSegment
-from services.media.speech import Narration, encode_wav
+from services.media.speech import Narration
 from services.media.video import RenderProfile, render_still_video
 from services.openai_api import ProviderCallError
 from services.provider_status import ProviderReport
 from services.storage.base import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
 
-MAX_TRANSCRIPT_CHARS = 20_000
 logger = logging.getLogger(__name__)
 
 
@@ -32,18 +31,6 @@ class Narrator(Protocol):
     async def narrate(self, script: str) -> Narration:
         """Returns the narration; a provider failure raises ProviderCallError."""
         ...
-
-
-@dataclass(frozen=True)
-class StoredNarration:
-    """A narration in asset storage."""
-
-    storage_key: str
-    uri: str
-    duration_seconds: float
-    sample_rate_hertz: int
-    provider: str
-    fallback_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -81,7 +68,6 @@ class MediaStudio:
         ffmpeg_path: str,
         encoders: EncoderSelection,
         work_root: Path,
-        narration_timeout_seconds: float,
         video_timeout_seconds: float,
         providers: list[ProviderReport] | None = None,
         sentences_in_flight_per_job: int = 3,
@@ -95,33 +81,7 @@ class MediaStudio:
         self._ffmpeg_path = ffmpeg_path
         self.encoders = encoders
         self._work_root = work_root
-        self._narration_timeout_seconds = narration_timeout_seconds
         self._video_timeout_seconds = video_timeout_seconds
-
-    async def narrate(self, meditation_id: str, transcript: str) -> StoredNarration:
-        """Speaks the script and stores it as a WAV under the meditation's prefix."""
-        if not transcript.strip():
-            raise InvalidInputError("transcript", "is empty: generate a transcript first")
-        if len(transcript) > MAX_TRANSCRIPT_CHARS:
-            raise InvalidInputError("transcript", f"is longer than {MAX_TRANSCRIPT_CHARS} characters")
-        try:
-            async with asyncio.timeout(self._narration_timeout_seconds):
-                spoken = await self.speak(transcript)
-        except TimeoutError:
-            raise StageTimeoutError("narration", self._narration_timeout_seconds) from None
-        narration, provider, fallback_reason = spoken.narration, spoken.provider, spoken.fallback_reason
-        wav = await asyncio.to_thread(encode_wav, narration)
-        stored = await self._storage.put_bytes(
-            new_key(f"narrations/{meditation_id}", "wav"), wav, "audio/wav"
-        )
-        return StoredNarration(
-            storage_key=stored.key,
-            uri=stored.uri,
-            duration_seconds=narration.duration_seconds,
-            sample_rate_hertz=narration.sample_rate_hertz,
-            provider=provider,
-            fallback_reason=fallback_reason,
-        )
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to espeak-ng."""
@@ -141,16 +101,14 @@ class MediaStudio:
             deleted += await self._storage.delete_prefix(f"{kind}/{meditation_id}")
         return deleted
 
-    async def open_live_narration(self, meditation_id: str, image_key: str) -> LiveNarration:
+    async def open_live_narration(self, meditation_id: str) -> LiveNarration:
         """A live narration for one job; use it as an async context manager."""
-        image_path = await self._input_path(image_key, "image_storage_key") if image_key else None
         return LiveNarration(
             meditation_id=meditation_id,
             speak=self.speak,
             storage=self._storage,
             ffmpeg_path=self._ffmpeg_path,
             work_root=self._work_root,
-            image_path=image_path,
             max_concurrent_sentences=self._sentences_in_flight_per_job,
         )
 

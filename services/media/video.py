@@ -18,12 +18,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import numpy as np
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
-from PIL import Image
 
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
+from services.media.placeholder import paint_placeholder
 
 _STDERR_TAIL_CHARACTERS = 4000
 # The frame rate 1/duration is written as a ratio of integers; millisecond precision is plenty.
@@ -177,7 +176,7 @@ async def render_still_video(
     placeholder_path = output_path.with_name(f"{hidden_prefix}.placeholder.png")
     try:
         if image_path is None:
-            await asyncio.to_thread(_write_placeholder, placeholder_path, _placeholder_size(profile))
+            await asyncio.to_thread(_write_placeholder, placeholder_path, profile)
         arguments = still_video_arguments(
             image_path=placeholder_path if image_path is None else image_path,
             audio_path=audio_path,
@@ -367,27 +366,11 @@ def _stream_seconds(stream: VideoStream | AudioStream | None) -> float | None:
     return float(stream.duration * stream.time_base)
 
 
-def _placeholder_size(profile: RenderProfile) -> tuple[int, int]:
+def _write_placeholder(path: Path, profile: RenderProfile) -> None:
+    """Writes the placeholder at the profile's height in 16:9, the shape of a landscape image's video."""
     height = profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS
     width = round(height * 16 / 9 / 2) * 2
-    return width, height
-
-
-def _write_placeholder(path: Path, size: tuple[int, int]) -> None:
-    """Paints a soft dusk gradient with a faint glow: a calm picture for when no image could be made."""
-    width, height = size
-    rows = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
-    top = np.array([27, 38, 59], dtype=np.float32)
-    bottom = np.array([118, 106, 140], dtype=np.float32)
-    picture = top + (bottom - top) * rows
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    distance = np.hypot((x - width * 0.5) / width, (y - height * 0.62) / height)
-    glow = np.exp(-((distance / 0.35) ** 2))[..., None]
-    picture = picture + glow * np.array([70, 52, 40], dtype=np.float32)
-    # Half a level of noise dithers the gradient so 8-bit video shows no banding.
-    picture += np.random.default_rng(0).uniform(-0.5, 0.5, picture.shape).astype(np.float32)
-    pixels = np.clip(np.round(picture), 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path, format="PNG", compress_level=1)
+    paint_placeholder(width, height).save(path, format="PNG", compress_level=1)
 
 
 def measure_audio_seconds(path: Path) -> float:

@@ -14,7 +14,8 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
-from services.content.painter import SUPPORTED_SIZES, paint_landscape, paint_placeholder
+from services.content.painter import paint_landscape
+from services.image_sizes import SUPPORTED_SIZES_PIXELS
 
 SAMPLE_PROMPTS = (
     "Serene mountain lake at sunset with gentle ripples",
@@ -49,7 +50,7 @@ def _luminance(png: bytes) -> npt.NDArray[np.float32]:
     return np.asarray(_pixels(png) @ weights, dtype=np.float32)
 
 
-@pytest.mark.parametrize(("width_pixels", "height_pixels"), sorted(SUPPORTED_SIZES))
+@pytest.mark.parametrize(("width_pixels", "height_pixels"), sorted(SUPPORTED_SIZES_PIXELS))
 def test_each_supported_size_gives_an_rgb_png_of_exactly_that_size(
     width_pixels: int, height_pixels: int
 ) -> None:
@@ -139,31 +140,3 @@ def test_a_night_prompt_paints_a_dark_sky_with_a_few_bright_points() -> None:
     assert float(np.median(top_band)) < 60.0
     # Stars (and perhaps the moon) stand well above the dark sky around them.
     assert int((top_band > float(np.median(top_band)) + 60.0).sum()) > 20
-
-
-@pytest.mark.parametrize(
-    ("width_pixels", "height_pixels"), [(1792, 1024), (1024, 1024), (640, 360), (16, 16)]
-)
-def test_placeholder_is_an_rgb_png_of_the_requested_size(width_pixels: int, height_pixels: int) -> None:
-    image = _decoded(paint_placeholder(width_pixels, height_pixels))
-
-    assert image.format == "PNG"
-    assert image.mode == "RGB"
-    assert image.size == (width_pixels, height_pixels)
-
-
-def test_placeholder_is_a_soft_gradient_without_clipping() -> None:
-    luminance = _luminance(paint_placeholder(1792, 1024))
-
-    # Brighter towards the bottom, no harsh extremes.
-    assert float(luminance[-10:].mean()) > float(luminance[:10].mean()) + 40.0
-    assert float(luminance.min()) > 20.0
-    assert float(luminance.max()) < 245.0
-
-
-@pytest.mark.parametrize(
-    ("width_pixels", "height_pixels"), [(15, 16), (16, 15), (14, 14), (0, 16), (1793, 1024)]
-)
-def test_placeholder_rejects_odd_or_tiny_sizes(width_pixels: int, height_pixels: int) -> None:
-    with pytest.raises(ValueError, match="must be even and at least 16"):
-        paint_placeholder(width_pixels, height_pixels)

@@ -32,5 +32,5 @@ def test_the_default_list_is_every_prompt_the_builder_can_make() -> None:
 
 def test_a_prompt_file_skips_blank_lines_and_comments(tmp_path: Path) -> None:
     path = tmp_path / "prompts.txt"
-    path.write_text("# seeds' examples\nPeaceful zen garden with flowing water\n\n  Serene mountain lake  \n")
+    path.write_text("# common prompts\nPeaceful zen garden with flowing water\n\n  Serene mountain lake  \n")
     assert read_prompt_list(path) == ["Peaceful zen garden with flowing water", "Serene mountain lake"]

@@ -8,14 +8,9 @@ import random
 import pytest
 
 from services.content.image_prompts import Landscape, choose_landscape
-from services.content.script_composer import (
-    MAX_SCRIPT_WORDS,
-    MIN_SCRIPT_WORDS,
-    compose_meditation,
-    split_into_sentences,
-)
+from services.content.script_composer import MAX_SCRIPT_WORDS, MIN_SCRIPT_WORDS, compose_meditation
 from services.content.themes import extract_themes
-from services.pause_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
+from services.script_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
 from tests.content.test_themes import (
     EXAMS_AND_MOUNTAINS,
     LAUNCH_AND_GARDEN,
@@ -197,24 +192,6 @@ def test_a_conversation_about_the_sea_gets_a_shore_visualisation() -> None:
     middle = compose_meditation(SEASIDE).split("\n\n")[2]
 
     assert "shore" in middle
-
-
-def test_sentences_keep_the_pause_marks_that_follow_them() -> None:
-    script = compose_meditation(JOB_AND_WEDDING)
-
-    sentences = split_into_sentences(script)
-
-    assert " ".join(sentences) == " ".join(script.split())
-    assert not any(sentence.startswith("[pause") for sentence in sentences[1:])
-    assert split_into_sentences("Breathe in. [pause 2s] [pause 1.5s] Out.") == [
-        "Breathe in. [pause 2s] [pause 1.5s]",
-        "Out.",
-    ]
-
-
-def test_splitting_text_without_terminal_punctuation_keeps_it_whole() -> None:
-    assert split_into_sentences("  just a fragment  ") == ["just a fragment"]
-    assert split_into_sentences("") == []
 
 
 def test_the_showcase_reflection_names_night_shifts_mum_and_the_sea() -> None:

@@ -8,7 +8,7 @@ import grpc
 import pytest
 from PIL import Image
 
-from services.pause_marks import split_on_pauses
+from services.script_marks import split_on_pauses
 from services.storage.local import LocalAssetStorage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import random
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
@@ -15,12 +14,11 @@ import grpc
 import pytest
 from PIL import Image
 
-from services.media.live import SentenceSplitter
 from services.media.video import probe_media
 from services.proto_time import seconds_of
 from services.storage.local import LocalAssetStorage
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
 MEDITATION = "meditations/0123456789abcdef"
 SCRIPT = (
@@ -29,29 +27,6 @@ SCRIPT = (
     "Notice the sound of the sea, far away. Let it carry the day's worries. [pause 2s] "
     "When you are ready, open your eyes."
 )
-
-
-def test_sentences_keep_the_pauses_that_follow_them_whatever_the_piece_boundaries() -> None:
-    expected = [
-        "Take a moment to arrive. [pause 2s]",
-        "Let your shoulders soften, and your hands grow heavy.",
-        "Breathe in slowly, one, two, three, four. [pause 2s]",
-        "And out, slowly. [pause 3s]",
-        "Notice the sound of the sea, far away.",
-        "Let it carry the day's worries. [pause 2s]",
-        "When you are ready, open your eyes.",
-    ]
-    generator = random.Random(7)
-    for _ in range(20):
-        splitter = SentenceSplitter()
-        sentences: list[str] = []
-        position = 0
-        while position < len(SCRIPT):
-            step = generator.randint(1, 12)
-            sentences += splitter.feed(SCRIPT[position : position + step])
-            position += step
-        sentences += splitter.finish()
-        assert sentences == expected
 
 
 async def _requests(script: str, pieces: int) -> AsyncIterator[media_pb.NarrateLiveRequest]:

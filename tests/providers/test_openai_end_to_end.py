@@ -15,8 +15,8 @@ from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
-from stillpoint.media.v1 import media_service_pb2 as media_pb
-from stillpoint.media.v1 import media_service_pb2_grpc as media_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.servers.openai_compatible import DEFAULT_MODELS, ModelSpec, OpenAICompatibleServer, ServerConfig
 
 pytestmark = pytest.mark.e2e

@@ -37,8 +37,9 @@ from typing import Final, Literal, cast, get_args
 import imageio_ffmpeg
 from PIL import Image, ImageOps
 
-from services.content.painter import SUPPORTED_SIZES, paint_landscape
+from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
+from services.image_sizes import SUPPORTED_SIZES_PIXELS
 from services.media.errors import SpeechError
 from services.media.speech import EspeakNarrator, Narration
 from tests.servers.http_base import TrackingHandler, TrackingHTTPServer
@@ -968,7 +969,7 @@ def _estimate_tokens(text: str) -> int:
 
 @lru_cache(maxsize=32)
 def _paint(prompt: str, width: int, height: int) -> bytes:
-    if (width, height) in SUPPORTED_SIZES:
+    if (width, height) in SUPPORTED_SIZES_PIXELS:
         return paint_landscape(prompt, width, height)
     gradient = Image.linear_gradient("L").resize((width, height), Image.Resampling.BICUBIC)
     soft = ImageOps.colorize(gradient, black=(92, 107, 158), white=(237, 204, 189))

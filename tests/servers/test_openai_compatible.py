@@ -23,7 +23,7 @@ from PIL import Image
 
 from services.content.script_composer import compose_meditation
 from services.media.speech import EspeakNarrator
-from services.pause_marks import PAUSE_MARK_PATTERN, count_spoken_words
+from services.script_marks import PAUSE_MARK_PATTERN, count_spoken_words
 from tests.servers.openai_compatible import (
     DEFAULT_API_KEY,
     ConfigError,
