@@ -20,6 +20,7 @@ from typing import TextIO
 import grpc
 
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS, SQUARE_SIZE_PIXELS, describe_size
+from services.message_roles import role_values
 from services.proto_time import seconds_of, to_timestamp
 from services.serving import channel_options
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -27,11 +28,7 @@ from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
-_ROLES = {
-    "user": gateway_pb.MESSAGE_ROLE_USER,
-    "assistant": gateway_pb.MESSAGE_ROLE_ASSISTANT,
-    "system": gateway_pb.MESSAGE_ROLE_SYSTEM,
-}
+_ROLES = role_values(gateway_pb.MessageRole)
 MeditationStreamResponse = gateway_pb.GenerateMeditationResponse | gateway_pb.WatchMeditationResponse
 
 

@@ -10,12 +10,12 @@ from services.content.errors import InvalidInputError, PreconditionError
 from services.content.repository import ContentRepository, NewMessage
 from services.content.source import collect_source_text
 from services.content.themes import extract_themes
+from services.message_roles import ROLES
 
 MAX_TITLE_CHARS = 200
 MAX_MESSAGE_CHARS = 20_000
 MAX_MESSAGES_PER_REQUEST = 500
 MAX_REQUEST_ID_CHARS = 64
-ROLES = ("user", "assistant", "system")
 
 
 def validate_title(title: str) -> str:

@@ -34,6 +34,7 @@ from services.content.repository import (
 from services.content.themes import extract_themes
 from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
+from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_timestamp
 from services.provider_status import ProviderReport
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -46,12 +47,8 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 _ID = r"[0-9a-f]{16}"
 _CONVERSATION_NAME = re.compile(rf"^conversations/({_ID})$")
 
-_ROLE_TO_DOMAIN = {
-    content_pb.MESSAGE_ROLE_USER: "user",
-    content_pb.MESSAGE_ROLE_ASSISTANT: "assistant",
-    content_pb.MESSAGE_ROLE_SYSTEM: "system",
-}
-_ROLE_TO_PROTO = {value: key for key, value in _ROLE_TO_DOMAIN.items()}
+_ROLE_TO_DOMAIN = role_words(content_pb.MessageRole)
+_ROLE_TO_PROTO = role_values(content_pb.MessageRole)
 
 
 class ContentServicer(content_grpc.ContentServiceServicer):

@@ -8,8 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from services.message_roles import ROLES
+
 # Source text marks each message with its author ("User: ..."); an unmarked line continues the message above.
-_ROLE_PREFIX = re.compile(r"^\s*(user|assistant|system)\s*:\s*", re.IGNORECASE)
+_ROLE_PREFIX = re.compile(rf"^\s*({'|'.join(ROLES)})\s*:\s*", re.IGNORECASE)
 # The person's own words say more about what is on their mind than the assistant's replies to them.
 _ROLE_WEIGHTS = {"user": 2.0, "assistant": 1.0, "system": 0.0}
 _UNMARKED_WEIGHT = 1.0

@@ -25,6 +25,7 @@ from services.gateway.ports import (
     TranscriptRestart,
     WrittenTranscript,
 )
+from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, seconds_of, to_timestamp
 from services.serving import channel_options
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -83,12 +84,8 @@ def backend_channel_options() -> list[tuple[str, str | int]]:
 # Bookkeeping calls (conversations, job records, event logs) are small database operations.
 BOOKKEEPING_TIMEOUT_SECONDS = 10.0
 
-_ROLE_TO_PROTO = {
-    "user": content_pb.MESSAGE_ROLE_USER,
-    "assistant": content_pb.MESSAGE_ROLE_ASSISTANT,
-    "system": content_pb.MESSAGE_ROLE_SYSTEM,
-}
-_ROLE_TO_DOMAIN = {value: key for key, value in _ROLE_TO_PROTO.items()}
+_ROLE_TO_PROTO = role_values(content_pb.MessageRole)
+_ROLE_TO_DOMAIN = role_words(content_pb.MessageRole)
 _PROFILE = {
     VideoQuality.QUICK: media_pb.VIDEO_PROFILE_QUICK,
     VideoQuality.ENHANCED: media_pb.VIDEO_PROFILE_ENHANCED,
@@ -335,7 +332,7 @@ class MediaClient:
             narration_aac_storage_key=narration.aac_storage_key,
             profile=_PROFILE[quality],
         )
-        # One deadline covers the encode and the upload: the seeds' 120 s budget for video, doubled.
+        # One deadline covers the encode and the upload: the video stage's budget, doubled.
         stream = self._stub.RenderVideo(request, timeout=bounded(2 * self._timeouts.video_seconds))
         try:
             async for response in stream:

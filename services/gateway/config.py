@@ -41,7 +41,7 @@ class GatewayConfig:
             database_pool=read_pool_settings(environment),
             content_address=environment.address("STILLPOINT_CONTENT_ADDRESS", "127.0.0.1:50052"),
             media_address=environment.address("STILLPOINT_MEDIA_ADDRESS", "127.0.0.1:50053"),
-            # The seeds' budgets: content generation 300 s, audio 60 s, video encoding 120 s.
+            # The reference pipeline's budgets: content generation 300 s, audio 60 s, video encoding 120 s.
             timeouts=StageTimeouts(
                 source_seconds=environment.seconds("STILLPOINT_SOURCE_TIMEOUT_SECONDS", 10.0),
                 transcript_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),

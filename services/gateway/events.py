@@ -30,7 +30,6 @@ class StageState(enum.StrEnum):
     STARTED = "started"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    SKIPPED = "skipped"
     STOPPED = "stopped"
 
 

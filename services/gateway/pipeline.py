@@ -58,7 +58,8 @@ class JobEvents(Protocol):
 
 @dataclass(frozen=True)
 class StageTimeouts:
-    """How long each stage may take before the job fails with DEADLINE_EXCEEDED (the seeds' budgets)."""
+    """How long each stage may take before the job fails with DEADLINE_EXCEEDED (the budgets of the
+    reference pipeline, the system Stillpoint replaces)."""
 
     source_seconds: float = 10.0
     transcript_seconds: float = 300.0

@@ -23,6 +23,7 @@ from services.gateway.models import (
     Message,
 )
 from services.gateway.ports import ContentPort
+from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_duration, to_timestamp
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
@@ -44,12 +45,8 @@ _STATUS = {
     FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
     FailureKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
-_ROLE_TO_DOMAIN = {
-    gateway_pb.MESSAGE_ROLE_USER: "user",
-    gateway_pb.MESSAGE_ROLE_ASSISTANT: "assistant",
-    gateway_pb.MESSAGE_ROLE_SYSTEM: "system",
-}
-_ROLE_TO_PROTO = {value: key for key, value in _ROLE_TO_DOMAIN.items()}
+_ROLE_TO_DOMAIN = role_words(gateway_pb.MessageRole)
+_ROLE_TO_PROTO = role_values(gateway_pb.MessageRole)
 _ASPECT = {
     gateway_pb.IMAGE_ASPECT_UNSPECIFIED: ImageAspect.LANDSCAPE,
     gateway_pb.IMAGE_ASPECT_LANDSCAPE: ImageAspect.LANDSCAPE,
@@ -74,7 +71,6 @@ _STAGE_STATE = {
     events.StageState.STARTED: gateway_pb.STAGE_STATE_STARTED,
     events.StageState.SUCCEEDED: gateway_pb.STAGE_STATE_SUCCEEDED,
     events.StageState.FAILED: gateway_pb.STAGE_STATE_FAILED,
-    events.StageState.SKIPPED: gateway_pb.STAGE_STATE_SKIPPED,
     events.StageState.STOPPED: gateway_pb.STAGE_STATE_STOPPED,
 }
 _QUALITY = {
