@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
@@ -13,15 +14,41 @@ from services.gateway.jobs.work_queue import InProcessWorkQueue, RedisStreamWork
 from tests.test_cache import REDIS_URL, connect_or_skip
 
 CLAIM_TIMEOUT_SECONDS = 0.4
-MakeQueue = Callable[[], WorkQueue]
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Replicas:
+    """Makes queues as replicas hold them, and lets time pass for their claim timeouts."""
+
+    make: Callable[[], WorkQueue]
+    clock: FakeClock | None = None
+
+    async def pass_time(self, seconds: float) -> None:
+        """Moves the in-process queue's clock on; Redis keeps its own clock (an entry's idle time is the
+        server's), so for it the time really passes."""
+        if self.clock is not None:
+            self.clock.now += seconds
+        else:
+            await asyncio.sleep(seconds)
 
 
 @pytest.fixture(params=["in_process", "redis"])
-async def make_queue(request: pytest.FixtureRequest) -> AsyncIterator[MakeQueue]:
-    """Makes queues as replicas hold them: for Redis, each with its own client on the same stream."""
+async def replicas(request: pytest.FixtureRequest) -> AsyncIterator[Replicas]:
+    """Queues of either backend: for Redis, each with its own client on the same stream."""
     if request.param == "in_process":
-        shared = InProcessWorkQueue(claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS)
-        yield lambda: shared
+        clock = FakeClock()
+        shared = InProcessWorkQueue(claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS, clock=clock)
+        yield Replicas(lambda: shared, clock)
         return
     prefix = f"stillpoint:test:{uuid.uuid4().hex}"
     clients: list[Redis] = [await connect_or_skip()]
@@ -40,69 +67,69 @@ async def make_queue(request: pytest.FixtureRequest) -> AsyncIterator[MakeQueue]
         return queue
 
     try:
-        yield make
+        yield Replicas(make)
     finally:
         await clients[0].delete(f"{prefix}:jobs", f"{prefix}:dead")
         await clients[0].aclose()
 
 
 async def test_a_job_goes_to_one_consumer_and_an_acknowledged_one_never_comes_back(
-    make_queue: MakeQueue,
+    replicas: Replicas,
 ) -> None:
     """Property: each submitted job is delivered to exactly one consumer, once, until acknowledged."""
-    first, second = make_queue(), make_queue()
+    first, second = replicas.make(), replicas.make()
     await first.submit("meditations/a")
     delivery = await first.take("gateway-1", wait_seconds=1)
     assert delivery is not None
     assert (delivery.job, delivery.delivery_count) == ("meditations/a", 1)
     assert await second.take("gateway-2", wait_seconds=0.1) is None
     await first.acknowledge(delivery)
-    await asyncio.sleep(CLAIM_TIMEOUT_SECONDS + 0.1)
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)
     assert await second.take("gateway-2", wait_seconds=0.1) is None
 
 
 async def test_a_silent_consumers_job_is_taken_over_after_the_claim_timeout_and_counted(
-    make_queue: MakeQueue,
+    replicas: Replicas,
 ) -> None:
     """Property: a job whose consumer died (no ack, no heartbeat) goes to another consumer, counted as a
     second delivery; before the claim timeout it does not."""
-    first, second = make_queue(), make_queue()
+    first, second = replicas.make(), replicas.make()
     await first.submit("meditations/b")
     assert await first.take("gateway-1", wait_seconds=1) is not None
     assert await second.take("gateway-2", wait_seconds=0.05) is None
-    await asyncio.sleep(CLAIM_TIMEOUT_SECONDS + 0.1)
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)
     taken_over = await second.take("gateway-2", wait_seconds=0.1)
     assert taken_over is not None
     assert (taken_over.job, taken_over.delivery_count) == ("meditations/b", 2)
 
 
 async def test_a_heartbeat_keeps_a_long_job_from_being_taken_over_and_never_steals_one_back(
-    make_queue: MakeQueue,
+    replicas: Replicas,
 ) -> None:
     """Property: a job running longer than the claim timeout stays with its consumer while it heartbeats;
     a consumer that lost a job cannot take it back by heartbeating."""
-    first, second = make_queue(), make_queue()
+    first, second = replicas.make(), replicas.make()
     await first.submit("meditations/c")
     delivery = await first.take("gateway-1", wait_seconds=1)
     assert delivery is not None
     for _ in range(4):  # 4 × 0.2 s = twice the claim timeout
-        await asyncio.sleep(CLAIM_TIMEOUT_SECONDS / 2)
+        await replicas.pass_time(CLAIM_TIMEOUT_SECONDS / 2)
         assert await first.heartbeat("gateway-1", [delivery]) == {delivery.entry_id}
         assert await second.take("gateway-2", wait_seconds=0.01) is None
-    await asyncio.sleep(CLAIM_TIMEOUT_SECONDS + 0.1)
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)
     taken_over = await second.take("gateway-2", wait_seconds=0.1)
     assert taken_over is not None
     assert await first.heartbeat("gateway-1", [delivery]) == set()
-    await asyncio.sleep(CLAIM_TIMEOUT_SECONDS + 0.1)
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)
     assert await second.heartbeat("gateway-2", [taken_over]) == {taken_over.entry_id}
 
 
 async def test_a_job_handed_back_at_shutdown_is_taken_at_once_without_counting_an_attempt(
-    make_queue: MakeQueue,
+    replicas: Replicas,
 ) -> None:
     """Property: a graceful hand-back makes the job takeable at once and does not bring it closer to the
     dead-letter limit; a failed attempt's hand-back waits its delay and counts."""
-    first, second = make_queue(), make_queue()
+    first, second = replicas.make(), replicas.make()
     await first.submit("meditations/d")
     delivery = await first.take("gateway-1", wait_seconds=1)
     assert delivery is not None
@@ -112,29 +139,29 @@ async def test_a_job_handed_back_at_shutdown_is_taken_at_once_without_counting_a
     assert again.delivery_count == 1
     await second.hand_back("gateway-2", again, delay_seconds=0.3, counts_as_attempt=True)
     assert await first.take("gateway-1", wait_seconds=0.05) is None
-    await asyncio.sleep(0.35)
+    await replicas.pass_time(0.35)
     retried = await first.take("gateway-1", wait_seconds=0.5)
     assert retried is not None
     assert retried.delivery_count == 2
 
 
-async def test_a_dead_letter_keeps_the_reason_and_is_never_delivered_again(make_queue: MakeQueue) -> None:
+async def test_a_dead_letter_keeps_the_reason_and_is_never_delivered_again(replicas: Replicas) -> None:
     """Property: a dead-lettered job leaves the queue for the dead-letter list, with its reason."""
-    queue = make_queue()
+    queue = replicas.make()
     await queue.submit("meditations/e")
     delivery = await queue.take("gateway-1", wait_seconds=1)
     assert delivery is not None
     await queue.dead_letter(delivery, "gave up after 3 attempts: ffmpeg could not decode the image")
-    await asyncio.sleep(CLAIM_TIMEOUT_SECONDS + 0.1)
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)
     assert await queue.take("gateway-1", wait_seconds=0.1) is None
     letters = await queue.dead_letters(10)
     assert [(letter.job, letter.delivery_count) for letter in letters] == [("meditations/e", 1)]
     assert "could not decode" in letters[0].reason
 
 
-async def test_the_backlog_counts_only_jobs_nobody_has_taken(make_queue: MakeQueue) -> None:
+async def test_the_backlog_counts_only_jobs_nobody_has_taken(replicas: Replicas) -> None:
     """Property: the admission limit sees waiting jobs, not running ones."""
-    queue = make_queue()
+    queue = replicas.make()
     assert await queue.backlog() == 0
     for name in ("meditations/f", "meditations/g", "meditations/h"):
         await queue.submit(name)
@@ -146,9 +173,9 @@ async def test_the_backlog_counts_only_jobs_nobody_has_taken(make_queue: MakeQue
     assert await queue.backlog() == 2
 
 
-async def test_a_cancellation_reaches_every_replica(make_queue: MakeQueue) -> None:
+async def test_a_cancellation_reaches_every_replica(replicas: Replicas) -> None:
     """Property: a cancel published through one replica's queue reaches listeners on the others."""
-    first, second = make_queue(), make_queue()
+    first, second = replicas.make(), replicas.make()
     heard: list[str] = []
 
     async def listen() -> None:
@@ -157,7 +184,10 @@ async def test_a_cancellation_reaches_every_replica(make_queue: MakeQueue) -> No
             return
 
     listener = asyncio.create_task(listen())
-    await asyncio.sleep(0.2)  # subscribed before the publish
-    await first.publish_cancel("meditations/i")
-    await asyncio.wait_for(listener, 5)
+    # Published until heard (the listener subscribes in the background), within a deadline.
+    deadline = asyncio.get_running_loop().time() + 5
+    while not listener.done() and asyncio.get_running_loop().time() < deadline:
+        await first.publish_cancel("meditations/i")
+        await asyncio.wait({listener}, timeout=0.05)
+    assert listener.done()
     assert heard == ["meditations/i"]

@@ -6,7 +6,8 @@ Two implementations behind one interface, chosen by configuration:
   `XREADGROUP` hands each entry to one consumer; the entry stays in the group's pending list until the
   consumer acknowledges it (`XACK`, only after the job's result is committed). A heartbeat keeps a running
   entry's idle time low; an entry idle for longer than the claim timeout (its consumer crashed) is taken over
-  with `XAUTOCLAIM`, and after `max_deliveries` deliveries it goes to a dead-letter stream instead.
+  with `XAUTOCLAIM`, counting a delivery. A job its dispatcher gives up on (see `retry_policy`) goes to a
+  dead-letter stream.
 - `InProcessWorkQueue` (without Redis): the same semantics in memory, for a single replica. What it holds is
   lost with the process; the job records in the database are the backstop (see `MeditationJobs`).
 """
@@ -18,7 +19,7 @@ import collections
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -127,14 +128,19 @@ class _Entry:
     job: str
     delivery_count: int = 0
     consumer: str | None = None
-    delivered_at: float = 0.0
+    # When another consumer may take it over: the claim timeout after its delivery or last heartbeat, or
+    # the retry delay after a hand-back.
+    claimable_at: float = 0.0
 
 
 class InProcessWorkQueue:
     """The queue in memory, for one replica: the same contract as the Redis stream, without Redis."""
 
-    def __init__(self, *, claim_timeout_seconds: float) -> None:
+    def __init__(self, *, claim_timeout_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._claim_timeout_seconds = claim_timeout_seconds
+        # When entries were delivered and when they go idle: injectable, so tests need not wait out a claim
+        # timeout. Waiting for an arrival in `take` is real time whatever the clock.
+        self._clock = clock
         self._entries: dict[str, _Entry] = {}  # insertion order is submission order
         self._ids = itertools.count(1)
         self._arrived = asyncio.Condition()
@@ -170,12 +176,12 @@ class InProcessWorkQueue:
                     await asyncio.wait_for(self._arrived.wait(), min(0.25, deadline - time.monotonic()))
 
     def _take_now(self, consumer: str) -> Delivery | None:
-        now = time.monotonic()
+        now = self._clock()
         stale = next(
             (
                 (entry_id, entry)
                 for entry_id, entry in self._entries.items()
-                if entry.consumer is not None and now - entry.delivered_at >= self._claim_timeout_seconds
+                if entry.consumer is not None and now >= entry.claimable_at
             ),
             None,
         )
@@ -186,7 +192,7 @@ class InProcessWorkQueue:
         if chosen is None:
             return None
         entry_id, entry = chosen
-        entry.consumer, entry.delivered_at = consumer, now
+        entry.consumer, entry.claimable_at = consumer, now + self._claim_timeout_seconds
         entry.delivery_count += 1
         return Delivery(entry_id, entry.job, entry.delivery_count)
 
@@ -196,7 +202,7 @@ class InProcessWorkQueue:
         for delivery in deliveries:
             entry = self._entries.get(delivery.entry_id)
             if entry is not None and entry.consumer == consumer:
-                entry.delivered_at = time.monotonic()
+                entry.claimable_at = self._clock() + self._claim_timeout_seconds
                 held.add(delivery.entry_id)
         return held
 
@@ -207,11 +213,11 @@ class InProcessWorkQueue:
     async def hand_back(
         self, consumer: str, delivery: Delivery, *, delay_seconds: float, counts_as_attempt: bool
     ) -> None:
-        """Backdates the delivery so it goes idle past the claim timeout after `delay_seconds`."""
+        """Makes the entry claimable by any consumer after `delay_seconds` (at most the claim timeout)."""
         entry = self._entries.get(delivery.entry_id)
         if entry is None or entry.consumer != consumer:
             return
-        entry.delivered_at = time.monotonic() - max(0.0, self._claim_timeout_seconds - delay_seconds)
+        entry.claimable_at = self._clock() + min(delay_seconds, self._claim_timeout_seconds)
         if not counts_as_attempt:
             entry.delivery_count = max(0, entry.delivery_count - 1)
         async with self._arrived:
