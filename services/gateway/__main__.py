@@ -7,12 +7,10 @@ import logging
 import os
 import sys
 
-import grpc
-
 from services import serving
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
-from services.gateway.backends import ContentClient, MediaClient, backend_channel_options
+from services.gateway.backends import ContentClient, MediaClient, open_backend_channel
 from services.gateway.config import GatewayConfig
 from services.gateway.jobs import MeditationJobs, claim_timeout_seconds
 from services.gateway.jobs.store import JobStore
@@ -47,9 +45,8 @@ async def main(config: GatewayConfig) -> None:
 
 async def serve(config: GatewayConfig, store: JobStore) -> None:
     """Opens one channel per peer and the work queue, serves, and closes them on the way out."""
-    options = backend_channel_options()
-    content_channel = grpc.aio.insecure_channel(config.content_address, options=options)
-    media_channel = grpc.aio.insecure_channel(config.media_address, options=options)
+    content_channel = open_backend_channel(config.content_address)
+    media_channel = open_backend_channel(config.media_address)
     content = ContentClient(content_channel, config.timeouts)
     media = MediaClient(media_channel, config.timeouts)
     queue = await open_work_queue(config)

@@ -81,7 +81,12 @@ def backend_channel_options() -> list[tuple[str, str | int]]:
     ]
 
 
-# Bookkeeping calls (conversations, job records, event logs) are small database operations.
+def open_backend_channel(address: str) -> grpc.aio.Channel:
+    """A channel to the content or media replicas at `address` (made once per process, closed at shutdown)."""
+    return grpc.aio.insecure_channel(address, options=backend_channel_options())
+
+
+# Bookkeeping calls (conversations, asset deletion) are small database or storage operations.
 BOOKKEEPING_TIMEOUT_SECONDS = 10.0
 
 _ROLE_TO_PROTO = role_values(content_pb.MessageRole)
