@@ -151,19 +151,9 @@ def running_stack(
         environment=environment,
         addresses=addresses,
     )
-    # The content service and the gateway refuse an unmigrated database, as in production: migrate each
-    # one's tables first (once: replicas share the database).
-    for owner in ("content", "gateway"):
-        migrated = subprocess.run(
-            [sys.executable, "-m", f"services.{owner}.migrate"],
-            env=environment,
-            capture_output=True,
-            text=True,
-        )
-        if migrated.returncode != 0:
-            raise RuntimeError(
-                f"{owner} migration failed: {migrated.stderr.strip() or migrated.stdout.strip()}"
-            )
+    # The content service and the gateway refuse an unmigrated database, as in production: migrate first
+    # (once: replicas share the database).
+    migrate(environment)
     try:
         for key in keys:
             processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)
@@ -180,6 +170,22 @@ def running_stack(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def migrate(environment: Mapping[str, str]) -> None:
+    """Runs the migration of each service that owns tables, as `make migrate` does; raises RuntimeError with
+    its output when one fails."""
+    for owner in ("content", "gateway"):
+        migrated = subprocess.run(
+            [sys.executable, "-m", f"services.{owner}.migrate"],
+            env=dict(environment),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if migrated.returncode != 0:
+            output = migrated.stderr.strip() or migrated.stdout.strip()
+            raise RuntimeError(f"{owner} migration failed: {output}")
 
 
 def _port_of(address: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -213,8 +214,16 @@ async def _migrate(history: MigrationHistory, database_url: str) -> None:
         await engine.dispose()
 
 
-def migrate_main(history: MigrationHistory, database_url: str) -> None:
-    """The `python -m services.<service>.migrate` command: upgrades, or exits saying why it could not."""
+def migrate_from_environment(
+    history: MigrationHistory, environment: Environment, default_sqlite_file: Callable[[Path], Path]
+) -> None:
+    """The `python -m services.<service>.migrate` command: upgrades the database DATABASE_URL names (the
+    service's SQLite file under STILLPOINT_VAR_DIR by default), or exits saying why it could not."""
+    try:
+        var_root = environment.directory("STILLPOINT_VAR_DIR", Path("var"))
+        database_url = read_database_url(environment, default_sqlite_file(var_root))
+    except ConfigError as error:
+        sys.exit(f"migrate: configuration error: {error}")
     try:
         asyncio.run(_migrate(history, database_url))
     except (OSError, SQLAlchemyError) as error:

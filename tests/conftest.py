@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services import serving
 from services.cache.in_process import InProcessCache
+from services.content import migrate as content_migrate
 from services.content.generation import (
     ImageGenerator,
     OfflineImageProvider,
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
-from services.content.migrate import upgrade
 from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
 from services.database import create_engine
@@ -67,7 +67,7 @@ async def _start_content(
     tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
 ) -> tuple[serving.RunningServer, AsyncEngine]:
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-    await upgrade(engine)
+    await content_migrate.HISTORY.upgrade(engine)
     transcript_cache = InProcessCache(ttl_seconds=3600, name="transcripts")
     image_cache = InProcessCache(ttl_seconds=3600, name="images")
     servicer = ContentServicer(
@@ -133,7 +133,7 @@ async def media_channel(
 async def job_store(tmp_path: Path) -> AsyncIterator[JobStore]:
     """The gateway's job tables in a fresh, migrated SQLite file."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
-    await gateway_migrate.upgrade(engine)
+    await gateway_migrate.HISTORY.upgrade(engine)
     yield JobStore(engine)
     await engine.dispose()
 

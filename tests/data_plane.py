@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -58,3 +61,17 @@ def drop_postgres_database(url: str) -> None:
             await connection.close()
 
     asyncio.run(drop())
+
+
+@contextmanager
+def fresh_database(kind: str, tmp_path: Path, sqlite_file_name: str) -> Iterator[str]:
+    """A fresh, empty database of one kind, "sqlite" (a file under tmp_path) or "postgresql" (dropped
+    afterwards), as an async SQLAlchemy URL."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / sqlite_file_name}"
+        return
+    url = create_postgres_database()
+    try:
+        yield url
+    finally:
+        drop_postgres_database(url)

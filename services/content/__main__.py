@@ -22,7 +22,7 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
-from services.content.migrate import ensure_migrated
+from services.content.migrate import HISTORY
 from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
 from services.content.pregeneration import pregenerate_off_peak, read_prompt_list
 from services.content.repository import ContentRepository
@@ -85,7 +85,7 @@ async def main(config: ContentConfig) -> None:
     """Makes the process's engine, client, store, caches and worker pool once, serves, and releases them."""
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-content")
     try:
-        await ensure_migrated(engine, config.database_url)
+        await HISTORY.ensure_migrated(engine, config.database_url)
         caches = open_result_caches(
             config.redis_url,
             ttl_seconds=config.cache_ttl_seconds,

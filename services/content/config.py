@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.content.migrate import default_sqlite_file
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
@@ -54,7 +55,7 @@ class ContentConfig:
         uses_openai = "openai" in (transcript_provider, image_provider)
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
-            database_url=read_database_url(environment, var_root / "stillpoint.db"),
+            database_url=read_database_url(environment, default_sqlite_file(var_root)),
             database_pool=read_pool_settings(environment),
             storage=read_storage_settings(environment, var_root),
             cache_ttl_seconds=environment.seconds("STILLPOINT_CACHE_TTL_SECONDS", 3600.0),

@@ -20,7 +20,7 @@ from services.gateway.jobs.work_queue import (
     WorkQueue,
     WorkQueueUnavailableError,
 )
-from services.gateway.migrate import ensure_migrated
+from services.gateway.migrate import HISTORY
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import GatewayServicer
 from services.redis_connection import RedisUnavailableError, connect_redis, redact_redis_url
@@ -35,7 +35,7 @@ async def main(config: GatewayConfig) -> None:
     """Opens the job database, serves, and closes it on the way out."""
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-gateway")
     try:
-        await ensure_migrated(engine, config.database_url)
+        await HISTORY.ensure_migrated(engine, config.database_url)
         await serve(config, JobStore(engine))
     except DatabaseNotReadyError as error:
         sys.exit(f"gateway: {error}")

@@ -13,10 +13,15 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.content.migrate import ensure_migrated, upgrade
+from services.content.migrate import HISTORY
 from services.content.repository import Base, ContentRepository, NewMessage
 from services.database import DatabaseNotReadyError, PoolSettings, create_engine
-from tests.data_plane import POSTGRES_ADMIN_DSN, create_postgres_database, drop_postgres_database
+from tests.data_plane import (
+    POSTGRES_ADMIN_DSN,
+    create_postgres_database,
+    drop_postgres_database,
+    fresh_database,
+)
 
 MESSAGES = [
     NewMessage("user", "I keep thinking about the deadline."),
@@ -27,19 +32,15 @@ MESSAGES = [
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database of each kind."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'content.db'}"
-        return
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
+    with fresh_database(request.param, tmp_path, "content.db") as url:
+        yield url
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """A migrated engine."""
     made = create_engine(database_url, application_name="stillpoint-tests")
-    await upgrade(made)
+    await HISTORY.upgrade(made)
     yield made
     await made.dispose()
 
@@ -62,10 +63,10 @@ async def test_an_unmigrated_database_is_refused_with_what_to_run(database_url: 
     fresh = create_engine(database_url)
     try:
         with pytest.raises(DatabaseNotReadyError, match="make migrate"):
-            await ensure_migrated(fresh, database_url)
-        await upgrade(fresh)
-        await upgrade(fresh)  # running it again changes nothing
-        await ensure_migrated(fresh, database_url)
+            await HISTORY.ensure_migrated(fresh, database_url)
+        await HISTORY.upgrade(fresh)
+        await HISTORY.upgrade(fresh)  # running it again changes nothing
+        await HISTORY.ensure_migrated(fresh, database_url)
     finally:
         await fresh.dispose()
 
@@ -75,7 +76,7 @@ async def test_an_unreachable_database_names_its_host_not_its_password() -> None
     unreachable = create_engine(url)
     try:
         with pytest.raises(DatabaseNotReadyError) as raised:
-            await ensure_migrated(unreachable, url)
+            await HISTORY.ensure_migrated(unreachable, url)
     finally:
         await unreachable.dispose()
     assert "127.0.0.1:1" in str(raised.value)
@@ -127,7 +128,7 @@ async def test_100_concurrent_writers_never_exceed_the_pool_and_release_every_co
     pool = PoolSettings(size=4, max_overflow=2)
     engine = create_engine(url, pool, application_name=application_name)
     try:
-        await upgrade(engine)
+        await HISTORY.upgrade(engine)
         await engine.dispose()  # start from no connections at all
         baseline = await _connections(application_name)
         repository = ContentRepository(engine)

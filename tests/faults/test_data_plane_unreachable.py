@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts.stack import migrate
+
 pytestmark = pytest.mark.e2e
 PASSWORD = "s3cret-pass"
 # Refused at once: nothing listens on port 1 (and 127.0.0.2 is not where anything of ours runs).
@@ -94,14 +96,6 @@ def test_an_unreachable_redis_stops_start_up_naming_the_host_not_the_password(
     naming Redis's host and port, never its password (the migrations, which need no Redis, still succeed)."""
     host = REFUSING_HOST if reach == "refused" else silent_host
     environment = _environment(tmp_path, REDIS_URL=f"redis://:{PASSWORD}@{host}/0")
-    for owner in ("content", "gateway"):
-        migrated = subprocess.run(
-            [sys.executable, "-m", f"services.{owner}.migrate"],
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert migrated.returncode == 0, migrated.stderr
+    migrate(environment)
     services = ("services.content", "services.gateway")
     _assert_stops_promptly_naming(host, {module: _start(module, environment) for module in services})

@@ -18,7 +18,7 @@ from services.gateway import migrate as gateway_migrate
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.jobs.store import Base, JobStore
 from services.gateway.models import ImageAspect, JobChanges, MeditationOptions, MeditationState
-from tests.data_plane import create_postgres_database, drop_postgres_database
+from tests.data_plane import fresh_database
 
 CONVERSATION = "conversations/0123456789abcdef"
 QUEUE_LEASE_SECONDS = 60.0
@@ -27,19 +27,15 @@ QUEUE_LEASE_SECONDS = 60.0
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database of each kind."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}"
-        return
-    url = create_postgres_database()
-    yield url
-    drop_postgres_database(url)
+    with fresh_database(request.param, tmp_path, "gateway.db") as url:
+        yield url
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     """A migrated engine."""
     made = create_engine(database_url)
-    await gateway_migrate.upgrade(made)
+    await gateway_migrate.HISTORY.upgrade(made)
     yield made
     await made.dispose()
 
@@ -79,14 +75,14 @@ async def test_the_gateway_and_content_histories_share_one_database_each_at_its_
     shared = create_engine(database_url)
     try:
         with pytest.raises(DatabaseNotReadyError, match=r"services\.gateway\.migrate"):
-            await gateway_migrate.ensure_migrated(shared, database_url)
-        await content_migrate.upgrade(shared)
+            await gateway_migrate.HISTORY.ensure_migrated(shared, database_url)
+        await content_migrate.HISTORY.upgrade(shared)
         with pytest.raises(DatabaseNotReadyError, match="has no schema for the gateway service"):
-            await gateway_migrate.ensure_migrated(shared, database_url)
-        await gateway_migrate.upgrade(shared)
-        await gateway_migrate.upgrade(shared)  # running it again changes nothing
-        await content_migrate.ensure_migrated(shared, database_url)
-        await gateway_migrate.ensure_migrated(shared, database_url)
+            await gateway_migrate.HISTORY.ensure_migrated(shared, database_url)
+        await gateway_migrate.HISTORY.upgrade(shared)
+        await gateway_migrate.HISTORY.upgrade(shared)  # running it again changes nothing
+        await content_migrate.HISTORY.ensure_migrated(shared, database_url)
+        await gateway_migrate.HISTORY.ensure_migrated(shared, database_url)
 
         def tables(connection: Connection) -> set[str]:
             return set(inspect(connection).get_table_names())

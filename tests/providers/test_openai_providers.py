@@ -23,7 +23,7 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
-from services.content.migrate import upgrade
+from services.content.migrate import HISTORY
 from services.content.openai_providers import (
     SYSTEM_PROMPT,
     OpenAIImageProvider,
@@ -88,7 +88,7 @@ async def content_stub_with(
 ) -> AsyncIterator[content_grpc.ContentServiceStub]:
     """A real content server over these generators, torn down (engine included) on the way out."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
-    await upgrade(engine)
+    await HISTORY.upgrade(engine)
     servicer = ContentServicer(ContentRepository(engine), transcripts, images)
     running = await serving.start_server(
         service_names=[CONTENT_SERVICE],
