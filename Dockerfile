@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # One image recipe for the three services, chosen by the SERVICE build argument (content, media or gateway):
 #   docker build --build-arg SERVICE=media -t stillpoint-media .
-# The content image also runs the schema migrations (see the migrate service in docker-compose.yml).
+# The content image also runs both services' schema migrations (the migrate service in docker-compose.yml).
 # Build from the repository root; docker-compose.yml passes SERVICE for each of its services.
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -56,7 +56,7 @@ STOPSIGNAL SIGTERM
 # The storage folder exists in the image so that a named volume mounted there starts out owned by the
 # non-root user (Docker copies the ownership into an empty volume).
 
-# Conversations, jobs and event logs; transcripts and images.
+# Conversations (their tables); transcripts and images.
 FROM runtime AS content
 ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
     STILLPOINT_STORAGE_DIR=/var/lib/stillpoint/storage \
@@ -80,9 +80,11 @@ USER stillpoint
 EXPOSE 50053
 CMD ["python", "-m", "services.media"]
 
-# The public GatewayService: jobs, event streams, replay and cancel. It keeps no files.
+# The public GatewayService: jobs (their tables and event logs), event streams, replay and cancel. With no
+# DATABASE_URL its job tables go to a SQLite file in the var folder, which the non-root user owns.
 FROM runtime AS gateway
-ENV STILLPOINT_GATEWAY_PORT=50051
+ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
+    STILLPOINT_GATEWAY_PORT=50051
 USER stillpoint
 EXPOSE 50051
 CMD ["python", "-m", "services.gateway"]
