@@ -231,6 +231,7 @@ async def _stillpoint_phases(
             with running_stack(work / "stack", extra_environment=environment) as stack:
                 meter = _StillpointMeter(
                     address=stack.gateway_address,
+                    api_key=stack.api_key,
                     services=ProcessGroup(_service_pids()),
                     providers=ProcessGroup(providers.pids),
                     database_name=database_url.rsplit("/", 1)[1],
@@ -268,6 +269,7 @@ class _StillpointMeter:
     """Runs batches of Stillpoint jobs and measures what they cost."""
 
     address: str
+    api_key: str
     services: ProcessGroup
     providers: ProcessGroup
     database_name: str
@@ -283,6 +285,7 @@ class _StillpointMeter:
         started = time.perf_counter()
         jobs = await run_jobs(
             self.address,
+            self.api_key,
             conversations,
             concurrent=concurrent,
             first_index=first_index,
@@ -407,7 +410,7 @@ def _stillpoint_environment(
         # Short: a value cached now must not outlive this run's storage server.
         "STILLPOINT_CACHE_TTL_SECONDS": "900",
         # The bench is one client running up to 50 jobs at once: lift the per-client limit.
-        "STILLPOINT_MAX_JOBS_PER_CLIENT": "1000",
+        "STILLPOINT_MAX_JOBS_PER_OWNER": "1000",
     }
 
 

@@ -9,6 +9,7 @@ import grpc
 
 from bench.conversations import ConversationTurn
 from bench.jobs import JobTimeline, StageSpan
+from services.cli import gateway_channel
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -98,6 +99,7 @@ async def run_job(
 
 async def run_jobs(
     address: str,
+    api_key: str,
     conversations: list[list[ConversationTurn]],
     *,
     concurrent: bool,
@@ -105,7 +107,7 @@ async def run_jobs(
     timeout_seconds: float = DEFAULT_JOB_TIMEOUT_SECONDS,
 ) -> list[JobTimeline]:
     """Creates the conversations, then runs a job for each: one after another, or all at once."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with gateway_channel(address, api_key) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         names = [await create_conversation(stub, turns) for turns in conversations]
         numbered = list(zip(names, range(first_index, first_index + len(names)), strict=True))

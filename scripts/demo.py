@@ -23,6 +23,8 @@ def main() -> int:
                 [
                     "--gateway",
                     stack.gateway_address,
+                    "--api-key",
+                    stack.api_key,
                     "--out",
                     str(ROOT / "out"),
                     "generate",

@@ -16,6 +16,11 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.cli import gateway_channel
+
+# Whose conversations a stack's own key reaches (the demo's and the tests').
+STACK_OWNER = "local"
+
 SERVICES = ("content", "media", "gateway")
 
 
@@ -45,6 +50,12 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     environment: dict[str, str] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
+    # An API key made for this stack's run (owner STACK_OWNER), as `stillpoint keys create` makes one.
+    api_key: str = ""
+
+    def gateway_channel(self, replica: str = "gateway") -> grpc.aio.Channel:
+        """A channel to a gateway replica (the first by default) whose every call carries the stack's key."""
+        return gateway_channel(self.addresses[replica], self.api_key)
 
     def replicas(self, service: str) -> list[str]:
         """The process keys of one service's replicas, first replica first."""
@@ -154,6 +165,7 @@ def running_stack(
     # The content service and the gateway refuse an unmigrated database, as in production: migrate first
     # (once: replicas share the database).
     migrate(environment)
+    stack.api_key = create_api_key(environment, STACK_OWNER)
     try:
         for key in keys:
             processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)
@@ -186,6 +198,20 @@ def migrate(environment: Mapping[str, str]) -> None:
         if migrated.returncode != 0:
             output = migrated.stderr.strip() or migrated.stdout.strip()
             raise RuntimeError(f"{owner} migration failed: {output}")
+
+
+def create_api_key(environment: Mapping[str, str], owner: str) -> str:
+    """Makes an API key for `owner` in the gateway's database with `stillpoint keys create`; returns it."""
+    made = subprocess.run(
+        [sys.executable, "-m", "services.cli", "keys", "create", "--owner", owner],
+        env=dict(environment),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if made.returncode != 0 or not made.stdout.strip():
+        raise RuntimeError(f"could not make an API key: {made.stderr.strip()}")
+    return made.stdout.strip()
 
 
 def _port_of(address: str) -> int:

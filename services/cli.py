@@ -15,10 +15,15 @@ from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import grpc
 
+from services.database import DatabaseNotReadyError, create_engine, read_database_url
+from services.environment import ConfigError, Environment
+from services.gateway import migrate as gateway_migrate
+from services.gateway.api_keys import ApiKeyStore
+from services.gateway.errors import GatewayError
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS, SQUARE_SIZE_PIXELS, describe_size
 from services.message_roles import role_values
 from services.proto_time import seconds_of, to_timestamp
@@ -34,6 +39,57 @@ MeditationStreamResponse = gateway_pb.GenerateMeditationResponse | gateway_pb.Wa
 
 class UsageError(Exception):
     """The user's input cannot be used; the message says what to fix."""
+
+
+class _BearerCredential:
+    """Adds `authorization: Bearer <credential>` to a call's metadata."""
+
+    def __init__(self, credential: str) -> None:
+        self._metadatum = ("authorization", f"Bearer {credential}")
+
+    def _with_credential(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), self._metadatum)
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# grpc.aio files an interceptor under the first of the four interfaces it implements (an if/elif chain), so
+# one class per call shape.
+class _UnaryUnaryBearer(_BearerCredential, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_credential(details), request)
+
+
+class _UnaryStreamBearer(_BearerCredential, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._with_credential(details), request)
+
+
+class _StreamUnaryBearer(_BearerCredential, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._with_credential(details), request_iterator)
+
+
+class _StreamStreamBearer(_BearerCredential, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return await continuation(self._with_credential(details), request_iterator)
+
+
+def bearer_interceptors(credential: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send `authorization: Bearer <credential>` with every call on a channel."""
+    return [
+        _UnaryUnaryBearer(credential),
+        _UnaryStreamBearer(credential),
+        _StreamUnaryBearer(credential),
+        _StreamStreamBearer(credential),
+    ]
+
+
+def gateway_channel(address: str, api_key: str) -> grpc.aio.Channel:
+    """A channel to the gateway that authenticates every call with `api_key` (none when empty)."""
+    interceptors = bearer_interceptors(api_key) if api_key else []
+    return grpc.aio.insecure_channel(address, options=channel_options(), interceptors=interceptors)
 
 
 def load_conversation(path: Path) -> gateway_pb.CreateConversationRequest:
@@ -211,7 +267,7 @@ async def generate(args: argparse.Namespace) -> int:
     """Creates the conversation and streams its meditation."""
     request = load_conversation(Path(args.conversation))
     progress = Progress(sys.stdout, is_live=sys.stdout.isatty())
-    async with grpc.aio.insecure_channel(args.gateway, options=channel_options()) as channel:
+    async with gateway_channel(args.gateway, args.api_key) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         created = await stub.CreateConversation(request, timeout=30)
         progress.line(f"created {created.conversation.name} ({len(created.conversation.messages)} messages)")
@@ -228,7 +284,7 @@ async def generate(args: argparse.Namespace) -> int:
 async def watch(args: argparse.Namespace) -> int:
     """Resumes a meditation's stream after a sequence."""
     progress = Progress(sys.stdout, is_live=sys.stdout.isatty())
-    async with grpc.aio.insecure_channel(args.gateway, options=channel_options()) as channel:
+    async with gateway_channel(args.gateway, args.api_key) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         stream = stub.WatchMeditation(
             gateway_pb.WatchMeditationRequest(name=args.name, after_sequence=args.after)
@@ -331,6 +387,39 @@ def _report(meditation: str, saved: list[Path]) -> None:
             print(f"  {path.resolve()}")
 
 
+async def keys(args: argparse.Namespace) -> int:
+    """Creates, lists or revokes API keys in the gateway's database (DATABASE_URL, as the gateway)."""
+    environment = Environment(os.environ)
+    try:
+        var_root = environment.directory("STILLPOINT_VAR_DIR", Path("var"))
+        database_url = read_database_url(environment, gateway_migrate.default_sqlite_file(var_root))
+    except ConfigError as error:
+        raise UsageError(f"configuration error: {error}") from None
+    engine = create_engine(database_url)
+    try:
+        await gateway_migrate.HISTORY.ensure_migrated(engine, database_url)
+        store = ApiKeyStore(engine)
+        if args.keys_command == "create":
+            made = await store.create(args.owner)
+            print(made.key)
+            print(
+                f"API key {made.id} for owner {made.owner!r}: shown once, only its hash is kept. Send it as "
+                "`authorization: Bearer <key>` (the CLI reads STILLPOINT_API_KEY).",
+                file=sys.stderr,
+            )
+        elif args.keys_command == "list":
+            for key in await store.list(args.owner or None):
+                state = "revoked" if key.is_revoked else "active"
+                print(f"{key.id}  {key.owner}  {key.create_time.isoformat(timespec='seconds')}  {state}")
+        elif not await store.revoke(args.id):
+            raise UsageError(f"no active API key has the id {args.id!r} (`stillpoint keys list` shows them)")
+    except (DatabaseNotReadyError, GatewayError) as error:
+        raise UsageError(str(error)) from None
+    finally:
+        await engine.dispose()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `stillpoint` console script."""
     parser = argparse.ArgumentParser(prog="stillpoint", description=__doc__)
@@ -338,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         "--gateway",
         default=os.environ.get("STILLPOINT_GATEWAY_ADDRESS", "127.0.0.1:50051"),
         help="gateway host:port (default: $STILLPOINT_GATEWAY_ADDRESS or 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("STILLPOINT_API_KEY", ""),
+        help="credential for the gateway (default: $STILLPOINT_API_KEY; `stillpoint keys create` makes one)",
     )
     parser.add_argument("--out", default="out", help="folder the videos are saved in (default: out)")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -368,6 +462,14 @@ def main(argv: list[str] | None = None) -> int:
     render_parser.add_argument(
         "--encoder", default="auto", help="auto (probe GPU encoders, else libx264), libx264, h264_nvenc, …"
     )
+    keys_parser = commands.add_parser("keys", help="API keys in the gateway's database (DATABASE_URL)")
+    key_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create_parser = key_commands.add_parser("create", help="make a key; it is printed once")
+    create_parser.add_argument("--owner", required=True, help="whose conversations the key reaches")
+    list_parser = key_commands.add_parser("list", help="list keys (never the keys themselves)")
+    list_parser.add_argument("--owner", default="", help="only this owner's")
+    revoke_parser = key_commands.add_parser("revoke", help="revoke a key by its id (within seconds)")
+    revoke_parser.add_argument("id", help="the key's id, as `keys list` shows it")
     args = parser.parse_args(argv)
     commands_by_name = {
         "generate": generate,
@@ -375,6 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         "stats": stats,
         "pregenerate": pregenerate,
         "render": render,
+        "keys": keys,
     }
     command = commands_by_name[args.command]
     try:

@@ -105,11 +105,13 @@ async def start_server(
     register: ServicerRegistrar,
     address: str,
     maximum_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Builds, registers and starts a server on `address` (port 0 picks a free one) and marks it SERVING."""
+    """Builds, registers and starts a server on `address` (port 0 picks a free one) and marks it SERVING.
+    `interceptors` run after the one that tracks RPCs in flight (the gateway's authentication)."""
     in_flight = InFlightRpcs()
     server = grpc.aio.server(
-        interceptors=[in_flight],
+        interceptors=[in_flight, *interceptors],
         options=channel_options(),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services import serving
 from services.cache.in_process import InProcessCache
+from services.cli import gateway_channel as gateway_channel_to
 from services.content import migrate as content_migrate
 from services.content.generation import (
     ImageGenerator,
@@ -25,11 +26,13 @@ from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
 from services.database import create_engine
 from services.gateway import migrate as gateway_migrate
+from services.gateway.api_keys import ApiKeyStore
+from services.gateway.authentication import Authenticator
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.store import JobStore
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
-from services.gateway.servicer import GatewayServicer
+from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from services.media.encoders import EncoderSelection
 from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
@@ -47,6 +50,8 @@ PREGENERATED_PROMPTS = ["A calm landscape: a still lake at dusk", "A calm landsc
 CONTENT_SERVICE = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 MEDIA_SERVICE = media_pb.DESCRIPTOR.services_by_name["MediaService"].full_name
 GATEWAY_SERVICE = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+# Whose conversations the tests' in-process gateway serves, and the owner content calls name.
+TEST_OWNER = "tester"
 
 
 @pytest.fixture(scope="session")
@@ -130,19 +135,40 @@ async def media_channel(
 
 
 @pytest.fixture
-async def job_store(tmp_path: Path) -> AsyncIterator[JobStore]:
-    """The gateway's job tables in a fresh, migrated SQLite file."""
+async def gateway_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """The gateway's tables in a fresh, migrated SQLite file."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}")
     await gateway_migrate.HISTORY.upgrade(engine)
-    yield JobStore(engine)
+    yield engine
     await engine.dispose()
 
 
 @pytest.fixture
-async def gateway_channel(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
-) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to a real gateway wired to real content and media servers."""
+def job_store(gateway_engine: AsyncEngine) -> JobStore:
+    """The gateway's job tables."""
+    return JobStore(gateway_engine)
+
+
+@pytest.fixture
+def api_keys(gateway_engine: AsyncEngine) -> ApiKeyStore:
+    """The gateway's API keys."""
+    return ApiKeyStore(gateway_engine)
+
+
+@pytest.fixture
+async def api_key(api_keys: ApiKeyStore) -> str:
+    """A key of the owner TEST_OWNER."""
+    return (await api_keys.create(TEST_OWNER)).key
+
+
+@pytest.fixture
+async def gateway_server(
+    content_channel: grpc.aio.Channel,
+    media_channel: grpc.aio.Channel,
+    job_store: JobStore,
+    api_keys: ApiKeyStore,
+) -> AsyncIterator[serving.RunningServer]:
+    """A real gateway wired to real content and media servers, authenticating callers by API key."""
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
@@ -159,11 +185,20 @@ async def gateway_channel(
             GatewayServicer(content, jobs), server
         ),
         address="127.0.0.1:0",
+        interceptors=[AuthenticationInterceptor(Authenticator(api_keys=api_keys))],
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        yield channel
+    yield running
     await running.stop(0)
     await jobs.close()
+
+
+@pytest.fixture
+async def gateway_channel(
+    gateway_server: serving.RunningServer, api_key: str
+) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the gateway whose every call carries TEST_OWNER's API key."""
+    async with gateway_channel_to(f"127.0.0.1:{gateway_server.port}", api_key) as channel:
+        yield channel
 
 
 @pytest.fixture

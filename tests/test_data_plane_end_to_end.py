@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import av
-import grpc
 import pytest
 import redis.asyncio
 
@@ -62,7 +61,7 @@ def production_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 async def _generate(stack: Stack) -> list[gateway_pb.GenerateMeditationResponse]:
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         created = await stub.CreateConversation(load_conversation(ROOT / "examples" / "conversation.json"))
         request = gateway_pb.GenerateMeditationRequest(

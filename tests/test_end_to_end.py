@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import av
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts.stack import Stack, running_stack
 from services.cli import load_conversation
@@ -51,7 +53,7 @@ def _stream_durations(path: Path) -> dict[str, tuple[str, float]]:
 
 
 async def test_one_meditation_streams_in_order_and_both_videos_match_the_narration(stack: Stack) -> None:
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         conversation = (await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)).conversation
         request = gateway_pb.GenerateMeditationRequest(conversation=conversation.name)
@@ -99,12 +101,22 @@ def _grpcurl(*arguments: str, timeout_seconds: float = 120) -> subprocess.Comple
     )
 
 
-def test_grpcurl_lists_services_by_reflection(stack: Stack) -> None:
-    listed = _grpcurl(stack.gateway_address, "list").stdout.split()
+def _as(stack: Stack) -> tuple[str, str]:
+    """grpcurl's arguments for the stack's API key, as the README shows them."""
+    return ("-H", f"authorization: Bearer {stack.api_key}")
+
+
+def test_grpcurl_lists_services_by_reflection_with_a_key_and_not_without(stack: Stack) -> None:
+    listed = _grpcurl(*_as(stack), stack.gateway_address, "list").stdout.split()
     assert "stillpoint.gateway.v1.GatewayService" in listed
     assert "grpc.health.v1.Health" in listed
-    described = _grpcurl(stack.gateway_address, "describe", "stillpoint.gateway.v1.GatewayService").stdout
+    described = _grpcurl(
+        *_as(stack), stack.gateway_address, "describe", "stillpoint.gateway.v1.GatewayService"
+    ).stdout
     assert "rpc GenerateMeditation" in described and "returns ( stream" in described
+    with pytest.raises(subprocess.CalledProcessError) as refused:
+        _grpcurl(stack.gateway_address, "list")
+    assert "Unauthenticated" in refused.value.stderr and "authorization" in refused.value.stderr
 
 
 @pytest.mark.parametrize("service", ["gateway", "content", "media"])
@@ -114,8 +126,16 @@ def test_grpcurl_health_check_reports_serving(stack: Stack, service: str) -> Non
         "content": stack.content_address,
         "media": stack.media_address,
     }
-    checked = _grpcurl("-d", '{"service": ""}', address[service], "grpc.health.v1.Health/Check")
+    # grpcurl reads the schema by reflection, which the gateway serves to callers with a key; health itself
+    # is open, as load balancers probe it without credentials.
+    credentials = _as(stack) if service == "gateway" else ()
+    checked = _grpcurl(*credentials, "-d", '{"service": ""}', address[service], "grpc.health.v1.Health/Check")
     assert json.loads(checked.stdout)["status"] == "SERVING"
+    with grpc.insecure_channel(address[service]) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=10
+        )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_grpcurl_runs_a_meditation_to_completion(stack: Stack) -> None:
@@ -131,10 +151,15 @@ def test_grpcurl_runs_a_meditation_to_completion(stack: Stack) -> None:
         }
     )
     created = _grpcurl(
-        "-d", conversation, stack.gateway_address, "stillpoint.gateway.v1.GatewayService/CreateConversation"
+        *_as(stack),
+        "-d",
+        conversation,
+        stack.gateway_address,
+        "stillpoint.gateway.v1.GatewayService/CreateConversation",
     )
     name = json.loads(created.stdout)["conversation"]["name"]
     streamed = _grpcurl(
+        *_as(stack),
         "-d",
         json.dumps({"conversation": name}),
         stack.gateway_address,
@@ -170,9 +195,12 @@ def test_stillpoint_cli_saves_both_videos_and_watch_resumes_after_a_sequence(
     stack: Stack, tmp_path: Path
 ) -> None:
     command = [str(Path(sys.executable).parent / "stillpoint"), "--gateway", stack.gateway_address]
+    # The CLI reads its credential from the environment, as the README says.
+    environment = {**os.environ, "STILLPOINT_API_KEY": stack.api_key}
     out_dir = tmp_path / "out"
     generated = subprocess.run(
         [*command, "--out", str(out_dir), "generate", "--conversation", str(EXAMPLE)],
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
@@ -188,6 +216,7 @@ def test_stillpoint_cli_saves_both_videos_and_watch_resumes_after_a_sequence(
     assert "completed: succeeded" in generated
     watched = subprocess.run(
         [*command, "--out", str(tmp_path / "again"), "watch", meditation, "--after", "20"],
+        env=environment,
         capture_output=True,
         text=True,
         timeout=120,

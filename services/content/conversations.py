@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,9 +65,23 @@ class SourceContent:
     themes: tuple[str, ...]
 
 
-async def collect_source_content(repository: ContentRepository, conversation_id: str) -> SourceContent:
-    """Loads a conversation and cuts it to the most recent, most substantive text."""
-    conversation = await repository.get_conversation(conversation_id)
+def request_sha256(title: str, messages: Sequence[NewMessage]) -> str:
+    """What a CreateConversation request asked for, as a hash: a retry with its request_id must match it."""
+    request = {
+        "title": title,
+        "messages": [
+            [message.role, message.text, message.create_time.isoformat() if message.create_time else None]
+            for message in messages
+        ],
+    }
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+async def collect_source_content(
+    repository: ContentRepository, owner: str, conversation_id: str
+) -> SourceContent:
+    """Loads `owner`'s conversation and cuts it to the most recent, most substantive text."""
+    conversation = await repository.get_conversation(owner, conversation_id)
     if not conversation.messages:
         raise PreconditionError(
             f"conversations/{conversation_id} has no messages: add some with AppendMessages first"

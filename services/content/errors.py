@@ -26,3 +26,7 @@ class NotFoundError(ContentError):
 
 class PreconditionError(ContentError):
     """The resource exists but is not in a state that allows the request."""
+
+
+class AlreadyExistsError(InvalidInputError):
+    """A request id was used before for a different request (AIP-155): the message says what to do."""

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import (
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -22,7 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.content.errors import NotFoundError
+from services.content.errors import AlreadyExistsError, NotFoundError
 from services.database import aware, now
 
 
@@ -34,10 +35,18 @@ class ConversationRow(Base):
     """A stored conversation."""
 
     __tablename__ = "conversations"
-    __table_args__ = (UniqueConstraint("request_id", name="uq_conversations_request_id"),)
+    __table_args__ = (
+        # A request id is its owner's: another owner's equal id is another request.
+        UniqueConstraint("owner", "request_id", name="uq_conversations_owner_request_id"),
+        Index("ix_conversations_owner", "owner"),
+    )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # The authenticated caller who created it; only they ever see it.
+    owner: Mapped[str] = mapped_column(String(128), default="", server_default="")
     title: Mapped[str] = mapped_column(String(200), default="", server_default="")
     request_id: Mapped[str | None] = mapped_column(String(64))
+    # The SHA-256 of the request that used `request_id`: a retry must be the same request.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
@@ -103,40 +112,69 @@ class ContentRepository:
             yield session
 
     async def create_conversation(
-        self, *, title: str, messages: Sequence[NewMessage], request_id: str | None
+        self,
+        *,
+        owner: str,
+        title: str,
+        messages: Sequence[NewMessage],
+        request_id: str | None,
+        request_sha256: str | None = None,
     ) -> Conversation:
-        """Stores a conversation; a repeated `request_id` returns the conversation it first created."""
+        """Stores `owner`'s conversation. A repeated `request_id` of the same owner returns the conversation
+        it first created when the request is the same (`request_sha256`), else raises AlreadyExistsError."""
         if request_id:
-            existing = await self._conversation_by_request_id(request_id)
+            existing = await self._conversation_by_request_id(owner, request_id, request_sha256)
             if existing is not None:
                 return existing
         conversation_id = new_id()
         try:
             async with self._transaction() as session:
-                session.add(ConversationRow(id=conversation_id, title=title, request_id=request_id or None))
+                session.add(
+                    ConversationRow(
+                        id=conversation_id,
+                        owner=owner,
+                        title=title,
+                        request_id=request_id or None,
+                        request_sha256=request_sha256,
+                    )
+                )
                 await session.flush()
                 _add_messages(session, conversation_id, 0, messages)
         except IntegrityError:
-            # Two identical retries raced; the unique request_id let exactly one in.
+            # Two identical retries raced; the unique (owner, request_id) let exactly one in.
             if request_id:
-                existing = await self._conversation_by_request_id(request_id)
+                existing = await self._conversation_by_request_id(owner, request_id, request_sha256)
                 if existing is not None:
                     return existing
             raise
-        return await self.get_conversation(conversation_id)
+        return await self.get_conversation(owner, conversation_id)
 
-    async def _conversation_by_request_id(self, request_id: str) -> Conversation | None:
+    async def _conversation_by_request_id(
+        self, owner: str, request_id: str, request_sha256: str | None
+    ) -> Conversation | None:
         async with self._sessions() as session:
-            found = await session.scalar(
-                select(ConversationRow.id).where(ConversationRow.request_id == request_id)
+            found = (
+                await session.execute(
+                    select(ConversationRow.id, ConversationRow.request_sha256).where(
+                        ConversationRow.owner == owner, ConversationRow.request_id == request_id
+                    )
+                )
+            ).first()
+        if found is None:
+            return None
+        if found.request_sha256 != request_sha256:
+            raise AlreadyExistsError(
+                "request_id", "was already used for a different conversation: use a new id for each request"
             )
-        return None if found is None else await self.get_conversation(found)
+        return await self.get_conversation(owner, found.id)
 
-    async def append_messages(self, conversation_id: str, messages: Sequence[NewMessage]) -> int:
-        """Appends messages in order and returns the conversation's new message count."""
+    async def append_messages(self, owner: str, conversation_id: str, messages: Sequence[NewMessage]) -> int:
+        """Appends messages in order to `owner`'s conversation and returns its new message count."""
         async with self._transaction() as session:
             exists = await session.scalar(
-                select(ConversationRow.id).where(ConversationRow.id == conversation_id).with_for_update()
+                select(ConversationRow.id)
+                .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
+                .with_for_update()
             )
             if exists is None:
                 raise NotFoundError(f"conversations/{conversation_id}")
@@ -149,11 +187,12 @@ class ContentRepository:
             _add_messages(session, conversation_id, start, messages)
         return start + len(messages)
 
-    async def get_conversation(self, conversation_id: str) -> Conversation:
-        """Returns a conversation with its messages."""
+    async def get_conversation(self, owner: str, conversation_id: str) -> Conversation:
+        """Returns `owner`'s conversation with its messages; anyone else's is NotFoundError, exactly as a
+        missing one is."""
         async with self._sessions() as session:
             row = await session.get(ConversationRow, conversation_id)
-            if row is None:
+            if row is None or row.owner != owner:
                 raise NotFoundError(f"conversations/{conversation_id}")
             messages = (
                 await session.scalars(

@@ -13,6 +13,7 @@ import grpc
 from services.cache.base import CacheUnavailableError, ResultCache
 from services.content import conversations
 from services.content.errors import (
+    AlreadyExistsError,
     ContentError,
     InvalidInputError,
     NotFoundError,
@@ -80,7 +81,11 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             messages = _new_messages(request.messages)
             conversations.validate_messages(messages, allow_empty=True)
             stored = await self._repository.create_conversation(
-                title=title, messages=messages, request_id=request_id
+                owner=_owner(request.owner),
+                title=title,
+                messages=messages,
+                request_id=request_id,
+                request_sha256=conversations.request_sha256(title, messages),
             )
         return content_pb.CreateConversationResponse(conversation=_conversation_proto(stored))
 
@@ -91,7 +96,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             conversation_id = _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
             messages = _new_messages(request.messages)
             conversations.validate_messages(messages, allow_empty=False)
-            count = await self._repository.append_messages(conversation_id, messages)
+            count = await self._repository.append_messages(_owner(request.owner), conversation_id, messages)
         return content_pb.AppendMessagesResponse(message_count=count)
 
     async def GetConversation(
@@ -99,7 +104,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
     ) -> content_pb.GetConversationResponse:
         async with _status_for_errors(context):
             conversation_id = _parse_name(request.name, _CONVERSATION_NAME, "name")
-            stored = await self._repository.get_conversation(conversation_id)
+            stored = await self._repository.get_conversation(_owner(request.owner), conversation_id)
         return content_pb.GetConversationResponse(conversation=_conversation_proto(stored))
 
     async def CollectSourceContent(
@@ -107,7 +112,9 @@ class ContentServicer(content_grpc.ContentServiceServicer):
     ) -> content_pb.CollectSourceContentResponse:
         async with _status_for_errors(context):
             conversation_id = _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
-            source = await conversations.collect_source_content(self._repository, conversation_id)
+            source = await conversations.collect_source_content(
+                self._repository, _owner(request.owner), conversation_id
+            )
         return content_pb.CollectSourceContentResponse(
             source_text=source.text, source_sha256=source.sha256, themes=source.themes
         )
@@ -215,6 +222,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     """The one place content errors become gRPC status codes (AIP-193: short and actionable)."""
     try:
         yield
+    except AlreadyExistsError as error:
+        await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(error))
     except InvalidInputError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except NotFoundError as error:
@@ -226,6 +235,18 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")
+
+
+def _owner(owner: str) -> str:
+    """The caller the gateway authenticated; every conversation RPC must name one."""
+    if not owner or len(owner) > _MAX_OWNER_CHARS:
+        raise InvalidInputError(
+            "owner", f"must name the authenticated caller (1 to {_MAX_OWNER_CHARS} characters)"
+        )
+    return owner
+
+
+_MAX_OWNER_CHARS = 128
 
 
 def _parse_name(name: str, pattern: re.Pattern[str], field: str) -> str:

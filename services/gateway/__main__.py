@@ -7,11 +7,16 @@ import logging
 import os
 import sys
 
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from services import serving
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
+from services.gateway.api_keys import ApiKeyStore
+from services.gateway.authentication import LOCAL_OWNER, Authenticator, JwksKeys, SupabaseTokens
 from services.gateway.backends import ContentClient, MediaClient, open_backend_channel
-from services.gateway.config import GatewayConfig
+from services.gateway.config import AuthenticationConfig, GatewayConfig
 from services.gateway.jobs import MeditationJobs, claim_timeout_seconds
 from services.gateway.jobs.store import JobStore
 from services.gateway.jobs.work_queue import (
@@ -22,7 +27,7 @@ from services.gateway.jobs.work_queue import (
 )
 from services.gateway.migrate import HISTORY
 from services.gateway.pipeline import MeditationPipeline
-from services.gateway.servicer import GatewayServicer
+from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from services.redis_connection import RedisUnavailableError, connect_redis, redact_redis_url
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
@@ -36,15 +41,18 @@ async def main(config: GatewayConfig) -> None:
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-gateway")
     try:
         await HISTORY.ensure_migrated(engine, config.database_url)
-        await serve(config, JobStore(engine))
+        await serve(config, engine)
     except DatabaseNotReadyError as error:
         sys.exit(f"gateway: {error}")
     finally:
         await engine.dispose()
 
 
-async def serve(config: GatewayConfig, store: JobStore) -> None:
-    """Opens one channel per peer and the work queue, serves, and closes them on the way out."""
+async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
+    """Opens one channel per peer, the work queue and the JWKS client, serves, and closes them on the way
+    out."""
+    store = JobStore(engine)
+    authenticator, jwks_client = make_authenticator(config.authentication, ApiKeyStore(engine))
     content_channel = open_backend_channel(config.content_address)
     media_channel = open_backend_channel(config.media_address)
     content = ContentClient(content_channel, config.timeouts)
@@ -65,6 +73,8 @@ async def serve(config: GatewayConfig, store: JobStore) -> None:
         await jobs.close()
         await content_channel.close()
         await media_channel.close()
+        if jwks_client is not None:
+            await jwks_client.aclose()
 
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
@@ -73,12 +83,40 @@ async def serve(config: GatewayConfig, store: JobStore) -> None:
         ),
         address=f"0.0.0.0:{config.port}",
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        interceptors=[AuthenticationInterceptor(authenticator)],
     )
     # Carries on jobs a stopped or crashed gateway left behind, and keeps this one's leases fresh.
     jobs.start_janitor()
     await serving.serve_until_signalled(
         running, grace_seconds=config.grace_seconds, on_stopping=jobs.stop_janitor, on_stopped=release
     )
+
+
+def make_authenticator(
+    config: AuthenticationConfig, api_keys: ApiKeyStore
+) -> tuple[Authenticator, httpx.AsyncClient | None]:
+    """API keys always; Supabase access tokens when SUPABASE_URL is set (with the HTTP client that fetches
+    the project's JWKS, closed at shutdown)."""
+    if config.is_disabled:
+        logger.warning(
+            "AUTHENTICATION IS DISABLED (STILLPOINT_AUTH=disabled): every caller is the owner %r and sees "
+            "every conversation. Use this for local experiments only, never where anyone else can reach it.",
+            LOCAL_OWNER,
+        )
+        return Authenticator(api_keys=None, is_disabled=True), None
+    if config.supabase is None:
+        return Authenticator(api_keys=api_keys), None
+    jwks_client = httpx.AsyncClient() if config.supabase.is_jwks_used else None
+    jwks = (
+        JwksKeys(
+            config.supabase.jwks_url,
+            jwks_client,
+            refetch_cooldown_seconds=config.supabase.jwks_refetch_cooldown_seconds,
+        )
+        if jwks_client is not None
+        else None
+    )
+    return Authenticator(api_keys=api_keys, supabase=SupabaseTokens(config.supabase, jwks)), jwks_client
 
 
 async def open_work_queue(config: GatewayConfig) -> WorkQueue:
@@ -106,7 +144,10 @@ def run() -> None:
         config = GatewayConfig.from_environment(Environment(os.environ))
     except ConfigError as error:
         sys.exit(f"gateway: configuration error: {error}")
-    serving.configure_logging(config.log_level)
+    supabase = config.authentication.supabase
+    # The legacy JWT secret signs every user's token: it never reaches a log.
+    secrets = [supabase.jwt_secret] if supabase is not None and supabase.jwt_secret else []
+    serving.configure_logging(config.log_level, secrets=secrets)
     asyncio.run(main(config))
 
 

@@ -99,6 +99,7 @@ _PROFILE = {
 _PASSED_ON = {
     grpc.StatusCode.INVALID_ARGUMENT: FailureKind.INVALID_INPUT,
     grpc.StatusCode.NOT_FOUND: FailureKind.NOT_FOUND,
+    grpc.StatusCode.ALREADY_EXISTS: FailureKind.ALREADY_EXISTS,
     grpc.StatusCode.FAILED_PRECONDITION: FailureKind.PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED: FailureKind.EXHAUSTED,
     grpc.StatusCode.DEADLINE_EXCEEDED: FailureKind.DEADLINE,
@@ -181,11 +182,11 @@ class ContentClient:
         self._timeouts = timeouts
 
     async def create_conversation(
-        self, title: str, messages: Sequence[Message], request_id: str
+        self, owner: str, title: str, messages: Sequence[Message], request_id: str
     ) -> Conversation:
-        """Stores a conversation."""
+        """Stores `owner`'s conversation."""
         request = content_pb.CreateConversationRequest(
-            title=title, messages=_messages(messages), request_id=request_id
+            title=title, messages=_messages(messages), request_id=request_id, owner=owner
         )
         response = await _call(
             "content",
@@ -193,27 +194,29 @@ class ContentClient:
         )
         return _conversation(response.conversation)
 
-    async def append_messages(self, conversation: str, messages: Sequence[Message]) -> int:
-        """Appends messages and returns the new count."""
-        request = content_pb.AppendMessagesRequest(conversation=conversation, messages=_messages(messages))
+    async def append_messages(self, owner: str, conversation: str, messages: Sequence[Message]) -> int:
+        """Appends messages to `owner`'s conversation and returns the new count."""
+        request = content_pb.AppendMessagesRequest(
+            conversation=conversation, messages=_messages(messages), owner=owner
+        )
         response = await _call(
             "content",
             lambda: self._stub.AppendMessages(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return response.message_count
 
-    async def get_conversation(self, name: str) -> Conversation:
-        """Returns a conversation."""
-        request = content_pb.GetConversationRequest(name=name)
+    async def get_conversation(self, owner: str, name: str) -> Conversation:
+        """Returns `owner`'s conversation."""
+        request = content_pb.GetConversationRequest(name=name, owner=owner)
         response = await _call(
             "content",
             lambda: self._stub.GetConversation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return _conversation(response.conversation)
 
-    async def collect_source_content(self, conversation: str) -> SourceContent:
-        """Cuts the conversation to its source content."""
-        request = content_pb.CollectSourceContentRequest(conversation=conversation)
+    async def collect_source_content(self, owner: str, conversation: str) -> SourceContent:
+        """Cuts `owner`'s conversation to its source content."""
+        request = content_pb.CollectSourceContentRequest(conversation=conversation, owner=owner)
         response = await _call(
             "content",
             lambda: self._stub.CollectSourceContent(request, timeout=bounded(self._timeouts.source_seconds)),

@@ -6,10 +6,45 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.database import PoolSettings, read_database_url, read_pool_settings
-from services.environment import Environment
+from services.environment import ConfigError, Environment
+from services.gateway.authentication import SupabaseAuthSettings
 from services.gateway.jobs import JobLimits
 from services.gateway.migrate import default_sqlite_file
 from services.gateway.pipeline import StageTimeouts
+
+
+@dataclass(frozen=True)
+class AuthenticationConfig:
+    """How callers are authenticated."""
+
+    # STILLPOINT_AUTH=disabled lets every call in as one local owner: for local experiments only.
+    is_disabled: bool
+    supabase: SupabaseAuthSettings | None
+
+    @classmethod
+    def from_environment(cls, environment: Environment) -> AuthenticationConfig:
+        """STILLPOINT_AUTH, SUPABASE_URL, SUPABASE_JWT_SECRET and STILLPOINT_SUPABASE_JWKS."""
+        is_disabled = environment.choice("STILLPOINT_AUTH", "enabled", ("enabled", "disabled")) == "disabled"
+        supabase_url = environment.text("SUPABASE_URL", "")
+        if supabase_url and not supabase_url.startswith(("https://", "http://")):
+            raise ConfigError(
+                f"SUPABASE_URL={supabase_url!r} must start with https:// (http:// for local tests)"
+            )
+        secret = environment.text("SUPABASE_JWT_SECRET", "") or None
+        if secret is not None and not supabase_url:
+            raise ConfigError(
+                "SUPABASE_JWT_SECRET is set without SUPABASE_URL: set both (the URL is the issuer)"
+            )
+        supabase = (
+            SupabaseAuthSettings(
+                url=supabase_url,
+                jwt_secret=secret,
+                is_jwks_used=environment.flag("STILLPOINT_SUPABASE_JWKS", True),
+            )
+            if supabase_url
+            else None
+        )
+        return cls(is_disabled=is_disabled, supabase=supabase)
 
 
 @dataclass(frozen=True)
@@ -30,6 +65,8 @@ class GatewayConfig:
     job_limits: JobLimits
     # With Redis, jobs are shared by every gateway replica through a Redis stream; without, in-process.
     redis_url: str | None
+    # Who may call: API keys always; Supabase Auth users when SUPABASE_URL is set.
+    authentication: AuthenticationConfig
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -55,8 +92,8 @@ class GatewayConfig:
                 "STILLPOINT_MAX_CONCURRENT_RPCS", 500, minimum=1, maximum=100_000
             ),
             job_limits=JobLimits(
-                max_jobs_per_client=environment.integer(
-                    "STILLPOINT_MAX_JOBS_PER_CLIENT", 4, minimum=1, maximum=10_000
+                max_jobs_per_owner=environment.integer(
+                    "STILLPOINT_MAX_JOBS_PER_OWNER", 4, minimum=1, maximum=10_000
                 ),
                 # Each job holds a live FFmpeg encoder and speech requests on the media replicas: past this
                 # many on one gateway, jobs wait in the queue for any replica with room.
@@ -77,6 +114,7 @@ class GatewayConfig:
                 "STILLPOINT_JOB_LEASE_SECONDS", 30.0, minimum=3, maximum=3600
             ),
             redis_url=environment.redis_url("REDIS_URL"),
+            authentication=AuthenticationConfig.from_environment(environment),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),

@@ -10,6 +10,8 @@ class FailureKind(enum.StrEnum):
 
     INVALID_INPUT = "invalid_input"
     NOT_FOUND = "not_found"
+    ALREADY_EXISTS = "already_exists"
+    UNAUTHENTICATED = "unauthenticated"
     PRECONDITION = "precondition"
     EXHAUSTED = "exhausted"
     UNAVAILABLE = "unavailable"

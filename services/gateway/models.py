@@ -68,6 +68,8 @@ class Meditation:
     """A meditation job and its assets."""
 
     name: str
+    # The authenticated caller who asked for it; only they ever see it.
+    owner: str
     conversation: str
     state: MeditationState
     options: MeditationOptions

@@ -95,7 +95,7 @@ class MeditationPipeline:
         # simply continues.
         options = meditation.options
         async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds) as stage:
-            source = await self._content.collect_source_content(meditation.conversation)
+            source = await self._content.collect_source_content(meditation.owner, meditation.conversation)
             stage.detail = f"{len(source.text)} characters; themes: {', '.join(source.themes[:3]) or 'none'}"
         # The image is the slowest call: start it now, and let the transcript and narration run beside it.
         image_task = asyncio.create_task(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
 from services.gateway import events
+from services.gateway.authentication import Authenticator, caller, set_caller
 from services.gateway.deadlines import client_deadline
 from services.gateway.errors import FailureKind, GatewayError, InvalidInputError
 from services.gateway.jobs import MeditationJobs
@@ -38,6 +39,8 @@ _MEDITATION_NAME = re.compile(r"^meditations/[0-9a-f]{16}$")
 _STATUS = {
     FailureKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
     FailureKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    FailureKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    FailureKind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
     FailureKind.PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     FailureKind.EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
     FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
@@ -78,6 +81,8 @@ _QUALITY = {
     events.VideoQuality.ENHANCED: gateway_pb.VIDEO_QUALITY_ENHANCED,
 }
 
+_TRequest = TypeVar("_TRequest")
+_TResponse = TypeVar("_TResponse")
 StreamResponse = TypeVar(
     "StreamResponse", gateway_pb.GenerateMeditationResponse, gateway_pb.WatchMeditationResponse
 )
@@ -96,7 +101,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
         async with _status_for_errors(context):
             messages = _messages(request.messages)
             conversation = await self._content.create_conversation(
-                request.title, messages, request.request_id
+                caller(), request.title, messages, request.request_id
             )
         return gateway_pb.CreateConversationResponse(conversation=_conversation_proto(conversation))
 
@@ -105,7 +110,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
     ) -> gateway_pb.AppendMessagesResponse:
         async with _status_for_errors(context):
             name = _checked_name(request.conversation, _CONVERSATION_NAME, "conversation")
-            count = await self._content.append_messages(name, _messages(request.messages))
+            count = await self._content.append_messages(caller(), name, _messages(request.messages))
         return gateway_pb.AppendMessagesResponse(message_count=count)
 
     async def GetConversation(
@@ -113,7 +118,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
     ) -> gateway_pb.GetConversationResponse:
         async with _status_for_errors(context):
             name = _checked_name(request.name, _CONVERSATION_NAME, "name")
-            conversation = await self._content.get_conversation(name)
+            conversation = await self._content.get_conversation(caller(), name)
         return gateway_pb.GetConversationResponse(conversation=_conversation_proto(conversation))
 
     async def GenerateMeditation(
@@ -125,10 +130,9 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
                 image_aspect=_ASPECT.get(request.options.image_aspect, ImageAspect.LANDSCAPE),
                 skip_cache=request.options.skip_cache,
             )
-            name = await self._jobs.start(
-                conversation, request.request_id, options, client=_client_of(context)
-            )
-            async for event in self._jobs.watch(name, after_sequence=0):
+            owner = caller()
+            name = await self._jobs.start(owner, conversation, request.request_id, options)
+            async for event in self._jobs.watch(owner, name, after_sequence=0):
                 yield _response(gateway_pb.GenerateMeditationResponse, event)
                 _raise_if_failed(event)
 
@@ -139,7 +143,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             name = _checked_name(request.name, _MEDITATION_NAME, "name")
             if request.after_sequence < 0:
                 raise InvalidInputError("after_sequence", "must be 0 or more: the last sequence you received")
-            async for event in self._jobs.watch(name, after_sequence=request.after_sequence):
+            async for event in self._jobs.watch(caller(), name, after_sequence=request.after_sequence):
                 yield _response(gateway_pb.WatchMeditationResponse, event)
                 _raise_if_failed(event)
 
@@ -147,15 +151,84 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
         self, request: gateway_pb.GetMeditationRequest, context: _Context
     ) -> gateway_pb.GetMeditationResponse:
         async with _status_for_errors(context):
-            meditation = await self._jobs.get(_checked_name(request.name, _MEDITATION_NAME, "name"))
+            meditation = await self._jobs.get(caller(), _checked_name(request.name, _MEDITATION_NAME, "name"))
         return gateway_pb.GetMeditationResponse(meditation=_meditation_proto(meditation))
 
     async def CancelMeditation(
         self, request: gateway_pb.CancelMeditationRequest, context: _Context
     ) -> gateway_pb.CancelMeditationResponse:
         async with _status_for_errors(context):
-            meditation = await self._jobs.cancel(_checked_name(request.name, _MEDITATION_NAME, "name"))
+            meditation = await self._jobs.cancel(
+                caller(), _checked_name(request.name, _MEDITATION_NAME, "name")
+            )
         return gateway_pb.CancelMeditationResponse(meditation=_meditation_proto(meditation))
+
+
+class AuthenticationInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call but health checks (reflection included) before its handler runs, from its
+    `authorization` metadata; the owner it names is the call's `caller()`. A refused call ends with
+    UNAUTHENTICATED and never reaches a handler."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._authenticator = authenticator
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_TRequest, _TResponse] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_TRequest, _TResponse] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_OPEN_PREFIX):
+            return handler
+        authorization = _metadata_value(handler_call_details.invocation_metadata, "authorization")
+        try:
+            # Interceptors run in the RPC's own task and context, so the handler sees this caller.
+            set_caller(await self._authenticator.owner_of(authorization))
+        except GatewayError as error:
+            refusing: grpc.RpcMethodHandler[_TRequest, _TResponse] = _refusing(
+                handler, _STATUS[error.kind], error.message
+            )
+            return refusing
+        return handler
+
+
+# Load balancers and orchestrators probe health without credentials.
+_OPEN_PREFIX = "/grpc.health.v1.Health/"
+
+
+def _metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> str | None:
+    for name, value in metadata or ():
+        if name == key:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
+
+def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same shape as `handler` that ends the call with `code` before reading anything."""
+
+    async def unary(_request: object, context: _Context) -> None:
+        await context.abort(code, message)
+
+    async def streaming(_request: object, context: _Context) -> AsyncIterator[None]:
+        await context.abort(code, message)
+        yield  # never reached: makes this an async generator, as a streaming handler must be
+
+    shapes = {
+        "unary_unary": (unary, grpc.unary_unary_rpc_method_handler),
+        "unary_stream": (streaming, grpc.unary_stream_rpc_method_handler),
+        "stream_unary": (unary, grpc.stream_unary_rpc_method_handler),
+        "stream_stream": (streaming, grpc.stream_stream_rpc_method_handler),
+    }
+    for shape, (behaviour, make) in shapes.items():
+        if getattr(handler, shape) is not None:
+            return make(
+                behaviour,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    raise AssertionError("a handler of no known shape")
 
 
 @asynccontextmanager
@@ -167,16 +240,6 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
             yield
     except GatewayError as error:
         await context.abort(_STATUS[error.kind], error.message)
-
-
-def _client_of(context: _Context) -> str:
-    """Who is asking, for per-client limits: the `x-stillpoint-client` metadata if the caller names itself
-    (an app behind one proxy should), else the peer's host."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-stillpoint-client" and isinstance(value, str) and value:
-            return value[:64]
-    peer = context.peer() or ""
-    return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
 def _raise_if_failed(event: events.SequencedEvent) -> None:

@@ -23,6 +23,7 @@ from tests.data_plane import (
     fresh_database,
 )
 
+OWNER = "tester"
 MESSAGES = [
     NewMessage("user", "I keep thinking about the deadline."),
     NewMessage("assistant", "Tell me more."),
@@ -84,9 +85,11 @@ async def test_an_unreachable_database_names_its_host_not_its_password() -> None
 
 
 async def test_messages_keep_their_order_across_appends(repository: ContentRepository) -> None:
-    conversation = await repository.create_conversation(title="t", messages=MESSAGES, request_id=None)
-    count = await repository.append_messages(conversation.id, [NewMessage("user", "And my sister.")])
-    stored = await repository.get_conversation(conversation.id)
+    conversation = await repository.create_conversation(
+        owner=OWNER, title="t", messages=MESSAGES, request_id=None
+    )
+    count = await repository.append_messages(OWNER, conversation.id, [NewMessage("user", "And my sister.")])
+    stored = await repository.get_conversation(OWNER, conversation.id)
     assert count == 3
     assert [m.text for m in stored.messages] == [*(m.text for m in MESSAGES), "And my sister."]
     assert stored.create_time.tzinfo is not None
@@ -96,7 +99,10 @@ async def test_concurrent_creates_with_one_request_id_make_one_conversation(
     repository: ContentRepository,
 ) -> None:
     made = await asyncio.gather(
-        *(repository.create_conversation(title="t", messages=MESSAGES, request_id="same") for _ in range(10))
+        *(
+            repository.create_conversation(owner=OWNER, title="t", messages=MESSAGES, request_id="same")
+            for _ in range(10)
+        )
     )
     assert len({conversation.id for conversation in made}) == 1
 
@@ -143,11 +149,11 @@ async def test_100_concurrent_writers_never_exceed_the_pool_and_release_every_co
 
         async def job(number: int) -> None:
             conversation = await repository.create_conversation(
-                title=f"job {number}", messages=MESSAGES, request_id=f"job-{number}"
+                owner=OWNER, title=f"job {number}", messages=MESSAGES, request_id=f"job-{number}"
             )
             for turn in range(10):
-                await repository.append_messages(conversation.id, [NewMessage("user", f"turn {turn}")])
-            await repository.get_conversation(conversation.id)
+                await repository.append_messages(OWNER, conversation.id, [NewMessage("user", f"turn {turn}")])
+            await repository.get_conversation(OWNER, conversation.id)
 
         sampler = asyncio.create_task(sample())
         await asyncio.gather(*(job(number) for number in range(100)))

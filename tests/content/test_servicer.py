@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
@@ -12,6 +13,7 @@ from services.script_marks import split_on_pauses
 from services.storage.local import LocalAssetStorage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
+from tests.conftest import TEST_OWNER
 
 USER = content_pb.MESSAGE_ROLE_USER
 CONVERSATION = [
@@ -26,16 +28,22 @@ CONVERSATION = [
 ]
 
 
-async def new_conversation(stub: content_grpc.ContentServiceStub, request_id: str = "") -> str:
+async def new_conversation(
+    stub: content_grpc.ContentServiceStub, request_id: str = "", owner: str = TEST_OWNER
+) -> str:
     response = await stub.CreateConversation(
-        content_pb.CreateConversationRequest(title="River", messages=CONVERSATION, request_id=request_id)
+        content_pb.CreateConversationRequest(
+            title="River", messages=CONVERSATION, request_id=request_id, owner=owner
+        )
     )
     return response.conversation.name
 
 
 async def source_text(stub: content_grpc.ContentServiceStub) -> str:
     name = await new_conversation(stub)
-    response = await stub.CollectSourceContent(content_pb.CollectSourceContentRequest(conversation=name))
+    response = await stub.CollectSourceContent(
+        content_pb.CollectSourceContentRequest(conversation=name, owner=TEST_OWNER)
+    )
     return response.source_text
 
 
@@ -49,13 +57,56 @@ async def test_create_conversation_with_the_same_request_id_returns_the_first(
     assert other != first
 
 
+async def test_a_request_id_is_its_owners_and_bound_to_its_request(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    """Property: another owner's equal request_id makes that owner's own conversation, never the first
+    owner's; the same owner reusing it for a different conversation is ALREADY_EXISTS."""
+    first = await new_conversation(content_stub, request_id="import-44")
+    someone_else = await new_conversation(content_stub, request_id="import-44", owner="someone-else")
+    assert someone_else != first
+    with pytest.raises(grpc.aio.AioRpcError) as reused:
+        await content_stub.CreateConversation(
+            content_pb.CreateConversationRequest(
+                title="Another", messages=CONVERSATION, request_id="import-44", owner=TEST_OWNER
+            )
+        )
+    assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert "request_id" in (reused.value.details() or "")
+
+
+async def test_another_owners_conversation_answers_exactly_as_a_missing_one(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    name = await new_conversation(content_stub)
+    missing = "conversations/00000000000000ab"
+    calls: list[Callable[[str], Awaitable[object]]] = [
+        lambda target: content_stub.GetConversation(
+            content_pb.GetConversationRequest(name=target, owner="someone-else")
+        ),
+        lambda target: content_stub.AppendMessages(
+            content_pb.AppendMessagesRequest(conversation=target, messages=CONVERSATION, owner="someone-else")
+        ),
+        lambda target: content_stub.CollectSourceContent(
+            content_pb.CollectSourceContentRequest(conversation=target, owner="someone-else")
+        ),
+    ]
+    for call in calls:
+        answers = []
+        for target in (name, missing):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call(target)
+            answers.append((raised.value.code(), (raised.value.details() or "").replace(target, "<name>")))
+        assert answers[0] == answers[1] == (grpc.StatusCode.NOT_FOUND, "<name> does not exist")
+
+
 async def test_append_to_unknown_conversation_is_not_found(
     content_stub: content_grpc.ContentServiceStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await content_stub.AppendMessages(
             content_pb.AppendMessagesRequest(
-                conversation="conversations/00000000000000aa", messages=CONVERSATION
+                conversation="conversations/00000000000000aa", messages=CONVERSATION, owner=TEST_OWNER
             )
         )
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
@@ -64,7 +115,9 @@ async def test_append_to_unknown_conversation_is_not_found(
 async def test_message_without_role_is_invalid(content_stub: content_grpc.ContentServiceStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         await content_stub.CreateConversation(
-            content_pb.CreateConversationRequest(messages=[content_pb.Message(text="hello")])
+            content_pb.CreateConversationRequest(
+                messages=[content_pb.Message(text="hello")], owner=TEST_OWNER
+            )
         )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "messages[0].role" in (raised.value.details() or "")
@@ -75,7 +128,7 @@ async def test_source_content_keeps_the_conversations_themes(
 ) -> None:
     name = await new_conversation(content_stub)
     response = await content_stub.CollectSourceContent(
-        content_pb.CollectSourceContentRequest(conversation=name)
+        content_pb.CollectSourceContentRequest(conversation=name, owner=TEST_OWNER)
     )
     assert "river" in response.source_text.lower()
     assert len(response.source_text) <= 2000

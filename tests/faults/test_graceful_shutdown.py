@@ -64,7 +64,7 @@ class JobStream:
     playlist_ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def read(self, stack: Stack) -> None:
-        async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        async with stack.gateway_channel() as channel:
             stub = gateway_grpc.GatewayServiceStub(channel)
             created = await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)
             request = gateway_pb.GenerateMeditationRequest(conversation=created.conversation.name)
@@ -174,7 +174,7 @@ async def test_a_replica_sigtermed_with_a_stream_open_drains_and_exits_and_nothi
         finally:
             reading.cancel()
         name = job.responses[0].accepted.meditation
-        async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+        async with stack.gateway_channel() as channel:
             request = gateway_pb.WatchMeditationRequest(name=name, after_sequence=0)
             stored = [r async for r in gateway_grpc.GatewayServiceStub(channel).WatchMeditation(request)]
 

@@ -7,7 +7,6 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from scripts.stack import Stack, running_stack
@@ -32,7 +31,7 @@ async def _start_and_read_until_narration(
 ) -> tuple[str, list[gateway_pb.GenerateMeditationResponse]]:
     """Starts a meditation and reads its stream until the narration starts, then drops the stream."""
     seen: list[gateway_pb.GenerateMeditationResponse] = []
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         created = await stub.CreateConversation(load_conversation(EXAMPLE))
         stream = stub.GenerateMeditation(
@@ -47,7 +46,7 @@ async def _start_and_read_until_narration(
 
 
 async def _watch(stack: Stack, name: str, after: int) -> list[gateway_pb.WatchMeditationResponse]:
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         request = gateway_pb.WatchMeditationRequest(name=name, after_sequence=after)
         return [response async for response in stub.WatchMeditation(request, timeout=120)]

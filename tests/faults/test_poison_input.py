@@ -149,7 +149,7 @@ async def test_a_poison_image_fails_its_job_after_n_attempts_with_the_reason_and
     GetMeditation, and with Redis a dead letter naming it); its log has no gap or duplicate. A job on
     another conversation running at the same time succeeds with both videos, untouched."""
     images = stack.var_root / "storage" / "images"
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         sea, hike = await _create(stub, load_conversation(EXAMPLE)), await _create(stub, HIKE)
 

@@ -79,7 +79,7 @@ async def _generate(
 ) -> grpc.aio.AioRpcError | None:
     """Streams one meditation of the example conversation into `received` (with arrival times); returns
     the status the stream ended with, or None when it ended OK."""
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         conversation = (await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)).conversation
         request = gateway_pb.GenerateMeditationRequest(conversation=conversation.name)
@@ -95,7 +95,7 @@ async def _watch_from_start(
     stack: Stack, name: str
 ) -> tuple[list[gateway_pb.WatchMeditationResponse], grpc.aio.AioRpcError | None]:
     responses: list[gateway_pb.WatchMeditationResponse] = []
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         request = gateway_pb.WatchMeditationRequest(name=name, after_sequence=0)
         try:

@@ -94,19 +94,19 @@ def slow_stack(
     )
 
 
-async def _conversation(address: str) -> str:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _conversation(stack: Stack, replica: str) -> str:
+    async with stack.gateway_channel(replica) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         created = await stub.CreateConversation(load_conversation(EXAMPLE))
         return created.conversation.name
 
 
 async def _generate(
-    address: str, conversation: str, request_id: str, *, until_stage: int | None = None
+    stack: Stack, replica: str, conversation: str, request_id: str, *, until_stage: int | None = None
 ) -> list[gateway_pb.GenerateMeditationResponse]:
     """Streams a meditation; with `until_stage`, drops the stream once that stage starts."""
     seen: list[gateway_pb.GenerateMeditationResponse] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with stack.gateway_channel(replica) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         request = gateway_pb.GenerateMeditationRequest(conversation=conversation, request_id=request_id)
         stream = stub.GenerateMeditation(request, timeout=STREAM_TIMEOUT_SECONDS)
@@ -118,8 +118,10 @@ async def _generate(
     return seen
 
 
-async def _watch(address: str, name: str, after: int) -> list[gateway_pb.WatchMeditationResponse]:
-    async with grpc.aio.insecure_channel(address) as channel:
+async def _watch(
+    stack: Stack, replica: str, name: str, after: int
+) -> list[gateway_pb.WatchMeditationResponse]:
+    async with stack.gateway_channel(replica) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         request = gateway_pb.WatchMeditationRequest(name=name, after_sequence=after)
         return [response async for response in stub.WatchMeditation(request, timeout=STREAM_TIMEOUT_SECONDS)]
@@ -128,10 +130,11 @@ async def _watch(address: str, name: str, after: int) -> list[gateway_pb.WatchMe
 async def test_the_same_request_id_at_two_replicas_at_once_makes_one_job(stack: Stack) -> None:
     """Property: a request repeated at both gateway replicas at the same moment (AIP-155 request_id) makes
     one meditation, run once: both streams carry the same job's one whole log and one set of videos."""
-    first, second = (stack.addresses[key] for key in stack.replicas("gateway"))
-    conversation = await _conversation(first)
+    first, second = stack.replicas("gateway")
+    conversation = await _conversation(stack, first)
     streams = await asyncio.gather(
-        _generate(first, conversation, "tap-twice"), _generate(second, conversation, "tap-twice")
+        _generate(stack, first, conversation, "tap-twice"),
+        _generate(stack, second, conversation, "tap-twice"),
     )
     names = {stream[0].accepted.meditation for stream in streams}
     assert len(names) == 1
@@ -148,12 +151,12 @@ async def test_a_client_retry_after_unavailable_continues_the_same_job_on_the_ot
     retry with the same request_id at the other replica gets the same job, which that replica takes over
     from the queue and completes once: one whole log, one set of videos."""
     first_key, second_key = stack.replicas("gateway")
-    conversation = await _conversation(stack.addresses[first_key])
+    conversation = await _conversation(stack, first_key)
 
     seen: list[gateway_pb.GenerateMeditationResponse] = []
 
     async def stream_until_the_gateway_dies() -> None:
-        async with grpc.aio.insecure_channel(stack.addresses[first_key]) as channel:
+        async with stack.gateway_channel(first_key) as channel:
             stub = gateway_grpc.GatewayServiceStub(channel)
             request = gateway_pb.GenerateMeditationRequest(conversation=conversation, request_id="retry-me")
             async for response in stub.GenerateMeditation(request, timeout=STREAM_TIMEOUT_SECONDS):
@@ -165,7 +168,7 @@ async def test_a_client_retry_after_unavailable_continues_the_same_job_on_the_ot
         await stream_until_the_gateway_dies()
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     before = seen
-    retried = await _generate(stack.addresses[second_key], conversation, "retry-me")
+    retried = await _generate(stack, second_key, conversation, "retry-me")
     assert retried[0].accepted.meditation == before[0].accepted.meditation
     assert [r.sequence for r in retried[: len(before)]] == [r.sequence for r in before]
     assert_one_whole_log(retried)
@@ -178,9 +181,9 @@ async def test_a_stage_longer_than_the_claim_timeout_is_not_run_twice(
     """Property: a job whose image stage runs three claim timeouts stays with the replica running it (its
     heartbeat keeps the queue entry and the lease fresh): the other replica never takes it over, so the
     image is asked for once and the job completes once."""
-    first, second = (slow_stack.addresses[key] for key in slow_stack.replicas("gateway"))
-    conversation = await _conversation(first)
-    seen = await _generate(first, conversation, "slow-one")
+    first, second = slow_stack.replicas("gateway")
+    conversation = await _conversation(slow_stack, first)
+    seen = await _generate(slow_stack, first, conversation, "slow-one")
     assert_one_whole_log(seen)
     image_stages = [r.stage for r in seen if r.HasField("stage") and r.stage.stage == gateway_pb.STAGE_IMAGE]
     assert [stage.state for stage in image_stages] == [
@@ -194,5 +197,5 @@ async def test_a_stage_longer_than_the_claim_timeout_is_not_run_twice(
     assert len(image_calls) == 1
     assert not any(r.HasField("attempt_failed") for r in seen)
     # The other replica watched the same job and saw the same log.
-    watched = await _watch(second, seen[0].accepted.meditation, after=0)
+    watched = await _watch(slow_stack, second, seen[0].accepted.meditation, after=0)
     assert [r.sequence for r in watched] == [r.sequence for r in seen]

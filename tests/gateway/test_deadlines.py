@@ -10,11 +10,14 @@ import pytest
 
 from scripts.stack import free_port
 from services import serving
+from services.cli import gateway_channel
+from services.gateway.api_keys import ApiKeyStore
+from services.gateway.authentication import Authenticator
 from services.gateway.backends import BOOKKEEPING_TIMEOUT_SECONDS, ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.store import JobStore
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
-from services.gateway.servicer import GatewayServicer
+from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
@@ -48,7 +51,7 @@ class _RecordingContent:
 
 @pytest.fixture
 async def recording(
-    job_store: JobStore,
+    job_store: JobStore, api_keys: ApiKeyStore
 ) -> AsyncIterator[tuple[_RecordingContent, gateway_grpc.GatewayServiceStub]]:
     content_servicer = _RecordingContent()
     content_server = await serving.start_server(
@@ -71,8 +74,10 @@ async def recording(
                 GatewayServicer(content, jobs), server
             ),
             address="127.0.0.1:0",
+            interceptors=[AuthenticationInterceptor(Authenticator(api_keys=api_keys))],
         )
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_server.port}") as channel:
+        key = (await api_keys.create("tester")).key
+        async with gateway_channel(f"127.0.0.1:{gateway_server.port}", key) as channel:
             yield content_servicer, gateway_grpc.GatewayServiceStub(channel)
         await gateway_server.stop(0)
         await jobs.close()

@@ -10,6 +10,9 @@ import pytest
 
 from scripts.stack import free_port
 from services import serving
+from services.cli import gateway_channel
+from services.gateway.api_keys import ApiKeyStore
+from services.gateway.authentication import Authenticator
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, Stage, StageChanged
@@ -17,7 +20,7 @@ from services.gateway.jobs import JobLimits, MeditationJobs
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
-from services.gateway.servicer import GatewayServicer
+from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.conftest import GATEWAY_SERVICE
@@ -25,11 +28,13 @@ from tests.gateway.test_servicer import SAMPLE_MESSAGES
 
 # One attempt per job, so a failure surfaces at once (retries have a test of their own).
 ONE_ATTEMPT = JobLimits(max_attempts=1)
+OWNER = "tester"
 
 
 @asynccontextmanager
 async def gateway(
     job_store: JobStore,
+    api_keys: ApiKeyStore,
     content_channel: grpc.aio.Channel,
     media_channel: grpc.aio.Channel,
     timeouts: StageTimeouts,
@@ -48,8 +53,9 @@ async def gateway(
             GatewayServicer(content, jobs), server
         ),
         address="127.0.0.1:0",
+        interceptors=[AuthenticationInterceptor(Authenticator(api_keys=api_keys))],
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    async with gateway_channel(f"127.0.0.1:{running.port}", (await api_keys.create(OWNER)).key) as channel:
         yield gateway_grpc.GatewayServiceStub(channel)
     await running.stop(0)
     await jobs.close()
@@ -77,11 +83,11 @@ async def _read_into(
 
 
 async def test_unreachable_media_service_fails_the_narration_as_unavailable(
-    content_channel: grpc.aio.Channel, job_store: JobStore
+    content_channel: grpc.aio.Channel, job_store: JobStore, api_keys: ApiKeyStore
 ) -> None:
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead_media,
-        gateway(job_store, content_channel, dead_media, StageTimeouts()) as stub,
+        gateway(job_store, api_keys, content_channel, dead_media, StageTimeouts()) as stub,
     ):
         seen, status = await run_until_status(stub)
         meditation = seen[0].accepted.meditation
@@ -96,14 +102,14 @@ async def test_unreachable_media_service_fails_the_narration_as_unavailable(
 
 
 async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_reason(
-    content_channel: grpc.aio.Channel, job_store: JobStore
+    content_channel: grpc.aio.Channel, job_store: JobStore, api_keys: ApiKeyStore
 ) -> None:
     """Property: a failure another attempt may not repeat (media unreachable) is announced and retried, and
     after the last attempt the job ends FAILED with the reason; the log stays whole."""
     limits = JobLimits(max_attempts=2, retry_delay_seconds=0.1)
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as dead_media,
-        gateway(job_store, content_channel, dead_media, StageTimeouts(), limits) as stub,
+        gateway(job_store, api_keys, content_channel, dead_media, StageTimeouts(), limits) as stub,
     ):
         seen, status = await run_until_status(stub)
     assert status.code() == grpc.StatusCode.UNAVAILABLE
@@ -124,9 +130,14 @@ async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_rea
 
 
 async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same(
-    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
+    content_channel: grpc.aio.Channel,
+    media_channel: grpc.aio.Channel,
+    job_store: JobStore,
+    api_keys: ApiKeyStore,
 ) -> None:
-    async with gateway(job_store, content_channel, media_channel, StageTimeouts(video_seconds=0.001)) as stub:
+    async with gateway(
+        job_store, api_keys, content_channel, media_channel, StageTimeouts(video_seconds=0.001)
+    ) as stub:
         seen, status = await run_until_status(stub)
         replay: list[gateway_pb.GenerateMeditationResponse] = []
         with pytest.raises(grpc.aio.AioRpcError) as replayed:
@@ -147,18 +158,20 @@ async def test_a_job_given_back_at_shutdown_is_resumed_by_another_gateway_with_n
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
     first = MeditationJobs(
-        job_store, content, MeditationPipeline(content, media, timeouts), owner="gateway-first"
+        job_store, content, MeditationPipeline(content, media, timeouts), holder="gateway-first"
     )
-    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
-    name = await first.start(conversation.name, "", MeditationOptions())
-    seen = [event async for event in _until_stage(first.watch(name, after_sequence=0), Stage.NARRATION)]
+    conversation = await content.create_conversation(OWNER, "", [_message(m) for m in SAMPLE_MESSAGES], "")
+    name = await first.start(OWNER, conversation.name, "", MeditationOptions())
+    seen = [
+        event async for event in _until_stage(first.watch(OWNER, name, after_sequence=0), Stage.NARRATION)
+    ]
     await first.close()  # SIGTERM: the job is given back, not failed
     assert (await job_store.get(name)).state is MeditationState.RUNNING
     second = MeditationJobs(
-        job_store, content, MeditationPipeline(content, media, timeouts), owner="gateway-second"
+        job_store, content, MeditationPipeline(content, media, timeouts), holder="gateway-second"
     )
     assert await second.resume_orphans() == [name]
-    rest = [event async for event in second.watch(name, after_sequence=seen[-1].sequence)]
+    rest = [event async for event in second.watch(OWNER, name, after_sequence=seen[-1].sequence)]
     await second.close()
     whole = [*seen, *rest]
     assert [event.sequence for event in whole] == list(range(1, len(whole) + 1))
@@ -175,14 +188,14 @@ async def test_a_running_job_cannot_be_claimed_by_a_second_gateway_while_its_lea
     jobs = MeditationJobs(
         job_store, content, MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts)
     )
-    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
-    name = await jobs.start(conversation.name, "", MeditationOptions())
+    conversation = await content.create_conversation(OWNER, "", [_message(m) for m in SAMPLE_MESSAGES], "")
+    name = await jobs.start(OWNER, conversation.name, "", MeditationOptions())
     # Queued, the job is anyone's to take; once a dispatcher has taken it, it is held.
-    [_ async for _ in _until_stage(jobs.watch(name, after_sequence=0), Stage.SOURCE)]
+    [_ async for _ in _until_stage(jobs.watch(OWNER, name, after_sequence=0), Stage.SOURCE)]
     assert not await job_store.claim(name, "gateway-intruder", 30)
     assert name not in await job_store.list_claimable(10)
-    assert await job_store.claim(name, jobs.owner, 30)  # renewal by the owner
-    await jobs.cancel(name)
+    assert await job_store.claim(name, jobs.holder, 30)  # renewal by the owner
+    await jobs.cancel(OWNER, name)
     await jobs.close()
 
 
@@ -199,7 +212,7 @@ def _message(proto: gateway_pb.Message) -> Message:
     )
 
 
-async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries_are_not(
+async def test_an_owner_past_their_concurrent_job_limit_is_refused_but_their_retries_are_not(
     content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, job_store: JobStore
 ) -> None:
     timeouts = StageTimeouts()
@@ -210,18 +223,20 @@ async def test_a_client_past_its_concurrent_job_limit_is_refused_but_its_retries
         content,
         MeditationPipeline(content, media, timeouts),
         media=media,
-        limits=JobLimits(max_jobs_per_client=1),
+        limits=JobLimits(max_jobs_per_owner=1),
     )
-    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
-    first = await jobs.start(conversation.name, "tap-1", MeditationOptions(), client="alice")
+    messages = [_message(m) for m in SAMPLE_MESSAGES]
+    alices = await content.create_conversation("alice", "", messages, "")
+    bobs = await content.create_conversation("bob", "", messages, "")
+    first = await jobs.start("alice", alices.name, "tap-1", MeditationOptions())
     with pytest.raises(GatewayError) as refused:
-        await jobs.start(conversation.name, "tap-2", MeditationOptions(), client="alice")
+        await jobs.start("alice", alices.name, "tap-2", MeditationOptions())
     assert refused.value.kind is FailureKind.EXHAUSTED
     assert "limit is 1" in refused.value.message
-    assert await jobs.start(conversation.name, "tap-1", MeditationOptions(), client="alice") == first
-    other = await jobs.start(conversation.name, "", MeditationOptions(), client="bob")
-    for name in (first, other):
-        await jobs.cancel(name)
+    assert await jobs.start("alice", alices.name, "tap-1", MeditationOptions()) == first
+    other = await jobs.start("bob", bobs.name, "", MeditationOptions())
+    for owner, name in (("alice", first), ("bob", other)):
+        await jobs.cancel(owner, name)
     await jobs.close()
 
 
@@ -233,20 +248,22 @@ async def test_jobs_past_a_replicas_limit_wait_in_the_queue_and_past_the_queues_
     timeouts = StageTimeouts()
     content = ContentClient(content_channel, timeouts)
     media = MediaClient(media_channel, timeouts)
-    limits = JobLimits(max_running_jobs=1, max_queued_jobs=1, max_jobs_per_client=10)
+    limits = JobLimits(max_running_jobs=1, max_queued_jobs=1, max_jobs_per_owner=10)
     jobs = MeditationJobs(
         job_store, content, MeditationPipeline(content, media, timeouts), media=media, limits=limits
     )
-    conversation = await content.create_conversation("", [_message(m) for m in SAMPLE_MESSAGES], "")
-    first = await jobs.start(conversation.name, "", MeditationOptions())
-    [_ async for _ in _until_stage(jobs.watch(first, after_sequence=0), Stage.SOURCE)]  # taken: running
-    second = await jobs.start(conversation.name, "", MeditationOptions())
+    conversation = await content.create_conversation(OWNER, "", [_message(m) for m in SAMPLE_MESSAGES], "")
+    first = await jobs.start(OWNER, conversation.name, "", MeditationOptions())
+    [
+        _ async for _ in _until_stage(jobs.watch(OWNER, first, after_sequence=0), Stage.SOURCE)
+    ]  # taken: running
+    second = await jobs.start(OWNER, conversation.name, "", MeditationOptions())
     with pytest.raises(GatewayError) as refused:
-        await jobs.start(conversation.name, "", MeditationOptions())
+        await jobs.start(OWNER, conversation.name, "", MeditationOptions())
     assert refused.value.kind is FailureKind.EXHAUSTED
     assert "waiting to start" in refused.value.message
-    first_log = [event async for event in jobs.watch(first, after_sequence=0)]
-    second_log = [event async for event in jobs.watch(second, after_sequence=0)]
+    first_log = [event async for event in jobs.watch(OWNER, first, after_sequence=0)]
+    second_log = [event async for event in jobs.watch(OWNER, second, after_sequence=0)]
     await jobs.close()
     for log in (first_log, second_log):
         assert isinstance(log[-1].event, Completed)

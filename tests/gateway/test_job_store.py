@@ -14,14 +14,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.content import migrate as content_migrate
 from services.database import DatabaseNotReadyError, create_engine
+from services.gateway import api_keys  # noqa: F401 (its table is part of the schema)
 from services.gateway import migrate as gateway_migrate
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.jobs.store import Base, JobStore
+from services.gateway.jobs.store import JobStore
 from services.gateway.models import ImageAspect, JobChanges, MeditationOptions, MeditationState
+from services.gateway.schema import Base
 from tests.data_plane import fresh_database
 
 CONVERSATION = "conversations/0123456789abcdef"
 QUEUE_LEASE_SECONDS = 60.0
+OWNER = "tester"
+REQUEST_SHA256 = "a" * 64
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -46,14 +50,15 @@ def store(engine: AsyncEngine) -> JobStore:
     return JobStore(engine)
 
 
-async def _create(store: JobStore, request_id: str = "", client: str = "", limit: int = 0) -> str:
+async def _create(store: JobStore, request_id: str = "", owner: str = OWNER, limit: int = 0) -> str:
     meditation, _ = await store.create(
+        owner=owner,
         conversation=CONVERSATION,
         request_id=request_id,
+        request_sha256=REQUEST_SHA256,
         options=MeditationOptions(),
         queue_lease_seconds=QUEUE_LEASE_SECONDS,
-        client=client,
-        max_running_per_client=limit,
+        max_running_per_owner=limit,
     )
     return meditation.name
 
@@ -100,8 +105,10 @@ async def test_concurrent_jobs_with_one_request_id_are_one_job(store: JobStore) 
     made = await asyncio.gather(
         *(
             store.create(
+                owner=OWNER,
                 conversation=CONVERSATION,
                 request_id="tap",
+                request_sha256=REQUEST_SHA256,
                 options=MeditationOptions(image_aspect=ImageAspect.SQUARE, skip_cache=True),
                 queue_lease_seconds=QUEUE_LEASE_SECONDS,
             )
@@ -113,7 +120,12 @@ async def test_concurrent_jobs_with_one_request_id_are_one_job(store: JobStore) 
     stored = await store.get(made[0][0].name)
     assert stored.options == MeditationOptions(image_aspect=ImageAspect.SQUARE, skip_cache=True)
     assert stored.conversation == CONVERSATION
-    assert (await store.find_by_request_id("tap")) == stored
+    assert stored.owner == OWNER
+    assert (await store.find_by_request_id(OWNER, "tap", REQUEST_SHA256)) == stored
+    assert (await store.find_by_request_id("someone-else", "tap", REQUEST_SHA256)) is None
+    with pytest.raises(GatewayError) as reused:
+        await store.find_by_request_id(OWNER, "tap", "b" * 64)
+    assert reused.value.kind is FailureKind.ALREADY_EXISTS
 
 
 async def test_an_unknown_job_is_not_found(store: JobStore) -> None:
@@ -181,11 +193,11 @@ async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_
     assert not await store.claim(name, "gateway-c", 60)  # a finished job is nobody's
 
 
-async def test_a_clients_running_jobs_are_limited_and_a_repeated_request_is_never_refused(
+async def test_an_owners_running_jobs_are_limited_and_a_repeated_request_is_never_refused(
     store: JobStore,
 ) -> None:
-    """Property: past `max_running_per_client` running jobs a client's new job is refused; a repeat of one
-    of its requests, and other clients, are not; a finished job frees its place."""
+    """Property: past `max_running_per_owner` running jobs an owner's new job is refused; a repeat of one
+    of their requests, and other owners, are not; a finished job frees its place."""
     first = await _create(store, "a1", "alice", 2)
     await _create(store, "a2", "alice", 2)
     with pytest.raises(GatewayError, match="limit is 2") as refused:

@@ -57,7 +57,7 @@ async def generate(
     stack: Stack,
 ) -> tuple[list[gateway_pb.GenerateMeditationResponse], grpc.aio.AioRpcError | None]:
     responses: list[gateway_pb.GenerateMeditationResponse] = []
-    async with grpc.aio.insecure_channel(stack.gateway_address) as channel:
+    async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         conversation = (await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)).conversation
         request = gateway_pb.GenerateMeditationRequest(conversation=conversation.name)

@@ -9,6 +9,8 @@ wait for a replica). This facade is what the servicer calls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -37,7 +39,7 @@ _SHARED_QUEUE_LEASE_FACTOR = 10
 class JobLimits:
     """How much work a replica takes on, and how often a job is attempted."""
 
-    max_jobs_per_client: int = 4  # running at once, across every replica
+    max_jobs_per_owner: int = 4  # running at once, across every replica
     max_running_jobs: int = 8  # on this replica; the rest wait in the queue
     max_queued_jobs: int = 200  # waiting, across every replica; past it, RESOURCE_EXHAUSTED
     max_attempts: int = 3  # after this many failed attempts a job is dead-lettered
@@ -47,6 +49,16 @@ class JobLimits:
     def retry_policy(self) -> RetryPolicy:
         """The policy that decides what follows a failed attempt."""
         return RetryPolicy(max_attempts=self.max_attempts, retry_delay_seconds=self.retry_delay_seconds)
+
+
+def _request_sha256(conversation: str, options: MeditationOptions) -> str:
+    """What a GenerateMeditation request asked for, as a hash: a retry with its request_id must match it."""
+    request = {
+        "conversation": conversation,
+        "image_aspect": options.image_aspect.value,
+        "skip_cache": options.skip_cache,
+    }
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
 
 
 class MeditationJobs:
@@ -67,7 +79,7 @@ class MeditationJobs:
         queue: WorkQueue | None = None,
         poll_interval_seconds: float = 0.5,
         lease_seconds: float = 30.0,
-        owner: str | None = None,
+        holder: str | None = None,
         limits: JobLimits | None = None,
     ) -> None:
         self._store = store
@@ -85,7 +97,7 @@ class MeditationJobs:
             self._queue,
             media=media,
             # One identity per process: its leases and queue deliveries tell other replicas it holds a job.
-            owner=owner or f"gateway-{secrets.token_hex(6)}",
+            holder=holder or f"gateway-{secrets.token_hex(6)}",
             lease_seconds=lease_seconds,
             queue_lease_seconds=self._queue_lease_seconds,
             max_running_jobs=limits.max_running_jobs,
@@ -94,19 +106,18 @@ class MeditationJobs:
         )
 
     @property
-    def owner(self) -> str:
+    def holder(self) -> str:
         """This replica's identity in leases and queue deliveries."""
-        return self.dispatcher.owner
+        return self.dispatcher.holder
 
     @property
     def queue(self) -> WorkQueue:
         """Where jobs wait for a replica."""
         return self._queue
 
-    async def start(
-        self, conversation: str, request_id: str, options: MeditationOptions, client: str = ""
-    ) -> str:
-        """Creates the job and queues it, or finds the one a repeated request_id made; returns its name."""
+    async def start(self, owner: str, conversation: str, request_id: str, options: MeditationOptions) -> str:
+        """Creates `owner`'s job from their conversation and queues it, or finds the one a repeated
+        request_id of theirs made for the same request; returns its name."""
         waiting = await self._backlog()
         if waiting >= self._limits.max_queued_jobs:
             raise GatewayError(
@@ -114,26 +125,28 @@ class MeditationJobs:
                 f"{waiting} meditations are waiting to start (the limit is {self._limits.max_queued_jobs}): "
                 "try again in a minute",
             )
+        request_sha256 = _request_sha256(conversation, options)
         if request_id:
-            existing = await self._store.find_by_request_id(request_id)
+            existing = await self._store.find_by_request_id(owner, request_id, request_sha256)
             if existing is not None:
                 return existing.name
-        await self._check_conversation(conversation)
+        await self._check_conversation(owner, conversation)
         meditation, is_created = await self._store.create(
+            owner=owner,
             conversation=conversation,
             request_id=request_id,
+            request_sha256=request_sha256,
             options=options,
             queue_lease_seconds=self._queue_lease_seconds,
-            client=client,
-            max_running_per_client=self._limits.max_jobs_per_client,
+            max_running_per_owner=self._limits.max_jobs_per_owner,
         )
         if is_created:
             await self._accept(meditation)
         return meditation.name
 
-    async def _check_conversation(self, conversation: str) -> None:
-        """A job needs a conversation that exists (NOT_FOUND) and has messages to write from."""
-        found = await self._content.get_conversation(conversation)
+    async def _check_conversation(self, owner: str, conversation: str) -> None:
+        """A job needs a conversation of its owner's (anything else is NOT_FOUND) with messages."""
+        found = await self._content.get_conversation(owner, conversation)
         if not found.messages:
             raise GatewayError(
                 FailureKind.PRECONDITION,
@@ -158,9 +171,10 @@ class MeditationJobs:
                 FailureKind.UNAVAILABLE, "the job queue is unavailable; try again shortly"
             ) from (error)
 
-    async def watch(self, name: str, after_sequence: int) -> AsyncIterator[SequencedEvent]:
-        """Replays the log after `after_sequence`, then follows live events until the job's last event —
-        across attempts, and wherever the job runs."""
+    async def watch(self, owner: str, name: str, after_sequence: int) -> AsyncIterator[SequencedEvent]:
+        """Replays `owner`'s job's log after `after_sequence`, then follows live events until the job's last
+        event — across attempts, and wherever the job runs."""
+        await self.get(owner, name)
         last_sequence = after_sequence
         while True:
             recorder = self.dispatcher.recorder_of(name)
@@ -194,13 +208,17 @@ class MeditationJobs:
                 if recorder is not None and live is not None:
                     recorder.unwatch(live)
 
-    async def get(self, name: str) -> Meditation:
-        """Returns the job record."""
-        return await self._store.get(name)
+    async def get(self, owner: str, name: str) -> Meditation:
+        """Returns `owner`'s job; anyone else's answers exactly as a missing one does."""
+        meditation = await self._store.get(name)
+        if meditation.owner != owner:
+            raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
+        return meditation
 
-    async def cancel(self, name: str) -> Meditation:
-        """Stops a job wherever it is and waits until it has recorded its end; finished jobs are left
-        alone. Returns the job as it stands then."""
+    async def cancel(self, owner: str, name: str) -> Meditation:
+        """Stops `owner`'s job wherever it is and waits until it has recorded its end; finished jobs are
+        left alone. Returns the job as it stands then."""
+        await self.get(owner, name)
         await self.dispatcher.cancel(name)
         return await self._store.get(name)
 

@@ -54,7 +54,7 @@ class JobDispatcher:
         queue: WorkQueue,
         *,
         media: MediaPort | None,
-        owner: str,
+        holder: str,
         lease_seconds: float,
         queue_lease_seconds: float,
         max_running_jobs: int,
@@ -65,7 +65,7 @@ class JobDispatcher:
         self._pipeline = pipeline
         self._queue = queue
         self._media = media
-        self.owner = owner
+        self.holder = holder
         self._lease_seconds = lease_seconds
         self._queue_lease_seconds = queue_lease_seconds
         self._retry_policy = retry_policy
@@ -130,7 +130,7 @@ class JobDispatcher:
                 # A shared queue hands the job on; an in-process one dies with us, so janitors must.
                 await self._store.release(
                     job.recorder.meditation,
-                    self.owner,
+                    self.holder,
                     self._queue_lease_seconds if self._queue.is_shared else 0.0,
                 )
             except GatewayError as error:
@@ -146,7 +146,7 @@ class JobDispatcher:
         while not self._is_closing:
             await self._slots.acquire()
             try:
-                delivery = await self._queue.take(self.owner, wait_seconds=1.0)
+                delivery = await self._queue.take(self.holder, wait_seconds=1.0)
             except WorkQueueUnavailableError as error:
                 self._slots.release()
                 logger.warning("job queue: %s", error)
@@ -175,7 +175,7 @@ class JobDispatcher:
             if name in self._running:
                 await self._queue.acknowledge(delivery)  # a duplicate entry of a job running here
                 return False
-            if not await self._store.claim(name, self.owner, self._lease_seconds):
+            if not await self._store.claim(name, self.holder, self._lease_seconds):
                 # Finished, or held by a live replica (which has its own entry): this one is a duplicate.
                 await self._queue.acknowledge(delivery)
                 return False
@@ -279,7 +279,7 @@ class JobDispatcher:
             if self._media is not None:
                 # The next attempt starts afresh: what this one made would be a second set of assets.
                 await self._media.delete_meditation_assets(name)
-            await self._store.release(name, self.owner, self._queue_lease_seconds)
+            await self._store.release(name, self.holder, self._queue_lease_seconds)
         except GatewayError as bookkeeping:
             logger.warning("%s: %s; the queue hands it on anyway", name, bookkeeping.message)
         # Retired before it is handed back, so the next attempt (here, too) finds no attempt in the way.
@@ -301,7 +301,7 @@ class JobDispatcher:
     ) -> None:
         try:
             await self._queue.hand_back(
-                self.owner, delivery, delay_seconds=delay_seconds, counts_as_attempt=counts_as_attempt
+                self.holder, delivery, delay_seconds=delay_seconds, counts_as_attempt=counts_as_attempt
             )
         except WorkQueueUnavailableError as error:
             # The entry stays ours and pending: it is taken over once it goes idle past the claim timeout.
@@ -321,10 +321,10 @@ class JobDispatcher:
     async def renew_leases(self) -> None:
         """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here."""
         running = [job for job in self._running.values() if not job.recorder.is_finished]
-        await self._queue.heartbeat(self.owner, [job.delivery for job in running])
+        await self._queue.heartbeat(self.holder, [job.delivery for job in running])
         for job in running:
             name = job.recorder.meditation
-            if not await self._store.claim(name, self.owner, self._lease_seconds):
+            if not await self._store.claim(name, self.holder, self._lease_seconds):
                 logger.warning("%s: lease lost to another replica; stopping here", name)
                 job.recorder.is_fenced = True
                 job.task.cancel()
@@ -374,7 +374,7 @@ class JobDispatcher:
         running = self._running.get(name)
         if running is not None:
             await self._cancel_here(running)
-        elif await self._store.claim(name, self.owner, self._lease_seconds):
+        elif await self._store.claim(name, self.holder, self._lease_seconds):
             # Queued or abandoned: it is ours now, so end it here; its queue entry finds it final.
             meditation = await self._store.get(name)
             recorder = JobRecorder(meditation=name, store=self._store, last_sequence=meditation.last_sequence)

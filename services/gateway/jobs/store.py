@@ -1,4 +1,4 @@
-"""The gateway's job tables: each meditation job's state, lease, request id and client, and its event log.
+"""The gateway's job tables: each meditation job's owner, state, lease and request id, and its event log.
 
 Only this module reads or writes them. Every method is one short transaction; the guarded UPDATEs are what
 keep several gateway replicas honest (one writer per sequence, one holder per lease).
@@ -30,17 +30,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column
 
 from services.database import aware, now
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.models import ImageAspect, JobChanges, Meditation, MeditationOptions, MeditationState
+from services.gateway.schema import Base
 
 _NAME_PREFIX = "meditations/"
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the gateway's tables."""
 
 
 class JobRow(Base):
@@ -48,19 +45,23 @@ class JobRow(Base):
 
     __tablename__ = "meditation_jobs"
     __table_args__ = (
-        # Enforces AIP-155 idempotency in the database, also across gateway replicas.
-        UniqueConstraint("request_id", name="uq_meditation_jobs_request_id"),
+        # Enforces AIP-155 idempotency in the database, also across gateway replicas; a request id is its
+        # owner's, so another owner's equal id is another request.
+        UniqueConstraint("owner", "request_id", name="uq_meditation_jobs_owner_request_id"),
         # The janitor's query: running jobs whose lease is missing or lapsed.
         Index("ix_meditation_jobs_state_lease", "state", "lease_expires_time"),
-        # Counting a client's running jobs.
-        Index("ix_meditation_jobs_client_state", "client", "state"),
+        # Counting an owner's running jobs.
+        Index("ix_meditation_jobs_owner_state", "owner", "state"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
     conversation: Mapped[str] = mapped_column(String(64))
+    # The authenticated caller who asked for the job: only they see it, and their running jobs are limited
+    # across every gateway.
+    owner: Mapped[str] = mapped_column(String(128))
     request_id: Mapped[str | None] = mapped_column(String(64))
-    # Who asked for the job: a client's running jobs are limited across every gateway.
-    client: Mapped[str | None] = mapped_column(String(128))
+    # The SHA-256 of the request that used `request_id`: a retry must be the same request.
+    request_sha256: Mapped[str | None] = mapped_column(String(64))
     state: Mapped[str] = mapped_column(String(16), default=MeditationState.RUNNING.value)
     image_aspect: Mapped[str] = mapped_column(String(16))
     skip_cache: Mapped[bool] = mapped_column(Boolean)
@@ -73,9 +74,9 @@ class JobRow(Base):
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     update_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now, onupdate=now)
-    # Which gateway process runs the job, and until when its claim holds without renewal. Unowned with a
+    # Which gateway process runs the job, and until when its claim holds without renewal. Unheld with a
     # lease: the work queue holds it.
-    owner: Mapped[str | None] = mapped_column(String(64))
+    holder: Mapped[str | None] = mapped_column(String(64))
     lease_expires_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -155,37 +156,39 @@ class JobStore:
         self,
         *,
         conversation: str,
+        owner: str,
         request_id: str,
         options: MeditationOptions,
         queue_lease_seconds: float,
-        client: str = "",
-        max_running_per_client: int = 0,
+        request_sha256: str | None = None,
+        max_running_per_owner: int = 0,
     ) -> tuple[Meditation, bool]:
-        """Records a queued job, or returns the one a repeated request_id made (never refused).
+        """Records `owner`'s queued job, or returns the one a repeated request_id of theirs made for the
+        same request (never refused; another request under that id is ALREADY_EXISTS).
 
-        Queued means unowned with the queue's lease: any gateway may claim it when the queue delivers it,
-        and no janitor lists it as abandoned before the lease lapses. A client with
-        `max_running_per_client` running jobs is refused with EXHAUSTED.
+        Queued means unheld with the queue's lease: any gateway may claim it when the queue delivers it,
+        and no janitor lists it as abandoned before the lease lapses. An owner with
+        `max_running_per_owner` running jobs is refused with EXHAUSTED.
         """
         if request_id:
-            existing = await self.find_by_request_id(request_id)
+            existing = await self.find_by_request_id(owner, request_id, request_sha256)
             if existing is not None:
                 return existing, False
-        if client and max_running_per_client > 0:
+        if max_running_per_owner > 0:
             # Counted, then inserted: two requests racing past the limit can overshoot it by one each. A
             # bound on concurrent work, not an accounting ledger, so that is an acceptable trade for not
-            # serialising every client's inserts.
+            # serialising every owner's inserts.
             async with self._reading() as session:
                 running = await session.scalar(
                     select(func.count())
                     .select_from(JobRow)
-                    .where(JobRow.client == client, JobRow.state == MeditationState.RUNNING.value)
+                    .where(JobRow.owner == owner, JobRow.state == MeditationState.RUNNING.value)
                 )
-            if (running or 0) >= max_running_per_client:
+            if (running or 0) >= max_running_per_owner:
                 raise GatewayError(
                     FailureKind.EXHAUSTED,
                     f"{running} of your meditations are already running (the limit is "
-                    f"{max_running_per_client}): wait for one to finish, or cancel one",
+                    f"{max_running_per_owner}): wait for one to finish, or cancel one",
                 )
         job_id = secrets.token_hex(8)
         try:
@@ -194,26 +197,40 @@ class JobStore:
                     JobRow(
                         id=job_id,
                         conversation=conversation,
+                        owner=owner,
                         request_id=request_id or None,
-                        client=client or None,
+                        request_sha256=request_sha256,
                         image_aspect=options.image_aspect.value,
                         skip_cache=options.skip_cache,
                         lease_expires_time=now() + timedelta(seconds=queue_lease_seconds),
                     )
                 )
         except IntegrityError:
-            # Two identical retries raced; the unique request_id let exactly one in.
-            existing = await self.find_by_request_id(request_id) if request_id else None
+            # Two identical retries raced; the unique (owner, request_id) let exactly one in.
+            existing = (
+                await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
+            )
             if existing is None:
                 raise
             return existing, False
         return await self.get(_NAME_PREFIX + job_id), True
 
-    async def find_by_request_id(self, request_id: str) -> Meditation | None:
-        """The job a request_id made, if any."""
+    async def find_by_request_id(
+        self, owner: str, request_id: str, request_sha256: str | None
+    ) -> Meditation | None:
+        """The job `owner`'s request_id made, if any; ALREADY_EXISTS when it was made for another request."""
         async with self._reading() as session:
-            row = await session.scalar(select(JobRow).where(JobRow.request_id == request_id))
-        return None if row is None else _meditation(row)
+            row = await session.scalar(
+                select(JobRow).where(JobRow.owner == owner, JobRow.request_id == request_id)
+            )
+        if row is None:
+            return None
+        if row.request_sha256 != request_sha256:
+            raise GatewayError(
+                FailureKind.ALREADY_EXISTS,
+                "request_id: was already used for a different meditation: use a new id for each request",
+            )
+        return _meditation(row)
 
     async def get(self, name: str) -> Meditation:
         """Returns a job record; NOT_FOUND when there is none."""
@@ -250,9 +267,9 @@ class JobStore:
             raise GatewayError(FailureKind.INTERNAL, f"{name} already has event {sequence}") from error
         return event_time
 
-    async def claim(self, name: str, owner: str, lease_seconds: float) -> bool:
-        """Takes (or renews) a running job for `owner` when it is unowned, already `owner`'s, or its lease
-        lapsed; one guarded UPDATE, so two claimants can never both win."""
+    async def claim(self, name: str, holder: str, lease_seconds: float) -> bool:
+        """Takes (or renews) a running job for the gateway process `holder` when nobody holds it, `holder`
+        already does, or its lease lapsed; one guarded UPDATE, so two claimants can never both win."""
         moment = now()
         async with self._transaction() as session:
             result = await session.execute(
@@ -260,9 +277,9 @@ class JobStore:
                 .where(
                     JobRow.id == _id_of(name),
                     JobRow.state == MeditationState.RUNNING.value,
-                    or_(JobRow.owner.is_(None), JobRow.owner == owner, JobRow.lease_expires_time < moment),
+                    or_(JobRow.holder.is_(None), JobRow.holder == holder, JobRow.lease_expires_time < moment),
                 )
-                .values(owner=owner, lease_expires_time=moment + timedelta(seconds=lease_seconds))
+                .values(holder=holder, lease_expires_time=moment + timedelta(seconds=lease_seconds))
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -279,19 +296,19 @@ class JobStore:
                     JobRow.state == MeditationState.RUNNING.value,
                     _is_abandoned(moment),
                 )
-                .values(owner=None, lease_expires_time=moment + timedelta(seconds=queue_lease_seconds))
+                .values(holder=None, lease_expires_time=moment + timedelta(seconds=queue_lease_seconds))
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
-    async def release(self, name: str, owner: str, queue_lease_seconds: float = 0.0) -> None:
+    async def release(self, name: str, holder: str, queue_lease_seconds: float = 0.0) -> None:
         """Gives a job back (at shutdown, or after a failed attempt) so any replica can claim it at once;
         with `queue_lease_seconds`, a work queue delivers it, so janitors leave it alone that long."""
         lease_expires_time = now() + timedelta(seconds=queue_lease_seconds) if queue_lease_seconds else None
         async with self._transaction() as session:
             await session.execute(
                 update(JobRow)
-                .where(JobRow.id == _id_of(name), JobRow.owner == owner)
-                .values(owner=None, lease_expires_time=lease_expires_time)
+                .where(JobRow.id == _id_of(name), JobRow.holder == holder)
+                .values(holder=None, lease_expires_time=lease_expires_time)
             )
 
     async def list_claimable(self, max_jobs: int) -> list[str]:
@@ -333,6 +350,7 @@ class JobStore:
 def _meditation(row: JobRow) -> Meditation:
     return Meditation(
         name=_NAME_PREFIX + row.id,
+        owner=row.owner,
         conversation=row.conversation,
         state=MeditationState(row.state),
         options=MeditationOptions(image_aspect=ImageAspect(row.image_aspect), skip_cache=row.skip_cache),

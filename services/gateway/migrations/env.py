@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.database import run_migration_environment
-from services.gateway.jobs.store import Base
+from services.gateway import api_keys  # noqa: F401 (its table is part of the schema)
+from services.gateway.schema import Base
 
 run_migration_environment(Base.metadata)

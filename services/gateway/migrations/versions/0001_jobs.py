@@ -1,5 +1,5 @@
-"""Meditation jobs and their event logs, owned by the gateway (they lived in the content service until its
-revision 0004).
+"""Meditation jobs, their event logs and API keys, owned by the gateway (jobs lived in the content service
+until its revision 0004).
 
 Revision ID: gateway_0001
 Revises:
@@ -22,9 +22,10 @@ def upgrade() -> None:
     op.create_table(
         "meditation_jobs",
         sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("owner", sa.String(128), nullable=False),
         sa.Column("conversation", sa.String(64), nullable=False),
         sa.Column("request_id", sa.String(64), nullable=True),
-        sa.Column("client", sa.String(128), nullable=True),
+        sa.Column("request_sha256", sa.String(64), nullable=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("image_aspect", sa.String(16), nullable=False),
         sa.Column("skip_cache", sa.Boolean, nullable=False),
@@ -37,12 +38,12 @@ def upgrade() -> None:
         sa.Column("last_sequence", sa.Integer, nullable=False),
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
         sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("owner", sa.String(64), nullable=True),
+        sa.Column("holder", sa.String(64), nullable=True),
         sa.Column("lease_expires_time", sa.DateTime(timezone=True), nullable=True),
-        sa.UniqueConstraint("request_id", name="uq_meditation_jobs_request_id"),
+        sa.UniqueConstraint("owner", "request_id", name="uq_meditation_jobs_owner_request_id"),
     )
     op.create_index("ix_meditation_jobs_state_lease", "meditation_jobs", ["state", "lease_expires_time"])
-    op.create_index("ix_meditation_jobs_client_state", "meditation_jobs", ["client", "state"])
+    op.create_index("ix_meditation_jobs_owner_state", "meditation_jobs", ["owner", "state"])
     op.create_table(
         "meditation_job_events",
         sa.Column(
@@ -56,10 +57,22 @@ def upgrade() -> None:
         sa.Column("event_time", sa.DateTime(timezone=True), nullable=False),
     )
 
+    op.create_table(
+        "api_keys",
+        sa.Column("id", sa.String(16), primary_key=True),
+        sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+        sa.Column("owner", sa.String(128), nullable=False),
+        sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoke_time", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_index("ix_api_keys_owner", "api_keys", ["owner"])
+
 
 def downgrade() -> None:
-    """Drops the job and event tables."""
+    """Drops the job, event and API key tables."""
+    op.drop_index("ix_api_keys_owner", table_name="api_keys")
+    op.drop_table("api_keys")
     op.drop_table("meditation_job_events")
-    op.drop_index("ix_meditation_jobs_client_state", table_name="meditation_jobs")
+    op.drop_index("ix_meditation_jobs_owner_state", table_name="meditation_jobs")
     op.drop_index("ix_meditation_jobs_state_lease", table_name="meditation_jobs")
     op.drop_table("meditation_jobs")
