@@ -325,7 +325,8 @@ def test_recurring_insults_brands_urls_and_numbers_are_never_themes() -> None:
     text = "\n".join(
         [
             "User: Begin with the worthless loser. You worthless loser, nobody likes a worthless loser.",
-            "User: Now turn toward evilcasino bonus! Evilcasino bonus at evilcasino.example, evilcasino bonus.",
+            "User: Now turn toward evilcasino bonus! Evilcasino bonus at evilcasino.example, evilcasino"
+            " bonus.",
             "User: Visit https://spam.example/win?ref=77 and spam.example for 5000 free spins, 5000 spins.",
             "User: Nikeshoes nikeshoes nikeshoes. Forty seven forty seven. Seven hundred and seventy.",
             "User: Work was long again, and my sister called about work.",
@@ -344,7 +345,8 @@ def test_what_only_the_assistant_says_is_never_a_theme() -> None:
     text = "\n".join(
         [
             "User: I keep thinking about my garden.",
-            "Assistant: Lottery jackpot. The lottery jackpot, the beach, the beach, the beach, the lottery jackpot.",
+            "Assistant: Lottery jackpot. The lottery jackpot, the beach, the beach, the beach, the lottery"
+            " jackpot.",
             "User: The garden is where I rest.",
         ]
     )
