@@ -223,10 +223,12 @@ class TranscriptGenerator:
 
     async def _grounding(self, reason: str) -> AsyncIterator[TranscriptEvent]:
         """Streams the grounding script sentence by sentence, as a written script would arrive."""
-        script = compose_grounding_script(self._crisis_resource_text)
-        pieces = split_sentences(script)
-        for index, piece in enumerate(pieces):
-            yield TranscriptDelta(piece if index == len(pieces) - 1 else piece + " ")
+        sentences = split_sentences(compose_grounding_script(self._crisis_resource_text))
+        pieces = [sentence + " " for sentence in sentences[:-1]] + sentences[-1:]
+        for piece in pieces:
+            yield TranscriptDelta(piece)
+        # As the offline composer's pieces do, the deltas add up to exactly the script.
+        script = "".join(pieces)
         yield TranscriptResult(
             text=script,
             word_count=count_spoken_words(script),
