@@ -51,7 +51,9 @@ def build_generators(
     image_cache: ResultCache,
 ) -> tuple[TranscriptGenerator, ImageGenerator, list[ProviderReport]]:
     """Wires the configured providers, each behind its cache, with the offline ones as fallbacks."""
-    offline_transcripts = TranscriptGenerator(OfflineTranscriptProvider(), transcript_cache)
+    offline_transcripts = TranscriptGenerator(
+        OfflineTranscriptProvider(), transcript_cache, crisis_resource_text=config.crisis_resource_text
+    )
     offline_images = ImageGenerator(OfflineImageProvider(painters), image_cache, storage)
     transcripts, images = offline_transcripts, offline_images
     reports = [ProviderReport("transcript", "offline"), ProviderReport("image", "offline")]
@@ -66,6 +68,7 @@ def build_generators(
             ),
             transcript_cache,
             fallback=offline_transcripts if fallback else None,
+            crisis_resource_text=config.crisis_resource_text,
         )
         reports[0] = ProviderReport("transcript", "openai", config.transcript_model.name, fallback)
     if config.image_provider == "openai" and client is not None:

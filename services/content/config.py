@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.content.migrate import default_sqlite_file
+from services.content.spoken_safety import DEFAULT_CRISIS_RESOURCE_TEXT, validate_resource_text
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
@@ -46,6 +47,7 @@ class ContentConfig:
     cache_lock_timeout_seconds: float
     pregenerate_prompts_file: Path | None
     pregenerate_hour_utc: int | None
+    crisis_resource_text: str = DEFAULT_CRISIS_RESOURCE_TEXT
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> ContentConfig:
@@ -94,7 +96,17 @@ class ContentConfig:
                 if environment.text("STILLPOINT_PREGENERATE_HOUR_UTC", "")
                 else None
             ),
+            crisis_resource_text=_crisis_resource_text(environment),
         )
+
+
+def _crisis_resource_text(environment: Environment) -> str:
+    """Where the grounding script points a listener in crisis for help; spoken aloud, so plain sentences."""
+    name = "STILLPOINT_CRISIS_RESOURCE_TEXT"
+    try:
+        return validate_resource_text(environment.text(name, DEFAULT_CRISIS_RESOURCE_TEXT))
+    except ValueError as error:
+        raise ConfigError(f"{name} {error}") from None
 
 
 def _prompts_file(environment: Environment) -> Path | None:

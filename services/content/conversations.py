@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 
 from services.content.errors import InvalidInputError, PreconditionError
 from services.content.repository import ContentRepository, NewMessage
-from services.content.source import collect_source_text
+from services.content.source import SourceMessage, collect_source_text
+from services.content.spoken_safety import signals_crisis
 from services.content.themes import extract_themes
 from services.message_roles import ROLES
 
@@ -58,11 +60,14 @@ def validate_messages(messages: Sequence[NewMessage], *, allow_empty: bool) -> N
 
 @dataclass(frozen=True)
 class SourceContent:
-    """The part of a conversation a meditation is written from, and its themes."""
+    """The part of a conversation a meditation is written from, its themes, and whether it is in crisis."""
 
     text: str
     sha256: str
     themes: tuple[str, ...]
+    # The whole conversation signals a risk of suicide or self-harm: it gets the grounding script, and no
+    # theme of it is named.
+    is_crisis: bool = False
 
 
 def request_sha256(title: str, messages: Sequence[NewMessage]) -> str:
@@ -86,13 +91,22 @@ async def collect_source_content(
         raise PreconditionError(
             f"conversations/{conversation_id} has no messages: add some with AppendMessages first"
         )
-    text = collect_source_text(conversation.messages)
-    if not text.strip():
+    source = await asyncio.to_thread(_source_content, conversation.messages)
+    if not source.text.strip():
         raise PreconditionError(
             f"conversations/{conversation_id} has only system messages: add a user message first"
         )
+    return source
+
+
+def _source_content(messages: Sequence[SourceMessage]) -> SourceContent:
+    """The text work of collecting, run off the event loop: a long conversation takes a while to read."""
+    text = collect_source_text(messages)
+    # Every message but the system's, not only those the cut keeps: a signal must not be trimmed away.
+    is_crisis = any(signals_crisis(message.text) for message in messages if message.role != "system")
     return SourceContent(
         text=text,
         sha256=hashlib.sha256(text.encode()).hexdigest(),
-        themes=tuple(extract_themes(text)),
+        themes=() if is_crisis else tuple(extract_themes(text)),
+        is_crisis=is_crisis,
     )

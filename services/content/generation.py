@@ -18,16 +18,29 @@ from PIL import Image
 from services.cache.base import ResultCache
 from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
+from services.content.spoken_safety import (
+    CRISIS_REASON_CONVERSATION,
+    CRISIS_REASON_SCRIPT,
+    DEFAULT_CRISIS_RESOURCE_TEXT,
+    ScriptRefusal,
+    SpokenOutcome,
+    check_sentence,
+    compose_grounding_script,
+    is_within_length,
+    signals_crisis,
+)
 from services.image_sizes import SUPPORTED_SIZES_PIXELS, describe_supported_sizes
-from services.openai_api import ProviderCallError
+from services.openai_api import ProviderCallError, ProviderFailureKind
 from services.script_marks import count_spoken_words
-from services.sentences import split_sentences
+from services.sentences import SentenceSplitter, split_sentences
 from services.storage.base import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 
 # Bump when the offline composer's output changes, so scripts cached from an older composer are not reused.
-OFFLINE_COMPOSER_VERSION = "offline-v1"
+OFFLINE_COMPOSER_VERSION = "offline-v2"
+# What `provider` names when the listener hears the grounding script rather than a written meditation.
+GROUNDING_PROVIDER = "grounding"
 
 
 class TranscriptProvider(Protocol):
@@ -120,6 +133,10 @@ class TranscriptResult:
     is_cached: bool
     provider: str
     fallback_reason: str = ""
+    # CRISIS_GROUNDING when the conversation or the written script signalled a risk of suicide or
+    # self-harm, and the text is the grounding script; `outcome_reason` then says which of the two.
+    spoken_outcome: SpokenOutcome = SpokenOutcome.ORDINARY
+    outcome_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,32 +158,56 @@ TranscriptEvent = TranscriptDelta | TranscriptRestart | TranscriptResult
 class TranscriptGenerator:
     """Writes scripts through the provider, with a cache keyed by source content, model and prompt version.
 
+    Nothing is spoken unchecked (spoken_safety): a source that signals a risk of suicide or self-harm gets
+    the grounding script without the provider being asked; a written script is released sentence by sentence
+    only once each sentence passes the check. A crisis signal in the script voids what was streamed
+    (TranscriptRestart) and ends in the grounding script; any other refusal is a failure of the provider.
     With a fallback, a failed provider call is announced (TranscriptRestart) and the fallback writes the
     script instead; its result is cached under the fallback's own key, never under the failed provider's.
     """
 
     def __init__(
-        self, provider: TranscriptProvider, cache: ResultCache, fallback: TranscriptGenerator | None = None
+        self,
+        provider: TranscriptProvider,
+        cache: ResultCache,
+        fallback: TranscriptGenerator | None = None,
+        *,
+        crisis_resource_text: str = DEFAULT_CRISIS_RESOURCE_TEXT,
     ) -> None:
         self._provider = provider
         self._cache = cache
         self._fallback = fallback
+        self._crisis_resource_text = crisis_resource_text
 
     def cache_key(self, source_text: str) -> str:
         """The cache key: a hash of the source content, the provider and what decides its output."""
         digest = hashlib.sha256(source_text.encode()).hexdigest()
         return f"transcript:{self._provider.name}:{self._provider.cache_identity}:{digest}"
 
-    async def generate(self, source_text: str, *, skip_cache: bool = False) -> AsyncIterator[TranscriptEvent]:
-        """Streams deltas while the provider writes, then the whole script; a hit yields only the result."""
+    async def generate(
+        self, source_text: str, *, skip_cache: bool = False, is_crisis: bool = False
+    ) -> AsyncIterator[TranscriptEvent]:
+        """Streams deltas while the provider writes, then the whole script; a hit yields only the result.
+
+        `is_crisis` says the whole conversation signalled a risk (CollectSourceContent's finding), which the
+        source text, a cut of it, may no longer show."""
         if not source_text.strip():
             raise InvalidInputError(
                 "source_text", "is empty: collect source content from a conversation first"
             )
+        if is_crisis or await asyncio.to_thread(signals_crisis, source_text):
+            async for event in self._grounding(CRISIS_REASON_CONVERSATION):
+                yield event
+            return
         failure: ProviderCallError | None = None
         try:
             async for event in self._generate(source_text, skip_cache):
                 yield event
+        except _CrisisInScriptError:
+            yield TranscriptRestart(reason=CRISIS_REASON_SCRIPT)
+            async for event in self._grounding(CRISIS_REASON_SCRIPT):
+                yield event
+            return
         except ProviderCallError as error:
             if self._fallback is None:
                 raise
@@ -180,14 +221,47 @@ class TranscriptGenerator:
                 event = dataclasses.replace(event, fallback_reason=failure.message)
             yield event
 
+    async def _grounding(self, reason: str) -> AsyncIterator[TranscriptEvent]:
+        """Streams the grounding script sentence by sentence, as a written script would arrive."""
+        sentences = split_sentences(compose_grounding_script(self._crisis_resource_text))
+        pieces = [sentence + " " for sentence in sentences[:-1]] + sentences[-1:]
+        for piece in pieces:
+            yield TranscriptDelta(piece)
+        # As the offline composer's pieces do, the deltas add up to exactly the script.
+        script = "".join(pieces)
+        yield TranscriptResult(
+            text=script,
+            word_count=count_spoken_words(script),
+            is_cached=False,
+            provider=GROUNDING_PROVIDER,
+            spoken_outcome=SpokenOutcome.CRISIS_GROUNDING,
+            outcome_reason=reason,
+        )
+
     async def _generate(self, source_text: str, skip_cache: bool) -> AsyncIterator[TranscriptEvent]:
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        provider_name = self._provider.name
 
         async def write() -> bytes:
             pieces: list[str] = []
+            splitter = SentenceSplitter()
+            # Written but not yet released: only whole sentences that pass the check reach the narrator,
+            # as the very text written (paragraph breaks included), so the deltas add up to the script.
+            held = ""
             async for piece in self._provider.stream(source_text):
                 pieces.append(piece)
-                deltas.put_nowait(piece)
+                held += piece
+                for sentence in splitter.feed(piece):
+                    _check_sentence(sentence, provider_name)
+                    end = held.index(sentence) + len(sentence)
+                    deltas.put_nowait(held[:end])
+                    held = held[end:]
+                if not is_within_length("".join(pieces)):
+                    raise _refused(ScriptRefusal.TOO_LONG, provider_name)
+            for sentence in splitter.finish():
+                _check_sentence(sentence, provider_name)
+            if held.strip():
+                deltas.put_nowait(held)
             return "".join(pieces).strip().encode()
 
         lookup = asyncio.create_task(
@@ -202,12 +276,41 @@ class TranscriptGenerator:
             if not lookup.done():
                 lookup.cancel()
         text = result.value.decode()
+        if result.is_cached:
+            # Cached before this check existed, or by a replica with another list: checked all the same.
+            await asyncio.to_thread(_check_script, text, provider_name)
         yield TranscriptResult(
             text=text,
             word_count=count_spoken_words(text),
             is_cached=result.is_cached,
             provider=self._provider.name,
         )
+
+
+class _CrisisInScriptError(Exception):
+    """The written script itself signals a risk of suicide or self-harm."""
+
+
+def _refused(refusal: ScriptRefusal, provider_name: str) -> ProviderCallError:
+    return ProviderCallError(
+        ProviderFailureKind.REJECTED,
+        f"the script {provider_name} wrote was refused before narration: {refusal.value}",
+    )
+
+
+def _check_sentence(sentence: str, provider_name: str) -> None:
+    verdict = check_sentence(sentence)
+    if verdict.is_crisis:
+        raise _CrisisInScriptError
+    if verdict.refusal is not None:
+        raise _refused(verdict.refusal, provider_name)
+
+
+def _check_script(text: str, provider_name: str) -> None:
+    if not is_within_length(text):
+        raise _refused(ScriptRefusal.TOO_LONG, provider_name)
+    for sentence in split_sentences(text):
+        _check_sentence(sentence, provider_name)
 
 
 class ImageGenerator:

@@ -32,6 +32,7 @@ from services.content.repository import (
     Conversation,
     NewMessage,
 )
+from services.content.spoken_safety import SpokenOutcome
 from services.content.themes import extract_themes
 from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
@@ -50,6 +51,10 @@ _CONVERSATION_NAME = re.compile(rf"^conversations/({_ID})$")
 
 _ROLE_TO_DOMAIN = role_words(content_pb.MessageRole)
 _ROLE_TO_PROTO = role_values(content_pb.MessageRole)
+_SPOKEN_OUTCOME_TO_PROTO = {
+    SpokenOutcome.ORDINARY: content_pb.SPOKEN_OUTCOME_ORDINARY,
+    SpokenOutcome.CRISIS_GROUNDING: content_pb.SPOKEN_OUTCOME_CRISIS_GROUNDING,
+}
 
 
 class ContentServicer(content_grpc.ContentServiceServicer):
@@ -116,14 +121,20 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 self._repository, _owner(request.owner), conversation_id
             )
         return content_pb.CollectSourceContentResponse(
-            source_text=source.text, source_sha256=source.sha256, themes=source.themes
+            source_text=source.text,
+            source_sha256=source.sha256,
+            themes=source.themes,
+            crisis_signalled=source.is_crisis,
         )
 
     async def GenerateTranscript(
         self, request: content_pb.GenerateTranscriptRequest, context: _Context
     ) -> AsyncIterator[content_pb.GenerateTranscriptResponse]:
         async with _status_for_errors(context):
-            async for event in self._transcripts.generate(request.source_text, skip_cache=request.skip_cache):
+            events = self._transcripts.generate(
+                request.source_text, skip_cache=request.skip_cache, is_crisis=request.crisis_signalled
+            )
+            async for event in events:
                 if isinstance(event, TranscriptDelta):
                     yield content_pb.GenerateTranscriptResponse(
                         delta=content_pb.TranscriptDelta(text=event.text)
@@ -140,6 +151,8 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                             cached=event.is_cached,
                             provider=event.provider,
                             fallback_reason=event.fallback_reason,
+                            spoken_outcome=_SPOKEN_OUTCOME_TO_PROTO[event.spoken_outcome],
+                            outcome_reason=event.outcome_reason,
                         )
                     )
 

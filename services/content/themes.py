@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from services.content.word_lists import read_word_list
 from services.message_roles import ROLES
 
 # Source text marks each message with its author ("User: ..."); an unmarked line continues the message above.
 _ROLE_PREFIX = re.compile(rf"^\s*({'|'.join(ROLES)})\s*:\s*", re.IGNORECASE)
-# The person's own words say more about what is on their mind than the assistant's replies to them.
-_ROLE_WEIGHTS = {"user": 2.0, "assistant": 1.0, "system": 0.0}
-_UNMARKED_WEIGHT = 1.0
+# Themes come from the person's own words only: an assistant's reply (or text made to look like one) may
+# say anything, and nothing it says is spoken back. Unmarked text, with no role at all, is the person's.
+_ROLE_WEIGHTS = {"user": 2.0, "assistant": 0.0, "system": 0.0}
+_UNMARKED_WEIGHT = 2.0
 # A phrase never spans punctuation: "work, sleep" is two themes, not one.
 _CLAUSE_BREAK = re.compile(r"[.,;:!?()\[\]{}\"“”«»…—–/|*#<>=+~`]+|\s[-']\s")
 # Letters only, so digits, emoji and markup never become themes; inner apostrophes and hyphens are kept.
@@ -249,9 +252,26 @@ def content_words(text: str) -> list[str]:
     return words
 
 
+@functools.cache
+def nameable_words() -> frozenset[str]:
+    """The reviewed vocabulary a spoken theme is made of (data/nameable_themes.txt), loaded once."""
+    return read_word_list("nameable_themes.txt")
+
+
+def is_nameable(lemmas: frozenset[str]) -> bool:
+    """Whether a theme of these lemmas may be spoken: each is in the reviewed vocabulary or a plain modifier
+    ("new", "night"), and at least one is in the vocabulary."""
+    vocabulary = nameable_words()
+    return bool(lemmas & vocabulary) and lemmas <= vocabulary | _MODIFIERS
+
+
 def extract_themes(text: str, max_themes: int = 5) -> list[str]:
     """Returns the conversation's most prominent themes, most prominent first, as lowercase noun phrases: at
-    most `max_themes`, and fewer when the rest were only mentioned in passing."""
+    most `max_themes`, and fewer when the rest were only mentioned in passing.
+
+    Only the person's own (user-role or unmarked) lines count, and a theme is only ever made of words from
+    the reviewed vocabulary (`nameable_words`): a phrase is never copied from the text just because it
+    recurs, so insults, brand names, URLs and numbers are never themes."""
     if max_themes <= 0 or not text.strip():
         return []
     tally = _Tally()
@@ -458,6 +478,10 @@ class _Tally:
                     candidate.first_position,
                 )
             )
+        # Filtered before ranking, so a recurring phrase that may not be spoken cannot crowd out one that may.
+        ranked = [entry for entry in ranked if is_nameable(entry.lemmas)]
+        if not ranked:
+            return []
         # Highest score first, a pair before a word it ties with, then first said, then alphabetical.
         ranked.sort(key=lambda entry: (-entry.score, not entry.is_bigram, entry.first_position, entry.key))
         themes: list[str] = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from services.content.source import collect_source_text
-from services.content.themes import content_words, extract_themes, lemmatize
+from services.content.themes import content_words, extract_themes, lemmatize, nameable_words
 
 EXAMPLE_CONVERSATION = Path(__file__).parents[2] / "examples" / "conversation.json"
 
@@ -170,9 +170,26 @@ def test_themes_are_deterministic() -> None:
 def test_themes_hold_only_lowercase_words(text: str) -> None:
     themes = extract_themes(text)
 
-    assert themes
     for theme in themes:
         assert _THEME_SHAPE.match(theme), theme
+
+
+def test_markup_and_a_url_around_vocabulary_words_leave_only_those_words() -> None:
+    text = "User: [pause 9s] my [job] is {awful} <b>work</b> 404 errors https://example.com/x?y=1 #stress"
+
+    assert set(extract_themes(text)) == {"job", "work", "stress"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "User: Я очень устала, работа и сон. 日本語のテキスト café naïve 🌊🌊🌊",
+        "User: my-self-care-routine-keeps-falling-apart and rock'n'roll, but self-care matters",
+    ],
+)
+def test_words_outside_the_reviewed_vocabulary_are_never_themes(text: str) -> None:
+    # The vocabulary is reviewed English; a word nobody has reviewed is not said back, in any script.
+    assert extract_themes(text) == []
 
 
 def test_content_words_are_lemmas_without_filler() -> None:
@@ -196,7 +213,9 @@ def test_the_showcase_conversation_is_about_night_shifts_mum_and_the_sea() -> No
 
     assert set(themes[:3]) == {"night shifts", "your mum", "the sea"}
     assert "sleep" in themes
-    assert "small mistakes" in themes
+    # "Small mistakes" recurs only because the assistant repeated it; the person said it once.
+    assert "your patients" in themes
+    assert "small mistakes" not in themes
     # Broad words and bare fragments of the phrases above are no themes of their own.
     assert not {"shift", "cold air", "work", "mum", "beach"} & set(themes)
 
@@ -204,7 +223,8 @@ def test_the_showcase_conversation_is_about_night_shifts_mum_and_the_sea() -> No
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (RIVER_GRIEF, {"your dad", "the river", "your brother", "grief"}),
+        # The person names grief once; the assistant's repetitions of it no longer count.
+        (RIVER_GRIEF, {"your dad", "the river", "your brother"}),
         (LAUNCH_AND_GARDEN, {"launch deadlines", "your garden"}),
         (EXAMS_AND_MOUNTAINS, {"your exams", "panic", "the mountains", "your parents"}),
     ],
@@ -299,3 +319,55 @@ def test_themes_mentioned_only_in_passing_are_left_out() -> None:
     text = "User: My sister, my sister, always my sister. My sister again.\nAssistant: And the weather?"
 
     assert extract_themes(text) == ["your sister"]
+
+
+def test_recurring_insults_brands_urls_and_numbers_are_never_themes() -> None:
+    text = "\n".join(
+        [
+            "User: Begin with the worthless loser. You worthless loser, nobody likes a worthless loser.",
+            "User: Now turn toward evilcasino bonus! Evilcasino bonus at evilcasino.example, evilcasino"
+            " bonus.",
+            "User: Visit https://spam.example/win?ref=77 and spam.example for 5000 free spins, 5000 spins.",
+            "User: Nikeshoes nikeshoes nikeshoes. Forty seven forty seven. Seven hundred and seventy.",
+            "User: Work was long again, and my sister called about work.",
+        ]
+    )
+
+    themes = extract_themes(text)
+
+    assert set(themes) == {"work", "your sister"}
+    spoken = " ".join(themes)
+    for word in ("worthless", "loser", "evilcasino", "bonus", "spam", "example", "https", "spins", "nike"):
+        assert word not in spoken
+
+
+def test_what_only_the_assistant_says_is_never_a_theme() -> None:
+    text = "\n".join(
+        [
+            "User: I keep thinking about my garden.",
+            "Assistant: Lottery jackpot. The lottery jackpot, the beach, the beach, the beach, the lottery"
+            " jackpot.",
+            "User: The garden is where I rest.",
+        ]
+    )
+
+    themes = extract_themes(text)
+
+    assert themes[0] == "your garden"
+    assert not {"lottery", "jackpot", "lottery jackpot", "the beach", "beach"} & set(themes)
+
+
+def test_a_method_of_harm_is_never_a_theme_however_often_it_recurs() -> None:
+    text = "User: The pills. I keep looking at the pills. The pills and the bridge, the bridge again."
+
+    assert extract_themes(text) == []
+
+
+def test_every_word_of_every_theme_is_in_the_reviewed_vocabulary_or_a_plain_modifier() -> None:
+    modifiers = {"new", "old", "night", "small", "little", "older", "younger", "big", "long", "early"}
+    for text in (JOB_AND_WEDDING, RIVER_GRIEF, LAUNCH_AND_GARDEN, EXAMS_AND_MOUNTAINS, example_source_text()):
+        for theme in extract_themes(text):
+            words = theme.removeprefix("your ").removeprefix("the ").split()
+            for word in words:
+                lemma = lemmatize(word.removesuffix("'s"))
+                assert lemma in nameable_words() or lemma in modifiers, (theme, word)
