@@ -10,6 +10,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import grpc
 import imageio_ffmpeg
@@ -157,7 +158,9 @@ async def test_an_injection_attempt_reaches_the_provider_only_as_a_json_string(
     assert [piece async for piece in provider.stream(hostile)]
     (request,) = provider_server.received_requests()
     assert request.body is not None
-    system, user = request.body["messages"]  # type: ignore[misc]
+    # The body as JSON sent it: plain dicts, lists and strings.
+    messages: list[Any] = request.body["messages"]  # type: ignore[assignment]
+    system, user = messages
     # Our words are exactly ours, whatever the conversation says.
     assert system == {"role": "system", "content": SYSTEM_PROMPT}
     assert user["role"] == "user"
