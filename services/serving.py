@@ -41,6 +41,10 @@ SECRET_VARIABLES: tuple[str, ...] = ("OPENAI_API_KEY", "SUPABASE_KEY")
 # Variables holding a URL whose password (in its userinfo or a `password=` parameter) is a secret.
 CREDENTIAL_URL_VARIABLES: tuple[str, ...] = ("DATABASE_URL", "REDIS_URL")
 
+# Libraries whose DEBUG records carry user data: aiosqlite logs every statement with its parameters (a
+# conversation's text), hpack every HTTP/2 header it encodes. They log at INFO at most, at any level.
+DATA_BEARING_LOGGERS: tuple[str, ...] = ("aiosqlite", "hpack")
+
 ServicerRegistrar = Callable[[grpc.aio.Server], None]
 _TRequest = TypeVar("_TRequest")
 _TResponse = TypeVar("_TResponse")
@@ -221,3 +225,5 @@ def configure_logging(level: str, *, secrets: Sequence[str] = ()) -> None:
     # On the handler, not a logger: records from every logger pass through it.
     handler.addFilter(SecretRedactor(secrets))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    for name in DATA_BEARING_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

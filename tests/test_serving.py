@@ -9,6 +9,7 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import aiosqlite
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -202,6 +203,8 @@ def redacted_log() -> Iterator[io.StringIO]:
     yield buffer
     root.handlers[:] = saved_handlers
     root.setLevel(saved_level)
+    for name in serving.DATA_BEARING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_no_registered_secret_reaches_the_log_in_messages_arguments_or_tracebacks(
@@ -218,3 +221,17 @@ def test_no_registered_secret_reaches_the_log_in_messages_arguments_or_traceback
     assert "Leak0123456789" not in written
     assert written.count("***") >= 3
     assert "call failed" in written
+
+
+async def test_conversation_text_in_sqlite_statements_stays_out_of_a_debug_log(
+    redacted_log: io.StringIO, tmp_path: Path
+) -> None:
+    """aiosqlite logs each statement's parameters at DEBUG; at debug level, the person's words stay out."""
+    words = "Her scans are next Thursday and I am scared"
+    async with aiosqlite.connect(tmp_path / "log.db") as database:
+        await database.execute("CREATE TABLE messages (text TEXT)")
+        await database.execute("INSERT INTO messages VALUES (?)", (words,))
+    logging.getLogger("services.content").debug("stored a message")
+    written = redacted_log.getvalue()
+    assert "stored a message" in written
+    assert words not in written
