@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,6 +33,17 @@ KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
 # How long the RPCs that the end of a grace period cut get to run their cleanup (`finally`: kill FFmpeg,
 # remove scratch files, release a cache lock) before the process releases what they use and exits.
 CLEANUP_SECONDS = 5.0
+
+# The register of secrets, for every process: each variable named here is redacted from every log line of
+# every process, whether or not that process uses it (a library may log its environment or a child's).
+# A new secret variable is added here, and tests/test_serving.py fails until it is.
+SECRET_VARIABLES: tuple[str, ...] = ("OPENAI_API_KEY", "SUPABASE_KEY")
+# Variables holding a URL whose password (in its userinfo or a `password=` parameter) is a secret.
+CREDENTIAL_URL_VARIABLES: tuple[str, ...] = ("DATABASE_URL", "REDIS_URL")
+
+# Libraries whose DEBUG records carry user data: aiosqlite logs every statement with its parameters (a
+# conversation's text), hpack every HTTP/2 header it encodes. They log at INFO at most, at any level.
+DATA_BEARING_LOGGERS: tuple[str, ...] = ("aiosqlite", "hpack")
 
 ServicerRegistrar = Callable[[grpc.aio.Server], None]
 _TRequest = TypeVar("_TRequest")
@@ -162,6 +174,28 @@ async def serve_until_signalled(
         logger.info("stopped")
 
 
+def registered_secrets(environment: Mapping[str, str]) -> list[str]:
+    """The values of every registered secret set in `environment` (the snapshot `__main__` reads), URL
+    passwords both as written and percent-decoded, for `configure_logging`."""
+    secrets = [environment.get(name, "").strip() for name in SECRET_VARIABLES]
+    for name in CREDENTIAL_URL_VARIABLES:
+        secrets += _url_passwords(environment.get(name, "").strip())
+    return sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+
+
+def _url_passwords(url: str) -> list[str]:
+    if not url:
+        return []
+    try:
+        parts = urlsplit(url)
+        passwords = [parts.password or ""]
+    except ValueError:
+        # Unparseable: the variable's reader rejects it at start-up, but never log it meanwhile.
+        return [url]
+    passwords += [value for key, value in parse_qsl(parts.query) if key.lower() == "password"]
+    return [form for password in passwords if password for form in (password, unquote(password))]
+
+
 class SecretRedactor(logging.Filter):
     """Replaces secrets in every log record, whoever logs it (our code, the SDKs, a traceback)."""
 
@@ -178,15 +212,20 @@ class SecretRedactor(logging.Filter):
             redacted = redacted.replace(secret, "***")
             if record.exc_text:
                 record.exc_text = record.exc_text.replace(secret, "***")
+            if record.stack_info:
+                record.stack_info = record.stack_info.replace(secret, "***")
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
 
 
 def configure_logging(level: str, *, secrets: Sequence[str] = ()) -> None:
-    """Sets up one readable log format for every process; `secrets` never reach the output."""
+    """Sets up one readable log format for every process; `secrets` (pass `registered_secrets(os.environ)`)
+    never reach the output."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # On the handler, not a logger: records from every logger pass through it.
     handler.addFilter(SecretRedactor(secrets))
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    for name in DATA_BEARING_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))

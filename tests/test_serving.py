@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import aiosqlite
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
@@ -139,3 +144,94 @@ async def test_health_answers_while_a_video_encodes(
 
 async def _drain(stream: grpc.aio.UnaryStreamCall) -> int:  # type: ignore[type-arg]
     return len([response async for response in stream])
+
+
+# Names a secret goes by: *_KEY, *_TOKEN, *_SECRET, *_PASSWORD and the like (not STILLPOINT_*_MAX_TOKENS).
+_SECRET_NAME = re.compile(r'"([A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASS|CREDENTIALS?)(?:_FILE)?)"')
+_SERVICES = Path(__file__).resolve().parents[1] / "services"
+
+
+def test_every_secret_variable_the_services_read_is_registered() -> None:
+    """A new secret read anywhere in services/ fails here until serving.SECRET_VARIABLES names it."""
+    named = {
+        match.group(1)
+        for path in _SERVICES.rglob("*.py")
+        for match in _SECRET_NAME.finditer(path.read_text(encoding="utf-8"))
+    }
+    assert {"OPENAI_API_KEY", "SUPABASE_KEY"} <= named
+    assert named <= set(serving.SECRET_VARIABLES)
+
+
+@pytest.mark.parametrize("service", ["content", "media"])
+def test_each_service_redacts_every_registered_secret(service: str) -> None:
+    main = (_SERVICES / service / "__main__.py").read_text(encoding="utf-8")
+    assert "secrets=serving.registered_secrets(os.environ)" in main
+
+
+def test_registered_secrets_include_keys_and_url_passwords_of_any_process() -> None:
+    environment = {
+        "OPENAI_API_KEY": "sk-proj-Openai0123456789",
+        "SUPABASE_KEY": "sb_secret_Supabase0123456789",
+        "DATABASE_URL": "postgresql+asyncpg://stillpoint:pg%2Fp%40ss@db:5432/stillpoint",
+        "REDIS_URL": "rediss://default:r3d1s-pass@cache:6380/0",
+        "STILLPOINT_LOG_LEVEL": "info",
+    }
+    secrets = serving.registered_secrets(environment)
+    assert set(secrets) == {
+        "sk-proj-Openai0123456789",
+        "sb_secret_Supabase0123456789",
+        "pg%2Fp%40ss",
+        "pg/p@ss",
+        "r3d1s-pass",
+    }
+    assert serving.registered_secrets({"REDIS_URL": "redis://cache:6379/0?password=q-pass"}) == ["q-pass"]
+    assert serving.registered_secrets({"DATABASE_URL": "sqlite+aiosqlite:///var/content.db"}) == []
+
+
+@pytest.fixture
+def redacted_log() -> Iterator[io.StringIO]:
+    """The root logger as `configure_logging` sets it up, writing to a buffer; restored afterwards."""
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers.clear()
+    environment = {"OPENAI_API_KEY": "sk-proj-Leak0123456789", "SUPABASE_KEY": "sb_secret_Leak0123456789"}
+    serving.configure_logging("debug", secrets=serving.registered_secrets(environment))
+    buffer = io.StringIO()
+    handler = root.handlers[0]
+    assert isinstance(handler, logging.StreamHandler)
+    handler.setStream(buffer)
+    yield buffer
+    root.handlers[:] = saved_handlers
+    root.setLevel(saved_level)
+    for name in serving.DATA_BEARING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_no_registered_secret_reaches_the_log_in_messages_arguments_or_tracebacks(
+    redacted_log: io.StringIO,
+) -> None:
+    log = logging.getLogger("storage3")
+    log.info("uploading with apikey=%s", "sb_secret_Leak0123456789")
+    log.debug("headers: %s", {"Authorization": "Bearer sk-proj-Leak0123456789"})
+    try:
+        raise RuntimeError("rejected key sk-proj-Leak0123456789")
+    except RuntimeError:
+        log.exception("call failed")
+    written = redacted_log.getvalue()
+    assert "Leak0123456789" not in written
+    assert written.count("***") >= 3
+    assert "call failed" in written
+
+
+async def test_conversation_text_in_sqlite_statements_stays_out_of_a_debug_log(
+    redacted_log: io.StringIO, tmp_path: Path
+) -> None:
+    """aiosqlite logs each statement's parameters at DEBUG; at debug level, the person's words stay out."""
+    words = "Her scans are next Thursday and I am scared"
+    async with aiosqlite.connect(tmp_path / "log.db") as database:
+        await database.execute("CREATE TABLE messages (text TEXT)")
+        await database.execute("INSERT INTO messages VALUES (?)", (words,))
+    logging.getLogger("services.content").debug("stored a message")
+    written = redacted_log.getvalue()
+    assert "stored a message" in written
+    assert words not in written

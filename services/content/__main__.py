@@ -22,6 +22,7 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
+from services.content.image_decoding import enforce_decoding_limits
 from services.content.migrate import HISTORY
 from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
 from services.content.pregeneration import pregenerate_off_peak, read_prompt_list
@@ -64,7 +65,10 @@ def build_generators(
     if config.transcript_provider == "openai" and client is not None:
         transcripts = TranscriptGenerator(
             OpenAITranscriptProvider(
-                client, config.transcript_model, budget * config.transcript_timeout_seconds
+                client,
+                config.transcript_model,
+                budget * config.transcript_timeout_seconds,
+                max_output_tokens=config.transcript_max_output_tokens,
             ),
             transcript_cache,
             fallback=offline_transcripts if fallback else None,
@@ -78,6 +82,7 @@ def build_generators(
             landscape_size=config.image_size_landscape,
             square_size=config.image_size_square,
             timeout_seconds=budget * config.image_timeout_seconds,
+            download_policy=config.image_download,
         )
         images = ImageGenerator(provider, image_cache, storage, fallback=offline_images if fallback else None)
         reports[1] = ProviderReport("image", "openai", config.image_model.name, fallback)
@@ -154,8 +159,10 @@ def run() -> None:
         config = ContentConfig.from_environment(environment, var_root=var_root)
     except ConfigError as error:
         sys.exit(f"content: configuration error: {error}")
-    secrets = [config.openai.api_key] if config.openai is not None else []
-    serving.configure_logging(config.log_level, secrets=[*secrets, config.storage.supabase_key])
+    # Every registered secret, used here or not: see serving.SECRET_VARIABLES.
+    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
+    # Before any thread starts: every image decoded in this process is held to the pixel budget.
+    enforce_decoding_limits()
     logger.info(
         "providers: transcript=%s image=%s; storage=%s; cache=%s",
         config.transcript_provider,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.content.image_download import DownloadPolicy, IPNetwork
 from services.content.migrate import default_sqlite_file
+from services.content.openai_providers import DEFAULT_MAX_OUTPUT_TOKENS
 from services.content.spoken_safety import DEFAULT_CRISIS_RESOURCE_TEXT, validate_resource_text
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
@@ -43,6 +46,8 @@ class ContentConfig:
     fallback_to_offline: bool
     transcript_timeout_seconds: float
     image_timeout_seconds: float
+    transcript_max_output_tokens: int
+    image_download: DownloadPolicy
     redis_url: str | None
     cache_lock_timeout_seconds: float
     pregenerate_prompts_file: Path | None
@@ -86,6 +91,11 @@ class ContentConfig:
             # The reference pipeline's budget for content generation: 300 s.
             transcript_timeout_seconds=environment.seconds("STILLPOINT_TRANSCRIPT_TIMEOUT_SECONDS", 300.0),
             image_timeout_seconds=environment.seconds("STILLPOINT_IMAGE_TIMEOUT_SECONDS", 300.0),
+            # The cap on what one script may cost (and on a conversation that talks the model into rambling).
+            transcript_max_output_tokens=environment.integer(
+                "STILLPOINT_TRANSCRIPT_MAX_TOKENS", DEFAULT_MAX_OUTPUT_TOKENS, minimum=256, maximum=32_000
+            ),
+            image_download=DownloadPolicy(allowed_networks=_allowed_networks(environment)),
             redis_url=environment.redis_url("REDIS_URL"),
             # The lock is extended while its holder computes, so this only bounds how long a crashed
             # replica's lock keeps the others waiting.
@@ -117,6 +127,23 @@ def _prompts_file(environment: Environment) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"STILLPOINT_PREGENERATE_PROMPTS_FILE={value!r} is not a readable file")
     return path
+
+
+def _allowed_networks(environment: Environment) -> tuple[IPNetwork, ...]:
+    """Networks an image URL may point into besides public addresses: none by default. The tests allow
+    127.0.0.1/32 for their fake provider; a deployment might allow the LAN of a self-hosted server."""
+    name = "STILLPOINT_IMAGE_DOWNLOAD_ALLOWED_NETWORKS"
+    networks = []
+    for entry in environment.text(name, "").split(","):
+        if not entry.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name} has {entry.strip()!r}, not a network: list CIDRs such as 127.0.0.1/32,10.1.0.0/16"
+            ) from None
+    return tuple(networks)
 
 
 def _image_size(environment: Environment, name: str, default: str) -> str:

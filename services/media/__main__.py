@@ -105,9 +105,8 @@ def run() -> None:
         config = MediaConfig.from_environment(environment, var_root=var_root)
     except ConfigError as error:
         sys.exit(f"media: configuration error: {error}")
-    serving.configure_logging(
-        config.log_level, secrets=[config.openai.api_key] if config.openai is not None else []
-    )
+    # Every registered secret, used here or not: see serving.SECRET_VARIABLES.
+    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
     asyncio.run(main(config))
 
 

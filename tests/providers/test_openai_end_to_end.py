@@ -120,6 +120,10 @@ async def test_all_three_providers_on_openai_produce_both_videos_and_never_log_t
     assert "retires on" in logs  # the model check also warns in the log
     assert SECRET_KEY not in logs
     assert SECRET_KEY not in str(responses)
+    # Nor the person's words, even at debug level with every SDK logging.
+    for message in load_conversation(EXAMPLE).messages:
+        assert message.text not in logs
+    assert "haven't told anyone at work how scared I am" not in logs
 
 
 async def test_a_rejected_key_falls_back_to_offline_and_says_so_in_the_stream(

@@ -241,6 +241,8 @@ class RecordedRequest:
     is_stream: bool | None = None
     # None until the server answers (and for ever for a hung request).
     status: int | None = None
+    # The JSON body as sent, so tests can assert exactly what reached the provider.
+    body: Mapping[str, object] | None = None
 
     def to_json_object(self) -> dict[str, object]:
         recorded: dict[str, object] = {"method": self.method, "path": self.path, "model": self.model}
@@ -314,6 +316,10 @@ class OpenAICompatibleServer:
     def clear_requests(self) -> None:
         self._state.clear_requests()
 
+    def file_downloads(self) -> list[tuple[str, str]]:
+        """Each GET of a served image file, as (path, Host header), in order."""
+        return self._state.file_downloads()
+
     def __enter__(self) -> OpenAICompatibleServer:
         self.start()
         return self
@@ -335,6 +341,7 @@ class _ServerState:
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._file_downloads: list[tuple[str, str]] = []
         self._files: OrderedDict[str, bytes] = OrderedDict()
         self._narrations: OrderedDict[str, Narration] = OrderedDict()
         self._narrator: EspeakNarrator | None = None
@@ -391,6 +398,15 @@ class _ServerState:
     def clear_requests(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._file_downloads.clear()
+
+    def record_file_download(self, path: str, host: str) -> None:
+        with self._lock:
+            self._file_downloads.append((path, host))
+
+    def file_downloads(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._file_downloads)
 
     def store_file(self, data: bytes) -> str:
         file_id = uuid.uuid4().hex
@@ -470,6 +486,7 @@ class _Handler(TrackingHandler):
             if path.startswith("/_control/"):
                 self._control(method, path, body)
             elif path.startswith("/files/") and method == "GET":
+                self._state.record_file_download(path, self.headers.get("Host") or "")
                 self._serve_file(path.removeprefix("/files/"))
             elif path.startswith("/v1/"):
                 self._api(method, path, body)
@@ -530,7 +547,7 @@ class _Handler(TrackingHandler):
         if route == "models" and path.startswith("/v1/models/"):
             model = path.removeprefix("/v1/models/")
         is_stream = bool(payload.get("stream")) if route == "chat" else None
-        self._recorded = RecordedRequest(method, path, model, is_stream)
+        self._recorded = RecordedRequest(method, path, model, is_stream, body=payload or None)
         self._state.record(self._recorded)
         if route is None:
             raise _ApiError(404, f"Invalid URL ({method} {path})")
