@@ -37,7 +37,12 @@ CLEANUP_SECONDS = 5.0
 # The register of secrets, for every process: each variable named here is redacted from every log line of
 # every process, whether or not that process uses it (a library may log its environment or a child's).
 # A new secret variable is added here, and tests/test_serving.py fails until it is.
-SECRET_VARIABLES: tuple[str, ...] = ("OPENAI_API_KEY", "SUPABASE_KEY")
+SECRET_VARIABLES: tuple[str, ...] = (
+    "OPENAI_API_KEY",
+    "SUPABASE_KEY",
+    "SUPABASE_JWT_SECRET",
+    "STILLPOINT_API_KEY",
+)
 # Variables holding a URL whose password (in its userinfo or a `password=` parameter) is a secret.
 CREDENTIAL_URL_VARIABLES: tuple[str, ...] = ("DATABASE_URL", "REDIS_URL")
 

@@ -144,10 +144,8 @@ def run() -> None:
         config = GatewayConfig.from_environment(Environment(os.environ))
     except ConfigError as error:
         sys.exit(f"gateway: configuration error: {error}")
-    supabase = config.authentication.supabase
-    # The legacy JWT secret signs every user's token: it never reaches a log.
-    secrets = [supabase.jwt_secret] if supabase is not None and supabase.jwt_secret else []
-    serving.configure_logging(config.log_level, secrets=secrets)
+    # Every registered secret, the legacy JWT secret (it signs every user's token) among them.
+    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
     asyncio.run(main(config))
 
 

@@ -11,7 +11,7 @@ import grpc
 
 from services.gateway.deadlines import bounded
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.events import SentenceTiming, VideoQuality
+from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
 from services.gateway.models import Conversation, Message
 from services.gateway.pipeline import StageTimeouts
 from services.gateway.ports import (
@@ -91,6 +91,10 @@ BOOKKEEPING_TIMEOUT_SECONDS = 10.0
 
 _ROLE_TO_PROTO = role_values(content_pb.MessageRole)
 _ROLE_TO_DOMAIN = role_words(content_pb.MessageRole)
+_SPOKEN_OUTCOME = {
+    content_pb.SPOKEN_OUTCOME_ORDINARY: SpokenOutcome.ORDINARY,
+    content_pb.SPOKEN_OUTCOME_CRISIS_GROUNDING: SpokenOutcome.CRISIS_GROUNDING,
+}
 _PROFILE = {
     VideoQuality.QUICK: media_pb.VIDEO_PROFILE_QUICK,
     VideoQuality.ENHANCED: media_pb.VIDEO_PROFILE_ENHANCED,
@@ -144,6 +148,8 @@ def _transcript_event(
         is_cached=done.cached,
         provider=done.provider,
         fallback_reason=done.fallback_reason,
+        spoken_outcome=_SPOKEN_OUTCOME.get(done.spoken_outcome, SpokenOutcome.ORDINARY),
+        outcome_reason=done.outcome_reason,
     )
 
 
@@ -221,17 +227,23 @@ class ContentClient:
             "content",
             lambda: self._stub.CollectSourceContent(request, timeout=bounded(self._timeouts.source_seconds)),
         )
-        return SourceContent(text=response.source_text, themes=tuple(response.themes))
+        return SourceContent(
+            text=response.source_text,
+            themes=tuple(response.themes),
+            is_crisis_signalled=response.crisis_signalled,
+        )
 
     async def generate_transcript(
-        self, source_text: str, *, skip_cache: bool
+        self, source_text: str, *, skip_cache: bool, is_crisis_signalled: bool = False
     ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]:
         """Streams the script as it is written, then the whole of it.
 
         A stream cut mid-way (its content replica stopped or crashed) fails the job's attempt with
         UNAVAILABLE, and the job's retry policy tries again: streams have no retry layer of their own.
         """
-        request = content_pb.GenerateTranscriptRequest(source_text=source_text, skip_cache=skip_cache)
+        request = content_pb.GenerateTranscriptRequest(
+            source_text=source_text, skip_cache=skip_cache, crisis_signalled=is_crisis_signalled
+        )
         stream = self._stub.GenerateTranscript(request, timeout=bounded(self._timeouts.transcript_seconds))
         try:
             async for response in stream:

@@ -33,6 +33,16 @@ class StageState(enum.StrEnum):
     STOPPED = "stopped"
 
 
+class SpokenOutcome(enum.StrEnum):
+    """What kind of script the listener hears."""
+
+    UNSPECIFIED = "unspecified"  # the job ended before its script was written
+    ORDINARY = "ordinary"
+    # The conversation, or the script written from it, signals a risk of suicide or self-harm: a short
+    # grounding script that names no method and points to help.
+    CRISIS_GROUNDING = "crisis_grounding"
+
+
 class VideoQuality(enum.StrEnum):
     """Which of a job's two videos."""
 
@@ -67,6 +77,7 @@ class TranscriptReady:
     is_cached: bool
     provider: str = ""
     fallback_reason: str = ""
+    spoken_outcome: SpokenOutcome = SpokenOutcome.ORDINARY
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,9 @@ class Completed:
     total_seconds: float = 0.0
     failure_kind: FailureKind | None = None
     failure_message: str = ""
+    spoken_outcome: SpokenOutcome = SpokenOutcome.UNSPECIFIED
+    # Why the outcome is not ordinary; never quotes the conversation.
+    outcome_reason: str = ""
 
 
 Event = (
@@ -174,6 +188,7 @@ _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "state": StageState,
     "quality": VideoQuality,
     "failure_kind": FailureKind,
+    "spoken_outcome": SpokenOutcome,
 }
 
 

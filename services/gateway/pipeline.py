@@ -16,6 +16,7 @@ from services.gateway.events import (
     ImageReady,
     NarrationReady,
     PlaylistReady,
+    SpokenOutcome,
     Stage,
     StageChanged,
     StageState,
@@ -30,6 +31,7 @@ from services.gateway.ports import (
     GeneratedImage,
     LivePlaylist,
     MediaPort,
+    SourceContent,
     SpokenNarration,
     TranscriptPiece,
     TranscriptRestart,
@@ -45,6 +47,8 @@ class JobEvents(Protocol):
 
     meditation: str
     transcript_cache_hit: bool
+    spoken_outcome: SpokenOutcome
+    outcome_reason: str
     image_cache_hit: bool
 
     async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
@@ -102,7 +106,7 @@ class MeditationPipeline:
             self._image(job, source.text, options.image_aspect.size_pixels, options.skip_cache)
         )
         try:
-            narration = await self._transcript_and_narration(job, source.text, options.skip_cache)
+            narration = await self._transcript_and_narration(job, source, options.skip_cache)
             early_image = _result_if_ready(image_task)
             await self._video(job, VideoQuality.QUICK, early_image, narration)
             image = await image_task
@@ -114,7 +118,7 @@ class MeditationPipeline:
                     await image_task
 
     async def _transcript_and_narration(
-        self, job: JobEvents, source_text: str, skip_cache: bool
+        self, job: JobEvents, source: SourceContent, skip_cache: bool
     ) -> SpokenNarration:
         """Writes the transcript and speaks it at the same time: each sentence goes to the narrator as soon
         as the writer finishes it, so the live preview plays while the transcript is still being written."""
@@ -129,7 +133,7 @@ class MeditationPipeline:
             narrating = asyncio.create_task(self._narration(job, script))
 
         try:
-            await self._transcript(job, source_text, skip_cache, lambda text: script.add(text), restart)
+            await self._transcript(job, source, skip_cache, lambda text: script.add(text), restart)
             script.end()
             return await narrating
         finally:
@@ -141,14 +145,17 @@ class MeditationPipeline:
     async def _transcript(
         self,
         job: JobEvents,
-        source_text: str,
+        source: SourceContent,
         skip_cache: bool,
         on_text: Callable[[str], None],
         on_restart: Callable[[], None],
     ) -> WrittenTranscript:
         async with self._stage(job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds) as stage:
             written: WrittenTranscript | None = None
-            async for piece in self._content.generate_transcript(source_text, skip_cache=skip_cache):
+            pieces = self._content.generate_transcript(
+                source.text, skip_cache=skip_cache, is_crisis_signalled=source.is_crisis_signalled
+            )
+            async for piece in pieces:
                 if isinstance(piece, TranscriptPiece):
                     on_text(piece.text)
                 elif isinstance(piece, TranscriptRestart):
@@ -165,6 +172,8 @@ class MeditationPipeline:
                 f"{written.word_count} words", written.provider, written.is_cached, written.fallback_reason
             )
         job.transcript_cache_hit = written.is_cached
+        # A crisis grounding script is flagged in the stream, so the calling app can act on it.
+        job.spoken_outcome, job.outcome_reason = written.spoken_outcome, written.outcome_reason
         await job.emit(
             TranscriptReady(
                 text=written.text,
@@ -172,6 +181,7 @@ class MeditationPipeline:
                 is_cached=written.is_cached,
                 provider=written.provider,
                 fallback_reason=written.fallback_reason,
+                spoken_outcome=written.spoken_outcome,
             ),
             JobChanges(transcript=written.text),
         )

@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.gateway.events import SentenceTiming, VideoQuality
+from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
 from services.gateway.models import Conversation, Message
 
 
@@ -16,6 +16,8 @@ class SourceContent:
 
     text: str
     themes: tuple[str, ...]
+    # The whole conversation (not only `text`, a cut of it) signals a risk of suicide or self-harm.
+    is_crisis_signalled: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class WrittenTranscript:
     is_cached: bool
     provider: str
     fallback_reason: str = ""
+    spoken_outcome: SpokenOutcome = SpokenOutcome.ORDINARY
+    outcome_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class ContentPort(Protocol):
     async def collect_source_content(self, owner: str, conversation: str) -> SourceContent: ...
 
     def generate_transcript(
-        self, source_text: str, *, skip_cache: bool
+        self, source_text: str, *, skip_cache: bool, is_crisis_signalled: bool = False
     ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]: ...
 
     async def create_image_prompt(self, source_text: str) -> str: ...

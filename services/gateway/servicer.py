@@ -76,6 +76,11 @@ _STAGE_STATE = {
     events.StageState.FAILED: gateway_pb.STAGE_STATE_FAILED,
     events.StageState.STOPPED: gateway_pb.STAGE_STATE_STOPPED,
 }
+_SPOKEN_OUTCOME = {
+    events.SpokenOutcome.UNSPECIFIED: gateway_pb.SPOKEN_OUTCOME_UNSPECIFIED,
+    events.SpokenOutcome.ORDINARY: gateway_pb.SPOKEN_OUTCOME_ORDINARY,
+    events.SpokenOutcome.CRISIS_GROUNDING: gateway_pb.SPOKEN_OUTCOME_CRISIS_GROUNDING,
+}
 _QUALITY = {
     events.VideoQuality.QUICK: gateway_pb.VIDEO_QUALITY_QUICK,
     events.VideoQuality.ENHANCED: gateway_pb.VIDEO_QUALITY_ENHANCED,
@@ -324,6 +329,7 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             response.transcript_ready.cached = event.is_cached
             response.transcript_ready.provider = event.provider
             response.transcript_ready.fallback_reason = event.fallback_reason
+            response.transcript_ready.spoken_outcome = _SPOKEN_OUTCOME[event.spoken_outcome]
         case events.ImageReady():
             response.image_ready.uri = event.uri
             response.image_ready.width_pixels = event.width_pixels
@@ -364,6 +370,8 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             completed.transcript_cache_hit = event.transcript_cache_hit
             completed.image_cache_hit = event.image_cache_hit
             completed.total_duration.CopyFrom(to_duration(event.total_seconds))
+            completed.spoken_outcome = _SPOKEN_OUTCOME[event.spoken_outcome]
+            completed.outcome_reason = event.outcome_reason
             for stage in events.Stage:
                 if stage.value in event.stage_seconds:
                     completed.stage_timings.add(

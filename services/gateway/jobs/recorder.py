@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.events import Completed, Event, SequencedEvent, Stage, encode_event
+from services.gateway.events import Completed, Event, SequencedEvent, SpokenOutcome, Stage, encode_event
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import JobChanges, MeditationState
 
@@ -26,6 +26,8 @@ class JobRecorder:
     stage_seconds: dict[Stage, float] = field(default_factory=dict)
     transcript_cache_hit: bool = False
     image_cache_hit: bool = False
+    spoken_outcome: SpokenOutcome = SpokenOutcome.UNSPECIFIED
+    outcome_reason: str = ""
     is_cancel_requested: bool = False
     is_finished: bool = False
     # Set when another replica took the job over: this one must not write to its log any more.
@@ -89,6 +91,8 @@ class JobRecorder:
             total_seconds=round(self.elapsed_seconds, 4),
             failure_kind=None if failure is None else failure.kind,
             failure_message="" if failure is None else failure.message,
+            spoken_outcome=self.spoken_outcome,
+            outcome_reason=self.outcome_reason,
         )
 
     async def finish(self, state: MeditationState, failure: GatewayError | None) -> bool:
