@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,12 +22,38 @@ MAX_MESSAGES_PER_REQUEST = 500
 MAX_REQUEST_ID_CHARS = 64
 
 
+# Characters no conversation needs and some attacks do: NUL (PostgreSQL refuses it in text), the other C0
+# controls but tab, newline and carriage return, and the bidirectional overrides and isolates that can make
+# text display as something else (Trojan Source, CVE-2021-42574). Text containing them is refused, not
+# silently changed, so what is stored is what the person sent.
+_FORBIDDEN_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u202a-\u202e\u2066-\u2069]")
+# Invisible characters that make a blank text look non-empty.
+_INVISIBLE = re.compile("[\\s\u200b\u200c\u200d\u2060\ufeff]+")
+
+
+def check_text(field: str, text: str) -> None:
+    """Refuses text with control characters or bidirectional overrides, naming the field and the rule."""
+    found = _FORBIDDEN_CHARACTERS.search(text)
+    if found is not None:
+        raise InvalidInputError(
+            field,
+            f"contains the control character U+{ord(found.group()):04X}: remove control characters and "
+            "bidirectional overrides (U+202A–U+202E, U+2066–U+2069)",
+        )
+
+
+def is_blank(text: str) -> bool:
+    """Whether the text is empty once whitespace and zero-width characters are taken away."""
+    return not _INVISIBLE.sub("", text)
+
+
 def validate_title(title: str) -> str:
-    """Returns the title stripped, or raises when it is too long."""
+    """Returns the title stripped, or raises when it is too long or carries forbidden characters."""
     if len(title) > MAX_TITLE_CHARS:
         raise InvalidInputError(
             "title", f"is {len(title)} characters; shorten it to at most {MAX_TITLE_CHARS}"
         )
+    check_text("title", title)
     return title.strip()
 
 
@@ -48,7 +75,8 @@ def validate_messages(messages: Sequence[NewMessage], *, allow_empty: bool) -> N
     for index, message in enumerate(messages):
         if message.role not in ROLES:
             raise InvalidInputError(f"messages[{index}].role", "is unset: use USER, ASSISTANT or SYSTEM")
-        if not message.text.strip():
+        check_text(f"messages[{index}].text", message.text)
+        if is_blank(message.text):
             raise InvalidInputError(f"messages[{index}].text", "is blank: every message needs text")
         if len(message.text) > MAX_MESSAGE_CHARS:
             raise InvalidInputError(

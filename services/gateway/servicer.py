@@ -50,7 +50,7 @@ _STATUS = {
 }
 _ROLE_TO_DOMAIN = role_words(gateway_pb.MessageRole)
 _ROLE_TO_PROTO = role_values(gateway_pb.MessageRole)
-_ASPECT = {
+_ASPECT: dict[int, ImageAspect] = {
     gateway_pb.IMAGE_ASPECT_UNSPECIFIED: ImageAspect.LANDSCAPE,
     gateway_pb.IMAGE_ASPECT_LANDSCAPE: ImageAspect.LANDSCAPE,
     gateway_pb.IMAGE_ASPECT_SQUARE: ImageAspect.SQUARE,
@@ -132,7 +132,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
         async with _status_for_errors(context):
             conversation = _checked_name(request.conversation, _CONVERSATION_NAME, "conversation")
             options = MeditationOptions(
-                image_aspect=_ASPECT.get(request.options.image_aspect, ImageAspect.LANDSCAPE),
+                image_aspect=_image_aspect(request.options.image_aspect),
                 skip_cache=request.options.skip_cache,
             )
             owner = caller()
@@ -263,15 +263,30 @@ def _checked_name(name: str, pattern: re.Pattern[str], field: str) -> str:
     return name
 
 
+def _image_aspect(value: int) -> ImageAspect:
+    aspect = _ASPECT.get(value)
+    if aspect is None:
+        raise InvalidInputError("options.image_aspect", "use IMAGE_ASPECT_LANDSCAPE or IMAGE_ASPECT_SQUARE")
+    return aspect
+
+
 def _messages(messages: Iterable[gateway_pb.Message]) -> list[Message]:
-    return [
-        Message(
-            role=_ROLE_TO_DOMAIN.get(message.role, ""),
-            text=message.text,
-            create_time=from_timestamp(message.create_time) if message.HasField("create_time") else None,
-        )
-        for message in messages
-    ]
+    converted = []
+    for index, message in enumerate(messages):
+        role = _ROLE_TO_DOMAIN.get(message.role)
+        if role is None:
+            raise InvalidInputError(
+                f"messages[{index}].role",
+                "use MESSAGE_ROLE_USER, MESSAGE_ROLE_ASSISTANT or MESSAGE_ROLE_SYSTEM",
+            )
+        try:
+            create_time = from_timestamp(message.create_time) if message.HasField("create_time") else None
+        except ValueError:
+            raise InvalidInputError(
+                f"messages[{index}].create_time", "is out of range: use a time between the years 1 and 9999"
+            ) from None
+        converted.append(Message(role=role, text=message.text, create_time=create_time))
+    return converted
 
 
 def _conversation_proto(conversation: Conversation) -> gateway_pb.Conversation:

@@ -239,9 +239,11 @@ async def test_pregeneration_of_named_prompts_at_square_size(
 async def _transcript_of(
     stub: content_grpc.ContentServiceStub, messages: list[content_pb.Message]
 ) -> tuple[content_pb.CollectSourceContentResponse, content_pb.TranscriptCompleted]:
-    created = await stub.CreateConversation(content_pb.CreateConversationRequest(messages=messages))
+    created = await stub.CreateConversation(
+        content_pb.CreateConversationRequest(messages=messages, owner=TEST_OWNER)
+    )
     source = await stub.CollectSourceContent(
-        content_pb.CollectSourceContentRequest(conversation=created.conversation.name)
+        content_pb.CollectSourceContentRequest(conversation=created.conversation.name, owner=TEST_OWNER)
     )
     responses = [
         response
