@@ -67,6 +67,16 @@ class Environment:
         """Returns a TCP port; 0 asks the system for a free one."""
         return self.integer(name, default, minimum=0, maximum=65_535)
 
+    def bind_host(self, name: str, default: str) -> str:
+        """Returns the interface a server listens on: an IPv4 address, a bracketed IPv6 address, or a host
+        name (0.0.0.0 listens on every interface)."""
+        value = self.text(name, default)
+        if not (_is_ipv4(value) or _is_host_name(value)):
+            raise ConfigError(
+                f"{name}={value!r} is not an interface to listen on, such as 127.0.0.1 or 0.0.0.0"
+            )
+        return value
+
     def address(self, name: str, default: str) -> str:
         """Returns a gRPC target: `host:port`; `dns:///host:port`, which resolves to every replica behind
         the name; or the replicas listed, as in `ipv4:10.0.0.1:50053,10.0.0.2:50053` or

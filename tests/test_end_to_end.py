@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.parse
@@ -225,3 +226,29 @@ def test_stillpoint_cli_saves_both_videos_and_watch_resumes_after_a_sequence(
     replayed = [int(number) for number in re.findall(r"\] #(\d+) ", watched)]
     total = max(int(number) for number in re.findall(r"\] #(\d+) ", generated))
     assert replayed == list(range(21, total + 1))
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its first non-loopback interface, if it has one (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_the_internal_services_refuse_connections_from_other_interfaces(stack: Stack) -> None:
+    """Property: content and media listen on loopback by default: on the machine's network address their
+    ports are closed, while the gateway (public) answers there."""
+    address = _non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no network interface but loopback")
+    for internal in (stack.content_address, stack.media_address):
+        port = int(internal.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError), socket.create_connection((address, port), timeout=5):
+            pass
+    gateway_port = int(stack.gateway_address.rsplit(":", 1)[1])
+    with socket.create_connection((address, gateway_port), timeout=5):
+        pass

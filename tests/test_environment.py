@@ -19,6 +19,8 @@ def test_defaults_are_the_embedded_offline_ones(tmp_path: Path) -> None:
     assert config.port == 50052
     assert config.database_url.startswith("sqlite+aiosqlite:///")
     assert config.cache_ttl_seconds == 3600
+    # Only the gateway calls the internal services: they listen on loopback unless told otherwise.
+    assert config.bind_host == "127.0.0.1"
     gateway = GatewayConfig.from_environment(Environment({}))
     assert gateway.port == 50051
     assert gateway.media_address == "127.0.0.1:50053"
@@ -39,6 +41,18 @@ def test_defaults_are_the_embedded_offline_ones(tmp_path: Path) -> None:
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         GatewayConfig.from_environment(Environment({variable: value}))
+
+
+@pytest.mark.parametrize("value", ["every interface", "10.0.0.1:50052", "http://0.0.0.0"])
+def test_a_bad_bind_host_names_its_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="STILLPOINT_CONTENT_BIND_HOST"):
+        ContentConfig.from_environment(
+            Environment({"STILLPOINT_CONTENT_BIND_HOST": value}), var_root=tmp_path
+        )
+    accepted = ContentConfig.from_environment(
+        Environment({"STILLPOINT_CONTENT_BIND_HOST": "0.0.0.0"}), var_root=tmp_path
+    )
+    assert accepted.bind_host == "0.0.0.0"
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,7 @@ async def serve(
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
         register=lambda server: content_grpc.add_ContentServiceServicer_to_server(servicer, server),
-        address=f"0.0.0.0:{config.port}",
+        address=f"{config.bind_host}:{config.port}",
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)

@@ -28,6 +28,8 @@ class ContentConfig:
     """Everything the content service needs to start."""
 
     port: int
+    # The interface it listens on: loopback unless the deployment says otherwise (only the gateway calls it).
+    bind_host: str
     database_url: str
     database_pool: PoolSettings
     storage: StorageSettings
@@ -62,6 +64,7 @@ class ContentConfig:
         uses_openai = "openai" in (transcript_provider, image_provider)
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
+            bind_host=environment.bind_host("STILLPOINT_CONTENT_BIND_HOST", "127.0.0.1"),
             database_url=read_database_url(environment, default_sqlite_file(var_root)),
             database_pool=read_pool_settings(environment),
             storage=read_storage_settings(environment, var_root),

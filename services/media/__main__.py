@@ -91,7 +91,7 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
         register=lambda server: media_grpc.add_MediaServiceServicer_to_server(MediaServicer(studio), server),
-        address=f"0.0.0.0:{config.port}",
+        address=f"{config.bind_host}:{config.port}",
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)

@@ -24,6 +24,8 @@ class MediaConfig:
     """Everything the media service needs to start."""
 
     port: int
+    # The interface it listens on: loopback unless the deployment says otherwise (only the gateway calls it).
+    bind_host: str
     storage: StorageSettings
     work_root: Path
     narration_timeout_seconds: float
@@ -53,6 +55,7 @@ class MediaConfig:
             raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
+            bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
             storage=read_storage_settings(environment, var_root),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
             # The reference pipeline's budgets: audio 60 s, video encoding 120 s.
