@@ -16,7 +16,7 @@ UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-
   --custom-compile-command 'make lock' $(LOCK_FLAGS)
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: demo test lint audit protos install lock migrate bench clean
+.PHONY: demo run test lint audit protos install lock migrate bench clean
 
 $(STAMP): $(DEV_LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -84,6 +84,10 @@ migrate: protos
 
 demo: protos
 	$(PY) -m scripts.demo
+
+# The whole local stack in the foreground, printing the gateway's address and a key for this run; Ctrl-C stops it.
+run: protos
+	$(PY) -m scripts.run
 
 # The reference pipeline (the system Stillpoint replaces) vs Stillpoint, on its latency model; writes var/bench/report.{json,md} and a chart.
 bench: protos

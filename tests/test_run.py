@@ -1,0 +1,79 @@
+"""`make run` keeps the stack up in the foreground with a ready key, and Ctrl-C stops every process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from scripts import run
+from services.cli import gateway_channel
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+
+pytestmark = pytest.mark.e2e
+ROOT = Path(__file__).resolve().parent.parent
+MESSAGE = gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="A quiet morning.")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+async def _read_until(stream: asyncio.StreamReader, marker: str, timeout_seconds: float) -> str:
+    printed = ""
+    async with asyncio.timeout(timeout_seconds):
+        while marker not in printed:
+            line = await stream.readline()
+            if not line:
+                break
+            printed += line.decode()
+    return printed
+
+
+async def test_run_prints_a_working_key_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    if not all(_free(port) for port in run.PORTS.values()):
+        pytest.skip("the ports make run uses (50051–50053) are taken on this machine")
+    environment = {**os.environ, "STILLPOINT_VAR_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "scripts.run",
+        cwd=ROOT,
+        env=environment,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        assert process.stdout is not None
+        printed = await _read_until(process.stdout, "Ctrl-C stops everything", 120)
+        key = re.search(r"export STILLPOINT_API_KEY=(\S+)", printed)
+        assert key is not None, printed
+        async with gateway_channel("127.0.0.1:50051", key.group(1)) as channel:
+            created = await gateway_grpc.GatewayServiceStub(channel).CreateConversation(
+                gateway_pb.CreateConversationRequest(messages=[MESSAGE]), timeout=30
+            )
+        assert created.conversation.name.startswith("conversations/")
+        async with grpc.aio.insecure_channel("127.0.0.1:50051") as anonymous:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await gateway_grpc.GatewayServiceStub(anonymous).CreateConversation(
+                    gateway_pb.CreateConversationRequest(messages=[MESSAGE]), timeout=30
+                )
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        process.send_signal(signal.SIGINT)
+        rest = (await asyncio.wait_for(process.stdout.read(), 60)).decode()
+        assert await asyncio.wait_for(process.wait(), 30) == 0, rest
+        assert "Services stopped." in rest
+        assert all(_free(port) for port in run.PORTS.values())
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
