@@ -42,8 +42,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN groupadd --system --gid "${APP_UID}" stillpoint \
  && useradd --system --uid "${APP_UID}" --gid stillpoint --home-dir /var/lib/stillpoint --no-create-home \
       --shell /usr/sbin/nologin stillpoint \
- && mkdir -p /var/lib/stillpoint \
- && chown stillpoint:stillpoint /var/lib/stillpoint
+ && mkdir -p /var/lib/stillpoint/certs \
+ && chown -R stillpoint:stillpoint /var/lib/stillpoint
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY --from=builder /src/gen gen/

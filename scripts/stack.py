@@ -16,7 +16,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.certificates import InternalCertificates, make_internal_certificates
 from services.cli import gateway_channel
+from services.serving import internal_channel_credentials
+from services.tls import InternalTls
 
 # Whose conversations a stack's own key reaches (the demo's and the tests').
 STACK_OWNER = "local"
@@ -52,6 +55,26 @@ class Stack:
     addresses: dict[str, str] = field(default_factory=dict)
     # An API key made for this stack's run (owner STACK_OWNER), as `stillpoint keys create` makes one.
     api_key: str = ""
+    # The throw-away internal CA and certificates the services talk mutual TLS with.
+    certificates: InternalCertificates | None = None
+
+    def client_environment(self) -> dict[str, str]:
+        """The environment the `stillpoint` command needs to reach this stack: its API key, and the
+        gateway's internal certificate for the commands that talk to content directly (stats,
+        pregenerate)."""
+        environment = {**os.environ, "STILLPOINT_API_KEY": self.api_key}
+        if self.certificates is not None:
+            gateway = self.certificates.issued["gateway"]
+            environment |= {
+                "STILLPOINT_INTERNAL_CA_FILE": str(self.certificates.ca_file),
+                "STILLPOINT_INTERNAL_CERT_FILE": str(gateway.certificate_file),
+                "STILLPOINT_INTERNAL_KEY_FILE": str(gateway.key_file),
+            }
+        return environment
+
+    def internal_channel(self, replica: str) -> grpc.aio.Channel:
+        """A channel to a content or media replica, presenting the gateway's certificate (mutual TLS)."""
+        return internal_channel(self.addresses[replica], service_of(replica), self.certificates)
 
     def gateway_channel(self, replica: str = "gateway") -> grpc.aio.Channel:
         """A channel to a gateway replica (the first by default) whose every call carries the stack's key."""
@@ -71,7 +94,14 @@ class Stack:
         """Starts one process again, on its own port with the stack's environment, and waits until it is
         SERVING."""
         self.processes[key] = _spawn(key, _port_of(self.addresses[key]), self.environment, self.log_dir)
-        _wait_for(key, self.processes[key], self.addresses[key], self.log_dir, startup_timeout_seconds)
+        _wait_for(
+            key,
+            self.processes[key],
+            self.addresses[key],
+            self.log_dir,
+            startup_timeout_seconds,
+            self.certificates,
+        )
 
 
 def free_port() -> int:
@@ -81,11 +111,41 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until_serving(address: str, timeout_seconds: float) -> None:
-    """Polls grpc.health.v1 until the server reports SERVING."""
+def internal_channel(
+    address: str, service: str, certificates: InternalCertificates | None
+) -> grpc.aio.Channel:
+    """An asyncio channel to an internal service with the gateway's certificate (plaintext without any)."""
+    if certificates is None:
+        return grpc.aio.insecure_channel(address)
+    credentials, options = _gateway_credentials(service, certificates)
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def _gateway_credentials(
+    service: str, certificates: InternalCertificates
+) -> tuple[grpc.ChannelCredentials, list[tuple[str, str]]]:
+    gateway = certificates.issued["gateway"]
+    tls = InternalTls(certificates.ca_file, gateway.certificate_file, gateway.key_file)
+    return internal_channel_credentials(tls), [("grpc.ssl_target_name_override", service)]
+
+
+def wait_until_serving(
+    address: str,
+    timeout_seconds: float,
+    *,
+    service: str = "",
+    certificates: InternalCertificates | None = None,
+) -> None:
+    """Polls grpc.health.v1 until the server reports SERVING (over mutual TLS for an internal `service`
+    when `certificates` are given)."""
     deadline = time.monotonic() + timeout_seconds
     last_error = "no answer"
-    with grpc.insecure_channel(address) as channel:
+    if certificates is not None and service in ("content", "media"):
+        credentials, options = _gateway_credentials(service, certificates)
+        channel = grpc.secure_channel(address, credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(address)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -166,11 +226,14 @@ def running_stack(
     # (once: replicas share the database).
     migrate(environment)
     stack.api_key = create_api_key(environment, STACK_OWNER)
+    # The services talk mutual TLS with a CA made for this run: the internal ports refuse strangers.
+    stack.certificates = certificates = make_internal_certificates(var_root / "certs")
+    environment["STILLPOINT_INTERNAL_CA_FILE"] = str(certificates.ca_file)
     try:
         for key in keys:
             processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)
         for key in keys:
-            _wait_for(key, processes[key], addresses[key], log_dir, startup_timeout_seconds)
+            _wait_for(key, processes[key], addresses[key], log_dir, startup_timeout_seconds, certificates)
         yield stack
     finally:
         for process in processes.values():
@@ -223,17 +286,38 @@ def _spawn(key: str, port: int, environment: dict[str, str], log_dir: Path) -> s
     with open(log_dir / f"{key}.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", f"services.{service}"],
-            env={**environment, f"STILLPOINT_{service.upper()}_PORT": str(port)},
+            env={
+                **environment,
+                f"STILLPOINT_{service.upper()}_PORT": str(port),
+                **_certificate_of(service, environment),
+            },
             stdout=log,
             stderr=log,
         )
 
 
+def _certificate_of(service: str, environment: Mapping[str, str]) -> dict[str, str]:
+    """The process's own internal certificate and key, next to the stack's CA (none without a CA)."""
+    ca_file = environment.get("STILLPOINT_INTERNAL_CA_FILE")
+    if not ca_file:
+        return {}
+    folder = Path(ca_file).parent
+    return {
+        "STILLPOINT_INTERNAL_CERT_FILE": str(folder / f"{service}.pem"),
+        "STILLPOINT_INTERNAL_KEY_FILE": str(folder / f"{service}-key.pem"),
+    }
+
+
 def _wait_for(
-    key: str, process: subprocess.Popen[bytes], address: str, log_dir: Path, timeout_seconds: float
+    key: str,
+    process: subprocess.Popen[bytes],
+    address: str,
+    log_dir: Path,
+    timeout_seconds: float,
+    certificates: InternalCertificates | None = None,
 ) -> None:
     try:
-        wait_until_serving(address, timeout_seconds)
+        wait_until_serving(address, timeout_seconds, service=service_of(key), certificates=certificates)
     except TimeoutError as error:
         code = process.poll()
         status = "is still starting" if code is None else f"exited with {code}"

@@ -27,7 +27,8 @@ from services.gateway.errors import GatewayError
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS, SQUARE_SIZE_PIXELS, describe_size
 from services.message_roles import role_values
 from services.proto_time import seconds_of, to_timestamp
-from services.serving import channel_options
+from services.serving import channel_options, internal_channel_credentials
+from services.tls import read_internal_tls
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
@@ -84,6 +85,19 @@ def bearer_interceptors(credential: str) -> list[grpc.aio.ClientInterceptor]:
         _StreamUnaryBearer(credential),
         _StreamStreamBearer(credential),
     ]
+
+
+def content_channel(address: str) -> grpc.aio.Channel:
+    """A channel to the content service: mutual TLS with the internal certificates (the STILLPOINT_INTERNAL_*
+    files, as the gateway uses them) when they are set."""
+    try:
+        tls = read_internal_tls(Environment(os.environ))
+    except ConfigError as error:
+        raise UsageError(f"configuration error: {error}") from None
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=channel_options())
+    options = [*channel_options(), ("grpc.ssl_target_name_override", "content")]
+    return grpc.aio.secure_channel(address, internal_channel_credentials(tls), options=options)
 
 
 def gateway_channel(address: str, api_key: str) -> grpc.aio.Channel:
@@ -296,7 +310,7 @@ async def watch(args: argparse.Namespace) -> int:
 
 async def stats(args: argparse.Namespace) -> int:
     """Prints the content service's cache hit and miss counts."""
-    async with grpc.aio.insecure_channel(args.content, options=channel_options()) as channel:
+    async with content_channel(args.content) as channel:
         stub = content_grpc.ContentServiceStub(channel)
         response = await stub.GetCacheStats(content_pb.GetCacheStatsRequest(), timeout=10)
     print(f"{'cache':<12} {'backend':<11} {'hits':>8} {'misses':>8} {'hit rate':>9}")
@@ -314,7 +328,7 @@ async def pregenerate(args: argparse.Namespace) -> int:
     request = content_pb.PregenerateImagesRequest(prompts=prompts, width_pixels=width, height_pixels=height)
     started = time.monotonic()
     made = cached = 0
-    async with grpc.aio.insecure_channel(args.content, options=channel_options()) as channel:
+    async with content_channel(args.content) as channel:
         stub = content_grpc.ContentServiceStub(channel)
         async for response in stub.PregenerateImages(request):
             made += 1

@@ -15,6 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from services.tls import InternalTls, PublicTls
+
 logger = logging.getLogger(__name__)
 
 # Large enough for a long conversation in one request, small enough that no client can make a server buffer
@@ -107,6 +109,36 @@ class RunningServer:
         await self.in_flight.wait_for_cleanup(CLEANUP_SECONDS)
 
 
+def internal_server_credentials(tls: InternalTls | None) -> grpc.ServerCredentials | None:
+    """Mutual TLS for an internal service: its own certificate, and only clients with a certificate the
+    internal CA signed (a stranger, with no certificate or another CA's, is refused during the handshake).
+    None without certificates: a plaintext port, for loopback-only development."""
+    if tls is None:
+        return None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.certificate_file.read_bytes())],
+        root_certificates=tls.ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def public_server_credentials(tls: PublicTls | None) -> grpc.ServerCredentials | None:
+    """TLS for the gateway's public port (callers authenticate with bearer credentials, not certificates);
+    None without a certificate."""
+    if tls is None:
+        return None
+    return grpc.ssl_server_credentials([(tls.key_file.read_bytes(), tls.certificate_file.read_bytes())])
+
+
+def internal_channel_credentials(tls: InternalTls) -> grpc.ChannelCredentials:
+    """What a caller of an internal service presents (its certificate) and trusts (the internal CA only)."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=tls.ca_file.read_bytes(),
+        private_key=tls.key_file.read_bytes(),
+        certificate_chain=tls.certificate_file.read_bytes(),
+    )
+
+
 def channel_options() -> list[tuple[str, int]]:
     """Options every client channel uses: the same message limits and keepalive as the servers."""
     return [
@@ -123,9 +155,11 @@ async def start_server(
     address: str,
     maximum_concurrent_rpcs: int | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Builds, registers and starts a server on `address` (port 0 picks a free one) and marks it SERVING.
-    `interceptors` run after the one that tracks RPCs in flight (the gateway's authentication)."""
+    `interceptors` run after the one that tracks RPCs in flight (the gateway's authentication); with
+    `credentials` the port speaks TLS (see `internal_server_credentials`, `public_server_credentials`)."""
     in_flight = InFlightRpcs()
     server = grpc.aio.server(
         interceptors=[in_flight, *interceptors],
@@ -138,7 +172,11 @@ async def start_server(
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     # Reflection lists only the names it is given: include health and reflection so grpcurl sees them.
     reflection.enable_server_reflection((*service_names, health_name, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_insecure_port(address)
+        if credentials is None
+        else server.add_secure_port(address, credentials)
+    )
     if port == 0:
         raise OSError(f"could not bind {address}: is another process using the port?")
     await server.start()

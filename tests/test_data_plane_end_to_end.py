@@ -70,9 +70,12 @@ async def _generate(stack: Stack) -> list[gateway_pb.GenerateMeditationResponse]
         return [response async for response in stub.GenerateMeditation(request, timeout=300)]
 
 
-def _cli(*arguments: str) -> str:
+def _cli(stack: Stack, *arguments: str) -> str:
     command = [sys.executable, "-m", "services.cli", *arguments]
-    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+    environment = stack.client_environment()
+    return subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
 
 
 def _download(uri: str, target: Path) -> Path:
@@ -86,7 +89,7 @@ async def test_a_meditation_on_postgresql_redis_and_supabase_storage(
 ) -> None:
     with running_stack(tmp_path / "var", extra_environment=production_environment) as stack:
         responses = await _generate(stack)
-        stats = await asyncio.to_thread(_cli, "stats", "--content", stack.content_address)
+        stats = await asyncio.to_thread(_cli, stack, "stats", "--content", stack.content_address)
         logs = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
     assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
     videos = [r.video_ready for r in responses if r.HasField("video_ready")]

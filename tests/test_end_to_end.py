@@ -20,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from scripts.stack import Stack, running_stack
+from services.certificates import make_internal_certificates
 from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
@@ -91,10 +92,12 @@ async def test_one_meditation_streams_in_order_and_both_videos_match_the_narrati
     }
 
 
-def _grpcurl(*arguments: str, timeout_seconds: float = 120) -> subprocess.CompletedProcess[str]:
+def _grpcurl(
+    *arguments: str, timeout_seconds: float = 120, transport: tuple[str, ...] = ("-plaintext",)
+) -> subprocess.CompletedProcess[str]:
     executable = shutil.which("grpcurl") or str(ROOT / ".venv" / "bin" / "grpcurl")
     return subprocess.run(
-        [executable, "-plaintext", *arguments],
+        [executable, *transport, *arguments],
         capture_output=True,
         text=True,
         timeout=timeout_seconds,
@@ -120,6 +123,19 @@ def test_grpcurl_lists_services_by_reflection_with_a_key_and_not_without(stack: 
     assert "Unauthenticated" in refused.value.stderr and "authorization" in refused.value.stderr
 
 
+def _with_the_gateways_certificate(stack: Stack, service: str) -> tuple[str, ...]:
+    """grpcurl's transport for an internal service: mutual TLS with the internal CA and the gateway's
+    certificate, checking the service's name."""
+    assert stack.certificates is not None
+    gateway = stack.certificates.issued["gateway"]
+    return (
+        "-cacert", str(stack.certificates.ca_file),
+        "-cert", str(gateway.certificate_file),
+        "-key", str(gateway.key_file),
+        "-servername", service,
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("service", ["gateway", "content", "media"])
 def test_grpcurl_health_check_reports_serving(stack: Stack, service: str) -> None:
     address = {
@@ -128,15 +144,46 @@ def test_grpcurl_health_check_reports_serving(stack: Stack, service: str) -> Non
         "media": stack.media_address,
     }
     # grpcurl reads the schema by reflection, which the gateway serves to callers with a key; health itself
-    # is open, as load balancers probe it without credentials.
-    credentials = _as(stack) if service == "gateway" else ()
-    checked = _grpcurl(*credentials, "-d", '{"service": ""}', address[service], "grpc.health.v1.Health/Check")
-    assert json.loads(checked.stdout)["status"] == "SERVING"
-    with grpc.insecure_channel(address[service]) as channel:
-        answer = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=""), timeout=10
+    # is open there, as load balancers probe it without credentials. The internal services speak mutual TLS.
+    if service == "gateway":
+        checked = _grpcurl(
+            *_as(stack), "-d", '{"service": ""}', address[service], "grpc.health.v1.Health/Check"
         )
-    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(address[service]) as channel:
+            answer = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=10
+            )
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    else:
+        checked = _grpcurl(
+            "-d",
+            '{"service": ""}',
+            address[service],
+            "grpc.health.v1.Health/Check",
+            transport=_with_the_gateways_certificate(stack, service),
+        )
+    assert json.loads(checked.stdout)["status"] == "SERVING"
+
+
+@pytest.mark.parametrize("service", ["content", "media"])
+def test_the_internal_ports_refuse_a_plaintext_client_and_a_tls_client_without_a_certificate(
+    stack: Stack, service: str
+) -> None:
+    """Property: only a client with a certificate from the internal CA gets an answer from content or media:
+    plain text, TLS without a client certificate, and a certificate from another CA are all refused."""
+    assert stack.certificates is not None
+    address = stack.content_address if service == "content" else stack.media_address
+    probe = ("-d", '{"service": ""}', address, "grpc.health.v1.Health/Check")
+    with pytest.raises(subprocess.CalledProcessError):
+        _grpcurl(*probe, timeout_seconds=30)
+    anonymous = ("-cacert", str(stack.certificates.ca_file), "-servername", service)
+    with pytest.raises(subprocess.CalledProcessError):
+        _grpcurl(*probe, timeout_seconds=30, transport=anonymous)
+    stranger = make_internal_certificates(stack.var_root / "stranger-certs").issued["gateway"]
+    impostor = (*anonymous, "-cert", str(stranger.certificate_file), "-key", str(stranger.key_file))
+    with pytest.raises(subprocess.CalledProcessError):
+        _grpcurl(*probe, timeout_seconds=30, transport=impostor)
+    assert json.loads(_grpcurl(*probe, transport=_with_the_gateways_certificate(stack, service)).stdout)
 
 
 def test_grpcurl_runs_a_meditation_to_completion(stack: Stack) -> None:

@@ -146,6 +146,7 @@ async def serve(
         service_names=[SERVICE_NAME],
         register=lambda server: content_grpc.add_ContentServiceServicer_to_server(servicer, server),
         address=f"{config.bind_host}:{config.port}",
+        credentials=serving.internal_server_credentials(config.internal_tls),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)

@@ -15,6 +15,7 @@ from services.database import PoolSettings, read_database_url, read_pool_setting
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage.factory import StorageSettings, read_storage_settings
+from services.tls import InternalTls, read_internal_tls
 
 PROVIDERS = ("offline", "openai")
 # What OpenAI serves on 2026-11-21: gpt-6-luna replaces the gpt-4o class; DALL-E and gpt-image-1 are gone.
@@ -30,6 +31,9 @@ class ContentConfig:
     port: int
     # The interface it listens on: loopback unless the deployment says otherwise (only the gateway calls it).
     bind_host: str
+    # Mutual TLS with the internal CA: only callers with a certificate it signed get in. None: plaintext,
+    # for loopback-only development.
+    internal_tls: InternalTls | None
     database_url: str
     database_pool: PoolSettings
     storage: StorageSettings
@@ -65,6 +69,7 @@ class ContentConfig:
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
             bind_host=environment.bind_host("STILLPOINT_CONTENT_BIND_HOST", "127.0.0.1"),
+            internal_tls=read_internal_tls(environment),
             database_url=read_database_url(environment, default_sqlite_file(var_root)),
             database_pool=read_pool_settings(environment),
             storage=read_storage_settings(environment, var_root),

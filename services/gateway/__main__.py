@@ -53,8 +53,8 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
     out."""
     store = JobStore(engine)
     authenticator, jwks_client = make_authenticator(config.authentication, ApiKeyStore(engine))
-    content_channel = open_backend_channel(config.content_address)
-    media_channel = open_backend_channel(config.media_address)
+    content_channel = open_backend_channel(config.content_address, "content", config.internal_tls)
+    media_channel = open_backend_channel(config.media_address, "media", config.internal_tls)
     content = ContentClient(content_channel, config.timeouts)
     media = MediaClient(media_channel, config.timeouts)
     queue = await open_work_queue(config)
@@ -84,6 +84,7 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
         address=f"0.0.0.0:{config.port}",
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         interceptors=[AuthenticationInterceptor(authenticator)],
+        credentials=serving.public_server_credentials(config.public_tls),
     )
     # Carries on jobs a stopped or crashed gateway left behind, and keeps this one's leases fresh.
     jobs.start_janitor()

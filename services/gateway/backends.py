@@ -27,7 +27,8 @@ from services.gateway.ports import (
 )
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, seconds_of, to_timestamp
-from services.serving import channel_options
+from services.serving import channel_options, internal_channel_credentials
+from services.tls import InternalTls
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.media.v2 import media_service_pb2 as media_pb
@@ -81,9 +82,14 @@ def backend_channel_options() -> list[tuple[str, str | int]]:
     ]
 
 
-def open_backend_channel(address: str) -> grpc.aio.Channel:
-    """A channel to the content or media replicas at `address` (made once per process, closed at shutdown)."""
-    return grpc.aio.insecure_channel(address, options=backend_channel_options())
+def open_backend_channel(address: str, service: str, tls: InternalTls | None) -> grpc.aio.Channel:
+    """A channel to the content or media replicas at `address` (made once per process, closed at shutdown):
+    mutual TLS with the internal CA when `tls` is given. Internal certificates name their service (`content`,
+    `media`) in their subjectAltName, and that name is what the channel checks, whatever the address."""
+    if tls is None:
+        return grpc.aio.insecure_channel(address, options=backend_channel_options())
+    options = [*backend_channel_options(), ("grpc.ssl_target_name_override", service)]
+    return grpc.aio.secure_channel(address, internal_channel_credentials(tls), options=options)
 
 
 # Bookkeeping calls (conversations, asset deletion) are small database or storage operations.

@@ -11,6 +11,7 @@ from services.gateway.authentication import SupabaseAuthSettings
 from services.gateway.jobs import JobLimits
 from services.gateway.migrate import default_sqlite_file
 from services.gateway.pipeline import StageTimeouts
+from services.tls import InternalTls, PublicTls, read_internal_tls, read_public_tls
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class GatewayConfig:
     redis_url: str | None
     # Who may call: API keys always; Supabase Auth users when SUPABASE_URL is set.
     authentication: AuthenticationConfig
+    # The gateway's client certificate for content and media (mutual TLS), and TLS on its public port.
+    internal_tls: InternalTls | None
+    public_tls: PublicTls | None
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -115,6 +119,8 @@ class GatewayConfig:
             ),
             redis_url=environment.redis_url("REDIS_URL"),
             authentication=AuthenticationConfig.from_environment(environment),
+            internal_tls=read_internal_tls(environment),
+            public_tls=read_public_tls(environment),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),

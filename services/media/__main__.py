@@ -92,6 +92,7 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         service_names=[SERVICE_NAME],
         register=lambda server: media_grpc.add_MediaServiceServicer_to_server(MediaServicer(studio), server),
         address=f"{config.bind_host}:{config.port}",
+        credentials=serving.internal_server_credentials(config.internal_tls),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)

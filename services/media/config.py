@@ -8,6 +8,7 @@ from pathlib import Path
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage.factory import StorageSettings, read_storage_settings
+from services.tls import InternalTls, read_internal_tls
 
 # The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
 # gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.
@@ -26,6 +27,9 @@ class MediaConfig:
     port: int
     # The interface it listens on: loopback unless the deployment says otherwise (only the gateway calls it).
     bind_host: str
+    # Mutual TLS with the internal CA: only callers with a certificate it signed get in. None: plaintext,
+    # for loopback-only development.
+    internal_tls: InternalTls | None
     storage: StorageSettings
     work_root: Path
     narration_timeout_seconds: float
@@ -56,6 +60,7 @@ class MediaConfig:
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
             bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
+            internal_tls=read_internal_tls(environment),
             storage=read_storage_settings(environment, var_root),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
             # The reference pipeline's budgets: audio 60 s, video encoding 120 s.

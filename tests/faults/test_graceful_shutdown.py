@@ -114,7 +114,7 @@ class Shutdown:
 async def _sigterm_watching_health(stack: Stack, key: str) -> Shutdown:
     """SIGTERMs one replica while watching its health, and waits for it to exit. (The open watch is an RPC
     in flight, so the replica takes its whole grace period.)"""
-    async with grpc.aio.insecure_channel(stack.addresses[key]) as channel:
+    async with stack.internal_channel(key) as channel:
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
         first = await watch.read()
         assert isinstance(first, health_pb2.HealthCheckResponse) and first.status == SERVING, first

@@ -116,16 +116,16 @@ async def _wait_for_request(server: OpenAICompatibleServer, path: str) -> None:
     )
 
 
-async def _check_health(address: str) -> float:
+async def _check_health(channel: grpc.aio.Channel, service: str) -> float:
     """Asks grpc.health.v1 whether the server is SERVING; returns when the answer came."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with channel:
         started = time.monotonic()
         answer = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=10
         )
         answered = time.monotonic()
-    assert answer.status == health_pb2.HealthCheckResponse.SERVING, address
-    assert answered - started < HEALTH_ANSWER_SECONDS, f"{address} took {answered - started:.2f} s"
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING, service
+    assert answered - started < HEALTH_ANSWER_SECONDS, f"{service} took {answered - started:.2f} s"
     return answered
 
 
@@ -165,8 +165,8 @@ async def test_a_provider_slower_than_its_stage_ends_the_job_with_deadline_excee
         streaming = asyncio.create_task(_generate(stack, received))
         await _wait_for_request(provider_server, "/v1/chat/completions")
         health_answered = [
-            await _check_health(stack.gateway_address),
-            await _check_health(stack.content_address),
+            await _check_health(stack.gateway_channel(), "gateway"),
+            await _check_health(stack.internal_channel("content"), "content"),
         ]
         error = await asyncio.wait_for(streaming, STREAM_TIMEOUT_SECONDS)
     failed_at = next(

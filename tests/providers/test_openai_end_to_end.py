@@ -87,8 +87,8 @@ async def test_all_three_providers_on_openai_produce_both_videos_and_never_log_t
     with running_stack(tmp_path / "var", extra_environment=environment) as stack:
         responses, error = await generate(stack)
         async with (
-            grpc.aio.insecure_channel(stack.content_address) as content_channel,
-            grpc.aio.insecure_channel(stack.media_address) as media_channel,
+            stack.internal_channel("content") as content_channel,
+            stack.internal_channel("media") as media_channel,
         ):
             content_status = await content_grpc.ContentServiceStub(content_channel).GetProviderStatus(
                 content_pb.GetProviderStatusRequest()
