@@ -36,6 +36,7 @@ def test_defaults_are_the_embedded_offline_ones(tmp_path: Path) -> None:
         ("STILLPOINT_CONTENT_ADDRESS", "no-port"),
         ("STILLPOINT_VIDEO_TIMEOUT_SECONDS", "-1"),
         ("STILLPOINT_LOG_LEVEL", "loud"),
+        ("STILLPOINT_PAGE_TOKEN_SECRET", "too-short-to-be-a-key"),
     ],
 )
 def test_a_bad_value_names_its_variable(variable: str, value: str) -> None:

@@ -16,7 +16,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
+    or_,
     select,
 )
 from sqlalchemy.exc import IntegrityError
@@ -39,6 +41,8 @@ class ConversationRow(Base):
         # A request id is its owner's: another owner's equal id is another request.
         UniqueConstraint("owner", "request_id", name="uq_conversations_owner_request_id"),
         Index("ix_conversations_owner", "owner"),
+        # Listing an owner's conversations newest first, a page at a time (keyset pagination).
+        Index("ix_conversations_owner_create_time_id", "owner", "create_time", "id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The authenticated caller who created it; only they ever see it.
@@ -93,6 +97,23 @@ class Conversation:
     title: str
     create_time: datetime
     messages: tuple[StoredMessage, ...]
+
+
+@dataclass(frozen=True)
+class ConversationCursor:
+    """A conversation's place in the newest-first order; the next page starts after it."""
+
+    create_time: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    """One page of an owner's conversations, newest first, each without its messages."""
+
+    conversations: tuple[Conversation, ...]
+    # The last conversation's cursor when more follow; None on the last page.
+    next_cursor: ConversationCursor | None
 
 
 def new_id() -> str:
@@ -207,6 +228,39 @@ class ContentRepository:
             create_time=aware(row.create_time),
             messages=tuple(
                 StoredMessage(role=m.role, text=m.text, create_time=aware(m.create_time)) for m in messages
+            ),
+        )
+
+    async def list_conversations(
+        self, owner: str, page_size: int, after: ConversationCursor | None = None
+    ) -> ConversationPage:
+        """Up to `page_size` of `owner`'s conversations, newest first, after `after`, without their messages.
+        Keyset pagination on (create_time, id), never an offset: conversations created between two pages are
+        newer than the cursor, so no page repeats or skips one."""
+        query = select(ConversationRow).where(ConversationRow.owner == owner)
+        if after is not None:
+            query = query.where(
+                or_(
+                    ConversationRow.create_time < after.create_time,
+                    and_(ConversationRow.create_time == after.create_time, ConversationRow.id < after.id),
+                )
+            )
+        # One more than asked tells whether another page follows.
+        query = query.order_by(ConversationRow.create_time.desc(), ConversationRow.id.desc()).limit(
+            page_size + 1
+        )
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        page = rows[:page_size]
+        return ConversationPage(
+            conversations=tuple(
+                Conversation(id=row.id, title=row.title, create_time=aware(row.create_time), messages=())
+                for row in page
+            ),
+            next_cursor=(
+                ConversationCursor(create_time=aware(page[-1].create_time), id=page[-1].id)
+                if len(rows) > page_size
+                else None
             ),
         )
 

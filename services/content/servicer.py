@@ -30,6 +30,7 @@ from services.content.pregeneration import pregenerate_images
 from services.content.repository import (
     ContentRepository,
     Conversation,
+    ConversationCursor,
     NewMessage,
 )
 from services.content.spoken_safety import SpokenOutcome
@@ -229,6 +230,23 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                     provider=made.image.provider,
                 )
 
+    async def ListConversations(
+        self, request: content_pb.ListConversationsRequest, context: _Context
+    ) -> content_pb.ListConversationsResponse:
+        async with _status_for_errors(context):
+            owner = _owner(request.owner)
+            if not 1 <= request.page_size <= _MAX_PAGE_SIZE:
+                raise InvalidInputError("page_size", f"must be 1 to {_MAX_PAGE_SIZE}")
+            after = _cursor(request.after) if request.HasField("after") else None
+            page = await self._repository.list_conversations(owner, request.page_size, after)
+        response = content_pb.ListConversationsResponse(
+            conversations=[_conversation_proto(conversation) for conversation in page.conversations]
+        )
+        if page.next_cursor is not None:
+            response.next.create_time.CopyFrom(to_timestamp(page.next_cursor.create_time))
+            response.next.id = page.next_cursor.id
+        return response
+
 
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
@@ -260,6 +278,19 @@ def _owner(owner: str) -> str:
 
 
 _MAX_OWNER_CHARS = 128
+# The gateway asks for at most this many conversations a page.
+_MAX_PAGE_SIZE = 100
+_BARE_ID = re.compile(_ID)
+
+
+def _cursor(cursor: content_pb.ConversationCursor) -> ConversationCursor:
+    if not _BARE_ID.fullmatch(cursor.id):
+        raise InvalidInputError("after.id", "must be a conversation's 16-hex-digit id")
+    try:
+        create_time = from_timestamp(cursor.create_time)
+    except ValueError:
+        raise InvalidInputError("after.create_time", "is out of range") from None
+    return ConversationCursor(create_time=create_time, id=cursor.id)
 
 
 def _parse_name(name: str, pattern: re.Pattern[str], field: str) -> str:

@@ -26,6 +26,7 @@ from services.gateway.jobs.work_queue import (
     WorkQueueUnavailableError,
 )
 from services.gateway.migrate import HISTORY
+from services.gateway.pagination import PageTokens
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from services.redis_connection import RedisUnavailableError, connect_redis, redact_redis_url
@@ -69,6 +70,13 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
         limits=config.job_limits,
     )
 
+    if config.page_token_secret is None:
+        logger.warning(
+            "STILLPOINT_PAGE_TOKEN_SECRET is not set: page tokens are signed with a key of this process's "
+            "own and work only on this replica until it restarts. Set the same secret on every replica."
+        )
+    page_tokens = PageTokens(config.page_token_secret)
+
     async def release() -> None:
         await jobs.close()
         await content_channel.close()
@@ -79,7 +87,7 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
         register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(content, jobs), server
+            GatewayServicer(content, jobs, page_tokens), server
         ),
         address=f"0.0.0.0:{config.port}",
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,

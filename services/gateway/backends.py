@@ -12,7 +12,7 @@ import grpc
 from services.gateway.deadlines import bounded
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
-from services.gateway.models import Conversation, Message
+from services.gateway.models import Conversation, ConversationPage, Message, PageCursor
 from services.gateway.pipeline import StageTimeouts
 from services.gateway.ports import (
     EncodedVideo,
@@ -43,6 +43,7 @@ _RETRIED_METHODS = {
     "stillpoint.content.v2.ContentService": (
         "CreateConversation",
         "GetConversation",
+        "ListConversations",
         "CollectSourceContent",
         "CreateImagePrompt",
         "GenerateImage",
@@ -225,6 +226,28 @@ class ContentClient:
             lambda: self._stub.GetConversation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return _conversation(response.conversation)
+
+    async def list_conversations(
+        self, owner: str, page_size: int, after: PageCursor | None
+    ) -> ConversationPage:
+        """One page of `owner`'s conversations, newest first, without their messages."""
+        request = content_pb.ListConversationsRequest(owner=owner, page_size=page_size)
+        if after is not None:
+            request.after.create_time.CopyFrom(to_timestamp(after.create_time))
+            request.after.id = after.id
+        response = await _call(
+            "content",
+            lambda: self._stub.ListConversations(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
+        )
+        next_cursor = (
+            PageCursor(create_time=from_timestamp(response.next.create_time), id=response.next.id)
+            if response.HasField("next")
+            else None
+        )
+        return ConversationPage(
+            conversations=tuple(_conversation(proto) for proto in response.conversations),
+            next_cursor=next_cursor,
+        )
 
     async def collect_source_content(self, owner: str, conversation: str) -> SourceContent:
         """Cuts `owner`'s conversation to its source content."""

@@ -10,6 +10,7 @@ from services.environment import ConfigError, Environment
 from services.gateway.authentication import SupabaseAuthSettings
 from services.gateway.jobs import JobLimits
 from services.gateway.migrate import default_sqlite_file
+from services.gateway.pagination import MIN_SECRET_CHARS
 from services.gateway.pipeline import StageTimeouts
 from services.tls import InternalTls, PublicTls, read_internal_tls, read_public_tls
 
@@ -71,6 +72,9 @@ class GatewayConfig:
     # The gateway's client certificate for content and media (mutual TLS), and TLS on its public port.
     internal_tls: InternalTls | None
     public_tls: PublicTls | None
+    # The HMAC key of page tokens, the same on every replica; None: a random key per process, whose tokens
+    # work only on the replica that issued them.
+    page_token_secret: str | None = None
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -121,7 +125,22 @@ class GatewayConfig:
             authentication=AuthenticationConfig.from_environment(environment),
             internal_tls=read_internal_tls(environment),
             public_tls=read_public_tls(environment),
+            page_token_secret=_page_token_secret(environment),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
         )
+
+
+def _page_token_secret(environment: Environment) -> str | None:
+    """STILLPOINT_PAGE_TOKEN_SECRET: unset, or long enough to be an HMAC key."""
+    secret = environment.text("STILLPOINT_PAGE_TOKEN_SECRET", "").strip()
+    if not secret:
+        return None
+    if len(secret) < MIN_SECRET_CHARS:
+        # Never the value: it is a secret, and this message reaches the log.
+        raise ConfigError(
+            f"STILLPOINT_PAGE_TOKEN_SECRET must be at least {MIN_SECRET_CHARS} characters "
+            "(for example the output of `openssl rand -base64 48`)"
+        )
+    return secret

@@ -112,3 +112,29 @@ class JobChanges:
         if self.state is not None:
             columns["state"] = self.state.value
         return columns
+
+
+@dataclass(frozen=True)
+class PageCursor:
+    """Where a newest-first listing stands: the last item listed. The next page starts after it."""
+
+    create_time: datetime
+    id: str
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    """One page of an owner's conversations, newest first, without their messages."""
+
+    conversations: tuple[Conversation, ...]
+    # The last conversation's cursor when more follow; None on the last page.
+    next_cursor: PageCursor | None
+
+
+@dataclass(frozen=True)
+class MeditationPage:
+    """One page of an owner's meditations, newest first."""
+
+    meditations: tuple[Meditation, ...]
+    # The last meditation's cursor when more follow; None on the last page.
+    next_cursor: PageCursor | None

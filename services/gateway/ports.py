@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
-from services.gateway.models import Conversation, Message
+from services.gateway.models import Conversation, ConversationPage, Message, PageCursor
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,10 @@ class ContentPort(Protocol):
     async def append_messages(self, owner: str, conversation: str, messages: Sequence[Message]) -> int: ...
 
     async def get_conversation(self, owner: str, name: str) -> Conversation: ...
+
+    async def list_conversations(
+        self, owner: str, page_size: int, after: PageCursor | None
+    ) -> ConversationPage: ...
 
     async def collect_source_content(self, owner: str, conversation: str) -> SourceContent: ...
 

@@ -23,6 +23,7 @@ from services.gateway.models import (
     MeditationState,
     Message,
 )
+from services.gateway.pagination import PageTokens, page_size
 from services.gateway.ports import ContentPort
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_duration, to_timestamp
@@ -96,9 +97,13 @@ StreamResponse = TypeVar(
 class GatewayServicer(gateway_grpc.GatewayServiceServicer):
     """Validates, converts, makes one domain call, converts back."""
 
-    def __init__(self, content: ContentPort, jobs: MeditationJobs) -> None:
+    def __init__(
+        self, content: ContentPort, jobs: MeditationJobs, page_tokens: PageTokens | None = None
+    ) -> None:
         self._content = content
         self._jobs = jobs
+        # Without a shared secret, a key of this process's own: its tokens work only here.
+        self._page_tokens = page_tokens or PageTokens()
 
     async def CreateConversation(
         self, request: gateway_pb.CreateConversationRequest, context: _Context
@@ -167,6 +172,52 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
                 caller(), _checked_name(request.name, _MEDITATION_NAME, "name")
             )
         return gateway_pb.CancelMeditationResponse(meditation=_meditation_proto(meditation))
+
+    async def ListConversations(
+        self, request: gateway_pb.ListConversationsRequest, context: _Context
+    ) -> gateway_pb.ListConversationsResponse:
+        async with _status_for_errors(context):
+            owner, size = caller(), page_size(request.page_size)
+            after = self._page_tokens.verify(request.page_token, scope=_CONVERSATIONS_SCOPE, owner=owner)
+            page = await self._content.list_conversations(owner, size, after)
+            next_page_token = (
+                self._page_tokens.issue(page.next_cursor, scope=_CONVERSATIONS_SCOPE, owner=owner)
+                if page.next_cursor is not None
+                else ""
+            )
+        return gateway_pb.ListConversationsResponse(
+            conversations=[_conversation_proto(conversation) for conversation in page.conversations],
+            next_page_token=next_page_token,
+        )
+
+    async def ListMeditations(
+        self, request: gateway_pb.ListMeditationsRequest, context: _Context
+    ) -> gateway_pb.ListMeditationsResponse:
+        async with _status_for_errors(context):
+            owner, size = caller(), page_size(request.page_size)
+            conversation = (
+                _checked_name(request.conversation, _CONVERSATION_NAME, "conversation")
+                if request.conversation
+                else ""
+            )
+            # A token is bound to its filter too: another filter's token would resume in the wrong list.
+            scope = f"{_MEDITATIONS_SCOPE}?conversation={conversation}"
+            after = self._page_tokens.verify(request.page_token, scope=scope, owner=owner)
+            page = await self._jobs.list(owner, size, after, conversation=conversation)
+            next_page_token = (
+                self._page_tokens.issue(page.next_cursor, scope=scope, owner=owner)
+                if page.next_cursor is not None
+                else ""
+            )
+        return gateway_pb.ListMeditationsResponse(
+            meditations=[_meditation_proto(meditation) for meditation in page.meditations],
+            next_page_token=next_page_token,
+        )
+
+
+# What a page token is bound to besides its owner: the list it pages through.
+_CONVERSATIONS_SCOPE = "ListConversations"
+_MEDITATIONS_SCOPE = "ListMeditations"
 
 
 class AuthenticationInterceptor(grpc.aio.ServerInterceptor):

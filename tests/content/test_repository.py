@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection
+from sqlalchemy import Connection, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.content.migrate import HISTORY
-from services.content.repository import Base, ContentRepository, NewMessage
+from services.content.repository import Base, ContentRepository, ConversationRow, NewMessage
 from services.database import DatabaseNotReadyError, PoolSettings, create_engine
 from tests.data_plane import (
     POSTGRES_ADMIN_DSN,
@@ -164,3 +165,53 @@ async def test_100_concurrent_writers_never_exceed_the_pool_and_release_every_co
         assert await _connections(application_name) == baseline == 0
     finally:
         await engine.dispose()
+
+
+async def _list_all(repository: ContentRepository, owner: str, page_size: int) -> list[str]:
+    """The ids of every conversation `owner` lists, page after page."""
+    ids: list[str] = []
+    page = await repository.list_conversations(owner, page_size)
+    ids += [conversation.id for conversation in page.conversations]
+    while page.next_cursor is not None:
+        page = await repository.list_conversations(owner, page_size, page.next_cursor)
+        ids += [conversation.id for conversation in page.conversations]
+    return ids
+
+
+async def _create(repository: ContentRepository, owner: str = OWNER) -> str:
+    created = await repository.create_conversation(owner=owner, title="", messages=MESSAGES, request_id=None)
+    return created.id
+
+
+async def test_an_owners_conversations_are_listed_newest_first_without_messages(
+    repository: ContentRepository,
+) -> None:
+    mine = [await _create(repository) for _ in range(5)]
+    theirs = [await _create(repository, owner="someone-else") for _ in range(2)]
+    assert await _list_all(repository, OWNER, 2) == mine[::-1]
+    assert await _list_all(repository, "someone-else", 5) == theirs[::-1]
+    page = await repository.list_conversations(OWNER, 10)
+    assert page.next_cursor is None
+    assert all(conversation.messages == () for conversation in page.conversations)
+
+
+async def test_pages_neither_repeat_nor_skip_a_conversation_created_between_them(
+    repository: ContentRepository,
+) -> None:
+    mine = [await _create(repository) for _ in range(4)]
+    first = await repository.list_conversations(OWNER, 2)
+    newer = await _create(repository)
+    assert first.next_cursor is not None
+    second = await repository.list_conversations(OWNER, 2, first.next_cursor)
+    assert [c.id for c in (*first.conversations, *second.conversations)] == mine[::-1]
+    assert second.next_cursor is None
+    assert (await repository.list_conversations(OWNER, 1)).conversations[0].id == newer
+
+
+async def test_conversations_created_at_the_same_instant_are_paged_by_id(
+    engine: AsyncEngine, repository: ContentRepository
+) -> None:
+    ids = [await _create(repository) for _ in range(5)]
+    async with engine.begin() as connection:
+        await connection.execute(update(ConversationRow).values(create_time=datetime(2026, 1, 1, tzinfo=UTC)))
+    assert await _list_all(repository, OWNER, 2) == sorted(ids, reverse=True)

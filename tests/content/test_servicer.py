@@ -100,6 +100,42 @@ async def test_another_owners_conversation_answers_exactly_as_a_missing_one(
         assert answers[0] == answers[1] == (grpc.StatusCode.NOT_FOUND, "<name> does not exist")
 
 
+async def test_list_conversations_pages_one_owners_by_cursor_without_messages(
+    content_stub: content_grpc.ContentServiceStub,
+) -> None:
+    names = [await new_conversation(content_stub) for _ in range(3)]
+    await new_conversation(content_stub, owner="someone-else")
+    first = await content_stub.ListConversations(
+        content_pb.ListConversationsRequest(owner=TEST_OWNER, page_size=2)
+    )
+    assert first.HasField("next")
+    second = await content_stub.ListConversations(
+        content_pb.ListConversationsRequest(owner=TEST_OWNER, page_size=2, after=first.next)
+    )
+    assert not second.HasField("next")
+    listed = [c.name for c in (*first.conversations, *second.conversations)]
+    assert listed == names[::-1]
+    assert all(not c.messages for c in (*first.conversations, *second.conversations))
+
+
+@pytest.mark.parametrize(
+    "request_fields",
+    [
+        {"owner": "", "page_size": 10},
+        {"owner": TEST_OWNER, "page_size": 0},
+        {"owner": TEST_OWNER, "page_size": 101},
+        {"owner": TEST_OWNER, "page_size": 10, "after": content_pb.ConversationCursor(id="x' OR 1=1")},
+    ],
+    ids=["no owner", "no page size", "page too large", "malformed cursor"],
+)
+async def test_list_conversations_refuses_what_the_gateway_never_sends(
+    content_stub: content_grpc.ContentServiceStub, request_fields: dict[str, object]
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await content_stub.ListConversations(content_pb.ListConversationsRequest(**request_fields))  # type: ignore[arg-type]
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_append_to_unknown_conversation_is_not_found(
     content_stub: content_grpc.ContentServiceStub,
 ) -> None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.content import migrate as content_migrate
@@ -17,7 +18,7 @@ from services.database import DatabaseNotReadyError, create_engine
 from services.gateway import api_keys  # noqa: F401 (its table is part of the schema)
 from services.gateway import migrate as gateway_migrate
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.jobs.store import JobStore
+from services.gateway.jobs.store import JobRow, JobStore
 from services.gateway.models import ImageAspect, JobChanges, MeditationOptions, MeditationState
 from services.gateway.schema import Base
 from tests.data_plane import fresh_database
@@ -218,3 +219,59 @@ async def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
         await engine.dispose()
     assert raised.value.kind is FailureKind.UNAVAILABLE
     assert "hunter2" not in raised.value.message
+
+
+async def _list_all(store: JobStore, owner: str, page_size: int, conversation: str = "") -> list[str]:
+    """Every job `owner` lists, page after page."""
+    names: list[str] = []
+    page = await store.list_owned(owner, page_size, conversation=conversation)
+    names += [meditation.name for meditation in page.meditations]
+    while page.next_cursor is not None:
+        page = await store.list_owned(owner, page_size, page.next_cursor, conversation=conversation)
+        names += [meditation.name for meditation in page.meditations]
+    return names
+
+
+async def test_an_owners_jobs_are_listed_newest_first_and_nobody_elses(store: JobStore) -> None:
+    mine = [await _create(store) for _ in range(5)]
+    theirs = [await _create(store, owner="someone-else") for _ in range(2)]
+    assert await _list_all(store, OWNER, page_size=2) == mine[::-1]
+    assert await _list_all(store, "someone-else", page_size=10) == theirs[::-1]
+    assert await _list_all(store, "nobody", page_size=10) == []
+
+
+async def test_pages_neither_repeat_nor_skip_a_job_created_between_them(store: JobStore) -> None:
+    mine = [await _create(store) for _ in range(6)]
+    first = await store.list_owned(OWNER, 3)
+    newer = await _create(store)  # created while the client reads the first page
+    assert first.next_cursor is not None
+    second = await store.list_owned(OWNER, 3, first.next_cursor)
+    listed = [m.name for m in first.meditations] + [m.name for m in second.meditations]
+    assert listed == mine[::-1]
+    assert second.next_cursor is None
+    assert (await store.list_owned(OWNER, 1)).meditations[0].name == newer
+
+
+async def test_jobs_created_at_the_same_instant_are_paged_by_id(engine: AsyncEngine, store: JobStore) -> None:
+    names = [await _create(store) for _ in range(5)]
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(JobRow).where(JobRow.owner == OWNER).values(create_time=datetime(2026, 1, 1, tzinfo=UTC))
+        )
+    listed = await _list_all(store, OWNER, page_size=2)
+    assert listed == sorted(names, reverse=True)
+
+
+async def test_listing_by_conversation_lists_only_that_conversations_jobs(store: JobStore) -> None:
+    other = "conversations/fedcba9876543210"
+    about_it, _ = await store.create(
+        owner=OWNER,
+        conversation=other,
+        request_id="",
+        options=MeditationOptions(),
+        queue_lease_seconds=QUEUE_LEASE_SECONDS,
+    )
+    mine = [await _create(store) for _ in range(3)]
+    assert await _list_all(store, OWNER, 2, conversation=CONVERSATION) == mine[::-1]
+    assert await _list_all(store, OWNER, 2, conversation=other) == [about_it.name]
+    assert await _list_all(store, "someone-else", 2, conversation=other) == []

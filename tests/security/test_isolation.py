@@ -23,7 +23,8 @@ MISSING_CONVERSATION = "conversations/00000000000000aa"
 MISSING_MEDITATION = "meditations/00000000000000aa"
 
 # How each RPC names someone's resource: (conversation, meditation) -> request fields. CreateConversation
-# names none (its own test below covers a reused request_id).
+# names none (its own test below covers a reused request_id); nor do the List RPCs, which list only the
+# caller's own (tests/security/test_listing.py).
 TARGETING: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "AppendMessages": lambda conversation, _: {"conversation": conversation, "messages": [MESSAGE]},
     "GetConversation": lambda conversation, _: {"name": conversation},
@@ -35,7 +36,12 @@ TARGETING: dict[str, Callable[[str, str], dict[str, Any]]] = {
 
 
 def test_every_rpc_that_names_a_resource_is_covered() -> None:
-    assert {method.name for method in METHODS} == {*TARGETING, "CreateConversation"}
+    assert {method.name for method in METHODS} == {
+        *TARGETING,
+        "CreateConversation",
+        "ListConversations",
+        "ListMeditations",
+    }
 
 
 async def _owner_a_resources(stub: gateway_grpc.GatewayServiceStub) -> tuple[str, str]:

@@ -1,4 +1,4 @@
-"""Meditation jobs: start one, watch its events, read it, cancel it.
+"""Meditation jobs: start one, watch its events, read it, list them, cancel it.
 
 The parts, each in its own module: `store` (the job tables, owned by the gateway), `recorder` (numbering,
 persistence and fan-out of a running job's events), `dispatcher` (queue, slots, leases and heartbeats, the
@@ -9,6 +9,7 @@ wait for a replica). This facade is what the servicer calls.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import hashlib
 import json
 import logging
@@ -22,7 +23,7 @@ from services.gateway.jobs.dispatcher import JobDispatcher, claim_timeout_second
 from services.gateway.jobs.retry_policy import RetryPolicy
 from services.gateway.jobs.store import JobStore
 from services.gateway.jobs.work_queue import InProcessWorkQueue, WorkQueue, WorkQueueUnavailableError
-from services.gateway.models import JobChanges, Meditation, MeditationOptions
+from services.gateway.models import JobChanges, Meditation, MeditationOptions, MeditationPage, PageCursor
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.ports import ContentPort, MediaPort
 
@@ -215,6 +216,13 @@ class MeditationJobs:
             raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
         return meditation
 
+    async def list(
+        self, owner: str, page_size: int, after: PageCursor | None = None, *, conversation: str = ""
+    ) -> MeditationPage:
+        """One page of `owner`'s jobs, newest first (only those of `conversation` when it is set); nobody
+        else's is ever listed."""
+        return await self._store.list_owned(owner, page_size, after, conversation=conversation)
+
     async def cancel(self, owner: str, name: str) -> Meditation:
         """Stops `owner`'s job wherever it is and waits until it has recorded its end; finished jobs are
         left alone. Returns the job as it stands then."""
@@ -234,7 +242,7 @@ class MeditationJobs:
         """Renews every running job's lease and queue entry now (the heartbeat does it on its own)."""
         await self.dispatcher.renew_leases()
 
-    async def resume_orphans(self) -> list[str]:
+    async def resume_orphans(self) -> builtins.list[str]:  # `list` here is the method above
         """Requeues running jobs nobody holds now (the janitor does it on its own)."""
         return await self.dispatcher.resume_orphans()
 

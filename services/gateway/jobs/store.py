@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
     or_,
     select,
@@ -34,7 +35,15 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from services.database import aware, now
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.models import ImageAspect, JobChanges, Meditation, MeditationOptions, MeditationState
+from services.gateway.models import (
+    ImageAspect,
+    JobChanges,
+    Meditation,
+    MeditationOptions,
+    MeditationPage,
+    MeditationState,
+    PageCursor,
+)
 from services.gateway.schema import Base
 
 _NAME_PREFIX = "meditations/"
@@ -52,6 +61,8 @@ class JobRow(Base):
         Index("ix_meditation_jobs_state_lease", "state", "lease_expires_time"),
         # Counting an owner's running jobs.
         Index("ix_meditation_jobs_owner_state", "owner", "state"),
+        # Listing an owner's jobs newest first, a page at a time (keyset pagination).
+        Index("ix_meditation_jobs_owner_create_time_id", "owner", "create_time", "id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
@@ -239,6 +250,34 @@ class JobStore:
         if row is None:
             raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
         return _meditation(row)
+
+    async def list_owned(
+        self, owner: str, page_size: int, after: PageCursor | None = None, *, conversation: str = ""
+    ) -> MeditationPage:
+        """Up to `page_size` of `owner`'s jobs (only those of `conversation` when it is set), newest first,
+        starting after `after`. Keyset pagination on (create_time, id), never an offset: jobs created
+        between two pages are newer than the cursor, so no page repeats or skips one."""
+        query = select(JobRow).where(JobRow.owner == owner)
+        if conversation:
+            query = query.where(JobRow.conversation == conversation)
+        if after is not None:
+            query = query.where(
+                or_(
+                    JobRow.create_time < after.create_time,
+                    and_(JobRow.create_time == after.create_time, JobRow.id < after.id),
+                )
+            )
+        # One more than asked tells whether another page follows.
+        query = query.order_by(JobRow.create_time.desc(), JobRow.id.desc()).limit(page_size + 1)
+        async with self._reading() as session:
+            rows = (await session.scalars(query)).all()
+        page = rows[:page_size]
+        next_cursor = (
+            PageCursor(create_time=aware(page[-1].create_time), id=page[-1].id)
+            if len(rows) > page_size
+            else None
+        )
+        return MeditationPage(meditations=tuple(_meditation(row) for row in page), next_cursor=next_cursor)
 
     async def record_event(self, name: str, sequence: int, payload: bytes, changes: JobChanges) -> datetime:
         """Appends the event with the next sequence and applies its changes in the same transaction."""
