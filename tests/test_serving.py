@@ -147,7 +147,9 @@ async def _drain(stream: grpc.aio.UnaryStreamCall) -> int:  # type: ignore[type-
 
 
 # Names a secret goes by: *_KEY, *_TOKEN, *_SECRET, *_PASSWORD and the like (not STILLPOINT_*_MAX_TOKENS).
-_SECRET_NAME = re.compile(r'"([A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASS|CREDENTIALS?)(?:_FILE)?)"')
+# A `..._KEY_FILE` variable names where a key lives (a path, which is no secret); the key itself never enters
+# the environment or a log, so it has nothing to redact.
+_SECRET_NAME = re.compile(r'"([A-Z][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASS|CREDENTIALS?))"')
 _SERVICES = Path(__file__).resolve().parents[1] / "services"
 
 
