@@ -32,6 +32,33 @@ def _callable(channel: grpc.aio.Channel, method: MethodDescriptor, request_type:
     )
 
 
+async def call_for_details(
+    channel: grpc.aio.Channel,
+    method: MethodDescriptor,
+    request: Any,
+    metadata: tuple[tuple[str, str], ...] = (),
+    *,
+    max_responses: int | None = None,
+) -> tuple[grpc.StatusCode, str]:
+    """The status and message a call ends with (OK when it answered); a stream is read to its end, or for
+    `max_responses`."""
+    multicallable = _callable(channel, method, type(request))
+    try:
+        if method.server_streaming:
+            stream = multicallable(request, metadata=metadata, timeout=20)
+            read = 0
+            async for _ in stream:
+                read += 1
+                if max_responses is not None and read >= max_responses:
+                    stream.cancel()
+                    break
+        else:
+            await multicallable(request, metadata=metadata, timeout=20)
+    except grpc.aio.AioRpcError as error:
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
+
+
 async def call(
     channel: grpc.aio.Channel,
     method: MethodDescriptor,
@@ -41,53 +68,5 @@ async def call(
     max_responses: int = 1,
 ) -> grpc.StatusCode:
     """Calls the method and returns its status (OK when it answered); a stream is read for `max_responses`."""
-    path = f"/{GATEWAY.full_name}/{method.name}"
-    response_type = message_factory.GetMessageClass(method.output_type)
-    try:
-        if method.server_streaming:
-            stream = channel.unary_stream(
-                path,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )(request, metadata=metadata, timeout=20)
-            read = 0
-            async for _ in stream:
-                read += 1
-                if read >= max_responses:
-                    stream.cancel()
-                    break
-        else:
-            await channel.unary_unary(
-                path,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )(request, metadata=metadata, timeout=20)
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
-
-
-async def call_for_details(
-    channel: grpc.aio.Channel, method: MethodDescriptor, request: Any
-) -> tuple[grpc.StatusCode, str]:
-    """The status and message a call ends with (the stream read to its end)."""
-    path = f"/{GATEWAY.full_name}/{method.name}"
-    response_type = message_factory.GetMessageClass(method.output_type)
-    try:
-        if method.server_streaming:
-            stream = channel.unary_stream(
-                path,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )(request, timeout=20)
-            async for _ in stream:
-                pass
-        else:
-            await channel.unary_unary(
-                path,
-                request_serializer=type(request).SerializeToString,
-                response_deserializer=response_type.FromString,
-            )(request, timeout=20)
-    except grpc.aio.AioRpcError as error:
-        return error.code(), error.details() or ""
-    return grpc.StatusCode.OK, ""
+    code, _ = await call_for_details(channel, method, request, metadata, max_responses=max_responses)
+    return code
