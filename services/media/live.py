@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
 from services.media.placeholder import paint_placeholder
 from services.media.speech import Narration, encode_wav
@@ -126,9 +127,10 @@ class LiveNarration:
         tasks = [*self._spoken, *([self._writer] if self._writer else [])]
         for task in tasks:
             task.cancel()
-        # Shielded: a second cancellation (the end of a grace period lands while we wait) must not skip the
-        # clean-up, and the files go only once the writer has killed FFmpeg, or it would write new ones.
-        await asyncio.shield(self._clean_up(tasks))
+        # A second cancellation (the end of a grace period lands while we wait) must not skip the clean-up,
+        # nor end this task before it is done; the files go only once the writer has killed FFmpeg, or it
+        # would write new ones.
+        await finish_despite_cancellation(self._clean_up(tasks))
 
     async def _clean_up(self, tasks: list[asyncio.Task[Any]]) -> None:
         if tasks:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError
 from services.media.live import LiveNarration, SpokenSegment
@@ -164,8 +165,8 @@ class MediaStudio:
                 upload_seconds=time.perf_counter() - started,
             )
         finally:
-            # Shielded: a cancellation landing here (a cut stream, a shutdown) must not leave the files.
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, work_dir, True))
+            # A cancellation landing here (a cut stream, a shutdown) must not leave the files.
+            await finish_despite_cancellation(asyncio.to_thread(shutil.rmtree, work_dir, True))
 
     async def _input_path(self, key: str, field: str) -> Path:
         try:
