@@ -280,22 +280,37 @@ class JobStore:
         return MeditationPage(meditations=tuple(_meditation(row) for row in page), next_cursor=next_cursor)
 
     async def record_event(self, name: str, sequence: int, payload: bytes, changes: JobChanges) -> datetime:
-        """Appends the event with the next sequence and applies its changes in the same transaction."""
+        """Appends the event with the next sequence and applies its changes in the same transaction; a job
+        that has ended (its `completed` is recorded) takes no more events: FAILED_PRECONDITION."""
         job_id = _id_of(name)
         event_time = now()
         try:
             async with self._transaction() as session:
                 # The guarded update serialises writers on the job row: exactly one writer can move
-                # last_sequence from N-1 to N, so the log has no gap and no duplicate.
+                # last_sequence from N-1 to N, so the log has no gap and no duplicate; and only while the job
+                # runs, so nothing can follow `completed` (a stale replica, a bug).
                 result = await session.execute(
                     update(JobRow)
-                    .where(JobRow.id == job_id, JobRow.last_sequence == sequence - 1)
+                    .where(
+                        JobRow.id == job_id,
+                        JobRow.last_sequence == sequence - 1,
+                        JobRow.state == MeditationState.RUNNING.value,
+                    )
                     .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
                 )
                 if result.rowcount != 1:  # type: ignore[attr-defined]
-                    current = await session.scalar(select(JobRow.last_sequence).where(JobRow.id == job_id))
-                    if current is None:
+                    found = (
+                        await session.execute(
+                            select(JobRow.last_sequence, JobRow.state).where(JobRow.id == job_id)
+                        )
+                    ).first()
+                    if found is None:
                         raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
+                    current, state = found
+                    if state != MeditationState.RUNNING.value:
+                        raise GatewayError(
+                            FailureKind.PRECONDITION, f"{name} has ended ({state}): no event can follow it"
+                        )
                     raise GatewayError(
                         FailureKind.INTERNAL, f"{name} is at sequence {current}; cannot record {sequence}"
                     )
