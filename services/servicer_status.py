@@ -1,4 +1,4 @@
-"""The gRPC status of a provider or storage failure: one mapping for the content and media servicers."""
+"""The content and media servicers' shared translation of provider and storage failures to statuses."""
 
 from __future__ import annotations
 

@@ -35,11 +35,11 @@ from services.content.repository import (
 )
 from services.content.spoken_safety import SpokenOutcome
 from services.content.themes import extract_themes
-from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_timestamp
 from services.provider_status import ProviderReport
+from services.servicer_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 

@@ -11,7 +11,6 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from services.dependency_failure_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from services.media.errors import (
     AssetNotFoundError,
     EncodingError,
@@ -24,6 +23,7 @@ from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPubl
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
 from services.proto_time import to_duration
+from services.servicer_status import DEPENDENCY_FAILURES, status_of_dependency_failure
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
