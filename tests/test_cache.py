@@ -272,6 +272,23 @@ async def test_values_expire_after_the_ttl_on_both_backends(make_cache: CacheBac
     assert compute.calls == 2
 
 
+async def test_a_forgotten_value_is_computed_afresh_on_both_backends(make_cache: CacheBackend) -> None:
+    cache, other = make_cache(), make_cache()
+    compute = CountingCompute()
+    await cache.get_or_compute("erased", compute)
+    await cache.get_or_compute("kept", compute)
+
+    assert await cache.forget("erased")
+
+    assert not await cache.forget("erased")
+    assert not (await cache.get_or_compute("erased", compute)).is_cached
+    assert (await cache.get_or_compute("kept", compute)).is_cached
+    # Shared across replicas in Redis: another process's cache of the same name no longer has it either.
+    if cache.backend == "redis":
+        assert await other.forget("erased")
+        assert not (await cache.get_or_compute("erased", compute)).is_cached
+
+
 async def test_hits_and_misses_are_counted(make_cache: CacheBackend) -> None:
     cache = make_cache()
     compute = CountingCompute()

@@ -10,11 +10,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import av
 import pytest
 import redis.asyncio
 
 from scripts.stack import Stack, running_stack
+from services.cache.base import VALUE_KEY_PREFIX
 from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
@@ -42,11 +44,18 @@ def _redis_reachable() -> None:
 
 
 @pytest.fixture
-def production_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
+def storage_server(tmp_path: Path) -> Iterator[SupabaseStorageServer]:
+    """A Supabase-compatible storage server on 127.0.0.1."""
+    with SupabaseStorageServer(tmp_path / "supabase", service_key=SERVICE_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def production_environment(storage_server: SupabaseStorageServer) -> Iterator[dict[str, str]]:
     """PostgreSQL (a fresh database), Redis and a Supabase-compatible server, as production wires them."""
     _redis_reachable()
     database_url = create_postgres_database()
-    with SupabaseStorageServer(tmp_path / "supabase", service_key=SERVICE_KEY) as storage_server:
+    try:
         yield {
             "DATABASE_URL": database_url,
             "REDIS_URL": REDIS_URL,
@@ -57,7 +66,8 @@ def production_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
             # Distinct cache keys per run: a value cached by an earlier run would point at a deleted store.
             "STILLPOINT_CACHE_TTL_SECONDS": "60",
         }
-    drop_postgres_database(database_url)
+    finally:
+        drop_postgres_database(database_url)
 
 
 async def _generate(stack: Stack) -> list[gateway_pb.GenerateMeditationResponse]:
@@ -68,6 +78,64 @@ async def _generate(stack: Stack) -> list[gateway_pb.GenerateMeditationResponse]
             conversation=created.conversation.name, options=gateway_pb.MeditationOptions(skip_cache=True)
         )
         return [response async for response in stub.GenerateMeditation(request, timeout=300)]
+
+
+async def _delete(stack: Stack, conversation: str) -> gateway_pb.DeleteConversationResponse:
+    async with stack.gateway_channel() as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        return await stub.DeleteConversation(gateway_pb.DeleteConversationRequest(name=conversation))
+
+
+# Every table of both services that holds anything of a conversation, with the column naming it.
+_TABLES_OF_A_CONVERSATION = {
+    "conversations": "id",
+    "messages": "conversation_id",
+    "conversation_artifacts": "conversation_id",
+    "meditation_jobs": "conversation",
+}
+
+
+async def _rows_of(database_url: str, conversation: str) -> dict[str, int]:
+    """How many rows of each table hold something of `conversation`, and how many events the database has."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        counts = {}
+        for table, column in _TABLES_OF_A_CONVERSATION.items():
+            value = conversation if column == "conversation" else conversation.split("/")[1]
+            counts[table] = await connection.fetchval(
+                f"SELECT count(*) FROM {table} WHERE {column} = $1", value
+            )
+        # This database holds only this run's conversation: every event left would be one of it.
+        counts["meditation_job_events"] = await connection.fetchval(
+            "SELECT count(*) FROM meditation_job_events"
+        )
+        return counts
+    finally:
+        await connection.close()
+
+
+async def _cache_keys_of(database_url: str, conversation: str) -> list[str]:
+    """The Redis keys of what the content service recorded as made from `conversation`."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        rows = await connection.fetch(
+            "SELECT kind, cache_key FROM conversation_artifacts WHERE conversation_id = $1",
+            conversation.split("/")[1],
+        )
+    finally:
+        await connection.close()
+    caches = {"transcript": "transcripts", "image": "images"}
+    return [f"{VALUE_KEY_PREFIX}{caches[row['kind']]}:value:{row['cache_key']}" for row in rows]
+
+
+async def _existing(keys: list[str]) -> int:
+    client = redis.asyncio.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+    try:
+        return int(await client.exists(*keys))
+    finally:
+        await client.aclose()
 
 
 def _cli(stack: Stack, *arguments: str) -> str:
@@ -84,24 +152,42 @@ def _download(uri: str, target: Path) -> Path:
     return target
 
 
-async def test_a_meditation_on_postgresql_redis_and_supabase_storage(
-    production_environment: dict[str, str], tmp_path: Path
+async def test_a_meditation_on_postgresql_redis_and_supabase_storage_then_its_erasure(
+    production_environment: dict[str, str], storage_server: SupabaseStorageServer, tmp_path: Path
 ) -> None:
+    database_url, bucket = (
+        production_environment["DATABASE_URL"],
+        production_environment["STILLPOINT_SUPABASE_BUCKET"],
+    )
     with running_stack(tmp_path / "var", extra_environment=production_environment) as stack:
         responses = await _generate(stack)
         stats = await asyncio.to_thread(_cli, stack, "stats", "--content", stack.content_address)
+        assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+        videos = [r.video_ready for r in responses if r.HasField("video_ready")]
+        assert len(videos) == 2
+        for index, video in enumerate(videos):
+            # Clients get signed HTTP URLs from Supabase Storage, fetchable without credentials.
+            assert video.uri.startswith(production_environment["SUPABASE_URL"])
+            assert "token=" in video.uri
+            path = await asyncio.to_thread(_download, video.uri, tmp_path / f"{index}.mp4")
+            assert path.stat().st_size == video.size_bytes
+            with av.open(str(path)) as container:
+                assert {stream.type for stream in container.streams} >= {"video", "audio"}
+
+        conversation = responses[0].accepted.conversation
+        cache_keys = await _cache_keys_of(database_url, conversation)
+        # What the erasure must take away is there: rows, the transcript and image in Redis, the files.
+        assert len(cache_keys) == 2 and await _existing(cache_keys) == 2
+        assert all((await _rows_of(database_url, conversation)).values())
+        assert storage_server.stored_names(bucket)
+        deleted = await _delete(stack, conversation)
+        assert deleted.deleted_meditation_count == 1
+        assert await _rows_of(database_url, conversation) == dict.fromkeys(
+            [*_TABLES_OF_A_CONVERSATION, "meditation_job_events"], 0
+        )
+        assert await _existing(cache_keys) == 0
+        assert storage_server.stored_names(bucket) == []
         logs = "".join(path.read_text(errors="replace") for path in stack.log_dir.glob("*.log"))
-    assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
-    videos = [r.video_ready for r in responses if r.HasField("video_ready")]
-    assert len(videos) == 2
-    for index, video in enumerate(videos):
-        # Clients get signed HTTP URLs from Supabase Storage, fetchable without credentials.
-        assert video.uri.startswith(production_environment["SUPABASE_URL"])
-        assert "token=" in video.uri
-        path = await asyncio.to_thread(_download, video.uri, tmp_path / f"{index}.mp4")
-        assert path.stat().st_size == video.size_bytes
-        with av.open(str(path)) as container:
-            assert {stream.type for stream in container.streams} >= {"video", "audio"}
     assert "redis" in stats
     assert "transcripts" in stats
     assert SERVICE_KEY not in logs

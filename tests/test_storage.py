@@ -109,6 +109,17 @@ async def test_existence_and_missing_assets_are_reported(store: Store) -> None:
     assert await store.storage.exists("images/some.png")
 
 
+async def test_delete_removes_one_asset_and_deleting_a_missing_one_is_not_an_error(store: Store) -> None:
+    await store.storage.put_bytes("images/0123456789abcdef.png", b"png", "image/png")
+    await store.storage.put_bytes("images/fedcba9876543210.png", b"png", "image/png")
+
+    assert await store.storage.delete("images/0123456789abcdef.png")
+
+    assert not await store.storage.exists("images/0123456789abcdef.png")
+    assert await store.storage.exists("images/fedcba9876543210.png")
+    assert not await store.storage.delete("images/0123456789abcdef.png")
+
+
 @pytest.fixture
 async def supabase_store(tmp_path: Path) -> AsyncIterator[Store]:
     """A Supabase store alone, for what only Supabase has: HTTP headers and refused overwrites."""

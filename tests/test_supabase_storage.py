@@ -358,3 +358,18 @@ async def test_both_stores_fit_the_asset_storage_protocol(
 
     assert await local.signed_uri(key) == local.uri(key) == (tmp_path / "local" / key).resolve().as_uri()
     assert DEFAULT_SERVICE_KEY not in repr(storage)
+
+
+async def test_delete_prefix_empties_a_folder_larger_than_one_listing_page(
+    storage: SupabaseAssetStorage, server: SupabaseStorageServer
+) -> None:
+    """A live preview stores more segments than Storage lists at once (100): every one must go, and
+    nothing outside the folder."""
+    for index in range(130):
+        await storage.put_bytes(f"live/0123456789abcdef/{index:04d}.m4s", b"segment", "video/iso.segment")
+    await storage.put_bytes("live/fedcba9876543210/0000.m4s", b"another job's", "video/iso.segment")
+
+    assert await storage.delete_prefix("live/0123456789abcdef") == 130
+
+    assert server.stored_names(BUCKET) == ["live/fedcba9876543210/0000.m4s"]
+    assert await storage.delete_prefix("live/0123456789abcdef") == 0

@@ -58,6 +58,11 @@ class ResultCache(Protocol):
         """Returns the cached value, or computes, stores and returns it; concurrent callers share one call."""
         ...
 
+    async def forget(self, key: str) -> bool:
+        """Removes the value under `key` wherever the cache keeps it (every replica, where shared); returns
+        whether one was there. Erasure: nothing made from a deleted conversation may be served again."""
+        ...
+
     async def read_stats(self) -> CacheStats:
         """Hits and misses of this cache as a whole: across every replica where the cache is shared."""
         ...

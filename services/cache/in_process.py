@@ -77,6 +77,10 @@ class InProcessCache:
             self.stats.hits += 1
         return result
 
+    async def forget(self, key: str) -> bool:
+        """Drops the value under `key`, live or expired."""
+        return self._entries.pop(key, None) is not None
+
     async def read_stats(self) -> CacheStats:
         """This process's counts: an in-process cache is not shared."""
         return CacheStats(self.stats.hits, self.stats.misses)

@@ -135,6 +135,14 @@ class RedisCache:
             await self._count(is_hit=True)
         return result
 
+    async def forget(self, key: str) -> bool:
+        """Deletes the value under `key` for every replica; raises CacheUnavailableError without Redis, so an
+        erasure is never reported done while the value may still be served."""
+        try:
+            return bool(await self._client.delete(self._keys(key).value))
+        except RedisError as error:
+            raise CacheUnavailableError(redis_address(self._client), str(error)) from error
+
     async def read_stats(self) -> CacheStats:
         """Hits and misses counted in Redis by every replica; raises CacheUnavailableError without Redis."""
         try:

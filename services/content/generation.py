@@ -137,6 +137,8 @@ class TranscriptResult:
     # self-harm, and the text is the grounding script; `outcome_reason` then says which of the two.
     spoken_outcome: SpokenOutcome = SpokenOutcome.ORDINARY
     outcome_reason: str = ""
+    # The transcripts cache's key the text is kept under; empty when it is not cached (the grounding script).
+    cache_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +152,8 @@ class GeneratedImage:
     is_cached: bool
     provider: str
     fallback_reason: str = ""
+    # The images cache's key that points at `storage_key`.
+    cache_key: str = ""
 
 
 TranscriptEvent = TranscriptDelta | TranscriptRestart | TranscriptResult
@@ -178,6 +182,10 @@ class TranscriptGenerator:
         self._cache = cache
         self._fallback = fallback
         self._crisis_resource_text = crisis_resource_text
+
+    async def forget(self, cache_key: str) -> bool:
+        """Forgets a cached script (its fallback shares the cache); returns whether one was cached."""
+        return await self._cache.forget(cache_key)
 
     def cache_key(self, source_text: str) -> str:
         """The cache key: a hash of the source content, the provider and what decides its output."""
@@ -264,9 +272,8 @@ class TranscriptGenerator:
                 deltas.put_nowait(held)
             return "".join(pieces).strip().encode()
 
-        lookup = asyncio.create_task(
-            self._cache.get_or_compute(self.cache_key(source_text), write, skip_cache=skip_cache)
-        )
+        cache_key = self.cache_key(source_text)
+        lookup = asyncio.create_task(self._cache.get_or_compute(cache_key, write, skip_cache=skip_cache))
         lookup.add_done_callback(lambda _: deltas.put_nowait(None))
         try:
             while (piece := await deltas.get()) is not None:
@@ -284,6 +291,7 @@ class TranscriptGenerator:
             word_count=count_spoken_words(text),
             is_cached=result.is_cached,
             provider=self._provider.name,
+            cache_key=cache_key,
         )
 
 
@@ -331,6 +339,13 @@ class ImageGenerator:
         self._storage = storage
         self._fallback = fallback
 
+    async def erase(self, cache_key: str, storage_key: str) -> bool:
+        """Forgets a cached image (its fallback shares the cache) and deletes its file; returns whether the
+        entry was cached. The entry goes first: it must never point at a deleted file."""
+        is_forgotten = await self._cache.forget(cache_key)
+        await self._storage.delete(storage_key)
+        return is_forgotten
+
     async def generate(
         self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool = False
     ) -> GeneratedImage:
@@ -375,6 +390,7 @@ class ImageGenerator:
             height_pixels=int(entry["height"]),
             is_cached=result.is_cached,
             provider=self._provider.name,
+            cache_key=cache_key,
         )
 
 

@@ -1,4 +1,4 @@
-"""The content service's tables: conversations and their messages."""
+"""The content service's tables: conversations, their messages, and what was made from them."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Select,
     String,
     Text,
     UniqueConstraint,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -71,6 +73,27 @@ class MessageRow(Base):
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class ArtifactRow(Base):
+    """Something made from a conversation and kept outside its rows: a cached transcript or image (and the
+    image's stored file). Recorded when made, so that deleting the conversation erases it too."""
+
+    __tablename__ = "conversation_artifacts"
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "cache_key", name="uq_conversation_artifacts_conversation_key"),
+        # Is an image's file still used by another conversation? Asked at every erasure.
+        Index("ix_conversation_artifacts_storage_key", "storage_key"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[str] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE", name="fk_conversation_artifacts_conversation_id")
+    )
+    # "transcript" or "image": which cache holds `cache_key`.
+    kind: Mapped[str] = mapped_column(String(16))
+    cache_key: Mapped[str] = mapped_column(String(300))
+    # The stored file an image's cache entry points at; None for transcripts.
+    storage_key: Mapped[str | None] = mapped_column(String(300))
+
+
 @dataclass(frozen=True)
 class NewMessage:
     """A message to store."""
@@ -114,6 +137,25 @@ class ConversationPage:
     conversations: tuple[Conversation, ...]
     # The last conversation's cursor when more follow; None on the last page.
     next_cursor: ConversationCursor | None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Something made from a conversation: a cache entry, and for an image its stored file."""
+
+    kind: str
+    cache_key: str
+    storage_key: str | None = None
+
+
+@dataclass(frozen=True)
+class DeletedConversation:
+    """What a deletion removed from the tables, and what it leaves for the caller to erase elsewhere."""
+
+    message_count: int
+    artifacts: tuple[Artifact, ...]
+    # Stored files among `artifacts` that another conversation's artifacts still point at: they stay.
+    shared_storage_keys: frozenset[str]
 
 
 def new_id() -> str:
@@ -263,6 +305,123 @@ class ContentRepository:
                 else None
             ),
         )
+
+    async def check_owner(self, owner: str, conversation_id: str) -> None:
+        """Raises NotFoundError unless `owner`'s conversation exists."""
+        async with self._sessions() as session:
+            found = await session.scalar(
+                select(ConversationRow.id).where(
+                    ConversationRow.id == conversation_id, ConversationRow.owner == owner
+                )
+            )
+        if found is None:
+            raise NotFoundError(f"conversations/{conversation_id}")
+
+    async def record_artifact(self, owner: str, conversation_id: str, artifact: Artifact) -> None:
+        """Records `artifact` as made from `owner`'s conversation; NotFoundError when it is gone (deleted
+        while the artifact was being made: the caller must then erase the artifact itself)."""
+        async with self._transaction() as session:
+            # The row lock orders this against a deletion: either the deletion sees this artifact, or this
+            # sees the conversation gone.
+            found = await session.scalar(
+                select(ConversationRow.id)
+                .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
+                .with_for_update()
+            )
+            if found is None:
+                raise NotFoundError(f"conversations/{conversation_id}")
+            is_recorded = await session.scalar(
+                select(ArtifactRow.id).where(
+                    ArtifactRow.conversation_id == conversation_id,
+                    ArtifactRow.cache_key == artifact.cache_key,
+                )
+            )
+            if is_recorded is None:
+                session.add(
+                    ArtifactRow(
+                        conversation_id=conversation_id,
+                        kind=artifact.kind,
+                        cache_key=artifact.cache_key,
+                        storage_key=artifact.storage_key,
+                    )
+                )
+
+    async def list_artifacts(self, owner: str, conversation_id: str) -> tuple[Artifact, ...]:
+        """What was recorded as made from `owner`'s conversation; NotFoundError when it is not theirs."""
+        await self.check_owner(owner, conversation_id)
+        async with self._sessions() as session:
+            rows = (
+                await session.scalars(
+                    select(ArtifactRow).where(ArtifactRow.conversation_id == conversation_id)
+                )
+            ).all()
+        return tuple(_artifact(row) for row in rows)
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> DeletedConversation:
+        """Deletes `owner`'s conversation, its messages and its artifacts' records in one transaction, and
+        returns the artifacts, to be erased from the caches and storage. Anyone else's conversation is
+        NotFoundError, exactly as a missing one is."""
+        async with self._transaction() as session:
+            found = await session.scalar(
+                select(ConversationRow.id)
+                .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
+                .with_for_update()
+            )
+            if found is None:
+                raise NotFoundError(f"conversations/{conversation_id}")
+            rows = (
+                await session.scalars(
+                    select(ArtifactRow).where(ArtifactRow.conversation_id == conversation_id)
+                )
+            ).all()
+            artifacts = tuple(_artifact(row) for row in rows)
+            shared = await _shared_storage_keys(session, artifacts, conversation_id)
+            message_count = int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(MessageRow)
+                    .where(MessageRow.conversation_id == conversation_id)
+                )
+                or 0
+            )
+            # Children first: SQLite enforces no foreign keys unless asked, so nothing may rely on a cascade.
+            await session.execute(delete(ArtifactRow).where(ArtifactRow.conversation_id == conversation_id))
+            await session.execute(delete(MessageRow).where(MessageRow.conversation_id == conversation_id))
+            await session.execute(delete(ConversationRow).where(ConversationRow.id == conversation_id))
+        return DeletedConversation(
+            message_count=message_count,
+            artifacts=artifacts,
+            shared_storage_keys=shared,
+        )
+
+    async def shared_storage_keys(
+        self, artifacts: tuple[Artifact, ...], excluding_conversation: str = ""
+    ) -> frozenset[str]:
+        """The stored files among `artifacts` that a conversation other than `excluding_conversation` uses."""
+        async with self._sessions() as session:
+            return await _shared_storage_keys(session, artifacts, excluding_conversation)
+
+
+async def _shared_storage_keys(
+    session: AsyncSession, artifacts: tuple[Artifact, ...], excluding_conversation: str
+) -> frozenset[str]:
+    storage_keys = {artifact.storage_key for artifact in artifacts if artifact.storage_key}
+    if not storage_keys:
+        return frozenset()
+    found = await session.scalars(
+        select(ArtifactRow.storage_key).where(
+            ArtifactRow.storage_key.in_(storage_keys), ArtifactRow.conversation_id != excluding_conversation
+        )
+    )
+    return frozenset(key for key in found.all() if key)
+
+
+def _artifacts_of(conversation_id: str) -> Select[ArtifactRow]:
+    return select(ArtifactRow).where(ArtifactRow.conversation_id == conversation_id)
+
+
+def _artifact(row: ArtifactRow) -> Artifact:
+    return Artifact(kind=row.kind, cache_key=row.cache_key, storage_key=row.storage_key)
 
 
 def _add_messages(

@@ -12,6 +12,7 @@ import grpc
 
 from services.cache.base import CacheUnavailableError, ResultCache
 from services.content import conversations
+from services.content.erasure import ConversationErasure
 from services.content.errors import (
     AlreadyExistsError,
     ContentError,
@@ -74,6 +75,7 @@ class ContentServicer(content_grpc.ContentServiceServicer):
         self._repository = repository
         self._transcripts = transcripts
         self._images = images
+        self._erasure = ConversationErasure(repository, transcripts, images)
         self._providers = providers or []
         self._caches = list(caches)
         self._pregenerate_prompts = list(pregenerate_prompts)
@@ -135,6 +137,9 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             events = self._transcripts.generate(
                 request.source_text, skip_cache=request.skip_cache, is_crisis=request.crisis_signalled
             )
+            if request.conversation:
+                conversation_id = _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
+                events = self._erasure.transcript(_owner(request.owner), conversation_id, events)
             async for event in events:
                 if isinstance(event, TranscriptDelta):
                     yield content_pb.GenerateTranscriptResponse(
@@ -172,9 +177,18 @@ class ContentServicer(content_grpc.ContentServiceServicer):
         self, request: content_pb.GenerateImageRequest, context: _Context
     ) -> content_pb.GenerateImageResponse:
         async with _status_for_errors(context):
+            conversation_id = (
+                _parse_name(request.conversation, _CONVERSATION_NAME, "conversation")
+                if request.conversation
+                else None
+            )
+            if conversation_id is not None:
+                await self._erasure.check_owner(_owner(request.owner), conversation_id)
             image = await self._images.generate(
                 request.prompt, request.width_pixels, request.height_pixels, skip_cache=request.skip_cache
             )
+            if conversation_id is not None:
+                image = await self._erasure.image(request.owner, conversation_id, image)
         return content_pb.GenerateImageResponse(
             storage_key=image.storage_key,
             uri=image.uri,
@@ -247,6 +261,18 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             response.next.id = page.next_cursor.id
         return response
 
+    async def DeleteConversation(
+        self, request: content_pb.DeleteConversationRequest, context: _Context
+    ) -> content_pb.DeleteConversationResponse:
+        async with _status_for_errors(context):
+            conversation_id = _parse_name(request.name, _CONVERSATION_NAME, "name")
+            erased = await self._erasure.delete(_owner(request.owner), conversation_id)
+        return content_pb.DeleteConversationResponse(
+            message_count=erased.message_count,
+            cache_entry_count=erased.cache_entry_count,
+            asset_count=erased.asset_count,
+        )
+
 
 @asynccontextmanager
 async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
@@ -263,6 +289,10 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
     except DEPENDENCY_FAILURES as error:
         await context.abort(*status_of_dependency_failure(error))
+    except CacheUnavailableError:
+        # Only an erasure needs Redis rather than degrading to a miss: it must not report done while an
+        # entry may still be served. The address is for operators (the erasure logged the key).
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again shortly")
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")

@@ -15,6 +15,7 @@ from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
 from services.gateway.models import Conversation, ConversationPage, Message, PageCursor
 from services.gateway.pipeline import StageTimeouts
 from services.gateway.ports import (
+    ConversationRef,
     EncodedVideo,
     GeneratedImage,
     LivePlaylist,
@@ -47,6 +48,8 @@ _RETRIED_METHODS = {
         "CollectSourceContent",
         "CreateImagePrompt",
         "GenerateImage",
+        # Idempotent in effect: a retry after a lost answer finds nothing (NOT_FOUND), erased all the same.
+        "DeleteConversation",
     ),
     "stillpoint.media.v2.MediaService": ("GetEncoderInfo", "GetProviderStatus", "DeleteMeditationAssets"),
 }
@@ -260,10 +263,16 @@ class ContentClient:
             text=response.source_text,
             themes=tuple(response.themes),
             is_crisis_signalled=response.crisis_signalled,
+            origin=ConversationRef(owner=owner, name=conversation),
         )
 
     async def generate_transcript(
-        self, source_text: str, *, skip_cache: bool, is_crisis_signalled: bool = False
+        self,
+        source_text: str,
+        *,
+        skip_cache: bool,
+        is_crisis_signalled: bool = False,
+        made_for: ConversationRef | None = None,
     ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]:
         """Streams the script as it is written, then the whole of it.
 
@@ -271,7 +280,11 @@ class ContentClient:
         UNAVAILABLE, and the job's retry policy tries again: streams have no retry layer of their own.
         """
         request = content_pb.GenerateTranscriptRequest(
-            source_text=source_text, skip_cache=skip_cache, crisis_signalled=is_crisis_signalled
+            source_text=source_text,
+            skip_cache=skip_cache,
+            crisis_signalled=is_crisis_signalled,
+            conversation=made_for.name if made_for else "",
+            owner=made_for.owner if made_for else "",
         )
         stream = self._stub.GenerateTranscript(request, timeout=bounded(self._timeouts.transcript_seconds))
         try:
@@ -292,11 +305,22 @@ class ContentClient:
         return response.prompt
 
     async def generate_image(
-        self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool
+        self,
+        prompt: str,
+        width_pixels: int,
+        height_pixels: int,
+        *,
+        skip_cache: bool,
+        made_for: ConversationRef | None = None,
     ) -> GeneratedImage:
         """Makes or finds the image."""
         request = content_pb.GenerateImageRequest(
-            prompt=prompt, width_pixels=width_pixels, height_pixels=height_pixels, skip_cache=skip_cache
+            prompt=prompt,
+            width_pixels=width_pixels,
+            height_pixels=height_pixels,
+            skip_cache=skip_cache,
+            conversation=made_for.name if made_for else "",
+            owner=made_for.owner if made_for else "",
         )
         response = await _call(
             "content",
@@ -310,6 +334,14 @@ class ContentClient:
             is_cached=response.cached,
             provider=response.provider,
             fallback_reason=response.fallback_reason,
+        )
+
+    async def delete_conversation(self, owner: str, name: str) -> None:
+        """Erases `owner`'s conversation and what content made from it."""
+        request = content_pb.DeleteConversationRequest(name=name, owner=owner)
+        await _call(
+            "content",
+            lambda: self._stub.DeleteConversation(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
 
 

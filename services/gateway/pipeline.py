@@ -103,7 +103,7 @@ class MeditationPipeline:
             stage.detail = f"{len(source.text)} characters; themes: {', '.join(source.themes[:3]) or 'none'}"
         # The image is the slowest call: start it now, and let the transcript and narration run beside it.
         image_task = asyncio.create_task(
-            self._image(job, source.text, options.image_aspect.size_pixels, options.skip_cache)
+            self._image(job, source, options.image_aspect.size_pixels, options.skip_cache)
         )
         try:
             narration = await self._transcript_and_narration(job, source, options.skip_cache)
@@ -153,7 +153,10 @@ class MeditationPipeline:
         async with self._stage(job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds) as stage:
             written: WrittenTranscript | None = None
             pieces = self._content.generate_transcript(
-                source.text, skip_cache=skip_cache, is_crisis_signalled=source.is_crisis_signalled
+                source.text,
+                skip_cache=skip_cache,
+                is_crisis_signalled=source.is_crisis_signalled,
+                made_for=source.origin,
             )
             async for piece in pieces:
                 if isinstance(piece, TranscriptPiece):
@@ -188,12 +191,14 @@ class MeditationPipeline:
         return written
 
     async def _image(
-        self, job: JobEvents, source_text: str, size_pixels: tuple[int, int], skip_cache: bool
+        self, job: JobEvents, source: SourceContent, size_pixels: tuple[int, int], skip_cache: bool
     ) -> GeneratedImage:
         async with self._stage(job, Stage.IMAGE, self._timeouts.image_seconds) as stage:
-            prompt = await self._content.create_image_prompt(source_text)
+            prompt = await self._content.create_image_prompt(source.text)
             width, height = size_pixels
-            image = await self._content.generate_image(prompt, width, height, skip_cache=skip_cache)
+            image = await self._content.generate_image(
+                prompt, width, height, skip_cache=skip_cache, made_for=source.origin
+            )
             stage.detail = _provider_detail(
                 f"{image.width_pixels}x{image.height_pixels}",
                 image.provider,

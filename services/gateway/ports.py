@@ -11,6 +11,14 @@ from services.gateway.models import Conversation, ConversationPage, Message, Pag
 
 
 @dataclass(frozen=True)
+class ConversationRef:
+    """A conversation and its owner: what a transcript or image is made from."""
+
+    owner: str
+    name: str
+
+
+@dataclass(frozen=True)
 class SourceContent:
     """The conversation text a meditation is written from."""
 
@@ -18,6 +26,8 @@ class SourceContent:
     themes: tuple[str, ...]
     # The whole conversation (not only `text`, a cut of it) signals a risk of suicide or self-harm.
     is_crisis_signalled: bool = False
+    # The conversation it was cut from: what is made from it is recorded against it, to be erased with it.
+    origin: ConversationRef | None = None
 
 
 @dataclass(frozen=True)
@@ -120,14 +130,34 @@ class ContentPort(Protocol):
     async def collect_source_content(self, owner: str, conversation: str) -> SourceContent: ...
 
     def generate_transcript(
-        self, source_text: str, *, skip_cache: bool, is_crisis_signalled: bool = False
-    ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]: ...
+        self,
+        source_text: str,
+        *,
+        skip_cache: bool,
+        is_crisis_signalled: bool = False,
+        made_for: ConversationRef | None = None,
+    ) -> AsyncIterator[TranscriptPiece | TranscriptRestart | WrittenTranscript]:
+        """Writes the script; `made_for` records it as made from that conversation, so that deleting the
+        conversation erases it (and refuses it once the conversation is gone)."""
+        ...
 
     async def create_image_prompt(self, source_text: str) -> str: ...
 
     async def generate_image(
-        self, prompt: str, width_pixels: int, height_pixels: int, *, skip_cache: bool
-    ) -> GeneratedImage: ...
+        self,
+        prompt: str,
+        width_pixels: int,
+        height_pixels: int,
+        *,
+        skip_cache: bool,
+        made_for: ConversationRef | None = None,
+    ) -> GeneratedImage:
+        """Makes or finds the image; `made_for` as for generate_transcript."""
+        ...
+
+    async def delete_conversation(self, owner: str, name: str) -> None:
+        """Erases `owner`'s conversation and what content made from it; NOT_FOUND when it is not theirs."""
+        ...
 
 
 class MediaPort(Protocol):

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import grpc
 
-from services.gateway import events
+from services.gateway import erasure, events
 from services.gateway.authentication import Authenticator, caller, set_caller
 from services.gateway.deadlines import client_deadline
 from services.gateway.errors import FailureKind, GatewayError, InvalidInputError
@@ -213,6 +213,14 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             meditations=[_meditation_proto(meditation) for meditation in page.meditations],
             next_page_token=next_page_token,
         )
+
+    async def DeleteConversation(
+        self, request: gateway_pb.DeleteConversationRequest, context: _Context
+    ) -> gateway_pb.DeleteConversationResponse:
+        async with _status_for_errors(context):
+            name = _checked_name(request.name, _CONVERSATION_NAME, "name")
+            erased = await erasure.delete_conversation(caller(), name, content=self._content, jobs=self._jobs)
+        return gateway_pb.DeleteConversationResponse(deleted_meditation_count=erased)
 
 
 # What a page token is bound to besides its owner: the list it pages through.

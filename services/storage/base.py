@@ -86,6 +86,11 @@ class AssetStorage(Protocol):
         """Returns whether an asset is stored under `key`."""
         ...
 
+    async def delete(self, key: str) -> bool:
+        """Removes the asset under `key`; returns whether there was one. Deleting a missing asset is not an
+        error, so a retried deletion converges."""
+        ...
+
     async def delete_prefix(self, prefix: str) -> int:
         """Removes every asset directly under `prefix` (a cancelled job's folder); returns how many."""
         ...

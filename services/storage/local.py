@@ -53,6 +53,19 @@ class LocalAssetStorage:
         """Returns whether the asset's file exists."""
         return await asyncio.to_thread(self._path(key).is_file)
 
+    async def delete(self, key: str) -> bool:
+        """Removes the asset's file, if it is there."""
+        path = self._path(key)
+
+        def remove() -> bool:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            return True
+
+        return await asyncio.to_thread(remove)
+
     async def delete_prefix(self, prefix: str) -> int:
         """Removes the folder's files (and the folder)."""
         folder = self._path(prefix)

@@ -42,6 +42,10 @@ _SIGNED_URI_MEMO_SIZE: Final = 4096
 ChunkReader = Callable[[int, int], Awaitable[bytes]]
 
 
+# Objects listed per request when a folder is emptied.
+_LIST_PAGE_SIZE = 100
+
+
 class SupabaseAssetStorage:
     """Keeps assets in a private Supabase Storage bucket; clients fetch them through signed URLs.
 
@@ -192,18 +196,38 @@ class SupabaseAssetStorage:
         with _translated("check for an asset"):
             return await self._client.from_(self._bucket).exists(key)
 
+    async def delete(self, key: str) -> bool:
+        """Removes the object and this process's downloaded copy; Storage answers a missing one with an
+        empty list, which is not an error."""
+        validate_key(key)
+        with _translated("remove an asset"):
+            removed = await self._client.from_(self._bucket).remove([key])
+        (self._cache_root / key).unlink(missing_ok=True)
+        self._signed.pop(key, None)
+        return bool(removed)
+
     async def delete_prefix(self, prefix: str) -> int:
-        """Removes every object directly under `prefix` (one job's folder) and returns how many."""
+        """Removes every object directly under `prefix` (one job's folder) and returns how many.
+
+        Storage lists a page at a time (100 by default; a live preview alone has more segments than that), so
+        this lists and removes until a listing comes back empty; what was removed is not listed again."""
         validate_key(prefix)
-        with _translated("list a job's assets"):
-            listed = await self._client.from_(self._bucket).list(prefix)
-        names = [f"{prefix}/{entry['name']}" for entry in listed if entry.get("name")]
-        if names:
+        removed: set[str] = set()
+        while True:
+            with _translated("list a job's assets"):
+                listed = await self._client.from_(self._bucket).list(prefix, {"limit": _LIST_PAGE_SIZE})
+            # A sub-folder is listed with no id; a job's folder has none, and it could not be removed anyway.
+            names = [f"{prefix}/{entry['name']}" for entry in listed if entry.get("name") and entry.get("id")]
+            if not names:
+                return len(removed)
+            if removed.intersection(names):
+                # Removal answered but kept them (a policy refusing deletes): stop rather than loop forever.
+                raise StorageUnavailableError("Supabase Storage kept assets it was asked to remove")
             with _translated("remove a job's assets"):
                 await self._client.from_(self._bucket).remove(names)
-        for name in names:
-            (self._cache_root / name).unlink(missing_ok=True)
-        return len(names)
+            for name in names:
+                (self._cache_root / name).unlink(missing_ok=True)
+            removed.update(names)
 
     def uri(self, key: str) -> str:
         """The signed URL made for `key` by `put_*` or `signed_uri` in this process, while at least half its

@@ -1,4 +1,4 @@
-"""Owner B cannot read, list, watch, append to, generate from or cancel owner A's resources: every RPC
+"""Owner B cannot read, list, watch, append to, generate from, cancel or delete owner A's resources: every RPC
 answers B exactly as it answers a name that does not exist."""
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ TARGETING: dict[str, Callable[[str, str], dict[str, Any]]] = {
     "WatchMeditation": lambda _, meditation: {"name": meditation},
     "GetMeditation": lambda _, meditation: {"name": meditation},
     "CancelMeditation": lambda _, meditation: {"name": meditation},
+    "DeleteConversation": lambda conversation, _: {"name": conversation},
 }
 
 

@@ -160,6 +160,10 @@ class SupabaseStorageServer:
         """What is stored under `bucket`/`name`, read from the server's side; None if nothing is."""
         return self._state.object_view(bucket, name)
 
+    def stored_names(self, bucket: str) -> list[str]:
+        """The names of every object in `bucket`, read from the server's side."""
+        return self._state.object_names(bucket)
+
     def __enter__(self) -> SupabaseStorageServer:
         self.start()
         return self
@@ -383,6 +387,10 @@ class _StorageState:
             return None
         return StoredObjectView(found.data_path.read_bytes(), found.content_type, found.cache_control)
 
+    def object_names(self, bucket: str) -> list[str]:
+        with self._lock:
+            return sorted(name for (in_bucket, name) in self._objects if in_bucket == bucket)
+
     def object_exists(self, bucket: str, name: str) -> bool:
         with self._lock:
             return (bucket, name) in self._objects
@@ -594,6 +602,8 @@ class _Handler(TrackingHandler):
                 self._sign_many(rest[1], body)
             else:
                 self._sign(*self._bucket_and_name(rest[1:]), body)
+        elif kind == "list" and method == "POST" and len(rest) == 2:
+            self._list(rest[1], body)
         elif kind == "info":
             where = rest[2:] if len(rest) > 1 and rest[1] in ("authenticated", "public") else rest[1:]
             self._send_json(200, self._state.find_object(*self._bucket_and_name(where)).to_json_object())
@@ -711,6 +721,28 @@ class _Handler(TrackingHandler):
             filename = download[0] or name.rsplit("/", 1)[-1]
             extra["Content-Disposition"] = f"attachment; filename={urllib.parse.quote(filename)}"
         self._serve(self._state.find_object(bucket, name), "GET", extra)
+
+    def _list(self, bucket: str, body: bytes) -> None:
+        """POST /object/list/{bucket}: what lies directly under `prefix`, as Storage lists a folder: objects
+        by their name within it, sub-folders once each with a null id, sorted by name, `offset` and `limit`
+        applied."""
+        request = _json_object(body)
+        prefix = str(request.get("prefix", "")).strip("/")
+        limit, offset = int(str(request.get("limit", 100))), int(str(request.get("offset", 0)))
+        self._state.bucket(bucket)
+        under = f"{prefix}/" if prefix else ""
+        entries: dict[str, dict[str, object]] = {}
+        for name in self._state.object_names(bucket):
+            if not name.startswith(under):
+                continue
+            rest = name[len(under) :]
+            if "/" in rest:
+                folder = rest.split("/", 1)[0]
+                entries.setdefault(folder, {"name": folder, "id": None, "metadata": None})
+            else:
+                entries[rest] = {**self._state.find_object(bucket, name).to_json_object(), "name": rest}
+        listed = [entries[name] for name in sorted(entries)][offset : offset + limit]
+        self._send_json(200, listed)
 
     def _delete_many(self, bucket: str, body: bytes) -> None:
         prefixes = _json_object(body).get("prefixes")

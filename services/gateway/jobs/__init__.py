@@ -230,6 +230,24 @@ class MeditationJobs:
         await self.dispatcher.cancel(name)
         return await self._store.get(name)
 
+    async def delete_of_conversation(self, owner: str, conversation: str) -> int:
+        """Erases every one of `owner`'s jobs made from `conversation`: each is cancelled wherever it runs,
+        its stored assets are deleted, then its record and event log. Returns how many were erased. A job
+        that has not stopped by the end of the cancel wait is UNAVAILABLE: nothing of it is deleted, and a
+        retry finishes the work."""
+        names = await self._store.names_of_conversation(owner, conversation)
+        for name in names:
+            await self.dispatcher.cancel(name)
+            if not (await self._store.get(name)).state.is_final:
+                raise GatewayError(
+                    FailureKind.UNAVAILABLE,
+                    f"{name} is still stopping: delete again in a few seconds",
+                )
+            # Assets before the record: if this fails, the record is still there for a retry to find.
+            await self.dispatcher.delete_assets(name)
+            await self._store.delete(name)
+        return len(names)
+
     def start_janitor(self) -> None:
         """Starts dispatching, and requeues jobs nobody holds (given back at shutdown, lost by the queue)."""
         self.dispatcher.start(with_janitor=True)

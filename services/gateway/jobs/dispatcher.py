@@ -379,7 +379,7 @@ class JobDispatcher:
             meditation = await self._store.get(name)
             recorder = JobRecorder(meditation=name, store=self._store, last_sequence=meditation.last_sequence)
             await _finish_cancelled(recorder)
-            await self._delete_assets(name)
+            await self.delete_assets(name)
         elif not (await self._store.get(name)).state.is_final:
             await self._cancel_elsewhere(name)
 
@@ -390,7 +390,7 @@ class JobDispatcher:
         # Cancelled before its first step ran, the task could not record its own end.
         if not running.recorder.is_finished and await _finish_cancelled(running.recorder):
             await self._queue.acknowledge(running.delivery)
-        await self._delete_assets(running.recorder.meditation)
+        await self.delete_assets(running.recorder.meditation)
 
     async def _cancel_elsewhere(self, name: str) -> None:
         """Asks the replica running the job to stop it, and waits (briefly) until it has."""
@@ -404,7 +404,8 @@ class JobDispatcher:
                 return
             await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
 
-    async def _delete_assets(self, name: str) -> None:
+    async def delete_assets(self, name: str) -> None:
+        """Deletes what the job stored through media (idempotent: a second call finds nothing)."""
         if self._media is not None:
             # Nothing half-made stays behind: the narration, the live preview and any video go.
             await self._media.delete_meditation_assets(name)

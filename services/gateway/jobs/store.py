@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -376,6 +377,33 @@ class JobStore:
                 .limit(max_jobs)
             )
             return [_NAME_PREFIX + job_id for job_id in ids]
+
+    async def names_of_conversation(self, owner: str, conversation: str) -> list[str]:
+        """Every one of `owner`'s jobs made from `conversation`, oldest first."""
+        async with self._reading() as session:
+            ids = (
+                await session.scalars(
+                    select(JobRow.id)
+                    .where(JobRow.owner == owner, JobRow.conversation == conversation)
+                    .order_by(JobRow.create_time, JobRow.id)
+                )
+            ).all()
+        return [f"{_NAME_PREFIX}{job_id}" for job_id in ids]
+
+    async def delete(self, name: str) -> bool:
+        """Deletes a finished job and its event log; returns whether it was there. A running job is
+        FAILED_PRECONDITION: it must be cancelled first, so that nothing records events for it afterwards."""
+        job_id = _id_of(name)
+        async with self._transaction() as session:
+            state = await session.scalar(select(JobRow.state).where(JobRow.id == job_id).with_for_update())
+            if state is None:
+                return False
+            if not MeditationState(state).is_final:
+                raise GatewayError(FailureKind.PRECONDITION, f"{name} is still running: cancel it first")
+            # The log first: SQLite enforces no foreign keys unless asked, so nothing relies on a cascade.
+            await session.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
+            await session.execute(delete(JobRow).where(JobRow.id == job_id))
+        return True
 
     async def list_events(self, name: str, after_sequence: int, max_events: int = 1000) -> StoredEventPage:
         """Returns up to `max_events` events after `after_sequence`, oldest first, with the job's state."""
