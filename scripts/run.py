@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import threading
@@ -22,6 +23,10 @@ def main() -> int:
     print("Starting content, media and gateway (logs in var/logs/) …", flush=True)
     try:
         with running_stack(ROOT / "var", ports=PORTS) as stack:
+            # Content and media answer only the gateway's certificate: operators' tools present it too.
+            certificate = " ".join(
+                f"{name}={shlex.quote(value)}" for name, value in stack.operator_certificate().items()
+            )
             print(
                 f"\nThe gateway is serving on {stack.gateway_address}.\n"
                 f"An API key for the owner {STACK_OWNER!r}, made for this run:\n\n"
@@ -30,6 +35,9 @@ def main() -> int:
                 "  .venv/bin/stillpoint generate --conversation examples/conversation.json\n"
                 '  grpcurl -plaintext -H "authorization: Bearer $STILLPOINT_API_KEY" '
                 f"{stack.gateway_address} list\n\n"
+                "`stillpoint stats` and `stillpoint pregenerate` call the content service directly, with the "
+                "gateway's internal certificate:\n\n"
+                f"  export {certificate}\n\n"
                 "Ctrl-C stops everything.",
                 flush=True,
             )

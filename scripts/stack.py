@@ -60,17 +60,21 @@ class Stack:
 
     def client_environment(self) -> dict[str, str]:
         """The environment the `stillpoint` command needs to reach this stack: its API key, and the
-        gateway's internal certificate for the commands that talk to content directly (stats,
-        pregenerate)."""
-        environment = {**os.environ, "STILLPOINT_API_KEY": self.api_key}
-        if self.certificates is not None:
-            gateway = self.certificates.issued["gateway"]
-            environment |= {
-                "STILLPOINT_INTERNAL_CA_FILE": str(self.certificates.ca_file),
-                "STILLPOINT_INTERNAL_CERT_FILE": str(gateway.certificate_file),
-                "STILLPOINT_INTERNAL_KEY_FILE": str(gateway.key_file),
-            }
-        return environment
+        certificate for the commands that talk to content directly (see `operator_certificate`)."""
+        return {**os.environ, "STILLPOINT_API_KEY": self.api_key, **self.operator_certificate()}
+
+    def operator_certificate(self) -> dict[str, str]:
+        """The STILLPOINT_INTERNAL_* variables that operators' tools (`stillpoint stats`, `pregenerate`,
+        grpcurl) use to call content or media directly: the gateway's certificate, the one caller the
+        internal services answer by default. Empty without certificates (a plaintext stack)."""
+        if self.certificates is None:
+            return {}
+        gateway = self.certificates.issued["gateway"]
+        return {
+            "STILLPOINT_INTERNAL_CA_FILE": str(self.certificates.ca_file),
+            "STILLPOINT_INTERNAL_CERT_FILE": str(gateway.certificate_file),
+            "STILLPOINT_INTERNAL_KEY_FILE": str(gateway.key_file),
+        }
 
     def internal_channel(self, replica: str) -> grpc.aio.Channel:
         """A channel to a content or media replica, presenting the gateway's certificate (mutual TLS)."""

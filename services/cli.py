@@ -89,7 +89,9 @@ def bearer_interceptors(credential: str) -> list[grpc.aio.ClientInterceptor]:
 
 def content_channel(address: str) -> grpc.aio.Channel:
     """A channel to the content service: mutual TLS with the internal certificates (the STILLPOINT_INTERNAL_*
-    files, as the gateway uses them) when they are set."""
+    files, as the gateway uses them) when they are set. Content answers only a certificate that names one of
+    its allowed callers (STILLPOINT_INTERNAL_ALLOWED_CALLERS, by default the gateway): operators present the
+    gateway's certificate, or one of their own that content lists."""
     try:
         tls = read_internal_tls(Environment(os.environ))
     except ConfigError as error:

@@ -113,6 +113,7 @@ class RunningServer:
 def internal_server_credentials(tls: InternalTls | None) -> grpc.ServerCredentials | None:
     """Mutual TLS for an internal service: its own certificate, and only clients with a certificate the
     internal CA signed (a stranger, with no certificate or another CA's, is refused during the handshake).
+    Which of those certificates may call is `peer_identity`'s check, installed with these credentials.
     None without certificates: a plaintext port, for loopback-only development."""
     if tls is None:
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -68,9 +68,16 @@ def storage(tmp_path: Path) -> LocalAssetStorage:
     return LocalAssetStorage(tmp_path / "storage")
 
 
-async def _start_content(
-    tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
+async def start_content_server(
+    tmp_path: Path,
+    storage: LocalAssetStorage,
+    painters: ProcessPoolExecutor,
+    *,
+    credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[serving.RunningServer, AsyncEngine]:
+    """A real content server with offline providers and a fresh SQLite file (plaintext unless given
+    `credentials`), and its engine to dispose of after it stops."""
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'content.db'}")
     await content_migrate.HISTORY.upgrade(engine)
     transcript_cache = InProcessCache(ttl_seconds=3600, name="transcripts")
@@ -86,6 +93,8 @@ async def _start_content(
         service_names=[CONTENT_SERVICE],
         register=lambda server: content_grpc.add_ContentServiceServicer_to_server(servicer, server),
         address="127.0.0.1:0",
+        credentials=credentials,
+        interceptors=interceptors,
     )
     return running, engine
 
@@ -95,7 +104,7 @@ async def content_channel(
     tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a real content server backed by a fresh SQLite file."""
-    running, engine = await _start_content(tmp_path, storage, painters)
+    running, engine = await start_content_server(tmp_path, storage, painters)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield channel
     await running.stop(0)

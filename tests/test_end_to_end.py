@@ -22,8 +22,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from scripts.stack import Stack, running_stack
 from services.certificates import make_internal_certificates
 from services.cli import load_conversation
+from services.serving import internal_channel_credentials
+from services.tls import InternalTls
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -184,6 +190,36 @@ def test_the_internal_ports_refuse_a_plaintext_client_and_a_tls_client_without_a
     with pytest.raises(subprocess.CalledProcessError):
         _grpcurl(*probe, timeout_seconds=30, transport=impostor)
     assert json.loads(_grpcurl(*probe, transport=_with_the_gateways_certificate(stack, service)).stdout)
+
+
+@pytest.mark.parametrize(("service", "sibling"), [("content", "media"), ("media", "content")])
+async def test_the_internal_services_answer_the_gateway_but_refuse_a_sibling_services_certificate(
+    stack: Stack, service: str, sibling: str
+) -> None:
+    """Property: as the processes start, content and media check the caller's certificate past the CA: the
+    gateway's is served, a sibling's (signed by the same CA) is PERMISSION_DENIED, and health answers both."""
+    assert stack.certificates is not None
+    issued = stack.certificates.issued[sibling]
+    tls = InternalTls(stack.certificates.ca_file, issued.certificate_file, issued.key_file)
+
+    async def provider_status(channel: grpc.aio.Channel) -> object:
+        if service == "content":
+            stub = content_grpc.ContentServiceStub(channel)
+            return await stub.GetProviderStatus(content_pb.GetProviderStatusRequest(), timeout=10)
+        media = media_grpc.MediaServiceStub(channel)
+        return await media.GetProviderStatus(media_pb.GetProviderStatusRequest(), timeout=10)
+
+    async with stack.internal_channel(service) as gateway:
+        assert await provider_status(gateway)
+    options = [("grpc.ssl_target_name_override", service)]
+    async with grpc.aio.secure_channel(
+        stack.addresses[service], internal_channel_credentials(tls), options=options
+    ) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await provider_status(channel)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
 def test_grpcurl_runs_a_meditation_to_completion(stack: Stack) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -68,6 +69,23 @@ async def test_run_prints_a_working_key_and_ctrl_c_stops_everything(tmp_path: Pa
                     gateway_pb.CreateConversationRequest(messages=[MESSAGE]), timeout=30
                 )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # The certificate it prints gets an operator's command past content's check of the caller.
+        certificate = re.search(r"export (STILLPOINT_INTERNAL_CA_FILE=.*)", printed)
+        assert certificate is not None, printed
+        stats = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "stats",
+            "--content",
+            "127.0.0.1:50052",
+            cwd=ROOT,
+            env={**environment, **dict(pair.split("=", 1) for pair in shlex.split(certificate.group(1)))},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        answered = (await asyncio.wait_for(stats.communicate(), 60))[0].decode()
+        assert stats.returncode == 0 and "transcripts" in answered, answered
         process.send_signal(signal.SIGINT)
         rest = (await asyncio.wait_for(process.stdout.read(), 60)).decode()
         assert await asyncio.wait_for(process.wait(), 30) == 0, rest

@@ -32,6 +32,7 @@ from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.openai_api import check_models, make_client
+from services.peer_identity import PeerIdentityInterceptor
 from services.provider_status import ProviderReport
 from services.redis_connection import RedisUnavailableError
 from services.storage.base import AssetStorage
@@ -147,6 +148,9 @@ async def serve(
         register=lambda server: content_grpc.add_ContentServiceServicer_to_server(servicer, server),
         address=f"{config.bind_host}:{config.port}",
         credentials=serving.internal_server_credentials(config.internal_tls),
+        # Past the handshake (any certificate the internal CA signed), only the allowed callers' certificates
+        # reach a handler. Without TLS the port is plaintext on loopback, with no certificate to check.
+        interceptors=[PeerIdentityInterceptor(config.internal_callers)] if config.internal_tls else [],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)

@@ -15,7 +15,7 @@ from services.database import PoolSettings, read_database_url, read_pool_setting
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage.factory import StorageSettings, read_storage_settings
-from services.tls import InternalTls, read_internal_tls
+from services.tls import InternalTls, read_internal_callers, read_internal_tls
 
 PROVIDERS = ("offline", "openai")
 # What OpenAI serves on 2026-11-21: gpt-6-luna replaces the gpt-4o class; DALL-E and gpt-image-1 are gone.
@@ -34,6 +34,9 @@ class ContentConfig:
     # Mutual TLS with the internal CA: only callers with a certificate it signed get in. None: plaintext,
     # for loopback-only development.
     internal_tls: InternalTls | None
+    # With mutual TLS, the certificate names (common name or subjectAltName) that may call: the gateway's by
+    # default. Another certificate the CA signed (a sibling service's) is refused with PERMISSION_DENIED.
+    internal_callers: frozenset[str]
     database_url: str
     database_pool: PoolSettings
     storage: StorageSettings
@@ -66,10 +69,12 @@ class ContentConfig:
         transcript_provider = environment.choice("STILLPOINT_TRANSCRIPT_PROVIDER", "offline", PROVIDERS)
         image_provider = environment.choice("STILLPOINT_IMAGE_PROVIDER", "offline", PROVIDERS)
         uses_openai = "openai" in (transcript_provider, image_provider)
+        internal_tls = read_internal_tls(environment)
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
             bind_host=environment.bind_host("STILLPOINT_CONTENT_BIND_HOST", "127.0.0.1"),
-            internal_tls=read_internal_tls(environment),
+            internal_tls=internal_tls,
+            internal_callers=read_internal_callers(environment, internal_tls),
             database_url=read_database_url(environment, default_sqlite_file(var_root)),
             database_pool=read_pool_settings(environment),
             storage=read_storage_settings(environment, var_root),

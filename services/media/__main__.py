@@ -19,6 +19,7 @@ from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio, Narrator
 from services.openai_api import check_models, make_client
+from services.peer_identity import PeerIdentityInterceptor
 from services.provider_status import ProviderReport
 from services.storage.base import AssetStorage
 from services.storage.factory import open_asset_storage
@@ -93,6 +94,9 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         register=lambda server: media_grpc.add_MediaServiceServicer_to_server(MediaServicer(studio), server),
         address=f"{config.bind_host}:{config.port}",
         credentials=serving.internal_server_credentials(config.internal_tls),
+        # Past the handshake (any certificate the internal CA signed), only the allowed callers' certificates
+        # reach a handler. Without TLS the port is plaintext on loopback, with no certificate to check.
+        interceptors=[PeerIdentityInterceptor(config.internal_callers)] if config.internal_tls else [],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)

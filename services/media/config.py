@@ -8,7 +8,7 @@ from pathlib import Path
 from services.environment import ConfigError, Environment
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage.factory import StorageSettings, read_storage_settings
-from services.tls import InternalTls, read_internal_tls
+from services.tls import InternalTls, read_internal_callers, read_internal_tls
 
 # The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
 # gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.
@@ -30,6 +30,9 @@ class MediaConfig:
     # Mutual TLS with the internal CA: only callers with a certificate it signed get in. None: plaintext,
     # for loopback-only development.
     internal_tls: InternalTls | None
+    # With mutual TLS, the certificate names (common name or subjectAltName) that may call: the gateway's by
+    # default. Another certificate the CA signed (a sibling service's) is refused with PERMISSION_DENIED.
+    internal_callers: frozenset[str]
     storage: StorageSettings
     work_root: Path
     narration_timeout_seconds: float
@@ -57,10 +60,12 @@ class MediaConfig:
         voice = environment.text("STILLPOINT_SPEECH_VOICE", "sage")
         if not voice.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
+        internal_tls = read_internal_tls(environment)
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
             bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
-            internal_tls=read_internal_tls(environment),
+            internal_tls=internal_tls,
+            internal_callers=read_internal_callers(environment, internal_tls),
             storage=read_storage_settings(environment, var_root),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
             # The reference pipeline's budgets: audio 60 s, video encoding 120 s.
