@@ -6,6 +6,8 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,10 +45,26 @@ def _redis_reachable() -> None:
         unavailable(f"Redis at {REDIS_URL}", error)
 
 
+class MovableClock:
+    """The wall clock, plus however far the test has moved it on: signed URLs expire without waiting."""
+
+    def __init__(self) -> None:
+        self.moved_seconds = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.moved_seconds
+
+
 @pytest.fixture
-def storage_server(tmp_path: Path) -> Iterator[SupabaseStorageServer]:
+def storage_clock() -> MovableClock:
+    """The clock the storage server signs URLs by and checks them against."""
+    return MovableClock()
+
+
+@pytest.fixture
+def storage_server(tmp_path: Path, storage_clock: MovableClock) -> Iterator[SupabaseStorageServer]:
     """A Supabase-compatible storage server on 127.0.0.1."""
-    with SupabaseStorageServer(tmp_path / "supabase", service_key=SERVICE_KEY) as server:
+    with SupabaseStorageServer(tmp_path / "supabase", service_key=SERVICE_KEY, clock=storage_clock) as server:
         yield server
 
 
@@ -152,8 +170,43 @@ def _download(uri: str, target: Path) -> Path:
     return target
 
 
+def _status_of(uri: str) -> int:
+    try:
+        with urllib.request.urlopen(uri, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+async def _watch(stack: Stack, meditation: str) -> list[gateway_pb.WatchMeditationResponse]:
+    async with stack.gateway_channel() as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        request = gateway_pb.WatchMeditationRequest(name=meditation)
+        return [response async for response in stub.WatchMeditation(request, timeout=60)]
+
+
+async def _stored_text(database_url: str) -> str:
+    """Every event payload and asset column the gateway stored, as one text."""
+    dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    connection = await asyncpg.connect(dsn, timeout=5)
+    try:
+        payloads = await connection.fetch("SELECT payload FROM meditation_job_events")
+        assets = await connection.fetch(
+            "SELECT image_storage_key, narration_storage_key, quick_video_storage_key,"
+            " enhanced_video_storage_key FROM meditation_jobs"
+        )
+    finally:
+        await connection.close()
+    return " ".join(
+        [bytes(row["payload"]).decode() for row in payloads] + [str(value) for row in assets for value in row]
+    )
+
+
 async def test_a_meditation_on_postgresql_redis_and_supabase_storage_then_its_erasure(
-    production_environment: dict[str, str], storage_server: SupabaseStorageServer, tmp_path: Path
+    production_environment: dict[str, str],
+    storage_server: SupabaseStorageServer,
+    storage_clock: MovableClock,
+    tmp_path: Path,
 ) -> None:
     database_url, bucket = (
         production_environment["DATABASE_URL"],
@@ -173,6 +226,20 @@ async def test_a_meditation_on_postgresql_redis_and_supabase_storage_then_its_er
             assert path.stat().st_size == video.size_bytes
             with av.open(str(path)) as container:
                 assert {stream.type for stream in container.streams} >= {"video", "audio"}
+
+        # URIs are made for the reader, never stored: the database holds keys alone...
+        stored = await _stored_text(database_url)
+        assert "videos/" in stored
+        assert "://" not in stored and "token=" not in stored
+        # ...so a stream resumed after every URI it was given expired gets fresh ones that work.
+        storage_clock.moved_seconds = 2 * 3600
+        assert await asyncio.to_thread(_status_of, videos[-1].uri) == 400  # expired
+        replayed = [r.video_ready for r in await _watch(stack, responses[0].accepted.meditation)]
+        fresh = [video for video in replayed if video.uri]
+        assert [video.quality for video in fresh] == [video.quality for video in videos]
+        for video in fresh:
+            assert video.uri not in {old.uri for old in videos}
+            assert await asyncio.to_thread(_status_of, video.uri) == 200
 
         conversation = responses[0].accepted.conversation
         cache_keys = await _cache_keys_of(database_url, conversation)

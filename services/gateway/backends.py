@@ -51,7 +51,12 @@ _RETRIED_METHODS = {
         # Idempotent in effect: a retry after a lost answer finds nothing (NOT_FOUND), erased all the same.
         "DeleteConversation",
     ),
-    "stillpoint.media.v2.MediaService": ("GetEncoderInfo", "GetProviderStatus", "DeleteMeditationAssets"),
+    "stillpoint.media.v2.MediaService": (
+        "GetEncoderInfo",
+        "GetProviderStatus",
+        "DeleteMeditationAssets",
+        "SignAssetUris",
+    ),
 }
 _SERVICE_CONFIG = json.dumps(
     {
@@ -328,7 +333,6 @@ class ContentClient:
         )
         return GeneratedImage(
             storage_key=response.storage_key,
-            uri=response.uri,
             width_pixels=response.width_pixels,
             height_pixels=response.height_pixels,
             is_cached=response.cached,
@@ -369,12 +373,11 @@ class MediaClient:
         try:
             async for response in stream:
                 if response.HasField("playlist_ready"):
-                    yield LivePlaylist(uri=response.playlist_ready.uri)
+                    yield LivePlaylist(storage_key=response.playlist_ready.storage_key)
                     continue
                 done = response.completed
                 yield SpokenNarration(
                     storage_key=done.storage_key,
-                    uri=done.uri,
                     duration_seconds=seconds_of(done.duration),
                     provider=done.provider,
                     fallback_reason=done.fallback_reason,
@@ -402,6 +405,17 @@ class MediaClient:
         )
         return response.deleted_count
 
+    async def asset_uris(self, storage_keys: Sequence[str]) -> list[str]:
+        """Asks media to sign the assets' URIs now."""
+        request = media_pb.SignAssetUrisRequest(storage_keys=list(storage_keys))
+        response = await _call(
+            "media",
+            lambda: self._stub.SignAssetUris(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
+        )
+        if len(response.uris) != len(storage_keys):
+            raise GatewayError(FailureKind.INTERNAL, "the media service signed a different number of URIs")
+        return list(response.uris)
+
     async def render_video(
         self, meditation: str, image_storage_key: str, narration: SpokenNarration, quality: VideoQuality
     ) -> AsyncGenerator[EncodedVideo | StoredVideo, None]:
@@ -425,7 +439,7 @@ class MediaClient:
                 else:
                     stored = response.uploaded
                     yield StoredVideo(
-                        uri=stored.uri,
+                        storage_key=stored.storage_key,
                         duration_seconds=seconds_of(stored.duration),
                         size_bytes=stored.size_bytes,
                         width_pixels=stored.width_pixels,

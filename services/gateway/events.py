@@ -84,12 +84,14 @@ class TranscriptReady:
 class ImageReady:
     """The generated image is stored."""
 
-    uri: str
+    storage_key: str
     width_pixels: int
     height_pixels: int
     is_cached: bool
     provider: str = ""
     fallback_reason: str = ""
+    # Made for the reader when the event is read (see asset_links), never stored.
+    uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,22 @@ class SentenceTiming:
 class PlaylistReady:
     """The live preview can be played: an HLS playlist that grows as the narration is spoken."""
 
-    uri: str
+    storage_key: str
+    # Made for the reader when the event is read (see asset_links), never stored.
+    uri: str = ""
 
 
 @dataclass(frozen=True)
 class NarrationReady:
     """The narration is stored."""
 
-    uri: str
+    storage_key: str
     duration_seconds: float
     provider: str = ""
     fallback_reason: str = ""
     sentences: tuple[SentenceTiming, ...] = ()
+    # Made for the reader when the event is read (see asset_links), never stored.
+    uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -124,12 +130,14 @@ class VideoReady:
     """A video is stored."""
 
     quality: VideoQuality
-    uri: str
+    storage_key: str
     duration_seconds: float
     size_bytes: int
     width_pixels: int
     height_pixels: int
     encoder: str
+    # Made for the reader when the event is read (see asset_links), never stored.
+    uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -182,6 +190,9 @@ _KINDS: dict[str, type[Event]] = {
     "completed": Completed,
 }
 _KIND_OF = {event_type: kind for kind, event_type in _KINDS.items()}
+# The events that name a stored asset: stored with its key, read with a URI made for the reader.
+AssetEvent = ImageReady | PlaylistReady | NarrationReady | VideoReady
+_ASSET_EVENTS: tuple[type[AssetEvent], ...] = (ImageReady, PlaylistReady, NarrationReady, VideoReady)
 # Fields whose stored text must be turned back into an enum on the way in.
 _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "stage": Stage,
@@ -203,8 +214,13 @@ class SequencedEvent:
 
 
 def encode_event(elapsed_seconds: float, event: Event) -> bytes:
-    """The event as stored in the log: JSON, tagged with its kind."""
-    body = {"kind": _KIND_OF[type(event)], "elapsed_seconds": elapsed_seconds, "event": asdict(event)}
+    """The event as stored in the log: JSON, tagged with its kind. An asset is stored by its key alone: a URI
+    is made for each reader (signed, short-lived), so none is ever stored."""
+    if isinstance(event, AssetEvent) and event.uri:
+        raise ValueError("an asset's URI is made when the event is read; store its storage key only")
+    fields = asdict(event)
+    fields.pop("uri", None)
+    body = {"kind": _KIND_OF[type(event)], "elapsed_seconds": elapsed_seconds, "event": fields}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -213,6 +229,10 @@ def decode_event(sequence: int, event_time: datetime, payload: bytes) -> Sequenc
     body = json.loads(payload)
     event_type = _KINDS[body["kind"]]
     values: dict[str, Any] = dict(body["event"])
+    if event_type in _ASSET_EVENTS and "storage_key" not in values:
+        # Logged before URIs were made on read: the stored URI stands in for the key (asset_links passes a
+        # value with a scheme through as it is).
+        values["storage_key"] = values.pop("uri", "")
     for name, value in values.items():
         if value is None:
             continue

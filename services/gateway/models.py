@@ -74,13 +74,19 @@ class Meditation:
     state: MeditationState
     options: MeditationOptions
     transcript: str
-    image_uri: str
-    narration_uri: str
-    quick_video_uri: str
-    enhanced_video_uri: str
+    # Where its assets are stored; a client is given URIs made from them when it reads the job.
+    image_storage_key: str
+    narration_storage_key: str
+    quick_video_storage_key: str
+    enhanced_video_storage_key: str
     failure_message: str
     last_sequence: int
     create_time: datetime
+    # Made for the reader when the job is read (see asset_links), never stored.
+    image_uri: str = ""
+    narration_uri: str = ""
+    quick_video_uri: str = ""
+    enhanced_video_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -89,10 +95,10 @@ class JobChanges:
 
     state: MeditationState | None = None
     transcript: str | None = None
-    image_uri: str | None = None
-    narration_uri: str | None = None
-    quick_video_uri: str | None = None
-    enhanced_video_uri: str | None = None
+    image_storage_key: str | None = None
+    narration_storage_key: str | None = None
+    quick_video_storage_key: str | None = None
+    enhanced_video_storage_key: str | None = None
     failure_message: str | None = None
 
     def as_columns(self) -> dict[str, Any]:
@@ -101,10 +107,10 @@ class JobChanges:
             name: value
             for name, value in (
                 ("transcript", self.transcript),
-                ("image_uri", self.image_uri),
-                ("narration_uri", self.narration_uri),
-                ("quick_video_uri", self.quick_video_uri),
-                ("enhanced_video_uri", self.enhanced_video_uri),
+                ("image_storage_key", self.image_storage_key),
+                ("narration_storage_key", self.narration_storage_key),
+                ("quick_video_storage_key", self.quick_video_storage_key),
+                ("enhanced_video_storage_key", self.enhanced_video_storage_key),
                 ("failure_message", self.failure_message),
             )
             if value is not None

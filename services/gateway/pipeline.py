@@ -208,14 +208,14 @@ class MeditationPipeline:
         job.image_cache_hit = image.is_cached
         await job.emit(
             ImageReady(
-                uri=image.uri,
+                storage_key=image.storage_key,
                 width_pixels=image.width_pixels,
                 height_pixels=image.height_pixels,
                 is_cached=image.is_cached,
                 provider=image.provider,
                 fallback_reason=image.fallback_reason,
             ),
-            JobChanges(image_uri=image.uri),
+            JobChanges(image_storage_key=image.storage_key),
         )
         return image
 
@@ -232,13 +232,13 @@ class MeditationPipeline:
             )
         await job.emit(
             NarrationReady(
-                uri=narration.uri,
+                storage_key=narration.storage_key,
                 duration_seconds=narration.duration_seconds,
                 provider=narration.provider,
                 fallback_reason=narration.fallback_reason,
                 sentences=narration.sentences,
             ),
-            JobChanges(narration_uri=narration.uri),
+            JobChanges(narration_storage_key=narration.storage_key),
         )
         return narration
 
@@ -246,7 +246,7 @@ class MeditationPipeline:
         narration: SpokenNarration | None = None
         async for event in self._media.narrate_live(job.meditation, script.texts()):
             if isinstance(event, LivePlaylist):
-                await job.emit(PlaylistReady(uri=event.uri))
+                await job.emit(PlaylistReady(storage_key=event.storage_key))
             else:
                 narration = event
         if narration is None:
@@ -277,14 +277,14 @@ class MeditationPipeline:
                     raise GatewayError(FailureKind.INTERNAL, "the media service reported no upload")
                 upload.detail = f"{quality.value} video, {stored.size_bytes} bytes"
         changes = (
-            JobChanges(quick_video_uri=stored.uri)
+            JobChanges(quick_video_storage_key=stored.storage_key)
             if quality is VideoQuality.QUICK
-            else JobChanges(enhanced_video_uri=stored.uri)
+            else JobChanges(enhanced_video_storage_key=stored.storage_key)
         )
         await job.emit(
             VideoReady(
                 quality=quality,
-                uri=stored.uri,
+                storage_key=stored.storage_key,
                 duration_seconds=stored.duration_seconds,
                 size_bytes=stored.size_bytes,
                 width_pixels=stored.width_pixels,

@@ -55,7 +55,6 @@ class GeneratedImage:
     """An image in asset storage."""
 
     storage_key: str
-    uri: str
     width_pixels: int
     height_pixels: int
     is_cached: bool
@@ -74,7 +73,7 @@ class TranscriptRestart:
 class LivePlaylist:
     """The live preview of a narration can be played."""
 
-    uri: str
+    storage_key: str
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,6 @@ class SpokenNarration:
     """A narration in asset storage."""
 
     storage_key: str
-    uri: str
     duration_seconds: float
     provider: str
     fallback_reason: str = ""
@@ -103,7 +101,7 @@ class EncodedVideo:
 class StoredVideo:
     """A video in asset storage."""
 
-    uri: str
+    storage_key: str
     duration_seconds: float
     size_bytes: int
     width_pixels: int
@@ -170,6 +168,11 @@ class MediaPort(Protocol):
         ...
 
     async def delete_meditation_assets(self, meditation: str) -> int: ...
+
+    async def asset_uris(self, storage_keys: Sequence[str]) -> list[str]:
+        """The URIs clients fetch the assets from, made now (signed for a while where storage signs), in
+        order; an empty one for an asset that is gone."""
+        ...
 
     def render_video(
         self, meditation: str, image_storage_key: str, narration: SpokenNarration, quality: VideoQuality

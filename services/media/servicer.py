@@ -104,7 +104,9 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                     async for event in live.events():
                         if isinstance(event, PlaylistPublished):
                             yield media_pb.NarrateLiveResponse(
-                                playlist_ready=media_pb.LivePlaylistReady(uri=event.uri)
+                                playlist_ready=media_pb.LivePlaylistReady(
+                                    uri=event.uri, storage_key=event.storage_key
+                                )
                             )
                         else:
                             yield media_pb.NarrateLiveResponse(completed=_completed(event))
@@ -118,6 +120,13 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         async with _status_for_errors(context):
             deleted = await self._studio.delete_assets(_meditation_id(request.meditation))
         return media_pb.DeleteMeditationAssetsResponse(deleted_count=deleted)
+
+    async def SignAssetUris(
+        self, request: media_pb.SignAssetUrisRequest, context: _Context
+    ) -> media_pb.SignAssetUrisResponse:
+        async with _status_for_errors(context):
+            uris = await self._studio.asset_uris(list(request.storage_keys))
+        return media_pb.SignAssetUrisResponse(uris=uris)
 
     async def GetEncoderInfo(
         self, request: media_pb.GetEncoderInfoRequest, context: _Context

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 import wave
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -24,6 +24,9 @@ from services.provider_status import ProviderReport
 from services.storage.base import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
 
 logger = logging.getLogger(__name__)
+
+# The most assets one SignAssetUris call signs: a page of 100 meditations holds at most 400.
+MAX_SIGNED_KEYS = 500
 
 
 class Narrator(Protocol):
@@ -167,6 +170,22 @@ class MediaStudio:
         finally:
             # A cancellation landing here (a cut stream, a shutdown) must not leave the files.
             await finish_despite_cancellation(asyncio.to_thread(shutil.rmtree, work_dir, True))
+
+    async def asset_uris(self, keys: Sequence[str]) -> list[str]:
+        """URIs clients can fetch the assets from now (signed where storage signs), in order; an empty one
+        for a key with no asset."""
+        if len(keys) > MAX_SIGNED_KEYS:
+            raise InvalidInputError(
+                "storage_keys", f"lists {len(keys)} keys: ask for at most {MAX_SIGNED_KEYS}"
+            )
+        for index, key in enumerate(keys):
+            try:
+                validate_key(key)
+            except StorageKeyError:
+                raise InvalidInputError(
+                    f"storage_keys[{index}]", f"{key!r} is not a storage key this system made"
+                ) from None
+        return await self._storage.signed_uris(keys)
 
     async def _input_path(self, key: str, field: str) -> Path:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -101,4 +102,8 @@ class AssetStorage(Protocol):
 
     async def signed_uri(self, key: str) -> str:
         """Returns a URI clients can fetch the asset from now; a remote store signs it for a limited time."""
+        ...
+
+    async def signed_uris(self, keys: Sequence[str]) -> list[str]:
+        """`signed_uri` for many keys at once, in order; an empty string for a key with no asset (deleted)."""
         ...

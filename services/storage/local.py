@@ -6,6 +6,7 @@ import asyncio
 import os
 import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from services.storage.base import AssetMissingError, StoredAsset, validate_key
@@ -86,6 +87,14 @@ class LocalAssetStorage:
     async def signed_uri(self, key: str) -> str:
         """The file URI: a local file needs no signature."""
         return self.uri(key)
+
+    async def signed_uris(self, keys: Sequence[str]) -> list[str]:
+        """The file URIs of the keys whose files exist, in order; an empty string for any other."""
+
+        def existing() -> list[str]:
+            return [self.uri(key) if self._path(key).is_file() else "" for key in keys]
+
+        return await asyncio.to_thread(existing)
 
 
 def _write_atomically(target: Path, data: bytes) -> None:

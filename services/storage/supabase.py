@@ -11,7 +11,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, Final, Self
 
@@ -255,6 +255,25 @@ class SupabaseAssetStorage:
         while len(self._signed) > _SIGNED_URI_MEMO_SIZE:
             self._signed.popitem(last=False)
         return url
+
+    async def signed_uris(self, keys: Sequence[str]) -> list[str]:
+        """Signs every key in one request; an empty string for a key Storage has no object for."""
+        for key in keys:
+            validate_key(key)
+        if not keys:
+            return []
+        with _translated("sign download URLs"):
+            signed = await self._client.from_(self._bucket).create_signed_urls(
+                list(keys), self._signed_url_expiry_seconds
+            )
+        by_key = {item["path"]: url for item in signed if (url := item.get("signedURL"))}
+        remembered_until = time.monotonic() + self._signed_url_expiry_seconds / 2
+        for key, url in by_key.items():
+            self._signed[key] = (url, remembered_until)
+            self._signed.move_to_end(key)
+        while len(self._signed) > _SIGNED_URI_MEMO_SIZE:
+            self._signed.popitem(last=False)
+        return [by_key.get(key, "") for key in keys]
 
     # Uploads ------------------------------------------------------------------------------------------------
 

@@ -158,7 +158,9 @@ async def test_events_page_after_a_sequence_and_an_events_changes_are_kept(store
     name = await _create(store)
     for sequence in range(1, 26):
         changes = (
-            JobChanges(state=MeditationState.SUCCEEDED, quick_video_uri="file:///q.mp4")
+            JobChanges(
+                state=MeditationState.SUCCEEDED, quick_video_storage_key="videos/0123456789abcdef/q.mp4"
+            )
             if sequence == 25
             else JobChanges()
         )
@@ -170,12 +172,14 @@ async def test_events_page_after_a_sequence_and_an_events_changes_are_kept(store
     assert page.events[0].event_time.tzinfo is not None
     assert page.state is MeditationState.SUCCEEDED
     finished = await store.get(name)
-    assert (finished.last_sequence, finished.quick_video_uri) == (25, "file:///q.mp4")
+    assert (finished.last_sequence, finished.quick_video_storage_key) == (25, "videos/0123456789abcdef/q.mp4")
     # Nothing follows `completed`, not even a writer that knows the next sequence.
     with pytest.raises(GatewayError, match="has ended") as refused:
-        await store.record_event(name, 26, b"late", JobChanges(quick_video_uri="https://elsewhere.example/x"))
+        await store.record_event(
+            name, 26, b"late", JobChanges(quick_video_storage_key="videos/elsewhere/x.mp4")
+        )
     assert refused.value.kind is FailureKind.PRECONDITION
-    assert (await store.get(name)).quick_video_uri == "file:///q.mp4"
+    assert (await store.get(name)).quick_video_storage_key == "videos/0123456789abcdef/q.mp4"
 
 
 async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_lease_lapses(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from services.gateway.asset_links import AssetLinks
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, decode_event, encode_event
 from services.gateway.jobs.dispatcher import JobDispatcher, claim_timeout_seconds
@@ -85,6 +87,8 @@ class MeditationJobs:
     ) -> None:
         self._store = store
         self._content = content
+        # Asset URIs are made for each reader as it reads, never stored.
+        self._links = AssetLinks(media)
         self._queue = queue or InProcessWorkQueue(claim_timeout_seconds=claim_timeout_seconds(lease_seconds))
         self._poll_interval_seconds = poll_interval_seconds
         self._limits = limits = limits or JobLimits()
@@ -174,8 +178,8 @@ class MeditationJobs:
 
     async def watch(self, owner: str, name: str, after_sequence: int) -> AsyncIterator[SequencedEvent]:
         """Replays `owner`'s job's log after `after_sequence`, then follows live events until the job's last
-        event — across attempts, and wherever the job runs."""
-        await self.get(owner, name)
+        event — across attempts, and wherever the job runs. Each asset's URI is made as its event is read."""
+        await self._owned(owner, name)
         last_sequence = after_sequence
         while True:
             recorder = self.dispatcher.recorder_of(name)
@@ -185,7 +189,7 @@ class MeditationJobs:
                 page = await self._store.list_events(name, last_sequence)
                 for stored in page.events:
                     event = decode_event(stored.sequence, stored.event_time, stored.payload)
-                    yield event
+                    yield await self._links.for_event(event)
                     last_sequence = event.sequence
                     if isinstance(event.event, Completed):
                         return
@@ -200,7 +204,7 @@ class MeditationJobs:
                 while (recorded := await live.get()) is not None:
                     if recorded.sequence <= last_sequence:
                         continue
-                    yield recorded
+                    yield await self._links.for_event(recorded)
                     last_sequence = recorded.sequence
                     if isinstance(recorded.event, Completed):
                         return
@@ -210,7 +214,12 @@ class MeditationJobs:
                     recorder.unwatch(live)
 
     async def get(self, owner: str, name: str) -> Meditation:
-        """Returns `owner`'s job; anyone else's answers exactly as a missing one does."""
+        """Returns `owner`'s job with URIs made now for its assets; anyone else's answers exactly as a missing
+        one does."""
+        [meditation] = await self._links.for_meditations([await self._owned(owner, name)])
+        return meditation
+
+    async def _owned(self, owner: str, name: str) -> Meditation:
         meditation = await self._store.get(name)
         if meditation.owner != owner:
             raise GatewayError(FailureKind.NOT_FOUND, f"{name} does not exist")
@@ -220,15 +229,18 @@ class MeditationJobs:
         self, owner: str, page_size: int, after: PageCursor | None = None, *, conversation: str = ""
     ) -> MeditationPage:
         """One page of `owner`'s jobs, newest first (only those of `conversation` when it is set); nobody
-        else's is ever listed."""
-        return await self._store.list_owned(owner, page_size, after, conversation=conversation)
+        else's is ever listed. Their assets' URIs are made now, in one request for the page."""
+        page = await self._store.list_owned(owner, page_size, after, conversation=conversation)
+        return dataclasses.replace(
+            page, meditations=tuple(await self._links.for_meditations(page.meditations))
+        )
 
     async def cancel(self, owner: str, name: str) -> Meditation:
         """Stops `owner`'s job wherever it is and waits until it has recorded its end; finished jobs are
         left alone. Returns the job as it stands then."""
-        await self.get(owner, name)
+        await self._owned(owner, name)
         await self.dispatcher.cancel(name)
-        return await self._store.get(name)
+        return await self.get(owner, name)
 
     async def delete_of_conversation(self, owner: str, conversation: str) -> int:
         """Erases every one of `owner`'s jobs made from `conversation`: each is cancelled wherever it runs,

@@ -78,10 +78,12 @@ class JobRow(Base):
     image_aspect: Mapped[str] = mapped_column(String(16))
     skip_cache: Mapped[bool] = mapped_column(Boolean)
     transcript: Mapped[str] = mapped_column(Text, default="")
-    image_uri: Mapped[str] = mapped_column(Text, default="")
-    narration_uri: Mapped[str] = mapped_column(Text, default="")
-    quick_video_uri: Mapped[str] = mapped_column(Text, default="")
-    enhanced_video_uri: Mapped[str] = mapped_column(Text, default="")
+    # Storage keys, never URIs: those are made for each reader (a stored URI would expire, or outlive access).
+    # Rows written before revision 0003 hold the URIs they were given then.
+    image_storage_key: Mapped[str] = mapped_column(Text, default="")
+    narration_storage_key: Mapped[str] = mapped_column(Text, default="")
+    quick_video_storage_key: Mapped[str] = mapped_column(Text, default="")
+    enhanced_video_storage_key: Mapped[str] = mapped_column(Text, default="")
     failure_message: Mapped[str] = mapped_column(Text, default="")
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -437,10 +439,10 @@ def _meditation(row: JobRow) -> Meditation:
         state=MeditationState(row.state),
         options=MeditationOptions(image_aspect=ImageAspect(row.image_aspect), skip_cache=row.skip_cache),
         transcript=row.transcript,
-        image_uri=row.image_uri,
-        narration_uri=row.narration_uri,
-        quick_video_uri=row.quick_video_uri,
-        enhanced_video_uri=row.enhanced_video_uri,
+        image_storage_key=row.image_storage_key,
+        narration_storage_key=row.narration_storage_key,
+        quick_video_storage_key=row.quick_video_storage_key,
+        enhanced_video_storage_key=row.enhanced_video_storage_key,
         failure_message=row.failure_message,
         last_sequence=row.last_sequence,
         create_time=aware(row.create_time),
