@@ -30,3 +30,30 @@ def stored_videos(var_root: Path, meditation: str) -> list[Path]:
     """The videos local storage holds for a meditation (`meditations/<id>`)."""
     meditation_id = meditation.rsplit("/", 1)[1]
     return sorted((var_root / "storage" / "videos" / meditation_id).glob("*.mp4"))
+
+
+def same_log(streamed: Sequence[Response], replayed: Sequence[Response]) -> None:
+    """A replay is the log the stream showed, event for event. Asset URIs are made when read, so an asset an
+    earlier attempt made and a later one replaced (its live preview) has no URI in the replay: every other
+    URI is the same, and everything but URIs is identical."""
+    assert len(streamed) == len(replayed)
+    for shown, stored in zip(streamed, replayed, strict=True):
+        shown_uri, stored_uri = _asset_uri(shown), _asset_uri(stored)
+        assert stored_uri in (shown_uri, ""), (shown, stored)
+        assert _without_uri(shown) == _without_uri(stored)
+
+
+_ASSET_EVENTS = ("image_ready", "narration_ready", "playlist_ready", "video_ready")
+
+
+def _asset_uri(response: Response) -> str:
+    kind = response.WhichOneof("event")
+    return str(getattr(response, kind).uri) if kind in _ASSET_EVENTS else ""
+
+
+def _without_uri(response: Response) -> bytes:
+    copy = gateway_pb.GenerateMeditationResponse.FromString(response.SerializeToString())
+    kind = copy.WhichOneof("event")
+    if kind in _ASSET_EVENTS:
+        getattr(copy, kind).ClearField("uri")
+    return copy.SerializeToString(deterministic=True)

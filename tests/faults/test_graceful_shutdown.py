@@ -17,7 +17,7 @@ from scripts.stack import Stack, running_stack
 from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
-from tests.faults.logs import assert_one_whole_log, stored_videos
+from tests.faults.logs import assert_one_whole_log, same_log, stored_videos
 from tests.servers.openai_compatible import DEFAULT_API_KEY, LatencySpec, OpenAICompatibleServer, ServerConfig
 
 pytestmark = pytest.mark.e2e
@@ -199,9 +199,7 @@ async def test_a_replica_sigtermed_with_a_stream_open_drains_and_exits_and_nothi
     ]
     assert failed == [STREAMING_STAGE[service]] * len(retries), job.describe()
     # The stored log is the one the stream showed: nothing recorded that the stream did not see.
-    assert [r.SerializeToString(deterministic=True) for r in stored] == [
-        r.SerializeToString(deterministic=True) for r in job.responses
-    ]
+    same_log(job.responses, stored)
     videos = [r.video_ready.quality for r in job.responses if r.HasField("video_ready")]
     assert videos == [gateway_pb.VIDEO_QUALITY_QUICK, gateway_pb.VIDEO_QUALITY_ENHANCED]
     assert len(stored_videos(stack.var_root, name)) == 2
