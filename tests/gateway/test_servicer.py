@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 
@@ -128,7 +130,7 @@ async def test_repeated_request_id_streams_the_same_meditation(
     gateway_stub: gateway_grpc.GatewayServiceStub,
 ) -> None:
     name = await create_conversation(gateway_stub)
-    request = gateway_pb.GenerateMeditationRequest(conversation=name, request_id="retry-7f3a")
+    request = gateway_pb.GenerateMeditationRequest(conversation=name, request_id=str(uuid.uuid4()))
     first = await collect(gateway_stub.GenerateMeditation(request))
     second = await collect(gateway_stub.GenerateMeditation(request))
     assert second[0].accepted.meditation == first[0].accepted.meditation
