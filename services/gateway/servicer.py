@@ -23,6 +23,7 @@ from services.gateway.models import (
     MeditationState,
     Message,
 )
+from services.gateway.open_streams import OpenStreams
 from services.gateway.pagination import PageTokens, page_size
 from services.gateway.ports import ContentPort
 from services.message_roles import role_values, role_words
@@ -101,10 +102,15 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
     """Validates, converts, makes one domain call, converts back."""
 
     def __init__(
-        self, content: ContentPort, jobs: MeditationJobs, page_tokens: PageTokens | None = None
+        self,
+        content: ContentPort,
+        jobs: MeditationJobs,
+        page_tokens: PageTokens | None = None,
+        open_streams: OpenStreams | None = None,
     ) -> None:
         self._content = content
         self._jobs = jobs
+        self._open_streams = open_streams or OpenStreams()
         # Without a shared secret, a key of this process's own: its tokens work only here.
         self._page_tokens = page_tokens or PageTokens()
 
@@ -145,10 +151,12 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             )
             request_id = _checked_request_id(request.request_id)
             owner = caller()
-            name = await self._jobs.start(owner, conversation, request_id, options)
-            async for event in self._jobs.watch(owner, name, after_sequence=0):
-                yield _response(gateway_pb.GenerateMeditationResponse, event)
-                _raise_if_failed(event)
+            # Counted before the job starts: a refused stream starts nothing.
+            with self._open_streams.hold(owner):
+                name = await self._jobs.start(owner, conversation, request_id, options)
+                async for event in self._jobs.watch(owner, name, after_sequence=0):
+                    yield _response(gateway_pb.GenerateMeditationResponse, event)
+                    _raise_if_failed(event)
 
     async def WatchMeditation(
         self, request: gateway_pb.WatchMeditationRequest, context: _Context
@@ -157,9 +165,11 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             name = _checked_name(request.name, _MEDITATION_NAME, "name")
             if request.after_sequence < 0:
                 raise InvalidInputError("after_sequence", "must be 0 or more: the last sequence you received")
-            async for event in self._jobs.watch(caller(), name, after_sequence=request.after_sequence):
-                yield _response(gateway_pb.WatchMeditationResponse, event)
-                _raise_if_failed(event)
+            owner = caller()
+            with self._open_streams.hold(owner):
+                async for event in self._jobs.watch(owner, name, after_sequence=request.after_sequence):
+                    yield _response(gateway_pb.WatchMeditationResponse, event)
+                    _raise_if_failed(event)
 
     async def GetMeditation(
         self, request: gateway_pb.GetMeditationRequest, context: _Context
