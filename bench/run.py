@@ -409,8 +409,10 @@ def _stillpoint_environment(
         "STILLPOINT_SUPABASE_BUCKET": "stillpoint-bench",
         # Short: a value cached now must not outlive this run's storage server.
         "STILLPOINT_CACHE_TTL_SECONDS": "900",
-        # The bench is one client running up to 50 jobs at once: lift the per-client limit.
+        # The bench is one client running up to 50 jobs at once, each with its stream: lift the per-client
+        # limits.
         "STILLPOINT_MAX_JOBS_PER_OWNER": "1000",
+        "STILLPOINT_MAX_STREAMS_PER_OWNER": "1000",
     }
 
 

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -436,6 +437,17 @@ async def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _request_id(value: str) -> str:
+    """A UUID in any spelling Python reads (braces, upper case, urn:uuid:), sent in the canonical form the
+    gateway requires (AIP-155)."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a UUID: use one such as {uuid.uuid4()} (`uuidgen` prints one)"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `stillpoint` console script."""
     parser = argparse.ArgumentParser(prog="stillpoint", description=__doc__)
@@ -453,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     generate_parser = commands.add_parser("generate", help="create a conversation and stream its meditation")
     generate_parser.add_argument("--conversation", required=True, help="conversation JSON file")
-    generate_parser.add_argument("--request-id", default="", help="idempotency key for retries")
+    generate_parser.add_argument(
+        "--request-id",
+        default="",
+        type=_request_id,
+        help="idempotency key for retries: a UUID (such as `uuidgen` prints), the same one for each retry",
+    )
     watch_parser = commands.add_parser("watch", help="resume a meditation's stream")
     watch_parser.add_argument("name", help="meditations/{id}")
     watch_parser.add_argument("--after", type=int, default=0, help="replay events after this sequence")

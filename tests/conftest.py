@@ -22,7 +22,7 @@ from services.content.generation import (
     OfflineTranscriptProvider,
     TranscriptGenerator,
 )
-from services.content.repository import ContentRepository
+from services.content.repository import ContentRepository, ConversationLimits
 from services.content.servicer import ContentServicer
 from services.database import create_engine
 from services.gateway import migrate as gateway_migrate
@@ -72,6 +72,7 @@ async def start_content_server(
     tmp_path: Path,
     storage: LocalAssetStorage,
     painters: ProcessPoolExecutor,
+    limits: ConversationLimits | None = None,
     *,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
@@ -83,7 +84,7 @@ async def start_content_server(
     transcript_cache = InProcessCache(ttl_seconds=3600, name="transcripts")
     image_cache = InProcessCache(ttl_seconds=3600, name="images")
     servicer = ContentServicer(
-        repository=ContentRepository(engine),
+        repository=ContentRepository(engine, limits),
         transcripts=TranscriptGenerator(OfflineTranscriptProvider(), transcript_cache),
         images=ImageGenerator(OfflineImageProvider(painters), image_cache, storage),
         caches=[transcript_cache, image_cache],
@@ -100,11 +101,20 @@ async def start_content_server(
 
 
 @pytest.fixture
+def conversation_limits() -> ConversationLimits | None:
+    """What the content server lets an owner store: its defaults, unless a test module overrides this."""
+    return None
+
+
+@pytest.fixture
 async def content_channel(
-    tmp_path: Path, storage: LocalAssetStorage, painters: ProcessPoolExecutor
+    tmp_path: Path,
+    storage: LocalAssetStorage,
+    painters: ProcessPoolExecutor,
+    conversation_limits: ConversationLimits | None,
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a real content server backed by a fresh SQLite file."""
-    running, engine = await start_content_server(tmp_path, storage, painters)
+    running, engine = await start_content_server(tmp_path, storage, painters, conversation_limits)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield channel
     await running.stop(0)

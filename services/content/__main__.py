@@ -101,7 +101,8 @@ async def main(config: ContentConfig) -> None:
             lock_timeout_seconds=config.cache_lock_timeout_seconds,
         )
         async with open_asset_storage(config.storage) as storage, caches as make_cache:
-            await serve(config, ContentRepository(engine), storage, make_cache)
+            repository = ContentRepository(engine, config.conversation_limits)
+            await serve(config, repository, storage, make_cache)
     except (DatabaseNotReadyError, RedisUnavailableError) as error:
         sys.exit(f"content: {error}")
     finally:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.content.conversations import MAX_MESSAGE_CHARS
 from services.content.image_download import DownloadPolicy, IPNetwork
 from services.content.migrate import default_sqlite_file
 from services.content.openai_providers import DEFAULT_MAX_OUTPUT_TOKENS
+from services.content.repository import MESSAGE_ENVELOPE_BYTES, ConversationLimits
 from services.content.spoken_safety import DEFAULT_CRISIS_RESOURCE_TEXT, validate_resource_text
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
@@ -22,6 +24,11 @@ PROVIDERS = ("offline", "openai")
 DEFAULT_TRANSCRIPT_MODEL = "gpt-6-luna"
 DEFAULT_IMAGE_MODEL = "gpt-image-2.5-flare"
 _SIZE = re.compile(r"^(auto|\d{2,5}x\d{2,5})$")
+# A conversation can always take one message at its longest (4 UTF-8 bytes a character at most)...
+_MIN_CONVERSATION_BYTES = 4 * MAX_MESSAGE_CHARS + MESSAGE_ENVELOPE_BYTES
+# ...and GetConversation's response always fits the 4 MiB a gRPC client receives by default, with room for
+# the title and the names.
+_MAX_CONVERSATION_BYTES = 3 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class ContentConfig:
     pregenerate_prompts_file: Path | None
     pregenerate_hour_utc: int | None
     crisis_resource_text: str = DEFAULT_CRISIS_RESOURCE_TEXT
+    conversation_limits: ConversationLimits = field(default_factory=ConversationLimits)
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> ContentConfig:
@@ -120,6 +128,17 @@ class ContentConfig:
                 else None
             ),
             crisis_resource_text=_crisis_resource_text(environment),
+            conversation_limits=ConversationLimits(
+                max_conversations_per_owner=environment.integer(
+                    "STILLPOINT_MAX_CONVERSATIONS_PER_OWNER", 1000, minimum=1, maximum=10_000_000
+                ),
+                max_conversation_bytes=environment.integer(
+                    "STILLPOINT_MAX_CONVERSATION_BYTES",
+                    ConversationLimits().max_conversation_bytes,
+                    minimum=_MIN_CONVERSATION_BYTES,
+                    maximum=_MAX_CONVERSATION_BYTES,
+                ),
+            ),
         )
 
 

@@ -28,5 +28,10 @@ class PreconditionError(ContentError):
     """The resource exists but is not in a state that allows the request."""
 
 
+class QuotaExceededError(ContentError):
+    """The request would take an owner past a limit (how many conversations they keep, how large one may
+    grow); the message says which, how far, and what to do instead."""
+
+
 class AlreadyExistsError(InvalidInputError):
     """A request id was used before for a different request (AIP-155): the message says what to do."""

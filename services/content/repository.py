@@ -9,25 +9,28 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
+    ColumnElement,
     DateTime,
     ForeignKey,
     Index,
     Integer,
-    Select,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
     and_,
+    cast,
     delete,
     func,
     or_,
     select,
+    text,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.content.errors import AlreadyExistsError, NotFoundError
+from services.content.errors import AlreadyExistsError, NotFoundError, QuotaExceededError
 from services.database import aware, now
 
 
@@ -158,6 +161,27 @@ class DeletedConversation:
     shared_storage_keys: frozenset[str]
 
 
+# What a message weighs in a conversation's size besides its text's UTF-8 bytes: its role, its time and its
+# framing in a response (about 25 bytes in GetConversation's). Counting it means the size bounds the response
+# however short the messages: a megabyte of one-character messages is not a megabyte on the wire.
+MESSAGE_ENVELOPE_BYTES = 32
+
+
+@dataclass(frozen=True)
+class ConversationLimits:
+    """How much one owner may store."""
+
+    max_conversations_per_owner: int = 1000
+    # The most a conversation may hold: the UTF-8 bytes of its messages' text plus MESSAGE_ENVELOPE_BYTES a
+    # message. 1 MiB keeps GetConversation's response far below the 4 MiB a gRPC client accepts by default.
+    max_conversation_bytes: int = 1024 * 1024
+
+
+def size_bytes(messages: Sequence[NewMessage]) -> int:
+    """What `messages` add to a conversation's size."""
+    return sum(len(message.text.encode()) + MESSAGE_ENVELOPE_BYTES for message in messages)
+
+
 def new_id() -> str:
     """A 64-bit random id in hex: unguessable enough for names, short enough to read."""
     return secrets.token_hex(8)
@@ -166,8 +190,10 @@ def new_id() -> str:
 class ContentRepository:
     """Reads and writes the content schema, one session per unit of work."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, limits: ConversationLimits | None = None) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._limits = limits or ConversationLimits()
+        self._is_sqlite = engine.dialect.name == "sqlite"
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -184,14 +210,28 @@ class ContentRepository:
         request_sha256: str | None = None,
     ) -> Conversation:
         """Stores `owner`'s conversation. A repeated `request_id` of the same owner returns the conversation
-        it first created when the request is the same (`request_sha256`), else raises AlreadyExistsError."""
+        it first created when the request is the same (`request_sha256`), else raises AlreadyExistsError.
+        Raises QuotaExceededError when the owner keeps as many conversations as they may, or when the
+        messages are more than one conversation may hold."""
         if request_id:
             existing = await self._conversation_by_request_id(owner, request_id, request_sha256)
             if existing is not None:
                 return existing
+        self._check_size(f"these {len(messages)} messages", 0, messages)
         conversation_id = new_id()
         try:
             async with self._transaction() as session:
+                # Counted and inserted under one lock per owner: two creates at once cannot both pass.
+                await self._lock_owner(session, owner)
+                kept = await session.scalar(
+                    select(func.count()).select_from(ConversationRow).where(ConversationRow.owner == owner)
+                )
+                if int(kept or 0) >= self._limits.max_conversations_per_owner:
+                    raise QuotaExceededError(
+                        f"you have {kept} conversations (the limit is "
+                        f"{self._limits.max_conversations_per_owner}): delete one you no longer need "
+                        "(DeleteConversation), or add to one with AppendMessages"
+                    )
                 session.add(
                     ConversationRow(
                         id=conversation_id,
@@ -203,8 +243,9 @@ class ContentRepository:
                 )
                 await session.flush()
                 _add_messages(session, conversation_id, 0, messages)
-        except IntegrityError:
-            # Two identical retries raced; the unique (owner, request_id) let exactly one in.
+        except (IntegrityError, QuotaExceededError):
+            # Two identical retries raced; the unique (owner, request_id) let exactly one in (and that one may
+            # have been the owner's last conversation: the retry still gets it).
             if request_id:
                 existing = await self._conversation_by_request_id(owner, request_id, request_sha256)
                 if existing is not None:
@@ -232,8 +273,11 @@ class ContentRepository:
         return await self.get_conversation(owner, found.id)
 
     async def append_messages(self, owner: str, conversation_id: str, messages: Sequence[NewMessage]) -> int:
-        """Appends messages in order to `owner`'s conversation and returns its new message count."""
+        """Appends messages in order to `owner`'s conversation and returns its new message count. Raises
+        QuotaExceededError when the conversation would grow past what one may hold."""
         async with self._transaction() as session:
+            await self._begin_writing(session)
+            # The row lock (PostgreSQL) makes concurrent appends take turns: each sees the size the last left.
             exists = await session.scalar(
                 select(ConversationRow.id)
                 .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
@@ -241,14 +285,49 @@ class ContentRepository:
             )
             if exists is None:
                 raise NotFoundError(f"conversations/{conversation_id}")
-            count = await session.scalar(
-                select(func.count())
-                .select_from(MessageRow)
-                .where(MessageRow.conversation_id == conversation_id)
-            )
+            count, text_bytes = (
+                await session.execute(
+                    select(func.count(), func.coalesce(func.sum(self._text_bytes()), 0))
+                    .select_from(MessageRow)
+                    .where(MessageRow.conversation_id == conversation_id)
+                )
+            ).one()
             start = int(count or 0)
+            held = int(text_bytes or 0) + start * MESSAGE_ENVELOPE_BYTES
+            self._check_size(f"conversations/{conversation_id}", held, messages)
             _add_messages(session, conversation_id, start, messages)
         return start + len(messages)
+
+    def _check_size(self, what: str, held: int, messages: Sequence[NewMessage]) -> None:
+        limit = self._limits.max_conversation_bytes
+        total = held + size_bytes(messages)
+        if total > limit:
+            raise QuotaExceededError(
+                f"{what} would hold {total} bytes of messages (each counts its UTF-8 text plus "
+                f"{MESSAGE_ENVELOPE_BYTES}); the limit is {limit}: start a new conversation for what follows"
+            )
+
+    async def _begin_writing(self, session: AsyncSession) -> None:
+        """On SQLite, takes the database's one write lock now rather than at the first insert, so what the
+        transaction reads before it writes still holds when it writes (pysqlite begins a transaction only
+        at the first INSERT, and runs the reads before it outside any). PostgreSQL needs nothing here."""
+        if self._is_sqlite:
+            await session.execute(text("BEGIN IMMEDIATE"))
+
+    async def _lock_owner(self, session: AsyncSession, owner: str) -> None:
+        """Makes the owner's creates take turns until the transaction ends: on PostgreSQL a transaction
+        advisory lock on the owner (no row to lock exists yet), on SQLite the write lock."""
+        if self._is_sqlite:
+            await self._begin_writing(session)
+            return
+        await session.execute(select(func.pg_advisory_xact_lock(_OWNER_LOCK_NAMESPACE, func.hashtext(owner))))
+
+    def _text_bytes(self) -> ColumnElement[int]:
+        """A message's text size in UTF-8 bytes: SQLite before 3.43 has no octet_length, and counts the
+        bytes of the text as a blob."""
+        if self._is_sqlite:
+            return func.length(cast(MessageRow.text, LargeBinary))
+        return func.octet_length(MessageRow.text)
 
     async def get_conversation(self, owner: str, conversation_id: str) -> Conversation:
         """Returns `owner`'s conversation with its messages; anyone else's is NotFoundError, exactly as a
@@ -416,12 +495,13 @@ async def _shared_storage_keys(
     return frozenset(key for key in found.all() if key)
 
 
-def _artifacts_of(conversation_id: str) -> Select[ArtifactRow]:
-    return select(ArtifactRow).where(ArtifactRow.conversation_id == conversation_id)
-
-
 def _artifact(row: ArtifactRow) -> Artifact:
     return Artifact(kind=row.kind, cache_key=row.cache_key, storage_key=row.storage_key)
+
+
+# The first key of the content service's advisory locks, so that they never collide with another program's
+# in a shared database (the number spells "SPCO": Stillpoint content).
+_OWNER_LOCK_NAMESPACE = 0x5350434F
 
 
 def _add_messages(

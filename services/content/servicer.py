@@ -19,6 +19,7 @@ from services.content.errors import (
     InvalidInputError,
     NotFoundError,
     PreconditionError,
+    QuotaExceededError,
 )
 from services.content.generation import (
     ImageGenerator,
@@ -287,6 +288,8 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     except PreconditionError as error:
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(error))
+    except QuotaExceededError as error:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except DEPENDENCY_FAILURES as error:
         await context.abort(*status_of_dependency_failure(error))
     except CacheUnavailableError:

@@ -26,6 +26,7 @@ from services.gateway.jobs.work_queue import (
     WorkQueueUnavailableError,
 )
 from services.gateway.migrate import HISTORY
+from services.gateway.open_streams import OpenStreams
 from services.gateway.pagination import PageTokens
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
@@ -87,7 +88,7 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
     running = await serving.start_server(
         service_names=[SERVICE_NAME],
         register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(
-            GatewayServicer(content, jobs, page_tokens), server
+            GatewayServicer(content, jobs, page_tokens, OpenStreams(config.max_streams_per_owner)), server
         ),
         address=f"0.0.0.0:{config.port}",
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,

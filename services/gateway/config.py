@@ -10,6 +10,7 @@ from services.environment import ConfigError, Environment
 from services.gateway.authentication import SupabaseAuthSettings
 from services.gateway.jobs import JobLimits
 from services.gateway.migrate import default_sqlite_file
+from services.gateway.open_streams import DEFAULT_MAX_STREAMS_PER_OWNER
 from services.gateway.pagination import MIN_SECRET_CHARS
 from services.gateway.pipeline import StageTimeouts
 from services.tls import InternalTls, PublicTls, read_internal_tls, read_public_tls
@@ -75,6 +76,8 @@ class GatewayConfig:
     # The HMAC key of page tokens, the same on every replica; None: a random key per process, whose tokens
     # work only on the replica that issued them.
     page_token_secret: str | None = None
+    # GenerateMeditation and WatchMeditation streams one owner may hold open at once, on each replica.
+    max_streams_per_owner: int = DEFAULT_MAX_STREAMS_PER_OWNER
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -116,6 +119,11 @@ class GatewayConfig:
                 retry_delay_seconds=environment.seconds(
                     "STILLPOINT_JOB_RETRY_DELAY_SECONDS", 2.0, minimum=0, maximum=600
                 ),
+            ),
+            # Each open stream holds one of max_concurrent_rpcs for as long as its job runs: without this, one
+            # caller could hold them all.
+            max_streams_per_owner=environment.integer(
+                "STILLPOINT_MAX_STREAMS_PER_OWNER", DEFAULT_MAX_STREAMS_PER_OWNER, minimum=1, maximum=100_000
             ),
             # How long a job stays with a gateway that stopped renewing (crashed) before another takes it.
             job_lease_seconds=environment.seconds(

@@ -23,6 +23,7 @@ from services.gateway.models import (
     MeditationState,
     Message,
 )
+from services.gateway.open_streams import OpenStreams
 from services.gateway.pagination import PageTokens, page_size
 from services.gateway.ports import ContentPort
 from services.message_roles import role_values, role_words
@@ -36,6 +37,9 @@ _Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 _CONVERSATION_NAME = re.compile(r"^conversations/[0-9a-f]{16}$")
 _MEDITATION_NAME = re.compile(r"^meditations/[0-9a-f]{16}$")
+# AIP-155: a request_id is a UUID in its canonical 8-4-4-4-12 hexadecimal form; hex digits are
+# case-insensitive on input (RFC 9562), and some tools (macOS uuidgen) print upper case.
+_REQUEST_ID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 
 _STATUS = {
     FailureKind.INVALID_INPUT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -98,10 +102,15 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
     """Validates, converts, makes one domain call, converts back."""
 
     def __init__(
-        self, content: ContentPort, jobs: MeditationJobs, page_tokens: PageTokens | None = None
+        self,
+        content: ContentPort,
+        jobs: MeditationJobs,
+        page_tokens: PageTokens | None = None,
+        open_streams: OpenStreams | None = None,
     ) -> None:
         self._content = content
         self._jobs = jobs
+        self._open_streams = open_streams or OpenStreams()
         # Without a shared secret, a key of this process's own: its tokens work only here.
         self._page_tokens = page_tokens or PageTokens()
 
@@ -111,7 +120,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
         async with _status_for_errors(context):
             messages = _messages(request.messages)
             conversation = await self._content.create_conversation(
-                caller(), request.title, messages, request.request_id
+                caller(), request.title, messages, _checked_request_id(request.request_id)
             )
         return gateway_pb.CreateConversationResponse(conversation=_conversation_proto(conversation))
 
@@ -140,11 +149,14 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
                 image_aspect=_image_aspect(request.options.image_aspect),
                 skip_cache=request.options.skip_cache,
             )
+            request_id = _checked_request_id(request.request_id)
             owner = caller()
-            name = await self._jobs.start(owner, conversation, request.request_id, options)
-            async for event in self._jobs.watch(owner, name, after_sequence=0):
-                yield _response(gateway_pb.GenerateMeditationResponse, event)
-                _raise_if_failed(event)
+            # Counted before the job starts: a refused stream starts nothing.
+            with self._open_streams.hold(owner):
+                name = await self._jobs.start(owner, conversation, request_id, options)
+                async for event in self._jobs.watch(owner, name, after_sequence=0):
+                    yield _response(gateway_pb.GenerateMeditationResponse, event)
+                    _raise_if_failed(event)
 
     async def WatchMeditation(
         self, request: gateway_pb.WatchMeditationRequest, context: _Context
@@ -153,9 +165,11 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             name = _checked_name(request.name, _MEDITATION_NAME, "name")
             if request.after_sequence < 0:
                 raise InvalidInputError("after_sequence", "must be 0 or more: the last sequence you received")
-            async for event in self._jobs.watch(caller(), name, after_sequence=request.after_sequence):
-                yield _response(gateway_pb.WatchMeditationResponse, event)
-                _raise_if_failed(event)
+            owner = caller()
+            with self._open_streams.hold(owner):
+                async for event in self._jobs.watch(owner, name, after_sequence=request.after_sequence):
+                    yield _response(gateway_pb.WatchMeditationResponse, event)
+                    _raise_if_failed(event)
 
     async def GetMeditation(
         self, request: gateway_pb.GetMeditationRequest, context: _Context
@@ -320,6 +334,17 @@ def _checked_name(name: str, pattern: re.Pattern[str], field: str) -> str:
             field, f"{name!r} is not a valid name: use {collection}/{{id}} as returned by the server"
         )
     return name
+
+
+def _checked_request_id(request_id: str) -> str:
+    """Empty (no idempotency) or a UUID (AIP-155). The value is not echoed: it could be megabytes."""
+    if request_id and not _REQUEST_ID.fullmatch(request_id):
+        raise InvalidInputError(
+            "request_id",
+            "must be a UUID such as 123e4567-e89b-42d3-a456-426614174000: a new one for each request, "
+            "the same one for its retries (or leave it empty)",
+        )
+    return request_id
 
 
 def _image_aspect(value: int) -> ImageAspect:

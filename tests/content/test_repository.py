@@ -14,8 +14,17 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.content.errors import QuotaExceededError
 from services.content.migrate import HISTORY
-from services.content.repository import Base, ContentRepository, ConversationRow, NewMessage
+from services.content.repository import (
+    MESSAGE_ENVELOPE_BYTES,
+    Base,
+    ContentRepository,
+    ConversationLimits,
+    ConversationRow,
+    NewMessage,
+    size_bytes,
+)
 from services.database import DatabaseNotReadyError, PoolSettings, create_engine
 from tests.data_plane import (
     POSTGRES_ADMIN_DSN,
@@ -215,3 +224,66 @@ async def test_conversations_created_at_the_same_instant_are_paged_by_id(
     async with engine.begin() as connection:
         await connection.execute(update(ConversationRow).values(create_time=datetime(2026, 1, 1, tzinfo=UTC)))
     assert await _list_all(repository, OWNER, 2) == sorted(ids, reverse=True)
+
+
+async def test_an_owner_keeps_at_most_their_limit_of_conversations(engine: AsyncEngine) -> None:
+    repository = ContentRepository(engine, ConversationLimits(max_conversations_per_owner=2))
+    first = await repository.create_conversation(owner=OWNER, title="", messages=MESSAGES, request_id="r1")
+    await _create(repository)
+    with pytest.raises(QuotaExceededError, match=r"you have 2 conversations \(the limit is 2\)"):
+        await _create(repository)
+    # A retry of a request that was let in still answers with its conversation.
+    again = await repository.create_conversation(owner=OWNER, title="", messages=MESSAGES, request_id="r1")
+    assert again.id == first.id
+    await _create(repository, owner="someone-else")
+    assert len(await _list_all(repository, OWNER, 10)) == 2
+
+
+async def test_concurrent_creates_never_take_an_owner_past_their_limit(engine: AsyncEngine) -> None:
+    """Property: however many creates of one owner race, exactly the limit's worth are let in (the count and
+    the insert happen under one lock per owner: advisory on PostgreSQL, the write lock on SQLite)."""
+    limit = 3
+    repository = ContentRepository(engine, ConversationLimits(max_conversations_per_owner=limit))
+    # Connections opened first, so the creates race each other rather than the pool's connects.
+    await asyncio.gather(*(repository.list_conversations(OWNER, 1) for _ in range(10)))
+    outcomes = await asyncio.gather(*(_create(repository) for _ in range(12)), return_exceptions=True)
+    made = [outcome for outcome in outcomes if isinstance(outcome, str)]
+    refused = [outcome for outcome in outcomes if isinstance(outcome, QuotaExceededError)]
+    assert (len(made), len(refused)) == (limit, 12 - limit), outcomes
+    assert sorted(await _list_all(repository, OWNER, 20)) == sorted(made)
+
+
+async def test_a_conversation_holds_at_most_its_limit_in_utf8_bytes(engine: AsyncEngine) -> None:
+    wave = NewMessage("user", "🌊" * 10)  # 10 characters, 40 bytes
+    assert size_bytes([wave]) == 40 + MESSAGE_ENVELOPE_BYTES
+    limit = 3 * size_bytes([wave])
+    repository = ContentRepository(engine, ConversationLimits(max_conversation_bytes=limit))
+    created = await repository.create_conversation(
+        owner=OWNER, title="", messages=[wave, wave], request_id=None
+    )
+    assert await repository.append_messages(OWNER, created.id, [wave]) == 3  # exactly at the limit
+    with pytest.raises(QuotaExceededError, match=rf"would hold {limit + 1 + MESSAGE_ENVELOPE_BYTES} bytes"):
+        await repository.append_messages(OWNER, created.id, [NewMessage("user", "a")])
+    with pytest.raises(QuotaExceededError, match=rf"the limit is {limit}"):
+        await repository.create_conversation(owner=OWNER, title="", messages=[wave] * 4, request_id=None)
+    assert len((await repository.get_conversation(OWNER, created.id)).messages) == 3
+
+
+async def test_concurrent_appends_never_take_a_conversation_past_its_size(engine: AsyncEngine) -> None:
+    """Property: appends to one conversation that race see each other's messages (a row lock on PostgreSQL,
+    the write lock on SQLite): exactly as many fit as the limit allows, every other one is refused for its
+    size, and the stored positions have no gap and no duplicate."""
+    message = NewMessage("user", "x" * 100)
+    fitting = 4
+    repository = ContentRepository(
+        engine, ConversationLimits(max_conversation_bytes=fitting * size_bytes([message]))
+    )
+    created = await repository.create_conversation(owner=OWNER, title="", messages=[], request_id=None)
+    await asyncio.gather(*(repository.list_conversations(OWNER, 1) for _ in range(10)))  # the pool, warm
+    outcomes = await asyncio.gather(
+        *(repository.append_messages(OWNER, created.id, [message]) for _ in range(10)), return_exceptions=True
+    )
+    counts = sorted(outcome for outcome in outcomes if isinstance(outcome, int))
+    refused = [outcome for outcome in outcomes if isinstance(outcome, QuotaExceededError)]
+    assert (counts, len(refused)) == (list(range(1, fitting + 1)), 10 - fitting), outcomes
+    assert len((await repository.get_conversation(OWNER, created.id)).messages) == fitting

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,9 +133,10 @@ async def test_the_same_request_id_at_two_replicas_at_once_makes_one_job(stack: 
     one meditation, run once: both streams carry the same job's one whole log and one set of videos."""
     first, second = stack.replicas("gateway")
     conversation = await _conversation(stack, first)
+    request_id = str(uuid.uuid4())
     streams = await asyncio.gather(
-        _generate(stack, first, conversation, "tap-twice"),
-        _generate(stack, second, conversation, "tap-twice"),
+        _generate(stack, first, conversation, request_id),
+        _generate(stack, second, conversation, request_id),
     )
     names = {stream[0].accepted.meditation for stream in streams}
     assert len(names) == 1
@@ -154,11 +156,12 @@ async def test_a_client_retry_after_unavailable_continues_the_same_job_on_the_ot
     conversation = await _conversation(stack, first_key)
 
     seen: list[gateway_pb.GenerateMeditationResponse] = []
+    request_id = str(uuid.uuid4())
 
     async def stream_until_the_gateway_dies() -> None:
         async with stack.gateway_channel(first_key) as channel:
             stub = gateway_grpc.GatewayServiceStub(channel)
-            request = gateway_pb.GenerateMeditationRequest(conversation=conversation, request_id="retry-me")
+            request = gateway_pb.GenerateMeditationRequest(conversation=conversation, request_id=request_id)
             async for response in stub.GenerateMeditation(request, timeout=STREAM_TIMEOUT_SECONDS):
                 seen.append(response)
                 if response.HasField("stage") and response.stage.stage == gateway_pb.STAGE_NARRATION:
@@ -168,7 +171,7 @@ async def test_a_client_retry_after_unavailable_continues_the_same_job_on_the_ot
         await stream_until_the_gateway_dies()
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
     before = seen
-    retried = await _generate(stack, second_key, conversation, "retry-me")
+    retried = await _generate(stack, second_key, conversation, request_id)
     assert retried[0].accepted.meditation == before[0].accepted.meditation
     assert [r.sequence for r in retried[: len(before)]] == [r.sequence for r in before]
     assert_one_whole_log(retried)
@@ -183,7 +186,7 @@ async def test_a_stage_longer_than_the_claim_timeout_is_not_run_twice(
     image is asked for once and the job completes once."""
     first, second = slow_stack.replicas("gateway")
     conversation = await _conversation(slow_stack, first)
-    seen = await _generate(slow_stack, first, conversation, "slow-one")
+    seen = await _generate(slow_stack, first, conversation, str(uuid.uuid4()))
     assert_one_whole_log(seen)
     image_stages = [r.stage for r in seen if r.HasField("stage") and r.stage.stage == gateway_pb.STAGE_IMAGE]
     assert [stage.state for stage in image_stages] == [

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
+
 import grpc
 import pytest
 
+from services import serving
+from services.cli import bearer_interceptors
 from services.storage.local import LocalAssetStorage
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
@@ -128,7 +132,7 @@ async def test_repeated_request_id_streams_the_same_meditation(
     gateway_stub: gateway_grpc.GatewayServiceStub,
 ) -> None:
     name = await create_conversation(gateway_stub)
-    request = gateway_pb.GenerateMeditationRequest(conversation=name, request_id="retry-7f3a")
+    request = gateway_pb.GenerateMeditationRequest(conversation=name, request_id=str(uuid.uuid4()))
     first = await collect(gateway_stub.GenerateMeditation(request))
     second = await collect(gateway_stub.GenerateMeditation(request))
     assert second[0].accepted.meditation == first[0].accepted.meditation
@@ -221,3 +225,33 @@ async def test_cancel_stops_a_running_meditation_and_removes_its_partial_assets(
         for path in (storage.root / kind / meditation_id).glob("*")
     ]
     assert leftovers == []
+
+
+async def test_a_conversation_full_of_the_shortest_messages_still_fits_a_default_grpc_client(
+    gateway_server: serving.RunningServer, api_key: str
+) -> None:
+    """Property: at the default size limit a conversation's GetConversation response fits the 4 MiB a gRPC
+    client accepts by default, however short its messages (each counts 32 bytes besides its text)."""
+    address = f"127.0.0.1:{gateway_server.port}"
+    # Default channel options: the 4 MiB receive limit every gRPC client starts with.
+    async with grpc.aio.insecure_channel(address, interceptors=bearer_interceptors(api_key)) as channel:
+        stub = gateway_grpc.GatewayServiceStub(channel)
+        name = await create_conversation(stub, [])
+        batch = [gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="a")] * 500
+        # 100,000 one-character messages: 100 kB of text, refused only when each message's envelope counts.
+        refused = await _append_until_refused(stub, name, batch, max_appends=200)
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        full = await stub.GetConversation(gateway_pb.GetConversationRequest(name=name))
+    assert len(full.conversation.messages) >= 30_000
+    assert full.ByteSize() < 2 * 1024 * 1024
+
+
+async def _append_until_refused(
+    stub: gateway_grpc.GatewayServiceStub, name: str, batch: list[gateway_pb.Message], *, max_appends: int
+) -> grpc.aio.AioRpcError:
+    for _ in range(max_appends):
+        try:
+            await stub.AppendMessages(gateway_pb.AppendMessagesRequest(conversation=name, messages=batch))
+        except grpc.aio.AioRpcError as error:
+            return error
+    raise AssertionError(f"{max_appends} appends of {len(batch)} messages were all let in")

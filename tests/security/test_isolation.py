@@ -3,6 +3,7 @@ answers B exactly as it answers a name that does not exist."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -47,7 +48,7 @@ def test_every_rpc_that_names_a_resource_is_covered() -> None:
 
 async def _owner_a_resources(stub: gateway_grpc.GatewayServiceStub) -> tuple[str, str]:
     created = await stub.CreateConversation(
-        gateway_pb.CreateConversationRequest(messages=[MESSAGE], request_id="first-session")
+        gateway_pb.CreateConversationRequest(messages=[MESSAGE], request_id=str(uuid.uuid4()))
     )
     stream = stub.GenerateMeditation(
         gateway_pb.GenerateMeditationRequest(conversation=created.conversation.name)
@@ -98,21 +99,22 @@ async def test_a_reused_request_id_is_per_owner_and_bound_to_its_request(
     for a different conversation is ALREADY_EXISTS; the same request again is the same conversation."""
     address = f"127.0.0.1:{gateway_server.port}"
     alice, bob = (await api_keys.create("alice")).key, (await api_keys.create("bob")).key
-    request = gateway_pb.CreateConversationRequest(messages=[MESSAGE], request_id="shared-id")
+    shared_id = str(uuid.uuid4())
+    request = gateway_pb.CreateConversationRequest(messages=[MESSAGE], request_id=shared_id)
     async with gateway_channel(address, alice) as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         hers = (await stub.CreateConversation(request)).conversation.name
         assert (await stub.CreateConversation(request)).conversation.name == hers
         different = gateway_pb.CreateConversationRequest(
             messages=[gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="Something else.")],
-            request_id="shared-id",
+            request_id=shared_id,
         )
         with pytest.raises(grpc.aio.AioRpcError) as reused:
             await stub.CreateConversation(different)
         assert reused.value.code() == grpc.StatusCode.ALREADY_EXISTS
     other_request = gateway_pb.CreateConversationRequest(
         messages=[gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="Bob's own words.")],
-        request_id="shared-id",
+        request_id=shared_id,
     )
     async with gateway_channel(address, bob) as channel:
         his = (await gateway_grpc.GatewayServiceStub(channel).CreateConversation(other_request)).conversation
