@@ -402,8 +402,10 @@ class JobStore:
                 raise GatewayError(FailureKind.PRECONDITION, f"{name} is still running: cancel it first")
             # The log first: SQLite enforces no foreign keys unless asked, so nothing relies on a cascade.
             await session.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
-            await session.execute(delete(JobRow).where(JobRow.id == job_id))
-        return True
+            result = await session.execute(delete(JobRow).where(JobRow.id == job_id))
+        # What the DELETE removed, not what the SELECT saw: SQLite ignores FOR UPDATE (and pysqlite reads
+        # before it begins the transaction), so two racing deleters can both see the row; one removes it.
+        return bool(result.rowcount)  # type: ignore[attr-defined]
 
     async def list_events(self, name: str, after_sequence: int, max_events: int = 1000) -> StoredEventPage:
         """Returns up to `max_events` events after `after_sequence`, oldest first, with the job's state."""
