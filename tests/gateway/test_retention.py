@@ -8,16 +8,24 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.database import create_engine
+from services.environment import ConfigError, Environment
 from services.gateway import migrate as gateway_migrate
+from services.gateway.__main__ import make_retention
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.config import GatewayConfig
 from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.retention import MeditationRetention, SweepReport
 from services.gateway.jobs.store import JobEventRow, JobRow, JobStore
 from services.gateway.models import JobChanges, MeditationOptions, MeditationState
+from services.gateway.pipeline import MeditationPipeline, StageTimeouts
+from services.storage.local import LocalAssetStorage
 from tests.data_plane import fresh_database
 
 OWNER = "tester"
@@ -268,6 +276,52 @@ async def test_the_sweep_runs_in_the_background_until_stopped(store: JobStore, e
     assert assets.deleted == [name]
 
 
+def test_no_retention_is_configured_unless_asked_for() -> None:
+    assert GatewayConfig.from_environment(Environment({})).meditation_retention is None
+    zero = Environment({"STILLPOINT_MEDITATION_RETENTION_DAYS": "0"})
+    assert GatewayConfig.from_environment(zero).meditation_retention is None
+    thirty = Environment({"STILLPOINT_MEDITATION_RETENTION_DAYS": "30"})
+    assert GatewayConfig.from_environment(thirty).meditation_retention == timedelta(days=30)
+
+
+@pytest.mark.parametrize("value", ["-1", "thirty", "1.5", "2592000"])
+def test_a_bad_retention_fails_fast_naming_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match="STILLPOINT_MEDITATION_RETENTION_DAYS"):
+        GatewayConfig.from_environment(Environment({"STILLPOINT_MEDITATION_RETENTION_DAYS": value}))
+
+
 async def test_a_retention_of_nothing_is_refused(job_store: JobStore) -> None:
     with pytest.raises(ValueError, match="positive"):
         MeditationRetention(job_store, RecordingAssets(), timedelta(0))
+
+
+async def test_the_gateways_retention_deletes_the_files_through_the_media_service(
+    job_store: JobStore,
+    gateway_engine: AsyncEngine,
+    media_channel: grpc.aio.Channel,
+    storage: LocalAssetStorage,
+) -> None:
+    """The wiring of `python -m services.gateway`: the configured retention, the real clock, the job
+    dispatcher and a real media server deleting the meditation's stored files."""
+    name = await meditation(job_store, gateway_engine, datetime(2020, 1, 1, tzinfo=UTC))
+    job_id = name.removeprefix("meditations/")
+    keys = [f"narrations/{job_id}/narration.wav", f"live/{job_id}/index.m3u8", f"videos/{job_id}/quick.mp4"]
+    for key in keys:
+        await storage.put_bytes(key, b"made for the meditation", "application/octet-stream")
+    timeouts = StageTimeouts()
+    media = MediaClient(media_channel, timeouts)
+    # Retention never asks content anything: a channel to nowhere is enough.
+    async with grpc.aio.insecure_channel("127.0.0.1:1") as nowhere:
+        content = ContentClient(nowhere, timeouts)
+        jobs = MeditationJobs(job_store, content, MeditationPipeline(content, media, timeouts), media=media)
+        config = GatewayConfig.from_environment(Environment({"STILLPOINT_MEDITATION_RETENTION_DAYS": "30"}))
+        retention = make_retention(config, job_store, jobs)
+        assert retention is not None
+        try:
+            assert (await retention.sweep()).erased == 1
+        finally:
+            await jobs.close()
+    assert not await is_kept(job_store, name)
+    assert not [key for key in keys if await storage.exists(key)]
+    no_retention = GatewayConfig.from_environment(Environment({}))
+    assert make_retention(no_retention, job_store, jobs) is None
