@@ -400,8 +400,9 @@ class ContentRepository:
         """Records `artifact` as made from `owner`'s conversation; NotFoundError when it is gone (deleted
         while the artifact was being made: the caller must then erase the artifact itself)."""
         async with self._transaction() as session:
-            # The row lock orders this against a deletion: either the deletion sees this artifact, or this
-            # sees the conversation gone.
+            # The row lock (SQLite's write lock) orders this against a deletion: either the deletion sees this
+            # artifact, or this sees the conversation gone.
+            await self._begin_writing(session)
             found = await session.scalar(
                 select(ConversationRow.id)
                 .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)
@@ -441,6 +442,7 @@ class ContentRepository:
         returns the artifacts, to be erased from the caches and storage. Anyone else's conversation is
         NotFoundError, exactly as a missing one is."""
         async with self._transaction() as session:
+            await self._begin_writing(session)
             found = await session.scalar(
                 select(ConversationRow.id)
                 .where(ConversationRow.id == conversation_id, ConversationRow.owner == owner)

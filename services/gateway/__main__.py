@@ -18,6 +18,7 @@ from services.gateway.authentication import LOCAL_OWNER, Authenticator, JwksKeys
 from services.gateway.backends import ContentClient, MediaClient, open_backend_channel
 from services.gateway.config import AuthenticationConfig, GatewayConfig
 from services.gateway.jobs import MeditationJobs, claim_timeout_seconds
+from services.gateway.jobs.retention import MeditationRetention
 from services.gateway.jobs.store import JobStore
 from services.gateway.jobs.work_queue import (
     InProcessWorkQueue,
@@ -77,8 +78,11 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
             "own and work only on this replica until it restarts. Set the same secret on every replica."
         )
     page_tokens = PageTokens(config.page_token_secret)
+    retention = make_retention(config, store, jobs)
 
     async def release() -> None:
+        if retention is not None:
+            await retention.stop()  # already stopped unless serving ended without on_stopping
         await jobs.close()
         await content_channel.close()
         await media_channel.close()
@@ -95,11 +99,36 @@ async def serve(config: GatewayConfig, engine: AsyncEngine) -> None:
         interceptors=[AuthenticationInterceptor(authenticator)],
         credentials=serving.public_server_credentials(config.public_tls),
     )
+
+    async def stop_background_work() -> None:
+        # Retention first: it deletes assets through the dispatcher, which stays open until release().
+        if retention is not None:
+            await retention.stop()
+        await jobs.stop_janitor()
+
     # Carries on jobs a stopped or crashed gateway left behind, and keeps this one's leases fresh.
     jobs.start_janitor()
+    if retention is not None:
+        retention.start()
     await serving.serve_until_signalled(
-        running, grace_seconds=config.grace_seconds, on_stopping=jobs.stop_janitor, on_stopped=release
+        running, grace_seconds=config.grace_seconds, on_stopping=stop_background_work, on_stopped=release
     )
+
+
+def make_retention(
+    config: GatewayConfig, store: JobStore, jobs: MeditationJobs
+) -> MeditationRetention | None:
+    """The sweep that erases finished meditations past STILLPOINT_MEDITATION_RETENTION_DAYS; None (and
+    said so) when they are kept forever."""
+    if config.meditation_retention is None:
+        logger.info("meditation retention: off (finished meditations are kept until deleted)")
+        return None
+    logger.info(
+        "meditation retention: finished meditations are erased %d days after they finish",
+        config.meditation_retention.days,
+    )
+    # Through the dispatcher: it is the one place that knows what a meditation stored.
+    return MeditationRetention(store, jobs.dispatcher, config.meditation_retention)
 
 
 def make_authenticator(

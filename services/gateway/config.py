@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from services.database import PoolSettings, read_database_url, read_pool_settings
@@ -78,6 +79,9 @@ class GatewayConfig:
     page_token_secret: str | None = None
     # GenerateMeditation and WatchMeditation streams one owner may hold open at once, on each replica.
     max_streams_per_owner: int = DEFAULT_MAX_STREAMS_PER_OWNER
+    # How long a finished meditation is kept before retention erases it (its files, record and log); None:
+    # kept until its owner deletes its conversation.
+    meditation_retention: timedelta | None = None
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -134,6 +138,7 @@ class GatewayConfig:
             internal_tls=read_internal_tls(environment),
             public_tls=read_public_tls(environment),
             page_token_secret=_page_token_secret(environment),
+            meditation_retention=_meditation_retention(environment),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
@@ -152,3 +157,10 @@ def _page_token_secret(environment: Environment) -> str | None:
             "(for example the output of `openssl rand -base64 48`)"
         )
     return secret
+
+
+def _meditation_retention(environment: Environment) -> timedelta | None:
+    """STILLPOINT_MEDITATION_RETENTION_DAYS: unset or 0 keeps finished meditations forever (the default)."""
+    # Whole days, at most a century: a value meant in seconds (2592000 for 30 days) fails here instead.
+    days = environment.integer("STILLPOINT_MEDITATION_RETENTION_DAYS", 0, minimum=0, maximum=36_500)
+    return timedelta(days=days) if days else None

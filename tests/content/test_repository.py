@@ -11,17 +11,20 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.content.errors import QuotaExceededError
+from services.content.errors import NotFoundError, QuotaExceededError
 from services.content.migrate import HISTORY
 from services.content.repository import (
     MESSAGE_ENVELOPE_BYTES,
+    Artifact,
+    ArtifactRow,
     Base,
     ContentRepository,
     ConversationLimits,
     ConversationRow,
+    DeletedConversation,
     NewMessage,
     size_bytes,
 )
@@ -287,3 +290,29 @@ async def test_concurrent_appends_never_take_a_conversation_past_its_size(engine
     refused = [outcome for outcome in outcomes if isinstance(outcome, QuotaExceededError)]
     assert (counts, len(refused)) == (list(range(1, fitting + 1)), 10 - fitting), outcomes
     assert len((await repository.get_conversation(OWNER, created.id)).messages) == fitting
+
+
+async def test_an_artifact_racing_its_conversations_deletion_is_either_erased_with_it_or_refused(
+    repository: ContentRepository, engine: AsyncEngine
+) -> None:
+    """Property: whichever commits first, nothing made from a conversation outlives its deletion unseen: the
+    deletion returns the artifact to erase, or recording it fails with NotFoundError (its maker erases it),
+    and no artifact row is left either way."""
+    for round_number in range(10):
+        conversation = await repository.create_conversation(
+            owner=OWNER, title="", messages=MESSAGES, request_id=None
+        )
+        artifact = Artifact("transcript", f"transcript:offline:v1:{round_number:064x}")
+        recorded, deleted = await asyncio.gather(
+            repository.record_artifact(OWNER, conversation.id, artifact),
+            repository.delete_conversation(OWNER, conversation.id),
+            return_exceptions=True,
+        )
+        assert isinstance(deleted, DeletedConversation), deleted
+        if isinstance(recorded, BaseException):
+            assert isinstance(recorded, NotFoundError), recorded
+            assert deleted.artifacts == ()
+        else:
+            assert deleted.artifacts == (artifact,)
+    async with engine.connect() as connection:
+        assert await connection.scalar(select(func.count()).select_from(ArtifactRow)) == 0

@@ -64,6 +64,8 @@ class JobRow(Base):
         Index("ix_meditation_jobs_owner_state", "owner", "state"),
         # Listing an owner's jobs newest first, a page at a time (keyset pagination).
         Index("ix_meditation_jobs_owner_create_time_id", "owner", "create_time", "id"),
+        # Retention's sweep: finished jobs oldest first, a batch at a time.
+        Index("ix_meditation_jobs_update_time_id", "update_time", "id"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
@@ -404,8 +406,28 @@ class JobStore:
                 raise GatewayError(FailureKind.PRECONDITION, f"{name} is still running: cancel it first")
             # The log first: SQLite enforces no foreign keys unless asked, so nothing relies on a cascade.
             await session.execute(delete(JobEventRow).where(JobEventRow.job_id == job_id))
-            await session.execute(delete(JobRow).where(JobRow.id == job_id))
-        return True
+            result = await session.execute(delete(JobRow).where(JobRow.id == job_id))
+        # What the DELETE removed, not what the SELECT saw: SQLite ignores FOR UPDATE (and pysqlite reads
+        # before it begins the transaction), so two racing deleters can both see the row; one removes it.
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def list_finished_before(self, moment: datetime, max_jobs: int) -> list[str]:
+        """Up to `max_jobs` finished jobs (succeeded, failed or cancelled) whose last update was before
+        `moment`, oldest first: what retention erases.
+
+        A finished job's update_time is when its last event (`completed`) was recorded: claims, requeues and
+        events touch running jobs only, and any other write could only move it later, never earlier."""
+        async with self._reading() as session:
+            ids = await session.scalars(
+                select(JobRow.id)
+                # "Not running" (what is_final means), not an IN list of the final states: an inequality
+                # leaves the planners the (update_time, id) index, which SQLite, with no statistics, would
+                # otherwise trade for the (state, lease) one and sort every finished job.
+                .where(JobRow.state != MeditationState.RUNNING.value, JobRow.update_time < moment)
+                .order_by(JobRow.update_time, JobRow.id)
+                .limit(max_jobs)
+            )
+            return [_NAME_PREFIX + job_id for job_id in ids]
 
     async def list_events(self, name: str, after_sequence: int, max_events: int = 1000) -> StoredEventPage:
         """Returns up to `max_events` events after `after_sequence`, oldest first, with the job's state."""
