@@ -71,6 +71,9 @@ class JobDispatcher:
         self._retry_policy = retry_policy
         self._poll_interval_seconds = poll_interval_seconds
         self._running: dict[str, _Running] = {}
+        # Jobs this replica is claiming and launching right now, each with an event set once that is over: a
+        # cancel waits for it, since its own claim (same holder) would succeed too and both would write.
+        self._taking_on: dict[str, asyncio.Event] = {}
         self._slots = asyncio.Semaphore(max_running_jobs)
         self._dispatcher: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -170,6 +173,15 @@ class JobDispatcher:
 
     async def _take_on(self, delivery: Delivery) -> bool:
         """Claims the delivered job and launches it; False when there is nothing to run."""
+        taken = self._taking_on[delivery.job] = asyncio.Event()
+        try:
+            return await self._claim_and_launch(delivery)
+        finally:
+            if self._taking_on.get(delivery.job) is taken:
+                del self._taking_on[delivery.job]
+            taken.set()
+
+    async def _claim_and_launch(self, delivery: Delivery) -> bool:
         name = delivery.job
         try:
             if name in self._running:
@@ -371,6 +383,9 @@ class JobDispatcher:
     async def cancel(self, name: str) -> None:
         """Stops a job wherever it is — running here, queued, or running on another replica — and waits
         until it has recorded its end; finished jobs are left alone."""
+        if (taking_on := self._taking_on.get(name)) is not None:
+            # Being launched here this moment: let it start, then stop it as a running job.
+            await taking_on.wait()
         running = self._running.get(name)
         if running is not None:
             await self._cancel_here(running)
