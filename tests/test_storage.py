@@ -120,6 +120,15 @@ async def test_delete_removes_one_asset_and_deleting_a_missing_one_is_not_an_err
     assert not await store.storage.delete("images/0123456789abcdef.png")
 
 
+async def test_prefix_size_adds_up_one_folder_alone(store: Store) -> None:
+    await store.storage.put_bytes("videos/0123456789abcdef/a.mp4", b"x" * 1000, "video/mp4")
+    await store.storage.put_bytes("videos/0123456789abcdef/b.mp4", b"x" * 234, "video/mp4")
+    await store.storage.put_bytes("videos/fedcba9876543210/c.mp4", b"x" * 99, "video/mp4")
+
+    assert await store.storage.prefix_size("videos/0123456789abcdef") == 1234
+    assert await store.storage.prefix_size("videos/00000000000000aa") == 0
+
+
 @pytest.fixture
 async def supabase_store(tmp_path: Path) -> AsyncIterator[Store]:
     """A Supabase store alone, for what only Supabase has: HTTP headers and refused overwrites."""

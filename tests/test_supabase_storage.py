@@ -369,6 +369,7 @@ async def test_delete_prefix_empties_a_folder_larger_than_one_listing_page(
         await storage.put_bytes(f"live/0123456789abcdef/{index:04d}.m4s", b"segment", "video/iso.segment")
     await storage.put_bytes("live/fedcba9876543210/0000.m4s", b"another job's", "video/iso.segment")
 
+    assert await storage.prefix_size("live/0123456789abcdef") == 130 * len(b"segment")
     assert await storage.delete_prefix("live/0123456789abcdef") == 130
 
     assert server.stored_names(BUCKET) == ["live/fedcba9876543210/0000.m4s"]

@@ -56,6 +56,7 @@ _RETRIED_METHODS = {
         "GetProviderStatus",
         "DeleteMeditationAssets",
         "SignAssetUris",
+        "MeasureMeditationAssets",
     ),
 }
 _SERVICE_CONFIG = json.dumps(
@@ -404,6 +405,15 @@ class MediaClient:
             lambda: self._stub.DeleteMeditationAssets(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
         )
         return response.deleted_count
+
+    async def measure_meditation_assets(self, meditation: str) -> int:
+        """Asks media what the meditation's assets take in storage."""
+        request = media_pb.MeasureMeditationAssetsRequest(meditation=meditation)
+        response = await _call(
+            "media",
+            lambda: self._stub.MeasureMeditationAssets(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),
+        )
+        return response.size_bytes
 
     async def asset_uris(self, storage_keys: Sequence[str]) -> list[str]:
         """Asks media to sign the assets' URIs now."""

@@ -120,6 +120,11 @@ class GatewayConfig:
                     "STILLPOINT_MAX_QUEUED_JOBS", 200, minimum=1, maximum=1_000_000
                 ),
                 max_attempts=environment.integer("STILLPOINT_MAX_JOB_ATTEMPTS", 3, minimum=1, maximum=20),
+                # What one owner's meditations may keep in storage before new ones are refused; 0: no limit.
+                max_stored_bytes_per_owner=1024**2
+                * environment.integer(
+                    "STILLPOINT_MAX_STORED_MEGABYTES_PER_OWNER", 5 * 1024, minimum=0, maximum=100 * 1024**2
+                ),
                 retry_delay_seconds=environment.seconds(
                     "STILLPOINT_JOB_RETRY_DELAY_SECONDS", 2.0, minimum=0, maximum=600
                 ),

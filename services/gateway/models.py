@@ -82,6 +82,8 @@ class Meditation:
     failure_message: str
     last_sequence: int
     create_time: datetime
+    # What its narration, live preview and videos take in storage, measured when it succeeded; 0 before.
+    stored_bytes: int = 0
     # Made for the reader when the job is read (see asset_links), never stored.
     image_uri: str = ""
     narration_uri: str = ""
@@ -99,6 +101,7 @@ class JobChanges:
     narration_storage_key: str | None = None
     quick_video_storage_key: str | None = None
     enhanced_video_storage_key: str | None = None
+    stored_bytes: int | None = None
     failure_message: str | None = None
 
     def as_columns(self) -> dict[str, Any]:
@@ -111,6 +114,7 @@ class JobChanges:
                 ("narration_storage_key", self.narration_storage_key),
                 ("quick_video_storage_key", self.quick_video_storage_key),
                 ("enhanced_video_storage_key", self.enhanced_video_storage_key),
+                ("stored_bytes", self.stored_bytes),
                 ("failure_message", self.failure_message),
             )
             if value is not None

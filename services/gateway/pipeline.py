@@ -279,7 +279,10 @@ class MeditationPipeline:
         changes = (
             JobChanges(quick_video_storage_key=stored.storage_key)
             if quality is VideoQuality.QUICK
-            else JobChanges(enhanced_video_storage_key=stored.storage_key)
+            # Its last asset is stored: what they all take now counts against the owner's storage limit.
+            else JobChanges(
+                enhanced_video_storage_key=stored.storage_key, stored_bytes=await self._stored_bytes(job)
+            )
         )
         await job.emit(
             VideoReady(
@@ -293,6 +296,15 @@ class MeditationPipeline:
             ),
             changes,
         )
+
+    async def _stored_bytes(self, job: JobEvents) -> int | None:
+        """What the job's assets take in storage; None (left as it was) when media cannot say: a finished
+        meditation is not failed for its bookkeeping, which then undercounts it."""
+        try:
+            return await self._media.measure_meditation_assets(job.meditation)
+        except GatewayError as error:
+            logger.warning("%s: its stored bytes were not measured (%s)", job.meditation, error.message)
+            return None
 
     @contextlib.asynccontextmanager
     async def _stage(self, job: JobEvents, stage: Stage, timeout_seconds: float) -> AsyncIterator[_StageRun]:

@@ -169,6 +169,10 @@ class MediaPort(Protocol):
 
     async def delete_meditation_assets(self, meditation: str) -> int: ...
 
+    async def measure_meditation_assets(self, meditation: str) -> int:
+        """How many bytes the meditation's narration, live preview and videos take in storage."""
+        ...
+
     async def asset_uris(self, storage_keys: Sequence[str]) -> list[str]:
         """The URIs clients fetch the assets from, made now (signed for a while where storage signs), in
         order; an empty one for an asset that is gone."""

@@ -121,6 +121,13 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             deleted = await self._studio.delete_assets(_meditation_id(request.meditation))
         return media_pb.DeleteMeditationAssetsResponse(deleted_count=deleted)
 
+    async def MeasureMeditationAssets(
+        self, request: media_pb.MeasureMeditationAssetsRequest, context: _Context
+    ) -> media_pb.MeasureMeditationAssetsResponse:
+        async with _status_for_errors(context):
+            size_bytes = await self._studio.measure_assets(_meditation_id(request.meditation))
+        return media_pb.MeasureMeditationAssetsResponse(size_bytes=size_bytes)
+
     async def SignAssetUris(
         self, request: media_pb.SignAssetUrisRequest, context: _Context
     ) -> media_pb.SignAssetUrisResponse:

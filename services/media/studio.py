@@ -25,6 +25,8 @@ from services.storage.base import AssetMissingError, AssetStorage, StorageKeyErr
 
 logger = logging.getLogger(__name__)
 
+# The folders a meditation's assets are stored in, each under the meditation's id.
+_ASSET_KINDS = ("narrations", "live", "videos")
 # The most assets one SignAssetUris call signs: a page of 100 meditations holds at most 400.
 MAX_SIGNED_KEYS = 500
 
@@ -98,10 +100,14 @@ class MediaStudio:
             return SpokenSegment(await self._fallback_narrator.narrate(script), "espeak-ng", error.message)
         return SpokenSegment(narration, self._narrator_name, "")
 
+    async def measure_assets(self, meditation_id: str) -> int:
+        """How many bytes the meditation's narration, live preview and videos take in storage."""
+        return sum([await self._storage.prefix_size(f"{kind}/{meditation_id}") for kind in _ASSET_KINDS])
+
     async def delete_assets(self, meditation_id: str) -> int:
         """Removes the meditation's narration, live preview and videos; returns how many assets."""
         deleted = 0
-        for kind in ("narrations", "live", "videos"):
+        for kind in _ASSET_KINDS:
             deleted += await self._storage.delete_prefix(f"{kind}/{meditation_id}")
         return deleted
 

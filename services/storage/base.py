@@ -92,6 +92,10 @@ class AssetStorage(Protocol):
         error, so a retried deletion converges."""
         ...
 
+    async def prefix_size(self, prefix: str) -> int:
+        """The total size in bytes of every asset directly under `prefix` (one job's folder); 0 when empty."""
+        ...
+
     async def delete_prefix(self, prefix: str) -> int:
         """Removes every asset directly under `prefix` (a cancelled job's folder); returns how many."""
         ...

@@ -67,6 +67,17 @@ class LocalAssetStorage:
 
         return await asyncio.to_thread(remove)
 
+    async def prefix_size(self, prefix: str) -> int:
+        """Adds up the sizes of the folder's files."""
+        folder = self._path(prefix)
+
+        def measure() -> int:
+            if not folder.is_dir():
+                return 0
+            return sum(path.stat().st_size for path in folder.iterdir() if path.is_file())
+
+        return await asyncio.to_thread(measure)
+
     async def delete_prefix(self, prefix: str) -> int:
         """Removes the folder's files (and the folder)."""
         folder = self._path(prefix)

@@ -206,6 +206,23 @@ class SupabaseAssetStorage:
         self._signed.pop(key, None)
         return bool(removed)
 
+    async def prefix_size(self, prefix: str) -> int:
+        """Adds up the sizes Storage lists for the folder's objects, a page at a time."""
+        validate_key(prefix)
+        total, offset = 0, 0
+        while True:
+            with _translated("list a job's assets"):
+                listed = await self._client.from_(self._bucket).list(
+                    prefix, {"limit": _LIST_PAGE_SIZE, "offset": offset}
+                )
+            for entry in listed:
+                metadata = entry.get("metadata") or {}
+                if entry.get("id") and isinstance(metadata.get("size"), int):
+                    total += metadata["size"]
+            if len(listed) < _LIST_PAGE_SIZE:
+                return total
+            offset += len(listed)
+
     async def delete_prefix(self, prefix: str) -> int:
         """Removes every object directly under `prefix` (one job's folder) and returns how many.
 

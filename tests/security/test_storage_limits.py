@@ -4,6 +4,7 @@ the public client gets RESOURCE_EXHAUSTED with content's message, and nobody els
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -12,8 +13,16 @@ from services import serving
 from services.cli import gateway_channel
 from services.content.repository import ConversationLimits
 from services.gateway.api_keys import ApiKeyStore
+from services.gateway.authentication import Authenticator
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.jobs import JobLimits, MeditationJobs
+from services.gateway.jobs.store import JobStore
+from services.gateway.pipeline import MeditationPipeline, StageTimeouts
+from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
+from services.storage.local import LocalAssetStorage
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.conftest import GATEWAY_SERVICE, TEST_OWNER
 
 MAX_CONVERSATIONS = 3
 MAX_BYTES = 100_000
@@ -107,3 +116,81 @@ async def test_a_new_conversation_larger_than_one_may_be_is_resource_exhausted(
         list((await gateway_stub.ListConversations(gateway_pb.ListConversationsRequest())).conversations)
         == []
     )
+
+
+@pytest.fixture
+async def stored_bytes_gateway(
+    content_channel: grpc.aio.Channel,
+    media_channel: grpc.aio.Channel,
+    job_store: JobStore,
+    api_keys: ApiKeyStore,
+    api_key: str,
+) -> AsyncIterator[gateway_grpc.GatewayServiceStub]:
+    """A gateway whose owners may keep 1 byte of meditations: one finished meditation fills it."""
+    timeouts = StageTimeouts()
+    content, media = ContentClient(content_channel, timeouts), MediaClient(media_channel, timeouts)
+    jobs = MeditationJobs(
+        job_store,
+        content,
+        MeditationPipeline(content, media, timeouts),
+        media=media,
+        poll_interval_seconds=0.05,
+        limits=JobLimits(max_stored_bytes_per_owner=1),
+    )
+    running = await serving.start_server(
+        service_names=[GATEWAY_SERVICE],
+        register=lambda server: gateway_grpc.add_GatewayServiceServicer_to_server(
+            GatewayServicer(content, jobs), server
+        ),
+        address="127.0.0.1:0",
+        interceptors=[AuthenticationInterceptor(Authenticator(api_keys=api_keys))],
+    )
+    async with gateway_channel(f"127.0.0.1:{running.port}", api_key) as channel:
+        yield gateway_grpc.GatewayServiceStub(channel)
+    await running.stop(0)
+    await jobs.close()
+
+
+async def test_an_owner_whose_meditations_fill_their_storage_is_refused_new_ones_until_they_delete(
+    stored_bytes_gateway: gateway_grpc.GatewayServiceStub, storage: LocalAssetStorage, job_store: JobStore
+) -> None:
+    """Property: a succeeded meditation records what its narration, preview and videos take in storage;
+    past the owner's limit GenerateMeditation is RESOURCE_EXHAUSTED, saying how much and what to do, and
+    starts nothing; deleting the conversation frees the room."""
+    stub = stored_bytes_gateway
+    conversation = (await stub.CreateConversation(_create())).conversation.name
+    first = [
+        r
+        async for r in stub.GenerateMeditation(
+            gateway_pb.GenerateMeditationRequest(conversation=conversation)
+        )
+    ]
+    assert first[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+    meditation_id = first[0].accepted.meditation.split("/")[1]
+    on_disk = sum(
+        path.stat().st_size
+        for kind in ("narrations", "live", "videos")
+        for path in (storage.root / kind / meditation_id).glob("*")
+    )
+    assert on_disk > 0
+    assert await job_store.stored_bytes_of(TEST_OWNER) == on_disk
+
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        async for _ in stub.GenerateMeditation(
+            gateway_pb.GenerateMeditationRequest(conversation=conversation)
+        ):
+            pass
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = refused.value.details() or ""
+    assert "MB of storage (the limit is 0.0 MB)" in details and "DeleteConversation" in details
+    listed = await stub.ListMeditations(gateway_pb.ListMeditationsRequest())
+    assert len(listed.meditations) == 1
+
+    await stub.DeleteConversation(gateway_pb.DeleteConversationRequest(name=conversation))
+
+    assert await job_store.stored_bytes_of(TEST_OWNER) == 0
+    again = (await stub.CreateConversation(_create())).conversation.name
+    stream = stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=again))
+    accepted = await stream.read()
+    assert isinstance(accepted, gateway_pb.GenerateMeditationResponse) and accepted.HasField("accepted")
+    stream.cancel()

@@ -46,6 +46,8 @@ class JobLimits:
     max_running_jobs: int = 8  # on this replica; the rest wait in the queue
     max_queued_jobs: int = 200  # waiting, across every replica; past it, RESOURCE_EXHAUSTED
     max_attempts: int = 3  # after this many failed attempts a job is dead-lettered
+    # What one owner's meditations may take in storage (as measured when each succeeded); 0: no limit.
+    max_stored_bytes_per_owner: int = 5 * 1024**3
     retry_delay_seconds: float = 2.0  # before attempt n + 1: this × n
 
     @property
@@ -62,6 +64,10 @@ def _request_sha256(conversation: str, options: MeditationOptions) -> str:
         "skip_cache": options.skip_cache,
     }
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def _megabytes(size_bytes: int) -> str:
+    return f"{size_bytes / 1024**2:.1f}"
 
 
 class MeditationJobs:
@@ -136,6 +142,7 @@ class MeditationJobs:
             if existing is not None:
                 return existing.name
         await self._check_conversation(owner, conversation)
+        await self._check_stored_bytes(owner)
         meditation, is_created = await self._store.create(
             owner=owner,
             conversation=conversation,
@@ -156,6 +163,16 @@ class MeditationJobs:
             raise GatewayError(
                 FailureKind.PRECONDITION,
                 f"{conversation} has no messages: add some with AppendMessages first",
+            )
+
+    async def _check_stored_bytes(self, owner: str) -> None:
+        """A new job needs room under the owner's storage limit (running jobs count once they succeed)."""
+        limit = self._limits.max_stored_bytes_per_owner
+        if limit and (stored := await self._store.stored_bytes_of(owner)) >= limit:
+            raise GatewayError(
+                FailureKind.EXHAUSTED,
+                f"your meditations take {_megabytes(stored)} MB of storage (the limit is {_megabytes(limit)} "
+                "MB): delete conversations you no longer need (DeleteConversation) to make room",
             )
 
     async def _accept(self, meditation: Meditation) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     ColumnElement,
     DateTime,
@@ -86,6 +87,8 @@ class JobRow(Base):
     narration_storage_key: Mapped[str] = mapped_column(Text, default="")
     quick_video_storage_key: Mapped[str] = mapped_column(Text, default="")
     enhanced_video_storage_key: Mapped[str] = mapped_column(Text, default="")
+    # What its assets take in storage, measured when it succeeded: counted against its owner's limit.
+    stored_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     failure_message: Mapped[str] = mapped_column(Text, default="")
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     create_time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
@@ -382,6 +385,14 @@ class JobStore:
             )
             return [_NAME_PREFIX + job_id for job_id in ids]
 
+    async def stored_bytes_of(self, owner: str) -> int:
+        """What all of `owner`'s meditations take in storage, as measured when each succeeded."""
+        async with self._reading() as session:
+            total = await session.scalar(
+                select(func.coalesce(func.sum(JobRow.stored_bytes), 0)).where(JobRow.owner == owner)
+            )
+        return int(total or 0)
+
     async def names_of_conversation(self, owner: str, conversation: str) -> list[str]:
         """Every one of `owner`'s jobs made from `conversation`, oldest first."""
         async with self._reading() as session:
@@ -468,6 +479,7 @@ def _meditation(row: JobRow) -> Meditation:
         failure_message=row.failure_message,
         last_sequence=row.last_sequence,
         create_time=aware(row.create_time),
+        stored_bytes=row.stored_bytes,
     )
 
 
