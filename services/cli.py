@@ -439,7 +439,9 @@ async def keys(args: argparse.Namespace) -> int:
 
 def _request_id(value: str) -> str:
     """A UUID in any spelling Python reads (braces, upper case, urn:uuid:), sent in the canonical form the
-    gateway requires (AIP-155)."""
+    gateway requires (AIP-155). Empty (the default: no retries to match) stays empty."""
+    if not value:
+        return ""
     try:
         return str(uuid.UUID(value))
     except ValueError:

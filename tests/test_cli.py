@@ -29,3 +29,8 @@ def test_generate_refuses_a_request_id_that_is_not_a_uuid_before_calling_the_gat
 )
 def test_any_spelling_of_a_uuid_is_sent_in_its_canonical_form(spelling: str) -> None:
     assert cli._request_id(spelling) == "123e4567-e89b-42d3-a456-426614174000"
+
+
+def test_without_a_request_id_none_is_sent() -> None:
+    """argparse runs a string default through the option's type: the default must pass it."""
+    assert cli._request_id("") == ""
