@@ -156,6 +156,7 @@ class RedisOutage:
         consequence: str,
         first_backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 10.0,
+        settle_seconds: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._what = what
@@ -164,8 +165,14 @@ class RedisOutage:
         self._consequence = consequence
         self._first_backoff_seconds = first_backoff_seconds
         self._max_backoff_seconds = max_backoff_seconds
+        self._settle_seconds = settle_seconds
         self._clock = clock
         self._started: float | None = None
+        # After a restart each pooled connection fails once as it is next used: failures this soon after
+        # the end of an outage belong to it, and are not announced again.
+        self._ended_at = -settle_seconds
+        self._last_started = 0.0
+        self._is_relapse = False
         self._backoff_seconds = first_backoff_seconds
         self._retry_at = 0.0
 
@@ -183,8 +190,11 @@ class RedisOutage:
         """Records a failed call; logs it when it starts an outage. Returns how long to wait before retrying
         (doubling each failure up to the maximum)."""
         now = self._clock()
-        if self._started is None:
-            self._started = now
+        if self._started is None and now - self._ended_at < self._settle_seconds:
+            self._started, self._is_relapse = self._last_started, True
+            self._backoff_seconds = self._first_backoff_seconds
+        elif self._started is None:
+            self._started, self._last_started, self._is_relapse = now, now, False
             self._backoff_seconds = self._first_backoff_seconds
             self._logger.warning(
                 "%s: Redis at %s is unreachable (%s); %s; retrying with back-off until it answers",
@@ -202,6 +212,9 @@ class RedisOutage:
         """Records a call that worked; logs the end of an outage."""
         if self._started is None:
             return
-        lasted = self._clock() - self._started
+        self._ended_at = self._clock()
+        lasted = self._ended_at - self._started
         self._started = None
+        if self._is_relapse:
+            return
         self._logger.warning("%s: Redis at %s answers again, after %.1f s", self._what, self._address, lasted)

@@ -21,6 +21,7 @@ from services.gateway.jobs.work_queue import (
     WorkQueueLostError,
     WorkQueueUnavailableError,
 )
+from services.redis_connection import RedisOutage
 from tests.test_cache import REDIS_URL, connect_or_skip
 
 CLAIM_TIMEOUT_SECONDS = 0.4
@@ -302,3 +303,41 @@ async def test_an_unreachable_redis_is_logged_once_jobs_wait_here_and_go_out_whe
     lines = [record.getMessage() for record in caplog.records]
     assert len([line for line in lines if "is unreachable" in line]) == 1, lines
     assert len([line for line in lines if "answers again" in line]) == 1, lines
+
+
+def test_an_outage_is_announced_once_with_its_end_and_a_relapse_while_reconnecting_is_part_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Property: many failures make one "unreachable" line and one "answers again" line; stale pooled
+    connections failing just after the end (within the settle time) are the same outage; a failure later
+    is a new one. The back-off doubles up to its maximum."""
+    clock = FakeClock()
+    outage = RedisOutage(
+        "job queue",
+        "127.0.0.1:1",
+        logger=logging.getLogger("test.outage"),
+        consequence="jobs wait",
+        first_backoff_seconds=0.5,
+        max_backoff_seconds=2.0,
+        settle_seconds=5.0,
+        clock=clock,
+    )
+    caplog.set_level(logging.INFO, logger="test.outage")
+    delays = [outage.failed(ConnectionError()) for _ in range(5)]
+    assert delays == [0.5, 1.0, 2.0, 2.0, 2.0]
+    assert outage.is_down
+    clock.now += 10
+    outage.succeeded()
+    clock.now += 1
+    outage.failed(ConnectionError())  # a stale pooled connection
+    outage.succeeded()
+    clock.now += 60
+    outage.failed(ConnectionError())
+    outage.succeeded()
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(": ", 1)[1].split(" (", 1)[0] for line in lines] == [
+        "Redis at 127.0.0.1:1 is unreachable",
+        "Redis at 127.0.0.1:1 answers again, after 10.0 s",
+        "Redis at 127.0.0.1:1 is unreachable",
+        "Redis at 127.0.0.1:1 answers again, after 0.0 s",
+    ]

@@ -410,7 +410,7 @@ class JobDispatcher:
     async def _requeue_lost(self, error: WorkQueueLostError) -> None:
         """The queue came back empty: submits again every job the database says is waiting (given back, or
         its lease lapsed), at once rather than after the queue's lease. Jobs running here carry on."""
-        logger.warning("job queue: %s; re-enqueuing the jobs the database has waiting", error)
+        logger.warning("%s; re-enqueuing the jobs the database has waiting", error)
         requeued: list[str] = []
         try:
             while batch := [
