@@ -1,9 +1,12 @@
-"""The process's one Redis client: checked at start-up, its credentials redacted, cancellation kept."""
+"""The process's one Redis client: checked at start-up, its credentials redacted, cancellation kept; and
+how its users report an outage (once when it starts, once when it ends)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Iterable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import ConnectionPool, Redis
@@ -135,3 +138,83 @@ _CANCELLATION_KEEPING: dict[type[AbstractConnection], type[AbstractConnection]] 
     SSLConnection: _CancellationKeepingSSLConnection,
     UnixDomainSocketConnection: _CancellationKeepingUnixDomainSocketConnection,
 }
+
+
+class RedisOutage:
+    """One process's view of whether a Redis-backed capability is down: the first failure of an outage is
+    logged, and so is the first success after it, and nothing in between; while down, callers back off.
+
+    Without it every poll of a loop (and every cache lookup) would log the same refused connection.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        address: str,
+        *,
+        logger: logging.Logger,
+        consequence: str,
+        first_backoff_seconds: float = 0.5,
+        max_backoff_seconds: float = 10.0,
+        settle_seconds: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._what = what
+        self._address = address
+        self._logger = logger
+        self._consequence = consequence
+        self._first_backoff_seconds = first_backoff_seconds
+        self._max_backoff_seconds = max_backoff_seconds
+        self._settle_seconds = settle_seconds
+        self._clock = clock
+        self._started: float | None = None
+        # After a restart each pooled connection fails once as it is next used: failures this soon after
+        # the end of an outage belong to it, and are not announced again.
+        self._ended_at = -settle_seconds
+        self._last_started = 0.0
+        self._is_relapse = False
+        self._backoff_seconds = first_backoff_seconds
+        self._retry_at = 0.0
+
+    @property
+    def is_down(self) -> bool:
+        """Whether the last call failed and none has succeeded since."""
+        return self._started is not None
+
+    @property
+    def is_backing_off(self) -> bool:
+        """Whether a caller that may skip Redis should, for now: it is down and the next retry is not due."""
+        return self._started is not None and self._clock() < self._retry_at
+
+    def failed(self, error: BaseException) -> float:
+        """Records a failed call; logs it when it starts an outage. Returns how long to wait before retrying
+        (doubling each failure up to the maximum)."""
+        now = self._clock()
+        if self._started is None and now - self._ended_at < self._settle_seconds:
+            self._started, self._is_relapse = self._last_started, True
+            self._backoff_seconds = self._first_backoff_seconds
+        elif self._started is None:
+            self._started, self._last_started, self._is_relapse = now, now, False
+            self._backoff_seconds = self._first_backoff_seconds
+            self._logger.warning(
+                "%s: Redis at %s is unreachable (%s); %s; retrying with back-off until it answers",
+                self._what,
+                self._address,
+                type(error).__name__,
+                self._consequence,
+            )
+        else:
+            self._backoff_seconds = min(self._backoff_seconds * 2, self._max_backoff_seconds)
+        self._retry_at = now + self._backoff_seconds
+        return self._backoff_seconds
+
+    def succeeded(self) -> None:
+        """Records a call that worked; logs the end of an outage."""
+        if self._started is None:
+            return
+        self._ended_at = self._clock()
+        lasted = self._ended_at - self._started
+        self._started = None
+        if self._is_relapse:
+            return
+        self._logger.warning("%s: Redis at %s answers again, after %.1f s", self._what, self._address, lasted)

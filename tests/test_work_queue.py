@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from services.gateway.jobs.work_queue import InProcessWorkQueue, RedisStreamWorkQueue, WorkQueue
+from services.gateway.jobs.work_queue import (
+    InProcessWorkQueue,
+    RedisStreamWorkQueue,
+    WorkQueue,
+    WorkQueueLostError,
+    WorkQueueUnavailableError,
+)
+from services.redis_connection import RedisOutage
 from tests.test_cache import REDIS_URL, connect_or_skip
 
 CLAIM_TIMEOUT_SECONDS = 0.4
@@ -191,3 +202,142 @@ async def test_a_cancellation_reaches_every_replica(replicas: Replicas) -> None:
         await asyncio.wait({listener}, timeout=0.05)
     assert listener.done()
     assert heard == ["meditations/i"]
+
+
+@pytest.fixture
+async def redis_queue() -> AsyncIterator[tuple[RedisStreamWorkQueue, Redis, str]]:
+    """A Redis stream queue on its own keys, with the client that backs it and the stream's key."""
+    client = await connect_or_skip()
+    prefix = f"stillpoint:test:{uuid.uuid4().hex}"
+    queue = RedisStreamWorkQueue(
+        client,
+        REDIS_URL,
+        claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS,
+        stream_key=f"{prefix}:jobs",
+        dead_letter_key=f"{prefix}:dead",
+        cancel_channel=f"{prefix}:cancel",
+    )
+    await queue.ensure_group()
+    try:
+        yield queue, client, f"{prefix}:jobs"
+    finally:
+        await client.delete(f"{prefix}:jobs", f"{prefix}:dead")
+        await client.aclose()
+
+
+async def test_a_queue_that_lost_its_stream_says_so_once_recreates_it_and_delivers_what_came_after(
+    redis_queue: tuple[RedisStreamWorkQueue, Redis, str],
+) -> None:
+    """Property: after Redis lost the stream and its group (a restart without persistence, a flush), `take`
+    raises WorkQueueLostError once, so the caller re-enqueues from the database; a job submitted after the
+    loss (which made the stream again, without the group) is delivered; a running job's heartbeat holds
+    nothing, and its hand-back queues it again."""
+    queue, client, stream = redis_queue
+    await queue.submit("meditations/running")
+    running = await queue.take("gateway-1", wait_seconds=1)
+    assert running is not None
+    await client.delete(stream)  # Redis restarted empty
+    assert await queue.heartbeat("gateway-1", [running]) == set()
+    await queue.submit("meditations/after")
+    with pytest.raises(WorkQueueLostError):
+        await queue.take("gateway-1", wait_seconds=0.1)
+    after = await queue.take("gateway-1", wait_seconds=1)
+    assert after is not None
+    assert after.job == "meditations/after"
+    await queue.hand_back("gateway-1", running, delay_seconds=0, counts_as_attempt=True)
+    again = await queue.take("gateway-1", wait_seconds=1)
+    assert again is not None
+    assert (again.job, again.delivery_count) == ("meditations/running", 1)
+    assert await queue.take("gateway-1", wait_seconds=0.1) is None
+
+
+async def test_a_lost_group_on_a_stream_that_remains_is_recreated(
+    redis_queue: tuple[RedisStreamWorkQueue, Redis, str],
+) -> None:
+    """Property: NOGROUP with the stream still there (its group destroyed) is the same loss."""
+    queue, client, stream = redis_queue
+    await client.xgroup_destroy(stream, "gateways")
+    await queue.submit("meditations/kept")
+    with pytest.raises(WorkQueueLostError):
+        await queue.take("gateway-1", wait_seconds=0.1)
+    kept = await queue.take("gateway-1", wait_seconds=1)
+    assert kept is not None
+    assert kept.job == "meditations/kept"
+
+
+async def test_an_unreachable_redis_is_logged_once_jobs_wait_here_and_go_out_when_it_answers(
+    redis_queue: tuple[RedisStreamWorkQueue, Redis, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Property: while Redis does not answer, submit still accepts jobs (they wait in the process), the
+    backlog still answers, take raises WorkQueueUnavailableError; one line says the outage started and one
+    that it ended, however many calls failed; the jobs are then delivered in order."""
+    _, client, stream = redis_queue
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    # No retries inside redis-py: each call fails at once, as many calls over a long outage would.
+    unreachable = Redis(host="127.0.0.1", port=closed_port, retry=Retry(NoBackoff(), 0))
+    queue = RedisStreamWorkQueue(
+        unreachable,
+        f"127.0.0.1:{closed_port}",
+        claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS,
+        stream_key=stream,
+    )
+    caplog.set_level(logging.INFO, logger="services.gateway.jobs.work_queue")
+    try:
+        for job in ("meditations/one", "meditations/two"):
+            await queue.submit(job)
+        for _ in range(3):
+            with pytest.raises(WorkQueueUnavailableError):
+                await queue.take("gateway-1", wait_seconds=0.1)
+            assert await queue.backlog() == 2
+        # Redis answers again (the same queue, now reaching the one that runs).
+        queue._client = client  # the test's stand-in for a restarted server
+        taken = [await queue.take("gateway-1", wait_seconds=1) for _ in range(2)]
+        assert [delivery.job for delivery in taken if delivery is not None] == [
+            "meditations/one",
+            "meditations/two",
+        ]
+    finally:
+        await unreachable.aclose()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len([line for line in lines if "is unreachable" in line]) == 1, lines
+    assert len([line for line in lines if "answers again" in line]) == 1, lines
+
+
+def test_an_outage_is_announced_once_with_its_end_and_a_relapse_while_reconnecting_is_part_of_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Property: many failures make one "unreachable" line and one "answers again" line; stale pooled
+    connections failing just after the end (within the settle time) are the same outage; a failure later
+    is a new one. The back-off doubles up to its maximum."""
+    clock = FakeClock()
+    outage = RedisOutage(
+        "job queue",
+        "127.0.0.1:1",
+        logger=logging.getLogger("test.outage"),
+        consequence="jobs wait",
+        first_backoff_seconds=0.5,
+        max_backoff_seconds=2.0,
+        settle_seconds=5.0,
+        clock=clock,
+    )
+    caplog.set_level(logging.INFO, logger="test.outage")
+    delays = [outage.failed(ConnectionError()) for _ in range(5)]
+    assert delays == [0.5, 1.0, 2.0, 2.0, 2.0]
+    assert outage.is_down
+    clock.now += 10
+    outage.succeeded()
+    clock.now += 1
+    outage.failed(ConnectionError())  # a stale pooled connection
+    outage.succeeded()
+    clock.now += 60
+    outage.failed(ConnectionError())
+    outage.succeeded()
+    lines = [record.getMessage() for record in caplog.records]
+    assert [line.split(": ", 1)[1].split(" (", 1)[0] for line in lines] == [
+        "Redis at 127.0.0.1:1 is unreachable",
+        "Redis at 127.0.0.1:1 answers again, after 10.0 s",
+        "Redis at 127.0.0.1:1 is unreachable",
+        "Redis at 127.0.0.1:1 answers again, after 0.0 s",
+    ]

@@ -20,7 +20,7 @@ from services.cache.base import (
     CacheUnavailableError,
 )
 from services.cache.single_flight import SingleFlight
-from services.redis_connection import redis_address
+from services.redis_connection import RedisOutage, redis_address
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ class RedisCache:
     (the winner failed, was cancelled or crashed), one waiter takes over. Within one process, concurrent
     identical requests share one such lookup rather than each polling Redis.
 
-    If Redis fails, requests are still answered: the value is computed without the shared cache. The client
+    If Redis fails, requests are still answered: the value is computed without the shared cache, without
+    asking Redis again until the outage's back-off is over; one line is logged when an outage starts and one
+    when it ends. The client
     is the process's one Redis client, which the cache never closes; made with `connect_redis`, its commands
     keep a caller's cancellation.
     """
@@ -107,6 +109,12 @@ class RedisCache:
         self._flights = SingleFlight()
         self._stats = CacheStats()
         self._background: set[asyncio.Task[None]] = set()
+        self._outage = RedisOutage(
+            f"cache {name}",
+            redis_address(client),
+            logger=logger,
+            consequence="values are computed without the shared cache",
+        )
 
     @property
     def name(self) -> str:
@@ -168,6 +176,9 @@ class RedisCache:
     ) -> CacheResult:
         keys = self._keys(key)
         token = secrets.token_hex(16)
+        if self._outage.is_backing_off:
+            self._stats.misses += 1
+            return CacheResult(await compute(), is_cached=False)
         try:
             if not skip_cache:
                 cached = _as_bytes(await self._client.get(keys.value))
@@ -185,11 +196,10 @@ class RedisCache:
                     return CacheResult(cached, is_cached=True)
                 # The lock went away without a value: the one computing failed; try to take over.
         except RedisError as error:
-            logger.warning(
-                "cache %s: Redis failed (%s); computing without the shared cache", self._name, error
-            )
+            self._outage.failed(error)
             self._stats.misses += 1
             return CacheResult(await compute(), is_cached=False)
+        self._outage.succeeded()
         value = await self._compute_and_store(keys, compute, token if is_lock_holder else None)
         return CacheResult(value, is_cached=False)
 
@@ -263,7 +273,7 @@ class RedisCache:
                 )
                 is_stored = True
             except RedisError as error:
-                logger.warning("cache %s: could not store a value (%s)", self._name, error)
+                self._outage.failed(error)
             return value
         finally:
             await _stop(extender)
@@ -307,11 +317,10 @@ class RedisCache:
             self._stats.misses += 1
         try:
             await self._client.incr(self._hits_key if is_hit else self._misses_key)
+            self._outage.succeeded()  # every lookup, hit or miss, counts: an outage's end is seen here
         except RedisError as error:
             # Counting must never fail a request that has its value.
-            logger.warning(
-                "cache %s: could not count a %s (%s)", self._name, "hit" if is_hit else "miss", error
-            )
+            self._outage.failed(error)
 
 
 async def _stop(task: asyncio.Task[None] | None) -> None:

@@ -14,7 +14,12 @@ from services.gateway.events import AttemptFailed
 from services.gateway.jobs.recorder import JobRecorder
 from services.gateway.jobs.retry_policy import Outcome, RetryPolicy
 from services.gateway.jobs.store import JobStore
-from services.gateway.jobs.work_queue import Delivery, WorkQueue, WorkQueueUnavailableError
+from services.gateway.jobs.work_queue import (
+    Delivery,
+    WorkQueue,
+    WorkQueueLostError,
+    WorkQueueUnavailableError,
+)
 from services.gateway.models import JobChanges, Meditation, MeditationState
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.ports import MediaPort
@@ -27,6 +32,24 @@ _CLAIM_MARGIN_SECONDS = 1.0
 _CANCEL_WAIT_SECONDS = 10.0
 # How many abandoned jobs one janitor round requeues.
 _JANITOR_BATCH = 10
+# Retrying a queue that does not answer: the first wait, doubled each failure up to the last. The queue logs
+# the outage itself, once when it starts and once when it ends, so these loops stay quiet.
+_FIRST_BACKOFF_SECONDS = 0.5
+_MAX_BACKOFF_SECONDS = 8.0
+
+
+class _Backoff:
+    """Waits between retries of a queue that does not answer: longer each failure, reset by a success."""
+
+    def __init__(self) -> None:
+        self._seconds = _FIRST_BACKOFF_SECONDS
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self._seconds)  # a back-off while the queue is down, not synchronisation
+        self._seconds = min(self._seconds * 2, _MAX_BACKOFF_SECONDS)
+
+    def reset(self) -> None:
+        self._seconds = _FIRST_BACKOFF_SECONDS
 
 
 def claim_timeout_seconds(lease_seconds: float) -> float:
@@ -146,18 +169,24 @@ class JobDispatcher:
 
     async def _dispatch(self) -> None:
         """Takes a job whenever a slot is free: at most `max_running_jobs` run here, the rest wait."""
+        backoff = _Backoff()
         while not self._is_closing:
             await self._slots.acquire()
             try:
                 delivery = await self._queue.take(self.holder, wait_seconds=1.0)
+            except WorkQueueLostError as error:
+                self._slots.release()
+                await self._requeue_lost(error)
+                continue
             except WorkQueueUnavailableError as error:
                 self._slots.release()
-                logger.warning("job queue: %s", error)
-                await asyncio.sleep(1.0)  # a back-off while the queue is down, not synchronisation
+                logger.debug("job queue: %s", error)  # the queue announced the outage
+                await backoff.wait()
                 continue
             except BaseException:
                 self._slots.release()
                 raise
+            backoff.reset()
             if delivery is None or self._is_closing:
                 self._slots.release()
                 if delivery is not None:
@@ -327,13 +356,17 @@ class JobDispatcher:
             await asyncio.sleep(self._lease_seconds / 3)  # the heartbeat's period
             try:
                 await self.renew_leases()
-            except (GatewayError, WorkQueueUnavailableError) as error:
-                logger.warning("job heartbeat: %s", error)
+            except GatewayError as error:
+                logger.warning("job heartbeat: %s", error.message)
 
     async def renew_leases(self) -> None:
-        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here."""
+        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here.
+        The leases are renewed even while the queue does not answer: the database says who runs a job."""
         running = [job for job in self._running.values() if not job.recorder.is_finished]
-        await self._queue.heartbeat(self.holder, [job.delivery for job in running])
+        try:
+            await self._queue.heartbeat(self.holder, [job.delivery for job in running])
+        except WorkQueueUnavailableError as error:
+            logger.debug("job heartbeat: %s", error)  # the queue announced the outage
         for job in running:
             name = job.recorder.meditation
             if not await self._store.claim(name, self.holder, self._lease_seconds):
@@ -356,29 +389,66 @@ class JobDispatcher:
         for name in await self._store.list_claimable(_JANITOR_BATCH):
             if name in self._running:
                 continue
+            # Read before the requeue changes it: a job with only its Accepted event never started.
+            never_started = (await self._store.get(name)).last_sequence <= 1
             if await self._store.requeue(name, self._queue_lease_seconds):
-                try:
-                    await self._queue.submit(name)
-                except WorkQueueUnavailableError as error:
-                    logger.warning("%s: not requeued (%s)", name, error)
-                    continue
-                logger.info("%s: requeued (its gateway stopped)", name)
+                await self._submit_or_leave(name)
+                logger.info("%s: requeued (%s)", name, self._why_abandoned(never_started=never_started))
                 requeued.append(name)
         return requeued
+
+    def _why_abandoned(self, *, never_started: bool) -> str:
+        """Why a job nobody held lapsed, as far as the database can tell."""
+        if not never_started:
+            return "its gateway stopped renewing its lease"
+        if self._queue.is_shared:
+            return (
+                "the queue never delivered it within the queue's lease: Redis lost it, or it waited that long"
+            )
+        return "it was queued on a gateway that stopped"
+
+    async def _requeue_lost(self, error: WorkQueueLostError) -> None:
+        """The queue came back empty: submits again every job the database says is waiting (given back, or
+        its lease lapsed), at once rather than after the queue's lease. Jobs running here carry on."""
+        logger.warning("%s; re-enqueuing the jobs the database has waiting", error)
+        requeued: list[str] = []
+        try:
+            while batch := [
+                name
+                for name in await self._store.list_claimable(_JANITOR_BATCH)
+                if name not in self._running and name not in requeued
+            ]:
+                for name in batch:
+                    requeued.append(name)
+                    if await self._store.requeue(name, self._queue_lease_seconds):
+                        await self._submit_or_leave(name)
+        except GatewayError as failure:
+            # The janitor finds the rest once their lease lapses.
+            logger.warning("job queue: re-enqueuing stopped (%s)", failure.message)
+        logger.info("job queue: re-enqueued %d job(s) the queue had lost", len(requeued))
+
+    async def _submit_or_leave(self, name: str) -> None:
+        try:
+            await self._queue.submit(name)
+        except WorkQueueUnavailableError as error:
+            # Recorded as queued: the next janitor round after the queue's lease requeues it.
+            logger.warning("%s: not requeued (%s)", name, error)
 
     # ---- cancellation -----------------------------------------------------------------------------------
 
     async def _follow_cancellations(self) -> None:
         """Stops a job running here when any replica is asked to cancel it."""
+        backoff = _Backoff()
         while True:
             try:
                 async for name in self._queue.cancel_requests():
+                    backoff.reset()
                     running = self._running.get(name)
                     if running is not None:
                         await self._cancel_here(running)
             except WorkQueueUnavailableError as error:
-                logger.warning("job cancellations: %s", error)
-                await asyncio.sleep(1.0)  # a back-off while the queue is down, not synchronisation
+                logger.debug("job cancellations: %s", error)  # the queue announced the outage
+                await backoff.wait()
 
     async def cancel(self, name: str) -> None:
         """Stops a job wherever it is — running here, queued, or running on another replica — and waits
@@ -409,15 +479,21 @@ class JobDispatcher:
 
     async def _cancel_elsewhere(self, name: str) -> None:
         """Asks the replica running the job to stop it, and waits (briefly) until it has."""
-        try:
-            await self._queue.publish_cancel(name)
-        except WorkQueueUnavailableError as error:
-            raise GatewayError(FailureKind.UNAVAILABLE, "the job queue is unavailable; try again") from error
         deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
+        is_published = False
         while time.monotonic() < deadline:
+            if not is_published:
+                # Without Redis the request is published again each poll, until it goes out or time is up.
+                try:
+                    await self._queue.publish_cancel(name)
+                    is_published = True
+                except WorkQueueUnavailableError as error:
+                    logger.debug("%s: cancel not yet published (%s)", name, error)
             if (await self._store.get(name)).state.is_final:
                 return
             await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
+        if not is_published:
+            raise GatewayError(FailureKind.UNAVAILABLE, "the job queue is unavailable; try again")
 
     async def delete_assets(self, name: str) -> None:
         """Deletes what the job stored through media (idempotent: a second call finds nothing)."""

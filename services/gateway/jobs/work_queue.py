@@ -8,6 +8,11 @@ Two implementations behind one interface, chosen by configuration:
   entry's idle time low; an entry idle for longer than the claim timeout (its consumer crashed) is taken over
   with `XAUTOCLAIM`, counting a delivery. A job its dispatcher gives up on (see `retry_policy`) goes to a
   dead-letter stream.
+  Redis is a transport; the job records in the database are the source of truth. While Redis is unreachable
+  a submitted job waits in this process and is sent once Redis answers; one line is logged when the outage
+  starts and one when it ends. A Redis that comes back without the stream or the group (it restarted
+  without persistence, failed over, or was flushed) answers NOGROUP: the group is recreated, and `take`
+  raises WorkQueueLostError once, so that the dispatcher re-enqueues the jobs the database says are waiting.
 - `InProcessWorkQueue` (without Redis): the same semantics in memory, for a single replica. What it holds is
   lost with the process; the job records in the database are the backstop (see `MeditationJobs`).
 """
@@ -18,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +31,10 @@ from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
+
+from services.redis_connection import RedisOutage
+
+logger = logging.getLogger(__name__)
 
 STREAM_KEY = "stillpoint:jobs"
 DEAD_LETTER_KEY = "stillpoint:jobs:dead"
@@ -39,6 +49,11 @@ DEAD_LETTERS_KEPT = 10_000
 
 class WorkQueueUnavailableError(Exception):
     """The queue's backing store did not answer; the message names it, never its credentials."""
+
+
+class WorkQueueLostError(Exception):
+    """The queue's backing store lost its entries (a Redis that restarted empty, failed over or was flushed)
+    and the queue has been recreated empty: the jobs waiting in the database must be submitted again."""
 
 
 @dataclass(frozen=True)
@@ -74,12 +89,13 @@ class WorkQueue(Protocol):
         ...
 
     async def submit(self, job: str) -> None:
-        """Adds a job for any consumer to take."""
+        """Adds a job for any consumer to take (while the backing store is down, as soon as it is back)."""
         ...
 
     async def take(self, consumer: str, wait_seconds: float) -> Delivery | None:
         """The next job for `consumer`: one whose holder went silent past the claim timeout first, else a new
-        one; None when nothing arrives within `wait_seconds`."""
+        one; None when nothing arrives within `wait_seconds`. Raises WorkQueueLostError once after the
+        backing store lost its entries, and WorkQueueUnavailableError while it does not answer."""
         ...
 
     async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> set[str]:
@@ -298,6 +314,17 @@ class RedisStreamWorkQueue:
         self._cancel_channel = cancel_channel
         self._touch = client.register_script(_TOUCH_SCRIPT)
         self._is_group_ready = False
+        # NOGROUP was seen (by any command) and `take` has not yet told its caller.
+        self._is_lost = False
+        # Jobs submitted while Redis did not answer, in submission order: sent by the next `take`.
+        self._unsent: dict[str, None] = {}
+        self._last_backlog = 0
+        self._outage = RedisOutage(
+            "job queue",
+            address,
+            logger=logger,
+            consequence="jobs are still accepted (the database keeps them) and queued once it is back",
+        )
         # XAUTOCLAIM scans the pending list in pages; the cursor carries the scan across calls.
         self._claim_cursor = "0-0"
 
@@ -320,25 +347,57 @@ class RedisStreamWorkQueue:
             if "BUSYGROUP" not in str(error):
                 raise
         except (RedisError, OSError) as error:
+            self._outage.failed(error)
             raise self._unavailable(error) from None
+        self._outage.succeeded()
         self._is_group_ready = True
 
     async def submit(self, job: str) -> None:
-        """XADDs the job."""
-        await self._call(self._client.xadd(self._stream, {"job": job}))
+        """XADDs the job; while Redis does not answer, keeps it here for the next `take` to send. (Should
+        this process stop first, the job's record in the database is the backstop: a janitor requeues it.)"""
+        if self._unsent or self._outage.is_backing_off:
+            self._unsent[job] = None  # behind the others, and without waiting on a Redis that is down
+            return
+        try:
+            await self._call(self._client.xadd(self._stream, {"job": job}))
+        except WorkQueueUnavailableError:
+            self._unsent[job] = None
+
+    async def _send_unsent(self) -> None:
+        while self._unsent:
+            job = next(iter(self._unsent))
+            await self._call(self._client.xadd(self._stream, {"job": job}))
+            del self._unsent[job]
 
     async def take(self, consumer: str, wait_seconds: float) -> Delivery | None:
-        """XAUTOCLAIMs one entry idle past the claim timeout, else XREADGROUPs a new one."""
-        if not self._is_group_ready:
-            await self.ensure_group()
-        claimed = await self._take_over(consumer)
-        if claimed is not None:
-            return claimed
-        answer: Any = await self._call(
-            self._client.xreadgroup(
-                self._group, consumer, {self._stream: ">"}, count=1, block=_milliseconds(wait_seconds)
+        """Sends the jobs submitted while Redis was down, then XAUTOCLAIMs one entry idle past the claim
+        timeout, else XREADGROUPs a new one; on NOGROUP recreates the group and raises WorkQueueLostError."""
+        await self._send_unsent()
+        try:
+            if not self._is_group_ready:
+                await self.ensure_group()
+            if self._is_lost:
+                raise WorkQueueLostError(self._lost_message())
+            claimed = await self._take_over(consumer)
+            if claimed is not None:
+                return claimed
+            answer: Any = await self._call(
+                self._client.xreadgroup(
+                    self._group, consumer, {self._stream: ">"}, count=1, block=_milliseconds(wait_seconds)
+                )
             )
-        )
+        except ResponseError as error:
+            if not _is_missing_group(error):
+                raise
+            self._mark_lost()
+            # "0" in ensure_group: entries submitted since Redis came back (the stream without the group)
+            # are delivered too.
+            await self.ensure_group()
+            self._is_lost = False
+            raise WorkQueueLostError(self._lost_message()) from None
+        except WorkQueueLostError:
+            self._is_lost = False
+            raise
         for _, entries in answer or []:
             for entry_id, fields in entries:
                 return Delivery(_text(entry_id), _text(fields[b"job"]), 1)
@@ -371,20 +430,28 @@ class RedisStreamWorkQueue:
         """Resets the idle time of the deliveries `consumer` still holds."""
         if not deliveries:
             return set()
-        held = await self._call(
-            self._touch(
-                keys=[self._stream],
-                args=[self._group, consumer, 0, -1, *(delivery.entry_id for delivery in deliveries)],
+        try:
+            held = await self._call(
+                self._touch(
+                    keys=[self._stream],
+                    args=[self._group, consumer, 0, -1, *(delivery.entry_id for delivery in deliveries)],
+                )
             )
-        )
+        except ResponseError as error:
+            if not _is_missing_group(error):
+                raise
+            self._mark_lost()  # nothing is held any more; the leases in the database still are
+            return set()
         return {_text(entry_id) for entry_id in held}
 
     async def acknowledge(self, delivery: Delivery) -> None:
-        """XACK and XDEL in one transaction: the stream keeps only waiting and running entries."""
+        """XACK and XDEL in one transaction: the stream keeps only waiting and running entries. Without
+        Redis the entry stays: once it goes idle, whoever takes it finds the job final and acknowledges it."""
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.xack(self._stream, self._group, delivery.entry_id)
             pipe.xdel(self._stream, delivery.entry_id)
-            await self._call(pipe.execute())
+            with contextlib.suppress(WorkQueueUnavailableError):
+                await self._call(pipe.execute())
 
     async def hand_back(
         self, consumer: str, delivery: Delivery, *, delay_seconds: float, counts_as_attempt: bool
@@ -395,11 +462,28 @@ class RedisStreamWorkQueue:
         # timeout can read a millisecond short of it afterwards.
         idle_ms = max(0, self._claim_timeout_ms - _milliseconds(delay_seconds) + _CLOCK_MARGIN_MS)
         retry_count = delivery.delivery_count if counts_as_attempt else max(0, delivery.delivery_count - 1)
-        await self._call(
-            self._touch(
-                keys=[self._stream], args=[self._group, consumer, idle_ms, retry_count, delivery.entry_id]
+        try:
+            held = await self._call(
+                self._touch(
+                    keys=[self._stream], args=[self._group, consumer, idle_ms, retry_count, delivery.entry_id]
+                )
             )
-        )
+        except ResponseError as error:
+            if not _is_missing_group(error):
+                raise
+            self._mark_lost()
+            held = []
+        except WorkQueueUnavailableError:
+            # Should Redis come back empty the entry is gone: queue the job again (a duplicate, should it
+            # come back whole, is acknowledged by whoever takes it second).
+            self._unsent[delivery.job] = None
+            return
+        if not held and not await self._call(
+            self._client.xrange(self._stream, delivery.entry_id, delivery.entry_id)
+        ):
+            # The queue lost the entry while the job ran (not another consumer taking it over): a fresh one
+            # carries the job on, its delivery count starting again.
+            await self.submit(delivery.job)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADDs the letter to the dead-letter stream, then XACKs and XDELs the entry, in one transaction."""
@@ -412,22 +496,34 @@ class RedisStreamWorkQueue:
             pipe.xadd(self._dead_letter_key, letter, maxlen=DEAD_LETTERS_KEPT, approximate=True)
             pipe.xack(self._stream, self._group, delivery.entry_id)
             pipe.xdel(self._stream, delivery.entry_id)
-            await self._call(pipe.execute())
+            try:
+                await self._call(pipe.execute())
+            except WorkQueueUnavailableError as error:
+                # The job is recorded FAILED, with the reason, in the database; only this copy is lost.
+                logger.warning("%s: dead letter not kept (%s): %s", delivery.job, error, reason)
 
     async def backlog(self) -> int:
-        """Entries in the stream that no consumer holds (acknowledged entries are deleted)."""
-        if not self._is_group_ready:
-            await self.ensure_group()
-        async with self._client.pipeline(transaction=False) as pipe:
-            pipe.xlen(self._stream)
-            pipe.xpending(self._stream, self._group)
-            try:
-                length, pending = await self._call(pipe.execute())
-            except ResponseError as error:
-                if "NOGROUP" in str(error):
-                    return 0
-                raise
-        return max(0, int(length) - int(pending["pending"]))
+        """Entries in the stream that no consumer holds (acknowledged entries are deleted), and jobs waiting
+        here to be sent. While Redis does not answer: the last count, and those waiting here."""
+        if self._outage.is_backing_off:
+            return self._last_backlog + len(self._unsent)
+        try:
+            if not self._is_group_ready:
+                await self.ensure_group()
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.xlen(self._stream)
+                pipe.xpending(self._stream, self._group)
+                try:
+                    length, pending = await self._call(pipe.execute())
+                except ResponseError as error:
+                    if not _is_missing_group(error):
+                        raise
+                    self._mark_lost()
+                    return len(self._unsent)
+        except WorkQueueUnavailableError:
+            return self._last_backlog + len(self._unsent)
+        self._last_backlog = max(0, int(length) - int(pending["pending"]))
+        return self._last_backlog + len(self._unsent)
 
     async def dead_letters(self, max_letters: int) -> list[DeadLetter]:
         """XREVRANGE of the dead-letter stream."""
@@ -459,16 +555,36 @@ class RedisStreamWorkQueue:
 
     async def _call(self, awaitable: Awaitable[T]) -> T:
         try:
-            return await awaitable
+            result = await awaitable
         except ResponseError:
+            self._outage.succeeded()  # it answered, with an error
             raise
         except (RedisError, OSError) as error:
+            self._outage.failed(error)
             raise self._unavailable(error) from None
+        self._outage.succeeded()
+        return result
+
+    def _mark_lost(self) -> None:
+        self._is_lost = True
+        self._is_group_ready = False
+        self._claim_cursor = "0-0"
+
+    def _lost_message(self) -> str:
+        return (
+            f"the job queue at {self._address} lost its entries (Redis restarted empty, failed over or "
+            "was flushed); recreated it"
+        )
 
     def _unavailable(self, error: BaseException) -> WorkQueueUnavailableError:
         return WorkQueueUnavailableError(
             f"the job queue at {self._address} did not answer: {type(error).__name__}"
         )
+
+
+def _is_missing_group(error: ResponseError) -> bool:
+    """NOGROUP: the stream or its consumer group is gone (also when a script's command says so)."""
+    return "NOGROUP" in str(error)
 
 
 def _text(value: bytes | str) -> str:
