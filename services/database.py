@@ -22,7 +22,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from services.environment import ConfigError, Environment
@@ -101,6 +102,28 @@ def create_engine(
             cursor.close()
 
     return engine
+
+
+# SQLSTATE classes of a database that is not there to serve: connection exceptions (08), too many connections
+# (53), and an operator's intervention (57: shutting down, "the database system is starting up").
+_UNREACHABLE_SQLSTATE_CLASSES = frozenset({"08", "53", "57"})
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """Whether a database call failed because the database could not be reached (down, restarting, out of
+    connections, a connection severed): worth trying again shortly. A constraint, a syntax error or a bug is
+    not, and must stay loud.
+
+    asyncpg reports a server's refusal (57P01 admin shutdown, 57P03 starting up) as a plain DBAPIError,
+    so the SQLSTATE decides; a severed connection is an InterfaceError or an invalidated connection."""
+    if isinstance(error, OSError | TimeoutError | PoolTimeoutError):
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate[:2] in _UNREACHABLE_SQLSTATE_CLASSES
 
 
 def now() -> datetime:

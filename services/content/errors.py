@@ -35,3 +35,8 @@ class QuotaExceededError(ContentError):
 
 class AlreadyExistsError(InvalidInputError):
     """A request id was used before for a different request (AIP-155): the message says what to do."""
+
+
+class DatabaseUnavailableError(ContentError):
+    """The conversation database cannot be reached (down, restarting, out of connections): a retry shortly
+    may succeed."""

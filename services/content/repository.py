@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,8 +30,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.content.errors import AlreadyExistsError, NotFoundError, QuotaExceededError
-from services.database import aware, now
+from services.content.errors import (
+    AlreadyExistsError,
+    DatabaseUnavailableError,
+    NotFoundError,
+    QuotaExceededError,
+)
+from services.database import aware, is_unreachable, now
 
 
 class Base(DeclarativeBase):
@@ -187,6 +192,20 @@ def new_id() -> str:
     return secrets.token_hex(8)
 
 
+@contextmanager
+def _unavailable_when_unreachable() -> Iterator[None]:
+    """A database that cannot be reached (down, restarting, out of connections) is DatabaseUnavailableError:
+    the caller tries again shortly. Anything else is a bug and stays loud."""
+    try:
+        yield
+    except Exception as error:
+        if not is_unreachable(error):
+            raise
+        raise DatabaseUnavailableError(
+            "the conversation database is unavailable; try again shortly"
+        ) from error
+
+
 class ContentRepository:
     """Reads and writes the content schema, one session per unit of work."""
 
@@ -197,8 +216,15 @@ class ContentRepository:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
-        async with self._sessions() as session, session.begin():
-            yield session
+        with _unavailable_when_unreachable():
+            async with self._sessions() as session, session.begin():
+                yield session
+
+    @asynccontextmanager
+    async def _reading(self) -> AsyncIterator[AsyncSession]:
+        with _unavailable_when_unreachable():
+            async with self._sessions() as session:
+                yield session
 
     async def create_conversation(
         self,
@@ -256,7 +282,7 @@ class ContentRepository:
     async def _conversation_by_request_id(
         self, owner: str, request_id: str, request_sha256: str | None
     ) -> Conversation | None:
-        async with self._sessions() as session:
+        async with self._reading() as session:
             found = (
                 await session.execute(
                     select(ConversationRow.id, ConversationRow.request_sha256).where(
@@ -332,7 +358,7 @@ class ContentRepository:
     async def get_conversation(self, owner: str, conversation_id: str) -> Conversation:
         """Returns `owner`'s conversation with its messages; anyone else's is NotFoundError, exactly as a
         missing one is."""
-        async with self._sessions() as session:
+        async with self._reading() as session:
             row = await session.get(ConversationRow, conversation_id)
             if row is None or row.owner != owner:
                 raise NotFoundError(f"conversations/{conversation_id}")
@@ -370,7 +396,7 @@ class ContentRepository:
         query = query.order_by(ConversationRow.create_time.desc(), ConversationRow.id.desc()).limit(
             page_size + 1
         )
-        async with self._sessions() as session:
+        async with self._reading() as session:
             rows = (await session.scalars(query)).all()
         page = rows[:page_size]
         return ConversationPage(
@@ -387,7 +413,7 @@ class ContentRepository:
 
     async def check_owner(self, owner: str, conversation_id: str) -> None:
         """Raises NotFoundError unless `owner`'s conversation exists."""
-        async with self._sessions() as session:
+        async with self._reading() as session:
             found = await session.scalar(
                 select(ConversationRow.id).where(
                     ConversationRow.id == conversation_id, ConversationRow.owner == owner
@@ -429,7 +455,7 @@ class ContentRepository:
     async def list_artifacts(self, owner: str, conversation_id: str) -> tuple[Artifact, ...]:
         """What was recorded as made from `owner`'s conversation; NotFoundError when it is not theirs."""
         await self.check_owner(owner, conversation_id)
-        async with self._sessions() as session:
+        async with self._reading() as session:
             rows = (
                 await session.scalars(
                     select(ArtifactRow).where(ArtifactRow.conversation_id == conversation_id)
@@ -479,7 +505,7 @@ class ContentRepository:
         self, artifacts: tuple[Artifact, ...], excluding_conversation: str = ""
     ) -> frozenset[str]:
         """The stored files among `artifacts` that a conversation other than `excluding_conversation` uses."""
-        async with self._sessions() as session:
+        async with self._reading() as session:
             return await _shared_storage_keys(session, artifacts, excluding_conversation)
 
 

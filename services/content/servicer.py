@@ -16,6 +16,7 @@ from services.content.erasure import ConversationErasure
 from services.content.errors import (
     AlreadyExistsError,
     ContentError,
+    DatabaseUnavailableError,
     InvalidInputError,
     NotFoundError,
     PreconditionError,
@@ -292,6 +293,10 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except DEPENDENCY_FAILURES as error:
         await context.abort(*status_of_dependency_failure(error))
+    except DatabaseUnavailableError as error:
+        # What the driver said is for operators; the client learns only that a retry may succeed.
+        logger.warning("conversation database unavailable: %r", error.__cause__)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
     except CacheUnavailableError:
         # Only an erasure needs Redis rather than degrading to a miss: it must not report done while an
         # entry may still be served. The address is for operators (the erasure logged the key).

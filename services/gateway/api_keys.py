@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import DateTime, Index, String, select, update
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.database import aware, now
+from services.database import aware, is_unreachable, now
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.schema import Base
 
@@ -135,7 +134,10 @@ class ApiKeyStore:
                         ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoke_time.is_(None)
                     )
                 )
-        except (OSError, TimeoutError, DBAPIError) as error:
+        except Exception as error:
+            # Never "refused": a database outage must not lock every API key's owner out.
+            if not is_unreachable(error):
+                raise
             raise GatewayError(
                 FailureKind.UNAVAILABLE, "cannot check credentials now; try again shortly"
             ) from error

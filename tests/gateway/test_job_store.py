@@ -284,3 +284,21 @@ async def test_listing_by_conversation_lists_only_that_conversations_jobs(store:
     assert await _list_all(store, OWNER, 2, conversation=CONVERSATION) == mine[::-1]
     assert await _list_all(store, OWNER, 2, conversation=other) == [about_it.name]
     assert await _list_all(store, "someone-else", 2, conversation=other) == []
+
+
+async def test_an_event_written_again_after_a_lost_answer_is_found_not_written_twice(store: JobStore) -> None:
+    """A retried write whose first commit went through (its answer lost with the connection) succeeds with
+    the first write's time; a different event at that sequence is still refused."""
+    name = await _create(store)
+    first = await store.record_event(name, 1, b"the event", JobChanges())
+    again = await store.record_event(name, 1, b"the event", JobChanges())
+    assert again == first
+    with pytest.raises(GatewayError, match="is at sequence 1; cannot record 1"):
+        await store.record_event(name, 1, b"another event", JobChanges())
+    finished = await store.record_event(name, 2, b"completed", JobChanges(state=MeditationState.SUCCEEDED))
+    assert await store.record_event(name, 2, b"completed", JobChanges()) == finished
+    page = await store.list_events(name, 0, 100)
+    assert [(event.sequence, event.payload) for event in page.events] == [
+        (1, b"the event"),
+        (2, b"completed"),
+    ]

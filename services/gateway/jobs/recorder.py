@@ -6,9 +6,11 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import Completed, Event, SequencedEvent, SpokenOutcome, Stage, encode_event
+from services.gateway.jobs.retry_policy import EventWritePolicy
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import JobChanges, MeditationState
 
@@ -32,6 +34,8 @@ class JobRecorder:
     is_finished: bool = False
     # Set when another replica took the job over: this one must not write to its log any more.
     is_fenced: bool = False
+    # How long an event's write waits out an unreachable database before the attempt fails.
+    write_policy: EventWritePolicy = field(default_factory=EventWritePolicy)
     _watchers: set[asyncio.Queue[SequencedEvent | None]] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -48,23 +52,63 @@ class JobRecorder:
         """Records the event (and the job changes it implies) in the log, then publishes it.
 
         Shielded: a job cancelled mid-write still finishes that write and counts it, so the event that
-        records the cancellation takes the next sequence instead of colliding with the one in flight.
+        records the cancellation takes the next sequence instead of colliding with the one in flight. A
+        write the database did not answer is tried again (`EventWritePolicy`), except for a job being
+        stopped: a shutdown or a cancel must not wait a database outage out.
         """
-        await asyncio.shield(self._record(event, changes))
+        # Set when the caller is being stopped: the write is then tried once more at most, not waited out.
+        is_abandoned = asyncio.Event()
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            is_abandoned.set()
+        try:
+            await asyncio.shield(self._record(event, changes, is_abandoned))
+        except asyncio.CancelledError:
+            is_abandoned.set()
+            raise
 
-    async def _record(self, event: Event, changes: JobChanges | None) -> None:
+    async def _record(self, event: Event, changes: JobChanges | None, is_abandoned: asyncio.Event) -> None:
         async with self._lock:
             if self.is_fenced:
                 raise GatewayError(FailureKind.PRECONDITION, f"{self.meditation} is held by another replica")
             sequence = self.last_sequence + 1
             elapsed_seconds = self.elapsed_seconds
-            event_time = await self.store.record_event(
-                self.meditation, sequence, encode_event(elapsed_seconds, event), changes or JobChanges()
+            event_time = await self._write(
+                sequence, encode_event(elapsed_seconds, event), changes, is_abandoned
             )
             self.last_sequence = sequence
             recorded = SequencedEvent(sequence, event_time, elapsed_seconds, event)
             for watcher in self._watchers:
                 watcher.put_nowait(recorded)
+
+    async def _write(
+        self, sequence: int, payload: bytes, changes: JobChanges | None, is_abandoned: asyncio.Event
+    ) -> datetime:
+        """Writes one event, trying again while the database is unreachable, within the policy's bound.
+        The same payload every time: a try whose commit went through unanswered is found, not repeated."""
+        deadline = time.monotonic() + self.write_policy.max_wait_seconds
+        failures = 0
+        while True:
+            try:
+                return await self.store.record_event(
+                    self.meditation, sequence, payload, changes or JobChanges()
+                )
+            except GatewayError as error:
+                if error.kind is not FailureKind.UNAVAILABLE or is_abandoned.is_set() or self.is_fenced:
+                    raise
+                failures += 1
+                delay = self.write_policy.delay_after(failures)
+                if time.monotonic() + delay > deadline:
+                    raise
+                if failures == 1:
+                    logger.warning(
+                        "%s: event %d not recorded (%s); trying again for up to %g s",
+                        self.meditation,
+                        sequence,
+                        error.message,
+                        self.write_policy.max_wait_seconds,
+                    )
+            await asyncio.sleep(delay)  # a back-off while the database is down, not synchronisation
 
     def watch(self) -> asyncio.Queue[SequencedEvent | None]:
         """Subscribes to events recorded from now on; None says this attempt at the job is over."""

@@ -59,3 +59,20 @@ class RetryPolicy:
         return GatewayError(
             FailureKind.INTERNAL, f"gave up after {delivery_count - 1} attempts: {last_failure}"
         )
+
+
+@dataclass(frozen=True)
+class EventWritePolicy:
+    """How a running job rides out an unreachable job database: each event's write is tried again, further
+    and further apart, for up to `max_wait_seconds` (a PostgreSQL restart refuses connections for up to a
+    minute). Only then does the attempt fail, and the policy above take over.
+
+    Safe to repeat because an event's write is idempotent (`JobStore.record_event`)."""
+
+    max_wait_seconds: float = 90.0
+    first_delay_seconds: float = 0.25
+    max_delay_seconds: float = 2.0
+
+    def delay_after(self, failures: int) -> float:
+        """The wait before the next try, after `failures` (1-based) failed ones in a row."""
+        return min(self.max_delay_seconds, self.first_delay_seconds * 2.0 ** (failures - 1))

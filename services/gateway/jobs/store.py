@@ -31,11 +31,11 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
-from services.database import aware, now
+from services.database import aware, is_unreachable, now
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.models import (
     ImageAspect,
@@ -141,16 +141,12 @@ def _unavailable_when_unreachable() -> Iterator[None]:
     attempt, or the client, tries again. Anything else is a bug and stays loud."""
     try:
         yield
-    except (OSError, TimeoutError) as error:
-        raise GatewayError(
-            FailureKind.UNAVAILABLE, "the job database is unavailable; try again shortly"
-        ) from (error)
-    except DBAPIError as error:
-        if isinstance(error, IntegrityError):
+    except Exception as error:
+        if not is_unreachable(error):
             raise
         raise GatewayError(
             FailureKind.UNAVAILABLE, "the job database is unavailable; try again shortly"
-        ) from (error)
+        ) from error
 
 
 class JobStore:
@@ -289,7 +285,11 @@ class JobStore:
 
     async def record_event(self, name: str, sequence: int, payload: bytes, changes: JobChanges) -> datetime:
         """Appends the event with the next sequence and applies its changes in the same transaction; a job
-        that has ended (its `completed` is recorded) takes no more events: FAILED_PRECONDITION."""
+        that has ended (its `completed` is recorded) takes no more events: FAILED_PRECONDITION.
+
+        Idempotent, so a write can be retried when the database was lost mid-commit: when the log already
+        holds this very event at `sequence` (the commit went through, its answer did not), that event's time
+        is returned and nothing is written twice."""
         job_id = _id_of(name)
         event_time = now()
         try:
@@ -307,6 +307,15 @@ class JobStore:
                     .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
                 )
                 if result.rowcount != 1:  # type: ignore[attr-defined]
+                    recorded = (
+                        await session.execute(
+                            select(JobEventRow.payload, JobEventRow.event_time).where(
+                                JobEventRow.job_id == job_id, JobEventRow.sequence == sequence
+                            )
+                        )
+                    ).first()
+                    if recorded is not None and recorded.payload == payload:
+                        return aware(recorded.event_time)
                     found = (
                         await session.execute(
                             select(JobRow.last_sequence, JobRow.state).where(JobRow.id == job_id)
