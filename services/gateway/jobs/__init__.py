@@ -129,6 +129,13 @@ class MeditationJobs:
     async def start(self, owner: str, conversation: str, request_id: str, options: MeditationOptions) -> str:
         """Creates `owner`'s job from their conversation and queues it, or finds the one a repeated
         request_id of theirs made for the same request; returns its name."""
+        request_sha256 = _request_sha256(conversation, options)
+        # A retry first: the job it made is the answer, however full the queue is or whatever limit the
+        # owner has reached since (AIP-155). Only a new job is held to the limits below.
+        if request_id:
+            existing = await self._store.find_by_request_id(owner, request_id, request_sha256)
+            if existing is not None:
+                return existing.name
         waiting = await self._backlog()
         if waiting >= self._limits.max_queued_jobs:
             raise GatewayError(
@@ -136,11 +143,6 @@ class MeditationJobs:
                 f"{waiting} meditations are waiting to start (the limit is {self._limits.max_queued_jobs}): "
                 "try again in a minute",
             )
-        request_sha256 = _request_sha256(conversation, options)
-        if request_id:
-            existing = await self._store.find_by_request_id(owner, request_id, request_sha256)
-            if existing is not None:
-                return existing.name
         await self._check_conversation(owner, conversation)
         await self._check_stored_bytes(owner)
         meditation, is_created = await self._store.create(

@@ -182,17 +182,17 @@ class JobStore:
         request_sha256: str | None = None,
         max_running_per_owner: int = 0,
     ) -> tuple[Meditation, bool]:
-        """Records `owner`'s queued job, or returns the one a repeated request_id of theirs made for the
-        same request (never refused; another request under that id is ALREADY_EXISTS).
+        """Records `owner`'s queued job; the second element says whether it was made now.
+
+        A repeated request_id of theirs gets the job it made for the same request, never a refusal (another
+        request under that id is ALREADY_EXISTS). Callers usually look a retry up first
+        (`find_by_request_id`), so this looks only when the insert or the limit says it must: a retry that
+        raced the insert, or one refused by the limit.
 
         Queued means unheld with the queue's lease: any gateway may claim it when the queue delivers it,
         and no janitor lists it as abandoned before the lease lapses. An owner with
         `max_running_per_owner` running jobs is refused with EXHAUSTED.
         """
-        if request_id:
-            existing = await self.find_by_request_id(owner, request_id, request_sha256)
-            if existing is not None:
-                return existing, False
         if max_running_per_owner > 0:
             # Counted, then inserted: two requests racing past the limit can overshoot it by one each. A
             # bound on concurrent work, not an accounting ledger, so that is an acceptable trade for not
@@ -204,6 +204,11 @@ class JobStore:
                     .where(JobRow.owner == owner, JobRow.state == MeditationState.RUNNING.value)
                 )
             if (running or 0) >= max_running_per_owner:
+                existing = (
+                    await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
+                )
+                if existing is not None:
+                    return existing, False
                 raise GatewayError(
                     FailureKind.EXHAUSTED,
                     f"{running} of your meditations are already running (the limit is "
