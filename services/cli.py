@@ -245,6 +245,10 @@ class Progress:
         self.output.flush()
 
 
+# A stream that ended on one of these can be resumed where it stopped (ABORTED: it fell too far behind).
+_RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED)
+
+
 async def follow(
     stream: AsyncIterable[MeditationStreamResponse], progress: Progress, out_dir: Path
 ) -> tuple[str, list[Path]]:
@@ -269,7 +273,7 @@ async def follow(
                 saved.append(target)
                 progress.line(f"saved {target}")
     except grpc.aio.AioRpcError as error:
-        if meditation and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        if meditation and error.code() in _RESUMABLE:
             progress.line(
                 f"stream interrupted; resume with: stillpoint watch {meditation} --after {last_sequence}"
             )

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from services.gateway.asset_links import AssetLinks
-from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.errors import FailureKind, FellBehindError, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, decode_event, encode_event
 from services.gateway.jobs.dispatcher import JobDispatcher, claim_timeout_seconds
 from services.gateway.jobs.retry_policy import RetryPolicy
@@ -220,13 +220,16 @@ class MeditationJobs:
                     # The job waits in the queue, or runs on another replica: follow its log.
                     await asyncio.sleep(self._poll_interval_seconds)
                     continue
-                while (recorded := await live.get()) is not None:
+                while (recorded := await live.next()) is not None:
                     if recorded.sequence <= last_sequence:
                         continue
                     yield await self._links.for_event(recorded)
                     last_sequence = recorded.sequence
                     if isinstance(recorded.event, Completed):
                         return
+                if live.has_fallen_behind:
+                    # Ended rather than read on from the log: a client this slow is told where it stands.
+                    raise FellBehindError(name, last_sequence)
                 # This attempt ended without a last event: read on from the log, and the next attempt.
             finally:
                 if recorder is not None and live is not None:
