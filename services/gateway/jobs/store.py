@@ -67,6 +67,8 @@ class JobRow(Base):
         Index("ix_meditation_jobs_owner_create_time_id", "owner", "create_time", "id"),
         # Retention's sweep: finished jobs oldest first, a batch at a time.
         Index("ix_meditation_jobs_update_time_id", "update_time", "id"),
+        # The operator's list of dead letters, newest first (`stillpoint jobs dead-letters`).
+        Index("ix_meditation_jobs_dead_letter_time", "dead_letter_time"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
@@ -97,6 +99,10 @@ class JobRow(Base):
     # lease: the work queue holds it.
     holder: Mapped[str | None] = mapped_column(String(64))
     lease_expires_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the job was given up on and dead-lettered (FAILED after its last attempt), with how many
+    # attempts it had; a job that failed at once (bad input, a spent deadline) has neither.
+    dead_letter_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dead_letter_attempts: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobEventRow(Base):
@@ -128,6 +134,17 @@ class StoredEventPage:
 
     events: tuple[StoredEvent, ...]
     state: MeditationState
+
+
+@dataclass(frozen=True)
+class DeadLetteredJob:
+    """A job given up on: whose, when, after how many attempts, and the failure it ended with."""
+
+    name: str
+    owner: str
+    dead_letter_time: datetime
+    attempts: int
+    reason: str
 
 
 def _id_of(name: str) -> str:
@@ -389,6 +406,45 @@ class JobStore:
                 .limit(max_jobs)
             )
             return [_NAME_PREFIX + job_id for job_id in ids]
+
+    async def mark_dead_lettered(self, name: str, attempts: int) -> None:
+        """Records that a failed job was given up on after `attempts` attempts (a running or succeeded one
+        is left alone: only the job's end decides that it failed)."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == _id_of(name), JobRow.state == MeditationState.FAILED.value)
+                .values(dead_letter_time=now(), dead_letter_attempts=attempts)
+            )
+
+    async def list_dead_letters(self, max_jobs: int) -> list[DeadLetteredJob]:
+        """Up to `max_jobs` dead-lettered jobs, newest first."""
+        async with self._reading() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        JobRow.id,
+                        JobRow.owner,
+                        JobRow.dead_letter_time,
+                        JobRow.dead_letter_attempts,
+                        JobRow.failure_message,
+                    )
+                    .where(JobRow.dead_letter_time.is_not(None))
+                    .order_by(JobRow.dead_letter_time.desc(), JobRow.id.desc())
+                    .limit(max_jobs)
+                )
+            ).all()
+        return [
+            DeadLetteredJob(
+                name=_NAME_PREFIX + job_id,
+                owner=owner,
+                dead_letter_time=aware(dead_letter_time),
+                attempts=attempts or 0,
+                reason=reason,
+            )
+            for job_id, owner, dead_letter_time, attempts, reason in rows
+            if dead_letter_time is not None  # as the query asked; told to the type checker
+        ]
 
     async def stored_bytes_of(self, owner: str) -> int:
         """What all of `owner`'s meditations take in storage, as measured when each succeeded."""
