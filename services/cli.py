@@ -25,6 +25,7 @@ from services.environment import ConfigError, Environment
 from services.gateway import migrate as gateway_migrate
 from services.gateway.api_keys import ApiKeyStore
 from services.gateway.errors import GatewayError
+from services.gateway.jobs.store import JobStore
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS, SQUARE_SIZE_PIXELS, describe_size
 from services.message_roles import role_values
 from services.proto_time import seconds_of, to_timestamp
@@ -245,6 +246,13 @@ class Progress:
         self.output.flush()
 
 
+# A dead letter's reason is printed on one line, at most this long.
+_MAX_REASON_CHARACTERS = 200
+
+# A stream that ended on one of these can be resumed where it stopped (ABORTED: it fell too far behind).
+_RESUMABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED)
+
+
 async def follow(
     stream: AsyncIterable[MeditationStreamResponse], progress: Progress, out_dir: Path
 ) -> tuple[str, list[Path]]:
@@ -269,7 +277,7 @@ async def follow(
                 saved.append(target)
                 progress.line(f"saved {target}")
     except grpc.aio.AioRpcError as error:
-        if meditation and error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+        if meditation and error.code() in _RESUMABLE:
             progress.line(
                 f"stream interrupted; resume with: stillpoint watch {meditation} --after {last_sequence}"
             )
@@ -404,14 +412,19 @@ def _report(meditation: str, saved: list[Path]) -> None:
             print(f"  {path.resolve()}")
 
 
-async def keys(args: argparse.Namespace) -> int:
-    """Creates, lists or revokes API keys in the gateway's database (DATABASE_URL, as the gateway)."""
+def _gateway_database_url() -> str:
+    """The gateway's database, found as the gateway finds it (DATABASE_URL, else its embedded SQLite)."""
     environment = Environment(os.environ)
     try:
         var_root = environment.directory("STILLPOINT_VAR_DIR", Path("var"))
-        database_url = read_database_url(environment, gateway_migrate.default_sqlite_file(var_root))
+        return read_database_url(environment, gateway_migrate.default_sqlite_file(var_root))
     except ConfigError as error:
         raise UsageError(f"configuration error: {error}") from None
+
+
+async def keys(args: argparse.Namespace) -> int:
+    """Creates, lists or revokes API keys in the gateway's database (DATABASE_URL, as the gateway)."""
+    database_url = _gateway_database_url()
     engine = create_engine(database_url)
     try:
         await gateway_migrate.HISTORY.ensure_migrated(engine, database_url)
@@ -435,6 +448,43 @@ async def keys(args: argparse.Namespace) -> int:
     finally:
         await engine.dispose()
     return 0
+
+
+async def jobs(args: argparse.Namespace) -> int:
+    """Lists dead-lettered meditations from the gateway's job store (DATABASE_URL, as the gateway): whose,
+    when, after how many attempts, and why; never anything of their conversation but its owner."""
+    database_url = _gateway_database_url()
+    engine = create_engine(database_url)
+    try:
+        await gateway_migrate.HISTORY.ensure_migrated(engine, database_url)
+        letters = await JobStore(engine).list_dead_letters(args.limit)
+    except (DatabaseNotReadyError, GatewayError) as error:
+        raise UsageError(str(error)) from None
+    finally:
+        await engine.dispose()
+    if not letters:
+        print("no dead-lettered meditations", file=sys.stderr)
+    for letter in letters:
+        # One line each: a reason is the failure's message, flattened and cut short.
+        reason = " ".join(letter.reason.split())
+        reason = (
+            reason if len(reason) <= _MAX_REASON_CHARACTERS else reason[: _MAX_REASON_CHARACTERS - 1] + "…"
+        )
+        print(
+            f"{letter.name}  {letter.owner}  {letter.dead_letter_time.isoformat(timespec='seconds')}  "
+            f"attempts={letter.attempts}  {reason}"
+        )
+    return 0
+
+
+def _dead_letter_limit(value: str) -> int:
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return limit
 
 
 def _request_id(value: str) -> str:
@@ -505,6 +555,14 @@ def main(argv: list[str] | None = None) -> int:
     list_parser.add_argument("--owner", default="", help="only this owner's")
     revoke_parser = key_commands.add_parser("revoke", help="revoke a key by its id (within seconds)")
     revoke_parser.add_argument("id", help="the key's id, as `keys list` shows it")
+    jobs_parser = commands.add_parser("jobs", help="meditation jobs in the gateway's database (DATABASE_URL)")
+    job_commands = jobs_parser.add_subparsers(dest="jobs_command", required=True)
+    dead_letters_parser = job_commands.add_parser(
+        "dead-letters", help="meditations given up on after their last attempt, newest first"
+    )
+    dead_letters_parser.add_argument(
+        "--limit", type=_dead_letter_limit, default=20, help="list at most this many (default: 20)"
+    )
     args = parser.parse_args(argv)
     commands_by_name = {
         "generate": generate,
@@ -513,6 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         "pregenerate": pregenerate,
         "render": render,
         "keys": keys,
+        "jobs": jobs,
     }
     command = commands_by_name[args.command]
     try:

@@ -11,11 +11,12 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from PIL import Image
 
-from services.cache.base import ResultCache
+from services.cache.base import CacheResult, ResultCache
 from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
 from services.content.spoken_safety import (
@@ -247,6 +248,43 @@ class TranscriptGenerator:
         )
 
     async def _generate(self, source_text: str, skip_cache: bool) -> AsyncIterator[TranscriptEvent]:
+        cache_key = self.cache_key(source_text)
+        result: CacheResult | None = None
+        # At most twice: a poisoned cached script is evicted and written afresh.
+        for is_rewrite in (False, True):
+            async for item in self._written_or_cached(source_text, cache_key, skip_cache or is_rewrite):
+                if isinstance(item, CacheResult):
+                    result = item
+                else:
+                    yield item
+            assert result is not None  # the lookup's result is always the last item
+            if not result.is_cached:
+                break
+            # Cached before this check existed, by a replica with another list, or damaged: checked all
+            # the same, and never served when it fails.
+            poison = await asyncio.to_thread(_poison_in_script, result.value, self._provider.name)
+            if poison is None:
+                break
+            await self._evict(cache_key, poison)
+        assert result is not None
+        text = result.value.decode()
+        yield TranscriptResult(
+            text=text,
+            word_count=count_spoken_words(text),
+            is_cached=result.is_cached,
+            provider=self._provider.name,
+            cache_key=cache_key,
+        )
+
+    async def _evict(self, cache_key: str, why: str) -> None:
+        """Forgets a poisoned entry, logging its key (a hash of the source), never its text."""
+        logger.warning("transcripts cache: evicted %s (%s); writing it again", cache_key, why)
+        await self._cache.forget(cache_key)
+
+    async def _written_or_cached(
+        self, source_text: str, cache_key: str, skip_cache: bool
+    ) -> AsyncIterator[TranscriptDelta | CacheResult]:
+        """The cached script, or the provider's checked deltas as it writes; the lookup's result last."""
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
         provider_name = self._provider.name
 
@@ -272,7 +310,6 @@ class TranscriptGenerator:
                 deltas.put_nowait(held)
             return "".join(pieces).strip().encode()
 
-        cache_key = self.cache_key(source_text)
         lookup = asyncio.create_task(self._cache.get_or_compute(cache_key, write, skip_cache=skip_cache))
         lookup.add_done_callback(lambda _: deltas.put_nowait(None))
         try:
@@ -282,17 +319,7 @@ class TranscriptGenerator:
         finally:
             if not lookup.done():
                 lookup.cancel()
-        text = result.value.decode()
-        if result.is_cached:
-            # Cached before this check existed, or by a replica with another list: checked all the same.
-            await asyncio.to_thread(_check_script, text, provider_name)
-        yield TranscriptResult(
-            text=text,
-            word_count=count_spoken_words(text),
-            is_cached=result.is_cached,
-            provider=self._provider.name,
-            cache_key=cache_key,
-        )
+        yield result
 
 
 class _CrisisInScriptError(Exception):
@@ -319,6 +346,22 @@ def _check_script(text: str, provider_name: str) -> None:
         raise _refused(ScriptRefusal.TOO_LONG, provider_name)
     for sentence in split_sentences(text):
         _check_sentence(sentence, provider_name)
+
+
+def _poison_in_script(value: bytes, provider_name: str) -> str | None:
+    """Why a cached script must not be served (it does not decode, or fails the script checks), or None.
+    The reason never quotes the script."""
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        return "not UTF-8"
+    try:
+        _check_script(text, provider_name)
+    except _CrisisInScriptError:
+        return "it signals a crisis"
+    except ProviderCallError as error:
+        return error.message
+    return None
 
 
 class ImageGenerator:
@@ -378,20 +421,68 @@ class ImageGenerator:
             return json.dumps({"key": stored.key, "width": width, "height": height}).encode()
 
         result = await self._cache.get_or_compute(cache_key, make, skip_cache=skip_cache)
-        entry = json.loads(result.value)
-        if result.is_cached and not await self._storage.exists(entry["key"]):
-            # The cache outlived the asset (storage was cleaned): make it again, never hand out a dead URI.
-            result = await self._cache.get_or_compute(cache_key, make, skip_cache=True)
-            entry = json.loads(result.value)
+        entry = _image_entry(result.value)
+        if result.is_cached:
+            poison = await self._poison_in_entry(entry)
+            if poison is not None:
+                # Never served for the rest of its TTL: forgotten, and the image made again.
+                logger.warning("images cache: evicted %s (%s); making it again", cache_key, poison)
+                await self._cache.forget(cache_key)
+                result = await self._cache.get_or_compute(cache_key, make, skip_cache=True)
+                entry = _image_entry(result.value)
+        if entry is None:
+            raise ValueError(f"images cache: {cache_key} holds no image entry")  # made just now: a bug
         return GeneratedImage(
-            storage_key=entry["key"],
-            uri=await self._storage.signed_uri(entry["key"]),
-            width_pixels=int(entry["width"]),
-            height_pixels=int(entry["height"]),
+            storage_key=entry.storage_key,
+            uri=await self._storage.signed_uri(entry.storage_key),
+            width_pixels=entry.width_pixels,
+            height_pixels=entry.height_pixels,
             is_cached=result.is_cached,
             provider=self._provider.name,
             cache_key=cache_key,
         )
+
+    async def _poison_in_entry(self, entry: _ImageEntry | None) -> str | None:
+        """Why a cached image entry must not be served, or None."""
+        if entry is None:
+            return "not an image entry"
+        if not await self._storage.exists(entry.storage_key):
+            # The cache outlived the asset (storage was cleaned): never hand out a dead URI.
+            return "its image is no longer stored"
+        path = await self._storage.local_path(entry.storage_key)
+        if not await asyncio.to_thread(_is_decodable_image, path):
+            return "its image does not decode"
+        return None
+
+
+@dataclass(frozen=True)
+class _ImageEntry:
+    """What the images cache keeps for a prompt: where the image is, and its size."""
+
+    storage_key: str
+    width_pixels: int
+    height_pixels: int
+
+
+def _image_entry(value: bytes) -> _ImageEntry | None:
+    """The cached entry, or None when it is not one (bad JSON, a missing or mistyped field)."""
+    try:
+        entry = json.loads(value)
+        key, width, height = entry["key"], entry["width"], entry["height"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not (isinstance(key, str) and key and isinstance(width, int) and isinstance(height, int)):
+        return None
+    return _ImageEntry(storage_key=key, width_pixels=width, height_pixels=height)
+
+
+def _is_decodable_image(path: Path) -> bool:
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
+    return True
 
 
 def _png_size(png: bytes) -> tuple[int, int]:

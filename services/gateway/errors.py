@@ -17,6 +17,9 @@ class FailureKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     DEADLINE = "deadline"
     CANCELLED = "cancelled"
+    # The call cannot go on as it is, but the client can start it again from a point it knows (AIP-193's
+    # "retry at a higher level"): a watcher that fell too far behind resumes from its last event.
+    ABORTED = "aborted"
     INTERNAL = "internal"
 
 
@@ -34,3 +37,16 @@ class InvalidInputError(GatewayError):
 
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(FailureKind.INVALID_INPUT, f"{field}: {problem}")
+
+
+class FellBehindError(GatewayError):
+    """A stream's reader left too many live events unread and was dropped; it resumes after
+    `last_sequence`, the last event the stream sent it."""
+
+    def __init__(self, name: str, last_sequence: int) -> None:
+        super().__init__(
+            FailureKind.ABORTED,
+            f"this stream fell too far behind {name}'s events and was ended: resume with "
+            f"WatchMeditation(name={name}, after_sequence={last_sequence})",
+        )
+        self.last_sequence = last_sequence

@@ -51,6 +51,7 @@ _STATUS = {
     FailureKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     FailureKind.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
     FailureKind.CANCELLED: grpc.StatusCode.CANCELLED,
+    FailureKind.ABORTED: grpc.StatusCode.ABORTED,
     FailureKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 _ROLE_TO_DOMAIN = role_words(gateway_pb.MessageRole)

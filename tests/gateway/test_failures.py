@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import grpc
@@ -25,6 +25,7 @@ from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.conftest import GATEWAY_SERVICE
 from tests.gateway.test_servicer import SAMPLE_MESSAGES
+from tests.waiting import wait_until
 
 # One attempt per job, so a failure surfaces at once (retries have a test of their own).
 ONE_ATTEMPT = JobLimits(max_attempts=1)
@@ -112,6 +113,8 @@ async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_rea
         gateway(job_store, api_keys, content_channel, dead_media, StageTimeouts(), limits) as stub,
     ):
         seen, status = await run_until_status(stub)
+        # Dead-lettered in the job store too, where operators list them (`stillpoint jobs dead-letters`).
+        await wait_until(_has_dead_letters(job_store), what="the job to be marked dead-lettered")
     assert status.code() == grpc.StatusCode.UNAVAILABLE
     assert "gave up after 2 attempts" in (status.details() or "")
     retries = [r.attempt_failed for r in seen if r.HasField("attempt_failed")]
@@ -127,6 +130,16 @@ async def test_a_retryable_failure_is_attempted_again_then_given_up_with_the_rea
     assert len(narration_failures) == 2
     assert [r.sequence for r in seen] == list(range(1, len(seen) + 1))
     assert seen[-1].completed.state == gateway_pb.MEDITATION_STATE_FAILED
+    [letter] = await job_store.list_dead_letters(10)
+    assert (letter.name, letter.owner, letter.attempts) == (seen[0].accepted.meditation, OWNER, 2)
+    assert "gave up after 2 attempts" in letter.reason
+
+
+def _has_dead_letters(job_store: JobStore) -> Callable[[], Awaitable[bool]]:
+    async def has_dead_letters() -> bool:
+        return bool(await job_store.list_dead_letters(1))
+
+    return has_dead_letters
 
 
 async def test_stage_past_its_deadline_is_deadline_exceeded_and_replays_the_same(

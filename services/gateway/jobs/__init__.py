@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from services.gateway.asset_links import AssetLinks
-from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.errors import FailureKind, FellBehindError, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, decode_event, encode_event
 from services.gateway.jobs.dispatcher import JobDispatcher, claim_timeout_seconds
 from services.gateway.jobs.retry_policy import RetryPolicy
@@ -129,6 +129,13 @@ class MeditationJobs:
     async def start(self, owner: str, conversation: str, request_id: str, options: MeditationOptions) -> str:
         """Creates `owner`'s job from their conversation and queues it, or finds the one a repeated
         request_id of theirs made for the same request; returns its name."""
+        request_sha256 = _request_sha256(conversation, options)
+        # A retry first: the job it made is the answer, however full the queue is or whatever limit the
+        # owner has reached since (AIP-155). Only a new job is held to the limits below.
+        if request_id:
+            existing = await self._store.find_by_request_id(owner, request_id, request_sha256)
+            if existing is not None:
+                return existing.name
         waiting = await self._backlog()
         if waiting >= self._limits.max_queued_jobs:
             raise GatewayError(
@@ -136,11 +143,6 @@ class MeditationJobs:
                 f"{waiting} meditations are waiting to start (the limit is {self._limits.max_queued_jobs}): "
                 "try again in a minute",
             )
-        request_sha256 = _request_sha256(conversation, options)
-        if request_id:
-            existing = await self._store.find_by_request_id(owner, request_id, request_sha256)
-            if existing is not None:
-                return existing.name
         await self._check_conversation(owner, conversation)
         await self._check_stored_bytes(owner)
         meditation, is_created = await self._store.create(
@@ -218,13 +220,16 @@ class MeditationJobs:
                     # The job waits in the queue, or runs on another replica: follow its log.
                     await asyncio.sleep(self._poll_interval_seconds)
                     continue
-                while (recorded := await live.get()) is not None:
+                while (recorded := await live.next()) is not None:
                     if recorded.sequence <= last_sequence:
                         continue
                     yield await self._links.for_event(recorded)
                     last_sequence = recorded.sequence
                     if isinstance(recorded.event, Completed):
                         return
+                if live.has_fallen_behind:
+                    # Ended rather than read on from the log: a client this slow is told where it stands.
+                    raise FellBehindError(name, last_sequence)
                 # This attempt ended without a last event: read on from the log, and the next attempt.
             finally:
                 if recorder is not None and live is not None:

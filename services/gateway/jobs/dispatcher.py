@@ -301,7 +301,7 @@ class JobDispatcher:
         if decision.outcome is Outcome.DEAD_LETTER:
             logger.warning("%s failed on its last attempt (%d): %s", name, attempt, error.message)
             if await recorder.finish(MeditationState.FAILED, decision.failure):
-                await self._queue.dead_letter(running.delivery, decision.failure.message)
+                await self._dead_letter(running.delivery, attempt, decision.failure.message)
             return
         logger.warning(
             "%s: attempt %d failed (%s); retrying in %g s",
@@ -335,7 +335,16 @@ class JobDispatcher:
         )
         logger.warning("%s: %s", meditation.name, failure.message)
         if await recorder.finish(MeditationState.FAILED, failure):
-            await self._queue.dead_letter(delivery, failure.message)
+            await self._dead_letter(delivery, delivery.delivery_count - 1, failure.message)
+
+    async def _dead_letter(self, delivery: Delivery, attempts: int, reason: str) -> None:
+        """Marks the failed job dead-lettered in the job store (what operators list), then in the queue."""
+        try:
+            await self._store.mark_dead_lettered(delivery.job, attempts)
+        except GatewayError as error:
+            # The job has ended FAILED either way; only the operator's listing misses it.
+            logger.warning("%s: could not mark it dead-lettered (%s)", delivery.job, error.message)
+        await self._queue.dead_letter(delivery, reason)
 
     async def _hand_back(
         self, delivery: Delivery, *, counts_as_attempt: bool, delay_seconds: float = 0.0

@@ -16,6 +16,39 @@ from services.gateway.models import JobChanges, MeditationState
 
 logger = logging.getLogger(__name__)
 
+# How many recorded events a live watcher may leave unread. A job records a few hundred events at most, so a
+# watcher this far behind has stopped reading (a stalled client): it is dropped rather than buffered without
+# bound, and resumes from the log with `WatchMeditation(after_sequence)`.
+MAX_UNREAD_EVENTS = 256
+
+
+class LiveWatcher:
+    """One follower's buffer of a running job's events, bounded: past `max_unread_events` unread events the
+    recorder drops it (`has_fallen_behind`), and it reads what it holds, then its end."""
+
+    def __init__(self, max_unread_events: int) -> None:
+        # Unbounded as a queue; `offer` counts, so the end marker always fits.
+        self._events: asyncio.Queue[SequencedEvent | None] = asyncio.Queue()
+        self._max_unread_events = max_unread_events
+        self.has_fallen_behind = False
+
+    async def next(self) -> SequencedEvent | None:
+        """The next recorded event; None when this attempt is over or the watcher was dropped."""
+        return await self._events.get()
+
+    def offer(self, event: SequencedEvent) -> bool:
+        """Buffers the event; False (and the watcher ends) when it already holds its limit unread."""
+        if self._events.qsize() >= self._max_unread_events:
+            self.has_fallen_behind = True
+            self._events.put_nowait(None)
+            return False
+        self._events.put_nowait(event)
+        return True
+
+    def end(self) -> None:
+        """No more events will come to this watcher."""
+        self._events.put_nowait(None)
+
 
 @dataclass
 class JobRecorder:
@@ -36,7 +69,8 @@ class JobRecorder:
     is_fenced: bool = False
     # How long an event's write waits out an unreachable database before the attempt fails.
     write_policy: EventWritePolicy = field(default_factory=EventWritePolicy)
-    _watchers: set[asyncio.Queue[SequencedEvent | None]] = field(default_factory=set)
+    max_unread_events: int = MAX_UNREAD_EVENTS
+    _watchers: set[LiveWatcher] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -77,9 +111,7 @@ class JobRecorder:
                 sequence, encode_event(elapsed_seconds, event), changes, is_abandoned
             )
             self.last_sequence = sequence
-            recorded = SequencedEvent(sequence, event_time, elapsed_seconds, event)
-            for watcher in self._watchers:
-                watcher.put_nowait(recorded)
+            self._publish(SequencedEvent(sequence, event_time, elapsed_seconds, event))
 
     async def _write(
         self, sequence: int, payload: bytes, changes: JobChanges | None, is_abandoned: asyncio.Event
@@ -110,20 +142,37 @@ class JobRecorder:
                     )
             await asyncio.sleep(delay)  # a back-off while the database is down, not synchronisation
 
-    def watch(self) -> asyncio.Queue[SequencedEvent | None]:
-        """Subscribes to events recorded from now on; None says this attempt at the job is over."""
-        queue: asyncio.Queue[SequencedEvent | None] = asyncio.Queue()
-        self._watchers.add(queue)
-        return queue
+    def _publish(self, recorded: SequencedEvent) -> None:
+        """Hands the event to every watcher; one that has fallen too far behind is dropped, so a stalled
+        client never makes the gateway hold a job's events for it."""
+        for watcher in [watcher for watcher in self._watchers if not watcher.offer(recorded)]:
+            self._watchers.discard(watcher)
+            logger.warning(
+                "%s: a watcher left %d events unread and was dropped at event %d",
+                self.meditation,
+                self.max_unread_events,
+                recorded.sequence,
+            )
 
-    def unwatch(self, queue: asyncio.Queue[SequencedEvent | None]) -> None:
+    @property
+    def watchers(self) -> int:
+        """How many follow the job live."""
+        return len(self._watchers)
+
+    def watch(self) -> LiveWatcher:
+        """Subscribes to events recorded from now on."""
+        watcher = LiveWatcher(self.max_unread_events)
+        self._watchers.add(watcher)
+        return watcher
+
+    def unwatch(self, watcher: LiveWatcher) -> None:
         """Ends a subscription."""
-        self._watchers.discard(queue)
+        self._watchers.discard(watcher)
 
     def end_attempt(self) -> None:
         """Tells watchers this attempt is over: the job's next events come from another attempt."""
         for watcher in self._watchers:
-            watcher.put_nowait(None)
+            watcher.end()
 
     def summary(self, state: MeditationState, failure: GatewayError | None = None) -> Completed:
         """The job's closing event."""

@@ -67,6 +67,8 @@ class JobRow(Base):
         Index("ix_meditation_jobs_owner_create_time_id", "owner", "create_time", "id"),
         # Retention's sweep: finished jobs oldest first, a batch at a time.
         Index("ix_meditation_jobs_update_time_id", "update_time", "id"),
+        # The operator's list of dead letters, newest first (`stillpoint jobs dead-letters`).
+        Index("ix_meditation_jobs_dead_letter_time", "dead_letter_time"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
@@ -97,6 +99,10 @@ class JobRow(Base):
     # lease: the work queue holds it.
     holder: Mapped[str | None] = mapped_column(String(64))
     lease_expires_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when the job was given up on and dead-lettered (FAILED after its last attempt), with how many
+    # attempts it had; a job that failed at once (bad input, a spent deadline) has neither.
+    dead_letter_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dead_letter_attempts: Mapped[int | None] = mapped_column(Integer)
 
 
 class JobEventRow(Base):
@@ -128,6 +134,17 @@ class StoredEventPage:
 
     events: tuple[StoredEvent, ...]
     state: MeditationState
+
+
+@dataclass(frozen=True)
+class DeadLetteredJob:
+    """A job given up on: whose, when, after how many attempts, and the failure it ended with."""
+
+    name: str
+    owner: str
+    dead_letter_time: datetime
+    attempts: int
+    reason: str
 
 
 def _id_of(name: str) -> str:
@@ -178,17 +195,17 @@ class JobStore:
         request_sha256: str | None = None,
         max_running_per_owner: int = 0,
     ) -> tuple[Meditation, bool]:
-        """Records `owner`'s queued job, or returns the one a repeated request_id of theirs made for the
-        same request (never refused; another request under that id is ALREADY_EXISTS).
+        """Records `owner`'s queued job; the second element says whether it was made now.
+
+        A repeated request_id of theirs gets the job it made for the same request, never a refusal (another
+        request under that id is ALREADY_EXISTS). Callers usually look a retry up first
+        (`find_by_request_id`), so this looks only when the insert or the limit says it must: a retry that
+        raced the insert, or one refused by the limit.
 
         Queued means unheld with the queue's lease: any gateway may claim it when the queue delivers it,
         and no janitor lists it as abandoned before the lease lapses. An owner with
         `max_running_per_owner` running jobs is refused with EXHAUSTED.
         """
-        if request_id:
-            existing = await self.find_by_request_id(owner, request_id, request_sha256)
-            if existing is not None:
-                return existing, False
         if max_running_per_owner > 0:
             # Counted, then inserted: two requests racing past the limit can overshoot it by one each. A
             # bound on concurrent work, not an accounting ledger, so that is an acceptable trade for not
@@ -200,6 +217,11 @@ class JobStore:
                     .where(JobRow.owner == owner, JobRow.state == MeditationState.RUNNING.value)
                 )
             if (running or 0) >= max_running_per_owner:
+                existing = (
+                    await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
+                )
+                if existing is not None:
+                    return existing, False
                 raise GatewayError(
                     FailureKind.EXHAUSTED,
                     f"{running} of your meditations are already running (the limit is "
@@ -393,6 +415,45 @@ class JobStore:
                 .limit(max_jobs)
             )
             return [_NAME_PREFIX + job_id for job_id in ids]
+
+    async def mark_dead_lettered(self, name: str, attempts: int) -> None:
+        """Records that a failed job was given up on after `attempts` attempts (a running or succeeded one
+        is left alone: only the job's end decides that it failed)."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == _id_of(name), JobRow.state == MeditationState.FAILED.value)
+                .values(dead_letter_time=now(), dead_letter_attempts=attempts)
+            )
+
+    async def list_dead_letters(self, max_jobs: int) -> list[DeadLetteredJob]:
+        """Up to `max_jobs` dead-lettered jobs, newest first."""
+        async with self._reading() as session:
+            rows = (
+                await session.execute(
+                    select(
+                        JobRow.id,
+                        JobRow.owner,
+                        JobRow.dead_letter_time,
+                        JobRow.dead_letter_attempts,
+                        JobRow.failure_message,
+                    )
+                    .where(JobRow.dead_letter_time.is_not(None))
+                    .order_by(JobRow.dead_letter_time.desc(), JobRow.id.desc())
+                    .limit(max_jobs)
+                )
+            ).all()
+        return [
+            DeadLetteredJob(
+                name=_NAME_PREFIX + job_id,
+                owner=owner,
+                dead_letter_time=aware(dead_letter_time),
+                attempts=attempts or 0,
+                reason=reason,
+            )
+            for job_id, owner, dead_letter_time, attempts, reason in rows
+            if dead_letter_time is not None  # as the query asked; told to the type checker
+        ]
 
     async def stored_bytes_of(self, owner: str) -> int:
         """What all of `owner`'s meditations take in storage, as measured when each succeeded."""
