@@ -1,9 +1,11 @@
 """A poison input — a stored image FFmpeg cannot decode — fails its job after N attempts, and only its job:
-real processes, the image made undecodable in storage behind the content service's cache."""
+real processes, the image replaced in storage, behind the content service's cache, by one only FFmpeg
+cannot read."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -12,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from PIL import Image
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -37,8 +40,17 @@ STREAM_KEY = "stillpoint:jobs"
 DEAD_LETTER_KEY = "stillpoint:jobs:dead"
 # Every stream the tests read is bounded: a job that hangs fails the test instead of hanging it.
 STREAM_TIMEOUT_SECONDS = 120.0
-# A PNG signature, so anything sniffing the type takes it for one, then bytes no decoder can read.
-NOT_AN_IMAGE = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + b"this is not a picture " * 64
+
+
+def _image_ffmpeg_cannot_read() -> bytes:
+    """A picture Pillow decodes (so the content service's check of a cached image passes it) in a format
+    FFmpeg does not know (SPIDER): poison only the encode finds. Undecodable bytes would not do: content now
+    evicts a cached image that does not decode and paints it again."""
+    picture = io.BytesIO()
+    Image.new("F", (64, 64), 0.5).save(picture, format="SPIDER")
+    return picture.getvalue()
+
+
 # What media's EncodingError says, passed on by the gateway ("the media service failed: FFmpeg could not
 # render the quick video (exit status 69)").
 ENCODE_FAILURE = "FFmpeg could not render"
@@ -163,7 +175,7 @@ async def test_a_poison_image_fails_its_job_after_n_attempts_with_the_reason_and
             "A's job should have stored exactly one image"
         )
         # The cache still points at it, and the file exists, so content hands it out again as it is.
-        poisoned.write_bytes(NOT_AN_IMAGE)
+        poisoned.write_bytes(_image_ffmpeg_cannot_read())
 
         (poison, poison_error), (healthy, healthy_error) = await asyncio.gather(
             _generate(stub, sea), _generate(stub, hike)
