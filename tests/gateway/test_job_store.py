@@ -203,6 +203,24 @@ async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_
     assert not await store.claim(name, "gateway-c", 60)  # a finished job is nobody's
 
 
+async def test_queued_jobs_are_listed_oldest_first_until_someone_holds_them_or_their_lease_lapses(
+    store: JobStore,
+) -> None:
+    """Property: `list_queued` lists the running jobs the queue holds (unheld, queue lease in the future),
+    oldest first and at most as many as asked; a claimed, abandoned or finished job is not among them."""
+    first, second, third = [await _create(store) for _ in range(3)]
+    assert await store.list_queued(10) == [first, second, third]
+    assert await store.list_queued(2) == [first, second]
+    assert await store.claim(second, "gateway-b", 60)
+    await store.record_event(third, 1, b"{}", JobChanges(state=MeditationState.CANCELLED))
+    assert await store.list_queued(10) == [first]
+    await store.release(second, "gateway-b")  # given back without a lease: the janitor's, not the queue's
+    assert await store.list_queued(10) == [first]
+    assert second in await store.list_claimable(10)
+    assert await store.requeue(second, 60)
+    assert await store.list_queued(10) == [first, second]
+
+
 async def test_an_owners_running_jobs_are_limited_and_a_repeated_request_is_never_refused(
     store: JobStore,
 ) -> None:

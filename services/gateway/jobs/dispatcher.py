@@ -32,6 +32,9 @@ _CLAIM_MARGIN_SECONDS = 1.0
 _CANCEL_WAIT_SECONDS = 10.0
 # How many abandoned jobs one janitor round requeues.
 _JANITOR_BATCH = 10
+# How many jobs still waiting in a queue that lost them are submitted again at once (well above the queued
+# limit of a deployment); any beyond it are requeued by a janitor once their queue lease lapses.
+_LOST_QUEUED_BATCH = 1000
 # Retrying a queue that does not answer: the first wait, doubled each failure up to the last. The queue logs
 # the outage itself, once when it starts and once when it ends, so these loops stay quiet.
 _FIRST_BACKOFF_SECONDS = 0.5
@@ -417,8 +420,10 @@ class JobDispatcher:
         return "it was queued on a gateway that stopped"
 
     async def _requeue_lost(self, error: WorkQueueLostError) -> None:
-        """The queue came back empty: submits again every job the database says is waiting (given back, or
-        its lease lapsed), at once rather than after the queue's lease. Jobs running here carry on."""
+        """The queue came back empty: submits again every job the database says is waiting — abandoned
+        (given back, or its lease lapsed) and queued (not yet taken) — at once rather than after the queue's
+        lease. Jobs running here carry on. Every replica that sees the loss does this; the duplicate entries
+        it makes are acknowledged by whoever takes them second."""
         logger.warning("%s; re-enqueuing the jobs the database has waiting", error)
         requeued: list[str] = []
         try:
@@ -431,6 +436,19 @@ class JobDispatcher:
                     requeued.append(name)
                     if await self._store.requeue(name, self._queue_lease_seconds):
                         await self._submit_or_leave(name)
+            # Queued before the loss and still unheld: their queue lease is in the future, so no janitor
+            # would look at them for that long. Those just requeued above are among them.
+            waiting = await self._store.list_queued(_LOST_QUEUED_BATCH)
+            for name in waiting:
+                if name not in self._running and name not in requeued:
+                    requeued.append(name)
+                    await self._submit_or_leave(name)
+            if len(waiting) == _LOST_QUEUED_BATCH:
+                logger.warning(
+                    "job queue: more than %d jobs were waiting; a janitor requeues the rest once their "
+                    "queue lease lapses",
+                    _LOST_QUEUED_BATCH,
+                )
         except GatewayError as failure:
             # The janitor finds the rest once their lease lapses.
             logger.warning("job queue: re-enqueuing stopped (%s)", failure.message)

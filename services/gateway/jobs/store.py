@@ -416,6 +416,23 @@ class JobStore:
             )
             return [_NAME_PREFIX + job_id for job_id in ids]
 
+    async def list_queued(self, max_jobs: int) -> list[str]:
+        """Up to `max_jobs` running jobs waiting in the work queue, oldest first: nobody holds them and the
+        queue's lease on them has not lapsed (what `list_claimable` leaves out until it does)."""
+        moment = now()
+        async with self._reading() as session:
+            ids = await session.scalars(
+                select(JobRow.id)
+                .where(
+                    JobRow.state == MeditationState.RUNNING.value,
+                    JobRow.holder.is_(None),
+                    JobRow.lease_expires_time >= moment,
+                )
+                .order_by(JobRow.create_time, JobRow.id)
+                .limit(max_jobs)
+            )
+            return [_NAME_PREFIX + job_id for job_id in ids]
+
     async def mark_dead_lettered(self, name: str, attempts: int) -> None:
         """Records that a failed job was given up on after `attempts` attempts (a running or succeeded one
         is left alone: only the job's end decides that it failed)."""
