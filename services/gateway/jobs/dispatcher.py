@@ -372,19 +372,35 @@ class JobDispatcher:
                 logger.warning("job heartbeat: %s", error.message)
 
     async def renew_leases(self) -> None:
-        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here.
-        The leases are renewed even while the queue does not answer: the database says who runs a job."""
+        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here, and
+        so is one whose cancellation another replica recorded in the job store (its broadcast may never have
+        come: Redis was down). The leases are renewed even while the queue does not answer: the database says
+        who runs a job."""
         running = [job for job in self._running.values() if not job.recorder.is_finished]
         try:
             await self._queue.heartbeat(self.holder, [job.delivery for job in running])
         except WorkQueueUnavailableError as error:
             logger.debug("job heartbeat: %s", error)  # the queue announced the outage
+        renewal = await self._store.renew(
+            [job.recorder.meditation for job in running], self.holder, self._lease_seconds
+        )
+        cancelled = []
         for job in running:
             name = job.recorder.meditation
-            if not await self._store.claim(name, self.holder, self._lease_seconds):
+            if name in renewal.lost:
                 logger.warning("%s: lease lost to another replica; stopping here", name)
                 job.recorder.is_fenced = True
                 job.task.cancel()
+            elif name in renewal.cancel_requested and not job.recorder.is_cancel_requested:
+                cancelled.append(job)
+        # After every lease is renewed, so that stopping these never delays the others' renewal.
+        for job in cancelled:
+            logger.info("%s: cancelled on another replica; stopping here", job.recorder.meditation)
+            try:
+                await self._cancel_here(job)
+            except GatewayError as error:
+                # Stopped; its end, or its assets, are for the cancel's retry (or the janitor) to settle.
+                logger.warning("%s: cancelling: %s", job.recorder.meditation, error.message)
 
     async def _tend(self) -> None:
         while True:
@@ -505,12 +521,16 @@ class JobDispatcher:
         await self.delete_assets(running.recorder.meditation)
 
     async def _cancel_elsewhere(self, name: str) -> None:
-        """Asks the replica running the job to stop it, and waits (briefly) until it has."""
+        """Asks the replica running the job to stop it, and waits (briefly) until it has. The request is
+        recorded in the job store, which that replica reads at each lease renewal, and broadcast on the queue,
+        which reaches it at once while Redis is up."""
+        await self._store.request_cancel(name)
         deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
         is_published = False
         while time.monotonic() < deadline:
             if not is_published:
-                # Without Redis the request is published again each poll, until it goes out or time is up.
+                # Without Redis the request is published again each poll, until it goes out or time is up;
+                # the renewal reads the recorded one meanwhile.
                 try:
                     await self._queue.publish_cancel(name)
                     is_published = True
@@ -519,8 +539,6 @@ class JobDispatcher:
             if (await self._store.get(name)).state.is_final:
                 return
             await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
-        if not is_published:
-            raise GatewayError(FailureKind.UNAVAILABLE, "the job queue is unavailable; try again")
 
     async def delete_assets(self, name: str) -> None:
         """Deletes what the job stored through media (idempotent: a second call finds nothing)."""
