@@ -420,7 +420,7 @@ class JobDispatcher:
             # Read before the requeue changes it: a job with only its Accepted event never started.
             never_started = (await self._store.get(name)).last_sequence <= 1
             if await self._store.requeue(name, self._queue_lease_seconds):
-                await self._submit_or_leave(name)
+                await self._queue.submit(name)
                 logger.info("%s: requeued (%s)", name, self._why_abandoned(never_started=never_started))
                 requeued.append(name)
         return requeued
@@ -451,14 +451,14 @@ class JobDispatcher:
                 for name in batch:
                     requeued.append(name)
                     if await self._store.requeue(name, self._queue_lease_seconds):
-                        await self._submit_or_leave(name)
+                        await self._queue.submit(name)
             # Queued before the loss and still unheld: their queue lease is in the future, so no janitor
             # would look at them for that long. Those just requeued above are among them.
             waiting = await self._store.list_queued(_LOST_QUEUED_BATCH)
             for name in waiting:
                 if name not in self._running and name not in requeued:
                     requeued.append(name)
-                    await self._submit_or_leave(name)
+                    await self._queue.submit(name)
             if len(waiting) == _LOST_QUEUED_BATCH:
                 logger.warning(
                     "job queue: more than %d jobs were waiting; a janitor requeues the rest once their "
@@ -469,13 +469,6 @@ class JobDispatcher:
             # The janitor finds the rest once their lease lapses.
             logger.warning("job queue: re-enqueuing stopped (%s)", failure.message)
         logger.info("job queue: re-enqueued %d job(s) the queue had lost", len(requeued))
-
-    async def _submit_or_leave(self, name: str) -> None:
-        try:
-            await self._queue.submit(name)
-        except WorkQueueUnavailableError as error:
-            # Recorded as queued: the next janitor round after the queue's lease requeues it.
-            logger.warning("%s: not requeued (%s)", name, error)
 
     # ---- cancellation -----------------------------------------------------------------------------------
 
