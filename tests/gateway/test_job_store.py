@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect, update
+from sqlalchemy import Connection, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.content import migrate as content_migrate
@@ -201,6 +201,51 @@ async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_
     assert await store.claim(name, "gateway-c", 60)
     await store.record_event(name, 1, b"{}", JobChanges(state=MeditationState.CANCELLED))
     assert not await store.claim(name, "gateway-c", 60)  # a finished job is nobody's
+
+
+async def test_queued_jobs_are_listed_oldest_first_until_someone_holds_them_or_their_lease_lapses(
+    store: JobStore,
+) -> None:
+    """Property: `list_queued` lists the running jobs the queue holds (unheld, queue lease in the future),
+    oldest first and at most as many as asked; a claimed, abandoned or finished job is not among them."""
+    first, second, third = [await _create(store) for _ in range(3)]
+    assert await store.list_queued(10) == [first, second, third]
+    assert await store.list_queued(2) == [first, second]
+    assert await store.claim(second, "gateway-b", 60)
+    await store.record_event(third, 1, b"{}", JobChanges(state=MeditationState.CANCELLED))
+    assert await store.list_queued(10) == [first]
+    await store.release(second, "gateway-b")  # given back without a lease: the janitor's, not the queue's
+    assert await store.list_queued(10) == [first]
+    assert second in await store.list_claimable(10)
+    assert await store.requeue(second, 60)
+    assert await store.list_queued(10) == [first, second]
+
+
+async def test_a_renewal_says_which_leases_were_lost_and_which_held_jobs_were_asked_to_cancel(
+    store: JobStore, engine: AsyncEngine
+) -> None:
+    """Property: `renew` renews the holder's leases as `claim` does, names the jobs it no longer holds, and
+    names those it holds with a recorded cancel request; a finished job takes no request."""
+    mine, cancelled, theirs = [await _create(store) for _ in range(3)]
+    for name in (mine, cancelled):
+        assert await store.claim(name, "gateway-a", 60)
+    assert await store.claim(theirs, "gateway-b", 60)
+    renewal = await store.renew([mine, cancelled, theirs], "gateway-a", 60)
+    assert (renewal.lost, renewal.cancel_requested) == (frozenset({theirs}), frozenset())
+    await store.request_cancel(cancelled)
+    await store.request_cancel(theirs)
+    renewal = await store.renew([mine, cancelled, theirs], "gateway-a", 60)
+    assert (renewal.lost, renewal.cancel_requested) == (frozenset({theirs}), frozenset({cancelled}))
+    assert (await store.renew([theirs], "gateway-b", 60)).cancel_requested == {theirs}
+    await store.record_event(mine, 1, b"{}", JobChanges(state=MeditationState.SUCCEEDED))
+    await store.request_cancel(mine)
+    assert (await store.renew([mine], "gateway-a", 60)).lost == {mine}
+    async with engine.connect() as connection:
+        requested = await connection.scalar(
+            select(JobRow.cancel_requested_time).where(JobRow.id == mine.removeprefix("meditations/"))
+        )
+    assert requested is None
+    assert (await store.renew([], "gateway-a", 60)).lost == set()
 
 
 async def test_an_owners_running_jobs_are_limited_and_a_repeated_request_is_never_refused(

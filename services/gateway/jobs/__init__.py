@@ -13,7 +13,6 @@ import builtins
 import dataclasses
 import hashlib
 import json
-import logging
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -30,8 +29,6 @@ from services.gateway.pipeline import MeditationPipeline
 from services.gateway.ports import ContentPort, MediaPort
 
 __all__ = ["JobLimits", "MeditationJobs", "claim_timeout_seconds"]
-
-logger = logging.getLogger(__name__)
 
 # With a shared queue (Redis), the queue loses nothing, so the janitors' requeue is only a backstop (a Redis
 # that restarted without persistence): they leave a queued job alone this many leases.
@@ -181,11 +178,9 @@ class MeditationJobs:
         accepted = Accepted(meditation=meditation.name, conversation=meditation.conversation)
         await self._store.record_event(meditation.name, 1, encode_event(0.0, accepted), JobChanges())
         self.dispatcher.start()
-        try:
-            await self._queue.submit(meditation.name)
-        except WorkQueueUnavailableError as error:
-            # Recorded, so not lost: a janitor requeues it once the queue's lease lapses.
-            logger.warning("%s: not queued (%s); a janitor will requeue it", meditation.name, error)
+        # Never refused: while the queue does not answer, it keeps the job to send once it does (and should
+        # this process stop first, the record is the backstop: a janitor requeues it).
+        await self._queue.submit(meditation.name)
 
     async def _backlog(self) -> int:
         try:

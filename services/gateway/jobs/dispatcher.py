@@ -32,6 +32,9 @@ _CLAIM_MARGIN_SECONDS = 1.0
 _CANCEL_WAIT_SECONDS = 10.0
 # How many abandoned jobs one janitor round requeues.
 _JANITOR_BATCH = 10
+# How many jobs still waiting in a queue that lost them are submitted again at once (well above the queued
+# limit of a deployment); any beyond it are requeued by a janitor once their queue lease lapses.
+_LOST_QUEUED_BATCH = 1000
 # Retrying a queue that does not answer: the first wait, doubled each failure up to the last. The queue logs
 # the outage itself, once when it starts and once when it ends, so these loops stay quiet.
 _FIRST_BACKOFF_SECONDS = 0.5
@@ -369,19 +372,35 @@ class JobDispatcher:
                 logger.warning("job heartbeat: %s", error.message)
 
     async def renew_leases(self) -> None:
-        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here.
-        The leases are renewed even while the queue does not answer: the database says who runs a job."""
+        """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here, and
+        so is one whose cancellation another replica recorded in the job store (its broadcast may never have
+        come: Redis was down). The leases are renewed even while the queue does not answer: the database says
+        who runs a job."""
         running = [job for job in self._running.values() if not job.recorder.is_finished]
         try:
             await self._queue.heartbeat(self.holder, [job.delivery for job in running])
         except WorkQueueUnavailableError as error:
             logger.debug("job heartbeat: %s", error)  # the queue announced the outage
+        renewal = await self._store.renew(
+            [job.recorder.meditation for job in running], self.holder, self._lease_seconds
+        )
+        cancelled = []
         for job in running:
             name = job.recorder.meditation
-            if not await self._store.claim(name, self.holder, self._lease_seconds):
+            if name in renewal.lost:
                 logger.warning("%s: lease lost to another replica; stopping here", name)
                 job.recorder.is_fenced = True
                 job.task.cancel()
+            elif name in renewal.cancel_requested and not job.recorder.is_cancel_requested:
+                cancelled.append(job)
+        # After every lease is renewed, so that stopping these never delays the others' renewal.
+        for job in cancelled:
+            logger.info("%s: cancelled on another replica; stopping here", job.recorder.meditation)
+            try:
+                await self._cancel_here(job)
+            except GatewayError as error:
+                # Stopped; its end, or its assets, are for the cancel's retry (or the janitor) to settle.
+                logger.warning("%s: cancelling: %s", job.recorder.meditation, error.message)
 
     async def _tend(self) -> None:
         while True:
@@ -401,7 +420,7 @@ class JobDispatcher:
             # Read before the requeue changes it: a job with only its Accepted event never started.
             never_started = (await self._store.get(name)).last_sequence <= 1
             if await self._store.requeue(name, self._queue_lease_seconds):
-                await self._submit_or_leave(name)
+                await self._queue.submit(name)
                 logger.info("%s: requeued (%s)", name, self._why_abandoned(never_started=never_started))
                 requeued.append(name)
         return requeued
@@ -417,8 +436,10 @@ class JobDispatcher:
         return "it was queued on a gateway that stopped"
 
     async def _requeue_lost(self, error: WorkQueueLostError) -> None:
-        """The queue came back empty: submits again every job the database says is waiting (given back, or
-        its lease lapsed), at once rather than after the queue's lease. Jobs running here carry on."""
+        """The queue came back empty: submits again every job the database says is waiting — abandoned
+        (given back, or its lease lapsed) and queued (not yet taken) — at once rather than after the queue's
+        lease. Jobs running here carry on. Every replica that sees the loss does this; the duplicate entries
+        it makes are acknowledged by whoever takes them second."""
         logger.warning("%s; re-enqueuing the jobs the database has waiting", error)
         requeued: list[str] = []
         try:
@@ -430,18 +451,24 @@ class JobDispatcher:
                 for name in batch:
                     requeued.append(name)
                     if await self._store.requeue(name, self._queue_lease_seconds):
-                        await self._submit_or_leave(name)
+                        await self._queue.submit(name)
+            # Queued before the loss and still unheld: their queue lease is in the future, so no janitor
+            # would look at them for that long. Those just requeued above are among them.
+            waiting = await self._store.list_queued(_LOST_QUEUED_BATCH)
+            for name in waiting:
+                if name not in self._running and name not in requeued:
+                    requeued.append(name)
+                    await self._queue.submit(name)
+            if len(waiting) == _LOST_QUEUED_BATCH:
+                logger.warning(
+                    "job queue: more than %d jobs were waiting; a janitor requeues the rest once their "
+                    "queue lease lapses",
+                    _LOST_QUEUED_BATCH,
+                )
         except GatewayError as failure:
             # The janitor finds the rest once their lease lapses.
             logger.warning("job queue: re-enqueuing stopped (%s)", failure.message)
         logger.info("job queue: re-enqueued %d job(s) the queue had lost", len(requeued))
-
-    async def _submit_or_leave(self, name: str) -> None:
-        try:
-            await self._queue.submit(name)
-        except WorkQueueUnavailableError as error:
-            # Recorded as queued: the next janitor round after the queue's lease requeues it.
-            logger.warning("%s: not requeued (%s)", name, error)
 
     # ---- cancellation -----------------------------------------------------------------------------------
 
@@ -487,12 +514,16 @@ class JobDispatcher:
         await self.delete_assets(running.recorder.meditation)
 
     async def _cancel_elsewhere(self, name: str) -> None:
-        """Asks the replica running the job to stop it, and waits (briefly) until it has."""
+        """Asks the replica running the job to stop it, and waits (briefly) until it has. The request is
+        recorded in the job store, which that replica reads at each lease renewal, and broadcast on the queue,
+        which reaches it at once while Redis is up."""
+        await self._store.request_cancel(name)
         deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
         is_published = False
         while time.monotonic() < deadline:
             if not is_published:
-                # Without Redis the request is published again each poll, until it goes out or time is up.
+                # Without Redis the request is published again each poll, until it goes out or time is up;
+                # the renewal reads the recorded one meanwhile.
                 try:
                     await self._queue.publish_cancel(name)
                     is_published = True
@@ -501,8 +532,6 @@ class JobDispatcher:
             if (await self._store.get(name)).state.is_final:
                 return
             await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
-        if not is_published:
-            raise GatewayError(FailureKind.UNAVAILABLE, "the job queue is unavailable; try again")
 
     async def delete_assets(self, name: str) -> None:
         """Deletes what the job stored through media (idempotent: a second call finds nothing)."""

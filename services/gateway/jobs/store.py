@@ -7,7 +7,7 @@ keep several gateway replicas honest (one writer per sequence, one holder per le
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -103,6 +103,9 @@ class JobRow(Base):
     # attempts it had; a job that failed at once (bad input, a spent deadline) has neither.
     dead_letter_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     dead_letter_attempts: Mapped[int | None] = mapped_column(Integer)
+    # When a replica that does not run the job was asked to cancel it: the replica running it stops it at its
+    # next lease renewal, should the broadcast on the queue (Redis pub/sub) not reach it.
+    cancel_requested_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobEventRow(Base):
@@ -134,6 +137,15 @@ class StoredEventPage:
 
     events: tuple[StoredEvent, ...]
     state: MeditationState
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """What renewing a replica's leases found: the jobs it no longer holds (another replica took them, or
+    they ended), and those it still holds that someone asked to cancel."""
+
+    lost: frozenset[str]
+    cancel_requested: frozenset[str]
 
 
 @dataclass(frozen=True)
@@ -376,6 +388,54 @@ class JobStore:
             )
         return bool(result.rowcount)  # type: ignore[attr-defined]
 
+    async def renew(self, names: Sequence[str], holder: str, lease_seconds: float) -> Renewal:
+        """Renews `holder`'s leases on the running jobs `names` (as `claim` does, in one transaction) and says
+        which it lost and which of those it holds have a cancellation requested."""
+        if not names:
+            return Renewal(lost=frozenset(), cancel_requested=frozenset())
+        moment = now()
+        ids = [_id_of(name) for name in names]
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id.in_(ids),
+                    JobRow.state == MeditationState.RUNNING.value,
+                    or_(JobRow.holder.is_(None), JobRow.holder == holder, JobRow.lease_expires_time < moment),
+                )
+                .values(holder=holder, lease_expires_time=moment + timedelta(seconds=lease_seconds))
+            )
+            held = (
+                await session.execute(
+                    select(JobRow.id, JobRow.cancel_requested_time).where(
+                        JobRow.id.in_(ids),
+                        JobRow.state == MeditationState.RUNNING.value,
+                        JobRow.holder == holder,
+                    )
+                )
+            ).all()
+        held_ids = {job_id for job_id, _ in held}
+        return Renewal(
+            lost=frozenset(name for name in names if _id_of(name) not in held_ids),
+            cancel_requested=frozenset(
+                _NAME_PREFIX + job_id for job_id, requested in held if requested is not None
+            ),
+        )
+
+    async def request_cancel(self, name: str) -> None:
+        """Records that the running job was asked to be cancelled (the first time counts); the replica
+        running it reads this at its next `renew`. A finished job is left alone."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(
+                    JobRow.id == _id_of(name),
+                    JobRow.state == MeditationState.RUNNING.value,
+                    JobRow.cancel_requested_time.is_(None),
+                )
+                .values(cancel_requested_time=now())
+            )
+
     async def requeue(self, name: str, queue_lease_seconds: float) -> bool:
         """Hands an abandoned running job (no lease, or a lapsed one) to the work queue: unowned, so any
         gateway may claim it, and hidden from `list_claimable` for the queue's lease. One guarded UPDATE, so
@@ -412,6 +472,23 @@ class JobStore:
                 select(JobRow.id)
                 .where(JobRow.state == MeditationState.RUNNING.value, _is_abandoned(now()))
                 .order_by(JobRow.create_time)
+                .limit(max_jobs)
+            )
+            return [_NAME_PREFIX + job_id for job_id in ids]
+
+    async def list_queued(self, max_jobs: int) -> list[str]:
+        """Up to `max_jobs` running jobs waiting in the work queue, oldest first: nobody holds them and the
+        queue's lease on them has not lapsed (what `list_claimable` leaves out until it does)."""
+        moment = now()
+        async with self._reading() as session:
+            ids = await session.scalars(
+                select(JobRow.id)
+                .where(
+                    JobRow.state == MeditationState.RUNNING.value,
+                    JobRow.holder.is_(None),
+                    JobRow.lease_expires_time >= moment,
+                )
+                .order_by(JobRow.create_time, JobRow.id)
                 .limit(max_jobs)
             )
             return [_NAME_PREFIX + job_id for job_id in ids]

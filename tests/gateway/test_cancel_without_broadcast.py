@@ -1,0 +1,82 @@
+"""A cancel asked on one replica for a job running on another stops it even when the broadcast never arrives
+(Redis pub/sub down): the request is recorded in the job store, and the running replica reads it when it
+renews its leases."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.jobs import MeditationJobs
+from services.gateway.jobs.store import JobStore
+from services.gateway.models import MeditationOptions, MeditationState, Message
+from services.gateway.pipeline import MeditationPipeline
+from tests.conftest import TEST_OWNER
+from tests.security.test_stream_limits import TIMEOUTS, HeldContent
+from tests.waiting import wait_until
+
+# A heartbeat every second; long enough that the running replica's lease never lapses under a loaded test
+# machine (which would let the cancelling replica claim the job and end it itself).
+LEASE_SECONDS = 3.0
+
+
+@dataclass
+class Replicas:
+    """Two gateway replicas on one job store, each with its own in-process queue: a cancellation one of
+    them broadcasts never reaches the other."""
+
+    running: MeditationJobs
+    cancelling: MeditationJobs
+    content: HeldContent
+
+
+@pytest.fixture
+async def replicas(
+    content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, gateway_engine: AsyncEngine
+) -> AsyncIterator[Replicas]:
+    content = HeldContent(content_channel)
+    media = MediaClient(media_channel, TIMEOUTS)
+
+    def replica() -> MeditationJobs:
+        return MeditationJobs(
+            JobStore(gateway_engine),
+            content,
+            MeditationPipeline(content, media, TIMEOUTS),
+            media=media,
+            poll_interval_seconds=0.05,
+            lease_seconds=LEASE_SECONDS,
+        )
+
+    made = Replicas(running=replica(), cancelling=replica(), content=content)
+    try:
+        yield made
+    finally:
+        content.release.set()
+        await made.running.close()
+        await made.cancelling.close()
+
+
+async def test_a_cancel_the_running_replica_never_hears_stops_the_job_at_its_next_renewal(
+    replicas: Replicas, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="services.gateway.jobs.dispatcher")
+    conversation = await ContentClient.create_conversation(
+        replicas.content, TEST_OWNER, "", [Message(role="user", text="The sea was calm this morning.")], ""
+    )
+    name = await replicas.running.start(TEST_OWNER, conversation.name, "", MeditationOptions())
+    await wait_until(lambda: replicas.running.dispatcher.recorder_of(name) is not None, what="the job to run")
+
+    # Waits (up to its cancel wait) until the running replica has recorded the end.
+    cancelled = await replicas.cancelling.cancel(TEST_OWNER, name)
+
+    assert cancelled.state is MeditationState.CANCELLED
+    await wait_until(
+        lambda: replicas.running.dispatcher.recorder_of(name) is None, what="the job's task to end"
+    )
+    assert any("cancelled on another replica" in record.getMessage() for record in caplog.records)
