@@ -21,13 +21,15 @@ from services.storage.base import (
     new_key,
 )
 from services.storage.local import LocalAssetStorage
-from services.storage.supabase import SupabaseAssetStorage
+from services.storage.supabase import StorageRetryPolicy, SupabaseAssetStorage
 from tests.servers.supabase_storage import DEFAULT_SERVICE_KEY, ReceivedRequest, SupabaseStorageServer
 
 BUCKET = "stillpoint-assets"
 THRESHOLD_BYTES = 64 * 1024
 CHUNK_BYTES = 64 * 1024
 LARGE_BYTES = 300 * 1024
+# The production policy's shape with waits short enough for tests.
+FAST_RETRIES = StorageRetryPolicy(attempts=3, first_delay_seconds=0.01, max_delay_seconds=0.05)
 
 
 @pytest.fixture
@@ -51,6 +53,7 @@ async def open_storage(
         resumable_threshold_bytes=THRESHOLD_BYTES,
         chunk_bytes=CHUNK_BYTES,
         timeout_seconds=10.0,
+        retry_policy=FAST_RETRIES,
     )
 
 
@@ -374,3 +377,89 @@ async def test_delete_prefix_empties_a_folder_larger_than_one_listing_page(
 
     assert server.stored_names(BUCKET) == ["live/fedcba9876543210/0000.m4s"]
     assert await storage.delete_prefix("live/0123456789abcdef") == 0
+
+
+# Transient failures are retried with backoff within the policy; refusals are not ----------------------
+
+
+@pytest.mark.parametrize("status", [503, 500, 429, None], ids=["503", "500", "429", "hangup"])
+async def test_a_standard_upload_failing_for_a_moment_is_retried_and_stored(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, status: int | None
+) -> None:
+    key = new_key("images/0123456789abcdef", "png")
+    server.fail_next_requests(2, status=status, path_part=f"/object/{BUCKET}/")
+
+    stored = await storage.put_bytes(key, b"image bytes", "image/png")
+
+    assert [r.status for r in requests_to(server, "POST", f"/object/{BUCKET}/")] == [
+        status if status is None or status >= 500 else 400,
+        status if status is None or status >= 500 else 400,
+        200,
+    ]
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == b"image bytes"
+    assert stored.uri
+
+
+async def test_an_outage_longer_than_the_retry_policy_fails_as_unavailable(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    server.fail_next_requests(10, status=503, path_part=f"/object/{BUCKET}/")
+
+    with pytest.raises(StorageUnavailableError) as raised:
+        await storage.put_bytes(new_key("images/0123456789abcdef", "png"), b"x", "image/png")
+
+    assert raised.value.status_code == 503
+    assert len(requests_to(server, "POST", f"/object/{BUCKET}/")) == FAST_RETRIES.attempts
+
+
+async def test_a_refusal_is_not_retried(server: SupabaseStorageServer, storage: SupabaseAssetStorage) -> None:
+    server.fail_next_requests(1, status=403, path_part=f"/object/{BUCKET}/")
+
+    with pytest.raises(StorageUnavailableError, match="service key"):
+        await storage.put_bytes(new_key("images/0123456789abcdef", "png"), b"x", "image/png")
+
+    assert len(requests_to(server, "POST", f"/object/{BUCKET}/")) == 1
+
+
+async def test_starting_a_resumable_upload_is_retried_after_a_server_error(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    data = os.urandom(LARGE_BYTES)
+    key = new_key("videos/0123456789abcdef", "full.mp4")
+    server.fail_next_requests(1, status=502, path_part="/upload/resumable")
+
+    await storage.put_bytes(key, data, "video/mp4")
+
+    assert [r.status for r in requests_to(server, "POST", "/upload/resumable")] == [502, 201]
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == data
+
+
+async def test_a_chunk_answered_with_a_server_error_resumes_from_the_server_offset(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    data = os.urandom(LARGE_BYTES)
+    key = new_key("videos/0123456789abcdef", "full.mp4")
+    # Every PATCH and HEAD goes to /upload/resumable/<id>; the creating POST has no trailing part.
+    server.fail_next_requests(1, status=503, path_part="/upload/resumable/")
+
+    await storage.put_bytes(key, data, "video/mp4")
+
+    assert next(r.status for r in requests_to(server, "PATCH", "/upload/resumable/")) == 503
+    assert len(requests_to(server, "HEAD", "/upload/resumable/")) == 1
+    kept = server.stored_object(BUCKET, key)
+    assert kept is not None and kept.data == data
+
+
+async def test_signing_is_retried_after_a_timeout_like_hangup(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage
+) -> None:
+    key = new_key("images/0123456789abcdef", "png")
+    await storage.put_bytes(key, b"image bytes", "image/png")
+    server.fail_next_requests(1, status=None, path_part="/object/sign/")
+
+    url = await storage.signed_uri(key)
+
+    assert [r.status for r in requests_to(server, "POST", "/object/sign/")][-2:] == [None, 200]
+    assert fetch(url)[2] == b"image bytes"

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import imageio_ffmpeg
+from grpc_health.v1 import health_pb2
 
 from services import serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig
 from services.media.encoders import EncoderSelection, select_h264_encoder
 from services.media.openai_speech import OpenAISpeechNarrator
+from services.media.scratch import MEBIBYTE, ScratchDisk
 from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio, Narrator
@@ -71,6 +73,7 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
             config.fallback_to_offline,
             await check_models(client, [config.speech_model]),
         )
+    scratch = ScratchDisk(config.work_root, min_free_bytes=config.min_free_megabytes * MEBIBYTE)
     studio = MediaStudio(
         narrator=narrator,
         narrator_name="openai" if client is not None else "espeak-ng",
@@ -82,9 +85,13 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         encoders=encoders,
         work_root=config.work_root,
         video_timeout_seconds=config.video_timeout_seconds,
+        scratch=scratch,
     )
+    health_task: asyncio.Task[None] | None = None
 
     async def release() -> None:
+        if health_task is not None:
+            health_task.cancel()
         espeak.close()
         if client is not None:
             await client.close()
@@ -99,6 +106,15 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         interceptors=[PeerIdentityInterceptor(config.internal_callers)] if config.internal_tls else [],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
+
+    async def set_serving(has_room: bool) -> None:
+        # Ignored once SIGTERM has set NOT_SERVING for good (the health servicer's graceful shutdown).
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if has_room else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await running.health.set(SERVICE_NAME, status)
+
+    health_task = asyncio.create_task(scratch.report_health(set_serving))
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
 
 

@@ -35,6 +35,8 @@ class MediaConfig:
     internal_callers: frozenset[str]
     storage: StorageSettings
     work_root: Path
+    # Free space the scratch disk must keep for an encode to start; under it, health says NOT_SERVING. 0: off.
+    min_free_megabytes: int
     narration_timeout_seconds: float
     video_timeout_seconds: float
     espeak_voice: str
@@ -68,6 +70,10 @@ class MediaConfig:
             internal_callers=read_internal_callers(environment, internal_tls),
             storage=read_storage_settings(environment, var_root),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
+            # An ENHANCED encode writes a few tens of MiB; 256 leaves room for several at once.
+            min_free_megabytes=environment.integer(
+                "STILLPOINT_MEDIA_MIN_FREE_MEGABYTES", 256, minimum=0, maximum=10_000_000
+            ),
             # The reference pipeline's budgets: audio 60 s, video encoding 120 s.
             narration_timeout_seconds=environment.seconds("STILLPOINT_NARRATION_TIMEOUT_SECONDS", 60.0),
             video_timeout_seconds=environment.seconds("STILLPOINT_VIDEO_TIMEOUT_SECONDS", 120.0),

@@ -43,3 +43,20 @@ class StageTimeoutError(MediaError):
         super().__init__(f"{stage} took longer than {timeout_seconds:g} s")
         self.stage = stage
         self.timeout_seconds = timeout_seconds
+
+
+class ScratchSpaceError(MediaError):
+    """The media scratch disk is full, or under the configured minimum of free space: this replica cannot
+    encode until space returns (another replica may)."""
+
+    def __init__(self, *, free_bytes: int | None, min_free_bytes: int | None) -> None:
+        if free_bytes is None or min_free_bytes is None:
+            message = "the media scratch disk is full; try again shortly"
+        else:
+            message = (
+                f"the media scratch disk is full ({free_bytes >> 20} MiB free, at least "
+                f"{min_free_bytes >> 20} MiB needed to encode); try again shortly"
+            )
+        super().__init__(message)
+        self.free_bytes = free_bytes
+        self.min_free_bytes = min_free_bytes

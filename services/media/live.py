@@ -20,6 +20,7 @@ import numpy as np
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
 from services.media.placeholder import paint_placeholder
+from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration, encode_wav
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
@@ -119,7 +120,10 @@ class LiveNarration:
         self._work_dir: Path | None = None
 
     async def __aenter__(self) -> LiveNarration:
-        self._work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="live-", dir=self._work_root))
+        with disk_full_reported():
+            self._work_dir = Path(
+                await asyncio.to_thread(tempfile.mkdtemp, prefix="live-", dir=self._work_root)
+            )
         self._writer = asyncio.create_task(self._write_in_order())
         return self
 
@@ -183,7 +187,10 @@ class LiveNarration:
 
     async def _write_in_order(self) -> None:
         try:
-            await self._events.put(await self._narrate())
+            # A write to the scratch folder (a WAV, the preview image) may find the disk full.
+            with disk_full_reported():
+                result = await self._narrate()
+            await self._events.put(result)
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # handed to the reader of events(), which raises it
@@ -364,7 +371,7 @@ class _LiveEncoder:
             self._process.stdin.write(samples)
             await self._process.stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
-            raise EncodingError("the live encoder stopped", detail=await self._stderr()) from None
+            raise encoding_failure("the live encoder stopped", await self._stderr()) from None
 
     async def close(self) -> None:
         assert self._process.stdin is not None
@@ -376,9 +383,8 @@ class _LiveEncoder:
         except TimeoutError:
             raise EncodingError("the live encoder did not finish", detail="") from None
         if self._process.returncode != 0:
-            raise EncodingError(
-                f"the live encoder failed (exit status {self._process.returncode})",
-                detail=await self._stderr(),
+            raise encoding_failure(
+                f"the live encoder failed (exit status {self._process.returncode})", await self._stderr()
             )
         logger.debug("live encoder drained in %.2f s", time.monotonic() - started)
 

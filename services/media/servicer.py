@@ -16,6 +16,7 @@ from services.media.errors import (
     EncodingError,
     InvalidInputError,
     MediaError,
+    ScratchSpaceError,
     SpeechError,
     StageTimeoutError,
 )
@@ -173,6 +174,12 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         await context.abort(*status_of_dependency_failure(error))
     except StageTimeoutError as error:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
+    except ScratchSpaceError as error:
+        # UNAVAILABLE, not RESOURCE_EXHAUSTED: the condition is this replica's and passes (other encodes
+        # finish, an operator frees space), so the gateway's retry policy tries the job again later, on a
+        # replica that has room, while this one's health says NOT_SERVING.
+        logger.error("encoding refused or failed: %s", error)
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
     except EncodingError as error:
         # FFmpeg's log is for operators: it names paths and internals a client should not see.
         logger.error("encoding failed: %s\n%s", error, error.detail)

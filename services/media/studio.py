@@ -17,6 +17,7 @@ from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError
 from services.media.live import LiveNarration, SpokenSegment
+from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
 from services.media.video import RenderProfile, render_still_video
 from services.openai_api import ProviderCallError
@@ -77,6 +78,7 @@ class MediaStudio:
         video_timeout_seconds: float,
         providers: list[ProviderReport] | None = None,
         sentences_in_flight_per_job: int = 3,
+        scratch: ScratchDisk | None = None,
     ) -> None:
         self._narrator = narrator
         self._narrator_name = narrator_name
@@ -87,6 +89,8 @@ class MediaStudio:
         self._ffmpeg_path = ffmpeg_path
         self.encoders = encoders
         self._work_root = work_root
+        # Without a minimum, a full disk is still recognised when a write fails.
+        self.scratch = scratch or ScratchDisk(work_root)
         self._video_timeout_seconds = video_timeout_seconds
 
     async def speak(self, script: str) -> SpokenSegment:
@@ -112,7 +116,9 @@ class MediaStudio:
         return deleted
 
     async def open_live_narration(self, meditation_id: str) -> LiveNarration:
-        """A live narration for one job; use it as an async context manager."""
+        """A live narration for one job; use it as an async context manager. Refused while the scratch disk
+        is under its minimum of free space."""
+        await self.scratch.ensure_room()
         return LiveNarration(
             meditation_id=meditation_id,
             speak=self.speak,
@@ -130,7 +136,10 @@ class MediaStudio:
         profile: RenderProfile,
         narration_aac_key: str = "",
     ) -> AsyncIterator[VideoEncoded | VideoStored]:
-        """Encodes the video, reports the encode, stores it and reports where it is."""
+        """Encodes the video, reports the encode, stores it and reports where it is. Refused before any work
+        while the scratch disk is under its minimum of free space; a disk that fills up during the encode
+        fails it as ScratchSpaceError, and its scratch files are removed either way."""
+        await self.scratch.ensure_room()
         image_path = await self._input_path(image_key, "image_storage_key") if image_key else None
         if not narration_key:
             raise InvalidInputError("narration_storage_key", "is empty: synthesize the narration first")
@@ -144,20 +153,23 @@ class MediaStudio:
         )
         if is_audio_copied:
             audio_path = await self._input_path(narration_aac_key, "narration_aac_storage_key")
-        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
+        with disk_full_reported():
+            work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
         try:
             started = time.perf_counter()
-            video = await render_still_video(
-                ffmpeg_path=self._ffmpeg_path,
-                image_path=image_path,
-                audio_path=audio_path,
-                duration_seconds=duration_seconds,
-                output_path=work_dir / f"{profile.name}.mp4",
-                profile=profile,
-                encoder=self.encoders.selected,
-                timeout_seconds=self._video_timeout_seconds,
-                is_audio_copied=is_audio_copied,
-            )
+            # The placeholder image or the finished file's check may find the scratch disk full.
+            with disk_full_reported():
+                video = await render_still_video(
+                    ffmpeg_path=self._ffmpeg_path,
+                    image_path=image_path,
+                    audio_path=audio_path,
+                    duration_seconds=duration_seconds,
+                    output_path=work_dir / f"{profile.name}.mp4",
+                    profile=profile,
+                    encoder=self.encoders.selected,
+                    timeout_seconds=self._video_timeout_seconds,
+                    is_audio_copied=is_audio_copied,
+                )
             yield VideoEncoded(encode_seconds=time.perf_counter() - started, encoder=video.encoder)
             started = time.perf_counter()
             stored = await self._storage.put_file(

@@ -23,6 +23,7 @@ from av.video.stream import VideoStream
 
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
 from services.media.placeholder import paint_placeholder
+from services.media.scratch import encoding_failure
 
 _STDERR_TAIL_CHARACTERS = 4000
 # The frame rate 1/duration is written as a ratio of integers; millisecond precision is plenty.
@@ -191,9 +192,9 @@ async def render_still_video(
         except TimeoutError:
             raise StageTimeoutError("video rendering", timeout_seconds) from None
         if result.return_code != 0:
-            raise EncodingError(
+            raise encoding_failure(
                 f"FFmpeg could not render the {profile.name} video (exit status {result.return_code})",
-                detail=result.stderr[-_STDERR_TAIL_CHARACTERS:],
+                result.stderr[-_STDERR_TAIL_CHARACTERS:],
             )
         info, size_bytes = await asyncio.to_thread(_publish, partial_path, output_path, profile)
     finally:

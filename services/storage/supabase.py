@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
+import random
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Final, Self
+from typing import BinaryIO, Final, Self, TypeVar
 
 import httpx
 from storage3 import AsyncStorageClient
@@ -34,12 +37,40 @@ DEFAULT_TIMEOUT_SECONDS: Final = 60.0
 CACHE_CONTROL_SECONDS: Final = "31536000"
 
 _TUS_VERSION: Final = "1.0.0"
-# Failed PATCHes in a row (lost connection, offset conflict) before a resumable upload gives up.
-_TUS_ATTEMPTS: Final = 3
 _DOWNLOAD_CHUNK_BYTES: Final = MEBIBYTE
 _SIGNED_URI_MEMO_SIZE: Final = 4096
 
 ChunkReader = Callable[[int, int], Awaitable[bytes]]
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class StorageRetryPolicy:
+    """The one retry policy of every Supabase Storage request: how often a transient failure (a 5xx, a 429, a
+    lost connection, a timeout) is tried again, and how long to wait in between. Refusals (other 4xx) are
+    never retried: asking again gets the same answer.
+
+    The waits stay short (a few seconds in all) so that retries fit inside a pipeline stage's deadline; an
+    outage longer than that fails the job's attempt, and the job's own retry policy takes over.
+    """
+
+    # Tries of one request in all, the first included; at least 1.
+    attempts: int = 4
+    first_delay_seconds: float = 0.25
+    max_delay_seconds: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.first_delay_seconds < 0 or self.max_delay_seconds < 0:
+            raise ValueError("a retry policy needs at least one attempt and delays that are not negative")
+
+    def delay_seconds(self, failures: int) -> float:
+        """The wait after the `failures`-th failure in a row: exponential, capped, with jitter so that many
+        uploads cut by one outage do not all come back at the same instant."""
+        ceiling = min(self.first_delay_seconds * 2 ** (failures - 1), self.max_delay_seconds)
+        return random.uniform(ceiling / 2, ceiling)
+
+
+DEFAULT_RETRY_POLICY: Final = StorageRetryPolicy()
 
 
 # Objects listed per request when a folder is emptied.
@@ -64,6 +95,7 @@ class SupabaseAssetStorage:
         resumable_threshold_bytes: int = DEFAULT_RESUMABLE_THRESHOLD_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        retry_policy: StorageRetryPolicy = DEFAULT_RETRY_POLICY,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError("the Supabase URL must start with http:// or https://")
@@ -79,6 +111,7 @@ class SupabaseAssetStorage:
         self._signed_url_expiry_seconds = signed_url_expiry_seconds
         self._resumable_threshold_bytes = resumable_threshold_bytes
         self._chunk_bytes = chunk_bytes
+        self._retry_policy = retry_policy
         credentials = {"apikey": service_key, "Authorization": f"Bearer {service_key}"}
         # One connection pool for storage3 and for what it lacks (TUS, streamed downloads).
         self._http = httpx.AsyncClient(headers=credentials, timeout=httpx.Timeout(timeout_seconds))
@@ -98,6 +131,7 @@ class SupabaseAssetStorage:
         resumable_threshold_bytes: int = DEFAULT_RESUMABLE_THRESHOLD_BYTES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+        retry_policy: StorageRetryPolicy = DEFAULT_RETRY_POLICY,
     ) -> SupabaseAssetStorage:
         """Makes the client inside the running loop and makes sure the (private) bucket exists."""
         storage = cls(
@@ -109,6 +143,7 @@ class SupabaseAssetStorage:
             resumable_threshold_bytes=resumable_threshold_bytes,
             chunk_bytes=chunk_bytes,
             timeout_seconds=timeout_seconds,
+            retry_policy=retry_policy,
         )
         try:
             await storage._ensure_bucket()
@@ -167,8 +202,10 @@ class SupabaseAssetStorage:
         so players polling it see each new version."""
         _check_upload(key, content_type)
         options: FileOptions = {"content-type": content_type, "cache-control": "0", "upsert": "true"}
-        with _translated("store a live object"):
-            await self._client.from_(self._bucket).upload(key, data, options)
+        # An upsert: trying it again after a lost answer writes the same bytes once more.
+        await self._retried(
+            "store a live object", lambda: self._client.from_(self._bucket).upload(key, data, options)
+        )
         return await self._stored(key, len(data), content_type)
 
     async def local_path(self, key: str) -> Path:
@@ -183,7 +220,8 @@ class SupabaseAssetStorage:
         try:
             async with lock:
                 if not await asyncio.to_thread(target.is_file):
-                    await self._download(key, target)
+                    # Each try streams into a fresh temporary file, so a cut download starts over cleanly.
+                    await self._retried("fetch an asset", lambda: self._download(key, target), key)
         finally:
             # At worst a caller arriving just now downloads again; the atomic rename keeps that harmless.
             if not lock.locked():
@@ -193,15 +231,16 @@ class SupabaseAssetStorage:
     async def exists(self, key: str) -> bool:
         """Asks Storage for the object's info."""
         validate_key(key)
-        with _translated("check for an asset"):
-            return await self._client.from_(self._bucket).exists(key)
+        return await self._retried("check for an asset", lambda: self._client.from_(self._bucket).exists(key))
 
     async def delete(self, key: str) -> bool:
         """Removes the object and this process's downloaded copy; Storage answers a missing one with an
         empty list, which is not an error."""
         validate_key(key)
-        with _translated("remove an asset"):
-            removed = await self._client.from_(self._bucket).remove([key])
+        # Removal converges: a retry after a lost answer removes nothing more.
+        removed = await self._retried(
+            "remove an asset", lambda: self._client.from_(self._bucket).remove([key])
+        )
         (self._cache_root / key).unlink(missing_ok=True)
         self._signed.pop(key, None)
         return bool(removed)
@@ -211,10 +250,14 @@ class SupabaseAssetStorage:
         validate_key(prefix)
         total, offset = 0, 0
         while True:
-            with _translated("list a job's assets"):
-                listed = await self._client.from_(self._bucket).list(
-                    prefix, {"limit": _LIST_PAGE_SIZE, "offset": offset}
-                )
+            listed = await self._retried(
+                "list a job's assets",
+                functools.partial(
+                    self._client.from_(self._bucket).list,
+                    prefix,
+                    {"limit": _LIST_PAGE_SIZE, "offset": offset},
+                ),
+            )
             for entry in listed:
                 metadata = entry.get("metadata") or {}
                 if entry.get("id") and isinstance(metadata.get("size"), int):
@@ -231,8 +274,10 @@ class SupabaseAssetStorage:
         validate_key(prefix)
         removed: set[str] = set()
         while True:
-            with _translated("list a job's assets"):
-                listed = await self._client.from_(self._bucket).list(prefix, {"limit": _LIST_PAGE_SIZE})
+            listed = await self._retried(
+                "list a job's assets",
+                lambda: self._client.from_(self._bucket).list(prefix, {"limit": _LIST_PAGE_SIZE}),
+            )
             # A sub-folder is listed with no id; a job's folder has none, and it could not be removed anyway.
             names = [f"{prefix}/{entry['name']}" for entry in listed if entry.get("name") and entry.get("id")]
             if not names:
@@ -240,8 +285,9 @@ class SupabaseAssetStorage:
             if removed.intersection(names):
                 # Removal answered but kept them (a policy refusing deletes): stop rather than loop forever.
                 raise StorageUnavailableError("Supabase Storage kept assets it was asked to remove")
-            with _translated("remove a job's assets"):
-                await self._client.from_(self._bucket).remove(names)
+            await self._retried(
+                "remove a job's assets", functools.partial(self._client.from_(self._bucket).remove, names)
+            )
             for name in names:
                 (self._cache_root / name).unlink(missing_ok=True)
             removed.update(names)
@@ -260,10 +306,11 @@ class SupabaseAssetStorage:
     async def signed_uri(self, key: str) -> str:
         """A URL anyone holding it can download the asset from, without credentials, until it expires."""
         validate_key(key)
-        with _translated("sign a download URL", key):
-            signed = await self._client.from_(self._bucket).create_signed_url(
-                key, self._signed_url_expiry_seconds
-            )
+        signed = await self._retried(
+            "sign a download URL",
+            lambda: self._client.from_(self._bucket).create_signed_url(key, self._signed_url_expiry_seconds),
+            key,
+        )
         url = signed["signedURL"]
         if not url:
             raise StorageUnavailableError("Supabase Storage answered without a signed URL")
@@ -279,10 +326,12 @@ class SupabaseAssetStorage:
             validate_key(key)
         if not keys:
             return []
-        with _translated("sign download URLs"):
-            signed = await self._client.from_(self._bucket).create_signed_urls(
+        signed = await self._retried(
+            "sign download URLs",
+            lambda: self._client.from_(self._bucket).create_signed_urls(
                 list(keys), self._signed_url_expiry_seconds
-            )
+            ),
+        )
         by_key = {item["path"]: url for item in signed if (url := item.get("signedURL"))}
         remembered_until = time.monotonic() + self._signed_url_expiry_seconds / 2
         for key, url in by_key.items():
@@ -299,8 +348,44 @@ class SupabaseAssetStorage:
         return {"content-type": content_type, "cache-control": CACHE_CONTROL_SECONDS, "upsert": "false"}
 
     async def _upload_standard(self, key: str, data: bytes, content_type: str) -> None:
-        with _translated("store an asset"):
-            await self._client.from_(self._bucket).upload(key, data, self._file_options(content_type))
+        tries = 0
+
+        async def upload() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                await self._client.from_(self._bucket).upload(key, data, self._file_options(content_type))
+            except StorageApiError as error:
+                # Keys are new for every asset, so a Duplicate answering a retry is the earlier try having
+                # landed after its answer was lost (a timeout, a cut connection): the asset is stored.
+                if tries > 1 and _status_code(error.status) == 409 and error.code == "Duplicate":
+                    _LOG.info("an upload retried after a lost answer had already landed")
+                    return
+                raise
+
+        await self._retried("store an asset", upload)
+
+    async def _retried(self, action: str, attempt: Callable[[], Awaitable[_T]], key: str | None = None) -> _T:
+        """Runs one Storage request under the retry policy: transient failures are tried again after a
+        backoff, everything else (and the last failure) is raised as `_translated` words it."""
+        failures = 0
+        while True:
+            try:
+                with _translated(action, key):
+                    return await attempt()
+            except StorageUnavailableError as error:
+                failures += 1
+                if failures >= self._retry_policy.attempts or not _is_transient(error):
+                    raise
+                delay_seconds = self._retry_policy.delay_seconds(failures)
+                _LOG.warning(
+                    "%s (try %d of %d); trying again in %.2fs",
+                    error,
+                    failures,
+                    self._retry_policy.attempts,
+                    delay_seconds,
+                )
+                await asyncio.sleep(delay_seconds)
 
     async def _upload_resumable(
         self, key: str, size_bytes: int, content_type: str, read: ChunkReader
@@ -320,10 +405,15 @@ class SupabaseAssetStorage:
             ),
             "x-upsert": "false",
         }
-        with _translated("start a resumable upload"):
+
+        async def start() -> httpx.Response:
+            # A retry after a lost answer leaves the first upload unused; Storage expires unfinished ones.
             response = await self._http.post(f"{self._storage_url}upload/resumable", headers=headers)
             if response.status_code != 201:
                 raise _api_error(response)
+            return response
+
+        response = await self._retried("start a resumable upload", start)
         location = response.headers.get("Location")
         if not location:
             raise StorageUnavailableError("Supabase Storage started a resumable upload without a Location")
@@ -353,34 +443,36 @@ class SupabaseAssetStorage:
                 "Content-Type": "application/offset+octet-stream",
             }
             try:
-                response = await self._http.patch(upload_url, content=chunk, headers=headers)
-            except httpx.TransportError as error:
-                failures += 1
-                if failures >= _TUS_ATTEMPTS:
-                    raise StorageUnavailableError(
-                        f"Supabase Storage could not be reached to upload a chunk ({type(error).__name__})"
-                    ) from error
-                offset = await self._resumable_offset(upload_url)
-                continue
-            if response.status_code == 409 and _error_name(response) != "Duplicate":
-                # Our offset and the server's disagree (an earlier chunk landed in part): ask where it is.
-                failures += 1
-                if failures >= _TUS_ATTEMPTS:
-                    raise _refusal("upload a chunk", 409, "offset conflict")
-                offset = await self._resumable_offset(upload_url)
-                continue
-            if response.status_code != 204:
                 with _translated("upload a chunk"):
-                    raise _api_error(response)
+                    response = await self._http.patch(upload_url, content=chunk, headers=headers)
+                    if response.status_code == 409 and _error_name(response) != "Duplicate":
+                        # Our offset and the server's disagree (an earlier chunk landed in part).
+                        raise _refusal("upload a chunk", 409, "offset conflict")
+                    if response.status_code != 204:
+                        raise _api_error(response)
+            except StorageUnavailableError as error:
+                is_offset_conflict = error.status_code == 409 and error.reason == "offset conflict"
+                failures += 1
+                if failures >= self._retry_policy.attempts or not (
+                    is_offset_conflict or _is_transient(error)
+                ):
+                    raise
+                # The chunk may have landed in part: resume from the offset the server holds.
+                if not is_offset_conflict:
+                    await asyncio.sleep(self._retry_policy.delay_seconds(failures))
+                offset = await self._resumable_offset(upload_url)
+                continue
             offset = _upload_offset(response, minimum=offset + 1)
             failures = 0
 
     async def _resumable_offset(self, upload_url: httpx.URL) -> int:
-        with _translated("resume an upload"):
+        async def ask() -> httpx.Response:
             response = await self._http.head(upload_url, headers={"Tus-Resumable": _TUS_VERSION})
             if response.status_code != 200:
                 raise _api_error(response)
-        return _upload_offset(response, minimum=0)
+            return response
+
+        return _upload_offset(await self._retried("resume an upload", ask), minimum=0)
 
     async def _stored(self, key: str, size_bytes: int, content_type: str) -> StoredAsset:
         uri = await self.signed_uri(key)
@@ -454,6 +546,18 @@ def _translated(action: str, key: str | None = None) -> Iterator[None]:
         raise StorageUnavailableError(
             f"Supabase Storage could not be reached to {action} ({type(error).__name__})"
         ) from error
+
+
+def _is_transient(error: StorageUnavailableError) -> bool:
+    """Whether asking again may succeed: no answer came (lost connection, timeout), Storage failed (5xx), or
+    it asked us to slow down (429). Read from the httpx or storage3 error `_translated` wrapped."""
+    cause = error.__cause__
+    if isinstance(cause, httpx.TransportError):
+        return True
+    if isinstance(cause, StorageApiError):
+        status = _status_code(cause.status)
+        return status is not None and (status == 429 or status >= 500)
+    return False
 
 
 def _refusal(action: str, status: int | None, reason: str) -> StorageUnavailableError:

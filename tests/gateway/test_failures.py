@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -40,12 +41,18 @@ async def gateway(
     media_channel: grpc.aio.Channel,
     timeouts: StageTimeouts,
     limits: JobLimits = ONE_ATTEMPT,
+    *,
+    is_asset_keeper: bool = False,
 ) -> AsyncIterator[gateway_grpc.GatewayServiceStub]:
+    """A gateway on `127.0.0.1:0`; with `is_asset_keeper` its jobs also delete and sign assets through
+    media, as the real gateway's do."""
     content = ContentClient(content_channel, timeouts)
+    media = MediaClient(media_channel, timeouts)
     jobs = MeditationJobs(
         job_store,
         content,
-        MeditationPipeline(content, MediaClient(media_channel, timeouts), timeouts),
+        MeditationPipeline(content, media, timeouts),
+        media=media if is_asset_keeper else None,
         limits=limits,
     )
     running = await serving.start_server(
@@ -283,3 +290,34 @@ async def test_jobs_past_a_replicas_limit_wait_in_the_queue_and_past_the_queues_
         assert log[-1].event.state is MeditationState.SUCCEEDED
     second_started = next(event for event in second_log if isinstance(event.event, StageChanged))
     assert second_started.event_time >= first_log[-1].event_time
+
+
+async def test_a_failed_job_leaves_no_assets_but_keeps_its_log(
+    content_channel: grpc.aio.Channel,
+    media_channel: grpc.aio.Channel,
+    job_store: JobStore,
+    api_keys: ApiKeyStore,
+    tmp_path: Path,
+) -> None:
+    """Property: a job that ends FAILED after its narration was stored (its video stage past the deadline)
+    has its narration, live preview and videos deleted, like a cancelled one; its event log says why."""
+    async with gateway(
+        job_store,
+        api_keys,
+        content_channel,
+        media_channel,
+        StageTimeouts(video_seconds=0.001),
+        is_asset_keeper=True,
+    ) as stub:
+        seen, status = await run_until_status(stub)
+        meditation = seen[0].accepted.meditation
+        replay: list[gateway_pb.GenerateMeditationResponse] = []
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _read_into(stub.WatchMeditation(gateway_pb.WatchMeditationRequest(name=meditation)), replay)
+    assert status.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert any(r.HasField("narration_ready") for r in seen), "the narration was stored before the failure"
+    meditation_id = meditation.rsplit("/", 1)[-1]
+    left = [p for p in (tmp_path / "storage").rglob("*") if p.is_file() and meditation_id in str(p)]
+    assert left == []
+    assert [r.sequence for r in replay] == [r.sequence for r in seen]
+    assert replay[-1].completed.state == gateway_pb.MEDITATION_STATE_FAILED

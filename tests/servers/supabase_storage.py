@@ -156,6 +156,12 @@ class SupabaseStorageServer:
         up without answering, as a connection lost mid-chunk would look."""
         self._state.interrupt_patches(count)
 
+    def fail_next_requests(self, count: int = 1, status: int | None = 503, path_part: str = "") -> None:
+        """The next `count` requests whose path contains `path_part` fail before doing anything: answered
+        with `status` and Storage's error body (a 5xx or 429 outage), or, with `status` None, by hanging up
+        without an answer (a connection lost or a gateway timing out)."""
+        self._state.fail_requests(count, status, path_part)
+
     def stored_object(self, bucket: str, name: str) -> StoredObjectView | None:
         """What is stored under `bucket`/`name`, read from the server's side; None if nothing is."""
         return self._state.object_view(bucket, name)
@@ -311,6 +317,9 @@ class _StorageState:
         self._uploads: dict[str, _Upload] = {}
         self._requests: list[ReceivedRequest] = []
         self._patches_to_interrupt = 0
+        self._failures_left = 0
+        self._failure_status: int | None = None
+        self._failure_path_part = ""
 
     # Log
 
@@ -333,6 +342,20 @@ class _StorageState:
     def interrupt_patches(self, count: int) -> None:
         with self._lock:
             self._patches_to_interrupt = count
+
+    def fail_requests(self, count: int, status: int | None, path_part: str) -> None:
+        with self._lock:
+            self._failures_left = count
+            self._failure_status = status
+            self._failure_path_part = path_part
+
+    def take_failure(self, path: str) -> tuple[bool, int | None]:
+        """Whether the request to `path` is to fail, and with which status (None: hang up)."""
+        with self._lock:
+            if self._failures_left <= 0 or self._failure_path_part not in path:
+                return False, None
+            self._failures_left -= 1
+            return True, self._failure_status
 
     def draw_upload_latency_seconds(self, size_bytes: int) -> float:
         """The delay of one upload or TUS PATCH of `size_bytes`; 0 when no latency is configured."""
@@ -494,6 +517,13 @@ class _Handler(TrackingHandler):
         is_tus = split.path.startswith(f"{API_PREFIX}upload/resumable")
         try:
             body = self._read_body()
+            is_failing, failure_status = self._state.take_failure(split.path)
+            if is_failing:
+                if failure_status is None:
+                    raise _HangupError
+                raise _StorageError(
+                    failure_status, "ServiceUnavailable", "ServiceUnavailable", "injected failure"
+                )
             if not split.path.startswith(API_PREFIX):
                 raise _StorageError(404, "NotFound", "Not Found", f"Route {method}:{split.path} not found")
             segments = [urllib.parse.unquote(part) for part in split.path[len(API_PREFIX) :].split("/")]

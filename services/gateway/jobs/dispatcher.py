@@ -300,11 +300,13 @@ class JobDispatcher:
             logger.warning("%s failed: %s", name, error.message)
             if await recorder.finish(MeditationState.FAILED, decision.failure):
                 await self._queue.acknowledge(running.delivery)
+                await self._delete_failed_assets(name)
             return
         if decision.outcome is Outcome.DEAD_LETTER:
             logger.warning("%s failed on its last attempt (%d): %s", name, attempt, error.message)
             if await recorder.finish(MeditationState.FAILED, decision.failure):
                 await self._dead_letter(running.delivery, attempt, decision.failure.message)
+                await self._delete_failed_assets(name)
             return
         logger.warning(
             "%s: attempt %d failed (%s); retrying in %g s",
@@ -339,6 +341,17 @@ class JobDispatcher:
         logger.warning("%s: %s", meditation.name, failure.message)
         if await recorder.finish(MeditationState.FAILED, failure):
             await self._dead_letter(delivery, delivery.delivery_count - 1, failure.message)
+            await self._delete_failed_assets(meditation.name)
+
+    async def _delete_failed_assets(self, name: str) -> None:
+        """A FAILED job's narration, live preview and videos go, as a cancelled job's do: no client gets a
+        half-made meditation, and nothing is left orphaned in storage. Its event log stays (it says why it
+        failed). Best effort: the job has ended either way, so a deletion that fails is logged, not raised;
+        where retention is configured, its eraser removes what is left once the job is past it."""
+        try:
+            await self.delete_assets(name)
+        except GatewayError as error:
+            logger.warning("%s: could not delete the failed job's assets (%s)", name, error.message)
 
     async def _dead_letter(self, delivery: Delivery, attempts: int, reason: str) -> None:
         """Marks the failed job dead-lettered in the job store (what operators list), then in the queue."""
