@@ -84,6 +84,8 @@ class Meditation:
     create_time: datetime
     # What its narration, live preview and videos take in storage, measured when it succeeded; 0 before.
     stored_bytes: int = 0
+    # Someone asked to cancel it (recorded in the job store): a replica about to run it ends it instead.
+    is_cancel_requested: bool = False
     # Made for the reader when the job is read (see asset_links), never stored.
     image_uri: str = ""
     narration_uri: str = ""

@@ -116,6 +116,10 @@ class MeditationPipeline:
                 image_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, GatewayError):
                     await image_task
+            elif not image_task.cancelled():
+                # It failed while another stage failed the attempt first: that failure is the one reported,
+                # and reading this one keeps asyncio from logging it as never retrieved.
+                image_task.exception()
 
     async def _transcript_and_narration(
         self, job: JobEvents, source: SourceContent, skip_cache: bool

@@ -4,6 +4,7 @@ renews its leases."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.store import JobStore
+from services.gateway.jobs.work_queue import InProcessWorkQueue
 from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline
 from tests.conftest import TEST_OWNER
@@ -80,3 +82,47 @@ async def test_a_cancel_the_running_replica_never_hears_stops_the_job_at_its_nex
         lambda: replicas.running.dispatcher.recorder_of(name) is None, what="the job's task to end"
     )
     assert any("cancelled on another replica" in record.getMessage() for record in caplog.records)
+
+
+class CountingPipeline:
+    """A pipeline that counts the attempts it is given and holds each one."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, job: object, meditation: object) -> None:
+        self.runs += 1
+        await asyncio.Event().wait()
+
+
+async def test_a_job_whose_cancel_was_recorded_while_it_waited_is_ended_not_run(
+    content_channel: grpc.aio.Channel, gateway_engine: AsyncEngine
+) -> None:
+    """Property: a job taken from the queue with a cancel request on record (asked while it waited, where no
+    heartbeat could see it) ends CANCELLED without its pipeline ever running."""
+    store = JobStore(gateway_engine)
+    queue = InProcessWorkQueue(claim_timeout_seconds=30)
+    pipeline = CountingPipeline()
+    content = ContentClient(content_channel, TIMEOUTS)
+    jobs = MeditationJobs(store, content, pipeline, queue=queue, poll_interval_seconds=0.05)  # type: ignore[arg-type]
+    try:
+        meditation, _ = await store.create(
+            conversation="conversations/0123456789abcdef",
+            owner=TEST_OWNER,
+            request_id="",
+            options=MeditationOptions(),
+            queue_lease_seconds=300,
+        )
+        await store.request_cancel(meditation.name)
+        await queue.submit(meditation.name)
+
+        jobs.dispatcher.start()
+
+        async def has_ended() -> bool:
+            return (await store.get(meditation.name)).state.is_final
+
+        await wait_until(has_ended, what="the job to end")
+        assert (await store.get(meditation.name)).state is MeditationState.CANCELLED
+        assert pipeline.runs == 0
+    finally:
+        await jobs.close()

@@ -227,6 +227,16 @@ class JobDispatcher:
             if meditation.state.is_final:
                 await self._queue.acknowledge(delivery)
                 return False
+            if meditation.is_cancel_requested:
+                # Asked to stop while it waited, or between attempts, where no heartbeat saw it: end it now
+                # rather than run it until the first renewal does.
+                recorder = JobRecorder(
+                    meditation=name, store=self._store, last_sequence=meditation.last_sequence
+                )
+                await _finish_cancelled(recorder)
+                await self._queue.acknowledge(delivery)
+                await self.delete_assets(name)
+                return False
             if self._retry_policy.is_crash_loop(delivery.delivery_count):
                 # Its replicas kept dying on it: stop here.
                 await self._give_up(delivery, meditation, "the gateway running it stopped every time")

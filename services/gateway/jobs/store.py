@@ -627,6 +627,7 @@ def _meditation(row: JobRow) -> Meditation:
         last_sequence=row.last_sequence,
         create_time=aware(row.create_time),
         stored_bytes=row.stored_bytes,
+        is_cancel_requested=row.cancel_requested_time is not None,
     )
 
 
