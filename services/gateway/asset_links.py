@@ -34,11 +34,23 @@ class AssetLinks:
 
     async def for_event(self, recorded: SequencedEvent) -> SequencedEvent:
         """The event with its asset's URI made now; any other event as it is."""
-        event = recorded.event
-        if not isinstance(event, AssetEvent) or not event.storage_key:
-            return recorded
-        [uri] = await self._uris([event.storage_key])
-        return dataclasses.replace(recorded, event=dataclasses.replace(event, uri=uri))
+        [linked] = await self.for_events([recorded])
+        return linked
+
+    async def for_events(self, events: Sequence[SequencedEvent]) -> list[SequencedEvent]:
+        """The events with their assets' URIs made now, in one request for them all (a replayed page)."""
+        keys = [
+            recorded.event.storage_key
+            for recorded in events
+            if isinstance(recorded.event, AssetEvent) and recorded.event.storage_key
+        ]
+        uris = dict(zip(keys, await self._uris(keys), strict=True)) if keys else {}
+        return [
+            dataclasses.replace(recorded, event=dataclasses.replace(event, uri=uris[event.storage_key]))
+            if isinstance(event := recorded.event, AssetEvent) and event.storage_key
+            else recorded
+            for recorded in events
+        ]
 
     async def for_meditations(self, meditations: Sequence[Meditation]) -> list[Meditation]:
         """The meditations with their assets' URIs made now, in one request for them all."""

@@ -61,8 +61,11 @@ class PageTokens:
         """Whether the key came from a secret every replica can share."""
         return self._is_shared
 
-    def issue(self, cursor: PageCursor, *, scope: str, owner: str) -> str:
-        """A token that resumes after `cursor`, valid only for `owner` and `scope` (the list it pages)."""
+    def issue(self, cursor: PageCursor | None, *, scope: str, owner: str) -> str:
+        """A token that resumes after `cursor`, valid only for `owner` and `scope` (the list it pages); empty
+        for no cursor (the last page), as `verify` reads an empty token as the first."""
+        if cursor is None:
+            return ""
         body = json.dumps(
             [_VERSION, cursor.create_time.isoformat(), cursor.id], separators=(",", ":")
         ).encode()

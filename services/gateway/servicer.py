@@ -195,10 +195,8 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             owner, size = caller(), page_size(request.page_size)
             after = self._page_tokens.verify(request.page_token, scope=_CONVERSATIONS_SCOPE, owner=owner)
             page = await self._content.list_conversations(owner, size, after)
-            next_page_token = (
-                self._page_tokens.issue(page.next_cursor, scope=_CONVERSATIONS_SCOPE, owner=owner)
-                if page.next_cursor is not None
-                else ""
+            next_page_token = self._page_tokens.issue(
+                page.next_cursor, scope=_CONVERSATIONS_SCOPE, owner=owner
             )
         return gateway_pb.ListConversationsResponse(
             conversations=[_conversation_proto(conversation) for conversation in page.conversations],
@@ -219,11 +217,7 @@ class GatewayServicer(gateway_grpc.GatewayServiceServicer):
             scope = f"{_MEDITATIONS_SCOPE}?conversation={conversation}"
             after = self._page_tokens.verify(request.page_token, scope=scope, owner=owner)
             page = await self._jobs.list(owner, size, after, conversation=conversation)
-            next_page_token = (
-                self._page_tokens.issue(page.next_cursor, scope=scope, owner=owner)
-                if page.next_cursor is not None
-                else ""
-            )
+            next_page_token = self._page_tokens.issue(page.next_cursor, scope=scope, owner=owner)
         return gateway_pb.ListMeditationsResponse(
             meditations=[_meditation_proto(meditation) for meditation in page.meditations],
             next_page_token=next_page_token,

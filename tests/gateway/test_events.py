@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from services.gateway.asset_links import AssetLinks
-from services.gateway.events import ImageReady, VideoQuality, VideoReady, decode_event, encode_event
+from services.gateway.events import (
+    Accepted,
+    ImageReady,
+    PlaylistReady,
+    VideoQuality,
+    VideoReady,
+    decode_event,
+    encode_event,
+)
 
 NOW = datetime(2026, 12, 3, tzinfo=UTC)
 
@@ -58,3 +66,35 @@ async def test_an_event_logged_with_a_uri_before_keys_is_read_with_that_uri() ->
     read = await AssetLinks(media=None).for_event(decode_event(4, NOW, legacy))
     assert isinstance(read.event, ImageReady)
     assert read.event.uri == "file:///var/storage/images/a.png"
+
+
+class CountingSigner:
+    """Signs keys as `signed:<key>`, counting requests; a key it was told is gone gets an empty URI."""
+
+    def __init__(self, gone: frozenset[str] = frozenset()) -> None:
+        self.requests: list[list[str]] = []
+        self._gone = gone
+
+    async def asset_uris(self, storage_keys: list[str]) -> list[str]:
+        self.requests.append(list(storage_keys))
+        return ["" if key in self._gone else f"signed:{key}" for key in storage_keys]
+
+
+async def test_a_replayed_page_is_signed_in_one_request() -> None:
+    events = [
+        decode_event(1, NOW, encode_event(0.0, ImageReady("images/a.png", 8, 8, is_cached=False))),
+        decode_event(2, NOW, encode_event(0.1, Accepted(meditation="meditations/x", conversation="c"))),
+        decode_event(3, NOW, encode_event(0.2, PlaylistReady("live/x/p.m3u8"))),
+        decode_event(4, NOW, encode_event(0.3, PlaylistReady("live/x/gone.m3u8"))),
+    ]
+    signer = CountingSigner(gone=frozenset({"live/x/gone.m3u8"}))
+
+    linked = await AssetLinks(media=signer).for_events(events)  # type: ignore[arg-type]
+
+    assert len(signer.requests) == 1
+    assert [getattr(event.event, "uri", None) for event in linked] == [
+        "signed:images/a.png",
+        None,
+        "signed:live/x/p.m3u8",
+        "",
+    ]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -21,34 +19,11 @@ from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.jobs.store import JobRow, JobStore
 from services.gateway.models import ImageAspect, JobChanges, MeditationOptions, MeditationState
 from services.gateway.schema import Base
-from tests.data_plane import fresh_database
 
 CONVERSATION = "conversations/0123456789abcdef"
 QUEUE_LEASE_SECONDS = 60.0
 OWNER = "tester"
 REQUEST_SHA256 = "a" * 64
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database of each kind."""
-    with fresh_database(request.param, tmp_path, "gateway.db") as url:
-        yield url
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """A migrated engine."""
-    made = create_engine(database_url)
-    await gateway_migrate.HISTORY.upgrade(made)
-    yield made
-    await made.dispose()
-
-
-@pytest.fixture
-def store(engine: AsyncEngine) -> JobStore:
-    """The job store over the migrated engine."""
-    return JobStore(engine)
 
 
 async def _create(store: JobStore, request_id: str = "", owner: str = OWNER, limit: int = 0) -> str:

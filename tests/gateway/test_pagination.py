@@ -70,3 +70,9 @@ def test_the_gateway_reads_the_secret_once_and_never_puts_it_in_a_message() -> N
     with pytest.raises(ConfigError, match="STILLPOINT_PAGE_TOKEN_SECRET") as refused:
         GatewayConfig.from_environment(Environment({"STILLPOINT_PAGE_TOKEN_SECRET": short}))
     assert short not in str(refused.value)
+
+
+def test_the_last_page_has_an_empty_token_which_reads_as_the_first() -> None:
+    tokens = PageTokens(SECRET)
+    assert tokens.issue(None, scope="ListMeditations", owner="alice") == ""
+    assert tokens.verify("", scope="ListMeditations", owner="alice") is None

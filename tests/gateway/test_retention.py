@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import grpc
 import pytest
@@ -15,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.database import create_engine
 from services.environment import ConfigError, Environment
-from services.gateway import migrate as gateway_migrate
 from services.gateway.__main__ import make_retention
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.config import GatewayConfig
@@ -26,7 +23,6 @@ from services.gateway.jobs.store import JobEventRow, JobRow, JobStore
 from services.gateway.models import JobChanges, MeditationOptions, MeditationState
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.storage.local import LocalAssetStorage
-from tests.data_plane import fresh_database
 
 OWNER = "tester"
 CONVERSATION = "conversations/0123456789abcdef"
@@ -37,28 +33,6 @@ RETENTION = timedelta(days=30)
 LONG_AGO = NOW - RETENTION - timedelta(days=1)
 RECENTLY = NOW - RETENTION + timedelta(hours=1)
 RETENTION_LOGGER = "services.gateway.jobs.retention"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database of each kind."""
-    with fresh_database(request.param, tmp_path, "gateway.db") as url:
-        yield url
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    """A migrated engine: one gateway replica's."""
-    made = create_engine(database_url)
-    await gateway_migrate.HISTORY.upgrade(made)
-    yield made
-    await made.dispose()
-
-
-@pytest.fixture
-def store(engine: AsyncEngine) -> JobStore:
-    """The job store over the migrated engine."""
-    return JobStore(engine)
 
 
 def fixed_clock() -> datetime:

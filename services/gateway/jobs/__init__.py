@@ -201,9 +201,15 @@ class MeditationJobs:
             live = recorder.watch() if recorder is not None else None
             try:
                 page = await self._store.list_events(name, last_sequence)
-                for stored in page.events:
-                    event = decode_event(stored.sequence, stored.event_time, stored.payload)
-                    yield await self._links.for_event(event)
+                # One signing request for the page's assets, not one per event.
+                replayed = await self._links.for_events(
+                    [
+                        decode_event(stored.sequence, stored.event_time, stored.payload)
+                        for stored in page.events
+                    ]
+                )
+                for event in replayed:
+                    yield event
                     last_sequence = event.sequence
                     if isinstance(event.event, Completed):
                         return
