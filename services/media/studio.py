@@ -110,10 +110,12 @@ class MediaStudio:
 
     async def delete_assets(self, meditation_id: str) -> int:
         """Removes the meditation's narration, live preview and videos; returns how many assets."""
-        deleted = 0
-        for kind in _ASSET_KINDS:
-            deleted += await self._storage.delete_prefix(f"{kind}/{meditation_id}")
-        return deleted
+        # At once, not one after another: while storage struggles each waits out its retries, and together
+        # they must fit the caller's deadline.
+        counts = await asyncio.gather(
+            *(self._storage.delete_prefix(f"{kind}/{meditation_id}") for kind in _ASSET_KINDS)
+        )
+        return sum(counts)
 
     async def open_live_narration(self, meditation_id: str) -> LiveNarration:
         """A live narration for one job; use it as an async context manager. Refused while the scratch disk

@@ -34,8 +34,9 @@ _CLAIM_MARGIN_SECONDS = 1.0
 _CANCEL_WAIT_SECONDS = 10.0
 # How many abandoned jobs one janitor round requeues, and how many owed asset deletions it retries.
 _JANITOR_BATCH = 10
-# An asset deletion owed for less than this is still being done by whoever owes it: the janitor leaves it.
-_OWED_DELETION_GRACE_SECONDS = 30.0
+# An asset deletion owed for less than one deletion's deadline (the media client's bookkeeping timeout, 10 s)
+# may still be in flight where it was asked for: the janitor leaves it (twice would be harmless, only waste).
+_OWED_DELETION_GRACE_SECONDS = 10.0
 # Failures that mean media or storage is down: the rest of a janitor's batch would fail the same way.
 _DEPENDENCY_DOWN = frozenset({FailureKind.UNAVAILABLE, FailureKind.DEADLINE})
 # How many jobs still waiting in a queue that lost them are submitted again at once (well above the queued
@@ -290,6 +291,11 @@ class JobDispatcher:
     async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
         running = self._running[meditation.name]
         try:
+            if self._media is not None and meditation.last_sequence > 1:
+                # An earlier attempt ran (on this replica or one that stopped): what it stored goes before
+                # this one starts afresh. Its own failure path deletes them too, but storage may have been
+                # down then; if it still is, this attempt fails here, before making more.
+                await self._media.delete_meditation_assets(meditation.name)
             await self._pipeline.run(recorder, meditation)
             if await recorder.finish(MeditationState.SUCCEEDED, None):
                 await self._queue.acknowledge(running.delivery)
@@ -338,10 +344,11 @@ class JobDispatcher:
                 ),
                 JobChanges(failure_message=error.message),
             )
-            if self._media is not None:
-                # The next attempt starts afresh: what this one made would be a second set of assets.
-                await self._media.delete_meditation_assets(name)
-            await self._store.release(name, self.holder, self._queue_lease_seconds)
+            # What this attempt stored is deleted by the next before it starts afresh: storage may be down
+            # now, and the hand-back must not wait on it.
+            # The queue delivers it again after the delay: janitors leave it alone that long too, or one
+            # would requeue it as abandoned (and its attempts would count from one again).
+            await self._store.release(name, self.holder, decision.delay_seconds + self._queue_lease_seconds)
         except GatewayError as bookkeeping:
             logger.warning("%s: %s; the queue hands it on anyway", name, bookkeeping.message)
         # Retired before it is handed back, so the next attempt (here, too) finds no attempt in the way.
