@@ -22,6 +22,11 @@ def _cues() -> dict[str, tuple[Cue, ...]]:
     return {feeling: tuple(cues) for feeling, cues in kinds.items()}
 
 
+def is_feeling(theme: str) -> bool:
+    """Whether a theme is one of the feelings this module names ("grief", "worry"), said or negated."""
+    return theme in _cues() and theme != _CHANGE
+
+
 def named_feelings(source_text: str, max_feelings: int = 3) -> list[str]:
     """Returns the feelings the person names in their own lines, not negated, in the order first named, at
     most `max_feelings` of them, each as the narrator says it ("grief", "worry about the change ahead")."""

@@ -166,6 +166,14 @@ def choose_scene(themes: Sequence[str], source_text: str) -> SceneChoice:
     )
 
 
+def is_comfort_word(theme: str) -> bool:
+    """Whether a theme is a single word of comfort ("calm", "peace"): said of their refuge, not a weight."""
+    words = theme.lower().split()
+    return len(words) == 1 and any(
+        len(cue.parts) == 1 and cue.matches_at((Word(words[0], 0),), 0) for cue in _cues().comfort
+    )
+
+
 def names_a_place_of(theme: str, words: frozenset[str]) -> bool:
     """Whether a theme ("the hospital corridor", "the sea") names any of these place lemmas, or the landscape
     of one ("the sea" names the beach's shore)."""
@@ -199,34 +207,53 @@ def _judge_sentence(
             weight = _LONGING_FOR_PERSON_WEIGHT if is_about_someone else _LONGING_FOR_PLACE_WEIGHT
             evidence.append((weight, match.clause))
     is_answer = bool(find_cues(sentence.question, cues.question))
-    # Each place counts once a sentence, from its first mention by name (or else by an echo).
-    mentions: dict[Landscape | str, tuple[str, int, int, bool]] = {}
+    # Each place counts once a sentence, weighed in every clause that names it: named in distress in any
+    # clause ("I used to go to the lake, but I can't relax at the lake"), it is in distress.
+    mentions: dict[Landscape | str, _Mention] = {}
     for index, (lemma, word) in enumerate(zip(lemmas, sentence.words, strict=True)):
         is_echo = lemma in echoes
         name = echoes[lemma] if is_echo else lemma
         key = _place_key(name)
         if key is None:
             continue
-        previous = mentions.get(key)
-        if previous is None or (previous[3] and not is_echo):
-            mentions[key] = (name, word.clause, position + index, is_echo)
-    for key, (lemma, clause, at, is_echo) in mentions.items():
-        valence = sum(
-            weight * (1.0 if cue_clause == clause else _OTHER_CLAUSE_SHARE) for weight, cue_clause in evidence
-        )
-        if is_answer:
+        mention = mentions.get(key)
+        if mention is None or (mention.is_echo and not is_echo):
+            mention = mentions[key] = _Mention(name, position + index, is_echo)
+        if mention.is_echo == is_echo:
+            mention.clauses.add(word.clause)
+    for key, mention in mentions.items():
+        valences = [
+            sum(
+                weight * (1.0 if cue_clause == clause else _OTHER_CLAUSE_SHARE)
+                for weight, cue_clause in evidence
+            )
+            for clause in mention.clauses
+        ]
+        valence = min(valences) if min(valences) < 0 else max(valences)
+        # An answer to "what helps?" frames the place as a comfort, unless the answer itself is in distress.
+        if is_answer and valence >= 0:
             valence += _FRAMING_WEIGHT
         place = places.get(key)
         if place is None:
             landscape = key if isinstance(key, Landscape) else None
-            place = places[key] = PlaceJudgement(lemma, landscape, at)
-        if is_echo:
+            place = places[key] = PlaceJudgement(mention.name, landscape, mention.position)
+        if mention.is_echo:
             place.score += valence * _ECHO_SHARE
             continue
-        place.words.add(lemma)
+        place.words.add(mention.name)
         place.score += valence
         if valence < 0:
             place.is_ruled_out = True
+
+
+@dataclass
+class _Mention:
+    """Where a sentence names a place: by name, or only by an echo of it."""
+
+    name: str
+    position: int
+    is_echo: bool
+    clauses: set[int] = field(default_factory=set)
 
 
 def _lemmas(words: Sequence[Word]) -> list[str]:

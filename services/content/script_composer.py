@@ -8,9 +8,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.content.feelings import WORRY_ABOUT_CHANGE, named_feelings
+from services.content.feelings import WORRY_ABOUT_CHANGE, is_feeling, named_feelings
 from services.content.image_prompts import Landscape, LandscapeChoice, landscape_of_place
-from services.content.refuge import choose_scene, names_a_place_of
+from services.content.refuge import choose_scene, is_comfort_word, names_a_place_of
 from services.content.themes import content_words, extract_themes
 from services.script_marks import count_spoken_words, format_pause
 
@@ -349,11 +349,16 @@ def compose_meditation(source_text: str) -> str:
     landscape = scene.landscape
     # Named from the reviewed list in data/feelings.txt, never from the person's own spelling.
     feelings = named_feelings(source_text)
-    # A place said in distress is acknowledged once, gently, never met as a weight to breathe into.
+    # A place said in distress is acknowledged once, gently, never met as a weight to breathe into; feelings
+    # are met in words of their own (or not at all, when the person said them only to deny them: "I'm not
+    # scared"); and "calm" said of a refuge is part of the refuge, not a weight.
     weights = [
         theme
         for theme in themes
-        if not names_a_place_of(theme, scene.distressing_words) and not _is_named_feeling(theme, feelings)
+        if not names_a_place_of(theme, scene.distressing_words)
+        and not is_feeling(theme)
+        and not _is_named_feeling(theme, feelings)
+        and not is_comfort_word(theme)
     ]
     refuge = next(iter(_speakable_themes([scene.refuge] if scene.refuge else [])), None)
     if refuge is not None:
@@ -450,7 +455,8 @@ def _with_article(theme: str) -> str:
         return theme
     if last.endswith(_MASS_NOUN_SUFFIXES) and last not in _COUNTABLE_ING_NOUNS:
         return theme
-    if last.endswith("s") and not last.endswith("ss"):
+    # "diagnosis" and "virus" end in s without being plurals.
+    if last.endswith("s") and not last.endswith(("ss", "is", "us")):
         return theme
     return f"the {theme}"
 
