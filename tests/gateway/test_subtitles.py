@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import sqlite3
@@ -12,6 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
+from services.cli import Progress, follow
 from services.gateway.asset_links import AssetLinks
 from services.gateway.events import (
     NarrationReady,
@@ -116,6 +118,27 @@ async def test_erasing_the_conversation_removes_the_subtitles(
     await gateway_stub.DeleteConversation(gateway_pb.DeleteConversationRequest(name=conversation))
 
     assert not subtitles.exists()
+
+
+async def test_the_cli_saves_the_subtitles_beside_both_videos(
+    gateway_stub: gateway_grpc.GatewayServiceStub, tmp_path: Path
+) -> None:
+    stream = gateway_stub.GenerateMeditation(
+        gateway_pb.GenerateMeditationRequest(conversation=await create_conversation(gateway_stub))
+    )
+    printed = io.StringIO()
+
+    meditation, saved = await follow(stream, Progress(printed, is_live=False), tmp_path / "out")
+
+    meditation_id = meditation.split("/")[1]
+    assert [path.name for path in saved] == [
+        f"{meditation_id}.vtt",
+        f"{meditation_id}-quick.mp4",
+        f"{meditation_id}-enhanced.mp4",
+    ]
+    assert saved[0].read_text(encoding="utf-8").startswith("WEBVTT\n")
+    assert len(webvtt_cues(saved[0])) > 3
+    assert f"saved {saved[0]}" in printed.getvalue()
 
 
 def test_the_subtitles_are_stored_by_key_and_a_uri_is_refused() -> None:
