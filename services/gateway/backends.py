@@ -397,6 +397,7 @@ class MediaClient:
                     provider=done.provider,
                     fallback_reason=done.fallback_reason,
                     aac_storage_key=done.aac_storage_key,
+                    subtitles_storage_key=done.subtitles_storage_key,
                     sentences=tuple(
                         SentenceTiming(
                             text=sentence.text,
@@ -449,6 +450,7 @@ class MediaClient:
             image_storage_key=image_storage_key,
             narration_storage_key=narration.storage_key,
             narration_aac_storage_key=narration.aac_storage_key,
+            subtitles_storage_key=narration.subtitles_storage_key,
             profile=_PROFILE[quality],
         )
         # One deadline covers the encode and the upload: the video stage's budget, doubled.

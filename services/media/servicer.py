@@ -61,6 +61,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 request.narration_storage_key,
                 profile,
                 narration_aac_key=request.narration_aac_storage_key,
+                subtitles_key=request.subtitles_storage_key,
             ):
                 if isinstance(event, VideoEncoded):
                     yield media_pb.RenderVideoResponse(
@@ -215,6 +216,7 @@ def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
         provider=result.provider,
         fallback_reason=result.fallback_reason,
         playlist_uri=result.playlist_uri,
+        subtitles_storage_key=result.subtitles_key,
         sentences=[
             media_pb.SpokenSentence(
                 text=sentence.text,
