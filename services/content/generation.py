@@ -39,7 +39,7 @@ from services.storage.base import AssetStorage, new_key
 logger = logging.getLogger(__name__)
 
 # Bump when the offline composer's output changes, so scripts cached from an older composer are not reused.
-OFFLINE_COMPOSER_VERSION = "offline-v2"
+OFFLINE_COMPOSER_VERSION = "offline-v3"
 # What `provider` names when the listener hears the grounding script rather than a written meditation.
 GROUNDING_PROVIDER = "grounding"
 

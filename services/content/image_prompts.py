@@ -231,9 +231,11 @@ def landscape_of_place(phrase: str) -> Landscape | None:
     return None
 
 
-def create_image_prompt(themes: Sequence[str], source_text: str) -> str:
-    """Returns a prompt for a calm, people-free landscape that suits the themes, in this module's words."""
-    landscape = choose_landscape(themes, source_text).landscape
+def create_image_prompt(themes: Sequence[str], source_text: str, landscape: Landscape | None = None) -> str:
+    """Returns a prompt for a calm, people-free landscape, in this module's words: `landscape` (as the
+    script's visualisation chose it) or else the one that suits the themes."""
+    if landscape is None:
+        landscape = choose_landscape(themes, source_text).landscape
     scene = _SCENES[landscape]
     detail = scene.details[_digest_number("\n".join([*themes, source_text])) % len(scene.details)]
     return _prompt(scene, detail)

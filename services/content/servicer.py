@@ -30,6 +30,7 @@ from services.content.generation import (
 )
 from services.content.image_prompts import create_image_prompt
 from services.content.pregeneration import pregenerate_images
+from services.content.refuge import choose_scene
 from services.content.repository import (
     ContentRepository,
     Conversation,
@@ -172,7 +173,11 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 raise InvalidInputError(
                     "source_text", "is empty: collect source content from a conversation first"
                 )
-            prompt = create_image_prompt(extract_themes(request.source_text), request.source_text)
+            themes = extract_themes(request.source_text)
+            # The picture shows the place the script visualises: one the person found calming, never one
+            # they named in grief or fear.
+            scene = choose_scene(themes, request.source_text)
+            prompt = create_image_prompt(themes, request.source_text, scene.landscape.landscape)
         return content_pb.CreateImagePromptResponse(prompt=prompt)
 
     async def GenerateImage(

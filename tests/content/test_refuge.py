@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from services.content.feelings import WORRY_ABOUT_CHANGE, named_feelings
-from services.content.image_prompts import Landscape, landscape_of_place
+from services.content.image_prompts import Landscape, create_image_prompt, landscape_of_place
 from services.content.refuge import PlaceFeeling, choose_scene, judge_places
 from services.content.script_composer import MAX_SCRIPT_WORDS, MIN_SCRIPT_WORDS, compose_meditation
 from services.content.source import collect_source_text
@@ -19,6 +20,8 @@ from services.content.spoken_safety import check_sentence
 from services.content.themes import extract_themes
 from services.script_marks import count_spoken_words
 from services.sentences import split_sentences
+from stillpoint.content.v2 import content_service_pb2 as content_pb
+from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 from tests.content.test_themes import example_source_text
 
 EXAMPLES = sorted((Path(__file__).parents[2] / "examples" / "conversations").glob("*.json"))
@@ -275,3 +278,24 @@ def test_a_singular_noun_ending_in_s_is_spoken_with_an_article() -> None:
     reflection = compose_meditation(text).split("\n\n")[_REFLECTION]
 
     assert "the diagnosis" in reflection
+
+
+async def test_the_picture_shows_the_place_the_script_visualises_never_a_distressing_one(
+    content_channel: grpc.aio.Channel,
+) -> None:
+    """Property: CreateImagePrompt, through the content service, paints the landscape the script visualises;
+    for every example with a distressing place that has a landscape, the prompt is not that landscape's."""
+    stub = content_grpc.ContentServiceStub(content_channel)
+    distressing_checked = 0
+    for example in _examples():
+        request = content_pb.CreateImagePromptRequest(source_text=example.source_text)
+        prompt = (await stub.CreateImagePrompt(request)).prompt
+        themes = extract_themes(example.source_text)
+        scene = choose_scene(themes, example.source_text)
+        assert prompt == create_image_prompt(themes, example.source_text, scene.landscape.landscape)
+        for place in example.distressing_places:
+            landscape = landscape_of_place(place)
+            if landscape is not None and landscape is not scene.landscape.landscape:
+                assert prompt != create_image_prompt(themes, example.source_text, landscape), example.name
+                distressing_checked += 1
+    assert distressing_checked >= 3, "too few examples name a distressing place with a landscape"
