@@ -26,6 +26,7 @@ from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.conftest import GATEWAY_SERVICE
 from tests.gateway.test_failures import run_until_status
+from tests.waiting import wait_until
 
 OWNER = "tester"
 IN_A_MINUTE = timedelta(minutes=1)
@@ -126,9 +127,15 @@ async def test_a_failed_jobs_assets_left_by_a_storage_outage_are_deleted_once_it
         assert status.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert seen[-1].completed.state == gateway_pb.MEDITATION_STATE_FAILED
         assert _files_of(tmp_path, meditation), "the narration was stored before the failure"
+
+        # The deletion is tried once the end is recorded, after the stream has its last event.
+        async def is_owed() -> bool:
+            return await job_store.list_owed_asset_deletions(now() + IN_A_MINUTE, 10) == [meditation]
+
+        await wait_until(is_owed, what="the failed job's asset deletion is owed")
         # While storage is down a janitor round settles nothing, and the debt stays on record.
         assert await jobs.dispatcher.settle_owed_deletions(grace_seconds=0) == []
-        assert await job_store.list_owed_asset_deletions(now() + IN_A_MINUTE, 10) == [meditation]
+        assert await is_owed()
         media.is_down = False
         assert await jobs.dispatcher.settle_owed_deletions(grace_seconds=0) == [meditation]
         assert _files_of(tmp_path, meditation) == []
