@@ -74,6 +74,8 @@ class LiveNarrationResult:
     fallback_reason: str
     sentences: tuple[SpokenSentence, ...]
     playlist_uri: str
+    # Sentences the provider read other than written (see Narration).
+    misread_sentence_count: int = 0
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -207,6 +209,7 @@ class LiveNarration:
         sentences: list[SpokenSentence] = []
         providers: list[str] = []
         fallback_reason = ""
+        misread_sentence_count = 0
         sample_rate = 0
         try:
             while True:
@@ -233,6 +236,10 @@ class LiveNarration:
                 if segment.provider:
                     providers.append(segment.provider)
                 fallback_reason = fallback_reason or segment.fallback_reason
+                if segment.narration.misread_sentence_count:
+                    misread_sentence_count += segment.narration.misread_sentence_count
+                    # The provider logged how far the reading strayed; this says where, never what was said.
+                    logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 await encoder.write(samples)
                 index += 1
             assert encoder is not None and publisher is not None
@@ -263,6 +270,7 @@ class LiveNarration:
             fallback_reason=fallback_reason,
             sentences=tuple(sentences),
             playlist_uri=published.playlist_uri,
+            misread_sentence_count=misread_sentence_count,
         )
 
     async def _preview_image(self, work_dir: Path) -> Path:

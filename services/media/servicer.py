@@ -215,6 +215,7 @@ def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
         provider=result.provider,
         fallback_reason=result.fallback_reason,
         playlist_uri=result.playlist_uri,
+        misread_sentence_count=result.misread_sentence_count,
         sentences=[
             media_pb.SpokenSentence(
                 text=sentence.text,

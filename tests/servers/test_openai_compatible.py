@@ -38,6 +38,7 @@ from tests.servers.openai_compatible import (
 CHAT_MODEL = "gpt-5.6-terra"
 IMAGE_MODEL = "gpt-image-2.5-flare"
 SPEECH_MODEL = "gpt-4o-mini-tts"
+REALTIME_MODEL = "gpt-realtime-2.1-mini"
 CONVERSATION = "Work has been overwhelming lately and I can't sleep. I miss walking by the sea."
 # About four seconds of narration: long enough to prove real audio, short enough to keep the file fast.
 SPOKEN_TEXT = "Welcome. Let yourself arrive here, just as you are. Breathe in slowly, and let it go."
@@ -99,6 +100,9 @@ async def test_models_list_reports_each_models_shutdown_date(server: OpenAICompa
         CHAT_MODEL: None,
         IMAGE_MODEL: None,
         SPEECH_MODEL: "2027-01-06",
+        "tts-1": "2027-01-06",
+        "tts-1-hd": "2027-01-06",
+        REALTIME_MODEL: None,
         "gpt-image-1": "2026-10-23",
     }
     assert {model.owned_by for model in page.data} == {"stillpoint-test"}
