@@ -405,6 +405,9 @@ class RealtimeConnection:
         for data in self._protocol.data_to_send():
             if data:
                 self._write(data)
+            else:
+                # The protocol's signal that the closing handshake is over: the server closes TCP first.
+                self._hang_up()
 
 
 def _nested(data: Mapping[str, object], *keys: str) -> Mapping[str, object]:
