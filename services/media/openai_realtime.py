@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import difflib
 import itertools
 import logging
@@ -57,7 +58,7 @@ MAX_RECONNECTS = 2
 # A Realtime session lasts at most 60 minutes: an idle one older than this is closed rather than reused.
 SESSION_MAX_AGE_SECONDS = 50 * 60
 # A closing handshake that a dead peer never answers must not hold up a failing or cancelled narration.
-_CLOSE_TIMEOUT_SECONDS = 2.0
+_CLOSE_TIMEOUT_SECONDS = 0.5
 # Tags each response so its events are told from any other's.
 _METADATA_KEY = "stillpoint_sentence"
 
@@ -211,13 +212,10 @@ class RealtimeSpeechNarrator:
             raise classify(error, self._model) from None
         except (OSError, InvalidHandshake):
             raise unreachable() from None
-        session = _Session(connection, self._model, opened_at=self._clock())
-        try:
+        # A socket closed at once fails the first reading, which finds out why.
+        with contextlib.suppress(ConnectionClosed, openai.WebSocketConnectionClosedError):
             await connection.session.update(session=self._session_config)
-        except (ConnectionClosed, openai.OpenAIError):
-            await session.close()
-            raise unreachable() from None
-        return session
+        return _Session(connection, self._model, opened_at=self._clock())
 
 
 class _Session:
@@ -274,7 +272,19 @@ class _Session:
                     _raise_unless_completed(event.response, self._model)
                     return _Reading(bytes(pcm), transcript)
         except (ConnectionClosed, openai.WebSocketConnectionClosedError):
+            await self._raise_any_error_it_closed_on()
             raise _SocketDroppedError from None
+
+    async def _raise_any_error_it_closed_on(self) -> None:
+        """A socket the API closed after an `error` (an unknown model, say) failed for that reason, not by
+        chance: the events it sent before closing are still there to read."""
+        while True:
+            try:
+                event = await self._connection.recv()
+            except (ConnectionClosed, openai.WebSocketConnectionClosedError):
+                return
+            if isinstance(event, RealtimeErrorEvent):
+                raise classify_error_body(event.error.type, event.error.code, self._model)
 
     async def close(self) -> None:
         try:

@@ -354,6 +354,10 @@ class OpenAICompatibleServer:
         """Every event clients sent over Realtime WebSockets, in order, with the connection it came on."""
         return self._state.realtime_events()
 
+    def spoken_pcm(self, text: str) -> bytes:
+        """The audio of a Realtime response reading `text` (16-bit mono PCM, 24 kHz), the same each time."""
+        return self._state.speech_pcm(text)
+
     def file_downloads(self) -> list[tuple[str, str]]:
         """Each GET of a served image file, as (path, Host header), in order."""
         return self._state.file_downloads()
