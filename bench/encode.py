@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.reference_pipeline import reference_encode_command, run_reference_encode
 from services.content.painter import paint_landscape
@@ -170,7 +171,8 @@ async def compare_encodes(
 
     def render(profile_name: str, audio: Path, output: Path, copied: bool) -> Callable[[], Awaitable[object]]:
         profile = QUICK_PROFILE if profile_name == "quick" else ENHANCED_PROFILE
-        extra: dict[str, bool] = {"is_audio_copied": True} if copied else {}
+        # Keyword arguments an older renderer may not take (its other parameters have other types).
+        extra: dict[str, Any] = {"is_audio_copied": True} if copied else {}
         return lambda: render_still_video(
             ffmpeg_path=ffmpeg_path,
             image_path=inputs.image_path,

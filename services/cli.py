@@ -269,6 +269,13 @@ async def follow(
             kind = response.WhichOneof("event")
             if kind == "accepted":
                 meditation = response.accepted.meditation
+            elif kind == "narration_ready" and response.narration_ready.subtitles_uri:
+                # Saved beside the videos, for a web page's <track> or a player that does not read the
+                # MP4s' own subtitle track.
+                target = out_dir / f"{meditation.rsplit('/', 1)[-1] or 'meditation'}.vtt"
+                await asyncio.to_thread(fetch_asset, response.narration_ready.subtitles_uri, target)
+                saved.append(target)
+                progress.line(f"saved {target}")
             elif kind == "video_ready":
                 quality = gateway_pb.VideoQuality.Name(response.video_ready.quality)
                 suffix = quality.removeprefix("VIDEO_QUALITY_").lower()

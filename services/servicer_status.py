@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import grpc
 
@@ -13,6 +14,13 @@ logger = logging.getLogger(__name__)
 
 # The failures of what a service depends on, caught by each servicer and turned into a status here.
 DEPENDENCY_FAILURES = (ProviderCallError, StorageUnavailableError)
+
+# Trailing metadata on an UNAVAILABLE that a servicer of ours sent: the service answered, and its message says
+# what it depends on is down (storage, the database, the cache, a provider). The gateway passes such a message
+# on; an UNAVAILABLE without it came from the transport (the service itself is out of reach), whose own words
+# name internal addresses and stay in the gateway.
+ANSWERED_UNAVAILABLE_KEY = "stillpoint-dependency-unavailable"
+_ANSWERED_UNAVAILABLE = ((ANSWERED_UNAVAILABLE_KEY, "1"),)
 
 _PROVIDER_STATUS = {
     ProviderFailureKind.CREDENTIALS: grpc.StatusCode.FAILED_PRECONDITION,
@@ -33,3 +41,9 @@ def status_of_dependency_failure(
     # for operators; it stays in the log.
     logger.warning("storage unavailable: %s", error)
     return grpc.StatusCode.UNAVAILABLE, "asset storage is unavailable; try again shortly"
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:  # type: ignore[type-arg]
+    """Ends the RPC with `code` and `message`, marking an UNAVAILABLE as the service's own answer."""
+    metadata = _ANSWERED_UNAVAILABLE if code == grpc.StatusCode.UNAVAILABLE else ()
+    await context.abort(code, message, trailing_metadata=metadata)

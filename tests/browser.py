@@ -9,6 +9,8 @@ killed as soon as the report arrives (or at the timeout). One check takes about 
     assert report.error is None, report.error
 
 `play_url` checks media another server publishes (an MP4 or, where this Chromium plays it, an HLS playlist).
+With `subtitles_path`, the page loads a WebVTT file through a `<track>` and reports the cues Chromium parsed,
+and those it shows after the seek to the middle (Chromium shows no text track from an MP4's own `mov_text`).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ _CONTENT_TYPES: Final = {
     ".ts": "video/mp2t",
     ".aac": "audio/aac",
     ".html": "text/html; charset=utf-8",
+    ".vtt": "text/vtt; charset=utf-8",
 }
 # Headless, offline, quiet: no sandbox (tests run as root in containers), no GPU, nothing fetched from Google.
 _CHROMIUM_FLAGS: Final = (
@@ -92,6 +95,17 @@ class ChromiumUnavailableError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class TextCue:
+    """A subtitle cue as the browser parsed it."""
+
+    start_seconds: float
+    end_seconds: float
+    # What a viewer reads: the cue's text as Chromium renders it (character references decoded, lines
+    # kept), not the escaped source.
+    text: str
+
+
+@dataclass(frozen=True)
 class PlaybackReport:
     """What Chromium saw. `error` is None only when every step worked; the other values are None when the
     step that measures them was not reached."""
@@ -115,6 +129,9 @@ class PlaybackReport:
     audio_decoded_bytes: int | None = None
     video_decoded_bytes: int | None = None
     played_seconds: float | None = None
+    # The cues of the `<track>` (None without one), and the text of those shown after seeking to the middle.
+    cues: tuple[TextCue, ...] | None = None
+    active_cue_texts_at_middle: tuple[str, ...] | None = None
     # Wall time from starting Chromium to receiving the report.
     elapsed_seconds: float = 0.0
 
@@ -135,15 +152,27 @@ def chromium_version(chromium: str | None = None) -> str:
 
 
 def play_in_chromium(
-    video_path: Path, *, timeout_seconds: float = 30.0, chromium: str | None = None
+    video_path: Path,
+    *,
+    timeout_seconds: float = 30.0,
+    chromium: str | None = None,
+    subtitles_path: Path | None = None,
 ) -> PlaybackReport:
     """Serves `video_path`'s folder on 127.0.0.1 and plays the file (an MP4, or an HLS playlist with its
-    segments beside it) in Chromium. Blocking: call it through `asyncio.to_thread` from async tests."""
-    if not video_path.is_file():
-        raise FileNotFoundError(video_path)
+    segments beside it) in Chromium, with the WebVTT `subtitles_path` (in the same folder) as its `<track>`.
+    Blocking: call it through `asyncio.to_thread` from async tests."""
+    for path in (video_path, subtitles_path):
+        if path is not None and not path.is_file():
+            raise FileNotFoundError(path)
+    if subtitles_path is not None and subtitles_path.parent.resolve() != video_path.parent.resolve():
+        raise ValueError("the subtitles must sit beside the video: one folder is served")
     with MediaServer(video_path.parent) as server:
         return _play(
-            server, server.url_for(video_path.name), timeout_seconds=timeout_seconds, chromium=chromium
+            server,
+            server.url_for(video_path.name),
+            timeout_seconds=timeout_seconds,
+            chromium=chromium,
+            track_url=server.url_for(subtitles_path.name) if subtitles_path else None,
         )
 
 
@@ -206,14 +235,16 @@ def _play(
     timeout_seconds: float,
     chromium: str | None,
     extra_flags: tuple[str, ...] = (),
+    track_url: str | None = None,
 ) -> PlaybackReport:
     binary = chromium or _require_chromium()
     page_timeout_ms = max(1000, round((timeout_seconds - _PAGE_TIMEOUT_MARGIN_SECONDS) * 1000))
     # Each check starts with a clean slate in its own profile: no cache shared between checks.
     with tempfile.TemporaryDirectory(prefix="stillpoint-chromium-") as profile, server.mailbox() as mailbox:
-        query = urllib.parse.urlencode(
-            {"src": media_url, "timeout_ms": str(page_timeout_ms), "token": mailbox.token}
-        )
+        parameters = {"src": media_url, "timeout_ms": str(page_timeout_ms), "token": mailbox.token}
+        if track_url is not None:
+            parameters["track"] = track_url
+        query = urllib.parse.urlencode(parameters)
         page_url = f"{server.url}{_PAGE_PATH}?{query}"
         log_path = Path(profile) / "chromium.log"
         started = time.monotonic()
@@ -291,6 +322,16 @@ def _report_from(payload: dict[str, Any], elapsed: float) -> PlaybackReport:
     if isinstance(quadrants_raw, list):
         parsed = [colour(value) for value in quadrants_raw]
         quadrants = tuple(value for value in parsed if value is not None) or None
+    cues_raw = payload.get("cues")
+    cues = None
+    if isinstance(cues_raw, list):
+        cues = tuple(
+            TextCue(float(cue[0]), float(cue[1]), str(cue[2]))
+            for cue in cues_raw
+            if isinstance(cue, list) and len(cue) == 3
+        )
+    active_raw = payload.get("activeCueTextsAtMiddle")
+    active = tuple(str(text) for text in active_raw) if isinstance(active_raw, list) else None
     error = payload.get("error")
     return PlaybackReport(
         error=str(error) if error is not None else None,
@@ -305,6 +346,8 @@ def _report_from(payload: dict[str, Any], elapsed: float) -> PlaybackReport:
         audio_decoded_bytes=integer("audioDecodedBytes"),
         video_decoded_bytes=integer("videoDecodedBytes"),
         played_seconds=number("playedSeconds"),
+        cues=cues,
+        active_cue_texts_at_middle=active,
         elapsed_seconds=elapsed,
     )
 
@@ -612,7 +655,50 @@ function measureFrame(video) {
 const video = document.createElement("video");
 video.preload = "auto";
 video.playsInline = true;
+// Subtitles as a web page shows them: a <track> of WebVTT, shown by default.
+const trackSource = params.get("track");
+const trackElement = trackSource ? document.createElement("track") : null;
+if (trackElement) {
+  trackElement.kind = "subtitles";
+  trackElement.srclang = "en";
+  trackElement.label = "English";
+  trackElement.default = true;
+  trackElement.src = trackSource;
+  video.appendChild(trackElement);
+}
 document.body.appendChild(video);
+
+// A cue's text as rendered: getCueAsHTML decodes `&amp;` and friends; a tag it made (from a `<` left
+// unescaped) is reported as `<TAG>`, so it cannot pass for the plain text.
+function shown(cue) {
+  const part = (node) => node.nodeType === Node.TEXT_NODE ? node.data : `<${node.nodeName}>`;
+  return Array.from(cue.getCueAsHTML().childNodes, part).join("");
+}
+
+async function readTrack() {
+  result.step = "track";
+  if (trackElement.readyState !== HTMLTrackElement.LOADED) {
+    await new Promise((resolve, reject) => {
+      const failed = () => reject(new Error("the <track> failed to load"));
+      if (trackElement.readyState === HTMLTrackElement.ERROR) failed();
+      trackElement.addEventListener("load", resolve, {once: true});
+      trackElement.addEventListener("error", failed, {once: true});
+    });
+  }
+  const cues = trackElement.track.cues;
+  result.cues = Array.from(cues || [], (cue) => [cue.startTime, cue.endTime, shown(cue)]);
+}
+
+// The cues the player shows now; `activeCues` follows the playback position once the seek has settled.
+async function readActiveCues() {
+  result.step = "activeCues";
+  const track = trackElement.track;
+  const waitStarted = performance.now();
+  while ((!track.activeCues || track.activeCues.length === 0) && performance.now() - waitStarted < 1000) {
+    await sleep(20);
+  }
+  result.activeCueTextsAtMiddle = Array.from(track.activeCues || [], shown);
+}
 
 // Plays from where the player stands for about 0.3 s: proves the sound and the picture decode, not only load.
 async function playBriefly() {
@@ -678,11 +764,13 @@ async function check() {
     await playBriefly();
     await readFrame();
   } else {
+    if (trackElement) await readTrack();
     result.step = "seeked";
     const seeked = once(video, "seeked");
     video.currentTime = video.duration / 2;
     await seeked;
     result.seekedToSeconds = video.currentTime;
+    if (trackElement) await readActiveCues();
     await readFrame();
     await playBriefly();
   }

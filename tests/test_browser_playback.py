@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import re
+import shutil
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,9 @@ import numpy.typing as npt
 import pytest
 from PIL import Image, ImageDraw
 
+from services.media.live import SpokenSentence
 from services.media.speech import EspeakNarrator, encode_wav
+from services.media.subtitles import webvtt
 from services.media.video import (
     ENHANCED_PROFILE,
     QUICK_PROFILE,
@@ -24,6 +28,8 @@ from services.media.video import (
     render_still_video,
 )
 from services.proto_time import seconds_of
+from services.storage.local import LocalAssetStorage
+from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.browser import (
     DEFAULT_CHROMIUM,
@@ -46,6 +52,8 @@ DURATION_TOLERANCE_SECONDS = 0.5
 MEAN_TOLERANCE_LEVELS = 6.0
 QUADRANT_TOLERANCE_LEVELS = 12.0
 PLAYBACK_TIMEOUT_SECONDS = 20.0
+# How far a cue Chromium shows may be from its sentence's timing (the issue's bound).
+CUE_TOLERANCE_SECONDS = 0.150
 
 RGB = tuple[float, float, float]
 
@@ -147,9 +155,13 @@ def videos(scene: Scene, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return {video.path.stem: video for video in asyncio.run(render_all())}
 
 
-async def _play(path: Path, chromium: str) -> PlaybackReport:
+async def _play(path: Path, chromium: str, subtitles_path: Path | None = None) -> PlaybackReport:
     return await asyncio.to_thread(
-        play_in_chromium, path, timeout_seconds=PLAYBACK_TIMEOUT_SECONDS, chromium=chromium
+        play_in_chromium,
+        path,
+        timeout_seconds=PLAYBACK_TIMEOUT_SECONDS,
+        chromium=chromium,
+        subtitles_path=subtitles_path,
     )
 
 
@@ -313,3 +325,79 @@ async def test_the_live_preview_playlist_plays_in_chromium(
     assert abs(report.duration_seconds - seconds_of(completed.duration)) < 2.5
     assert report.middle_frame_mean_rgb is not None
     assert sum(report.middle_frame_mean_rgb) > 60  # the preview's calm gradient, not a black frame
+
+
+async def test_chromium_shows_the_subtitles_in_time_with_the_sentences(
+    chromium: str, media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage, tmp_path: Path
+) -> None:
+    """The page a person would use: the QUICK video in a <video>, its WebVTT through a <track>."""
+    from tests.media.test_live import MEDITATION, SCRIPT, _requests
+
+    completed = [r async for r in media_stub.NarrateLive(_requests(SCRIPT, 10))][-1].completed
+    rendered = [
+        r
+        async for r in media_stub.RenderVideo(
+            media_pb.RenderVideoRequest(
+                meditation=MEDITATION,
+                narration_storage_key=completed.storage_key,
+                narration_aac_storage_key=completed.aac_storage_key,
+                subtitles_storage_key=completed.subtitles_storage_key,
+                profile=media_pb.VIDEO_PROFILE_QUICK,
+            )
+        )
+    ]
+    # Served from one folder, as a web page and its media would be.
+    video = tmp_path / "meditation.mp4"
+    subtitles = tmp_path / "meditation.vtt"
+    shutil.copyfile(await storage.local_path(rendered[-1].uploaded.storage_key), video)
+    shutil.copyfile(await storage.local_path(completed.subtitles_storage_key), subtitles)
+
+    report = await _play(video, chromium, subtitles)
+
+    assert report.error is None, report
+    assert report.cues is not None
+    sentences = [
+        (seconds_of(s.start_offset), seconds_of(s.end_offset), _spoken(s.text)) for s in completed.sentences
+    ]
+    assert len(report.cues) == len(sentences) == 7
+    for cue, (start, end, text) in zip(report.cues, sentences, strict=True):
+        assert abs(cue.start_seconds - start) <= CUE_TOLERANCE_SECONDS, (cue, start)
+        assert abs(cue.end_seconds - end) <= CUE_TOLERANCE_SECONDS, (cue, end)
+        assert " ".join(cue.text.split()) == text
+    # After the seek to the middle, Chromium shows the sentence spoken there, and only that one.
+    assert report.seeked_to_seconds is not None
+    middle = report.seeked_to_seconds
+    assert report.active_cue_texts_at_middle is not None
+    assert [" ".join(text.split()) for text in report.active_cue_texts_at_middle] == [
+        text for start, end, text in sentences if start <= middle < end
+    ]
+
+
+async def test_chromium_shows_escaped_cue_text_exactly_as_it_was_written(
+    chromium: str, videos: dict[str, RenderedVideo], tmp_path: Path
+) -> None:
+    """WebVTT's special characters reach the viewer as written, never as markup or a broken cue."""
+    written = [
+        "Tea & toast <with> honey --> later.",
+        "A <b>bold</b> claim &amp; a quiet one, said slowly so that the line has to wrap in two.",
+    ]
+    video = tmp_path / "scene.mp4"
+    shutil.copyfile(videos[QUICK_PROFILE.name].path, video)
+    subtitles = tmp_path / "scene.vtt"
+    subtitles.write_text(
+        webvtt([SpokenSentence(written[0], 1.0, 4.0), SpokenSentence(f"{written[1]} [pause 2s]", 4.0, 9.0)]),
+        encoding="utf-8",
+    )
+
+    report = await _play(video, chromium, subtitles)
+
+    assert report.error is None, report
+    assert report.cues is not None
+    assert [(cue.start_seconds, cue.end_seconds) for cue in report.cues] == [(1.0, 4.0), (4.0, 9.0)]
+    assert [" ".join(cue.text.split()) for cue in report.cues] == written
+    assert [cue.text.count("\n") for cue in report.cues] == [0, 1]
+
+
+def _spoken(text: str) -> str:
+    """The sentence without its pause marks (the test's own reading of the notation)."""
+    return " ".join(re.sub(r"\[pause [0-9.]+s\]", " ", text).split())

@@ -8,7 +8,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape, landscape_of_place
+from services.content.feelings import WORRY_ABOUT_CHANGE, is_feeling, named_feelings
+from services.content.image_prompts import Landscape, LandscapeChoice, landscape_of_place
+from services.content.refuge import choose_scene, is_comfort_word, names_a_place_of
 from services.content.themes import content_words, extract_themes
 from services.script_marks import count_spoken_words, format_pause
 
@@ -293,6 +295,27 @@ _REFLECTION_CLOSING = (
     ),
 )
 
+# Said after the feelings are named, for the first of them: plain and kind, never a promise.
+_KIND_WORDS = {
+    "grief": f"Grief is a measure of how much you have loved. It keeps its own time, and that is all right."
+    f" {_P3}",
+    "guilt": f"Whatever you wish you had done differently, you were doing what you could. You can be gentle"
+    f" with yourself now. {_P3}",
+    "shame": f"You are more than the hardest moments you have lived through. You can be gentle with yourself"
+    f" now. {_P3}",
+    "fear": f"Right now, in this breath, nothing is asked of you. {_P3}",
+    "panic": f"Right now, in this breath, nothing is asked of you. Let each breath out be a little slower."
+    f" {_P3}",
+    "worry": f"Not everything ahead needs to be known today. You only need to meet this moment. {_P3}",
+    "anxiety": f"Not everything ahead needs to be known today. You only need to meet this moment. {_P3}",
+    WORRY_ABOUT_CHANGE: f"Change can unsettle anyone. Not everything ahead needs to be known today. You only"
+    f" need to meet this moment. {_P3}",
+    "loneliness": f"Even on the loneliest days, you are worth the same care you would give anyone else."
+    f" {_P3}",
+    "sadness": f"Sadness can be here without needing to be fixed. Let it soften a little with each breath."
+    f" {_P3}",
+}
+
 _CLOSING = (
     _core(
         f"Now slowly begin to bring your awareness back to the room around you. {_P3}",
@@ -318,19 +341,37 @@ _CLOSING = (
 
 
 def compose_meditation(source_text: str) -> str:
-    """Returns a 400 to 500 word guided meditation with pause marks, reflecting the source text's themes."""
+    """Returns a 400 to 500 word guided meditation with pause marks, reflecting the source text's themes and
+    feelings, and visiting only a place the person found calming (services/content/refuge.py)."""
     rng = random.Random(_seed(source_text))
     themes = extract_themes(source_text)
-    # The same choice the image is painted from, so the place the listener hears is the place they see.
-    landscape = choose_landscape(themes, source_text)
-    spoken = _speakable_themes(themes)
-    refuge = _place_of_refuge(spoken)
+    scene = choose_scene(themes, source_text)
+    landscape = scene.landscape
+    # Named from the reviewed list in data/feelings.txt, never from the person's own spelling.
+    feelings = named_feelings(source_text)
+    # A place said in distress is acknowledged once, gently, never met as a weight to breathe into; feelings
+    # are met in words of their own (or not at all, when the person said them only to deny them: "I'm not
+    # scared"); and "calm" said of a refuge is part of the refuge, not a weight.
+    weights = [
+        theme
+        for theme in themes
+        if not names_a_place_of(theme, scene.distressing_words)
+        and not is_feeling(theme)
+        and not _is_named_feeling(theme, feelings)
+        and not is_comfort_word(theme)
+    ]
+    refuge = next(iter(_speakable_themes([scene.refuge] if scene.refuge else [])), None)
+    if refuge is not None:
+        weights = [theme for theme in weights if landscape_of_place(theme) is not landscape_of_place(refuge)]
+    spoken = _speakable_themes(weights)
+    hard_place = next(iter(_speakable_themes(scene.distressing)), None)
     middle: tuple[_Sentence, ...]
     if _prefers_body_scan(source_text, landscape, rng):
         middle = _BODY_SCAN
     else:
         middle = _visualisation(landscape, _place_to_visit(refuge, landscape))
-    sections = (_ARRIVAL, _BREATH, middle, _reflection(spoken, refuge), _CLOSING)
+    reflection = _reflection(spoken, refuge, feelings, hard_place)
+    sections = (_ARRIVAL, _BREATH, middle, reflection, _CLOSING)
     # Phrasings are drawn before sentences are chosen, so the choice of one never shifts the other.
     drafted = [[(rng.choice(slot.variants), slot.is_optional) for slot in section] for section in sections]
     kept = _fit_to_word_range(drafted, rng)
@@ -339,6 +380,11 @@ def compose_meditation(source_text: str) -> str:
         for index, section in enumerate(drafted)
     ]
     return "\n\n".join(paragraphs)
+
+
+def _is_named_feeling(theme: str, feelings: Sequence[str]) -> bool:
+    """Whether a theme ("grief", "worry") is already said as a feeling ("worry about the change ahead")."""
+    return any(theme == feeling or theme in feeling.split() for feeling in feelings)
 
 
 def _seed(source_text: str) -> int:
@@ -378,12 +424,6 @@ def _place_to_visit(refuge: str | None, landscape: LandscapeChoice) -> str | Non
     return refuge if landscape_of_place(refuge) is landscape.landscape else None
 
 
-def _place_of_refuge(themes: Sequence[str]) -> str | None:
-    """Returns the first theme that names a calm place (the sea, your garden), which is a comfort to return
-    to rather than a weight to set down."""
-    return next((theme for theme in themes if landscape_of_place(theme) is not None), None)
-
-
 def _speakable_themes(themes: Sequence[str]) -> list[str]:
     """Returns the themes as the narrator may say them: plain words only, short, distinct, at most three."""
     speakable: list[str] = []
@@ -415,21 +455,77 @@ def _with_article(theme: str) -> str:
         return theme
     if last.endswith(_MASS_NOUN_SUFFIXES) and last not in _COUNTABLE_ING_NOUNS:
         return theme
-    if last.endswith("s") and not last.endswith("ss"):
+    # "diagnosis" and "virus" end in s without being plurals.
+    if last.endswith("s") and not last.endswith(("ss", "is", "us")):
         return theme
     return f"the {theme}"
 
 
-def _reflection(themes: Sequence[str], refuge: str | None = None) -> tuple[_Sentence, ...]:
+def _reflection(
+    themes: Sequence[str],
+    refuge: str | None = None,
+    feelings: Sequence[str] = (),
+    hard_place: str | None = None,
+) -> tuple[_Sentence, ...]:
+    hard = (*_acknowledgement(hard_place), *_feelings_met(feelings))
+    # What is hard is met in words of its own, so the second weight may give way to keep the script in length.
+    is_second_weight_optional = bool(hard)
     if refuge is None:
-        middle = _reflection_on_weights(themes)
+        middle = _reflection_on_weights(themes, is_second_weight_optional)
     else:
-        carried = [theme for theme in themes if theme != refuge][: _MAX_NAMED_THEMES - 1]
-        middle = _reflection_with_refuge(carried, refuge)
-    return (_REFLECTION_OPENING, *middle, *_REFLECTION_CLOSING)
+        middle = _reflection_with_refuge(themes[: _MAX_NAMED_THEMES - 1], refuge, is_second_weight_optional)
+    # The refuge is named last, as something to keep, so what is hard is met before it.
+    keep = middle[-1:] if refuge is not None else ()
+    met = middle[:-1] if refuge is not None else middle
+    return (_REFLECTION_OPENING, *met, *hard, *keep, *_REFLECTION_CLOSING)
 
 
-def _reflection_on_weights(themes: Sequence[str]) -> tuple[_Sentence, ...]:
+def _acknowledgement(place: str | None) -> tuple[_Sentence, ...]:
+    if place is None:
+        return ()
+    return (
+        _core(
+            f"You spoke, too, of {place}, and of what it holds for you. You do not need to go there now. It"
+            f" is enough to acknowledge it, gently. {_P4}",
+            f"You spoke, too, of {place}. That was hard, and it is enough to acknowledge it here, gently,"
+            f" without going back there now. {_P4}",
+        ),
+    )
+
+
+def _feelings_met(feelings: Sequence[str]) -> tuple[_Sentence, ...]:
+    if not feelings:
+        return ()
+    named = _listed(feelings)
+    if len(feelings) == 1:
+        sentence = _core(
+            f"You have felt {named}. That is a natural, human feeling, and it is welcome here, just as it is."
+            f" {_P4}",
+            f"There has been {named} in what you shared. Let it be here, met with kindness rather than"
+            f" judgement. {_P4}",
+        )
+    else:
+        sentence = _core(
+            f"You have felt {named}. These are natural, human feelings, and they are welcome here, just as"
+            f" they are. {_P4}",
+            f"There has been {named} in what you shared. Let them be here, met with kindness rather than"
+            f" judgement. {_P4}",
+        )
+    kindness = _KIND_WORDS.get(feelings[0])
+    return (sentence, _extra(kindness)) if kindness is not None else (sentence,)
+
+
+def _listed(items: Sequence[str]) -> str:
+    if len(items) == 1:
+        return items[0]
+    if len(items) == 2:
+        return f"{items[0]} and {items[1]}"
+    return f"{', '.join(items[:-1])}, and {items[-1]}"
+
+
+def _reflection_on_weights(
+    themes: Sequence[str], is_second_weight_optional: bool = False
+) -> tuple[_Sentence, ...]:
     # Phrased so a theme reads right whether singular or plural ("sleep", "work deadlines"): "that", not "it".
     if not themes:
         return (
@@ -467,14 +563,16 @@ def _reflection_on_weights(themes: Sequence[str]) -> tuple[_Sentence, ...]:
             f"Lately your thoughts have turned to {named}. {_P3}",
         ),
         _first_weight(first),
-        _second_weight(second),
+        _second_weight(second, is_second_weight_optional),
     )
     if len(themes) > 2:
         middle = (*middle, _extra(f"And {themes[2]}, too. Nothing needs solving right now. {_P3}"))
     return middle
 
 
-def _reflection_with_refuge(carried: Sequence[str], refuge: str) -> tuple[_Sentence, ...]:
+def _reflection_with_refuge(
+    carried: Sequence[str], refuge: str, is_second_weight_optional: bool = False
+) -> tuple[_Sentence, ...]:
     """The weights are met one by one, and the place of quiet is named last, as something to keep."""
     # "the sea, your place of quiet"; "your garden, where you find quiet" (never "your garden, your ...").
     framed = f"{refuge}, {'your place of quiet' if refuge.startswith('the ') else 'where you find quiet'}"
@@ -500,7 +598,7 @@ def _reflection_with_refuge(carried: Sequence[str], refuge: str) -> tuple[_Sente
         _first_weight(carried[0]),
     ]
     if len(carried) > 1:
-        middle.append(_second_weight(carried[1]))
+        middle.append(_second_weight(carried[1], is_second_weight_optional))
     middle.append(
         _core(
             f"And whenever it feels like too much, remember {refuge}, and the quiet you find there. That"
@@ -521,8 +619,8 @@ def _first_weight(theme: str) -> _Sentence:
     )
 
 
-def _second_weight(theme: str) -> _Sentence:
-    return _core(
+def _second_weight(theme: str, is_optional: bool = False) -> _Sentence:
+    return (_extra if is_optional else _core)(
         f"Now bring {theme} to mind. Whatever comes up, let it be here for a moment, held with kindness"
         f" rather than pressure. {_P5}",
         f"Now turn toward {theme}. Meet whatever you find there with warmth instead of worry. {_P5}",

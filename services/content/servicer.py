@@ -42,7 +42,7 @@ from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_timestamp
 from services.provider_status import ProviderReport
-from services.servicer_status import DEPENDENCY_FAILURES, status_of_dependency_failure
+from services.servicer_status import DEPENDENCY_FAILURES, abort, status_of_dependency_failure
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
@@ -227,7 +227,9 @@ class ContentServicer(content_grpc.ContentServiceServicer):
             except CacheUnavailableError:
                 # The address is for operators (it is in the log), not for clients.
                 logger.warning("cache %s: Redis is unavailable for its counters", cache.name)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again")
+                await abort(
+                    context, grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again"
+                )
             response.caches.add(name=cache.name, hits=stats.hits, misses=stats.misses, backend=cache.backend)
         return response
 
@@ -292,15 +294,17 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     except QuotaExceededError as error:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
     except DEPENDENCY_FAILURES as error:
-        await context.abort(*status_of_dependency_failure(error))
+        await abort(context, *status_of_dependency_failure(error))
     except DatabaseUnavailableError as error:
         # What the driver said is for operators; the client learns only that a retry may succeed.
         logger.warning("conversation database unavailable: %r", error.__cause__)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
     except CacheUnavailableError:
         # Only an erasure needs Redis rather than degrading to a miss: it must not report done while an
         # entry may still be served. The address is for operators (the erasure logged the key).
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again shortly")
+        await abort(
+            context, grpc.StatusCode.UNAVAILABLE, "the shared cache is unavailable; try again shortly"
+        )
     except ContentError as error:
         logger.exception("content service error")
         await context.abort(grpc.StatusCode.INTERNAL, f"content service failed ({type(error).__name__})")

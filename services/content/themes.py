@@ -9,11 +9,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from services.content.own_words import ROLE_PREFIX
 from services.content.word_lists import read_word_list
-from services.message_roles import ROLES
 
-# Source text marks each message with its author ("User: ..."); an unmarked line continues the message above.
-_ROLE_PREFIX = re.compile(rf"^\s*({'|'.join(ROLES)})\s*:\s*", re.IGNORECASE)
 # Themes come from the person's own words only: an assistant's reply (or text made to look like one) may
 # say anything, and nothing it says is spoken back. Unmarked text, with no role at all, is the person's.
 _ROLE_WEIGHTS = {"user": 2.0, "assistant": 0.0, "system": 0.0}
@@ -175,7 +173,7 @@ _GENERIC_NOUNS = _word_set("air area head level matter room side space thing wal
 _FAMILY_NAMES = _word_set(
     "dad daddy gran grandad granddad grandma grandpa granny mam mama mom mommy mum mummy nan nana nanna papa"
 )
-_FAMILY_WORDS = _FAMILY_NAMES | _word_set(
+FAMILY_WORDS = _FAMILY_NAMES | _word_set(
     """
     aunt boyfriend brother child cousin daughter family father fiance fiancee friend girlfriend grandchild
     granddaughter grandfather grandmother grandson husband kid mother nephew niece parent partner sibling
@@ -198,7 +196,8 @@ class _Pool:
     echoes: frozenset[str] = frozenset()
 
 
-_POOLS = (
+# The places of calm; the feelings and needs that pool the same way follow.
+_PLACE_POOLS = (
     _Pool(
         {
             "sea": "the sea",
@@ -220,11 +219,28 @@ _POOLS = (
     _Pool(
         {"forest": "the forest", "wood": "the woods", "woodland": "the woodland"}, _word_set("moss pine tree")
     ),
+)
+_POOLS = (
+    *_PLACE_POOLS,
     # A death, a loss or a funeral is grief when the person names it so, and stays as they said it otherwise.
     _Pool({"grief": "grief"}, _word_set("death funeral loss mourning")),
     # Tiredness is a theme of its own until the person says what they want instead of it: sleep.
     _Pool({"sleep": "sleep"}, _word_set("bedtime exhaustion insomnia tiredness")),
 )
+
+
+def place_name(lemma: str) -> str | None:
+    """Returns how a narrator names the place a word names ("the mountains" for "mountain"), if it is one of
+    the places of calm the themes pool together."""
+    for pool in _PLACE_POOLS:
+        if lemma in pool.names:
+            return pool.names[lemma]
+    return None
+
+
+def place_echoes() -> dict[str, str]:
+    """Maps each word that only echoes a place of calm ("wave", "soil") to a word that names it ("sea")."""
+    return {echo: next(iter(pool.names)) for pool in _PLACE_POOLS for echo in pool.echoes}
 
 
 def lemmatize(word: str) -> str:
@@ -350,7 +366,7 @@ def _iter_clauses(text: str) -> Iterator[tuple[float, int | None, str]]:
     message = 0
     is_user_voice = True
     for line in text.lower().replace("’", "'").splitlines():
-        marker = _ROLE_PREFIX.match(line)
+        marker = ROLE_PREFIX.match(line)
         if marker is not None:
             role = marker.group(1)
             weight = _ROLE_WEIGHTS[role]
@@ -559,7 +575,7 @@ def _spread(user_messages: set[int]) -> float:
 
 def _score(candidate: _Candidate, lemmas: tuple[str, ...]) -> float:
     salience = 1.0
-    if any(lemma in _FAMILY_WORDS for lemma in lemmas):
+    if any(lemma in FAMILY_WORDS for lemma in lemmas):
         salience = _FAMILY_SALIENCE
     elif lemmas[-1] in _GENERIC_NOUNS:
         salience = _GENERIC_SALIENCE

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from services.gateway.events import AssetEvent, SequencedEvent
+from services.gateway.events import AssetEvent, Event, SequencedEvent, SubtitledEvent
 from services.gateway.models import Meditation
 from services.gateway.ports import MediaPort
 
@@ -39,16 +39,12 @@ class AssetLinks:
 
     async def for_events(self, events: Sequence[SequencedEvent]) -> list[SequencedEvent]:
         """The events with their assets' URIs made now, in one request for them all (a replayed page)."""
-        keys = [
-            recorded.event.storage_key
-            for recorded in events
-            if isinstance(recorded.event, AssetEvent) and recorded.event.storage_key
-        ]
+        keys = [key for recorded in events for key in _asset_keys(recorded.event)]
         uris = dict(zip(keys, await self._uris(keys), strict=True)) if keys else {}
         return [
-            dataclasses.replace(recorded, event=dataclasses.replace(event, uri=uris[event.storage_key]))
-            if isinstance(event := recorded.event, AssetEvent) and event.storage_key
-            else recorded
+            recorded
+            if (linked := _linked(recorded.event, uris)) is recorded.event
+            else dataclasses.replace(recorded, event=linked)
             for recorded in events
         ]
 
@@ -80,6 +76,23 @@ class AssetLinks:
             else {}
         )
         return [key if _is_stored_uri(key) else signed.get(key, "") for key in storage_keys]
+
+
+def _asset_keys(event: Event) -> list[str]:
+    """The storage keys an event names: its asset's, and the subtitles' beside a narration or video."""
+    keys = [event.storage_key] if isinstance(event, AssetEvent) else []
+    if isinstance(event, SubtitledEvent):
+        keys.append(event.subtitles_storage_key)
+    return [key for key in keys if key]
+
+
+def _linked(event: Event, uris: dict[str, str]) -> Event:
+    """The event with the URIs of the assets it names; the same event when it names none."""
+    if isinstance(event, SubtitledEvent) and event.subtitles_storage_key:
+        event = dataclasses.replace(event, subtitles_uri=uris[event.subtitles_storage_key])
+    if isinstance(event, AssetEvent) and event.storage_key:
+        event = dataclasses.replace(event, uri=uris[event.storage_key])
+    return event
 
 
 def _is_stored_uri(value: str) -> bool:

@@ -28,6 +28,7 @@ from services.gateway.ports import (
 )
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, seconds_of, to_timestamp
+from services.servicer_status import ANSWERED_UNAVAILABLE_KEY
 from services.serving import channel_options, internal_channel_credentials
 from services.tls import InternalTls
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -125,6 +126,9 @@ _PASSED_ON = {
     grpc.StatusCode.DEADLINE_EXCEEDED: FailureKind.DEADLINE,
 }
 
+# What gRPC itself says when a call's own deadline expires (a service's StageTimeoutError says more).
+_CLIENT_DEADLINE_DETAILS = "Deadline Exceeded"
+
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
@@ -132,15 +136,25 @@ logger = logging.getLogger(__name__)
 def _translate(error: grpc.aio.AioRpcError, service: str) -> GatewayError:
     code = error.code()
     kind = _PASSED_ON.get(code)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and error.details() == _CLIENT_DEADLINE_DETAILS:
+        # Our own deadline ran out before the service answered: gRPC's words say nothing of whose.
+        return GatewayError(FailureKind.DEADLINE, f"the {service} service did not answer in time")
     if kind is not None:
         return GatewayError(kind, error.details() or f"{service} service: {code.name}")
     if code == grpc.StatusCode.UNAVAILABLE:
+        if error.details() and _is_answered(error):
+            # The service answered: what it depends on is down, and its message says what.
+            return GatewayError(FailureKind.UNAVAILABLE, f"{service}: {error.details()}")
         return GatewayError(
             FailureKind.UNAVAILABLE, f"the {service} service is unavailable; try again shortly"
         )
     if code == grpc.StatusCode.CANCELLED:
         return GatewayError(FailureKind.CANCELLED, f"the {service} call was cancelled")
     return GatewayError(FailureKind.INTERNAL, f"the {service} service failed: {error.details() or code.name}")
+
+
+def _is_answered(error: grpc.aio.AioRpcError) -> bool:
+    return any(key == ANSWERED_UNAVAILABLE_KEY for key, _ in error.trailing_metadata() or ())
 
 
 async def _call(service: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -384,6 +398,7 @@ class MediaClient:
                     fallback_reason=done.fallback_reason,
                     aac_storage_key=done.aac_storage_key,
                     misread_sentence_count=done.misread_sentence_count,
+                    subtitles_storage_key=done.subtitles_storage_key,
                     sentences=tuple(
                         SentenceTiming(
                             text=sentence.text,
@@ -436,6 +451,7 @@ class MediaClient:
             image_storage_key=image_storage_key,
             narration_storage_key=narration.storage_key,
             narration_aac_storage_key=narration.aac_storage_key,
+            subtitles_storage_key=narration.subtitles_storage_key,
             profile=_PROFILE[quality],
         )
         # One deadline covers the encode and the upload: the video stage's budget, doubled.

@@ -123,6 +123,9 @@ class NarrationReady:
     sentences: tuple[SentenceTiming, ...] = ()
     # Made for the reader when the event is read (see asset_links), never stored.
     uri: str = ""
+    # The WebVTT subtitles, stored and linked like the narration; empty in events logged before subtitles.
+    subtitles_storage_key: str = ""
+    subtitles_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ class VideoReady:
     encoder: str
     # Made for the reader when the event is read (see asset_links), never stored.
     uri: str = ""
+    # The WebVTT subtitles the MP4 also carries, stored and linked like the video.
+    subtitles_storage_key: str = ""
+    subtitles_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,8 @@ _KIND_OF = {event_type: kind for kind, event_type in _KINDS.items()}
 # The events that name a stored asset: stored with its key, read with a URI made for the reader.
 AssetEvent = ImageReady | PlaylistReady | NarrationReady | VideoReady
 _ASSET_EVENTS: tuple[type[AssetEvent], ...] = (ImageReady, PlaylistReady, NarrationReady, VideoReady)
+# The asset events that also name the narration's WebVTT subtitles, stored and read the same way.
+SubtitledEvent = NarrationReady | VideoReady
 # Fields whose stored text must be turned back into an enum on the way in.
 _ENUM_FIELDS: dict[str, type[enum.Enum]] = {
     "stage": Stage,
@@ -218,10 +226,13 @@ class SequencedEvent:
 def encode_event(elapsed_seconds: float, event: Event) -> bytes:
     """The event as stored in the log: JSON, tagged with its kind. An asset is stored by its key alone: a URI
     is made for each reader (signed, short-lived), so none is ever stored."""
-    if isinstance(event, AssetEvent) and event.uri:
+    if (isinstance(event, AssetEvent) and event.uri) or (
+        isinstance(event, SubtitledEvent) and event.subtitles_uri
+    ):
         raise ValueError("an asset's URI is made when the event is read; store its storage key only")
     fields = asdict(event)
     fields.pop("uri", None)
+    fields.pop("subtitles_uri", None)
     body = {"kind": _KIND_OF[type(event)], "elapsed_seconds": elapsed_seconds, "event": fields}
     return json.dumps(body, separators=(",", ":")).encode()
 

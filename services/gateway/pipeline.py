@@ -245,6 +245,7 @@ class MeditationPipeline:
                 provider=narration.provider,
                 fallback_reason=narration.fallback_reason,
                 sentences=narration.sentences,
+                subtitles_storage_key=narration.subtitles_storage_key,
             ),
             JobChanges(narration_storage_key=narration.storage_key),
         )
@@ -301,6 +302,7 @@ class MeditationPipeline:
                 width_pixels=stored.width_pixels,
                 height_pixels=stored.height_pixels,
                 encoder=stored.encoder,
+                subtitles_storage_key=narration.subtitles_storage_key,
             ),
             changes,
         )

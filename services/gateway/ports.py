@@ -87,6 +87,8 @@ class SpokenNarration:
     # The same narration as AAC, for a QUICK video that copies rather than encodes it.
     aac_storage_key: str = ""
     sentences: tuple[SentenceTiming, ...] = ()
+    # The sentences as WebVTT subtitles, for the videos to carry and for clients' <track>.
+    subtitles_storage_key: str = ""
     # Sentences the speech provider read other than written.
     misread_sentence_count: int = 0
 

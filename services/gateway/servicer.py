@@ -436,6 +436,7 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             response.narration_ready.duration.CopyFrom(to_duration(event.duration_seconds))
             response.narration_ready.provider = event.provider
             response.narration_ready.fallback_reason = event.fallback_reason
+            response.narration_ready.subtitles_uri = event.subtitles_uri
             for sentence in event.sentences:
                 response.narration_ready.sentences.add(
                     text=sentence.text,
@@ -453,6 +454,7 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             video.width_pixels = event.width_pixels
             video.height_pixels = event.height_pixels
             video.encoder = event.encoder
+            video.subtitles_uri = event.subtitles_uri
         case events.AttemptFailed():
             response.attempt_failed.attempt = event.attempt
             response.attempt_failed.max_attempts = event.max_attempts

@@ -22,6 +22,7 @@ from services.media.errors import EncodingError, InvalidInputError
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration, encode_wav
+from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, new_key
@@ -74,6 +75,8 @@ class LiveNarrationResult:
     fallback_reason: str
     sentences: tuple[SpokenSentence, ...]
     playlist_uri: str
+    # The sentences as WebVTT, stored beside the videos (which carry them as a subtitle track too).
+    subtitles_key: str
     # Sentences the provider read other than written (see Narration).
     misread_sentence_count: int = 0
 
@@ -259,6 +262,9 @@ class LiveNarration:
         prefix = f"narrations/{self._meditation_id}"
         stored_wav = await self._storage.put_bytes(new_key(prefix, "wav"), wav, "audio/wav")
         stored_aac = await self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac")
+        stored_subtitles = await self._storage.put_bytes(
+            new_key(f"videos/{self._meditation_id}", "vtt"), webvtt(sentences).encode(), WEBVTT_CONTENT_TYPE
+        )
         provider = max(set(providers), key=providers.count) if providers else "espeak-ng"
         return LiveNarrationResult(
             wav_key=stored_wav.key,
@@ -270,6 +276,7 @@ class LiveNarration:
             fallback_reason=fallback_reason,
             sentences=tuple(sentences),
             playlist_uri=published.playlist_uri,
+            subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
         )
 

@@ -24,7 +24,7 @@ from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPubl
 from services.media.studio import MediaStudio, VideoEncoded
 from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
 from services.proto_time import to_duration
-from services.servicer_status import DEPENDENCY_FAILURES, status_of_dependency_failure
+from services.servicer_status import DEPENDENCY_FAILURES, abort, status_of_dependency_failure
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 
@@ -61,6 +61,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 request.narration_storage_key,
                 profile,
                 narration_aac_key=request.narration_aac_storage_key,
+                subtitles_key=request.subtitles_storage_key,
             ):
                 if isinstance(event, VideoEncoded):
                     yield media_pb.RenderVideoResponse(
@@ -171,7 +172,7 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
     except AssetNotFoundError as error:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
     except DEPENDENCY_FAILURES as error:
-        await context.abort(*status_of_dependency_failure(error))
+        await abort(context, *status_of_dependency_failure(error))
     except StageTimeoutError as error:
         await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
     except ScratchSpaceError as error:
@@ -179,7 +180,7 @@ async def _status_for_errors(context: _Context) -> AsyncIterator[None]:
         # finish, an operator frees space), so the gateway's retry policy tries the job again later, on a
         # replica that has room, while this one's health says NOT_SERVING.
         logger.error("encoding refused or failed: %s", error)
-        await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        await abort(context, grpc.StatusCode.UNAVAILABLE, str(error))
     except EncodingError as error:
         # FFmpeg's log is for operators: it names paths and internals a client should not see.
         logger.error("encoding failed: %s\n%s", error, error.detail)
@@ -216,6 +217,7 @@ def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
         fallback_reason=result.fallback_reason,
         playlist_uri=result.playlist_uri,
         misread_sentence_count=result.misread_sentence_count,
+        subtitles_storage_key=result.subtitles_key,
         sentences=[
             media_pb.SpokenSentence(
                 text=sentence.text,

@@ -26,7 +26,8 @@ from services.storage.base import AssetMissingError, AssetStorage, StorageKeyErr
 
 logger = logging.getLogger(__name__)
 
-# The folders a meditation's assets are stored in, each under the meditation's id.
+# The folders a meditation's assets are stored in, each under the meditation's id; its WebVTT subtitles are
+# kept with the videos.
 _ASSET_KINDS = ("narrations", "live", "videos")
 # The most assets one SignAssetUris call signs: a page of 100 meditations holds at most 400.
 MAX_SIGNED_KEYS = 500
@@ -110,10 +111,12 @@ class MediaStudio:
 
     async def delete_assets(self, meditation_id: str) -> int:
         """Removes the meditation's narration, live preview and videos; returns how many assets."""
-        deleted = 0
-        for kind in _ASSET_KINDS:
-            deleted += await self._storage.delete_prefix(f"{kind}/{meditation_id}")
-        return deleted
+        # At once, not one after another: while storage struggles each waits out its retries, and together
+        # they must fit the caller's deadline.
+        counts = await asyncio.gather(
+            *(self._storage.delete_prefix(f"{kind}/{meditation_id}") for kind in _ASSET_KINDS)
+        )
+        return sum(counts)
 
     async def open_live_narration(self, meditation_id: str) -> LiveNarration:
         """A live narration for one job; use it as an async context manager. Refused while the scratch disk
@@ -135,6 +138,7 @@ class MediaStudio:
         narration_key: str,
         profile: RenderProfile,
         narration_aac_key: str = "",
+        subtitles_key: str = "",
     ) -> AsyncIterator[VideoEncoded | VideoStored]:
         """Encodes the video, reports the encode, stores it and reports where it is. Refused before any work
         while the scratch disk is under its minimum of free space; a disk that fills up during the encode
@@ -153,6 +157,9 @@ class MediaStudio:
         )
         if is_audio_copied:
             audio_path = await self._input_path(narration_aac_key, "narration_aac_storage_key")
+        subtitles_path = (
+            await self._input_path(subtitles_key, "subtitles_storage_key") if subtitles_key else None
+        )
         with disk_full_reported():
             work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
         try:
@@ -169,6 +176,7 @@ class MediaStudio:
                     encoder=self.encoders.selected,
                     timeout_seconds=self._video_timeout_seconds,
                     is_audio_copied=is_audio_copied,
+                    subtitles_path=subtitles_path,
                 )
             yield VideoEncoded(encode_seconds=time.perf_counter() - started, encoder=video.encoder)
             started = time.perf_counter()

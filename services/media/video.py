@@ -24,6 +24,7 @@ from av.video.stream import VideoStream
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import encoding_failure
+from services.media.subtitles import SUBTITLE_LANGUAGE
 
 _STDERR_TAIL_CHARACTERS = 4000
 # The frame rate 1/duration is written as a ratio of integers; millisecond precision is plenty.
@@ -160,11 +161,15 @@ async def render_still_video(
     encoder: str = "libx264",
     timeout_seconds: float = 120.0,
     is_audio_copied: bool = False,
+    subtitles_path: Path | None = None,
 ) -> RenderedVideo:
     """Renders `image_path` (or a calm placeholder when None) held for the narration in `audio_path`.
 
     With `is_audio_copied`, `audio_path` is already AAC as the profile wants it and is copied, not
     encoded: the render is then one still frame and a remux, a fraction of a second.
+
+    With `subtitles_path` (WebVTT), the MP4 carries them as a soft subtitle track, which costs nothing
+    noticeable: a few hundred bytes of text.
 
     The MP4 appears at `output_path` only when complete: FFmpeg writes a hidden temporary file beside it,
     which is renamed on success and removed on failure, timeout or cancellation.
@@ -186,6 +191,7 @@ async def render_still_video(
             profile=profile,
             encoder=encoder,
             is_audio_copied=is_audio_copied,
+            subtitles_path=subtitles_path,
         )
         try:
             result = await run_ffmpeg(ffmpeg_path, arguments, timeout_seconds=timeout_seconds)
@@ -229,6 +235,7 @@ def still_video_arguments(
     profile: RenderProfile,
     encoder: str,
     is_audio_copied: bool = False,
+    subtitles_path: Path | None = None,
 ) -> list[str]:
     """Builds FFmpeg's argument list (without the program) for one still-image video."""
     # One input frame whose duration is the narration's: frame rate = 1 / duration.
@@ -249,6 +256,17 @@ def still_video_arguments(
         *("-framerate", f"{frame_rate.numerator}/{frame_rate.denominator}", "-i", str(image_path)),
         *("-protocol_whitelist", "file,pipe", "-i", str(audio_path)),
     ]
+    subtitle_arguments: list[str] = []
+    if subtitles_path is not None:
+        # Numbered after however many inputs come before it.
+        subtitles_input = arguments.count("-i")
+        arguments += ["-protocol_whitelist", "file,pipe", "-f", "webvtt", "-i", str(subtitles_path)]
+        # mov_text is the subtitle format MP4 players and editors read (Chromium shows none from an MP4:
+        # the web page loads the WebVTT through <track>); the language tag lets a player offer it by name.
+        subtitle_arguments = [
+            *("-map", f"{subtitles_input}:s:0", "-c:s", "mov_text"),
+            *("-metadata:s:s:0", f"language={SUBTITLE_LANGUAGE}"),
+        ]
     if audio_filter is None:
         arguments += [
             "-filter_complex",
@@ -263,6 +281,7 @@ def still_video_arguments(
             *("-filter_complex", f"[0:v]{video_filter}[picture];{audio_filter}"),
             *("-map", "[picture]", "-map", "[sound]"),
         ]
+    arguments += subtitle_arguments
     # `-t`, never `-shortest`: it also ends the ambient bed exactly where the narration ends.
     arguments += ["-t", f"{float(duration):.3f}"]
     arguments += _video_encoder_arguments(encoder, profile)

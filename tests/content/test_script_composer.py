@@ -7,8 +7,20 @@ import random
 
 import pytest
 
-from services.content.image_prompts import Landscape, choose_landscape
-from services.content.script_composer import MAX_SCRIPT_WORDS, MIN_SCRIPT_WORDS, compose_meditation
+from services.content.feelings import WORRY_ABOUT_CHANGE
+from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape
+from services.content.script_composer import (
+    _ARRIVAL,
+    _BODY_SCAN,
+    _BREATH,
+    _CLOSING,
+    MAX_SCRIPT_WORDS,
+    MIN_SCRIPT_WORDS,
+    _reflection,
+    _Sentence,
+    _visualisation,
+    compose_meditation,
+)
 from services.content.themes import extract_themes
 from services.script_marks import PAUSE_MARK_PATTERN, Silence, SpokenText, count_spoken_words, split_on_pauses
 from tests.content.test_themes import (
@@ -271,3 +283,23 @@ def test_a_pastime_of_calm_is_remembered_but_never_visited_as_a_place() -> None:
     assert "image of gardening" not in paragraphs[2]
     assert SCENE_WORDS[Landscape.GARDEN] in paragraphs[2]
     assert "gardening, where you find quiet" in paragraphs[3]
+
+
+def test_every_core_sentence_at_its_longest_still_fits_the_word_range() -> None:
+    # The fullest reflection there can be: a refuge, two weights, a place said in distress and three
+    # feelings, each name as long as the composer lets one be (four words and an article).
+    longest_name = "the " + " ".join(["word"] * 4)
+    feelings = [WORRY_ABOUT_CHANGE, "guilt", "grief"]
+
+    def longest_core_words(section: tuple[_Sentence, ...]) -> int:
+        return sum(max(map(count_spoken_words, slot.variants)) for slot in section if not slot.is_optional)
+
+    for landscape in Landscape:
+        middle = max(
+            longest_core_words(_visualisation(LandscapeChoice(landscape, 0.0), longest_name)),
+            longest_core_words(_BODY_SCAN),
+        )
+        for refuge in (None, longest_name):
+            reflection = _reflection([longest_name] * 3, refuge, feelings, longest_name)
+            total = sum(map(longest_core_words, (_ARRIVAL, _BREATH, reflection, _CLOSING))) + middle
+            assert total <= MAX_SCRIPT_WORDS, (landscape, refuge, total)

@@ -314,10 +314,15 @@ async def test_a_failed_job_leaves_no_assets_but_keeps_its_log(
         replay: list[gateway_pb.GenerateMeditationResponse] = []
         with pytest.raises(grpc.aio.AioRpcError):
             await _read_into(stub.WatchMeditation(gateway_pb.WatchMeditationRequest(name=meditation)), replay)
+        meditation_id = meditation.rsplit("/", 1)[-1]
+
+        def nothing_left() -> bool:
+            stored = (tmp_path / "storage").rglob("*")
+            return not [p for p in stored if p.is_file() and meditation_id in str(p)]
+
+        # Deleted once the end is recorded, so a watcher hears of the failure without waiting on storage.
+        await wait_until(nothing_left, what="the failed job's assets are deleted")
     assert status.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert any(r.HasField("narration_ready") for r in seen), "the narration was stored before the failure"
-    meditation_id = meditation.rsplit("/", 1)[-1]
-    left = [p for p in (tmp_path / "storage").rglob("*") if p.is_file() and meditation_id in str(p)]
-    assert left == []
     assert [r.sequence for r in replay] == [r.sequence for r in seen]
     assert replay[-1].completed.state == gateway_pb.MEDITATION_STATE_FAILED

@@ -7,7 +7,9 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
+from services.database import now
 from services.gateway.deadlines import detached
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import AttemptFailed
@@ -30,8 +32,13 @@ logger = logging.getLogger(__name__)
 _CLAIM_MARGIN_SECONDS = 1.0
 # How long CancelMeditation waits for another replica to record the cancellation before answering.
 _CANCEL_WAIT_SECONDS = 10.0
-# How many abandoned jobs one janitor round requeues.
+# How many abandoned jobs one janitor round requeues, and how many owed asset deletions it retries.
 _JANITOR_BATCH = 10
+# An asset deletion owed for less than one deletion's deadline (the media client's bookkeeping timeout, 10 s)
+# may still be in flight where it was asked for: the janitor leaves it (twice would be harmless, only waste).
+_OWED_DELETION_GRACE_SECONDS = 10.0
+# Failures that mean media or storage is down: the rest of a janitor's batch would fail the same way.
+_DEPENDENCY_DOWN = frozenset({FailureKind.UNAVAILABLE, FailureKind.DEADLINE})
 # How many jobs still waiting in a queue that lost them are submitted again at once (well above the queued
 # limit of a deployment); any beyond it are requeued by a janitor once their queue lease lapses.
 _LOST_QUEUED_BATCH = 1000
@@ -284,6 +291,11 @@ class JobDispatcher:
     async def _run(self, recorder: JobRecorder, meditation: Meditation) -> None:
         running = self._running[meditation.name]
         try:
+            if self._media is not None and meditation.last_sequence > 1:
+                # An earlier attempt ran (on this replica or one that stopped): what it stored goes before
+                # this one starts afresh. Its own failure path deletes them too, but storage may have been
+                # down then; if it still is, this attempt fails here, before making more.
+                await self._media.delete_meditation_assets(meditation.name)
             await self._pipeline.run(recorder, meditation)
             if await recorder.finish(MeditationState.SUCCEEDED, None):
                 await self._queue.acknowledge(running.delivery)
@@ -332,10 +344,11 @@ class JobDispatcher:
                 ),
                 JobChanges(failure_message=error.message),
             )
-            if self._media is not None:
-                # The next attempt starts afresh: what this one made would be a second set of assets.
-                await self._media.delete_meditation_assets(name)
-            await self._store.release(name, self.holder, self._queue_lease_seconds)
+            # What this attempt stored is deleted by the next before it starts afresh: storage may be down
+            # now, and the hand-back must not wait on it.
+            # The queue delivers it again after the delay: janitors leave it alone that long too, or one
+            # would requeue it as abandoned (and its attempts would count from one again).
+            await self._store.release(name, self.holder, decision.delay_seconds + self._queue_lease_seconds)
         except GatewayError as bookkeeping:
             logger.warning("%s: %s; the queue hands it on anyway", name, bookkeeping.message)
         # Retired before it is handed back, so the next attempt (here, too) finds no attempt in the way.
@@ -429,9 +442,28 @@ class JobDispatcher:
         while True:
             try:
                 await self.resume_orphans()
+                await self.settle_owed_deletions()
             except GatewayError as error:
                 logger.warning("job janitor: %s", error.message)
             await asyncio.sleep(self._lease_seconds / 3)  # the janitor's period
+
+    async def settle_owed_deletions(self, grace_seconds: float = _OWED_DELETION_GRACE_SECONDS) -> list[str]:
+        """Deletes the assets of finished jobs whose deletion was owed for over `grace_seconds` and never
+        done (storage or media was down when the job failed or was cancelled, or its replica stopped
+        mid-way). Stops at the first sign that a dependency is still down; the next round tries again."""
+        owed_before = now() - timedelta(seconds=grace_seconds)
+        settled = []
+        for name in await self._store.list_owed_asset_deletions(owed_before, _JANITOR_BATCH):
+            try:
+                await self.delete_assets(name)
+            except GatewayError as error:
+                if error.kind in _DEPENDENCY_DOWN:
+                    break
+                logger.warning("%s: its assets are still not deleted (%s)", name, error.message)
+                continue
+            logger.info("%s: deleted the assets its end left behind", name)
+            settled.append(name)
+        return settled
 
     async def resume_orphans(self) -> list[str]:
         """Requeues running jobs nobody holds (their gateway stopped or crashed, or the queue lost them)."""
@@ -557,10 +589,14 @@ class JobDispatcher:
             await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
 
     async def delete_assets(self, name: str) -> None:
-        """Deletes what the job stored through media (idempotent: a second call finds nothing)."""
+        """Deletes what the job stored through media (idempotent: a second call finds nothing). The deletion
+        is recorded as owed first and settled after, so one that fails (storage or media down) or is cut
+        short (this replica stopped) is finished by a janitor: nothing stays orphaned in storage."""
         if self._media is not None:
+            await self._store.owe_asset_deletion(name)
             # Nothing half-made stays behind: the narration, the live preview and any video go.
             await self._media.delete_meditation_assets(name)
+            await self._store.settle_asset_deletion(name)
 
 
 async def _finish_cancelled(recorder: JobRecorder) -> bool:

@@ -69,6 +69,8 @@ class JobRow(Base):
         Index("ix_meditation_jobs_update_time_id", "update_time", "id"),
         # The operator's list of dead letters, newest first (`stillpoint jobs dead-letters`).
         Index("ix_meditation_jobs_dead_letter_time", "dead_letter_time"),
+        # The janitor's query: finished jobs whose asset deletion is still owed.
+        Index("ix_meditation_jobs_asset_deletion_owed_time", "asset_deletion_owed_time"),
     )
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     # The content service's name for it (`conversations/<id>`): another service's row, so no foreign key.
@@ -106,6 +108,9 @@ class JobRow(Base):
     # When a replica that does not run the job was asked to cancel it: the replica running it stops it at its
     # next lease renewal, should the broadcast on the queue (Redis pub/sub) not reach it.
     cancel_requested_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When deleting the job's stored assets became owed (it failed or was cancelled) and is not yet done: set
+    # before the deletion, cleared after it, so one cut short by an outage is found and finished by a janitor.
+    asset_deletion_owed_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class JobEventRow(Base):
@@ -568,6 +573,40 @@ class JobStore:
         # What the DELETE removed, not what the SELECT saw: SQLite ignores FOR UPDATE (and pysqlite reads
         # before it begins the transaction), so two racing deleters can both see the row; one removes it.
         return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    async def owe_asset_deletion(self, name: str) -> None:
+        """Records that the job's stored assets are to be deleted (the first time counts); a job that no
+        longer exists owes nothing. Its update_time stays: it is when the job finished, retention's clock."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == _id_of(name), JobRow.asset_deletion_owed_time.is_(None))
+                .values(asset_deletion_owed_time=now(), update_time=JobRow.update_time)
+            )
+
+    async def settle_asset_deletion(self, name: str) -> None:
+        """Records that the job's stored assets are deleted."""
+        async with self._transaction() as session:
+            await session.execute(
+                update(JobRow)
+                .where(JobRow.id == _id_of(name), JobRow.asset_deletion_owed_time.is_not(None))
+                .values(asset_deletion_owed_time=None, update_time=JobRow.update_time)
+            )
+
+    async def list_owed_asset_deletions(self, owed_before: datetime, max_jobs: int) -> list[str]:
+        """Up to `max_jobs` finished jobs whose asset deletion was owed before `owed_before` and is not yet
+        done, longest owed first: what a janitor retries."""
+        async with self._reading() as session:
+            ids = await session.scalars(
+                select(JobRow.id)
+                .where(
+                    JobRow.asset_deletion_owed_time < owed_before,
+                    JobRow.state != MeditationState.RUNNING.value,
+                )
+                .order_by(JobRow.asset_deletion_owed_time, JobRow.id)
+                .limit(max_jobs)
+            )
+            return [_NAME_PREFIX + job_id for job_id in ids]
 
     async def list_finished_before(self, moment: datetime, max_jobs: int) -> list[str]:
         """Up to `max_jobs` finished jobs (succeeded, failed or cancelled) whose last update was before
