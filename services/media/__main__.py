@@ -13,8 +13,9 @@ from grpc_health.v1 import health_pb2
 
 from services import serving
 from services.environment import ConfigError, Environment
-from services.media.config import MediaConfig
+from services.media.config import MediaConfig, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
+from services.media.openai_realtime import RealtimeSpeechNarrator
 from services.media.openai_speech import OpenAISpeechNarrator
 from services.media.scratch import MEBIBYTE, ScratchDisk
 from services.media.servicer import MediaServicer
@@ -51,8 +52,21 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
     espeak = EspeakNarrator(voice=config.espeak_voice, words_per_minute=config.espeak_words_per_minute)
     client = make_client(config.openai) if config.openai is not None else None
     narrator: Narrator = espeak
+    realtime: RealtimeSpeechNarrator | None = None
     report = ProviderReport("speech", "offline")
-    if client is not None:
+    # Leave a fifth of the stage's budget for espeak-ng should the provider fail.
+    speech_timeout_seconds = 0.8 * config.narration_timeout_seconds
+    if client is not None and config.speech_api is SpeechApi.REALTIME:
+        narrator = realtime = RealtimeSpeechNarrator(
+            client,
+            config.speech_model,
+            voice=config.speech_voice,
+            instructions=config.speech_instructions,
+            timeout_seconds=speech_timeout_seconds,
+            # One WebSocket per sentence in flight, kept open and reused by the sentences that follow.
+            max_sessions=config.speech_requests_in_flight,
+        )
+    elif client is not None:
         narrator = OpenAISpeechNarrator(
             client,
             config.speech_model,
@@ -61,10 +75,10 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
             audio_format=config.speech_format,
             ffmpeg_path=ffmpeg_path,
             work_root=config.work_root,
-            # Leave a fifth of the stage's budget for espeak-ng should the provider fail.
-            timeout_seconds=0.8 * config.narration_timeout_seconds,
+            timeout_seconds=speech_timeout_seconds,
             max_concurrent_requests=config.speech_requests_in_flight,
         )
+    if client is not None:
         # Warn at start-up, in the log and through GetProviderStatus, about a model missing or retiring soon.
         report = ProviderReport(
             "speech",
@@ -93,6 +107,8 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         if health_task is not None:
             health_task.cancel()
         espeak.close()
+        if realtime is not None:
+            await realtime.close()
         if client is not None:
             await client.close()
 

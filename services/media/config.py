@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.environment import ConfigError, Environment
-from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
+from services.openai_api import (
+    SPEECH_ENDPOINT_MODELS,
+    ConfiguredModel,
+    OpenAISettings,
+    base_model,
+    read_openai_settings,
+)
 from services.storage.factory import StorageSettings, read_storage_settings
 from services.tls import InternalTls, read_internal_callers, read_internal_tls
 
-# The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
-# gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.
-DEFAULT_SPEECH_MODEL = "gpt-4o-mini-tts"
+# The speech endpoint's models shut down on 2027-01-06: the default is their successor in the Realtime API.
+# An endpoint model still works until then, and the start-up model check warns as the day comes near.
+DEFAULT_SPEECH_MODEL = "gpt-realtime-2.1-mini"
 DEFAULT_SPEECH_INSTRUCTIONS = (
     "You are a calm, warm meditation guide. Speak slowly and softly, unhurried, with gentle pauses between "
     "sentences and a relaxed, low tone."
 )
 SPEECH_FORMATS = ("wav", "pcm", "aac", "opus", "mp3")
+
+
+class SpeechApi(enum.StrEnum):
+    """Which OpenAI API speaks: the model's name decides."""
+
+    # `/v1/audio/speech`: tts-1, tts-1-hd, gpt-4o-mini-tts (and their dated snapshots).
+    SPEECH_ENDPOINT = "speech_endpoint"
+    # The Realtime API's WebSocket: a model whose name says `realtime`.
+    REALTIME = "realtime"
+
+
+def speech_api_for(model: ConfiguredModel) -> SpeechApi:
+    """The API that serves the model; a name that is neither kind fails the start naming the variable."""
+    if base_model(model.name, SPEECH_ENDPOINT_MODELS) is not None:
+        return SpeechApi.SPEECH_ENDPOINT
+    if "realtime" in model.name:
+        return SpeechApi.REALTIME
+    raise ConfigError(
+        f"{model.variable}={model.name!r} is neither a speech endpoint model "
+        f"({', '.join(SPEECH_ENDPOINT_MODELS)}) nor a Realtime model (a name with `realtime`, such as "
+        f"{DEFAULT_SPEECH_MODEL})"
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +77,8 @@ class MediaConfig:
     speech_provider: str
     openai: OpenAISettings | None
     speech_model: ConfiguredModel
+    # Chosen from the model's name.
+    speech_api: SpeechApi
     speech_voice: str
     speech_instructions: str
     speech_format: str
@@ -63,6 +94,9 @@ class MediaConfig:
         if not voice.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
         internal_tls = read_internal_tls(environment)
+        speech_model = ConfiguredModel(
+            environment.text("STILLPOINT_SPEECH_MODEL", DEFAULT_SPEECH_MODEL), "STILLPOINT_SPEECH_MODEL"
+        )
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
             bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
@@ -92,9 +126,8 @@ class MediaConfig:
             ),
             speech_provider=speech_provider,
             openai=read_openai_settings(environment) if speech_provider == "openai" else None,
-            speech_model=ConfiguredModel(
-                environment.text("STILLPOINT_SPEECH_MODEL", DEFAULT_SPEECH_MODEL), "STILLPOINT_SPEECH_MODEL"
-            ),
+            speech_model=speech_model,
+            speech_api=speech_api_for(speech_model),
             speech_voice=voice,
             speech_instructions=environment.text(
                 "STILLPOINT_SPEECH_INSTRUCTIONS", DEFAULT_SPEECH_INSTRUCTIONS

@@ -77,6 +77,8 @@ class LiveNarrationResult:
     playlist_uri: str
     # The sentences as WebVTT, stored beside the videos (which carry them as a subtitle track too).
     subtitles_key: str
+    # Sentences the provider read other than written (see Narration).
+    misread_sentence_count: int = 0
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -210,6 +212,7 @@ class LiveNarration:
         sentences: list[SpokenSentence] = []
         providers: list[str] = []
         fallback_reason = ""
+        misread_sentence_count = 0
         sample_rate = 0
         try:
             while True:
@@ -236,6 +239,10 @@ class LiveNarration:
                 if segment.provider:
                     providers.append(segment.provider)
                 fallback_reason = fallback_reason or segment.fallback_reason
+                if segment.narration.misread_sentence_count:
+                    misread_sentence_count += segment.narration.misread_sentence_count
+                    # The provider logged how far the reading strayed; this says where, never what was said.
+                    logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 await encoder.write(samples)
                 index += 1
             assert encoder is not None and publisher is not None
@@ -270,6 +277,7 @@ class LiveNarration:
             sentences=tuple(sentences),
             playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
+            misread_sentence_count=misread_sentence_count,
         )
 
     async def _preview_image(self, work_dir: Path) -> Path:

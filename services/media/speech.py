@@ -45,6 +45,8 @@ class Narration:
 
     pcm_s16le: bytes
     sample_rate_hertz: int
+    # Sentences a voice model (the Realtime API) read other than written; a reader (espeak) never does.
+    misread_sentence_count: int = 0
 
     @property
     def duration_seconds(self) -> float:
