@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
+from services.media.loudness import master_speech
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration, encode_wav
@@ -183,7 +185,10 @@ class LiveNarration:
                 # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
                 seconds = total_pause_seconds(sentence)
                 return SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", "")
-            return await self._speak(sentence)
+            spoken = await self._speak(sentence)
+            # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
+            # encode serves the live preview and the QUICK video already at the target loudness.
+            return dataclasses.replace(spoken, narration=await asyncio.to_thread(_mastered, spoken.narration))
 
     async def _write_in_order(self) -> None:
         try:
@@ -400,6 +405,12 @@ class _LiveEncoder:
             async with asyncio.timeout(1):
                 return (await self._process.stderr.read()).decode(errors="replace")[-4000:]
         return ""
+
+
+def _mastered(narration: Narration) -> Narration:
+    samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
+    mastered = master_speech(samples, narration.sample_rate_hertz)
+    return Narration(mastered.astype("<i2").tobytes(), narration.sample_rate_hertz)
 
 
 def _at_rate(narration: Narration, sample_rate: int) -> bytes:
