@@ -113,8 +113,8 @@ def load_voice(files: PiperVoiceFiles | None = None) -> tuple[PiperVoice, PiperV
 class PiperNarrator:
     """Narrates meditation scripts with a Piper voice, honouring `[pause Ns]` marks with exact silence.
 
-    Each sentence (and each piece of a long one) is one inference on the shared pool's threads, a few at
-    a time; the event loop only awaits them. The voice (by default the packaged one) loads in the
+    Each sentence (and each piece of a long one) is one inference on the narrator's threads, a few at a
+    time; the event loop only awaits them. The voice (by default the packaged one) loads in the
     background from construction: await `ready()` to know it loaded (it raises SpeechError when it cannot).
     """
 
@@ -162,6 +162,8 @@ class PiperNarrator:
             for future in futures:
                 future.cancel()
             raise
+        if not any(piece.size for piece in spoken):
+            raise SpeechError("the Piper voice produced no audible speech for the script")
         pieces: list[npt.NDArray[np.int16]] = []
         spoken_pieces = iter(spoken)
         for step in plan:
@@ -192,7 +194,8 @@ class PiperNarrator:
         audio = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         audible = np.flatnonzero(np.abs(audio) > _SILENCE_THRESHOLD)
         if audible.size == 0:
-            raise SpeechError("the Piper voice produced no audible speech")
+            # A stray piece the voice has nothing to say for ("Mm…") costs its sentence nothing.
+            return np.zeros(0, dtype=np.int16)
         sample_rate = voice.config.sample_rate
         margin = round(_EDGE_MARGIN_SECONDS * sample_rate)
         trimmed = audio[max(0, audible[0] - margin) : audible[-1] + 1 + margin]
