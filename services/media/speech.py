@@ -34,6 +34,8 @@ _PITCH_RANGE = 40
 # Voices start a stretch with a sharp attack (espeak) or end it on low noise (Piper); short fades make sure
 # no stretch meets the inserted digital silence with a step, which a listener hears as a click.
 _FADE_IN_SECONDS = 0.02
+# The breath after a sentence that no pause mark follows: what espeak itself leaves after a full stop.
+SENTENCE_SILENCE_SECONDS = 0.5
 _FADE_OUT_SECONDS = 0.05
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -211,11 +213,16 @@ class EspeakNarrator:
                 if not text:
                     continue
                 # espeak phrases the whole stretch itself: about 0.5 s after a full stop and 0.25 s after a
-                # comma at 125 wpm, so no sentence gap needs adding.
+                # comma at 125 wpm, so no sentence gap needs adding inside it.
                 samples = _ENGINE.synthesize(text, abort)
                 if samples.any():
                     pieces.append(fade_edges(_trim_silence(samples), sample_rate_hertz))
                     has_speech = True
+            # The silence after the last sentence is trimmed with the rest, and a live narration speaks
+            # one sentence per call: without this, sentences would follow each other with no breath. A
+            # pause mark at the end already is the gap.
+            if segments and not isinstance(segments[-1], Silence):
+                pieces.append(np.zeros(round(SENTENCE_SILENCE_SECONDS * sample_rate_hertz), dtype=np.int16))
         if not has_speech:
             raise SpeechError("espeak-ng produced no audible speech for the script")
         pcm = np.concatenate(pieces).astype("<i2").tobytes()
