@@ -147,6 +147,10 @@ class LiveNarration:
     async def _clean_up(self, tasks: list[asyncio.Task[Any]]) -> None:
         if tasks:
             await asyncio.wait(tasks)
+        if self._preview is not None and not self._preview.cancelled():
+            # Read, so a picture that failed after the narration had already ended is not logged as an
+            # exception nobody retrieved; the writer reports it when it awaits the picture.
+            self._preview.exception()
         if self._work_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 
