@@ -67,8 +67,9 @@ USER stillpoint
 EXPOSE 50052
 CMD ["python", "-m", "services.content"]
 
-# Narration and video encoding. FFmpeg, libespeak-ng and PyAV come as wheels, so the image needs no system
-# packages (libespeak-ng's libstdc++ is already in the base image).
+# Narration and video encoding. FFmpeg, libespeak-ng, Piper with its voice, ONNX Runtime and PyAV come as
+# wheels, so the image needs no system packages (their libstdc++ is already in the base image), and the
+# voice is in the image: nothing is downloaded when the service starts.
 FROM runtime AS media
 ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
     STILLPOINT_STORAGE_DIR=/var/lib/stillpoint/storage \

@@ -18,6 +18,15 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # A configured model retiring this soon is worth a warning at every start.
 SHUTDOWN_WARNING_DAYS = 30
+# The models of the speech endpoint (`/v1/audio/speech`), which shuts down with them on 2027-01-06; their
+# successor is the Realtime API.
+SPEECH_ENDPOINT_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+SPEECH_ENDPOINT_SHUTDOWN_DATE = date(2027, 1, 6)
+# Retirements OpenAI has announced, for a listing that carries no `shutdown_date` (another compatible server,
+# or a listing that does not date the model yet).
+ANNOUNCED_SHUTDOWN_DATES: dict[str, date] = dict.fromkeys(
+    SPEECH_ENDPOINT_MODELS, SPEECH_ENDPOINT_SHUTDOWN_DATE
+)
 
 
 class ProviderFailureKind(enum.StrEnum):
@@ -87,37 +96,75 @@ def make_client(settings: OpenAISettings) -> openai.AsyncOpenAI:
 
 def classify(error: Exception, model: ConfiguredModel) -> ProviderCallError:
     """Turns an SDK error into a failure whose message names what to fix, never the key."""
-    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+    # APITimeoutError is an APIConnectionError: ask the narrower question first.
+    if isinstance(error, openai.APITimeoutError):
+        return ProviderCallError(ProviderFailureKind.TIMEOUT, "the OpenAI API did not answer in time")
+    if isinstance(error, openai.APIConnectionError):
+        return unreachable()
+    if isinstance(error, openai.APIStatusError):
+        return classify_status(error.status_code, model)
+    return ProviderCallError(
+        ProviderFailureKind.UNAVAILABLE, f"the OpenAI call failed ({type(error).__name__})"
+    )
+
+
+def classify_status(status_code: int, model: ConfiguredModel) -> ProviderCallError:
+    """The failure an HTTP status means, whether an HTTP call or a WebSocket handshake answered it."""
+    if status_code in (401, 403):
         return ProviderCallError(
             ProviderFailureKind.CREDENTIALS,
             "the OpenAI API rejected the key: check OPENAI_API_KEY (and OPENAI_BASE_URL for another server)",
         )
-    if isinstance(error, openai.NotFoundError):
-        return ProviderCallError(
-            ProviderFailureKind.MODEL,
-            f"the model {model.name!r} is unknown or retired at the provider: "
-            f"set {model.variable} to a served model",
-        )
-    if isinstance(error, openai.APITimeoutError):
-        return ProviderCallError(ProviderFailureKind.TIMEOUT, "the OpenAI API did not answer in time")
-    if isinstance(error, openai.RateLimitError):
-        return ProviderCallError(
-            ProviderFailureKind.UNAVAILABLE, "the OpenAI API is rate limiting us; try again shortly"
-        )
-    if isinstance(error, openai.APIConnectionError):
-        return ProviderCallError(
-            ProviderFailureKind.UNAVAILABLE, "the OpenAI API could not be reached; try again shortly"
-        )
-    if isinstance(error, openai.InternalServerError):
+    if status_code == 404:
+        return _unknown_model(model)
+    if status_code == 429:
+        return _rate_limited()
+    if status_code >= 500:
         return ProviderCallError(
             ProviderFailureKind.UNAVAILABLE, "the OpenAI API is failing; try again shortly"
         )
-    if isinstance(error, openai.APIStatusError):
-        return ProviderCallError(
-            ProviderFailureKind.REJECTED, f"the OpenAI API refused the request ({error.status_code})"
-        )
     return ProviderCallError(
-        ProviderFailureKind.UNAVAILABLE, f"the OpenAI call failed ({type(error).__name__})"
+        ProviderFailureKind.REJECTED, f"the OpenAI API refused the request ({status_code})"
+    )
+
+
+def classify_error_body(
+    error_type: str | None, code: str | None, model: ConfiguredModel
+) -> ProviderCallError:
+    """The failure an OpenAI error object (`type`, `code`) means where no HTTP status comes with it: the
+    `error` events and failed responses of a Realtime WebSocket."""
+    if code == "invalid_api_key" or error_type == "authentication_error":
+        return classify_status(401, model)
+    if code == "model_not_found":
+        return _unknown_model(model)
+    if code == "rate_limit_exceeded" or error_type in ("rate_limit_error", "requests", "tokens"):
+        return _rate_limited()
+    if error_type == "server_error":
+        return classify_status(500, model)
+    return ProviderCallError(
+        ProviderFailureKind.REJECTED,
+        f"the OpenAI API refused the request ({code or error_type or 'no code'})",
+    )
+
+
+def unreachable() -> ProviderCallError:
+    """The failure of a call that never reached the API."""
+    return ProviderCallError(
+        ProviderFailureKind.UNAVAILABLE, "the OpenAI API could not be reached; try again shortly"
+    )
+
+
+def _unknown_model(model: ConfiguredModel) -> ProviderCallError:
+    return ProviderCallError(
+        ProviderFailureKind.MODEL,
+        f"the model {model.name!r} is unknown or retired at the provider: "
+        f"set {model.variable} to a served model",
+    )
+
+
+def _rate_limited() -> ProviderCallError:
+    return ProviderCallError(
+        ProviderFailureKind.UNAVAILABLE, "the OpenAI API is rate limiting us; try again shortly"
     )
 
 
@@ -138,7 +185,7 @@ async def check_models(
             continue
         shutdown = _shutdown_date(
             getattr(found, "shutdown_date", None) or (found.model_extra or {}).get("shutdown_date")
-        )
+        ) or announced_shutdown_date(model.name)
         if shutdown is not None and shutdown <= today + timedelta(days=SHUTDOWN_WARNING_DAYS):
             verb = "was retired" if shutdown <= today else "retires"
             warnings.append(
@@ -147,6 +194,19 @@ async def check_models(
     for warning in warnings:
         logger.warning("model check: %s", warning)
     return warnings
+
+
+def announced_shutdown_date(model_name: str) -> date | None:
+    """The day OpenAI said the model retires, if it said so."""
+    name = base_model(model_name, ANNOUNCED_SHUTDOWN_DATES)
+    return None if name is None else ANNOUNCED_SHUTDOWN_DATES[name]
+
+
+def base_model(model_name: str, names: Iterable[str]) -> str | None:
+    """The one of `names` that `model_name` is, or is a dated snapshot of (`tts-1-1106` of `tts-1`)."""
+    matches = [name for name in names if model_name == name or model_name.startswith(f"{name}-")]
+    # `tts-1-hd` is both itself and, by its prefix, a `tts-1`: the longest name is the model.
+    return max(matches, key=len, default=None)
 
 
 def _shutdown_date(value: object) -> date | None:

@@ -50,8 +50,9 @@ SECRET_VARIABLES: tuple[str, ...] = (
 CREDENTIAL_URL_VARIABLES: tuple[str, ...] = ("DATABASE_URL", "REDIS_URL")
 
 # Libraries whose DEBUG records carry user data: aiosqlite logs every statement with its parameters (a
-# conversation's text), hpack every HTTP/2 header it encodes. They log at INFO at most, at any level.
-DATA_BEARING_LOGGERS: tuple[str, ...] = ("aiosqlite", "hpack")
+# conversation's text), hpack every HTTP/2 header it encodes, websockets every frame it sends or receives (the
+# script's sentences, on their way to the Realtime API). They log at INFO at most, at any level.
+DATA_BEARING_LOGGERS: tuple[str, ...] = ("aiosqlite", "hpack", "websockets")
 
 ServicerRegistrar = Callable[[grpc.aio.Server], None]
 _TRequest = TypeVar("_TRequest")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -44,6 +45,15 @@ from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Services started as processes speak with espeak-ng unless a test says otherwise: a narration takes it
+    about 4 s where the default Piper voice takes about 25 s on two cores, and dozens of real-process jobs
+    must fit `make test`'s budget. Piper runs in its own tests (tests/media/test_piper_speech.py, the
+    loudness tests) and in tests/test_end_to_end.py's stack, which asks for the default voice."""
+    os.environ.setdefault("STILLPOINT_SPEECH_PROVIDER", "espeak")
+
 
 # Two prompts keep the pre-generation tests quick; the service's real default is every prompt it can make.
 PREGENERATED_PROMPTS = ["A calm landscape: a still lake at dusk", "A calm landscape: a quiet forest at dawn"]

@@ -38,8 +38,10 @@ EXAMPLE = ROOT / "examples" / "conversation.json"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """content, media and gateway as processes with their own var/ folder."""
-    with running_stack(tmp_path_factory.mktemp("var")) as started:
+    """content, media and gateway as processes with their own var/ folder, speaking with the default
+    offline voice (Piper), as `make demo` does."""
+    environment = {"STILLPOINT_SPEECH_PROVIDER": "offline"}
+    with running_stack(tmp_path_factory.mktemp("var"), extra_environment=environment) as started:
         yield started
 
 
@@ -77,6 +79,7 @@ async def test_one_meditation_streams_in_order_and_both_videos_match_the_narrati
     videos = [r.video_ready for r in responses if r.HasField("video_ready")]
     assert [v.quality for v in videos] == [gateway_pb.VIDEO_QUALITY_QUICK, gateway_pb.VIDEO_QUALITY_ENHANCED]
     narration = next(r.narration_ready for r in responses if r.HasField("narration_ready"))
+    assert (narration.provider, narration.fallback_reason) == ("piper", "")
     narration_seconds = narration.duration.ToNanoseconds() / 1e9
     transcript = next(r.transcript_ready for r in responses if r.HasField("transcript_ready"))
     assert 400 <= transcript.word_count <= 500

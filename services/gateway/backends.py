@@ -397,6 +397,7 @@ class MediaClient:
                     provider=done.provider,
                     fallback_reason=done.fallback_reason,
                     aac_storage_key=done.aac_storage_key,
+                    misread_sentence_count=done.misread_sentence_count,
                     subtitles_storage_key=done.subtitles_storage_key,
                     sentences=tuple(
                         SentenceTiming(

@@ -170,6 +170,8 @@ class Completed:
     spoken_outcome: SpokenOutcome = SpokenOutcome.UNSPECIFIED
     # Why the outcome is not ordinary; never quotes the conversation.
     outcome_reason: str = ""
+    # Sentences of the narration the speech provider read other than written.
+    misread_sentence_count: int = 0
 
 
 Event = (

@@ -50,6 +50,7 @@ class JobEvents(Protocol):
     spoken_outcome: SpokenOutcome
     outcome_reason: str
     image_cache_hit: bool
+    misread_sentence_count: int
 
     async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
         """Records and publishes one event."""
@@ -228,12 +229,15 @@ class MeditationPipeline:
         timeout_seconds = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
         async with self._stage(job, Stage.NARRATION, timeout_seconds) as stage:
             narration = await self._narrate_once(job, script)
+            misread = narration.misread_sentence_count
             stage.detail = _provider_detail(
-                f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences",
+                f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences"
+                + (f" ({misread} read differently)" if misread else ""),
                 narration.provider,
                 False,
                 narration.fallback_reason,
             )
+        job.misread_sentence_count = narration.misread_sentence_count
         await job.emit(
             NarrationReady(
                 storage_key=narration.storage_key,

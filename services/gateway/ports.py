@@ -89,6 +89,8 @@ class SpokenNarration:
     sentences: tuple[SentenceTiming, ...] = ()
     # The sentences as WebVTT subtitles, for the videos to carry and for clients' <track>.
     subtitles_storage_key: str = ""
+    # Sentences the speech provider read other than written.
+    misread_sentence_count: int = 0
 
 
 @dataclass(frozen=True)

@@ -468,6 +468,7 @@ def _response(response_type: type[StreamResponse], recorded: events.SequencedEve
             completed.total_duration.CopyFrom(to_duration(event.total_seconds))
             completed.spoken_outcome = _SPOKEN_OUTCOME[event.spoken_outcome]
             completed.outcome_reason = event.outcome_reason
+            completed.misread_sentence_count = event.misread_sentence_count
             for stage in events.Stage:
                 if stage.value in event.stage_seconds:
                     completed.stage_timings.add(

@@ -13,9 +13,11 @@ from grpc_health.v1 import health_pb2
 
 from services import serving
 from services.environment import ConfigError, Environment
-from services.media.config import MediaConfig
+from services.media.config import MediaConfig, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
+from services.media.openai_realtime import RealtimeSpeechNarrator
 from services.media.openai_speech import OpenAISpeechNarrator
+from services.media.piper_speech import OfflineVoice, PiperDelivery, PiperVoiceFiles, start_offline_voice
 from services.media.scratch import MEBIBYTE, ScratchDisk
 from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
@@ -49,10 +51,24 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         )
     logger.info("H.264 encoder: %s (%s)", encoders.selected, "; ".join(encoders.probes))
     espeak = EspeakNarrator(voice=config.espeak_voice, words_per_minute=config.espeak_words_per_minute)
+    offline = await _start_offline_voice(config, espeak)
     client = make_client(config.openai) if config.openai is not None else None
-    narrator: Narrator = espeak
-    report = ProviderReport("speech", "offline")
-    if client is not None:
+    narrator: Narrator = offline.narrator
+    realtime: RealtimeSpeechNarrator | None = None
+    report = offline.report()
+    # Leave a fifth of the stage's budget for the offline voice should the provider fail.
+    speech_timeout_seconds = 0.8 * config.narration_timeout_seconds
+    if client is not None and config.speech_api is SpeechApi.REALTIME:
+        narrator = realtime = RealtimeSpeechNarrator(
+            client,
+            config.speech_model,
+            voice=config.speech_voice,
+            instructions=config.speech_instructions,
+            timeout_seconds=speech_timeout_seconds,
+            # One WebSocket per sentence in flight, kept open and reused by the sentences that follow.
+            max_sessions=config.speech_requests_in_flight,
+        )
+    elif client is not None:
         narrator = OpenAISpeechNarrator(
             client,
             config.speech_model,
@@ -61,10 +77,10 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
             audio_format=config.speech_format,
             ffmpeg_path=ffmpeg_path,
             work_root=config.work_root,
-            # Leave a fifth of the stage's budget for espeak-ng should the provider fail.
-            timeout_seconds=0.8 * config.narration_timeout_seconds,
+            timeout_seconds=speech_timeout_seconds,
             max_concurrent_requests=config.speech_requests_in_flight,
         )
+    if client is not None:
         # Warn at start-up, in the log and through GetProviderStatus, about a model missing or retiring soon.
         report = ProviderReport(
             "speech",
@@ -73,11 +89,14 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
             config.fallback_to_offline,
             await check_models(client, [config.speech_model]),
         )
+    if client is not None and offline.fallback_reason:
+        report.warnings.append(offline.fallback_warning)
     scratch = ScratchDisk(config.work_root, min_free_bytes=config.min_free_megabytes * MEBIBYTE)
     studio = MediaStudio(
         narrator=narrator,
-        narrator_name="openai" if client is not None else "espeak-ng",
-        fallback_narrator=espeak if client is not None and config.fallback_to_offline else None,
+        narrator_name="openai" if client is not None else offline.name,
+        fallback_narrator=offline.narrator if client is not None and config.fallback_to_offline else None,
+        fallback_narrator_name=offline.name,
         providers=[report],
         sentences_in_flight_per_job=config.sentences_in_flight_per_job,
         storage=storage,
@@ -92,7 +111,10 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
     async def release() -> None:
         if health_task is not None:
             health_task.cancel()
+        offline.narrator.close()
         espeak.close()
+        if realtime is not None:
+            await realtime.close()
         if client is not None:
             await client.close()
 
@@ -116,6 +138,25 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
 
     health_task = asyncio.create_task(scratch.report_health(set_serving))
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
+
+
+async def _start_offline_voice(config: MediaConfig, espeak: EspeakNarrator) -> OfflineVoice:
+    """The offline narrator: Piper (loaded now, once for the process), or espeak-ng when it is asked for,
+    when the remote provider needs no fallback, or when the neural voice cannot load."""
+    is_piper_wanted = config.speech_provider in ("offline", "piper") or (
+        config.speech_provider == "openai" and config.fallback_to_offline
+    )
+    if not is_piper_wanted:
+        return OfflineVoice(espeak, "espeak-ng", "")
+    path = config.piper_model_path
+    files = None if path is None else PiperVoiceFiles(path, path.with_name(path.name + ".json"), path.stem)
+    delivery = PiperDelivery(
+        length_scale=config.piper_length_scale,
+        sentence_silence_seconds=config.piper_sentence_silence_seconds,
+    )
+    return await start_offline_voice(
+        files, delivery, espeak, concurrent_syntheses=config.piper_concurrent_syntheses
+    )
 
 
 def run() -> None:

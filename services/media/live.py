@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
+from services.media.loudness import master_speech
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration, encode_wav
@@ -29,8 +31,11 @@ from services.storage.base import AssetStorage, new_key
 
 logger = logging.getLogger(__name__)
 
-# Two-second HLS segments: the first is playable two seconds of audio after the first sentence is spoken.
+# Two-second HLS segments, but a one-second first one: it closes as soon as the first sentence is written
+# (FFmpeg cuts a segment only once audio past its end arrives, and a short first sentence with its silence
+# may hold little more than two seconds), so the preview plays without waiting for the second sentence.
 SEGMENT_SECONDS = 2
+FIRST_SEGMENT_SECONDS = 1
 PREVIEW_SIZE_PIXELS = (1280, 720)
 _POLL_SECONDS = 0.1
 _ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
@@ -77,6 +82,8 @@ class LiveNarrationResult:
     playlist_uri: str
     # The sentences as WebVTT, stored beside the videos (which carry them as a subtitle track too).
     subtitles_key: str
+    # Sentences the provider read other than written (see Narration).
+    misread_sentence_count: int = 0
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -120,6 +127,7 @@ class LiveNarration:
         self._new_sentence = asyncio.Event()
         self._is_script_complete = False
         self._writer: asyncio.Task[None] | None = None
+        self._preview: asyncio.Task[Path] | None = None
         self._work_dir: Path | None = None
 
     async def __aenter__(self) -> LiveNarration:
@@ -127,11 +135,13 @@ class LiveNarration:
             self._work_dir = Path(
                 await asyncio.to_thread(tempfile.mkdtemp, prefix="live-", dir=self._work_root)
             )
+        # The preview's picture is painted while the first sentence is still being spoken, not after it.
+        self._preview = asyncio.create_task(self._preview_image(self._work_dir))
         self._writer = asyncio.create_task(self._write_in_order())
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        tasks = [*self._spoken, *([self._writer] if self._writer else [])]
+        tasks = [*self._spoken, *(task for task in (self._preview, self._writer) if task is not None)]
         for task in tasks:
             task.cancel()
         # A second cancellation (the end of a grace period lands while we wait) must not skip the clean-up,
@@ -142,6 +152,10 @@ class LiveNarration:
     async def _clean_up(self, tasks: list[asyncio.Task[Any]]) -> None:
         if tasks:
             await asyncio.wait(tasks)
+        if self._preview is not None and not self._preview.cancelled():
+            # Read, so a picture that failed after the narration had already ended is not logged as an
+            # exception nobody retrieved; the writer reports it when it awaits the picture.
+            self._preview.exception()
         if self._work_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 
@@ -186,7 +200,10 @@ class LiveNarration:
                 # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
                 seconds = total_pause_seconds(sentence)
                 return SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", "")
-            return await self._speak(sentence)
+            spoken = await self._speak(sentence)
+            # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
+            # encode serves the live preview and the QUICK video already at the target loudness.
+            return dataclasses.replace(spoken, narration=await asyncio.to_thread(_mastered, spoken.narration))
 
     async def _write_in_order(self) -> None:
         try:
@@ -210,6 +227,7 @@ class LiveNarration:
         sentences: list[SpokenSentence] = []
         providers: list[str] = []
         fallback_reason = ""
+        misread_sentence_count = 0
         sample_rate = 0
         try:
             while True:
@@ -224,7 +242,7 @@ class LiveNarration:
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
                     encoder = await _LiveEncoder.start(
-                        self._ffmpeg_path, work_dir, sample_rate, await self._preview_image(work_dir)
+                        self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
                     )
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoder)
@@ -236,6 +254,10 @@ class LiveNarration:
                 if segment.provider:
                     providers.append(segment.provider)
                 fallback_reason = fallback_reason or segment.fallback_reason
+                if segment.narration.misread_sentence_count:
+                    misread_sentence_count += segment.narration.misread_sentence_count
+                    # The provider logged how far the reading strayed; this says where, never what was said.
+                    logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 await encoder.write(samples)
                 index += 1
             assert encoder is not None and publisher is not None
@@ -270,7 +292,12 @@ class LiveNarration:
             sentences=tuple(sentences),
             playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
+            misread_sentence_count=misread_sentence_count,
         )
+
+    async def _preview_ready(self) -> Path:
+        assert self._preview is not None
+        return await self._preview
 
     async def _preview_image(self, work_dir: Path) -> Path:
         """The preview's picture at 720p: the placeholder, as no image is ready this early in a job."""
@@ -339,6 +366,7 @@ class _LiveEncoder:
             [
                 "f=hls",
                 f"hls_time={SEGMENT_SECONDS}",
+                f"hls_init_time={FIRST_SEGMENT_SECONDS}",
                 "hls_playlist_type=event",
                 "hls_flags=independent_segments+temp_file",
                 # fMP4 segments: browsers' own HLS players load a live fMP4 playlist of still pictures, while
@@ -351,9 +379,10 @@ class _LiveEncoder:
         arguments = [
             *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
             *("-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"),
-            # One picture per segment, each a keyframe, so every segment plays on its own. The picture is a
-            # BMP because `-loop` decodes it again for every frame, and a BMP costs nothing to decode.
-            *("-protocol_whitelist", "file,pipe", "-loop", "1", "-framerate", f"1/{SEGMENT_SECONDS}"),
+            # A picture a second (every one a keyframe), where segments may be cut, so every segment plays
+            # on its own. The picture is a BMP because `-loop` decodes it again for every frame, and a BMP
+            # costs nothing to decode.
+            *("-protocol_whitelist", "file,pipe", "-loop", "1", "-framerate", f"1/{FIRST_SEGMENT_SECONDS}"),
             *("-i", str(image), "-map", "1:v", "-map", "0:a"),
             # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
             *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
@@ -407,6 +436,12 @@ class _LiveEncoder:
             async with asyncio.timeout(1):
                 return (await self._process.stderr.read()).decode(errors="replace")[-4000:]
         return ""
+
+
+def _mastered(narration: Narration) -> Narration:
+    samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
+    mastered = master_speech(samples, narration.sample_rate_hertz)
+    return Narration(mastered.astype("<i2").tobytes(), narration.sample_rate_hertz)
 
 
 def _at_rate(narration: Narration, sample_rate: int) -> bytes:

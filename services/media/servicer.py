@@ -216,6 +216,7 @@ def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
         provider=result.provider,
         fallback_reason=result.fallback_reason,
         playlist_uri=result.playlist_uri,
+        misread_sentence_count=result.misread_sentence_count,
         subtitles_storage_key=result.subtitles_key,
         sentences=[
             media_pb.SpokenSentence(

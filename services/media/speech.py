@@ -31,9 +31,11 @@ _EE_OK = 0
 _CALLBACK_BUFFER_MILLISECONDS = 500
 # A slightly narrower pitch range than espeak's 50 keeps the intonation from sounding sing-song.
 _PITCH_RANGE = 40
-# espeak starts a stretch with a sharp attack and ends close to zero; short fades make sure no stretch meets
-# the inserted digital silence with a step, which a listener hears as a click.
+# Voices start a stretch with a sharp attack (espeak) or end it on low noise (Piper); short fades make sure
+# no stretch meets the inserted digital silence with a step, which a listener hears as a click.
 _FADE_IN_SECONDS = 0.02
+# The breath after a sentence that no pause mark follows: what espeak itself leaves after a full stop.
+SENTENCE_SILENCE_SECONDS = 0.5
 _FADE_OUT_SECONDS = 0.05
 
 _SynthCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
@@ -45,6 +47,8 @@ class Narration:
 
     pcm_s16le: bytes
     sample_rate_hertz: int
+    # Sentences a voice model (the Realtime API) read other than written; a reader (espeak) never does.
+    misread_sentence_count: int = 0
 
     @property
     def duration_seconds(self) -> float:
@@ -211,11 +215,16 @@ class EspeakNarrator:
                 if not text:
                     continue
                 # espeak phrases the whole stretch itself: about 0.5 s after a full stop and 0.25 s after a
-                # comma at 125 wpm, so no sentence gap needs adding.
+                # comma at 125 wpm, so no sentence gap needs adding inside it.
                 samples = _ENGINE.synthesize(text, abort)
                 if samples.any():
-                    pieces.append(_fade(_trim_silence(samples), sample_rate_hertz))
+                    pieces.append(fade_edges(_trim_silence(samples), sample_rate_hertz))
                     has_speech = True
+            # The silence after the last sentence is trimmed with the rest, and a live narration speaks
+            # one sentence per call: without this, sentences would follow each other with no breath. A
+            # pause mark at the end already is the gap.
+            if segments and not isinstance(segments[-1], Silence):
+                pieces.append(np.zeros(round(SENTENCE_SILENCE_SECONDS * sample_rate_hertz), dtype=np.int16))
         if not has_speech:
             raise SpeechError("espeak-ng produced no audible speech for the script")
         pcm = np.concatenate(pieces).astype("<i2").tobytes()
@@ -239,7 +248,8 @@ def _trim_silence(samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
     return samples[audible[0] : audible[-1] + 1]
 
 
-def _fade(samples: npt.NDArray[np.int16], sample_rate_hertz: int) -> npt.NDArray[np.int16]:
+def fade_edges(samples: npt.NDArray[np.int16], sample_rate_hertz: int) -> npt.NDArray[np.int16]:
+    """Raised-cosine fades in and out, so no stretch of speech meets silence with a step (a click)."""
     shaped = samples.astype(np.float32)
     fade_in = min(round(_FADE_IN_SECONDS * sample_rate_hertz), shaped.size // 2)
     fade_out = min(round(_FADE_OUT_SECONDS * sample_rate_hertz), shaped.size // 2)

@@ -72,6 +72,7 @@ class MediaStudio:
         narrator: Narrator,
         narrator_name: str = "espeak-ng",
         fallback_narrator: Narrator | None = None,
+        fallback_narrator_name: str = "espeak-ng",
         storage: AssetStorage,
         ffmpeg_path: str,
         encoders: EncoderSelection,
@@ -84,6 +85,7 @@ class MediaStudio:
         self._narrator = narrator
         self._narrator_name = narrator_name
         self._fallback_narrator = fallback_narrator
+        self._fallback_narrator_name = fallback_narrator_name
         self.providers = providers or [ProviderReport("speech", "offline")]
         self._sentences_in_flight_per_job = sentences_in_flight_per_job
         self._storage = storage
@@ -95,14 +97,21 @@ class MediaStudio:
         self._video_timeout_seconds = video_timeout_seconds
 
     async def speak(self, script: str) -> SpokenSegment:
-        """Speaks a script (or one sentence) with the configured narrator, falling back to espeak-ng."""
+        """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
+        (Piper, or espeak-ng) when a remote provider fails."""
         try:
             narration = await self._narrator.narrate(script)
         except ProviderCallError as error:
             if self._fallback_narrator is None:
                 raise
-            logger.warning("speech provider %s failed, using espeak-ng: %s", self._narrator_name, error)
-            return SpokenSegment(await self._fallback_narrator.narrate(script), "espeak-ng", error.message)
+            logger.warning(
+                "speech provider %s failed, using %s: %s",
+                self._narrator_name,
+                self._fallback_narrator_name,
+                error,
+            )
+            fallback = await self._fallback_narrator.narrate(script)
+            return SpokenSegment(fallback, self._fallback_narrator_name, error.message)
         return SpokenSegment(narration, self._narrator_name, "")
 
     async def measure_assets(self, meditation_id: str) -> int:

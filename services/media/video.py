@@ -54,13 +54,15 @@ class RenderProfile:
     narration_filter: str | None
     # Level of a soft brown-noise bed under the voice in dB, or None for no bed.
     ambient_bed_decibels: float | None
+    # How long the bed takes to rise at the start and to fall away at the end.
+    ambient_bed_fade_seconds: float = 0.0
 
 
 QUICK_PROFILE = RenderProfile(
     name="quick",
     max_height_pixels=720,
     x264_crf=14,
-    # espeak-ng speaks at 22.05 kHz, so the quick profile never resamples.
+    # Piper's voices and espeak-ng speak at 22.05 kHz, so the quick profile never resamples them.
     audio_sample_rate_hertz=22_050,
     audio_bitrate_bits_per_second=96_000,
     audio_channels=1,
@@ -79,15 +81,16 @@ ENHANCED_PROFILE = RenderProfile(
     audio_channels=2,
     aac_coder="fast",
     is_aac_mid_side_search_enabled=False,
-    # Rumble out below 70 Hz; two faint early reflections for a small warm room; a slow dynamic normaliser
-    # (10 s window, at most 6x gain) that evens out level without pumping. Single-pass `loudnorm` would cost
-    # 3 s more per 200 s because it resamples to 192 kHz.
-    narration_filter=(
-        "highpass=f=70,aecho=in_gain=0.9:out_gain=0.9:delays=45|83:decays=0.12|0.07,"
-        "dynaudnorm=f=500:g=21:p=0.8:m=6"
-    ),
-    # About 30 dB below the voice: felt more than heard, and it keeps the pauses from sounding dead.
+    # Rumble out below 70 Hz, and two faint early reflections for a small warm room. Nothing changes the
+    # level: the narration arrives mastered (services/media/loudness.py, −16 LUFS, true peak −2 dBTP), the
+    # reflections add about 0.1 LU, and the mono voice is spread to both channels at −3 dB each, which
+    # keeps its loudness and lowers its peaks (measured: −16.3 LUFS and −3.6 dBTP for a −16.3 LUFS voice).
+    narration_filter="highpass=f=70,aecho=in_gain=1:out_gain=1:delays=45|83:decays=0.12|0.07",
+    # Brown noise low-passed to a distant hush, 30 dB under full scale: it measures about −52 LUFS, some
+    # 36 LU under the voice, felt more than heard, and it keeps the pauses from sounding dead. Its blocks
+    # fall under the loudness gate, so the video's loudness is the voice's.
     ambient_bed_decibels=-30.0,
+    ambient_bed_fade_seconds=4.0,
 )
 
 
@@ -242,7 +245,7 @@ def still_video_arguments(
     duration = Fraction(round(duration_seconds * _DURATION_DENOMINATOR), _DURATION_DENOMINATOR)
     frame_rate = 1 / duration
     video_filter = _video_filter(profile, encoder)
-    audio_filter = _audio_filter(profile)
+    audio_filter = _audio_filter(profile, float(duration))
     if is_audio_copied and audio_filter is not None:
         raise InvalidInputError(
             "profile", f"the {profile.name} profile masters its audio, so it cannot copy it"
@@ -313,7 +316,7 @@ def _video_filter(profile: RenderProfile, encoder: str) -> str:
     return f"{scale},format=yuv420p"
 
 
-def _audio_filter(profile: RenderProfile) -> str | None:
+def _audio_filter(profile: RenderProfile, duration_seconds: float) -> str | None:
     if profile.narration_filter is None and profile.ambient_bed_decibels is None:
         return None
     output_format = (
@@ -323,18 +326,26 @@ def _audio_filter(profile: RenderProfile) -> str | None:
     voice = "[1:a]" + ",".join(part for part in (profile.narration_filter, output_format) if part)
     if profile.ambient_bed_decibels is None:
         return f"{voice}[sound]"
-    bed = _ambient_bed(profile)
+    bed = _ambient_bed(profile, duration_seconds)
     # normalize=0 keeps the voice at its level instead of halving both inputs; duration=first ends the
     # endless noise with the narration.
     return f"{voice}[voice];{bed}[bed];[voice][bed]amix=inputs=2:duration=first:normalize=0[sound]"
 
 
-def _ambient_bed(profile: RenderProfile) -> str:
-    """Brown noise, low-passed to a distant hush; independent noise per channel gives a wide, soft bed."""
+def _ambient_bed(profile: RenderProfile, duration_seconds: float) -> str:
+    """Brown noise, low-passed to a distant hush; independent noise per channel gives a wide, soft bed. It
+    rises from silence and falls back to it, so neither end of the video starts or stops with a hiss."""
     rate = profile.audio_sample_rate_hertz
+    fade = min(profile.ambient_bed_fade_seconds, duration_seconds / 2)
+    fades = (
+        f",afade=t=in:st=0:d={fade:.3f}:curve=hsin,afade=t=out:st={duration_seconds - fade:.3f}:d={fade:.3f}"
+        ":curve=hsin"
+        if fade > 0
+        else ""
+    )
     channels = [
         f"anoisesrc=color=brown:sample_rate={rate}:amplitude=0.5:seed={seed},lowpass=f=280,"
-        f"volume={profile.ambient_bed_decibels}dB"
+        f"volume={profile.ambient_bed_decibels}dB{fades}"
         for seed in (7, 11)[: profile.audio_channels]
     ]
     if len(channels) == 1:

@@ -113,7 +113,7 @@ async def test_storage_refused_mid_job_costs_one_attempt_and_leaves_one_set_of_a
     meditation = seen[0].accepted.meditation
     kept = {name.split("/", 1)[0] for name in _objects_of(server, meditation)}
     assert kept == {"narrations", "live", "videos"}
-    videos = [name for name in _objects_of(server, meditation) if name.startswith("videos/")]
+    videos = [name for name in _objects_of(server, meditation) if name.endswith(".mp4")]
     assert len(videos) == 2, videos
     narrations = [
         n for n in _objects_of(server, meditation) if n.startswith("narrations/") and n.endswith(".wav")

@@ -47,7 +47,21 @@ async def test_pause_mark_adds_its_length_as_exact_digital_silence(narrator: Esp
 
     assert paused.duration_seconds - plain.duration_seconds == pytest.approx(3.0, abs=0.25)
     assert longest_zero_run_seconds(paused) >= 3.0
-    assert longest_zero_run_seconds(plain) < 0.5
+    # Apart from the breath that closes the sentence, espeak leaves no long silence of its own.
+    spoken = samples_of(plain)[: -round(speech.SENTENCE_SILENCE_SECONDS * plain.sample_rate_hertz)]
+    assert longest_zero_run_seconds(Narration(spoken.tobytes(), plain.sample_rate_hertz)) < 0.5
+
+
+async def test_a_sentence_ends_with_a_breath_unless_a_pause_mark_ends_it(narrator: EspeakNarrator) -> None:
+    # A live narration speaks one sentence per call: this silence is what separates two sentences.
+    plain = samples_of(await narrator.narrate("Breathe in."))
+    paused = samples_of(await narrator.narrate("Breathe in. [pause 2s]"))
+    breath = round(speech.SENTENCE_SILENCE_SECONDS * 22_050)
+
+    assert not plain[-breath:].any() and plain[-breath - 1] == 0 and plain[: -breath - 1].any()
+    # (espeak's own output for the same words may differ by a few samples from call to call)
+    assert abs(paused.size - (plain.size - breath + 2 * 22_050)) <= 0.01 * 22_050
+    assert not paused[-2 * 22_050 :].any()
 
 
 async def test_pause_after_a_sentence_sets_the_whole_gap(narrator: EspeakNarrator) -> None:

@@ -32,6 +32,8 @@ def openai_environment(base_url: str, key: str, *, fallback: bool) -> dict[str, 
         "STILLPOINT_TRANSCRIPT_PROVIDER": "openai",
         "STILLPOINT_IMAGE_PROVIDER": "openai",
         "STILLPOINT_SPEECH_PROVIDER": "openai",
+        # The speech endpoint, served until it shuts down (test_realtime_end_to_end.py: the Realtime API).
+        "STILLPOINT_SPEECH_MODEL": "gpt-4o-mini-tts",
         "STILLPOINT_TRANSCRIPT_MODEL": "gpt-5.6-terra",
         "STILLPOINT_IMAGE_SIZE_LANDSCAPE": "1792x1024",
         "OPENAI_API_KEY": key,

@@ -6,6 +6,8 @@ Run in-process (`OpenAICompatibleServer`) or as a process:
 
 which prints `listening on http://HOST:PORT` once it accepts connections. `POST /_control/config` replaces the
 behaviour of a running server; `GET /_control/requests` lists what it received.
+
+The Realtime API's WebSocket is served at `/v1/realtime?model=...` (see tests/servers/openai_realtime.py).
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import math
 import random
 import re
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -26,16 +30,19 @@ import time
 import traceback
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from types import FrameType
 from typing import Final, Literal, cast, get_args
+from urllib.parse import parse_qs, urlsplit
 
 import imageio_ffmpeg
 from PIL import Image, ImageOps
+from websockets.http11 import Request as WebSocketRequest
+from websockets.server import ServerProtocol
 
 from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
@@ -43,10 +50,21 @@ from services.image_sizes import SUPPORTED_SIZES_PIXELS
 from services.media.errors import SpeechError
 from services.media.speech import EspeakNarrator, Narration
 from tests.servers.http_base import TrackingHandler, TrackingHTTPServer
+from tests.servers.openai_realtime import (
+    RESPONSE_FAULTS,
+    DroppedError,
+    RealtimeClientEvent,
+    RealtimeConnection,
+    RealtimeHooks,
+    ResponseFault,
+)
 
-Endpoint = Literal["models", "chat", "images", "speech"]
+Endpoint = Literal["models", "chat", "images", "speech", "realtime"]
 ENDPOINTS: Final[tuple[Endpoint, ...]] = get_args(Endpoint)
-FaultKind = Literal["status", "hang"]
+# `status` and `hang` answer a request (for `realtime`, the WebSocket handshake); the others befall a Realtime
+# response (see openai_realtime.ResponseFault).
+FaultKind = Literal["status", "hang", "drop", "error", "rate_limit", "reword"]
+_REQUEST_FAULTS: Final[tuple[FaultKind, ...]] = ("status", "hang")
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 
 DEFAULT_API_KEY: Final = "sk-test-stillpoint"
@@ -80,6 +98,7 @@ _POST_ROUTES: Final[Mapping[str, Endpoint]] = {
     "/v1/images/generations": "images",
     "/v1/audio/speech": "speech",
 }
+_WEBSOCKET_READ_BYTES: Final = 65_536
 # Small enough that even a few seconds of MP3 goes out as several chunks.
 _AUDIO_CHUNK_BYTES: Final = 4096
 _CHAT_WORDS_PER_CHUNK: Final = 3
@@ -141,11 +160,13 @@ class LatencySpec:
 
 @dataclass(frozen=True)
 class FaultSpec:
-    """A failure the endpoint answers with for its next `count` requests, before any later fault."""
+    """A failure the endpoint answers with for its next `count` requests, before any later fault, once
+    `after` requests it applies to have passed untouched."""
 
     kind: FaultKind
     status: int | None = None
     count: int = 1
+    after: int = 0
 
     def __post_init__(self) -> None:
         if self.kind == "status" and self.status not in FAULT_STATUSES:
@@ -156,12 +177,17 @@ class FaultSpec:
             raise ConfigError("a hang fault takes no status")
         if self.count < 1:
             raise ConfigError(f"fault count must be at least 1, not {self.count}")
+        if self.after < 0:
+            raise ConfigError(f"fault after must be at least 0, not {self.after}")
 
 
 DEFAULT_MODELS: Final[tuple[ModelSpec, ...]] = (
     ModelSpec("gpt-5.6-terra"),
     ModelSpec("gpt-image-2.5-flare"),
+    ModelSpec("gpt-realtime-2.1-mini"),
     ModelSpec("gpt-4o-mini-tts", date(2027, 1, 6)),
+    ModelSpec("tts-1", date(2027, 1, 6)),
+    ModelSpec("tts-1-hd", date(2027, 1, 6)),
     ModelSpec("gpt-image-1", date(2026, 10, 23)),
 )
 
@@ -176,6 +202,14 @@ class ServerConfig:
     faults: Mapping[Endpoint, tuple[FaultSpec, ...]] = field(default_factory=dict)
     # Replaces the composed meditation as every chat answer.
     chat_text: str | None = None
+
+    def __post_init__(self) -> None:
+        for endpoint, faults in self.faults.items():
+            for fault in faults:
+                if fault.kind in RESPONSE_FAULTS and endpoint != "realtime":
+                    raise ConfigError(
+                        f"a {fault.kind} fault befalls a Realtime response: list it under realtime"
+                    )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ServerConfig:
@@ -316,6 +350,14 @@ class OpenAICompatibleServer:
     def clear_requests(self) -> None:
         self._state.clear_requests()
 
+    def realtime_events(self) -> list[RealtimeClientEvent]:
+        """Every event clients sent over Realtime WebSockets, in order, with the connection it came on."""
+        return self._state.realtime_events()
+
+    def spoken_pcm(self, text: str) -> bytes:
+        """The audio of a Realtime response reading `text` (16-bit mono PCM, 24 kHz), the same each time."""
+        return self._state.speech_pcm(text)
+
     def file_downloads(self) -> list[tuple[str, str]]:
         """Each GET of a served image file, as (path, Host header), in order."""
         return self._state.file_downloads()
@@ -332,6 +374,7 @@ class OpenAICompatibleServer:
 class _PendingFault:
     fault: FaultSpec
     remaining: int
+    to_pass: int
 
 
 class _ServerState:
@@ -345,13 +388,15 @@ class _ServerState:
         self._files: OrderedDict[str, bytes] = OrderedDict()
         self._narrations: OrderedDict[str, Narration] = OrderedDict()
         self._narrator: EspeakNarrator | None = None
+        self._realtime_events: list[RealtimeClientEvent] = []
+        self._realtime_connections = 0
         self.configure(config)
 
     def configure(self, config: ServerConfig) -> None:
         with self._lock:
             self._config = config
             self._faults = {
-                key: [_PendingFault(fault, fault.count) for fault in faults]
+                key: [_PendingFault(fault, fault.count, fault.after) for fault in faults]
                 for key, faults in config.faults.items()
             }
             self._rngs = {key: random.Random(spec.seed) for key, spec in config.latency.items()}
@@ -361,12 +406,18 @@ class _ServerState:
         with self._lock:
             return self._config
 
-    def take_fault(self, endpoint: Endpoint) -> FaultSpec | None:
+    def take_fault(
+        self, endpoint: Endpoint, kinds: Collection[FaultKind] = _REQUEST_FAULTS
+    ) -> FaultSpec | None:
+        """The fault for this request, if the first one queued for the endpoint is of `kinds` and due."""
         with self._lock:
             queue = self._faults.get(endpoint, [])
-            if not queue:
+            if not queue or queue[0].fault.kind not in kinds:
                 return None
             pending = queue[0]
+            if pending.to_pass > 0:
+                pending.to_pass -= 1
+                return None
             pending.remaining -= 1
             if pending.remaining <= 0:
                 queue.pop(0)
@@ -399,6 +450,20 @@ class _ServerState:
         with self._lock:
             self._requests.clear()
             self._file_downloads.clear()
+            self._realtime_events.clear()
+
+    def number_realtime_connection(self) -> int:
+        with self._lock:
+            self._realtime_connections += 1
+            return self._realtime_connections
+
+    def record_realtime_event(self, event: RealtimeClientEvent) -> None:
+        with self._lock:
+            self._realtime_events.append(event)
+
+    def realtime_events(self) -> list[RealtimeClientEvent]:
+        with self._lock:
+            return list(self._realtime_events)
 
     def record_file_download(self, path: str, host: str) -> None:
         with self._lock:
@@ -419,6 +484,10 @@ class _ServerState:
     def stored_file(self, file_id: str) -> bytes | None:
         with self._lock:
             return self._files.get(file_id)
+
+    def speech_pcm(self, text: str) -> bytes:
+        """The text spoken as 16-bit mono PCM at 24 kHz, what the Realtime API sends."""
+        return _encode_speech(self.narrate(text), "pcm", 1.0)
 
     def narrate(self, text: str) -> Narration:
         """Synthesises on this handler's thread through the one narrator, which serialises internally."""
@@ -543,6 +612,8 @@ class _Handler(TrackingHandler):
         route = _route(method, path)
         payload = _json_body(body) if method == "POST" else {}
         named_model = payload.get("model")
+        if route == "realtime":
+            named_model = parse_qs(urlsplit(self.path).query).get("model", [None])[0]
         model = named_model if isinstance(named_model, str) else None
         if route == "models" and path.startswith("/v1/models/"):
             model = path.removeprefix("/v1/models/")
@@ -557,6 +628,9 @@ class _Handler(TrackingHandler):
         fault = self._state.take_fault(route)
         if fault is not None:
             self._inject(fault, model)
+        if route == "realtime":
+            self._realtime(config, model)
+            return
         started = time.monotonic()
         latency_seconds, spec = self._state.draw_latency_seconds(route)
         if route == "models":
@@ -795,8 +869,7 @@ class _Handler(TrackingHandler):
                 param="speed",
                 code="invalid_value",
             )
-        if spec is not None and spec.scale_by_characters:
-            latency_seconds *= max(len(text) / spec.scale_by_characters, _MIN_SPEECH_LATENCY_SHARE)
+        latency_seconds = _scaled_latency(latency_seconds, spec, text)
         try:
             narration = self._state.narrate(text)
         except SpeechError as error:
@@ -808,6 +881,65 @@ class _Handler(TrackingHandler):
             self._sleep_until(started + offset)
             self._write_chunk(piece)
         self._end_chunked()
+
+    def _realtime(self, config: ServerConfig, model: str | None) -> None:
+        """Upgrades to a WebSocket and serves the Realtime API on it until either side closes it."""
+        protocol = ServerProtocol(max_size=None)
+        # http.server has read the request already: hand it to the protocol as it came, so that the protocol
+        # parses and checks it and moves on to reading frames.
+        head = "".join(f"{name}: {value}\r\n" for name, value in self.headers.items())
+        protocol.receive_data(f"{self.command} {self.path} {self.request_version}\r\n{head}\r\n".encode())
+        request = next(event for event in protocol.events_received() if isinstance(event, WebSocketRequest))
+        handshake = protocol.accept(request)
+        protocol.send_response(handshake)
+        self._mark(handshake.status_code)
+        self.close_connection = True
+        for data in protocol.data_to_send():
+            self.wfile.write(data)
+        if handshake.status_code != 101:
+            return
+
+        def take_fault() -> ResponseFault | None:
+            fault = self._state.take_fault("realtime", RESPONSE_FAULTS)
+            return cast(ResponseFault, fault.kind) if fault is not None else None
+
+        def schedule(text: str, count: int) -> list[float]:
+            latency_seconds, spec = self._state.draw_latency_seconds("realtime")
+            return _spread(_scaled_latency(latency_seconds, spec, text), count)
+
+        connection = RealtimeConnection(
+            protocol,
+            number=self._state.number_realtime_connection(),
+            model=model or "",
+            read=self._read_socket,
+            write=self.wfile.write,
+            hang_up=self._hang_up,
+            hooks=RealtimeHooks(
+                speak=self._state.speech_pcm,
+                take_fault=take_fault,
+                schedule=schedule,
+                sleep_until=self._sleep_until,
+                record=self._state.record_realtime_event,
+                monotonic=time.monotonic,
+            ),
+        )
+        today = datetime.now(UTC).date()
+        if not any(spec.id == model and not spec.is_retired(today) for spec in config.models):
+            refusal = _model_not_found(model or "")
+            connection.refuse("invalid_request_error", "model_not_found", str(refusal))
+            return
+        with contextlib.suppress(DroppedError):  # already hung up
+            connection.serve()
+
+    def _read_socket(self) -> bytes:
+        try:
+            return self.rfile.read1(_WEBSOCKET_READ_BYTES)
+        except OSError:
+            return b""
+
+    def _hang_up(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     # Responses -----------------------------------------------------------------------------------------
 
@@ -853,6 +985,8 @@ class _Handler(TrackingHandler):
 def _route(method: str, path: str) -> Endpoint | None:
     if method == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
         return "models"
+    if method == "GET" and path == "/v1/realtime":
+        return "realtime"
     return _POST_ROUTES.get(path) if method == "POST" else None
 
 
@@ -967,6 +1101,13 @@ def _chat_pieces(text: str) -> list[str]:
     elif leading:
         pieces = [leading]
     return pieces
+
+
+def _scaled_latency(latency_seconds: float, spec: LatencySpec | None, text: str) -> float:
+    """Speech latency, scaled by the input's length where the spec says so."""
+    if spec is None or not spec.scale_by_characters:
+        return latency_seconds
+    return latency_seconds * max(len(text) / spec.scale_by_characters, _MIN_SPEECH_LATENCY_SHARE)
 
 
 def _spread(total_seconds: float, count: int) -> list[float]:
@@ -1136,14 +1277,17 @@ def _latency(value: object, where: str) -> LatencySpec:
 
 def _fault(value: object, where: str) -> FaultSpec:
     data = _object(value, where)
-    _only_keys(data, {"kind", "status", "count"}, where)
+    _only_keys(data, {"kind", "status", "count", "after"}, where)
     kind = data.get("kind")
     if kind not in get_args(FaultKind):
         raise ConfigError(f"{where}.kind must be one of {', '.join(get_args(FaultKind))}, not {kind!r}")
     count = _optional_int(data, "count", where)
     try:
         return FaultSpec(
-            cast(FaultKind, kind), _optional_int(data, "status", where), 1 if count is None else count
+            cast(FaultKind, kind),
+            _optional_int(data, "status", where),
+            1 if count is None else count,
+            _optional_int(data, "after", where) or 0,
         )
     except ConfigError as error:
         raise ConfigError(f"{where}: {error}") from error

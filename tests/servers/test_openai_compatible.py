@@ -19,7 +19,20 @@ from pathlib import Path
 import av
 import openai
 import pytest
+from openai.resources.realtime.realtime import AsyncRealtimeConnection
+from openai.types.realtime import (
+    RealtimeErrorEvent,
+    RealtimeServerEvent,
+    RealtimeSessionCreateRequest,
+    ResponseAudioDeltaEvent,
+    ResponseAudioTranscriptDoneEvent,
+    ResponseCreateEventParam,
+    ResponseDoneEvent,
+    SessionCreatedEvent,
+    SessionUpdatedEvent,
+)
 from PIL import Image
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from services.content.script_composer import compose_meditation
 from services.media.speech import EspeakNarrator
@@ -38,6 +51,7 @@ from tests.servers.openai_compatible import (
 CHAT_MODEL = "gpt-5.6-terra"
 IMAGE_MODEL = "gpt-image-2.5-flare"
 SPEECH_MODEL = "gpt-4o-mini-tts"
+REALTIME_MODEL = "gpt-realtime-2.1-mini"
 CONVERSATION = "Work has been overwhelming lately and I can't sleep. I miss walking by the sea."
 # About four seconds of narration: long enough to prove real audio, short enough to keep the file fast.
 SPOKEN_TEXT = "Welcome. Let yourself arrive here, just as you are. Breathe in slowly, and let it go."
@@ -99,6 +113,9 @@ async def test_models_list_reports_each_models_shutdown_date(server: OpenAICompa
         CHAT_MODEL: None,
         IMAGE_MODEL: None,
         SPEECH_MODEL: "2027-01-06",
+        "tts-1": "2027-01-06",
+        "tts-1-hd": "2027-01-06",
+        REALTIME_MODEL: None,
         "gpt-image-1": "2026-10-23",
     }
     assert {model.owned_by for model in page.data} == {"stillpoint-test"}
@@ -467,7 +484,10 @@ def test_config_round_trips_through_json() -> None:
             "chat": LatencySpec(min_seconds=0.1, max_seconds=0.2, seed=7),
             "speech": LatencySpec(fixed_seconds=30.0, scale_by_characters=2600),
         },
-        faults={"images": (FaultSpec("status", 503, count=2), FaultSpec("hang"))},
+        faults={
+            "images": (FaultSpec("status", 503, count=2), FaultSpec("hang")),
+            "realtime": (FaultSpec("drop", after=2), FaultSpec("reword", count=3)),
+        },
         chat_text="Breathe.",
     )
 
@@ -483,6 +503,9 @@ def test_config_round_trips_through_json() -> None:
         '{"latency": {"video": {"fixed_seconds": 1}}}',
         '{"faults": {"chat": [{"kind": "explode"}]}}',
         '{"models": [{"id": "m", "shutdown_date": "next week"}]}',
+        # A Realtime response's fault on an endpoint without responses.
+        '{"faults": {"speech": [{"kind": "drop"}]}}',
+        '{"faults": {"realtime": [{"kind": "reword", "after": -1}]}}',
     ],
 )
 def test_config_with_a_mistake_is_refused(text: str) -> None:
@@ -517,3 +540,253 @@ def test_process_mode_prints_its_address_and_serves() -> None:
         if process.stdout is not None:
             process.stdout.close()
     assert process.returncode == 0
+
+
+# The Realtime WebSocket -------------------------------------------------------------------------------------
+
+
+def spoken_sentence(text: str) -> ResponseCreateEventParam:
+    """An out-of-band response that reads `text`, as the Realtime narrator asks for one."""
+    return {
+        "type": "response.create",
+        "response": {
+            "conversation": "none",
+            "output_modalities": ["audio"],
+            "metadata": {"sentence": "1"},
+            "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}],
+        },
+    }
+
+
+async def events_until_done(connection: AsyncRealtimeConnection) -> list[RealtimeServerEvent]:
+    """Every event up to and including `response.done` (or an `error`)."""
+    events: list[RealtimeServerEvent] = []
+    async with asyncio.timeout(30):
+        while not events or events[-1].type not in ("response.done", "error"):
+            events.append(await connection.recv())
+    return events
+
+
+async def read_forever(connection: AsyncRealtimeConnection, into: list[RealtimeServerEvent]) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            into.append(await connection.recv())
+
+
+def audio_of(events: list[RealtimeServerEvent]) -> bytes:
+    return b"".join(base64.b64decode(e.delta) for e in events if isinstance(e, ResponseAudioDeltaEvent))
+
+
+async def test_realtime_reads_an_out_of_band_sentence_as_real_speech_with_its_transcript(
+    server: OpenAICompatibleServer,
+) -> None:
+    client = client_for(server)
+    try:
+        async with client.realtime.connect(model=REALTIME_MODEL) as connection:
+            created = await connection.recv()
+            await connection.session.update(
+                session={
+                    "type": "realtime",
+                    "output_modalities": ["audio"],
+                    "audio": {"output": {"format": {"type": "audio/pcm", "rate": 24_000}, "voice": "sage"}},
+                }
+            )
+            updated = await connection.recv()
+            await connection.send(spoken_sentence(SPOKEN_TEXT))
+            events = await events_until_done(connection)
+    finally:
+        await client.close()
+
+    assert isinstance(created, SessionCreatedEvent)
+    assert isinstance(updated, SessionUpdatedEvent)
+    assert isinstance(updated.session, RealtimeSessionCreateRequest)
+    assert (
+        updated.session.audio
+        and updated.session.audio.output
+        and updated.session.audio.output.voice == "sage"
+    )
+    done = events[-1]
+    assert isinstance(done, ResponseDoneEvent) and done.response.status == "completed"
+    assert done.response.metadata == {"sentence": "1"}
+    assert done.response.conversation_id is None  # out of band
+    transcripts = [e.transcript for e in events if isinstance(e, ResponseAudioTranscriptDoneEvent)]
+    assert transcripts == [SPOKEN_TEXT]
+    pcm = audio_of(events)
+    # Real speech at 24 kHz: about as long as espeak-ng says the words, and not silence.
+    expected = await asyncio.to_thread(_espeak_seconds, SPOKEN_TEXT)
+    assert abs(len(pcm) / 2 / 24_000 - expected) < 0.1
+    assert max(abs(sample) for sample in memoryview(pcm).cast("h")) > 3000
+    assert len([e for e in events if isinstance(e, ResponseAudioDeltaEvent)]) > 10
+    assert [(e.connection, e.type) for e in server.realtime_events()] == [
+        (1, "session.update"),
+        (1, "response.create"),
+    ]
+    assert [request.path for request in server.received_requests()] == ["/v1/realtime"]
+    assert server.received_requests()[0].model == REALTIME_MODEL
+
+
+def _espeak_seconds(text: str) -> float:
+    narrator = EspeakNarrator()
+    try:
+        return asyncio.run(narrator.narrate(text)).duration_seconds
+    finally:
+        narrator.close()
+
+
+async def test_realtime_answers_from_the_conversation_when_no_input_is_given(
+    server: OpenAICompatibleServer,
+) -> None:
+    client = client_for(server)
+    try:
+        async with client.realtime.connect(model=REALTIME_MODEL) as connection:
+            await connection.conversation.item.create(
+                item={
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Rest now."}],
+                }
+            )
+            await connection.response.create()
+            events = await events_until_done(connection)
+    finally:
+        await client.close()
+
+    kinds = [event.type for event in events]
+    assert kinds[:3] == ["session.created", "conversation.item.added", "conversation.item.done"]
+    assert [e.transcript for e in events if isinstance(e, ResponseAudioTranscriptDoneEvent)] == ["Rest now."]
+    done = events[-1]
+    assert isinstance(done, ResponseDoneEvent) and done.response.conversation_id  # in the conversation
+
+
+async def test_realtime_latency_spreads_the_audio_over_the_configured_time(
+    server: OpenAICompatibleServer,
+) -> None:
+    server.configure(ServerConfig(latency={"realtime": LatencySpec(fixed_seconds=0.6)}))
+    client = client_for(server)
+    try:
+        async with client.realtime.connect(model=REALTIME_MODEL) as connection:
+            await connection.recv()
+            await connection.send(spoken_sentence("Breathe in slowly."))
+            started = time.monotonic()
+            first_audio: float | None = None
+            while (event := await connection.recv()).type != "response.done":
+                if first_audio is None and isinstance(event, ResponseAudioDeltaEvent):
+                    first_audio = time.monotonic() - started
+            finished = time.monotonic() - started
+    finally:
+        await client.close()
+
+    assert first_audio is not None and first_audio < 0.3
+    assert 0.6 <= finished < 2.0
+
+
+async def test_realtime_faults_drop_the_socket_send_an_error_rate_limit_and_reword(
+    server: OpenAICompatibleServer,
+) -> None:
+    faults = (FaultSpec("error"), FaultSpec("rate_limit"), FaultSpec("reword"), FaultSpec("drop"))
+    server.configure(ServerConfig(faults={"realtime": faults}))
+    client = client_for(server)
+    try:
+        async with client.realtime.connect(model=REALTIME_MODEL) as connection:
+            await connection.recv()
+            await connection.send(spoken_sentence(SPOKEN_TEXT))
+            errored = await events_until_done(connection)
+            await connection.send(spoken_sentence(SPOKEN_TEXT))
+            limited = await events_until_done(connection)
+            await connection.send(spoken_sentence(SPOKEN_TEXT))
+            reworded = await events_until_done(connection)
+            await connection.send(spoken_sentence(SPOKEN_TEXT))
+            cut: list[RealtimeServerEvent] = []
+            # An `error` never raises in the SDK; a socket that drops without a closing handshake does.
+            with pytest.raises(ConnectionClosedError):
+                await read_forever(connection, cut)
+    finally:
+        await client.close()
+
+    error = errored[-1]
+    assert isinstance(error, RealtimeErrorEvent) and error.error.type == "server_error"
+    assert len(errored) == 1  # no response was made
+    done = limited[-1]
+    assert isinstance(done, ResponseDoneEvent) and done.response.status == "failed"
+    assert done.response.status_details and done.response.status_details.error
+    assert done.response.status_details.error.code == "rate_limit_exceeded"
+    transcript = next(e.transcript for e in reworded if isinstance(e, ResponseAudioTranscriptDoneEvent))
+    assert transcript != SPOKEN_TEXT and transcript.startswith("Now, ")
+    assert audio_of(reworded)
+    # Part of the audio came, the response never finished.
+    assert audio_of(cut) and not any(e.type == "response.done" for e in cut)
+
+
+async def test_realtime_fault_after_lets_earlier_responses_through(server: OpenAICompatibleServer) -> None:
+    server.configure(ServerConfig(faults={"realtime": (FaultSpec("reword", after=1),)}))
+    client = client_for(server)
+    transcripts = []
+    try:
+        async with client.realtime.connect(model=REALTIME_MODEL) as connection:
+            for _ in range(3):
+                await connection.send(spoken_sentence("Rest now."))
+                events = await events_until_done(connection)
+                transcripts += [
+                    e.transcript for e in events if isinstance(e, ResponseAudioTranscriptDoneEvent)
+                ]
+    finally:
+        await client.close()
+
+    assert transcripts == ["Rest now.", "Now, Rest.", "Rest now."]
+
+
+@pytest.mark.parametrize("status", [401, 429, 503])
+async def test_realtime_handshake_faults_answer_with_their_http_status(
+    server: OpenAICompatibleServer, status: int
+) -> None:
+    server.configure(ServerConfig(faults={"realtime": (FaultSpec("status", status),)}))
+    client = client_for(server)
+    try:
+        with pytest.raises(InvalidStatus) as raised:
+            await client.realtime.connect(model=REALTIME_MODEL).enter()
+    finally:
+        await client.close()
+
+    assert raised.value.response.status_code == status
+
+
+async def test_realtime_refuses_a_wrong_key_at_the_handshake(server: OpenAICompatibleServer) -> None:
+    client = client_for(server, api_key="sk-wrong-stillpoint")
+    try:
+        with pytest.raises(InvalidStatus) as raised:
+            await client.realtime.connect(model=REALTIME_MODEL).enter()
+    finally:
+        await client.close()
+
+    assert raised.value.response.status_code == 401
+    assert json.loads(raised.value.response.body)["error"]["code"] == "invalid_api_key"
+
+
+async def test_realtime_refuses_an_unknown_model_with_an_error_event(server: OpenAICompatibleServer) -> None:
+    client = client_for(server)
+    try:
+        async with client.realtime.connect(model="gpt-realtime-nonexistent") as connection:
+            event = await connection.recv()
+            with pytest.raises(ConnectionClosed):
+                await connection.recv()
+    finally:
+        await client.close()
+
+    assert isinstance(event, RealtimeErrorEvent)
+    assert event.error.code == "model_not_found"
+
+
+async def test_realtime_refuses_a_voice_it_does_not_have(server: OpenAICompatibleServer) -> None:
+    client = client_for(server)
+    try:
+        async with client.realtime.connect(model=REALTIME_MODEL) as connection:
+            await connection.recv()
+            await connection.session.update(
+                session={"type": "realtime", "audio": {"output": {"voice": "fable"}}}
+            )
+            event = await connection.recv()
+    finally:
+        await client.close()
+
+    assert isinstance(event, RealtimeErrorEvent)
+    assert event.error.param == "session.audio.output.voice"

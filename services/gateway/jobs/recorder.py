@@ -61,6 +61,7 @@ class JobRecorder:
     stage_seconds: dict[Stage, float] = field(default_factory=dict)
     transcript_cache_hit: bool = False
     image_cache_hit: bool = False
+    misread_sentence_count: int = 0
     spoken_outcome: SpokenOutcome = SpokenOutcome.UNSPECIFIED
     outcome_reason: str = ""
     is_cancel_requested: bool = False
@@ -186,6 +187,7 @@ class JobRecorder:
             failure_message="" if failure is None else failure.message,
             spoken_outcome=self.spoken_outcome,
             outcome_reason=self.outcome_reason,
+            misread_sentence_count=self.misread_sentence_count,
         )
 
     async def finish(self, state: MeditationState, failure: GatewayError | None) -> bool:

@@ -1,0 +1,178 @@
+"""Mastered sound: each sentence at −16 LUFS under a true-peak ceiling, and the live preview, the QUICK and
+the ENHANCED video measuring −16 ± 1 LUFS and at most −1.5 dBTP with FFmpeg's ebur128, whichever voice."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from services.media.loudness import (
+    TARGET_LOUDNESS_LUFS,
+    TRUE_PEAK_CEILING_DBTP,
+    integrated_loudness,
+    master_speech,
+    true_peak_dbtp,
+)
+from services.media.piper_speech import PiperNarrator, packaged_voice
+from services.media.speech import EspeakNarrator, Narration, encode_wav
+from services.media.studio import Narrator
+from services.proto_time import seconds_of
+from services.storage.local import LocalAssetStorage
+from stillpoint.media.v2 import media_service_pb2 as media_pb
+from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
+from tests.media.loudness_meter import measure
+
+MEDITATION = "meditations/0123456789abcdef"
+# Starts with a held silence, so the ENHANCED video opens on the ambient bed alone.
+SCRIPT = (
+    "[pause 4s] Take a moment to arrive. [pause 2s] Let your shoulders soften, and your hands grow heavy. "
+    "Breathe in slowly, one, two, three, four. [pause 2s] And out, slowly. [pause 3s] "
+    "Notice the sound of the sea, far away. Let it carry the day's worries. [pause 2s] "
+    "When you are ready, open your eyes."
+)
+# What the issue promises for every video and the live preview.
+PROMISED_LUFS = -16.0
+PROMISED_TOLERANCE_LU = 1.0
+PROMISED_TRUE_PEAK_DBTP = -1.5
+RATE = 22_050
+
+
+def write_wav(path: Path, samples: npt.NDArray[np.int16]) -> Path:
+    path.write_bytes(encode_wav(Narration(samples.astype("<i2").tobytes(), RATE)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def spoken() -> npt.NDArray[np.int16]:
+    """A few sentences of the neural voice as it comes from the model, unmastered."""
+    narrator = PiperNarrator(packaged_voice())
+    try:
+        narration = asyncio.run(narrator.narrate("Let your shoulders soften. Breathe in slowly, and out."))
+    finally:
+        narrator.close()
+    return np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
+
+
+def test_the_meter_agrees_with_ffmpeg(spoken: npt.NDArray[np.int16], tmp_path: Path) -> None:
+    reference = measure(write_wav(tmp_path / "voice.wav", spoken))
+    samples = spoken / 32768
+
+    assert integrated_loudness(samples, RATE) == pytest.approx(reference.integrated_lufs, abs=0.1)
+    assert true_peak_dbtp(samples, RATE) == pytest.approx(reference.true_peak_dbtp, abs=0.2)
+
+
+@pytest.mark.parametrize("level_decibels", [-10.0, 0.0, 12.0])
+def test_speech_at_any_level_is_mastered_to_the_target_under_the_ceiling(
+    spoken: npt.NDArray[np.int16], level_decibels: float, tmp_path: Path
+) -> None:
+    scaled = np.clip(spoken * 10 ** (level_decibels / 20), -32768, 32767).astype(np.int16)
+
+    mastered = master_speech(scaled, RATE)
+    result = measure(write_wav(tmp_path / "mastered.wav", mastered))
+
+    assert mastered.size == scaled.size
+    assert result.integrated_lufs == pytest.approx(TARGET_LOUDNESS_LUFS, abs=0.3)
+    # Two true-peak meters interpolate differently and can disagree by a tenth of a decibel on harsh
+    # (here clipped) input; the ceiling is half a decibel under the promise for that and for AAC.
+    assert result.true_peak_dbtp <= TRUE_PEAK_CEILING_DBTP + 0.15
+
+
+def test_the_limiter_only_ever_lowers_the_gain_and_only_near_peaks(spoken: npt.NDArray[np.int16]) -> None:
+    mastered = master_speech(spoken, RATE).astype(np.float64)
+    original = spoken.astype(np.float64)
+    audible = np.abs(original) > 300
+    ratios = mastered[audible] / original[audible]
+    gain = np.percentile(ratios, 99.5)  # the sentence's one gain, where the limiter is at rest
+
+    assert ratios.max() <= gain * 1.01
+    # A good part of the voice is away from any peak and keeps exactly that gain.
+    assert np.mean(ratios > 0.99 * gain) > 0.25
+
+
+def test_silence_is_left_silent() -> None:
+    silence = np.zeros(RATE, dtype=np.int16)
+    assert np.array_equal(master_speech(silence, RATE), silence)
+
+
+@pytest.fixture(params=["piper", "espeak-ng"])
+def narrator(request: pytest.FixtureRequest) -> Iterator[Narrator]:
+    """Every offline voice: the media server of this module narrates with each in turn."""
+    speaker: PiperNarrator | EspeakNarrator = (
+        PiperNarrator(packaged_voice()) if request.param == "piper" else EspeakNarrator()
+    )
+    yield speaker
+    speaker.close()
+
+
+async def _requests(script: str) -> AsyncIterator[media_pb.NarrateLiveRequest]:
+    yield media_pb.NarrateLiveRequest(start=media_pb.NarrateLiveStart(meditation=MEDITATION))
+    for start in range(0, len(script), 40):
+        yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text=script[start : start + 40]))
+    yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
+
+
+def _path(uri: str) -> Path:
+    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
+
+
+async def _render(
+    media_stub: media_grpc.MediaServiceStub,
+    storage: LocalAssetStorage,
+    completed: media_pb.LiveNarrationCompleted,
+    profile: media_pb.VideoProfile.ValueType,
+) -> Path:
+    responses = [
+        response
+        async for response in media_stub.RenderVideo(
+            media_pb.RenderVideoRequest(
+                meditation=MEDITATION,
+                narration_storage_key=completed.storage_key,
+                narration_aac_storage_key=completed.aac_storage_key,
+                profile=profile,
+            )
+        )
+    ]
+    return await storage.local_path(responses[-1].uploaded.storage_key)
+
+
+@pytest.mark.timeout(120)
+async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
+    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
+) -> None:
+    completed = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))][-1].completed
+    quick = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_QUICK)
+    enhanced = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED)
+
+    heard = {
+        "live preview": measure(_path(completed.playlist_uri)),
+        "narration AAC": measure(await storage.local_path(completed.aac_storage_key)),
+        "QUICK video": measure(quick),
+        "ENHANCED video": measure(enhanced),
+    }
+    for name, loudness in heard.items():
+        assert loudness.integrated_lufs == pytest.approx(PROMISED_LUFS, abs=PROMISED_TOLERANCE_LU), name
+        assert loudness.true_peak_dbtp <= PROMISED_TRUE_PEAK_DBTP, name
+    assert seconds_of(completed.duration) > 15
+
+
+@pytest.mark.timeout(120)
+async def test_the_enhanced_bed_sits_far_under_the_voice_and_fades_in(
+    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
+) -> None:
+    completed = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))][-1].completed
+    enhanced = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED)
+
+    # The script opens with four seconds of held silence: the bed alone, rising from nothing.
+    opening = measure(enhanced, start_seconds=0.0, seconds=1.0)
+    settled = measure(enhanced, start_seconds=2.9, seconds=1.0)
+    whole = measure(enhanced)
+    assert settled.integrated_lufs < whole.integrated_lufs - 25
+    assert settled.integrated_lufs > -70, "the bed should be heard in the pauses, not dead silence"
+    assert opening.integrated_lufs < settled.integrated_lufs - 6
