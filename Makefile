@@ -70,11 +70,14 @@ audit: $(STAMP)
 	$(PY) -m scripts.audit_lock $(DEV_LOCK) --service $(AUDIT_SERVICE) --unreachable $(AUDIT_UNREACHABLE) \
 	  $(if $(AUDIT_DB),--db $(AUDIT_DB))
 
+# Test files run two at a time (a file's tests stay together, on one worker, in order): most real-process
+# tests wait on their services, so the second core is otherwise idle. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 2
 test: protos
 	$(MAKE) lint
 	# Debian's Chromium plays every rendered video in the browser tests.
 	scripts/ensure-chromium.sh
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Upgrades DATABASE_URL (SQLite under var/ by default) to the newest schema; the content service
 # refuses to start on an unmigrated database.

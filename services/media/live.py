@@ -441,7 +441,8 @@ class _LiveEncoder:
 def _mastered(narration: Narration) -> Narration:
     samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
     mastered = master_speech(samples, narration.sample_rate_hertz)
-    return Narration(mastered.astype("<i2").tobytes(), narration.sample_rate_hertz)
+    # The same narration, louder or softer: what the provider reported about it (misread sentences) stays.
+    return dataclasses.replace(narration, pcm_s16le=mastered.astype("<i2").tobytes())
 
 
 def _at_rate(narration: Narration, sample_rate: int) -> bytes:

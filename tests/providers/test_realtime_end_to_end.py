@@ -83,7 +83,7 @@ async def test_the_services_narrate_through_the_realtime_api_surviving_a_drop_an
         assert sentence not in logs
 
 
-async def test_an_error_from_the_realtime_api_falls_back_to_espeak_and_says_so(
+async def test_an_error_from_the_realtime_api_falls_back_to_the_offline_voice_and_says_so(
     provider_server: OpenAICompatibleServer, tmp_path: Path
 ) -> None:
     provider_server.configure(
@@ -97,5 +97,5 @@ async def test_an_error_from_the_realtime_api_falls_back_to_espeak_and_says_so(
     assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
     assert responses[-1].completed.misread_sentence_count == 0
     narration = first(responses, "narration_ready").narration_ready
-    assert narration.provider == "espeak-ng"
+    assert narration.provider == "piper"
     assert "failing" in narration.fallback_reason
