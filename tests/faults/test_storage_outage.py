@@ -101,8 +101,6 @@ async def test_storage_refused_mid_job_costs_one_attempt_and_leaves_one_set_of_a
     async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         conversation = (await stub.CreateConversation(load_conversation(EXAMPLE))).conversation.name
-        baseline, status, baseline_seconds = await _generate(stub, conversation, proxy, 0)
-        assert status is None
         seen, status, outage_seconds = await _generate(stub, conversation, proxy, BRIEF_OUTAGE_SECONDS)
     assert status is None, status
     assert proxy.connections_refused + proxy.connections_cut > 0, "the outage touched nothing"
@@ -114,18 +112,16 @@ async def test_storage_refused_mid_job_costs_one_attempt_and_leaves_one_set_of_a
     meditation = seen[0].accepted.meditation
     kept = {name.split("/", 1)[0] for name in _objects_of(server, meditation)}
     assert kept == {"narrations", "live", "videos"}
-    videos = [name for name in _objects_of(server, meditation) if name.endswith(".mp4")]
+    videos = [n for n in _objects_of(server, meditation) if n.startswith("videos/") and n.endswith(".mp4")]
     assert len(videos) == 2, videos
     narrations = [
         n for n in _objects_of(server, meditation) if n.startswith("narrations/") and n.endswith(".wav")
     ]
     assert len(narrations) == 1, narrations
-    cost = outage_seconds - baseline_seconds
     print(
-        f"\nfault cost: storage refused {BRIEF_OUTAGE_SECONDS:g} s once the live preview plays: job "
-        f"{outage_seconds:.1f} s vs {baseline_seconds:.1f} s without (+{cost:.1f} s)"
+        f"\nfault cost: storage refused {BRIEF_OUTAGE_SECONDS:g} s once the live preview plays: "
+        f"job {outage_seconds:.1f} s"
     )
-    assert len(baseline) > 0
 
 
 @pytest.mark.timeout(240)
