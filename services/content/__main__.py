@@ -41,9 +41,6 @@ from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
-# How much lower than the service the painter processes run (nice(2) increments; 19 is the lowest).
-_PAINTER_NICENESS = 10
-
 logger = logging.getLogger("services.content")
 
 
@@ -119,14 +116,7 @@ async def serve(
     client = make_client(config.openai) if config.openai is not None else None
     # Painting is CPU-bound Python: a spawned worker keeps it off the event loop, and spawn (never fork)
     # keeps gRPC's threads out of the child.
-    # Painting is background work next to what makes a job's first playable media (its first sentence,
-    # spoken and encoded): at a lower priority it takes the cores those leave idle, not the ones they need.
-    painters = ProcessPoolExecutor(
-        config.painter_workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=os.nice,
-        initargs=(_PAINTER_NICENESS,),
-    )
+    painters = ProcessPoolExecutor(config.painter_workers, mp_context=multiprocessing.get_context("spawn"))
     caches = [make_cache("transcripts"), make_cache("images")]
     transcripts, images, reports = build_generators(config, client, painters, storage, *caches)
     if client is not None:

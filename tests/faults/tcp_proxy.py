@@ -57,11 +57,16 @@ class FaultyTcpProxy:
     def stop(self) -> None:
         """Closes the listener and every connection, then the proxy's loop."""
         if self._server is not None:
-            self._server.close()
-            self.cut()
-            self._call(self._server.wait_closed())
+            self._call(self._shut_down(self._server))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+    async def _shut_down(self, server: asyncio.Server) -> None:
+        # On the proxy's loop: an asyncio server is not safe to close from another thread.
+        server.close()
+        for writer in list(self._open):
+            _reset(writer)
+        await server.wait_closed()
 
     @property
     def url(self) -> str:
