@@ -9,29 +9,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from scripts.stack import Stack, free_port, running_stack
+from scripts.stack import Stack, running_stack
 from services.cache.base import VALUE_KEY_PREFIX
 from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.faults.logs import assert_one_whole_log
-from tests.faults.test_redis_restart import RedisServer
+from tests.faults.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "conversation.json"
 JOB_WITHIN_SECONDS = 90.0
 POISON = b"\x00not a transcript, not an image\xff"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    (tmp_path / "logs").mkdir(parents=True, exist_ok=True)
-    server = RedisServer(free_port(), tmp_path / "logs")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture

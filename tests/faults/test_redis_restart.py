@@ -2,68 +2,23 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from scripts.stack import Stack, free_port, running_stack
+from scripts.stack import Stack, running_stack
 from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.faults.logs import assert_one_whole_log
+from tests.faults.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "conversation.json"
 # Each job, from its request to its last event, with the restart in the middle of the first.
 JOB_WITHIN_SECONDS = 45.0
-
-
-class RedisServer:
-    """A redis-server of this test's own, without persistence: a restart comes back empty."""
-
-    def __init__(self, port: int, log_dir: Path) -> None:
-        self.port = port
-        self._log_dir = log_dir
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self._log_dir / "redis.log", "ab") as log:
-            self._process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-                stdout=log,
-                stderr=log,
-            )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)  # polling for start-up, with a deadline
-        client.close()
-
-    def kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    (tmp_path / "logs").mkdir(parents=True, exist_ok=True)
-    server = RedisServer(free_port(), tmp_path / "logs")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest.fixture
