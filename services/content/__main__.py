@@ -41,6 +41,8 @@ from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
+# How much lower than the service the painter processes run (nice(2) increments; 19 is the lowest).
+_PAINTER_NICENESS = 10
 logger = logging.getLogger("services.content")
 
 
@@ -114,9 +116,7 @@ async def serve(
 ) -> None:
     """Builds the generators and serves until SIGTERM."""
     client = make_client(config.openai) if config.openai is not None else None
-    # Painting is CPU-bound Python: a spawned worker keeps it off the event loop, and spawn (never fork)
-    # keeps gRPC's threads out of the child.
-    painters = ProcessPoolExecutor(config.painter_workers, mp_context=multiprocessing.get_context("spawn"))
+    painters = start_painters(config.painter_workers)
     caches = [make_cache("transcripts"), make_cache("images")]
     transcripts, images, reports = build_generators(config, client, painters, storage, *caches)
     if client is not None:
@@ -140,7 +140,7 @@ async def serve(
     async def release() -> None:
         if nightly is not None:
             nightly.cancel()
-        painters.shutdown(wait=False, cancel_futures=True)
+        stop_painters(painters)
         if client is not None:
             await client.close()
 
@@ -155,6 +155,32 @@ async def serve(
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
+
+
+def start_painters(workers: int) -> ProcessPoolExecutor:
+    """The pool that paints offline images."""
+    # Painting is CPU-bound Python: a spawned worker keeps it off the event loop, and spawn (never fork)
+    # keeps gRPC's threads out of the child. It is background work next to what makes a job's first
+    # playable media (its first sentence, spoken and encoded): at a lower priority it takes the cores
+    # those leave idle, not the ones they need.
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=os.nice,
+        initargs=(_PAINTER_NICENESS,),
+    )
+
+
+def stop_painters(painters: ProcessPoolExecutor) -> None:
+    """Stops the painter processes now. Past the grace period no caller waits for a painting, and a
+    niced painter under load can take longer than the grace period: without this, the interpreter's exit
+    would wait for it (the pool joins its workers at exit) and outlast the orchestrator's patience."""
+    # Python 3.14 has ProcessPoolExecutor.terminate_workers(); until then, the pool's own process table.
+    workers = dict(getattr(painters, "_processes", None) or {})
+    painters.shutdown(wait=False, cancel_futures=True)
+    for process in workers.values():
+        if process.is_alive():
+            process.terminate()
 
 
 def run() -> None:

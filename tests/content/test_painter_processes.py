@@ -1,0 +1,49 @@
+"""The content service's painter processes: niced below the service, and gone at once when it stops."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from services.content.__main__ import start_painters, stop_painters
+
+# A painting that would outlast any grace period.
+LONG_PAINTING_SECONDS = 60.0
+
+
+def _paint_slowly(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _niceness() -> int:
+    return os.nice(0)
+
+
+def test_a_painting_in_flight_does_not_hold_up_the_stop() -> None:
+    painters = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    in_flight = painters.submit(_paint_slowly, LONG_PAINTING_SECONDS)
+    # Wait until the worker has taken the painting (it is running, not queued).
+    deadline = time.monotonic() + 30
+    while not in_flight.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = list(painters._processes.values())
+    assert workers and all(worker.is_alive() for worker in workers)
+
+    stopped_at = time.monotonic()
+    stop_painters(painters)
+    for worker in workers:
+        worker.join(timeout=10)
+    # Without the stop, the worker lives out its 60 s painting and the interpreter's exit waits for it.
+    assert all(not worker.is_alive() for worker in workers)
+    assert time.monotonic() - stopped_at < 10
+
+
+def test_the_service_paints_at_a_lower_priority_than_it_serves() -> None:
+    painters = start_painters(1)
+    try:
+        assert painters.submit(_niceness).result(timeout=30) > os.nice(0)
+    finally:
+        stop_painters(painters)
