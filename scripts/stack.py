@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +27,10 @@ from services.tls import InternalTls
 STACK_OWNER = "local"
 
 SERVICES = ("content", "media", "gateway")
+# The process key of the browser edge (Envoy and the page), started only when asked for: not a gRPC service.
+EDGE = "edge"
+# The key under which `ports` may fix media's HTTP endpoint (the one the edge routes /media/ to).
+MEDIA_HTTP = "media-http"
 
 
 def replica_key(service: str, replica: int) -> str:
@@ -57,6 +63,8 @@ class Stack:
     api_key: str = ""
     # The throw-away internal CA and certificates the services talk mutual TLS with.
     certificates: InternalCertificates | None = None
+    # The browser's one origin (`http://127.0.0.1:PORT`: the page, gRPC-Web, /media/) when the edge runs.
+    edge_url: str = ""
 
     def client_environment(self) -> dict[str, str]:
         """The environment the `stillpoint` command needs to reach this stack: its API key, and the
@@ -177,24 +185,29 @@ def running_stack(
     ports: Mapping[str, int] | None = None,
     extra_environment: Mapping[str, str] | None = None,
     startup_timeout_seconds: float = 60.0,
+    edge: bool = False,
 ) -> Iterator[Stack]:
     """Starts content, media and gateway (`replicas` of each, one by default), waits for health, yields their
     addresses, then SIGTERMs them. `ports` fixes a process's port by its key ("media", "media-2"); the others
-    get free ones. Replicas share the environment (and so the database and storage) but not their port."""
+    get free ones. Replicas share the environment (and so the database and storage) but not their port.
+    With `edge`, the browser edge runs too (key "edge", its port fixable in `ports`, as is media's HTTP port
+    under "media-http"): media mints its links under `{stack.edge_url}/media`, and the edge routes them."""
     counts = {service: (replicas or {}).get(service, 1) for service in SERVICES}
     unknown = set(replicas or {}) - set(SERVICES)
     if unknown or any(count < 1 for count in counts.values()):
         raise ValueError(f"replicas must map {', '.join(SERVICES)} to 1 or more, not {dict(replicas or {})}")
+    if edge and counts["media"] > 1:
+        raise ValueError("the edge routes /media/ to one media endpoint: run one media replica with it")
     keys = [replica_key(service, n) for service in SERVICES for n in range(1, counts[service] + 1)]
     fixed = dict(ports or {})
     chosen: dict[str, int] = {}
-    for key in keys:
+    for key in [*keys, *((EDGE, MEDIA_HTTP) if edge else ())]:
         port = fixed.get(key) or free_port()
         # Two probes can land on the same free port, or on one fixed for another process.
         while key not in fixed and (port in chosen.values() or port in fixed.values()):
             port = free_port()
         chosen[key] = port
-    addresses = {key: f"127.0.0.1:{port}" for key, port in chosen.items()}
+    addresses = {key: f"127.0.0.1:{port}" for key, port in chosen.items() if key in keys}
     log_dir = var_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -213,6 +226,7 @@ def running_stack(
         "STILLPOINT_GATEWAY_PORT": first_port("gateway"),
         "STILLPOINT_CONTENT_ADDRESS": target("content"),
         "STILLPOINT_MEDIA_ADDRESS": target("media"),
+        **(_edge_environment(chosen[EDGE], chosen[MEDIA_HTTP], addresses["gateway"]) if edge else {}),
         **(extra_environment or {}),
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -225,6 +239,7 @@ def running_stack(
         processes=processes,
         environment=environment,
         addresses=addresses,
+        edge_url=f"http://127.0.0.1:{chosen[EDGE]}" if edge else "",
     )
     # The content service and the gateway refuse an unmigrated database, as in production: migrate first
     # (once: replicas share the database).
@@ -238,6 +253,9 @@ def running_stack(
             processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)
         for key in keys:
             _wait_for(key, processes[key], addresses[key], log_dir, startup_timeout_seconds, certificates)
+        if edge:
+            processes[EDGE] = _spawn_edge(environment, log_dir)
+            _wait_for_edge(processes[EDGE], stack.edge_url, log_dir, startup_timeout_seconds)
         yield stack
     finally:
         for process in processes.values():
@@ -249,6 +267,48 @@ def running_stack(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _edge_environment(edge_port: int, media_http_port: int, gateway_address: str) -> dict[str, str]:
+    """What the edge and media need to know of each other: media serves its links on its HTTP port and mints
+    them under the edge's origin; the edge routes the gateway's RPCs and /media/ to them."""
+    return {
+        "STILLPOINT_MEDIA_HTTP_PORT": str(media_http_port),
+        "STILLPOINT_PUBLIC_MEDIA_URL": f"http://127.0.0.1:{edge_port}/media",
+        "STILLPOINT_EDGE_PORT": str(edge_port),
+        "STILLPOINT_EDGE_GATEWAY_ADDRESS": gateway_address,
+        "STILLPOINT_EDGE_MEDIA_ADDRESS": f"127.0.0.1:{media_http_port}",
+    }
+
+
+def _spawn_edge(environment: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    with open(log_dir / f"{EDGE}.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "services.edge"], env=environment, stdout=log, stderr=log
+        )
+
+
+def _wait_for_edge(
+    process: subprocess.Popen[bytes], edge_url: str, log_dir: Path, timeout_seconds: float
+) -> None:
+    """Polls the edge's /healthz (answered through Envoy by the page server) until it says ok."""
+    deadline = time.monotonic() + timeout_seconds
+    last_error = "no answer"
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{edge_url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+                last_error = f"HTTP {response.status}"
+        except (urllib.error.URLError, OSError) as error:
+            last_error = str(error)
+        time.sleep(0.1)
+    code = process.poll()
+    status = "is still starting" if code is None else f"exited with {code}"
+    log_tail = (log_dir / f"{EDGE}.log").read_text(errors="replace")[-2000:]
+    raise RuntimeError(
+        f"{EDGE} {status}: {edge_url} did not answer ({last_error})\n--- {EDGE}.log ---\n{log_tail}"
+    )
 
 
 def migrate(environment: Mapping[str, str]) -> None:
