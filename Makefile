@@ -16,7 +16,7 @@ UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-
   --custom-compile-command 'make lock' $(LOCK_FLAGS)
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: demo run test lint audit protos install lock migrate bench clean
+.PHONY: demo run test lint audit protos install lock migrate bench clean web
 
 $(STAMP): $(DEV_LOCK) pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,26 @@ gen/.stamp: $(PROTOS) $(STAMP)
 
 protos: gen/.stamp
 
+# The page (web/): its npm packages from the committed lock, its gRPC-Web client generated from protos/ by
+# Buf with the local protoc-gen-es (offline), and its bundle built by Vite into web/dist/, which the edge
+# serves. Each step reruns only when its inputs change.
+WEB_SOURCES := $(shell find web/src -path web/src/gen -prune -o -type f -print) web/index.html \
+  web/vite.config.ts web/tsconfig.json examples/conversation.json
+web/node_modules/.stamp: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/src/gen/.stamp: $(shell find protos/stillpoint/gateway -name '*.proto') web/buf.gen.yaml web/node_modules/.stamp $(STAMP)
+	rm -rf web/src/gen
+	$(BIN)/buf generate --template web/buf.gen.yaml --path protos/stillpoint/gateway/v1
+	touch $@
+
+web/dist/index.html: web/src/gen/.stamp $(WEB_SOURCES)
+	cd web && npm run --silent build
+	touch $@
+
+web: web/dist/index.html
+
 lint: protos
 	$(BIN)/buf format --diff --exit-code
 	$(BIN)/buf lint
@@ -73,7 +93,7 @@ audit: $(STAMP)
 # Test files run two at a time (a file's tests stay together, on one worker, in order): most real-process
 # tests wait on their services, so the second core is otherwise idle. TEST_WORKERS=0 runs them in one process.
 TEST_WORKERS ?= 2
-test: protos
+test: protos web
 	$(MAKE) lint
 	# Debian's Chromium plays every rendered video in the browser tests.
 	scripts/ensure-chromium.sh
@@ -85,7 +105,7 @@ migrate: protos
 	$(PY) -m services.content.migrate
 	$(PY) -m services.gateway.migrate
 
-demo: protos
+demo: protos web
 	$(PY) -m scripts.demo
 
 # The whole local stack in the foreground, printing the gateway's address and a key for this run; Ctrl-C stops it.
@@ -97,4 +117,4 @@ bench: protos
 	$(PY) -m bench
 
 clean:
-	rm -rf gen var out
+	rm -rf gen var out web/dist web/src/gen web/node_modules
