@@ -4,7 +4,11 @@ CORS answers only the page's own origin."""
 
 from __future__ import annotations
 
+import os
+import ssl
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,7 @@ import httpx
 import pytest
 from google.protobuf.message import Message
 
-from scripts.stack import Stack, running_stack
+from scripts.stack import Stack, free_port, running_stack
 from services.certificates import make_internal_certificates
 from services.edge.config import EdgeConfig
 from services.edge.envoy_config import GATEWAY_PATH_PREFIX, validate_envoy_config, write_envoy_config
@@ -63,6 +67,38 @@ def test_wildcard_origins_are_refused() -> None:
 def test_half_a_tls_configuration_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="STILLPOINT_EDGE_TLS_KEY_FILE"):
         _config(STILLPOINT_EDGE_TLS_CERT_FILE=str(EXAMPLE))
+
+
+def test_the_edge_terminates_tls_where_configured(tmp_path: Path) -> None:
+    certificates = make_internal_certificates(tmp_path / "certs")
+    issued = certificates.issued["gateway"]
+    port = free_port()
+    environment = {
+        **os.environ,
+        "STILLPOINT_VAR_DIR": str(tmp_path / "var"),
+        "STILLPOINT_EDGE_PORT": str(port),
+        "STILLPOINT_EDGE_TLS_CERT_FILE": str(issued.certificate_file),
+        "STILLPOINT_EDGE_TLS_KEY_FILE": str(issued.key_file),
+    }
+    edge = subprocess.Popen([sys.executable, "-m", "services.edge"], env=environment)
+    try:
+        deadline = time.monotonic() + 30
+        answer: httpx.Response | None = None
+        with httpx.Client(
+            verify=ssl.create_default_context(cafile=certificates.ca_file), timeout=2
+        ) as client:
+            while answer is None and time.monotonic() < deadline and edge.poll() is None:
+                try:
+                    answer = client.get(f"https://127.0.0.1:{port}/healthz")
+                except httpx.TransportError:
+                    time.sleep(0.1)
+            assert answer is not None, f"the edge did not answer over TLS (exit status {edge.poll()})"
+            assert answer.status_code == 200
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        edge.terminate()
+        assert edge.wait(timeout=15) == 0
 
 
 @pytest.fixture(scope="module")

@@ -226,7 +226,9 @@ def _the_story(stack: Stack, browser: Browser, page: Page, errors: ConsoleErrors
 
     # Someone else, on a phone, with the keyboard only: none of it is theirs to see.
     stranger_key = create_api_key(stack.environment, "someone-else")
-    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    phone = browser.new_context(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, reduced_motion="reduce"
+    )
     stranger = phone.new_page()
     stranger_errors = ConsoleErrors(stranger)
     stranger.goto(stack.edge_url)
@@ -241,6 +243,10 @@ def _the_story(stack: Stack, browser: Browser, page: Page, errors: ConsoleErrors
     expect(stranger.get_by_text("No conversations yet.")).to_be_visible()
     expect(stranger.get_by_role("heading", name="Your meditation")).to_be_hidden()
     assert stranger.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    # Asked for less motion, the page moves nothing.
+    assert stranger.evaluate(
+        "() => getComputedStyle(document.querySelector('button')).transitionDuration"
+    ) in ("0s", "0s, 0s")
     _shot(stranger, "06-someone-else-on-a-phone")
 
     # Deleting the conversation takes the meditation with it.
@@ -250,6 +256,14 @@ def _the_story(stack: Stack, browser: Browser, page: Page, errors: ConsoleErrors
     expect(page.get_by_text("No conversations yet.")).to_be_visible()
     expect(page.get_by_role("heading", name="Your meditation")).to_be_hidden()
     _shot(page, "07-deleted")
+
+    # A job can be stopped while it runs.
+    page.get_by_role("button", name="Use the sample conversation").click()
+    page.get_by_role("button", name="Generate", exact=True).click()
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.get_by_text("The meditation was cancelled.").first).to_be_visible(timeout=30_000)
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    _shot(page, "08-cancelled")
 
     assert errors.messages == []
     assert stranger_errors.messages == []

@@ -62,6 +62,7 @@ const ui = {
   meditationHeading: $<HTMLHeadingElement>("meditation-heading"),
   summary: $<HTMLParagraphElement>("job-summary"),
   stages: $<HTMLOListElement>("stages"),
+  player: $<HTMLDivElement>("player"),
   cancel: $<HTMLButtonElement>("cancel"),
   download: $<HTMLAnchorElement>("download"),
   soundNote: $<HTMLParagraphElement>("sound-note"),
@@ -457,6 +458,8 @@ function render(): void {
     return item;
   });
   ui.stages.replaceChildren(...items);
+  // No empty black box before there is something to play (or when a job ends without any).
+  ui.player.hidden = !(job.preview || job.quick || job.enhanced);
   ui.summary.textContent = summaryText();
   const finished = job.enhanced ?? job.quick;
   ui.download.hidden = !finished;
@@ -527,7 +530,9 @@ ui.cancel.addEventListener("click", () => {
   ui.cancel.disabled = true;
   void gateway
     .cancelMeditation({ name: job.meditation })
-    .then(() => say("Cancelling…"))
+    .then(() => {
+      if (job && job.finalState === null) say("Cancelling…");
+    })
     .catch((error: unknown) => complain(describe(error)))
     .finally(() => (ui.cancel.disabled = false));
 });
