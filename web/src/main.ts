@@ -111,6 +111,16 @@ function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
+/** A new request id (a version-4 UUID): `crypto.randomUUID` exists only on secure origins, so it is made
+ * from `getRandomValues`, which every origin has. */
+function requestId(): string {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
 function seconds(duration: Duration | undefined): number {
   if (!duration) return 0;
   return Number(duration.seconds) + duration.nanos / 1e9;
@@ -266,7 +276,7 @@ async function createAndGenerate(): Promise<void> {
   }
   ui.generate.disabled = true;
   try {
-    const created = await gateway.createConversation({ ...conversation, requestId: crypto.randomUUID() });
+    const created = await gateway.createConversation({ ...conversation, requestId: requestId() });
     ui.newForm.reset();
     await refreshConversations();
     await startJob(created.conversation!.name);
@@ -314,7 +324,7 @@ async function startJob(conversation: string): Promise<void> {
   const abort = (streamAbort = new AbortController());
   try {
     const stream = gateway.generateMeditation(
-      { conversation, requestId: crypto.randomUUID() },
+      { conversation, requestId: requestId() },
       { signal: abort.signal },
     );
     for await (const event of stream) apply(event);
