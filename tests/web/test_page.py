@@ -72,7 +72,9 @@ class ConsoleErrors:
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
-            self.messages.append(message.text)
+            # A failed load names its resource only in the location (a signed link: its path is enough).
+            where = message.location.get("url", "").split("?")[0].rsplit("/", 1)[-1]
+            self.messages.append(f"{message.text} [{where}]")
 
 
 def _shot(page: Page, name: str) -> None:
@@ -249,21 +251,39 @@ def _the_story(stack: Stack, browser: Browser, page: Page, errors: ConsoleErrors
     ) in ("0s", "0s, 0s")
     _shot(stranger, "06-someone-else-on-a-phone")
 
-    # Deleting the conversation takes the meditation with it.
-    item = page.locator("#conversations li").first
-    item.get_by_role("button", name="Delete").click()
-    item.get_by_role("button", name="Delete for good").click()
-    expect(page.get_by_text("No conversations yet.")).to_be_visible()
-    expect(page.get_by_role("heading", name="Your meditation")).to_be_hidden()
-    _shot(page, "07-deleted")
-
     # A job can be stopped while it runs.
+    first_conversation = page.evaluate(
+        "() => JSON.parse(sessionStorage.getItem('stillpoint.job')).conversation"
+    )
     page.get_by_role("button", name="Use the sample conversation").click()
     page.get_by_role("button", name="Generate", exact=True).click()
     page.get_by_role("button", name="Cancel").click()
     expect(page.get_by_text("The meditation was cancelled.").first).to_be_visible(timeout=30_000)
     expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
-    _shot(page, "08-cancelled")
+    assert (
+        "SUCCEEDED"
+        not in page.eval_on_selector_all("#stages li", "rows => rows.map(r => r.dataset.state)")[-1:]
+    )
+    _shot(page, "07-cancelled")
+
+    # The first meditation can be watched again from the list, from its first event to its last.
+    first = page.locator(f'#conversations li[data-name="{first_conversation}"]')
+    first.get_by_role("button", name="Watch the latest meditation").click()
+    expect(page.get_by_text("Your meditation is ready.").first).to_be_visible(timeout=30_000)
+    expect(page.locator("#stages li")).to_have_count(len(ALL_STAGES))
+    assert set(page.eval_on_selector_all("#stages li", "rows => rows.map(r => r.dataset.state)")) == {
+        "SUCCEEDED"
+    }
+    expect(page.locator("video.active")).to_have_attribute("data-quality", "enhanced", timeout=20_000)
+    _shot(page, "08-watched-again")
+
+    # Deleting its conversation takes the meditation with it.
+    first.get_by_role("button", name="Delete").click()
+    first.get_by_role("button", name="Delete for good").click()
+    expect(first).to_have_count(0)
+    expect(page.get_by_role("heading", name="Your meditation")).to_be_hidden()
+    expect(page.locator("#conversations li")).to_have_count(1)
+    _shot(page, "09-deleted")
 
     assert errors.messages == []
     assert stranger_errors.messages == []

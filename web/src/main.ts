@@ -173,12 +173,22 @@ function showSignedIn(): void {
 // --- Conversations ------------------------------------------------------------------------------------
 
 async function refreshConversations(): Promise<void> {
-  const response = await gateway.listConversations({ pageSize: 50 });
-  ui.conversations.replaceChildren(...response.conversations.map(conversationItem));
-  ui.conversationsEmpty.hidden = response.conversations.length > 0;
+  const [listed, meditations] = await Promise.all([
+    gateway.listConversations({ pageSize: 50 }),
+    gateway.listMeditations({ pageSize: 100 }),
+  ]);
+  // Newest first: the first meditation seen of a conversation is its latest.
+  const latest = new Map<string, string>();
+  for (const meditation of meditations.meditations) {
+    if (!latest.has(meditation.conversation)) latest.set(meditation.conversation, meditation.name);
+  }
+  ui.conversations.replaceChildren(
+    ...listed.conversations.map((conversation) => conversationItem(conversation, latest.get(conversation.name))),
+  );
+  ui.conversationsEmpty.hidden = listed.conversations.length > 0;
 }
 
-function conversationItem(conversation: Conversation): HTMLLIElement {
+function conversationItem(conversation: Conversation, meditation: string | undefined): HTMLLIElement {
   const item = document.createElement("li");
   item.dataset.name = conversation.name;
   const label = document.createElement("span");
@@ -194,7 +204,14 @@ function conversationItem(conversation: Conversation): HTMLLIElement {
   remove.setAttribute("aria-label", `Delete: ${label.textContent}`);
   const actions = document.createElement("span");
   actions.className = "actions";
-  actions.append(generate, remove);
+  actions.append(generate);
+  if (meditation) {
+    const watch = button("Watch", () => void watchJob(conversation.name, meditation));
+    watch.classList.add("quiet");
+    watch.setAttribute("aria-label", `Watch the latest meditation of ${label.textContent}`);
+    actions.append(watch);
+  }
+  actions.append(remove);
   item.append(label, when, actions);
   return item;
 }
@@ -208,15 +225,16 @@ function confirmDelete(item: HTMLLIElement, remove: HTMLButtonElement, conversat
     return;
   }
   void (async () => {
+    // Stop showing it first: a player still reading a video that is being erased would get 404s.
+    if (job?.conversation === conversation.name) {
+      streamAbort?.abort();
+      forgetJob();
+    }
     try {
       await gateway.deleteConversation({ name: conversation.name });
     } catch (error) {
       complain(describe(error));
       return;
-    }
-    if (job?.conversation === conversation.name) {
-      streamAbort?.abort();
-      forgetJob();
     }
     item.remove();
     ui.conversationsEmpty.hidden = ui.conversations.children.length > 0;
@@ -299,6 +317,35 @@ function forgetJob(): void {
   ui.download.hidden = true;
   ui.cancel.hidden = true;
   ui.soundNote.hidden = true;
+}
+
+function freshJob(conversation: string, meditation: string): SavedJob {
+  return {
+    meditation,
+    conversation,
+    lastSequence: 0,
+    lastElapsedSeconds: 0,
+    finalState: null,
+    stages: [],
+    preview: null,
+    quick: null,
+    enhanced: null,
+    subtitlesUri: "",
+    positionSeconds: 0,
+  };
+}
+
+/** Shows an earlier meditation from its first event (a running one is followed to its end). */
+async function watchJob(conversation: string, meditation: string): Promise<void> {
+  complain(null);
+  streamAbort?.abort();
+  forgetJob();
+  job = freshJob(conversation, meditation);
+  saveJob(job);
+  showJob();
+  ui.meditationHeading.focus();
+  say("Loading the meditation…");
+  await follow((streamAbort = new AbortController()));
 }
 
 async function startJob(conversation: string): Promise<void> {
@@ -425,6 +472,8 @@ function apply(event: MeditationEvent): void {
       stopClock();
       ui.cancel.hidden = true;
       say(FINAL_NAMES[body.value.state] ?? "The meditation ended.");
+      // Its conversation can now be watched again from the list.
+      void refreshConversations().catch(() => undefined);
       break;
     default:
       break;
