@@ -74,11 +74,13 @@ FROM runtime AS media
 ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
     STILLPOINT_STORAGE_DIR=/var/lib/stillpoint/storage \
     STILLPOINT_MEDIA_WORK_DIR=/var/lib/stillpoint/work/media \
-    STILLPOINT_MEDIA_PORT=50053
-RUN mkdir -p /var/lib/stillpoint/storage /var/lib/stillpoint/work/media \
+    STILLPOINT_MEDIA_PORT=50053 \
+    STILLPOINT_MEDIA_HTTP_PORT=8081
+# media-secrets: where compose mounts the shared link secret's volume (owned by the service's user).
+RUN mkdir -p /var/lib/stillpoint/storage /var/lib/stillpoint/work/media /var/lib/stillpoint/media-secrets \
  && chown -R stillpoint:stillpoint /var/lib/stillpoint
 USER stillpoint
-EXPOSE 50053
+EXPOSE 50053 8081
 CMD ["python", "-m", "services.media"]
 
 # The public GatewayService: jobs (their tables and event logs), event streams, replay and cancel. With no

@@ -45,6 +45,7 @@ SECRET_VARIABLES: tuple[str, ...] = (
     "SUPABASE_JWT_SECRET",
     "STILLPOINT_API_KEY",
     "STILLPOINT_PAGE_TOKEN_SECRET",
+    "STILLPOINT_MEDIA_URL_SECRET",
 )
 # Variables holding a URL whose password (in its userinfo or a `password=` parameter) is a secret.
 CREDENTIAL_URL_VARIABLES: tuple[str, ...] = ("DATABASE_URL", "REDIS_URL")

@@ -35,6 +35,8 @@ from services.gateway.jobs.store import JobStore
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from services.media.encoders import EncoderSelection
+from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
+from services.media.media_links import MediaLinkSigner
 from services.media.servicer import MediaServicer
 from services.media.speech import EspeakNarrator
 from services.media.studio import MediaStudio
@@ -62,6 +64,8 @@ MEDIA_SERVICE = media_pb.DESCRIPTOR.services_by_name["MediaService"].full_name
 GATEWAY_SERVICE = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 # Whose conversations the tests' in-process gateway serves, and the owner content calls name.
 TEST_OWNER = "tester"
+# The in-process media endpoint's link secret (a test value, never a deployment's).
+TEST_MEDIA_LINK_SECRET = b"stillpoint-tests-media-link-secret-0123456789"
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +147,16 @@ def narrator() -> Iterator[EspeakNarrator]:
 async def media_channel(
     tmp_path: Path, storage: LocalAssetStorage, narrator: EspeakNarrator
 ) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel to a real media server; encoder probing is skipped (tested on its own)."""
+    """A channel to a real media server, its assets reachable through its real media endpoint (signed links
+    on a free port); encoder probing is skipped (tested on its own)."""
+    listener = listening_socket("127.0.0.1", 0)
+    links = MediaLinkSigner(
+        TEST_MEDIA_LINK_SECRET, f"http://127.0.0.1:{listener.getsockname()[1]}{ROUTE_PREFIX}", 600
+    )
+    endpoint = MediaHttpServer(build_media_app(links, storage.root), listener)
+    await endpoint.start()
     studio = MediaStudio(
+        links=links,
         narrator=narrator,
         storage=storage,
         ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
@@ -161,6 +173,7 @@ async def media_channel(
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         yield channel
     await running.stop(0)
+    await endpoint.stop()
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
+from tests.asset_fetch import fetch
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,12 +44,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield started
 
 
-def _local_path(uri: str) -> Path:
-    parsed = urllib.parse.urlparse(uri)
-    assert parsed.scheme == "file", uri
-    return Path(urllib.request.url2pathname(parsed.path))
-
-
 def _stream_durations(path: Path) -> dict[str, tuple[str, float]]:
     """Codec and duration in seconds of the first video and audio stream."""
     with av.open(str(path)) as container:
@@ -62,7 +55,9 @@ def _stream_durations(path: Path) -> dict[str, tuple[str, float]]:
         return found
 
 
-async def test_one_meditation_streams_in_order_and_both_videos_match_the_narration(stack: Stack) -> None:
+async def test_one_meditation_streams_in_order_and_both_videos_match_the_narration(
+    stack: Stack, tmp_path: Path
+) -> None:
     async with stack.gateway_channel() as channel:
         stub = gateway_grpc.GatewayServiceStub(channel)
         conversation = (await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)).conversation
@@ -84,7 +79,8 @@ async def test_one_meditation_streams_in_order_and_both_videos_match_the_narrati
     transcript = next(r.transcript_ready for r in responses if r.HasField("transcript_ready"))
     assert 400 <= transcript.word_count <= 500
     for video in videos:
-        path = _local_path(video.uri)
+        # Fetched over HTTP through the media endpoint's signed link, as a client elsewhere would.
+        path = fetch(video.uri, tmp_path / f"{video.quality}.mp4")
         assert path.stat().st_size == video.size_bytes
         streams = _stream_durations(path)
         assert streams["video"][0] == "h264"

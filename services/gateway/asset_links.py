@@ -32,15 +32,16 @@ class AssetLinks:
         # Without media (tests of the job machinery alone) nothing is signed: URIs stay empty.
         self._media = media
 
-    async def for_event(self, recorded: SequencedEvent) -> SequencedEvent:
-        """The event with its asset's URI made now; any other event as it is."""
-        [linked] = await self.for_events([recorded])
+    async def for_event(self, recorded: SequencedEvent, owner: str) -> SequencedEvent:
+        """The event with its asset's URI made now for `owner`; any other event as it is."""
+        [linked] = await self.for_events([recorded], owner)
         return linked
 
-    async def for_events(self, events: Sequence[SequencedEvent]) -> list[SequencedEvent]:
-        """The events with their assets' URIs made now, in one request for them all (a replayed page)."""
+    async def for_events(self, events: Sequence[SequencedEvent], owner: str) -> list[SequencedEvent]:
+        """The events with their assets' URIs made now for `owner`, in one request for them all (a replayed
+        page)."""
         keys = [key for recorded in events for key in _asset_keys(recorded.event)]
-        uris = dict(zip(keys, await self._uris(keys), strict=True)) if keys else {}
+        uris = dict(zip(keys, await self._uris(keys, owner), strict=True)) if keys else {}
         return [
             recorded
             if (linked := _linked(recorded.event, uris)) is recorded.event
@@ -48,15 +49,15 @@ class AssetLinks:
             for recorded in events
         ]
 
-    async def for_meditations(self, meditations: Sequence[Meditation]) -> list[Meditation]:
-        """The meditations with their assets' URIs made now, in one request for them all."""
+    async def for_meditations(self, meditations: Sequence[Meditation], owner: str) -> list[Meditation]:
+        """`owner`'s meditations with their assets' URIs made now, in one request for them all."""
         keys = [
             getattr(meditation, key_field)
             for meditation in meditations
             for key_field, _ in _MEDITATION_ASSETS
             if getattr(meditation, key_field)
         ]
-        uris = dict(zip(keys, await self._uris(keys), strict=True)) if keys else {}
+        uris = dict(zip(keys, await self._uris(keys, owner), strict=True)) if keys else {}
         return [
             dataclasses.replace(
                 meditation,
@@ -68,10 +69,10 @@ class AssetLinks:
             for meditation in meditations
         ]
 
-    async def _uris(self, storage_keys: list[str]) -> list[str]:
+    async def _uris(self, storage_keys: list[str], owner: str) -> list[str]:
         unique = [key for key in dict.fromkeys(storage_keys) if not _is_stored_uri(key)]
         signed = (
-            dict(zip(unique, await self._media.asset_uris(unique), strict=True))
+            dict(zip(unique, await self._media.asset_uris(unique, owner), strict=True))
             if (unique and self._media is not None)
             else {}
         )

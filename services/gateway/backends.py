@@ -431,9 +431,9 @@ class MediaClient:
         )
         return response.size_bytes
 
-    async def asset_uris(self, storage_keys: Sequence[str]) -> list[str]:
-        """Asks media to sign the assets' URIs now."""
-        request = media_pb.SignAssetUrisRequest(storage_keys=list(storage_keys))
+    async def asset_uris(self, storage_keys: Sequence[str], owner: str) -> list[str]:
+        """Asks media to sign the assets' URIs now, for `owner`."""
+        request = media_pb.SignAssetUrisRequest(storage_keys=list(storage_keys), owner=owner)
         response = await _call(
             "media",
             lambda: self._stub.SignAssetUris(request, timeout=bounded(BOOKKEEPING_TIMEOUT_SECONDS)),

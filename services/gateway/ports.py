@@ -177,9 +177,9 @@ class MediaPort(Protocol):
         """How many bytes the meditation's narration, live preview and videos take in storage."""
         ...
 
-    async def asset_uris(self, storage_keys: Sequence[str]) -> list[str]:
-        """The URIs clients fetch the assets from, made now (signed for a while where storage signs), in
-        order; an empty one for an asset that is gone."""
+    async def asset_uris(self, storage_keys: Sequence[str], owner: str) -> list[str]:
+        """The URIs `owner` fetches the assets from, made now (signed, for a while), in order; an empty one
+        for an asset that is gone. The caller has checked the assets are `owner`'s."""
         ...
 
     def render_video(

@@ -13,8 +13,10 @@ from grpc_health.v1 import health_pb2
 
 from services import serving
 from services.environment import ConfigError, Environment
-from services.media.config import MediaConfig, SpeechApi
+from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
+from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
+from services.media.media_links import MediaLinkSigner, load_or_create_secret
 from services.media.openai_realtime import RealtimeSpeechNarrator
 from services.media.openai_speech import OpenAISpeechNarrator
 from services.media.piper_speech import OfflineVoice, PiperDelivery, PiperVoiceFiles, start_offline_voice
@@ -92,6 +94,12 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
     if client is not None and offline.fallback_reason:
         report.warnings.append(offline.fallback_warning)
     scratch = ScratchDisk(config.work_root, min_free_bytes=config.min_free_megabytes * MEBIBYTE)
+    endpoint: MediaHttpServer | None = None
+    links: MediaLinkSigner | None = None
+    if config.media_endpoint is not None:
+        # Bound before anything mints a link: with port 0, the port bound is what the default URL names.
+        endpoint, links = _media_endpoint(config, config.media_endpoint)
+        await endpoint.start()
     studio = MediaStudio(
         narrator=narrator,
         narrator_name="openai" if client is not None else offline.name,
@@ -105,12 +113,15 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         work_root=config.work_root,
         video_timeout_seconds=config.video_timeout_seconds,
         scratch=scratch,
+        links=links,
     )
     health_task: asyncio.Task[None] | None = None
 
     async def release() -> None:
         if health_task is not None:
             health_task.cancel()
+        if endpoint is not None:
+            await endpoint.stop()
         offline.narrator.close()
         espeak.close()
         if realtime is not None:
@@ -138,6 +149,19 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
 
     health_task = asyncio.create_task(scratch.report_health(set_serving))
     await serving.serve_until_signalled(running, grace_seconds=config.grace_seconds, on_stopped=release)
+
+
+def _media_endpoint(
+    config: MediaConfig, settings: MediaEndpointSettings
+) -> tuple[MediaHttpServer, MediaLinkSigner]:
+    """The endpoint serving local storage to clients, and the signer of its links."""
+    listener = listening_socket(config.bind_host, settings.port)
+    port = listener.getsockname()[1]
+    secret = settings.secret or load_or_create_secret(settings.secret_file)
+    public_url = settings.public_url or f"http://127.0.0.1:{port}{ROUTE_PREFIX}"
+    links = MediaLinkSigner(secret, public_url, settings.link_seconds)
+    logger.info("media links point at %s", public_url)
+    return MediaHttpServer(build_media_app(links, config.storage.local_root), listener), links
 
 
 async def _start_offline_voice(config: MediaConfig, espeak: EspeakNarrator) -> OfflineVoice:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from services.environment import ConfigError, Environment
+from services.media.media_links import MIN_SECRET_BYTES
 from services.openai_api import (
     SPEECH_ENDPOINT_MODELS,
     ConfiguredModel,
@@ -52,6 +54,19 @@ def speech_api_for(model: ConfiguredModel) -> SpeechApi:
 
 
 @dataclass(frozen=True)
+class MediaEndpointSettings:
+    """Where the media endpoint listens, the address clients reach it by, and what signs its links."""
+
+    port: int
+    # Empty: `http://127.0.0.1:{the port bound}/media`, right only for clients on this machine.
+    public_url: str
+    # Set from STILLPOINT_MEDIA_URL_SECRET; None: the secret kept in `secret_file`, made on first run.
+    secret: bytes | None
+    secret_file: Path
+    link_seconds: int
+
+
+@dataclass(frozen=True)
 class MediaConfig:
     """Everything the media service needs to start."""
 
@@ -65,6 +80,8 @@ class MediaConfig:
     # default. Another certificate the CA signed (a sibling service's) is refused with PERMISSION_DENIED.
     internal_callers: frozenset[str]
     storage: StorageSettings
+    # The media endpoint serving local storage over signed links (None with Supabase, which signs its own).
+    media_endpoint: MediaEndpointSettings | None
     work_root: Path
     # Free space the scratch disk must keep for an encode to start; under it, health says NOT_SERVING. 0: off.
     min_free_megabytes: int
@@ -109,7 +126,8 @@ class MediaConfig:
             bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
             internal_tls=internal_tls,
             internal_callers=read_internal_callers(environment, internal_tls),
-            storage=read_storage_settings(environment, var_root),
+            storage=(storage := read_storage_settings(environment, var_root)),
+            media_endpoint=(_media_endpoint(environment, var_root) if storage.kind == "local" else None),
             work_root=environment.directory("STILLPOINT_MEDIA_WORK_DIR", var_root / "work" / "media"),
             # An ENHANCED encode writes a few tens of MiB; 256 leaves room for several at once.
             min_free_megabytes=environment.integer(
@@ -160,6 +178,37 @@ class MediaConfig:
                 "STILLPOINT_SPEECH_REQUESTS_IN_FLIGHT", 24, minimum=1, maximum=1024
             ),
         )
+
+
+def _media_endpoint(environment: Environment, var_root: Path) -> MediaEndpointSettings:
+    public_url = environment.text("STILLPOINT_PUBLIC_MEDIA_URL", "").rstrip("/")
+    if public_url:
+        parts = urlsplit(public_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ConfigError(
+                f"STILLPOINT_PUBLIC_MEDIA_URL={public_url!r} must be an http(s) URL with no query, such as "
+                "https://stillpoint.example.com/media (where clients reach the media endpoint)"
+            )
+    default_secret_file = var_root / "secrets" / "media-url-secret"
+    raw_secret = environment.text("STILLPOINT_MEDIA_URL_SECRET", "")
+    if raw_secret and len(raw_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"STILLPOINT_MEDIA_URL_SECRET is shorter than {MIN_SECRET_BYTES} bytes: use a random one, such "
+            "as `openssl rand -hex 32`"
+        )
+    return MediaEndpointSettings(
+        # 0, the default: a free port (say which one with the public URL for anything but this machine).
+        port=environment.port("STILLPOINT_MEDIA_HTTP_PORT", 0),
+        public_url=public_url,
+        secret=raw_secret.encode() if raw_secret else None,
+        # Outside the storage folder, always: nothing the endpoint serves.
+        secret_file=Path(environment.text("STILLPOINT_MEDIA_URL_SECRET_FILE", str(default_secret_file)))
+        .expanduser()
+        .resolve(),
+        link_seconds=environment.integer(
+            "STILLPOINT_MEDIA_LINK_SECONDS", 3600, minimum=60, maximum=7 * 24 * 3600
+        ),
+    )
 
 
 def _piper_model_path(environment: Environment) -> Path | None:

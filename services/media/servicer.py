@@ -134,7 +134,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
         self, request: media_pb.SignAssetUrisRequest, context: _Context
     ) -> media_pb.SignAssetUrisResponse:
         async with _status_for_errors(context):
-            uris = await self._studio.asset_uris(list(request.storage_keys))
+            uris = await self._studio.asset_uris(list(request.storage_keys), request.owner)
         return media_pb.SignAssetUrisResponse(uris=uris)
 
     async def GetEncoderInfo(

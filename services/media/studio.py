@@ -17,6 +17,7 @@ from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError
 from services.media.live import LiveNarration, SpokenSegment
+from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
 from services.media.video import RenderProfile, render_still_video
@@ -81,8 +82,12 @@ class MediaStudio:
         providers: list[ProviderReport] | None = None,
         sentences_in_flight_per_job: int = 3,
         scratch: ScratchDisk | None = None,
+        links: MediaLinkSigner | None = None,
     ) -> None:
         self._narrator = narrator
+        # Local storage's files reach clients through the media endpoint's signed links; None: storage
+        # signs its own URLs (Supabase).
+        self._links = links
         self._narrator_name = narrator_name
         self._fallback_narrator = fallback_narrator
         self._fallback_narrator_name = fallback_narrator_name
@@ -206,9 +211,11 @@ class MediaStudio:
             # A cancellation landing here (a cut stream, a shutdown) must not leave the files.
             await finish_despite_cancellation(asyncio.to_thread(shutil.rmtree, work_dir, True))
 
-    async def asset_uris(self, keys: Sequence[str]) -> list[str]:
-        """URIs clients can fetch the assets from now (signed where storage signs), in order; an empty one
-        for a key with no asset."""
+    async def asset_uris(self, keys: Sequence[str], owner: str) -> list[str]:
+        """URIs `owner` can fetch the assets from now, signed and short-lived, in order; an empty one for a
+        key with no asset. The caller (the gateway) has checked that the assets are `owner`'s."""
+        if not owner:
+            raise InvalidInputError("owner", "is required: the owner the links are made for")
         if len(keys) > MAX_SIGNED_KEYS:
             raise InvalidInputError(
                 "storage_keys", f"lists {len(keys)} keys: ask for at most {MAX_SIGNED_KEYS}"
@@ -220,7 +227,11 @@ class MediaStudio:
                 raise InvalidInputError(
                     f"storage_keys[{index}]", f"{key!r} is not a storage key this system made"
                 ) from None
-        return await self._storage.signed_uris(keys)
+        stored = await self._storage.signed_uris(keys)
+        if self._links is None:
+            return stored
+        # Storage's answer says which assets still exist; the endpoint's link is what a client can reach.
+        return [self._links.link(key, owner) if uri else "" for key, uri in zip(keys, stored, strict=True)]
 
     async def _input_path(self, key: str, field: str) -> Path:
         try:

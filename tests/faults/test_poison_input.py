@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from scripts.stack import Stack, running_stack
 from services.cli import load_conversation
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.asset_fetch import stored_path
 from tests.data_plane import create_postgres_database, drop_postgres_database, unavailable
 from tests.faults.logs import Response, assert_one_whole_log, stored_videos
 
@@ -129,13 +128,6 @@ def _image_uris(responses: list[gateway_pb.GenerateMeditationResponse]) -> list[
     return [response.image_ready.uri for response in responses if response.HasField("image_ready")]
 
 
-def _path_of(uri: str) -> Path:
-    """The file a local storage `file://` URI names."""
-    parsed = urllib.parse.urlparse(uri)
-    assert parsed.scheme == "file", uri
-    return Path(urllib.request.url2pathname(parsed.path))
-
-
 def _kinds(responses: Sequence[Response]) -> list[str | None]:
     return [response.WhichOneof("event") for response in responses]
 
@@ -170,7 +162,7 @@ async def test_a_poison_image_fails_its_job_after_n_attempts_with_the_reason_and
         assert first_error is None, first_error
         assert_one_whole_log(first)
         [poisoned_uri] = _image_uris(first)
-        poisoned = _path_of(poisoned_uri).resolve()
+        poisoned = stored_path(poisoned_uri, stack.var_root / "storage").resolve()
         assert [image.resolve() for image in images.rglob("*.png")] == [poisoned], (
             "A's job should have stored exactly one image"
         )
@@ -203,7 +195,10 @@ async def test_a_poison_image_fails_its_job_after_n_attempts_with_the_reason_and
         [RETRY_DELAY_SECONDS * attempt for attempt in range(1, MAX_ATTEMPTS)]
     )
     # Every attempt used the cached (poisoned) image, and every attempt failed rendering a video from it.
-    assert _image_uris(poison) == [poisoned_uri] * MAX_ATTEMPTS
+    # (Links are minted as each event is read, each with its own expiry: compare the files they name.)
+    assert [stored_path(uri, stack.var_root / "storage").resolve() for uri in _image_uris(poison)] == [
+        poisoned
+    ] * MAX_ATTEMPTS
     failed_stages = [
         response.stage.stage
         for response in poison
@@ -221,7 +216,7 @@ async def test_a_poison_image_fails_its_job_after_n_attempts_with_the_reason_and
     assert_one_whole_log(healthy)
     assert "attempt_failed" not in _kinds(healthy)
     [healthy_uri] = _image_uris(healthy)
-    assert healthy_uri != poisoned_uri, (
+    assert stored_path(healthy_uri, stack.var_root / "storage").resolve() != poisoned, (
         "B used A's (poisoned) image: choose a conversation with another prompt"
     )
     healthy_name = healthy[0].accepted.meditation

@@ -63,7 +63,7 @@ async def test_an_event_logged_with_a_uri_before_keys_is_read_with_that_uri() ->
             },
         }
     ).encode()
-    read = await AssetLinks(media=None).for_event(decode_event(4, NOW, legacy))
+    read = await AssetLinks(media=None).for_event(decode_event(4, NOW, legacy), "alice")
     assert isinstance(read.event, ImageReady)
     assert read.event.uri == "file:///var/storage/images/a.png"
 
@@ -73,10 +73,12 @@ class CountingSigner:
 
     def __init__(self, gone: frozenset[str] = frozenset()) -> None:
         self.requests: list[list[str]] = []
+        self.owners: list[str] = []
         self._gone = gone
 
-    async def asset_uris(self, storage_keys: list[str]) -> list[str]:
+    async def asset_uris(self, storage_keys: list[str], owner: str) -> list[str]:
         self.requests.append(list(storage_keys))
+        self.owners.append(owner)
         return ["" if key in self._gone else f"signed:{key}" for key in storage_keys]
 
 
@@ -89,9 +91,10 @@ async def test_a_replayed_page_is_signed_in_one_request() -> None:
     ]
     signer = CountingSigner(gone=frozenset({"live/x/gone.m3u8"}))
 
-    linked = await AssetLinks(media=signer).for_events(events)  # type: ignore[arg-type]
+    linked = await AssetLinks(media=signer).for_events(events, "alice")  # type: ignore[arg-type]
 
     assert len(signer.requests) == 1
+    assert signer.owners == ["alice"]
     assert [getattr(event.event, "uri", None) for event in linked] == [
         "signed:images/a.png",
         None,

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import re
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -27,6 +27,7 @@ from services.gateway.events import (
 from services.proto_time import seconds_of
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.asset_fetch import fetch, stored_path
 from tests.gateway.test_events import CountingSigner
 from tests.gateway.test_servicer import collect, create_conversation
 from tests.media.test_subtitles import mov_text_track, webvtt_cues
@@ -41,9 +42,9 @@ def _spoken(text: str) -> str:
     return " ".join(_PAUSE_MARK.sub(" ", text).split())
 
 
-def _path_of(uri: str) -> Path:
-    assert uri.startswith("file://"), uri
-    return Path(unquote(urlparse(uri).path))
+def _path_of(uri: str, tmp_path: Path) -> Path:
+    """The stored file a media endpoint link names (the in-process services store under tmp_path)."""
+    return stored_path(uri, tmp_path / "storage")
 
 
 def _of_kind(
@@ -64,9 +65,12 @@ async def test_the_subtitles_come_with_the_narration_and_both_videos_and_match_t
     [narration] = [response.narration_ready for response in _of_kind(streamed, "narration_ready")]
     videos = [response.video_ready for response in _of_kind(streamed, "video_ready")]
 
-    subtitles = _path_of(narration.subtitles_uri)
+    subtitles = _path_of(narration.subtitles_uri, tmp_path)
     assert subtitles.suffix == ".vtt" and subtitles.is_file()
-    assert [_path_of(video.subtitles_uri) for video in videos] == [subtitles, subtitles]
+    # What a browser's <track> loads: the same file, over HTTP.
+    fetched = await asyncio.to_thread(fetch, narration.subtitles_uri, tmp_path / "fetched.vtt")
+    assert fetched.read_bytes() == subtitles.read_bytes()
+    assert [_path_of(video.subtitles_uri, tmp_path) for video in videos] == [subtitles, subtitles]
     cues = webvtt_cues(subtitles)
     # The offline script holds pause marks; no cue shows one.
     assert any(_PAUSE_MARK.search(sentence.text) for sentence in narration.sentences)
@@ -83,7 +87,7 @@ async def test_the_subtitles_come_with_the_narration_and_both_videos_and_match_t
     assert [(cue.start_ms, cue.end_ms, " ".join(cue.lines)) for cue in cues] == expected
     # The track in each MP4 holds the same cues.
     for video in videos:
-        codec, language, track = mov_text_track(_path_of(video.uri))
+        codec, language, track = mov_text_track(_path_of(video.uri, tmp_path))
         assert (codec, language) == ("mov_text", "eng")
         assert [(cue.start_ms, cue.end_ms) for cue in track] == [(cue.start_ms, cue.end_ms) for cue in cues]
 
@@ -99,20 +103,21 @@ async def test_the_subtitles_come_with_the_narration_and_both_videos_and_match_t
     replayed = await collect(
         gateway_stub.WatchMeditation(gateway_pb.WatchMeditationRequest(name=streamed[0].accepted.meditation))
     )
-    assert _path_of(_of_kind(replayed, "narration_ready")[0].narration_ready.subtitles_uri) == subtitles
-    assert [_path_of(r.video_ready.subtitles_uri) for r in _of_kind(replayed, "video_ready")] == [
+    replayed_narration = _of_kind(replayed, "narration_ready")[0].narration_ready
+    assert _path_of(replayed_narration.subtitles_uri, tmp_path) == subtitles
+    assert [_path_of(r.video_ready.subtitles_uri, tmp_path) for r in _of_kind(replayed, "video_ready")] == [
         subtitles
     ] * 2
 
 
 async def test_erasing_the_conversation_removes_the_subtitles(
-    gateway_stub: gateway_grpc.GatewayServiceStub,
+    gateway_stub: gateway_grpc.GatewayServiceStub, tmp_path: Path
 ) -> None:
     conversation = await create_conversation(gateway_stub)
     streamed = await collect(
         gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=conversation))
     )
-    subtitles = _path_of(_of_kind(streamed, "narration_ready")[0].narration_ready.subtitles_uri)
+    subtitles = _path_of(_of_kind(streamed, "narration_ready")[0].narration_ready.subtitles_uri, tmp_path)
     assert subtitles.is_file()
 
     await gateway_stub.DeleteConversation(gateway_pb.DeleteConversationRequest(name=conversation))
@@ -174,7 +179,7 @@ async def test_an_event_logged_before_subtitles_reads_without_them() -> None:
     ).encode()
 
     recorded = decode_event(5, NOW, legacy)
-    [linked] = await AssetLinks(None).for_events([recorded])
+    [linked] = await AssetLinks(None).for_events([recorded], "alice")
 
     assert isinstance(linked.event, VideoReady)
     assert linked.event.quality is VideoQuality.QUICK
@@ -191,7 +196,7 @@ async def test_a_page_of_events_signs_each_subtitles_key_once_with_the_assets() 
     ]
     media = CountingSigner()
 
-    linked = await AssetLinks(media).for_events(page)  # type: ignore[arg-type]
+    linked = await AssetLinks(media).for_events(page, "alice")  # type: ignore[arg-type]
 
     assert media.requests == [["narrations/x/a.wav", vtt, "videos/x/q.mp4"]]
     narration, video = (recorded.event for recorded in linked)

@@ -57,3 +57,56 @@ def test_a_model_without_its_configuration_beside_it_is_refused(tmp_path: Path) 
     model.write_bytes(b"model")
     with pytest.raises(ConfigError, match="STILLPOINT_PIPER_MODEL"):
         config_of(tmp_path, STILLPOINT_PIPER_MODEL=str(model))
+
+
+def test_local_storage_is_served_through_the_media_endpoint_with_a_secret_made_on_first_run(
+    tmp_path: Path,
+) -> None:
+    endpoint = config_of(tmp_path).media_endpoint
+
+    assert endpoint is not None
+    assert (endpoint.port, endpoint.public_url, endpoint.secret) == (0, "", None)
+    assert endpoint.secret_file == tmp_path / "secrets" / "media-url-secret"
+    assert endpoint.link_seconds == 3600
+
+
+def test_the_media_endpoint_is_told_where_clients_reach_it(tmp_path: Path) -> None:
+    endpoint = config_of(
+        tmp_path,
+        STILLPOINT_MEDIA_HTTP_PORT="8081",
+        STILLPOINT_PUBLIC_MEDIA_URL="https://stillpoint.example.com/media/",
+        STILLPOINT_MEDIA_URL_SECRET="s" * 40,
+        STILLPOINT_MEDIA_LINK_SECONDS="120",
+    ).media_endpoint
+
+    assert endpoint is not None
+    assert endpoint.port == 8081
+    assert endpoint.public_url == "https://stillpoint.example.com/media"
+    assert endpoint.secret == b"s" * 40
+    assert endpoint.link_seconds == 120
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        ({"STILLPOINT_PUBLIC_MEDIA_URL": "ftp://example.com/media"}, "STILLPOINT_PUBLIC_MEDIA_URL"),
+        ({"STILLPOINT_PUBLIC_MEDIA_URL": "https://example.com/media?x=1"}, "STILLPOINT_PUBLIC_MEDIA_URL"),
+        ({"STILLPOINT_PUBLIC_MEDIA_URL": "/media"}, "STILLPOINT_PUBLIC_MEDIA_URL"),
+        ({"STILLPOINT_MEDIA_URL_SECRET": "short"}, "STILLPOINT_MEDIA_URL_SECRET"),
+        ({"STILLPOINT_MEDIA_LINK_SECONDS": "5"}, "STILLPOINT_MEDIA_LINK_SECONDS"),
+        ({"STILLPOINT_MEDIA_HTTP_PORT": "70000"}, "STILLPOINT_MEDIA_HTTP_PORT"),
+    ],
+)
+def test_a_bad_media_endpoint_setting_fails_the_start_naming_it(
+    tmp_path: Path, variables: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named):
+        config_of(tmp_path, **variables)
+
+
+def test_supabase_storage_signs_its_own_links_and_needs_no_endpoint(tmp_path: Path) -> None:
+    config = config_of(
+        tmp_path, STILLPOINT_STORAGE="supabase", SUPABASE_URL="https://x.supabase.co", SUPABASE_KEY="k"
+    )
+
+    assert config.media_endpoint is None

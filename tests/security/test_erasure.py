@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import grpc
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from services.storage.local import LocalAssetStorage
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.asset_fetch import stored_path
 from tests.gateway.test_servicer import SAMPLE_MESSAGES, collect, create_conversation
 
 pytestmark = pytest.mark.timeout(600)
@@ -37,8 +37,8 @@ def _event(
     return next(response for response in responses if response.WhichOneof("event") == kind)
 
 
-def _path_of(uri: str) -> Path:
-    return Path(unquote(urlparse(uri).path))
+def _path_of(uri: str, storage: LocalAssetStorage) -> Path:
+    return stored_path(uri, storage.root)
 
 
 def _rows(database: Path, query: str, *parameters: str) -> int:
@@ -64,7 +64,7 @@ async def test_deleting_a_conversation_leaves_nothing_of_it(
     assert _event(second, "transcript_ready").transcript_ready.cached
     assert _event(second, "image_ready").image_ready.cached
     meditations = [first[0].accepted.meditation, second[0].accepted.meditation]
-    image_file = _path_of(_event(first, "image_ready").image_ready.uri)
+    image_file = _path_of(_event(first, "image_ready").image_ready.uri, storage)
     meditation_folders = [
         storage.root / kind / name.split("/")[1] for name in meditations for kind in _MEDIA_FOLDERS
     ]
@@ -147,14 +147,14 @@ async def test_a_running_meditation_is_cancelled_before_its_conversation_is_eras
 
 
 async def test_an_image_another_conversation_uses_stays_with_it(
-    gateway_stub: gateway_grpc.GatewayServiceStub,
+    gateway_stub: gateway_grpc.GatewayServiceStub, storage: LocalAssetStorage
 ) -> None:
     """The same words make the same prompt, so two conversations share one cached image: erasing one
     leaves the other's meditation whole."""
     erased, kept = await create_conversation(gateway_stub), await create_conversation(gateway_stub)
     await _generate(gateway_stub, erased)
     kept_responses = await _generate(gateway_stub, kept)
-    shared_image = _path_of(_event(kept_responses, "image_ready").image_ready.uri)
+    shared_image = _path_of(_event(kept_responses, "image_ready").image_ready.uri, storage)
     assert _event(kept_responses, "image_ready").image_ready.cached
 
     await gateway_stub.DeleteConversation(gateway_pb.DeleteConversationRequest(name=erased))
@@ -164,4 +164,4 @@ async def test_an_image_another_conversation_uses_stays_with_it(
     assert [message.text for message in fetched.conversation.messages] == [m.text for m in SAMPLE_MESSAGES]
     meditation = kept_responses[0].accepted.meditation
     kept_job = await gateway_stub.GetMeditation(gateway_pb.GetMeditationRequest(name=meditation))
-    assert _path_of(kept_job.meditation.enhanced_video_uri).is_file()
+    assert _path_of(kept_job.meditation.enhanced_video_uri, storage).is_file()

@@ -206,7 +206,8 @@ class MeditationJobs:
                     [
                         decode_event(stored.sequence, stored.event_time, stored.payload)
                         for stored in page.events
-                    ]
+                    ],
+                    owner,
                 )
                 for event in replayed:
                     yield event
@@ -224,7 +225,7 @@ class MeditationJobs:
                 while (recorded := await live.next()) is not None:
                     if recorded.sequence <= last_sequence:
                         continue
-                    yield await self._links.for_event(recorded)
+                    yield await self._links.for_event(recorded, owner)
                     last_sequence = recorded.sequence
                     if isinstance(recorded.event, Completed):
                         return
@@ -239,7 +240,7 @@ class MeditationJobs:
     async def get(self, owner: str, name: str) -> Meditation:
         """Returns `owner`'s job with URIs made now for its assets; anyone else's answers exactly as a missing
         one does."""
-        [meditation] = await self._links.for_meditations([await self._owned(owner, name)])
+        [meditation] = await self._links.for_meditations([await self._owned(owner, name)], owner)
         return meditation
 
     async def _owned(self, owner: str, name: str) -> Meditation:
@@ -255,7 +256,7 @@ class MeditationJobs:
         else's is ever listed. Their assets' URIs are made now, in one request for the page."""
         page = await self._store.list_owned(owner, page_size, after, conversation=conversation)
         return dataclasses.replace(
-            page, meditations=tuple(await self._links.for_meditations(page.meditations))
+            page, meditations=tuple(await self._links.for_meditations(page.meditations, owner))
         )
 
     async def cancel(self, owner: str, name: str) -> Meditation:
