@@ -109,7 +109,7 @@ demo: protos web
 	$(PY) -m scripts.demo
 
 # The whole local stack in the foreground, printing the gateway's address and a key for this run; Ctrl-C stops it.
-run: protos
+run: protos web
 	$(PY) -m scripts.run
 
 # The reference pipeline (the system Stillpoint replaces) vs Stillpoint, on its latency model; writes var/bench/report.{json,md} and a chart.

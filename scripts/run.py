@@ -11,24 +11,24 @@ from pathlib import Path
 from scripts.stack import STACK_OWNER, running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
-PORTS = {"gateway": 50051, "content": 50052, "media": 50053}
+PORTS = {"gateway": 50051, "content": 50052, "media": 50053, "media-http": 50054, "edge": 8080}
 
 
 def main() -> int:
-    """Starts content, media and gateway on their usual ports (the environment honoured, as the services
-    read it), prints how to call them, and stops them all on Ctrl-C or SIGTERM."""
+    """Starts content, media, gateway and the browser edge on their usual ports (the environment honoured,
+    as the services read it), prints how to call them, and stops them all on Ctrl-C or SIGTERM."""
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    print("Starting content, media and gateway (logs in var/logs/) …", flush=True)
+    print("Starting content, media, gateway and the edge (logs in var/logs/) …", flush=True)
     try:
-        with running_stack(ROOT / "var", ports=PORTS) as stack:
+        with running_stack(ROOT / "var", ports=PORTS, edge=True) as stack:
             # Content and media answer only the gateway's certificate: operators' tools present it too.
             certificate = " ".join(
                 f"{name}={shlex.quote(value)}" for name, value in stack.operator_certificate().items()
             )
             print(
-                f"\nThe gateway is serving on {stack.gateway_address}.\n"
+                f"\nThe gateway is serving on {stack.gateway_address}; the page on {stack.edge_url}/.\n"
                 f"An API key for the owner {STACK_OWNER!r}, made for this run:\n\n"
                 f"  export STILLPOINT_API_KEY={stack.api_key}\n\n"
                 "Then, for example:\n"
