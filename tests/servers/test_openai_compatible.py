@@ -677,7 +677,8 @@ async def test_realtime_latency_spreads_the_audio_over_the_configured_time(
         await client.close()
 
     assert first_audio is not None and first_audio < 0.3
-    assert 0.6 <= finished < 2.0
+    # asyncio's timers may fire up to a clock tick early (CI measured 0.5995 s): 10 ms of slack, no more.
+    assert 0.59 <= finished < 2.0
 
 
 async def test_realtime_faults_drop_the_socket_send_an_error_rate_limit_and_reword(
