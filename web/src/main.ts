@@ -352,19 +352,8 @@ async function startJob(conversation: string): Promise<void> {
   complain(null);
   streamAbort?.abort();
   forgetJob();
-  job = {
-    meditation: "",
-    conversation,
-    lastSequence: 0,
-    lastElapsedSeconds: 0,
-    finalState: null,
-    stages: [],
-    preview: null,
-    quick: null,
-    enhanced: null,
-    subtitlesUri: "",
-    positionSeconds: 0,
-  };
+  // No name until the gateway accepts it.
+  job = freshJob(conversation, "");
   showJob();
   ui.meditationHeading.focus();
   say("Starting your meditation…");
