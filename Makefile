@@ -51,16 +51,17 @@ protos: gen/.stamp
 
 # The page (web/): its npm packages from the committed lock, its gRPC-Web client generated from protos/ by
 # Buf with the local protoc-gen-es (offline), and its bundle built by Vite into web/dist/, which the edge
-# serves. Each step reruns only when its inputs change.
+# serves. Each step reruns only when its inputs change. The Buf here is npm's (the same release as the
+# lint's), so the edge image's Node stage (Dockerfile) builds the page with the very same commands.
 WEB_SOURCES := $(shell find web/src -path web/src/gen -prune -o -type f -print) web/index.html \
   web/vite.config.ts web/tsconfig.json examples/conversation.json
 web/node_modules/.stamp: web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-web/src/gen/.stamp: $(shell find protos/stillpoint/gateway -name '*.proto') web/buf.gen.yaml web/node_modules/.stamp $(STAMP)
+web/src/gen/.stamp: $(shell find protos/stillpoint/gateway -name '*.proto') web/buf.gen.yaml web/node_modules/.stamp
 	rm -rf web/src/gen
-	$(BIN)/buf generate --template web/buf.gen.yaml --path protos/stillpoint/gateway/v1
+	web/node_modules/.bin/buf generate --template web/buf.gen.yaml --path protos/stillpoint/gateway/v1
 	touch $@
 
 web/dist/index.html: web/src/gen/.stamp $(WEB_SOURCES)

@@ -1,9 +1,10 @@
 """Validates docker-compose.yml without a Docker engine: the Compose schema and the cross-references.
 
 1. The file against the Compose Specification's JSON schema (check-jsonschema vendors it: works offline).
-2. Cross-references the schema cannot see: every build's Dockerfile exists, every depends_on target is a
-   defined service (a service_healthy one with a health check, no cycles), every named volume is declared,
-   every ${VAR} has a default or is documented in README.md, and no key-like secret is written in the file.
+2. Cross-references the schema cannot see: every build's Dockerfile exists and has the stage its SERVICE
+   argument or target names, every depends_on target is a defined service (a service_healthy one with a
+   health check, no cycles), every named volume is declared, every ${VAR} has a default or is documented in
+   README.md, and no key-like secret is written in the file.
 
 Variables the stack's own services get that README.md does not document are warnings; --strict makes them
 errors. Exits non-zero on failure. Run as `python -m scripts.check_compose` (scripts/check-compose.sh does).
@@ -34,6 +35,7 @@ DEFAULTING_OPERATORS = (":-", "-", ":+", "+")
 # Never a key in the file: interpolate it from the environment instead.
 SECRET = re.compile(r"\b(sk-(?:proj-)?[A-Za-z0-9_-]{16,}|eyJ[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]+)")
 DOCUMENTED_NAME = re.compile(r"`([A-Z][A-Z0-9_]*)`")
+STAGE = re.compile(r"^\s*FROM\s+\S+\s+AS\s+([A-Za-z0-9_.-]+)", re.MULTILINE | re.IGNORECASE)
 HEALTHCHECK_INSTRUCTION = re.compile(r"^\s*HEALTHCHECK\s+CMD", re.MULTILINE)
 
 
@@ -97,6 +99,16 @@ def check_builds(services: Node, base: Path, findings: Findings) -> None:
             findings.errors.append(
                 f"services.{name}.build.dockerfile: {dockerfile.relative_to(base)} does not exist"
             )
+            continue
+        # The root Dockerfile's last stage is `FROM ${SERVICE}`: a SERVICE (or target) naming no stage
+        # fails only when the image is built.
+        stages = set(STAGE.findall(dockerfile.read_text(encoding="utf-8")))
+        args = options.get("args") or {}
+        for what, stage in (("args.SERVICE", args.get("SERVICE")), ("target", options.get("target"))):
+            if stage is not None and str(stage) not in stages:
+                findings.errors.append(
+                    f"services.{name}.build.{what}: {dockerfile.name} has no stage named {stage!r}"
+                )
 
 
 def has_healthcheck(service: Node, base: Path) -> bool:

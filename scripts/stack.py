@@ -29,8 +29,15 @@ STACK_OWNER = "local"
 SERVICES = ("content", "media", "gateway")
 # The process key of the browser edge (Envoy and the page), started only when asked for: not a gRPC service.
 EDGE = "edge"
-# The key under which `ports` may fix media's HTTP endpoint (the one the edge routes /media/ to).
+# The key under which `ports` may fix media's HTTP endpoint (the one the edge routes /media/ to); a further
+# replica's is `media-http-2`, `media-http-3` ...
 MEDIA_HTTP = "media-http"
+
+
+def media_http_key(replica_key_: str) -> str:
+    """The `ports` key of a media replica's HTTP endpoint: `media` -> `media-http`, `media-2` ->
+    `media-http-2`."""
+    return MEDIA_HTTP + replica_key_.removeprefix("media")
 
 
 def replica_key(service: str, replica: int) -> str:
@@ -65,6 +72,9 @@ class Stack:
     certificates: InternalCertificates | None = None
     # The browser's one origin (`http://127.0.0.1:PORT`: the page, gRPC-Web, /media/) when the edge runs.
     edge_url: str = ""
+    # Per process key, what it is started with besides the stack's environment (a media replica's own HTTP
+    # port when the edge runs).
+    own_environment: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def client_environment(self) -> dict[str, str]:
         """The environment the `stillpoint` command needs to reach this stack: its API key, and the
@@ -105,7 +115,12 @@ class Stack:
     def start(self, key: str, startup_timeout_seconds: float = 60.0) -> None:
         """Starts one process again, on its own port with the stack's environment, and waits until it is
         SERVING."""
-        self.processes[key] = _spawn(key, _port_of(self.addresses[key]), self.environment, self.log_dir)
+        self.processes[key] = _spawn(
+            key,
+            _port_of(self.addresses[key]),
+            {**self.environment, **self.own_environment.get(key, {})},
+            self.log_dir,
+        )
         _wait_for(
             key,
             self.processes[key],
@@ -190,18 +205,19 @@ def running_stack(
     """Starts content, media and gateway (`replicas` of each, one by default), waits for health, yields their
     addresses, then SIGTERMs them. `ports` fixes a process's port by its key ("media", "media-2"); the others
     get free ones. Replicas share the environment (and so the database and storage) but not their port.
-    With `edge`, the browser edge runs too (key "edge", its port fixable in `ports`, as is media's HTTP port
-    under "media-http"): media mints its links under `{stack.edge_url}/media`, and the edge routes them."""
+    With `edge`, the browser edge runs too (key "edge", its port fixable in `ports`, as is each media
+    replica's HTTP port under "media-http", "media-http-2" ...): media mints its links under
+    `{stack.edge_url}/media`, and the edge spreads them over every media replica."""
     counts = {service: (replicas or {}).get(service, 1) for service in SERVICES}
     unknown = set(replicas or {}) - set(SERVICES)
     if unknown or any(count < 1 for count in counts.values()):
         raise ValueError(f"replicas must map {', '.join(SERVICES)} to 1 or more, not {dict(replicas or {})}")
-    if edge and counts["media"] > 1:
-        raise ValueError("the edge routes /media/ to one media endpoint: run one media replica with it")
     keys = [replica_key(service, n) for service in SERVICES for n in range(1, counts[service] + 1)]
     fixed = dict(ports or {})
     chosen: dict[str, int] = {}
-    for key in [*keys, *((EDGE, MEDIA_HTTP) if edge else ())]:
+    media_keys = [key for key in keys if service_of(key) == "media"]
+    edge_keys = [EDGE, *(media_http_key(key) for key in media_keys)] if edge else []
+    for key in [*keys, *edge_keys]:
         port = fixed.get(key) or free_port()
         # Two probes can land on the same free port, or on one fixed for another process.
         while key not in fixed and (port in chosen.values() or port in fixed.values()):
@@ -226,7 +242,13 @@ def running_stack(
         "STILLPOINT_GATEWAY_PORT": first_port("gateway"),
         "STILLPOINT_CONTENT_ADDRESS": target("content"),
         "STILLPOINT_MEDIA_ADDRESS": target("media"),
-        **(_edge_environment(chosen[EDGE], chosen[MEDIA_HTTP], addresses["gateway"]) if edge else {}),
+        **(
+            _edge_environment(
+                chosen[EDGE], [chosen[media_http_key(key)] for key in media_keys], addresses["gateway"]
+            )
+            if edge
+            else {}
+        ),
         **(extra_environment or {}),
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -240,6 +262,10 @@ def running_stack(
         environment=environment,
         addresses=addresses,
         edge_url=f"http://127.0.0.1:{chosen[EDGE]}" if edge else "",
+        own_environment={
+            key: {"STILLPOINT_MEDIA_HTTP_PORT": str(chosen[media_http_key(key)])}
+            for key in (media_keys if edge else [])
+        },
     )
     # The content service and the gateway refuse an unmigrated database, as in production: migrate first
     # (once: replicas share the database).
@@ -250,7 +276,9 @@ def running_stack(
     environment["STILLPOINT_INTERNAL_CA_FILE"] = str(certificates.ca_file)
     try:
         for key in keys:
-            processes[key] = _spawn(key, _port_of(addresses[key]), environment, log_dir)
+            processes[key] = _spawn(
+                key, _port_of(addresses[key]), {**environment, **stack.own_environment.get(key, {})}, log_dir
+            )
         for key in keys:
             _wait_for(key, processes[key], addresses[key], log_dir, startup_timeout_seconds, certificates)
         if edge:
@@ -269,15 +297,16 @@ def running_stack(
                 process.wait()
 
 
-def _edge_environment(edge_port: int, media_http_port: int, gateway_address: str) -> dict[str, str]:
-    """What the edge and media need to know of each other: media serves its links on its HTTP port and mints
-    them under the edge's origin; the edge routes the gateway's RPCs and /media/ to them."""
+def _edge_environment(edge_port: int, media_http_ports: list[int], gateway_address: str) -> dict[str, str]:
+    """What the edge and media need to know of each other: each media replica serves links on its own HTTP
+    port (the first's is the stack's default; the others' are set per replica) and mints them under the
+    edge's origin; the edge routes the gateway's RPCs, and /media/ to every media replica."""
     return {
-        "STILLPOINT_MEDIA_HTTP_PORT": str(media_http_port),
+        "STILLPOINT_MEDIA_HTTP_PORT": str(media_http_ports[0]),
         "STILLPOINT_PUBLIC_MEDIA_URL": f"http://127.0.0.1:{edge_port}/media",
         "STILLPOINT_EDGE_PORT": str(edge_port),
         "STILLPOINT_EDGE_GATEWAY_ADDRESS": gateway_address,
-        "STILLPOINT_EDGE_MEDIA_ADDRESS": f"127.0.0.1:{media_http_port}",
+        "STILLPOINT_EDGE_MEDIA_ADDRESS": ",".join(f"127.0.0.1:{port}" for port in media_http_ports),
     }
 
 

@@ -38,9 +38,14 @@ services:
   worker:
     image: worker
     depends_on: [web]
+  edge:
+    build: {context: ., args: {SERVICE: edge}}
+    image: edge
 """.replace("<FAKE_KEY>", "sk-" + "abcdefghijklmnopqrstuvwxyz"),  # built here: no key-like text in the repo
         encoding="utf-8",
     )
+
+    (tmp_path / "Dockerfile").write_text("FROM python:3.11-slim AS gateway\nFROM ${SERVICE}\n")
 
     findings, _, _ = check_cross_references(compose_path, tmp_path / "README.md", is_strict=True)
 
@@ -55,6 +60,7 @@ services:
         "${UNDOCUMENTED_TOKEN} has no default",
         "looks like an API key",
         "TOKEN (set for web) is not documented",
+        "services.edge.build.args.SERVICE: Dockerfile has no stage named 'edge'",
     ):
         assert expected in report
 

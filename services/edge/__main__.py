@@ -63,7 +63,7 @@ async def main(config: EdgeConfig, var_root: Path) -> int:
         config.bind_host,
         config.port,
         config.gateway_address,
-        config.media_http_address,
+        ", ".join(config.media_http_addresses),
     )
     exited = asyncio.ensure_future(process.wait())
     stop = asyncio.ensure_future(stopping.wait())

@@ -11,6 +11,8 @@ DEFAULT_PORT = 8080
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:50051"
 # The media service's HTTP endpoint (signed asset links under /media/), beside its gRPC port 50053.
 DEFAULT_MEDIA_HTTP_ADDRESS = "127.0.0.1:50054"
+# The most media endpoints the edge takes by address; more replicas belong behind one DNS name.
+MAX_MEDIA_HTTP_ADDRESSES = 16
 # A meditation stream is quiet while a stage runs; the slowest stage may take 300 s (the transcript's and
 # the image's budgets) before its next event, so a stream idle for longer than this is dead.
 DEFAULT_STREAM_IDLE_TIMEOUT_SECONDS = 900.0
@@ -32,9 +34,11 @@ class EdgeConfig:
 
     port: int
     bind_host: str
-    # host:port of the gateway's plaintext gRPC port and of media's HTTP endpoint.
+    # host:port of the gateway's plaintext gRPC port, and of every media replica's HTTP endpoint: any
+    # replica serves any link (they share the storage and the link secret), so the edge spreads over them.
+    # A DNS name (docker-compose's media-pool) stands for every address it resolves to.
     gateway_address: str
-    media_http_address: str
+    media_http_addresses: tuple[str, ...]
     page_dir: Path
     # Origins (scheme://host[:port]) a page may call the gateway from; the edge's own by default.
     allowed_origins: tuple[str, ...]
@@ -74,7 +78,7 @@ class EdgeConfig:
             gateway_address=_host_port(
                 environment, "STILLPOINT_EDGE_GATEWAY_ADDRESS", DEFAULT_GATEWAY_ADDRESS
             ),
-            media_http_address=_host_port(
+            media_http_addresses=_host_ports(
                 environment, "STILLPOINT_EDGE_MEDIA_ADDRESS", DEFAULT_MEDIA_HTTP_ADDRESS
             ),
             page_dir=Path(environment.text("STILLPOINT_EDGE_PAGE_DIR", str(DEFAULT_PAGE_DIR))).resolve(),
@@ -96,6 +100,20 @@ def _host_port(environment: Environment, name: str, default: str) -> str:
     if value.startswith(("dns:", "ipv4:", "ipv6:")):
         raise ConfigError(f"{name}={value!r} must be host:port, such as {default}")
     return value
+
+
+def _host_ports(environment: Environment, name: str, default: str) -> tuple[str, ...]:
+    """A comma-separated list of plain `host:port`s: the endpoints of one Envoy cluster."""
+    entries = [entry.strip() for entry in environment.text(name, default).split(",")]
+    if not all(entries) or len(entries) > MAX_MEDIA_HTTP_ADDRESSES:
+        raise ConfigError(
+            f"{name} must list 1 to {MAX_MEDIA_HTTP_ADDRESSES} host:port addresses separated by commas, "
+            f"such as {default}"
+        )
+    addresses = tuple(_host_port(Environment({name: entry}), name, default) for entry in entries)
+    if len(set(addresses)) != len(addresses):
+        raise ConfigError(f"{name} names an address twice")
+    return addresses
 
 
 def _read_tls(environment: Environment) -> EdgeTls | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +41,7 @@ _UNTRUSTED_REQUEST_HEADERS: Final = (
     "x-forwarded-client-cert",
 )
 _TYPE: Final = "type.googleapis.com/envoy.extensions"
+_PREVIOUS_HOSTS: Final = f"{_TYPE}.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 
 
 def render_envoy_config(config: EdgeConfig, *, page_port: int) -> dict[str, Any]:
@@ -62,8 +64,25 @@ def render_envoy_config(config: EdgeConfig, *, page_port: int) -> dict[str, Any]
         },
         {
             "match": {"prefix": MEDIA_PATH_PREFIX},
-            # A whole video may take a while on a slow connection: bounded by idleness, not length.
-            "route": {"cluster": "media", "timeout": "0s", "idle_timeout": "60s"},
+            "route": {
+                "cluster": "media",
+                # A whole video may take a while on a slow connection: bounded by idleness, not length.
+                "timeout": "0s",
+                "idle_timeout": "60s",
+                # Any media replica serves any link, and a GET is safe to repeat: a replica that is down
+                # (stopped, restarting) costs a retry on another one, not an error in the person's player.
+                "retry_policy": {
+                    "retry_on": "connect-failure,refused-stream,reset",
+                    "num_retries": 2,
+                    "retry_host_predicate": [
+                        {
+                            "name": "envoy.retry_host_predicates.previous_hosts",
+                            "typed_config": {"@type": _PREVIOUS_HOSTS},
+                        }
+                    ],
+                    "host_selection_retry_max_attempts": "5",
+                },
+            },
         },
         {"match": {"prefix": "/"}, "route": {"cluster": "page", "timeout": "15s"}},
     ]
@@ -118,8 +137,6 @@ def render_envoy_config(config: EdgeConfig, *, page_port: int) -> dict[str, Any]
                 },
             },
         }
-    host, _, port = config.gateway_address.rpartition(":")
-    media_host, _, media_port = config.media_http_address.rpartition(":")
     return {
         "static_resources": {
             "listeners": [
@@ -130,9 +147,9 @@ def render_envoy_config(config: EdgeConfig, *, page_port: int) -> dict[str, Any]
                 }
             ],
             "clusters": [
-                _cluster("gateway", host, int(port), http2=True),
-                _cluster("media", media_host, int(media_port), http2=False),
-                _cluster("page", "127.0.0.1", page_port, http2=False),
+                _cluster("gateway", [config.gateway_address], http2=True),
+                _cluster("media", config.media_http_addresses, http2=False, eject_failing_hosts=True),
+                _cluster("page", [f"127.0.0.1:{page_port}"], http2=False),
             ],
         }
     }
@@ -159,18 +176,39 @@ def validate_envoy_config(envoy: Path, path: Path, *, timeout_seconds: float = 6
     return (checked.stderr.strip() or checked.stdout.strip() or f"exit status {checked.returncode}")[-2000:]
 
 
-def _cluster(name: str, host: str, port: int, *, http2: bool) -> dict[str, Any]:
+def _cluster(
+    name: str, addresses: Sequence[str], *, http2: bool, eject_failing_hosts: bool = False
+) -> dict[str, Any]:
+    """A round-robin cluster over `addresses` (host:port each)."""
+    hosts = [address.rpartition(":") for address in addresses]
     cluster: dict[str, Any] = {
         "name": name,
-        # An IP address needs no resolver; a name (as in docker-compose) is resolved and re-resolved.
-        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        # IP addresses need no resolver; a name (as in docker-compose, where media-pool names every media
+        # replica) is resolved and re-resolved, and each address it resolves to becomes an endpoint.
+        "type": "STATIC" if all(_is_ip(host) for host, _, _ in hosts) else "STRICT_DNS",
         "connect_timeout": "2s",
         "dns_lookup_family": "V4_PREFERRED",
+        "lb_policy": "ROUND_ROBIN",
         "load_assignment": {
             "cluster_name": name,
-            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}],
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(host, int(port))}} for host, _, port in hosts
+                    ]
+                }
+            ],
         },
     }
+    if eject_failing_hosts:
+        # A replica that keeps refusing connections is left out for a while, so that not every request
+        # pays a retry while it is down; it is tried again after the ejection time.
+        cluster["outlier_detection"] = {
+            "consecutive_local_origin_failure": 2,
+            "split_external_local_origin_errors": True,
+            "base_ejection_time": "5s",
+            "max_ejection_percent": 100,
+        }
     if http2:
         # gRPC needs HTTP/2 to the upstream whatever the browser spoke.
         cluster["typed_extension_protocol_options"] = {

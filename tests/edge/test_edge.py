@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import envoy
@@ -103,7 +104,8 @@ def test_the_edge_terminates_tls_where_configured(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("edge-stack"), edge=True) as running:
+    """The stack behind the edge, with two media replicas: the edge spreads /media/ over both."""
+    with running_stack(tmp_path_factory.mktemp("edge-stack"), replicas={"media": 2}, edge=True) as running:
         yield running
 
 
@@ -176,22 +178,38 @@ def _create_conversation(stack: Stack) -> str:
     return created.conversation.name
 
 
-@pytest.mark.e2e
-def test_a_meditation_streams_through_the_edge_event_by_event(stack: Stack) -> None:
-    conversation = _create_conversation(stack)
+@dataclass(frozen=True)
+class _Generated:
+    """One meditation generated through the edge: the call's response and its frames as they arrived."""
 
-    started = time.monotonic()
+    response: httpx.Response
+    frames: _Frames
+
+    @property
+    def events(self) -> list[gateway_pb.GenerateMeditationResponse]:
+        return [gateway_pb.GenerateMeditationResponse.FromString(body) for _, body in self.frames.messages]
+
+
+@pytest.fixture(scope="module")
+def generated(stack: Stack) -> _Generated:
+    conversation = _create_conversation(stack)
     response, frames = _call(
         stack,
         "GenerateMeditation",
         gateway_pb.GenerateMeditationRequest(conversation=conversation),
         stack.api_key,
     )
+    return _Generated(response, frames)
+
+
+@pytest.mark.e2e
+def test_a_meditation_streams_through_the_edge_event_by_event(stack: Stack, generated: _Generated) -> None:
+    response, frames = generated.response, generated.frames
 
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/grpc-web")
     assert frames.trailers.get("grpc-status") == "0", frames.trailers
-    events = [gateway_pb.GenerateMeditationResponse.FromString(body) for _, body in frames.messages]
+    events = generated.events
     assert events[0].WhichOneof("event") == "accepted"
     assert events[-1].WhichOneof("event") == "completed"
     assert events[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
@@ -200,7 +218,7 @@ def test_a_meditation_streams_through_the_edge_event_by_event(stack: Stack) -> N
     first_arrival, last_arrival = frames.messages[0][0], frames.messages[-1][0]
     job_seconds = events[-1].completed.total_duration.ToTimedelta().total_seconds()
     assert job_seconds > 1.0
-    assert last_arrival - first_arrival > 0.5 * job_seconds, (first_arrival - started, last_arrival - started)
+    assert last_arrival - first_arrival > 0.5 * job_seconds, (first_arrival, last_arrival, job_seconds)
 
     # And a resumed stream through the edge replays exactly what came after a sequence.
     _, resumed = _call(
@@ -258,3 +276,51 @@ def test_the_edge_serves_the_page_with_a_strict_content_security_policy(stack: S
     assert page.status_code in (200, 503)
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["server"] == "stillpoint-edge"
+
+
+def _asset_uris(message: Message) -> list[str]:
+    """Every asset URI a message carries, at any depth (`uri`, `subtitles_uri`, `*_uri` fields)."""
+    uris: list[str] = []
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            nested = value if field.is_repeated else [value]
+            for item in nested:
+                uris.extend(_asset_uris(item))
+        elif field.name == "uri" or field.name.endswith("_uri"):
+            uris.append(value)
+    return uris
+
+
+def _fetch_all(uris: list[str]) -> dict[str, int]:
+    """The HTTP status of each URI, and of the first segment each HLS playlist names (a relative name that
+    must keep the playlist's link)."""
+    statuses: dict[str, int] = {}
+    with httpx.Client(timeout=30) as client:
+        for uri in uris:
+            answer = client.get(uri)
+            statuses[uri] = answer.status_code
+            if uri.split("?")[0].endswith(".m3u8") and answer.status_code == 200:
+                segment = next(line for line in answer.text.splitlines() if line and not line.startswith("#"))
+                segment_uri = str(httpx.URL(uri).join(segment))
+                statuses[segment_uri] = client.get(segment_uri).status_code
+    return statuses
+
+
+@pytest.mark.e2e
+def test_every_asset_link_is_served_through_the_edge_by_whichever_media_replica_is_up(
+    stack: Stack, generated: _Generated
+) -> None:
+    uris = [uri for event in generated.events for uri in _asset_uris(event)]
+    assert len(uris) >= 6, uris
+    assert all(uri.startswith(f"{stack.edge_url}/media/") for uri in uris), uris
+    # Both replicas serve on their own port, and sign with one secret: each serves any link.
+    assert stack.replicas("media") == ["media", "media-2"]
+
+    assert set(_fetch_all(uris).values()) == {200}
+    for down, up in (("media", "media-2"), ("media-2", "media")):
+        assert stack.stop(down) == 0
+        try:
+            statuses = _fetch_all(uris)
+        finally:
+            stack.start(down)
+        assert set(statuses.values()) == {200}, f"with {down} stopped, only {up} could serve: {statuses}"
