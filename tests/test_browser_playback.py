@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-import os
 import re
 import shutil
 import wave
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -31,15 +30,9 @@ from services.proto_time import seconds_of
 from services.storage.local import LocalAssetStorage
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
-from tests.browser import (
-    DEFAULT_CHROMIUM,
-    MediaServer,
-    PlaybackReport,
-    chromium_path,
-    chromium_version,
-    play_in_chromium,
-)
+from tests.chromium import missing_chromium
 from tests.data_plane import is_ci
+from tests.playback import MEDIA_PREFIX, ChromiumPlayer, PlaybackReport, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -80,17 +73,19 @@ def _rgb(values: npt.NDArray[np.float64]) -> RGB:
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    """Chromium's path; CI must have it (never skip there), a developer's machine may not."""
-    binary = chromium_path()
-    if binary is None:
-        wanted = os.environ.get("STILLPOINT_CHROMIUM", DEFAULT_CHROMIUM)
-        message = f"no Chromium at {wanted}: run `bash scripts/ensure-chromium.sh` (`make test` does)"
+def chromium() -> Iterator[ChromiumPlayer]:
+    """One Chromium for the module's checks; CI must have it (never skip there), a developer's machine may
+    not. A broken install fails here, with Chromium's own message."""
+    missing = missing_chromium()
+    if missing is not None:
         if is_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    chromium_version(binary)  # a broken install fails here, with Chromium's own message
-    return binary
+            pytest.fail(missing)
+        pytest.skip(missing)
+    player = ChromiumPlayer()
+    try:
+        yield player
+    finally:
+        player.close()
 
 
 @pytest.fixture(scope="module")
@@ -155,14 +150,8 @@ def videos(scene: Scene, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
     return {video.path.stem: video for video in asyncio.run(render_all())}
 
 
-async def _play(path: Path, chromium: str, subtitles_path: Path | None = None) -> PlaybackReport:
-    return await asyncio.to_thread(
-        play_in_chromium,
-        path,
-        timeout_seconds=PLAYBACK_TIMEOUT_SECONDS,
-        chromium=chromium,
-        subtitles_path=subtitles_path,
-    )
+async def _play(path: Path, chromium: ChromiumPlayer, subtitles_path: Path | None = None) -> PlaybackReport:
+    return await chromium.play(path, subtitles_path=subtitles_path, timeout_seconds=PLAYBACK_TIMEOUT_SECONDS)
 
 
 def playback_problems(report: PlaybackReport, scene: Scene, size_pixels: tuple[int, int]) -> list[str]:
@@ -212,7 +201,7 @@ def _colour_problems(what: str, seen: RGB | None, expected: RGB, tolerance: floa
 
 @pytest.mark.parametrize("profile", [QUICK_PROFILE, ENHANCED_PROFILE], ids=lambda profile: profile.name)
 async def test_rendered_video_plays_in_chromium_with_its_duration_and_picture(
-    chromium: str, profile: RenderProfile, scene: Scene, videos: dict[str, RenderedVideo]
+    chromium: ChromiumPlayer, profile: RenderProfile, scene: Scene, videos: dict[str, RenderedVideo]
 ) -> None:
     video = videos[profile.name]
 
@@ -246,7 +235,7 @@ def _garble_media_data(data: bytes) -> bytes:
     ids=lambda f: f.__name__,
 )
 async def test_damaged_mp4_fails_the_browser_check(
-    chromium: str,
+    chromium: ChromiumPlayer,
     damage: Callable[[bytes], bytes],
     scene: Scene,
     videos: dict[str, RenderedVideo],
@@ -263,7 +252,7 @@ async def test_damaged_mp4_fails_the_browser_check(
 
 
 async def test_hls_playlist_of_the_video_plays_in_chromium_without_a_player_library(
-    chromium: str, scene: Scene, videos: dict[str, RenderedVideo], tmp_path: Path
+    chromium: ChromiumPlayer, scene: Scene, videos: dict[str, RenderedVideo], tmp_path: Path
 ) -> None:
     video = videos[QUICK_PROFILE.name]
     playlist_path = tmp_path / "hls" / "index.m3u8"
@@ -281,40 +270,42 @@ async def test_hls_playlist_of_the_video_plays_in_chromium_without_a_player_libr
     assert playback_problems(report, scene, (video.width_pixels, video.height_pixels)) == [], report
 
 
-def test_media_server_answers_byte_ranges_as_chromium_asks_for_them(tmp_path: Path) -> None:
+async def test_media_server_answers_byte_ranges_as_chromium_asks_for_them(tmp_path: Path) -> None:
     """Chromium seeks in an MP4 with Range requests; a server that ignored them would hide seek bugs."""
-    (tmp_path / "clip.mp4").write_bytes(bytes(range(100)))
-    with MediaServer(tmp_path) as server:
-        host, port = server.url.removeprefix("http://").split(":")
-        cases = {
-            "bytes=10-19": (206, bytes(range(10, 20)), "bytes 10-19/100"),
-            "bytes=90-": (206, bytes(range(90, 100)), "bytes 90-99/100"),
-            "bytes=-5": (206, bytes(range(95, 100)), "bytes 95-99/100"),
-            "bytes=95-500": (206, bytes(range(95, 100)), "bytes 95-99/100"),
-            "bytes=100-": (416, b"", "bytes */100"),
-        }
-        for header, (status, body, content_range) in cases.items():
-            connection = http.client.HTTPConnection(host, int(port), timeout=5)
-            try:
-                connection.request("GET", "/clip.mp4", headers={"Range": header})
-                response = connection.getresponse()
-                assert (response.status, response.read(), response.getheader("Content-Range")) == (
-                    status,
-                    body,
-                    content_range,
-                ), header
-            finally:
-                connection.close()
-        connection = http.client.HTTPConnection(host, int(port), timeout=5)
-        try:
-            connection.request("GET", "/../clip.mp4")
-            assert connection.getresponse().status == 404
-        finally:
-            connection.close()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "clip.mp4").write_bytes(bytes(range(100)))
+    (tmp_path / "beside.txt").write_text("not served")
+    cases = {
+        "bytes=10-19": (206, bytes(range(10, 20)), "bytes 10-19/100"),
+        "bytes=90-": (206, bytes(range(90, 100)), "bytes 90-99/100"),
+        "bytes=-5": (206, bytes(range(95, 100)), "bytes 95-99/100"),
+        "bytes=95-500": (206, bytes(range(95, 100)), "bytes 95-99/100"),
+        "bytes=100-": (416, b"", "bytes */100"),
+    }
+    async with serving(served) as origin:
+        for header, expected in cases.items():
+            answer = await asyncio.to_thread(_get, origin, f"{MEDIA_PREFIX}/clip.mp4", {"Range": header})
+            assert answer == expected, header
+        # Sent as written (http.client does not resolve the dots): nothing outside the folder is served.
+        status, _, _ = await asyncio.to_thread(_get, origin, f"{MEDIA_PREFIX}/../beside.txt", {})
+        assert status == 404
+
+
+def _get(origin: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, str | None]:
+    """One GET: the status, the body and the Content-Range."""
+    host, port = origin.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=5)
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read(), response.getheader("Content-Range")
+    finally:
+        connection.close()
 
 
 async def test_the_live_preview_playlist_plays_in_chromium(
-    chromium: str, media_stub: media_grpc.MediaServiceStub
+    chromium: ChromiumPlayer, media_stub: media_grpc.MediaServiceStub
 ) -> None:
     from tests.media.test_live import SCRIPT, _path, _requests
 
@@ -328,7 +319,10 @@ async def test_the_live_preview_playlist_plays_in_chromium(
 
 
 async def test_chromium_shows_the_subtitles_in_time_with_the_sentences(
-    chromium: str, media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage, tmp_path: Path
+    chromium: ChromiumPlayer,
+    media_stub: media_grpc.MediaServiceStub,
+    storage: LocalAssetStorage,
+    tmp_path: Path,
 ) -> None:
     """The page a person would use: the QUICK video in a <video>, its WebVTT through a <track>."""
     from tests.media.test_live import MEDITATION, SCRIPT, _requests
@@ -374,7 +368,7 @@ async def test_chromium_shows_the_subtitles_in_time_with_the_sentences(
 
 
 async def test_chromium_shows_escaped_cue_text_exactly_as_it_was_written(
-    chromium: str, videos: dict[str, RenderedVideo], tmp_path: Path
+    chromium: ChromiumPlayer, videos: dict[str, RenderedVideo], tmp_path: Path
 ) -> None:
     """WebVTT's special characters reach the viewer as written, never as markup or a broken cue."""
     written = [

@@ -6,7 +6,6 @@ earlier ones had reached; someone else's key sees none of it. Screenshots of eac
 from __future__ import annotations
 
 import itertools
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -17,12 +16,12 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
 from scripts.stack import Stack, create_api_key, running_stack
+from tests.chromium import launch_chromium, missing_chromium
 
 pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "var" / "web"
-CHROMIUM = os.environ.get("STILLPOINT_PLAYWRIGHT_CHROMIUM", "/usr/lib/chromium/chromium")
 OBSERVER = (Path(__file__).parent / "observer.js").read_text()
 # The live preview must be playing this soon after Generate is pressed (the service aims at about 2 s; the
 # browser, the services and the test share two cores).
@@ -36,8 +35,9 @@ ALL_STAGES = {"SOURCE", "TRANSCRIPT", "IMAGE", "NARRATION", "QUICK_VIDEO", "ENHA
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not (ROOT / "web" / "dist" / "index.html").is_file():
         pytest.fail("the page is not built: run `make web`")
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/ensure-chromium.sh")
+    missing = missing_chromium()
+    if missing is not None:
+        pytest.fail(missing)
     with running_stack(tmp_path_factory.mktemp("web-stack"), edge=True) as running:
         media_http_port = int(running.environment["STILLPOINT_MEDIA_HTTP_PORT"])
         try:
@@ -53,11 +53,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            # Sound starts as the preview arrives, seconds after the click: without a user gesture by then.
-            args=["--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage", "--mute-audio"],
-        )
+        launched = launch_chromium(playwright)
         yield launched
         launched.close()
 
