@@ -9,7 +9,8 @@
    literal values, and each Secret key is documented in README.md; probes name container ports and real gRPC
    services; Services, PodDisruptionBudgets and HorizontalPodAutoscalers select what exists; the grace period
    outlasts the preStop pause, STILLPOINT_GRACE_SECONDS and serving.CLEANUP_SECONDS; every container has
-   requests no larger than its limits, runs as non-root with no capabilities, and exposes its metrics port.
+   requests no larger than its limits, runs as non-root with no capabilities, and exposes its metrics port;
+   every ConfigMap and PersistentVolumeClaim a pod mounts is made by the overlay.
 
 Exits non-zero on any failure. Run as `python -m scripts.check_kubernetes` (scripts/check-kubernetes.sh does).
 """
@@ -381,6 +382,23 @@ def check_selectors(documents: Sequence[Node], pods: Sequence[PodTemplate], find
                 findings.errors.append(f"deployment/{name}: several replicas but no PodDisruptionBudget")
 
 
+def check_volume_sources(documents: Sequence[Node], pods: Sequence[PodTemplate], findings: Findings) -> None:
+    """Every ConfigMap and PersistentVolumeClaim a pod mounts is one the overlay makes (Secrets are made
+    outside it, and checked against README.md instead)."""
+    made = {(document.get("kind"), document.get("metadata", {}).get("name")) for document in documents}
+    for pod in pods:
+        for volume in pod.spec.get("volumes") or []:
+            for source, kind, key in (
+                ("configMap", "ConfigMap", "name"),
+                ("persistentVolumeClaim", "PersistentVolumeClaim", "claimName"),
+            ):
+                if source in volume and (kind, volume[source].get(key)) not in made:
+                    findings.errors.append(
+                        f"{pod.where}: volume {volume['name']!r} needs {kind} {volume[source].get(key)!r},"
+                        " which the overlay does not make"
+                    )
+
+
 def check_cross_references(documents: Sequence[Node], readme_path: Path, services_dir: Path) -> Findings:
     """Every cross-reference check of one overlay's rendered objects."""
     findings = Findings()
@@ -397,6 +415,7 @@ def check_cross_references(documents: Sequence[Node], readme_path: Path, service
         check_resources_and_security(pod, findings)
         check_metrics(pod, findings)
     check_selectors(documents, pods, findings)
+    check_volume_sources(documents, pods, findings)
     return findings
 
 

@@ -49,7 +49,8 @@ spec:
             grpc: {port: 50051}
           lifecycle: {preStop: {sleep: {seconds: 5}}}
           securityContext: {capabilities: {drop: [NET_RAW]}}
-          volumeMounts: [{name: scratch, mountPath: /work}]
+          volumeMounts: [{name: scratch, mountPath: /work}, {name: storage, mountPath: /storage}]
+      volumes: [{name: storage, persistentVolumeClaim: {claimName: unmade-claim}}]
 ---
 apiVersion: v1
 kind: Service
@@ -111,6 +112,7 @@ def test_broken_manifests_are_each_reported() -> None:
         "service/ghost: its selector matches no pod template",
         "media sets replicas, which every apply would reset",
         "deployment/media: several replicas but no PodDisruptionBudget",
+        "needs PersistentVolumeClaim 'unmade-claim', which the overlay does not make",
     ):
         assert expected in report
 
