@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Makes sure Debian's headless-capable Chromium is installed for the browser playback tests
-# (tests/test_browser_playback.py). Installs the `chromium` package with apt when /usr/bin/chromium is
+# Makes sure Debian's headless-capable Chromium is installed for the browser tests (tests/chromium.py
+# launches it through Playwright). Installs the `chromium` package with apt when /usr/bin/chromium is
 # missing; needs root (or passwordless sudo) and a reachable Debian mirror. STILLPOINT_CHROMIUM names another
-# binary instead (the tests honour it too), which is then only checked, never installed. Prints the version
-# and exits 0 when Chromium is usable; exits non-zero with the reason otherwise.
+# binary to check instead, never installed (the tests take theirs from STILLPOINT_PLAYWRIGHT_CHROMIUM, the
+# real binary rather than a wrapper script). Prints the version and exits 0 when Chromium is usable; exits
+# non-zero with the reason otherwise.
 set -euo pipefail
 
 CHROMIUM=${STILLPOINT_CHROMIUM:-/usr/bin/chromium}
