@@ -7,10 +7,15 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-
-import openai
+from typing import TYPE_CHECKING
 
 from services.environment import ConfigError, Environment
+
+if TYPE_CHECKING:
+    # Imported where a client is made or its errors read, not here: the SDK costs about 0.7 s of CPU to
+    # import, which every process (the gateway, and content and media with offline providers) would pay at
+    # each start without ever calling it.
+    import openai
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +92,8 @@ def read_openai_settings(environment: Environment) -> OpenAISettings:
 
 def make_client(settings: OpenAISettings) -> openai.AsyncOpenAI:
     """The process's one client: made inside the running loop, closed at shutdown."""
+    import openai
+
     return openai.AsyncOpenAI(
         api_key=settings.api_key,
         base_url=settings.base_url or DEFAULT_BASE_URL,
@@ -96,6 +103,8 @@ def make_client(settings: OpenAISettings) -> openai.AsyncOpenAI:
 
 def classify(error: Exception, model: ConfiguredModel) -> ProviderCallError:
     """Turns an SDK error into a failure whose message names what to fix, never the key."""
+    import openai
+
     # APITimeoutError is an APIConnectionError: ask the narrower question first.
     if isinstance(error, openai.APITimeoutError):
         return ProviderCallError(ProviderFailureKind.TIMEOUT, "the OpenAI API did not answer in time")
@@ -172,6 +181,8 @@ async def check_models(
     client: openai.AsyncOpenAI, models: Iterable[ConfiguredModel], *, today: date | None = None
 ) -> list[str]:
     """Lists the provider's models and returns a warning for each configured one missing or retiring soon."""
+    import openai
+
     today = today or datetime.now(UTC).date()
     try:
         served = {model.id: model async for model in client.models.list()}

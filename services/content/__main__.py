@@ -9,8 +9,7 @@ import os
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
-
-import openai
+from typing import TYPE_CHECKING
 
 from services import serving
 from services.cache.base import ResultCache
@@ -24,7 +23,6 @@ from services.content.generation import (
 )
 from services.content.image_decoding import enforce_decoding_limits
 from services.content.migrate import HISTORY
-from services.content.openai_providers import OpenAIImageProvider, OpenAITranscriptProvider
 from services.content.pregeneration import pregenerate_off_peak, read_prompt_list
 from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
@@ -39,6 +37,9 @@ from services.storage.base import AssetStorage
 from services.storage.factory import open_asset_storage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
 from stillpoint.content.v2 import content_service_pb2_grpc as content_grpc
+
+if TYPE_CHECKING:
+    import openai
 
 SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_name
 # How much lower than the service the painter processes run (nice(2) increments; 19 is the lowest).
@@ -65,7 +66,10 @@ def build_generators(
     # Providers get four fifths of their stage's budget, retries included, leaving time for the fallback.
     budget = 0.8
     # One cache per capability serves both providers: their keys differ by provider and model.
+    # The OpenAI providers (and the SDK under them) are imported only when configured: see openai_api.
     if config.transcript_provider == "openai" and client is not None:
+        from services.content.openai_providers import OpenAITranscriptProvider
+
         transcripts = TranscriptGenerator(
             OpenAITranscriptProvider(
                 client,
@@ -79,6 +83,8 @@ def build_generators(
         )
         reports[0] = ProviderReport("transcript", "openai", config.transcript_model.name, fallback)
     if config.image_provider == "openai" and client is not None:
+        from services.content.openai_providers import OpenAIImageProvider
+
         provider = OpenAIImageProvider(
             client,
             config.image_model,

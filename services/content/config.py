@@ -10,7 +10,6 @@ from pathlib import Path
 from services.content.conversations import MAX_MESSAGE_CHARS
 from services.content.image_download import DownloadPolicy, IPNetwork
 from services.content.migrate import default_sqlite_file
-from services.content.openai_providers import DEFAULT_MAX_OUTPUT_TOKENS
 from services.content.repository import MESSAGE_ENVELOPE_BYTES, ConversationLimits
 from services.content.spoken_safety import DEFAULT_CRISIS_RESOURCE_TEXT, validate_resource_text
 from services.database import PoolSettings, read_database_url, read_pool_settings
@@ -29,6 +28,9 @@ _MIN_CONVERSATION_BYTES = 4 * MAX_MESSAGE_CHARS + MESSAGE_ENVELOPE_BYTES
 # ...and GetConversation's response always fits the 4 MiB a gRPC client receives by default, with room for
 # the title and the names.
 _MAX_CONVERSATION_BYTES = 3 * 1024 * 1024
+
+# A 500-word script is about 700 tokens; reasoning models spend theirs from the same allowance.
+DEFAULT_MAX_OUTPUT_TOKENS = 4000
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ from collections.abc import AsyncIterator
 import openai
 from openai.types.chat import ChatCompletionMessageParam
 
+from services.content.config import DEFAULT_MAX_OUTPUT_TOKENS
 from services.content.image_decoding import ImageRejectedError, as_rgb_png
 from services.content.image_download import DownloadPolicy, download_image
 from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
 
 # Bump when the prompt changes, so scripts cached from an older prompt are not reused.
 TRANSCRIPT_PROMPT_VERSION = "openai-v2"
-# A 500-word script is about 700 tokens; reasoning models spend theirs from the same allowance.
-DEFAULT_MAX_OUTPUT_TOKENS = 4000
 # A server that ignores the token cap is cut off on our side: no language needs 8 characters a token.
 _CHARACTERS_PER_TOKEN_CEILING = 8
 _MARKDOWN = re.compile(r"^\s*(#+\s*|[-*]\s+)|\*\*|__", re.MULTILINE)

@@ -17,8 +17,6 @@ from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
 from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
 from services.media.media_links import MediaLinkSigner, load_or_create_secret
-from services.media.openai_realtime import RealtimeSpeechNarrator
-from services.media.openai_speech import OpenAISpeechNarrator
 from services.media.piper_speech import OfflineVoice, PiperDelivery, PiperVoiceFiles, start_offline_voice
 from services.media.scratch import MEBIBYTE, ScratchDisk
 from services.media.servicer import MediaServicer
@@ -60,7 +58,10 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
     report = offline.report()
     # Leave a fifth of the stage's budget for the offline voice should the provider fail.
     speech_timeout_seconds = 0.8 * config.narration_timeout_seconds
+    # The OpenAI narrators (and the SDK under them) are imported only when configured: see openai_api.
     if client is not None and config.speech_api is SpeechApi.REALTIME:
+        from services.media.openai_realtime import RealtimeSpeechNarrator
+
         narrator = realtime = RealtimeSpeechNarrator(
             client,
             config.speech_model,
@@ -71,6 +72,8 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
             max_sessions=config.speech_requests_in_flight,
         )
     elif client is not None:
+        from services.media.openai_speech import OpenAISpeechNarrator
+
         narrator = OpenAISpeechNarrator(
             client,
             config.speech_model,
