@@ -38,7 +38,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     missing = missing_chromium()
     if missing is not None:
         pytest.fail(missing)
-    with running_stack(tmp_path_factory.mktemp("web-stack"), edge=True) as running:
+    # espeak-ng at its own pace, not the suite's triple speed (tests/conftest.py): the story reloads the page
+    # while the live preview is what plays, which needs a narration that lasts longer than the first seconds.
+    with running_stack(
+        tmp_path_factory.mktemp("web-stack"),
+        edge=True,
+        extra_environment={"STILLPOINT_ESPEAK_WORDS_PER_MINUTE": "125"},
+    ) as running:
         media_http_port = int(running.environment["STILLPOINT_MEDIA_HTTP_PORT"])
         try:
             socket.create_connection(("127.0.0.1", media_http_port), timeout=5).close()

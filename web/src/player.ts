@@ -25,6 +25,8 @@ export class Player {
   // while switching do not count.
   private pausedByPerson = false;
   private handingOver = false;
+  // The video a load is under way in (loadWithin), whose position is not yet the person's.
+  private loading: HTMLVideoElement | null = null;
   onSoundBlocked: () => void = () => {};
   onPosition: (seconds: number) => void = () => {};
 
@@ -33,7 +35,9 @@ export class Player {
     this.standby = second;
     for (const video of [first, second]) {
       video.addEventListener("timeupdate", () => {
-        if (video === this.active) this.onPosition(video.currentTime);
+        // A video being loaded reports 0 (its load resets the position) before it seeks to where the person
+        // was: that is not where they are, and saving it would send a later delivery back to the start.
+        if (video === this.active && video !== this.loading) this.onPosition(video.currentTime);
       });
       video.addEventListener("pause", () => {
         // A pause that comes with an error or the end is the player's, not the person's.
@@ -161,14 +165,19 @@ export class Player {
     atSeconds: number,
     timeoutMs: number,
   ): Promise<void> {
-    video.removeAttribute("src");
-    video.load();
-    video.querySelectorAll("track").forEach((track) => track.remove());
-    if (this.subtitlesUri) attachTrack(video, this.subtitlesUri);
-    video.src = uri;
-    await once(video, "loadedmetadata", timeoutMs);
-    if (atSeconds > 0) await seek(video, atSeconds);
-    if (video.readyState < HTMLMediaElement.HAVE_FUTURE_DATA) await once(video, "canplay", timeoutMs);
+    this.loading = video;
+    try {
+      video.removeAttribute("src");
+      video.load();
+      video.querySelectorAll("track").forEach((track) => track.remove());
+      if (this.subtitlesUri) attachTrack(video, this.subtitlesUri);
+      video.src = uri;
+      await once(video, "loadedmetadata", timeoutMs);
+      if (atSeconds > 0) await seek(video, atSeconds);
+      if (video.readyState < HTMLMediaElement.HAVE_FUTURE_DATA) await once(video, "canplay", timeoutMs);
+    } finally {
+      if (this.loading === video) this.loading = null;
+    }
   }
 
   private async start(video: HTMLVideoElement): Promise<void> {
