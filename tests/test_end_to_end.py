@@ -179,15 +179,18 @@ def test_the_internal_ports_refuse_a_plaintext_client_and_a_tls_client_without_a
     assert stack.certificates is not None
     address = stack.content_address if service == "content" else stack.media_address
     probe = ("-d", '{"service": ""}', address, "grpc.health.v1.Health/Check")
+    # A refused handshake is retried until grpcurl's connect timeout (10 s by default): a refusal shows
+    # within a few seconds on loopback, and the answer to the gateway's certificate below has no such limit.
+    refused = ("-connect-timeout", "3", *probe)
     with pytest.raises(subprocess.CalledProcessError):
-        _grpcurl(*probe, timeout_seconds=30)
+        _grpcurl(*refused, timeout_seconds=30)
     anonymous = ("-cacert", str(stack.certificates.ca_file), "-servername", service)
     with pytest.raises(subprocess.CalledProcessError):
-        _grpcurl(*probe, timeout_seconds=30, transport=anonymous)
+        _grpcurl(*refused, timeout_seconds=30, transport=anonymous)
     stranger = make_internal_certificates(stack.var_root / "stranger-certs").issued["gateway"]
     impostor = (*anonymous, "-cert", str(stranger.certificate_file), "-key", str(stranger.key_file))
     with pytest.raises(subprocess.CalledProcessError):
-        _grpcurl(*probe, timeout_seconds=30, transport=impostor)
+        _grpcurl(*refused, timeout_seconds=30, transport=impostor)
     assert json.loads(_grpcurl(*probe, transport=_with_the_gateways_certificate(stack, service)).stdout)
 
 
