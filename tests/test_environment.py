@@ -157,3 +157,13 @@ def test_redis_url_is_checked_alike_by_every_service_that_reads_it(tmp_path: Pat
         ContentConfig.from_environment(malformed, var_root=tmp_path)
     with pytest.raises(ConfigError, match="REDIS_URL must start with redis://"):
         GatewayConfig.from_environment(malformed)
+
+
+def test_every_service_reads_the_log_format_alike_and_refuses_an_unknown_one(tmp_path: Path) -> None:
+    json_logs = Environment({"STILLPOINT_LOG_FORMAT": "JSON"})
+    assert ContentConfig.from_environment(json_logs, var_root=tmp_path).log_format == "json"
+    assert MediaConfig.from_environment(json_logs, var_root=tmp_path).log_format == "json"
+    assert GatewayConfig.from_environment(json_logs).log_format == "json"
+    assert GatewayConfig.from_environment(Environment({})).log_format == "text"
+    with pytest.raises(ConfigError, match="STILLPOINT_LOG_FORMAT"):
+        GatewayConfig.from_environment(Environment({"STILLPOINT_LOG_FORMAT": "xml"}))

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -244,3 +247,38 @@ async def test_conversation_text_in_sqlite_statements_stays_out_of_a_debug_log(
     written = redacted_log.getvalue()
     assert "stored a message" in written
     assert words not in written
+
+
+def test_json_logs_are_one_object_per_line_naming_the_service_and_meditation_and_never_a_secret() -> None:
+    """What a log collector gets with STILLPOINT_LOG_FORMAT=json, from a process set up as a service is."""
+    secret = "sk-proj-NeverLogged0123456789"
+    script = f"""
+import logging
+from services import serving
+from services.log_context import bound_meditation
+
+serving.configure_logging("info", secrets=[{secret!r}], log_format="json", service="media")
+log = logging.getLogger("services.media")
+log.info("outside a job")
+with bound_meditation("meditations/abc123"):
+    log.warning("key %s was refused", {secret!r})
+    try:
+        raise RuntimeError("boom with " + {secret!r})
+    except RuntimeError:
+        log.exception("the call failed")
+"""
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+
+    assert secret not in ran.stderr
+    records = [json.loads(line) for line in ran.stderr.splitlines()]
+    assert len(records) == 3, ran.stderr
+    outside, refused, failed = records
+    assert outside["message"] == "outside a job"
+    assert (outside["service"], outside["level"], outside["logger"]) == ("media", "INFO", "services.media")
+    assert outside["meditation"] == ""
+    assert re.match(r"\d{4}-\d\d-\d\d", outside["time"])
+    assert refused["message"] == "key *** was refused"
+    assert refused["meditation"] == failed["meditation"] == "meditations/abc123"
+    assert "RuntimeError: boom with ***" in failed["exc_info"]

@@ -198,7 +198,12 @@ def run() -> None:
     except ConfigError as error:
         sys.exit(f"content: configuration error: {error}")
     # Every registered secret, used here or not: see serving.SECRET_VARIABLES.
-    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
+    serving.configure_logging(
+        config.log_level,
+        secrets=serving.registered_secrets(os.environ),
+        log_format=config.log_format,
+        service="content",
+    )
     # Before any thread starts: every image decoded in this process is held to the pixel budget.
     enforce_decoding_limits()
     logger.info(

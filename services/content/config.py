@@ -14,6 +14,7 @@ from services.content.repository import MESSAGE_ENVELOPE_BYTES, ConversationLimi
 from services.content.spoken_safety import DEFAULT_CRISIS_RESOURCE_TEXT, validate_resource_text
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
+from services.log_context import LOG_FORMATS
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage.factory import StorageSettings, read_storage_settings
 from services.tls import InternalTls, read_internal_callers, read_internal_tls
@@ -54,6 +55,8 @@ class ContentConfig:
     grace_seconds: float
     max_concurrent_rpcs: int
     log_level: str
+    # STILLPOINT_LOG_FORMAT: text or json (services.serving.LOG_FORMATS).
+    log_format: str
     transcript_provider: str
     image_provider: str
     openai: OpenAISettings | None
@@ -98,6 +101,7 @@ class ContentConfig:
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            log_format=environment.choice("STILLPOINT_LOG_FORMAT", "text", LOG_FORMATS),
             transcript_provider=transcript_provider,
             image_provider=image_provider,
             openai=read_openai_settings(environment) if uses_openai else None,

@@ -100,7 +100,12 @@ def run() -> None:
         config = EdgeConfig.from_environment(environment)
     except ConfigError as error:
         sys.exit(f"edge: configuration error: {error}")
-    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
+    serving.configure_logging(
+        config.log_level,
+        secrets=serving.registered_secrets(os.environ),
+        log_format=config.log_format,
+        service="edge",
+    )
     sys.exit(asyncio.run(main(config, var_root)))
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.environment import ConfigError, Environment
+from services.log_context import LOG_FORMATS
 
 DEFAULT_PORT = 8080
 DEFAULT_GATEWAY_ADDRESS = "127.0.0.1:50051"
@@ -47,6 +48,8 @@ class EdgeConfig:
     # Envoy worker threads.
     workers: int
     log_level: str
+    # STILLPOINT_LOG_FORMAT: text or json (services.serving.LOG_FORMATS).
+    log_format: str
 
     @property
     def scheme(self) -> str:
@@ -91,6 +94,7 @@ class EdgeConfig:
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
             ),
+            log_format=environment.choice("STILLPOINT_LOG_FORMAT", "text", LOG_FORMATS),
         )
 
 

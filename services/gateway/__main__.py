@@ -184,7 +184,12 @@ def run() -> None:
     except ConfigError as error:
         sys.exit(f"gateway: configuration error: {error}")
     # Every registered secret, the legacy JWT secret (it signs every user's token) among them.
-    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
+    serving.configure_logging(
+        config.log_level,
+        secrets=serving.registered_secrets(os.environ),
+        log_format=config.log_format,
+        service="gateway",
+    )
     asyncio.run(main(config))
 
 

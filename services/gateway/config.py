@@ -14,6 +14,7 @@ from services.gateway.migrate import default_sqlite_file
 from services.gateway.open_streams import DEFAULT_MAX_STREAMS_PER_OWNER
 from services.gateway.pagination import MIN_SECRET_CHARS
 from services.gateway.pipeline import StageTimeouts
+from services.log_context import LOG_FORMATS
 from services.tls import InternalTls, PublicTls, read_internal_tls, read_public_tls
 
 
@@ -65,6 +66,8 @@ class GatewayConfig:
     grace_seconds: float
     max_concurrent_rpcs: int
     log_level: str
+    # STILLPOINT_LOG_FORMAT: text or json (services.serving.LOG_FORMATS).
+    log_format: str
     job_lease_seconds: float
     job_limits: JobLimits
     # With Redis, jobs are shared by every gateway replica through a Redis stream; without, in-process.
@@ -147,6 +150,7 @@ class GatewayConfig:
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            log_format=environment.choice("STILLPOINT_LOG_FORMAT", "text", LOG_FORMATS),
         )
 
 

@@ -195,7 +195,12 @@ def run() -> None:
     except ConfigError as error:
         sys.exit(f"media: configuration error: {error}")
     # Every registered secret, used here or not: see serving.SECRET_VARIABLES.
-    serving.configure_logging(config.log_level, secrets=serving.registered_secrets(os.environ))
+    serving.configure_logging(
+        config.log_level,
+        secrets=serving.registered_secrets(os.environ),
+        log_format=config.log_format,
+        service="media",
+    )
     asyncio.run(main(config))
 
 

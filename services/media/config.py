@@ -8,6 +8,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from services.environment import ConfigError, Environment
+from services.log_context import LOG_FORMATS
 from services.media.media_links import MIN_SECRET_BYTES
 from services.openai_api import (
     SPEECH_ENDPOINT_MODELS,
@@ -98,6 +99,8 @@ class MediaConfig:
     grace_seconds: float
     max_concurrent_rpcs: int
     log_level: str
+    # STILLPOINT_LOG_FORMAT: text or json (services.serving.LOG_FORMATS).
+    log_format: str
     speech_provider: str
     openai: OpenAISettings | None
     speech_model: ConfiguredModel
@@ -159,6 +162,7 @@ class MediaConfig:
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),
+            log_format=environment.choice("STILLPOINT_LOG_FORMAT", "text", LOG_FORMATS),
             speech_provider=speech_provider,
             openai=read_openai_settings(environment) if speech_provider == "openai" else None,
             speech_model=speech_model,

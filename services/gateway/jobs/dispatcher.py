@@ -25,6 +25,7 @@ from services.gateway.jobs.work_queue import (
 from services.gateway.models import JobChanges, Meditation, MeditationState
 from services.gateway.pipeline import MeditationPipeline
 from services.gateway.ports import MediaPort
+from services.log_context import bound_meditation
 
 logger = logging.getLogger(__name__)
 
@@ -296,7 +297,8 @@ class JobDispatcher:
                 # this one starts afresh. Its own failure path deletes them too, but storage may have been
                 # down then; if it still is, this attempt fails here, before making more.
                 await self._media.delete_meditation_assets(meditation.name)
-            await self._pipeline.run(recorder, meditation)
+            with bound_meditation(meditation.name):
+                await self._pipeline.run(recorder, meditation)
             if await recorder.finish(MeditationState.SUCCEEDED, None):
                 await self._queue.acknowledge(running.delivery)
         except asyncio.CancelledError:
