@@ -173,6 +173,11 @@ JOB_RETRIES = Counter(
 JOBS_DEAD_LETTERED = Counter(
     "stillpoint_jobs_dead_lettered", "Jobs dead-lettered after their last attempt failed."
 )
+QUEUE_WAIT_SECONDS = Histogram(
+    "stillpoint_queue_wait_seconds",
+    "From a job's creation to the start of its first attempt: how long it waited in the queue.",
+    buckets=DURATION_BUCKETS_SECONDS,
+)
 QUEUE_DEPTH = Gauge(
     "stillpoint_queue_depth", "Jobs waiting in the work queue, as this gateway last counted them."
 )

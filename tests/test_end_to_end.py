@@ -172,6 +172,8 @@ def test_the_gateway_measures_the_job_its_stages_and_its_first_playable_media(
     assert moved("gateway", "stillpoint_jobs_finished_total", state="succeeded") == 1
     assert moved("gateway", "stillpoint_jobs_finished_total", state="failed") == 0
     assert total(meditation.after["gateway"], "stillpoint_jobs_running") == 0
+    assert moved("gateway", "stillpoint_queue_wait_seconds_count") == 1
+    assert total(meditation.after["gateway"], "stillpoint_queue_depth") == 0
     for stage in ("source", "transcript", "image", "narration", "quick_video", "enhanced_video"):
         assert (
             moved("gateway", "stillpoint_stage_duration_seconds_count", stage=stage, outcome="succeeded") == 1

@@ -263,6 +263,10 @@ class JobDispatcher:
             logger.info(
                 "%s: attempt %d, after event %d", name, delivery.delivery_count, meditation.last_sequence
             )
+        else:
+            # Clocks of replicas differ a little: a wait can never be negative.
+            waited_seconds = (now() - meditation.create_time).total_seconds()
+            metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, waited_seconds))
         self._launch(meditation, delivery)
         return True
 
