@@ -190,8 +190,8 @@ CACHE_REQUESTS = Counter(
 )
 PROVIDER_CALLS = Counter(
     "stillpoint_provider_calls",
-    "Provider calls by provider, capability (transcript, image, speech) and outcome: ok, or the failure's "
-    "kind (credentials, model, unavailable, timeout, rejected).",
+    "Provider calls by provider, capability (transcript, image, speech) and outcome: ok, rate_limited, or "
+    "the failure's kind (credentials, model, unavailable, timeout, rejected).",
     ["provider", "capability", "outcome"],
 )
 PROVIDER_FALLBACKS = Counter(
@@ -244,12 +244,14 @@ def record_cache_lookup(cache: str, *, is_hit: bool) -> None:
 
 @contextlib.contextmanager
 def provider_call(provider: str, capability: str) -> Iterator[None]:
-    """Counts the provider call the block makes: ok, or its ProviderCallError's kind. Any other exception
+    """Counts the provider call the block makes: ok, rate_limited, or its ProviderCallError's kind (auth
+    failures are `credentials`, a missing model `model`). Any other exception
     (a cancellation, a bug) is not the provider's outcome and is not counted."""
     try:
         yield
     except ProviderCallError as error:
-        PROVIDER_CALLS.labels(provider=provider, capability=capability, outcome=error.kind.value).inc()
+        outcome = "rate_limited" if error.is_rate_limited else error.kind.value
+        PROVIDER_CALLS.labels(provider=provider, capability=capability, outcome=outcome).inc()
         raise
     PROVIDER_CALLS.labels(provider=provider, capability=capability, outcome="ok").inc()
 

@@ -16,7 +16,7 @@ from services.content.config import ContentConfig
 from services.environment import ConfigError, Environment
 from services.gateway.config import GatewayConfig
 from services.media.config import MediaConfig
-from services.openai_api import ProviderCallError, ProviderFailureKind
+from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify_status
 
 
 def _sample(name: str, **labels: str) -> float:
@@ -99,6 +99,17 @@ async def test_a_provider_call_counts_its_outcome_and_only_a_provider_failure() 
     assert _sample("stillpoint_provider_calls_total", **labels, outcome="ok") == 1
     assert _sample("stillpoint_provider_calls_total", **labels, outcome="timeout") == 1
     assert _sample("stillpoint_provider_calls_total", **labels, outcome="error") == 0
+
+
+def test_a_rate_limited_call_is_told_apart_from_other_unavailability() -> None:
+    labels = {"provider": "unit-test", "capability": "speech"}
+    model = ConfiguredModel("a-model", "STILLPOINT_SPEECH_MODEL")
+    for failure in (classify_status(429, model), classify_status(503, model), classify_status(404, model)):
+        with pytest.raises(ProviderCallError), metrics.provider_call("unit-test", "speech"):
+            raise failure
+    assert _sample("stillpoint_provider_calls_total", **labels, outcome="rate_limited") == 1
+    assert _sample("stillpoint_provider_calls_total", **labels, outcome="unavailable") == 1
+    assert _sample("stillpoint_provider_calls_total", **labels, outcome="model") == 1
 
 
 async def test_a_cache_counts_its_hits_and_misses_by_name() -> None:
