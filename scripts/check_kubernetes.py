@@ -41,9 +41,9 @@ OVERLAYS = REPOSITORY / "deploy" / "kubernetes" / "overlays"
 
 # Read by a library rather than by services/ itself.
 LIBRARY_VARIABLES = frozenset({"OPENAI_BASE_URL"})  # the OpenAI SDK (services/openai_api.py)
-# Set ahead of the code that reads it: the services' Prometheus endpoint, being built alongside. A warning
-# says when services/ reads one, so that it leaves this list.
-PENDING_VARIABLES = frozenset({"STILLPOINT_METRICS_PORT"})
+# Set ahead of the code that reads it (none now: STILLPOINT_METRICS_PORT is read by services/metrics.py). A
+# warning says when services/ reads one, so that it leaves this list.
+PENDING_VARIABLES: frozenset[str] = frozenset()
 METRICS_VARIABLE = "STILLPOINT_METRICS_PORT"
 # A quoted UPPER_CASE name in the services' source: the variables they read by name.
 QUOTED_NAME = re.compile(r"""["']([A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9])["']""")

@@ -3,12 +3,13 @@ conversation, and (on a terminal) keeps serving the page until Ctrl-C; then stop
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from scripts.stack import running_stack
+from scripts.stack import metrics_ports_from, running_stack
 from services import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,14 +21,20 @@ def main() -> int:
     var_root = ROOT / "var"
     conversation = ROOT / "examples" / "conversation.json"
     print("Starting content, media, gateway and the edge (logs in var/logs/) …", flush=True)
+    # With STILLPOINT_METRICS_PORT=P: gateway, content and media serve /metrics on P, P + 1 and P + 2.
+    metrics_ports = metrics_ports_from(os.environ)
     try:
-        with running_stack(var_root, ports=PORTS, edge=True) as stack:
+        with running_stack(
+            var_root, ports={**PORTS, **metrics_ports}, edge=True, metrics=bool(metrics_ports)
+        ) as stack:
             print(
                 f"Gateway serving on {stack.gateway_address}\n\n"
                 f"Open {stack.edge_url}/ in a browser and sign in with this run's API key:\n\n"
                 f"  {stack.api_key}\n",
                 flush=True,
             )
+            for key, url in stack.metrics_urls.items():
+                print(f"{key} metrics: curl {url}", flush=True)
             code = cli.main(
                 [
                     "--gateway",

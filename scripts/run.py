@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from scripts.stack import STACK_OWNER, running_stack
+from scripts.stack import STACK_OWNER, metrics_ports_from, running_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 PORTS = {"gateway": 50051, "content": 50052, "media": 50053, "media-http": 50054, "edge": 8080}
@@ -21,12 +22,17 @@ def main() -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
     print("Starting content, media, gateway and the edge (logs in var/logs/) …", flush=True)
+    metrics_ports = metrics_ports_from(os.environ)
     try:
-        with running_stack(ROOT / "var", ports=PORTS, edge=True) as stack:
+        with running_stack(
+            ROOT / "var", ports={**PORTS, **metrics_ports}, edge=True, metrics=bool(metrics_ports)
+        ) as stack:
             # Content and media answer only the gateway's certificate: operators' tools present it too.
             certificate = " ".join(
                 f"{name}={shlex.quote(value)}" for name, value in stack.operator_certificate().items()
             )
+            for key, url in stack.metrics_urls.items():
+                print(f"{key} metrics: curl {url}", flush=True)
             print(
                 f"\nThe gateway is serving on {stack.gateway_address}; the page on {stack.edge_url}/.\n"
                 f"An API key for the owner {STACK_OWNER!r}, made for this run:\n\n"

@@ -20,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.certificates import InternalCertificates, make_internal_certificates
 from services.cli import gateway_channel
+from services.environment import Environment
 from services.serving import internal_channel_credentials
 from services.tls import InternalTls
 
@@ -32,6 +33,25 @@ EDGE = "edge"
 # The key under which `ports` may fix media's HTTP endpoint (the one the edge routes /media/ to); a further
 # replica's is `media-http-2`, `media-http-3` ...
 MEDIA_HTTP = "media-http"
+
+
+def metrics_key(replica_key_: str) -> str:
+    """The `ports` key of a process's /metrics port: `gateway` -> `gateway-metrics`."""
+    return f"{replica_key_}-metrics"
+
+
+def metrics_ports_from(environment: Mapping[str, str]) -> dict[str, int]:
+    """For `make demo` and `make run`: with STILLPOINT_METRICS_PORT=P set, the gateway serves /metrics on P,
+    content on P + 1 and media on P + 2 (as `ports` keys); empty when it is unset or 0."""
+    base = Environment(environment).integer("STILLPOINT_METRICS_PORT", 0, minimum=0, maximum=65_533)
+    return (
+        {
+            metrics_key(service): base + offset
+            for offset, service in enumerate(("gateway", "content", "media"))
+        }
+        if base
+        else {}
+    )
 
 
 def media_http_key(replica_key_: str) -> str:
@@ -75,6 +95,8 @@ class Stack:
     # Per process key, what it is started with besides the stack's environment (a media replica's own HTTP
     # port when the edge runs).
     own_environment: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Per process key, the URL of its /metrics when the stack runs with metrics.
+    metrics_urls: dict[str, str] = field(default_factory=dict)
 
     def client_environment(self) -> dict[str, str]:
         """The environment the `stillpoint` command needs to reach this stack: its API key, and the
@@ -201,13 +223,16 @@ def running_stack(
     extra_environment: Mapping[str, str] | None = None,
     startup_timeout_seconds: float = 60.0,
     edge: bool = False,
+    metrics: bool = False,
 ) -> Iterator[Stack]:
     """Starts content, media and gateway (`replicas` of each, one by default), waits for health, yields their
     addresses, then SIGTERMs them. `ports` fixes a process's port by its key ("media", "media-2"); the others
     get free ones. Replicas share the environment (and so the database and storage) but not their port.
     With `edge`, the browser edge runs too (key "edge", its port fixable in `ports`, as is each media
     replica's HTTP port under "media-http", "media-http-2" ...): media mints its links under
-    `{stack.edge_url}/media`, and the edge spreads them over every media replica."""
+    `{stack.edge_url}/media`, and the edge spreads them over every media replica. With `metrics`, every
+    process serves /metrics on loopback on a port of its own (fixable in `ports` under "gateway-metrics",
+    "media-2-metrics" ...), listed in `stack.metrics_urls`."""
     counts = {service: (replicas or {}).get(service, 1) for service in SERVICES}
     unknown = set(replicas or {}) - set(SERVICES)
     if unknown or any(count < 1 for count in counts.values()):
@@ -217,7 +242,8 @@ def running_stack(
     chosen: dict[str, int] = {}
     media_keys = [key for key in keys if service_of(key) == "media"]
     edge_keys = [EDGE, *(media_http_key(key) for key in media_keys)] if edge else []
-    for key in [*keys, *edge_keys]:
+    metrics_keys = [metrics_key(key) for key in keys] if metrics else []
+    for key in [*keys, *edge_keys, *metrics_keys]:
         port = fixed.get(key) or free_port()
         # Two probes can land on the same free port, or on one fixed for another process.
         while key not in fixed and (port in chosen.values() or port in fixed.values()):
@@ -263,8 +289,26 @@ def running_stack(
         addresses=addresses,
         edge_url=f"http://127.0.0.1:{chosen[EDGE]}" if edge else "",
         own_environment={
-            key: {"STILLPOINT_MEDIA_HTTP_PORT": str(chosen[media_http_key(key)])}
-            for key in (media_keys if edge else [])
+            key: {
+                **(
+                    {"STILLPOINT_MEDIA_HTTP_PORT": str(chosen[media_http_key(key)])}
+                    if edge and key in media_keys
+                    else {}
+                ),
+                # The processes share one environment: each gets its own metrics port here.
+                **(
+                    {
+                        "STILLPOINT_METRICS_PORT": str(chosen[metrics_key(key)]),
+                        "STILLPOINT_METRICS_BIND_HOST": "127.0.0.1",
+                    }
+                    if metrics
+                    else {}
+                ),
+            }
+            for key in keys
+        },
+        metrics_urls={
+            key: f"http://127.0.0.1:{chosen[metrics_key(key)]}/metrics" for key in (keys if metrics else [])
         },
     )
     # The content service and the gateway refuse an unmigrated database, as in production: migrate first

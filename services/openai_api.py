@@ -47,10 +47,13 @@ class ProviderFailureKind(enum.StrEnum):
 class ProviderCallError(Exception):
     """A provider call failed; `message` is safe to show a client (it never holds the key)."""
 
-    def __init__(self, kind: ProviderFailureKind, message: str) -> None:
+    def __init__(self, kind: ProviderFailureKind, message: str, *, is_rate_limited: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        # An UNAVAILABLE failure because the provider refused our rate: told apart in the metrics, where
+        # it calls for a higher quota rather than patience.
+        self.is_rate_limited = is_rate_limited
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,9 @@ def _unknown_model(model: ConfiguredModel) -> ProviderCallError:
 
 def _rate_limited() -> ProviderCallError:
     return ProviderCallError(
-        ProviderFailureKind.UNAVAILABLE, "the OpenAI API is rate limiting us; try again shortly"
+        ProviderFailureKind.UNAVAILABLE,
+        "the OpenAI API is rate limiting us; try again shortly",
+        is_rate_limited=True,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -9,7 +10,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -29,19 +32,64 @@ from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.asset_fetch import fetch
+from tests.scrape import Samples, label_values, scrape, total
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "conversation.json"
+GENERATE = "stillpoint.gateway.v1.GatewayService/GenerateMeditation"
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """content, media and gateway as processes with their own var/ folder, speaking with the default
-    offline voice (Piper), as `make demo` does."""
+    offline voice (Piper), as `make demo` does; each serves /metrics on a port of its own."""
     environment = {"STILLPOINT_SPEECH_PROVIDER": "offline"}
-    with running_stack(tmp_path_factory.mktemp("var"), extra_environment=environment) as started:
+    with running_stack(
+        tmp_path_factory.mktemp("var"), extra_environment=environment, metrics=True
+    ) as started:
         yield started
+
+
+@dataclass(frozen=True)
+class OneMeditation:
+    """One meditation's stream, and every process's metrics just before and just after it."""
+
+    responses: list[gateway_pb.GenerateMeditationResponse]
+    before: dict[str, Samples]
+    after: dict[str, Samples]
+
+    def moved(self, service: str, name: str, **labels: str) -> float:
+        """How much the meditation added to `name`'s samples (with `labels`) in `service`'s process."""
+        return total(self.after[service], name, **labels) - total(self.before[service], name, **labels)
+
+
+@pytest.fixture(scope="module")
+def meditation(stack: Stack) -> OneMeditation:
+    """The sample conversation made into a meditation once, for the tests of its stream and its metrics."""
+    before = {key: scrape(url) for key, url in stack.metrics_urls.items()}
+
+    async def generate() -> list[gateway_pb.GenerateMeditationResponse]:
+        async with stack.gateway_channel() as channel:
+            stub = gateway_grpc.GatewayServiceStub(channel)
+            created = await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)
+            request = gateway_pb.GenerateMeditationRequest(conversation=created.conversation.name)
+            return [response async for response in stub.GenerateMeditation(request, timeout=300)]
+
+    responses = asyncio.run(generate())
+    # The server records a call once its status is sent, a moment after the client has read it.
+    deadline = time.monotonic() + 5
+    while True:
+        after = {key: scrape(url) for key, url in stack.metrics_urls.items()}
+        generated = total(after["gateway"], "grpc_server_call_duration_seconds_count", grpc_method=GENERATE)
+        if generated > total(
+            before["gateway"], "grpc_server_call_duration_seconds_count", grpc_method=GENERATE
+        ):
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return OneMeditation(responses, before, after)
 
 
 def _stream_durations(path: Path) -> dict[str, tuple[str, float]]:
@@ -55,14 +103,10 @@ def _stream_durations(path: Path) -> dict[str, tuple[str, float]]:
         return found
 
 
-async def test_one_meditation_streams_in_order_and_both_videos_match_the_narration(
-    stack: Stack, tmp_path: Path
+def test_one_meditation_streams_in_order_and_both_videos_match_the_narration(
+    meditation: OneMeditation, tmp_path: Path
 ) -> None:
-    async with stack.gateway_channel() as channel:
-        stub = gateway_grpc.GatewayServiceStub(channel)
-        conversation = (await stub.CreateConversation(load_conversation(EXAMPLE), timeout=30)).conversation
-        request = gateway_pb.GenerateMeditationRequest(conversation=conversation.name)
-        responses = [response async for response in stub.GenerateMeditation(request, timeout=300)]
+    responses = meditation.responses
     sequences = [r.sequence for r in responses]
     assert sequences == sorted(set(sequences)) and sequences[0] == 1
     kinds = [r.WhichOneof("event") for r in responses]
@@ -95,6 +139,80 @@ async def test_one_meditation_streams_in_order_and_both_videos_match_the_narrati
         gateway_pb.STAGE_TRANSCRIPT,
         gateway_pb.STAGE_NARRATION,
     }
+
+
+def test_the_gateway_measures_its_rpcs_and_its_calls_to_content_and_media(meditation: OneMeditation) -> None:
+    """Per-method gRPC metrics, server and client, from grpcio-observability; scraped from its /metrics."""
+    ok = {"grpc_method": GENERATE, "grpc_status": "OK"}
+    assert meditation.moved("gateway", "grpc_server_call_duration_seconds_count", **ok) == 1
+    assert meditation.moved("gateway", "grpc_server_call_started_total", grpc_method=GENERATE) == 1
+    # The buckets reach past prometheus-client's 10 s: a job's stream runs for minutes.
+    buckets = {
+        float(labels["le"])
+        for name, labels, _ in meditation.after["gateway"]
+        if name == "grpc_server_call_duration_seconds_bucket" and labels["le"] != "+Inf"
+    }
+    assert max(buckets) >= 600
+    called = label_values(
+        meditation.after["gateway"], "grpc_client_attempt_duration_seconds_count", "grpc_method"
+    )
+    for method in ("stillpoint.content.v2.ContentService/", "stillpoint.media.v2.MediaService/"):
+        assert any(name.startswith(method) for name in called), called
+    for service, method in (("content", "GenerateTranscript"), ("media", "RenderVideo")):
+        served = label_values(
+            meditation.after[service], "grpc_server_call_duration_seconds_count", "grpc_method"
+        )
+        assert any(name.endswith(f"/{method}") for name in served), (service, served)
+
+
+def test_the_gateway_measures_the_job_its_stages_and_its_first_playable_media(
+    meditation: OneMeditation,
+) -> None:
+    moved = meditation.moved
+    assert moved("gateway", "stillpoint_jobs_finished_total", state="succeeded") == 1
+    assert moved("gateway", "stillpoint_jobs_finished_total", state="failed") == 0
+    assert total(meditation.after["gateway"], "stillpoint_jobs_running") == 0
+    assert moved("gateway", "stillpoint_queue_wait_seconds_count") == 1
+    assert total(meditation.after["gateway"], "stillpoint_queue_depth") == 0
+    for stage in ("source", "transcript", "image", "narration", "quick_video", "enhanced_video"):
+        assert (
+            moved("gateway", "stillpoint_stage_duration_seconds_count", stage=stage, outcome="succeeded") == 1
+        )
+    # Each video is uploaded in a stage of its own.
+    assert moved("gateway", "stillpoint_stage_duration_seconds_count", stage="upload") == 2
+    assert (
+        moved("gateway", "stillpoint_stage_duration_seconds_count", stage="narration", provider="piper") == 1
+    )
+    assert moved("gateway", "stillpoint_time_to_first_playable_seconds_count") == 1
+    assert moved("gateway", "stillpoint_time_to_video_seconds_count", quality="quick") == 1
+    assert moved("gateway", "stillpoint_time_to_video_seconds_count", quality="enhanced") == 1
+    first_playable = moved("gateway", "stillpoint_time_to_first_playable_seconds_sum")
+    assert 0 < first_playable < moved("gateway", "stillpoint_time_to_video_seconds_sum", quality="enhanced")
+    # Read from the job database's pool at each scrape: nothing holds a connection between jobs.
+    in_use = [
+        value
+        for name, _, value in meditation.after["gateway"]
+        if name == "stillpoint_database_connections_in_use"
+    ]
+    assert in_use == [0]
+
+
+def test_content_and_media_measure_caches_providers_encodes_and_uploads(meditation: OneMeditation) -> None:
+    moved = meditation.moved
+    for cache in ("transcripts", "images"):
+        assert moved("content", "stillpoint_cache_requests_total", cache=cache, result="miss") == 1
+    for capability in ("transcript", "image"):
+        assert moved("content", "stillpoint_provider_calls_total", capability=capability, outcome="ok") == 1
+    assert moved("content", "stillpoint_uploaded_bytes_total", storage="local", asset="images") > 0
+    for profile in ("quick", "enhanced"):
+        assert moved("media", "stillpoint_video_encode_seconds_count", profile=profile) == 1
+        assert moved("media", "stillpoint_video_encode_seconds_per_media_second_count", profile=profile) == 1
+    spoken = moved(
+        "media", "stillpoint_provider_calls_total", provider="piper", capability="speech", outcome="ok"
+    )
+    assert spoken > 0
+    for asset in ("narrations", "live", "videos"):
+        assert moved("media", "stillpoint_uploaded_bytes_total", storage="local", asset=asset) > 0
 
 
 def _grpcurl(
@@ -268,13 +386,16 @@ def test_grpcurl_runs_a_meditation_to_completion(stack: Stack) -> None:
 
 
 def test_sigterm_stops_every_service_gracefully(tmp_path: Path) -> None:
-    with running_stack(tmp_path / "var") as started:
+    # With /metrics on: its HTTP server and gRPC's metrics plugin must not keep a process from exiting.
+    with running_stack(tmp_path / "var", metrics=True) as started:
         log_dir = started.log_dir
     # Leaving running_stack sent SIGTERM: each service went NOT_SERVING, drained, and released its resources.
     for name in ("content", "media", "gateway"):
         text = (log_dir / f"{name}.log").read_text()
         assert "stopping: NOT_SERVING" in text, text[-500:]
         assert text.rstrip().endswith("stopped"), text[-500:]
+        # Exited by itself, not killed at the end of running_stack's patience.
+        assert started.processes[name].returncode == 0, text[-500:]
 
 
 def test_stillpoint_cli_saves_both_videos_and_watch_resumes_after_a_sequence(

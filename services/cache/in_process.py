@@ -6,6 +6,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
+from services import metrics
 from services.cache.base import CacheResult, CacheStats
 from services.cache.single_flight import SingleFlight
 
@@ -66,8 +67,10 @@ class InProcessCache:
             cached = None if skip_cache else self.get(key)
             if cached is not None:
                 self.stats.hits += 1
+                metrics.record_cache_lookup(self.name, is_hit=True)
                 return CacheResult(cached, is_cached=True)
             self.stats.misses += 1
+            metrics.record_cache_lookup(self.name, is_hit=False)
             value = await compute()
             self.put(key, value)
             return CacheResult(value, is_cached=False)
@@ -75,6 +78,7 @@ class InProcessCache:
         result, is_shared = await self._flights.share(key, lead, may_join=not skip_cache)
         if is_shared:
             self.stats.hits += 1
+            metrics.record_cache_lookup(self.name, is_hit=True)
         return result
 
     async def forget(self, key: str) -> bool:

@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from services import metrics
 from services.cache.base import (
     STATS_KEY_PREFIX,
     VALUE_KEY_PREFIX,
@@ -178,6 +179,7 @@ class RedisCache:
         token = secrets.token_hex(16)
         if self._outage.is_backing_off:
             self._stats.misses += 1
+            metrics.record_cache_lookup(self._name, is_hit=False)
             return CacheResult(await compute(), is_cached=False)
         try:
             if not skip_cache:
@@ -198,6 +200,7 @@ class RedisCache:
         except RedisError as error:
             self._outage.failed(error)
             self._stats.misses += 1
+            metrics.record_cache_lookup(self._name, is_hit=False)
             return CacheResult(await compute(), is_cached=False)
         self._outage.succeeded()
         value = await self._compute_and_store(keys, compute, token if is_lock_holder else None)
@@ -315,6 +318,7 @@ class RedisCache:
             self._stats.hits += 1
         else:
             self._stats.misses += 1
+        metrics.record_cache_lookup(self._name, is_hit=is_hit)
         try:
             await self._client.incr(self._hits_key if is_hit else self._misses_key)
             self._outage.succeeded()  # every lookup, hit or miss, counts: an outage's end is seen here

@@ -11,7 +11,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services import serving
+from services import metrics, serving
 from services.cache.base import ResultCache
 from services.cache.factory import CacheFactory, open_result_caches
 from services.content.config import ContentConfig
@@ -101,6 +101,7 @@ def build_generators(
 async def main(config: ContentConfig) -> None:
     """Makes the process's engine, client, store, caches and worker pool once, serves, and releases them."""
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-content")
+    metrics.watch_database_pool(engine)
     try:
         await HISTORY.ensure_migrated(engine, config.database_url)
         caches = open_result_caches(
@@ -213,7 +214,12 @@ def run() -> None:
         config.storage.kind,
         "redis" if config.redis_url else "in-process",
     )
-    asyncio.run(main(config))
+    # Served before the server is made: gRPC measures only servers and channels made after.
+    try:
+        with metrics.serving_metrics(config.metrics):
+            asyncio.run(main(config))
+    except ConfigError as error:
+        sys.exit(f"content: configuration error: {error}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from services.content.spoken_safety import DEFAULT_CRISIS_RESOURCE_TEXT, validat
 from services.database import PoolSettings, read_database_url, read_pool_settings
 from services.environment import ConfigError, Environment
 from services.log_context import LOG_FORMATS
+from services.metrics import METRICS_OFF, MetricsSettings, read_metrics_settings
 from services.openai_api import ConfiguredModel, OpenAISettings, read_openai_settings
 from services.storage.factory import StorageSettings, read_storage_settings
 from services.tls import InternalTls, read_internal_callers, read_internal_tls
@@ -75,6 +76,8 @@ class ContentConfig:
     pregenerate_hour_utc: int | None
     crisis_resource_text: str = DEFAULT_CRISIS_RESOURCE_TEXT
     conversation_limits: ConversationLimits = field(default_factory=ConversationLimits)
+    # Where /metrics is served; off (port 0) unless STILLPOINT_METRICS_PORT is set.
+    metrics: MetricsSettings = METRICS_OFF
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> ContentConfig:
@@ -83,9 +86,11 @@ class ContentConfig:
         image_provider = environment.choice("STILLPOINT_IMAGE_PROVIDER", "offline", PROVIDERS)
         uses_openai = "openai" in (transcript_provider, image_provider)
         internal_tls = read_internal_tls(environment)
+        bind_host = environment.bind_host("STILLPOINT_CONTENT_BIND_HOST", "127.0.0.1")
         return cls(
             port=environment.port("STILLPOINT_CONTENT_PORT", 50052),
-            bind_host=environment.bind_host("STILLPOINT_CONTENT_BIND_HOST", "127.0.0.1"),
+            bind_host=bind_host,
+            metrics=read_metrics_settings(environment, default_bind_host=bind_host),
             internal_tls=internal_tls,
             internal_callers=read_internal_callers(environment, internal_tls),
             database_url=read_database_url(environment, default_sqlite_file(var_root)),

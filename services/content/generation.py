@@ -16,6 +16,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from services import metrics
 from services.cache.base import CacheResult, ResultCache
 from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
@@ -224,6 +225,7 @@ class TranscriptGenerator:
         if failure is None or self._fallback is None:
             return
         logger.warning("transcript provider %s failed, using the fallback: %s", self._provider.name, failure)
+        metrics.record_fallback(self._provider.name, "transcript")
         yield TranscriptRestart(reason=failure.message)
         async for event in self._fallback.generate(source_text, skip_cache=skip_cache):
             if isinstance(event, TranscriptResult):
@@ -294,18 +296,20 @@ class TranscriptGenerator:
             # Written but not yet released: only whole sentences that pass the check reach the narrator,
             # as the very text written (paragraph breaks included), so the deltas add up to the script.
             held = ""
-            async for piece in self._provider.stream(source_text):
-                pieces.append(piece)
-                held += piece
-                for sentence in splitter.feed(piece):
+            # A refused script counts as the call's failure (rejected): the provider wrote it.
+            with metrics.provider_call(provider_name, "transcript"):
+                async for piece in self._provider.stream(source_text):
+                    pieces.append(piece)
+                    held += piece
+                    for sentence in splitter.feed(piece):
+                        _check_sentence(sentence, provider_name)
+                        end = held.index(sentence) + len(sentence)
+                        deltas.put_nowait(held[:end])
+                        held = held[end:]
+                    if not is_within_length("".join(pieces)):
+                        raise _refused(ScriptRefusal.TOO_LONG, provider_name)
+                for sentence in splitter.finish():
                     _check_sentence(sentence, provider_name)
-                    end = held.index(sentence) + len(sentence)
-                    deltas.put_nowait(held[:end])
-                    held = held[end:]
-                if not is_within_length("".join(pieces)):
-                    raise _refused(ScriptRefusal.TOO_LONG, provider_name)
-            for sentence in splitter.finish():
-                _check_sentence(sentence, provider_name)
             if held.strip():
                 deltas.put_nowait(held)
             return "".join(pieces).strip().encode()
@@ -403,6 +407,7 @@ class ImageGenerator:
             if self._fallback is None:
                 raise
             logger.warning("image provider %s failed, using the fallback: %s", self._provider.name, error)
+            metrics.record_fallback(self._provider.name, "image")
             image = await self._fallback.generate(prompt, width_pixels, height_pixels, skip_cache=skip_cache)
             return dataclasses.replace(image, fallback_reason=error.message)
 
@@ -414,7 +419,8 @@ class ImageGenerator:
         cache_key = f"image:{identity}:{width_pixels}x{height_pixels}:{digest}"
 
         async def make() -> bytes:
-            png = await self._provider.generate(prompt, width_pixels, height_pixels)
+            with metrics.provider_call(self._provider.name, "image"):
+                png = await self._provider.generate(prompt, width_pixels, height_pixels)
             # A provider may answer in its own size for the shape asked: record what really came back.
             width, height = await asyncio.to_thread(_png_size, png)
             stored = await self._storage.put_bytes(new_key("images", "png"), png, "image/png")

@@ -10,7 +10,7 @@ import sys
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services import serving
+from services import metrics, serving
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.gateway.api_keys import ApiKeyStore
@@ -42,6 +42,7 @@ SERVICE_NAME = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_nam
 async def main(config: GatewayConfig) -> None:
     """Opens the job database, serves, and closes it on the way out."""
     engine = create_engine(config.database_url, config.database_pool, application_name="stillpoint-gateway")
+    metrics.watch_database_pool(engine)
     try:
         await HISTORY.ensure_migrated(engine, config.database_url)
         await serve(config, engine)
@@ -190,7 +191,12 @@ def run() -> None:
         log_format=config.log_format,
         service="gateway",
     )
-    asyncio.run(main(config))
+    # Served before the first channel and server are made: gRPC measures only those made after.
+    try:
+        with metrics.serving_metrics(config.metrics):
+            asyncio.run(main(config))
+    except ConfigError as error:
+        sys.exit(f"gateway: configuration error: {error}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from services.gateway.open_streams import DEFAULT_MAX_STREAMS_PER_OWNER
 from services.gateway.pagination import MIN_SECRET_CHARS
 from services.gateway.pipeline import StageTimeouts
 from services.log_context import LOG_FORMATS
+from services.metrics import METRICS_OFF, MetricsSettings, read_metrics_settings
 from services.tls import InternalTls, PublicTls, read_internal_tls, read_public_tls
 
 
@@ -85,6 +86,8 @@ class GatewayConfig:
     # How long a finished meditation is kept before retention erases it (its files, record and log); None:
     # kept until its owner deletes its conversation.
     meditation_retention: timedelta | None = None
+    # Where /metrics is served; off (port 0) unless STILLPOINT_METRICS_PORT is set.
+    metrics: MetricsSettings = METRICS_OFF
 
     @classmethod
     def from_environment(cls, environment: Environment) -> GatewayConfig:
@@ -147,6 +150,9 @@ class GatewayConfig:
             public_tls=read_public_tls(environment),
             page_token_secret=_page_token_secret(environment),
             meditation_retention=_meditation_retention(environment),
+            # By default on every interface, as the gateway's own port: where it can be called, it can be
+            # scraped.
+            metrics=read_metrics_settings(environment, default_bind_host="0.0.0.0"),
             log_level=environment.choice(
                 "STILLPOINT_LOG_LEVEL", "info", ("debug", "info", "warning", "error")
             ),

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+from services import metrics
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import (
     Event,
@@ -74,11 +75,19 @@ class StageTimeouts:
 
 
 class _StageRun:
-    """A stage in progress; `detail` is reported when it succeeds."""
+    """A stage in progress; `detail` is reported when it succeeds, and `provider` (what did the work: a
+    provider's name, an encoder) labels its duration in the metrics."""
 
     def __init__(self) -> None:
         self.detail = ""
+        self.provider = ""
         self.started_at = time.monotonic()
+
+    def measure(self, stage: Stage, outcome: StageState) -> None:
+        """Records the stage's duration in stillpoint_stage_duration_seconds."""
+        metrics.STAGE_DURATION_SECONDS.labels(
+            stage=stage.value, provider=self.provider or "none", outcome=outcome.value
+        ).observe(self.elapsed_seconds)
 
     @property
     def elapsed_seconds(self) -> float:
@@ -179,6 +188,7 @@ class MeditationPipeline:
             stage.detail = _provider_detail(
                 f"{written.word_count} words", written.provider, written.is_cached, written.fallback_reason
             )
+            stage.provider = written.provider
         job.transcript_cache_hit = written.is_cached
         # A crisis grounding script is flagged in the stream, so the calling app can act on it.
         job.spoken_outcome, job.outcome_reason = written.spoken_outcome, written.outcome_reason
@@ -210,6 +220,7 @@ class MeditationPipeline:
                 image.is_cached,
                 image.fallback_reason,
             )
+            stage.provider = image.provider
         job.image_cache_hit = image.is_cached
         await job.emit(
             ImageReady(
@@ -237,6 +248,7 @@ class MeditationPipeline:
                 False,
                 narration.fallback_reason,
             )
+            stage.provider = narration.provider
         job.misread_sentence_count = narration.misread_sentence_count
         await job.emit(
             NarrationReady(
@@ -280,6 +292,7 @@ class MeditationPipeline:
                     raise GatewayError(FailureKind.INTERNAL, "the media service skipped the encode report")
                 source = "the generated image" if image else "a placeholder (the image was not ready)"
                 stage.detail = f"from {source}; encoder {encoded.encoder}"
+                stage.provider = encoded.encoder
             async with self._stage(job, Stage.UPLOAD, self._timeouts.video_seconds) as upload:
                 stored = await anext(renders)
                 if isinstance(stored, EncodedVideo):
@@ -334,6 +347,7 @@ class MeditationPipeline:
             await self._stage_failed(job, stage, run, error)
             raise
         except asyncio.CancelledError:
+            run.measure(stage, StageState.STOPPED)
             # Stopped from outside: a cancel, a shutdown, or a transcript that fell back and is spoken
             # afresh. Close the stage in the log, so no client sees it open for ever; a replica that lost the
             # job cannot write any more, and that is fine.
@@ -348,6 +362,7 @@ class MeditationPipeline:
                 )
             raise
         job.add_stage_time(stage, run.elapsed_seconds)
+        run.measure(stage, StageState.SUCCEEDED)
         await job.emit(
             StageChanged(
                 stage=stage,
@@ -359,6 +374,7 @@ class MeditationPipeline:
 
     async def _stage_failed(self, job: JobEvents, stage: Stage, run: _StageRun, error: GatewayError) -> None:
         job.add_stage_time(stage, run.elapsed_seconds)
+        run.measure(stage, StageState.FAILED)
         await job.emit(
             StageChanged(
                 stage=stage,

@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 from grpc_health.v1 import health_pb2
 
-from services import serving
+from services import metrics, serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
@@ -201,7 +201,12 @@ def run() -> None:
         log_format=config.log_format,
         service="media",
     )
-    asyncio.run(main(config))
+    # Served before the server is made: gRPC measures only servers and channels made after.
+    try:
+        with metrics.serving_metrics(config.metrics):
+            asyncio.run(main(config))
+    except ConfigError as error:
+        sys.exit(f"media: configuration error: {error}")
 
 
 if __name__ == "__main__":

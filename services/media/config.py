@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from services.environment import ConfigError, Environment
 from services.log_context import LOG_FORMATS
 from services.media.media_links import MIN_SECRET_BYTES
+from services.metrics import METRICS_OFF, MetricsSettings, read_metrics_settings
 from services.openai_api import (
     SPEECH_ENDPOINT_MODELS,
     ConfiguredModel,
@@ -112,6 +113,8 @@ class MediaConfig:
     fallback_to_offline: bool
     sentences_in_flight_per_job: int
     speech_requests_in_flight: int
+    # Where /metrics is served; off (port 0) unless STILLPOINT_METRICS_PORT is set.
+    metrics: MetricsSettings = METRICS_OFF
 
     @classmethod
     def from_environment(cls, environment: Environment, *, var_root: Path) -> MediaConfig:
@@ -124,9 +127,11 @@ class MediaConfig:
         speech_model = ConfiguredModel(
             environment.text("STILLPOINT_SPEECH_MODEL", DEFAULT_SPEECH_MODEL), "STILLPOINT_SPEECH_MODEL"
         )
+        bind_host = environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1")
         return cls(
             port=environment.port("STILLPOINT_MEDIA_PORT", 50053),
-            bind_host=environment.bind_host("STILLPOINT_MEDIA_BIND_HOST", "127.0.0.1"),
+            bind_host=bind_host,
+            metrics=read_metrics_settings(environment, default_bind_host=bind_host),
             internal_tls=internal_tls,
             internal_callers=read_internal_callers(environment, internal_tls),
             storage=(storage := read_storage_settings(environment, var_root)),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services import metrics
 from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError
@@ -105,10 +106,12 @@ class MediaStudio:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
         (Piper, or espeak-ng) when a remote provider fails."""
         try:
-            narration = await self._narrator.narrate(script)
+            with metrics.provider_call(self._narrator_name, "speech"):
+                narration = await self._narrator.narrate(script)
         except ProviderCallError as error:
             if self._fallback_narrator is None:
                 raise
+            metrics.record_fallback(self._narrator_name, "speech")
             logger.warning(
                 "speech provider %s failed, using %s: %s",
                 self._narrator_name,
@@ -192,7 +195,9 @@ class MediaStudio:
                     is_audio_copied=is_audio_copied,
                     subtitles_path=subtitles_path,
                 )
-            yield VideoEncoded(encode_seconds=time.perf_counter() - started, encoder=video.encoder)
+            encode_seconds = time.perf_counter() - started
+            metrics.record_encode(video.encoder, profile.name, encode_seconds, video.duration_seconds)
+            yield VideoEncoded(encode_seconds=encode_seconds, encoder=video.encoder)
             started = time.perf_counter()
             stored = await self._storage.put_file(
                 new_key(f"videos/{meditation_id}", f"{profile.name}.mp4"), video.path, "video/mp4"

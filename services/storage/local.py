@@ -9,6 +9,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from services import metrics
 from services.storage.base import AssetMissingError, StoredAsset, validate_key
 
 
@@ -31,12 +32,14 @@ class LocalAssetStorage:
         """Copies (or, on the same filesystem, moves) a file into storage atomically."""
         target = self._path(key)
         size_bytes = await asyncio.to_thread(_install_file, source_path, target)
+        metrics.record_upload("local", key, size_bytes)
         return StoredAsset(key=key, uri=self.uri(key), size_bytes=size_bytes, content_type=content_type)
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
         """Writes bytes into storage atomically."""
         target = self._path(key)
         await asyncio.to_thread(_write_atomically, target, data)
+        metrics.record_upload("local", key, len(data))
         return StoredAsset(key=key, uri=self.uri(key), size_bytes=len(data), content_type=content_type)
 
     async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:

@@ -23,6 +23,7 @@ from storage3 import AsyncStorageClient
 from storage3.exceptions import StorageApiError
 from storage3.types import FileOptions
 
+from services import metrics
 from services.storage.base import AssetMissingError, StorageUnavailableError, StoredAsset, validate_key
 
 _LOG = logging.getLogger(__name__)
@@ -475,6 +476,8 @@ class SupabaseAssetStorage:
         return _upload_offset(await self._retried("resume an upload", ask), minimum=0)
 
     async def _stored(self, key: str, size_bytes: int, content_type: str) -> StoredAsset:
+        """What every upload returns, once the object is stored (and counted in the metrics)."""
+        metrics.record_upload("supabase", key, size_bytes)
         uri = await self.signed_uri(key)
         return StoredAsset(key=key, uri=uri, size_bytes=size_bytes, content_type=content_type)
 

@@ -17,6 +17,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from services import metrics
 from services.gateway.asset_links import AssetLinks
 from services.gateway.errors import FailureKind, FellBehindError, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, decode_event, encode_event
@@ -184,11 +185,13 @@ class MeditationJobs:
 
     async def _backlog(self) -> int:
         try:
-            return await self._queue.backlog()
+            waiting = await self._queue.backlog()
         except WorkQueueUnavailableError as error:
             raise GatewayError(
                 FailureKind.UNAVAILABLE, "the job queue is unavailable; try again shortly"
             ) from (error)
+        metrics.QUEUE_DEPTH.set(waiting)
+        return waiting
 
     async def watch(self, owner: str, name: str, after_sequence: int) -> AsyncIterator[SequencedEvent]:
         """Replays `owner`'s job's log after `after_sequence`, then follows live events until the job's last

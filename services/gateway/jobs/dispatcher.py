@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from services import metrics
 from services.database import now
 from services.gateway.deadlines import detached
 from services.gateway.errors import FailureKind, GatewayError
@@ -263,6 +264,10 @@ class JobDispatcher:
             logger.info(
                 "%s: attempt %d, after event %d", name, delivery.delivery_count, meditation.last_sequence
             )
+        else:
+            # Clocks of replicas differ a little: a wait can never be negative.
+            waited_seconds = (now() - meditation.create_time).total_seconds()
+            metrics.QUEUE_WAIT_SECONDS.observe(max(0.0, waited_seconds))
         self._launch(meditation, delivery)
         return True
 
@@ -274,12 +279,14 @@ class JobDispatcher:
         task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name, context=detached())
         running = _Running(recorder, task, delivery)
         self._running[meditation.name] = running
+        metrics.JOBS_RUNNING.inc()
         # A done callback, not a `finally`: a task cancelled before its first step never runs its body.
         task.add_done_callback(lambda _: self._forget(running))
 
     def _forget(self, running: _Running) -> None:
         self._retire(running)
         self._slots.release()
+        metrics.JOBS_RUNNING.dec()
 
     def _retire(self, running: _Running) -> None:
         """The attempt is over: the job is no longer running here, and its watchers read on elsewhere."""
@@ -355,6 +362,7 @@ class JobDispatcher:
             logger.warning("%s: %s; the queue hands it on anyway", name, bookkeeping.message)
         # Retired before it is handed back, so the next attempt (here, too) finds no attempt in the way.
         self._retire(running)
+        metrics.JOB_RETRIES.inc()
         await self._hand_back(running.delivery, counts_as_attempt=True, delay_seconds=decision.delay_seconds)
 
     async def _give_up(self, delivery: Delivery, meditation: Meditation, why: str) -> None:
@@ -386,6 +394,7 @@ class JobDispatcher:
             # The job has ended FAILED either way; only the operator's listing misses it.
             logger.warning("%s: could not mark it dead-lettered (%s)", delivery.job, error.message)
         await self._queue.dead_letter(delivery, reason)
+        metrics.JOBS_DEAD_LETTERED.inc()
 
     async def _hand_back(
         self, delivery: Delivery, *, counts_as_attempt: bool, delay_seconds: float = 0.0
@@ -408,6 +417,14 @@ class JobDispatcher:
                 await self.renew_leases()
             except GatewayError as error:
                 logger.warning("job heartbeat: %s", error.message)
+            await self._count_waiting()
+
+    async def _count_waiting(self) -> None:
+        """Samples the queue's depth for stillpoint_queue_depth; an unanswered count leaves the last one."""
+        try:
+            metrics.QUEUE_DEPTH.set(await self._queue.backlog())
+        except WorkQueueUnavailableError as error:
+            logger.debug("job queue depth: %s", error)
 
     async def renew_leases(self) -> None:
         """Renews every running job's lease and queue entry; a job whose lease was lost is stopped here, and

@@ -8,8 +8,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from services import metrics
 from services.gateway.errors import FailureKind, GatewayError
-from services.gateway.events import Completed, Event, SequencedEvent, SpokenOutcome, Stage, encode_event
+from services.gateway.events import (
+    Completed,
+    Event,
+    PlaylistReady,
+    SequencedEvent,
+    SpokenOutcome,
+    Stage,
+    VideoReady,
+    encode_event,
+)
 from services.gateway.jobs.retry_policy import EventWritePolicy
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import JobChanges, MeditationState
@@ -66,6 +76,8 @@ class JobRecorder:
     outcome_reason: str = ""
     is_cancel_requested: bool = False
     is_finished: bool = False
+    # Whether this attempt has made its first playable media (the live preview) yet: measured once.
+    is_playable: bool = False
     # Set when another replica took the job over: this one must not write to its log any more.
     is_fenced: bool = False
     # How long an event's write waits out an unreachable database before the attempt fails.
@@ -113,6 +125,15 @@ class JobRecorder:
             )
             self.last_sequence = sequence
             self._publish(SequencedEvent(sequence, event_time, elapsed_seconds, event))
+            self._measure(event, elapsed_seconds)
+
+    def _measure(self, event: Event, elapsed_seconds: float) -> None:
+        """Records the moments a listener waits for: the first playable media, each video."""
+        if isinstance(event, PlaylistReady) and not self.is_playable:
+            self.is_playable = True
+            metrics.TIME_TO_FIRST_PLAYABLE_SECONDS.observe(elapsed_seconds)
+        elif isinstance(event, VideoReady):
+            metrics.TIME_TO_VIDEO_SECONDS.labels(quality=event.quality.value).observe(elapsed_seconds)
 
     async def _write(
         self, sequence: int, payload: bytes, changes: JobChanges | None, is_abandoned: asyncio.Event
@@ -204,4 +225,5 @@ class JobRecorder:
             logger.error("%s: could not record its end: %s", self.meditation, error.message)
             return False
         self.is_finished = True
+        metrics.JOBS_FINISHED.labels(state=state.value).inc()
         return True
