@@ -75,6 +75,7 @@ lint: protos
 	$(BIN)/buf lint
 	scripts/buf-breaking.sh
 	scripts/check-compose.sh
+	scripts/check-observability.sh
 	scripts/check-kubernetes.sh
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .

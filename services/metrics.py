@@ -221,6 +221,14 @@ UPLOADED_BYTES = Counter(
 )
 
 # Every service with a database.
+# The day each configured model retires (where OpenAI announced it, or the provider's listing says), so an
+# alert can fire before a model that narrates or writes disappears: model and variable come from this
+# process's configuration, a handful of values.
+MODEL_SHUTDOWN_TIMESTAMP_SECONDS = Gauge(
+    "stillpoint_model_shutdown_timestamp_seconds",
+    "When a configured model retires (Unix time, midnight UTC), where the provider or OpenAI said.",
+    ["model", "variable"],
+)
 DATABASE_CONNECTIONS_IN_USE = Gauge(
     "stillpoint_database_connections_in_use",
     "Connections of this process's database pool checked out now.",

@@ -6,7 +6,7 @@ import enum
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING
 
 from services.environment import ConfigError, Environment
@@ -188,6 +188,9 @@ async def check_models(
     """Lists the provider's models and returns a warning for each configured one missing or retiring soon."""
     import openai
 
+    # Here, not at the top: services.metrics reads this module's failure kinds.
+    from services.metrics import MODEL_SHUTDOWN_TIMESTAMP_SECONDS
+
     today = today or datetime.now(UTC).date()
     try:
         served = {model.id: model async for model in client.models.list()}
@@ -202,6 +205,10 @@ async def check_models(
         shutdown = _shutdown_date(
             getattr(found, "shutdown_date", None) or (found.model_extra or {}).get("shutdown_date")
         ) or announced_shutdown_date(model.name)
+        if shutdown is not None:
+            MODEL_SHUTDOWN_TIMESTAMP_SECONDS.labels(model=model.name, variable=model.variable).set(
+                datetime.combine(shutdown, time(), UTC).timestamp()
+            )
         if shutdown is not None and shutdown <= today + timedelta(days=SHUTDOWN_WARNING_DAYS):
             verb = "was retired" if shutdown <= today else "retires"
             warnings.append(

@@ -4,11 +4,12 @@ endpoint's models, which shut down on 2027-01-06."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import openai
 import pytest
+from prometheus_client import REGISTRY
 
 from services.environment import ConfigError, Environment
 from services.media.config import DEFAULT_SPEECH_MODEL, MediaConfig, SpeechApi, speech_api_for
@@ -78,6 +79,11 @@ async def test_speech_endpoint_models_are_warned_about_with_their_announced_shut
     speech = ConfiguredModel(model, VARIABLE)
     warnings = await check_models(client, [speech], today=date(2026, 12, 20))
     assert warnings == [f"{VARIABLE}={model} retires on 2027-01-06: choose a replacement"]
+    # And the day is exported for the alert that fires before it (deploy/observability/alerts.yaml).
+    shutdown = REGISTRY.get_sample_value(
+        "stillpoint_model_shutdown_timestamp_seconds", {"model": model, "variable": VARIABLE}
+    )
+    assert shutdown == datetime(2027, 1, 6, tzinfo=UTC).timestamp()
     # Not yet within the window a month and more before.
     assert await check_models(client, [speech], today=date(2026, 11, 21)) == []
     assert await check_models(client, [speech], today=date(2027, 1, 7)) == [
