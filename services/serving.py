@@ -34,6 +34,12 @@ KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.http2.max_pings_without_data", 0),
 )
 
+# After this long a server asks each client to open a new connection (an HTTP/2 GOAWAY; calls in flight
+# finish on the old one, with no limit: no grace period is set). gRPC's DNS resolver looks a name up again
+# only when a connection ends, so this is what lets a gateway's `dns:///media-headless` channel take a media
+# replica that an autoscaler added, within minutes rather than at the gateway's next restart.
+MAX_CONNECTION_AGE_SECONDS = 300.0
+
 # How long the RPCs that the end of a grace period cut get to run their cleanup (`finally`: kill FFmpeg,
 # remove scratch files, release a cache lock) before the process releases what they use and exits.
 CLEANUP_SECONDS = 5.0
@@ -162,6 +168,7 @@ async def start_server(
     maximum_concurrent_rpcs: int | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    max_connection_age_seconds: float = MAX_CONNECTION_AGE_SECONDS,
 ) -> RunningServer:
     """Builds, registers and starts a server on `address` (port 0 picks a free one) and marks it SERVING.
     `interceptors` run after the one that tracks RPCs in flight (the gateway's authentication); with
@@ -169,7 +176,10 @@ async def start_server(
     in_flight = InFlightRpcs()
     server = grpc.aio.server(
         interceptors=[in_flight, *interceptors],
-        options=channel_options(),
+        options=[
+            *channel_options(),
+            ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),
+        ],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)

@@ -282,3 +282,60 @@ with bound_meditation("meditations/abc123"):
     assert refused["message"] == "key *** was refused"
     assert refused["meditation"] == failed["meditation"] == "meditations/abc123"
     assert "RuntimeError: boom with ***" in failed["exc_info"]
+
+
+async def test_a_server_ends_old_connections_so_clients_reconnect_and_resolve_again_but_streams_go_on() -> (
+    None
+):
+    """Property: past its maximum age a connection is replaced for new calls (so a client's DNS resolver looks
+    again, finding new replicas), while a stream open on it runs to its end."""
+    stream_ends = asyncio.Event()
+
+    async def peer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return context.peer().encode()
+
+    async def slow(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        for _ in range(12):
+            yield context.peer().encode()
+            await asyncio.sleep(0.1)
+        stream_ends.set()
+
+    def register(server: grpc.aio.Server) -> None:
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "example.v1.ExampleService",
+                    {
+                        "Peer": grpc.unary_unary_rpc_method_handler(peer),
+                        "Slow": grpc.unary_stream_rpc_method_handler(slow),
+                    },
+                ),
+            )
+        )
+
+    running = await serving.start_server(
+        service_names=["example.v1.ExampleService"],
+        register=register,
+        address="127.0.0.1:0",
+        max_connection_age_seconds=0.3,
+    )
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            ask: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
+                "/example.v1.ExampleService/Peer"
+            )
+            first = await ask(b"")
+            # A stream that outlives the connection's age by far: it must not be cut.
+            slow_call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+                "/example.v1.ExampleService/Slow"
+            )
+            stream = slow_call(b"")
+            peers_of_stream = {message async for message in stream}
+            assert stream_ends.is_set()
+            assert peers_of_stream == {first}
+            later = await ask(b"")
+    finally:
+        await running.stop(grace_seconds=1)
+
+    # The same client, a new connection (another local port).
+    assert later != first
