@@ -93,5 +93,11 @@ async def test_run_prints_a_working_key_and_ctrl_c_stops_everything(tmp_path: Pa
         assert all(_free(port) for port in run.PORTS.values())
     finally:
         if process.returncode is None:
-            process.kill()
-            await process.wait()
+            # Ctrl-C first, as a person would: a SIGKILL would leave its three services running on the
+            # fixed ports, to fail whatever uses them next.
+            process.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(process.wait(), 30)
+            except TimeoutError:
+                process.kill()
+                await process.wait()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,8 +42,10 @@ def openai_environment(base_url: str, key: str, *, fallback: bool) -> dict[str, 
         "OPENAI_BASE_URL": base_url,
         "STILLPOINT_FALLBACK_TO_OFFLINE": "true" if fallback else "false",
         "STILLPOINT_OPENAI_MAX_RETRIES": "1",
-        # Everything the processes and the SDK log, so the key search below sees it all.
+        # Everything the processes and the SDK log, so the key search below sees it all, as a log collector
+        # would get it.
         "STILLPOINT_LOG_LEVEL": "debug",
+        "STILLPOINT_LOG_FORMAT": "json",
     }
 
 
@@ -76,6 +80,10 @@ def first(
     responses: list[gateway_pb.GenerateMeditationResponse], kind: str
 ) -> gateway_pb.GenerateMeditationResponse:
     return next(response for response in responses if response.WhichOneof("event") == kind)
+
+
+# A line in the text format (`2026-12-04 10:00:00,000 INFO services.gateway: ...`), which json replaces.
+_TEXT_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ ")
 
 
 def logs_of(stack: Stack) -> str:
@@ -127,6 +135,11 @@ async def test_all_three_providers_on_openai_produce_both_videos_and_never_log_t
     for message in load_conversation(EXAMPLE).messages:
         assert message.text not in logs
     assert "haven't told anyone at work how scared I am" not in logs
+    # Every record the services' Python wrote is one JSON object naming its service (other lines are the
+    # gRPC core's own, which writes outside Python's logging).
+    records = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+    assert {record["service"] for record in records} == {"content", "media", "gateway"}
+    assert not [line for line in logs.splitlines() if _TEXT_LOG_LINE.match(line)]
 
 
 async def test_a_rejected_key_falls_back_to_offline_and_says_so_in_the_stream(
