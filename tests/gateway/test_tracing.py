@@ -1,0 +1,61 @@
+"""One full job through real in-process gateway, content and media servers, traced into memory: one trace,
+the job's span over one span per stage."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import StatusCode
+
+from services import tracing
+from services.gateway.events import Stage
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
+from tests.gateway.test_servicer import collect, create_conversation
+from tests.recorded_spans import recorded_spans
+from tests.waiting import wait_until
+
+
+def _finished_job_spans(spans: Sequence[ReadableSpan], meditation: str) -> list[ReadableSpan]:
+    return [
+        span
+        for span in spans
+        if span.name == "meditation.job"
+        and (span.attributes or {}).get(tracing.MEDITATION_ATTRIBUTE) == meditation
+    ]
+
+
+async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
+    gateway_stub: gateway_grpc.GatewayServiceStub,
+) -> None:
+    spans = recorded_spans()
+    name = await create_conversation(gateway_stub)
+    responses = await collect(
+        gateway_stub.GenerateMeditation(gateway_pb.GenerateMeditationRequest(conversation=name))
+    )
+    assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
+    meditation = responses[0].accepted.meditation
+    # The job's span ends before its last event is recorded; the wait only guards a slow exporter.
+    await wait_until(
+        lambda: bool(_finished_job_spans(spans.get_finished_spans(), meditation)), what="the job's span"
+    )
+    [job] = _finished_job_spans(spans.get_finished_spans(), meditation)
+    assert job.context is not None
+    trace_id = job.context.trace_id
+    in_trace = [
+        span for span in spans.get_finished_spans() if span.context and span.context.trace_id == trace_id
+    ]
+    assert job.status.status_code is not StatusCode.ERROR
+    assert job.attributes is not None
+    assert job.attributes[tracing.ATTEMPT_ATTRIBUTE] == 1
+    stage_spans = [span for span in in_trace if span.name.startswith("stage.")]
+    assert all(span.parent is not None and span.parent.span_id == job.context.span_id for span in stage_spans)
+    # UPLOAD follows each of the two videos.
+    assert sorted(span.name for span in stage_spans) == sorted(
+        [f"stage.{stage.value}" for stage in Stage] + [f"stage.{Stage.UPLOAD.value}"]
+    )
+    # Nothing of the conversation in any span: attributes name stages, attempts and the meditation only.
+    for span in in_trace:
+        for value in (span.attributes or {}).values():
+            assert "relentless" not in str(value)
