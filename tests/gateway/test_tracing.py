@@ -1,12 +1,13 @@
-"""One full job through real in-process gateway, content and media servers, traced into memory: one trace,
-the job's span over one span per stage."""
+"""One full job through real in-process gateway, content and media servers, traced into memory: one trace
+from the GenerateMeditation call, the job's span over one span per stage, and every call to content and
+media continued on the server it reached."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.trace import StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from services import tracing
 from services.gateway.events import Stage
@@ -15,6 +16,16 @@ from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.gateway.test_servicer import collect, create_conversation
 from tests.recorded_spans import recorded_spans
 from tests.waiting import wait_until
+
+# What the stages ask of content and media.
+_PIPELINE_CALLS = {
+    "CollectSourceContent",
+    "GenerateTranscript",
+    "CreateImagePrompt",
+    "GenerateImage",
+    "NarrateLive",
+    "RenderVideo",
+}
 
 
 def _finished_job_spans(spans: Sequence[ReadableSpan], meditation: str) -> list[ReadableSpan]:
@@ -55,6 +66,37 @@ async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
     assert sorted(span.name for span in stage_spans) == sorted(
         [f"stage.{stage.value}" for stage in Stage] + [f"stage.{Stage.UPLOAD.value}"]
     )
+    # The job continues the trace of the call that asked for it.
+    [call] = [
+        span for span in in_trace if span.name == "stillpoint.gateway.v1.GatewayService/GenerateMeditation"
+    ]
+    assert call.kind is SpanKind.SERVER
+    assert call.context is not None
+    assert job.parent is not None
+    assert job.parent.span_id == call.context.span_id
+    # Every call to content and media: a gateway CLIENT span under a stage, content's or media's SERVER
+    # span under it.
+    by_id = {span.context.span_id: span for span in in_trace if span.context is not None}
+    backend_calls = [
+        span
+        for span in in_trace
+        if span.kind is SpanKind.SERVER and span.name.startswith(("stillpoint.content.", "stillpoint.media."))
+    ]
+    called = {span.name.rpartition("/")[2] for span in backend_calls}
+    assert called >= _PIPELINE_CALLS, called
+    for served in backend_calls:
+        assert served.parent is not None
+        client = by_id[served.parent.span_id]
+        assert client.kind is SpanKind.CLIENT
+        assert client.name == served.name
+        assert client.status.status_code is not StatusCode.ERROR
+        assert client.parent is not None
+        caller = by_id[client.parent.span_id].name
+        if served.name.rpartition("/")[2] in _PIPELINE_CALLS:
+            assert caller.startswith("stage."), (served.name, caller)
+        else:
+            # Bookkeeping around the job (its conversation checked, its links signed): the call's own.
+            assert caller in {call.name, job.name}, (served.name, caller)
     # Nothing of the conversation in any span: attributes name stages, attempts and the meditation only.
     for span in in_trace:
         for value in (span.attributes or {}).values():
