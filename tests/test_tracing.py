@@ -1,14 +1,21 @@
-"""Tracing's configuration from the standard OTEL_* variables, and how a queued job's trace context is
-continued by its first attempt and linked by later ones."""
+"""Tracing's configuration from the standard OTEL_* variables, how a queued job's trace context is continued
+by its first attempt and linked by later ones, and the status a traced gRPC call's spans end with."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import grpc
 import pytest
 from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
 
-from services import tracing
+from services import serving, tracing
 from services.environment import ConfigError
 from tests.recorded_spans import recorded_spans
+from tests.waiting import wait_until
 
 
 @pytest.mark.parametrize(
@@ -77,3 +84,103 @@ def test_a_job_queued_without_a_trace_starts_one() -> None:
     origin = tracing.attempt_origin({}, attempt=3)
     assert not trace.get_current_span(origin.parent).get_span_context().is_valid
     assert origin.links == ()
+
+
+# ---- the server interceptor, through a real server ------------------------------------------------------
+_ECHO = "stillpoint.test.Echo"
+
+
+async def _answer(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    if request == b"abort":
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "refused")
+    if request == b"raise":
+        raise RuntimeError("a bug")
+    return request
+
+
+async def _stream(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+    yield b"first"
+    if request == b"raise":
+        raise RuntimeError("a bug mid-stream")
+    yield b"last"
+
+
+def _register_echo(server: grpc.aio.Server) -> None:
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                _ECHO,
+                {
+                    "Answer": grpc.unary_unary_rpc_method_handler(_answer),
+                    "Stream": grpc.unary_stream_rpc_method_handler(_stream),
+                },
+            ),
+        )
+    )
+
+
+@pytest.fixture
+async def echo_channel() -> AsyncIterator[grpc.aio.Channel]:
+    running = await serving.start_server(
+        service_names=[_ECHO], register=_register_echo, address="127.0.0.1:0"
+    )
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{running.port}", interceptors=tracing.client_interceptors()
+    ) as channel:
+        yield channel
+    await running.stop(0)
+
+
+def _spans_named(spans: InMemorySpanExporter, name: str, kind: SpanKind) -> list[ReadableSpan]:
+    return [span for span in spans.get_finished_spans() if span.name == name and span.kind is kind]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (b"fine", grpc.StatusCode.OK),
+        (b"abort", grpc.StatusCode.FAILED_PRECONDITION),
+        (b"raise", grpc.StatusCode.UNKNOWN),
+    ],
+)
+async def test_a_server_span_ends_with_the_status_the_call_ends_with(
+    echo_channel: grpc.aio.Channel, request_bytes: bytes, expected: grpc.StatusCode
+) -> None:
+    spans = recorded_spans()
+    answer: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = echo_channel.unary_unary(f"/{_ECHO}/Answer")
+    with tracing.TRACER.start_as_current_span("caller") as caller:
+        try:
+            await answer(request_bytes)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+    assert code is expected
+    name = f"{_ECHO}/Answer"
+    await wait_until(lambda: bool(_spans_named(spans, name, SpanKind.CLIENT)), what="the client span")
+    [served] = _spans_named(spans, name, SpanKind.SERVER)
+    [client] = _spans_named(spans, name, SpanKind.CLIENT)
+    for span in (served, client):
+        assert span.attributes is not None
+        assert span.attributes["rpc.grpc.status_code"] == expected.value[0]
+        is_error = span.status.status_code is StatusCode.ERROR
+        assert is_error is (expected is not grpc.StatusCode.OK)
+    assert served.parent is not None and client.context is not None
+    assert served.parent.span_id == client.context.span_id
+    assert client.parent is not None
+    assert client.parent.span_id == caller.get_span_context().span_id
+
+
+async def test_a_stream_that_fails_midway_ends_its_server_span_in_error(
+    echo_channel: grpc.aio.Channel,
+) -> None:
+    spans = recorded_spans()
+    stream: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = echo_channel.unary_stream(f"/{_ECHO}/Stream")
+    with pytest.raises(grpc.aio.AioRpcError):
+        async for _ in stream(b"raise"):
+            pass
+    name = f"{_ECHO}/Stream"
+    await wait_until(lambda: bool(_spans_named(spans, name, SpanKind.CLIENT)), what="the client span")
+    [served] = _spans_named(spans, name, SpanKind.SERVER)
+    assert served.status.status_code is StatusCode.ERROR
+    assert served.attributes is not None
+    assert served.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNKNOWN.value[0]
