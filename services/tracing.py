@@ -28,6 +28,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import StatusCode
 
 from services.environment import ConfigError
+from services.openai_api import ProviderCallError
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,27 @@ def serving_traces(settings: TracingSettings, service: str) -> Iterator[None]:
         yield
     finally:
         provider.shutdown()
+
+
+@contextlib.contextmanager
+def provider_call(provider: str, capability: str) -> Iterator[None]:
+    """A span over one call of a provider (`provider.<capability>`: transcript, image, speech), naming the
+    provider; ERROR with the failure's kind when it raises ProviderCallError (its message may quote the
+    provider, so it stays out). Other exceptions (a cancellation, a bug) are not the provider's outcome."""
+    with TRACER.start_as_current_span(
+        f"provider.{capability}",
+        kind=trace.SpanKind.CLIENT,
+        attributes={"stillpoint.provider": provider},
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except ProviderCallError as error:
+            kind = "rate_limited" if error.is_rate_limited else error.kind.value
+            span.set_attribute(FAILURE_KIND_ATTRIBUTE, kind)
+            span.set_status(StatusCode.ERROR, kind)
+            raise
 
 
 def current_trace_context() -> dict[str, str]:

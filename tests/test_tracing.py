@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from services import serving, tracing
 from services.environment import ConfigError
+from services.openai_api import ProviderCallError, ProviderFailureKind
 from tests.recorded_spans import recorded_spans
 from tests.waiting import wait_until
 
@@ -45,6 +46,22 @@ def test_tracing_off_installs_no_provider() -> None:
     before = trace.get_tracer_provider()
     with tracing.serving_traces(tracing.TRACING_OFF, "gateway"):
         assert trace.get_tracer_provider() is before
+
+
+def test_a_failed_provider_call_is_an_error_span_naming_the_failure_kind_only() -> None:
+    spans = recorded_spans()
+    with (
+        pytest.raises(ProviderCallError),
+        tracing.provider_call("openai", "image"),
+    ):
+        raise ProviderCallError(ProviderFailureKind.UNAVAILABLE, "the server said: secret detail")
+    [span] = [span for span in spans.get_finished_spans() if span.name == "provider.image"]
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == ProviderFailureKind.UNAVAILABLE.value
+    assert dict(span.attributes or {}) == {
+        "stillpoint.provider": "openai",
+        tracing.FAILURE_KIND_ATTRIBUTE: ProviderFailureKind.UNAVAILABLE.value,
+    }
 
 
 def test_the_first_attempt_continues_the_trace_that_queued_the_job() -> None:
@@ -131,6 +148,10 @@ async def echo_channel() -> AsyncIterator[grpc.aio.Channel]:
     await running.stop(0)
 
 
+def _both_ended(spans: InMemorySpanExporter, name: str) -> bool:
+    return all(_spans_named(spans, name, kind) for kind in (SpanKind.CLIENT, SpanKind.SERVER))
+
+
 def _spans_named(spans: InMemorySpanExporter, name: str, kind: SpanKind) -> list[ReadableSpan]:
     return [span for span in spans.get_finished_spans() if span.name == name and span.kind is kind]
 
@@ -156,7 +177,8 @@ async def test_a_server_span_ends_with_the_status_the_call_ends_with(
             code = error.code()
     assert code is expected
     name = f"{_ECHO}/Answer"
-    await wait_until(lambda: bool(_spans_named(spans, name, SpanKind.CLIENT)), what="the client span")
+    # The client may hear the status before the server's handler has finished unwinding.
+    await wait_until(lambda: _both_ended(spans, name), what="the client and server spans")
     [served] = _spans_named(spans, name, SpanKind.SERVER)
     [client] = _spans_named(spans, name, SpanKind.CLIENT)
     for span in (served, client):
@@ -179,7 +201,8 @@ async def test_a_stream_that_fails_midway_ends_its_server_span_in_error(
         async for _ in stream(b"raise"):
             pass
     name = f"{_ECHO}/Stream"
-    await wait_until(lambda: bool(_spans_named(spans, name, SpanKind.CLIENT)), what="the client span")
+    # The client may hear the status before the server's handler has finished unwinding.
+    await wait_until(lambda: _both_ended(spans, name), what="the client and server spans")
     [served] = _spans_named(spans, name, SpanKind.SERVER)
     assert served.status.status_code is StatusCode.ERROR
     assert served.attributes is not None

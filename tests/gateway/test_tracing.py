@@ -1,6 +1,6 @@
 """One full job through real in-process gateway, content and media servers, traced into memory: one trace
 from the GenerateMeditation call, the job's span over one span per stage, and every call to content and
-media continued on the server it reached."""
+media continued on the server it reached, with a span per provider call there."""
 
 from __future__ import annotations
 
@@ -37,6 +37,19 @@ def _finished_job_spans(spans: Sequence[ReadableSpan], meditation: str) -> list[
     ]
 
 
+def _spans_in_trace(spans: Sequence[ReadableSpan], trace_id: int) -> list[ReadableSpan]:
+    return [span for span in spans if span.context is not None and span.context.trace_id == trace_id]
+
+
+def _is_trace_complete(spans: Sequence[ReadableSpan], meditation: str) -> bool:
+    jobs = _finished_job_spans(spans, meditation)
+    if not jobs or jobs[0].context is None:
+        return False
+    in_trace = _spans_in_trace(spans, jobs[0].context.trace_id)
+    ended = {span.context.span_id for span in in_trace if span.context is not None}
+    return all(span.parent is None or span.parent.span_id in ended for span in in_trace)
+
+
 async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
     gateway_stub: gateway_grpc.GatewayServiceStub,
 ) -> None:
@@ -47,16 +60,14 @@ async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
     )
     assert responses[-1].completed.state == gateway_pb.MEDITATION_STATE_SUCCEEDED
     meditation = responses[0].accepted.meditation
-    # The job's span ends before its last event is recorded; the wait only guards a slow exporter.
+    # The job's span ends before its last event is recorded, but a client span ends a moment after its
+    # call (when the call's status is read): wait until every span a server ended has its caller's too.
     await wait_until(
-        lambda: bool(_finished_job_spans(spans.get_finished_spans(), meditation)), what="the job's span"
+        lambda: _is_trace_complete(spans.get_finished_spans(), meditation), what="the job's spans"
     )
     [job] = _finished_job_spans(spans.get_finished_spans(), meditation)
     assert job.context is not None
-    trace_id = job.context.trace_id
-    in_trace = [
-        span for span in spans.get_finished_spans() if span.context and span.context.trace_id == trace_id
-    ]
+    in_trace = _spans_in_trace(spans.get_finished_spans(), job.context.trace_id)
     assert job.status.status_code is not StatusCode.ERROR
     assert job.attributes is not None
     assert job.attributes[tracing.ATTEMPT_ATTRIBUTE] == 1
@@ -97,6 +108,12 @@ async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
         else:
             # Bookkeeping around the job (its conversation checked, its links signed): the call's own.
             assert caller in {call.name, job.name}, (served.name, caller)
+    # Each provider call, in the server span of the call that made it.
+    providers = [span for span in in_trace if span.name.startswith("provider.")]
+    assert {"provider.transcript", "provider.image", "provider.speech"} <= {span.name for span in providers}
+    for span in providers:
+        assert span.parent is not None
+        assert by_id[span.parent.span_id] in backend_calls, span.name
     # Nothing of the conversation in any span: attributes name stages, attempts and the meditation only.
     for span in in_trace:
         for value in (span.attributes or {}).values():
