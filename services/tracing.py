@@ -329,6 +329,10 @@ def _start_client_span(details: grpc.aio.ClientCallDetails) -> tuple[trace.Span,
 
 
 def _finish_when_done(span: trace.Span, call: Any) -> Any:
+    if not span.is_recording():
+        # Tracing is off (the no-op provider): nothing to end later, so no task per call.
+        return call
+
     async def finish(done: Any) -> None:
         try:
             code = await done.code()

@@ -3,6 +3,9 @@ by its first attempt and linked by later ones, and the status a traced gRPC call
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -207,3 +210,24 @@ async def test_a_stream_that_fails_midway_ends_its_server_span_in_error(
     assert served.status.status_code is StatusCode.ERROR
     assert served.attributes is not None
     assert served.attributes["rpc.grpc.status_code"] == grpc.StatusCode.UNKNOWN.value[0]
+
+
+def test_export_on_installs_a_provider_named_for_the_service() -> None:
+    """In a process of its own: the global provider can be set once per process, and this one exports."""
+    program = (
+        "from opentelemetry import trace\n"
+        "from services import tracing\n"
+        "with tracing.serving_traces(tracing.TracingSettings(is_exported=True), 'media'):\n"
+        "    print(trace.get_tracer_provider().resource.attributes['service.name'])\n"
+    )
+    # An endpoint nobody listens on: no span is made, so nothing is sent and shutdown is immediate.
+    environment = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    finished = subprocess.run(
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=True,
+    )
+    assert finished.stdout.strip() == "stillpoint-media"
