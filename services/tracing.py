@@ -135,10 +135,11 @@ class AttemptOrigin:
     links: tuple[trace.Link, ...]
 
 
-def attempt_origin(stored: Mapping[str, str], attempt: int) -> AttemptOrigin:
+def attempt_origin(stored: Mapping[str, str], attempt: int, *, has_run_before: bool = False) -> AttemptOrigin:
     """The first attempt continues the trace that queued the job (the GenerateMeditation call): the caller
     is still waiting on it and it is the work that call asked for. A later attempt (after a failure, or taken
-    over from a replica that stopped) starts its own trace linked to that context: the call's span ended
+    over from a replica that stopped; `has_run_before` also catches a job handed back at a shutdown, whose
+    delivery count is wound back to 1) starts its own trace linked to that context: the call's span ended
     long ago, and a child hours after its parent's end would stretch that trace and land after a sampler
     already decided it. The link keeps the way back to the request; the meditation attribute finds every
     attempt of one job."""
@@ -146,7 +147,7 @@ def attempt_origin(stored: Mapping[str, str], attempt: int) -> AttemptOrigin:
     stored_span = trace.get_current_span(stored_context).get_span_context()
     if not stored_span.is_valid:
         return AttemptOrigin(parent=otel_context.Context(), links=())
-    if attempt <= 1:
+    if attempt <= 1 and not has_run_before:
         return AttemptOrigin(parent=stored_context, links=())
     return AttemptOrigin(
         parent=otel_context.Context(), links=(trace.Link(stored_span, {ATTEMPT_ATTRIBUTE: attempt}),)

@@ -100,6 +100,15 @@ def test_a_later_attempt_starts_its_own_trace_linked_to_the_stored_context() -> 
     assert job.links[0].attributes == {tracing.ATTEMPT_ATTRIBUTE: 2}
 
 
+def test_a_job_handed_back_at_a_shutdown_is_linked_though_its_count_was_wound_back() -> None:
+    recorded_spans()  # a recording provider, so that the request's context is a valid one
+    with tracing.TRACER.start_as_current_span("GenerateMeditation") as request:
+        stored = tracing.current_trace_context()
+    origin = tracing.attempt_origin(stored, attempt=1, has_run_before=True)
+    assert not trace.get_current_span(origin.parent).get_span_context().is_valid
+    assert [link.context.span_id for link in origin.links] == [request.get_span_context().span_id]
+
+
 def test_a_job_queued_without_a_trace_starts_one() -> None:
     origin = tracing.attempt_origin({}, attempt=3)
     assert not trace.get_current_span(origin.parent).get_span_context().is_valid

@@ -327,7 +327,12 @@ class JobDispatcher:
     async def _run_traced(self, recorder: JobRecorder, meditation: Meditation, delivery: Delivery) -> None:
         """Runs the pipeline inside the attempt's span: `meditation.job`, in the trace that queued the job
         (see tracing.attempt_origin), its stages' spans beneath it."""
-        origin = tracing.attempt_origin(delivery.trace_context, delivery.delivery_count)
+        origin = tracing.attempt_origin(
+            # As in _run: events after `accepted` mean an earlier attempt ran.
+            delivery.trace_context,
+            delivery.delivery_count,
+            has_run_before=meditation.last_sequence > 1,
+        )
         with tracing.TRACER.start_as_current_span(
             "meditation.job",
             context=origin.parent,
