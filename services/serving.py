@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from pythonjsonlogger.json import JsonFormatter
 
+from services import tracing
 from services.log_context import current_meditation
 from services.tls import InternalTls, PublicTls
 
@@ -175,7 +176,8 @@ async def start_server(
     `credentials` the port speaks TLS (see `internal_server_credentials`, `public_server_credentials`)."""
     in_flight = InFlightRpcs()
     server = grpc.aio.server(
-        interceptors=[in_flight, *interceptors],
+        # Tracing outside the rest, so that a call they refuse is traced with its status too.
+        interceptors=[in_flight, tracing.TracingServerInterceptor(), *interceptors],
         options=[
             *channel_options(),
             ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),

@@ -13,7 +13,7 @@ import imageio_ffmpeg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services import serving
+from services import serving, tracing
 from services.cache.in_process import InProcessCache
 from services.cli import gateway_channel as gateway_channel_to
 from services.content import migrate as content_migrate
@@ -134,7 +134,10 @@ async def content_channel(
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a real content server backed by a fresh SQLite file."""
     running, engine = await start_content_server(tmp_path, storage, painters, conversation_limits)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    # Traced as the gateway's backend channels are (services/gateway/backends.py).
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{running.port}", interceptors=tracing.client_interceptors()
+    ) as channel:
         yield channel
     await running.stop(0)
     await engine.dispose()
@@ -175,7 +178,9 @@ async def media_channel(
         register=lambda server: media_grpc.add_MediaServiceServicer_to_server(MediaServicer(studio), server),
         address="127.0.0.1:0",
     )
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{running.port}", interceptors=tracing.client_interceptors()
+    ) as channel:
         yield channel
     await running.stop(0)
     await endpoint.stop()

@@ -99,6 +99,23 @@ async def test_a_job_goes_to_one_consumer_and_an_acknowledged_one_never_comes_ba
     assert await second.take("gateway-2", wait_seconds=0.1) is None
 
 
+async def test_the_trace_context_stored_with_a_job_reaches_the_replica_that_takes_it_over(
+    replicas: Replicas,
+) -> None:
+    """The context goes with the entry: whoever runs the job, on any attempt, continues or links its trace."""
+    first, second = replicas.make(), replicas.make()
+    stored = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", "tracestate": "a=1"}
+    await first.submit("meditations/traced", stored)
+    delivery = await first.take("gateway-1", wait_seconds=1)
+    assert delivery is not None
+    assert dict(delivery.trace_context) == stored
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)
+    taken_over = await second.take("gateway-2", wait_seconds=1)
+    assert taken_over is not None
+    assert (taken_over.job, taken_over.delivery_count) == ("meditations/traced", 2)
+    assert dict(taken_over.trace_context) == stored
+
+
 async def test_a_silent_consumers_job_is_taken_over_after_the_claim_timeout_and_counted(
     replicas: Replicas,
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from services import metrics
+from services import metrics, tracing
 from services.cache.base import CacheResult, ResultCache
 from services.content import painter, script_composer
 from services.content.errors import InvalidInputError
@@ -297,7 +297,10 @@ class TranscriptGenerator:
             # as the very text written (paragraph breaks included), so the deltas add up to the script.
             held = ""
             # A refused script counts as the call's failure (rejected): the provider wrote it.
-            with metrics.provider_call(provider_name, "transcript"):
+            with (
+                metrics.provider_call(provider_name, "transcript"),
+                tracing.provider_call(provider_name, "transcript"),
+            ):
                 async for piece in self._provider.stream(source_text):
                     pieces.append(piece)
                     held += piece
@@ -419,7 +422,10 @@ class ImageGenerator:
         cache_key = f"image:{identity}:{width_pixels}x{height_pixels}:{digest}"
 
         async def make() -> bytes:
-            with metrics.provider_call(self._provider.name, "image"):
+            with (
+                metrics.provider_call(self._provider.name, "image"),
+                tracing.provider_call(self._provider.name, "image"),
+            ):
                 png = await self._provider.generate(prompt, width_pixels, height_pixels)
             # A provider may answer in its own size for the shape asked: record what really came back.
             width, height = await asyncio.to_thread(_png_size, png)

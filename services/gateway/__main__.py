@@ -10,7 +10,7 @@ import sys
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services import metrics, serving
+from services import metrics, serving, tracing
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.gateway.api_keys import ApiKeyStore
@@ -193,7 +193,9 @@ def run() -> None:
     )
     # Served before the first channel and server are made: gRPC measures only those made after.
     try:
-        with metrics.serving_metrics(config.metrics):
+        # OTEL_* are the SDK's own variables, read here with the rest; nothing is traced unless they ask.
+        traces = tracing.read_tracing_settings(os.environ)
+        with metrics.serving_metrics(config.metrics), tracing.serving_traces(traces, "gateway"):
             asyncio.run(main(config))
     except ConfigError as error:
         sys.exit(f"gateway: configuration error: {error}")

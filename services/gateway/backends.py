@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import grpc
 
+from services import tracing
 from services.gateway.deadlines import bounded
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
@@ -97,10 +98,16 @@ def open_backend_channel(address: str, service: str, tls: InternalTls | None) ->
     """A channel to the content or media replicas at `address` (made once per process, closed at shutdown):
     mutual TLS with the internal CA when `tls` is given. Internal certificates name their service (`content`,
     `media`) in their subjectAltName, and that name is what the channel checks, whatever the address."""
+    # Every call carries the job's trace context, so content's and media's spans join the job's trace.
+    interceptors = tracing.client_interceptors()
     if tls is None:
-        return grpc.aio.insecure_channel(address, options=backend_channel_options())
+        return grpc.aio.insecure_channel(
+            address, options=backend_channel_options(), interceptors=interceptors
+        )
     options = [*backend_channel_options(), ("grpc.ssl_target_name_override", service)]
-    return grpc.aio.secure_channel(address, internal_channel_credentials(tls), options=options)
+    return grpc.aio.secure_channel(
+        address, internal_channel_credentials(tls), options=options, interceptors=interceptors
+    )
 
 
 # Bookkeeping calls (conversations, asset deletion) are small database or storage operations.

@@ -10,7 +10,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from services import metrics
+from opentelemetry.trace import Span, StatusCode
+
+from services import metrics, tracing
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import (
     Event,
@@ -334,43 +336,50 @@ class MeditationPipeline:
         """Reports a stage's start and end, enforces its deadline, and adds its time to the job's totals."""
         await job.emit(StageChanged(stage=stage, state=StageState.STARTED))
         run = _StageRun()
-        try:
-            async with asyncio.timeout(timeout_seconds):
-                yield run
-        except TimeoutError:
-            failure = GatewayError(
-                FailureKind.DEADLINE, f"the {stage.value} stage took longer than {timeout_seconds:g} s"
-            )
-            await self._stage_failed(job, stage, run, failure)
-            raise failure from None
-        except GatewayError as error:
-            await self._stage_failed(job, stage, run, error)
-            raise
-        except asyncio.CancelledError:
-            run.measure(stage, StageState.STOPPED)
-            # Stopped from outside: a cancel, a shutdown, or a transcript that fell back and is spoken
-            # afresh. Close the stage in the log, so no client sees it open for ever; a replica that lost the
-            # job cannot write any more, and that is fine.
-            with contextlib.suppress(GatewayError):
-                job.add_stage_time(stage, run.elapsed_seconds)
-                await job.emit(
-                    StageChanged(
-                        stage=stage,
-                        state=StageState.STOPPED,
-                        stage_elapsed_seconds=run.elapsed_seconds,
-                    )
+        # A child of the attempt's `meditation.job` span; the stage's calls to content and media go beneath
+        # it. Its status is set from the failure's kind, never from the message (it may quote a provider).
+        with tracing.TRACER.start_as_current_span(
+            f"stage.{stage.value}", record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                async with asyncio.timeout(timeout_seconds):
+                    yield run
+            except TimeoutError:
+                failure = GatewayError(
+                    FailureKind.DEADLINE, f"the {stage.value} stage took longer than {timeout_seconds:g} s"
                 )
-            raise
-        job.add_stage_time(stage, run.elapsed_seconds)
-        run.measure(stage, StageState.SUCCEEDED)
-        await job.emit(
-            StageChanged(
-                stage=stage,
-                state=StageState.SUCCEEDED,
-                stage_elapsed_seconds=run.elapsed_seconds,
-                detail=run.detail,
+                _mark_failed(span, failure)
+                await self._stage_failed(job, stage, run, failure)
+                raise failure from None
+            except GatewayError as error:
+                _mark_failed(span, error)
+                await self._stage_failed(job, stage, run, error)
+                raise
+            except asyncio.CancelledError:
+                run.measure(stage, StageState.STOPPED)
+                # Stopped from outside: a cancel, a shutdown, or a transcript that fell back and is spoken
+                # afresh. Close the stage in the log, so no client sees it open for ever; a replica that lost
+                # the job cannot write any more, and that is fine.
+                with contextlib.suppress(GatewayError):
+                    job.add_stage_time(stage, run.elapsed_seconds)
+                    await job.emit(
+                        StageChanged(
+                            stage=stage,
+                            state=StageState.STOPPED,
+                            stage_elapsed_seconds=run.elapsed_seconds,
+                        )
+                    )
+                raise
+            job.add_stage_time(stage, run.elapsed_seconds)
+            run.measure(stage, StageState.SUCCEEDED)
+            await job.emit(
+                StageChanged(
+                    stage=stage,
+                    state=StageState.SUCCEEDED,
+                    stage_elapsed_seconds=run.elapsed_seconds,
+                    detail=run.detail,
+                )
             )
-        )
 
     async def _stage_failed(self, job: JobEvents, stage: Stage, run: _StageRun, error: GatewayError) -> None:
         job.add_stage_time(stage, run.elapsed_seconds)
@@ -429,3 +438,8 @@ def _result_if_ready(task: asyncio.Task[GeneratedImage]) -> GeneratedImage | Non
     if task.done() and not task.cancelled() and task.exception() is None:
         return task.result()
     return None
+
+
+def _mark_failed(span: Span, error: GatewayError) -> None:
+    span.set_attribute(tracing.FAILURE_KIND_ATTRIBUTE, error.kind.value)
+    span.set_status(StatusCode.ERROR, error.kind.value)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from services import metrics
+from services import metrics, tracing
 from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, InvalidInputError
@@ -106,7 +106,10 @@ class MediaStudio:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
         (Piper, or espeak-ng) when a remote provider fails."""
         try:
-            with metrics.provider_call(self._narrator_name, "speech"):
+            with (
+                metrics.provider_call(self._narrator_name, "speech"),
+                tracing.provider_call(self._narrator_name, "speech"),
+            ):
                 narration = await self._narrator.narrate(script)
         except ProviderCallError as error:
             if self._fallback_narrator is None:
@@ -118,7 +121,8 @@ class MediaStudio:
                 self._fallback_narrator_name,
                 error,
             )
-            fallback = await self._fallback_narrator.narrate(script)
+            with tracing.provider_call(self._fallback_narrator_name, "speech"):
+                fallback = await self._fallback_narrator.narrate(script)
             return SpokenSegment(fallback, self._fallback_narrator_name, error.message)
         return SpokenSegment(narration, self._narrator_name, "")
 

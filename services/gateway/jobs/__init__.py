@@ -17,7 +17,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from services import metrics
+from services import metrics, tracing
 from services.gateway.asset_links import AssetLinks
 from services.gateway.errors import FailureKind, FellBehindError, GatewayError
 from services.gateway.events import Accepted, Completed, SequencedEvent, decode_event, encode_event
@@ -181,7 +181,8 @@ class MeditationJobs:
         self.dispatcher.start()
         # Never refused: while the queue does not answer, it keeps the job to send once it does (and should
         # this process stop first, the record is the backstop: a janitor requeues it).
-        await self._queue.submit(meditation.name)
+        # With the GenerateMeditation call's trace context: the job's attempts continue it (or link to it).
+        await self._queue.submit(meditation.name, tracing.current_trace_context())
 
     async def _backlog(self) -> int:
         try:

@@ -9,7 +9,9 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from services import metrics
+from opentelemetry.trace import StatusCode
+
+from services import metrics, tracing
 from services.database import now
 from services.gateway.deadlines import detached
 from services.gateway.errors import FailureKind, GatewayError
@@ -305,7 +307,7 @@ class JobDispatcher:
                 # down then; if it still is, this attempt fails here, before making more.
                 await self._media.delete_meditation_assets(meditation.name)
             with bound_meditation(meditation.name):
-                await self._pipeline.run(recorder, meditation)
+                await self._run_traced(recorder, meditation, running.delivery)
             if await recorder.finish(MeditationState.SUCCEEDED, None):
                 await self._queue.acknowledge(running.delivery)
         except asyncio.CancelledError:
@@ -321,6 +323,37 @@ class JobDispatcher:
             logger.exception("%s failed unexpectedly", meditation.name)
             failure = GatewayError(FailureKind.INTERNAL, "the meditation failed on an internal error")
             await self._failed(recorder, running, failure)
+
+    async def _run_traced(self, recorder: JobRecorder, meditation: Meditation, delivery: Delivery) -> None:
+        """Runs the pipeline inside the attempt's span: `meditation.job`, in the trace that queued the job
+        (see tracing.attempt_origin), its stages' spans beneath it."""
+        origin = tracing.attempt_origin(
+            # As in _run: events after `accepted` mean an earlier attempt ran.
+            delivery.trace_context,
+            delivery.delivery_count,
+            has_run_before=meditation.last_sequence > 1,
+        )
+        with tracing.TRACER.start_as_current_span(
+            "meditation.job",
+            context=origin.parent,
+            links=origin.links,
+            attributes={
+                tracing.MEDITATION_ATTRIBUTE: meditation.name,
+                tracing.ATTEMPT_ATTRIBUTE: delivery.delivery_count,
+            },
+            # The status is set here from the failure's kind; its message may quote a provider.
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                await self._pipeline.run(recorder, meditation)
+            except GatewayError as error:
+                span.set_attribute(tracing.FAILURE_KIND_ATTRIBUTE, error.kind.value)
+                span.set_status(StatusCode.ERROR, error.kind.value)
+                raise
+            except Exception:
+                span.set_status(StatusCode.ERROR, FailureKind.INTERNAL.value)
+                raise
 
     async def _failed(self, recorder: JobRecorder, running: _Running, error: GatewayError) -> None:
         """Ends the job, dead-letters it, or hands it back for one more attempt, as the policy says."""

@@ -25,8 +25,8 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from redis.asyncio import Redis
@@ -45,6 +45,8 @@ T = TypeVar("T")
 _CLOCK_MARGIN_MS = 10
 # Dead letters are kept for inspection (`XRANGE stillpoint:jobs:dead - +`), the newest this many.
 DEAD_LETTERS_KEPT = 10_000
+# A stream entry's fields that carry the job's trace context (W3C traceparent, tracestate), beside "job".
+_TRACE_FIELD_PREFIX = "trace."
 
 
 class WorkQueueUnavailableError(Exception):
@@ -64,6 +66,9 @@ class Delivery:
     entry_id: str
     job: str
     delivery_count: int
+    # The trace context stored when the job was queued (services/tracing.py): its attempts continue or link
+    # to it. Empty for a job queued again by a janitor, which starts a trace of its own.
+    trace_context: Mapping[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,9 @@ class WorkQueue(Protocol):
         """Whether other replicas (and this one after a restart) see the same entries."""
         ...
 
-    async def submit(self, job: str) -> None:
-        """Adds a job for any consumer to take (while the backing store is down, as soon as it is back)."""
+    async def submit(self, job: str, trace_context: Mapping[str, str] | None = None) -> None:
+        """Adds a job for any consumer to take (while the backing store is down, as soon as it is back), with
+        the trace context its deliveries carry."""
         ...
 
     async def take(self, consumer: str, wait_seconds: float) -> Delivery | None:
@@ -142,6 +148,7 @@ class WorkQueue(Protocol):
 @dataclass
 class _Entry:
     job: str
+    trace_context: Mapping[str, str]
     delivery_count: int = 0
     consumer: str | None = None
     # When another consumer may take it over: the claim timeout after its delivery or last heartbeat, or
@@ -173,9 +180,9 @@ class InProcessWorkQueue:
         """Only this process sees it, and it dies with the process."""
         return False
 
-    async def submit(self, job: str) -> None:
+    async def submit(self, job: str, trace_context: Mapping[str, str] | None = None) -> None:
         """Adds a job."""
-        self._entries[str(next(self._ids))] = _Entry(job)
+        self._entries[str(next(self._ids))] = _Entry(job, dict(trace_context or {}))
         async with self._arrived:
             self._arrived.notify()
 
@@ -210,7 +217,7 @@ class InProcessWorkQueue:
         entry_id, entry = chosen
         entry.consumer, entry.claimable_at = consumer, now + self._claim_timeout_seconds
         entry.delivery_count += 1
-        return Delivery(entry_id, entry.job, entry.delivery_count)
+        return Delivery(entry_id, entry.job, entry.delivery_count, entry.trace_context)
 
     async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> set[str]:
         """Refreshes the deliveries `consumer` still holds."""
@@ -317,7 +324,7 @@ class RedisStreamWorkQueue:
         # NOGROUP was seen (by any command) and `take` has not yet told its caller.
         self._is_lost = False
         # Jobs submitted while Redis did not answer, in submission order: sent by the next `take`.
-        self._unsent: dict[str, None] = {}
+        self._unsent: dict[str, Mapping[str, str]] = {}
         self._last_backlog = 0
         self._outage = RedisOutage(
             "job queue",
@@ -352,21 +359,23 @@ class RedisStreamWorkQueue:
         self._outage.succeeded()
         self._is_group_ready = True
 
-    async def submit(self, job: str) -> None:
-        """XADDs the job; while Redis does not answer, keeps it here for the next `take` to send. (Should
-        this process stop first, the job's record in the database is the backstop: a janitor requeues it.)"""
+    async def submit(self, job: str, trace_context: Mapping[str, str] | None = None) -> None:
+        """XADDs the job with its trace context; while Redis does not answer, keeps both here for the next
+        `take` to send. (Should this process stop first, the job's record in the database is the backstop: a
+        janitor requeues it.)"""
         if self._unsent or self._outage.is_backing_off:
-            self._unsent[job] = None  # behind the others, and without waiting on a Redis that is down
+            # Behind the others, and without waiting on a Redis that is down.
+            self._unsent[job] = dict(trace_context or {})
             return
         try:
-            await self._call(self._client.xadd(self._stream, {"job": job}))
+            await self._call(self._client.xadd(self._stream, _entry_fields(job, trace_context or {})))
         except WorkQueueUnavailableError:
-            self._unsent[job] = None
+            self._unsent[job] = dict(trace_context or {})
 
     async def _send_unsent(self) -> None:
         while self._unsent:
-            job = next(iter(self._unsent))
-            await self._call(self._client.xadd(self._stream, {"job": job}))
+            job, trace_context = next(iter(self._unsent.items()))
+            await self._call(self._client.xadd(self._stream, _entry_fields(job, trace_context)))
             del self._unsent[job]
 
     async def take(self, consumer: str, wait_seconds: float) -> Delivery | None:
@@ -400,7 +409,7 @@ class RedisStreamWorkQueue:
             raise
         for _, entries in answer or []:
             for entry_id, fields in entries:
-                return Delivery(_text(entry_id), _text(fields[b"job"]), 1)
+                return Delivery(_text(entry_id), _text(fields[b"job"]), 1, _trace_context(fields))
         return None
 
     async def _take_over(self, consumer: str) -> Delivery | None:
@@ -423,7 +432,7 @@ class RedisStreamWorkQueue:
                 self._client.xpending_range(self._stream, self._group, entry_id, entry_id, 1, consumer)
             )
             count = int(pending[0]["times_delivered"]) if pending else 1
-            return Delivery(_text(entry_id), _text(fields[b"job"]), count)
+            return Delivery(_text(entry_id), _text(fields[b"job"]), count, _trace_context(fields))
         return None
 
     async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> set[str]:
@@ -476,14 +485,14 @@ class RedisStreamWorkQueue:
         except WorkQueueUnavailableError:
             # Should Redis come back empty the entry is gone: queue the job again (a duplicate, should it
             # come back whole, is acknowledged by whoever takes it second).
-            self._unsent[delivery.job] = None
+            self._unsent[delivery.job] = delivery.trace_context
             return
         if not held and not await self._call(
             self._client.xrange(self._stream, delivery.entry_id, delivery.entry_id)
         ):
             # The queue lost the entry while the job ran (not another consumer taking it over): a fresh one
             # carries the job on, its delivery count starting again.
-            await self.submit(delivery.job)
+            await self.submit(delivery.job, delivery.trace_context)
 
     async def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """XADDs the letter to the dead-letter stream, then XACKs and XDELs the entry, in one transaction."""
@@ -589,6 +598,17 @@ def _is_missing_group(error: ResponseError) -> bool:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _entry_fields(job: str, trace_context: Mapping[str, str]) -> dict[Any, Any]:
+    return {"job": job, **{_TRACE_FIELD_PREFIX + key: value for key, value in trace_context.items()}}
+
+
+def _trace_context(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    prefix = _TRACE_FIELD_PREFIX.encode()
+    return {
+        _text(key[len(prefix) :]): _text(value) for key, value in fields.items() if key.startswith(prefix)
+    }
 
 
 def _milliseconds(seconds: float) -> int:
