@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
 
 from services import tracing
@@ -283,8 +284,9 @@ class SecretRedactor(logging.Filter):
 
 
 class LogContext(logging.Filter):
-    """Adds what a JSON log line carries besides the message: the process's service, and the meditation the
-    writing task works on (empty outside a job)."""
+    """Adds what a JSON log line carries besides the message: the process's service, the meditation the
+    writing task works on, and the trace and span it writes in (each empty where there is none: outside a
+    job, or with tracing off), so a collector can join a job's logs to its trace."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -293,13 +295,17 @@ class LogContext(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self._service
         record.meditation = current_meditation.get() or ""
+        span = get_current_span().get_span_context()
+        record.trace_id = format_trace_id(span.trace_id) if span.is_valid else ""
+        record.span_id = format_span_id(span.span_id) if span.is_valid else ""
         return True
 
 
 def json_log_formatter() -> logging.Formatter:
-    """One JSON object per line: time, level, service, logger, meditation, message (and the traceback)."""
+    """One JSON object per line: time, level, service, logger, meditation, trace and span ids, message (and
+    the traceback)."""
     return JsonFormatter(
-        "%(asctime)s %(levelname)s %(service)s %(name)s %(meditation)s %(message)s",
+        "%(asctime)s %(levelname)s %(service)s %(name)s %(meditation)s %(trace_id)s %(span_id)s %(message)s",
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         timestamp=False,
     )

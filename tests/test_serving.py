@@ -257,11 +257,14 @@ import logging
 from services import serving
 from services.log_context import bound_meditation
 
+from opentelemetry.sdk.trace import TracerProvider
+
 serving.configure_logging("info", secrets=[{secret!r}], log_format="json", service="media")
 log = logging.getLogger("services.media")
 log.info("outside a job")
-with bound_meditation("meditations/abc123"):
+with bound_meditation("meditations/abc123"), TracerProvider().get_tracer("t").start_as_current_span("s") as s:
     log.warning("key %s was refused", {secret!r})
+    print(format(s.get_span_context().trace_id, "032x"))
     try:
         raise RuntimeError("boom with " + {secret!r})
     except RuntimeError:
@@ -272,6 +275,7 @@ with bound_meditation("meditations/abc123"):
     )
 
     assert secret not in ran.stderr
+    trace_id = ran.stdout.strip()
     records = [json.loads(line) for line in ran.stderr.splitlines()]
     assert len(records) == 3, ran.stderr
     outside, refused, failed = records
@@ -282,6 +286,10 @@ with bound_meditation("meditations/abc123"):
     assert refused["message"] == "key *** was refused"
     assert refused["meditation"] == failed["meditation"] == "meditations/abc123"
     assert "RuntimeError: boom with ***" in failed["exc_info"]
+    # Inside a span, a line carries its trace (to join the logs to the trace); outside, none.
+    assert outside["trace_id"] == outside["span_id"] == ""
+    assert refused["trace_id"] == failed["trace_id"] == trace_id
+    assert len(refused["span_id"]) == 16
 
 
 async def test_a_server_ends_old_connections_so_clients_reconnect_and_resolve_again_but_streams_go_on() -> (
