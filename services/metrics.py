@@ -1,12 +1,10 @@
-"""Prometheus metrics: each process's `/metrics` endpoint, gRPC's own per-method metrics, and the domain
-metrics the services record where things happen.
+"""Prometheus metrics: the settings of each process's `/metrics` endpoint, and the domain metrics the
+services record where things happen. No grpc here: the endpoint itself and gRPC's own per-method metrics are
+services/rpc_metrics.py's.
 
-The endpoint is off unless STILLPOINT_METRICS_PORT is set. gRPC's server and client metrics (every method:
-calls started, status codes, latency histograms) come from grpcio-observability, the gRPC team's
-OpenTelemetry plugin, exported into prometheus-client's registry next to the domain metrics below, so one
-scrape shows both. Every metric is recorded by the serving process itself: content's painter processes
-(services/content/__main__.py) record none, so no multiprocess mode is needed; a worker process that records
-metrics would need prometheus-client's multiprocess mode.
+The endpoint is off unless STILLPOINT_METRICS_PORT is set. Every metric is recorded by the serving process
+itself: content's painter processes (services/content/__main__.py) record none, so no multiprocess mode is
+needed; a worker process that records metrics would need prometheus-client's multiprocess mode.
 
 Label values are bounded: stage, provider, encoder, cache and state names of this code, never an owner, a
 meditation, a model-chosen string or a secret.
@@ -19,15 +17,11 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc_observability
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
 
-from services.environment import ConfigError, Environment
+from services.environment import Environment
 from services.openai_api import ProviderCallError
 
 logger = logging.getLogger(__name__)
@@ -83,61 +77,6 @@ def read_metrics_settings(environment: Environment, *, default_bind_host: str) -
     port = environment.port("STILLPOINT_METRICS_PORT", 0)
     bind_host = environment.bind_host("STILLPOINT_METRICS_BIND_HOST", default_bind_host)
     return MetricsSettings(port=port, bind_host=bind_host)
-
-
-_grpc_plugin: grpc_observability.OpenTelemetryPlugin | None = None
-
-
-def _grpc_metrics_plugin() -> grpc_observability.OpenTelemetryPlugin:
-    """gRPC's OpenTelemetry plugin, made once per process: its reader registers itself with
-    prometheus-client's default registry (the one the endpoint serves), which takes it only once."""
-    global _grpc_plugin
-    if _grpc_plugin is None:
-        durations = ExplicitBucketHistogramAggregation(boundaries=DURATION_BUCKETS_SECONDS)
-        provider = MeterProvider(
-            metric_readers=[PrometheusMetricReader()],
-            # grpc.server.call.duration, grpc.client.attempt.duration, grpc.client.call.duration: seconds.
-            views=[View(instrument_name="grpc.*.duration", aggregation=durations)],
-        )
-        _grpc_plugin = grpc_observability.OpenTelemetryPlugin(meter_provider=provider)
-    return _grpc_plugin
-
-
-@contextlib.contextmanager
-def instrumented_grpc() -> Iterator[None]:
-    """Every gRPC server and channel created in the block records per-method metrics (earlier ones stay
-    unmeasured). Deregistered on the way out: a registered plugin keeps the interpreter from exiting."""
-    plugin = _grpc_metrics_plugin()
-    plugin.register_global()
-    try:
-        yield
-    finally:
-        plugin.deregister_global()
-
-
-@contextlib.contextmanager
-def serving_metrics(settings: MetricsSettings) -> Iterator[int | None]:
-    """Serves `/metrics` (and instruments gRPC) for the life of the block; yields the port bound, or None
-    when metrics are off. Enter it before the process makes any gRPC server or channel."""
-    if not settings.is_enabled:
-        yield None
-        return
-    try:
-        server, thread = start_http_server(settings.port, addr=settings.bind_host)
-    except OSError as error:
-        raise ConfigError(
-            f"STILLPOINT_METRICS_PORT={settings.port}: cannot listen on {settings.bind_host}:{settings.port} "
-            f"({error.strerror})"
-        ) from None
-    port = int(server.server_address[1])
-    logger.info("metrics: http://%s:%d/metrics", settings.bind_host, port)
-    try:
-        with instrumented_grpc():
-            yield port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 # ---- the domain metrics -------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from typing import Any
 
 import grpc
 
+from services.rpc_handlers import with_behaviour
+
 logger = logging.getLogger(__name__)
 
 # Load balancers, orchestrators and each container's own probe check health with any CA-signed certificate.
@@ -78,28 +80,7 @@ class PeerIdentityInterceptor(grpc.aio.ServerInterceptor):
                 )
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_ALLOWED)
 
-        checked: grpc.RpcMethodHandler[Any, Any] = _checked_first(handler, check)
-        return checked
-
-
-def _checked_first(handler: Any, check: _Check) -> Any:
-    """A handler of the same shape as `handler` that awaits `check(context)` (which aborts to refuse) and
-    only then runs `handler`'s behaviour."""
-    shapes = {
-        "unary_unary": grpc.unary_unary_rpc_method_handler,
-        "unary_stream": grpc.unary_stream_rpc_method_handler,
-        "stream_unary": grpc.stream_unary_rpc_method_handler,
-        "stream_stream": grpc.stream_stream_rpc_method_handler,
-    }
-    for shape, make in shapes.items():
-        behaviour = getattr(handler, shape)
-        if behaviour is not None:
-            return make(
-                _after(check, behaviour),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    raise AssertionError("a handler of no known shape")
+        return with_behaviour(handler, lambda behaviour: _after(check, behaviour))
 
 
 def _after(check: _Check, behaviour: _Behaviour) -> _Behaviour:

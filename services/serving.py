@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import sys
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import grpc
@@ -17,8 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
 
-from services import tracing
+from services import rpc_metrics, rpc_tracing, tracing
+from services.environment import ConfigError
 from services.log_context import current_meditation
+from services.metrics import MetricsSettings
 from services.tls import InternalTls, PublicTls
 
 logger = logging.getLogger(__name__)
@@ -178,7 +181,7 @@ async def start_server(
     in_flight = InFlightRpcs()
     server = grpc.aio.server(
         # Tracing outside the rest, so that a call they refuse is traced with its status too.
-        interceptors=[in_flight, tracing.TracingServerInterceptor(), *interceptors],
+        interceptors=[in_flight, rpc_tracing.TracingServerInterceptor(), *interceptors],
         options=[
             *channel_options(),
             ("grpc.max_connection_age_ms", round(max_connection_age_seconds * 1000)),
@@ -234,6 +237,24 @@ async def serve_until_signalled(
         if on_stopped is not None:
             await on_stopped()
         logger.info("stopped")
+
+
+def run_service(
+    service: str,
+    main: Callable[[], Coroutine[Any, Any, None]],
+    *,
+    metrics: MetricsSettings,
+    environment: Mapping[str, str],
+) -> None:
+    """Runs a service's `main` to its end, with its `/metrics` endpoint and its traces (as the standard
+    OTEL_* variables in `environment` ask) set up first: gRPC measures and traces only the servers and
+    channels made after. A configuration error found on the way ends the process naming the service."""
+    try:
+        traces = tracing.read_tracing_settings(environment)
+        with rpc_metrics.serving_metrics(metrics), tracing.serving_traces(traces, service):
+            asyncio.run(main())
+    except ConfigError as error:
+        sys.exit(f"{service}: configuration error: {error}")
 
 
 def registered_secrets(environment: Mapping[str, str]) -> list[str]:

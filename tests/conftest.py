@@ -13,7 +13,7 @@ import imageio_ffmpeg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services import serving, tracing
+from services import rpc_tracing, serving
 from services.cache.in_process import InProcessCache
 from services.cli import gateway_channel as gateway_channel_to
 from services.content import migrate as content_migrate
@@ -136,7 +136,7 @@ async def content_channel(
     running, engine = await start_content_server(tmp_path, storage, painters, conversation_limits)
     # Traced as the gateway's backend channels are (services/gateway/backends.py).
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{running.port}", interceptors=tracing.client_interceptors()
+        f"127.0.0.1:{running.port}", interceptors=rpc_tracing.client_interceptors()
     ) as channel:
         yield channel
     await running.stop(0)
@@ -179,7 +179,7 @@ async def media_channel(
         address="127.0.0.1:0",
     )
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{running.port}", interceptors=tracing.client_interceptors()
+        f"127.0.0.1:{running.port}", interceptors=rpc_tracing.client_interceptors()
     ) as channel:
         yield channel
     await running.stop(0)

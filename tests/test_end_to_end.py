@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.asset_fetch import fetch
 from tests.scrape import Samples, label_values, scrape, total
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,19 +76,26 @@ def meditation(stack: Stack) -> OneMeditation:
             request = gateway_pb.GenerateMeditationRequest(conversation=created.conversation.name)
             return [response async for response in stub.GenerateMeditation(request, timeout=300)]
 
+    async def scraped_once_recorded() -> dict[str, Samples]:
+        scraped: dict[str, Samples] = {}
+
+        async def recorded() -> bool:
+            scraped.update(
+                await asyncio.to_thread(lambda: {key: scrape(url) for key, url in stack.metrics_urls.items()})
+            )
+            count = "grpc_server_call_duration_seconds_count"
+            return total(scraped["gateway"], count, grpc_method=GENERATE) > total(
+                before["gateway"], count, grpc_method=GENERATE
+            )
+
+        # The server records a call once its status is sent, a moment after the client has read it.
+        await wait_until(
+            recorded, what="the gateway to record the stream", timeout_seconds=5, interval_seconds=0.1
+        )
+        return scraped
+
     responses = asyncio.run(generate())
-    # The server records a call once its status is sent, a moment after the client has read it.
-    deadline = time.monotonic() + 5
-    while True:
-        after = {key: scrape(url) for key, url in stack.metrics_urls.items()}
-        generated = total(after["gateway"], "grpc_server_call_duration_seconds_count", grpc_method=GENERATE)
-        if generated > total(
-            before["gateway"], "grpc_server_call_duration_seconds_count", grpc_method=GENERATE
-        ):
-            break
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    after = asyncio.run(scraped_once_recorded())
     return OneMeditation(responses, before, after)
 
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from scripts.stack import metrics_ports_from
-from services import metrics
+from services import metrics, rpc_metrics
 from services.cache.in_process import InProcessCache
 from services.content.config import ContentConfig
 from services.environment import ConfigError, Environment
@@ -63,7 +63,7 @@ def test_a_bad_setting_is_refused_naming_the_variable(variable: str, value: str)
 
 
 def test_off_serves_nothing() -> None:
-    with metrics.serving_metrics(metrics.METRICS_OFF) as port:
+    with rpc_metrics.serving_metrics(metrics.METRICS_OFF) as port:
         assert port is None
 
 
@@ -74,7 +74,7 @@ def test_a_port_in_use_is_a_configuration_error_naming_the_variable() -> None:
         settings = metrics.MetricsSettings(port=taken.getsockname()[1], bind_host="127.0.0.1")
         with (
             pytest.raises(ConfigError, match="STILLPOINT_METRICS_PORT"),
-            metrics.serving_metrics(settings),
+            rpc_metrics.serving_metrics(settings),
         ):
             pass
 

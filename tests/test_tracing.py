@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from services import serving, tracing
+from services import rpc_tracing, serving, tracing
 from services.environment import ConfigError
 from services.openai_api import ProviderCallError, ProviderFailureKind
 from tests.recorded_spans import recorded_spans
@@ -154,7 +154,7 @@ async def echo_channel() -> AsyncIterator[grpc.aio.Channel]:
         service_names=[_ECHO], register=_register_echo, address="127.0.0.1:0"
     )
     async with grpc.aio.insecure_channel(
-        f"127.0.0.1:{running.port}", interceptors=tracing.client_interceptors()
+        f"127.0.0.1:{running.port}", interceptors=rpc_tracing.client_interceptors()
     ) as channel:
         yield channel
     await running.stop(0)

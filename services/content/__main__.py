@@ -11,7 +11,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from services import metrics, serving, tracing
+from services import metrics, serving
 from services.cache.base import ResultCache
 from services.cache.factory import CacheFactory, open_result_caches
 from services.content.config import ContentConfig
@@ -214,14 +214,8 @@ def run() -> None:
         config.storage.kind,
         "redis" if config.redis_url else "in-process",
     )
-    # Served before the server is made: gRPC measures only servers and channels made after.
-    try:
-        # OTEL_* are the SDK's own variables, read here with the rest; nothing is traced unless they ask.
-        traces = tracing.read_tracing_settings(os.environ)
-        with metrics.serving_metrics(config.metrics), tracing.serving_traces(traces, "content"):
-            asyncio.run(main(config))
-    except ConfigError as error:
-        sys.exit(f"content: configuration error: {error}")
+    # OTEL_* are the SDK's own variables, read with the rest; nothing is traced unless they ask.
+    serving.run_service("content", lambda: main(config), metrics=config.metrics, environment=os.environ)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
@@ -10,7 +9,7 @@ import sys
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services import metrics, serving, tracing
+from services import metrics, serving
 from services.database import DatabaseNotReadyError, create_engine
 from services.environment import ConfigError, Environment
 from services.gateway.api_keys import ApiKeyStore
@@ -191,14 +190,8 @@ def run() -> None:
         log_format=config.log_format,
         service="gateway",
     )
-    # Served before the first channel and server are made: gRPC measures only those made after.
-    try:
-        # OTEL_* are the SDK's own variables, read here with the rest; nothing is traced unless they ask.
-        traces = tracing.read_tracing_settings(os.environ)
-        with metrics.serving_metrics(config.metrics), tracing.serving_traces(traces, "gateway"):
-            asyncio.run(main(config))
-    except ConfigError as error:
-        sys.exit(f"gateway: configuration error: {error}")
+    # OTEL_* are the SDK's own variables, read with the rest; nothing is traced unless they ask.
+    serving.run_service("gateway", lambda: main(config), metrics=config.metrics, environment=os.environ)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import grpc
 
-from services import tracing
+from services import rpc_tracing
 from services.gateway.deadlines import bounded
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import SentenceTiming, SpokenOutcome, VideoQuality
@@ -99,7 +99,7 @@ def open_backend_channel(address: str, service: str, tls: InternalTls | None) ->
     mutual TLS with the internal CA when `tls` is given. Internal certificates name their service (`content`,
     `media`) in their subjectAltName, and that name is what the channel checks, whatever the address."""
     # Every call carries the job's trace context, so content's and media's spans join the job's trace.
-    interceptors = tracing.client_interceptors()
+    interceptors = rpc_tracing.client_interceptors()
     if tls is None:
         return grpc.aio.insecure_channel(
             address, options=backend_channel_options(), interceptors=interceptors

@@ -356,41 +356,25 @@ class MeditationPipeline:
                 await self._stage_failed(job, stage, run, error)
                 raise
             except asyncio.CancelledError:
-                run.measure(stage, StageState.STOPPED)
                 # Stopped from outside: a cancel, a shutdown, or a transcript that fell back and is spoken
                 # afresh. Close the stage in the log, so no client sees it open for ever; a replica that lost
                 # the job cannot write any more, and that is fine.
                 with contextlib.suppress(GatewayError):
-                    job.add_stage_time(stage, run.elapsed_seconds)
-                    await job.emit(
-                        StageChanged(
-                            stage=stage,
-                            state=StageState.STOPPED,
-                            stage_elapsed_seconds=run.elapsed_seconds,
-                        )
-                    )
+                    await self._end_stage(job, stage, run, StageState.STOPPED)
                 raise
-            job.add_stage_time(stage, run.elapsed_seconds)
-            run.measure(stage, StageState.SUCCEEDED)
-            await job.emit(
-                StageChanged(
-                    stage=stage,
-                    state=StageState.SUCCEEDED,
-                    stage_elapsed_seconds=run.elapsed_seconds,
-                    detail=run.detail,
-                )
-            )
+            await self._end_stage(job, stage, run, StageState.SUCCEEDED, run.detail)
 
     async def _stage_failed(self, job: JobEvents, stage: Stage, run: _StageRun, error: GatewayError) -> None:
+        await self._end_stage(job, stage, run, StageState.FAILED, error.message)
+
+    async def _end_stage(
+        self, job: JobEvents, stage: Stage, run: _StageRun, state: StageState, detail: str = ""
+    ) -> None:
+        """Closes a stage: its time in the job's totals, its duration metric, and its StageChanged event."""
         job.add_stage_time(stage, run.elapsed_seconds)
-        run.measure(stage, StageState.FAILED)
+        run.measure(stage, state)
         await job.emit(
-            StageChanged(
-                stage=stage,
-                state=StageState.FAILED,
-                stage_elapsed_seconds=run.elapsed_seconds,
-                detail=error.message,
-            )
+            StageChanged(stage=stage, state=state, stage_elapsed_seconds=run.elapsed_seconds, detail=detail)
         )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 from grpc_health.v1 import health_pb2
 
-from services import metrics, serving, tracing
+from services import serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
@@ -201,14 +201,8 @@ def run() -> None:
         log_format=config.log_format,
         service="media",
     )
-    # Served before the server is made: gRPC measures only servers and channels made after.
-    try:
-        # OTEL_* are the SDK's own variables, read here with the rest; nothing is traced unless they ask.
-        traces = tracing.read_tracing_settings(os.environ)
-        with metrics.serving_metrics(config.metrics), tracing.serving_traces(traces, "media"):
-            asyncio.run(main(config))
-    except ConfigError as error:
-        sys.exit(f"media: configuration error: {error}")
+    # OTEL_* are the SDK's own variables, read with the rest; nothing is traced unless they ask.
+    serving.run_service("media", lambda: main(config), metrics=config.metrics, environment=os.environ)
 
 
 if __name__ == "__main__":
