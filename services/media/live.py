@@ -11,7 +11,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +27,25 @@ from services.media.speech import Narration, encode_wav
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
-from services.storage.base import AssetStorage, new_key
+from services.storage.base import AssetStorage, StorageUnavailableError, new_key
 
 logger = logging.getLogger(__name__)
 
-# Two-second HLS segments, but a one-second first one: it closes as soon as the first sentence is written
-# (FFmpeg cuts a segment only once audio past its end arrives, and a short first sentence with its silence
-# may hold little more than two seconds), so the preview plays without waiting for the second sentence.
-SEGMENT_SECONDS = 2
+# FFmpeg cuts the preview into one-second pieces (a picture a second, each a keyframe); the publisher joins
+# them into the segments it uploads. The first is one second, so the preview plays as soon as the first
+# sentence is written; each next one is twice as long, up to LONGEST_SEGMENT_SECONDS, so a three-minute
+# narration is a dozen uploads rather than ninety. Speech arrives far faster than it plays, so the longer
+# segments are ready long before a player reaches them.
+PIECE_SECONDS = 1
 FIRST_SEGMENT_SECONDS = 1
+LONGEST_SEGMENT_SECONDS = 32
+# A player that started with the first segment would run out of published sound this soon: then whatever is
+# cut is published at once, however short (a slow voice must not leave it waiting for a long segment).
+RUNNING_DRY_SECONDS = 4.0
+# Segments of one publication go up side by side.
+_UPLOADS_AT_ONCE = 4
 PREVIEW_SIZE_PIXELS = (1280, 720)
-_POLL_SECONDS = 0.1
+_POLL_SECONDS = 0.2
 _ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
 
 
@@ -92,12 +100,30 @@ SpeakSentence = Callable[[str], Awaitable[SpokenSegment]]
 
 @dataclass
 class _Published:
-    """HLS segments already in storage, in order, and the initialisation segment they share."""
+    """The preview as published so far: the segments in storage (how the playlist names each, and its
+    length), the pieces FFmpeg has cut that are not in one yet, and the initialisation segment they share."""
 
     segments: list[tuple[str, float]] = field(default_factory=list)
+    # FFmpeg's pieces not yet published, by file name, with their lengths.
+    pending: list[tuple[str, float]] = field(default_factory=list)
+    # How many of FFmpeg's pieces have been taken (published or pending), and how long they are together.
+    pieces_taken: int = 0
+    pieces_seconds: float = 0.0
     init_uri: str = ""
     playlist_key: str = ""
     playlist_uri: str = ""
+    # When the playlist was first published: a player may have been playing it since.
+    playable_since: float = 0.0
+
+    @property
+    def published_seconds(self) -> float:
+        return sum(duration for _, duration in self.segments)
+
+    def is_running_dry(self, now: float) -> bool:
+        """Whether a player that started with the first segment is about to play all that is published."""
+        return (
+            bool(self.segments) and self.published_seconds - (now - self.playable_since) < RUNNING_DRY_SECONDS
+        )
 
 
 class LiveNarration:
@@ -315,41 +341,71 @@ class LiveNarration:
     async def _publish(
         self, work_dir: Path, published: _Published, *, audio_seconds: float | None, is_final: bool
     ) -> None:
-        """Uploads the segments FFmpeg has finished and rewrites the playlist to list them."""
+        """Publishes what FFmpeg has cut: whole segments of the lengths they are due (all of it at the end,
+        or when a player would otherwise run dry), uploaded side by side, then the playlist listing them."""
         listed = await asyncio.to_thread(_read_playlist, work_dir / "live.m3u8")
-        if not listed:
+        for name, duration in listed[published.pieces_taken :]:
+            published.pieces_taken += 1
+            if audio_seconds is not None and published.pieces_seconds >= audio_seconds - 0.05:
+                continue  # FFmpeg's picture runs a little past the sound: those pieces hold nothing to hear
+            published.pending.append((name, duration))
+            published.pieces_seconds += duration
+        groups = _group_pieces(
+            published,
+            publish_all=is_final or published.is_running_dry(time.monotonic()),
+        )
+        if not groups:
+            if is_final and published.playlist_key:
+                await self._write_playlist(published, is_final=True)
             return
         if not published.init_uri:
             stored = await self._storage.put_file(
-                new_key(f"live/{self._meditation_id}", "mp4"), work_dir / "init.mp4", "video/mp4"
+                new_key(f"live/{self._meditation_id}", "mp4"),
+                work_dir / "init.mp4",
+                "video/mp4",
+                signed=False,
             )
-            published.init_uri = await self._reference(stored.key)
-        offset = sum(duration for _, duration in published.segments)
-        for name, duration in listed[len(published.segments) :]:
-            if audio_seconds is not None and offset >= audio_seconds - 0.05:
-                break  # FFmpeg's picture runs a little past the sound: those segments hold nothing to hear
-            stored = await self._storage.put_file(
-                new_key(f"live/{self._meditation_id}", "m4s"), work_dir / name, "video/iso.segment"
-            )
-            published.segments.append((await self._reference(stored.key), duration))
-            offset += duration
-        if not published.segments:
-            return
-        if not published.playlist_key:
+            published.init_uri = (await self._references([stored.key]))[0]
+        uploads = asyncio.Semaphore(_UPLOADS_AT_ONCE)
+
+        async def upload(group: list[tuple[str, float]]) -> str:
+            data = await asyncio.to_thread(_joined_pieces, [work_dir / name for name, _ in group])
+            async with uploads:
+                stored = await self._storage.put_bytes(
+                    new_key(f"live/{self._meditation_id}", "m4s"), data, "video/iso.segment", signed=False
+                )
+            return stored.key
+
+        keys = await asyncio.gather(*(upload(group) for group in groups))
+        references = await self._references(keys)
+        for reference, group in zip(references, groups, strict=True):
+            published.segments.append((reference, sum(duration for _, duration in group)))
+        await self._write_playlist(published, is_final=is_final)
+
+    async def _write_playlist(self, published: _Published, *, is_final: bool) -> None:
+        is_first = not published.playlist_key
+        if is_first:
             published.playlist_key = f"live/{self._meditation_id}/{secrets.token_hex(8)}.m3u8"
         playlist = _playlist(published.init_uri, published.segments, is_final=is_final)
+        # Only the first version is signed: its URI is the one handed out, and stays valid for the rest.
         stored = await self._storage.put_mutable_bytes(
-            published.playlist_key, playlist.encode(), "application/vnd.apple.mpegurl"
+            published.playlist_key, playlist.encode(), "application/vnd.apple.mpegurl", signed=is_first
         )
-        if not published.playlist_uri:
+        if is_first:
             published.playlist_uri = stored.uri
+            published.playable_since = time.monotonic()
             await self._events.put(PlaylistPublished(uri=stored.uri, storage_key=stored.key))
 
-    async def _reference(self, key: str) -> str:
-        """How the playlist names a segment: by name when it sits beside the playlist in a local folder (so
-        the folder can be served over HTTP as it is), else by its signed URL."""
-        uri = await self._storage.signed_uri(key)
-        return key.rsplit("/", 1)[-1] if uri.startswith("file:") else uri
+    async def _references(self, keys: Sequence[str]) -> list[str]:
+        """How the playlist names segments: by name when they sit beside the playlist in a local folder (so
+        the folder can be served over HTTP as it is), else by signed URLs, signed in one request."""
+        uris = await self._storage.signed_uris(keys)
+        if any(not uri for uri in uris):
+            raise StorageUnavailableError("storage signed no URL for a live segment it had just stored")
+        return [
+            key.rsplit("/", 1)[-1] if uri.startswith("file:") else uri
+            for key, uri in zip(keys, uris, strict=True)
+        ]
 
 
 class _LiveEncoder:
@@ -365,8 +421,7 @@ class _LiveEncoder:
         hls = ":".join(
             [
                 "f=hls",
-                f"hls_time={SEGMENT_SECONDS}",
-                f"hls_init_time={FIRST_SEGMENT_SECONDS}",
+                f"hls_time={PIECE_SECONDS}",
                 "hls_playlist_type=event",
                 "hls_flags=independent_segments+temp_file",
                 # fMP4 segments: browsers' own HLS players load a live fMP4 playlist of still pictures, while
@@ -382,7 +437,7 @@ class _LiveEncoder:
             # A picture a second (every one a keyframe), where segments may be cut, so every segment plays
             # on its own. The picture is a BMP because `-loop` decodes it again for every frame, and a BMP
             # costs nothing to decode.
-            *("-protocol_whitelist", "file,pipe", "-loop", "1", "-framerate", f"1/{FIRST_SEGMENT_SECONDS}"),
+            *("-protocol_whitelist", "file,pipe", "-loop", "1", "-framerate", f"1/{PIECE_SECONDS}"),
             *("-i", str(image), "-map", "1:v", "-map", "0:a"),
             # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
             *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
@@ -458,6 +513,54 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
 
 def _write_preview(target: Path) -> None:
     paint_placeholder(*PREVIEW_SIZE_PIXELS).save(target)
+
+
+def _group_pieces(published: _Published, *, publish_all: bool) -> list[list[tuple[str, float]]]:
+    """Takes FFmpeg's pending pieces off `published` in the groups to publish as segments: each as long as
+    it is due; with `publish_all` the rest too, however short, in segments no longer than the longest."""
+    groups: list[list[tuple[str, float]]] = []
+    while published.pending:
+        due = _segment_seconds(len(published.segments) + len(groups))
+        group: list[tuple[str, float]] = []
+        seconds = 0.0
+        for piece in published.pending:
+            if group and seconds + piece[1] > due + 0.05:
+                break
+            group.append(piece)
+            seconds += piece[1]
+        if seconds < due - 0.05 and not publish_all:
+            break  # not long enough yet: more sound is on its way
+        del published.pending[: len(group)]
+        groups.append(group)
+    return groups
+
+
+def _segment_seconds(index: int) -> float:
+    """How long the segment at `index` is due to be: the first one second, each next twice the last."""
+    return float(min(FIRST_SEGMENT_SECONDS * 2**index, LONGEST_SEGMENT_SECONDS))
+
+
+# Boxes that describe one FFmpeg piece alone: kept for the first piece of a segment (the segment type), or
+# dropped (an index of the piece), when pieces are joined into one segment of several fragments.
+_PIECE_ONLY_BOXES = (b"styp", b"sidx")
+
+
+def _joined_pieces(paths: Sequence[Path]) -> bytes:
+    """One fMP4 media segment made of FFmpeg's pieces: a segment may hold several fragments (moof + mdat),
+    so the pieces' fragments follow each other; only the first piece's segment type box is kept."""
+    joined = bytearray()
+    for index, path in enumerate(paths):
+        data = path.read_bytes()
+        offset = 0
+        while offset + 8 <= len(data):
+            size = int.from_bytes(data[offset : offset + 4], "big")
+            kind = data[offset + 4 : offset + 8]
+            if size < 8 or offset + size > len(data):
+                raise EncodingError(f"the live encoder wrote a malformed piece ({path.name})")
+            if kind not in _PIECE_ONLY_BOXES or (kind == b"styp" and index == 0):
+                joined += data[offset : offset + size]
+            offset += size
+    return bytes(joined)
 
 
 def _read_playlist(path: Path) -> list[tuple[str, float]]:

@@ -67,15 +67,24 @@ def validate_key(key: str) -> str:
 class AssetStorage(Protocol):
     """Where images, narrations and videos are kept."""
 
-    async def put_file(self, key: str, source_path: Path, content_type: str) -> StoredAsset:
+    # With `signed=False` a remote store skips signing the new asset (a request of its own) and returns an
+    # empty `uri`: for callers that sign many assets at once with `signed_uris`, or need no URI at all.
+
+    async def put_file(
+        self, key: str, source_path: Path, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Stores a local file under `key`."""
         ...
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Stores bytes under `key`."""
         ...
 
-    async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+    async def put_mutable_bytes(
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Writes an object meant to be rewritten in place, such as a live playlist; never cached long."""
         ...
 

@@ -28,22 +28,29 @@ class LocalAssetStorage:
     def _path(self, key: str) -> Path:
         return self._root / validate_key(key)
 
-    async def put_file(self, key: str, source_path: Path, content_type: str) -> StoredAsset:
+    async def put_file(
+        self, key: str, source_path: Path, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Copies (or, on the same filesystem, moves) a file into storage atomically."""
         target = self._path(key)
         size_bytes = await asyncio.to_thread(_install_file, source_path, target)
         metrics.record_upload("local", key, size_bytes)
         return StoredAsset(key=key, uri=self.uri(key), size_bytes=size_bytes, content_type=content_type)
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Writes bytes into storage atomically."""
         target = self._path(key)
         await asyncio.to_thread(_write_atomically, target, data)
         metrics.record_upload("local", key, len(data))
         return StoredAsset(key=key, uri=self.uri(key), size_bytes=len(data), content_type=content_type)
 
-    async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
-        """Replaces the file atomically: a reader sees the old version or the new one, never half of one."""
+    async def put_mutable_bytes(
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
+        """Replaces the file atomically: a reader sees the old version or the new one, never half of one.
+        A local file's URI costs nothing, so it is always given, `signed` or not."""
         return await self.put_bytes(key, data, content_type)
 
     async def local_path(self, key: str) -> Path:

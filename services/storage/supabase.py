@@ -173,7 +173,9 @@ class SupabaseAssetStorage:
 
     # AssetStorage -------------------------------------------------------------------------------------------
 
-    async def put_file(self, key: str, source_path: Path, content_type: str) -> StoredAsset:
+    async def put_file(
+        self, key: str, source_path: Path, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Uploads a local file; above the resumable threshold it goes by TUS, read chunk by chunk."""
         _check_upload(key, content_type)
         size_bytes = (await asyncio.to_thread(source_path.stat)).st_size
@@ -187,18 +189,22 @@ class SupabaseAssetStorage:
             data = await asyncio.to_thread(source_path.read_bytes)
             size_bytes = len(data)
             await self._upload_standard(key, data, content_type)
-        return await self._stored(key, size_bytes, content_type)
+        return await self._stored(key, size_bytes, content_type, signed)
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+    async def put_bytes(
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Uploads bytes; above the resumable threshold they go by TUS."""
         _check_upload(key, content_type)
         if len(data) > self._resumable_threshold_bytes:
             await self._upload_resumable(key, len(data), content_type, _bytes_reader(data))
         else:
             await self._upload_standard(key, data, content_type)
-        return await self._stored(key, len(data), content_type)
+        return await self._stored(key, len(data), content_type, signed)
 
-    async def put_mutable_bytes(self, key: str, data: bytes, content_type: str) -> StoredAsset:
+    async def put_mutable_bytes(
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+    ) -> StoredAsset:
         """Writes an object that is rewritten in place (a live playlist): upserted, and never cached long,
         so players polling it see each new version."""
         _check_upload(key, content_type)
@@ -207,7 +213,7 @@ class SupabaseAssetStorage:
         await self._retried(
             "store a live object", lambda: self._client.from_(self._bucket).upload(key, data, options)
         )
-        return await self._stored(key, len(data), content_type)
+        return await self._stored(key, len(data), content_type, signed)
 
     async def local_path(self, key: str) -> Path:
         """Downloads the asset into the cache folder once; later calls reuse the cached copy.
@@ -475,10 +481,10 @@ class SupabaseAssetStorage:
 
         return _upload_offset(await self._retried("resume an upload", ask), minimum=0)
 
-    async def _stored(self, key: str, size_bytes: int, content_type: str) -> StoredAsset:
+    async def _stored(self, key: str, size_bytes: int, content_type: str, signed: bool) -> StoredAsset:
         """What every upload returns, once the object is stored (and counted in the metrics)."""
         metrics.record_upload("supabase", key, size_bytes)
-        uri = await self.signed_uri(key)
+        uri = await self.signed_uri(key) if signed else ""
         return StoredAsset(key=key, uri=uri, size_bytes=size_bytes, content_type=content_type)
 
     # Downloads and the bucket -------------------------------------------------------------------------------

@@ -14,6 +14,13 @@ import grpc
 import pytest
 from PIL import Image
 
+from services.media.live import (
+    LONGEST_SEGMENT_SECONDS,
+    RUNNING_DRY_SECONDS,
+    _group_pieces,
+    _joined_pieces,
+    _Published,
+)
 from services.media.video import probe_media
 from services.proto_time import seconds_of
 from services.storage.local import LocalAssetStorage
@@ -65,6 +72,14 @@ async def test_live_narration_publishes_a_playlist_then_the_whole_narration(
         float(line.split(":")[1].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF")
     )
     assert abs(listed - duration) < 2.5
+    # The first segment is one second, so the preview plays after the first sentence; later ones are longer,
+    # so the narration is a handful of uploads rather than one a second.
+    lengths = [
+        float(line.split(":")[1].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF")
+    ]
+    assert lengths[0] == pytest.approx(1.0, abs=0.05)
+    assert len(lengths) < duration / 2
+    assert all(length <= 2**index + 0.1 for index, length in enumerate(lengths))
     # A player reads the whole playlist: the init segment and every media segment it names.
     with av.open(str(playlist_path), options={"allowed_extensions": "ALL"}) as played:
         assert {stream.type for stream in played.streams} == {"video", "audio"}
@@ -124,3 +139,56 @@ async def test_a_stream_that_ends_without_end_is_invalid_and_does_not_hang(
             pass
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "end" in (raised.value.details() or "")
+
+
+def _pieces(count: int) -> list[tuple[str, float]]:
+    return [(f"segment-{index:05d}.m4s", 1.0) for index in range(count)]
+
+
+def test_pieces_are_published_in_segments_that_double_and_wait_until_they_are_long_enough() -> None:
+    published = _Published(pending=_pieces(10))
+    groups = _group_pieces(published, publish_all=False)
+    # 1 s, then 2 s, then 4 s; the three pieces left are short of the 8 s due next, so they wait.
+    assert [len(group) for group in groups] == [1, 2, 4]
+    assert [name for name, _ in published.pending] == [f"segment-{index:05d}.m4s" for index in range(7, 10)]
+    published.segments = [("a", 1.0), ("b", 2.0), ("c", 4.0)]
+    assert _group_pieces(published, publish_all=True) == [_pieces(10)[7:]]
+    assert published.pending == []
+
+
+def test_a_long_narration_is_published_in_segments_no_longer_than_the_longest() -> None:
+    published = _Published(pending=_pieces(200))
+    groups = _group_pieces(published, publish_all=True)
+    assert sum(len(group) for group in groups) == 200
+    assert max(len(group) for group in groups) == LONGEST_SEGMENT_SECONDS
+    assert len(groups) <= 12
+
+
+def test_a_player_about_to_run_dry_gets_what_is_cut_however_short() -> None:
+    published = _Published(segments=[("a", 1.0), ("b", 2.0), ("c", 4.0)], playable_since=100.0)
+    assert not published.is_running_dry(100.0)
+    assert published.is_running_dry(100.0 + 7.0 - RUNNING_DRY_SECONDS + 0.1)
+
+
+def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) -> None:
+    def box(kind: bytes, payload: bytes) -> bytes:
+        return (8 + len(payload)).to_bytes(4, "big") + kind + payload
+
+    for index in range(2):
+        (tmp_path / f"{index}.m4s").write_bytes(
+            box(b"styp", b"msdh")
+            + box(b"sidx", b"x" * 4)
+            + box(b"moof", bytes([index]))
+            + box(b"mdat", b"yy")
+        )
+    joined = _joined_pieces([tmp_path / "0.m4s", tmp_path / "1.m4s"])
+    assert joined == (
+        box(b"styp", b"msdh")
+        + box(b"moof", b"\x00")
+        + box(b"mdat", b"yy")
+        + box(b"moof", b"\x01")
+        + box(b"mdat", b"yy")
+    )
+    (tmp_path / "bad.m4s").write_bytes(b"\x00\x00\x00\x40moof")
+    with pytest.raises(Exception, match="malformed"):
+        _joined_pieces([tmp_path / "bad.m4s"])
