@@ -11,6 +11,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ from services.media.errors import EncodingError, InvalidInputError
 from services.media.loudness import master_speech
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import disk_full_reported, encoding_failure
-from services.media.speech import Narration, encode_wav
+from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
@@ -95,7 +96,14 @@ class LiveNarrationResult:
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
-SpeakSentence = Callable[[str], Awaitable[SpokenSegment]]
+# Speaks one or more sentences (in one request, where the voice is remote), one segment per sentence.
+SpeakSentences = Callable[[Sequence[str]], Awaitable[list[SpokenSegment]]]
+# Grouped sentences (a remote voice): the first request is the first sentence alone, the quickest to come
+# back; after it, a request waits until it holds this many characters, doubling each time up to the most,
+# unless nothing else is being spoken (the narration would stall) or the script is complete. A three-minute
+# script is then about eight requests instead of forty-five, most of them while the transcript is written.
+FIRST_GROUP_CHARACTERS = 150
+MOST_GROUP_CHARACTERS = 1200
 
 
 @dataclass
@@ -134,21 +142,29 @@ class LiveNarration:
         self,
         *,
         meditation_id: str,
-        speak: SpeakSentence,
+        speak: SpeakSentences,
         storage: AssetStorage,
         ffmpeg_path: str,
         work_root: Path,
-        max_concurrent_sentences: int = 3,
+        max_requests_in_flight: int = 3,
+        groups_sentences: bool = False,
     ) -> None:
         self._meditation_id = meditation_id
         self._speak = speak
+        self._groups_sentences = groups_sentences
         self._storage = storage
         self._ffmpeg_path = ffmpeg_path
         self._work_root = work_root
-        self._speaking = asyncio.Semaphore(max_concurrent_sentences)
+        self._max_requests_in_flight = max_requests_in_flight
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
-        self._spoken: list[asyncio.Task[SpokenSegment]] = []
+        # One future per sentence, resolved when the request that speaks it returns.
+        self._spoken: list[asyncio.Future[SpokenSegment]] = []
+        # Sentences with words that no request has taken yet, by index, in order.
+        self._unspoken: list[int] = []
+        self._requests: list[asyncio.Task[None]] = []
+        self._requests_in_flight = 0
+        self._is_closing = False
         self._events: asyncio.Queue[LiveEvent | BaseException] = asyncio.Queue()
         self._new_sentence = asyncio.Event()
         self._is_script_complete = False
@@ -167,9 +183,12 @@ class LiveNarration:
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        tasks = [*self._spoken, *(task for task in (self._preview, self._writer) if task is not None)]
+        self._is_closing = True
+        tasks = [*self._requests, *(task for task in (self._preview, self._writer) if task is not None)]
         for task in tasks:
             task.cancel()
+        for future in self._spoken:
+            future.cancel()
         # A second cancellation (the end of a grace period lands while we wait) must not skip the clean-up,
         # nor end this task before it is done; the files go only once the writer has killed FFmpeg, or it
         # would write new ones.
@@ -200,6 +219,7 @@ class LiveNarration:
             raise InvalidInputError("transcript", "is empty: there is nothing to narrate")
         self._is_script_complete = True
         self._new_sentence.set()
+        self._send_requests()
 
     def fail(self, error: BaseException) -> None:
         """Ends the narration with `error` (the client's stream broke): events() raises it."""
@@ -217,19 +237,71 @@ class LiveNarration:
 
     def _start_speaking(self, sentence: str) -> None:
         self._texts.append(sentence)
-        self._spoken.append(asyncio.create_task(self._speak_bounded(sentence)))
+        spoken = asyncio.get_running_loop().create_future()
+        self._spoken.append(spoken)
+        if count_spoken_words(sentence) == 0:
+            # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
+            seconds = total_pause_seconds(sentence)
+            spoken.set_result(SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", ""))
+        else:
+            self._unspoken.append(len(self._texts) - 1)
         self._new_sentence.set()
+        self._send_requests()
 
-    async def _speak_bounded(self, sentence: str) -> SpokenSegment:
-        async with self._speaking:
-            if count_spoken_words(sentence) == 0:
-                # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
-                seconds = total_pause_seconds(sentence)
-                return SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", "")
-            spoken = await self._speak(sentence)
+    def _send_requests(self) -> None:
+        """Starts as many speech requests as are due and have room (see FIRST_GROUP_CHARACTERS)."""
+        while (
+            not self._is_closing
+            and self._unspoken
+            and self._requests_in_flight < self._max_requests_in_flight
+        ):
+            group = self._next_group()
+            if not group:
+                return
+            del self._unspoken[: len(group)]
+            self._requests_in_flight += 1
+            self._requests.append(asyncio.create_task(self._speak_group(group)))
+
+    def _next_group(self) -> list[int]:
+        """The sentences the next request speaks, or none when it should wait for more."""
+        if not self._groups_sentences or not self._requests:
+            return self._unspoken[:1]
+        if self._is_script_complete:
+            # The rest is spread over every free request, so the narration ends as soon as it can.
+            free = self._max_requests_in_flight - self._requests_in_flight
+            remaining = sum(len(self._texts[index]) for index in self._unspoken)
+            wanted = min(max(FIRST_GROUP_CHARACTERS, remaining / free), MOST_GROUP_CHARACTERS)
+        else:
+            wanted = min(FIRST_GROUP_CHARACTERS * 2 ** (len(self._requests) - 1), MOST_GROUP_CHARACTERS)
+        group: list[int] = []
+        characters = 0
+        for index in self._unspoken:
+            if group and characters + len(self._texts[index]) > wanted:
+                break
+            group.append(index)
+            characters += len(self._texts[index])
+        is_due = characters >= wanted or len(group) < len(self._unspoken) or self._is_script_complete
+        # Nothing being spoken: a request now keeps the narration moving, however short.
+        return group if is_due or self._requests_in_flight == 0 else []
+
+    async def _speak_group(self, group: list[int]) -> None:
+        try:
+            spoken = await self._speak([self._texts[index] for index in group])
             # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
             # encode serves the live preview and the QUICK video already at the target loudness.
-            return dataclasses.replace(spoken, narration=await asyncio.to_thread(_mastered, spoken.narration))
+            for index, segment in zip(group, spoken, strict=True):
+                mastered = await asyncio.to_thread(_mastered, segment.narration)
+                if not self._spoken[index].done():
+                    self._spoken[index].set_result(dataclasses.replace(segment, narration=mastered))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # handed to the writer, which awaits the sentences in order
+            for index in group:
+                if not self._spoken[index].done():
+                    self._spoken[index].set_exception(error)
+        finally:
+            self._requests_in_flight -= 1
+            self._send_requests()
 
     async def _write_in_order(self) -> None:
         try:
@@ -249,7 +321,11 @@ class LiveNarration:
         encoder: _LiveEncoder | None = None
         published = _Published()
         publisher: asyncio.Task[None] | None = None
-        pcm = bytearray()
+        # The narration goes to disk as it is spoken, not into memory: fifty jobs at once would otherwise
+        # hold fifty narrations, each about ten megabytes, two or three times over.
+        wav_path = work_dir / "narration.wav"
+        wav: wave.Wave_write | None = None
+        written_samples = 0
         sentences: list[SpokenSentence] = []
         providers: list[str] = []
         fallback_reason = ""
@@ -267,6 +343,7 @@ class LiveNarration:
                 segment = await self._spoken[index]
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
+                    wav = await asyncio.to_thread(_open_wav, wav_path, sample_rate)
                     encoder = await _LiveEncoder.start(
                         self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
                     )
@@ -274,9 +351,9 @@ class LiveNarration:
                         self._publish_while_encoding(work_dir, published, encoder)
                     )
                 samples = _at_rate(segment.narration, sample_rate)
-                start = len(pcm) / 2 / sample_rate
-                pcm += samples
-                sentences.append(SpokenSentence(self._texts[index], start, len(pcm) / 2 / sample_rate))
+                start = written_samples / sample_rate
+                written_samples += len(samples) // 2
+                sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
                 if segment.provider:
                     providers.append(segment.provider)
                 fallback_reason = fallback_reason or segment.fallback_reason
@@ -285,33 +362,42 @@ class LiveNarration:
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 await encoder.write(samples)
+                assert wav is not None
+                await asyncio.to_thread(wav.writeframes, samples)
                 index += 1
-            assert encoder is not None and publisher is not None
+            assert encoder is not None and publisher is not None and wav is not None
             await encoder.close()
+            await asyncio.to_thread(wav.close)
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
-            duration_seconds = len(pcm) / 2 / sample_rate
-            await self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True)
+            duration_seconds = written_samples / sample_rate
+            # The last of the preview and the narration's three files go up side by side.
+            prefix = f"narrations/{self._meditation_id}"
+            _, stored_wav, stored_aac, stored_subtitles = await asyncio.gather(
+                self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True),
+                self._storage.put_file(new_key(prefix, "wav"), wav_path, "audio/wav"),
+                self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
+                self._storage.put_bytes(
+                    new_key(f"videos/{self._meditation_id}", "vtt"),
+                    webvtt(sentences).encode(),
+                    WEBVTT_CONTENT_TYPE,
+                ),
+            )
         finally:
             if publisher is not None:
                 publisher.cancel()
             if encoder is not None:
                 await encoder.kill()
-        narration = Narration(bytes(pcm), sample_rate)
-        wav = await asyncio.to_thread(encode_wav, narration)
-        prefix = f"narrations/{self._meditation_id}"
-        stored_wav = await self._storage.put_bytes(new_key(prefix, "wav"), wav, "audio/wav")
-        stored_aac = await self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac")
-        stored_subtitles = await self._storage.put_bytes(
-            new_key(f"videos/{self._meditation_id}", "vtt"), webvtt(sentences).encode(), WEBVTT_CONTENT_TYPE
-        )
+            if wav is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(wav.close)
         provider = max(set(providers), key=providers.count) if providers else "espeak-ng"
         return LiveNarrationResult(
             wav_key=stored_wav.key,
             wav_uri=stored_wav.uri,
             aac_key=stored_aac.key,
-            duration_seconds=narration.duration_seconds,
+            duration_seconds=duration_seconds,
             sample_rate_hertz=sample_rate,
             provider=provider,
             fallback_reason=fallback_reason,
@@ -509,6 +595,15 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     positions = np.linspace(0, len(samples) - 1, count, dtype=np.float32) if len(samples) else samples
     resampled = np.interp(positions, np.arange(len(samples), dtype=np.float32), samples) if count else samples
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
+
+
+def _open_wav(path: Path, sample_rate: int) -> wave.Wave_write:
+    """A mono 16-bit WAV file that samples are appended to; closing it writes the lengths into its header."""
+    writer = wave.open(str(path), "wb")  # noqa: SIM115 - closed by the narration when it ends
+    writer.setnchannels(1)
+    writer.setsampwidth(2)
+    writer.setframerate(sample_rate)
+    return writer
 
 
 def _write_preview(target: Path) -> None:

@@ -6,12 +6,15 @@ import asyncio
 import shutil
 import tempfile
 import wave
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import openai
 
 from services.media.errors import SpeechError
 from services.media.speech import Narration
+from services.media.speech_gaps import cut_at_gaps
 from services.media.video import run_ffmpeg
 from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
 from services.script_marks import Silence, SpokenText, split_on_pauses
@@ -52,7 +55,8 @@ def split_for_speech(text: str, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
 
 class OpenAISpeechNarrator:
     """Speaks each stretch between pause marks with `audio.speech`, a few requests at a time, and holds
-    exact digital silence for every pause mark."""
+    exact digital silence for every pause mark; or several sentences in one request (`narrate_sentences`),
+    cut back into sentences at the breaths between them."""
 
     def __init__(
         self,
@@ -90,6 +94,42 @@ class OpenAISpeechNarrator:
                 ProviderFailureKind.TIMEOUT,
                 f"the speech provider did not finish within {self._timeout_seconds:g} s",
             ) from None
+
+    async def narrate_sentences(self, sentences: Sequence[str]) -> list[Narration]:
+        """Speaks several sentences in one request and cuts the audio back into one narration each, at the
+        breaths between them; pause marks are held as exact silence, as `narrate` holds them. Raises
+        ProviderCallError when the provider fails, SpeechError when there is nothing to say."""
+        plans = [split_on_pauses(sentence) for sentence in sentences]
+        stretches = [segment.text for plan in plans for segment in plan if isinstance(segment, SpokenText)]
+        if not stretches:
+            raise SpeechError("the sentences have no words to speak")
+        text = " ".join(stretches)
+        if len(text) > MAX_INPUT_CHARS:
+            raise SpeechError(f"{len(sentences)} sentences are too long for one speech request")
+        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
+        try:
+            async with asyncio.timeout(self._timeout_seconds):
+                pcm = await self._speak(text, work_dir / "batch")
+        except TimeoutError:
+            raise ProviderCallError(
+                ProviderFailureKind.TIMEOUT,
+                f"the speech provider did not finish within {self._timeout_seconds:g} s",
+            ) from None
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+        samples = np.frombuffer(pcm, dtype="<i2")
+        cuts = cut_at_gaps(samples, SAMPLE_RATE_HERTZ, [len(stretch) for stretch in stretches])
+        pieces = iter(np.split(samples, cuts))
+        narrations = []
+        for plan in plans:
+            sentence_pcm = bytearray()
+            for segment in plan:
+                if isinstance(segment, Silence):
+                    sentence_pcm += bytes(2 * round(segment.seconds * SAMPLE_RATE_HERTZ))
+                else:
+                    sentence_pcm += next(pieces).astype("<i2").tobytes()
+            narrations.append(Narration(pcm_s16le=bytes(sentence_pcm), sample_rate_hertz=SAMPLE_RATE_HERTZ))
+        return narrations
 
     async def _narrate(self, script: str) -> Narration:
         segments = split_on_pauses(script)

@@ -11,7 +11,7 @@ import wave
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from services import metrics, tracing
 from services.media.cleanup import finish_despite_cancellation
@@ -40,6 +40,15 @@ class Narrator(Protocol):
 
     async def narrate(self, script: str) -> Narration:
         """Returns the narration; a provider failure raises ProviderCallError."""
+        ...
+
+
+@runtime_checkable
+class SentenceBatchNarrator(Protocol):
+    """A narrator that speaks several sentences in one request, returning each its own narration."""
+
+    async def narrate_sentences(self, sentences: Sequence[str]) -> list[Narration]:
+        """One narration per sentence, in order; a provider failure raises ProviderCallError."""
         ...
 
 
@@ -126,6 +135,41 @@ class MediaStudio:
             return SpokenSegment(fallback, self._fallback_narrator_name, error.message)
         return SpokenSegment(narration, self._narrator_name, "")
 
+    @property
+    def speaks_sentences_together(self) -> bool:
+        """Whether the narrator takes several sentences in one request (a remote voice: each request is a
+        round trip), so a live narration groups them."""
+        return isinstance(self._narrator, SentenceBatchNarrator)
+
+    async def speak_sentences(self, sentences: Sequence[str]) -> list[SpokenSegment]:
+        """Speaks sentences in one request when the narrator can (see `speak` otherwise), each sentence with
+        its own audio; the offline voice speaks them one by one when the remote provider fails."""
+        if not isinstance(self._narrator, SentenceBatchNarrator) or len(sentences) == 1:
+            return [await self.speak(sentence) for sentence in sentences]
+        try:
+            with (
+                metrics.provider_call(self._narrator_name, "speech"),
+                tracing.provider_call(self._narrator_name, "speech"),
+            ):
+                narrations = await self._narrator.narrate_sentences(sentences)
+        except ProviderCallError as error:
+            if self._fallback_narrator is None:
+                raise
+            metrics.record_fallback(self._narrator_name, "speech")
+            logger.warning(
+                "speech provider %s failed, using %s: %s",
+                self._narrator_name,
+                self._fallback_narrator_name,
+                error,
+            )
+            spoken = []
+            for sentence in sentences:
+                with tracing.provider_call(self._fallback_narrator_name, "speech"):
+                    fallback = await self._fallback_narrator.narrate(sentence)
+                spoken.append(SpokenSegment(fallback, self._fallback_narrator_name, error.message))
+            return spoken
+        return [SpokenSegment(narration, self._narrator_name, "") for narration in narrations]
+
     async def measure_assets(self, meditation_id: str) -> int:
         """How many bytes the meditation's narration, live preview and videos take in storage."""
         return sum([await self._storage.prefix_size(f"{kind}/{meditation_id}") for kind in _ASSET_KINDS])
@@ -145,11 +189,12 @@ class MediaStudio:
         await self.scratch.ensure_room()
         return LiveNarration(
             meditation_id=meditation_id,
-            speak=self.speak,
+            speak=self.speak_sentences,
+            groups_sentences=self.speaks_sentences_together,
             storage=self._storage,
             ffmpeg_path=self._ffmpeg_path,
             work_root=self._work_root,
-            max_concurrent_sentences=self._sentences_in_flight_per_job,
+            max_requests_in_flight=self._sentences_in_flight_per_job,
         )
 
     async def render(

@@ -6,21 +6,26 @@ import asyncio
 import io
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import av
 import grpc
+import imageio_ffmpeg
 import pytest
 from PIL import Image
 
 from services.media.live import (
     LONGEST_SEGMENT_SECONDS,
     RUNNING_DRY_SECONDS,
+    LiveNarration,
+    LiveNarrationResult,
+    SpokenSegment,
     _group_pieces,
     _joined_pieces,
     _Published,
 )
+from services.media.speech import EspeakNarrator
 from services.media.video import probe_media
 from services.proto_time import seconds_of
 from services.storage.local import LocalAssetStorage
@@ -192,3 +197,41 @@ def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) 
     (tmp_path / "bad.m4s").write_bytes(b"\x00\x00\x00\x40moof")
     with pytest.raises(Exception, match="malformed"):
         _joined_pieces([tmp_path / "bad.m4s"])
+
+
+async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups(
+    storage: LocalAssetStorage, tmp_path: Path
+) -> None:
+    espeak = EspeakNarrator(words_per_minute=375)
+    requests: list[list[str]] = []
+
+    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+        # Each request takes a moment, as a remote voice does, so sentences gather while it is out.
+        requests.append(list(sentences))
+        await asyncio.sleep(0.05)
+        return [SpokenSegment(await espeak.narrate(sentence), "openai", "") for sentence in sentences]
+
+    script = " ".join(f"Sentence {index} is calm and slow, breathing in and out." for index in range(24))
+    try:
+        async with LiveNarration(
+            meditation_id="0123456789abcdef",
+            speak=speak,
+            storage=storage,
+            ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+            work_root=tmp_path,
+            max_requests_in_flight=3,
+            groups_sentences=True,
+        ) as live:
+            for start in range(0, len(script), 40):
+                live.add_text(script[start : start + 40])
+                await asyncio.sleep(0.01)
+            live.finish_script()
+            result = [event async for event in live.events()][-1]
+    finally:
+        espeak.close()
+    assert isinstance(result, LiveNarrationResult)
+    assert requests[0] == ["Sentence 0 is calm and slow, breathing in and out."]
+    # Every sentence spoken once, in order, in far fewer requests than sentences.
+    assert [sentence for request in requests for sentence in request] == [s.text for s in result.sentences]
+    assert len(result.sentences) == 24
+    assert len(requests) <= 10, [len(request) for request in requests]

@@ -379,6 +379,37 @@ async def test_speech_in_every_format_becomes_one_narration_with_exact_pauses(
     assert not list(tmp_path.iterdir())  # work files are removed
 
 
+async def test_sentences_spoken_in_one_request_are_cut_back_into_each_sentences_own_audio(
+    client: openai.AsyncOpenAI, provider_server: OpenAICompatibleServer, tmp_path: Path
+) -> None:
+    narrator = OpenAISpeechNarrator(
+        client,
+        SPEECH,
+        voice="sage",
+        instructions="",
+        audio_format="pcm",
+        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+        work_root=tmp_path,
+        timeout_seconds=60,
+    )
+    sentences = [
+        "Let your shoulders soften, and your hands grow heavy. [pause 2s]",
+        "Breathe in.",
+        "Notice the sound of the sea, far away, and let it carry the worries of the day.",
+    ]
+    together = await narrator.narrate_sentences(sentences)
+    speech_calls = [r for r in provider_server.received_requests() if r.path == "/v1/audio/speech"]
+    assert len(speech_calls) == 1
+    alone = [await narrator.narrate(sentence) for sentence in sentences]
+    assert len(together) == 3
+    # Each piece is its own sentence: as long as the sentence spoken alone, give or take the breath that
+    # a cut shares between two neighbours.
+    for piece, single in zip(together, alone, strict=True):
+        assert abs(piece.duration_seconds - single.duration_seconds) < 0.6
+    # The pause mark after the first sentence is held as exact silence at the end of its piece.
+    assert together[0].pcm_s16le.endswith(b"\x00" * (2 * 24_000 * 2))
+
+
 def test_long_stretches_are_split_at_sentences_under_the_limit() -> None:
     text = " ".join(f"Sentence number {index} is calm and slow." for index in range(300))
     pieces = split_for_speech(text, max_chars=4096)
