@@ -110,6 +110,7 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         fallback_narrator_name=offline.name,
         providers=[report],
         sentences_in_flight_per_job=config.sentences_in_flight_per_job,
+        deferrable_renders_at_once=config.enhanced_renders_at_once,
         storage=storage,
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,

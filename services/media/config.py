@@ -113,6 +113,7 @@ class MediaConfig:
     fallback_to_offline: bool
     sentences_in_flight_per_job: int
     speech_requests_in_flight: int
+    enhanced_renders_at_once: int
     # Where /metrics is served; off (port 0) unless STILLPOINT_METRICS_PORT is set.
     metrics: MetricsSettings = METRICS_OFF
 
@@ -178,13 +179,18 @@ class MediaConfig:
             ),
             speech_format=environment.choice("STILLPOINT_SPEECH_FORMAT", "pcm", SPEECH_FORMATS),
             fallback_to_offline=environment.flag("STILLPOINT_FALLBACK_TO_OFFLINE", True),
-            # A remote speech request is mostly waiting: several sentences of a job are spoken at once, and
-            # the process caps the total so a burst of jobs cannot flood the provider.
+            # A remote speech request is mostly waiting: several requests of a job (each a group of sentences,
+            # services/media/live.py) are out at once, and the process caps the total so a burst of jobs
+            # cannot flood the provider.
             sentences_in_flight_per_job=environment.integer(
                 "STILLPOINT_SENTENCES_IN_FLIGHT_PER_JOB", 6, minimum=1, maximum=64
             ),
             speech_requests_in_flight=environment.integer(
                 "STILLPOINT_SPEECH_REQUESTS_IN_FLIGHT", 24, minimum=1, maximum=1024
+            ),
+            # ENHANCED renders take turns at low CPU priority, so live narrations and QUICK videos go first.
+            enhanced_renders_at_once=environment.integer(
+                "STILLPOINT_ENHANCED_RENDERS_AT_ONCE", 2, minimum=1, maximum=64
             ),
         )
 

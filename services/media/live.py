@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 
 from services.media.cleanup import finish_despite_cancellation
@@ -26,6 +29,7 @@ from services.media.placeholder import paint_placeholder
 from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
+from services.media.urgency import urgent
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
@@ -39,6 +43,10 @@ logger = logging.getLogger(__name__)
 # segments are ready long before a player reaches them.
 PIECE_SECONDS = 1
 FIRST_SEGMENT_SECONDS = 1
+# Past the first segments (1 + 2 + 4 seconds), pieces are cut only this far apart: a keyframe is the one
+# picture of the preview that costs anything to encode. A multiple of FIRST_SEGMENT_SECONDS * 8, so the
+# doubling segments end on them.
+KEYFRAME_SECONDS = 8
 LONGEST_SEGMENT_SECONDS = 32
 # A player that started with the first segment would run out of published sound this soon: then whatever is
 # cut is published at once, however short (a slow voice must not leave it waiting for a long segment).
@@ -260,7 +268,9 @@ class LiveNarration:
                 return
             del self._unspoken[: len(group)]
             self._requests_in_flight += 1
-            self._requests.append(asyncio.create_task(self._speak_group(group)))
+            # The first sentence is what the listener is waiting for: its request goes ahead of other jobs'.
+            with urgent() if not self._requests else contextlib.nullcontext():
+                self._requests.append(asyncio.create_task(self._speak_group(group)))
 
     def _next_group(self) -> list[int]:
         """The sentences the next request speaks, or none when it should wait for more."""
@@ -412,10 +422,9 @@ class LiveNarration:
         return await self._preview
 
     async def _preview_image(self, work_dir: Path) -> Path:
-        """The preview's picture at 720p: the placeholder, as no image is ready this early in a job."""
-        target = work_dir / "preview.bmp"
-        await asyncio.to_thread(_write_preview, target)
-        return target
+        """The preview's picture at 720p: the placeholder, as no image is ready this early in a job. It is
+        the same picture for every job, so it is painted once per process and shared (read-only)."""
+        return await asyncio.to_thread(_shared_preview, self._work_root)
 
     async def _publish_while_encoding(
         self, work_dir: Path, published: _Published, encoder: _LiveEncoder
@@ -520,14 +529,15 @@ class _LiveEncoder:
         arguments = [
             *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
             *("-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"),
-            # A picture a second (every one a keyframe), where segments may be cut, so every segment plays
-            # on its own. The picture is a BMP because `-loop` decodes it again for every frame, and a BMP
-            # costs nothing to decode.
-            *("-protocol_whitelist", "file,pipe", "-loop", "1", "-framerate", f"1/{PIECE_SECONDS}"),
-            *("-i", str(image), "-map", "1:v", "-map", "0:a"),
+            # A picture a second, read raw (already YUV 4:2:0: nothing to decode or convert). Only where
+            # a piece may be cut is it a keyframe (KEYFRAME_SECONDS); every other picture repeats the one
+            # before it, which x264 encodes for next to nothing.
+            *("-protocol_whitelist", "file,pipe", "-stream_loop", "-1", "-f", "rawvideo"),
+            *("-pix_fmt", "yuv420p", "-video_size", "x".join(map(str, PREVIEW_SIZE_PIXELS))),
+            *("-framerate", f"1/{PIECE_SECONDS}", "-i", str(image), "-map", "1:v", "-map", "0:a"),
             # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
             *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
-            *("-pix_fmt", "yuv420p", "-g", "1"),
+            *("-pix_fmt", "yuv420p", "-g", "100000", "-force_key_frames", _keyframe_times()),
             # The narration is encoded once, as it arrives, and the same AAC goes to both outputs: the HLS
             # preview and the plain AAC file the QUICK video copies.
             *("-c:a", "aac", "-b:a", "96k", "-aac_coder", "fast", "-aac_ms", "0", "-shortest"),
@@ -606,8 +616,27 @@ def _open_wav(path: Path, sample_rate: int) -> wave.Wave_write:
     return writer
 
 
-def _write_preview(target: Path) -> None:
-    paint_placeholder(*PREVIEW_SIZE_PIXELS).save(target)
+def _shared_preview(work_root: Path) -> Path:
+    """The placeholder as raw YUV 4:2:0 frames' worth of bytes, written once under `work_root` (atomically:
+    two jobs starting together may both write it, and a reader never sees half of it)."""
+    width, height = PREVIEW_SIZE_PIXELS
+    target = work_root / f"preview-{width}x{height}.yuv"
+    if not target.is_file():
+        rgb = np.asarray(paint_placeholder(width, height).convert("RGB"))
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+        partial.write_bytes(frame.to_ndarray().tobytes())
+        os.replace(partial, target)
+    return target
+
+
+@functools.cache
+def _keyframe_times() -> str:
+    """Where the live video has keyframes, as FFmpeg's list of seconds: every second up to KEYFRAME_SECONDS
+    apart from then on; two hours of them."""
+    early = range(0, FIRST_SEGMENT_SECONDS * 7 + 1, PIECE_SECONDS)
+    late = range(early[-1] + KEYFRAME_SECONDS, 2 * 3600, KEYFRAME_SECONDS)
+    return ",".join(str(second) for second in (*early, *late))
 
 
 def _group_pieces(published: _Published, *, publish_all: bool) -> list[list[tuple[str, float]]]:

@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from services.media.errors import SpeechError
 from services.media.speech import Narration
+from services.media.urgency import PriorityLimiter
 from services.openai_api import (
     ConfiguredModel,
     ProviderCallError,
@@ -105,7 +106,8 @@ class RealtimeSpeechNarrator:
         }
         self._timeout_seconds = timeout_seconds
         self._clock = clock
-        self._slots = asyncio.Semaphore(max_sessions)
+        # A job's first sentence goes ahead of the queue (urgency.py).
+        self._slots = PriorityLimiter(max_sessions)
         self._idle: list[_Session] = []
         self._is_closed = False
 

@@ -15,6 +15,7 @@ import openai
 from services.media.errors import SpeechError
 from services.media.speech import Narration
 from services.media.speech_gaps import cut_at_gaps
+from services.media.urgency import PriorityLimiter
 from services.media.video import run_ffmpeg
 from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
 from services.script_marks import Silence, SpokenText, split_on_pauses
@@ -81,7 +82,8 @@ class OpenAISpeechNarrator:
         self._ffmpeg_path = ffmpeg_path
         self._work_root = work_root
         self._timeout_seconds = timeout_seconds
-        self._requests = asyncio.Semaphore(max_concurrent_requests)
+        # Shared by every job of the process; a job's first sentence goes ahead of the queue (urgency.py).
+        self._requests = PriorityLimiter(max_concurrent_requests)
 
     async def narrate(self, script: str) -> Narration:
         """Returns the whole narration at 24 kHz within the time budget (retries included); raises

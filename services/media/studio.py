@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -93,6 +94,7 @@ class MediaStudio:
         sentences_in_flight_per_job: int = 3,
         scratch: ScratchDisk | None = None,
         links: MediaLinkSigner | None = None,
+        deferrable_renders_at_once: int = 2,
     ) -> None:
         self._narrator = narrator
         # Local storage's files reach clients through the media endpoint's signed links; None: storage
@@ -110,6 +112,9 @@ class MediaStudio:
         # Without a minimum, a full disk is still recognised when a write fails.
         self.scratch = scratch or ScratchDisk(work_root)
         self._video_timeout_seconds = video_timeout_seconds
+        # ENHANCED renders take turns (each holds a decoded full-size picture and a whole narration's audio
+        # chain); QUICK ones, a copied track and one frame, never wait.
+        self._deferrable_renders = asyncio.Semaphore(deferrable_renders_at_once)
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
@@ -229,21 +234,22 @@ class MediaStudio:
         with disk_full_reported():
             work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
         try:
-            started = time.perf_counter()
             # The placeholder image or the finished file's check may find the scratch disk full.
-            with disk_full_reported():
-                video = await render_still_video(
-                    ffmpeg_path=self._ffmpeg_path,
-                    image_path=image_path,
-                    audio_path=audio_path,
-                    duration_seconds=duration_seconds,
-                    output_path=work_dir / f"{profile.name}.mp4",
-                    profile=profile,
-                    encoder=self.encoders.selected,
-                    timeout_seconds=self._video_timeout_seconds,
-                    is_audio_copied=is_audio_copied,
-                    subtitles_path=subtitles_path,
-                )
+            async with self._deferrable_renders if profile.is_deferrable else contextlib.nullcontext():
+                started = time.perf_counter()
+                with disk_full_reported():
+                    video = await render_still_video(
+                        ffmpeg_path=self._ffmpeg_path,
+                        image_path=image_path,
+                        audio_path=audio_path,
+                        duration_seconds=duration_seconds,
+                        output_path=work_dir / f"{profile.name}.mp4",
+                        profile=profile,
+                        encoder=self.encoders.selected,
+                        timeout_seconds=self._video_timeout_seconds,
+                        is_audio_copied=is_audio_copied,
+                        subtitles_path=subtitles_path,
+                    )
             encode_seconds = time.perf_counter() - started
             metrics.record_encode(video.encoder, profile.name, encode_seconds, video.duration_seconds)
             yield VideoEncoded(encode_seconds=encode_seconds, encoder=video.encoder)

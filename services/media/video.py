@@ -9,6 +9,7 @@ narration, and players show the picture throughout and seek anywhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import uuid
@@ -56,6 +57,9 @@ class RenderProfile:
     ambient_bed_decibels: float | None
     # How long the bed takes to rise at the start and to fall away at the end.
     ambient_bed_fade_seconds: float = 0.0
+    # Rendered in its own lane and at low CPU priority: someone already has a video to watch (the QUICK one),
+    # so live narrations and first videos go first.
+    is_deferrable: bool = False
 
 
 QUICK_PROFILE = RenderProfile(
@@ -91,6 +95,7 @@ ENHANCED_PROFILE = RenderProfile(
     # fall under the loudness gate, so the video's loudness is the voice's.
     ambient_bed_decibels=-30.0,
     ambient_bed_fade_seconds=4.0,
+    is_deferrable=True,
 )
 
 
@@ -129,8 +134,15 @@ class FfmpegResult:
     stderr: str
 
 
-async def run_ffmpeg(ffmpeg_path: str, arguments: Sequence[str], *, timeout_seconds: float) -> FfmpegResult:
-    """Runs FFmpeg without a shell; kills it on timeout (raising TimeoutError) and on cancellation."""
+# How much lower than the service a deferrable encode runs (nice(1)'s scale, 19 the lowest).
+DEFERRED_NICENESS = 10
+
+
+async def run_ffmpeg(
+    ffmpeg_path: str, arguments: Sequence[str], *, timeout_seconds: float, niceness: int = 0
+) -> FfmpegResult:
+    """Runs FFmpeg without a shell; kills it on timeout (raising TimeoutError) and on cancellation. With
+    `niceness`, it runs at that much lower CPU priority, so it takes only what other work leaves."""
     try:
         process = await asyncio.create_subprocess_exec(
             ffmpeg_path,
@@ -141,6 +153,11 @@ async def run_ffmpeg(ffmpeg_path: str, arguments: Sequence[str], *, timeout_seco
         )
     except OSError as error:
         raise EncodingError("FFmpeg could not be started", detail=f"{ffmpeg_path}: {error}") from error
+    if niceness:
+        # Set from outside rather than in the child before exec: preexec_fn is unsafe with threads. The
+        # first milliseconds run at normal priority, which is harmless.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, process.pid, niceness)
     try:
         async with asyncio.timeout(timeout_seconds):
             _, stderr = await process.communicate()
@@ -197,7 +214,12 @@ async def render_still_video(
             subtitles_path=subtitles_path,
         )
         try:
-            result = await run_ffmpeg(ffmpeg_path, arguments, timeout_seconds=timeout_seconds)
+            result = await run_ffmpeg(
+                ffmpeg_path,
+                arguments,
+                timeout_seconds=timeout_seconds,
+                niceness=DEFERRED_NICENESS if profile.is_deferrable else 0,
+            )
         except TimeoutError:
             raise StageTimeoutError("video rendering", timeout_seconds) from None
         if result.return_code != 0:

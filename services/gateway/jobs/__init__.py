@@ -41,7 +41,7 @@ class JobLimits:
     """How much work a replica takes on, and how often a job is attempted."""
 
     max_jobs_per_owner: int = 4  # running at once, across every replica
-    max_running_jobs: int = 8  # on this replica; the rest wait in the queue
+    max_running_jobs: int = 64  # on this replica; the rest wait in the queue
     max_queued_jobs: int = 200  # waiting, across every replica; past it, RESOURCE_EXHAUSTED
     max_attempts: int = 3  # after this many failed attempts a job is dead-lettered
     # What one owner's meditations may take in storage (as measured when each succeeded); 0: no limit.

@@ -1,0 +1,67 @@
+"""First things first: urgent waiters take the next free slot before anyone who was waiting already."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.media.urgency import PriorityLimiter, is_urgent, urgent
+
+
+async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
+    limiter = PriorityLimiter(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter:
+            await release.wait()
+
+    async def take(name: str) -> None:
+        async with limiter:
+            order.append(name)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    tasks = [asyncio.create_task(take("later 1")), asyncio.create_task(take("later 2"))]
+    await asyncio.sleep(0)
+    with urgent():
+        tasks += [asyncio.create_task(take("first 1")), asyncio.create_task(take("first 2"))]
+    await asyncio.sleep(0)
+    assert limiter.waiting == 4
+    release.set()
+    await asyncio.gather(holder, *tasks)
+    assert order == ["first 1", "first 2", "later 1", "later 2"]
+    assert limiter.waiting == 0
+
+
+async def test_a_cancelled_waiter_gives_up_its_place_and_never_a_slot() -> None:
+    limiter = PriorityLimiter(1)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter:
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(limiter.__aenter__())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await holder
+    # Both slots' worth of work can run now: nothing leaked to the cancelled waiter.
+    async with limiter:
+        assert limiter.waiting == 0
+
+
+def test_urgency_is_scoped() -> None:
+    assert not is_urgent()
+    with urgent():
+        assert is_urgent()
+    assert not is_urgent()
+    with pytest.raises(ValueError, match="at least 1"):
+        PriorityLimiter(0)
