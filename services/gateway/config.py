@@ -116,10 +116,10 @@ class GatewayConfig:
                 max_jobs_per_owner=environment.integer(
                     "STILLPOINT_MAX_JOBS_PER_OWNER", 4, minimum=1, maximum=10_000
                 ),
-                # Admission takes people in rather than queueing them: a running job mostly waits on providers,
-                # and its costly parts wait in media's own lanes (its first sentence ahead of everything, its
-                # ENHANCED render behind), so one gateway starts everyone who arrives together. Past this
-                # many, jobs wait in the queue for any replica with room.
+                # Admission takes people in rather than queueing them: a running job mostly waits on
+                # providers, and its costly parts wait in media's own lanes (its first sentence ahead of
+                # everything, its ENHANCED render behind), so one gateway starts everyone who arrives
+                # together. Past this many, jobs wait in the queue for any replica with room.
                 max_running_jobs=environment.integer(
                     "STILLPOINT_MAX_RUNNING_JOBS", 64, minimum=1, maximum=1000
                 ),
