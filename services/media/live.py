@@ -13,7 +13,6 @@ import secrets
 import shutil
 import tempfile
 import time
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,11 +85,10 @@ class PlaylistPublished:
 
 @dataclass(frozen=True)
 class LiveNarrationResult:
-    """The whole narration, as WAV (for mastering) and as AAC (copied into the QUICK video)."""
+    """The whole narration, mastered, as AAC: copied into the QUICK video, the ENHANCED one's source."""
 
-    wav_key: str
-    wav_uri: str
     aac_key: str
+    aac_uri: str
     duration_seconds: float
     sample_rate_hertz: int
     provider: str
@@ -331,10 +329,9 @@ class LiveNarration:
         encoder: _LiveEncoder | None = None
         published = _Published()
         publisher: asyncio.Task[None] | None = None
-        # The narration goes to disk as it is spoken, not into memory: fifty jobs at once would otherwise
-        # hold fifty narrations, each about ten megabytes, two or three times over.
-        wav_path = work_dir / "narration.wav"
-        wav: wave.Wave_write | None = None
+        # The narration is kept only as the encoder's AAC: no PCM copy is held in memory (fifty jobs at once
+        # would hold fifty, about ten megabytes each) nor stored (a WAV is four times the AAC's size, and
+        # its upload was the longest step between the last sentence and the QUICK video).
         written_samples = 0
         sentences: list[SpokenSentence] = []
         providers: list[str] = []
@@ -353,7 +350,6 @@ class LiveNarration:
                 segment = await self._spoken[index]
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
-                    wav = await asyncio.to_thread(_open_wav, wav_path, sample_rate)
                     encoder = await _LiveEncoder.start(
                         self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
                     )
@@ -372,21 +368,17 @@ class LiveNarration:
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 await encoder.write(samples)
-                assert wav is not None
-                await asyncio.to_thread(wav.writeframes, samples)
                 index += 1
-            assert encoder is not None and publisher is not None and wav is not None
+            assert encoder is not None and publisher is not None
             await encoder.close()
-            await asyncio.to_thread(wav.close)
             publisher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await publisher
             duration_seconds = written_samples / sample_rate
-            # The last of the preview and the narration's three files go up side by side.
+            # The last of the preview, the narration and its subtitles go up side by side.
             prefix = f"narrations/{self._meditation_id}"
-            _, stored_wav, stored_aac, stored_subtitles = await asyncio.gather(
+            _, stored_aac, stored_subtitles = await asyncio.gather(
                 self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True),
-                self._storage.put_file(new_key(prefix, "wav"), wav_path, "audio/wav"),
                 self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
@@ -399,14 +391,10 @@ class LiveNarration:
                 publisher.cancel()
             if encoder is not None:
                 await encoder.kill()
-            if wav is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.to_thread(wav.close)
         provider = max(set(providers), key=providers.count) if providers else "espeak-ng"
         return LiveNarrationResult(
-            wav_key=stored_wav.key,
-            wav_uri=stored_wav.uri,
             aac_key=stored_aac.key,
+            aac_uri=stored_aac.uri,
             duration_seconds=duration_seconds,
             sample_rate_hertz=sample_rate,
             provider=provider,
@@ -605,15 +593,6 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     positions = np.linspace(0, len(samples) - 1, count, dtype=np.float32) if len(samples) else samples
     resampled = np.interp(positions, np.arange(len(samples), dtype=np.float32), samples) if count else samples
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
-
-
-def _open_wav(path: Path, sample_rate: int) -> wave.Wave_write:
-    """A mono 16-bit WAV file that samples are appended to; closing it writes the lengths into its header."""
-    writer = wave.open(str(path), "wb")  # noqa: SIM115 - closed by the narration when it ends
-    writer.setnchannels(1)
-    writer.setsampwidth(2)
-    writer.setframerate(sample_rate)
-    return writer
 
 
 def _shared_preview(work_root: Path) -> Path:

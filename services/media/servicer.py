@@ -208,8 +208,8 @@ async def _feed(requests: AsyncIterator[media_pb.NarrateLiveRequest], live: Live
 
 def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
     return media_pb.LiveNarrationCompleted(
-        storage_key=result.wav_key,
-        uri=result.wav_uri,
+        storage_key=result.aac_key,
+        uri=result.aac_uri,
         aac_storage_key=result.aac_key,
         duration=to_duration(result.duration_seconds),
         sample_rate_hertz=result.sample_rate_hertz,

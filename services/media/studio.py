@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import av
+
 from services import metrics, tracing
 from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
@@ -22,7 +24,7 @@ from services.media.live import LiveNarration, SpokenSegment
 from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
-from services.media.video import RenderProfile, render_still_video
+from services.media.video import RenderProfile, measure_audio_seconds, render_still_video
 from services.openai_api import ProviderCallError
 from services.provider_status import ProviderReport
 from services.storage.base import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
@@ -219,7 +221,7 @@ class MediaStudio:
         if not narration_key:
             raise InvalidInputError("narration_storage_key", "is empty: synthesize the narration first")
         audio_path = await self._input_path(narration_key, "narration_storage_key")
-        duration_seconds = await asyncio.to_thread(_wav_duration_seconds, audio_path)
+        duration_seconds = await asyncio.to_thread(_narration_seconds, audio_path)
         # The live narration already encoded the AAC the QUICK profile wants: copy it rather than encode.
         is_audio_copied = (
             bool(narration_aac_key)
@@ -303,11 +305,17 @@ class MediaStudio:
             raise AssetNotFoundError(key) from None
 
 
-def _wav_duration_seconds(path: Path) -> float:
+def _narration_seconds(path: Path) -> float:
+    """The narration's exact length: from a WAV's header, or from an AAC's packets (the live narration
+    stores AAC alone)."""
     try:
         with wave.open(str(path), "rb") as reader:
             return reader.getnframes() / reader.getframerate()
-    except (wave.Error, EOFError) as error:
+    except (wave.Error, EOFError):
+        pass
+    try:
+        return measure_audio_seconds(path)
+    except (av.FFmpegError, InvalidInputError) as error:
         raise InvalidInputError(
-            "narration_storage_key", f"is not a readable WAV narration ({error})"
+            "narration_storage_key", f"is not a readable narration, WAV or AAC ({error})"
         ) from None

@@ -115,7 +115,7 @@ async def test_storage_refused_mid_job_costs_one_attempt_and_leaves_one_set_of_a
     videos = [n for n in _objects_of(server, meditation) if n.startswith("videos/") and n.endswith(".mp4")]
     assert len(videos) == 2, videos
     narrations = [
-        n for n in _objects_of(server, meditation) if n.startswith("narrations/") and n.endswith(".wav")
+        n for n in _objects_of(server, meditation) if n.startswith("narrations/") and n.endswith(".aac")
     ]
     assert len(narrations) == 1, narrations
     print(
