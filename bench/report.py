@@ -490,7 +490,8 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
         "## Per concurrency level (Stillpoint)",
         "",
         "Level 1 is the sequential run; the others start that many jobs at once. Times in seconds from"
-        " sending the request, p50 / p95 over the level's jobs.",
+        " sending the request, p50 / p95 over the level's jobs that reached the milestone (a failed job, or"
+        " one whose first stage never started, is left out: report.json counts them as `missing`).",
         "",
         f"| jobs at once | completed ≤ {_number(deadline, 0)} s | first playable | QUICK | ENHANCED "
         "| queue wait | QUICK − transcript end | ENHANCED − max(image end, QUICK) | wall |",

@@ -241,6 +241,8 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
     output = settings.output_dir
     work = output / "work"
     shutil.rmtree(work, ignore_errors=True)
+    # An earlier run's profiles (of replicas this run may not have) must not pass for this run's.
+    shutil.rmtree(output / "profiles", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     estimates = estimate_seconds(settings)
     total = _duration(sum(estimates.values()))

@@ -101,6 +101,10 @@ async def run_job(
     except grpc.aio.AioRpcError as error:
         timeline.succeeded = False
         timeline.error = f"{error.code().name}: {error.details()}"[:500]
+    # Stages still running when the stream ended (a job cut at its deadline) show how far they got.
+    ended = time.perf_counter() - started
+    for name, begun in open_stages.items():
+        timeline.stages.append(StageSpan(name, begun, ended, "cut"))
     return timeline
 
 
