@@ -88,10 +88,10 @@ class PhaseCosts:
     # than the job deadline: a job still running then has failed.
     concurrent_level_base_seconds: float = 25.0
     concurrent_job_seconds: float = 12.0
-    encode_preparation_seconds: float = 15.0
+    encode_preparation_seconds: float = 8.0
     # The reference encode per second of narration, and one round of Stillpoint's renders per second of it.
     reference_encode_seconds_per_narration_second: float = 0.48
-    stillpoint_encode_seconds_per_narration_second: float = 0.05
+    stillpoint_encode_seconds_per_narration_second: float = 0.03
 
     @classmethod
     def at_targets(cls) -> PhaseCosts:

@@ -325,7 +325,7 @@ def test_collapsed_stacks_rank_functions_by_self_and_by_total_samples() -> None:
     # Callers count every sample below them; a recursive function once per stack, not once per frame; the
     # entry and the event loop, on nearly every stack, are left out of this ranking.
     assert by_total == [("encode", 30), ("render", 30), ("walk", 20)]
-    assert summarize_profile(stacks).to_json_object()["top_total"][2] == {
+    assert summary.top_total[2].to_json_object(summary.samples) == {
         "function": "walk",
         "location": "services/media/tree.py:5",
         "self_samples": 20,
