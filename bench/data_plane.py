@@ -7,6 +7,8 @@ import secrets
 import asyncpg
 import redis.asyncio
 
+from services.gateway.jobs.work_queue import GROUP, STREAM_KEY
+
 DEFAULT_POSTGRES_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 # Not database 0, which the test suite uses: nothing this run caches can point a test at a deleted store.
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/7"
@@ -51,3 +53,21 @@ async def check_redis(url: str) -> None:
         raise DataPlaneUnavailableError(f"Redis at {url} is not reachable: {error}") from error
     finally:
         await client.aclose()
+
+
+async def live_job_consumers(url: str, idle_below_seconds: float = 30.0) -> list[str]:
+    """Gateways of another stack reading the job queue in this Redis database right now.
+
+    Stacks sharing one database share one job stream: each takes the others' jobs, whose streams then wait
+    for a job their own gateway never sees. Consumers idle for longer are stopped gateways of earlier runs.
+    """
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=3, decode_responses=True)
+    try:
+        consumers = await client.xinfo_consumers(STREAM_KEY, GROUP)
+    except redis.ResponseError:  # no stream or no group yet: nobody reads it
+        return []
+    finally:
+        await client.aclose()
+    return [
+        str(consumer["name"]) for consumer in consumers if int(consumer["idle"]) < idle_below_seconds * 1000
+    ]

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 # The five times reported for every job, in the order a person meets them.
 MILESTONES = ("first_event", "first_playable", "quick_video", "enhanced_video", "completed")
+# The per-job latencies derived from a job's events (JobTimeline.derived_seconds), as the report names them.
+DERIVED_LATENCIES = ("queue_wait", "quick_after_transcript", "enhanced_after_image_and_quick")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,51 @@ class JobTimeline:
     succeeded: bool = False
     error: str = ""
     notes: list[str] = field(default_factory=list)
+    # From the client's stream: when `accepted` arrived and when the first stage started (None where the
+    # pipeline has no such event, as the reference pipeline).
+    accepted_seconds: float | None = None
+    first_stage_started_seconds: float | None = None
+
+    @property
+    def queue_wait_seconds(self) -> float | None:
+        """From `accepted` to the start of the first stage: how long the job waited for a worker."""
+        if self.accepted_seconds is None or self.first_stage_started_seconds is None:
+            return None
+        return self.first_stage_started_seconds - self.accepted_seconds
+
+    @property
+    def quick_after_transcript_seconds(self) -> float | None:
+        """The QUICK video's arrival less the transcript stage's end: the target is at most 2 s."""
+        transcript_end = self.stage_end_seconds("transcript")
+        quick = self.milestones.get("quick_video")
+        if transcript_end is None or quick is None:
+            return None
+        return quick - transcript_end
+
+    @property
+    def enhanced_after_image_and_quick_seconds(self) -> float | None:
+        """The ENHANCED video's arrival less the later of the image stage's end and the QUICK video: the
+        target is at most 2 s."""
+        image_end = self.stage_end_seconds("image")
+        quick, enhanced = self.milestones.get("quick_video"), self.milestones.get("enhanced_video")
+        if image_end is None or quick is None or enhanced is None:
+            return None
+        return enhanced - max(image_end, quick)
+
+    def derived_seconds(self) -> dict[str, float | None]:
+        """Every derived latency by its name in DERIVED_LATENCIES."""
+        return {
+            "queue_wait": self.queue_wait_seconds,
+            "quick_after_transcript": self.quick_after_transcript_seconds,
+            "enhanced_after_image_and_quick": self.enhanced_after_image_and_quick_seconds,
+        }
+
+    def stage_end_seconds(self, stage: str) -> float | None:
+        """When the stage last succeeded (a stage run again after a fallback counts by its last run)."""
+        ends = [
+            span.end_seconds for span in self.stages if span.stage == stage and span.outcome == "succeeded"
+        ]
+        return max(ends) if ends else None
 
     def to_json_object(self) -> dict[str, object]:
         return {
@@ -49,6 +96,9 @@ class JobTimeline:
                 for span in self.stages
             ],
             "notes": list(self.notes),
+            "accepted_seconds": _rounded(self.accepted_seconds),
+            "first_stage_started_seconds": _rounded(self.first_stage_started_seconds),
+            "derived_seconds": {name: _rounded(value) for name, value in self.derived_seconds().items()},
         }
 
 

@@ -1,12 +1,14 @@
 """The outside world as processes of their own: the OpenAI-compatible server and the Supabase-compatible one.
 
 Each runs in its own process so that its CPU time (painting images, synthesising speech) is never counted as
-either pipeline's, and both pipelines get a fresh pair with the same random seeds: the same latencies.
+either pipeline's, and both pipelines get a fresh pair with the same random seeds: the same latencies. The
+storage server runs through `bench.storage_server`, which answers how many requests it has received.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import signal
 import subprocess
@@ -25,22 +27,44 @@ _START_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
 
+_COUNTS_TIMEOUT_SECONDS = 10.0
+
+
 @dataclass(frozen=True)
 class ProviderServers:
-    """Where the servers listen, and their process ids."""
+    """Where the servers listen, their process ids, and the storage server's count of requests."""
 
     openai_base_url: str
     supabase_url: str
     pids: tuple[int, ...]
+    storage_process: subprocess.Popen[bytes]
+
+    def storage_request_counts(self) -> dict[str, int]:
+        """The requests the storage server has received so far, by kind (`POST object`, ...)."""
+        process = self.storage_process
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(b"counts\n")
+        process.stdin.flush()
+        ready, _, _ = select.select([process.stdout], [], [], _COUNTS_TIMEOUT_SECONDS)
+        if not ready:
+            raise RuntimeError("the storage server did not answer with its request counts")
+        counts = json.loads(process.stdout.readline())
+        return {str(kind): int(count) for kind, count in counts.items()}
 
 
-def _start(command: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    command: list[str], log_path: Path, *, is_answering_stdin: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
     """Starts a server that prints `listening on URL` and returns it with that URL."""
     log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed with it below
     try:
         # From the repository root, `-m tests.servers...` imports the servers and the services they use.
         process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, cwd=REPOSITORY_ROOT
+            command,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            stdin=subprocess.PIPE if is_answering_stdin else subprocess.DEVNULL,
+            cwd=REPOSITORY_ROOT,
         )
     finally:
         log.close()
@@ -70,8 +94,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()
 
 
 @contextlib.contextmanager
@@ -105,7 +130,7 @@ def running_providers(
             [
                 sys.executable,
                 "-m",
-                "tests.servers.supabase_storage",
+                "bench.storage_server",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -125,12 +150,14 @@ def running_providers(
                 ),
             ],
             work_dir / "supabase-storage.log",
+            is_answering_stdin=True,
         )
         started.append(supabase_process)
         yield ProviderServers(
             openai_base_url=f"{openai_origin}/v1",
             supabase_url=supabase_url,
             pids=tuple(process.pid for process in started),
+            storage_process=supabase_process,
         )
     finally:
         for process in started:

@@ -8,12 +8,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.jobs import MILESTONES, JobTimeline
+from bench.jobs import DERIVED_LATENCIES, MILESTONES, JobTimeline
 from bench.percentiles import summarize
 from bench.timelines import draw_timelines
 
 GIGABYTE = 1_000_000_000
 MEGABYTE = 1_000_000
+_DERIVED_TITLES = {
+    "queue_wait": "queue wait (accepted → first stage)",
+    "quick_after_transcript": "QUICK − transcript end",
+    "enhanced_after_image_and_quick": "ENHANCED − max(image end, QUICK)",
+}
 _MILESTONE_TITLES = {
     "first_event": "first event",
     "first_playable": "first playable media",
@@ -33,10 +38,12 @@ class Target:
     unit: str
     measured: float | None
     detail: str = ""
+    # Decimal places the threshold and the measured value are shown with.
+    digits: int = 2
 
     @property
     def target(self) -> str:
-        return f"{'≥' if self.comparison == '>=' else '≤'} {_number(self.threshold)}{self.unit}"
+        return f"{'≥' if self.comparison == '>=' else '≤'} {_number(self.threshold, self.digits)}{self.unit}"
 
     @property
     def met(self) -> bool | None:
@@ -68,6 +75,7 @@ class Target:
             if self.margin is None or self.threshold == 0
             else self.margin / abs(self.threshold),
             "detail": self.detail,
+            "digits": self.digits,
         }
 
 
@@ -78,16 +86,23 @@ def pipeline_section(
     peak_rss_bytes: int,
     wall_seconds: float,
     peak_pss_bytes: int | None = None,
+    cpu_seconds_by_service: Mapping[str, float] | None = None,
+    storage_requests: Mapping[str, int] | None = None,
+    deadline_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """Milestone percentiles, cost per job and the jobs themselves."""
+    """Milestone and derived percentiles, cost per job (in all and per service) and the jobs themselves."""
     count = len(jobs)
     section: dict[str, Any] = {
         "jobs": count,
         "succeeded": sum(job.succeeded for job in jobs),
+        "completed_within_deadline": sum(_is_within_deadline(job, deadline_seconds) for job in jobs),
+        "deadline_seconds": deadline_seconds,
         "failures": [f"job {job.index}: {job.error}" for job in jobs if not job.succeeded],
     }
     for milestone in MILESTONES:
         section[f"{milestone}_seconds"] = summarize([job.milestones[milestone] for job in jobs])
+    for name in DERIVED_LATENCIES:
+        section[f"{name}_seconds"] = summarize([job.derived_seconds()[name] for job in jobs])
     kinds: dict[str, int] = {}
     for job in jobs:
         if job.first_playable_kind is not None:
@@ -106,70 +121,136 @@ def pipeline_section(
     }
     section["cpu_seconds_total"] = cpu_seconds
     section["cpu_seconds_per_job"] = cpu_seconds / count if count else None
+    section["cpu_seconds_per_job_by_service"] = (
+        None
+        if cpu_seconds_by_service is None
+        else {service: used / count if count else None for service, used in cpu_seconds_by_service.items()}
+    )
     section["peak_rss_bytes"] = peak_rss_bytes
     section["peak_pss_bytes"] = peak_pss_bytes
+    section["storage_requests"] = (
+        None
+        if storage_requests is None
+        else {
+            "total": sum(storage_requests.values()),
+            "per_job": sum(storage_requests.values()) / count if count else None,
+            "by_kind": dict(storage_requests),
+        }
+    )
     section["wall_seconds"] = wall_seconds
     section["notes"] = sorted({note for job in jobs for note in job.notes})
     section["timelines"] = [job.to_json_object() for job in jobs]
     return section
 
 
-def build_targets(encode: Mapping[str, Any] | None, concurrency: Mapping[str, Any]) -> list[Target]:
-    """The goals Stillpoint is held to, with what this run measured (None where it was not measured)."""
-    speedups: Mapping[str, Any] = (encode or {}).get("speedup_over_reference", {})
-    commands: Mapping[str, Any] = (encode or {}).get("commands", {})
+def _is_within_deadline(job: JobTimeline, deadline_seconds: float | None) -> bool:
+    completed = job.milestones.get("completed")
+    if not job.succeeded or completed is None:
+        return False
+    return deadline_seconds is None or completed <= deadline_seconds
+
+
+def level_entry(section: Mapping[str, Any], source: str = "") -> dict[str, Any]:
+    """A concurrency level's figures: its section, with its timelines unless they are kept elsewhere
+    (`source` says where: the sequential run's are under "stillpoint")."""
+    entry = {key: value for key, value in section.items() if key != "timelines" or not source}
+    entry["source"] = source
+    return entry
+
+
+def level_label(level: int, replicas: Mapping[str, int] | None = None) -> str:
+    """`50`, or `50, media ×2` for a level run with replicas."""
+    extra = ", ".join(f"{service} ×{count}" for service, count in (replicas or {}).items() if count > 1)
+    return f"{level}, {extra}" if extra else str(level)
+
+
+def build_targets(report: Mapping[str, Any]) -> list[Target]:
+    """The goals of issue 16, with what this run measured (None where it was not measured)."""
+    levels: Mapping[str, Any] = report.get("levels", {})
+    one: Mapping[str, Any] = levels.get("1", {})
+    many: Mapping[str, Any] = levels.get(str(TARGET_CONCURRENCY), {})
+    encode: Mapping[str, Any] = report.get("encode") or {}
+    speedups: Mapping[str, Any] = encode.get("speedup_over_reference", {})
+    commands: Mapping[str, Any] = encode.get("commands", {})
 
     def ssim(name: str) -> float | None:
         entry = commands.get(name)
         return entry.get("ssim") if isinstance(entry, Mapping) else None
 
-    reference_ssim = ssim("reference")
-    targets = [
+    enhanced_ssim, reference_ssim = ssim("stillpoint_enhanced_from_wav"), ssim("reference")
+    inputs: Mapping[str, Any] = encode.get("inputs", {})
+    peak, peak_pss = many.get("peak_rss_bytes"), many.get("peak_pss_bytes")
+    storage_level, storage_per_job = _most_storage_requests_per_job(levels)
+    wall = report.get("environment", {}).get("bench_wall_seconds")
+    deadline = report.get("settings", {}).get("job_timeout_seconds", many.get("deadline_seconds"))
+    is_default = bool(report.get("settings", {}).get("default_workload"))
+    n = TARGET_CONCURRENCY
+    return [
+        Target("1 job: first playable p50", "<=", 1.5, " s", _p(one, "first_playable", "p50")),
         Target(
-            "encode: QUICK render from WAV vs the reference encode",
+            "1 job: QUICK p50 ≤ transcript finished + 2 s",
+            "<=",
+            2.0,
+            " s",
+            _p(one, "quick_after_transcript", "p50"),
+            "p50 over jobs of (QUICK video − end of the transcript stage)",
+        ),
+        Target(
+            "1 job: ENHANCED p50 ≤ max(image ready, QUICK) + 2 s",
+            "<=",
+            2.0,
+            " s",
+            _p(one, "enhanced_after_image_and_quick", "p50"),
+            "p50 over jobs of (ENHANCED video − the later of the image stage's end and the QUICK video)",
+        ),
+        Target(
+            "1 job: CPU seconds per job, all services",
+            "<=",
+            2.0,
+            " s",
+            one.get("cpu_seconds_per_job"),
+            "content, media and gateway with their children (FFmpeg, the painting pool)",
+        ),
+        Target(
+            "encode: ENHANCED render vs the reference FFmpeg command",
             ">=",
             60.0,
             "×",
-            speedups.get("stillpoint_quick_from_wav"),
-            "wall time, median of the repetitions",
+            speedups.get("stillpoint_enhanced_from_wav"),
+            f"{inputs.get('image', 'image')}, {_number(inputs.get('narration_seconds'), 0)} s narration;"
+            " wall time, Stillpoint's median against the reference's",
         ),
         Target(
-            "encode: QUICK render from already-AAC narration vs the reference encode",
+            "encode: ENHANCED SSIM (luma) minus the reference FFmpeg command's",
+            ">=",
+            0.0,
+            "",
+            None if enhanced_ssim is None or reference_ssim is None else enhanced_ssim - reference_ssim,
+            f"ENHANCED {_number(enhanced_ssim, 4)} vs the reference {_number(reference_ssim, 4)}"
+            " (the middle frame against the source image)",
+            digits=4,
+        ),
+        Target(
+            "encode: QUICK render from already-AAC narration vs the reference FFmpeg command",
             ">=",
             200.0,
             "×",
             speedups.get("stillpoint_quick_from_aac"),
-            "audio stream copied"
-            if (encode or {}).get("audio_copy_supported")
-            else "no stream copy: not measured",
-        ),
-    ]
-    for name, label in (("stillpoint_quick_from_wav", "QUICK"), ("stillpoint_enhanced_from_wav", "ENHANCED")):
-        quality = ssim(name)
-        targets.append(
-            Target(
-                f"encode: {label} SSIM (luma) minus the reference encode's",
-                ">=",
-                0.0,
-                "",
-                None if quality is None or reference_ssim is None else quality - reference_ssim,
-                f"{label} {_number(quality, 4)} vs the reference encode {_number(reference_ssim, 4)}"
-                " (the middle frame against the source image)",
-            )
-        )
-    fifty: Mapping[str, Any] = concurrency.get("50", {})
-    first_playable: Mapping[str, Any] = fifty.get("first_playable_seconds", {})
-    peak, peak_pss = fifty.get("peak_rss_bytes"), fifty.get("peak_pss_bytes")
-    targets += [
-        Target(
-            "50 concurrent jobs on 2 cores: p95 first playable",
-            "<=",
-            6.0,
-            " s",
-            first_playable.get("p95"),
+            "audio stream copied" if encode.get("audio_copy_supported") else "no stream copy: not measured",
         ),
         Target(
-            "50 concurrent jobs: peak RSS of all services",
+            f"{n} jobs at once: completed within {_number(deadline, 0)} s",
+            ">=",
+            float(n),
+            f"/{n}",
+            None if not many else float(many.get("completed_within_deadline", 0)),
+            "succeeded, `completed` received before the job's deadline",
+            digits=0,
+        ),
+        Target(f"{n} jobs at once: first playable p95", "<=", 6.0, " s", _p(many, "first_playable", "p95")),
+        Target(f"{n} jobs at once: ENHANCED p95", "<=", 120.0, " s", _p(many, "enhanced_video", "p95")),
+        Target(
+            f"{n} jobs at once: peak RSS of all services",
             "<=",
             1.5,
             " GB",
@@ -177,8 +258,44 @@ def build_targets(encode: Mapping[str, Any] | None, concurrency: Mapping[str, An
             "summed RSS counts shared pages once per process; summed PSS (shared pages split) was "
             + ("not measured" if peak_pss is None else f"{peak_pss / GIGABYTE:.2f} GB"),
         ),
+        Target(
+            "storage requests per job",
+            "<=",
+            40.0,
+            "",
+            storage_per_job,
+            "" if storage_level is None else f"the level with the most per job: {storage_level}",
+            digits=1,
+        ),
+        Target(
+            "bench wall time, default settings",
+            "<=",
+            10.0,
+            " min",
+            wall / 60 if is_default and isinstance(wall, int | float) else None,
+            "measured by the bench itself, from start to the report"
+            if is_default
+            else "only a run with the default settings is held to it",
+        ),
     ]
-    return targets
+
+
+# The issue's concurrency targets are for this many jobs at once.
+TARGET_CONCURRENCY = 50
+
+
+def _p(section: Mapping[str, Any], name: str, statistic: str) -> float | None:
+    value = section.get(f"{name}_seconds", {}).get(statistic)
+    return None if value is None else float(value)
+
+
+def _most_storage_requests_per_job(levels: Mapping[str, Any]) -> tuple[str | None, float | None]:
+    worst: tuple[str | None, float | None] = (None, None)
+    for level, entry in levels.items():
+        per_job = (entry.get("storage_requests") or {}).get("per_job")
+        if per_job is not None and (worst[1] is None or per_job > worst[1]):
+            worst = (level, float(per_job))
+    return worst
 
 
 def write_report(
@@ -189,7 +306,9 @@ def write_report(
     (output / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     (output / "report.md").write_text(render_markdown(report))
     draw_timelines(
-        sections, output / "timelines.png", "Reference pipeline vs Stillpoint: one job at a time, cold caches"
+        sections,
+        output / "timelines.png",
+        "Reference pipeline vs Stillpoint: one job at a time, then per concurrency level, cold caches",
     )
 
 
@@ -241,10 +360,20 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{_seconds(still_summary.get('p95'))} | "
                 f"{_ratio(reference_summary.get('p50'), still_summary.get('p50'))} |"
             )
+        for name in DERIVED_LATENCIES:
+            reference_summary = (reference or {}).get(f"{name}_seconds", {})
+            still_summary = (stillpoint or {}).get(f"{name}_seconds", {})
+            lines.append(
+                f"| {_DERIVED_TITLES[name]} | {_seconds(reference_summary.get('p50'))} | "
+                f"{_seconds(reference_summary.get('p95'))} | {_seconds(still_summary.get('p50'))} | "
+                f"{_seconds(still_summary.get('p95'))} | — |"
+            )
         lines += [
             "",
             "The reference pipeline delivers nothing until its one video is uploaded: its first event, first"
-            " playable media, QUICK and ENHANCED times are all its completion time.",
+            " playable media, QUICK and ENHANCED times are all its completion time. Queue wait is from"
+            " `accepted` to the first stage's start (the reference pipeline has no queue); the two"
+            " differences are per job, from the client's stream, then their percentiles.",
         ]
         kinds = (stillpoint or {}).get("first_playable_kinds", {})
         if kinds:
@@ -264,6 +393,15 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"| provider servers' CPU seconds per job (counted for neither) | "
             f"{_number((reference or {}).get('provider_servers_cpu_seconds_per_job'))} | "
             f"{_number((stillpoint or {}).get('provider_servers_cpu_seconds_per_job'))} |"
+        )
+        for service in ("content", "media", "gateway"):
+            lines.append(
+                f"| CPU seconds per job: {service} | — | "
+                f"{_number(((stillpoint or {}).get('cpu_seconds_per_job_by_service') or {}).get(service))} |"
+            )
+        lines.append(
+            f"| storage requests per job | {_number(_storage_per_job(reference), 1)} | "
+            f"{_number(_storage_per_job(stillpoint), 1)} |"
         )
         lines.append(
             f"| PostgreSQL and Redis CPU seconds per job (counted for neither) | — | "
@@ -292,7 +430,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "## Encode: one image, one narration",
             "",
             f"{inputs.get('image')}, {inputs.get('narration_seconds')} s narration; wall time is the median"
-            f" of {encode.get('repetitions')} run(s); SSIM of the middle frame against the source image"
+            f" of {encode.get('repetitions')} run(s) for Stillpoint's renders and of"
+            f" {encode.get('reference_repetitions', encode.get('repetitions'))} for the reference command;"
+            " SSIM of the middle frame against the source image"
             " (the frame scaled to the image's size).",
             "",
             "| command | wall | CPU | SSIM (Y) | SSIM (Y, U, V at 4:4:4) | output | speed-up vs reference |",
@@ -316,28 +456,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{'—' if speedup is None else f'{speedup:.0f}×'} |"
             )
         lines.append("")
-    concurrency = report.get("concurrency", {})
-    if concurrency:
-        lines += [
-            "## Concurrency (Stillpoint, jobs streamed in parallel)",
-            "",
-            "| concurrent jobs | succeeded | first playable p50 | p95 | completed p50 | p95 | peak RSS (PSS) "
-            "| CPU s/job | wall |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for level, entry in concurrency.items():
-            playable, completed = entry.get("first_playable_seconds", {}), entry.get("completed_seconds", {})
-            lines.append(
-                f"| {level} | {entry.get('succeeded')}/{entry.get('jobs')} | "
-                f"{_seconds(playable.get('p50'))} | {_seconds(playable.get('p95'))} | "
-                f"{_seconds(completed.get('p50'))} | "
-                f"{_seconds(completed.get('p95'))} | {_memory(entry)} | "
-                f"{_number(entry.get('cpu_seconds_per_job'))} | {_seconds(entry.get('wall_seconds'))} |"
-            )
-        sources = {level: entry.get("source") for level, entry in concurrency.items() if entry.get("source")}
-        for level, source in sources.items():
-            lines.append(f"\nLevel {level}: {source}.")
-        lines.append("")
+    lines += _levels_markdown(report)
+    lines += _profile_markdown(report.get("profile"))
     targets = report.get("targets", [])
     if targets:
         lines += ["## Targets", "", "| target | goal | measured | result |", "|---|---:|---:|---|"]
@@ -355,16 +475,156 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
+    """Two tables, one row per concurrency level (and per scale-out run): latencies, then costs."""
+    rows: list[tuple[str, Mapping[str, Any]]] = [
+        (level, entry) for level, entry in report.get("levels", {}).items()
+    ]
+    rows += [(str(entry.get("label")), entry) for entry in report.get("scaleout", [])]
+    if not rows:
+        return []
+    deadline = next(
+        (entry.get("deadline_seconds") for _, entry in rows if entry.get("deadline_seconds")), None
+    )
+    lines = [
+        "## Per concurrency level (Stillpoint)",
+        "",
+        "Level 1 is the sequential run; the others start that many jobs at once. Times in seconds from"
+        " sending the request, p50 / p95 over the level's jobs that reached the milestone (a failed job, or"
+        " one whose first stage never started, is left out: report.json counts them as `missing`).",
+        "",
+        f"| jobs at once | completed ≤ {_number(deadline, 0)} s | first playable | QUICK | ENHANCED "
+        "| queue wait | QUICK − transcript end | ENHANCED − max(image end, QUICK) | wall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, entry in rows:
+        lines.append(
+            f"| {label} | {entry.get('completed_within_deadline')}/{entry.get('jobs')} | "
+            + " | ".join(
+                _pair(entry.get(f"{name}_seconds"))
+                for name in (
+                    "first_playable",
+                    "quick_video",
+                    "enhanced_video",
+                    "queue_wait",
+                    "quick_after_transcript",
+                    "enhanced_after_image_and_quick",
+                )
+            )
+            + f" | {_seconds(entry.get('wall_seconds'), 1)} |"
+        )
+    lines += [
+        "",
+        "| jobs at once | CPU s/job, all services | content | media | gateway "
+        "| peak RSS, summed (PSS) | storage requests/job | providers' CPU s/job "
+        "| PostgreSQL + Redis CPU s/job | other processes' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, entry in rows:
+        by_service = entry.get("cpu_seconds_per_job_by_service") or {}
+        lines.append(
+            f"| {label} | {_number(entry.get('cpu_seconds_per_job'))} | "
+            + " | ".join(_number(by_service.get(service)) for service in ("content", "media", "gateway"))
+            + f" | {_memory(entry)} | {_number(_storage_per_job(entry), 1)} | "
+            f"{_number(entry.get('provider_servers_cpu_seconds_per_job'))} | "
+            f"{_number(entry.get('data_plane_cpu_seconds_per_job'))} | {_share(entry)} |"
+        )
+    lines += [
+        "",
+        "CPU per service: each service's processes (every replica) with their children, FFmpeg included."
+        " Storage requests: what the Supabase-compatible server received during the level, divided by its"
+        " jobs. Peak RSS: the highest sum over the services' processes, sampled every 100 ms.",
+    ]
+    for label, entry in rows:
+        for failure in entry.get("failures", [])[:5]:
+            lines.append(f"- level {label} failure: {failure}")
+        for note in entry.get("notes", []):
+            lines.append(f"- level {label}: {note}")
+        kinds = (entry.get("storage_requests") or {}).get("by_kind") or {}
+        if kinds:
+            described = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+            lines.append(f"- level {label} storage requests: {described}")
+    lines.append("")
+    return lines
+
+
+def _profile_markdown(profile: Mapping[str, Any] | None) -> list[str]:
+    """Each service's top functions in the profiled level, by self and by total samples."""
+    if not profile:
+        return []
+    lines = [
+        f"## CPU profile, {profile.get('level')} jobs at once",
+        "",
+        "py-spy sampled each service process (not its FFmpeg children) without pausing it, idle threads left"
+        " out, for the whole level. Self: the function was running; total: it was on the stack. Raw"
+        " collapsed stacks: `profiles/` beside this file.",
+        "",
+    ]
+    for service, entry in profile.get("services", {}).items():
+        lines.append(f"### {service}")
+        lines.append("")
+        for error in entry.get("errors", []):
+            lines.append(f"- not profiled: {error}")
+        samples = entry.get("samples")
+        if not samples:
+            lines.append("")
+            continue
+        lines += [
+            f"{samples} samples; the profiler used {_number(entry.get('profiler_cpu_seconds'), 1)} CPU s.",
+            "",
+            "| by self | function | file:line | self | total |",
+            "|---:|---|---|---:|---:|",
+        ]
+        for rank, item in enumerate(entry.get("top_self", []), 1):
+            lines.append(_profile_row(rank, item))
+        lines += ["", "| by total | function | file:line | self | total |", "|---:|---|---|---:|---:|"]
+        for rank, item in enumerate(entry.get("top_total", []), 1):
+            lines.append(_profile_row(rank, item))
+        lines.append("")
+    return lines
+
+
+def _profile_row(rank: int, item: Mapping[str, Any]) -> str:
+    function = str(item.get("function", "")).replace("|", "\\|")
+    return (
+        f"| {rank} | `{function}` | `{item.get('location')}` | {_percent(item.get('self_share'))} | "
+        f"{_percent(item.get('total_share'))} |"
+    )
+
+
+def _percent(share: object) -> str:
+    return "—" if not isinstance(share, int | float) else f"{share * 100:.1f} %"
+
+
+def _pair(summary: object) -> str:
+    """`p50 / p95` of a summary, in seconds."""
+    if not isinstance(summary, Mapping) or summary.get("p50") is None:
+        return "—"
+    return f"{_number(summary.get('p50'))} / {_number(summary.get('p95'))}"
+
+
+def _storage_per_job(section: Mapping[str, Any] | None) -> float | None:
+    per_job = ((section or {}).get("storage_requests") or {}).get("per_job")
+    return None if per_job is None else float(per_job)
+
+
 def _measured(target: Mapping[str, Any]) -> str:
     value = target.get("measured")
     if value is None:
         return "not measured"
-    return f"{_number(value, 4 if target.get('unit') == '' else 2)}{_unit_suffix(target)}"
+    return f"{_number(value, _digits(target))}{_unit_suffix(target)}"
+
+
+def _digits(target: Mapping[str, Any]) -> int:
+    digits = target.get("digits")
+    return digits if isinstance(digits, int) else 2
 
 
 def _unit_suffix(target: Mapping[str, Any]) -> str:
     unit = str(target.get("unit", ""))
-    return "" if not unit else ("×" if unit == "×" else f" {unit}")
+    if not unit or unit == "×" or unit.startswith("/"):
+        return unit
+    return f" {unit}"
 
 
 def _verdict(target: Mapping[str, Any]) -> str:
@@ -373,7 +633,7 @@ def _verdict(target: Mapping[str, Any]) -> str:
         return "not measured"
     fraction = target.get("margin_fraction")
     share = "" if fraction is None else f" ({abs(fraction) * 100:.0f} %)"
-    amount = f"{_number(abs(margin), 4 if target.get('unit') == '' else 2)}{_unit_suffix(target)}"
+    amount = f"{_number(abs(margin), _digits(target))}{_unit_suffix(target)}"
     return f"met, by {amount}{share}" if met else f"**missed**, by {amount}{share}"
 
 

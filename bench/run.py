@@ -1,15 +1,16 @@
-"""The benchmark, phase by phase: the reference pipeline, Stillpoint, the concurrency sweep, the encodes."""
+"""The benchmark, phase by phase: the reference pipeline, Stillpoint per level, the encodes, scale-out."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -23,7 +24,7 @@ import psutil
 from storage3 import AsyncStorageClient
 
 from bench.conversations import conversation_for, source_text_of
-from bench.data_plane import check_redis, create_database, drop_database
+from bench.data_plane import check_redis, create_database, drop_database, live_job_consumers
 from bench.encode import NARRATION_SECONDS, QUICK_NARRATION_SECONDS, compare_encodes
 from bench.jobs import JobTimeline
 from bench.latency_model import (
@@ -33,9 +34,10 @@ from bench.latency_model import (
     LatencyModel,
 )
 from bench.percentiles import summarize
+from bench.profiles import DEFAULT_RATE_HERTZ, ProfileRecorder
 from bench.providers import API_KEY, SERVICE_KEY, ProviderServers, running_providers
 from bench.reference_pipeline import ReferencePipeline
-from bench.report import build_targets, pipeline_section, write_report
+from bench.report import build_targets, level_entry, level_label, pipeline_section, write_report
 from bench.resources import (
     MemorySampler,
     ProcessGroup,
@@ -43,9 +45,12 @@ from bench.resources import (
     machine_busy_cpu_seconds,
 )
 from bench.stillpoint_pipeline import DEFAULT_JOB_TIMEOUT_SECONDS, run_jobs
-from scripts.stack import running_stack
+from scripts.stack import SERVICES, Stack, running_stack, service_of
 
-PHASES = ("reference", "stillpoint", "concurrency", "encode")
+# `scaleout` is not run unless asked for: it starts the stack again with replicas and runs the highest
+# level once per replica set.
+PHASES = ("reference", "stillpoint", "concurrency", "encode", "scaleout")
+DEFAULT_PHASES = ("reference", "stillpoint", "concurrency", "encode")
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 # A short script for `--quick`: every narration a few seconds long, so a smoke run takes about a minute.
 QUICK_SCRIPT = (
@@ -53,24 +58,61 @@ QUICK_SCRIPT = (
     "[pause 2s] Notice the weight of your body, held and supported. [pause 2s] When you are ready, open your "
     "eyes and come back."
 )
-_SERVICES = ("content", "media", "gateway")
 # A faithful reference pipeline job takes about 110 s on 2 cores (the reference encode alone about 75 s for
-# a 450-word narration), so 20 of them would take 37 minutes: by default it runs this many.
-DEFAULT_REFERENCE_JOBS = 3
+# a 450-word narration): one by default keeps the run within 10 minutes.
+DEFAULT_REFERENCE_JOBS = 1
+# Enough sequential jobs for a p95 that is more than the slowest job's time, few enough for 10 minutes.
+DEFAULT_SEQUENTIAL_JOBS = 8
+# The reference encode of a 3-minute narration alone takes about 87 s on 2 cores: once is enough to compare
+# with, while Stillpoint's second-long renders are repeated for a steady median.
+DEFAULT_REFERENCE_ENCODE_REPETITIONS = 1
+# Two media replicas, or two gateways, on the same machine: does scale-out help or only split two cores?
+DEFAULT_REPLICA_SETS: tuple[tuple[tuple[str, int], ...], ...] = ((("media", 2),), (("gateway", 2),))
 # Other processes using more than this share of the machine's CPU during a phase make its times unreliable.
 INTERFERENCE_WARNING_SHARE = 0.05
+
+
+@dataclass(frozen=True)
+class PhaseCosts:
+    """Rough seconds each part takes on this 2-core machine, for the log's estimates. The defaults are what
+    the tree of 2026-12-04 took (a concurrent level's jobs queue behind each other); `at_targets()` is what
+    they take once Stillpoint meets issue 16's targets, the case the defaults are sized to run in 10 minutes.
+    """
+
+    stack_start_seconds: float = 10.0
+    reference_job_seconds: float = 110.0
+    quick_reference_job_seconds: float = 30.0
+    sequential_job_seconds: float = 29.0
+    quick_sequential_job_seconds: float = 21.0
+    # A level of N jobs at once takes about the base plus N times the per-job figure, and never much more
+    # than the job deadline: a job still running then has failed.
+    concurrent_level_base_seconds: float = 25.0
+    concurrent_job_seconds: float = 12.0
+    encode_preparation_seconds: float = 8.0
+    # The reference encode per second of narration, and one round of Stillpoint's renders per second of it.
+    reference_encode_seconds_per_narration_second: float = 0.48
+    stillpoint_encode_seconds_per_narration_second: float = 0.03
+
+    @classmethod
+    def at_targets(cls) -> PhaseCosts:
+        """A Stillpoint that meets its targets: ENHANCED within 2 s of the image (10–20 s) one job at a time,
+        and 50 jobs at once done within the 120 s ENHANCED p95."""
+        return cls(
+            sequential_job_seconds=20.0, concurrent_level_base_seconds=25.0, concurrent_job_seconds=2.0
+        )
 
 
 @dataclass(frozen=True)
 class BenchSettings:
     """What one run measures and where it writes."""
 
-    jobs: int = 20
+    jobs: int = DEFAULT_SEQUENTIAL_JOBS
     reference_jobs: int = DEFAULT_REFERENCE_JOBS
     concurrency_levels: tuple[int, ...] = (1, 10, 50)
     encode_repetitions: int = 3
+    reference_encode_repetitions: int = DEFAULT_REFERENCE_ENCODE_REPETITIONS
     narration_seconds: float = NARRATION_SECONDS
-    phases: tuple[str, ...] = PHASES
+    phases: tuple[str, ...] = DEFAULT_PHASES
     output_dir: Path = Path("var/bench")
     postgres_admin_dsn: str = "postgresql://postgres@127.0.0.1:5432/test"
     redis_url: str = "redis://127.0.0.1:6379/7"
@@ -78,6 +120,12 @@ class BenchSettings:
     is_quick: bool = False
     keep_work: bool = False
     latency_model: LatencyModel = field(default_factory=LatencyModel)
+    # The level whose services py-spy records (None: the highest concurrency level); off with is_profiling.
+    profile_level: int | None = None
+    is_profiling: bool = True
+    profile_rate_hertz: int = DEFAULT_RATE_HERTZ
+    # For the scaleout phase: each set of replicas (service, count) runs the highest level once.
+    replica_sets: tuple[tuple[tuple[str, int], ...], ...] = DEFAULT_REPLICA_SETS
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchSettings:
@@ -93,9 +141,97 @@ class BenchSettings:
         values.update(overrides)
         return cls(**values)
 
+    @property
+    def levels_run(self) -> tuple[int, ...]:
+        """The levels the stillpoint and concurrency phases run: 1 (the sequential run), then the others."""
+        levels: tuple[int, ...] = (1,) if "stillpoint" in self.phases else ()
+        if "concurrency" in self.phases:
+            levels += tuple(level for level in self.concurrency_levels if level not in levels)
+        return levels
+
+    @property
+    def profiled_level(self) -> int | None:
+        """The level py-spy records (by default the highest), or None when nothing is profiled."""
+        if not self.is_profiling or not self.levels_run:
+            return None
+        return self.profile_level if self.profile_level is not None else max(self.levels_run)
+
+    @property
+    def is_default_workload(self) -> bool:
+        """Whether this run does what `make bench` does by default (the one the 10-minute target is for)."""
+        default = BenchSettings()
+        return (
+            self.jobs,
+            self.reference_jobs,
+            self.concurrency_levels,
+            self.encode_repetitions,
+            self.reference_encode_repetitions,
+            self.narration_seconds,
+            self.phases,
+            self.is_quick,
+        ) == (
+            default.jobs,
+            default.reference_jobs,
+            default.concurrency_levels,
+            default.encode_repetitions,
+            default.reference_encode_repetitions,
+            default.narration_seconds,
+            default.phases,
+            default.is_quick,
+        )
+
+
+def estimate_seconds(settings: BenchSettings, costs: PhaseCosts | None = None) -> dict[str, float]:
+    """How long each chosen phase should take, from PhaseCosts: logged, so a run says what it is in for."""
+    costs = costs or PhaseCosts()
+    estimates: dict[str, float] = {}
+    if "reference" in settings.phases:
+        per_job = costs.quick_reference_job_seconds if settings.is_quick else costs.reference_job_seconds
+        estimates["reference"] = settings.reference_jobs * per_job
+    if "stillpoint" in settings.phases:
+        per_job = costs.quick_sequential_job_seconds if settings.is_quick else costs.sequential_job_seconds
+        estimates["stillpoint"] = costs.stack_start_seconds + settings.jobs * per_job
+    if "concurrency" in settings.phases:
+        levels = [
+            level for level in settings.concurrency_levels if level > 1 or "stillpoint" not in settings.phases
+        ]
+        estimates["concurrency"] = sum(
+            _level_seconds(level, costs, settings.job_timeout_seconds) for level in levels
+        ) + (0.0 if "stillpoint" in settings.phases else costs.stack_start_seconds)
+    if "encode" in settings.phases:
+        narration = settings.narration_seconds
+        estimates["encode"] = (
+            costs.encode_preparation_seconds
+            + settings.reference_encode_repetitions
+            * narration
+            * costs.reference_encode_seconds_per_narration_second
+            + settings.encode_repetitions * narration * costs.stillpoint_encode_seconds_per_narration_second
+        )
+    if "scaleout" in settings.phases:
+        level = max(settings.concurrency_levels)
+        estimates["scaleout"] = len(settings.replica_sets) * (
+            costs.stack_start_seconds + _level_seconds(level, costs, settings.job_timeout_seconds)
+        )
+    return estimates
+
+
+def _level_seconds(level: int, costs: PhaseCosts, deadline_seconds: float) -> float:
+    # Past the deadline every job has ended, one way or the other; then the level settles and is measured.
+    return min(
+        costs.concurrent_level_base_seconds + level * costs.concurrent_job_seconds, deadline_seconds + 10
+    )
+
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _log_estimate(phase: str, estimates: Mapping[str, float], what: str) -> None:
+    log(f"{phase}: {what}; estimated {_duration(estimates.get(phase, 0.0))}")
+
+
+def _duration(seconds: float) -> str:
+    return f"~{seconds:.0f} s" if seconds < 120 else f"~{seconds / 60:.1f} min"
 
 
 async def run_bench(settings: BenchSettings) -> dict[str, Any]:
@@ -105,51 +241,76 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
     output = settings.output_dir
     work = output / "work"
     shutil.rmtree(work, ignore_errors=True)
+    # An earlier run's profiles (of replicas this run may not have) must not pass for this run's.
+    shutil.rmtree(output / "profiles", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    estimates = estimate_seconds(settings)
+    total = _duration(sum(estimates.values()))
+    log(
+        f"phases {', '.join(settings.phases)}: estimated {total} in all on 2 cores"
+        " (" + ", ".join(f"{phase} {_duration(seconds)}" for phase, seconds in estimates.items()) + ")"
+    )
     report: dict[str, Any] = {
-        "schema_version": 1,
+        "schema_version": 2,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {
             "jobs": settings.jobs,
             "reference_jobs": settings.reference_jobs,
             "concurrency_levels": list(settings.concurrency_levels),
             "encode_repetitions": settings.encode_repetitions,
+            "reference_encode_repetitions": settings.reference_encode_repetitions,
             "narration_seconds": settings.narration_seconds,
             "phases": list(settings.phases),
             "quick": settings.is_quick,
+            "default_workload": settings.is_default_workload,
             "job_timeout_seconds": settings.job_timeout_seconds,
+            "profile_level": settings.profiled_level,
+            "replica_sets": [dict(replicas) for replicas in settings.replica_sets]
+            if "scaleout" in settings.phases
+            else [],
             "caches": "cold: a distinct conversation per job, and skip_cache for Stillpoint",
         },
+        "estimated_seconds": estimates,
         "latency_model": settings.latency_model.to_json_object(),
     }
     sections: list[tuple[str, Sequence[JobTimeline]]] = []
-    concurrency: dict[str, Any] = {}
+    levels: dict[str, Any] = {}
     with MemorySampler() as sampler:
         if "reference" in settings.phases:
+            what = f"{settings.reference_jobs} reference pipeline job(s), one at a time"
+            _log_estimate("reference", estimates, what)
             reference_jobs = await _reference_phase(settings, ffmpeg_path, work, sampler)
             report["reference"] = reference_jobs[0]
             sections.append(("Reference pipeline: nothing to play until done", reference_jobs[1]))
         if "stillpoint" in settings.phases or "concurrency" in settings.phases:
-            stillpoint = await _stillpoint_phases(settings, work, sampler, concurrency)
+            stillpoint = await _stillpoint_phases(
+                settings, work, sampler, levels, sections, estimates, report
+            )
             if stillpoint is not None:
-                report["stillpoint"] = stillpoint[0]
-                sections.append(("Stillpoint", stillpoint[1]))
-    if concurrency:
-        report["concurrency"] = concurrency
+                report["stillpoint"] = stillpoint
+        if "scaleout" in settings.phases:
+            level = max(settings.concurrency_levels)
+            what = f"{len(settings.replica_sets)} replica set(s), {level} jobs at once"
+            _log_estimate("scaleout", estimates, what)
+            report["scaleout"] = await _scaleout_phase(settings, work, sampler, sections)
+    if levels:
+        report["levels"] = levels
     if "encode" in settings.phases:
-        repetitions, seconds = settings.encode_repetitions, settings.narration_seconds
-        log(f"encode comparison: {repetitions} repetition(s) on a {seconds:g} s narration")
+        what = (
+            f"a {settings.narration_seconds:g} s narration, Stillpoint's renders"
+            f" {settings.encode_repetitions}×, the reference encode {settings.reference_encode_repetitions}×"
+        )
+        _log_estimate("encode", estimates, what)
         report["encode"] = await compare_encodes(
             ffmpeg_path,
             work / "encode",
             narration_seconds=settings.narration_seconds,
             repetitions=settings.encode_repetitions,
+            reference_repetitions=settings.reference_encode_repetitions,
         )
-    report["targets"] = [
-        target.to_json_object()
-        for target in build_targets(report.get("encode"), report.get("concurrency", {}))
-    ]
-    report["environment"] = _environment(ffmpeg_path, time.perf_counter() - started)
+    wall_seconds = time.perf_counter() - started
+    report["environment"] = _environment(ffmpeg_path, wall_seconds)
+    report["targets"] = [target.to_json_object() for target in build_targets(report)]
     write_report(report, sections, output)
     _keep_logs(work, output / "logs")
     if not settings.keep_work:
@@ -186,6 +347,7 @@ async def _reference_phase(
             await pipeline.prepare()
             cpu_before = group.cpu_seconds() - sampler.own_cpu_seconds
             provider_before, busy_before = provider_group.cpu_seconds(), machine_busy_cpu_seconds()
+            storage_before = providers.storage_request_counts()
             phase_started = time.perf_counter()
             jobs: list[JobTimeline] = []
             for index in range(settings.reference_jobs):
@@ -196,6 +358,7 @@ async def _reference_phase(
             cpu = group.cpu_seconds() - sampler.own_cpu_seconds - cpu_before
             provider_cpu = provider_group.cpu_seconds() - provider_before
             busy = machine_busy_cpu_seconds() - busy_before
+            storage_requests = _difference(providers.storage_request_counts(), storage_before)
         sampler.sample_now()
         section = pipeline_section(
             jobs,
@@ -203,6 +366,8 @@ async def _reference_phase(
             peak_rss_bytes=sampler.peak("reference").rss_bytes,
             peak_pss_bytes=sampler.peak("reference").pss_bytes,
             wall_seconds=wall,
+            storage_requests=storage_requests,
+            deadline_seconds=settings.job_timeout_seconds,
         )
         section["measured_processes"] = (
             "the bench process (the reference pipeline's service) and its FFmpeg children"
@@ -218,73 +383,185 @@ async def _reference_phase(
 
 
 async def _stillpoint_phases(
-    settings: BenchSettings, work: Path, sampler: MemorySampler, concurrency: dict[str, Any]
-) -> tuple[dict[str, Any], list[JobTimeline]] | None:
+    settings: BenchSettings,
+    work: Path,
+    sampler: MemorySampler,
+    levels: dict[str, Any],
+    sections: list[tuple[str, Sequence[JobTimeline]]],
+    estimates: Mapping[str, float],
+    report: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The sequential run (level 1) and each concurrency level, on one stack; returns the sequential run's
+    section. The profiled level's profile goes into report["profile"]."""
+    async with _stillpoint_stack(settings, work / "stillpoint", sampler, replicas={}) as meter:
+        result: dict[str, Any] | None = None
+        next_index = 0
+        if "stillpoint" in settings.phases:
+            _log_estimate("stillpoint", estimates, f"{settings.jobs} jobs, one at a time")
+            jobs, section = await meter.measure(
+                0, settings.jobs, concurrent=False, profile_dir=_profile_dir(settings, 1)
+            )
+            _take_profile(section, report, 1)
+            next_index = settings.jobs
+            section["measured_processes"] = "content, media and gateway, with their children"
+            result = section
+            levels["1"] = level_entry(section, source="the sequential run (Stillpoint above)")
+            sections.append((_section_title("Stillpoint, one job at a time", section), jobs))
+        chosen = [
+            level
+            for level in (settings.concurrency_levels if "concurrency" in settings.phases else ())
+            if not (level == 1 and result is not None)
+        ]
+        if chosen:
+            _log_estimate("concurrency", estimates, f"levels {', '.join(map(str, chosen))} jobs at once")
+        for level in chosen:
+            log(f"concurrency {level}: {level} jobs at once")
+            await asyncio.sleep(1.0)
+            jobs, section = await meter.measure(
+                next_index, level, concurrent=True, profile_dir=_profile_dir(settings, level)
+            )
+            _take_profile(section, report, level)
+            next_index += level
+            levels[str(level)] = level_entry(section)
+            sections.append((_section_title(f"Stillpoint, {level} jobs at once", section), jobs))
+        return result
+
+
+async def _scaleout_phase(
+    settings: BenchSettings,
+    work: Path,
+    sampler: MemorySampler,
+    sections: list[tuple[str, Sequence[JobTimeline]]],
+) -> list[dict[str, Any]]:
+    """The highest level again on a stack with replicas, once per replica set: the same two cores, shared."""
+    level = max(settings.concurrency_levels)
+    entries: list[dict[str, Any]] = []
+    # Conversation numbers past every other phase's: distinct conversations, so cold caches.
+    first_index = settings.jobs + sum(settings.concurrency_levels)
+    for number, replica_set in enumerate(settings.replica_sets):
+        replicas = dict(replica_set)
+        label = level_label(level, replicas)
+        async with _stillpoint_stack(
+            settings, work / f"scaleout-{number}", sampler, replicas=replicas
+        ) as meter:
+            log(f"scaleout: {label}")
+            jobs, section = await meter.measure(
+                first_index + number * level, level, concurrent=True, profile_dir=None
+            )
+        entry = level_entry(section)
+        entry["replicas"] = replicas
+        entry["label"] = label
+        entries.append(entry)
+        sections.append((_section_title(f"Stillpoint, {label}", section), jobs))
+    return entries
+
+
+@contextlib.asynccontextmanager
+async def _stillpoint_stack(
+    settings: BenchSettings, work: Path, sampler: MemorySampler, *, replicas: Mapping[str, int]
+) -> AsyncIterator[_StillpointMeter]:
+    """Providers, a fresh database and the three services (with `replicas`), yielding a meter for them."""
     await check_redis(settings.redis_url)
+    notes: list[str] = []
+    others = await live_job_consumers(settings.redis_url)
+    if others:
+        notes.append(
+            f"another stack's gateway(s) read the job queue in {settings.redis_url} ({', '.join(others)}):"
+            " each takes the other's jobs; run with a --redis-url database of its own"
+        )
+        log(f"warning: {notes[-1]}")
     database_url = await create_database(settings.postgres_admin_dsn)
     try:
         with running_providers(
-            work / "stillpoint-providers", settings.latency_model, chat_text=_chat_text(settings)
+            work / "providers", settings.latency_model, chat_text=_chat_text(settings)
         ) as providers:
             environment = _stillpoint_environment(settings, providers, database_url)
-            log("starting content, media and gateway (PostgreSQL, Redis, Supabase-compatible storage)")
-            with running_stack(work / "stack", extra_environment=environment) as stack:
+            described = ", ".join(f"{service} ×{count}" for service, count in replicas.items())
+            log(
+                "starting content, media and gateway"
+                + (f" ({described})" if described else "")
+                + " (PostgreSQL, Redis, Supabase-compatible storage)"
+            )
+            with running_stack(
+                work / "stack", replicas=dict(replicas) or None, extra_environment=environment
+            ) as stack:
                 meter = _StillpointMeter(
-                    address=stack.gateway_address,
+                    gateway_addresses=tuple(stack.addresses[key] for key in stack.replicas("gateway")),
                     api_key=stack.api_key,
-                    services=ProcessGroup(_service_pids()),
-                    providers=ProcessGroup(providers.pids),
+                    service_pids=service_pids(stack),
+                    providers=providers,
                     database_name=database_url.rsplit("/", 1)[1],
                     sampler=sampler,
                     timeout_seconds=settings.job_timeout_seconds,
+                    profile_rate_hertz=settings.profile_rate_hertz,
+                    notes=tuple(notes),
                 )
-                sampler.watch("stillpoint", meter.services)
-                result: tuple[dict[str, Any], list[JobTimeline]] | None = None
-                next_index = 0
-                if "stillpoint" in settings.phases:
-                    log(f"stillpoint: {settings.jobs} jobs, one at a time")
-                    jobs, section = await meter.measure(0, settings.jobs, concurrent=False)
-                    next_index = settings.jobs
-                    section["measured_processes"] = "content, media and gateway, with their children"
-                    result = (section, jobs)
-                for level in settings.concurrency_levels if "concurrency" in settings.phases else ():
-                    if level == 1 and result is not None:
-                        concurrency["1"] = _concurrency_entry(
-                            result[1], result[0], "the sequential run above"
-                        )
-                        continue
-                    log(f"concurrency {level}: {level} jobs at once")
-                    await asyncio.sleep(1.0)
-                    jobs, section = await meter.measure(next_index, level, concurrent=True)
-                    next_index += level
-                    concurrency[str(level)] = _concurrency_entry(jobs, section, "")
-                sampler.forget(["stillpoint"])
-                return result
+                sampler.watch("stillpoint", meter.all_services)
+                try:
+                    yield meter
+                finally:
+                    sampler.forget(["stillpoint"])
     finally:
         await drop_database(settings.postgres_admin_dsn, database_url)
 
 
+def service_pids(stack: Stack) -> dict[str, dict[str, int]]:
+    """Per service, its replicas' process keys (`media`, `media-2`) and pids, as the stack started them."""
+    pids: dict[str, dict[str, int]] = {service: {} for service in SERVICES}
+    for key, process in stack.processes.items():
+        try:
+            service = service_of(key)
+        except KeyError:  # the browser edge, not a gRPC service
+            continue
+        pids[service][key] = process.pid
+    return pids
+
+
 @dataclass(frozen=True)
 class _StillpointMeter:
-    """Runs batches of Stillpoint jobs and measures what they cost."""
+    """Runs batches of Stillpoint jobs and measures what they cost, per service."""
 
-    address: str
+    gateway_addresses: tuple[str, ...]
     api_key: str
-    services: ProcessGroup
-    providers: ProcessGroup
+    service_pids: Mapping[str, Mapping[str, int]]
+    providers: ProviderServers
     database_name: str
     sampler: MemorySampler
     timeout_seconds: float
+    profile_rate_hertz: int
+    notes: tuple[str, ...] = ()
+
+    @property
+    def all_services(self) -> ProcessGroup:
+        return ProcessGroup(tuple(pid for pids in self.service_pids.values() for pid in pids.values()))
+
+    def service_groups(self) -> dict[str, ProcessGroup]:
+        """A ProcessGroup per service: its replicas with their children (FFmpeg, the painting pool)."""
+        return {service: ProcessGroup(tuple(pids.values())) for service, pids in self.service_pids.items()}
 
     async def measure(
-        self, first_index: int, count: int, *, concurrent: bool
+        self, first_index: int, count: int, *, concurrent: bool, profile_dir: Path | None
     ) -> tuple[list[JobTimeline], dict[str, Any]]:
         conversations = [conversation_for(index) for index in range(first_index, first_index + count)]
+        recorder = (
+            None
+            if profile_dir is None
+            else ProfileRecorder(
+                targets={key: pid for pids in self.service_pids.values() for key, pid in pids.items()},
+                output_dir=profile_dir,
+                services={key: service for service, pids in self.service_pids.items() for key in pids},
+                rate_hertz=self.profile_rate_hertz,
+            )
+        )
         self.sampler.reset_peak("stillpoint")
         before = self._cpu_readings()
+        storage_before = self.providers.storage_request_counts()
+        if recorder is not None:
+            log(f"  recording CPU profiles of {', '.join(recorder.targets)} with py-spy")
+            recorder.start()
         started = time.perf_counter()
         jobs = await run_jobs(
-            self.address,
+            self.gateway_addresses,
             self.api_key,
             conversations,
             concurrent=concurrent,
@@ -295,44 +572,89 @@ class _StillpointMeter:
         # Work a job leaves behind (an upload finishing after `completed`) belongs to it: let it settle.
         await asyncio.sleep(0.5)
         self.sampler.sample_now()
+        profile = None if recorder is None else recorder.stop()
         used = {name: value - before[name] for name, value in self._cpu_readings().items()}
+        storage_requests = _difference(self.providers.storage_request_counts(), storage_before)
         for job in jobs if not concurrent else []:
             log(f"stillpoint job {job.index}: {_describe(job)}")
         if concurrent:
             playable = summarize([job.milestones["first_playable"] for job in jobs])
             succeeded = sum(job.succeeded for job in jobs)
-            log(f"  {succeeded}/{count} succeeded, first playable {_p50_p95(playable)}")
+            log(f"  {succeeded}/{count} succeeded, first playable {_p50_p95(playable)}, wall {wall:.0f} s")
         section = pipeline_section(
             jobs,
             cpu_seconds=used["services"],
+            cpu_seconds_by_service={service: used[f"service:{service}"] for service in self.service_pids},
             peak_rss_bytes=self.sampler.peak("stillpoint").rss_bytes,
             peak_pss_bytes=self.sampler.peak("stillpoint").pss_bytes,
             wall_seconds=wall,
+            storage_requests=storage_requests,
+            deadline_seconds=self.timeout_seconds,
         )
+        section["replicas"] = {service: len(pids) for service, pids in self.service_pids.items()}
+        section["notes"] = sorted({*section["notes"], *self.notes})
         section["provider_servers_cpu_seconds_per_job"] = used["providers"] / count
         # PostgreSQL's backends for this run's database and the Redis server: approximate (a backend that
         # closes during the batch takes its time with it), and not part of the services' figure.
         section["data_plane_cpu_seconds_per_job"] = used["data_plane"] / count
+        profiler_cpu = 0.0 if recorder is None else recorder.cpu_seconds
+        if profile is not None:
+            section["profile"] = profile
         section["interference"] = _interference(
             f"{count} Stillpoint job(s)",
             used["machine"],
-            used["services"] + used["providers"] + used["bench"] + used["data_plane"],
+            used["services"] + used["providers"] + used["bench"] + used["data_plane"] + profiler_cpu,
             wall,
         )
         return jobs, section
 
     def _cpu_readings(self) -> dict[str, float]:
+        readings = {f"service:{name}": group.cpu_seconds() for name, group in self.service_groups().items()}
         return {
-            "services": self.services.cpu_seconds(),
-            "providers": self.providers.cpu_seconds(),
+            **readings,
+            "services": sum(readings.values()),
+            "providers": ProcessGroup(self.providers.pids).cpu_seconds(),
             "bench": _own_cpu_seconds(),
             "data_plane": data_plane_cpu_seconds(self.database_name),
             "machine": machine_busy_cpu_seconds(),
         }
 
 
-def _p50_p95(summary: dict[str, float | int | None]) -> str:
-    p50, p95 = summary["p50"], summary["p95"]
+def _profile_dir(settings: BenchSettings, level: int) -> Path | None:
+    if settings.profiled_level != level:
+        return None
+    return settings.output_dir / "profiles"
+
+
+def _take_profile(section: dict[str, Any], report: dict[str, Any], level: int) -> None:
+    """Moves a level's profile (if it was profiled) out of its section into report["profile"]."""
+    profile = section.pop("profile", None)
+    if profile is not None:
+        report["profile"] = {"level": level, "services": profile}
+
+
+def _section_title(title: str, section: Mapping[str, Any]) -> str:
+    """A chart section's title with the level's headline numbers."""
+    playable = section.get("first_playable_seconds", {})
+    enhanced = section.get("enhanced_video_seconds", {})
+    return (
+        f"{title}: {section.get('completed_within_deadline')}/{section.get('jobs')} completed, first playable"
+        f" {_p50_p95(playable)}, ENHANCED {_p50_p95(enhanced)}"
+    )
+
+
+def _difference(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    """Counts by kind received between two readings, kinds with none left out."""
+    kinds = dict.fromkeys([*after, *before])
+    return {
+        kind: after.get(kind, 0) - before.get(kind, 0)
+        for kind in kinds
+        if after.get(kind, 0) > before.get(kind, 0)
+    }
+
+
+def _p50_p95(summary: Mapping[str, Any]) -> str:
+    p50, p95 = summary.get("p50"), summary.get("p95")
     if p50 is None or p95 is None:
         return "never reached"
     return f"p50 {p50:.1f} s, p95 {p95:.1f} s"
@@ -358,29 +680,6 @@ def _interference(
         "other_processes_cpu_seconds": other,
         "other_processes_cpu_share": share,
     }
-
-
-def _concurrency_entry(jobs: Sequence[JobTimeline], section: dict[str, Any], source: str) -> dict[str, Any]:
-    keys = (
-        "jobs",
-        "succeeded",
-        "failures",
-        "first_event_seconds",
-        "first_playable_seconds",
-        "quick_video_seconds",
-        "enhanced_video_seconds",
-        "completed_seconds",
-        "first_playable_kinds",
-        "cpu_seconds_per_job",
-        "peak_rss_bytes",
-        "peak_pss_bytes",
-        "wall_seconds",
-    )
-    entry = {key: section.get(key) for key in keys}
-    entry["source"] = source
-    if not source:
-        entry["timelines"] = [job.to_json_object() for job in jobs]
-    return entry
 
 
 def _chat_text(settings: BenchSettings) -> str | None:
@@ -416,23 +715,6 @@ def _stillpoint_environment(
     }
 
 
-def _service_pids() -> tuple[int, ...]:
-    """The content, media and gateway processes running_stack started (children of this process)."""
-    found: dict[str, int] = {}
-    for child in psutil.Process().children():
-        try:
-            command = child.cmdline()
-        except psutil.Error:
-            continue
-        for name in _SERVICES:
-            if f"services.{name}" in command:
-                found[name] = child.pid
-    missing = [name for name in _SERVICES if name not in found]
-    if missing:
-        raise RuntimeError(f"could not find the {', '.join(missing)} process(es)")
-    return tuple(found[name] for name in _SERVICES)
-
-
 def _describe(job: JobTimeline) -> str:
     if not job.succeeded:
         return f"FAILED {job.error}"
@@ -465,6 +747,7 @@ def _environment(ffmpeg_path: str, wall_seconds: float) -> dict[str, Any]:
         "grpcio": _version("grpcio"),
         "openai": _version("openai"),
         "storage3": _version("storage3"),
+        "py-spy": _version("py-spy"),
         "git_commit": (commit or "unknown") + (" (with uncommitted changes)" if dirty else ""),
         "bench_wall_seconds": round(wall_seconds, 1),
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Sequence
 
 import grpc
 
@@ -21,6 +23,7 @@ PLAYLIST_EVENT = "playlist_ready"
 _STAGE_ENDS = {
     gateway_pb.STAGE_STATE_SUCCEEDED: "succeeded",
     gateway_pb.STAGE_STATE_FAILED: "failed",
+    gateway_pb.STAGE_STATE_STOPPED: "stopped",
 }
 
 
@@ -65,7 +68,9 @@ async def run_job(
             if milestones["first_event"] is None:
                 milestones["first_event"] = now
             kind = response.WhichOneof("event")
-            if kind == PLAYLIST_EVENT:
+            if kind == "accepted":
+                timeline.accepted_seconds = now
+            elif kind == PLAYLIST_EVENT:
                 # The live preview is playable on arrival; whichever of it and the QUICK video comes first.
                 if milestones["first_playable"] is None:
                     milestones["first_playable"] = now
@@ -74,6 +79,8 @@ async def run_job(
                 name = stage_name(response.stage.stage)
                 if response.stage.state == gateway_pb.STAGE_STATE_STARTED:
                     open_stages[name] = now
+                    if timeline.first_stage_started_seconds is None:
+                        timeline.first_stage_started_seconds = now
                 elif response.stage.state in _STAGE_ENDS:
                     begun = open_stages.pop(name, now)
                     timeline.stages.append(StageSpan(name, begun, now, _STAGE_ENDS[response.stage.state]))
@@ -94,11 +101,15 @@ async def run_job(
     except grpc.aio.AioRpcError as error:
         timeline.succeeded = False
         timeline.error = f"{error.code().name}: {error.details()}"[:500]
+    # Stages still running when the stream ended (a job cut at its deadline) show how far they got.
+    ended = time.perf_counter() - started
+    for name, begun in open_stages.items():
+        timeline.stages.append(StageSpan(name, begun, ended, "cut"))
     return timeline
 
 
 async def run_jobs(
-    address: str,
+    addresses: Sequence[str],
     api_key: str,
     conversations: list[list[ConversationTurn]],
     *,
@@ -106,11 +117,26 @@ async def run_jobs(
     first_index: int = 0,
     timeout_seconds: float = DEFAULT_JOB_TIMEOUT_SECONDS,
 ) -> list[JobTimeline]:
-    """Creates the conversations, then runs a job for each: one after another, or all at once."""
-    async with gateway_channel(address, api_key) as channel:
-        stub = gateway_grpc.GatewayServiceStub(channel)
-        names = [await create_conversation(stub, turns) for turns in conversations]
-        numbered = list(zip(names, range(first_index, first_index + len(names)), strict=True))
+    """Creates the conversations, then runs a job for each: one after another, or all at once.
+
+    With several gateway replicas, job i goes to gateway i mod n (a channel each), as a load balancer in
+    front of them would spread clients; the conversations are made through the first."""
+    if not addresses:
+        raise ValueError("needs at least one gateway address")
+    async with contextlib.AsyncExitStack() as channels:
+        stubs = [
+            gateway_grpc.GatewayServiceStub(
+                await channels.enter_async_context(gateway_channel(address, api_key))
+            )
+            for address in addresses
+        ]
+        names = [await create_conversation(stubs[0], turns) for turns in conversations]
+        numbered = [
+            (stubs[position % len(stubs)], name, first_index + position)
+            for position, name in enumerate(names)
+        ]
         if concurrent:
-            return list(await asyncio.gather(*(run_job(stub, n, i, timeout_seconds) for n, i in numbered)))
-        return [await run_job(stub, name, index, timeout_seconds) for name, index in numbered]
+            return list(
+                await asyncio.gather(*(run_job(stub, n, i, timeout_seconds) for stub, n, i in numbered))
+            )
+        return [await run_job(stub, name, index, timeout_seconds) for stub, name, index in numbered]
