@@ -329,6 +329,7 @@ class LiveNarration:
         encoder: _LiveEncoder | None = None
         published = _Published()
         publisher: asyncio.Task[None] | None = None
+        encoding_done = asyncio.Event()
         # The narration is kept only as the encoder's AAC: no PCM copy is held in memory (fifty jobs at once
         # would hold fifty, about ten megabytes each) nor stored (a WAV is four times the AAC's size, and
         # its upload was the longest step between the last sentence and the QUICK video).
@@ -354,7 +355,7 @@ class LiveNarration:
                         self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
                     )
                     publisher = asyncio.create_task(
-                        self._publish_while_encoding(work_dir, published, encoder)
+                        self._publish_while_encoding(work_dir, published, encoding_done)
                     )
                 samples = _at_rate(segment.narration, sample_rate)
                 start = written_samples / sample_rate
@@ -371,9 +372,10 @@ class LiveNarration:
                 index += 1
             assert encoder is not None and publisher is not None
             await encoder.close()
-            publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher
+            # Stopped between publications, never in one: a publication cut short would lose the segments
+            # it had taken, or the playlist's first version (and with it the playlist_ready event).
+            encoding_done.set()
+            await publisher
             duration_seconds = written_samples / sample_rate
             # The last of the preview, the narration and its subtitles go up side by side.
             prefix = f"narrations/{self._meditation_id}"
@@ -415,11 +417,13 @@ class LiveNarration:
         return await asyncio.to_thread(_shared_preview, self._work_root)
 
     async def _publish_while_encoding(
-        self, work_dir: Path, published: _Published, encoder: _LiveEncoder
+        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
     ) -> None:
-        while True:
+        while not encoding_done.is_set():
             await self._publish(work_dir, published, audio_seconds=None, is_final=False)
-            await asyncio.sleep(_POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL_SECONDS):
+                    await encoding_done.wait()
 
     async def _publish(
         self, work_dir: Path, published: _Published, *, audio_seconds: float | None, is_final: bool
