@@ -126,9 +126,30 @@ def _fft_convolve_valid(
     signal: npt.NDArray[np.float64], kernel: npt.NDArray[np.float64]
 ) -> npt.NDArray[np.float64]:
     """np.convolve(signal, kernel, mode="valid"), in O(n log n)."""
-    size = 1 << (signal.size + kernel.size - 1).bit_length()
-    full = np.fft.irfft(np.fft.rfft(signal, size) * np.fft.rfft(kernel, size), size)
+    size = _fft_size(signal.size + kernel.size - 1)
+    full = np.fft.irfft(np.fft.rfft(signal, size) * _kernel_spectrum(kernel.tobytes(), size), size)
     return np.asarray(full[kernel.size - 1 : signal.size], dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _kernel_spectrum(kernel: bytes, size: int) -> npt.NDArray[np.complex128]:
+    """A kernel's transform for an FFT of `size`: the limiter's window is the same for every sentence."""
+    return np.fft.rfft(np.frombuffer(kernel, dtype=np.float64), size)
+
+
+def _fft_size(length: int) -> int:
+    """The smallest length at least `length` whose only prime factors are 2, 3 and 5: an FFT as fast as a
+    power of two's, and up to half its size."""
+    best = 1 << (length - 1).bit_length()
+    fives = 1
+    while fives < best:
+        threes = fives
+        while threes < best:
+            candidate = threes << max(0, (length - 1) // threes).bit_length()
+            best = min(best, candidate)
+            threes *= 3
+        fives *= 5
+    return best
 
 
 def _sliding_minimum(values: npt.NDArray[np.float64], width: int) -> npt.NDArray[np.float64]:
@@ -144,20 +165,15 @@ def _sliding_minimum(values: npt.NDArray[np.float64], width: int) -> npt.NDArray
 
 def _oversampled_peaks(samples: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """For each sample, the largest magnitude of it and the three interpolated points after it."""
+    taps = _interpolator()
     half = _INTERPOLATOR_TAPS_PER_PHASE // 2
-    # Aligned so that output i is the point i + phase/4: taps reach half - 1 samples back, half ahead. Every
-    # phase at once, as one matrix product over the sliding windows: a fraction of three convolutions' time.
+    # Aligned so that output i is the point i + phase/4: taps reach half - 1 samples back, half ahead.
     padded = np.pad(samples, (half - 1, half))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, _INTERPOLATOR_TAPS_PER_PHASE)
-    interpolated = windows @ _interpolation_matrix()
-    peaks = np.maximum(np.abs(samples), np.abs(interpolated).max(axis=1, initial=0.0))
-    return np.asarray(peaks, dtype=np.float64)
-
-
-@functools.cache
-def _interpolation_matrix() -> npt.NDArray[np.float64]:
-    """The interpolating phases as the columns of a matrix applied to windows in time order."""
-    return np.stack([taps[::-1] for taps in _interpolator()[1:]], axis=1)
+    peaks = np.abs(samples)
+    for phase in range(1, _OVERSAMPLING):
+        interpolated = np.convolve(padded, taps[phase], mode="valid")
+        np.maximum(peaks, np.abs(interpolated), out=peaks)
+    return peaks
 
 
 @functools.cache
@@ -198,12 +214,12 @@ def _k_weighted(samples: npt.NDArray[np.float64], sample_rate_hertz: int) -> npt
     impulse response through an FFT convolution: no SciPy, and numpy's FFT is fast on whole sentences."""
     if samples.size == 0:
         return samples
-    size = 1 << (samples.size + sample_rate_hertz // 8 - 1).bit_length()
+    size = _fft_size(samples.size + sample_rate_hertz // 8 - 1)
     spectrum = np.fft.rfft(samples, size) * _k_weighting_spectrum(sample_rate_hertz, size)
     return np.asarray(np.fft.irfft(spectrum, size)[: samples.size], dtype=np.float64)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=64)
 def _k_weighting_spectrum(sample_rate_hertz: int, size: int) -> npt.NDArray[np.complex128]:
     """The K-weighting's response transformed for an FFT of `size` (sentences come in a few sizes)."""
     return np.fft.rfft(_k_weighting_response(sample_rate_hertz), size)
