@@ -8,7 +8,6 @@ import contextlib
 import dataclasses
 import functools
 import logging
-import os
 import secrets
 import shutil
 import tempfile
@@ -413,8 +412,11 @@ class LiveNarration:
 
     async def _preview_image(self, work_dir: Path) -> Path:
         """The preview's picture at 720p: the placeholder, as no image is ready this early in a job. It is
-        the same picture for every job, so it is painted once per process and shared (read-only)."""
-        return await asyncio.to_thread(_shared_preview, self._work_root)
+        the same picture for every job, so it is painted once per process; each job writes its own copy
+        into its scratch folder, which goes with the job."""
+        target = work_dir / "preview.yuv"
+        await asyncio.to_thread(target.write_bytes, _preview_frame())
+        return target
 
     async def _publish_while_encoding(
         self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
@@ -599,18 +601,14 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
 
 
-def _shared_preview(work_root: Path) -> Path:
-    """The placeholder as raw YUV 4:2:0 frames' worth of bytes, written once under `work_root` (atomically:
-    two jobs starting together may both write it, and a reader never sees half of it)."""
+@functools.cache
+def _preview_frame() -> bytes:
+    """The placeholder as one raw YUV 4:2:0 frame, painted once per process."""
     width, height = PREVIEW_SIZE_PIXELS
-    target = work_root / f"preview-{width}x{height}.yuv"
-    if not target.is_file():
-        rgb = np.asarray(paint_placeholder(width, height).convert("RGB"))
-        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
-        partial = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
-        partial.write_bytes(frame.to_ndarray().tobytes())
-        os.replace(partial, target)
-    return target
+    rgb = np.asarray(paint_placeholder(width, height).convert("RGB"))
+    return bytes(
+        av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray().tobytes()
+    )
 
 
 @functools.cache
