@@ -41,10 +41,11 @@ logger = logging.getLogger(__name__)
 # segments are ready long before a player reaches them.
 PIECE_SECONDS = 1
 FIRST_SEGMENT_SECONDS = 1
-# Past the first segments (1 + 2 + 4 seconds), pieces are cut only this far apart: a keyframe is the one
-# picture of the preview that costs anything to encode. A multiple of FIRST_SEGMENT_SECONDS * 8, so the
-# doubling segments end on them.
-KEYFRAME_SECONDS = 8
+# Past the first segments (1 + 2 + 4 seconds), pieces are cut this far apart. One second, as at the start:
+# tried at 8 (a keyframe is the one picture of the preview that costs anything to encode), the last piece
+# then ran seconds past the sound, which only a one-second piece can be trimmed of. A cheaper picture
+# needs the sound's end to cut the video, not the publisher.
+KEYFRAME_SECONDS = 1
 LONGEST_SEGMENT_SECONDS = 32
 # A player that started with the first segment would run out of published sound this soon: then whatever is
 # cut is published at once, however short (a slow voice must not leave it waiting for a long segment).
