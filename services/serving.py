@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -22,6 +24,7 @@ from services import rpc_metrics, rpc_tracing, tracing
 from services.environment import ConfigError
 from services.log_context import current_meditation
 from services.metrics import MetricsSettings
+from services.rpc_handlers import Behaviour, with_behaviour
 from services.tls import InternalTls, PublicTls
 
 logger = logging.getLogger(__name__)
@@ -76,7 +79,12 @@ _TResponse = TypeVar("_TResponse")
 class InFlightRpcs(grpc.aio.ServerInterceptor):
     """Remembers the task of every RPC in flight. The server cancels the ones still running when the grace
     period ends, but does not wait for them: without this, their cleanup is cut short a second time when the
-    event loop closes."""
+    event loop closes.
+
+    A stream cut while the server is sending a response (not inside the servicer) leaves its generator
+    suspended at a `yield`, its cleanup not run; the event loop would close it later in a task of its own
+    that nothing waits for. Such a generator is closed here as soon as the RPC's task ends, in a task that
+    is remembered with the others."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[object]] = set()
@@ -91,20 +99,47 @@ class InFlightRpcs(grpc.aio.ServerInterceptor):
         # Interceptors run in the RPC's own task, the one the server cancels.
         task = asyncio.current_task()
         if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return await continuation(handler_call_details)
+            self._remember(task)
+        handler = await continuation(handler_call_details)
+        if handler is None or not (handler.unary_stream or handler.stream_stream):
+            return handler
+        return with_behaviour(handler, self._closed_when_cut)
+
+    def _remember(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _closed_when_cut(self, behaviour: Behaviour) -> Behaviour:
+        if not inspect.isasyncgenfunction(behaviour):
+            return behaviour  # writes its stream with `context.write`, inside the RPC's task
+
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            responses = behaviour(request, context)
+            task = asyncio.current_task()
+            if task is not None:
+                task.add_done_callback(lambda _: self._close_if_suspended(responses))
+            async for response in responses:
+                yield response
+
+        return streaming
+
+    def _close_if_suspended(self, responses: types.AsyncGeneratorType[Any, None]) -> None:
+        # Its task has ended, so nothing iterates it any more; a finished generator has no frame.
+        if responses.ag_frame is not None:
+            self._remember(asyncio.ensure_future(responses.aclose()))
 
     async def wait_for_cleanup(self, timeout_seconds: float) -> None:
         """Waits until every RPC task has ended (the cut ones have run their `finally`), or the timeout."""
-        tasks = self._tasks - {asyncio.current_task()}
-        if not tasks:
-            return
-        _, pending = await asyncio.wait(tasks, timeout=timeout_seconds)
-        if pending:
-            logger.warning(
-                "%d RPCs still cleaning up after %g s; stopping anyway", len(pending), timeout_seconds
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_seconds
+        # Again until none is left: a task that ends can leave another behind (a cut stream's closing).
+        while tasks := self._tasks - {asyncio.current_task()}:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if pending:
+                logger.warning(
+                    "%d RPCs still cleaning up after %g s; stopping anyway", len(pending), timeout_seconds
+                )
+                return
 
 
 @dataclass

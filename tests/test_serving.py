@@ -88,6 +88,49 @@ async def test_a_stream_cut_by_the_end_of_the_grace_period_runs_its_cleanup_befo
         assert await _status_once_cut(stream) == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_a_stream_cut_while_its_response_is_being_sent_runs_its_cleanup_before_stop_returns() -> None:
+    """The cut can land while the server waits to send (the client reads no more, flow control holds the
+    response back): the servicer's generator is then suspended at its `yield`, outside the RPC's task."""
+    cleaned_up = asyncio.Event()
+    yielded = 0
+
+    async def flood(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> AsyncIterator[bytes]:
+        nonlocal yielded
+        try:
+            while True:
+                yielded += 1
+                yield bytes(1 << 20)
+        finally:
+            await asyncio.sleep(0.2)
+            await asyncio.to_thread(cleaned_up.set)
+
+    def register(server: grpc.aio.Server) -> None:
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_stream_rpc_method_handler(flood)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("example.v1.ExampleService", {"Flood": handler}),)
+        )
+
+    running = await serving.start_server(
+        service_names=["example.v1.ExampleService"], register=register, address="127.0.0.1:0"
+    )
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        flood_call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
+            "/example.v1.ExampleService/Flood"
+        )
+        stream = flood_call(b"")
+        assert len(await stream.read()) == 1 << 20
+        # The client reads nothing more: the server fills the flow-control windows and then waits to send.
+        deadline = asyncio.get_running_loop().time() + 10
+        previous = -1
+        while yielded != previous and asyncio.get_running_loop().time() < deadline:
+            previous = yielded
+            await asyncio.sleep(0.3)
+        assert yielded == previous, "the server never stopped to wait for the client"
+        await running.stop(grace_seconds=0.1)
+        assert cleaned_up.is_set()
+        stream.cancel()
+
+
 async def _status_once_cut(stream: grpc.aio.UnaryStreamCall[bytes, bytes]) -> grpc.StatusCode:
     try:
         while await stream.read() is not grpc.aio.EOF:

@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import sys
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,8 @@ SERVICE_NAME = content_pb.DESCRIPTOR.services_by_name["ContentService"].full_nam
 # How much lower than the service the painter processes run (nice(2) increments; 19 is the lowest).
 _PAINTER_NICENESS = 10
 logger = logging.getLogger("services.content")
+# How long terminated painters get to exit before they are killed.
+_PAINTER_TERMINATE_SECONDS = 2.0
 
 
 def build_generators(
@@ -147,7 +150,7 @@ async def serve(
     async def release() -> None:
         if nightly is not None:
             nightly.cancel()
-        stop_painters(painters)
+        await asyncio.to_thread(stop_painters, painters)
         if client is not None:
             await client.close()
 
@@ -188,6 +191,13 @@ def stop_painters(painters: ProcessPoolExecutor) -> None:
     for process in workers.values():
         if process.is_alive():
             process.terminate()
+    # SIGTERM can be ignored (a disposition inherited from whoever started the service is kept across exec);
+    # SIGKILL cannot, so a painter that outlives a short wait goes that way.
+    deadline = time.monotonic() + _PAINTER_TERMINATE_SECONDS
+    for process in workers.values():
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
 
 
 def run() -> None:

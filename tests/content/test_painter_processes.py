@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
 
 from services.content.__main__ import start_painters, stop_painters
 
@@ -13,22 +18,34 @@ from services.content.__main__ import start_painters, stop_painters
 LONG_PAINTING_SECONDS = 60.0
 
 
-def _paint_slowly(seconds: float) -> int:
+def _paint_slowly(seconds: float, started: Path) -> int:
+    started.touch()
     time.sleep(seconds)
     return os.getpid()
+
+
+def _paint_deaf_to_sigterm(seconds: float, started: Path) -> int:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return _paint_slowly(seconds, started)
 
 
 def _niceness() -> int:
     return os.nice(0)
 
 
-def test_a_painting_in_flight_does_not_hold_up_the_stop() -> None:
+@pytest.mark.parametrize("painting", [_paint_slowly, _paint_deaf_to_sigterm])
+def test_a_painting_in_flight_does_not_hold_up_the_stop(
+    painting: Callable[[float, Path], int], tmp_path: Path
+) -> None:
+    """Even a painter that ignores SIGTERM (a disposition a process can inherit) is gone."""
     painters = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
-    in_flight = painters.submit(_paint_slowly, LONG_PAINTING_SECONDS)
-    # Wait until the worker has taken the painting (it is running, not queued).
+    started = tmp_path / "started"
+    painters.submit(painting, LONG_PAINTING_SECONDS, started)
+    # Wait until the worker is painting (not only holding the call in its queue).
     deadline = time.monotonic() + 30
-    while not in_flight.running() and time.monotonic() < deadline:
+    while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert started.exists()
     workers = list(painters._processes.values())
     assert workers and all(worker.is_alive() for worker in workers)
 
