@@ -209,6 +209,11 @@ def _cluster(
             "base_ejection_time": "5s",
             "max_ejection_percent": 100,
         }
+        # An ejection outlives the replica's outage: one restarted may still be left out when another
+        # stops (a rolling restart), and with only the stopped one to choose, a request fails although a
+        # healthy replica is there. So once half the replicas or more are out, the ejections are set aside
+        # (Envoy's panic mode) and the retry finds the replica that is up.
+        cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 51.0}}
     if http2:
         # gRPC needs HTTP/2 to the upstream whatever the browser spoke.
         cluster["typed_extension_protocol_options"] = {
