@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from services.media.placeholder import paint_placeholder
 from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
-from services.media.urgency import urgent
+from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, urgent
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
@@ -154,6 +155,7 @@ class LiveNarration:
         work_root: Path,
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
+        mastering: PriorityLimiter | None = None,
     ) -> None:
         self._meditation_id = meditation_id
         self._speak = speak
@@ -162,6 +164,10 @@ class LiveNarration:
         self._ffmpeg_path = ffmpeg_path
         self._work_root = work_root
         self._max_requests_in_flight = max_requests_in_flight
+        # Mastering is CPU work: a few at a time (the process's workers), in the order of urgency and arrival.
+        self._mastering = mastering or PriorityLimiter(os.cpu_count() or 1)
+        # This job's place: its speech and mastering go ahead of the jobs that arrived after it.
+        self._place = arrival()
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
         # One future per sentence, resolved when the request that speaks it returns.
@@ -267,7 +273,8 @@ class LiveNarration:
             del self._unspoken[: len(group)]
             self._requests_in_flight += 1
             # The first sentence is what the listener is waiting for: its request goes ahead of other jobs'.
-            with urgent() if not self._requests else contextlib.nullcontext():
+            # Said for every request: the next ones are started from the first one's task, urgent itself.
+            with in_arrival_order(self._place), urgent(not self._requests):
                 self._requests.append(asyncio.create_task(self._speak_group(group)))
 
     def _next_group(self) -> list[int]:
@@ -298,7 +305,8 @@ class LiveNarration:
             # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
             # encode serves the live preview and the QUICK video already at the target loudness.
             for index, segment in zip(group, spoken, strict=True):
-                mastered = await asyncio.to_thread(_mastered, segment.narration)
+                async with self._mastering:
+                    mastered = await asyncio.to_thread(_mastered, segment.narration)
                 if not self._spoken[index].done():
                     self._spoken[index].set_result(dataclasses.replace(segment, narration=mastered))
         except asyncio.CancelledError:

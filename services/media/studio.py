@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -24,6 +25,7 @@ from services.media.live import LiveNarration, SpokenSegment
 from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
+from services.media.urgency import PriorityLimiter
 from services.media.video import RenderProfile, measure_audio_seconds, render_still_video
 from services.openai_api import ProviderCallError
 from services.provider_status import ProviderReport
@@ -117,6 +119,8 @@ class MediaStudio:
         # ENHANCED renders take turns (each holds a decoded full-size picture and a whole narration's audio
         # chain); QUICK ones, a copied track and one frame, never wait.
         self._deferrable_renders = asyncio.Semaphore(deferrable_renders_at_once)
+        # Every live narration's mastering shares the cores, in the order of urgency and arrival.
+        self._mastering = PriorityLimiter(os.cpu_count() or 1)
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
@@ -202,6 +206,7 @@ class MediaStudio:
             ffmpeg_path=self._ffmpeg_path,
             work_root=self._work_root,
             max_requests_in_flight=self._sentences_in_flight_per_job,
+            mastering=self._mastering,
         )
 
     async def render(

@@ -20,12 +20,14 @@ from services.media.live import (
     RUNNING_DRY_SECONDS,
     LiveNarration,
     LiveNarrationResult,
+    SpeakSentences,
     SpokenSegment,
     _group_pieces,
     _joined_pieces,
     _Published,
 )
-from services.media.speech import EspeakNarrator
+from services.media.speech import EspeakNarrator, Narration
+from services.media.urgency import PriorityLimiter
 from services.media.video import probe_media
 from services.proto_time import seconds_of
 from services.storage.local import LocalAssetStorage
@@ -235,3 +237,53 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
     assert [sentence for request in requests for sentence in request] == [s.text for s in result.sentences]
     assert len(result.sentences) == 24
     assert len(requests) <= 10, [len(request) for request in requests]
+
+
+async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_first(
+    storage: LocalAssetStorage, tmp_path: Path
+) -> None:
+    """Two jobs share one speech slot: both first sentences go first, then all of the earlier job's, so it
+    finishes instead of both finishing late together."""
+    slot = PriorityLimiter(1)
+    spoken: list[str] = []
+    everyone_waiting = asyncio.Event()
+
+    def speaker(job: str) -> SpeakSentences:
+        async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+            async with slot:
+                await everyone_waiting.wait()
+                await asyncio.sleep(0.01)  # a remote voice takes a moment
+                spoken.extend(f"{job}: {sentence}" for sentence in sentences)
+            return [SpokenSegment(Narration(bytes(2 * 2400), 24_000), "openai", "") for _ in sentences]
+
+        return speak
+
+    def narration(job: str) -> LiveNarration:
+        return LiveNarration(
+            meditation_id=f"{job}0123456789abcdef",
+            speak=speaker(job),
+            storage=storage,
+            ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+            work_root=tmp_path,
+            max_requests_in_flight=3,
+        )
+
+    script = " ".join(f"Sentence {index}." for index in range(5))
+    earlier, later = narration("a"), narration("b")  # the order they arrived in
+    async with later, earlier:
+        # The later job's script comes first, and its first request takes the slot.
+        later.add_text(script)
+        later.finish_script()
+        earlier.add_text(script)
+        earlier.finish_script()
+        await asyncio.sleep(0.1)
+        everyone_waiting.set()
+        for live in (earlier, later):
+            assert isinstance([event async for event in live.events()][-1], LiveNarrationResult)
+    sentences = [f"Sentence {index}." for index in range(5)]
+    assert spoken == [
+        f"b: {sentences[0]}",
+        f"a: {sentences[0]}",
+        *(f"a: {sentence}" for sentence in sentences[1:]),
+        *(f"b: {sentence}" for sentence in sentences[1:]),
+    ]

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from services.media.urgency import PriorityLimiter, is_urgent, urgent
+from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, is_urgent, urgent
 
 
 async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
@@ -34,6 +34,40 @@ async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
     await asyncio.gather(holder, *tasks)
     assert order == ["first 1", "first 2", "later 1", "later 2"]
     assert limiter.waiting == 0
+
+
+async def test_past_the_urgent_the_job_that_arrived_first_goes_first() -> None:
+    """Fair sharing would finish every job late together; in order of arrival, the first ones finish."""
+    limiter = PriorityLimiter(1)
+    order: list[str] = []
+    release = asyncio.Event()
+    earlier, later = arrival(), arrival()
+
+    async def hold() -> None:
+        async with limiter:
+            await release.wait()
+
+    async def take(name: str) -> None:
+        async with limiter:
+            order.append(name)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    tasks = []
+    # They come to wait in the opposite order to their jobs' arrival; work of no job comes last of all.
+    for name, place in (("later job", later), ("earlier job", earlier), ("later job again", later)):
+        with in_arrival_order(place):
+            tasks.append(asyncio.create_task(take(name)))
+        await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(take("no job")))
+    await asyncio.sleep(0)
+    with in_arrival_order(later), urgent():
+        tasks.append(asyncio.create_task(take("later job, urgent")))
+    await asyncio.sleep(0)
+    assert limiter.waiting == 5
+    release.set()
+    await asyncio.gather(holder, *tasks)
+    assert order == ["later job, urgent", "earlier job", "later job", "later job again", "no job"]
 
 
 async def test_a_cancelled_waiter_gives_up_its_place_and_never_a_slot() -> None:
