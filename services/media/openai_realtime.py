@@ -119,7 +119,9 @@ class RealtimeSpeechNarrator:
         if not sentences:
             raise SpeechError("the script has no words to speak")
         try:
-            async with asyncio.timeout(self._timeout_seconds):
+            # Timed from when a session slot is free: waiting for one behind earlier jobs is not the
+            # provider being slow (and under load the later jobs wait a while, by design: urgency.py).
+            async with self._slots, asyncio.timeout(self._timeout_seconds):
                 readings = await self._read_all(sentences)
         except TimeoutError:
             raise ProviderCallError(
@@ -156,43 +158,42 @@ class RealtimeSpeechNarrator:
             await session.close()
 
     async def _read_all(self, sentences: list[str]) -> list[_Reading]:
-        async with self._slots:
-            session: _Session | None = await self._borrow()
-            readings: list[_Reading] = []
-            reconnects = 0
-            try:
-                while len(readings) < len(sentences):
-                    if session is None:
-                        session = await self._open()
-                    try:
-                        readings.append(await session.read(sentences[len(readings)]))
-                    except _SocketDroppedError:
-                        await session.close()
-                        session = None
-                        if reconnects == MAX_RECONNECTS:
-                            raise ProviderCallError(
-                                ProviderFailureKind.UNAVAILABLE,
-                                f"the OpenAI Realtime connection dropped {reconnects + 1} times; "
-                                "try again shortly",
-                            ) from None
-                        reconnects += 1
-                        # What came of the cut sentence is dropped: it is read again whole, so none repeats.
-                        logger.warning(
-                            "realtime speech: the connection dropped during sentence %d of %d; "
-                            "reconnecting to read it again",
-                            len(readings) + 1,
-                            len(sentences),
-                        )
-            except BaseException:
-                # A failed, timed-out or cancelled response may still be running: the session is spent.
-                if session is not None:
+        session: _Session | None = await self._borrow()
+        readings: list[_Reading] = []
+        reconnects = 0
+        try:
+            while len(readings) < len(sentences):
+                if session is None:
+                    session = await self._open()
+                try:
+                    readings.append(await session.read(sentences[len(readings)]))
+                except _SocketDroppedError:
                     await session.close()
-                raise
-            if session is not None and self._is_closed:
-                await session.close()  # shutting down: nobody will borrow it again
-            elif session is not None:
-                self._idle.append(session)
-            return readings
+                    session = None
+                    if reconnects == MAX_RECONNECTS:
+                        raise ProviderCallError(
+                            ProviderFailureKind.UNAVAILABLE,
+                            f"the OpenAI Realtime connection dropped {reconnects + 1} times; "
+                            "try again shortly",
+                        ) from None
+                    reconnects += 1
+                    # What came of the cut sentence is dropped: it is read again whole, so none repeats.
+                    logger.warning(
+                        "realtime speech: the connection dropped during sentence %d of %d; "
+                        "reconnecting to read it again",
+                        len(readings) + 1,
+                        len(sentences),
+                    )
+        except BaseException:
+            # A failed, timed-out or cancelled response may still be running: the session is spent.
+            if session is not None:
+                await session.close()
+            raise
+        if session is not None and self._is_closed:
+            await session.close()  # shutting down: nobody will borrow it again
+        elif session is not None:
+            self._idle.append(session)
+        return readings
 
     async def _borrow(self) -> _Session:
         while self._idle:

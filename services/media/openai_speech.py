@@ -110,8 +110,9 @@ class OpenAISpeechNarrator:
             raise SpeechError(f"{len(sentences)} sentences are too long for one speech request")
         work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
         try:
-            async with asyncio.timeout(self._timeout_seconds):
-                pcm = await self._speak(text, work_dir / "batch")
+            # Timed from when a request slot is free: waiting for one behind earlier jobs is not the
+            # provider being slow (and under load the later jobs wait a while, by design: urgency.py).
+            pcm = await self._speak(text, work_dir / "batch", timeout_seconds=self._timeout_seconds)
         except TimeoutError:
             raise ProviderCallError(
                 ProviderFailureKind.TIMEOUT,
@@ -162,10 +163,11 @@ class OpenAISpeechNarrator:
                     index += 1
         return Narration(pcm_s16le=bytes(pcm), sample_rate_hertz=SAMPLE_RATE_HERTZ)
 
-    async def _speak(self, text: str, stem: Path) -> bytes:
-        """One request, its audio written to disk chunk by chunk as it arrives, then decoded to PCM."""
+    async def _speak(self, text: str, stem: Path, *, timeout_seconds: float | None = None) -> bytes:
+        """One request, its audio written to disk chunk by chunk as it arrives, then decoded to PCM; with
+        `timeout_seconds`, raises TimeoutError if it takes longer once it has a request slot."""
         received = stem.with_suffix(f".{self._audio_format}")
-        async with self._requests:
+        async with self._requests, asyncio.timeout(timeout_seconds):
             try:
                 # tts-1 and tts-1-hd ignore instructions; leave them out rather than pretend.
                 instructions = openai.omit if self._model.name.startswith("tts-1") else self._instructions

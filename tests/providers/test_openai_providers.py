@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import json
@@ -417,6 +418,39 @@ def test_long_stretches_are_split_at_sentences_under_the_limit() -> None:
     assert all(len(piece) <= 4096 for piece in pieces)
     assert all(piece.endswith(".") for piece in pieces)
     assert " ".join(pieces) == text
+
+
+async def test_waiting_for_a_request_slot_behind_other_jobs_is_not_a_provider_timeout(
+    client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    """Under load a later job waits for a slot (urgency.py orders them): its own request is still timed
+    only from when it is sent."""
+    narrator = OpenAISpeechNarrator(
+        client,
+        SPEECH,
+        voice="sage",
+        instructions="",
+        audio_format="pcm",
+        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+        work_root=tmp_path,
+        timeout_seconds=1,
+        max_concurrent_requests=1,
+    )
+    other_job = asyncio.Event()
+
+    async def hold_the_slot() -> None:
+        async with narrator._requests:
+            await other_job.wait()
+
+    holder = asyncio.create_task(hold_the_slot())
+    await asyncio.sleep(0)
+    speaking = asyncio.create_task(narrator.narrate_sentences(["Breathe in slowly."]))
+    await asyncio.sleep(1.5)  # longer than the timeout, all of it spent waiting for the slot
+    assert not speaking.done()
+    other_job.set()
+    await holder
+    (narration,) = await speaking
+    assert len(narration.pcm_s16le) > 2 * 24_000 // 2
 
 
 async def test_speech_fallback_narrates_offline(
