@@ -51,6 +51,11 @@ LONGEST_SEGMENT_SECONDS = 32
 # A player that started with the first segment would run out of published sound this soon: then whatever is
 # cut is published at once, however short (a slow voice must not leave it waiting for a long segment).
 RUNNING_DRY_SECONDS = 4.0
+# Past the first segment, nothing is published while a player that started with it has more than this
+# ahead of it; then every segment cut so far goes up in one publication (one playlist version, one signing
+# request). Speech runs far ahead of playback, so a narration is a handful of publications, not one per
+# segment; this is still far more time than an upload takes.
+PUBLISHED_AHEAD_SECONDS = 15.0
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
 PREVIEW_SIZE_PIXELS = (1280, 720)
@@ -136,9 +141,15 @@ class _Published:
 
     def is_running_dry(self, now: float) -> bool:
         """Whether a player that started with the first segment is about to play all that is published."""
-        return (
-            bool(self.segments) and self.published_seconds - (now - self.playable_since) < RUNNING_DRY_SECONDS
-        )
+        return bool(self.segments) and self._seconds_ahead(now) < RUNNING_DRY_SECONDS
+
+    def wants_more(self, now: float) -> bool:
+        """Whether it is time to publish again: nothing is yet, or a player that started with the first
+        segment has no more than PUBLISHED_AHEAD_SECONDS of it left to play."""
+        return not self.segments or self._seconds_ahead(now) <= PUBLISHED_AHEAD_SECONDS
+
+    def _seconds_ahead(self, now: float) -> float:
+        return self.published_seconds - (now - self.playable_since)
 
 
 class LiveNarration:
@@ -448,10 +459,10 @@ class LiveNarration:
                 continue  # FFmpeg's picture runs a little past the sound: those pieces hold nothing to hear
             published.pending.append((name, duration))
             published.pieces_seconds += duration
-        groups = _group_pieces(
-            published,
-            publish_all=is_final or published.is_running_dry(time.monotonic()),
-        )
+        now = time.monotonic()
+        if not (is_final or published.wants_more(now)):
+            return
+        groups = _group_pieces(published, publish_all=is_final or published.is_running_dry(now))
         if not groups:
             if is_final and published.playlist_key:
                 await self._write_playlist(published, is_final=True)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from services.media.live import (
     LONGEST_SEGMENT_SECONDS,
+    PUBLISHED_AHEAD_SECONDS,
     RUNNING_DRY_SECONDS,
     LiveNarration,
     LiveNarrationResult,
@@ -175,6 +176,16 @@ def test_a_player_about_to_run_dry_gets_what_is_cut_however_short() -> None:
     published = _Published(segments=[("a", 1.0), ("b", 2.0), ("c", 4.0)], playable_since=100.0)
     assert not published.is_running_dry(100.0)
     assert published.is_running_dry(100.0 + 7.0 - RUNNING_DRY_SECONDS + 0.1)
+
+
+def test_past_the_first_segment_publishing_waits_until_a_player_has_little_left_to_play() -> None:
+    assert _Published().wants_more(0.0)
+    published = _Published(segments=[("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0), ("e", 16.0)])
+    published.playable_since = 100.0
+    # 31 s published: a player that started at 100 s has 31 s ahead of it, then less as it plays.
+    assert not published.wants_more(100.0)
+    assert not published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS - 0.1)
+    assert published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS + 0.1)
 
 
 def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) -> None:
