@@ -20,6 +20,7 @@ from typing import Any
 
 import av
 import numpy as np
+import numpy.typing as npt
 
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
@@ -29,6 +30,7 @@ from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, urgent
+from services.media.video import ENHANCED_PROFILE, live_audio_graph
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
@@ -105,6 +107,9 @@ class LiveNarrationResult:
     subtitles_key: str
     # Sentences the provider read other than written (see Narration).
     misread_sentence_count: int = 0
+    # The ENHANCED video's sound (ENHANCED_PROFILE's chain and bed), encoded as the narration was spoken:
+    # the ENHANCED video copies it.
+    enhanced_audio_key: str = ""
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -378,6 +383,10 @@ class LiveNarration:
                     )
                 samples = _at_rate(segment.narration, sample_rate)
                 start = written_samples / sample_rate
+                # The last sentence is known as such once the script is complete (it nearly always is by
+                # the time its speech is back): the bed falls away over it.
+                is_last = self._is_script_complete and index == len(self._spoken) - 1
+                envelope = _bed_envelope(written_samples, len(samples) // 2, sample_rate, is_last=is_last)
                 written_samples += len(samples) // 2
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
                 if segment.provider:
@@ -387,7 +396,7 @@ class LiveNarration:
                     misread_sentence_count += segment.narration.misread_sentence_count
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
-                await encoder.write(samples)
+                await encoder.write(_interleaved(samples, envelope))
                 index += 1
             assert encoder is not None and publisher is not None
             await encoder.close()
@@ -398,9 +407,12 @@ class LiveNarration:
             duration_seconds = written_samples / sample_rate
             # The last of the preview, the narration and its subtitles go up side by side.
             prefix = f"narrations/{self._meditation_id}"
-            _, stored_aac, stored_subtitles = await asyncio.gather(
+            _, stored_aac, stored_enhanced, stored_subtitles = await asyncio.gather(
                 self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True),
                 self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
+                self._storage.put_file(
+                    new_key(prefix, "enhanced.aac"), encoder.enhanced_audio_path, "audio/aac", signed=False
+                ),
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
                     webvtt(sentences).encode(),
@@ -424,6 +436,7 @@ class LiveNarration:
             playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
+            enhanced_audio_key=stored_enhanced.key,
         )
 
     async def _preview_ready(self) -> Path:
@@ -518,15 +531,23 @@ class LiveNarration:
 
 
 class _LiveEncoder:
-    """One FFmpeg process fed PCM in order: it writes the narration's AAC and the preview's HLS segments."""
+    """One FFmpeg process fed PCM in order: it writes the narration's AAC, the preview's HLS segments and
+    the ENHANCED video's sound.
 
-    def __init__(self, process: asyncio.subprocess.Process, aac_path: Path) -> None:
+    Its input has two channels at the voice's rate: the mastered voice, and the gain of the ENHANCED bed
+    (0 to 1 as 16-bit samples), which Python shapes because only it learns where the narration ends."""
+
+    def __init__(
+        self, process: asyncio.subprocess.Process, aac_path: Path, enhanced_audio_path: Path
+    ) -> None:
         self._process = process
         self.aac_path = aac_path
+        self.enhanced_audio_path = enhanced_audio_path
 
     @classmethod
     async def start(cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path) -> _LiveEncoder:
         aac_path = work_dir / "narration.aac"
+        enhanced_audio_path = work_dir / "enhanced.aac"
         hls = ":".join(
             [
                 "f=hls",
@@ -540,15 +561,27 @@ class _LiveEncoder:
                 f"hls_segment_filename={work_dir / 'segment-%05d.m4s'}",
             ]
         )
+        graph = ";".join(
+            [
+                "[0:a]asplit=2[voiceandgain][gainandvoice]",
+                "[voiceandgain]pan=mono|c0=c0,asplit=2[voice][enhancedinput]",
+                "[gainandvoice]pan=mono|c0=c1[bedgain]",
+                live_audio_graph(
+                    ENHANCED_PROFILE, voice="enhancedinput", envelope="bedgain", output="enhanced"
+                ),
+            ]
+        )
+        enhanced = ENHANCED_PROFILE
         arguments = [
             *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
-            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "1", "-i", "pipe:0"),
+            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "2", "-i", "pipe:0"),
             # A picture a second, read raw (already YUV 4:2:0: nothing to decode or convert). Only where
             # a piece may be cut is it a keyframe (KEYFRAME_SECONDS); every other picture repeats the one
             # before it, which x264 encodes for next to nothing.
             *("-protocol_whitelist", "file,pipe", "-stream_loop", "-1", "-f", "rawvideo"),
             *("-pix_fmt", "yuv420p", "-video_size", "x".join(map(str, PREVIEW_SIZE_PIXELS))),
-            *("-framerate", f"1/{PIECE_SECONDS}", "-i", str(image), "-map", "1:v", "-map", "0:a"),
+            *("-framerate", f"1/{PIECE_SECONDS}", "-i", str(image)),
+            *("-filter_complex", graph, "-map", "1:v", "-map", "[voice]"),
             # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
             *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
             *("-pix_fmt", "yuv420p", "-g", "100000", "-force_key_frames", _keyframe_times()),
@@ -556,6 +589,16 @@ class _LiveEncoder:
             # preview and the plain AAC file the QUICK video copies.
             *("-c:a", "aac", "-b:a", "96k", "-aac_coder", "fast", "-aac_ms", "0", "-shortest"),
             *("-f", "tee", f"[{hls}]{work_dir / 'live.m3u8'}|[f=adts:select=a]{aac_path}"),
+            # The ENHANCED video's sound, encoded as it is spoken: that video is then a picture and a copy.
+            *("-map", "[enhanced]", "-c:a", "aac", "-b:a", str(enhanced.audio_bitrate_bits_per_second)),
+            *("-ar", str(enhanced.audio_sample_rate_hertz), "-ac", str(enhanced.audio_channels)),
+            *(
+                "-aac_coder",
+                enhanced.aac_coder,
+                "-aac_ms",
+                "1" if enhanced.is_aac_mid_side_search_enabled else "0",
+            ),
+            *("-f", "adts", str(enhanced_audio_path)),
         ]
         process = await asyncio.create_subprocess_exec(
             ffmpeg_path,
@@ -564,7 +607,7 @@ class _LiveEncoder:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        return cls(process, aac_path)
+        return cls(process, aac_path, enhanced_audio_path)
 
     async def write(self, samples: bytes) -> None:
         assert self._process.stdin is not None
@@ -619,6 +662,31 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     positions = np.linspace(0, len(samples) - 1, count, dtype=np.float32) if len(samples) else samples
     resampled = np.interp(positions, np.arange(len(samples), dtype=np.float32), samples) if count else samples
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
+
+
+def _bed_envelope(
+    first_sample: int, count: int, sample_rate: int, *, is_last: bool
+) -> npt.NDArray[np.float64]:
+    """The ENHANCED bed's gain for `count` samples from `first_sample`: rising from silence over the
+    profile's fade at the start and, in the last sentence, falling back to it by its end (over the fade, or
+    the whole sentence when it is shorter), along half a cosine, as FFmpeg's `hsin` fades do."""
+    fade = max(1, round(ENHANCED_PROFILE.ambient_bed_fade_seconds * sample_rate))
+    positions = np.arange(first_sample, first_sample + count, dtype=np.float64)
+    rising = np.clip(positions / fade, 0.0, 1.0)
+    gain = (1 - np.cos(np.pi * rising)) / 2
+    if is_last and count:
+        falling = min(fade, count)
+        remaining = np.clip((first_sample + count - positions) / falling, 0.0, 1.0)
+        gain = np.minimum(gain, (1 - np.cos(np.pi * remaining)) / 2)
+    return np.asarray(gain, dtype=np.float64)
+
+
+def _interleaved(voice: bytes, bed_gain: npt.NDArray[np.float64]) -> bytes:
+    """The encoder's two input channels, sample by sample: the voice, and the bed's gain as 16-bit."""
+    both = np.empty(2 * bed_gain.size, dtype="<i2")
+    both[0::2] = np.frombuffer(voice, dtype="<i2")
+    both[1::2] = np.round(bed_gain * 32767)
+    return both.tobytes()
 
 
 @functools.cache

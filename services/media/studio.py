@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
 from services.media.urgency import PriorityLimiter
-from services.media.video import RenderProfile, measure_audio_seconds, render_still_video
+from services.media.video import ENHANCED_PROFILE, RenderProfile, measure_audio_seconds, render_still_video
 from services.openai_api import ProviderCallError
 from services.provider_status import ProviderReport
 from services.storage.base import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
@@ -217,6 +218,7 @@ class MediaStudio:
         profile: RenderProfile,
         narration_aac_key: str = "",
         subtitles_key: str = "",
+        enhanced_audio_key: str = "",
     ) -> AsyncIterator[VideoEncoded | VideoStored]:
         """Encodes the video, reports the encode, stores it and reports where it is. Refused before any work
         while the scratch disk is under its minimum of free space; a disk that fills up during the encode
@@ -235,6 +237,12 @@ class MediaStudio:
         )
         if is_audio_copied:
             audio_path = await self._input_path(narration_aac_key, "narration_aac_storage_key")
+        elif enhanced_audio_key and profile.name == ENHANCED_PROFILE.name:
+            # The live narration also encoded the ENHANCED sound, chain and bed: the video is then a
+            # picture and a copy of it, not a second pass over the whole narration.
+            audio_path = await self._input_path(enhanced_audio_key, "enhanced_audio_storage_key")
+            profile = dataclasses.replace(profile, narration_filter=None, ambient_bed_decibels=None)
+            is_audio_copied = True
         subtitles_path = (
             await self._input_path(subtitles_key, "subtitles_storage_key") if subtitles_key else None
         )

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import av
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -127,6 +128,8 @@ async def _render(
     storage: LocalAssetStorage,
     completed: media_pb.LiveNarrationCompleted,
     profile: media_pb.VideoProfile.ValueType,
+    *,
+    copies_live_enhanced_audio: bool = True,
 ) -> Path:
     responses = [
         response
@@ -135,6 +138,9 @@ async def _render(
                 meditation=MEDITATION,
                 narration_storage_key=completed.storage_key,
                 narration_aac_storage_key=completed.aac_storage_key,
+                enhanced_audio_storage_key=(
+                    completed.enhanced_audio_storage_key if copies_live_enhanced_audio else ""
+                ),
                 profile=profile,
             )
         )
@@ -149,12 +155,18 @@ async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
     completed = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))][-1].completed
     quick = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_QUICK)
     enhanced = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED)
+    # Without the sound encoded live (a caller that has none), the ENHANCED profile masters it itself.
+    enhanced_alone = await _render(
+        media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED, copies_live_enhanced_audio=False
+    )
 
+    assert completed.enhanced_audio_storage_key
     heard = {
         "live preview": measure(_path(completed.playlist_uri)),
         "narration AAC": measure(await storage.local_path(completed.aac_storage_key)),
         "QUICK video": measure(quick),
         "ENHANCED video": measure(enhanced),
+        "ENHANCED video from the narration alone": measure(enhanced_alone),
     }
     for name, loudness in heard.items():
         assert loudness.integrated_lufs == pytest.approx(PROMISED_LUFS, abs=PROMISED_TOLERANCE_LU), name
@@ -163,10 +175,12 @@ async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
 
 
 @pytest.mark.timeout(120)
-async def test_the_enhanced_bed_sits_far_under_the_voice_and_fades_in(
+async def test_the_enhanced_bed_sits_far_under_the_voice_fades_in_and_falls_away_at_the_end(
     media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
 ) -> None:
-    completed = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))][-1].completed
+    # Ends with three seconds of held silence: the bed alone again, falling away with the last sentence.
+    script = f"{SCRIPT} [pause 3s]"
+    completed = [response async for response in media_stub.NarrateLive(_requests(script))][-1].completed
     enhanced = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED)
 
     # The script opens with four seconds of held silence: the bed alone, rising from nothing.
@@ -176,3 +190,19 @@ async def test_the_enhanced_bed_sits_far_under_the_voice_and_fades_in(
     assert settled.integrated_lufs < whole.integrated_lufs - 25
     assert settled.integrated_lufs > -70, "the bed should be heard in the pauses, not dead silence"
     assert opening.integrated_lufs < settled.integrated_lufs - 6
+    # The last half second: the bed alone, and by then nearly gone (its level against the settled bed's).
+    level = _levels_decibels(enhanced, window_seconds=0.5)
+    assert level[-1] < level[round(2.9 / 0.5)] - 10, level
+
+
+def _levels_decibels(path: Path, *, window_seconds: float) -> list[float]:
+    """The RMS level of the first audio stream in consecutive windows, in dBFS."""
+    with av.open(str(path)) as container:
+        frames = [frame.to_ndarray().mean(axis=0) for frame in container.decode(audio=0)]
+        rate = container.streams.audio[0].sample_rate
+    samples = np.concatenate(frames)
+    window = round(window_seconds * rate)
+    return [
+        float(20 * np.log10(np.sqrt(np.mean(samples[start : start + window] ** 2)) + 1e-12))
+        for start in range(0, samples.size - window + 1, window)
+    ]
