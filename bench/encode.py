@@ -10,6 +10,7 @@ import resource
 import statistics
 import subprocess
 import time
+import wave
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,14 @@ from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.media.speech import EspeakNarrator, Narration, encode_wav
-from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, probe_media, render_still_video
+from services.media.video import (
+    ENHANCED_PROFILE,
+    QUICK_PROFILE,
+    copying_sound,
+    live_audio_graph,
+    probe_media,
+    render_still_video,
+)
 
 IMAGE_PROMPT = "a calm sea at dusk under a soft sky, mountains and a still lake, stars coming out"
 # Issue 16's comparison: an ENHANCED render of a 3-minute narration over a 1792×1024 image (the landscape
@@ -39,6 +47,8 @@ class EncodeInputs:
     image_path: Path
     wav_path: Path
     aac_path: Path
+    # The ENHANCED sound as the live encoder leaves it (voice chain and bed, AAC), which ENHANCED copies.
+    enhanced_audio_path: Path
     duration_seconds: float
     width_pixels: int
     height_pixels: int
@@ -62,8 +72,45 @@ async def prepare_inputs(ffmpeg_path: str, work_dir: Path, narration_seconds: fl
     repeats = -(-samples * 2 // max(2, len(narration.pcm_s16le)))
     narration = Narration((narration.pcm_s16le * repeats)[: samples * 2], narration.sample_rate_hertz)
     wav_path, aac_path = await asyncio.to_thread(_write_narration, ffmpeg_path, work_dir, narration)
+    enhanced_audio_path = await asyncio.to_thread(
+        _write_enhanced_audio, ffmpeg_path, wav_path, narration.duration_seconds
+    )
     width, height = IMAGE_SIZE_PIXELS
-    return EncodeInputs(image_path, wav_path, aac_path, narration.duration_seconds, width, height)
+    return EncodeInputs(
+        image_path, wav_path, aac_path, enhanced_audio_path, narration.duration_seconds, width, height
+    )
+
+
+def _write_enhanced_audio(ffmpeg_path: str, wav_path: Path, duration_seconds: float) -> Path:
+    """The ENHANCED sound through the live encoder's graph (video.live_audio_graph), its bed's gain rising
+    over the fade at the start and falling over it at the end, as the live narration shapes it."""
+    profile = ENHANCED_PROFILE
+    fade = profile.ambient_bed_fade_seconds
+    rising = f"(1-cos(PI*min(t/{fade},1)))/2"
+    falling = f"(1-cos(PI*min(max({duration_seconds:.3f}-t,0)/{fade},1)))/2"
+    rate = wav_sample_rate(wav_path)
+    gain = f"aevalsrc=exprs='min({rising},{falling})':s={rate}:d={duration_seconds:.3f}[gain]"
+    graph = f"{gain};" + live_audio_graph(profile, voice="0:a", envelope="gain", output="sound")
+    enhanced_audio_path = wav_path.with_name("enhanced.aac")
+    subprocess.run(
+        [
+            ffmpeg_path,
+            *("-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(wav_path)),
+            *("-filter_complex", graph, "-map", "[sound]"),
+            *("-c:a", "aac", "-b:a", str(profile.audio_bitrate_bits_per_second)),
+            *("-ar", str(profile.audio_sample_rate_hertz), "-ac", str(profile.audio_channels)),
+            *("-aac_coder", profile.aac_coder, "-aac_ms", "0", "-f", "adts", str(enhanced_audio_path)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return enhanced_audio_path
+
+
+def wav_sample_rate(path: Path) -> int:
+    """A WAV file's sample rate."""
+    with wave.open(str(path), "rb") as reader:
+        return reader.getframerate()
 
 
 def _write_image(work_dir: Path) -> Path:
@@ -182,6 +229,8 @@ async def compare_encodes(
 
     def render(profile_name: str, audio: Path, output: Path, copied: bool) -> Callable[[], Awaitable[object]]:
         profile = QUICK_PROFILE if profile_name == "quick" else ENHANCED_PROFILE
+        if copied and profile is ENHANCED_PROFILE:
+            profile = copying_sound(profile)  # as media renders it with the sound made live
         # Keyword arguments an older renderer may not take (its other parameters have other types).
         extra: dict[str, Any] = {"is_audio_copied": True} if copied else {}
         return lambda: render_still_video(
@@ -216,6 +265,10 @@ async def compare_encodes(
             "quick", inputs.aac_path, work_dir / "quick-aac.mp4", True
         )
         outputs["stillpoint_quick_from_aac"] = work_dir / "quick-aac.mp4"
+        commands["stillpoint_enhanced_from_live_audio"] = render(
+            "enhanced", inputs.enhanced_audio_path, work_dir / "enhanced-live.mp4", True
+        )
+        outputs["stillpoint_enhanced_from_live_audio"] = work_dir / "enhanced-live.mp4"
     runs = {name: _Runs([], [], outputs[name]) for name in commands}
     planned = {name: reference_repetitions if name == "reference" else repetitions for name in commands}
     for round_number in range(max(planned.values())):
@@ -252,7 +305,12 @@ async def compare_encodes(
         }
     reference_wall = _wall(results, "reference")
     speedups: dict[str, float | None] = {}
-    for name in ("stillpoint_quick_from_wav", "stillpoint_enhanced_from_wav", "stillpoint_quick_from_aac"):
+    for name in (
+        "stillpoint_quick_from_wav",
+        "stillpoint_enhanced_from_wav",
+        "stillpoint_quick_from_aac",
+        "stillpoint_enhanced_from_live_audio",
+    ):
         render_wall = _wall(results, name)
         speedups[name] = (
             None if render_wall is None or reference_wall is None else reference_wall / render_wall

@@ -524,7 +524,16 @@ def test_quick_encode_comparison_reports_ssim_for_every_command(tmp_path: Path) 
     report = json.loads((tmp_path / "report.json").read_text())
     commands = report["encode"]["commands"]
     measured = {name: entry for name, entry in commands.items() if entry.get("supported", True)}
-    assert {"reference", "stillpoint_quick_from_wav", "stillpoint_enhanced_from_wav"} <= set(measured)
+    assert {
+        "reference",
+        "stillpoint_quick_from_wav",
+        "stillpoint_enhanced_from_wav",
+        "stillpoint_enhanced_from_live_audio",
+    } <= set(measured)
+    # The ENHANCED render that copies the sound made live holds the ENHANCED profile's stereo sound, as
+    # long as the picture.
+    live = measured["stillpoint_enhanced_from_live_audio"]
+    assert live["audio_duration_seconds"] == pytest.approx(live["video_duration_seconds"], abs=0.1)
     for name, entry in measured.items():
         assert 0.0 < entry["ssim"] <= 1.0, name
         assert 0.0 < entry["ssim_all_planes_444"] <= 1.0, name

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import shutil
@@ -27,7 +26,13 @@ from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
 from services.media.urgency import PriorityLimiter
-from services.media.video import ENHANCED_PROFILE, RenderProfile, measure_audio_seconds, render_still_video
+from services.media.video import (
+    ENHANCED_PROFILE,
+    RenderProfile,
+    copying_sound,
+    measure_audio_seconds,
+    render_still_video,
+)
 from services.openai_api import ProviderCallError
 from services.provider_status import ProviderReport
 from services.storage.base import AssetMissingError, AssetStorage, StorageKeyError, new_key, validate_key
@@ -241,7 +246,7 @@ class MediaStudio:
             # The live narration also encoded the ENHANCED sound, chain and bed: the video is then a
             # picture and a copy of it, not a second pass over the whole narration.
             audio_path = await self._input_path(enhanced_audio_key, "enhanced_audio_storage_key")
-            profile = dataclasses.replace(profile, narration_filter=None, ambient_bed_decibels=None)
+            profile = copying_sound(profile)
             is_audio_copied = True
         subtitles_path = (
             await self._input_path(subtitles_key, "subtitles_storage_key") if subtitles_key else None

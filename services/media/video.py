@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import uuid
@@ -368,6 +369,12 @@ def _ambient_bed(profile: RenderProfile, duration_seconds: float) -> str:
     if len(channels) == 1:
         return channels[0]
     return f"{channels[0]}[bedleft];{channels[1]}[bedright];[bedleft][bedright]amerge=inputs=2"
+
+
+def copying_sound(profile: RenderProfile) -> RenderProfile:
+    """The profile for a render whose sound was already made as the profile wants it (live.py made the
+    ENHANCED sound while the narration was spoken): the same picture, and the sound copied."""
+    return dataclasses.replace(profile, narration_filter=None, ambient_bed_decibels=None)
 
 
 def live_audio_graph(profile: RenderProfile, *, voice: str, envelope: str, output: str) -> str:
