@@ -58,6 +58,10 @@ RUNNING_DRY_SECONDS = 4.0
 # request). Speech runs far ahead of playback, so a narration is a handful of publications, not one per
 # segment; this is still far more time than an upload takes.
 PUBLISHED_AHEAD_SECONDS = 15.0
+# How much lower a live encoder runs once its first segment is out (nice(1)'s scale): its listener is
+# hearing the narration, so newcomers' first segments, which nobody hears yet, go ahead of the rest of it.
+# Speech still arrives far faster than it plays, so the encode keeps well ahead of the listener.
+LISTENING_NICENESS = 5
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
 PREVIEW_SIZE_PIXELS = (1280, 720)
@@ -379,7 +383,7 @@ class LiveNarration:
                         self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
                     )
                     publisher = asyncio.create_task(
-                        self._publish_while_encoding(work_dir, published, encoding_done)
+                        self._publish_while_encoding(work_dir, published, encoding_done, encoder)
                     )
                 samples = _at_rate(segment.narration, sample_rate)
                 start = written_samples / sample_rate
@@ -452,10 +456,13 @@ class LiveNarration:
         return target
 
     async def _publish_while_encoding(
-        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
+        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event, encoder: _LiveEncoder
     ) -> None:
         while not encoding_done.is_set():
             await self._publish(work_dir, published, audio_seconds=None, is_final=False)
+            if published.playlist_key:
+                # Someone is listening: the rest of this encode goes behind other jobs' first segments.
+                encoder.lower_priority()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_POLL_SECONDS):
                     await encoding_done.wait()
@@ -543,6 +550,7 @@ class _LiveEncoder:
         self._process = process
         self.aac_path = aac_path
         self.enhanced_audio_path = enhanced_audio_path
+        self._is_lowered = False
 
     @classmethod
     async def start(cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path) -> _LiveEncoder:
@@ -631,6 +639,14 @@ class _LiveEncoder:
                 f"the live encoder failed (exit status {self._process.returncode})", await self._stderr()
             )
         logger.debug("live encoder drained in %.2f s", time.monotonic() - started)
+
+    def lower_priority(self) -> None:
+        """Runs the rest of the encode at LISTENING_NICENESS (once: later calls change nothing)."""
+        if self._is_lowered or self._process.returncode is not None:
+            return
+        self._is_lowered = True
+        with contextlib.suppress(OSError):  # it may have exited a moment ago
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, LISTENING_NICENESS)
 
     async def kill(self) -> None:
         if self._process.returncode is None:
