@@ -59,9 +59,11 @@ RUNNING_DRY_SECONDS = 4.0
 # segment; this is still far more time than an upload takes.
 PUBLISHED_AHEAD_SECONDS = 15.0
 # How much lower a live encoder runs once its first segment is out (nice(1)'s scale): its listener is
-# hearing the narration, so newcomers' first segments, which nobody hears yet, go ahead of the rest of it.
-# Speech still arrives far faster than it plays, so the encode keeps well ahead of the listener.
-LISTENING_NICENESS = 5
+# hearing the narration, so newcomers' first segments, which nobody hears yet, go ahead of the rest of it,
+# and so do the services themselves. The lowest: fifty encoders at nice 5 still outweighed the gateway
+# fifteen to one, which then missed its job leases and deadlines. Speech arrives far faster than it
+# plays, so the encode keeps ahead of the listener on whatever CPU is left.
+LISTENING_NICENESS = 19
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
 PREVIEW_SIZE_PIXELS = (1280, 720)

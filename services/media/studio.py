@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 import wave
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -131,26 +131,7 @@ class MediaStudio:
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
         (Piper, or espeak-ng) when a remote provider fails."""
-        try:
-            with (
-                metrics.provider_call(self._narrator_name, "speech"),
-                tracing.provider_call(self._narrator_name, "speech"),
-            ):
-                narration = await self._narrator.narrate(script)
-        except ProviderCallError as error:
-            if self._fallback_narrator is None:
-                raise
-            metrics.record_fallback(self._narrator_name, "speech")
-            logger.warning(
-                "speech provider %s failed, using %s: %s",
-                self._narrator_name,
-                self._fallback_narrator_name,
-                error,
-            )
-            with tracing.provider_call(self._fallback_narrator_name, "speech"):
-                fallback = await self._fallback_narrator.narrate(script)
-            return SpokenSegment(fallback, self._fallback_narrator_name, error.message)
-        return SpokenSegment(narration, self._narrator_name, "")
+        return (await self._spoken_or_fallen_back([script], lambda: self._narrator.narrate(script)))[0]
 
     @property
     def speaks_sentences_together(self) -> bool:
@@ -161,14 +142,22 @@ class MediaStudio:
     async def speak_sentences(self, sentences: Sequence[str]) -> list[SpokenSegment]:
         """Speaks sentences in one request when the narrator can (see `speak` otherwise), each sentence with
         its own audio; the offline voice speaks them one by one when the remote provider fails."""
-        if not isinstance(self._narrator, SentenceBatchNarrator) or len(sentences) == 1:
+        narrator = self._narrator
+        if not isinstance(narrator, SentenceBatchNarrator) or len(sentences) == 1:
             return [await self.speak(sentence) for sentence in sentences]
+        return await self._spoken_or_fallen_back(sentences, lambda: narrator.narrate_sentences(sentences))
+
+    async def _spoken_or_fallen_back(
+        self, texts: Sequence[str], spoken: Callable[[], Awaitable[Narration | list[Narration]]]
+    ) -> list[SpokenSegment]:
+        """What `spoken` says for `texts` (one narration, or one per text), or, when the remote provider
+        fails, the offline voice speaking each text."""
         try:
             with (
                 metrics.provider_call(self._narrator_name, "speech"),
                 tracing.provider_call(self._narrator_name, "speech"),
             ):
-                narrations = await self._narrator.narrate_sentences(sentences)
+                narrations = await spoken()
         except ProviderCallError as error:
             if self._fallback_narrator is None:
                 raise
@@ -179,13 +168,14 @@ class MediaStudio:
                 self._fallback_narrator_name,
                 error,
             )
-            spoken = []
-            for sentence in sentences:
+            segments = []
+            for text in texts:
                 with tracing.provider_call(self._fallback_narrator_name, "speech"):
-                    fallback = await self._fallback_narrator.narrate(sentence)
-                spoken.append(SpokenSegment(fallback, self._fallback_narrator_name, error.message))
-            return spoken
-        return [SpokenSegment(narration, self._narrator_name, "") for narration in narrations]
+                    fallback = await self._fallback_narrator.narrate(text)
+                segments.append(SpokenSegment(fallback, self._fallback_narrator_name, error.message))
+            return segments
+        listed = narrations if isinstance(narrations, list) else [narrations]
+        return [SpokenSegment(narration, self._narrator_name, "") for narration in listed]
 
     async def measure_assets(self, meditation_id: str) -> int:
         """How many bytes the meditation's narration, live preview and videos take in storage."""

@@ -355,20 +355,26 @@ async def test_image_fallback_paints_offline_and_says_why(
     assert (image.width_pixels, image.height_pixels) == (1792, 1024)
 
 
+def _speech_narrator(
+    client: openai.AsyncOpenAI, work_root: Path, *, timeout_seconds: float = 60, **settings: Any
+) -> OpenAISpeechNarrator:
+    """The speech narrator as media builds it, with the settings a test changes."""
+    defaults: dict[str, Any] = {"voice": "sage", "instructions": "", "audio_format": "pcm"}
+    return OpenAISpeechNarrator(
+        client,
+        SPEECH,
+        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+        work_root=work_root,
+        timeout_seconds=timeout_seconds,
+        **(defaults | settings),
+    )
+
+
 @pytest.mark.parametrize("audio_format", ["pcm", "wav", "mp3", "aac", "opus"])
 async def test_speech_in_every_format_becomes_one_narration_with_exact_pauses(
     client: openai.AsyncOpenAI, provider_server: OpenAICompatibleServer, tmp_path: Path, audio_format: str
 ) -> None:
-    narrator = OpenAISpeechNarrator(
-        client,
-        SPEECH,
-        voice="sage",
-        instructions="Speak slowly.",
-        audio_format=audio_format,
-        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
-        work_root=tmp_path,
-        timeout_seconds=60,
-    )
+    narrator = _speech_narrator(client, tmp_path, instructions="Speak slowly.", audio_format=audio_format)
     narration = await narrator.narrate("Breathe in slowly. [pause 3s] And let it go.")
     samples = narration.pcm_s16le
     assert narration.sample_rate_hertz == 24_000
@@ -383,16 +389,7 @@ async def test_speech_in_every_format_becomes_one_narration_with_exact_pauses(
 async def test_sentences_spoken_in_one_request_are_cut_back_into_each_sentences_own_audio(
     client: openai.AsyncOpenAI, provider_server: OpenAICompatibleServer, tmp_path: Path
 ) -> None:
-    narrator = OpenAISpeechNarrator(
-        client,
-        SPEECH,
-        voice="sage",
-        instructions="",
-        audio_format="pcm",
-        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
-        work_root=tmp_path,
-        timeout_seconds=60,
-    )
+    narrator = _speech_narrator(client, tmp_path)
     sentences = [
         "Let your shoulders soften, and your hands grow heavy. [pause 2s]",
         "Breathe in.",
@@ -425,17 +422,7 @@ async def test_waiting_for_a_request_slot_behind_other_jobs_is_not_a_provider_ti
 ) -> None:
     """Under load a later job waits for a slot (urgency.py orders them): its own request is still timed
     only from when it is sent."""
-    narrator = OpenAISpeechNarrator(
-        client,
-        SPEECH,
-        voice="sage",
-        instructions="",
-        audio_format="pcm",
-        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
-        work_root=tmp_path,
-        timeout_seconds=1,
-        max_concurrent_requests=1,
-    )
+    narrator = _speech_narrator(client, tmp_path, timeout_seconds=1, max_concurrent_requests=1)
     other_job = asyncio.Event()
 
     async def hold_the_slot() -> None:
@@ -458,16 +445,7 @@ async def test_speech_fallback_narrates_offline(
 ) -> None:
     faults(provider_server, "speech", FaultSpec(kind="status", status=401, count=50))
     espeak = EspeakNarrator()
-    narrator = OpenAISpeechNarrator(
-        client,
-        SPEECH,
-        voice="sage",
-        instructions="",
-        audio_format="pcm",
-        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
-        work_root=tmp_path,
-        timeout_seconds=30,
-    )
+    narrator = _speech_narrator(client, tmp_path, timeout_seconds=30)
     studio = MediaStudio(
         narrator=narrator,
         narrator_name="openai",
