@@ -58,12 +58,6 @@ RUNNING_DRY_SECONDS = 4.0
 # request). Speech runs far ahead of playback, so a narration is a handful of publications, not one per
 # segment; this is still far more time than an upload takes.
 PUBLISHED_AHEAD_SECONDS = 15.0
-# How much lower a live encoder runs once its first segment is out (nice(1)'s scale): its listener is
-# hearing the narration, so newcomers' first segments, which nobody hears yet, go ahead of the rest of it,
-# and so do the services themselves. The lowest: fifty encoders at nice 5 still outweighed the gateway
-# fifteen to one, which then missed its job leases and deadlines. Speech arrives far faster than it
-# plays, so the encode keeps ahead of the listener on whatever CPU is left.
-LISTENING_NICENESS = 19
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
 PREVIEW_SIZE_PIXELS = (1280, 720)
@@ -178,6 +172,7 @@ class LiveNarration:
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
         mastering: PriorityLimiter | None = None,
+        makes_enhanced_sound: bool = False,
     ) -> None:
         self._meditation_id = meditation_id
         self._speak = speak
@@ -190,6 +185,8 @@ class LiveNarration:
         self._mastering = mastering or PriorityLimiter(os.cpu_count() or 1)
         # This job's place: its speech and mastering go ahead of the jobs that arrived after it.
         self._place = arrival()
+        # Whether the encoder also makes the ENHANCED video's sound (ENHANCED_PROFILE's chain and bed).
+        self._makes_enhanced_sound = makes_enhanced_sound
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
         # One future per sentence, resolved when the request that speaks it returns.
@@ -382,18 +379,25 @@ class LiveNarration:
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
                     encoder = await _LiveEncoder.start(
-                        self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
+                        self._ffmpeg_path,
+                        work_dir,
+                        sample_rate,
+                        await self._preview_ready(),
+                        makes_enhanced_sound=self._makes_enhanced_sound,
                     )
                     publisher = asyncio.create_task(
-                        self._publish_while_encoding(work_dir, published, encoding_done, encoder)
+                        self._publish_while_encoding(work_dir, published, encoding_done)
                     )
                 samples = _at_rate(segment.narration, sample_rate)
+                count = len(samples) // 2
                 start = written_samples / sample_rate
-                # The last sentence is known as such once the script is complete (it nearly always is by
-                # the time its speech is back): the bed falls away over it.
-                is_last = self._is_script_complete and index == len(self._spoken) - 1
-                envelope = _bed_envelope(written_samples, len(samples) // 2, sample_rate, is_last=is_last)
-                written_samples += len(samples) // 2
+                if self._makes_enhanced_sound:
+                    # The last sentence is known as such once the script is complete (it nearly always is
+                    # by the time its speech is back): the bed falls away over it.
+                    is_last = self._is_script_complete and index == len(self._spoken) - 1
+                    bed_gain = _bed_envelope(written_samples, count, sample_rate, is_last=is_last)
+                    samples = _interleaved(samples, bed_gain)
+                written_samples += count
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
                 if segment.provider:
                     providers.append(segment.provider)
@@ -402,7 +406,7 @@ class LiveNarration:
                     misread_sentence_count += segment.narration.misread_sentence_count
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
-                await encoder.write(_interleaved(samples, envelope))
+                await encoder.write(samples)
                 index += 1
             assert encoder is not None and publisher is not None
             await encoder.close()
@@ -413,17 +417,16 @@ class LiveNarration:
             duration_seconds = written_samples / sample_rate
             # The last of the preview, the narration and its subtitles go up side by side.
             prefix = f"narrations/{self._meditation_id}"
-            _, stored_aac, stored_enhanced, stored_subtitles = await asyncio.gather(
+            enhanced_audio_path = encoder.enhanced_audio_path
+            _, stored_aac, stored_subtitles, enhanced_audio_key = await asyncio.gather(
                 self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True),
                 self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
-                self._storage.put_file(
-                    new_key(prefix, "enhanced.aac"), encoder.enhanced_audio_path, "audio/aac", signed=False
-                ),
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
                     webvtt(sentences).encode(),
                     WEBVTT_CONTENT_TYPE,
                 ),
+                self._stored_key(prefix, enhanced_audio_path),
             )
         finally:
             if publisher is not None:
@@ -442,8 +445,17 @@ class LiveNarration:
             playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
-            enhanced_audio_key=stored_enhanced.key,
+            enhanced_audio_key=enhanced_audio_key,
         )
+
+    async def _stored_key(self, prefix: str, path: Path | None) -> str:
+        """Stores the ENHANCED sound, when the encoder made it; its key, or "" when not."""
+        if path is None:
+            return ""
+        stored = await self._storage.put_file(
+            new_key(prefix, "enhanced.aac"), path, "audio/aac", signed=False
+        )
+        return stored.key
 
     async def _preview_ready(self) -> Path:
         assert self._preview is not None
@@ -458,13 +470,10 @@ class LiveNarration:
         return target
 
     async def _publish_while_encoding(
-        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event, encoder: _LiveEncoder
+        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
     ) -> None:
         while not encoding_done.is_set():
             await self._publish(work_dir, published, audio_seconds=None, is_final=False)
-            if published.playlist_key:
-                # Someone is listening: the rest of this encode goes behind other jobs' first segments.
-                encoder.lower_priority()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_POLL_SECONDS):
                     await encoding_done.wait()
@@ -540,24 +549,26 @@ class LiveNarration:
 
 
 class _LiveEncoder:
-    """One FFmpeg process fed PCM in order: it writes the narration's AAC, the preview's HLS segments and
-    the ENHANCED video's sound.
+    """One FFmpeg process fed PCM in order: it writes the narration's AAC and the preview's HLS segments,
+    and with `makes_enhanced_sound` the ENHANCED video's sound too.
 
-    Its input has two channels at the voice's rate: the mastered voice, and the gain of the ENHANCED bed
-    (0 to 1 as 16-bit samples), which Python shapes because only it learns where the narration ends."""
+    Its input is then two channels at the voice's rate: the mastered voice, and the gain of the ENHANCED bed
+    (0 to 1 as 16-bit samples), which Python shapes because only it learns where the narration ends;
+    otherwise the voice alone."""
 
     def __init__(
-        self, process: asyncio.subprocess.Process, aac_path: Path, enhanced_audio_path: Path
+        self, process: asyncio.subprocess.Process, aac_path: Path, enhanced_audio_path: Path | None
     ) -> None:
         self._process = process
         self.aac_path = aac_path
         self.enhanced_audio_path = enhanced_audio_path
-        self._is_lowered = False
 
     @classmethod
-    async def start(cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path) -> _LiveEncoder:
+    async def start(
+        cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path, *, makes_enhanced_sound: bool
+    ) -> _LiveEncoder:
         aac_path = work_dir / "narration.aac"
-        enhanced_audio_path = work_dir / "enhanced.aac"
+        enhanced_audio_path = work_dir / "enhanced.aac" if makes_enhanced_sound else None
         hls = ":".join(
             [
                 "f=hls",
@@ -571,27 +582,32 @@ class _LiveEncoder:
                 f"hls_segment_filename={work_dir / 'segment-%05d.m4s'}",
             ]
         )
-        graph = ";".join(
-            [
-                "[0:a]asplit=2[voiceandgain][gainandvoice]",
-                "[voiceandgain]pan=mono|c0=c0,asplit=2[voice][enhancedinput]",
-                "[gainandvoice]pan=mono|c0=c1[bedgain]",
-                live_audio_graph(
-                    ENHANCED_PROFILE, voice="enhancedinput", envelope="bedgain", output="enhanced"
-                ),
-            ]
-        )
-        enhanced = ENHANCED_PROFILE
         arguments = [
             *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
-            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "2", "-i", "pipe:0"),
+            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "2" if makes_enhanced_sound else "1"),
+            *("-i", "pipe:0"),
             # A picture a second, read raw (already YUV 4:2:0: nothing to decode or convert). Only where
             # a piece may be cut is it a keyframe (KEYFRAME_SECONDS); every other picture repeats the one
             # before it, which x264 encodes for next to nothing.
             *("-protocol_whitelist", "file,pipe", "-stream_loop", "-1", "-f", "rawvideo"),
             *("-pix_fmt", "yuv420p", "-video_size", "x".join(map(str, PREVIEW_SIZE_PIXELS))),
             *("-framerate", f"1/{PIECE_SECONDS}", "-i", str(image)),
-            *("-filter_complex", graph, "-map", "1:v", "-map", "[voice]"),
+        ]
+        if enhanced_audio_path is None:
+            arguments += ["-map", "1:v", "-map", "0:a"]
+        else:
+            graph = ";".join(
+                [
+                    "[0:a]asplit=2[voiceandgain][gainandvoice]",
+                    "[voiceandgain]pan=mono|c0=c0,asplit=2[voice][enhancedinput]",
+                    "[gainandvoice]pan=mono|c0=c1[bedgain]",
+                    live_audio_graph(
+                        ENHANCED_PROFILE, voice="enhancedinput", envelope="bedgain", output="enhanced"
+                    ),
+                ]
+            )
+            arguments += ["-filter_complex", graph, "-map", "1:v", "-map", "[voice]"]
+        arguments += [
             # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
             *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
             *("-pix_fmt", "yuv420p", "-g", "100000", "-force_key_frames", _keyframe_times()),
@@ -599,17 +615,17 @@ class _LiveEncoder:
             # preview and the plain AAC file the QUICK video copies.
             *("-c:a", "aac", "-b:a", "96k", "-aac_coder", "fast", "-aac_ms", "0", "-shortest"),
             *("-f", "tee", f"[{hls}]{work_dir / 'live.m3u8'}|[f=adts:select=a]{aac_path}"),
-            # The ENHANCED video's sound, encoded as it is spoken: that video is then a picture and a copy.
-            *("-map", "[enhanced]", "-c:a", "aac", "-b:a", str(enhanced.audio_bitrate_bits_per_second)),
-            *("-ar", str(enhanced.audio_sample_rate_hertz), "-ac", str(enhanced.audio_channels)),
-            *(
-                "-aac_coder",
-                enhanced.aac_coder,
-                "-aac_ms",
-                "1" if enhanced.is_aac_mid_side_search_enabled else "0",
-            ),
-            *("-f", "adts", str(enhanced_audio_path)),
         ]
+        if enhanced_audio_path is not None:
+            enhanced = ENHANCED_PROFILE
+            # The ENHANCED video's sound, encoded as it is spoken: that video is then a picture and a copy.
+            arguments += [
+                *("-map", "[enhanced]", "-c:a", "aac", "-b:a", str(enhanced.audio_bitrate_bits_per_second)),
+                *("-ar", str(enhanced.audio_sample_rate_hertz), "-ac", str(enhanced.audio_channels)),
+                *("-aac_coder", enhanced.aac_coder),
+                *("-aac_ms", "1" if enhanced.is_aac_mid_side_search_enabled else "0"),
+                *("-f", "adts", str(enhanced_audio_path)),
+            ]
         process = await asyncio.create_subprocess_exec(
             ffmpeg_path,
             *arguments,
@@ -641,14 +657,6 @@ class _LiveEncoder:
                 f"the live encoder failed (exit status {self._process.returncode})", await self._stderr()
             )
         logger.debug("live encoder drained in %.2f s", time.monotonic() - started)
-
-    def lower_priority(self) -> None:
-        """Runs the rest of the encode at LISTENING_NICENESS (once: later calls change nothing)."""
-        if self._is_lowered or self._process.returncode is not None:
-            return
-        self._is_lowered = True
-        with contextlib.suppress(OSError):  # it may have exited a moment ago
-            os.setpriority(os.PRIO_PROCESS, self._process.pid, LISTENING_NICENESS)
 
     async def kill(self) -> None:
         if self._process.returncode is None:

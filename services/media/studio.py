@@ -105,6 +105,7 @@ class MediaStudio:
         scratch: ScratchDisk | None = None,
         links: MediaLinkSigner | None = None,
         deferrable_renders_at_once: int = 2,
+        live_enhanced_sound: bool = False,
     ) -> None:
         self._narrator = narrator
         # Local storage's files reach clients through the media endpoint's signed links; None: storage
@@ -127,6 +128,7 @@ class MediaStudio:
         self._deferrable_renders = asyncio.Semaphore(deferrable_renders_at_once)
         # Every live narration's mastering shares the cores, in the order of urgency and arrival.
         self._mastering = PriorityLimiter(os.cpu_count() or 1)
+        self._live_enhanced_sound = live_enhanced_sound
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
@@ -203,6 +205,7 @@ class MediaStudio:
             work_root=self._work_root,
             max_requests_in_flight=self._sentences_in_flight_per_job,
             mastering=self._mastering,
+            makes_enhanced_sound=self._live_enhanced_sound,
         )
 
     async def render(

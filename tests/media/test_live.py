@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -17,13 +16,11 @@ import pytest
 from PIL import Image
 
 from services.media.live import (
-    LISTENING_NICENESS,
     LONGEST_SEGMENT_SECONDS,
     PUBLISHED_AHEAD_SECONDS,
     RUNNING_DRY_SECONDS,
     LiveNarration,
     LiveNarrationResult,
-    PlaylistPublished,
     SpeakSentences,
     SpokenSegment,
     _group_pieces,
@@ -301,59 +298,3 @@ async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_f
         *(f"a: {sentence}" for sentence in sentences[1:]),
         *(f"b: {sentence}" for sentence in sentences[1:]),
     ]
-
-
-def _children_niceness() -> dict[int, int]:
-    """This process's child processes and their niceness, from /proc."""
-    children = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The command name (in parentheses) may hold spaces: the fields after it are counted from its end.
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if int(fields[1]) == os.getpid():
-            children[int(entry.name)] = int(fields[16])
-    return children
-
-
-async def test_once_its_first_segment_is_out_the_rest_of_the_encode_runs_at_a_lower_priority(
-    storage: LocalAssetStorage, tmp_path: Path
-) -> None:
-    """Its listener is already hearing it: newcomers' first segments go ahead of the rest of this one."""
-    rest_may_come = asyncio.Event()
-    espeak = EspeakNarrator(words_per_minute=375)
-
-    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
-        if "first" not in sentences[0]:
-            await rest_may_come.wait()
-        return [SpokenSegment(await espeak.narrate(sentence), "openai", "") for sentence in sentences]
-
-    before = set(_children_niceness())
-    try:
-        async with LiveNarration(
-            meditation_id="0123456789abcdef",
-            speak=speak,
-            storage=storage,
-            ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
-            work_root=tmp_path,
-        ) as live:
-            live.add_text("The first sentence is long enough to fill a segment of its own, and more. ")
-            live.add_text("The second one waits. ")
-            events = live.events()
-            assert isinstance(await anext(events), PlaylistPublished)
-            deadline = asyncio.get_running_loop().time() + 10
-            encoders: dict[int, int] = {}
-            while asyncio.get_running_loop().time() < deadline:
-                encoders = {pid: nice for pid, nice in _children_niceness().items() if pid not in before}
-                if encoders and all(nice == LISTENING_NICENESS for nice in encoders.values()):
-                    break
-                await asyncio.sleep(0.05)
-            assert encoders and set(encoders.values()) == {LISTENING_NICENESS}, encoders
-            rest_may_come.set()
-            live.finish_script()
-            assert isinstance([event async for event in events][-1], LiveNarrationResult)
-    finally:
-        espeak.close()
