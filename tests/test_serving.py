@@ -9,7 +9,7 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import aiosqlite
@@ -68,20 +68,9 @@ async def test_a_stream_cut_by_the_end_of_the_grace_period_runs_its_cleanup_befo
             await asyncio.sleep(0.2)
             await asyncio.to_thread(cleaned_up.set)
 
-    def register(server: grpc.aio.Server) -> None:
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_stream_rpc_method_handler(endless)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("example.v1.ExampleService", {"Tick": handler}),)
-        )
-
-    running = await serving.start_server(
-        service_names=["example.v1.ExampleService"], register=register, address="127.0.0.1:0"
-    )
+    running = await _start_streaming(endless)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        tick: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
-            "/example.v1.ExampleService/Tick"
-        )
-        stream = tick(b"")
+        stream = _streaming_call(channel)(b"")
         assert await stream.read() == b"tick"
         await running.stop(grace_seconds=0.1)
         assert cleaned_up.is_set()
@@ -104,20 +93,9 @@ async def test_a_stream_cut_while_its_response_is_being_sent_runs_its_cleanup_be
             await asyncio.sleep(0.2)
             await asyncio.to_thread(cleaned_up.set)
 
-    def register(server: grpc.aio.Server) -> None:
-        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_stream_rpc_method_handler(flood)
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler("example.v1.ExampleService", {"Flood": handler}),)
-        )
-
-    running = await serving.start_server(
-        service_names=["example.v1.ExampleService"], register=register, address="127.0.0.1:0"
-    )
+    running = await _start_streaming(flood)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-        flood_call: grpc.aio.UnaryStreamMultiCallable[bytes, bytes] = channel.unary_stream(
-            "/example.v1.ExampleService/Flood"
-        )
-        stream = flood_call(b"")
+        stream = _streaming_call(channel)(b"")
         first = await stream.read()
         assert isinstance(first, bytes) and len(first) == 1 << 20
         # The client reads nothing more: the server fills the flow-control windows and then waits to send.
@@ -130,6 +108,26 @@ async def test_a_stream_cut_while_its_response_is_being_sent_runs_its_cleanup_be
         await running.stop(grace_seconds=0.1)
         assert cleaned_up.is_set()
         stream.cancel()
+
+
+async def _start_streaming(
+    behaviour: Callable[[bytes, grpc.aio.ServicerContext[bytes, bytes]], AsyncIterator[bytes]],
+) -> serving.RunningServer:
+    """A server whose one method, example.v1.ExampleService/Stream, streams what `behaviour` yields."""
+
+    def register(server: grpc.aio.Server) -> None:
+        handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_stream_rpc_method_handler(behaviour)
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("example.v1.ExampleService", {"Stream": handler}),)
+        )
+
+    return await serving.start_server(
+        service_names=["example.v1.ExampleService"], register=register, address="127.0.0.1:0"
+    )
+
+
+def _streaming_call(channel: grpc.aio.Channel) -> grpc.aio.UnaryStreamMultiCallable[bytes, bytes]:
+    return channel.unary_stream("/example.v1.ExampleService/Stream")
 
 
 async def _status_once_cut(stream: grpc.aio.UnaryStreamCall[bytes, bytes]) -> grpc.StatusCode:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -10,20 +12,7 @@ from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, i
 
 
 async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
-    limiter = PriorityLimiter(1)
-    order: list[str] = []
-    release = asyncio.Event()
-
-    async def hold() -> None:
-        async with limiter:
-            await release.wait()
-
-    async def take(name: str) -> None:
-        async with limiter:
-            order.append(name)
-
-    holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
+    limiter, order, release, holder, take = await _held_limiter()
     tasks = [asyncio.create_task(take("later 1")), asyncio.create_task(take("later 2"))]
     await asyncio.sleep(0)
     with urgent():
@@ -38,21 +27,8 @@ async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
 
 async def test_past_the_urgent_the_job_that_arrived_first_goes_first() -> None:
     """Fair sharing would finish every job late together; in order of arrival, the first ones finish."""
-    limiter = PriorityLimiter(1)
-    order: list[str] = []
-    release = asyncio.Event()
+    limiter, order, release, holder, take = await _held_limiter()
     earlier, later = arrival(), arrival()
-
-    async def hold() -> None:
-        async with limiter:
-            await release.wait()
-
-    async def take(name: str) -> None:
-        async with limiter:
-            order.append(name)
-
-    holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
     tasks = []
     # They come to wait in the opposite order to their jobs' arrival; work of no job comes last of all.
     for name, place in (("later job", later), ("earlier job", earlier), ("later job again", later)):
@@ -99,3 +75,25 @@ def test_urgency_is_scoped() -> None:
     assert not is_urgent()
     with pytest.raises(ValueError, match="at least 1"):
         PriorityLimiter(0)
+
+
+async def _held_limiter() -> tuple[
+    PriorityLimiter, list[str], asyncio.Event, asyncio.Task[None], Callable[[str], Coroutine[Any, Any, None]]
+]:
+    """A one-slot limiter held until `release` is set, the order in which `take(name)` got the slot, and the
+    holder's task."""
+    limiter = PriorityLimiter(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with limiter:
+            await release.wait()
+
+    async def take(name: str) -> None:
+        async with limiter:
+            order.append(name)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    return limiter, order, release, holder, take
