@@ -86,16 +86,9 @@ class OpenAISpeechNarrator:
         self._requests = PriorityLimiter(max_concurrent_requests)
 
     async def narrate(self, script: str) -> Narration:
-        """Returns the whole narration at 24 kHz within the time budget (retries included); raises
-        ProviderCallError when the provider fails."""
-        try:
-            async with asyncio.timeout(self._timeout_seconds):
-                return await self._narrate(script)
-        except TimeoutError:
-            raise ProviderCallError(
-                ProviderFailureKind.TIMEOUT,
-                f"the speech provider did not finish within {self._timeout_seconds:g} s",
-            ) from None
+        """Returns the whole narration at 24 kHz, each request within the time budget (retries included);
+        raises ProviderCallError when the provider fails."""
+        return await self._narrate(script)
 
     async def narrate_sentences(self, sentences: Sequence[str]) -> list[Narration]:
         """Speaks several sentences in one request and cuts the audio back into one narration each, at the
@@ -110,14 +103,7 @@ class OpenAISpeechNarrator:
             raise SpeechError(f"{len(sentences)} sentences are too long for one speech request")
         work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
         try:
-            # Timed from when a request slot is free: waiting for one behind earlier jobs is not the
-            # provider being slow (and under load the later jobs wait a while, by design: urgency.py).
-            pcm = await self._speak(text, work_dir / "batch", timeout_seconds=self._timeout_seconds)
-        except TimeoutError:
-            raise ProviderCallError(
-                ProviderFailureKind.TIMEOUT,
-                f"the speech provider did not finish within {self._timeout_seconds:g} s",
-            ) from None
+            pcm = await self._speak(text, work_dir / "batch")
         finally:
             await asyncio.to_thread(shutil.rmtree, work_dir, True)
         samples = np.frombuffer(pcm, dtype="<i2")
@@ -163,27 +149,40 @@ class OpenAISpeechNarrator:
                     index += 1
         return Narration(pcm_s16le=bytes(pcm), sample_rate_hertz=SAMPLE_RATE_HERTZ)
 
-    async def _speak(self, text: str, stem: Path, *, timeout_seconds: float | None = None) -> bytes:
-        """One request, its audio written to disk chunk by chunk as it arrives, then decoded to PCM; with
-        `timeout_seconds`, raises TimeoutError if it takes longer once it has a request slot."""
+    async def _speak(self, text: str, stem: Path) -> bytes:
+        """One request, its audio written to disk chunk by chunk as it arrives, then decoded to PCM.
+
+        Timed from when a request slot is free: waiting for one behind earlier jobs is not the provider
+        being slow (under load the later jobs wait a while, by design: urgency.py)."""
         received = stem.with_suffix(f".{self._audio_format}")
-        async with self._requests, asyncio.timeout(timeout_seconds):
+        async with self._requests:
             try:
-                # tts-1 and tts-1-hd ignore instructions; leave them out rather than pretend.
-                instructions = openai.omit if self._model.name.startswith("tts-1") else self._instructions
-                async with self._client.audio.speech.with_streaming_response.create(
-                    model=self._model.name,
-                    voice=self._voice,
-                    input=text,
-                    response_format=self._audio_format,  # type: ignore[arg-type]
-                    instructions=instructions,
-                ) as response:
-                    with open(received, "wb") as stream:  # noqa: ASYNC230
-                        async for chunk in response.iter_bytes():
-                            stream.write(chunk)
-            except openai.OpenAIError as error:
-                raise classify(error, self._model) from None
+                async with asyncio.timeout(self._timeout_seconds):
+                    await self._receive(text, received)
+            except TimeoutError:
+                raise ProviderCallError(
+                    ProviderFailureKind.TIMEOUT,
+                    f"the speech provider did not finish within {self._timeout_seconds:g} s",
+                ) from None
         return await self._decode(received)
+
+    async def _receive(self, text: str, received: Path) -> None:
+        """Writes the provider's audio for `text` to `received` as it arrives."""
+        try:
+            # tts-1 and tts-1-hd ignore instructions; leave them out rather than pretend.
+            instructions = openai.omit if self._model.name.startswith("tts-1") else self._instructions
+            async with self._client.audio.speech.with_streaming_response.create(
+                model=self._model.name,
+                voice=self._voice,
+                input=text,
+                response_format=self._audio_format,  # type: ignore[arg-type]
+                instructions=instructions,
+            ) as response:
+                with open(received, "wb") as stream:  # noqa: ASYNC230
+                    async for chunk in response.iter_bytes():
+                        stream.write(chunk)
+        except openai.OpenAIError as error:
+            raise classify(error, self._model) from None
 
     async def _decode(self, path: Path) -> bytes:
         if self._audio_format == "pcm":

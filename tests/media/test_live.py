@@ -287,7 +287,12 @@ async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_f
         later.finish_script()
         earlier.add_text(script)
         earlier.finish_script()
-        await asyncio.sleep(0.1)
+        # Both jobs' requests are queued for the slot (the later job's first one holds it) before it frees.
+        for _ in range(1000):  # at most 10 s
+            if slot.waiting == 5:
+                break
+            await asyncio.sleep(0.01)
+        assert slot.waiting == 5
         everyone_waiting.set()
         for live in (earlier, later):
             assert isinstance([event async for event in live.events()][-1], LiveNarrationResult)

@@ -6,7 +6,7 @@ import asyncio
 import io
 import ipaddress
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import date
@@ -40,7 +40,7 @@ from services.content.servicer import ContentServicer
 from services.database import create_engine
 from services.media.encoders import EncoderSelection
 from services.media.openai_speech import OpenAISpeechNarrator, split_for_speech
-from services.media.speech import EspeakNarrator
+from services.media.speech import EspeakNarrator, Narration
 from services.media.studio import MediaStudio
 from services.openai_api import (
     ConfiguredModel,
@@ -417,11 +417,12 @@ def test_long_stretches_are_split_at_sentences_under_the_limit() -> None:
     assert " ".join(pieces) == text
 
 
+@pytest.mark.parametrize("together", [True, False], ids=["sentences-in-one-request", "one-script"])
 async def test_waiting_for_a_request_slot_behind_other_jobs_is_not_a_provider_timeout(
-    client: openai.AsyncOpenAI, tmp_path: Path
+    client: openai.AsyncOpenAI, tmp_path: Path, together: bool
 ) -> None:
     """Under load a later job waits for a slot (urgency.py orders them): its own request is still timed
-    only from when it is sent."""
+    only from when it is sent, whichever way it is spoken."""
     narrator = _speech_narrator(client, tmp_path, timeout_seconds=1, max_concurrent_requests=1)
     other_job = asyncio.Event()
 
@@ -431,13 +432,21 @@ async def test_waiting_for_a_request_slot_behind_other_jobs_is_not_a_provider_ti
 
     holder = asyncio.create_task(hold_the_slot())
     await asyncio.sleep(0)
-    speaking = asyncio.create_task(narrator.narrate_sentences(["Breathe in slowly."]))
+    speaking = asyncio.create_task(
+        narrator.narrate_sentences(["Breathe in slowly."])
+        if together
+        else _alone(narrator.narrate("Breathe in slowly."))
+    )
     await asyncio.sleep(1.5)  # longer than the timeout, all of it spent waiting for the slot
     assert not speaking.done()
     other_job.set()
     await holder
     (narration,) = await speaking
     assert len(narration.pcm_s16le) > 2 * 24_000 // 2
+
+
+async def _alone(narration: Awaitable[Narration]) -> list[Narration]:
+    return [await narration]
 
 
 async def test_speech_fallback_narrates_offline(
