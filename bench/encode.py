@@ -20,12 +20,14 @@ from bench.reference_pipeline import reference_encode_command, run_reference_enc
 from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
+from services.media import room
 from services.media.speech import EspeakNarrator, Narration, encode_wav
 from services.media.video import (
     ENHANCED_PROFILE,
     QUICK_PROFILE,
     copying_sound,
     live_audio_graph,
+    live_sound_profile,
     probe_media,
     render_still_video,
 )
@@ -47,7 +49,7 @@ class EncodeInputs:
     image_path: Path
     wav_path: Path
     aac_path: Path
-    # The ENHANCED sound as the live encoder leaves it (voice chain and bed, AAC), which ENHANCED copies.
+    # The sound as the live encoder leaves it (the voice in the room, over the bed, AAC): both videos copy it.
     enhanced_audio_path: Path
     duration_seconds: float
     width_pixels: int
@@ -82,15 +84,17 @@ async def prepare_inputs(ffmpeg_path: str, work_dir: Path, narration_seconds: fl
 
 
 def _write_enhanced_audio(ffmpeg_path: str, wav_path: Path, duration_seconds: float) -> Path:
-    """The ENHANCED sound through the live encoder's graph (video.live_audio_graph), its bed's gain rising
-    over the fade at the start and falling over it at the end, as the live narration shapes it."""
-    profile = ENHANCED_PROFILE
+    """The sound a live narration leaves (video.live_sound_profile), which both videos copy: the voice in the
+    room (FFmpeg's, which room.in_room matches) over the bed, its gain rising over the fade at the start and
+    falling over it at the end, through the live encoder's graph (video.live_audio_graph)."""
+    rate = wav_sample_rate(wav_path)
+    profile = live_sound_profile(rate)
     fade = profile.ambient_bed_fade_seconds
     rising = f"(1-cos(PI*min(t/{fade},1)))/2"
     falling = f"(1-cos(PI*min(max({duration_seconds:.3f}-t,0)/{fade},1)))/2"
-    rate = wav_sample_rate(wav_path)
     gain = f"aevalsrc=exprs='min({rising},{falling})':s={rate}:d={duration_seconds:.3f}[gain]"
-    graph = f"{gain};" + live_audio_graph(profile, voice="0:a", envelope="gain", output="sound")
+    voice = f"[0:a]{room.ffmpeg_filter()}[voice]"
+    graph = f"{gain};{voice};" + live_audio_graph(profile, voice="voice", envelope="gain", output="sound")
     enhanced_audio_path = wav_path.with_name("enhanced.aac")
     subprocess.run(
         [
@@ -98,7 +102,7 @@ def _write_enhanced_audio(ffmpeg_path: str, wav_path: Path, duration_seconds: fl
             *("-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(wav_path)),
             *("-filter_complex", graph, "-map", "[sound]"),
             *("-c:a", "aac", "-b:a", str(profile.audio_bitrate_bits_per_second)),
-            *("-ar", str(profile.audio_sample_rate_hertz), "-ac", str(profile.audio_channels)),
+            *("-ac", str(profile.audio_channels)),
             *("-aac_coder", profile.aac_coder, "-aac_ms", "0", "-f", "adts", str(enhanced_audio_path)),
         ],
         check=True,

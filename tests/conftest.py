@@ -171,9 +171,6 @@ async def media_channel(
         encoders=EncoderSelection(selected="libx264", probes=("probing skipped in tests",)),
         work_root=tmp_path / "work",
         video_timeout_seconds=120,
-        # On here, off by default: the media tests cover the live ENHANCED sound; the whole stack (the
-        # end-to-end and browser tests) covers the ENHANCED render that makes its own.
-        live_enhanced_sound=True,
     )
     (tmp_path / "work").mkdir(exist_ok=True)
     running = await serving.start_server(

@@ -111,7 +111,6 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         providers=[report],
         sentences_in_flight_per_job=config.sentences_in_flight_per_job,
         deferrable_renders_at_once=config.enhanced_renders_at_once,
-        live_enhanced_sound=config.live_enhanced_sound,
         storage=storage,
         ffmpeg_path=ffmpeg_path,
         encoders=encoders,

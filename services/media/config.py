@@ -114,8 +114,6 @@ class MediaConfig:
     sentences_in_flight_per_job: int
     speech_requests_in_flight: int
     enhanced_renders_at_once: int
-    # Whether the live encoder also makes the ENHANCED sound (then the ENHANCED render only copies it).
-    live_enhanced_sound: bool
     # Where /metrics is served; off (port 0) unless STILLPOINT_METRICS_PORT is set.
     metrics: MetricsSettings = METRICS_OFF
 
@@ -194,10 +192,6 @@ class MediaConfig:
             enhanced_renders_at_once=environment.integer(
                 "STILLPOINT_ENHANCED_RENDERS_AT_ONCE", 2, minimum=1, maximum=64
             ),
-            # Off by default: it makes a single job's ENHANCED video a copy, ready seconds sooner, but every
-            # live encoder then does the ENHANCED work at once rather than two renders at a time at low
-            # priority, and with fifty jobs on two cores most missed their deadlines (README, Benchmark).
-            live_enhanced_sound=environment.flag("STILLPOINT_LIVE_ENHANCED_SOUND", False),
         )
 
 

@@ -26,11 +26,12 @@ from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
 from services.media.loudness import master_speech
 from services.media.placeholder import paint_placeholder
+from services.media.room import in_room
 from services.media.scratch import disk_full_reported, encoding_failure
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, urgent
-from services.media.video import ENHANCED_PROFILE, live_audio_graph
+from services.media.video import ENHANCED_PROFILE, live_audio_graph, live_sound_profile
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
@@ -60,7 +61,9 @@ RUNNING_DRY_SECONDS = 4.0
 PUBLISHED_AHEAD_SECONDS = 15.0
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
-PREVIEW_SIZE_PIXELS = (1280, 720)
+# The placeholder is a soft gradient with no edge anywhere: at 360p it looks as it does at 720p once a player
+# scales it up, and each second's keyframe costs a quarter of the encoder's time and of the preview's bytes.
+PREVIEW_SIZE_PIXELS = (640, 360)
 _POLL_SECONDS = 0.2
 _ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
 
@@ -93,7 +96,8 @@ class PlaylistPublished:
 
 @dataclass(frozen=True)
 class LiveNarrationResult:
-    """The whole narration, mastered, as AAC: copied into the QUICK video, the ENHANCED one's source."""
+    """The whole narration, mastered, with the room and bed around it (video.live_sound_profile), as AAC:
+    the preview's sound, copied into both videos."""
 
     aac_key: str
     aac_uri: str
@@ -107,8 +111,7 @@ class LiveNarrationResult:
     subtitles_key: str
     # Sentences the provider read other than written (see Narration).
     misread_sentence_count: int = 0
-    # The ENHANCED video's sound (ENHANCED_PROFILE's chain and bed), encoded as the narration was spoken:
-    # the ENHANCED video copies it.
+    # The ENHANCED video's sound: the same AAC (aac_key), which the ENHANCED render copies.
     enhanced_audio_key: str = ""
 
 
@@ -134,6 +137,9 @@ class _Published:
     # How many of FFmpeg's pieces have been taken (published or pending), and how long they are together.
     pieces_taken: int = 0
     pieces_seconds: float = 0.0
+    # How much sound the encoder has been given. Its picture is endless and always at hand, and FFmpeg lets
+    # it run up to ten seconds ahead of a sound that waits for speech: pieces past this hold no sound yet.
+    sound_seconds: float = 0.0
     init_uri: str = ""
     playlist_key: str = ""
     playlist_uri: str = ""
@@ -172,7 +178,6 @@ class LiveNarration:
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
         mastering: PriorityLimiter | None = None,
-        makes_enhanced_sound: bool = False,
     ) -> None:
         self._meditation_id = meditation_id
         self._speak = speak
@@ -185,8 +190,6 @@ class LiveNarration:
         self._mastering = mastering or PriorityLimiter(os.cpu_count() or 1)
         # This job's place: its speech and mastering go ahead of the jobs that arrived after it.
         self._place = arrival()
-        # Whether the encoder also makes the ENHANCED video's sound (ENHANCED_PROFILE's chain and bed).
-        self._makes_enhanced_sound = makes_enhanced_sound
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
         # One future per sentence, resolved when the request that speaks it returns.
@@ -379,11 +382,7 @@ class LiveNarration:
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
                     encoder = await _LiveEncoder.start(
-                        self._ffmpeg_path,
-                        work_dir,
-                        sample_rate,
-                        await self._preview_ready(),
-                        makes_enhanced_sound=self._makes_enhanced_sound,
+                        self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
                     )
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done)
@@ -391,12 +390,11 @@ class LiveNarration:
                 samples = _at_rate(segment.narration, sample_rate)
                 count = len(samples) // 2
                 start = written_samples / sample_rate
-                if self._makes_enhanced_sound:
-                    # The last sentence is known as such once the script is complete (it nearly always is
-                    # by the time its speech is back): the bed falls away over it.
-                    is_last = self._is_script_complete and index == len(self._spoken) - 1
-                    bed_gain = _bed_envelope(written_samples, count, sample_rate, is_last=is_last)
-                    samples = _interleaved(samples, bed_gain)
+                # The last sentence is known as such once the script is complete (it nearly always is by the
+                # time its speech is back): the bed falls away over it.
+                is_last = self._is_script_complete and index == len(self._spoken) - 1
+                bed_gain = _bed_envelope(written_samples, count, sample_rate, is_last=is_last)
+                samples = _interleaved(samples, bed_gain)
                 written_samples += count
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
                 if segment.provider:
@@ -407,6 +405,7 @@ class LiveNarration:
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 await encoder.write(samples)
+                published.sound_seconds = written_samples / sample_rate
                 index += 1
             assert encoder is not None and publisher is not None
             await encoder.close()
@@ -417,16 +416,14 @@ class LiveNarration:
             duration_seconds = written_samples / sample_rate
             # The last of the preview, the narration and its subtitles go up side by side.
             prefix = f"narrations/{self._meditation_id}"
-            enhanced_audio_path = encoder.enhanced_audio_path
-            _, stored_aac, stored_subtitles, enhanced_audio_key = await asyncio.gather(
-                self._publish(work_dir, published, audio_seconds=duration_seconds, is_final=True),
+            _, stored_aac, stored_subtitles = await asyncio.gather(
+                self._publish(work_dir, published, is_final=True),
                 self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
                     webvtt(sentences).encode(),
                     WEBVTT_CONTENT_TYPE,
                 ),
-                self._stored_key(prefix, enhanced_audio_path),
             )
         finally:
             if publisher is not None:
@@ -445,17 +442,8 @@ class LiveNarration:
             playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
-            enhanced_audio_key=enhanced_audio_key,
+            enhanced_audio_key=stored_aac.key,
         )
-
-    async def _stored_key(self, prefix: str, path: Path | None) -> str:
-        """Stores the ENHANCED sound, when the encoder made it; its key, or "" when not."""
-        if path is None:
-            return ""
-        stored = await self._storage.put_file(
-            new_key(prefix, "enhanced.aac"), path, "audio/aac", signed=False
-        )
-        return stored.key
 
     async def _preview_ready(self) -> Path:
         assert self._preview is not None
@@ -473,21 +461,22 @@ class LiveNarration:
         self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
     ) -> None:
         while not encoding_done.is_set():
-            await self._publish(work_dir, published, audio_seconds=None, is_final=False)
+            await self._publish(work_dir, published, is_final=False)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_POLL_SECONDS):
                     await encoding_done.wait()
 
-    async def _publish(
-        self, work_dir: Path, published: _Published, *, audio_seconds: float | None, is_final: bool
-    ) -> None:
+    async def _publish(self, work_dir: Path, published: _Published, *, is_final: bool) -> None:
         """Publishes what FFmpeg has cut: whole segments of the lengths they are due (all of it at the end,
         or when a player would otherwise run dry), uploaded side by side, then the playlist listing them."""
         listed = await asyncio.to_thread(_read_playlist, work_dir / "live.m3u8")
         for name, duration in listed[published.pieces_taken :]:
+            is_past_the_sound = published.pieces_seconds >= published.sound_seconds - 0.05
+            if is_past_the_sound and not is_final:
+                break  # the picture ran ahead of the sound: taken once the sound reaches it
             published.pieces_taken += 1
-            if audio_seconds is not None and published.pieces_seconds >= audio_seconds - 0.05:
-                continue  # FFmpeg's picture runs a little past the sound: those pieces hold nothing to hear
+            if is_past_the_sound:
+                continue  # FFmpeg's picture runs a little past the sound's end: nothing there to hear
             published.pending.append((name, duration))
             published.pieces_seconds += duration
         now = time.monotonic()
@@ -549,26 +538,21 @@ class LiveNarration:
 
 
 class _LiveEncoder:
-    """One FFmpeg process fed PCM in order: it writes the narration's AAC and the preview's HLS segments,
-    and with `makes_enhanced_sound` the ENHANCED video's sound too.
+    """One FFmpeg process fed PCM in order: it writes the narration's AAC and the preview's HLS segments.
 
-    Its input is then two channels at the voice's rate: the mastered voice, and the gain of the ENHANCED bed
-    (0 to 1 as 16-bit samples), which Python shapes because only it learns where the narration ends;
-    otherwise the voice alone."""
+    Its input is two channels at the voice's rate: the mastered voice, and the gain of the bed under it (0 to
+    1 as 16-bit samples), which Python shapes because only it learns where the narration ends. Its sound is
+    the voice through the room and over the bed (video.live_sound_profile), encoded once for the preview
+    and both videos."""
 
-    def __init__(
-        self, process: asyncio.subprocess.Process, aac_path: Path, enhanced_audio_path: Path | None
-    ) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, aac_path: Path) -> None:
         self._process = process
         self.aac_path = aac_path
-        self.enhanced_audio_path = enhanced_audio_path
 
     @classmethod
-    async def start(
-        cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path, *, makes_enhanced_sound: bool
-    ) -> _LiveEncoder:
+    async def start(cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path) -> _LiveEncoder:
         aac_path = work_dir / "narration.aac"
-        enhanced_audio_path = work_dir / "enhanced.aac" if makes_enhanced_sound else None
+        sound = live_sound_profile(sample_rate)
         hls = ":".join(
             [
                 "f=hls",
@@ -582,50 +566,31 @@ class _LiveEncoder:
                 f"hls_segment_filename={work_dir / 'segment-%05d.m4s'}",
             ]
         )
+        graph = ";".join(
+            [
+                "[0:a]channelsplit=channel_layout=stereo[voice][bedgain]",
+                live_audio_graph(sound, voice="voice", envelope="bedgain", output="sound"),
+            ]
+        )
         arguments = [
             *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
-            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "2" if makes_enhanced_sound else "1"),
-            *("-i", "pipe:0"),
+            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "2", "-i", "pipe:0"),
             # A picture a second, read raw (already YUV 4:2:0: nothing to decode or convert). Only where
             # a piece may be cut is it a keyframe (KEYFRAME_SECONDS); every other picture repeats the one
             # before it, which x264 encodes for next to nothing.
             *("-protocol_whitelist", "file,pipe", "-stream_loop", "-1", "-f", "rawvideo"),
             *("-pix_fmt", "yuv420p", "-video_size", "x".join(map(str, PREVIEW_SIZE_PIXELS))),
             *("-framerate", f"1/{PIECE_SECONDS}", "-i", str(image)),
-        ]
-        if enhanced_audio_path is None:
-            arguments += ["-map", "1:v", "-map", "0:a"]
-        else:
-            graph = ";".join(
-                [
-                    "[0:a]asplit=2[voiceandgain][gainandvoice]",
-                    "[voiceandgain]pan=mono|c0=c0,asplit=2[voice][enhancedinput]",
-                    "[gainandvoice]pan=mono|c0=c1[bedgain]",
-                    live_audio_graph(
-                        ENHANCED_PROFILE, voice="enhancedinput", envelope="bedgain", output="enhanced"
-                    ),
-                ]
-            )
-            arguments += ["-filter_complex", graph, "-map", "1:v", "-map", "[voice]"]
-        arguments += [
+            *("-filter_complex", graph, "-map", "1:v", "-map", "[sound]"),
             # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
             *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
             *("-pix_fmt", "yuv420p", "-g", "100000", "-force_key_frames", _keyframe_times()),
-            # The narration is encoded once, as it arrives, and the same AAC goes to both outputs: the HLS
-            # preview and the plain AAC file the QUICK video copies.
-            *("-c:a", "aac", "-b:a", "96k", "-aac_coder", "fast", "-aac_ms", "0", "-shortest"),
+            # The sound is encoded once, as it arrives, and the same AAC goes to both outputs: the HLS
+            # preview and the plain AAC file both videos copy.
+            *("-c:a", "aac", "-b:a", str(sound.audio_bitrate_bits_per_second)),
+            *("-ac", str(sound.audio_channels), "-aac_coder", sound.aac_coder, "-aac_ms", "0", "-shortest"),
             *("-f", "tee", f"[{hls}]{work_dir / 'live.m3u8'}|[f=adts:select=a]{aac_path}"),
         ]
-        if enhanced_audio_path is not None:
-            enhanced = ENHANCED_PROFILE
-            # The ENHANCED video's sound, encoded as it is spoken: that video is then a picture and a copy.
-            arguments += [
-                *("-map", "[enhanced]", "-c:a", "aac", "-b:a", str(enhanced.audio_bitrate_bits_per_second)),
-                *("-ar", str(enhanced.audio_sample_rate_hertz), "-ac", str(enhanced.audio_channels)),
-                *("-aac_coder", enhanced.aac_coder),
-                *("-aac_ms", "1" if enhanced.is_aac_mid_side_search_enabled else "0"),
-                *("-f", "adts", str(enhanced_audio_path)),
-            ]
         process = await asyncio.create_subprocess_exec(
             ffmpeg_path,
             *arguments,
@@ -633,7 +598,7 @@ class _LiveEncoder:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        return cls(process, aac_path, enhanced_audio_path)
+        return cls(process, aac_path)
 
     async def write(self, samples: bytes) -> None:
         assert self._process.stdin is not None
@@ -674,7 +639,8 @@ class _LiveEncoder:
 
 def _mastered(narration: Narration) -> Narration:
     samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
-    mastered = master_speech(samples, narration.sample_rate_hertz)
+    # In the room first, so the limiter holds the peaks the room raises: the encoder adds only the bed.
+    mastered = master_speech(samples, narration.sample_rate_hertz, voice_filter=in_room)
     # The same narration, louder or softer: what the provider reported about it (misread sentences) stays.
     return dataclasses.replace(narration, pcm_s16le=mastered.astype("<i2").tobytes())
 

@@ -105,7 +105,6 @@ class MediaStudio:
         scratch: ScratchDisk | None = None,
         links: MediaLinkSigner | None = None,
         deferrable_renders_at_once: int = 2,
-        live_enhanced_sound: bool = False,
     ) -> None:
         self._narrator = narrator
         # Local storage's files reach clients through the media endpoint's signed links; None: storage
@@ -128,7 +127,6 @@ class MediaStudio:
         self._deferrable_renders = asyncio.Semaphore(deferrable_renders_at_once)
         # Every live narration's mastering shares the cores, in the order of urgency and arrival.
         self._mastering = PriorityLimiter(os.cpu_count() or 1)
-        self._live_enhanced_sound = live_enhanced_sound
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
@@ -205,7 +203,6 @@ class MediaStudio:
             work_root=self._work_root,
             max_requests_in_flight=self._sentences_in_flight_per_job,
             mastering=self._mastering,
-            makes_enhanced_sound=self._live_enhanced_sound,
         )
 
     async def render(
@@ -227,20 +224,17 @@ class MediaStudio:
             raise InvalidInputError("narration_storage_key", "is empty: synthesize the narration first")
         audio_path = await self._input_path(narration_key, "narration_storage_key")
         duration_seconds = await asyncio.to_thread(_narration_seconds, audio_path)
-        # The live narration already encoded the AAC the QUICK profile wants: copy it rather than encode.
-        is_audio_copied = (
-            bool(narration_aac_key)
-            and profile.narration_filter is None
-            and (profile.ambient_bed_decibels is None)
-        )
+        # A narration from NarrateLive is already the meditation's sound, room and bed included
+        # (video.live_sound_profile): both profiles copy it, and the video is a picture and a copy rather
+        # than a second pass over the whole narration. A WAV narration is mastered by the profile.
+        if profile.name == ENHANCED_PROFILE.name and enhanced_audio_key:
+            live_sound_key, field = enhanced_audio_key, "enhanced_audio_storage_key"
+        else:
+            live_sound_key, field = narration_aac_key, "narration_aac_storage_key"
+        is_audio_copied = bool(live_sound_key)
         if is_audio_copied:
-            audio_path = await self._input_path(narration_aac_key, "narration_aac_storage_key")
-        elif enhanced_audio_key and profile.name == ENHANCED_PROFILE.name:
-            # The live narration also encoded the ENHANCED sound, chain and bed: the video is then a
-            # picture and a copy of it, not a second pass over the whole narration.
-            audio_path = await self._input_path(enhanced_audio_key, "enhanced_audio_storage_key")
+            audio_path = await self._input_path(live_sound_key, field)
             profile = copying_sound(profile)
-            is_audio_copied = True
         subtitles_path = (
             await self._input_path(subtitles_key, "subtitles_storage_key") if subtitles_key else None
         )

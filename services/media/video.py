@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
+import io
 import math
 import os
 import uuid
@@ -23,6 +25,7 @@ import av
 from av.audio.stream import AudioStream
 from av.video.stream import VideoStream
 
+from services.media import room
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import encoding_failure
@@ -86,11 +89,11 @@ ENHANCED_PROFILE = RenderProfile(
     audio_channels=2,
     aac_coder="fast",
     is_aac_mid_side_search_enabled=False,
-    # Rumble out below 70 Hz, and two faint early reflections for a small warm room. Nothing changes the
+    # The small warm room (services/media/room.py): rumble out, two faint reflections. Nothing changes the
     # level: the narration arrives mastered (services/media/loudness.py, −16 LUFS, true peak −2 dBTP), the
     # reflections add about 0.1 LU, and the mono voice is spread to both channels at −3 dB each, which
     # keeps its loudness and lowers its peaks (measured: −16.3 LUFS and −3.6 dBTP for a −16.3 LUFS voice).
-    narration_filter="highpass=f=70,aecho=in_gain=1:out_gain=1:delays=45|83:decays=0.12|0.07",
+    narration_filter=room.ffmpeg_filter(),
     # Brown noise low-passed to a distant hush, 30 dB under full scale: it measures about −52 LUFS, some
     # 36 LU under the voice, felt more than heard, and it keeps the pauses from sounding dead. Its blocks
     # fall under the loudness gate, so the video's loudness is the voice's.
@@ -377,6 +380,26 @@ def copying_sound(profile: RenderProfile) -> RenderProfile:
     return dataclasses.replace(profile, narration_filter=None, ambient_bed_decibels=None)
 
 
+def live_sound_profile(sample_rate_hertz: int) -> RenderProfile:
+    """The meditation's sound as the live narration makes it, once, for the preview and both videos: the
+    ENHANCED room (applied to each sentence before it is mastered) and bed, at the voice's own rate, in mono,
+    at the QUICK bitrate.
+
+    One sound rather than a plain voice for the preview and QUICK and a second for ENHANCED: a player that
+    moves from one to the next hears no change, and the ENHANCED render is a copy. The voice's rate, since
+    nothing in it, the room or the bed (low-passed at 280 Hz) reaches above half of it; mono, since the voice
+    is mono and a second channel only widened a bed 36 LU under it, at half again the AAC encoder's time."""
+    return dataclasses.replace(
+        ENHANCED_PROFILE,
+        name="live",
+        # The room is applied before mastering (room.in_room), so the limiter holds its peaks too.
+        narration_filter=None,
+        audio_sample_rate_hertz=sample_rate_hertz,
+        audio_channels=1,
+        audio_bitrate_bits_per_second=QUICK_PROFILE.audio_bitrate_bits_per_second,
+    )
+
+
 def live_audio_graph(profile: RenderProfile, *, voice: str, envelope: str, output: str) -> str:
     """The profile's sound as an FFmpeg filter graph fed while the narration is spoken (live.py): the voice
     (`voice`, mastered, mono) through the profile's chain, and its bed shaped by `envelope` (a mono stream
@@ -462,8 +485,16 @@ def _stream_seconds(stream: VideoStream | AudioStream | None) -> float | None:
 def _write_placeholder(path: Path, profile: RenderProfile) -> None:
     """Writes the placeholder at the profile's height in 16:9, the shape of a landscape image's video."""
     height = profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS
-    width = round(height * 16 / 9 / 2) * 2
-    paint_placeholder(width, height).save(path, format="PNG", compress_level=1)
+    path.write_bytes(_placeholder_png(round(height * 16 / 9 / 2) * 2, height))
+
+
+@functools.lru_cache(maxsize=4)
+def _placeholder_png(width: int, height: int) -> bytes:
+    """The placeholder at one size as PNG, painted once per process: every job without an image yet shows
+    the same picture, and painting it again was a few per cent of media's CPU per job."""
+    encoded = io.BytesIO()
+    paint_placeholder(width, height).save(encoded, format="PNG", compress_level=1)
+    return encoded.getvalue()
 
 
 def measure_audio_seconds(path: Path) -> float:

@@ -17,6 +17,7 @@ import pytest
 from services.media.loudness import (
     TARGET_LOUDNESS_LUFS,
     TRUE_PEAK_CEILING_DBTP,
+    _Sentence,
     integrated_loudness,
     master_speech,
     true_peak_dbtp,
@@ -25,6 +26,7 @@ from services.media.piper_speech import PiperNarrator, packaged_voice
 from services.media.speech import EspeakNarrator, Narration, encode_wav
 from services.media.studio import Narrator
 from services.proto_time import seconds_of
+from services.storage.base import new_key
 from services.storage.local import LocalAssetStorage
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
@@ -128,45 +130,69 @@ async def _render(
     storage: LocalAssetStorage,
     completed: media_pb.LiveNarrationCompleted,
     profile: media_pb.VideoProfile.ValueType,
-    *,
-    copies_live_enhanced_audio: bool = True,
 ) -> Path:
-    responses = [
-        response
-        async for response in media_stub.RenderVideo(
-            media_pb.RenderVideoRequest(
-                meditation=MEDITATION,
-                narration_storage_key=completed.storage_key,
-                narration_aac_storage_key=completed.aac_storage_key,
-                enhanced_audio_storage_key=(
-                    completed.enhanced_audio_storage_key if copies_live_enhanced_audio else ""
-                ),
-                profile=profile,
-            )
-        )
-    ]
+    return await _rendered(
+        media_stub,
+        storage,
+        media_pb.RenderVideoRequest(
+            meditation=MEDITATION,
+            narration_storage_key=completed.storage_key,
+            narration_aac_storage_key=completed.aac_storage_key,
+            enhanced_audio_storage_key=completed.enhanced_audio_storage_key,
+            profile=profile,
+        ),
+    )
+
+
+async def _rendered(
+    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage, request: media_pb.RenderVideoRequest
+) -> Path:
+    responses = [response async for response in media_stub.RenderVideo(request)]
     return await storage.local_path(responses[-1].uploaded.storage_key)
+
+
+def _sound_packets(path: Path) -> list[bytes]:
+    """The AAC frames of the first audio stream, without the 7-byte ADTS header an .aac file's carry."""
+    with av.open(str(path)) as container:
+        packets = [bytes(packet) for packet in container.demux(audio=0) if packet.size]
+    return [packet[7:] if packet[:2] == b"\xff\xf1" else packet for packet in packets]
 
 
 @pytest.mark.timeout(120)
 async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
-    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
+    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage, narrator: Narrator
 ) -> None:
     completed = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))][-1].completed
     quick = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_QUICK)
     enhanced = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED)
-    # Without the sound encoded live (a caller that has none), the ENHANCED profile masters it itself.
-    enhanced_alone = await _render(
-        media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED, copies_live_enhanced_audio=False
+    # A narration that is a WAV (no NarrateLive sound to copy): the ENHANCED profile masters it itself.
+    voice = await narrator.narrate(
+        "Take a moment to arrive. Let your shoulders soften, and your hands grow heavy. Breathe in slowly."
+    )
+    spoken = np.frombuffer(voice.pcm_s16le, dtype="<i2")
+    mastered = Narration(master_speech(spoken, voice.sample_rate_hertz).tobytes(), voice.sample_rate_hertz)
+    wav = await storage.put_bytes(
+        new_key(f"narrations/{MEDITATION}", "wav"), encode_wav(mastered), "audio/wav"
+    )
+    enhanced_from_wav = await _rendered(
+        media_stub,
+        storage,
+        media_pb.RenderVideoRequest(
+            meditation=MEDITATION, narration_storage_key=wav.key, profile=media_pb.VIDEO_PROFILE_ENHANCED
+        ),
     )
 
-    assert completed.enhanced_audio_storage_key
+    narration = await storage.local_path(completed.aac_storage_key)
+    # One sound, made once as the narration was spoken: both videos copy it.
+    assert completed.enhanced_audio_storage_key == completed.aac_storage_key
+    assert _sound_packets(quick) == _sound_packets(narration)
+    assert _sound_packets(enhanced) == _sound_packets(narration)
     heard = {
         "live preview": measure(_path(completed.playlist_uri)),
-        "narration AAC": measure(await storage.local_path(completed.aac_storage_key)),
+        "narration AAC": measure(narration),
         "QUICK video": measure(quick),
         "ENHANCED video": measure(enhanced),
-        "ENHANCED video from the narration alone": measure(enhanced_alone),
+        "ENHANCED video from a WAV": measure(enhanced_from_wav),
     }
     for name, loudness in heard.items():
         assert loudness.integrated_lufs == pytest.approx(PROMISED_LUFS, abs=PROMISED_TOLERANCE_LU), name
@@ -206,3 +232,19 @@ def _levels_decibels(path: Path, *, window_seconds: float) -> list[float]:
         float(20 * np.log10(np.sqrt(np.mean(samples[start : start + window] ** 2)) + 1e-12))
         for start in range(0, samples.size - window + 1, window)
     ]
+
+
+@pytest.mark.parametrize("over_the_target_decibels", [0.0, 6.0])
+def test_the_make_up_rounds_estimate_the_limited_loudness_as_the_meter_measures_it(
+    spoken: npt.NDArray[np.int16], over_the_target_decibels: float
+) -> None:
+    # The rounds weigh the limiter a millisecond block at a time; the result has its gain drawn per sample.
+    sentence = _Sentence(spoken / 32768, RATE, 10 ** (TRUE_PEAK_CEILING_DBTP / 20))
+    gain_decibels = TARGET_LOUDNESS_LUFS - sentence.loudness + over_the_target_decibels
+
+    estimate = sentence.loudness_at(gain_decibels)
+    limited = sentence.mastered_at(gain_decibels)
+
+    assert estimate < sentence.loudness + gain_decibels - 1.0, "the limiter should take loudness off here"
+    assert estimate == pytest.approx(integrated_loudness(limited, RATE), abs=0.02)
+    assert true_peak_dbtp(limited, RATE) <= TRUE_PEAK_CEILING_DBTP + 1e-3
