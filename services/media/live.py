@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import logging
 import os
@@ -387,14 +388,15 @@ class LiveNarration:
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done)
                     )
-                samples = _at_rate(segment.narration, sample_rate)
-                count = len(samples) // 2
-                start = written_samples / sample_rate
                 # The last sentence is known as such once the script is complete (it nearly always is by the
                 # time its speech is back): the bed falls away over it.
                 is_last = self._is_script_complete and index == len(self._spoken) - 1
-                bed_gain = _bed_envelope(written_samples, count, sample_rate, is_last=is_last)
-                samples = _interleaved(samples, bed_gain)
+                # Off the event loop: with fifty narrations, arrays the length of every sentence made on it
+                # held up everything else it serves, new RPCs included.
+                samples, count = await asyncio.to_thread(
+                    _encoder_input, segment.narration, sample_rate, written_samples, is_last
+                )
+                start = written_samples / sample_rate
                 written_samples += count
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
                 if segment.provider:
@@ -598,6 +600,7 @@ class _LiveEncoder:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
+        _widen_pipe(process)
         return cls(process, aac_path)
 
     async def write(self, samples: bytes) -> None:
@@ -656,6 +659,31 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
 
 
+# Linux's F_SETPIPE_SZ (the fcntl module names it from Python 3.10, on Linux only).
+_SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_ENCODER_PIPE_BYTES = 1 << 20
+
+
+def _widen_pipe(process: asyncio.subprocess.Process) -> None:
+    """A sentence's samples (hundreds of kilobytes) go into the encoder's pipe in a few writes rather than
+    one per 64 KiB, each a turn of the event loop; where the pipe cannot be widened, it works as it is."""
+    transport = process.stdin.transport if process.stdin is not None else None
+    pipe = transport.get_extra_info("pipe") if transport is not None else None
+    if pipe is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), _SET_PIPE_SIZE, _ENCODER_PIPE_BYTES)
+
+
+def _encoder_input(
+    narration: Narration, sample_rate: int, first_sample: int, is_last: bool
+) -> tuple[bytes, int]:
+    """The encoder's input for one sentence (the voice at the encoder's rate, and the bed's gain beside
+    it), and how many samples it holds."""
+    voice = _at_rate(narration, sample_rate)
+    count = len(voice) // 2
+    return _interleaved(voice, _bed_envelope(first_sample, count, sample_rate, is_last=is_last)), count
+
+
 def _bed_envelope(
     first_sample: int, count: int, sample_rate: int, *, is_last: bool
 ) -> npt.NDArray[np.float64]:
@@ -663,6 +691,8 @@ def _bed_envelope(
     profile's fade at the start and, in the last sentence, falling back to it by its end (over the fade, or
     the whole sentence when it is shorter), along half a cosine, as FFmpeg's `hsin` fades do."""
     fade = max(1, round(ENHANCED_PROFILE.ambient_bed_fade_seconds * sample_rate))
+    if first_sample >= fade and not is_last:
+        return np.ones(count)  # most sentences: the bed has risen and is not falling yet
     positions = np.arange(first_sample, first_sample + count, dtype=np.float64)
     rising = np.clip(positions / fade, 0.0, 1.0)
     gain = (1 - np.cos(np.pi * rising)) / 2

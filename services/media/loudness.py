@@ -212,7 +212,7 @@ def _drawn_gain(block_gain: npt.NDArray[np.float64], size: int, block: int) -> n
     return drawn[:size]
 
 
-def _fft_size(length: int) -> int:
+def fft_size(length: int) -> int:
     """The smallest length at least `length` whose only prime factors are 2, 3 and 5: an FFT as fast as a
     power of two's, and up to half its size."""
     best = 1 << (length - 1).bit_length()
@@ -294,7 +294,7 @@ def _k_weighted(samples: npt.NDArray[np.float64], sample_rate_hertz: int) -> npt
     impulse response through an FFT convolution: no SciPy, and numpy's FFT is fast on whole sentences."""
     if samples.size == 0:
         return samples
-    size = _fft_size(samples.size + sample_rate_hertz // 8 - 1)
+    size = fft_size(samples.size + sample_rate_hertz // 8 - 1)
     spectrum = np.fft.rfft(samples, size) * _k_weighting_spectrum(sample_rate_hertz, size)
     return np.asarray(np.fft.irfft(spectrum, size)[: samples.size], dtype=np.float64)
 

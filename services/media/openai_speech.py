@@ -107,7 +107,9 @@ class OpenAISpeechNarrator:
         finally:
             await asyncio.to_thread(shutil.rmtree, work_dir, True)
         samples = np.frombuffer(pcm, dtype="<i2")
-        cuts = cut_at_gaps(samples, SAMPLE_RATE_HERTZ, [len(stretch) for stretch in stretches])
+        cuts = await asyncio.to_thread(
+            cut_at_gaps, samples, SAMPLE_RATE_HERTZ, [len(stretch) for stretch in stretches]
+        )
         pieces = iter(np.split(samples, cuts))
         narrations = []
         for plan in plans:

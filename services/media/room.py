@@ -12,6 +12,8 @@ import math
 import numpy as np
 import numpy.typing as npt
 
+from services.media.loudness import fft_size
+
 RUMBLE_CUTOFF_HERTZ = 70
 # Each reflection's delay in milliseconds and its gain.
 REFLECTIONS = ((45, 0.12), (83, 0.07))
@@ -29,16 +31,26 @@ def in_room(samples: npt.NDArray[np.float64], sample_rate_hertz: int) -> npt.NDA
     are left out (a sentence ends in its own silence, so they are of next to nothing)."""
     if samples.size == 0:
         return samples
-    response = _high_pass_response(sample_rate_hertz)
-    size = 1 << (samples.size + response.size - 1).bit_length()
-    spectrum = np.fft.rfft(samples, size) * np.fft.rfft(response, size)
-    filtered = np.fft.irfft(spectrum, size)[: samples.size]
-    heard = filtered.copy()
-    for delay_milliseconds, gain in REFLECTIONS:
-        delay = round(delay_milliseconds * sample_rate_hertz / 1000)
-        if delay < samples.size:
-            heard[delay:] += gain * filtered[: samples.size - delay]
-    return np.asarray(heard, dtype=np.float64)
+    # The high-pass and the reflections are one linear filter: one convolution, through an FFT.
+    size = fft_size(
+        samples.size + sample_rate_hertz // 10 + round(max(REFLECTIONS)[0] * sample_rate_hertz / 1000)
+    )
+    spectrum = np.fft.rfft(samples, size)
+    spectrum *= _room_spectrum(sample_rate_hertz, size)
+    return np.asarray(np.fft.irfft(spectrum, size)[: samples.size], dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _room_spectrum(sample_rate_hertz: int, size: int) -> npt.NDArray[np.complex128]:
+    """The room's response transformed for an FFT of `size` (sentences come in a few sizes): the high-pass's,
+    and the same again at each reflection's delay and gain."""
+    high_pass = _high_pass_response(sample_rate_hertz)
+    delays = [round(delay * sample_rate_hertz / 1000) for delay, _ in REFLECTIONS]
+    response = np.zeros(high_pass.size + max(delays))
+    response[: high_pass.size] = high_pass
+    for delay, (_, gain) in zip(delays, REFLECTIONS, strict=True):
+        response[delay : delay + high_pass.size] += gain * high_pass
+    return np.fft.rfft(response, size)
 
 
 @functools.cache

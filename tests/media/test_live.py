@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 import av
 import grpc
 import imageio_ffmpeg
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -23,6 +25,7 @@ from services.media.live import (
     LiveNarrationResult,
     SpeakSentences,
     SpokenSegment,
+    _bed_envelope,
     _group_pieces,
     _joined_pieces,
     _Published,
@@ -303,3 +306,23 @@ async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_f
         *(f"a: {sentence}" for sentence in sentences[1:]),
         *(f"b: {sentence}" for sentence in sentences[1:]),
     ]
+
+
+def test_the_bed_rises_over_the_fade_holds_and_falls_away_over_the_last_sentence() -> None:
+    rate = 1000
+    fade = round(4.0 * rate)  # ENHANCED_PROFILE's four seconds
+    # One narration cut into sentences at arbitrary points: the envelope must not jump between them.
+    cuts = [0, 1500, 4100, 9000, 12_000]
+    pieces = [
+        _bed_envelope(start, end - start, rate, is_last=end == cuts[-1])
+        for start, end in itertools.pairwise(cuts)
+    ]
+    whole = np.concatenate(pieces)
+
+    assert whole[0] == 0.0
+    assert np.all(np.diff(whole[:fade]) > 0)
+    assert np.all(whole[fade:9000] == 1.0)
+    assert np.all(np.diff(whole[9000:]) < 0)
+    assert whole[-1] < 0.01
+    # No step anywhere: the steepest is the fall over the three-second last sentence.
+    assert np.max(np.abs(np.diff(whole))) < 2 / 3000
