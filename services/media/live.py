@@ -421,10 +421,12 @@ class LiveNarration:
             _, stored_aac, stored_subtitles = await asyncio.gather(
                 self._publish(work_dir, published, is_final=True),
                 self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
+                # Unsigned: the videos carry the subtitles and the gateway signs them for their owner.
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
                     webvtt(sentences).encode(),
                     WEBVTT_CONTENT_TYPE,
+                    signed=False,
                 ),
             )
         finally:
