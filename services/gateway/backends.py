@@ -404,7 +404,6 @@ class MediaClient:
                     provider=done.provider,
                     fallback_reason=done.fallback_reason,
                     aac_storage_key=done.aac_storage_key,
-                    enhanced_audio_storage_key=done.enhanced_audio_storage_key,
                     misread_sentence_count=done.misread_sentence_count,
                     subtitles_storage_key=done.subtitles_storage_key,
                     sentences=tuple(
@@ -459,7 +458,6 @@ class MediaClient:
             image_storage_key=image_storage_key,
             narration_storage_key=narration.storage_key,
             narration_aac_storage_key=narration.aac_storage_key,
-            enhanced_audio_storage_key=narration.enhanced_audio_storage_key,
             subtitles_storage_key=narration.subtitles_storage_key,
             profile=_PROFILE[quality],
         )

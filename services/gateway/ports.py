@@ -86,8 +86,6 @@ class SpokenNarration:
     fallback_reason: str = ""
     # The same narration as AAC, for a QUICK video that copies rather than encodes it.
     aac_storage_key: str = ""
-    # The ENHANCED video's sound, encoded while the narration was spoken; empty when media made none.
-    enhanced_audio_storage_key: str = ""
     sentences: tuple[SentenceTiming, ...] = ()
     # The sentences as WebVTT subtitles, for the videos to carry and for clients' <track>.
     subtitles_storage_key: str = ""

@@ -112,8 +112,6 @@ class LiveNarrationResult:
     subtitles_key: str
     # Sentences the provider read other than written (see Narration).
     misread_sentence_count: int = 0
-    # The ENHANCED video's sound: the same AAC (aac_key), which the ENHANCED render copies.
-    enhanced_audio_key: str = ""
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -446,7 +444,6 @@ class LiveNarration:
             playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
-            enhanced_audio_key=stored_aac.key,
         )
 
     async def _preview_ready(self) -> Path:
@@ -661,8 +658,6 @@ def _at_rate(narration: Narration, sample_rate: int) -> bytes:
     return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
 
 
-# Linux's F_SETPIPE_SZ (the fcntl module names it from Python 3.10, on Linux only).
-_SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _ENCODER_PIPE_BYTES = 1 << 20
 
 
@@ -671,9 +666,10 @@ def _widen_pipe(process: asyncio.subprocess.Process) -> None:
     one per 64 KiB, each a turn of the event loop; where the pipe cannot be widened, it works as it is."""
     transport = process.stdin.transport if process.stdin is not None else None
     pipe = transport.get_extra_info("pipe") if transport is not None else None
-    if pipe is not None:
+    # F_SETPIPE_SZ is Linux's alone.
+    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
         with contextlib.suppress(OSError):
-            fcntl.fcntl(pipe.fileno(), _SET_PIPE_SIZE, _ENCODER_PIPE_BYTES)
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _ENCODER_PIPE_BYTES)
 
 
 def _encoder_input(

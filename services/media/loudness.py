@@ -328,10 +328,11 @@ def _k_weighting_response(sample_rate_hertz: int) -> npt.NDArray[np.float64]:
     pass_a = (2 * (k * k - 1) / a0, (1 - k / quality + k * k) / a0)
     length = sample_rate_hertz // 8
     impulse = [1.0] + [0.0] * (length - 1)
-    return np.array(_biquad(_biquad(impulse, shelf_b, shelf_a), pass_b, pass_a))
+    return np.array(biquad(biquad(impulse, shelf_b, shelf_a), pass_b, pass_a))
 
 
-def _biquad(signal: list[float], b: tuple[float, float, float], a: tuple[float, float]) -> list[float]:
+def biquad(signal: list[float], b: tuple[float, float, float], a: tuple[float, float]) -> list[float]:
+    """`signal` through one biquad (a0 normalised to 1): for impulse responses, a few thousand samples."""
     output = []
     x1 = x2 = y1 = y2 = 0.0
     for x in signal:

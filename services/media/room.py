@@ -12,7 +12,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from services.media.loudness import fft_size
+from services.media.loudness import biquad, fft_size
 
 RUMBLE_CUTOFF_HERTZ = 70
 # Each reflection's delay in milliseconds and its gain.
@@ -62,11 +62,5 @@ def _high_pass_response(sample_rate_hertz: int) -> npt.NDArray[np.float64]:
     a0 = 1 + alpha
     b = ((1 + math.cos(omega)) / 2 / a0, -(1 + math.cos(omega)) / a0, (1 + math.cos(omega)) / 2 / a0)
     a = (-2 * math.cos(omega) / a0, (1 - alpha) / a0)
-    response = []
-    x1 = x2 = y1 = y2 = 0.0
-    for index in range(sample_rate_hertz // 10):
-        x = 1.0 if index == 0 else 0.0
-        y = b[0] * x + b[1] * x1 + b[2] * x2 - a[0] * y1 - a[1] * y2
-        response.append(y)
-        x1, x2, y1, y2 = x, x1, y, y1
-    return np.array(response)
+    impulse = [1.0] + [0.0] * (sample_rate_hertz // 10 - 1)
+    return np.array(biquad(impulse, b, a))

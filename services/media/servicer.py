@@ -62,7 +62,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 profile,
                 narration_aac_key=request.narration_aac_storage_key,
                 subtitles_key=request.subtitles_storage_key,
-                enhanced_audio_key=request.enhanced_audio_storage_key,
             ):
                 if isinstance(event, VideoEncoded):
                     yield media_pb.RenderVideoResponse(
@@ -219,7 +218,6 @@ def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
         playlist_uri=result.playlist_uri,
         misread_sentence_count=result.misread_sentence_count,
         subtitles_storage_key=result.subtitles_key,
-        enhanced_audio_storage_key=result.enhanced_audio_key,
         sentences=[
             media_pb.SpokenSentence(
                 text=sentence.text,

@@ -27,7 +27,6 @@ from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
 from services.media.urgency import PriorityLimiter
 from services.media.video import (
-    ENHANCED_PROFILE,
     RenderProfile,
     copying_sound,
     measure_audio_seconds,
@@ -213,7 +212,6 @@ class MediaStudio:
         profile: RenderProfile,
         narration_aac_key: str = "",
         subtitles_key: str = "",
-        enhanced_audio_key: str = "",
     ) -> AsyncIterator[VideoEncoded | VideoStored]:
         """Encodes the video, reports the encode, stores it and reports where it is. Refused before any work
         while the scratch disk is under its minimum of free space; a disk that fills up during the encode
@@ -227,13 +225,9 @@ class MediaStudio:
         # A narration from NarrateLive is already the meditation's sound, room and bed included
         # (video.live_sound_profile): both profiles copy it, and the video is a picture and a copy rather
         # than a second pass over the whole narration. A WAV narration is mastered by the profile.
-        if profile.name == ENHANCED_PROFILE.name and enhanced_audio_key:
-            live_sound_key, field = enhanced_audio_key, "enhanced_audio_storage_key"
-        else:
-            live_sound_key, field = narration_aac_key, "narration_aac_storage_key"
-        is_audio_copied = bool(live_sound_key)
+        is_audio_copied = bool(narration_aac_key)
         if is_audio_copied:
-            audio_path = await self._input_path(live_sound_key, field)
+            audio_path = await self._input_path(narration_aac_key, "narration_aac_storage_key")
             profile = copying_sound(profile)
         subtitles_path = (
             await self._input_path(subtitles_key, "subtitles_storage_key") if subtitles_key else None

@@ -138,7 +138,6 @@ async def _render(
             meditation=MEDITATION,
             narration_storage_key=completed.storage_key,
             narration_aac_storage_key=completed.aac_storage_key,
-            enhanced_audio_storage_key=completed.enhanced_audio_storage_key,
             profile=profile,
         ),
     )
@@ -184,7 +183,6 @@ async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
 
     narration = await storage.local_path(completed.aac_storage_key)
     # One sound, made once as the narration was spoken: both videos copy it.
-    assert completed.enhanced_audio_storage_key == completed.aac_storage_key
     assert _sound_packets(quick) == _sound_packets(narration)
     assert _sound_packets(enhanced) == _sound_packets(narration)
     heard = {
