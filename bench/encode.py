@@ -20,14 +20,13 @@ from bench.reference_pipeline import reference_encode_command, run_reference_enc
 from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
-from services.media import room
+from services.media.live import master_sentence
+from services.media.live_encoder import LiveEncoder
 from services.media.speech import EspeakNarrator, Narration, encode_wav
 from services.media.video import (
     ENHANCED_PROFILE,
     QUICK_PROFILE,
     copying_sound,
-    live_audio_graph,
-    live_sound_profile,
     probe_media,
     render_still_video,
 )
@@ -38,6 +37,8 @@ IMAGE_PROMPT = "a calm sea at dusk under a soft sky, mountains and a still lake,
 IMAGE_SIZE_PIXELS = LANDSCAPE_SIZE_PIXELS
 NARRATION_SECONDS = 180.0
 QUICK_NARRATION_SECONDS = 6.0
+# How long the pieces are that the live sound is made of, as sentences are.
+_SENTENCE_SECONDS = 4
 _SSIM = re.compile(r"SSIM Y:([0-9.]+).*All:([0-9.]+)")
 EXAMPLE_CONVERSATION = Path(__file__).resolve().parent.parent / "examples" / "conversation.json"
 
@@ -74,41 +75,31 @@ async def prepare_inputs(ffmpeg_path: str, work_dir: Path, narration_seconds: fl
     repeats = -(-samples * 2 // max(2, len(narration.pcm_s16le)))
     narration = Narration((narration.pcm_s16le * repeats)[: samples * 2], narration.sample_rate_hertz)
     wav_path, aac_path = await asyncio.to_thread(_write_narration, ffmpeg_path, work_dir, narration)
-    enhanced_audio_path = await asyncio.to_thread(
-        _write_enhanced_audio, ffmpeg_path, wav_path, narration.duration_seconds
-    )
+    enhanced_audio_path = await asyncio.to_thread(_write_enhanced_audio, work_dir, narration)
     width, height = IMAGE_SIZE_PIXELS
     return EncodeInputs(
         image_path, wav_path, aac_path, enhanced_audio_path, narration.duration_seconds, width, height
     )
 
 
-def _write_enhanced_audio(ffmpeg_path: str, wav_path: Path, duration_seconds: float) -> Path:
-    """The sound a live narration leaves (video.live_sound_profile), which both videos copy: the voice in the
-    room (FFmpeg's, which room.in_room matches) over the bed, its gain rising over the fade at the start and
-    falling over it at the end, through the live encoder's graph (video.live_audio_graph)."""
-    rate = wav_sample_rate(wav_path)
-    profile = live_sound_profile(rate)
-    fade = profile.ambient_bed_fade_seconds
-    rising = f"(1-cos(PI*min(t/{fade},1)))/2"
-    falling = f"(1-cos(PI*min(max({duration_seconds:.3f}-t,0)/{fade},1)))/2"
-    gain = f"aevalsrc=exprs='min({rising},{falling})':s={rate}:d={duration_seconds:.3f}[gain]"
-    voice = f"[0:a]{room.ffmpeg_filter()}[voice]"
-    graph = f"{gain};{voice};" + live_audio_graph(profile, voice="voice", envelope="gain", output="sound")
-    enhanced_audio_path = wav_path.with_name("enhanced.aac")
-    subprocess.run(
-        [
-            ffmpeg_path,
-            *("-nostdin", "-hide_banner", "-loglevel", "error", "-y", "-i", str(wav_path)),
-            *("-filter_complex", graph, "-map", "[sound]"),
-            *("-c:a", "aac", "-b:a", str(profile.audio_bitrate_bits_per_second)),
-            *("-ac", str(profile.audio_channels)),
-            *("-aac_coder", profile.aac_coder, "-aac_ms", "0", "-f", "adts", str(enhanced_audio_path)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return enhanced_audio_path
+def _write_enhanced_audio(work_dir: Path, narration: Narration) -> Path:
+    """The sound a live narration leaves (video.live_sound_profile), which both videos copy, made by the live
+    encoder itself: the narration in sentence-long pieces, each in the room and mastered as live.py does,
+    over the bed, rising at the start and falling away over the last piece."""
+    folder = work_dir / "live"
+    folder.mkdir(parents=True, exist_ok=True)
+    rate = narration.sample_rate_hertz
+    piece_bytes = 2 * _SENTENCE_SECONDS * rate
+    pcm = narration.pcm_s16le
+    encoder = LiveEncoder(folder, rate)
+    try:
+        for start in range(0, len(pcm), piece_bytes):
+            sentence = Narration(pcm[start : start + piece_bytes], rate)
+            encoder.write(master_sentence(sentence), is_last=start + piece_bytes >= len(pcm))
+        encoder.close()
+    finally:
+        encoder.abandon()
+    return encoder.aac_path
 
 
 def wav_sample_rate(path: Path) -> int:

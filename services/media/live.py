@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
-import functools
 import logging
 import os
 import secrets
@@ -19,38 +17,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
-import numpy.typing as npt
 
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
+from services.media.live_encoder import PIECE_SECONDS, LiveEncoder
 from services.media.loudness import master_speech
-from services.media.placeholder import paint_placeholder
 from services.media.room import in_room
-from services.media.scratch import disk_full_reported, encoding_failure
+from services.media.scratch import disk_full_reported
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, urgent
-from services.media.video import ENHANCED_PROFILE, live_audio_graph, live_sound_profile
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
 
 logger = logging.getLogger(__name__)
 
-# FFmpeg cuts the preview into one-second pieces (a picture a second, each a keyframe); the publisher joins
-# them into the segments it uploads. The first is one second, so the preview plays as soon as the first
-# sentence is written; each next one is twice as long, up to LONGEST_SEGMENT_SECONDS, so a three-minute
+# The encoder cuts the preview into one-second pieces (a picture a second, each a keyframe); the publisher
+# joins them into the segments it uploads. The first is one second, so the preview plays as soon as the
+# first sentence is written; each next one is twice as long, up to LONGEST_SEGMENT_SECONDS, so a three-minute
 # narration is a dozen uploads rather than ninety. Speech arrives far faster than it plays, so the longer
 # segments are ready long before a player reaches them.
-PIECE_SECONDS = 1
-FIRST_SEGMENT_SECONDS = 1
-# Past the first segments (1 + 2 + 4 seconds), pieces are cut this far apart. One second, as at the start:
-# tried at 8 (a keyframe is the one picture of the preview that costs anything to encode), the last piece
-# then ran seconds past the sound, which only a one-second piece can be trimmed of. A cheaper picture
-# needs the sound's end to cut the video, not the publisher.
-KEYFRAME_SECONDS = 1
+FIRST_SEGMENT_SECONDS = PIECE_SECONDS
 LONGEST_SEGMENT_SECONDS = 32
 # A player that started with the first segment would run out of published sound this soon: then whatever is
 # cut is published at once, however short (a slow voice must not leave it waiting for a long segment).
@@ -62,11 +51,7 @@ RUNNING_DRY_SECONDS = 4.0
 PUBLISHED_AHEAD_SECONDS = 15.0
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
-# The placeholder is a soft gradient with no edge anywhere: at 360p it looks as it does at 720p once a player
-# scales it up, and each second's keyframe costs a quarter of the encoder's time and of the preview's bytes.
-PREVIEW_SIZE_PIXELS = (640, 360)
 _POLL_SECONDS = 0.2
-_ENCODER_EXIT_TIMEOUT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -128,17 +113,14 @@ MOST_GROUP_CHARACTERS = 1200
 @dataclass
 class _Published:
     """The preview as published so far: the segments in storage (how the playlist names each, and its
-    length), the pieces FFmpeg has cut that are not in one yet, and the initialisation segment they share."""
+    length), the pieces the encoder has cut that are not in one yet, and the initialisation segment they
+    share."""
 
     segments: list[tuple[str, float]] = field(default_factory=list)
-    # FFmpeg's pieces not yet published, by file name, with their lengths.
+    # The encoder's pieces not yet published, by file name, with their lengths.
     pending: list[tuple[str, float]] = field(default_factory=list)
-    # How many of FFmpeg's pieces have been taken (published or pending), and how long they are together.
+    # How many of the encoder's pieces have been taken (published or pending).
     pieces_taken: int = 0
-    pieces_seconds: float = 0.0
-    # How much sound the encoder has been given. Its picture is endless and always at hand, and FFmpeg lets
-    # it run up to ten seconds ahead of a sound that waits for speech: pieces past this hold no sound yet.
-    sound_seconds: float = 0.0
     init_uri: str = ""
     playlist_key: str = ""
     playlist_uri: str = ""
@@ -163,8 +145,8 @@ class _Published:
 
 
 class LiveNarration:
-    """One job's live narration: speak sentences with bounded concurrency, feed their audio in order to one
-    FFmpeg process (AAC for the videos, HLS for the live preview), and publish the playlist as it grows."""
+    """One job's live narration: speak sentences with bounded concurrency, encode their sound in order
+    (live_encoder: AAC for the videos, HLS for the live preview), and publish the playlist as it grows."""
 
     def __init__(
         self,
@@ -172,21 +154,20 @@ class LiveNarration:
         meditation_id: str,
         speak: SpeakSentences,
         storage: AssetStorage,
-        ffmpeg_path: str,
         work_root: Path,
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
-        mastering: PriorityLimiter | None = None,
+        cpu_lane: PriorityLimiter | None = None,
     ) -> None:
         self._meditation_id = meditation_id
         self._speak = speak
         self._groups_sentences = groups_sentences
         self._storage = storage
-        self._ffmpeg_path = ffmpeg_path
         self._work_root = work_root
         self._max_requests_in_flight = max_requests_in_flight
-        # Mastering is CPU work: a few at a time (the process's workers), in the order of urgency and arrival.
-        self._mastering = mastering or PriorityLimiter(os.cpu_count() or 1)
+        # Mastering and encoding are CPU work: a few at a time (the process's workers), in the order of
+        # urgency and arrival.
+        self._cpu_lane = cpu_lane or PriorityLimiter(os.cpu_count() or 1)
         # This job's place: its speech and mastering go ahead of the jobs that arrived after it.
         self._place = arrival()
         self._splitter = SentenceSplitter()
@@ -202,7 +183,6 @@ class LiveNarration:
         self._new_sentence = asyncio.Event()
         self._is_script_complete = False
         self._writer: asyncio.Task[None] | None = None
-        self._preview: asyncio.Task[Path] | None = None
         self._work_dir: Path | None = None
 
     async def __aenter__(self) -> LiveNarration:
@@ -210,30 +190,25 @@ class LiveNarration:
             self._work_dir = Path(
                 await asyncio.to_thread(tempfile.mkdtemp, prefix="live-", dir=self._work_root)
             )
-        # The preview's picture is painted while the first sentence is still being spoken, not after it.
-        self._preview = asyncio.create_task(self._preview_image(self._work_dir))
-        self._writer = asyncio.create_task(self._write_in_order())
+        with in_arrival_order(self._place):
+            self._writer = asyncio.create_task(self._write_in_order())
         return self
 
     async def __aexit__(self, *_: object) -> None:
         self._is_closing = True
-        tasks = [*self._requests, *(task for task in (self._preview, self._writer) if task is not None)]
+        tasks = [*self._requests, *(task for task in (self._writer,) if task is not None)]
         for task in tasks:
             task.cancel()
         for future in self._spoken:
             future.cancel()
         # A second cancellation (the end of a grace period lands while we wait) must not skip the clean-up,
-        # nor end this task before it is done; the files go only once the writer has killed FFmpeg, or it
-        # would write new ones.
+        # nor end this task before it is done; the files go only once the writer has abandoned the encoder,
+        # or it would write new ones.
         await finish_despite_cancellation(self._clean_up(tasks))
 
     async def _clean_up(self, tasks: list[asyncio.Task[Any]]) -> None:
         if tasks:
             await asyncio.wait(tasks)
-        if self._preview is not None and not self._preview.cancelled():
-            # Read, so a picture that failed after the narration had already ended is not logged as an
-            # exception nobody retrieved; the writer reports it when it awaits the picture.
-            self._preview.exception()
         if self._work_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 
@@ -326,8 +301,8 @@ class LiveNarration:
             # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
             # encode serves the live preview and the QUICK video already at the target loudness.
             for index, segment in zip(group, spoken, strict=True):
-                async with self._mastering:
-                    mastered = await asyncio.to_thread(_mastered, segment.narration)
+                async with self._cpu_lane:
+                    mastered = await asyncio.to_thread(master_sentence, segment.narration)
                 if not self._spoken[index].done():
                     self._spoken[index].set_result(dataclasses.replace(segment, narration=mastered))
         except asyncio.CancelledError:
@@ -355,7 +330,7 @@ class LiveNarration:
         assert self._work_dir is not None
         work_dir = self._work_dir
         index = 0
-        encoder: _LiveEncoder | None = None
+        encoder: LiveEncoder | None = None
         published = _Published()
         publisher: asyncio.Task[None] | None = None
         encoding_done = asyncio.Event()
@@ -380,20 +355,18 @@ class LiveNarration:
                 segment = await self._spoken[index]
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
-                    encoder = await _LiveEncoder.start(
-                        self._ffmpeg_path, work_dir, sample_rate, await self._preview_ready()
-                    )
+                    encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done)
                     )
                 # The last sentence is known as such once the script is complete (it nearly always is by the
                 # time its speech is back): the bed falls away over it.
                 is_last = self._is_script_complete and index == len(self._spoken) - 1
-                # Off the event loop: with fifty narrations, arrays the length of every sentence made on it
-                # held up everything else it serves, new RPCs included.
-                samples, count = await asyncio.to_thread(
-                    _encoder_input, segment.narration, sample_rate, written_samples, is_last
-                )
+                # In the CPU lane, the first sentence ahead of other jobs' later ones (it is the first piece
+                # a listener waits for), and off the event loop, which serves every other job's RPCs.
+                with urgent(index == 0):
+                    async with self._cpu_lane:
+                        count = await asyncio.to_thread(encoder.write, segment.narration, is_last=is_last)
                 start = written_samples / sample_rate
                 written_samples += count
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
@@ -404,11 +377,10 @@ class LiveNarration:
                     misread_sentence_count += segment.narration.misread_sentence_count
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
-                await encoder.write(samples)
-                published.sound_seconds = written_samples / sample_rate
                 index += 1
             assert encoder is not None and publisher is not None
-            await encoder.close()
+            async with self._cpu_lane:
+                await asyncio.to_thread(encoder.close)
             # Stopped between publications, never in one: a publication cut short would lose the segments
             # it had taken, or the playlist's first version (and with it the playlist_ready event).
             encoding_done.set()
@@ -431,7 +403,9 @@ class LiveNarration:
             if publisher is not None:
                 publisher.cancel()
             if encoder is not None:
-                await encoder.kill()
+                # Waits for a write still running in its worker thread (this task was cancelled while it
+                # ran), so the scratch folder is removed only after the encoder's last file.
+                await asyncio.to_thread(encoder.abandon)
         provider = max(set(providers), key=providers.count) if providers else "espeak-ng"
         return LiveNarrationResult(
             aac_key=stored_aac.key,
@@ -446,18 +420,6 @@ class LiveNarration:
             misread_sentence_count=misread_sentence_count,
         )
 
-    async def _preview_ready(self) -> Path:
-        assert self._preview is not None
-        return await self._preview
-
-    async def _preview_image(self, work_dir: Path) -> Path:
-        """The preview's picture at 720p: the placeholder, as no image is ready this early in a job. It is
-        the same picture for every job, so it is painted once per process; each job writes its own copy
-        into its scratch folder, which goes with the job."""
-        target = work_dir / "preview.yuv"
-        await asyncio.to_thread(target.write_bytes, _preview_frame())
-        return target
-
     async def _publish_while_encoding(
         self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
     ) -> None:
@@ -468,18 +430,13 @@ class LiveNarration:
                     await encoding_done.wait()
 
     async def _publish(self, work_dir: Path, published: _Published, *, is_final: bool) -> None:
-        """Publishes what FFmpeg has cut: whole segments of the lengths they are due (all of it at the end,
-        or when a player would otherwise run dry), uploaded side by side, then the playlist listing them."""
+        """Publishes what the encoder has cut: whole segments of the lengths they are due (all of it at the
+        end, or when a player would otherwise run dry), uploaded side by side, then the playlist listing
+        them."""
         listed = await asyncio.to_thread(_read_playlist, work_dir / "live.m3u8")
-        for name, duration in listed[published.pieces_taken :]:
-            is_past_the_sound = published.pieces_seconds >= published.sound_seconds - 0.05
-            if is_past_the_sound and not is_final:
-                break  # the picture ran ahead of the sound: taken once the sound reaches it
-            published.pieces_taken += 1
-            if is_past_the_sound:
-                continue  # FFmpeg's picture runs a little past the sound's end: nothing there to hear
-            published.pending.append((name, duration))
-            published.pieces_seconds += duration
+        # The encoder cuts a piece only once the sound has gone past its end: every piece listed is whole.
+        published.pending += listed[published.pieces_taken :]
+        published.pieces_taken = len(listed)
         now = time.monotonic()
         if not (is_final or published.wants_more(now)):
             return
@@ -538,108 +495,8 @@ class LiveNarration:
         ]
 
 
-class _LiveEncoder:
-    """One FFmpeg process fed PCM in order: it writes the narration's AAC and the preview's HLS segments.
-
-    Its input is two channels at the voice's rate: the mastered voice, and the gain of the bed under it (0 to
-    1 as 16-bit samples), which Python shapes because only it learns where the narration ends. Its sound is
-    the voice through the room and over the bed (video.live_sound_profile), encoded once for the preview
-    and both videos."""
-
-    def __init__(self, process: asyncio.subprocess.Process, aac_path: Path) -> None:
-        self._process = process
-        self.aac_path = aac_path
-
-    @classmethod
-    async def start(cls, ffmpeg_path: str, work_dir: Path, sample_rate: int, image: Path) -> _LiveEncoder:
-        aac_path = work_dir / "narration.aac"
-        sound = live_sound_profile(sample_rate)
-        hls = ":".join(
-            [
-                "f=hls",
-                f"hls_time={PIECE_SECONDS}",
-                "hls_playlist_type=event",
-                "hls_flags=independent_segments+temp_file",
-                # fMP4 segments: browsers' own HLS players load a live fMP4 playlist of still pictures, while
-                # MPEG-TS with one picture per segment stalls (tried in Chromium).
-                "hls_segment_type=fmp4",
-                "hls_fmp4_init_filename=init.mp4",
-                f"hls_segment_filename={work_dir / 'segment-%05d.m4s'}",
-            ]
-        )
-        graph = ";".join(
-            [
-                "[0:a]channelsplit=channel_layout=stereo[voice][bedgain]",
-                live_audio_graph(sound, voice="voice", envelope="bedgain", output="sound"),
-            ]
-        )
-        arguments = [
-            *("-nostdin", "-hide_banner", "-loglevel", "error", "-y"),
-            *("-f", "s16le", "-ar", str(sample_rate), "-ac", "2", "-i", "pipe:0"),
-            # A picture a second, read raw (already YUV 4:2:0: nothing to decode or convert). Only where
-            # a piece may be cut is it a keyframe (KEYFRAME_SECONDS); every other picture repeats the one
-            # before it, which x264 encodes for next to nothing.
-            *("-protocol_whitelist", "file,pipe", "-stream_loop", "-1", "-f", "rawvideo"),
-            *("-pix_fmt", "yuv420p", "-video_size", "x".join(map(str, PREVIEW_SIZE_PIXELS))),
-            *("-framerate", f"1/{PIECE_SECONDS}", "-i", str(image)),
-            *("-filter_complex", graph, "-map", "1:v", "-map", "[sound]"),
-            # zerolatency: x264's lookahead would otherwise hold the first segment back for ten pictures.
-            *("-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-crf", "23"),
-            *("-pix_fmt", "yuv420p", "-g", "100000", "-force_key_frames", _keyframe_times()),
-            # The sound is encoded once, as it arrives, and the same AAC goes to both outputs: the HLS
-            # preview and the plain AAC file both videos copy.
-            *("-c:a", "aac", "-b:a", str(sound.audio_bitrate_bits_per_second)),
-            *("-ac", str(sound.audio_channels), "-aac_coder", sound.aac_coder, "-aac_ms", "0", "-shortest"),
-            *("-f", "tee", f"[{hls}]{work_dir / 'live.m3u8'}|[f=adts:select=a]{aac_path}"),
-        ]
-        process = await asyncio.create_subprocess_exec(
-            ffmpeg_path,
-            *arguments,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _widen_pipe(process)
-        return cls(process, aac_path)
-
-    async def write(self, samples: bytes) -> None:
-        assert self._process.stdin is not None
-        try:
-            self._process.stdin.write(samples)
-            await self._process.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            raise encoding_failure("the live encoder stopped", await self._stderr()) from None
-
-    async def close(self) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.close()
-        started = time.monotonic()
-        try:
-            async with asyncio.timeout(_ENCODER_EXIT_TIMEOUT_SECONDS):
-                await self._process.wait()
-        except TimeoutError:
-            raise EncodingError("the live encoder did not finish", detail="") from None
-        if self._process.returncode != 0:
-            raise encoding_failure(
-                f"the live encoder failed (exit status {self._process.returncode})", await self._stderr()
-            )
-        logger.debug("live encoder drained in %.2f s", time.monotonic() - started)
-
-    async def kill(self) -> None:
-        if self._process.returncode is None:
-            self._process.kill()
-            await self._process.wait()
-
-    async def _stderr(self) -> str:
-        if self._process.stderr is None:
-            return ""
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(1):
-                return (await self._process.stderr.read()).decode(errors="replace")[-4000:]
-        return ""
-
-
-def _mastered(narration: Narration) -> Narration:
+def master_sentence(narration: Narration) -> Narration:
+    """One spoken sentence in the room and at the meditation's loudness, as the live encoder takes it."""
     samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
     # In the room first, so the limiter holds the peaks the room raises: the encoder adds only the bed.
     mastered = master_speech(samples, narration.sample_rate_hertz, voice_filter=in_room)
@@ -647,90 +504,9 @@ def _mastered(narration: Narration) -> Narration:
     return dataclasses.replace(narration, pcm_s16le=mastered.astype("<i2").tobytes())
 
 
-def _at_rate(narration: Narration, sample_rate: int) -> bytes:
-    """The narration's samples at `sample_rate`: a fallback voice may speak at another rate mid-script."""
-    if narration.sample_rate_hertz == sample_rate:
-        return narration.pcm_s16le
-    samples = np.frombuffer(narration.pcm_s16le, dtype=np.int16).astype(np.float32)
-    count = round(len(samples) * sample_rate / narration.sample_rate_hertz)
-    positions = np.linspace(0, len(samples) - 1, count, dtype=np.float32) if len(samples) else samples
-    resampled = np.interp(positions, np.arange(len(samples), dtype=np.float32), samples) if count else samples
-    return np.asarray(np.clip(resampled, -32768, 32767), dtype=np.int16).tobytes()
-
-
-_ENCODER_PIPE_BYTES = 1 << 20
-
-
-def _widen_pipe(process: asyncio.subprocess.Process) -> None:
-    """A sentence's samples (hundreds of kilobytes) go into the encoder's pipe in a few writes rather than
-    one per 64 KiB, each a turn of the event loop; where the pipe cannot be widened, it works as it is."""
-    transport = process.stdin.transport if process.stdin is not None else None
-    pipe = transport.get_extra_info("pipe") if transport is not None else None
-    # F_SETPIPE_SZ is Linux's alone.
-    if pipe is not None and hasattr(fcntl, "F_SETPIPE_SZ"):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _ENCODER_PIPE_BYTES)
-
-
-def _encoder_input(
-    narration: Narration, sample_rate: int, first_sample: int, is_last: bool
-) -> tuple[bytes, int]:
-    """The encoder's input for one sentence (the voice at the encoder's rate, and the bed's gain beside
-    it), and how many samples it holds."""
-    voice = _at_rate(narration, sample_rate)
-    count = len(voice) // 2
-    return _interleaved(voice, _bed_envelope(first_sample, count, sample_rate, is_last=is_last)), count
-
-
-def _bed_envelope(
-    first_sample: int, count: int, sample_rate: int, *, is_last: bool
-) -> npt.NDArray[np.float64]:
-    """The ENHANCED bed's gain for `count` samples from `first_sample`: rising from silence over the
-    profile's fade at the start and, in the last sentence, falling back to it by its end (over the fade, or
-    the whole sentence when it is shorter), along half a cosine, as FFmpeg's `hsin` fades do."""
-    fade = max(1, round(ENHANCED_PROFILE.ambient_bed_fade_seconds * sample_rate))
-    if first_sample >= fade and not is_last:
-        return np.ones(count)  # most sentences: the bed has risen and is not falling yet
-    positions = np.arange(first_sample, first_sample + count, dtype=np.float64)
-    rising = np.clip(positions / fade, 0.0, 1.0)
-    gain = (1 - np.cos(np.pi * rising)) / 2
-    if is_last and count:
-        falling = min(fade, count)
-        remaining = np.clip((first_sample + count - positions) / falling, 0.0, 1.0)
-        gain = np.minimum(gain, (1 - np.cos(np.pi * remaining)) / 2)
-    return np.asarray(gain, dtype=np.float64)
-
-
-def _interleaved(voice: bytes, bed_gain: npt.NDArray[np.float64]) -> bytes:
-    """The encoder's two input channels, sample by sample: the voice, and the bed's gain as 16-bit."""
-    both = np.empty(2 * bed_gain.size, dtype="<i2")
-    both[0::2] = np.frombuffer(voice, dtype="<i2")
-    both[1::2] = np.round(bed_gain * 32767)
-    return both.tobytes()
-
-
-@functools.cache
-def _preview_frame() -> bytes:
-    """The placeholder as one raw YUV 4:2:0 frame, painted once per process."""
-    width, height = PREVIEW_SIZE_PIXELS
-    rgb = np.asarray(paint_placeholder(width, height).convert("RGB"))
-    return bytes(
-        av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p").to_ndarray().tobytes()
-    )
-
-
-@functools.cache
-def _keyframe_times() -> str:
-    """Where the live video has keyframes, as FFmpeg's list of seconds: every second up to KEYFRAME_SECONDS
-    apart from then on; two hours of them."""
-    early = range(0, FIRST_SEGMENT_SECONDS * 7 + 1, PIECE_SECONDS)
-    late = range(early[-1] + KEYFRAME_SECONDS, 2 * 3600, KEYFRAME_SECONDS)
-    return ",".join(str(second) for second in (*early, *late))
-
-
 def _group_pieces(published: _Published, *, publish_all: bool) -> list[list[tuple[str, float]]]:
-    """Takes FFmpeg's pending pieces off `published` in the groups to publish as segments: each as long as
-    it is due; with `publish_all` the rest too, however short, in segments no longer than the longest."""
+    """Takes the encoder's pending pieces off `published` in the groups to publish as segments: each as long
+    as it is due; with `publish_all` the rest too, however short, in segments no longer than the longest."""
     groups: list[list[tuple[str, float]]] = []
     while published.pending:
         due = _segment_seconds(len(published.segments) + len(groups))
@@ -753,14 +529,14 @@ def _segment_seconds(index: int) -> float:
     return float(min(FIRST_SEGMENT_SECONDS * 2**index, LONGEST_SEGMENT_SECONDS))
 
 
-# Boxes that describe one FFmpeg piece alone: kept for the first piece of a segment (the segment type), or
+# Boxes that describe one piece alone: kept for the first piece of a segment (the segment type), or
 # dropped (an index of the piece), when pieces are joined into one segment of several fragments.
 _PIECE_ONLY_BOXES = (b"styp", b"sidx")
 
 
 def _joined_pieces(paths: Sequence[Path]) -> bytes:
-    """One fMP4 media segment made of FFmpeg's pieces: a segment may hold several fragments (moof + mdat),
-    so the pieces' fragments follow each other; only the first piece's segment type box is kept."""
+    """One fMP4 media segment made of the encoder's pieces: a segment may hold several fragments (moof +
+    mdat), so the pieces' fragments follow each other; only the first piece's segment type box is kept."""
     joined = bytearray()
     for index, path in enumerate(paths):
         data = path.read_bytes()
@@ -777,7 +553,8 @@ def _joined_pieces(paths: Sequence[Path]) -> bytes:
 
 
 def _read_playlist(path: Path) -> list[tuple[str, float]]:
-    """The segments FFmpeg's playlist lists, in order; it writes the playlist atomically (temp_file)."""
+    """The segments the encoder's playlist lists, in order; FFmpeg's HLS muxer writes it atomically
+    (temp_file)."""
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:

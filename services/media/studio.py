@@ -124,8 +124,8 @@ class MediaStudio:
         # ENHANCED renders take turns (each holds a decoded full-size picture and a whole narration's audio
         # chain); QUICK ones, a copied track and one frame, never wait.
         self._deferrable_renders = asyncio.Semaphore(deferrable_renders_at_once)
-        # Every live narration's mastering shares the cores, in the order of urgency and arrival.
-        self._mastering = PriorityLimiter(os.cpu_count() or 1)
+        # Every live narration's mastering and encoding share the cores, in the order of urgency and arrival.
+        self._cpu_lane = PriorityLimiter(os.cpu_count() or 1)
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one
@@ -198,10 +198,9 @@ class MediaStudio:
             speak=self.speak_sentences,
             groups_sentences=self.speaks_sentences_together,
             storage=self._storage,
-            ffmpeg_path=self._ffmpeg_path,
             work_root=self._work_root,
             max_requests_in_flight=self._sentences_in_flight_per_job,
-            mastering=self._mastering,
+            cpu_lane=self._cpu_lane,
         )
 
     async def render(

@@ -368,7 +368,7 @@ def _ambient_bed(profile: RenderProfile, duration_seconds: float) -> str:
         if fade > 0
         else ""
     )
-    channels = [f"{_bed_noise(profile, seed)}{fades}" for seed in _BED_SEEDS[: profile.audio_channels]]
+    channels = [f"{bed_noise_filter(profile, seed)}{fades}" for seed in BED_SEEDS[: profile.audio_channels]]
     if len(channels) == 1:
         return channels[0]
     return f"{channels[0]}[bedleft];{channels[1]}[bedright];[bedleft][bedright]amerge=inputs=2"
@@ -400,37 +400,11 @@ def live_sound_profile(sample_rate_hertz: int) -> RenderProfile:
     )
 
 
-def live_audio_graph(profile: RenderProfile, *, voice: str, envelope: str, output: str) -> str:
-    """The profile's sound as an FFmpeg filter graph fed while the narration is spoken (live.py): the voice
-    (`voice`, mastered, mono) through the profile's chain, and its bed shaped by `envelope` (a mono stream
-    of gains from 0 to 1 at the voice's rate) rather than by fades at set times, since where the narration
-    ends is not known while it is spoken. The result is `output`, as long as the voice."""
-    rate = profile.audio_sample_rate_hertz
-    layout = "stereo" if profile.audio_channels == 2 else "mono"
-    output_format = f"aformat=sample_fmts=fltp:sample_rates={rate}:channel_layouts={layout}"
-    voice_chain = ",".join(part for part in (profile.narration_filter, output_format) if part)
-    if profile.ambient_bed_decibels is None:
-        return f"[{voice}]{voice_chain}[{output}];[{envelope}]anullsink"
-    seeds = _BED_SEEDS[: profile.audio_channels]
-    gains = "".join(f"[bedgain{index}]" for index in range(len(seeds)))
-    parts = [
-        f"[{voice}]{voice_chain}[enhancedvoice]",
-        f"[{envelope}]aresample={rate},asplit={len(seeds)}{gains}",
-    ]
-    for index, seed in enumerate(seeds):
-        parts.append(f"{_bed_noise(profile, seed)}[bednoise{index}]")
-        parts.append(f"[bednoise{index}][bedgain{index}]amultiply[bed{index}]")
-    beds = "".join(f"[bed{index}]" for index in range(len(seeds)))
-    parts.append(f"{beds}amerge=inputs={len(seeds)}[bed]" if len(seeds) > 1 else "[bed0]anull[bed]")
-    parts.append(f"[enhancedvoice][bed]amix=inputs=2:duration=first:normalize=0[{output}]")
-    return ";".join(parts)
-
-
 # Independent noise per channel gives a wide, soft bed.
-_BED_SEEDS = (7, 11)
+BED_SEEDS = (7, 11)
 
 
-def _bed_noise(profile: RenderProfile, seed: int) -> str:
+def bed_noise_filter(profile: RenderProfile, seed: int) -> str:
     """One channel of the bed: brown noise, low-passed to a distant hush, at the profile's level."""
     return (
         f"anoisesrc=color=brown:sample_rate={profile.audio_sample_rate_hertz}:amplitude=0.5:seed={seed},"

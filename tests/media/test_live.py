@@ -12,7 +12,6 @@ from pathlib import Path
 
 import av
 import grpc
-import imageio_ffmpeg
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,11 +24,11 @@ from services.media.live import (
     LiveNarrationResult,
     SpeakSentences,
     SpokenSegment,
-    _bed_envelope,
     _group_pieces,
     _joined_pieces,
     _Published,
 )
+from services.media.live_encoder import bed_envelope
 from services.media.speech import EspeakNarrator, Narration
 from services.media.urgency import PriorityLimiter
 from services.media.video import probe_media
@@ -233,7 +232,6 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
             meditation_id="0123456789abcdef",
             speak=speak,
             storage=storage,
-            ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
             work_root=tmp_path,
             max_requests_in_flight=3,
             groups_sentences=True,
@@ -277,7 +275,6 @@ async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_f
             meditation_id=f"{job}0123456789abcdef",
             speak=speaker(job),
             storage=storage,
-            ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
             work_root=tmp_path,
             max_requests_in_flight=3,
         )
@@ -314,7 +311,7 @@ def test_the_bed_rises_over_the_fade_holds_and_falls_away_over_the_last_sentence
     # One narration cut into sentences at arbitrary points: the envelope must not jump between them.
     cuts = [0, 1500, 4100, 9000, 12_000]
     pieces = [
-        _bed_envelope(start, end - start, rate, is_last=end == cuts[-1])
+        bed_envelope(start, end - start, rate, is_last=end == cuts[-1])
         for start, end in itertools.pairwise(cuts)
     ]
     whole = np.concatenate(pieces)
