@@ -27,7 +27,7 @@ from services.media.room import in_room
 from services.media.scratch import disk_full_reported
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
-from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, urgent
+from services.media.urgency import CpuLane, arrival, in_arrival_order, urgent
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
@@ -157,7 +157,7 @@ class LiveNarration:
         work_root: Path,
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
-        cpu_lane: PriorityLimiter | None = None,
+        cpu_lane: CpuLane | None = None,
     ) -> None:
         self._meditation_id = meditation_id
         self._speak = speak
@@ -165,9 +165,9 @@ class LiveNarration:
         self._storage = storage
         self._work_root = work_root
         self._max_requests_in_flight = max_requests_in_flight
-        # Mastering and encoding are CPU work: a few at a time (the process's workers), in the order of
-        # urgency and arrival.
-        self._cpu_lane = cpu_lane or PriorityLimiter(os.cpu_count() or 1)
+        # Mastering and encoding are CPU work: a few at a time, urgent first, the rest in the order of arrival
+        # and in the background (urgency.CpuLane).
+        self._cpu_lane = cpu_lane or CpuLane(os.cpu_count() or 1)
         # This job's place: its speech and mastering go ahead of the jobs that arrived after it.
         self._place = arrival()
         self._splitter = SentenceSplitter()
@@ -301,8 +301,7 @@ class LiveNarration:
             # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
             # encode serves the live preview and the QUICK video already at the target loudness.
             for index, segment in zip(group, spoken, strict=True):
-                async with self._cpu_lane:
-                    mastered = await asyncio.to_thread(master_sentence, segment.narration)
+                mastered = await self._cpu_lane.run(master_sentence, segment.narration)
                 if not self._spoken[index].done():
                     self._spoken[index].set_result(dataclasses.replace(segment, narration=mastered))
         except asyncio.CancelledError:
@@ -365,8 +364,7 @@ class LiveNarration:
                 # In the CPU lane, the first sentence ahead of other jobs' later ones (it is the first piece
                 # a listener waits for), and off the event loop, which serves every other job's RPCs.
                 with urgent(index == 0):
-                    async with self._cpu_lane:
-                        count = await asyncio.to_thread(encoder.write, segment.narration, is_last=is_last)
+                    count = await self._cpu_lane.run(encoder.write, segment.narration, is_last=is_last)
                 start = written_samples / sample_rate
                 written_samples += count
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
@@ -379,8 +377,7 @@ class LiveNarration:
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 index += 1
             assert encoder is not None and publisher is not None
-            async with self._cpu_lane:
-                await asyncio.to_thread(encoder.close)
+            await self._cpu_lane.run(encoder.close)
             # Stopped between publications, never in one: a publication cut short would lose the segments
             # it had taken, or the playlist's first version (and with it the playlist_ready event).
             encoding_done.set()

@@ -262,7 +262,11 @@ def _preview_keyframes() -> bytes:
     buffer = io.BytesIO()
     with av.open(buffer, "w", format="mp4") as container:
         stream = container.add_stream(
-            "libx264", rate=1, options={"preset": "medium", "crf": "23", "x264-params": "keyint=1"}
+            # A constant quantiser, not a rate factor: both pictures then decode the same, and a player
+            # taking them in turn shows no shimmer.
+            "libx264",
+            rate=1,
+            options={"preset": "medium", "qp": "23", "x264-params": "keyint=1"},
         )
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for index in range(2):

@@ -25,7 +25,7 @@ from services.media.live import LiveNarration, SpokenSegment
 from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
-from services.media.urgency import PriorityLimiter
+from services.media.urgency import CpuLane
 from services.media.video import (
     RenderProfile,
     copying_sound,
@@ -125,7 +125,7 @@ class MediaStudio:
         # chain); QUICK ones, a copied track and one frame, never wait.
         self._deferrable_renders = asyncio.Semaphore(deferrable_renders_at_once)
         # Every live narration's mastering and encoding share the cores, in the order of urgency and arrival.
-        self._cpu_lane = PriorityLimiter(os.cpu_count() or 1)
+        self._cpu_lane = CpuLane(os.cpu_count() or 1)
 
     async def speak(self, script: str) -> SpokenSegment:
         """Speaks a script (or one sentence) with the configured narrator, falling back to the offline one

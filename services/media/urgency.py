@@ -6,8 +6,11 @@ sentences, can wait a moment. Code on that path marks itself `urgent()`. Past th
 the process fairly between jobs would finish all of them late together (fifty narrations on two cores all
 miss their deadline at once); served in order of arrival, the first jobs finish while the later ones wait,
 their listeners already hearing their first sentence. A job takes its place with `arrival()` once, and its
-work runs `in_arrival_order(place)`. A `PriorityLimiter` (the speech request slots of a process, its
-mastering workers) lets waiters in by urgency, then by their job's place, then by when they came.
+work runs `in_arrival_order(place)`. A `PriorityLimiter` (the speech request slots of a process) lets
+waiters in by urgency, then by their job's place, then by when they came. A `CpuLane` runs CPU work
+(mastering, encoding) in worker threads: urgent work at the process's priority, the rest in threads the
+operating system runs only when nothing else wants the cores, so it never delays the services' own
+threads (every other job's RPCs) nor another process's.
 """
 
 from __future__ import annotations
@@ -15,10 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import heapq
 import itertools
-from collections.abc import Iterator
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import ParamSpec, TypeVar
+
+_Parameters = ParamSpec("_Parameters")
+_Result = TypeVar("_Result")
 
 _IS_URGENT: contextvars.ContextVar[bool] = contextvars.ContextVar("stillpoint_media_urgent", default=False)
 _ARRIVAL: contextvars.ContextVar[int | None] = contextvars.ContextVar(
@@ -107,3 +119,53 @@ class PriorityLimiter:
                 waiter.set_result(None)  # the slot passes straight to it
                 return
         self._free += 1
+
+
+# How much less a background worker asks of the scheduler: at nice 10 a thread weighs about a tenth of one
+# at 0 (Linux's CFS), so it takes the cores only when the services' own threads and urgent work leave them.
+BACKGROUND_NICENESS = 10
+
+
+class CpuLane:
+    """CPU work of the process (mastering, encoding), off the event loop, `workers` at a time in each of two
+    pools: urgent work (`urgent()`) in threads at the process's own priority, the rest in threads at
+    BACKGROUND_NICENESS. Each pool lets its waiters in by their job's place in the order of arrival.
+
+    On Linux a thread's niceness is its own; elsewhere the background threads run at the process's priority
+    (the order of the work still holds)."""
+
+    def __init__(self, workers: int) -> None:
+        self._urgent = PriorityLimiter(workers)
+        self._background = PriorityLimiter(workers)
+        self._urgent_threads = ThreadPoolExecutor(workers, thread_name_prefix="cpu-urgent")
+        self._background_threads = ThreadPoolExecutor(
+            workers, thread_name_prefix="cpu-background", initializer=_yield_to_everything_else
+        )
+
+    async def run(
+        self,
+        function: Callable[_Parameters, _Result],
+        /,
+        *args: _Parameters.args,
+        **kwargs: _Parameters.kwargs,
+    ) -> _Result:
+        """`function(*args, **kwargs)` in a worker thread of the pool its urgency calls for."""
+        is_urgent_now = is_urgent()
+        slots = self._urgent if is_urgent_now else self._background
+        threads = self._urgent_threads if is_urgent_now else self._background_threads
+        async with slots:
+            return await asyncio.get_running_loop().run_in_executor(
+                threads, functools.partial(function, *args, **kwargs)
+            )
+
+    def shutdown(self) -> None:
+        """Lets the worker threads end once their work is done."""
+        self._urgent_threads.shutdown(wait=False)
+        self._background_threads.shutdown(wait=False)
+
+
+def _yield_to_everything_else() -> None:
+    if sys.platform == "linux":
+        # PRIO_PROCESS with a thread's id sets that thread's niceness alone (setpriority(2), Linux notes).
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + BACKGROUND_NICENESS)

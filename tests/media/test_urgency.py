@@ -1,14 +1,26 @@
-"""First things first: urgent waiters take the next free slot before anyone who was waiting already."""
+"""First things first: urgent waiters take the next free slot before anyone who was waiting already, and
+urgent CPU work runs ahead of the background."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
 
-from services.media.urgency import PriorityLimiter, arrival, in_arrival_order, is_urgent, urgent
+from services.media.urgency import (
+    BACKGROUND_NICENESS,
+    CpuLane,
+    PriorityLimiter,
+    arrival,
+    in_arrival_order,
+    is_urgent,
+    urgent,
+)
 
 
 async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
@@ -97,3 +109,38 @@ async def _held_limiter() -> tuple[
     holder = asyncio.create_task(hold())
     await asyncio.sleep(0)
     return limiter, order, release, holder, take
+
+
+def _own_niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread has a niceness of its own only on Linux")
+async def test_the_cpu_lane_runs_urgent_work_at_the_process_priority_and_the_rest_in_the_background() -> None:
+    lane = CpuLane(1)
+    try:
+        base = _own_niceness()
+        with urgent():
+            urgent_niceness, urgent_thread = await lane.run(lambda: (_own_niceness(), threading.get_ident()))
+        background_niceness, background_thread = await lane.run(
+            lambda: (_own_niceness(), threading.get_ident())
+        )
+    finally:
+        lane.shutdown()
+    assert urgent_niceness == base
+    assert background_niceness == min(19, base + BACKGROUND_NICENESS)
+    # Not the event loop's thread, and not each other's: the event loop's own niceness is untouched.
+    assert threading.get_ident() not in (urgent_thread, background_thread)
+    assert urgent_thread != background_thread
+    assert _own_niceness() == base
+
+
+async def test_the_cpu_lane_passes_arguments_and_raises_what_the_work_raised() -> None:
+    lane = CpuLane(2)
+    try:
+        assert await lane.run(divmod, 17, 5) == (3, 2)
+        assert await lane.run(sorted, [3, 1, 2], reverse=True) == [3, 2, 1]
+        with pytest.raises(ZeroDivisionError):
+            await lane.run(divmod, 1, 0)
+    finally:
+        lane.shutdown()

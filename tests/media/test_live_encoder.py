@@ -1,0 +1,91 @@
+"""The in-process live encoder: pieces never ahead of the sound, one AAC for the preview and the videos, the
+bed a seamless loop."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from services.media.errors import EncodingError
+from services.media.live import _read_playlist
+from services.media.live_encoder import BED_LOOP_SECONDS, LiveEncoder, _bed_loop, _preview_keyframes
+from services.media.speech import Narration
+
+RATE = 24_000
+
+
+def _sentence(seconds: float, frequency: float = 220.0) -> Narration:
+    times = np.arange(round(seconds * RATE)) / RATE
+    samples = 0.3 * np.sin(2 * np.pi * frequency * times) * 32767
+    return Narration(samples.astype("<i2").tobytes(), RATE)
+
+
+def test_every_piece_listed_has_all_of_its_sound_and_the_aac_holds_every_sample(tmp_path: Path) -> None:
+    encoder = LiveEncoder(tmp_path, RATE)
+    try:
+        for seconds in (1.3, 2.7, 0.4, 3.05):
+            encoder.write(_sentence(seconds), is_last=False)
+            listed = _read_playlist(encoder.playlist_path)
+            # A piece is cut only once the sound has passed its end.
+            assert listed, "the first pieces are cut as soon as the sound passes them"
+            assert sum(duration for _, duration in listed) <= encoder.seconds_written + 1e-6
+        encoder.write(_sentence(1.0), is_last=True)
+        encoder.close()
+    finally:
+        encoder.abandon()
+    written = encoder.seconds_written
+    assert written == pytest.approx(1.3 + 2.7 + 0.4 + 3.05 + 1.0)
+    assert encoder.playlist_path.read_text().rstrip().endswith("#EXT-X-ENDLIST")
+    listed = _read_playlist(encoder.playlist_path)
+    assert sum(duration for _, duration in listed) == pytest.approx(written, abs=1.0)
+    with av.open(str(encoder.playlist_path)) as preview:
+        assert preview.streams.video[0].codec_context.name == "h264"
+        pictures = [packet for packet in preview.demux(video=0) if packet.size]
+        assert len(pictures) == len(listed)
+        assert all(packet.is_keyframe for packet in pictures)
+    with av.open(str(encoder.aac_path)) as narration:
+        samples = sum(frame.samples for frame in narration.decode(audio=0))
+    # The encoder's priming and the last frame's padding add under two frames of 1024 samples.
+    assert 0 <= samples - written * RATE < 2 * 1024
+
+
+def test_a_closed_encoder_refuses_more_sound_and_abandoning_twice_is_harmless(tmp_path: Path) -> None:
+    encoder = LiveEncoder(tmp_path, RATE)
+    encoder.write(_sentence(0.5), is_last=True)
+    encoder.close()
+    with pytest.raises(EncodingError):
+        encoder.write(_sentence(0.5), is_last=True)
+    encoder.abandon()
+    encoder.abandon()
+
+
+def test_the_bed_loops_without_a_seam_at_the_level_ffmpeg_makes_it() -> None:
+    loop = _bed_loop(RATE)
+    assert loop.size == BED_LOOP_SECONDS * RATE
+    steps = np.abs(np.diff(loop))
+    # Going round, from the last sample to the first, is a step like any other in the noise.
+    assert abs(float(loop[0] - loop[-1])) <= np.percentile(steps, 99.9)
+    # Brown noise low-passed and 30 dB down: far under the voice, but there.
+    level = 20 * np.log10(np.sqrt(np.mean(loop.astype(np.float64) ** 2)))
+    assert -60 < level < -35
+
+
+def test_the_preview_is_two_different_keyframes_of_the_same_picture() -> None:
+    with av.open(io.BytesIO(_preview_keyframes()), "r") as pictures:
+        packets = [packet for packet in pictures.demux(video=0) if packet.size]
+        assert [packet.is_keyframe for packet in packets] == [True, True]
+        # Consecutive IDR pictures differ at least in their idr_pic_id.
+        assert bytes(packets[0]) != bytes(packets[1])
+        frames = [frame.to_ndarray() for packet in packets for frame in packet.decode()]
+    assert np.array_equal(frames[0], frames[1])
+
+
+def test_a_write_after_abandoning_is_an_encoding_error(tmp_path: Path) -> None:
+    encoder = LiveEncoder(tmp_path, RATE)
+    encoder.abandon()
+    with pytest.raises(EncodingError):
+        encoder.write(_sentence(0.5), is_last=False)
