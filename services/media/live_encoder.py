@@ -82,24 +82,27 @@ class LiveEncoder:
             },
         )
         self._aac_file: OutputContainer | None = None
+        # Any of FFmpeg's failures here (the header written to a scratch folder that is gone, or to a full
+        # disk) is reported as the writes' are, and what was opened is closed.
         try:
-            with _encoder_errors(), av.open(io.BytesIO(_preview_keyframes()), "r") as pictures:
-                template = pictures.streams.video[0]
-                self._video = self._preview.add_stream_from_template(template)
-                self._keyframes = [bytes(packet) for packet in pictures.demux(template) if packet.size]
-            self._audio: AudioStream = self._preview.add_stream(
-                "aac",
-                rate=sample_rate,
-                layout="mono",
-                bit_rate=sound.audio_bitrate_bits_per_second,
-                options={"aac_coder": sound.aac_coder, "aac_ms": "0"},
-            )
-            self._preview.start_encoding()
-            # The same AAC packets, as a plain ADTS file both videos copy; its stream takes the encoder's
-            # parameters (AudioSpecificConfig), which exist once the preview's header is written.
-            self._aac_file = av.open(str(self.aac_path), "w", format="adts")
-            self._aac_stream = self._aac_file.add_stream_from_template(self._audio, opaque=True)
-            self._aac_file.start_encoding()
+            with _encoder_errors():
+                with av.open(io.BytesIO(_preview_keyframes()), "r") as pictures:
+                    template = pictures.streams.video[0]
+                    self._video = self._preview.add_stream_from_template(template)
+                    self._keyframes = [bytes(packet) for packet in pictures.demux(template) if packet.size]
+                self._audio: AudioStream = self._preview.add_stream(
+                    "aac",
+                    rate=sample_rate,
+                    layout="mono",
+                    bit_rate=sound.audio_bitrate_bits_per_second,
+                    options={"aac_coder": sound.aac_coder, "aac_ms": "0"},
+                )
+                self._preview.start_encoding()
+                # The same AAC packets, as a plain ADTS file both videos copy; its stream takes the encoder's
+                # parameters (AudioSpecificConfig), which exist once the preview's header is written.
+                self._aac_file = av.open(str(self.aac_path), "w", format="adts")
+                self._aac_stream = self._aac_file.add_stream_from_template(self._audio, opaque=True)
+                self._aac_file.start_encoding()
         except BaseException:
             self.abandon()
             raise

@@ -89,3 +89,9 @@ def test_a_write_after_abandoning_is_an_encoding_error(tmp_path: Path) -> None:
     encoder.abandon()
     with pytest.raises(EncodingError):
         encoder.write(_sentence(0.5), is_last=False)
+
+
+def test_a_scratch_folder_that_is_gone_is_an_encoding_error_not_ffmpegs(tmp_path: Path) -> None:
+    # The header (the playlist's first piece and init.mp4) is written as the encoder starts.
+    with pytest.raises(EncodingError):
+        LiveEncoder(tmp_path / "gone", RATE)
