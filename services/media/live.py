@@ -51,7 +51,6 @@ RUNNING_DRY_SECONDS = 4.0
 PUBLISHED_AHEAD_SECONDS = 15.0
 # Segments of one publication go up side by side.
 _UPLOADS_AT_ONCE = 4
-_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -139,6 +138,17 @@ class _Published:
         """Whether it is time to publish again: nothing is yet, or a player that started with the first
         segment has no more than PUBLISHED_AHEAD_SECONDS of it left to play."""
         return not self.segments or self._seconds_ahead(now) <= PUBLISHED_AHEAD_SECONDS
+
+    def seconds_until_due(self, now: float) -> float | None:
+        """How long until the pieces waiting become due without another being cut (a player that started with
+        the first segment draws near the end of what is published), or None when nothing waits on the time:
+        nothing is pending, or nothing is published yet (the first piece alone is due at once)."""
+        if not self.segments or not self.pending:
+            return None
+        ahead = self._seconds_ahead(now)
+        thresholds = (ahead - PUBLISHED_AHEAD_SECONDS, ahead - RUNNING_DRY_SECONDS)
+        future = [seconds for seconds in thresholds if seconds > 0]
+        return min(future) if future else None
 
     def _seconds_ahead(self, now: float) -> float:
         return self.published_seconds - (now - self.playable_since)
@@ -333,6 +343,8 @@ class LiveNarration:
         published = _Published()
         publisher: asyncio.Task[None] | None = None
         encoding_done = asyncio.Event()
+        # Set whenever the encoder has cut more (or is done): the publisher looks then, not on a timer.
+        more_written = asyncio.Event()
         # The narration is kept only as the encoder's AAC: no PCM copy is held in memory (fifty jobs at once
         # would hold fifty, about ten megabytes each) nor stored (a WAV is four times the AAC's size, and
         # its upload was the longest step between the last sentence and the QUICK video).
@@ -356,7 +368,7 @@ class LiveNarration:
                     sample_rate = segment.narration.sample_rate_hertz
                     encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
                     publisher = asyncio.create_task(
-                        self._publish_while_encoding(work_dir, published, encoding_done)
+                        self._publish_while_encoding(work_dir, published, encoding_done, more_written)
                     )
                 # The last sentence is known as such once the script is complete (it nearly always is by the
                 # time its speech is back): the bed falls away over it.
@@ -365,6 +377,7 @@ class LiveNarration:
                 # a listener waits for), and off the event loop, which serves every other job's RPCs.
                 with urgent(index == 0):
                     count = await self._cpu_lane.run(encoder.write, segment.narration, is_last=is_last)
+                more_written.set()
                 start = written_samples / sample_rate
                 written_samples += count
                 sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
@@ -381,6 +394,7 @@ class LiveNarration:
             # Stopped between publications, never in one: a publication cut short would lose the segments
             # it had taken, or the playlist's first version (and with it the playlist_ready event).
             encoding_done.set()
+            more_written.set()
             await publisher
             duration_seconds = written_samples / sample_rate
             # The last of the preview, the narration and its subtitles go up side by side.
@@ -418,13 +432,16 @@ class LiveNarration:
         )
 
     async def _publish_while_encoding(
-        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event
+        self, work_dir: Path, published: _Published, encoding_done: asyncio.Event, more_written: asyncio.Event
     ) -> None:
+        """Publishes as the encoder cuts pieces, from the first one on (no timer stands between the first
+        piece and a listener), and when pieces that wait for a longer segment fall due because time passed."""
         while not encoding_done.is_set():
+            more_written.clear()
             await self._publish(work_dir, published, is_final=False)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(_POLL_SECONDS):
-                    await encoding_done.wait()
+                async with asyncio.timeout(published.seconds_until_due(time.monotonic())):
+                    await more_written.wait()
 
     async def _publish(self, work_dir: Path, published: _Published, *, is_final: bool) -> None:
         """Publishes what the encoder has cut: whole segments of the lengths they are due (all of it at the
@@ -442,15 +459,16 @@ class LiveNarration:
             if is_final and published.playlist_key:
                 await self._write_playlist(published, is_final=True)
             return
-        if not published.init_uri:
+        uploads = asyncio.Semaphore(_UPLOADS_AT_ONCE)
+
+        async def upload_init() -> str:
             stored = await self._storage.put_file(
                 new_key(f"live/{self._meditation_id}", "mp4"),
                 work_dir / "init.mp4",
                 "video/mp4",
                 signed=False,
             )
-            published.init_uri = (await self._references([stored.key]))[0]
-        uploads = asyncio.Semaphore(_UPLOADS_AT_ONCE)
+            return stored.key
 
         async def upload(group: list[tuple[str, float]]) -> str:
             data = await asyncio.to_thread(_joined_pieces, [work_dir / name for name, _ in group])
@@ -460,8 +478,13 @@ class LiveNarration:
                 )
             return stored.key
 
-        keys = await asyncio.gather(*(upload(group) for group in groups))
+        # The first publication is what a listener waits for: the initialisation segment goes up beside the
+        # first segment, and both are signed in one request.
+        needs_init = not published.init_uri
+        keys = await asyncio.gather(*([upload_init()] if needs_init else []), *(upload(g) for g in groups))
         references = await self._references(keys)
+        if needs_init:
+            published.init_uri = references.pop(0)
         for reference, group in zip(references, groups, strict=True):
             published.segments.append((reference, sum(duration for _, duration in group)))
         await self._write_playlist(published, is_final=is_final)

@@ -43,6 +43,9 @@ PREVIEW_SIZE_PIXELS = (640, 360)
 BED_LOOP_SECONDS = 60
 _BED_CROSSFADE_SECONDS = 2
 _MILLISECONDS = Fraction(1, 1000)
+# The bed and the keyframes are made once per process: fifty jobs arriving together wait for the first to
+# make them rather than each making its own (functools.cache alone lets every caller in until one is done).
+_MADE_ONCE = threading.Lock()
 
 
 class LiveEncoder:
@@ -65,7 +68,9 @@ class LiveEncoder:
         self._is_done = False
         self._are_files_closed = False
         sound = live_sound_profile(sample_rate)
-        self._bed = _bed_loop(sample_rate)
+        with _MADE_ONCE:
+            self._bed = _bed_loop(sample_rate)
+            keyframes = _preview_keyframes()
         self._preview = av.open(
             str(self.playlist_path),
             "w",
@@ -86,7 +91,7 @@ class LiveEncoder:
         # disk) is reported as the writes' are, and what was opened is closed.
         try:
             with _encoder_errors():
-                with av.open(io.BytesIO(_preview_keyframes()), "r") as pictures:
+                with av.open(io.BytesIO(keyframes), "r") as pictures:
                     template = pictures.streams.video[0]
                     self._video = self._preview.add_stream_from_template(template)
                     self._keyframes = [bytes(packet) for packet in pictures.demux(template) if packet.size]

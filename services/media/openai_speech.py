@@ -1,8 +1,9 @@
-"""Narration by the OpenAI speech endpoint (or a compatible server), streamed to disk as it arrives."""
+"""Narration by the OpenAI speech endpoint (or a compatible server)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import shutil
 import tempfile
 import wave
@@ -27,6 +28,9 @@ MAX_INPUT_CHARS = 4096
 SAMPLE_RATE_HERTZ = 24_000
 AUDIO_FORMATS = ("wav", "pcm", "aac", "opus", "mp3", "flac")
 _DECODE_TIMEOUT_SECONDS = 60.0
+# Far more than the longest input takes to say at 24 kHz (4096 characters are about five minutes, 14 MB of
+# PCM): a provider that keeps sending is cut off rather than let fill the memory.
+MAX_AUDIO_BYTES = 32_000_000
 
 
 def split_for_speech(text: str, max_chars: int = MAX_INPUT_CHARS) -> list[str]:
@@ -101,11 +105,7 @@ class OpenAISpeechNarrator:
         text = " ".join(stretches)
         if len(text) > MAX_INPUT_CHARS:
             raise SpeechError(f"{len(sentences)} sentences are too long for one speech request")
-        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
-        try:
-            pcm = await self._speak(text, work_dir / "batch")
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+        pcm = await self._speak(text)
         samples = np.frombuffer(pcm, dtype="<i2")
         cuts = await asyncio.to_thread(
             cut_at_gaps, samples, SAMPLE_RATE_HERTZ, [len(stretch) for stretch in stretches]
@@ -124,7 +124,6 @@ class OpenAISpeechNarrator:
 
     async def _narrate(self, script: str) -> Narration:
         segments = split_on_pauses(script)
-        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
         try:
             spoken: dict[int, asyncio.Task[bytes]] = {}
             async with asyncio.TaskGroup() as group:
@@ -132,12 +131,10 @@ class OpenAISpeechNarrator:
                 for segment in segments:
                     if isinstance(segment, SpokenText):
                         for piece in split_for_speech(segment.text):
-                            spoken[index] = group.create_task(self._speak(piece, work_dir / f"{index:04d}"))
+                            spoken[index] = group.create_task(self._speak(piece))
                             index += 1
         except* ProviderCallError as failures:
             raise failures.exceptions[0] from None
-        finally:
-            await asyncio.to_thread(shutil.rmtree, work_dir, True)
         if not spoken:
             raise SpeechError("the script has no words to speak")
         pcm = bytearray()
@@ -151,25 +148,27 @@ class OpenAISpeechNarrator:
                     index += 1
         return Narration(pcm_s16le=bytes(pcm), sample_rate_hertz=SAMPLE_RATE_HERTZ)
 
-    async def _speak(self, text: str, stem: Path) -> bytes:
-        """One request, its audio written to disk chunk by chunk as it arrives, then decoded to PCM.
+    async def _speak(self, text: str) -> bytes:
+        """One request, its audio gathered in memory as it arrives, then decoded to PCM.
 
         Timed from when a request slot is free: waiting for one behind earlier jobs is not the provider
         being slow (under load the later jobs wait a while, by design: urgency.py)."""
-        received = stem.with_suffix(f".{self._audio_format}")
         async with self._requests:
             try:
                 async with asyncio.timeout(self._timeout_seconds):
-                    await self._receive(text, received)
+                    audio = await self._receive(text)
             except TimeoutError:
                 raise ProviderCallError(
                     ProviderFailureKind.TIMEOUT,
                     f"the speech provider did not finish within {self._timeout_seconds:g} s",
                 ) from None
-        return await self._decode(received)
+        return await self._decode(audio)
 
-    async def _receive(self, text: str, received: Path) -> None:
-        """Writes the provider's audio for `text` to `received` as it arrives."""
+    async def _receive(self, text: str) -> bytes:
+        """The provider's audio for `text`. Gathered in memory, not written to a file chunk by chunk: with
+        fifty narrations at once, those writes (a few kilobytes each, on the event loop) were the largest
+        share of the media service's event loop, and the PCM is read back into memory whole anyway."""
+        audio = bytearray()
         try:
             # tts-1 and tts-1-hd ignore instructions; leave them out rather than pretend.
             instructions = openai.omit if self._model.name.startswith("tts-1") else self._instructions
@@ -180,19 +179,36 @@ class OpenAISpeechNarrator:
                 response_format=self._audio_format,  # type: ignore[arg-type]
                 instructions=instructions,
             ) as response:
-                with open(received, "wb") as stream:  # noqa: ASYNC230
-                    async for chunk in response.iter_bytes():
-                        stream.write(chunk)
+                async for chunk in response.iter_bytes():
+                    audio += chunk
+                    if len(audio) > MAX_AUDIO_BYTES:
+                        raise ProviderCallError(
+                            ProviderFailureKind.REJECTED,
+                            f"the speech provider sent more than {MAX_AUDIO_BYTES // 1_000_000} MB of audio"
+                            " for one request",
+                        )
         except openai.OpenAIError as error:
             raise classify(error, self._model) from None
+        return bytes(audio)
 
-    async def _decode(self, path: Path) -> bytes:
+    async def _decode(self, audio: bytes) -> bytes:
         if self._audio_format == "pcm":
-            return await asyncio.to_thread(path.read_bytes)
+            return audio
         if self._audio_format == "wav":
-            wav = await asyncio.to_thread(_read_wav, path)
+            wav = await asyncio.to_thread(_read_wav, audio)
             if wav is not None:
                 return wav
+        # Compressed audio is decoded by an FFmpeg process, from a file: a provider's bytes are parsed outside
+        # this service's memory.
+        work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="speech-", dir=self._work_root))
+        try:
+            return await self._decode_with_ffmpeg(audio, work_dir)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, work_dir, True)
+
+    async def _decode_with_ffmpeg(self, audio: bytes, work_dir: Path) -> bytes:
+        path = work_dir / f"received.{self._audio_format}"
+        await asyncio.to_thread(path.write_bytes, audio)
         decoded = path.with_suffix(".s16le")
         result = await run_ffmpeg(
             self._ffmpeg_path,
@@ -226,10 +242,10 @@ class OpenAISpeechNarrator:
         return await asyncio.to_thread(decoded.read_bytes)
 
 
-def _read_wav(path: Path) -> bytes | None:
+def _read_wav(audio: bytes) -> bytes | None:
     """The samples of a 24 kHz mono 16-bit WAV, or None when it needs FFmpeg to convert it."""
     try:
-        with wave.open(str(path), "rb") as reader:
+        with wave.open(io.BytesIO(audio), "rb") as reader:
             if (reader.getframerate(), reader.getnchannels(), reader.getsampwidth()) != (
                 SAMPLE_RATE_HERTZ,
                 1,

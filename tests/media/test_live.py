@@ -22,6 +22,7 @@ from services.media.live import (
     RUNNING_DRY_SECONDS,
     LiveNarration,
     LiveNarrationResult,
+    PlaylistPublished,
     SpeakSentences,
     SpokenSegment,
     _group_pieces,
@@ -188,6 +189,63 @@ def test_past_the_first_segment_publishing_waits_until_a_player_has_little_left_
     assert not published.wants_more(100.0)
     assert not published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS - 0.1)
     assert published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS + 0.1)
+
+
+def test_pieces_left_waiting_fall_due_as_a_player_draws_near_the_end_of_what_is_published() -> None:
+    # Nothing published yet (the first piece is due as soon as it is cut), or nothing waiting: no timer.
+    assert _Published(pending=_pieces(1)).seconds_until_due(0.0) is None
+    published = _Published(
+        segments=[("a", 1.0), ("b", 2.0), ("c", 4.0), ("d", 8.0), ("e", 16.0)], playable_since=100.0
+    )
+    assert published.seconds_until_due(100.0) is None
+    published.pending = _pieces(3)
+    # 31 s published: publishing is wanted once a player that started at 100 s has 15 s left of it, and the
+    # pieces go up however short once it has 4 s left.
+    assert published.seconds_until_due(100.0) == pytest.approx(31.0 - PUBLISHED_AHEAD_SECONDS)
+    assert published.seconds_until_due(120.0) == pytest.approx(31.0 - RUNNING_DRY_SECONDS - 20.0)
+    assert not published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS - 0.1)
+    assert published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS + 0.1)
+    assert published.seconds_until_due(130.0) is None
+
+
+class _SigningRecorded(LocalAssetStorage):
+    """Local storage that records what each signing request held."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.signed: list[list[str]] = []
+
+    async def signed_uris(self, keys: Sequence[str]) -> list[str]:
+        self.signed.append(list(keys))
+        return await super().signed_uris(keys)
+
+
+async def test_the_first_publication_signs_the_initialisation_and_first_segment_together(
+    tmp_path: Path,
+) -> None:
+    """The first publication is on the way to first playable media: one signing request, not one for the
+    initialisation segment and another for the first segment, and no wait for the later sentences."""
+    storage = _SigningRecorded(tmp_path / "storage")
+    rest_spoken = asyncio.Event()
+
+    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+        if sentences[0] != "Breathe in.":
+            await rest_spoken.wait()
+        return [SpokenSegment(Narration(bytes(2 * 24_000 * 2), 24_000), "openai", "") for _ in sentences]
+
+    async with LiveNarration(
+        meditation_id="0123456789abcdef", speak=speak, storage=storage, work_root=tmp_path
+    ) as live:
+        live.add_text("Breathe in. And out, slowly. Let the day go.")
+        live.finish_script()
+        events = live.events()
+        async with asyncio.timeout(30):
+            first = await anext(events)
+        assert isinstance(first, PlaylistPublished)
+        assert [[key.rsplit(".", 1)[-1] for key in keys] for keys in storage.signed] == [["mp4", "m4s"]]
+        rest_spoken.set()
+        async with asyncio.timeout(30):
+            assert isinstance([event async for event in events][-1], LiveNarrationResult)
 
 
 def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ from services.content.openai_providers import (
 from services.content.repository import ContentRepository
 from services.content.servicer import ContentServicer
 from services.database import create_engine
+from services.media import openai_speech
 from services.media.encoders import EncoderSelection
 from services.media.openai_speech import OpenAISpeechNarrator, split_for_speech
 from services.media.speech import EspeakNarrator, Narration
@@ -406,6 +407,24 @@ async def test_sentences_spoken_in_one_request_are_cut_back_into_each_sentences_
         assert abs(piece.duration_seconds - single.duration_seconds) < 0.6
     # The pause mark after the first sentence is held as exact silence at the end of its piece.
     assert together[0].pcm_s16le.endswith(b"\x00" * (2 * 24_000 * 2))
+
+
+async def test_a_provider_that_sends_more_audio_than_any_input_takes_to_say_is_cut_off(
+    client: openai.AsyncOpenAI,
+    provider_server: OpenAICompatibleServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The audio is gathered in memory: the limit keeps a provider that never stops from filling it. A short
+    # sentence is about a second of 24 kHz PCM, some 50 KB; the limit is lowered below that.
+    monkeypatch.setattr(openai_speech, "MAX_AUDIO_BYTES", 20_000)
+    narrator = _speech_narrator(client, tmp_path)
+    with pytest.raises(ProviderCallError) as raised:
+        await narrator.narrate("Breathe in slowly, and let the day go.")
+    assert raised.value.kind is ProviderFailureKind.REJECTED
+    assert "more than" in str(raised.value)
+    monkeypatch.setattr(openai_speech, "MAX_AUDIO_BYTES", 50_000_000)
+    assert (await narrator.narrate("Breathe in slowly, and let the day go.")).duration_seconds > 1.0
 
 
 def test_long_stretches_are_split_at_sentences_under_the_limit() -> None:
