@@ -24,6 +24,7 @@ from services.content.spoken_safety import (
     CRISIS_REASON_CONVERSATION,
     CRISIS_REASON_SCRIPT,
     DEFAULT_CRISIS_RESOURCE_TEXT,
+    ScriptLength,
     ScriptRefusal,
     SpokenOutcome,
     check_sentence,
@@ -296,6 +297,7 @@ class TranscriptGenerator:
             # Written but not yet released: only whole sentences that pass the check reach the narrator,
             # as the very text written (paragraph breaks included), so the deltas add up to the script.
             held = ""
+            length = ScriptLength()
             # A refused script counts as the call's failure (rejected): the provider wrote it.
             with (
                 metrics.provider_call(provider_name, "transcript"),
@@ -303,13 +305,15 @@ class TranscriptGenerator:
             ):
                 async for piece in self._provider.stream(source_text):
                     pieces.append(piece)
+                    length.add_written(piece)
                     held += piece
                     for sentence in splitter.feed(piece):
                         _check_sentence(sentence, provider_name)
                         end = held.index(sentence) + len(sentence)
+                        length.add_released(held[:end])
                         deltas.put_nowait(held[:end])
                         held = held[end:]
-                    if not is_within_length("".join(pieces)):
+                    if not length.is_within(held):
                         raise _refused(ScriptRefusal.TOO_LONG, provider_name)
                 for sentence in splitter.finish():
                     _check_sentence(sentence, provider_name)

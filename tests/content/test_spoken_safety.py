@@ -8,6 +8,7 @@ from services.content.script_composer import compose_meditation
 from services.content.spoken_safety import (
     DEFAULT_CRISIS_RESOURCE_TEXT,
     MAX_MODEL_SCRIPT_WORDS,
+    ScriptLength,
     ScriptRefusal,
     check_sentence,
     compose_grounding_script,
@@ -17,7 +18,7 @@ from services.content.spoken_safety import (
 )
 from services.content.word_lists import read_pattern_list
 from services.script_marks import count_spoken_words
-from services.sentences import split_sentences
+from services.sentences import SentenceSplitter, split_sentences
 
 # One example per entry of data/crisis_signals.txt, as people write them (curly apostrophes included).
 CRISIS_EXAMPLES = [
@@ -138,6 +139,30 @@ def test_every_sentence_of_an_offline_script_passes_the_check(source_text: str) 
 def test_a_script_past_the_bound_is_out_of_length() -> None:
     assert is_within_length("Breathe in. " * 100)
     assert not is_within_length("Breathe in. " * MAX_MODEL_SCRIPT_WORDS)
+
+
+@pytest.mark.parametrize("sentences", [150, 199, 200, 201, 250])
+def test_the_length_counted_as_a_script_is_written_agrees_with_the_whole_scripts(sentences: int) -> None:
+    """Written three words at a time and released a sentence at a time, as a model's script is streamed:
+    the running count decides as the count of the whole written so far does, at every piece."""
+    script = " ".join(
+        f"Breathe in, [pause 1s] and out{'.' if index % 3 else '!'}" for index in range(sentences)
+    )
+    words = script.split(" ")
+    pieces = [" ".join(words[start : start + 3]) + " " for start in range(0, len(words), 3)]
+    length = ScriptLength()
+    splitter = SentenceSplitter()
+    written, held = "", ""
+    for piece in pieces:
+        written += piece
+        held += piece
+        length.add_written(piece)
+        for sentence in splitter.feed(piece):
+            end = held.index(sentence) + len(sentence)
+            length.add_released(held[:end])
+            held = held[end:]
+        assert length.is_within(held) == is_within_length(written)
+    assert is_within_length(written) == (sentences * 4 <= MAX_MODEL_SCRIPT_WORDS)
 
 
 def test_the_grounding_script_carries_the_help_text_and_names_no_method() -> None:
