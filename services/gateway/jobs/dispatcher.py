@@ -111,6 +111,9 @@ class JobDispatcher:
         # Jobs this replica is claiming and launching right now, each with an event set once that is over: a
         # cancel waits for it, since its own claim (same holder) would succeed too and both would write.
         self._taking_on: dict[str, asyncio.Event] = {}
+        # The tasks claiming and launching those jobs: several at once, so that fifty people who arrive
+        # together start together rather than one database round trip after another.
+        self._launching: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_running_jobs)
         self._dispatcher: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -147,7 +150,7 @@ class JobDispatcher:
     async def stop_taking(self) -> None:
         """Takes no more jobs (at shutdown: other replicas should take them); running ones go on."""
         self._is_closing = True
-        tasks = [task for task in (self._janitor, self._dispatcher) if task is not None]
+        tasks = [task for task in (self._janitor, self._dispatcher, *self._launching) if task is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -156,7 +159,11 @@ class JobDispatcher:
         """Stops this replica's jobs and hands them back: another replica, or this one after a restart,
         resumes each from its last recorded event."""
         self._is_closing = True
-        background = [task for task in (self._janitor, self._dispatcher, *self._services) if task is not None]
+        background = [
+            task
+            for task in (self._janitor, self._dispatcher, *self._launching, *self._services)
+            if task is not None
+        ]
         for task in background:
             task.cancel()
         running = list(self._running.values())
@@ -206,16 +213,30 @@ class JobDispatcher:
                 if delivery is not None:
                     await self._hand_back(delivery, counts_as_attempt=False)
                 continue
-            try:
-                is_launched = await self._take_on(delivery)
-            except BaseException:
-                self._slots.release()
-                raise
+            # Claimed and launched beside the next take: each is a few database round trips.
+            launching = asyncio.create_task(self._take_on_in_slot(delivery), name=f"launch {delivery.job}")
+            self._launching.add(launching)
+            launching.add_done_callback(self._launching.discard)
+
+    async def _take_on_in_slot(self, delivery: Delivery) -> None:
+        """Takes the delivered job on in the slot taken for it, which stays taken only if the job runs."""
+        is_launched = False
+        try:
+            is_launched = await self._take_on(delivery)
+        except Exception:
+            # Not the queue's nor the store's known failures (those are handled in _take_on): the entry is
+            # left unacknowledged, so the queue delivers it again.
+            logger.exception("%s: could not take it on", delivery.job)
+        finally:
             if not is_launched:
                 self._slots.release()
 
     async def _take_on(self, delivery: Delivery) -> bool:
         """Claims the delivered job and launches it; False when there is nothing to run."""
+        if delivery.job in self._taking_on:
+            # Another entry of the same job is being taken on this moment (claims by one holder both succeed).
+            await self._queue.acknowledge(delivery)
+            return False
         taken = self._taking_on[delivery.job] = asyncio.Event()
         try:
             return await self._claim_and_launch(delivery)
