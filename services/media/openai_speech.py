@@ -16,7 +16,7 @@ import openai
 from services.media.errors import SpeechError
 from services.media.speech import Narration
 from services.media.speech_gaps import cut_at_gaps
-from services.media.urgency import PriorityLimiter
+from services.media.urgency import PriorityLimiter, is_urgent
 from services.media.video import run_ffmpeg
 from services.openai_api import ConfiguredModel, ProviderCallError, ProviderFailureKind, classify
 from services.script_marks import Silence, SpokenText, split_on_pauses
@@ -87,7 +87,12 @@ class OpenAISpeechNarrator:
         self._work_root = work_root
         self._timeout_seconds = timeout_seconds
         # Shared by every job of the process; a job's first sentence goes ahead of the queue (urgency.py).
-        self._requests = PriorityLimiter(max_concurrent_requests)
+        # A quarter of them are kept for first sentences, which a listener is waiting for: with every other
+        # slot held by later sentences' longer requests (fifty jobs at once), a first sentence would wait for
+        # one of those to finish, seconds, before its own request of a fraction of a second.
+        reserved = max_concurrent_requests // 4
+        self._requests = PriorityLimiter(max_concurrent_requests - reserved)
+        self._first_sentence_requests = PriorityLimiter(reserved) if reserved else None
 
     async def narrate(self, script: str) -> Narration:
         """Returns the whole narration at 24 kHz, each request within the time budget (retries included);
@@ -153,7 +158,7 @@ class OpenAISpeechNarrator:
 
         Timed from when a request slot is free: waiting for one behind earlier jobs is not the provider
         being slow (under load the later jobs wait a while, by design: urgency.py)."""
-        async with self._requests:
+        async with self._slots_for_this_request():
             try:
                 async with asyncio.timeout(self._timeout_seconds):
                     audio = await self._receive(text)
@@ -163,6 +168,13 @@ class OpenAISpeechNarrator:
                     f"the speech provider did not finish within {self._timeout_seconds:g} s",
                 ) from None
         return await self._decode(audio)
+
+    def _slots_for_this_request(self) -> PriorityLimiter:
+        """The shared slots, or for urgent work (a first sentence) when none of those is free, the reserved
+        ones."""
+        if self._first_sentence_requests is None or not is_urgent() or self._requests.has_free_slot:
+            return self._requests
+        return self._first_sentence_requests
 
     async def _receive(self, text: str) -> bytes:
         """The provider's audio for `text`. Gathered in memory, not written to a file chunk by chunk: with

@@ -85,12 +85,17 @@ class PriorityLimiter:
         self._came = itertools.count()
 
     @property
+    def has_free_slot(self) -> bool:
+        """Whether `async with` would enter at once."""
+        return self._free > 0 and not self.waiting
+
+    @property
     def waiting(self) -> int:
         """How many are waiting for a slot."""
         return sum(1 for *_, waiter in self._waiting if not waiter.done())
 
     async def __aenter__(self) -> None:
-        if self._free > 0 and not self.waiting:
+        if self.has_free_slot:
             self._free -= 1
             return
         waiter = asyncio.get_running_loop().create_future()

@@ -43,6 +43,7 @@ from services.media.encoders import EncoderSelection
 from services.media.openai_speech import OpenAISpeechNarrator, split_for_speech
 from services.media.speech import EspeakNarrator, Narration
 from services.media.studio import MediaStudio
+from services.media.urgency import urgent
 from services.openai_api import (
     ConfiguredModel,
     OpenAISettings,
@@ -62,6 +63,7 @@ from tests.servers.openai_compatible import (
     OpenAICompatibleServer,
     ServerConfig,
 )
+from tests.waiting import wait_until
 
 CHAT = ConfiguredModel("gpt-5.6-terra", "STILLPOINT_TRANSCRIPT_MODEL")
 IMAGE = ConfiguredModel("gpt-image-2.5-flare", "STILLPOINT_IMAGE_MODEL")
@@ -462,6 +464,40 @@ async def test_waiting_for_a_request_slot_behind_other_jobs_is_not_a_provider_ti
     await holder
     (narration,) = await speaking
     assert len(narration.pcm_s16le) > 2 * 24_000 // 2
+
+
+async def test_a_first_sentence_is_spoken_while_later_ones_hold_every_shared_slot(
+    client: openai.AsyncOpenAI, tmp_path: Path
+) -> None:
+    """A quarter of the request slots are kept for first sentences (urgent): fifty jobs' later sentences
+    hold the rest, and a new listener's first sentence does not wait for one of them to finish."""
+    narrator = _speech_narrator(client, tmp_path, max_concurrent_requests=4)
+    later_sentences_done = asyncio.Event()
+    holding = 0
+
+    async def hold_a_slot() -> None:
+        nonlocal holding
+        async with narrator._requests:
+            holding += 1
+            await later_sentences_done.wait()
+
+    holders = []
+    while narrator._requests.has_free_slot:
+        holders.append(asyncio.create_task(hold_a_slot()))
+        await wait_until(lambda: holding == len(holders), what="a later sentence to hold a shared slot")
+    assert len(holders) == 3
+    later = asyncio.create_task(narrator.narrate_sentences(["And later, breathe out."]))
+    with urgent():
+        first = asyncio.create_task(narrator.narrate_sentences(["Breathe in slowly."]))
+    async with asyncio.timeout(20):
+        (narration,) = await first
+    assert len(narration.pcm_s16le) > 2 * 24_000 // 2
+    # A later sentence has no reserved slot: it waits for a shared one.
+    assert not later.done()
+    later_sentences_done.set()
+    await asyncio.gather(*holders)
+    async with asyncio.timeout(20):
+        await later
 
 
 async def _alone(narration: Awaitable[Narration]) -> list[Narration]:
