@@ -10,14 +10,14 @@ import grpc
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.backends import ContentClient
 from services.gateway.events import Completed, decode_event
 from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import Meditation, MeditationOptions, MeditationState, Message
-from services.gateway.pipeline import MeditationPipeline
 from tests.conftest import TEST_OWNER
-from tests.security.test_stream_limits import TIMEOUTS, HeldContent
+from tests.gateway.held_jobs import jobs_over_held_content
+from tests.security.test_stream_limits import HeldContent
 from tests.waiting import wait_until
 
 
@@ -52,11 +52,7 @@ async def jobs_and_store(
     content_channel: grpc.aio.Channel, media_channel: grpc.aio.Channel, gateway_engine: AsyncEngine
 ) -> AsyncIterator[tuple[MeditationJobs, LaunchPausingStore, HeldContent]]:
     store = LaunchPausingStore(gateway_engine)
-    content = HeldContent(content_channel)
-    media = MediaClient(media_channel, TIMEOUTS)
-    jobs = MeditationJobs(
-        store, content, MeditationPipeline(content, media, TIMEOUTS), media=media, poll_interval_seconds=0.05
-    )
+    jobs, content = jobs_over_held_content(store, content_channel, media_channel)
     yield jobs, store, content
     content.release.set()
     store.resume.set()
