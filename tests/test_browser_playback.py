@@ -305,12 +305,13 @@ def _get(origin: str, path: str, headers: dict[str, str]) -> tuple[int, bytes, s
 
 
 async def test_the_live_preview_playlist_plays_in_chromium(
-    chromium: ChromiumPlayer, media_stub: media_grpc.MediaServiceStub
+    chromium: ChromiumPlayer, media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
 ) -> None:
-    from tests.media.test_live import SCRIPT, _path, _requests
+    from tests.media.test_live import SCRIPT, _requests
 
-    completed = [r async for r in media_stub.NarrateLive(_requests(SCRIPT, 10))][-1].completed
-    report = await _play(_path(completed.playlist_uri), chromium)
+    responses = [r async for r in media_stub.NarrateLive(_requests(SCRIPT, 10))]
+    completed = responses[-1].completed
+    report = await _play(await storage.local_path(responses[0].playlist_ready.storage_key), chromium)
     assert report.error is None, report
     assert report.duration_seconds is not None
     assert abs(report.duration_seconds - seconds_of(completed.duration)) < 2.5

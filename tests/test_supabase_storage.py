@@ -8,11 +8,13 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPublished, SpokenSegment
+from services.media.speech import Narration
 from services.storage.base import (
     AssetMissingError,
     AssetStorage,
@@ -463,3 +465,29 @@ async def test_signing_is_retried_after_a_timeout_like_hangup(
 
     assert [r.status for r in requests_to(server, "POST", "/object/sign/")][-2:] == [None, 200]
     assert fetch(url)[2] == b"image bytes"
+
+
+async def test_a_live_narration_signs_only_the_segments_its_playlist_names(
+    storage: SupabaseAssetStorage, server: SupabaseStorageServer, tmp_path: Path
+) -> None:
+    """The gateway signs each reader's URI of the playlist and the narration when it hands them out: media
+    signs only what the playlist itself must name, in one request per publication, and the playlist and the
+    AAC go up unsigned (each signing was a request nobody read, one of them before first playable media)."""
+
+    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+        return [SpokenSegment(Narration(bytes(2 * 24_000 * 3), 24_000), "openai", "") for _ in sentences]
+
+    work_root = tmp_path / "work"
+    work_root.mkdir()
+    async with LiveNarration(
+        meditation_id="0123456789abcdef", speak=speak, storage=storage, work_root=work_root
+    ) as live:
+        live.add_text("Breathe in. And out, slowly. Let the day go.")
+        live.finish_script()
+        events = [event async for event in live.events()]
+    assert isinstance(events[0], PlaylistPublished)
+    assert isinstance(events[-1], LiveNarrationResult)
+    signing = requests_to(server, "POST", "/object/sign/")
+    assert signing
+    # Each a batch (the keys in the body), never one object by its path.
+    assert all(request.path.rstrip("/").endswith(f"/object/sign/{BUCKET}") for request in signing)

@@ -149,7 +149,6 @@ class GeneratedImage:
     """An image in asset storage."""
 
     storage_key: str
-    uri: str
     width_pixels: int
     height_pixels: int
     is_cached: bool
@@ -433,7 +432,8 @@ class ImageGenerator:
                 png = await self._provider.generate(prompt, width_pixels, height_pixels)
             # A provider may answer in its own size for the shape asked: record what really came back.
             width, height = await asyncio.to_thread(_png_size, png)
-            stored = await self._storage.put_bytes(new_key("images", "png"), png, "image/png")
+            # Unsigned: the gateway signs each reader's URI when it hands the image out.
+            stored = await self._storage.put_bytes(new_key("images", "png"), png, "image/png", signed=False)
             return json.dumps({"key": stored.key, "width": width, "height": height}).encode()
 
         result = await self._cache.get_or_compute(cache_key, make, skip_cache=skip_cache)
@@ -450,7 +450,6 @@ class ImageGenerator:
             raise ValueError(f"images cache: {cache_key} holds no image entry")  # made just now: a bug
         return GeneratedImage(
             storage_key=entry.storage_key,
-            uri=await self._storage.signed_uri(entry.storage_key),
             width_pixels=entry.width_pixels,
             height_pixels=entry.height_pixels,
             is_cached=result.is_cached,

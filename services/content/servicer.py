@@ -198,7 +198,6 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 image = await self._erasure.image(request.owner, conversation_id, image)
         return content_pb.GenerateImageResponse(
             storage_key=image.storage_key,
-            uri=image.uri,
             width_pixels=image.width_pixels,
             height_pixels=image.height_pixels,
             cached=image.is_cached,

@@ -73,9 +73,9 @@ class SpokenSegment:
 
 @dataclass(frozen=True)
 class PlaylistPublished:
-    """The live playlist exists and can be played; later segments are appended to it."""
+    """The live playlist exists and can be played; later segments are appended to it. Its URI is made by the
+    gateway for each reader."""
 
-    uri: str
     storage_key: str
 
 
@@ -85,13 +85,11 @@ class LiveNarrationResult:
     the preview's sound, copied into both videos."""
 
     aac_key: str
-    aac_uri: str
     duration_seconds: float
     sample_rate_hertz: int
     provider: str
     fallback_reason: str
     sentences: tuple[SpokenSentence, ...]
-    playlist_uri: str
     # The sentences as WebVTT, stored beside the videos (which carry them as a subtitle track too).
     subtitles_key: str
     # Sentences the provider read other than written (see Narration).
@@ -122,7 +120,6 @@ class _Published:
     pieces_taken: int = 0
     init_uri: str = ""
     playlist_key: str = ""
-    playlist_uri: str = ""
     # When the playlist was first published: a player may have been playing it since.
     playable_since: float = 0.0
 
@@ -401,7 +398,7 @@ class LiveNarration:
             prefix = f"narrations/{self._meditation_id}"
             _, stored_aac, stored_subtitles = await asyncio.gather(
                 self._publish(work_dir, published, is_final=True),
-                self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac"),
+                self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac", signed=False),
                 # Unsigned: the videos carry the subtitles and the gateway signs them for their owner.
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
@@ -420,13 +417,11 @@ class LiveNarration:
         provider = max(set(providers), key=providers.count) if providers else "espeak-ng"
         return LiveNarrationResult(
             aac_key=stored_aac.key,
-            aac_uri=stored_aac.uri,
             duration_seconds=duration_seconds,
             sample_rate_hertz=sample_rate,
             provider=provider,
             fallback_reason=fallback_reason,
             sentences=tuple(sentences),
-            playlist_uri=published.playlist_uri,
             subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
         )
@@ -494,14 +489,14 @@ class LiveNarration:
         if is_first:
             published.playlist_key = f"live/{self._meditation_id}/{secrets.token_hex(8)}.m3u8"
         playlist = _playlist(published.init_uri, published.segments, is_final=is_final)
-        # Only the first version is signed: its URI is the one handed out, and stays valid for the rest.
+        # Unsigned: the gateway signs each reader's URI of the playlist, valid as the playlist grows.
+        # Signing here was a request on the way to first playable media, for a URI nobody read.
         stored = await self._storage.put_mutable_bytes(
-            published.playlist_key, playlist.encode(), "application/vnd.apple.mpegurl", signed=is_first
+            published.playlist_key, playlist.encode(), "application/vnd.apple.mpegurl", signed=False
         )
         if is_first:
-            published.playlist_uri = stored.uri
             published.playable_since = time.monotonic()
-            await self._events.put(PlaylistPublished(uri=stored.uri, storage_key=stored.key))
+            await self._events.put(PlaylistPublished(storage_key=stored.key))
 
     async def _references(self, keys: Sequence[str]) -> list[str]:
         """How the playlist names segments: by name when they sit beside the playlist in a local folder (so

@@ -73,7 +73,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                     yield media_pb.RenderVideoResponse(
                         uploaded=media_pb.VideoUploaded(
                             storage_key=event.storage_key,
-                            uri=event.uri,
                             duration=to_duration(event.duration_seconds),
                             size_bytes=event.size_bytes,
                             width_pixels=event.width_pixels,
@@ -106,9 +105,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                     async for event in live.events():
                         if isinstance(event, PlaylistPublished):
                             yield media_pb.NarrateLiveResponse(
-                                playlist_ready=media_pb.LivePlaylistReady(
-                                    uri=event.uri, storage_key=event.storage_key
-                                )
+                                playlist_ready=media_pb.LivePlaylistReady(storage_key=event.storage_key)
                             )
                         else:
                             yield media_pb.NarrateLiveResponse(completed=_completed(event))
@@ -209,13 +206,11 @@ async def _feed(requests: AsyncIterator[media_pb.NarrateLiveRequest], live: Live
 def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
     return media_pb.LiveNarrationCompleted(
         storage_key=result.aac_key,
-        uri=result.aac_uri,
         aac_storage_key=result.aac_key,
         duration=to_duration(result.duration_seconds),
         sample_rate_hertz=result.sample_rate_hertz,
         provider=result.provider,
         fallback_reason=result.fallback_reason,
-        playlist_uri=result.playlist_uri,
         misread_sentence_count=result.misread_sentence_count,
         subtitles_storage_key=result.subtitles_key,
         sentences=[

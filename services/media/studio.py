@@ -75,7 +75,6 @@ class VideoStored:
     """The video is in asset storage."""
 
     storage_key: str
-    uri: str
     duration_seconds: float
     size_bytes: int
     width_pixels: int
@@ -255,11 +254,14 @@ class MediaStudio:
             yield VideoEncoded(encode_seconds=encode_seconds, encoder=video.encoder)
             started = time.perf_counter()
             stored = await self._storage.put_file(
-                new_key(f"videos/{meditation_id}", f"{profile.name}.mp4"), video.path, "video/mp4"
+                new_key(f"videos/{meditation_id}", f"{profile.name}.mp4"),
+                video.path,
+                "video/mp4",
+                # The gateway signs each reader's URI when it hands the video out.
+                signed=False,
             )
             yield VideoStored(
                 storage_key=stored.key,
-                uri=stored.uri,
                 duration_seconds=video.duration_seconds,
                 size_bytes=stored.size_bytes,
                 width_pixels=video.width_pixels,

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -57,10 +55,6 @@ async def _requests(script: str, pieces: int) -> AsyncIterator[media_pb.NarrateL
     yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
 
 
-def _path(uri: str) -> Path:
-    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
-
-
 async def test_live_narration_publishes_a_playlist_then_the_whole_narration(
     media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
 ) -> None:
@@ -75,7 +69,7 @@ async def test_live_narration_publishes_a_playlist_then_the_whole_narration(
     assert starts[1:] == ends[:-1]
     assert ends[-1] == pytest.approx(duration, abs=0.01)
     assert duration > 9  # the pauses alone hold nine seconds
-    playlist_path = _path(completed.playlist_uri)
+    playlist_path = await storage.local_path(responses[0].playlist_ready.storage_key)
     playlist = playlist_path.read_text()
     assert playlist.startswith("#EXTM3U")
     assert playlist.rstrip().endswith("#EXT-X-ENDLIST")

@@ -4,8 +4,6 @@ the ENHANCED video measuring −16 ± 1 LUFS and at most −1.5 dBTP with FFmpeg
 from __future__ import annotations
 
 import asyncio
-import urllib.parse
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -121,10 +119,6 @@ async def _requests(script: str) -> AsyncIterator[media_pb.NarrateLiveRequest]:
     yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
 
 
-def _path(uri: str) -> Path:
-    return Path(urllib.request.url2pathname(urllib.parse.urlparse(uri).path))
-
-
 async def _render(
     media_stub: media_grpc.MediaServiceStub,
     storage: LocalAssetStorage,
@@ -161,7 +155,8 @@ def _sound_packets(path: Path) -> list[bytes]:
 async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
     media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage, narrator: Narrator
 ) -> None:
-    completed = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))][-1].completed
+    responses = [response async for response in media_stub.NarrateLive(_requests(SCRIPT))]
+    completed = responses[-1].completed
     quick = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_QUICK)
     enhanced = await _render(media_stub, storage, completed, media_pb.VIDEO_PROFILE_ENHANCED)
     # A narration that is a WAV (no NarrateLive sound to copy): the ENHANCED profile masters it itself.
@@ -186,7 +181,7 @@ async def test_the_live_preview_and_both_videos_are_mastered_for_speech(
     assert _sound_packets(quick) == _sound_packets(narration)
     assert _sound_packets(enhanced) == _sound_packets(narration)
     heard = {
-        "live preview": measure(_path(completed.playlist_uri)),
+        "live preview": measure(await storage.local_path(responses[0].playlist_ready.storage_key)),
         "narration AAC": measure(narration),
         "QUICK video": measure(quick),
         "ENHANCED video": measure(enhanced),
