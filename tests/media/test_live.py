@@ -197,8 +197,6 @@ def test_pieces_left_waiting_fall_due_as_a_player_draws_near_the_end_of_what_is_
     # pieces go up however short once it has 4 s left.
     assert published.seconds_until_due(100.0) == pytest.approx(31.0 - PUBLISHED_AHEAD_SECONDS)
     assert published.seconds_until_due(120.0) == pytest.approx(31.0 - RUNNING_DRY_SECONDS - 20.0)
-    assert not published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS - 0.1)
-    assert published.wants_more(100.0 + 31.0 - PUBLISHED_AHEAD_SECONDS + 0.1)
     assert published.seconds_until_due(130.0) is None
 
 
