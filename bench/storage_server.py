@@ -31,15 +31,25 @@ _OBJECT_OPERATIONS = frozenset(
 
 
 def request_kind(method: str, path: str) -> str:
-    """`POST /storage/v1/object/sign/bucket/a.mp4` → `POST object/sign`: the route without bucket and key."""
+    """`POST /storage/v1/object/sign/bucket/a.mp4` → `POST object/sign (a/*.mp4)`: the route, then what the
+    key names (its top folder and its extension: `live/*.m4s`), without bucket or the rest of the key, so the
+    report says which of a job's objects cost the requests."""
     segments = path.removeprefix(API_PREFIX).strip("/").split("/")
+    key: list[str] = []
     if segments[0] == "object" and len(segments) > 1 and segments[1] in _OBJECT_OPERATIONS:
         route = f"object/{segments[1]}"
+        key = segments[3:]
     elif segments[0] == "upload" and len(segments) > 1:
         route = f"upload/{segments[1]}"
     else:
         route = segments[0] or "/"
-    return f"{method} {route}"
+        key = segments[2:] if segments[0] == "object" else []
+    if not key:
+        return f"{method} {route}"
+    name = key[-1].split("?", 1)[0]
+    extension = f".{name.rsplit('.', 1)[1]}" if "." in name else ""
+    folder = f"{key[0]}/" if len(key) > 1 else ""
+    return f"{method} {route} ({folder}*{extension})"
 
 
 def count_by_kind(requests: Iterable[tuple[str, str]]) -> dict[str, int]:

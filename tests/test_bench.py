@@ -446,14 +446,17 @@ def test_the_default_run_is_sized_to_finish_within_ten_minutes_once_stillpoint_m
 
 
 def test_storage_requests_are_counted_by_kind_without_bucket_or_key() -> None:
-    assert request_kind("POST", "/storage/v1/object/sign/bench/a/b.mp4") == "POST object/sign"
-    assert request_kind("POST", "/storage/v1/object/bench/meditations/x/quick.mp4") == "POST object"
+    assert request_kind("POST", "/storage/v1/object/sign/bench/a/b.mp4") == "POST object/sign (a/*.mp4)"
+    assert request_kind("POST", "/storage/v1/object/sign/bench") == "POST object/sign"
+    assert request_kind("POST", "/storage/v1/object/bench/live/x/1f.m4s") == "POST object (live/*.m4s)"
+    assert request_kind("GET", "/storage/v1/object/list/bench") == "GET object/list"
+    assert request_kind("GET", "/storage/v1/object/bench/top") == "GET object (*)"
     assert request_kind("PATCH", "/storage/v1/upload/resumable/abc123") == "PATCH upload/resumable"
     assert request_kind("GET", "/storage/v1/bucket/bench") == "GET bucket"
     assert count_by_kind(
-        [("POST", "/storage/v1/object/b/1"), ("POST", "/storage/v1/object/b/2"), ("GET", "/x")]
+        [("POST", "/storage/v1/object/b/v/1.mp4"), ("POST", "/storage/v1/object/b/v/2.mp4"), ("GET", "/x")]
     ) == {
-        "POST object": 2,
+        "POST object (v/*.mp4)": 2,
         "GET x": 1,
     }
 
@@ -475,7 +478,7 @@ def test_the_bench_storage_server_answers_how_many_requests_it_received(tmp_path
             _post(f"{url}/storage/v1/object/bench/{name}", b"\0" * 10, "video/mp4", "k")
         process.stdin.write(b"counts\n")
         process.stdin.flush()
-        assert json.loads(process.stdout.readline()) == {"POST object": 2, "POST bucket": 1}
+        assert json.loads(process.stdout.readline()) == {"POST object (*.mp4)": 2, "POST bucket": 1}
     finally:
         process.stdin.close()  # end of input stops it, as SIGTERM does
         assert process.wait(timeout=10) == 0

@@ -179,8 +179,10 @@ class LiveNarration:
         self._place = arrival()
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
-        # One future per sentence, resolved when the request that speaks it returns.
-        self._spoken: list[asyncio.Future[SpokenSegment]] = []
+        # One future per sentence not yet encoded, by index, resolved when the request that speaks it
+        # returns. The writer drops each once it has encoded it: fifty jobs holding every sentence's sound
+        # until their narration ended held about ten megabytes each.
+        self._spoken: dict[int, asyncio.Future[SpokenSegment]] = {}
         # Sentences with words that no request has taken yet, by index, in order.
         self._unspoken: list[int] = []
         self._requests: list[asyncio.Task[None]] = []
@@ -206,7 +208,7 @@ class LiveNarration:
         tasks = [*self._requests, *(task for task in (self._writer,) if task is not None)]
         for task in tasks:
             task.cancel()
-        for future in self._spoken:
+        for future in self._spoken.values():
             future.cancel()
         # A second cancellation (the end of a grace period lands while we wait) must not skip the clean-up,
         # nor end this task before it is done; the files go only once the writer has abandoned the encoder,
@@ -253,7 +255,7 @@ class LiveNarration:
     def _start_speaking(self, sentence: str) -> None:
         self._texts.append(sentence)
         spoken = asyncio.get_running_loop().create_future()
-        self._spoken.append(spoken)
+        self._spoken[len(self._texts) - 1] = spoken
         if count_spoken_words(sentence) == 0:
             # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
             seconds = total_pause_seconds(sentence)
@@ -309,14 +311,16 @@ class LiveNarration:
             # encode serves the live preview and the QUICK video already at the target loudness.
             for index, segment in zip(group, spoken, strict=True):
                 mastered = await self._cpu_lane.run(master_sentence, segment.narration)
-                if not self._spoken[index].done():
-                    self._spoken[index].set_result(dataclasses.replace(segment, narration=mastered))
+                future = self._spoken.get(index)
+                if future is not None and not future.done():
+                    future.set_result(dataclasses.replace(segment, narration=mastered))
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # handed to the writer, which awaits the sentences in order
             for index in group:
-                if not self._spoken[index].done():
-                    self._spoken[index].set_exception(error)
+                future = self._spoken.get(index)
+                if future is not None and not future.done():
+                    future.set_exception(error)
         finally:
             self._requests_in_flight -= 1
             self._send_requests()
@@ -353,14 +357,16 @@ class LiveNarration:
         sample_rate = 0
         try:
             while True:
-                while index >= len(self._spoken):
+                while index >= len(self._texts):
                     if self._is_script_complete:
                         break
                     self._new_sentence.clear()
                     await self._new_sentence.wait()
-                if index >= len(self._spoken):
+                if index >= len(self._texts):
                     break
                 segment = await self._spoken[index]
+                # Its sound is the encoder's from here on: what this job holds is one sentence at a time.
+                del self._spoken[index]
                 if encoder is None:
                     sample_rate = segment.narration.sample_rate_hertz
                     encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
@@ -369,7 +375,7 @@ class LiveNarration:
                     )
                 # The last sentence is known as such once the script is complete (it nearly always is by the
                 # time its speech is back): the bed falls away over it.
-                is_last = self._is_script_complete and index == len(self._spoken) - 1
+                is_last = self._is_script_complete and index == len(self._texts) - 1
                 # In the CPU lane, the first sentence ahead of other jobs' later ones (it is the first piece
                 # a listener waits for), and off the event loop, which serves every other job's RPCs.
                 with urgent(index == 0):
