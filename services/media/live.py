@@ -180,9 +180,8 @@ class LiveNarration:
         self._splitter = SentenceSplitter()
         self._texts: list[str] = []
         # One future per sentence not yet encoded, by index, resolved when the request that speaks it
-        # returns. The writer drops each once it has encoded it: fifty jobs holding every sentence's sound
-        # until their narration ended held about ten megabytes each.
-        self._spoken: dict[int, asyncio.Future[SpokenSegment]] = {}
+        # returns and its sound is mastered; the writer drops each once it has encoded it.
+        self._spoken: dict[int, asyncio.Future[_WaitingSound]] = {}
         # Sentences with words that no request has taken yet, by index, in order.
         self._unspoken: list[int] = []
         self._requests: list[asyncio.Task[None]] = []
@@ -259,7 +258,7 @@ class LiveNarration:
         if count_spoken_words(sentence) == 0:
             # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
             seconds = total_pause_seconds(sentence)
-            spoken.set_result(SpokenSegment(Narration(bytes(2 * round(seconds * 24_000)), 24_000), "", ""))
+            spoken.set_result(_WaitingSound(sample_rate_hertz=24_000, silent_samples=round(seconds * 24_000)))
         else:
             self._unspoken.append(len(self._texts) - 1)
         self._new_sentence.set()
@@ -305,15 +304,23 @@ class LiveNarration:
         return group if is_due or self._requests_in_flight == 0 else []
 
     async def _speak_group(self, group: list[int]) -> None:
+        assert self._work_dir is not None
+        work_dir = self._work_dir
         try:
             spoken = await self._speak([self._texts[index] for index in group])
+            # The sound waits for its turn on disk, not in memory: fifty jobs' speech comes back long before
+            # two cores can master and encode it, and held in memory it was most of media's peak RSS.
+            with disk_full_reported():
+                waiting = await asyncio.to_thread(_set_aside, work_dir, group, spoken)
+            del spoken
             # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
             # encode serves the live preview and the QUICK video already at the target loudness.
-            for index, segment in zip(group, spoken, strict=True):
-                mastered = await self._cpu_lane.run(master_sentence, segment.narration)
+            for index, sound in zip(group, waiting, strict=True):
+                with disk_full_reported():
+                    await self._cpu_lane.run(_master_on_disk, sound)
                 future = self._spoken.get(index)
                 if future is not None and not future.done():
-                    future.set_result(dataclasses.replace(segment, narration=mastered))
+                    future.set_result(sound)
         except asyncio.CancelledError:
             raise
         except BaseException as error:  # handed to the writer, which awaits the sentences in order
@@ -365,10 +372,9 @@ class LiveNarration:
                 if index >= len(self._texts):
                     break
                 segment = await self._spoken[index]
-                # Its sound is the encoder's from here on: what this job holds is one sentence at a time.
                 del self._spoken[index]
                 if encoder is None:
-                    sample_rate = segment.narration.sample_rate_hertz
+                    sample_rate = segment.sample_rate_hertz
                     encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done, more_written)
@@ -379,7 +385,7 @@ class LiveNarration:
                 # In the CPU lane, the first sentence ahead of other jobs' later ones (it is the first piece
                 # a listener waits for), and off the event loop, which serves every other job's RPCs.
                 with urgent(index == 0):
-                    count = await self._cpu_lane.run(encoder.write, segment.narration, is_last=is_last)
+                    count = await self._cpu_lane.run(_encode_waiting, encoder, segment, is_last=is_last)
                 more_written.set()
                 start = written_samples / sample_rate
                 written_samples += count
@@ -387,8 +393,8 @@ class LiveNarration:
                 if segment.provider:
                     providers.append(segment.provider)
                 fallback_reason = fallback_reason or segment.fallback_reason
-                if segment.narration.misread_sentence_count:
-                    misread_sentence_count += segment.narration.misread_sentence_count
+                if segment.misread_sentence_count:
+                    misread_sentence_count += segment.misread_sentence_count
                     # The provider logged how far the reading strayed; this says where, never what was said.
                     logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
                 index += 1
@@ -514,6 +520,57 @@ class LiveNarration:
             key.rsplit("/", 1)[-1] if uri.startswith("file:") else uri
             for key, uri in zip(keys, uris, strict=True)
         ]
+
+
+@dataclass(frozen=True)
+class _WaitingSound:
+    """A sentence's sound waiting for its turn in the encoder: in the job's scratch folder (`path`), or, for
+    a sentence of pauses alone, `silent_samples` of silence."""
+
+    sample_rate_hertz: int
+    provider: str = ""
+    fallback_reason: str = ""
+    misread_sentence_count: int = 0
+    path: Path | None = None
+    silent_samples: int = 0
+
+    def take(self) -> Narration:
+        """The sound, read back and removed from disk (blocking: run it in a worker thread)."""
+        if self.path is None:
+            return Narration(bytes(2 * self.silent_samples), self.sample_rate_hertz)
+        pcm = self.path.read_bytes()
+        self.path.unlink()
+        return Narration(pcm, self.sample_rate_hertz, self.misread_sentence_count)
+
+
+def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegment]) -> list[_WaitingSound]:
+    """Writes each spoken sentence's sound to the scratch folder, named by its place in the script."""
+    waiting = []
+    for index, segment in zip(group, spoken, strict=True):
+        path = work_dir / f"sentence-{index:05d}.pcm"
+        path.write_bytes(segment.narration.pcm_s16le)
+        waiting.append(
+            _WaitingSound(
+                sample_rate_hertz=segment.narration.sample_rate_hertz,
+                provider=segment.provider,
+                fallback_reason=segment.fallback_reason,
+                misread_sentence_count=segment.narration.misread_sentence_count,
+                path=path,
+            )
+        )
+    return waiting
+
+
+def _master_on_disk(sound: _WaitingSound) -> None:
+    """Masters a sentence's sound where it waits (master_sentence)."""
+    assert sound.path is not None
+    narration = Narration(sound.path.read_bytes(), sound.sample_rate_hertz, sound.misread_sentence_count)
+    sound.path.write_bytes(master_sentence(narration).pcm_s16le)
+
+
+def _encode_waiting(encoder: LiveEncoder, sound: _WaitingSound, *, is_last: bool) -> int:
+    """Encodes a sentence's sound once its turn comes (LiveEncoder.write)."""
+    return encoder.write(sound.take(), is_last=is_last)
 
 
 def master_sentence(narration: Narration) -> Narration:

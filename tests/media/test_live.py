@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import itertools
+import threading
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -14,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from services.media import live as live_module
 from services.media.live import (
     LONGEST_SEGMENT_SECONDS,
     PUBLISHED_AHEAD_SECONDS,
@@ -27,14 +31,15 @@ from services.media.live import (
     _joined_pieces,
     _Published,
 )
-from services.media.live_encoder import bed_envelope
+from services.media.live_encoder import LiveEncoder, bed_envelope
 from services.media.speech import EspeakNarrator, Narration
-from services.media.urgency import PriorityLimiter
+from services.media.urgency import CpuLane, PriorityLimiter
 from services.media.video import probe_media
 from services.proto_time import seconds_of
 from services.storage.local import LocalAssetStorage
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
+from tests.waiting import wait_until
 
 MEDITATION = "meditations/0123456789abcdef"
 SCRIPT = (
@@ -238,6 +243,67 @@ async def test_the_first_publication_signs_the_initialisation_and_first_segment_
         rest_spoken.set()
         async with asyncio.timeout(30):
             assert isinstance([event async for event in events][-1], LiveNarrationResult)
+
+
+async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
+    storage: LocalAssetStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty jobs' speech comes back long before two cores can encode it: what waits is kept in the job's
+    scratch folder, so a job holds no sentence's sound in memory while the encoder is busy."""
+    seconds_of_sentence = {"Breathe in.": 1, "And out, slowly.": 2, "Let the day go.": 3}
+    mastered: dict[int, weakref.ref[Narration]] = {}  # by length in seconds
+    master = live_module.master_sentence
+
+    def recorded(narration: Narration) -> Narration:
+        result = master(narration)
+        mastered[round(narration.duration_seconds)] = weakref.ref(result)
+        return result
+
+    monkeypatch.setattr(live_module, "master_sentence", recorded)
+    encoder_free = threading.Event()
+    write = LiveEncoder.write
+
+    def busy_write(encoder: LiveEncoder, narration: Narration, *, is_last: bool) -> int:
+        encoder_free.wait(timeout=30)
+        return write(encoder, narration, is_last=is_last)
+
+    monkeypatch.setattr(LiveEncoder, "write", busy_write)
+
+    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+        return [
+            SpokenSegment(Narration(bytes(2 * 24_000 * seconds_of_sentence[text]), 24_000), "openai", "")
+            for text in sentences
+        ]
+
+    try:
+        async with LiveNarration(
+            meditation_id="0123456789abcdef",
+            speak=speak,
+            storage=storage,
+            work_root=tmp_path,
+            cpu_lane=CpuLane(2),
+        ) as live:
+            live.add_text(" ".join(seconds_of_sentence))
+            live.finish_script()
+
+            def all_let_go() -> bool:
+                gc.collect()
+                return len(mastered) == 3 and all(sound() is None for sound in mastered.values())
+
+            # Every sentence is spoken and mastered while the encoder is still busy with the first.
+            await wait_until(all_let_go, what="every sentence's sound to wait on disk")
+            # The first may already be in the encoder's hands; the others wait in the scratch folder.
+            waiting = {path.name for path in tmp_path.glob("live-*/sentence-*.pcm")}
+            assert {"sentence-00001.pcm", "sentence-00002.pcm"} <= waiting
+            encoder_free.set()
+            async with asyncio.timeout(30):
+                result = [event async for event in live.events()][-1]
+            assert isinstance(result, LiveNarrationResult)
+            assert [round(s.end_seconds - s.start_seconds) for s in result.sentences] == [1, 2, 3]
+            # Each is removed once encoded.
+            assert not list(tmp_path.glob("live-*/sentence-*.pcm"))
+    finally:
+        encoder_free.set()
 
 
 def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) -> None:
