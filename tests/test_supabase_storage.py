@@ -254,6 +254,39 @@ async def test_local_path_downloads_once_and_reuses_the_cache(
     assert not list((tmp_path / "cache").rglob("*.partial"))
 
 
+@pytest.mark.parametrize("size_bytes", [1000, LARGE_BYTES])
+async def test_what_is_stored_to_be_read_back_is_read_without_a_download(
+    server: SupabaseStorageServer, storage: SupabaseAssetStorage, tmp_path: Path, size_bytes: int
+) -> None:
+    """The live narration's AAC and subtitles are read back at once by the same process's renders: kept in
+    the download cache as they are stored, they cost no download (a request on the way to QUICK)."""
+    data = os.urandom(size_bytes)
+    from_bytes = new_key("videos/0123456789abcdef", "vtt")
+    await storage.put_bytes(from_bytes, data, "text/vtt", read_back=True)
+    source = tmp_path / "narration.aac"
+    source.write_bytes(data)
+    from_file = new_key("narrations/0123456789abcdef", "aac")
+    await storage.put_file(from_file, source, "audio/aac", read_back=True)
+    source.unlink()  # the scratch folder goes with the job
+
+    for key in (from_bytes, from_file):
+        path = await storage.local_path(key)
+        assert path.is_relative_to(tmp_path / "cache")
+        assert path.read_bytes() == data
+    assert not requests_to(server, "GET", "/object/")
+    assert not list((tmp_path / "cache").rglob("*.partial"))
+
+
+async def test_what_storage_refused_is_not_kept_to_be_read_back(
+    storage: SupabaseAssetStorage, tmp_path: Path
+) -> None:
+    key = new_key("videos/0123456789abcdef", "vtt")
+    await storage.put_bytes(key, b"WEBVTT\n", "text/vtt")
+    with pytest.raises(StorageUnavailableError):
+        await storage.put_bytes(key, b"other", "text/vtt", read_back=True)  # a duplicate key is refused
+    assert (await storage.local_path(key)).read_bytes() == b"WEBVTT\n"
+
+
 async def test_a_missing_key_is_reported_as_missing(storage: SupabaseAssetStorage, tmp_path: Path) -> None:
     key = new_key("images", "png")
 
@@ -491,3 +524,8 @@ async def test_a_live_narration_signs_only_the_segments_its_playlist_names(
     assert signing
     # Each a batch (the keys in the body), never one object by its path.
     assert all(request.path.rstrip("/").endswith(f"/object/sign/{BUCKET}") for request in signing)
+    # Its renders read the AAC and the subtitles back at once, from where they were kept: no download.
+    result = events[-1]
+    for key in (result.aac_key, result.subtitles_key):
+        assert (await storage.local_path(key)).is_relative_to(tmp_path / "cache")
+    assert not requests_to(server, "GET", "/object/")

@@ -410,13 +410,17 @@ class LiveNarration:
             prefix = f"narrations/{self._meditation_id}"
             _, stored_aac, stored_subtitles = await asyncio.gather(
                 self._publish(work_dir, published, is_final=True),
-                self._storage.put_file(new_key(prefix, "aac"), encoder.aac_path, "audio/aac", signed=False),
+                # Both read back at once by this process's renders: kept where they need no download.
+                self._storage.put_file(
+                    new_key(prefix, "aac"), encoder.aac_path, "audio/aac", signed=False, read_back=True
+                ),
                 # Unsigned: the videos carry the subtitles and the gateway signs them for their owner.
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
                     webvtt(sentences).encode(),
                     WEBVTT_CONTENT_TYPE,
                     signed=False,
+                    read_back=True,
                 ),
             )
         finally:

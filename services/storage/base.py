@@ -69,15 +69,17 @@ class AssetStorage(Protocol):
 
     # With `signed=False` a remote store skips signing the new asset (a request of its own) and returns an
     # empty `uri`: for callers that sign many assets at once with `signed_uris`, or need no URI at all.
+    # With `read_back=True` a remote store keeps a copy where `local_path` finds it: for an asset this
+    # process reads again soon (the narration its renders copy), which then costs no download.
 
     async def put_file(
-        self, key: str, source_path: Path, content_type: str, *, signed: bool = True
+        self, key: str, source_path: Path, content_type: str, *, signed: bool = True, read_back: bool = False
     ) -> StoredAsset:
         """Stores a local file under `key`."""
         ...
 
     async def put_bytes(
-        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True, read_back: bool = False
     ) -> StoredAsset:
         """Stores bytes under `key`."""
         ...

@@ -29,16 +29,17 @@ class LocalAssetStorage:
         return self._root / validate_key(key)
 
     async def put_file(
-        self, key: str, source_path: Path, content_type: str, *, signed: bool = True
+        self, key: str, source_path: Path, content_type: str, *, signed: bool = True, read_back: bool = False
     ) -> StoredAsset:
-        """Copies (or, on the same filesystem, moves) a file into storage atomically."""
+        """Copies (or, on the same filesystem, moves) a file into storage atomically; it is local already,
+        whether or not it is read back."""
         target = self._path(key)
         size_bytes = await asyncio.to_thread(_install_file, source_path, target)
         metrics.record_upload("local", key, size_bytes)
         return StoredAsset(key=key, uri=self.uri(key), size_bytes=size_bytes, content_type=content_type)
 
     async def put_bytes(
-        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True, read_back: bool = False
     ) -> StoredAsset:
         """Writes bytes into storage atomically."""
         target = self._path(key)

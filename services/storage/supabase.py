@@ -11,6 +11,7 @@ import logging
 import os
 import random
 import secrets
+import shutil
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -174,9 +175,10 @@ class SupabaseAssetStorage:
     # AssetStorage -------------------------------------------------------------------------------------------
 
     async def put_file(
-        self, key: str, source_path: Path, content_type: str, *, signed: bool = True
+        self, key: str, source_path: Path, content_type: str, *, signed: bool = True, read_back: bool = False
     ) -> StoredAsset:
-        """Uploads a local file; above the resumable threshold it goes by TUS, read chunk by chunk."""
+        """Uploads a local file; above the resumable threshold it goes by TUS, read chunk by chunk. With
+        `read_back`, a copy goes into the download cache once it is stored."""
         _check_upload(key, content_type)
         size_bytes = (await asyncio.to_thread(source_path.stat)).st_size
         if size_bytes > self._resumable_threshold_bytes:
@@ -189,17 +191,22 @@ class SupabaseAssetStorage:
             data = await asyncio.to_thread(source_path.read_bytes)
             size_bytes = len(data)
             await self._upload_standard(key, data, content_type)
+        if read_back:
+            await asyncio.to_thread(self._keep_copy, key, lambda target: shutil.copyfile(source_path, target))
         return await self._stored(key, size_bytes, content_type, signed)
 
     async def put_bytes(
-        self, key: str, data: bytes, content_type: str, *, signed: bool = True
+        self, key: str, data: bytes, content_type: str, *, signed: bool = True, read_back: bool = False
     ) -> StoredAsset:
-        """Uploads bytes; above the resumable threshold they go by TUS."""
+        """Uploads bytes; above the resumable threshold they go by TUS. With `read_back`, a copy goes into
+        the download cache once they are stored."""
         _check_upload(key, content_type)
         if len(data) > self._resumable_threshold_bytes:
             await self._upload_resumable(key, len(data), content_type, _bytes_reader(data))
         else:
             await self._upload_standard(key, data, content_type)
+        if read_back:
+            await asyncio.to_thread(self._keep_copy, key, lambda target: target.write_bytes(data))
         return await self._stored(key, len(data), content_type, signed)
 
     async def put_mutable_bytes(
@@ -488,6 +495,22 @@ class SupabaseAssetStorage:
         return StoredAsset(key=key, uri=uri, size_bytes=size_bytes, content_type=content_type)
 
     # Downloads and the bucket -------------------------------------------------------------------------------
+
+    def _keep_copy(self, key: str, write: Callable[[Path], object]) -> None:
+        """Puts what was just stored under `key` into the download cache, as a download would: written
+        beside its place and renamed into it, so `local_path` never finds half of it. Only once Storage
+        has it: the cache must not hold what Storage does not. A copy that cannot be kept (a full disk) is
+        left out: the asset is stored, and `local_path` downloads it."""
+        target = self._cache_root / key
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write(temporary)
+            os.replace(temporary, target)
+        except OSError as error:
+            _LOG.warning("kept no local copy of %s, stored all the same: %s", key, error)
+        finally:
+            temporary.unlink(missing_ok=True)
 
     async def _download(self, key: str, target: Path) -> None:
         """Streams the object into a temporary file beside `target`, then renames it into place."""
