@@ -406,6 +406,7 @@ class MediaClient:
                     aac_storage_key=done.aac_storage_key,
                     misread_sentence_count=done.misread_sentence_count,
                     subtitles_storage_key=done.subtitles_storage_key,
+                    stored_bytes=done.stored_bytes,
                     sentences=tuple(
                         SentenceTiming(
                             text=sentence.text,

@@ -54,6 +54,8 @@ class JobEvents(Protocol):
     outcome_reason: str
     image_cache_hit: bool
     misread_sentence_count: int
+    # Whether an earlier attempt ran (and may have left assets in storage).
+    is_resumed: bool
 
     async def emit(self, event: Event, changes: JobChanges | None = None) -> None:
         """Records and publishes one event."""
@@ -120,9 +122,9 @@ class MeditationPipeline:
         try:
             narration = await self._transcript_and_narration(job, source, options.skip_cache)
             early_image = _result_if_ready(image_task)
-            await self._video(job, VideoQuality.QUICK, early_image, narration)
+            quick_bytes = await self._video(job, VideoQuality.QUICK, early_image, narration)
             image = await image_task
-            await self._video(job, VideoQuality.ENHANCED, image, narration)
+            await self._video(job, VideoQuality.ENHANCED, image, narration, quick_bytes)
         finally:
             if not image_task.done():
                 image_task.cancel()
@@ -282,7 +284,10 @@ class MeditationPipeline:
         quality: VideoQuality,
         image: GeneratedImage | None,
         narration: SpokenNarration,
-    ) -> None:
+        quick_bytes: int = 0,
+    ) -> int:
+        """Renders and stores one video and reports it; returns its size. The ENHANCED video is the job's
+        last asset: what they all take is recorded with it (`quick_bytes`, the QUICK video's size)."""
         stage_name = Stage.QUICK_VIDEO if quality is VideoQuality.QUICK else Stage.ENHANCED_VIDEO
         renders = self._media.render_video(
             job.meditation, image.storage_key if image else "", narration, quality
@@ -305,7 +310,8 @@ class MeditationPipeline:
             if quality is VideoQuality.QUICK
             # Its last asset is stored: what they all take now counts against the owner's storage limit.
             else JobChanges(
-                enhanced_video_storage_key=stored.storage_key, stored_bytes=await self._stored_bytes(job)
+                enhanced_video_storage_key=stored.storage_key,
+                stored_bytes=await self._stored_bytes(job, narration, quick_bytes + stored.size_bytes),
             )
         )
         await job.emit(
@@ -321,10 +327,17 @@ class MeditationPipeline:
             ),
             changes,
         )
+        return stored.size_bytes
 
-    async def _stored_bytes(self, job: JobEvents) -> int | None:
+    async def _stored_bytes(self, job: JobEvents, narration: SpokenNarration, video_bytes: int) -> int | None:
         """What the job's assets take in storage; None (left as it was) when media cannot say: a finished
-        meditation is not failed for its bookkeeping, which then undercounts it."""
+        meditation is not failed for its bookkeeping, which then undercounts it.
+
+        Added up from what this attempt stored (the narration's assets and the videos): listing storage's
+        folders cost a request per folder, three per job. A resumed job's earlier attempts may have left
+        assets of their own, so its folders are measured instead, as they are when media did not say."""
+        if narration.stored_bytes and not job.is_resumed:
+            return narration.stored_bytes + video_bytes
         try:
             return await self._media.measure_meditation_assets(job.meditation)
         except GatewayError as error:

@@ -91,6 +91,9 @@ class SpokenNarration:
     subtitles_storage_key: str = ""
     # Sentences the speech provider read other than written.
     misread_sentence_count: int = 0
+    # What the narration's assets take in storage (its AAC, subtitles and live preview); 0 when media did
+    # not say.
+    stored_bytes: int = 0
 
 
 @dataclass(frozen=True)

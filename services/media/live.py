@@ -100,6 +100,8 @@ class LiveNarrationResult:
     subtitles_key: str
     # Sentences the provider read other than written (see Narration).
     misread_sentence_count: int = 0
+    # What its assets take in storage: the AAC, the subtitles, and the preview's segments and playlist.
+    stored_bytes: int = 0
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -128,6 +130,9 @@ class _Published:
     pending_since: float = 0.0
     init_uri: str = ""
     playlist_key: str = ""
+    # What the segments and the initialisation segment take in storage, and the playlist's last version.
+    segment_bytes: int = 0
+    playlist_bytes: int = 0
     # When the playlist was first published: a player may have been playing it since.
     playable_since: float = 0.0
 
@@ -470,6 +475,12 @@ class LiveNarration:
             sentences=tuple(sentences),
             subtitles_key=stored_subtitles.key,
             misread_sentence_count=misread_sentence_count,
+            stored_bytes=(
+                published.segment_bytes
+                + published.playlist_bytes
+                + stored_aac.size_bytes
+                + stored_subtitles.size_bytes
+            ),
         )
 
     async def _publish_while_encoding(
@@ -511,6 +522,7 @@ class LiveNarration:
                 "video/mp4",
                 signed=False,
             )
+            published.segment_bytes += stored.size_bytes
             return stored.key
 
         async def upload(group: list[tuple[str, float]]) -> str:
@@ -519,6 +531,7 @@ class LiveNarration:
                 stored = await self._storage.put_bytes(
                     new_key(f"live/{self._meditation_id}", "m4s"), data, "video/iso.segment", signed=False
                 )
+            published.segment_bytes += stored.size_bytes
             return stored.key
 
         # The first publication is what a listener waits for: the initialisation segment goes up beside the
@@ -542,6 +555,7 @@ class LiveNarration:
         stored = await self._storage.put_mutable_bytes(
             published.playlist_key, playlist.encode(), "application/vnd.apple.mpegurl", signed=False
         )
+        published.playlist_bytes = stored.size_bytes  # rewritten in place: only its last version is kept
         if is_first:
             published.playable_since = time.monotonic()
             await self._events.put(PlaylistPublished(storage_key=stored.key))

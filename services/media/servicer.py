@@ -213,6 +213,7 @@ def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
         fallback_reason=result.fallback_reason,
         misread_sentence_count=result.misread_sentence_count,
         subtitles_storage_key=result.subtitles_key,
+        stored_bytes=result.stored_bytes,
         sentences=[
             media_pb.SpokenSentence(
                 text=sentence.text,

@@ -187,8 +187,18 @@ async def test_a_job_given_back_at_shutdown_is_resumed_by_another_gateway_with_n
     ]
     await first.close()  # SIGTERM: the job is given back, not failed
     assert (await job_store.get(name)).state is MeditationState.RUNNING
+    measured: list[str] = []
+
+    class MeasuringCounted(MediaClient):
+        async def measure_meditation_assets(self, meditation: str) -> int:
+            measured.append(meditation)
+            return await super().measure_meditation_assets(meditation)
+
     second = MeditationJobs(
-        job_store, content, MeditationPipeline(content, media, timeouts), holder="gateway-second"
+        job_store,
+        content,
+        MeditationPipeline(content, MeasuringCounted(media_channel, timeouts), timeouts),
+        holder="gateway-second",
     )
     assert await second.resume_orphans() == [name]
     rest = [event async for event in second.watch(OWNER, name, after_sequence=seen[-1].sequence)]
@@ -198,6 +208,9 @@ async def test_a_job_given_back_at_shutdown_is_resumed_by_another_gateway_with_n
     assert sum(isinstance(event.event, Accepted) for event in whole) == 1
     assert isinstance(whole[-1].event, Completed)
     assert whole[-1].event.state is MeditationState.SUCCEEDED
+    # The first attempt may have left assets of its own: the resumed job's are measured, not added up.
+    assert measured == [name]
+    assert (await job_store.get(name)).stored_bytes == await media.measure_meditation_assets(name)
 
 
 async def test_a_running_job_cannot_be_claimed_by_a_second_gateway_while_its_lease_holds(

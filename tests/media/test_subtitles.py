@@ -217,6 +217,8 @@ async def test_the_subtitles_are_measured_and_erased_with_the_meditation(
         media_pb.MeasureMeditationAssetsRequest(meditation=MEDITATION)
     )
     assert measured.size_bytes == sum(path.stat().st_size for path in files)
+    # The narration says so itself, so the gateway needs no listing for a meditation's first attempt.
+    assert completed.stored_bytes == measured.size_bytes
 
     deleted = await media_stub.DeleteMeditationAssets(
         media_pb.DeleteMeditationAssetsRequest(meditation=MEDITATION)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import ClassVar
 
 import grpc
 import pytest
@@ -118,6 +119,16 @@ async def test_a_new_conversation_larger_than_one_may_be_is_resource_exhausted(
     )
 
 
+class _MeasuringCounted(MediaClient):
+    """The media client, counting the listings of a meditation's folders it asks for."""
+
+    measured: ClassVar[list[str]] = []
+
+    async def measure_meditation_assets(self, meditation: str) -> int:
+        self.measured.append(meditation)
+        return await super().measure_meditation_assets(meditation)
+
+
 @pytest.fixture
 async def stored_bytes_gateway(
     content_channel: grpc.aio.Channel,
@@ -128,7 +139,8 @@ async def stored_bytes_gateway(
 ) -> AsyncIterator[gateway_grpc.GatewayServiceStub]:
     """A gateway whose owners may keep 1 byte of meditations: one finished meditation fills it."""
     timeouts = StageTimeouts()
-    content, media = ContentClient(content_channel, timeouts), MediaClient(media_channel, timeouts)
+    content, media = ContentClient(content_channel, timeouts), _MeasuringCounted(media_channel, timeouts)
+    _MeasuringCounted.measured = []
     jobs = MeditationJobs(
         job_store,
         content,
@@ -174,6 +186,8 @@ async def test_an_owner_whose_meditations_fill_their_storage_is_refused_new_ones
     )
     assert on_disk > 0
     assert await job_store.stored_bytes_of(TEST_OWNER) == on_disk
+    # Added up from what the job stored: no listing of its folders (three storage requests) on its way.
+    assert _MeasuringCounted.measured == []
 
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         async for _ in stub.GenerateMeditation(

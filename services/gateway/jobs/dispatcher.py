@@ -297,7 +297,11 @@ class JobDispatcher:
     def _launch(self, meditation: Meditation, delivery: Delivery) -> None:
         # A resumed job continues its log where it stopped: no gap, no duplicate.
         recorder = JobRecorder(
-            meditation=meditation.name, store=self._store, last_sequence=meditation.last_sequence
+            meditation=meditation.name,
+            store=self._store,
+            last_sequence=meditation.last_sequence,
+            # The `accepted` event is the first in every log (sequence 1); anything after it is an attempt's.
+            is_resumed=meditation.last_sequence > 1,
         )
         task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name, context=detached())
         running = _Running(recorder, task, delivery)

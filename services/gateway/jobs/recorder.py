@@ -72,6 +72,8 @@ class JobRecorder:
     transcript_cache_hit: bool = False
     image_cache_hit: bool = False
     misread_sentence_count: int = 0
+    # Whether an earlier attempt ran: its log held more than the `accepted` event when this one began.
+    is_resumed: bool = False
     spoken_outcome: SpokenOutcome = SpokenOutcome.UNSPECIFIED
     outcome_reason: str = ""
     is_cancel_requested: bool = False
