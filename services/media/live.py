@@ -348,11 +348,12 @@ class LiveNarration:
             with disk_full_reported():
                 waiting = await asyncio.to_thread(_set_aside, work_dir, group, spoken)
             del spoken
-            # Mastered here, a sentence at a time and while later ones are still being spoken, so the one
-            # encode serves the live preview and the QUICK video already at the target loudness.
+            # Mastered here, a sentence at a time while later ones are still being spoken, so the one encode
+            # serves the live preview and the QUICK video already at the target loudness: the group in one
+            # turn of the CPU lane, so it is not spread among other jobs' work, a sentence per turn.
+            with disk_full_reported():
+                await self._cpu_lane.run(_master_all_on_disk, waiting)
             for index, sound in zip(group, waiting, strict=True):
-                with disk_full_reported():
-                    await self._cpu_lane.run(_master_on_disk, sound)
                 future = self._spoken.get(index)
                 if future is not None and not future.done():
                     future.set_result(sound)
@@ -406,33 +407,38 @@ class LiveNarration:
                     await self._new_sentence.wait()
                 if index >= len(self._texts):
                     break
-                segment = await self._spoken[index]
-                del self._spoken[index]
+                await self._spoken[index]
+                # This sentence and every one after it already spoken: encoded in one turn of the CPU lane,
+                # so a job's narration is not spread among other jobs' work a sentence per turn.
+                ready = self._ready_from(index)
+                first = ready[0]
                 if encoder is None:
-                    sample_rate = segment.sample_rate_hertz
+                    sample_rate = first.sample_rate_hertz
                     encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done, more_written)
                     )
                 # The last sentence is known as such once the script is complete (it nearly always is by the
                 # time its speech is back): the bed falls away over it.
-                is_last = self._is_script_complete and index == len(self._texts) - 1
+                last = len(self._texts) - 1 if self._is_script_complete else -1
                 # In the CPU lane, the first sentence ahead of other jobs' later ones (it is the first piece
                 # a listener waits for), and off the event loop, which serves every other job's RPCs.
                 with urgent(index == 0):
-                    count = await self._cpu_lane.run(_encode_waiting, encoder, segment, is_last=is_last)
+                    counts = await self._cpu_lane.run(_encode_all, encoder, ready, index, last)
                 more_written.set()
-                start = written_samples / sample_rate
-                written_samples += count
-                sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
-                if segment.provider:
-                    providers.append(segment.provider)
-                fallback_reason = fallback_reason or segment.fallback_reason
-                if segment.misread_sentence_count:
-                    misread_sentence_count += segment.misread_sentence_count
-                    # The provider logged how far the reading strayed; this says where, never what was said.
-                    logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
-                index += 1
+                for segment, count in zip(ready, counts, strict=True):
+                    del self._spoken[index]
+                    start = written_samples / sample_rate
+                    written_samples += count
+                    sentences.append(SpokenSentence(self._texts[index], start, written_samples / sample_rate))
+                    if segment.provider:
+                        providers.append(segment.provider)
+                    fallback_reason = fallback_reason or segment.fallback_reason
+                    if segment.misread_sentence_count:
+                        misread_sentence_count += segment.misread_sentence_count
+                        # The provider logged how far the reading strayed; this says where, never what.
+                        logger.warning("%s: sentence %d was read differently", self._meditation_id, index + 1)
+                    index += 1
             assert encoder is not None and publisher is not None
             await self._cpu_lane.run(encoder.close)
             # Stopped between publications, never in one: a publication cut short would lose the segments
@@ -482,6 +488,22 @@ class LiveNarration:
                 + stored_subtitles.size_bytes
             ),
         )
+
+    def _ready_from(self, index: int) -> list[_WaitingSound]:
+        """The sentence at `index` (spoken) and those after it spoken already, in order. The first sentence
+        alone: it is what a listener waits for, ahead of everything else."""
+        ready: list[_WaitingSound] = []
+        while (
+            (future := self._spoken.get(index)) is not None
+            and future.done()
+            and not future.cancelled()
+            and future.exception() is None
+        ):
+            ready.append(future.result())
+            if index == 0:
+                break
+            index += 1
+        return ready
 
     async def _publish_while_encoding(
         self, work_dir: Path, published: _Published, encoding_done: asyncio.Event, more_written: asyncio.Event
@@ -611,16 +633,23 @@ def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegm
     return waiting
 
 
-def _master_on_disk(sound: _WaitingSound) -> None:
-    """Masters a sentence's sound where it waits (master_sentence)."""
-    assert sound.path is not None
-    narration = Narration(sound.path.read_bytes(), sound.sample_rate_hertz, sound.misread_sentence_count)
-    sound.path.write_bytes(master_sentence(narration).pcm_s16le)
+def _master_all_on_disk(sounds: Sequence[_WaitingSound]) -> None:
+    """Masters each sentence's sound where it waits (master_sentence)."""
+    for sound in sounds:
+        assert sound.path is not None
+        narration = Narration(sound.path.read_bytes(), sound.sample_rate_hertz, sound.misread_sentence_count)
+        sound.path.write_bytes(master_sentence(narration).pcm_s16le)
 
 
-def _encode_waiting(encoder: LiveEncoder, sound: _WaitingSound, *, is_last: bool) -> int:
-    """Encodes a sentence's sound once its turn comes (LiveEncoder.write)."""
-    return encoder.write(sound.take(), is_last=is_last)
+def _encode_all(
+    encoder: LiveEncoder, sounds: Sequence[_WaitingSound], first_index: int, last_index: int
+) -> list[int]:
+    """Encodes sentences in order from `first_index` (LiveEncoder.write); the bed falls away over the one at
+    `last_index`. Returns how many samples each added."""
+    return [
+        encoder.write(sound.take(), is_last=first_index + offset == last_index)
+        for offset, sound in enumerate(sounds)
+    ]
 
 
 def master_sentence(narration: Narration) -> Narration:

@@ -10,6 +10,7 @@ import threading
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import av
 import grpc
@@ -328,6 +329,62 @@ async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
             assert not list(tmp_path.glob("live-*/sentence-*.pcm"))
     finally:
         encoder_free.set()
+
+
+class _TurnsRecorded(CpuLane):
+    """A CPU lane that records what each of its turns ran."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.turns: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def run(self, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.turns.append((getattr(function, "__name__", ""), args))
+        return await super().run(function, *args, **kwargs)
+
+
+async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_turn_of_the_cpu_lane(
+    storage: LocalAssetStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty jobs share the lane: a job's narration a sentence per turn was spread among everyone's work,
+    and its preview published in as many small pieces."""
+    encoder_free = threading.Event()
+    write = LiveEncoder.write
+
+    def busy_write(encoder: LiveEncoder, narration: Narration, *, is_last: bool) -> int:
+        encoder_free.wait(timeout=30)
+        return write(encoder, narration, is_last=is_last)
+
+    monkeypatch.setattr(LiveEncoder, "write", busy_write)
+    spoken: list[str] = []
+
+    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+        spoken.extend(sentences)
+        return [SpokenSegment(Narration(bytes(2 * 24_000), 24_000), "openai", "") for _ in sentences]
+
+    lane = _TurnsRecorded(2)
+    script = ["Breathe in.", "And out.", "Again, slowly.", "Let it go."]
+    try:
+        async with LiveNarration(
+            meditation_id="0123456789abcdef", speak=speak, storage=storage, work_root=tmp_path, cpu_lane=lane
+        ) as live:
+            live.add_text(" ".join(script))
+            live.finish_script()
+
+            def all_mastered() -> bool:
+                return sum(len(args[0]) for name, args in lane.turns if name == "_master_all_on_disk") == 4
+
+            await wait_until(all_mastered, what="every sentence to be spoken and mastered")
+            encoder_free.set()
+            async with asyncio.timeout(30):
+                result = [event async for event in live.events()][-1]
+    finally:
+        encoder_free.set()
+    assert isinstance(result, LiveNarrationResult)
+    assert [sentence.text for sentence in result.sentences] == script
+    # The first sentence alone (a listener waits for it), then the other three together.
+    encodes = [args for name, args in lane.turns if name == "_encode_all"]
+    assert [len(args[1]) for args in encodes] == [1, 3]
 
 
 def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) -> None:
