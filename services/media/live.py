@@ -35,21 +35,15 @@ from services.storage.base import AssetStorage, StorageUnavailableError, new_key
 logger = logging.getLogger(__name__)
 
 # The encoder cuts the preview into one-second pieces (a picture a second, each a keyframe); the publisher
-# joins them into the segments it uploads. The first is all that is cut when the first sentence is written,
-# so the preview plays at once; each next one is as long as all before it (the lengths double), up to
-# LONGEST_SEGMENT_SECONDS, so a three-minute narration is a dozen uploads rather than ninety. Speech arrives
-# far faster than it plays, so the longer segments are ready long before a player reaches them.
+# joins them into the segments it uploads. The first is one second, so the preview plays as soon as the
+# first sentence is written; each next one is twice as long, up to LONGEST_SEGMENT_SECONDS, so a three-minute
+# narration is a dozen uploads rather than ninety. Speech arrives far faster than it plays, so the longer
+# segments are ready long before a player reaches them.
 FIRST_SEGMENT_SECONDS = PIECE_SECONDS
 LONGEST_SEGMENT_SECONDS = 32
 # A player that started with the first segment would run out of published sound this soon: then whatever is
-# cut is published, however short (a slow voice must not leave it waiting for a long segment)...
+# cut is published at once, however short (a slow voice must not leave it waiting for a long segment).
 RUNNING_DRY_SECONDS = 4.0
-# ...once this much is cut, or the oldest of it has waited this long. A job whose speech waits its turn for
-# the CPU (fifty at once on two cores) gets its sentences cut a few at a time; published one by one, each
-# cost an upload, a signing request and a playlist version, and gave its player a few seconds before the
-# next stall. A moment's wait makes them one publication.
-RUNNING_DRY_GATHER_SECONDS = 6.0
-RUNNING_DRY_WAIT_SECONDS = 1.0
 # Past the first segment, nothing is published while a player that started with it has more than this
 # ahead of it; then every segment cut so far goes up in one publication (one playlist version, one signing
 # request). Speech runs far ahead of playback, so a narration is a handful of publications, not one per
@@ -126,8 +120,6 @@ class _Published:
     pending: list[tuple[str, float]] = field(default_factory=list)
     # How many of the encoder's pieces have been taken (published or pending).
     pieces_taken: int = 0
-    # When the oldest of the pending pieces was taken.
-    pending_since: float = 0.0
     init_uri: str = ""
     playlist_key: str = ""
     # What the segments and the initialisation segment take in storage, and the playlist's last version.
@@ -149,36 +141,14 @@ class _Published:
         segment has no more than PUBLISHED_AHEAD_SECONDS of it left to play."""
         return not self.segments or self._seconds_ahead(now) <= PUBLISHED_AHEAD_SECONDS
 
-    def is_gathered(self, now: float) -> bool:
-        """Whether what is pending may go up for a player running dry: RUNNING_DRY_GATHER_SECONDS of it, or
-        the oldest piece has waited RUNNING_DRY_WAIT_SECONDS."""
-        return (
-            self.pending_seconds >= RUNNING_DRY_GATHER_SECONDS
-            or now - self.pending_since >= RUNNING_DRY_WAIT_SECONDS
-        )
-
-    @property
-    def pending_seconds(self) -> float:
-        return sum(duration for _, duration in self.pending)
-
-    def take(self, pieces: Sequence[tuple[str, float]], now: float) -> None:
-        """Adds pieces the encoder has cut to the pending ones."""
-        if pieces and not self.pending:
-            self.pending_since = now
-        self.pending += pieces
-        self.pieces_taken += len(pieces)
-
     def seconds_until_due(self, now: float) -> float | None:
         """How long until the pieces waiting become due without another being cut (a player that started with
-        the first segment draws near the end of what is published, or what a player running dry waits for
-        has waited long enough), or None when nothing waits on the time: nothing is pending, or nothing is
-        published yet (the first pieces are due at once)."""
+        the first segment draws near the end of what is published), or None when nothing waits on the time:
+        nothing is pending, or nothing is published yet (the first piece alone is due at once)."""
         if not self.segments or not self.pending:
             return None
         ahead = self._seconds_ahead(now)
-        thresholds = [ahead - PUBLISHED_AHEAD_SECONDS, ahead - RUNNING_DRY_SECONDS]
-        if ahead < RUNNING_DRY_SECONDS:
-            thresholds.append(self.pending_since + RUNNING_DRY_WAIT_SECONDS - now)
+        thresholds = (ahead - PUBLISHED_AHEAD_SECONDS, ahead - RUNNING_DRY_SECONDS)
         future = [seconds for seconds in thresholds if seconds > 0]
         return min(future) if future else None
 
@@ -522,15 +492,13 @@ class LiveNarration:
         end, or when a player would otherwise run dry), uploaded side by side, then the playlist listing
         them."""
         listed = await asyncio.to_thread(_read_playlist, work_dir / "live.m3u8")
-        now = time.monotonic()
         # The encoder cuts a piece only once the sound has gone past its end: every piece listed is whole.
-        published.take(listed[published.pieces_taken :], now)
+        published.pending += listed[published.pieces_taken :]
+        published.pieces_taken = len(listed)
+        now = time.monotonic()
         if not (is_final or published.wants_more(now)):
             return
-        is_running_dry = published.is_running_dry(now)
-        if is_running_dry and not is_final and not published.is_gathered(now):
-            return
-        groups = _group_pieces(published, publish_all=is_final or is_running_dry)
+        groups = _group_pieces(published, publish_all=is_final or published.is_running_dry(now))
         if not groups:
             if is_final and published.playlist_key:
                 await self._write_playlist(published, is_final=True)
@@ -662,17 +630,11 @@ def master_sentence(narration: Narration) -> Narration:
 
 
 def _group_pieces(published: _Published, *, publish_all: bool) -> list[list[tuple[str, float]]]:
-    """Takes the encoder's pending pieces off `published` in the groups to publish as segments: the first
-    segment all that is pending, each next one as long as all before it (up to the longest), and pieces
-    short of that wait for more; with `publish_all` all of them go, in as few segments as the longest
-    allows."""
+    """Takes the encoder's pending pieces off `published` in the groups to publish as segments: each as long
+    as it is due; with `publish_all` the rest too, however short, in segments no longer than the longest."""
     groups: list[list[tuple[str, float]]] = []
-    published_seconds = published.published_seconds
     while published.pending:
-        if publish_all or not (published.segments or groups):
-            due = min(published.pending_seconds, LONGEST_SEGMENT_SECONDS)
-        else:
-            due = min(max(published_seconds, FIRST_SEGMENT_SECONDS), LONGEST_SEGMENT_SECONDS)
+        due = _segment_seconds(len(published.segments) + len(groups))
         group: list[tuple[str, float]] = []
         seconds = 0.0
         for piece in published.pending:
@@ -684,8 +646,12 @@ def _group_pieces(published: _Published, *, publish_all: bool) -> list[list[tupl
             break  # not long enough yet: more sound is on its way
         del published.pending[: len(group)]
         groups.append(group)
-        published_seconds += seconds
     return groups
+
+
+def _segment_seconds(index: int) -> float:
+    """How long the segment at `index` is due to be: the first one second, each next twice the last."""
+    return float(min(FIRST_SEGMENT_SECONDS * 2**index, LONGEST_SEGMENT_SECONDS))
 
 
 # Boxes that describe one piece alone: kept for the first piece of a segment (the segment type), or

@@ -22,9 +22,7 @@ from services.media import live as live_module
 from services.media.live import (
     LONGEST_SEGMENT_SECONDS,
     PUBLISHED_AHEAD_SECONDS,
-    RUNNING_DRY_GATHER_SECONDS,
     RUNNING_DRY_SECONDS,
-    RUNNING_DRY_WAIT_SECONDS,
     LiveNarration,
     LiveNarrationResult,
     PlaylistPublished,
@@ -85,14 +83,14 @@ async def test_live_narration_publishes_a_playlist_then_the_whole_narration(
         float(line.split(":")[1].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF")
     )
     assert abs(listed - duration) < 2.5
-    # The first segment is what the first sentence gave, so the preview plays after it; later ones are
-    # longer, so the narration is a handful of uploads rather than one a second.
+    # The first segment is one second, so the preview plays after the first sentence; later ones are longer,
+    # so the narration is a handful of uploads rather than one a second.
     lengths = [
         float(line.split(":")[1].rstrip(",")) for line in playlist.splitlines() if line.startswith("#EXTINF")
     ]
-    assert 1.0 - 0.05 <= lengths[0] <= ends[0] + 0.05
+    assert lengths[0] == pytest.approx(1.0, abs=0.05)
     assert len(lengths) < duration / 2
-    assert all(length <= LONGEST_SEGMENT_SECONDS + 0.1 for length in lengths)
+    assert all(length <= 2**index + 0.1 for index, length in enumerate(lengths))
     # A player reads the whole playlist: the init segment and every media segment it names.
     with av.open(str(playlist_path), options={"allowed_extensions": "ALL"}) as played:
         assert {stream.type for stream in played.streams} == {"video", "audio"}
@@ -158,23 +156,15 @@ def _pieces(count: int) -> list[tuple[str, float]]:
     return [(f"segment-{index:05d}.m4s", 1.0) for index in range(count)]
 
 
-def test_the_first_segment_is_all_that_is_cut_and_each_next_as_long_as_all_before_it() -> None:
-    published = _Published(pending=_pieces(2))
-    # The first sentence's pieces: all of them at once, the preview's first segment.
-    assert [len(group) for group in _group_pieces(published, publish_all=False)] == [2]
-    published.segments = [("a", 2.0)]
-    published.pending = _pieces(12)[2:]
-    # Then 2 s, then 4 s (as long as all before each); the four pieces left are short of the 8 s due next.
-    assert [len(group) for group in _group_pieces(published, publish_all=False)] == [2, 4]
-    assert [name for name, _ in published.pending] == [f"segment-{index:05d}.m4s" for index in range(8, 12)]
-    published.segments += [("b", 2.0), ("c", 4.0)]
-    assert _group_pieces(published, publish_all=True) == [_pieces(12)[8:]]
+def test_pieces_are_published_in_segments_that_double_and_wait_until_they_are_long_enough() -> None:
+    published = _Published(pending=_pieces(10))
+    groups = _group_pieces(published, publish_all=False)
+    # 1 s, then 2 s, then 4 s; the three pieces left are short of the 8 s due next, so they wait.
+    assert [len(group) for group in groups] == [1, 2, 4]
+    assert [name for name, _ in published.pending] == [f"segment-{index:05d}.m4s" for index in range(7, 10)]
+    published.segments = [("a", 1.0), ("b", 2.0), ("c", 4.0)]
+    assert _group_pieces(published, publish_all=True) == [_pieces(10)[7:]]
     assert published.pending == []
-
-
-def test_a_player_running_dry_gets_all_that_is_cut_in_one_segment() -> None:
-    published = _Published(segments=[("a", 2.0)], pending=_pieces(12)[2:])
-    assert [len(group) for group in _group_pieces(published, publish_all=True)] == [10]
 
 
 def test_a_long_narration_is_published_in_segments_no_longer_than_the_longest() -> None:
@@ -189,20 +179,6 @@ def test_a_player_about_to_run_dry_gets_what_is_cut_however_short() -> None:
     published = _Published(segments=[("a", 1.0), ("b", 2.0), ("c", 4.0)], playable_since=100.0)
     assert not published.is_running_dry(100.0)
     assert published.is_running_dry(100.0 + 7.0 - RUNNING_DRY_SECONDS + 0.1)
-
-
-def test_for_a_player_running_dry_pieces_are_gathered_a_moment_then_go_however_short() -> None:
-    """Sentences cut a few at a time (a job waiting its turn for the CPU) go up together, not one by one."""
-    published = _Published(segments=[("a", 2.0)], playable_since=100.0)
-    published.take(_pieces(3)[2:], now=110.0)
-    assert not published.is_gathered(110.0)
-    # One second on, what waits goes up, however short; and the publisher is woken for it.
-    assert published.seconds_until_due(110.0) == pytest.approx(RUNNING_DRY_WAIT_SECONDS)
-    assert published.is_gathered(110.0 + RUNNING_DRY_WAIT_SECONDS)
-    # Enough gathered goes up at once.
-    published.take(_pieces(2 + round(RUNNING_DRY_GATHER_SECONDS))[3:], now=110.5)
-    assert published.pending_since == 110.0
-    assert published.is_gathered(110.5)
 
 
 def test_past_the_first_segment_publishing_waits_until_a_player_has_little_left_to_play() -> None:
