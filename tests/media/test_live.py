@@ -246,6 +246,20 @@ async def test_the_first_publication_signs_the_initialisation_and_first_segment_
             assert isinstance([event async for event in events][-1], LiveNarrationResult)
 
 
+def _busy_encoder(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Holds every live encoder's writes until the returned event is set (or 30 s pass): an encoder busy
+    with other jobs' work."""
+    encoder_free = threading.Event()
+    write = LiveEncoder.write
+
+    def busy_write(encoder: LiveEncoder, narration: Narration, *, is_last: bool) -> int:
+        encoder_free.wait(timeout=30)
+        return write(encoder, narration, is_last=is_last)
+
+    monkeypatch.setattr(LiveEncoder, "write", busy_write)
+    return encoder_free
+
+
 async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
     storage: LocalAssetStorage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,14 +275,7 @@ async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
         return result
 
     monkeypatch.setattr(live_module, "master_sentence", recorded)
-    encoder_free = threading.Event()
-    write = LiveEncoder.write
-
-    def busy_write(encoder: LiveEncoder, narration: Narration, *, is_last: bool) -> int:
-        encoder_free.wait(timeout=30)
-        return write(encoder, narration, is_last=is_last)
-
-    monkeypatch.setattr(LiveEncoder, "write", busy_write)
+    encoder_free = _busy_encoder(monkeypatch)
 
     async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
         return [
@@ -324,14 +331,7 @@ async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_tu
 ) -> None:
     """Fifty jobs share the lane: a job's narration a sentence per turn was spread among everyone's work,
     and its preview published in as many small pieces."""
-    encoder_free = threading.Event()
-    write = LiveEncoder.write
-
-    def busy_write(encoder: LiveEncoder, narration: Narration, *, is_last: bool) -> int:
-        encoder_free.wait(timeout=30)
-        return write(encoder, narration, is_last=is_last)
-
-    monkeypatch.setattr(LiveEncoder, "write", busy_write)
+    encoder_free = _busy_encoder(monkeypatch)
     spoken: list[str] = []
 
     async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
