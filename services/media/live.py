@@ -318,9 +318,9 @@ class LiveNarration:
             with disk_full_reported():
                 waiting = await asyncio.to_thread(_set_aside, work_dir, group, spoken)
             del spoken
-            # Mastered here, a sentence at a time while later ones are still being spoken, so the one encode
-            # serves the live preview and the QUICK video already at the target loudness: the group in one
-            # turn of the CPU lane, so it is not spread among other jobs' work, a sentence per turn.
+            # Mastered here, each sentence to the target loudness while later ones are still being spoken,
+            # so the one encode serves the live preview and the QUICK video; the whole group in one turn of
+            # the CPU lane, so it is not spread among other jobs' work.
             with disk_full_reported():
                 await self._cpu_lane.run(_master_all_on_disk, waiting)
             for index, sound in zip(group, waiting, strict=True):
@@ -381,9 +381,8 @@ class LiveNarration:
                 # This sentence and every one after it already spoken: encoded in one turn of the CPU lane,
                 # so a job's narration is not spread among other jobs' work a sentence per turn.
                 ready = self._ready_from(index)
-                first = ready[0]
                 if encoder is None:
-                    sample_rate = first.sample_rate_hertz
+                    sample_rate = ready[0].sample_rate_hertz
                     encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done, more_written)
