@@ -3,10 +3,11 @@ once, and muxed as it arrives into the live preview's HLS pieces and the narrati
 
 No FFmpeg process per job. The preview's picture never changes, so its video is two keyframes encoded once
 per process (`_preview_keyframes`) and copied into every piece; the only encoding left per job is the sound,
-which the AAC encoder does in about a quarter of a second of CPU for three minutes of speech. A process per
-job cost 1.4 CPU seconds and 45 MB each, and fifty of them, each with its encoder threads, left the services'
-own threads a fiftieth of two cores (the 50-job level of `make bench`). The methods block: run them in a
-worker thread (media's CPU lane); one job's encoder is used by one thread at a time.
+which the AAC encoder, at a constant quality, does in under half a second of CPU for three minutes of speech
+over the bed. A process per job cost 1.4 CPU seconds and 45 MB each, and fifty of them, each with its encoder
+threads, left the services' own threads a fiftieth of two cores (the 50-job level of `make bench`). The
+methods block: run them in a worker thread (media's CPU lane); one job's encoder is used by one thread at a
+time.
 """
 
 from __future__ import annotations
@@ -30,7 +31,13 @@ from services.media.errors import EncodingError
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import is_disk_full
 from services.media.speech import Narration
-from services.media.video import BED_SEEDS, ENHANCED_PROFILE, bed_noise_filter, live_sound_profile
+from services.media.video import (
+    BED_SEEDS,
+    ENHANCED_PROFILE,
+    RenderProfile,
+    bed_noise_filter,
+    live_sound_profile,
+)
 
 # FFmpeg's HLS muxer cuts a piece at each keyframe this many seconds on: every picture is one, a second apart.
 PIECE_SECONDS = 1
@@ -43,6 +50,8 @@ PREVIEW_SIZE_PIXELS = (640, 360)
 BED_LOOP_SECONDS = 60
 _BED_CROSSFADE_SECONDS = 2
 _MILLISECONDS = Fraction(1, 1000)
+# FFmpeg's FF_QP2LAMBDA: one step of `-q:a` in the units of the encoder's global_quality.
+_QP2LAMBDA = 118
 # The bed and the keyframes are made once per process: fifty jobs arriving together wait for the first to
 # make them rather than each making its own (functools.cache alone lets every caller in until one is done).
 _MADE_ONCE = threading.Lock()
@@ -96,11 +105,7 @@ class LiveEncoder:
                     self._video = self._preview.add_stream_from_template(template)
                     self._keyframes = [bytes(packet) for packet in pictures.demux(template) if packet.size]
                 self._audio: AudioStream = self._preview.add_stream(
-                    "aac",
-                    rate=sample_rate,
-                    layout="mono",
-                    bit_rate=sound.audio_bitrate_bits_per_second,
-                    options={"aac_coder": sound.aac_coder, "aac_ms": "0"},
+                    "aac", rate=sample_rate, layout="mono", options=aac_options(sound)
                 )
                 self._preview.start_encoding()
                 # The same AAC packets, as a plain ADTS file both videos copy; its stream takes the encoder's
@@ -187,6 +192,17 @@ class LiveEncoder:
         """The bed's samples from `first_sample` on, going round its loop."""
         positions = np.arange(first_sample, first_sample + count) % self._bed.size
         return self._bed[positions]
+
+
+def aac_options(sound: RenderProfile) -> dict[str, str]:
+    """FFmpeg's AAC encoder options for `sound`: its coder, no mid/side search (one channel), and either its
+    constant quality (as `-q:a` sets it: the quantiser's lambda, that many quality steps) or its bitrate."""
+    options = {"aac_coder": sound.aac_coder, "aac_ms": "0"}
+    if sound.aac_quality is None:
+        options["b"] = str(sound.audio_bitrate_bits_per_second)
+    else:
+        options |= {"flags": "+qscale", "global_quality": str(round(sound.aac_quality * _QP2LAMBDA))}
+    return options
 
 
 @contextlib.contextmanager
