@@ -35,7 +35,7 @@ from PIL import Image
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, InvalidStatus
 
 from services.content.script_composer import compose_meditation
-from services.media.speech import EspeakNarrator
+from services.media.speech import EspeakNarrator, Narration
 from services.script_marks import PAUSE_MARK_PATTERN, count_spoken_words
 from tests.servers.openai_compatible import (
     DEFAULT_API_KEY,
@@ -261,6 +261,40 @@ async def test_speech_as_pcm_is_raw_24khz_16_bit_mono(server: OpenAICompatibleSe
 
     assert len(pcm) % 2 == 0
     assert len(pcm) == pytest.approx(24_000 * 2 * narrated_seconds, rel=0.01)
+
+
+async def test_speech_speaks_each_sentence_once_however_requests_cut_a_script(
+    server: OpenAICompatibleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # make bench's jobs speak one script, cut into requests at different places: each sentence is
+    # synthesised once, and a request's speech is its sentences' speech, joined.
+    synthesised: list[str] = []
+    narrate = EspeakNarrator.narrate
+
+    async def counted(self: EspeakNarrator, text: str) -> Narration:
+        synthesised.append(text)
+        return await narrate(self, text)
+
+    monkeypatch.setattr(EspeakNarrator, "narrate", counted)
+    first, second, third = "Breathe in slowly.", "Let the day go.", "Rest here a while."
+    client = client_for(server)
+
+    async def spoken(text: str) -> bytes:
+        async with client.audio.speech.with_streaming_response.create(
+            model=SPEECH_MODEL, voice="coral", input=text, response_format="pcm"
+        ) as response:
+            return b"".join([piece async for piece in response.iter_bytes()])
+
+    try:
+        opening = await spoken(f"{first} {second}")
+        closing = await spoken(f"{second} {third}")
+        alone = [await spoken(sentence) for sentence in (first, second, third)]
+    finally:
+        await client.close()
+
+    assert sorted(synthesised) == sorted([first, second, third])
+    assert opening == alone[0] + alone[1]
+    assert closing == alone[1] + alone[2]
 
 
 async def test_speech_speed_shortens_the_audio(server: OpenAICompatibleServer) -> None:
