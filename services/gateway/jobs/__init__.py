@@ -8,7 +8,6 @@ wait for a replica). This facade is what the servicer calls.
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import dataclasses
 import hashlib
@@ -223,8 +222,10 @@ class MeditationJobs:
                 if live is None:
                     if page.state.is_final:
                         return
-                    # The job waits in the queue, or runs on another replica: follow its log.
-                    await asyncio.sleep(self._poll_interval_seconds)
+                    # The job waits in the queue, or runs on another replica: follow its log, and from the
+                    # moment it runs here, its live events (a poll's wait before each job's first stage was
+                    # half a second of every job's events held back).
+                    await self.dispatcher.wait_for_launch(name, self._poll_interval_seconds)
                     continue
                 while (recorded := await live.next()) is not None:
                     if recorded.sequence <= last_sequence:

@@ -4,6 +4,7 @@ cancellation wherever a job is, and the hand-back at shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -114,6 +115,9 @@ class JobDispatcher:
         # The tasks claiming and launching those jobs: several at once, so that fifty people who arrive
         # together start together rather than one database round trip after another.
         self._launching: set[asyncio.Task[None]] = set()
+        # Set, and replaced, at each launch: watchers of a job still in the queue wait on it
+        # (`wait_for_launch`) rather than poll the log until the job runs here.
+        self._launched = asyncio.Event()
         self._slots = asyncio.Semaphore(max_running_jobs)
         self._dispatcher: asyncio.Task[None] | None = None
         self._janitor: asyncio.Task[None] | None = None
@@ -124,6 +128,17 @@ class JobDispatcher:
         """The recorder of a job running here, if it is."""
         running = self._running.get(name)
         return None if running is None else running.recorder
+
+    async def wait_for_launch(self, name: str, timeout_seconds: float) -> None:
+        """Returns once the job runs here, or after `timeout_seconds` (it may wait in the queue that long, or
+        run on another replica)."""
+        deadline = asyncio.get_running_loop().time() + timeout_seconds
+        while name not in self._running:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._launched.wait(), remaining)
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
@@ -306,6 +321,8 @@ class JobDispatcher:
         task = asyncio.create_task(self._run(recorder, meditation), name=meditation.name, context=detached())
         running = _Running(recorder, task, delivery)
         self._running[meditation.name] = running
+        self._launched.set()
+        self._launched = asyncio.Event()
         metrics.JOBS_RUNNING.inc()
         # A done callback, not a `finally`: a task cancelled before its first step never runs its body.
         task.add_done_callback(lambda _: self._forget(running))
