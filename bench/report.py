@@ -342,7 +342,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             + _upload_scaling(model.get("upload_scale_by_bytes"))
             + ", the reference pipeline's database "
             + _range(model.get("reference_database_seconds"))
-            + ". Stillpoint uses the real PostgreSQL and Redis.",
+            + ". Stillpoint uses the real PostgreSQL and Redis. The simulated provider paints one image per"
+            + " size and speaks each sentence once: a real provider's work is done on its own machines.",
             "",
         ]
     reference, stillpoint = report.get("reference"), report.get("stillpoint")

@@ -197,6 +197,29 @@ async def test_gpt_image_model_returns_a_base64_png_at_the_requested_size(
     assert (result.output_format, result.size) == ("png", "1792x1024")
 
 
+@pytest.mark.parametrize("paints_once_per_size", [False, True], ids=["per-prompt", "once-per-size"])
+async def test_images_are_painted_per_prompt_unless_once_per_size(
+    server: OpenAICompatibleServer, paints_once_per_size: bool
+) -> None:
+    server.configure(ServerConfig(paints_once_per_size=paints_once_per_size))
+    client = client_for(server)
+    try:
+        images = [
+            (
+                await client.images.generate(
+                    model=IMAGE_MODEL, prompt=prompt, size="1024x1024", output_format="png"
+                )
+            ).data
+            for prompt in ("a quiet lake at dawn", "a pine forest after rain")
+        ]
+    finally:
+        await client.close()
+
+    lake, forest = (data[0].b64_json if data else None for data in images)
+    assert lake is not None and forest is not None
+    assert (lake == forest) is paints_once_per_size
+
+
 async def test_gpt_image_model_rejects_response_format(server: OpenAICompatibleServer) -> None:
     client = client_for(server)
     try:
@@ -523,6 +546,7 @@ def test_config_round_trips_through_json() -> None:
             "realtime": (FaultSpec("drop", after=2), FaultSpec("reword", count=3)),
         },
         chat_text="Breathe.",
+        paints_once_per_size=True,
     )
 
     assert ServerConfig.from_json(config.to_json()) == config
@@ -540,6 +564,7 @@ def test_config_round_trips_through_json() -> None:
         # A Realtime response's fault on an endpoint without responses.
         '{"faults": {"speech": [{"kind": "drop"}]}}',
         '{"faults": {"realtime": [{"kind": "reword", "after": -1}]}}',
+        '{"paints_once_per_size": "yes"}',
     ],
 )
 def test_config_with_a_mistake_is_refused(text: str) -> None:
