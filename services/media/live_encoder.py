@@ -39,8 +39,15 @@ from services.media.video import (
     live_sound_profile,
 )
 
-# FFmpeg's HLS muxer cuts a piece at each keyframe this many seconds on: every picture is one, a second apart.
+# FFmpeg's HLS muxer cuts a piece at each keyframe (every picture is one) at least this many seconds on.
 PIECE_SECONDS = 1
+# The first pieces are a second long, so that the preview's first segments (1, 2 and 4 s: live.py's
+# FIRST_SEGMENT_SECONDS, doubling) are cut as soon as their sound is written; the rest are LATER_PIECE_SECONDS
+# long, which every later segment is a multiple of (8, 16, then 32 s). Each piece is a cut: a fragment, a
+# file, and the HLS muxer's playlist written again whole, so a piece a second made the cutting grow with the
+# square of the narration's length (a tenth of media's CPU with fifty jobs at once).
+EARLY_PIECES = 7
+LATER_PIECE_SECONDS = 4
 # The placeholder is a soft gradient with no edge anywhere: at 360p it looks as it does at 720p once a player
 # scales it up, at a quarter of the preview's bytes.
 PREVIEW_SIZE_PIXELS = (640, 360)
@@ -137,9 +144,9 @@ class LiveEncoder:
             frame.time_base = Fraction(1, self._sample_rate)
             self._mux_sound(self._audio.encode(frame))
             self._samples_written += count
-            # A picture for each second the sound has reached: a piece is cut when the next one comes, so
+            # A picture for each piece start the sound has passed: a piece is cut when the next one comes, so
             # every piece has all of its sound.
-            while self._pictures_written * PIECE_SECONDS * self._sample_rate < self._samples_written:
+            while picture_seconds(self._pictures_written) * self._sample_rate < self._samples_written:
                 self._mux_picture()
             return count
 
@@ -182,8 +189,8 @@ class LiveEncoder:
         packet = av.Packet(self._keyframes[index % len(self._keyframes)])
         packet.stream = self._video
         packet.time_base = _MILLISECONDS
-        packet.pts = packet.dts = index * PIECE_SECONDS * 1000
-        packet.duration = PIECE_SECONDS * 1000
+        packet.pts = packet.dts = picture_seconds(index) * 1000
+        packet.duration = (picture_seconds(index + 1) - picture_seconds(index)) * 1000
         packet.is_keyframe = True
         self._preview.mux_one(packet)
         self._pictures_written += 1
@@ -215,6 +222,14 @@ def _encoder_errors() -> Iterator[None]:
         if isinstance(error, OSError) and is_disk_full(error):
             raise
         raise EncodingError("the live encoder failed", detail=str(error)) from error
+
+
+def picture_seconds(index: int) -> int:
+    """When the preview's picture at `index` starts its piece: a second apart for the first EARLY_PIECES
+    pieces, then LATER_PIECE_SECONDS apart."""
+    if index <= EARLY_PIECES:
+        return index * PIECE_SECONDS
+    return EARLY_PIECES * PIECE_SECONDS + (index - EARLY_PIECES) * LATER_PIECE_SECONDS
 
 
 def bed_envelope(

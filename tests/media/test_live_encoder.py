@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from services.media.errors import EncodingError
-from services.media.live import _read_playlist
+from services.media.live import _group_pieces, _Published, _read_playlist
 from services.media.live_encoder import (
     BED_LOOP_SECONDS,
     LiveEncoder,
@@ -151,3 +151,23 @@ def test_the_sound_is_encoded_at_a_constant_quality_cleaner_than_at_a_bitrate(
     assert signal_to_noise >= 31.0
     bits_per_second = encoder.aac_path.stat().st_size * 8 / (voice.size / RATE)
     assert bits_per_second <= 1.25 * QUICK_PROFILE.audio_bitrate_bits_per_second
+
+
+def test_pieces_are_a_second_long_for_the_first_segments_then_as_long_as_later_segments_divide(
+    tmp_path: Path,
+) -> None:
+    encoder = LiveEncoder(tmp_path, RATE)
+    try:
+        for _ in range(8):
+            encoder.write(_sentence(2.5), is_last=False)
+        listed = _read_playlist(encoder.playlist_path)
+    finally:
+        encoder.abandon()
+    # 20 s written: seven pieces of a second, then pieces of four (the one under way is not cut yet).
+    assert [duration for _, duration in listed] == pytest.approx([1.0] * 7 + [4.0] * 3, abs=0.01)
+    # The publisher makes its first segments (1, 2, 4 and 8 s) of whole pieces.
+    published = _Published(pending=list(listed))
+    segments = _group_pieces(published, publish_all=False)
+    assert [sum(duration for _, duration in segment) for segment in segments] == pytest.approx(
+        [1.0, 2.0, 4.0, 8.0], abs=0.05
+    )
