@@ -82,6 +82,8 @@ const player = new Player($<HTMLVideoElement>("video-a"), $<HTMLVideoElement>("v
 let job: SavedJob | null = null;
 // Ends the stream being read (a new job, sign-out); a new controller for each job.
 let streamAbort: AbortController | null = null;
+// The meditation whose Cancel was pressed: nothing of it is played while the cancel is under way.
+let cancelling: string | null = null;
 let clock: number | undefined;
 let clockBase = { elapsedSeconds: 0, at: 0 };
 
@@ -539,7 +541,7 @@ function stopClock(): void {
 }
 
 async function updatePlayer(): Promise<void> {
-  if (!job) return;
+  if (!job || job.meditation === cancelling) return;
   const current = player.currentQuality;
   if (job.subtitlesUri) player.setSubtitles(job.subtitlesUri);
   try {
@@ -576,14 +578,31 @@ ui.newForm.addEventListener("submit", (event) => {
 ui.cancel.addEventListener("click", () => {
   if (!job?.meditation) return;
   ui.cancel.disabled = true;
+  // Stop playing it first: cancelling erases what the job made, and a player still reading its live
+  // playlist would ask for files that are gone.
+  const meditation = job.meditation;
+  cancelling = meditation;
+  player.reset();
   void gateway
-    .cancelMeditation({ name: job.meditation })
-    .then(() => {
-      if (job && job.finalState === null) say("Cancelling…");
+    .cancelMeditation({ name: meditation })
+    .then((response) => {
+      if (response.meditation?.state !== MeditationState.CANCELLED) resumePlaying(meditation);
+      else if (job && job.finalState === null) say("Cancelling…");
     })
-    .catch((error: unknown) => complain(describe(error)))
+    .catch((error: unknown) => {
+      resumePlaying(meditation);
+      complain(describe(error));
+    })
     .finally(() => (ui.cancel.disabled = false));
 });
+
+/** The meditation was not cancelled after all (it had finished, or the request failed): what it made is
+ * still there to play. */
+function resumePlaying(meditation: string): void {
+  if (cancelling !== meditation) return;
+  cancelling = null;
+  void updatePlayer();
+}
 ui.unmute.addEventListener("click", () => {
   player.unmute();
   ui.soundNote.hidden = true;
