@@ -17,6 +17,7 @@ from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_play
 
 from scripts.stack import Stack, create_api_key, running_stack
 from tests.chromium import launch_chromium, missing_chromium
+from tests.servers.openai_compatible import DEFAULT_API_KEY, LatencySpec, OpenAICompatibleServer, ServerConfig
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +30,9 @@ PREVIEW_WITHIN_SECONDS = 10.0
 # How far the player may land from where the previous delivery was when it switches.
 POSITION_TOLERANCE_SECONDS = 0.5
 ALL_STAGES = {"SOURCE", "TRANSCRIPT", "IMAGE", "NARRATION", "QUICK_VIDEO", "ENHANCED_VIDEO", "UPLOAD"}
+# How long the image takes: far past the reload, and the QUICK video, in the story.
+IMAGE_SECONDS = 20.0
+IMAGE_MODEL = "gpt-image-2.5-flare"
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +44,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.fail(missing)
     # espeak-ng at its own pace, not the suite's triple speed (tests/conftest.py): the story reloads the page
     # while the live preview is what plays, which needs a narration that lasts longer than the first seconds.
-    with running_stack(
-        tmp_path_factory.mktemp("web-stack"),
-        edge=True,
-        extra_environment={"STILLPOINT_ESPEAK_WORDS_PER_MINUTE": "125"},
-    ) as running:
+    # The picture comes from an OpenAI-compatible server that takes IMAGE_SECONDS to paint it, so the ENHANCED
+    # video, which waits for it, comes long after the reload: with the offline painter, a narration made
+    # quickly enough finished the whole job before the page had reloaded, and nothing was left to switch to.
+    images = ServerConfig(latency={"images": LatencySpec(fixed_seconds=IMAGE_SECONDS)})
+    with (
+        OpenAICompatibleServer(images) as image_provider,
+        running_stack(
+            tmp_path_factory.mktemp("web-stack"),
+            edge=True,
+            extra_environment={
+                "STILLPOINT_ESPEAK_WORDS_PER_MINUTE": "125",
+                "STILLPOINT_IMAGE_PROVIDER": "openai",
+                "STILLPOINT_IMAGE_MODEL": IMAGE_MODEL,
+                "OPENAI_API_KEY": DEFAULT_API_KEY,
+                "OPENAI_BASE_URL": image_provider.base_url,
+            },
+        ) as running,
+    ):
         media_http_port = int(running.environment["STILLPOINT_MEDIA_HTTP_PORT"])
         try:
             socket.create_connection(("127.0.0.1", media_http_port), timeout=5).close()
