@@ -36,7 +36,7 @@ from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
 from types import FrameType
-from typing import Final, Literal, cast, get_args
+from typing import Final, Literal, TypeVar, cast, get_args
 from urllib.parse import parse_qs, urlsplit
 
 import imageio_ffmpeg
@@ -114,6 +114,8 @@ _MAX_STORED_FILES: Final = 256
 _ONE_PAINTING_PROMPT: Final = "a quiet lake at dawn"
 # Sentences kept, each way: a few times a script's forty or so.
 _MAX_CACHED_NARRATIONS: Final = 256
+# What the sentence caches keep: narrations, or their PCM.
+_Kept = TypeVar("_Kept")
 
 
 class ConfigError(ValueError):
@@ -531,32 +533,24 @@ class _ServerState:
     def _narrate_sentence(self, sentence: str) -> Narration:
         """Synthesises on this handler's thread through the one narrator, which serialises internally."""
         with self._lock:
-            cached = self._narrations.get(sentence)
-            if cached is not None:
-                self._narrations.move_to_end(sentence)
+            if (cached := _kept(self._narrations, sentence)) is not None:
                 return cached
             if self._narrator is None:
                 self._narrator = EspeakNarrator()
             narrator = self._narrator
         narration = asyncio.run(narrator.narrate(sentence))
         with self._lock:
-            self._narrations[sentence] = narration
-            while len(self._narrations) > _MAX_CACHED_NARRATIONS:
-                self._narrations.popitem(last=False)
+            _keep(self._narrations, sentence, narration)
         return narration
 
     def _sentence_pcm(self, sentence: str) -> bytes:
-        """One sentence at 24 kHz, resampled once (an FFmpeg process each time was most of the rest)."""
+        """One sentence at 24 kHz, resampled once (by an FFmpeg process, which each request ran before)."""
         with self._lock:
-            cached = self._sentence_pcms.get(sentence)
-            if cached is not None:
-                self._sentence_pcms.move_to_end(sentence)
+            if (cached := _kept(self._sentence_pcms, sentence)) is not None:
                 return cached
         pcm = _encode_speech(self._narrate_sentence(sentence), "pcm", 1.0)
         with self._lock:
-            self._sentence_pcms[sentence] = pcm
-            while len(self._sentence_pcms) > _MAX_CACHED_NARRATIONS:
-                self._sentence_pcms.popitem(last=False)
+            _keep(self._sentence_pcms, sentence, pcm)
         return pcm
 
     def close(self) -> None:
@@ -1242,6 +1236,21 @@ def _encode_speech(narration: Narration, audio_format: SpeechFormat, speed: floa
         if result.returncode != 0:
             raise _ApiError(500, "The server had an error while processing your request.", "server_error")
         return output.read_bytes()
+
+
+def _kept(cache: OrderedDict[str, _Kept], key: str) -> _Kept | None:
+    """What `cache` keeps under `key`, marked as the most recently used; call it holding the state's lock."""
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _keep(cache: OrderedDict[str, _Kept], key: str, value: _Kept) -> None:
+    """Keeps `value`, forgetting the least recently used past _MAX_CACHED_NARRATIONS; holding the lock."""
+    cache[key] = value
+    while len(cache) > _MAX_CACHED_NARRATIONS:
+        cache.popitem(last=False)
 
 
 def _sentences_of(text: str) -> list[str]:
