@@ -34,11 +34,11 @@ from services.storage.base import AssetStorage, StorageUnavailableError, new_key
 
 logger = logging.getLogger(__name__)
 
-# The encoder cuts the preview into one-second pieces (a picture a second, each a keyframe); the publisher
-# joins them into the segments it uploads. The first is one second, so the preview plays as soon as the
-# first sentence is written; each next one is twice as long, up to LONGEST_SEGMENT_SECONDS, so a three-minute
-# narration is a dozen uploads rather than ninety. Speech arrives far faster than it plays, so the longer
-# segments are ready long before a player reaches them.
+# The encoder cuts the preview into pieces (a keyframe picture each: a second long at first, then four, as
+# live_encoder.picture_seconds says); the publisher joins them into the segments it uploads. The first is one
+# second, so the preview plays as soon as the first sentence is written; each next one is twice as long, up
+# to LONGEST_SEGMENT_SECONDS, so a three-minute narration is a dozen uploads rather than ninety. Speech
+# arrives far faster than it plays, so the longer segments are ready long before a player reaches them.
 FIRST_SEGMENT_SECONDS = PIECE_SECONDS
 LONGEST_SEGMENT_SECONDS = 32
 # A player that started with the first segment would run out of published sound this soon: then whatever is

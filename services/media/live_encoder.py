@@ -69,8 +69,8 @@ class LiveEncoder:
 
     The sound is the mastered voice over the bed, whose gain Python shapes (it rises over the first seconds
     and falls away over the last sentence: only the caller learns where the narration ends), as
-    video.live_sound_profile describes it: mono, at the voice's rate. Each second of sound written lets one
-    more picture into the preview, so its pieces never run ahead of the sound.
+    video.live_sound_profile describes it: mono, at the voice's rate. Sound written past a piece's start
+    (picture_seconds) lets that piece's picture into the preview, so its pieces never run ahead of the sound.
     """
 
     def __init__(self, work_dir: Path, sample_rate: int) -> None:
