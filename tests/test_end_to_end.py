@@ -165,7 +165,9 @@ def test_the_gateway_measures_its_rpcs_and_its_calls_to_content_and_media(medita
     )
     for method in ("stillpoint.content.v2.ContentService/", "stillpoint.media.v2.MediaService/"):
         assert any(name.startswith(method) for name in called), called
-    for service, method in (("content", "GenerateTranscript"), ("media", "RenderVideo")):
+    # Calls that ended well before the job did (the ENHANCED RenderVideo ends as the job does, and its
+    # server may record it a moment after the scrape).
+    for service, method in (("content", "GenerateTranscript"), ("media", "NarrateLive")):
         served = label_values(
             meditation.after[service], "grpc_server_call_duration_seconds_count", "grpc_method"
         )

@@ -20,6 +20,7 @@ from services.gateway.ports import (
     EncodedVideo,
     GeneratedImage,
     LivePlaylist,
+    MadeVideo,
     SourceContent,
     SpokenNarration,
     StoredVideo,
@@ -217,6 +218,22 @@ def _conversation(proto: content_pb.Conversation) -> Conversation:
     )
 
 
+def _encoded_video(encoded: media_pb.VideoEncoded) -> EncodedVideo:
+    return EncodedVideo(encode_seconds=seconds_of(encoded.encode_duration), encoder=encoded.encoder)
+
+
+def _stored_video(stored: media_pb.VideoUploaded) -> StoredVideo:
+    return StoredVideo(
+        storage_key=stored.storage_key,
+        duration_seconds=seconds_of(stored.duration),
+        size_bytes=stored.size_bytes,
+        width_pixels=stored.width_pixels,
+        height_pixels=stored.height_pixels,
+        encoder=stored.encoder,
+        upload_seconds=seconds_of(stored.upload_duration),
+    )
+
+
 class ContentClient:
     """The content service over gRPC, with a deadline on every call."""
 
@@ -407,6 +424,11 @@ class MediaClient:
                     misread_sentence_count=done.misread_sentence_count,
                     subtitles_storage_key=done.subtitles_storage_key,
                     stored_bytes=done.stored_bytes,
+                    quick_video=(
+                        MadeVideo(_encoded_video(done.quick_video_encoded), _stored_video(done.quick_video))
+                        if done.HasField("quick_video") and done.HasField("quick_video_encoded")
+                        else None
+                    ),
                     sentences=tuple(
                         SentenceTiming(
                             text=sentence.text,
@@ -467,21 +489,9 @@ class MediaClient:
         try:
             async for response in stream:
                 if response.HasField("encoded"):
-                    encoded = response.encoded
-                    yield EncodedVideo(
-                        encode_seconds=seconds_of(encoded.encode_duration), encoder=encoded.encoder
-                    )
+                    yield _encoded_video(response.encoded)
                 else:
-                    stored = response.uploaded
-                    yield StoredVideo(
-                        storage_key=stored.storage_key,
-                        duration_seconds=seconds_of(stored.duration),
-                        size_bytes=stored.size_bytes,
-                        width_pixels=stored.width_pixels,
-                        height_pixels=stored.height_pixels,
-                        encoder=stored.encoder,
-                        upload_seconds=seconds_of(stored.upload_duration),
-                    )
+                    yield _stored_video(response.uploaded)
         except grpc.aio.AioRpcError as error:
             raise _translate(error, "media") from None
         finally:

@@ -33,9 +33,11 @@ from services.gateway.ports import (
     EncodedVideo,
     GeneratedImage,
     LivePlaylist,
+    MadeVideo,
     MediaPort,
     SourceContent,
     SpokenNarration,
+    StoredVideo,
     TranscriptPiece,
     TranscriptRestart,
     WrittenTranscript,
@@ -82,10 +84,11 @@ class _StageRun:
     """A stage in progress; `detail` is reported when it succeeds, and `provider` (what did the work: a
     provider's name, an encoder) labels its duration in the metrics."""
 
-    def __init__(self) -> None:
+    def __init__(self, already_elapsed_seconds: float = 0.0) -> None:
         self.detail = ""
         self.provider = ""
-        self.started_at = time.monotonic()
+        # A stage run elsewhere and reported when done began that long ago.
+        self.started_at = time.monotonic() - already_elapsed_seconds
 
     def measure(self, stage: Stage, outcome: StageState) -> None:
         """Records the stage's duration in stillpoint_stage_duration_seconds."""
@@ -121,8 +124,13 @@ class MeditationPipeline:
         )
         try:
             narration = await self._transcript_and_narration(job, source, options.skip_cache)
-            early_image = _result_if_ready(image_task)
-            quick_bytes = await self._video(job, VideoQuality.QUICK, early_image, narration)
+            made_quick = narration.quick_video
+            if made_quick is not None:
+                # Media made it as the narration ended, with the preview's picture.
+                quick_bytes = await self._made_video(job, VideoQuality.QUICK, made_quick, narration)
+            else:
+                early_image = _result_if_ready(image_task)
+                quick_bytes = await self._video(job, VideoQuality.QUICK, early_image, narration)
             image = await image_task
             await self._video(job, VideoQuality.ENHANCED, image, narration, quick_bytes)
         finally:
@@ -305,6 +313,40 @@ class MeditationPipeline:
                 if isinstance(stored, EncodedVideo):
                     raise GatewayError(FailureKind.INTERNAL, "the media service reported no upload")
                 upload.detail = f"{quality.value} video, {stored.size_bytes} bytes"
+        return await self._video_ready(job, quality, stored, narration, quick_bytes)
+
+    async def _made_video(
+        self, job: JobEvents, quality: VideoQuality, made: MadeVideo, narration: SpokenNarration
+    ) -> int:
+        """Reports a video another step made and stored (media, as the narration ended) as `_video` reports
+        one it asks for: its encode and upload stages, with the times media measured, then the video."""
+        encoded, stored = made.encoded, made.stored
+        stage_name = Stage.QUICK_VIDEO if quality is VideoQuality.QUICK else Stage.ENHANCED_VIDEO
+        await self._stage_done_elsewhere(
+            job,
+            stage_name,
+            encoded.encode_seconds,
+            f"from a placeholder (the preview's picture); encoder {encoded.encoder}",
+            encoded.encoder,
+        )
+        await self._stage_done_elsewhere(
+            job,
+            Stage.UPLOAD,
+            stored.upload_seconds,
+            f"{quality.value} video, {stored.size_bytes} bytes",
+            encoded.encoder,
+        )
+        return await self._video_ready(job, quality, stored, narration)
+
+    async def _video_ready(
+        self,
+        job: JobEvents,
+        quality: VideoQuality,
+        stored: StoredVideo,
+        narration: SpokenNarration,
+        quick_bytes: int = 0,
+    ) -> int:
+        """Records and reports a stored video; returns its size."""
         changes = (
             JobChanges(quick_video_storage_key=stored.storage_key)
             if quality is VideoQuality.QUICK
@@ -376,6 +418,16 @@ class MeditationPipeline:
                     await self._end_stage(job, stage, run, StageState.STOPPED)
                 raise
             await self._end_stage(job, stage, run, StageState.SUCCEEDED, run.detail)
+
+    async def _stage_done_elsewhere(
+        self, job: JobEvents, stage: Stage, elapsed_seconds: float, detail: str, provider: str
+    ) -> None:
+        """Reports a stage that another service ran and timed (its start and its end, told together), in the
+        job's totals and metrics as any other."""
+        await job.emit(StageChanged(stage=stage, state=StageState.STARTED))
+        run = _StageRun(already_elapsed_seconds=elapsed_seconds)
+        run.provider = provider
+        await self._end_stage(job, stage, run, StageState.SUCCEEDED, detail)
 
     async def _stage_failed(self, job: JobEvents, stage: Stage, run: _StageRun, error: GatewayError) -> None:
         await self._end_stage(job, stage, run, StageState.FAILED, error.message)

@@ -94,6 +94,8 @@ class SpokenNarration:
     # What the narration's assets take in storage (its AAC, subtitles and live preview); 0 when media did
     # not say.
     stored_bytes: int = 0
+    # The QUICK video, made by media as the narration ended; None when it was not (then it is rendered).
+    quick_video: MadeVideo | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,14 @@ class StoredVideo:
     height_pixels: int
     encoder: str
     upload_seconds: float
+
+
+@dataclass(frozen=True)
+class MadeVideo:
+    """A video encoded and stored by another step (media makes the QUICK one as a narration ends)."""
+
+    encoded: EncodedVideo
+    stored: StoredVideo
 
 
 class ContentPort(Protocol):

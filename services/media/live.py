@@ -28,6 +28,7 @@ from services.media.scratch import disk_full_reported
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
 from services.media.urgency import CpuLane, arrival, in_arrival_order, urgent
+from services.media.video import VideoEncoded, VideoStored
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
 from services.storage.base import AssetStorage, StorageUnavailableError, new_key
@@ -80,6 +81,22 @@ class PlaylistPublished:
 
 
 @dataclass(frozen=True)
+class QuickVideo:
+    """The QUICK video, made from the narration's own files the moment its sound is complete."""
+
+    encoded: VideoEncoded
+    stored: VideoStored
+
+
+# Makes and stores the QUICK video from the narration's AAC, its WebVTT subtitles (both files in the
+# narration's scratch folder) and its length in seconds. Made here, on the replica that holds the sound,
+# while the AAC is still being uploaded, rather than asked for once the narration is stored: the QUICK video
+# then waits for neither the AAC's upload nor a second round trip from the gateway, the two longest steps
+# between the last sentence and the QUICK video.
+MakeQuickVideo = Callable[[Path, Path, float], Awaitable[QuickVideo]]
+
+
+@dataclass(frozen=True)
 class LiveNarrationResult:
     """The whole narration, mastered, with the room and bed around it (video.live_sound_profile), as AAC:
     the preview's sound, copied into both videos."""
@@ -96,6 +113,8 @@ class LiveNarrationResult:
     misread_sentence_count: int = 0
     # What its assets take in storage: the AAC, the subtitles, and the preview's segments and playlist.
     stored_bytes: int = 0
+    # The QUICK video (its size is not in stored_bytes), or None when no maker was given.
+    quick_video: QuickVideo | None = None
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
@@ -172,8 +191,10 @@ class LiveNarration:
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
         cpu_lane: CpuLane | None = None,
+        make_quick_video: MakeQuickVideo | None = None,
     ) -> None:
         self._meditation_id = meditation_id
+        self._make_quick_video = make_quick_video
         self._speak = speak
         self._groups_sentences = groups_sentences
         self._storage = storage
@@ -418,9 +439,20 @@ class LiveNarration:
             more_written.set()
             await publisher
             duration_seconds = written_samples / sample_rate
-            # The last of the preview, the narration and its subtitles go up side by side.
+            subtitles = webvtt(sentences).encode()
+            aac_path = encoder.aac_path
+
+            async def quick_video() -> QuickVideo | None:
+                if self._make_quick_video is None:
+                    return None
+                subtitles_path = work_dir / "subtitles.vtt"
+                with disk_full_reported():
+                    await asyncio.to_thread(subtitles_path.write_bytes, subtitles)
+                return await self._make_quick_video(aac_path, subtitles_path, duration_seconds)
+
+            # The last of the preview, the narration, its subtitles and the QUICK video go up side by side.
             prefix = f"narrations/{self._meditation_id}"
-            _, stored_aac, stored_subtitles = await asyncio.gather(
+            _, stored_aac, stored_subtitles, quick = await asyncio.gather(
                 self._publish(work_dir, published, is_final=True),
                 # Both read back at once by this process's renders: kept where they need no download.
                 self._storage.put_file(
@@ -429,11 +461,12 @@ class LiveNarration:
                 # Unsigned: the videos carry the subtitles and the gateway signs them for their owner.
                 self._storage.put_bytes(
                     new_key(f"videos/{self._meditation_id}", "vtt"),
-                    webvtt(sentences).encode(),
+                    subtitles,
                     WEBVTT_CONTENT_TYPE,
                     signed=False,
                     read_back=True,
                 ),
+                quick_video(),
             )
         finally:
             if publisher is not None:
@@ -458,6 +491,7 @@ class LiveNarration:
                 + stored_aac.size_bytes
                 + stored_subtitles.size_bytes
             ),
+            quick_video=quick,
         )
 
     def _ready_from(self, index: int) -> list[_WaitingSound]:

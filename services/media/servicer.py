@@ -21,8 +21,8 @@ from services.media.errors import (
     StageTimeoutError,
 )
 from services.media.live import LiveNarration, LiveNarrationResult, PlaylistPublished
-from services.media.studio import MediaStudio, VideoEncoded
-from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile
+from services.media.studio import MediaStudio
+from services.media.video import ENHANCED_PROFILE, QUICK_PROFILE, RenderProfile, VideoEncoded, VideoStored
 from services.proto_time import to_duration
 from services.servicer_status import DEPENDENCY_FAILURES, abort, status_of_dependency_failure
 from stillpoint.media.v2 import media_service_pb2 as media_pb
@@ -64,23 +64,9 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                 subtitles_key=request.subtitles_storage_key,
             ):
                 if isinstance(event, VideoEncoded):
-                    yield media_pb.RenderVideoResponse(
-                        encoded=media_pb.VideoEncoded(
-                            encode_duration=to_duration(event.encode_seconds), encoder=event.encoder
-                        )
-                    )
+                    yield media_pb.RenderVideoResponse(encoded=_encoded(event))
                 else:
-                    yield media_pb.RenderVideoResponse(
-                        uploaded=media_pb.VideoUploaded(
-                            storage_key=event.storage_key,
-                            duration=to_duration(event.duration_seconds),
-                            size_bytes=event.size_bytes,
-                            width_pixels=event.width_pixels,
-                            height_pixels=event.height_pixels,
-                            encoder=event.encoder,
-                            upload_duration=to_duration(event.upload_seconds),
-                        )
-                    )
+                    yield media_pb.RenderVideoResponse(uploaded=_uploaded(event))
 
     async def NarrateLive(
         self, request_iterator: AsyncIterator[media_pb.NarrateLiveRequest], context: _Context
@@ -203,8 +189,27 @@ async def _feed(requests: AsyncIterator[media_pb.NarrateLiveRequest], live: Live
     raise InvalidInputError("end", "never came: the client closed the stream before the script ended")
 
 
+def _encoded(encoded: VideoEncoded) -> media_pb.VideoEncoded:
+    return media_pb.VideoEncoded(encode_duration=to_duration(encoded.encode_seconds), encoder=encoded.encoder)
+
+
+def _uploaded(stored: VideoStored) -> media_pb.VideoUploaded:
+    return media_pb.VideoUploaded(
+        storage_key=stored.storage_key,
+        duration=to_duration(stored.duration_seconds),
+        size_bytes=stored.size_bytes,
+        width_pixels=stored.width_pixels,
+        height_pixels=stored.height_pixels,
+        encoder=stored.encoder,
+        upload_duration=to_duration(stored.upload_seconds),
+    )
+
+
 def _completed(result: LiveNarrationResult) -> media_pb.LiveNarrationCompleted:
+    quick = result.quick_video
     return media_pb.LiveNarrationCompleted(
+        quick_video_encoded=_encoded(quick.encoded) if quick else None,
+        quick_video=_uploaded(quick.stored) if quick else None,
         storage_key=result.aac_key,
         aac_storage_key=result.aac_key,
         duration=to_duration(result.duration_seconds),

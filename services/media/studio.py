@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -11,7 +12,6 @@ import tempfile
 import time
 import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,14 +20,17 @@ import av
 from services import metrics, tracing
 from services.media.cleanup import finish_despite_cancellation
 from services.media.encoders import EncoderSelection
-from services.media.errors import AssetNotFoundError, InvalidInputError
-from services.media.live import LiveNarration, SpokenSegment
+from services.media.errors import AssetNotFoundError, EncodingError, InvalidInputError
+from services.media.live import LiveNarration, QuickVideo, SpokenSegment
 from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
 from services.media.urgency import CpuLane
 from services.media.video import (
+    QUICK_PROFILE,
     RenderProfile,
+    VideoEncoded,
+    VideoStored,
     copying_sound,
     measure_audio_seconds,
     render_still_video,
@@ -60,27 +63,6 @@ class SentenceBatchNarrator(Protocol):
     async def narrate_sentences(self, sentences: Sequence[str]) -> list[Narration]:
         """One narration per sentence, in order; a provider failure raises ProviderCallError."""
         ...
-
-
-@dataclass(frozen=True)
-class VideoEncoded:
-    """The encode finished; the upload is next."""
-
-    encode_seconds: float
-    encoder: str
-
-
-@dataclass(frozen=True)
-class VideoStored:
-    """The video is in asset storage."""
-
-    storage_key: str
-    duration_seconds: float
-    size_bytes: int
-    width_pixels: int
-    height_pixels: int
-    encoder: str
-    upload_seconds: float
 
 
 class MediaStudio:
@@ -200,6 +182,7 @@ class MediaStudio:
             work_root=self._work_root,
             max_requests_in_flight=self._sentences_in_flight_per_job,
             cpu_lane=self._cpu_lane,
+            make_quick_video=functools.partial(self.make_quick_video, meditation_id),
         )
 
     async def render(
@@ -230,6 +213,57 @@ class MediaStudio:
         subtitles_path = (
             await self._input_path(subtitles_key, "subtitles_storage_key") if subtitles_key else None
         )
+        async for event in self._rendered_and_stored(
+            meditation_id,
+            image_path=image_path,
+            audio_path=audio_path,
+            duration_seconds=duration_seconds,
+            profile=profile,
+            is_audio_copied=is_audio_copied,
+            subtitles_path=subtitles_path,
+        ):
+            yield event
+
+    async def make_quick_video(
+        self, meditation_id: str, aac_path: Path, subtitles_path: Path, duration_seconds: float
+    ) -> QuickVideo:
+        """The QUICK video of a live narration that has just ended, from its files on this replica: the
+        preview's picture (the placeholder) and the narration's AAC copied, stored beside the narration's
+        other assets rather than after them (see live.MakeQuickVideo)."""
+        encoded: VideoEncoded | None = None
+        stored: VideoStored | None = None
+        # Read to its end, so the render's scratch folder is gone when this returns.
+        with tracing.TRACER.start_as_current_span("media.quick_video"):
+            async for event in self._rendered_and_stored(
+                meditation_id,
+                image_path=None,
+                audio_path=aac_path,
+                duration_seconds=duration_seconds,
+                profile=copying_sound(QUICK_PROFILE),
+                is_audio_copied=True,
+                subtitles_path=subtitles_path,
+            ):
+                if isinstance(event, VideoEncoded):
+                    encoded = event
+                else:
+                    stored = event
+        if encoded is None or stored is None:
+            raise EncodingError("the QUICK video was not stored")
+        return QuickVideo(encoded, stored)
+
+    async def _rendered_and_stored(
+        self,
+        meditation_id: str,
+        *,
+        image_path: Path | None,
+        audio_path: Path,
+        duration_seconds: float,
+        profile: RenderProfile,
+        is_audio_copied: bool,
+        subtitles_path: Path | None,
+    ) -> AsyncIterator[VideoEncoded | VideoStored]:
+        """Encodes the video, reports the encode, stores it and reports where it is; its scratch files are
+        removed either way."""
         with disk_full_reported():
             work_dir = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="render-", dir=self._work_root))
         try:

@@ -123,6 +123,27 @@ class RenderedVideo:
 
 
 @dataclass(frozen=True)
+class VideoEncoded:
+    """The encode finished; the upload is next."""
+
+    encode_seconds: float
+    encoder: str
+
+
+@dataclass(frozen=True)
+class VideoStored:
+    """The video is in asset storage."""
+
+    storage_key: str
+    duration_seconds: float
+    size_bytes: int
+    width_pixels: int
+    height_pixels: int
+    encoder: str
+    upload_seconds: float
+
+
+@dataclass(frozen=True)
 class MediaInfo:
     """What PyAV reads from a media file's streams."""
 

@@ -73,9 +73,17 @@ async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
     assert job.attributes[tracing.ATTEMPT_ATTRIBUTE] == 1
     stage_spans = [span for span in in_trace if span.name.startswith("stage.")]
     assert all(span.parent is not None and span.parent.span_id == job.context.span_id for span in stage_spans)
-    # UPLOAD follows each of the two videos.
+    # Media makes the QUICK video within the narration, so the gateway runs every other stage (UPLOAD once,
+    # the ENHANCED video's) and the QUICK video is a span under media's NarrateLive.
     assert sorted(span.name for span in stage_spans) == sorted(
-        [f"stage.{stage.value}" for stage in Stage] + [f"stage.{Stage.UPLOAD.value}"]
+        f"stage.{stage.value}" for stage in Stage if stage is not Stage.QUICK_VIDEO
+    )
+    [quick] = [span for span in in_trace if span.name == "media.quick_video"]
+    assert quick.parent is not None
+    [narrating] = [span for span in in_trace if span.context and span.context.span_id == quick.parent.span_id]
+    assert (narrating.name, narrating.kind) == (
+        "stillpoint.media.v2.MediaService/NarrateLive",
+        SpanKind.SERVER,
     )
     # The job continues the trace of the call that asked for it.
     [call] = [

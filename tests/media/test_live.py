@@ -128,6 +128,52 @@ async def test_the_quick_video_copies_the_live_aac_and_matches_the_narration(
     assert info.audio_duration_seconds is not None and abs(info.audio_duration_seconds - duration) < 0.5
 
 
+async def test_the_narration_makes_the_quick_video_from_its_own_sound_as_it_ends(
+    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage
+) -> None:
+    """The QUICK video comes with the narration, so the gateway asks for nothing more: the preview's picture
+    and the narration's AAC, copied packet for packet, with the subtitles."""
+    responses = [r async for r in media_stub.NarrateLive(_requests(SCRIPT, 5))]
+    completed = responses[-1].completed
+    assert completed.HasField("quick_video") and completed.HasField("quick_video_encoded")
+    quick = completed.quick_video
+    assert quick.storage_key.startswith(f"videos/{MEDITATION.split('/')[1]}/")
+    assert quick.storage_key.endswith(".mp4")
+    assert completed.quick_video_encoded.encoder == quick.encoder != ""
+    path = await storage.local_path(quick.storage_key)
+    assert path.stat().st_size == quick.size_bytes
+    duration = seconds_of(completed.duration)
+    assert seconds_of(quick.duration) == pytest.approx(duration, abs=0.1)
+    assert (quick.width_pixels, quick.height_pixels) == (1280, 720)
+    info = probe_media(path)
+    assert (info.video_codec, info.audio_codec, info.height_pixels) == ("h264", "aac", 720)
+    assert info.video_duration_seconds is not None and abs(info.video_duration_seconds - duration) < 0.5
+
+    def audio_packets(file: Path) -> list[bytes]:
+        with av.open(str(file)) as container:
+            return [bytes(p) for p in container.demux(container.streams.audio[0]) if p.size]
+
+    # The sound is the narration's own, not encoded again: its packets, less their ADTS headers (7 bytes,
+    # with no checksum), up to the narration's end (the encoder's last flush may fall past it).
+    adts = audio_packets(await storage.local_path(completed.aac_storage_key))
+    assert all(packet[:2] == b"\xff\xf1" for packet in adts)
+    copied = audio_packets(path)
+    assert len(adts) - 1 <= len(copied) <= len(adts)
+    assert copied == [packet[7:] for packet in adts[: len(copied)]]
+    with av.open(str(path)) as container:
+        assert len(container.streams.subtitles) == 1
+        quick_picture = Image.fromarray(next(container.decode(video=0)).to_ndarray(format="rgb24"))
+    # The picture is the one the preview showed, so a player moving from one to the other sees no change.
+    playlist = await storage.local_path(responses[0].playlist_ready.storage_key)
+    with av.open(str(playlist), options={"allowed_extensions": "ALL"}) as preview:
+        preview_picture = Image.fromarray(next(preview.decode(video=0)).to_ndarray(format="rgb24"))
+    thumbnails = [
+        np.asarray(picture.convert("RGB").resize((32, 18)), dtype=np.float64)
+        for picture in (quick_picture, preview_picture)
+    ]
+    assert np.abs(thumbnails[0] - thumbnails[1]).mean() < 3
+
+
 async def test_a_live_narration_without_start_is_invalid(media_stub: media_grpc.MediaServiceStub) -> None:
     async def requests() -> AsyncIterator[media_pb.NarrateLiveRequest]:
         yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text="Hello."))
@@ -315,15 +361,17 @@ async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
 
 
 class _TurnsRecorded(CpuLane):
-    """A CPU lane that records what each of its turns ran."""
+    """A CPU lane that records what each of its turns ran, once it has run (a mastering turn recorded as it
+    began let the test free the encoder before the sound it masters was ready)."""
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
         self.turns: list[tuple[str, tuple[Any, ...]]] = []
 
     async def run(self, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        result = await super().run(function, *args, **kwargs)
         self.turns.append((getattr(function, "__name__", ""), args))
-        return await super().run(function, *args, **kwargs)
+        return result
 
 
 async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_turn_of_the_cpu_lane(

@@ -217,8 +217,9 @@ async def test_the_subtitles_are_measured_and_erased_with_the_meditation(
         media_pb.MeasureMeditationAssetsRequest(meditation=MEDITATION)
     )
     assert measured.size_bytes == sum(path.stat().st_size for path in files)
-    # The narration says so itself, so the gateway needs no listing for a meditation's first attempt.
-    assert completed.stored_bytes == measured.size_bytes
+    # The narration says so itself (its own assets, and the QUICK video it made), so the gateway needs no
+    # listing for a meditation's first attempt.
+    assert completed.stored_bytes + completed.quick_video.size_bytes == measured.size_bytes
 
     deleted = await media_stub.DeleteMeditationAssets(
         media_pb.DeleteMeditationAssetsRequest(meditation=MEDITATION)
