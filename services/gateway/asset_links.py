@@ -80,18 +80,21 @@ class AssetLinks:
 
 
 def _asset_keys(event: Event) -> list[str]:
-    """The storage keys an event names: its asset's, and the subtitles' beside a narration or video."""
-    keys = [event.storage_key] if isinstance(event, AssetEvent) else []
-    if isinstance(event, SubtitledEvent):
+    """The storage keys an event names with no URI yet: its asset's, and the subtitles' beside a narration
+    or video. A live event may come with its URI, made for its owner as it happened (the live playlist's,
+    by media): an event is only ever read by its owner."""
+    keys = [event.storage_key] if isinstance(event, AssetEvent) and not event.uri else []
+    if isinstance(event, SubtitledEvent) and not event.subtitles_uri:
         keys.append(event.subtitles_storage_key)
     return [key for key in keys if key]
 
 
 def _linked(event: Event, uris: dict[str, str]) -> Event:
-    """The event with the URIs of the assets it names; the same event when it names none."""
-    if isinstance(event, SubtitledEvent) and event.subtitles_storage_key:
+    """The event with the URIs of the assets it names; the same event when it names none, or came with
+    them."""
+    if isinstance(event, SubtitledEvent) and event.subtitles_storage_key and not event.subtitles_uri:
         event = dataclasses.replace(event, subtitles_uri=uris[event.subtitles_storage_key])
-    if isinstance(event, AssetEvent) and event.storage_key:
+    if isinstance(event, AssetEvent) and event.storage_key and not event.uri:
         event = dataclasses.replace(event, uri=uris[event.storage_key])
     return event
 

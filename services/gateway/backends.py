@@ -396,12 +396,15 @@ class MediaClient:
         self._timeouts = timeouts
 
     async def narrate_live(
-        self, meditation: str, script: AsyncIterator[str]
+        self, meditation: str, owner: str, script: AsyncIterator[str]
     ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:
-        """Streams the script to the media service as it arrives and relays the playlist and the narration."""
+        """Streams the script to the media service as it arrives and relays the playlist (with its URI for
+        `owner`) and the narration."""
 
         async def requests() -> AsyncIterator[media_pb.NarrateLiveRequest]:
-            yield media_pb.NarrateLiveRequest(start=media_pb.NarrateLiveStart(meditation=meditation))
+            yield media_pb.NarrateLiveRequest(
+                start=media_pb.NarrateLiveStart(meditation=meditation, owner=owner)
+            )
             async for text in script:
                 yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text=text))
             yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
@@ -412,7 +415,8 @@ class MediaClient:
         try:
             async for response in stream:
                 if response.HasField("playlist_ready"):
-                    yield LivePlaylist(storage_key=response.playlist_ready.storage_key)
+                    ready = response.playlist_ready
+                    yield LivePlaylist(storage_key=ready.storage_key, owner_uri=ready.owner_uri)
                     continue
                 done = response.completed
                 yield SpokenNarration(

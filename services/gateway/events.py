@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -221,6 +221,16 @@ class SequencedEvent:
     event_time: datetime
     elapsed_seconds: float
     event: Event
+
+
+def without_uris(event: Event) -> Event:
+    """The event as the log keeps it: a URI its live readers were handed with it (made for its owner as it
+    happened, as media makes the live playlist's) is dropped; it is made again whenever the event is read."""
+    if isinstance(event, SubtitledEvent) and event.subtitles_uri:
+        event = replace(event, subtitles_uri="")
+    if isinstance(event, _ASSET_EVENTS) and event.uri:
+        event = replace(event, uri="")
+    return event
 
 
 def encode_event(elapsed_seconds: float, event: Event) -> bytes:

@@ -123,7 +123,9 @@ class MeditationPipeline:
             self._image(job, source, options.image_aspect.size_pixels, options.skip_cache)
         )
         try:
-            narration = await self._transcript_and_narration(job, source, options.skip_cache)
+            narration = await self._transcript_and_narration(
+                job, source, meditation.owner, options.skip_cache
+            )
             made_quick = narration.quick_video
             if made_quick is not None:
                 # Media made it as the narration ended, with the preview's picture.
@@ -144,19 +146,19 @@ class MeditationPipeline:
                 image_task.exception()
 
     async def _transcript_and_narration(
-        self, job: JobEvents, source: SourceContent, skip_cache: bool
+        self, job: JobEvents, source: SourceContent, owner: str, skip_cache: bool
     ) -> SpokenNarration:
         """Writes the transcript and speaks it at the same time: each sentence goes to the narrator as soon
         as the writer finishes it, so the live preview plays while the transcript is still being written."""
         script = _LiveScript()
-        narrating = asyncio.create_task(self._narration(job, script))
+        narrating = asyncio.create_task(self._narration(job, owner, script))
 
         def restart() -> None:
             # The writer failed over to its fallback: what was spoken is void, so speak the new script.
             nonlocal script, narrating
             narrating.cancel()
             script = _LiveScript()
-            narrating = asyncio.create_task(self._narration(job, script))
+            narrating = asyncio.create_task(self._narration(job, owner, script))
 
         try:
             await self._transcript(job, source, skip_cache, lambda text: script.add(text), restart)
@@ -247,11 +249,11 @@ class MeditationPipeline:
         )
         return image
 
-    async def _narration(self, job: JobEvents, script: _LiveScript) -> SpokenNarration:
+    async def _narration(self, job: JobEvents, owner: str, script: _LiveScript) -> SpokenNarration:
         # It runs alongside the transcript, so its budget is the transcript's plus its own.
         timeout_seconds = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
         async with self._stage(job, Stage.NARRATION, timeout_seconds) as stage:
-            narration = await self._narrate_once(job, script)
+            narration = await self._narrate_once(job, owner, script)
             misread = narration.misread_sentence_count
             stage.detail = _provider_detail(
                 f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences"
@@ -275,11 +277,13 @@ class MeditationPipeline:
         )
         return narration
 
-    async def _narrate_once(self, job: JobEvents, script: _LiveScript) -> SpokenNarration:
+    async def _narrate_once(self, job: JobEvents, owner: str, script: _LiveScript) -> SpokenNarration:
         narration: SpokenNarration | None = None
-        async for event in self._media.narrate_live(job.meditation, script.texts()):
+        async for event in self._media.narrate_live(job.meditation, owner, script.texts()):
             if isinstance(event, LivePlaylist):
-                await job.emit(PlaylistReady(storage_key=event.storage_key))
+                # With the URI media made for the owner as it published: the event's live readers (only its
+                # owner may read it) get it with no signing call; the log keeps the key alone.
+                await job.emit(PlaylistReady(storage_key=event.storage_key, uri=event.owner_uri))
             else:
                 narration = event
         if narration is None:

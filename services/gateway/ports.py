@@ -74,6 +74,8 @@ class LivePlaylist:
     """The live preview of a narration can be played."""
 
     storage_key: str
+    # Its URI, made by media for the meditation's owner as it was published; empty when media made none.
+    owner_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -179,9 +181,10 @@ class MediaPort(Protocol):
     """The media service: narration and video rendering."""
 
     def narrate_live(
-        self, meditation: str, script: AsyncIterator[str]
+        self, meditation: str, owner: str, script: AsyncIterator[str]
     ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:
-        """Speaks the script while it arrives: LivePlaylist once playable, then the narration, last."""
+        """Speaks the script while it arrives: LivePlaylist once playable (with its URI for `owner`), then
+        the narration, last."""
         ...
 
     async def delete_meditation_assets(self, meditation: str) -> int: ...

@@ -76,6 +76,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
             if first is None or not first.HasField("start"):
                 raise InvalidInputError("start", "must be the first message of a live narration")
             meditation_id = _meditation_id(first.start.meditation)
+            owner = first.start.owner
             live = await self._studio.open_live_narration(meditation_id)
             async with live:
                 feeding = asyncio.create_task(_feed(request_iterator, live))
@@ -91,13 +92,28 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                     async for event in live.events():
                         if isinstance(event, PlaylistPublished):
                             yield media_pb.NarrateLiveResponse(
-                                playlist_ready=media_pb.LivePlaylistReady(storage_key=event.storage_key)
+                                playlist_ready=media_pb.LivePlaylistReady(
+                                    storage_key=event.storage_key,
+                                    owner_uri=await self._owner_uri(event.storage_key, owner),
+                                )
                             )
                         else:
                             yield media_pb.NarrateLiveResponse(completed=_completed(event))
                     await feeding
                 finally:
                     feeding.cancel()
+
+    async def _owner_uri(self, storage_key: str, owner: str) -> str:
+        """The asset's URI made now for `owner`, as SignAssetUris makes it; empty for no owner, or when
+        storage cannot sign now (the narration goes on, and the caller signs the playlist itself)."""
+        if not owner:
+            return ""
+        try:
+            [uri] = await self._studio.asset_uris([storage_key], owner)
+        except DEPENDENCY_FAILURES as error:
+            logger.warning("the live playlist was not signed for its owner: %s", type(error).__name__)
+            return ""
+        return uri
 
     async def DeleteMeditationAssets(
         self, request: media_pb.DeleteMeditationAssetsRequest, context: _Context

@@ -14,6 +14,7 @@ from typing import Any
 
 import av
 import grpc
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -51,8 +52,8 @@ SCRIPT = (
 )
 
 
-async def _requests(script: str, pieces: int) -> AsyncIterator[media_pb.NarrateLiveRequest]:
-    yield media_pb.NarrateLiveRequest(start=media_pb.NarrateLiveStart(meditation=MEDITATION))
+async def _requests(script: str, pieces: int, owner: str = "") -> AsyncIterator[media_pb.NarrateLiveRequest]:
+    yield media_pb.NarrateLiveRequest(start=media_pb.NarrateLiveStart(meditation=MEDITATION, owner=owner))
     size = max(1, len(script) // pieces)
     for start in range(0, len(script), size):
         yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text=script[start : start + size]))
@@ -100,6 +101,32 @@ async def test_live_narration_publishes_a_playlist_then_the_whole_narration(
         assert abs(heard - duration) < 0.5
     aac = await storage.local_path(completed.aac_storage_key)
     assert probe_media(aac).audio_codec == "aac"
+
+
+async def test_the_live_playlist_comes_with_a_link_for_the_owner_it_was_told(
+    media_stub: media_grpc.MediaServiceStub,
+) -> None:
+    """The gateway hands the first playable media out with no call of its own; without an owner, no link."""
+    told = [r async for r in media_stub.NarrateLive(_requests("Breathe in. And out.", 2, owner="alice"))]
+    untold = [r async for r in media_stub.NarrateLive(_requests("Breathe in. And out.", 2))]
+    link = told[0].playlist_ready.owner_uri
+    async with httpx.AsyncClient(timeout=10) as client:
+        fetched = await client.get(link)
+    assert fetched.status_code == 200 and fetched.text.startswith("#EXTM3U")
+    # Made as SignAssetUris makes it, for that owner and no other.
+    key = told[0].playlist_ready.storage_key
+    signed = {
+        owner: (
+            await media_stub.SignAssetUris(media_pb.SignAssetUrisRequest(storage_keys=[key], owner=owner))
+        ).uris[0]
+        for owner in ("alice", "bob")
+    }
+
+    def owner_field(uri: str) -> str:  # the path's token, /media/expiry.owner.scope.signature/key
+        return httpx.URL(uri).path.split("/")[2].split(".")[1]
+
+    assert owner_field(link) == owner_field(signed["alice"]) != owner_field(signed["bob"])
+    assert untold[0].playlist_ready.storage_key and untold[0].playlist_ready.owner_uri == ""
 
 
 async def test_the_quick_video_copies_the_live_aac_and_matches_the_narration(

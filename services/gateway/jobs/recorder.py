@@ -19,6 +19,7 @@ from services.gateway.events import (
     Stage,
     VideoReady,
     encode_event,
+    without_uris,
 )
 from services.gateway.jobs.retry_policy import EventWritePolicy
 from services.gateway.jobs.store import JobStore
@@ -123,7 +124,7 @@ class JobRecorder:
             sequence = self.last_sequence + 1
             elapsed_seconds = self.elapsed_seconds
             event_time = await self._write(
-                sequence, encode_event(elapsed_seconds, event), changes, is_abandoned
+                sequence, encode_event(elapsed_seconds, without_uris(event)), changes, is_abandoned
             )
             self.last_sequence = sequence
             self._publish(SequencedEvent(sequence, event_time, elapsed_seconds, event))
