@@ -35,9 +35,11 @@ from services.media.live import (
 )
 from services.media.live_encoder import LiveEncoder, bed_envelope
 from services.media.speech import EspeakNarrator, Narration
+from services.media.studio import MediaStudio
 from services.media.urgency import CpuLane, PriorityLimiter
 from services.media.video import probe_media
 from services.proto_time import seconds_of
+from services.storage.base import StorageUnavailableError
 from services.storage.local import LocalAssetStorage
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
@@ -127,6 +129,21 @@ async def test_the_live_playlist_comes_with_a_link_for_the_owner_it_was_told(
 
     assert owner_field(link) == owner_field(signed["alice"]) != owner_field(signed["bob"])
     assert untold[0].playlist_ready.storage_key and untold[0].playlist_ready.owner_uri == ""
+
+
+async def test_a_playlist_storage_cannot_sign_comes_without_a_link_and_the_narration_goes_on(
+    media_stub: media_grpc.MediaServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link only spares the gateway a call: without it, the gateway signs the playlist as it signs any
+    asset."""
+
+    async def unavailable(*_: object) -> list[str]:
+        raise StorageUnavailableError("storage is down")
+
+    monkeypatch.setattr(MediaStudio, "asset_uris", unavailable)
+    responses = [r async for r in media_stub.NarrateLive(_requests("Breathe in. And out.", 2, owner="alice"))]
+    assert [r.WhichOneof("event") for r in responses] == ["playlist_ready", "completed"]
+    assert responses[0].playlist_ready.storage_key and responses[0].playlist_ready.owner_uri == ""
 
 
 async def test_the_quick_video_copies_the_live_aac_and_matches_the_narration(
