@@ -129,7 +129,7 @@ class MeditationPipeline:
             made_quick = narration.quick_video
             if made_quick is not None:
                 # Media made it as the narration ended, with the preview's picture.
-                quick_bytes = await self._made_video(job, VideoQuality.QUICK, made_quick, narration)
+                quick_bytes = await self._quick_video_made(job, made_quick, narration)
             else:
                 early_image = _result_if_ready(image_task)
                 quick_bytes = await self._video(job, VideoQuality.QUICK, early_image, narration)
@@ -319,16 +319,13 @@ class MeditationPipeline:
                 upload.detail = f"{quality.value} video, {stored.size_bytes} bytes"
         return await self._video_ready(job, quality, stored, narration, quick_bytes)
 
-    async def _made_video(
-        self, job: JobEvents, quality: VideoQuality, made: MadeVideo, narration: SpokenNarration
-    ) -> int:
-        """Reports a video another step made and stored (media, as the narration ended) as `_video` reports
-        one it asks for: its encode and upload stages, with the times media measured, then the video."""
+    async def _quick_video_made(self, job: JobEvents, made: MadeVideo, narration: SpokenNarration) -> int:
+        """Reports the QUICK video media made and stored as the narration ended, as `_video` reports one it
+        asks for: its encode and upload stages, with the times media measured, then the video."""
         encoded, stored = made.encoded, made.stored
-        stage_name = Stage.QUICK_VIDEO if quality is VideoQuality.QUICK else Stage.ENHANCED_VIDEO
         await self._stage_done_elsewhere(
             job,
-            stage_name,
+            Stage.QUICK_VIDEO,
             encoded.encode_seconds,
             f"from a placeholder (the preview's picture); encoder {encoded.encoder}",
             encoded.encoder,
@@ -337,10 +334,10 @@ class MeditationPipeline:
             job,
             Stage.UPLOAD,
             stored.upload_seconds,
-            f"{quality.value} video, {stored.size_bytes} bytes",
+            f"{VideoQuality.QUICK.value} video, {stored.size_bytes} bytes",
             encoded.encoder,
         )
-        return await self._video_ready(job, quality, stored, narration)
+        return await self._video_ready(job, VideoQuality.QUICK, stored, narration)
 
     async def _video_ready(
         self,
