@@ -51,6 +51,10 @@ class TrackingHandler(BaseHTTPRequestHandler):
     `_dispatch(method)`; quiet, because the fakes keep a request log instead."""
 
     protocol_version = "HTTP/1.1"
+    # A real provider's answer is not held back by Nagle's algorithm; with it on, http.server sends the
+    # headers and then holds the body until the client's delayed acknowledgement, about 40 ms a request
+    # that no latency model asked for.
+    disable_nagle_algorithm = True
     server: TrackingHTTPServer[Any]
 
     def setup(self) -> None:

@@ -102,6 +102,10 @@ _POST_ROUTES: Final[Mapping[str, Endpoint]] = {
 _WEBSOCKET_READ_BYTES: Final = 65_536
 # Small enough that even a few seconds of MP3 goes out as several chunks.
 _AUDIO_CHUNK_BYTES: Final = 4096
+# Speech goes out as a real provider sends it, a write every few tens of milliseconds with what has been
+# made since the last, not one write per chunk: without Nagle's algorithm to coalesce them, 4 KB writes
+# would reach the client as a stream of tiny reads that no real provider sends.
+_AUDIO_WRITE_INTERVAL_SECONDS: Final = 0.04
 _CHAT_WORDS_PER_CHUNK: Final = 3
 # A streamed answer's first piece arrives after this share of the configured latency.
 _FIRST_PIECE_SHARE: Final = 0.1
@@ -924,7 +928,7 @@ class _Handler(TrackingHandler):
             raise _ApiError(400, f"Invalid 'input': {error}.", param="input", code="invalid_value") from error
         pieces = [audio[i : i + _AUDIO_CHUNK_BYTES] for i in range(0, len(audio), _AUDIO_CHUNK_BYTES)]
         self._start_chunked(200, _SPEECH_CONTENT_TYPES[cast(SpeechFormat, audio_format)])
-        for offset, piece in zip(_spread(latency_seconds, len(pieces)), pieces, strict=True):
+        for offset, piece in _at_intervals(_spread(latency_seconds, len(pieces)), pieces):
             self._sleep_until(started + offset)
             self._write_chunk(piece)
         self._end_chunked()
@@ -1166,6 +1170,27 @@ def _spread(total_seconds: float, count: int) -> list[float]:
         return [total_seconds]
     step = (total_seconds - first) / (count - 1)
     return [first + step * index for index in range(count)]
+
+
+def _at_intervals(due: Sequence[float], pieces: Sequence[bytes]) -> list[tuple[float, bytes]]:
+    """The pieces joined into writes at least `_AUDIO_WRITE_INTERVAL_SECONDS` apart, each sent when its
+    last piece is due, so none goes early: the first piece goes alone, as its time to first byte is what a
+    listener waits for, and the last when the whole latency has passed. Grouped from the end backwards, so
+    the last write is never moved."""
+    if not pieces:
+        return []
+    writes: list[tuple[float, bytes]] = []
+    index = len(pieces) - 1
+    while index > 0:
+        send_at = due[index]
+        first = index
+        while first > 1 and due[first - 1] > send_at - _AUDIO_WRITE_INTERVAL_SECONDS:
+            first -= 1
+        writes.append((send_at, b"".join(pieces[first : index + 1])))
+        index = first - 1
+    writes.append((due[0], pieces[0]))
+    writes.reverse()
+    return writes
 
 
 def _estimate_tokens(text: str) -> int:
