@@ -123,11 +123,12 @@ SpeakSentences = Callable[[Sequence[str]], Awaitable[list[SpokenSegment]]]
 # Grouped sentences (a remote voice): the first request is the first sentence alone, the quickest to come
 # back; after it, a request waits until it holds this many characters, doubling each time up to the most,
 # unless nothing else is being spoken (the narration would stall) or the script is complete. A three-minute
-# script is then about eight requests instead of forty-five, most of them while the transcript is written.
-# No more than 600 characters: a request sent just before the script ends is what the QUICK video waits for,
-# and a provider takes time by length (1200 characters: 2.3 to 4.6 s under make bench's latency model).
+# script is then about ten requests instead of forty-five, most of them while the transcript is written.
+# No more than 300 characters: a request sent just before the script ends is what the QUICK video waits for,
+# and a provider takes time by length (600 characters: 1.2 to 2.3 s under make bench's latency model, 300:
+# 0.6 to 1.2 s). At 600, QUICK came 3.08 s after the transcript's end (p50 of eight jobs), at 300, 2.84 s.
 FIRST_GROUP_CHARACTERS = 150
-MOST_GROUP_CHARACTERS = 600
+MOST_GROUP_CHARACTERS = 300
 
 
 @dataclass

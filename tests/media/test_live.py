@@ -22,6 +22,7 @@ from PIL import Image
 from services.media import live as live_module
 from services.media.live import (
     LONGEST_SEGMENT_SECONDS,
+    MOST_GROUP_CHARACTERS,
     PUBLISHED_AHEAD_SECONDS,
     RUNNING_DRY_SECONDS,
     LiveNarration,
@@ -491,7 +492,7 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
         await asyncio.sleep(0.05)
         return [SpokenSegment(await espeak.narrate(sentence), "openai", "") for sentence in sentences]
 
-    script = " ".join(f"Sentence {index} is calm and slow, breathing in and out." for index in range(24))
+    script = " ".join(f"Sentence {index} is calm and slow, breathing in and out." for index in range(40))
     try:
         async with LiveNarration(
             meditation_id="0123456789abcdef",
@@ -512,8 +513,12 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
     assert requests[0] == ["Sentence 0 is calm and slow, breathing in and out."]
     # Every sentence spoken once, in order, in far fewer requests than sentences.
     assert [sentence for request in requests for sentence in request] == [s.text for s in result.sentences]
-    assert len(result.sentences) == 24
+    assert len(result.sentences) == 40
     assert len(requests) <= 10, [len(request) for request in requests]
+    # None longer than the most a request holds, which bounds what the QUICK video waits for at the end.
+    assert all(
+        len(request) == 1 or sum(map(len, request)) <= MOST_GROUP_CHARACTERS for request in requests
+    ), [sum(map(len, request)) for request in requests]
 
 
 async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_first(
