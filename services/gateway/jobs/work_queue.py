@@ -104,6 +104,11 @@ class WorkQueue(Protocol):
         backing store lost its entries, and WorkQueueUnavailableError while it does not answer."""
         ...
 
+    async def take_up_to(self, consumer: str, count: int, wait_seconds: float) -> list[Delivery]:
+        """As `take`, up to `count` jobs in one go (those gone silent first): empty when nothing arrives
+        within `wait_seconds`. Fifty people arriving together are then a few takes, not fifty in a row."""
+        ...
+
     async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> set[str]:
         """Marks `consumer`'s running deliveries alive, so nobody takes them over; returns the entry ids it
         still holds (a missing one was taken over by another consumer)."""
@@ -188,11 +193,18 @@ class InProcessWorkQueue:
 
     async def take(self, consumer: str, wait_seconds: float) -> Delivery | None:
         """A job gone idle past the claim timeout, else the oldest new one, else None after the wait."""
+        taken = await self.take_up_to(consumer, 1, wait_seconds)
+        return taken[0] if taken else None
+
+    async def take_up_to(self, consumer: str, count: int, wait_seconds: float) -> list[Delivery]:
+        """Up to `count` jobs, those gone idle first, then the oldest new ones; empty after the wait."""
         deadline = time.monotonic() + wait_seconds
         while True:
-            delivery = self._take_now(consumer)
-            if delivery is not None or time.monotonic() >= deadline:
-                return delivery
+            taken: list[Delivery] = []
+            while len(taken) < count and (delivery := self._take_now(consumer)) is not None:
+                taken.append(delivery)
+            if taken or time.monotonic() >= deadline:
+                return taken
             async with self._arrived:
                 # Woken by a submit or a hand-back; the timeout also catches entries going idle.
                 with contextlib.suppress(TimeoutError):
@@ -379,20 +391,31 @@ class RedisStreamWorkQueue:
             del self._unsent[job]
 
     async def take(self, consumer: str, wait_seconds: float) -> Delivery | None:
-        """Sends the jobs submitted while Redis was down, then XAUTOCLAIMs one entry idle past the claim
-        timeout, else XREADGROUPs a new one; on NOGROUP recreates the group and raises WorkQueueLostError."""
+        """One entry (take_up_to)."""
+        taken = await self.take_up_to(consumer, 1, wait_seconds)
+        return taken[0] if taken else None
+
+    async def take_up_to(self, consumer: str, count: int, wait_seconds: float) -> list[Delivery]:
+        """Sends the jobs submitted while Redis was down, then XAUTOCLAIMs entries idle past the claim
+        timeout, and XREADGROUPs new ones for the rest of `count` (waiting only when none was claimed); on
+        NOGROUP recreates the group and raises WorkQueueLostError."""
         await self._send_unsent()
         try:
             if not self._is_group_ready:
                 await self.ensure_group()
             if self._is_lost:
                 raise WorkQueueLostError(self._lost_message())
-            claimed = await self._take_over(consumer)
-            if claimed is not None:
-                return claimed
+            taken = await self._take_over(consumer, count)
+            if len(taken) == count:
+                return taken
             answer: Any = await self._call(
                 self._client.xreadgroup(
-                    self._group, consumer, {self._stream: ">"}, count=1, block=_milliseconds(wait_seconds)
+                    self._group,
+                    consumer,
+                    {self._stream: ">"},
+                    count=count - len(taken),
+                    # Whatever was taken over goes to work now, not after a wait for more.
+                    block=None if taken else _milliseconds(wait_seconds),
                 )
             )
         except ResponseError as error:
@@ -409,10 +432,10 @@ class RedisStreamWorkQueue:
             raise
         for _, entries in answer or []:
             for entry_id, fields in entries:
-                return Delivery(_text(entry_id), _text(fields[b"job"]), 1, _trace_context(fields))
-        return None
+                taken.append(Delivery(_text(entry_id), _text(fields[b"job"]), 1, _trace_context(fields)))
+        return taken
 
-    async def _take_over(self, consumer: str) -> Delivery | None:
+    async def _take_over(self, consumer: str, count: int) -> list[Delivery]:
         answer: Any = await self._call(
             self._client.xautoclaim(
                 self._stream,
@@ -420,20 +443,21 @@ class RedisStreamWorkQueue:
                 consumer,
                 min_idle_time=self._claim_timeout_ms,
                 start_id=self._claim_cursor,
-                count=1,
+                count=count,
             )
         )
         cursor, entries = answer[0], answer[1]
         self._claim_cursor = _text(cursor)
+        taken: list[Delivery] = []
         for entry_id, fields in entries:
             if not fields:
                 continue
             pending = await self._call(
                 self._client.xpending_range(self._stream, self._group, entry_id, entry_id, 1, consumer)
             )
-            count = int(pending[0]["times_delivered"]) if pending else 1
-            return Delivery(_text(entry_id), _text(fields[b"job"]), count, _trace_context(fields))
-        return None
+            delivered = int(pending[0]["times_delivered"]) if pending else 1
+            taken.append(Delivery(_text(entry_id), _text(fields[b"job"]), delivered, _trace_context(fields)))
+        return taken
 
     async def heartbeat(self, consumer: str, deliveries: Sequence[Delivery]) -> set[str]:
         """Resets the idle time of the deliveries `consumer` still holds."""
