@@ -16,9 +16,22 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.content.image_prompts import Landscape, LandscapeChoice, choose_landscape, landscape_of_place
+from services.content.image_prompts import (
+    Landscape,
+    LandscapeChoice,
+    choose_landscape,
+    create_image_prompt,
+    landscape_of_place,
+)
 from services.content.own_words import Cue, OwnSentence, Word, find_cues, own_sentences
-from services.content.themes import FAMILY_WORDS, is_nameable, lemmatize, place_echoes, place_name
+from services.content.themes import (
+    FAMILY_WORDS,
+    extract_themes,
+    is_nameable,
+    lemmatize,
+    place_echoes,
+    place_name,
+)
 from services.content.word_lists import read_lines
 
 _COMFORT_WEIGHT = 1.0
@@ -128,6 +141,15 @@ def judge_places(source_text: str) -> list[PlaceJudgement]:
         _judge_sentence(sentence, position, echoes, places)
         position += len(sentence.words)
     return sorted(places.values(), key=lambda place: place.first_position)
+
+
+def image_prompt_for(source_text: str) -> str:
+    """The image prompt for a conversation's source text: the picture shows the place the script visualises,
+    one the person found calming, never one they named in grief or fear. Pure CPU work (tens of milliseconds
+    for a long conversation): run it off an event loop that serves other calls."""
+    themes = extract_themes(source_text)
+    scene = choose_scene(themes, source_text)
+    return create_image_prompt(themes, source_text, scene.landscape.landscape)
 
 
 def choose_scene(themes: Sequence[str], source_text: str) -> SceneChoice:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -28,9 +29,8 @@ from services.content.generation import (
     TranscriptGenerator,
     TranscriptRestart,
 )
-from services.content.image_prompts import create_image_prompt
 from services.content.pregeneration import pregenerate_images
-from services.content.refuge import choose_scene
+from services.content.refuge import image_prompt_for
 from services.content.repository import (
     ContentRepository,
     Conversation,
@@ -38,7 +38,6 @@ from services.content.repository import (
     NewMessage,
 )
 from services.content.spoken_safety import SpokenOutcome
-from services.content.themes import extract_themes
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_timestamp
@@ -173,11 +172,9 @@ class ContentServicer(content_grpc.ContentServiceServicer):
                 raise InvalidInputError(
                     "source_text", "is empty: collect source content from a conversation first"
                 )
-            themes = extract_themes(request.source_text)
-            # The picture shows the place the script visualises: one the person found calming, never one
-            # they named in grief or fear.
-            scene = choose_scene(themes, request.source_text)
-            prompt = create_image_prompt(themes, request.source_text, scene.landscape.landscape)
+            # Off the event loop: fifty prompts composed on it when fifty people arrived together held up
+            # everyone's transcript, the first thing each of them waits for, by seconds.
+            prompt = await asyncio.to_thread(image_prompt_for, request.source_text)
         return content_pb.CreateImagePromptResponse(prompt=prompt)
 
     async def GenerateImage(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import threading
 from collections.abc import Awaitable, Callable
 
 import grpc
 import pytest
 from PIL import Image
 
+from services.content import servicer as servicer_module
 from services.script_marks import split_on_pauses
 from services.storage.local import LocalAssetStorage
 from stillpoint.content.v2 import content_service_pb2 as content_pb
@@ -221,6 +224,33 @@ async def test_image_is_stored_at_the_requested_size_then_cached(
     second = await content_stub.GenerateImage(request)
     assert second.cached
     assert second.storage_key == first.storage_key
+
+
+async def test_composing_an_image_prompt_leaves_the_service_answering_other_calls(
+    content_stub: content_grpc.ContentServiceStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The prompt's composition is held until the test lets it go; had it run on the event loop, no other
+    # call could be answered meanwhile, and it would only end by running out its wait.
+    composing = threading.Event()
+    let_go = threading.Event()
+    was_let_go: list[bool] = []
+
+    def held_prompt(source_text: str) -> str:
+        composing.set()
+        was_let_go.append(let_go.wait(timeout=5))
+        return f"a calm lake for {len(source_text)} characters"
+
+    monkeypatch.setattr(servicer_module, "image_prompt_for", held_prompt)
+    prompt = asyncio.ensure_future(
+        content_stub.CreateImagePrompt(content_pb.CreateImagePromptRequest(source_text="A calm river"))
+    )
+    while not composing.is_set():
+        await asyncio.sleep(0.01)
+    assert await new_conversation(content_stub)  # answered while the prompt is still being composed
+    let_go.set()
+
+    assert (await prompt).prompt == "a calm lake for 12 characters"
+    assert was_let_go == [True]
 
 
 async def test_unsupported_image_size_is_invalid(content_stub: content_grpc.ContentServiceStub) -> None:
