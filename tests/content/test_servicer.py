@@ -244,8 +244,7 @@ async def test_composing_an_image_prompt_leaves_the_service_answering_other_call
     prompt = asyncio.ensure_future(
         content_stub.CreateImagePrompt(content_pb.CreateImagePromptRequest(source_text="A calm river"))
     )
-    while not composing.is_set():
-        await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(composing.wait, 5)
     assert await new_conversation(content_stub)  # answered while the prompt is still being composed
     let_go.set()
 
