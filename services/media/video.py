@@ -29,6 +29,7 @@ from services.media import room
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import encoding_failure
+from services.media.still_mux import mux_placeholder_video
 from services.media.subtitles import SUBTITLE_LANGUAGE
 
 _STDERR_TAIL_CHARACTERS = 4000
@@ -233,31 +234,32 @@ async def render_still_video(
     partial_path = output_path.with_name(f"{hidden_prefix}.partial.mp4")
     placeholder_path = output_path.with_name(f"{hidden_prefix}.placeholder.png")
     try:
-        if image_path is None:
-            await asyncio.to_thread(_write_placeholder, placeholder_path, profile)
-        arguments = still_video_arguments(
-            image_path=placeholder_path if image_path is None else image_path,
-            audio_path=audio_path,
-            duration_seconds=duration_seconds,
-            output_path=partial_path,
-            profile=profile,
-            encoder=encoder,
-            is_audio_copied=is_audio_copied,
-            subtitles_path=subtitles_path,
-        )
-        try:
-            result = await run_ffmpeg(
-                ffmpeg_path,
-                arguments,
-                timeout_seconds=timeout_seconds,
-                niceness=DEFERRED_NICENESS if profile.is_deferrable else 0,
+        if image_path is None and is_audio_copied and encoder == "libx264":
+            # The placeholder over sound already made: a mux in this process (still_mux), its picture
+            # encoded once per process, where FFmpeg painted and encoded it again for every video.
+            await asyncio.to_thread(
+                mux_placeholder_video,
+                aac_path=audio_path,
+                subtitles_path=subtitles_path,
+                duration_seconds=duration_seconds,
+                output_path=partial_path,
+                height_pixels=profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS,
+                x264_crf=profile.x264_crf,
+                subtitle_language=SUBTITLE_LANGUAGE,
             )
-        except TimeoutError:
-            raise StageTimeoutError("video rendering", timeout_seconds) from None
-        if result.return_code != 0:
-            raise encoding_failure(
-                f"FFmpeg could not render the {profile.name} video (exit status {result.return_code})",
-                result.stderr[-_STDERR_TAIL_CHARACTERS:],
+        else:
+            await _render_with_ffmpeg(
+                ffmpeg_path=ffmpeg_path,
+                image_path=image_path,
+                placeholder_path=placeholder_path,
+                audio_path=audio_path,
+                duration_seconds=duration_seconds,
+                partial_path=partial_path,
+                profile=profile,
+                encoder=encoder,
+                timeout_seconds=timeout_seconds,
+                is_audio_copied=is_audio_copied,
+                subtitles_path=subtitles_path,
             )
         info, size_bytes = await asyncio.to_thread(_publish, partial_path, output_path, profile)
     finally:
@@ -272,6 +274,50 @@ async def render_still_video(
         size_bytes=size_bytes,
         encoder=encoder,
     )
+
+
+async def _render_with_ffmpeg(
+    *,
+    ffmpeg_path: str,
+    image_path: Path | None,
+    placeholder_path: Path,
+    audio_path: Path,
+    duration_seconds: float,
+    partial_path: Path,
+    profile: RenderProfile,
+    encoder: str,
+    timeout_seconds: float,
+    is_audio_copied: bool,
+    subtitles_path: Path | None,
+) -> None:
+    """FFmpeg renders the video to `partial_path` (with the placeholder, written to `placeholder_path`,
+    when there is no image)."""
+    if image_path is None:
+        await asyncio.to_thread(_write_placeholder, placeholder_path, profile)
+    arguments = still_video_arguments(
+        image_path=placeholder_path if image_path is None else image_path,
+        audio_path=audio_path,
+        duration_seconds=duration_seconds,
+        output_path=partial_path,
+        profile=profile,
+        encoder=encoder,
+        is_audio_copied=is_audio_copied,
+        subtitles_path=subtitles_path,
+    )
+    try:
+        result = await run_ffmpeg(
+            ffmpeg_path,
+            arguments,
+            timeout_seconds=timeout_seconds,
+            niceness=DEFERRED_NICENESS if profile.is_deferrable else 0,
+        )
+    except TimeoutError:
+        raise StageTimeoutError("video rendering", timeout_seconds) from None
+    if result.return_code != 0:
+        raise encoding_failure(
+            f"FFmpeg could not render the {profile.name} video (exit status {result.return_code})",
+            result.stderr[-_STDERR_TAIL_CHARACTERS:],
+        )
 
 
 def _publish(partial_path: Path, output_path: Path, profile: RenderProfile) -> tuple[MediaInfo, int]:
