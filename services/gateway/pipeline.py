@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from opentelemetry.trace import Span, StatusCode
 
@@ -114,6 +114,23 @@ class MeditationPipeline:
         # `accepted` was recorded when the job was queued. A resumed job (its gateway stopped, or an attempt
         # failed) runs again from the start; caches make the repeated transcript and image free, and its log
         # simply continues.
+        # Media's narration stream is opened now, beside the source stage, not when the first sentence is
+        # ready: with fifty people arriving together a new call waited seconds for media to take it (gRPC's
+        # asyncio server takes one new call at a time), and every second of it delayed the first sound.
+        script = _LiveScript()
+        opened = _Started(self._media.narrate_live(job.meditation, meditation.owner, script.texts()))
+        try:
+            await self._run_opened(job, meditation, script, opened)
+        finally:
+            await opened.aclose()
+
+    async def _run_opened(
+        self,
+        job: JobEvents,
+        meditation: Meditation,
+        script: _LiveScript,
+        opened: _Started[LivePlaylist | SpokenNarration],
+    ) -> None:
         options = meditation.options
         async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds) as stage:
             source = await self._content.collect_source_content(meditation.owner, meditation.conversation)
@@ -124,7 +141,7 @@ class MeditationPipeline:
         )
         try:
             narration = await self._transcript_and_narration(
-                job, source, meditation.owner, options.skip_cache
+                job, source, meditation.owner, options.skip_cache, script, opened
             )
             made_quick = narration.quick_video
             if made_quick is not None:
@@ -146,19 +163,27 @@ class MeditationPipeline:
                 image_task.exception()
 
     async def _transcript_and_narration(
-        self, job: JobEvents, source: SourceContent, owner: str, skip_cache: bool
+        self,
+        job: JobEvents,
+        source: SourceContent,
+        owner: str,
+        skip_cache: bool,
+        script: _LiveScript,
+        opened: _Started[LivePlaylist | SpokenNarration],
     ) -> SpokenNarration:
-        """Writes the transcript and speaks it at the same time: each sentence goes to the narrator as soon
-        as the writer finishes it, so the live preview plays while the transcript is still being written."""
-        script = _LiveScript()
-        narrating = asyncio.create_task(self._narration(job, owner, script))
+        """Writes the transcript and speaks it at the same time: each sentence goes to the narrator (on the
+        stream `opened` for `script`) as soon as the writer finishes it, so the live preview plays while the
+        transcript is still being written."""
+        narrating = asyncio.create_task(self._narration(job, opened))
 
         def restart() -> None:
             # The writer failed over to its fallback: what was spoken is void, so speak the new script.
             nonlocal script, narrating
             narrating.cancel()
             script = _LiveScript()
-            narrating = asyncio.create_task(self._narration(job, owner, script))
+            narrating = asyncio.create_task(
+                self._narration(job, self._media.narrate_live(job.meditation, owner, script.texts()))
+            )
 
         try:
             await self._transcript(job, source, skip_cache, lambda text: script.add(text), restart)
@@ -249,11 +274,13 @@ class MeditationPipeline:
         )
         return image
 
-    async def _narration(self, job: JobEvents, owner: str, script: _LiveScript) -> SpokenNarration:
+    async def _narration(
+        self, job: JobEvents, events: AsyncIterable[LivePlaylist | SpokenNarration]
+    ) -> SpokenNarration:
         # It runs alongside the transcript, so its budget is the transcript's plus its own.
         timeout_seconds = self._timeouts.transcript_seconds + self._timeouts.narration_seconds
         async with self._stage(job, Stage.NARRATION, timeout_seconds) as stage:
-            narration = await self._narrate_once(job, owner, script)
+            narration = await self._narrate_once(job, events)
             misread = narration.misread_sentence_count
             stage.detail = _provider_detail(
                 f"{narration.duration_seconds:.1f} s, {len(narration.sentences)} sentences"
@@ -277,9 +304,11 @@ class MeditationPipeline:
         )
         return narration
 
-    async def _narrate_once(self, job: JobEvents, owner: str, script: _LiveScript) -> SpokenNarration:
+    async def _narrate_once(
+        self, job: JobEvents, events: AsyncIterable[LivePlaylist | SpokenNarration]
+    ) -> SpokenNarration:
         narration: SpokenNarration | None = None
-        async for event in self._media.narrate_live(job.meditation, owner, script.texts()):
+        async for event in events:
             if isinstance(event, LivePlaylist):
                 # With the URI media made for the owner as it published: the event's live readers (only its
                 # owner may read it) get it with no signing call; the log keeps the key alone.
@@ -442,6 +471,34 @@ class MeditationPipeline:
         await job.emit(
             StageChanged(stage=stage, state=state, stage_elapsed_seconds=run.elapsed_seconds, detail=detail)
         )
+
+
+class _Started(Generic[T]):
+    """An async generator set running at once, up to its first item, to be read later: a call it makes is
+    under way while other work goes on. Read it once; `aclose` ends it however far it got."""
+
+    def __init__(self, generator: AsyncGenerator[T, None]) -> None:
+        self._generator = generator
+        self._first: asyncio.Future[T] = asyncio.ensure_future(anext(generator))
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._items()
+
+    async def _items(self) -> AsyncIterator[T]:
+        try:
+            first = await self._first
+        except StopAsyncIteration:
+            return
+        yield first
+        async for item in self._generator:
+            yield item
+
+    async def aclose(self) -> None:
+        if not self._first.done():
+            self._first.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._first
+        await self._generator.aclose()
 
 
 class _LiveScript:

@@ -111,7 +111,11 @@ async def test_one_job_is_one_trace_with_a_span_per_stage_under_the_job(
         assert client.status.status_code is not StatusCode.ERROR
         assert client.parent is not None
         caller = by_id[client.parent.span_id].name
-        if served.name.rpartition("/")[2] in _PIPELINE_CALLS:
+        if served.name.rpartition("/")[2] == "NarrateLive":
+            # Opened by the job beside its source stage, before the narration's stage begins (a new call
+            # is taken late under load): the job's own call.
+            assert caller == job.name, (served.name, caller)
+        elif served.name.rpartition("/")[2] in _PIPELINE_CALLS:
             assert caller.startswith("stage."), (served.name, caller)
         else:
             # Bookkeeping around the job (its conversation checked, its links signed): the call's own.
