@@ -99,6 +99,29 @@ async def test_a_job_goes_to_one_consumer_and_an_acknowledged_one_never_comes_ba
     assert await second.take("gateway-2", wait_seconds=0.1) is None
 
 
+async def test_several_jobs_are_taken_in_one_go_the_stale_first_each_once(replicas: Replicas) -> None:
+    """take_up_to: as many jobs as asked for and waiting, one abandoned by a silent replica before new
+    ones, in the order submitted; none delivered twice."""
+    first, second = replicas.make(), replicas.make()
+    await first.submit("meditations/abandoned")
+    abandoned = await first.take("gateway-1", wait_seconds=1)
+    assert abandoned is not None
+    for name in ("meditations/b", "meditations/c", "meditations/d"):
+        await first.submit(name)
+    await replicas.pass_time(CLAIM_TIMEOUT_SECONDS + 0.1)  # gateway-1 went silent
+
+    taken = await second.take_up_to("gateway-2", 3, wait_seconds=1)
+    rest = await second.take_up_to("gateway-2", 3, wait_seconds=0.1)
+
+    assert [(d.job, d.delivery_count) for d in taken] == [
+        ("meditations/abandoned", 2),
+        ("meditations/b", 1),
+        ("meditations/c", 1),
+    ]
+    assert [(d.job, d.delivery_count) for d in rest] == [("meditations/d", 1)]
+    assert await second.take_up_to("gateway-2", 3, wait_seconds=0.1) == []
+
+
 async def test_the_trace_context_stored_with_a_job_reaches_the_replica_that_takes_it_over(
     replicas: Replicas,
 ) -> None:
