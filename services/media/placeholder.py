@@ -6,6 +6,12 @@ import numpy as np
 from PIL import Image
 
 
+def placeholder_width(height_pixels: int) -> int:
+    """The placeholder's width at `height_pixels`: 16:9, the shape of a landscape image's video, rounded to
+    an even number as 4:2:0 chroma requires."""
+    return round(height_pixels * 16 / 9 / 2) * 2
+
+
 def paint_placeholder(width_pixels: int, height_pixels: int) -> Image.Image:
     """Paints a soft dusk gradient with a faint glow, darker at the top, with no hard edge anywhere."""
     rows = np.linspace(0.0, 1.0, height_pixels, dtype=np.float32)[:, None, None]

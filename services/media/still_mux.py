@@ -21,7 +21,7 @@ import av
 import numpy as np
 
 from services.media.errors import EncodingError
-from services.media.placeholder import paint_placeholder
+from services.media.placeholder import paint_placeholder, placeholder_width
 
 # The style of the text track, in the ASS header FFmpeg's WebVTT decoder hands its mov_text encoder (its
 # default): the encoder needs one to open, and writes from it the track's sample description (3GPP TS 26.245
@@ -100,7 +100,7 @@ def mux_placeholder_video(
 def _placeholder_picture(height_pixels: int, x264_crf: int) -> bytes:
     """The placeholder at this height in 16:9, one H.264 keyframe in an MP4 (in memory), encoded as FFmpeg
     encoded a still: x264 at the profile's rate factor, BT.709 in TV range, tagged so."""
-    width_pixels = round(height_pixels * 16 / 9 / 2) * 2
+    width_pixels = placeholder_width(height_pixels)
     rgb = np.asarray(paint_placeholder(width_pixels, height_pixels).convert("RGB"))
     picture = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
         format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG", interpolation="LANCZOS"

@@ -27,7 +27,7 @@ from av.video.stream import VideoStream
 
 from services.media import room
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
-from services.media.placeholder import paint_placeholder
+from services.media.placeholder import paint_placeholder, placeholder_width
 from services.media.scratch import encoding_failure
 from services.media.still_mux import mux_placeholder_video
 from services.media.subtitles import SUBTITLE_LANGUAGE
@@ -544,7 +544,7 @@ def _stream_seconds(stream: VideoStream | AudioStream | None) -> float | None:
 def _write_placeholder(path: Path, profile: RenderProfile) -> None:
     """Writes the placeholder at the profile's height in 16:9, the shape of a landscape image's video."""
     height = profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS
-    path.write_bytes(_placeholder_png(round(height * 16 / 9 / 2) * 2, height))
+    path.write_bytes(_placeholder_png(placeholder_width(height), height))
 
 
 @functools.lru_cache(maxsize=4)
