@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from services.content.own_words import Cue, find_cues, own_sentences
+from services.content.own_words import Cue, CueSet, find_cues, own_sentences
 from services.content.word_lists import read_lines
 
 # Worry said beside a change ("I'm so worried about the move") is about what is coming, and is named so.
@@ -14,12 +14,12 @@ _CHANGE = "change"
 
 
 @functools.cache
-def _cues() -> dict[str, tuple[Cue, ...]]:
+def _cues() -> dict[str, CueSet]:
     kinds: dict[str, list[Cue]] = {}
     for line in read_lines("feelings.txt"):
         feeling, _, phrase = line.partition(":")
         kinds.setdefault(feeling.strip().lower(), []).append(Cue.parse(phrase.strip()))
-    return {feeling: tuple(cues) for feeling, cues in kinds.items()}
+    return {feeling: CueSet(cues) for feeling, cues in kinds.items()}
 
 
 def is_feeling(theme: str) -> bool:

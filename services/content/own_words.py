@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from services.content.word_lists import read_lines
@@ -60,6 +60,39 @@ class Cue:
         return all(_word_matches(part, words[start + offset].text) for offset, part in enumerate(self.parts))
 
 
+class CueSet:
+    """Cue phrases indexed by their first word, so that a sentence is searched once, each word looked up,
+    rather than once per cue: a list has hundreds of cues, and trying each at every word of every sentence
+    was most of the time it took to read a conversation (the image prompt, the feelings) and to compose a
+    script, with fifty conversations arriving together."""
+
+    def __init__(self, cues: Iterable[Cue]) -> None:
+        self._cues = tuple(cues)
+        self._by_first_word: dict[str, list[Cue]] = {}
+        # Cues whose first word is a prefix ("calm*"), by that prefix: a word is looked up by each of its
+        # own prefixes, up to the longest there is.
+        self._by_first_prefix: dict[str, list[Cue]] = {}
+        self._longest_prefix = -1
+        for cue in self._cues:
+            if not cue.parts:
+                raise ValueError("a cue needs at least one word")
+            first = cue.parts[0]
+            if first.endswith("*"):
+                self._by_first_prefix.setdefault(first[:-1], []).append(cue)
+                self._longest_prefix = max(self._longest_prefix, len(first) - 1)
+            else:
+                self._by_first_word.setdefault(first, []).append(cue)
+
+    def __iter__(self) -> Iterator[Cue]:
+        return iter(self._cues)
+
+    def starting_with(self, word: str) -> Iterator[Cue]:
+        """The cues whose first word matches `word` (their later words are not checked)."""
+        yield from self._by_first_word.get(word, ())
+        for length in range(min(len(word), self._longest_prefix) + 1):
+            yield from self._by_first_prefix.get(word[:length], ())
+
+
 @dataclass(frozen=True)
 class CueMatch:
     """Where a cue was found in a sentence, and whether a negator just before it turns it around."""
@@ -98,14 +131,13 @@ def own_sentences(source_text: str) -> list[OwnSentence]:
     return sentences
 
 
-def find_cues(words: Sequence[Word], cues: Iterable[Cue]) -> list[CueMatch]:
+def find_cues(words: Sequence[Word], cues: CueSet) -> list[CueMatch]:
     """Returns every place a cue starts in `words` (each position once), noting whether it is negated."""
-    found: dict[int, CueMatch] = {}
-    for cue in cues:
-        for start in range(len(words)):
-            if start not in found and cue.matches_at(words, start):
-                found[start] = CueMatch(start, words[start].clause, _is_negated(words, start))
-    return [found[start] for start in sorted(found)]
+    return [
+        CueMatch(start, word.clause, _is_negated(words, start))
+        for start, word in enumerate(words)
+        if any(cue.matches_at(words, start) for cue in cues.starting_with(word.text))
+    ]
 
 
 def _word_matches(part: str, word: str) -> bool:

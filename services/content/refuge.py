@@ -23,7 +23,7 @@ from services.content.image_prompts import (
     create_image_prompt,
     landscape_of_place,
 )
-from services.content.own_words import Cue, OwnSentence, Word, find_cues, own_sentences
+from services.content.own_words import Cue, CueSet, OwnSentence, Word, find_cues, own_sentences
 from services.content.themes import (
     FAMILY_WORDS,
     extract_themes,
@@ -100,12 +100,12 @@ class SceneChoice:
 
 @dataclass(frozen=True)
 class _Cues:
-    comfort: tuple[Cue, ...]
-    framing: tuple[Cue, ...]
-    distress: tuple[Cue, ...]
-    longing: tuple[Cue, ...]
+    comfort: CueSet
+    framing: CueSet
+    distress: CueSet
+    longing: CueSet
     person: frozenset[str]
-    question: tuple[Cue, ...]
+    question: CueSet
     places: frozenset[str]
 
 
@@ -116,8 +116,8 @@ def _cues() -> _Cues:
         kind, _, phrase = line.partition(":")
         kinds.setdefault(kind.strip(), []).append(phrase.strip().lower())
 
-    def cues(kind: str) -> tuple[Cue, ...]:
-        return tuple(Cue.parse(phrase) for phrase in kinds[kind])
+    def cues(kind: str) -> CueSet:
+        return CueSet(Cue.parse(phrase) for phrase in kinds[kind])
 
     return _Cues(
         comfort=cues("comfort"),
@@ -191,9 +191,7 @@ def choose_scene(themes: Sequence[str], source_text: str) -> SceneChoice:
 def is_comfort_word(theme: str) -> bool:
     """Whether a theme is a single word of comfort ("calm", "peace"): said of their refuge, not a weight."""
     words = theme.lower().split()
-    return len(words) == 1 and any(
-        len(cue.parts) == 1 and cue.matches_at((Word(words[0], 0),), 0) for cue in _cues().comfort
-    )
+    return len(words) == 1 and any(len(cue.parts) == 1 for cue in _cues().comfort.starting_with(words[0]))
 
 
 def names_a_place_of(theme: str, words: frozenset[str]) -> bool:
