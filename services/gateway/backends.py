@@ -406,7 +406,11 @@ class MediaClient:
                 start=media_pb.NarrateLiveStart(meditation=meditation, owner=owner)
             )
             async for text in script:
-                yield media_pb.NarrateLiveRequest(text=media_pb.NarrateLiveText(text=text))
+                # Whole sentences, so media speaks the last of them now instead of waiting for the next text
+                # to show where it ended: the first sentence no longer waits for the second to be written.
+                yield media_pb.NarrateLiveRequest(
+                    text=media_pb.NarrateLiveText(text=text, is_sentence_end=True)
+                )
             yield media_pb.NarrateLiveRequest(end=media_pb.NarrateLiveEnd())
 
         # The narration runs alongside the transcript, so its deadline covers both.

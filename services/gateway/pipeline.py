@@ -511,7 +511,7 @@ class _LiveScript:
         self._changed = asyncio.Event()
 
     def add(self, text: str) -> None:
-        """Adds more script text."""
+        """Adds more script text: whole sentences, as the content service releases them."""
         self._pieces.append(text)
         self._changed.set()
 

@@ -183,8 +183,9 @@ class MediaPort(Protocol):
     def narrate_live(
         self, meditation: str, owner: str, script: AsyncIterator[str]
     ) -> AsyncGenerator[LivePlaylist | SpokenNarration, None]:
-        """Speaks the script while it arrives: LivePlaylist once playable (with its URI for `owner`), then
-        the narration, last."""
+        """Speaks the script while it arrives, each text of `script` one or more whole sentences (as the
+        content service writes them): LivePlaylist once playable (with its URI for `owner`), then the
+        narration, last."""
         ...
 
     async def delete_meditation_assets(self, meditation: str) -> int: ...

@@ -249,11 +249,16 @@ class LiveNarration:
         if self._work_dir is not None:
             await asyncio.to_thread(shutil.rmtree, self._work_dir, True)
 
-    def add_text(self, text: str) -> None:
-        """Adds script text; each sentence it completes starts being spoken at once."""
+    def add_text(self, text: str, *, is_sentence_end: bool = False) -> None:
+        """Adds script text; each sentence it completes starts being spoken at once. With
+        `is_sentence_end`, the text ends a sentence (its pause marks included), which is spoken now rather
+        than once the next text shows where it ended."""
         if self._is_script_complete:
             raise InvalidInputError("text", "arrived after the end of the script")
-        for sentence in self._splitter.feed(text):
+        sentences = self._splitter.feed(text)
+        if is_sentence_end:
+            sentences += self._splitter.finish()
+        for sentence in sentences:
             self._start_speaking(sentence)
 
     def finish_script(self) -> None:

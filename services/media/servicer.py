@@ -196,7 +196,7 @@ async def _feed(requests: AsyncIterator[media_pb.NarrateLiveRequest], live: Live
     """Hands the client's script pieces to the live narration as they arrive."""
     async for request in requests:
         if request.HasField("text"):
-            live.add_text(request.text.text)
+            live.add_text(request.text.text, is_sentence_end=request.text.is_sentence_end)
         elif request.HasField("end"):
             live.finish_script()
             return
