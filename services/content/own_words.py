@@ -67,13 +67,12 @@ class CueSet:
     script, with fifty conversations arriving together."""
 
     def __init__(self, cues: Iterable[Cue]) -> None:
-        self._cues = tuple(cues)
         self._by_first_word: dict[str, list[Cue]] = {}
         # Cues whose first word is a prefix ("calm*"), by that prefix: a word is looked up by each of its
         # own prefixes, up to the longest there is.
         self._by_first_prefix: dict[str, list[Cue]] = {}
         self._longest_prefix = -1
-        for cue in self._cues:
+        for cue in cues:
             if not cue.parts:
                 raise ValueError("a cue needs at least one word")
             first = cue.parts[0]
@@ -82,9 +81,6 @@ class CueSet:
                 self._longest_prefix = max(self._longest_prefix, len(first) - 1)
             else:
                 self._by_first_word.setdefault(first, []).append(cue)
-
-    def __iter__(self) -> Iterator[Cue]:
-        return iter(self._cues)
 
     def starting_with(self, word: str) -> Iterator[Cue]:
         """The cues whose first word matches `word` (their later words are not checked)."""
