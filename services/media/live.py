@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from services.media import room
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
 from services.media.live_encoder import PIECE_SECONDS, LiveEncoder
 from services.media.loudness import master_speech
-from services.media.room import in_room
 from services.media.scratch import disk_full_reported
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
@@ -665,7 +665,7 @@ def master_sentence(narration: Narration) -> Narration:
     """One spoken sentence in the room and at the meditation's loudness, as the live encoder takes it."""
     samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
     # In the room first, so the limiter holds the peaks the room raises: the encoder adds only the bed.
-    mastered = master_speech(samples, narration.sample_rate_hertz, voice_filter=in_room)
+    mastered = master_speech(samples, narration.sample_rate_hertz, voice_filter=room.impulse_response)
     # The same narration, louder or softer: what the provider reported about it (misread sentences) stays.
     return dataclasses.replace(narration, pcm_s16le=mastered.astype("<i2").tobytes())
 

@@ -35,8 +35,9 @@ _LIMITER_ATTACK_SECONDS = 0.005
 _LIMITER_HOLD_SECONDS = 0.05
 _LIMITER_BLOCK_SECONDS = 0.001
 _FULL_SCALE = 32768.0
-# What a voice goes through before it is heard (room.in_room): samples in [-1, 1] and their rate in, out.
-VoiceFilter = Callable[[npt.NDArray[np.float64], int], npt.NDArray[np.float64]]
+# What a voice goes through before it is heard (room.impulse_response): a linear filter, given by its
+# impulse response at a sample rate, so that mastering applies it in the FFT that also weighs the loudness.
+VoiceFilter = Callable[[int], npt.NDArray[np.float64]]
 _MAKE_UP_ROUNDS = 5
 _MAKE_UP_TOLERANCE_LU = 0.05
 
@@ -67,14 +68,13 @@ def master_speech(
     pcm: npt.NDArray[np.int16], sample_rate_hertz: int, *, voice_filter: VoiceFilter | None = None
 ) -> npt.NDArray[np.int16]:
     """Returns the speech gained to TARGET_LOUDNESS_LUFS with true peaks under TRUE_PEAK_CEILING_DBTP; with
-    `voice_filter`, the speech through it (in full-scale units), mastered as it will be heard.
+    `voice_filter`, the speech through it (as long as it was), mastered as it will be heard.
 
     Blocking (a few milliseconds a sentence): run it in a thread from async code.
     """
     samples = pcm.astype(np.float64) / _FULL_SCALE
-    if voice_filter is not None:
-        samples = voice_filter(samples, sample_rate_hertz)
-    sentence = _Sentence(samples, sample_rate_hertz, 10 ** (TRUE_PEAK_CEILING_DBTP / 20))
+    heard, weighted = _heard_and_weighted(samples, sample_rate_hertz, voice_filter)
+    sentence = _Sentence(heard, sample_rate_hertz, 10 ** (TRUE_PEAK_CEILING_DBTP / 20), weighted)
     if not math.isfinite(sentence.loudness):
         return pcm  # silence (a pause) has no loudness to set
     # The limiter takes loudness off the peaks, more the higher the gain: find the gain that lands on the
@@ -108,13 +108,22 @@ class _Sentence:
     held under the ceiling, is that drawing, never the estimate.
     """
 
-    def __init__(self, samples: npt.NDArray[np.float64], sample_rate_hertz: int, ceiling: float) -> None:
+    def __init__(
+        self,
+        samples: npt.NDArray[np.float64],
+        sample_rate_hertz: int,
+        ceiling: float,
+        weighted: npt.NDArray[np.float64] | None = None,
+    ) -> None:
+        """`weighted`: the samples K-weighted, when the caller has them (_heard_and_weighted), taken over and
+        squared in place; weighted here otherwise."""
         self._samples = samples
         self._ceiling = ceiling
         self._sample_rate_hertz = sample_rate_hertz
         self._block = _limiter_block(sample_rate_hertz)
         self._block_starts = np.arange(0, samples.size, self._block)
-        weighted = _k_weighted(samples, sample_rate_hertz)
+        if weighted is None:
+            weighted = _k_weighted(samples, sample_rate_hertz)
         energies = np.square(weighted, out=weighted)
         self._block_energies = np.add.reduceat(energies, self._block_starts)
         # The loudness blocks' edges fall inside limiter blocks: each edge keeps the energy from the start
@@ -287,6 +296,36 @@ def _block_spans(size: int, sample_rate_hertz: int) -> tuple[npt.NDArray[np.intp
 def _lufs(powers: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     with np.errstate(divide="ignore"):
         return np.asarray(-0.691 + 10 * np.log10(powers), dtype=np.float64)
+
+
+def _heard_and_weighted(
+    samples: npt.NDArray[np.float64], sample_rate_hertz: int, voice_filter: VoiceFilter | None
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """The samples through `voice_filter` (as long as they were; the samples themselves without one), and
+    those K-weighted as a new array.
+
+    Both filters are linear and causal, so the heard sound's spectrum is weighted where it is, rather than
+    transformed back and forward again: one forward FFT and two inverse ones instead of two of each (the
+    K-weighting and the room took half of mastering's time). The FFT holds the whole of both convolutions,
+    so nothing wraps round: the first `samples.size` of each are exactly the filters applied in turn."""
+    if voice_filter is None or samples.size == 0:
+        return samples, _k_weighted(samples, sample_rate_hertz)
+    response = voice_filter(sample_rate_hertz)
+    size = fft_size(samples.size + response.size + _k_weighting_response(sample_rate_hertz).size - 2)
+    spectrum = np.fft.rfft(samples, size)
+    spectrum *= _response_spectrum(voice_filter, sample_rate_hertz, size)
+    heard = np.fft.irfft(spectrum, size)[: samples.size]
+    spectrum *= _k_weighting_spectrum(sample_rate_hertz, size)
+    weighted = np.fft.irfft(spectrum, size)[: samples.size]
+    return np.asarray(heard, dtype=np.float64), np.asarray(weighted, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _response_spectrum(
+    voice_filter: VoiceFilter, sample_rate_hertz: int, size: int
+) -> npt.NDArray[np.complex128]:
+    """A voice filter's response transformed for an FFT of `size` (sentences come in a few sizes)."""
+    return np.fft.rfft(voice_filter(sample_rate_hertz), size)
 
 
 def _k_weighted(samples: npt.NDArray[np.float64], sample_rate_hertz: int) -> npt.NDArray[np.float64]:

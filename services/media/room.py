@@ -1,8 +1,9 @@
 """The small warm room the ENHANCED voice is heard in: rumble out below RUMBLE_CUTOFF_HERTZ, and two faint
 early reflections. FFmpeg applies it to a whole narration (video.ENHANCED_PROFILE's filter); the live
-narration applies it here, a sentence at a time before mastering, so that the true-peak limiter sees the
-voice as it will be heard: both filters raise a voice's peaks (by up to 2 dB, measured), which, applied after
-mastering, took the live sound over its ceiling."""
+narration's mastering applies it (impulse_response) a sentence at a time, in the FFT that weighs the
+sentence's loudness, so that the true-peak limiter sees the voice as it will be heard: both filters raise a
+voice's peaks (by up to 2 dB, measured), which, applied after mastering, took the live sound over its
+ceiling."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from services.media.loudness import biquad, fft_size
+from services.media.loudness import biquad
 
 RUMBLE_CUTOFF_HERTZ = 70
 # Each reflection's delay in milliseconds and its gain.
@@ -26,31 +27,18 @@ def ffmpeg_filter() -> str:
     return f"highpass=f={RUMBLE_CUTOFF_HERTZ},aecho=in_gain=1:out_gain=1:delays={delays}:decays={gains}"
 
 
-def in_room(samples: npt.NDArray[np.float64], sample_rate_hertz: int) -> npt.NDArray[np.float64]:
-    """One sentence in the room, as long as it was: the reflections of its last 83 ms fall past its end and
-    are left out (a sentence ends in its own silence, so they are of next to nothing)."""
-    if samples.size == 0:
-        return samples
-    # The high-pass and the reflections are one linear filter: one convolution, through an FFT.
-    size = fft_size(
-        samples.size + sample_rate_hertz // 10 + round(max(REFLECTIONS)[0] * sample_rate_hertz / 1000)
-    )
-    spectrum = np.fft.rfft(samples, size)
-    spectrum *= _room_spectrum(sample_rate_hertz, size)
-    return np.asarray(np.fft.irfft(spectrum, size)[: samples.size], dtype=np.float64)
-
-
-@functools.lru_cache(maxsize=64)
-def _room_spectrum(sample_rate_hertz: int, size: int) -> npt.NDArray[np.complex128]:
-    """The room's response transformed for an FFT of `size` (sentences come in a few sizes): the high-pass's,
-    and the same again at each reflection's delay and gain."""
+@functools.cache
+def impulse_response(sample_rate_hertz: int) -> npt.NDArray[np.float64]:
+    """The room as one linear filter, a voice filter for loudness.master_speech: the high-pass's response,
+    and the same again at each reflection's delay and gain (a tenth of a second and 83 ms long)."""
     high_pass = _high_pass_response(sample_rate_hertz)
     delays = [round(delay * sample_rate_hertz / 1000) for delay, _ in REFLECTIONS]
     response = np.zeros(high_pass.size + max(delays))
     response[: high_pass.size] = high_pass
     for delay, (_, gain) in zip(delays, REFLECTIONS, strict=True):
         response[delay : delay + high_pass.size] += gain * high_pass
-    return np.fft.rfft(response, size)
+    response.flags.writeable = False  # shared by every caller
+    return response
 
 
 @functools.cache

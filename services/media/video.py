@@ -476,7 +476,8 @@ def live_sound_profile(sample_rate_hertz: int) -> RenderProfile:
     return dataclasses.replace(
         ENHANCED_PROFILE,
         name="live",
-        # The room is applied before mastering (room.in_room), so the limiter holds its peaks too.
+        # The room is applied as each sentence is mastered (room.impulse_response), so the limiter holds its
+        # peaks too.
         narration_filter=None,
         audio_sample_rate_hertz=sample_rate_hertz,
         audio_channels=1,

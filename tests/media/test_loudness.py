@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from services.media import room
 from services.media.loudness import (
     TARGET_LOUDNESS_LUFS,
     TRUE_PEAK_CEILING_DBTP,
@@ -95,6 +96,20 @@ def test_the_limiter_only_ever_lowers_the_gain_and_only_near_peaks(spoken: npt.N
     assert ratios.max() <= gain * 1.01
     # A good part of the voice is away from any peak and keeps exactly that gain.
     assert np.mean(ratios > 0.99 * gain) > 0.25
+
+
+def test_a_voice_filter_is_mastered_as_the_voice_will_be_heard(spoken: npt.NDArray[np.int16]) -> None:
+    # Mastering applies the room in the FFT that weighs the loudness: it must come to what mastering the
+    # voice already in the room comes to (that voice rounded to 16 bits first, hence a few steps apart).
+    in_the_room = np.convolve(spoken / 32768, room.impulse_response(RATE))[: spoken.size]
+    heard_first = np.round(in_the_room * 32768).astype(np.int16)
+
+    mastered = master_speech(spoken, RATE, voice_filter=room.impulse_response).astype(np.int64)
+
+    assert mastered.size == spoken.size
+    assert np.max(np.abs(mastered - master_speech(heard_first, RATE))) <= 4
+    # And the room was applied: mastered without it, the voice differs far more than that.
+    assert np.max(np.abs(mastered - master_speech(spoken, RATE))) > 500
 
 
 def test_silence_is_left_silent() -> None:
