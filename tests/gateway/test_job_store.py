@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect, select, update
+from sqlalchemy import Connection, event, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.content import migrate as content_migrate
@@ -127,6 +127,30 @@ async def test_racing_writers_of_one_sequence_leave_exactly_one_event(store: Job
         await store.record_event(name, 3, b"a gap", JobChanges())
     page = await store.list_events(name, 0, 100)
     assert [event.sequence for event in page.events] == [1]
+
+
+async def test_postgresql_records_an_event_and_its_changes_in_one_statement(
+    engine: AsyncEngine, store: JobStore
+) -> None:
+    """Every round trip of an event's write waits its turn on the gateway's event loop: PostgreSQL takes the
+    guarded update and the insert as one statement, SQLite (which cannot update inside a WITH) as two in a
+    transaction. Either way the event and its changes are both there."""
+    name = await _create(store)
+    statements: list[str] = []
+
+    def sent(*arguments: object) -> None:
+        statements.append(str(arguments[2]))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", sent)
+    try:
+        await store.record_event(name, 1, b"accepted", JobChanges(transcript="Breathe."))
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", sent)
+
+    assert len(statements) == (1 if engine.dialect.name == "postgresql" else 2), statements
+    assert (await store.get(name)).transcript == "Breathe."
+    page = await store.list_events(name, 0, 10)
+    assert [(recorded.sequence, recorded.payload) for recorded in page.events] == [(1, b"accepted")]
 
 
 async def test_events_page_after_a_sequence_and_an_events_changes_are_kept(store: JobStore) -> None:

@@ -27,6 +27,8 @@ from sqlalchemy import (
     and_,
     delete,
     func,
+    insert,
+    literal,
     or_,
     select,
     update,
@@ -188,6 +190,13 @@ class JobStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # PostgreSQL records an event in one statement outside any explicit transaction (record_event): the
+        # same pool, its connections lent in autocommit. SQLite cannot update inside a WITH.
+        self._one_statement_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if engine.dialect.name == "postgresql"
+            else None
+        )
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -331,6 +340,12 @@ class JobStore:
         is returned and nothing is written twice."""
         job_id = _id_of(name)
         event_time = now()
+        if self._one_statement_engine is not None and await self._recorded_in_one_statement(
+            name, sequence, payload, changes, event_time
+        ):
+            return event_time
+        # SQLite, or the one statement moved nothing: the transaction below finds out why (a retried write
+        # already recorded, a job that has ended, a gap), or records the event.
         try:
             async with self._transaction() as session:
                 # The guarded update serialises writers on the job row: exactly one writer can move
@@ -376,6 +391,45 @@ class JobStore:
         except IntegrityError as error:
             raise GatewayError(FailureKind.INTERNAL, f"{name} already has event {sequence}") from error
         return event_time
+
+    async def _recorded_in_one_statement(
+        self, name: str, sequence: int, payload: bytes, changes: JobChanges, event_time: datetime
+    ) -> bool:
+        """record_event's guarded update and its insert as one PostgreSQL statement (a data-modifying WITH),
+        atomic on its own: one round trip to the database where a transaction took four (BEGIN, the update,
+        the insert, COMMIT); with the pool's liveness check (three: its probe in a transaction of its own),
+        four instead of seven. Every job records a couple of dozen events, fifty jobs' first ones all in
+        their first seconds, each waiting on the gateway's one event loop for every round trip. False when
+        the update moved nothing (the insert then inserts nothing)."""
+        assert self._one_statement_engine is not None
+        job_id = _id_of(name)
+        moved = (
+            update(JobRow)
+            .where(
+                JobRow.id == job_id,
+                JobRow.last_sequence == sequence - 1,
+                JobRow.state == MeditationState.RUNNING.value,
+            )
+            .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
+            .returning(JobRow.id)
+            .cte("moved")
+        )
+        statement = insert(JobEventRow).from_select(
+            ["job_id", "sequence", "payload", "event_time"],
+            select(
+                moved.c.id,
+                literal(sequence, Integer),
+                literal(payload, LargeBinary),
+                literal(event_time, DateTime(timezone=True)),
+            ),
+        )
+        try:
+            with _unavailable_when_unreachable():
+                async with self._one_statement_engine.connect() as connection:
+                    result = await connection.execute(statement)
+        except IntegrityError as error:
+            raise GatewayError(FailureKind.INTERNAL, f"{name} already has event {sequence}") from error
+        return bool(result.rowcount == 1)
 
     async def claim(self, name: str, holder: str, lease_seconds: float) -> bool:
         """Takes (or renews) a running job for the gateway process `holder` when nobody holds it, `holder`
