@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
 
-from services import rpc_metrics, rpc_tracing, tracing
+from services import rpc_metrics, rpc_tracing, rpc_wakeups, tracing
 from services.environment import ConfigError
 from services.log_context import current_meditation
 from services.metrics import MetricsSettings
@@ -237,6 +237,8 @@ async def start_server(
     if port == 0:
         raise OSError(f"could not bind {address}: is another process using the port?")
     await server.start()
+    # The server made grpc.aio's completion queue: from now on its completions reach the loop as they come.
+    rpc_wakeups.drain_wakeups(asyncio.get_running_loop())
     for name in ("", *service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
