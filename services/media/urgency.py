@@ -8,9 +8,9 @@ miss their deadline at once); served in order of arrival, the first jobs finish 
 their listeners already hearing their first sentence. A job takes its place with `arrival()` once, and its
 work runs `in_arrival_order(place)`. A `PriorityLimiter` (the speech request slots of a process) lets
 waiters in by urgency, then by their job's place, then by when they came. A `CpuLane` runs CPU work
-(mastering, encoding) in worker threads: urgent work at the process's priority, the rest in threads the
-operating system runs only when nothing else wants the cores, so it never delays the services' own
-threads (every other job's RPCs) nor another process's.
+(mastering, encoding) in worker threads: urgent work at the process's priority, the rest, once no urgent
+work is left, in threads the operating system runs only when nothing else wants the cores, so it never
+delays the services' own threads (every other job's RPCs) nor another process's.
 """
 
 from __future__ import annotations
@@ -136,6 +136,12 @@ class CpuLane:
     pools: urgent work (`urgent()`) in threads at the process's own priority, the rest in threads at
     BACKGROUND_NICENESS. Each pool lets its waiters in by their job's place in the order of arrival.
 
+    Background work starts only while no urgent work waits or runs. A low niceness is not enough: between
+    their native calls the background threads hold the interpreter's lock, which urgent work and the event
+    loop then wait for, the longer the busier the cores (a background thread preempted while holding it
+    holds it until it runs again). With fifty jobs at once, every sentence reaching media as it was written,
+    first playable media came seconds later than with the background held back.
+
     On Linux a thread's niceness is its own; elsewhere the background threads run at the process's priority
     (the order of the work still holds)."""
 
@@ -146,6 +152,10 @@ class CpuLane:
         self._background_threads = ThreadPoolExecutor(
             workers, thread_name_prefix="cpu-background", initializer=_yield_to_everything_else
         )
+        # Urgent work waiting or running; background work starts only when there is none.
+        self._urgent_pending = 0
+        self._no_urgent_work = asyncio.Event()
+        self._no_urgent_work.set()
 
     async def run(
         self,
@@ -155,13 +165,24 @@ class CpuLane:
         **kwargs: _Parameters.kwargs,
     ) -> _Result:
         """`function(*args, **kwargs)` in a worker thread of the pool its urgency calls for."""
-        is_urgent_now = is_urgent()
-        slots = self._urgent if is_urgent_now else self._background
-        threads = self._urgent_threads if is_urgent_now else self._background_threads
-        async with slots:
-            return await asyncio.get_running_loop().run_in_executor(
-                threads, functools.partial(function, *args, **kwargs)
-            )
+        if not is_urgent():
+            while not self._no_urgent_work.is_set():
+                await self._no_urgent_work.wait()
+            async with self._background:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._background_threads, functools.partial(function, *args, **kwargs)
+                )
+        self._urgent_pending += 1
+        self._no_urgent_work.clear()
+        try:
+            async with self._urgent:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._urgent_threads, functools.partial(function, *args, **kwargs)
+                )
+        finally:
+            self._urgent_pending -= 1
+            if self._urgent_pending == 0:
+                self._no_urgent_work.set()
 
     def shutdown(self) -> None:
         """Lets the worker threads end once their work is done."""

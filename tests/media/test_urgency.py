@@ -144,3 +144,46 @@ async def test_the_cpu_lane_passes_arguments_and_raises_what_the_work_raised() -
             await lane.run(divmod, 1, 0)
     finally:
         lane.shutdown()
+
+
+async def test_background_work_waits_while_urgent_work_is_queued_or_running() -> None:
+    # Background threads hold the interpreter's lock between native calls, so running beside urgent work
+    # they slow it however low their niceness: they start only once no urgent work is left.
+    lane = CpuLane(2)
+    release = threading.Event()
+    background_started = threading.Event()
+    try:
+        with urgent():
+            urgent_work = asyncio.create_task(lane.run(release.wait))
+        background_work = asyncio.create_task(lane.run(background_started.set))
+        # Without the wait it starts at once in a free background thread; with it, never before the release.
+        assert not await asyncio.to_thread(background_started.wait, 0.3)
+        release.set()
+        await urgent_work
+        await background_work
+        assert background_started.is_set()
+    finally:
+        release.set()
+        lane.shutdown()
+
+
+async def test_background_work_cancelled_while_it_waits_for_urgent_work_never_runs() -> None:
+    lane = CpuLane(1)
+    release = threading.Event()
+    ran = threading.Event()
+    try:
+        with urgent():
+            urgent_work = asyncio.create_task(lane.run(release.wait))
+        background_work = asyncio.create_task(lane.run(ran.set))
+        await asyncio.sleep(0)
+        background_work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await background_work
+        release.set()
+        await urgent_work
+        # The lane is free for background work again, and the cancelled work never ran.
+        assert await lane.run(lambda: "after") == "after"
+        assert not ran.is_set()
+    finally:
+        release.set()
+        lane.shutdown()
