@@ -126,6 +126,9 @@ class PriorityLimiter:
         self._free += 1
 
 
+# The longest background work waits for urgent work to clear before it starts anyway: fifty first sentences
+# at once on two cores are mastered and encoded within it.
+BACKGROUND_WAIT_LIMIT_SECONDS = 2.0
 # How much less a background worker asks of the scheduler: at nice 10 a thread weighs about a tenth of one
 # at 0 (Linux's CFS), so it takes the cores only when the services' own threads and urgent work leave them.
 BACKGROUND_NICENESS = 10
@@ -166,8 +169,11 @@ class CpuLane:
     ) -> _Result:
         """`function(*args, **kwargs)` in a worker thread of the pool its urgency calls for."""
         if not is_urgent():
-            while not self._no_urgent_work.is_set():
-                await self._no_urgent_work.wait()
+            # Bounded: arrivals that never stop must not stop everyone's later sentences (and their
+            # previews) for longer than a burst of first sentences takes.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(BACKGROUND_WAIT_LIMIT_SECONDS):
+                    await self._no_urgent_work.wait()
             async with self._background:
                 return await asyncio.get_running_loop().run_in_executor(
                     self._background_threads, functools.partial(function, *args, **kwargs)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from services.media import urgency
 from services.media.urgency import (
     BACKGROUND_NICENESS,
     CpuLane,
@@ -187,3 +188,21 @@ async def test_background_work_cancelled_while_it_waits_for_urgent_work_never_ru
     finally:
         release.set()
         lane.shutdown()
+
+
+async def test_background_work_starts_anyway_once_urgent_work_has_lasted_the_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Jobs that keep arriving keep urgent work in the lane: everyone's later sentences must go on.
+    monkeypatch.setattr(urgency, "BACKGROUND_WAIT_LIMIT_SECONDS", 0.2)
+    lane = CpuLane(1)
+    release = threading.Event()
+    try:
+        with urgent():
+            urgent_work = asyncio.create_task(lane.run(release.wait))
+        assert await asyncio.wait_for(lane.run(lambda: "later sentence"), timeout=10) == "later sentence"
+        assert not urgent_work.done()
+    finally:
+        release.set()
+        lane.shutdown()
+    await urgent_work
