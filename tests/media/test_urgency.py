@@ -4,10 +4,11 @@ urgent CPU work runs ahead of the background."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -147,15 +148,28 @@ async def test_the_cpu_lane_passes_arguments_and_raises_what_the_work_raised() -
         lane.shutdown()
 
 
+@contextlib.asynccontextmanager
+async def _urgent_work_held(
+    workers: int,
+) -> AsyncIterator[tuple[CpuLane, threading.Event, asyncio.Task[bool]]]:
+    """A lane of `workers` running one piece of urgent work until the returned event is set."""
+    lane = CpuLane(workers)
+    release = threading.Event()
+    try:
+        with urgent():
+            held = asyncio.create_task(lane.run(release.wait))
+        yield lane, release, held
+    finally:
+        release.set()
+        lane.shutdown()
+    await held
+
+
 async def test_background_work_waits_while_urgent_work_is_queued_or_running() -> None:
     # Background threads hold the interpreter's lock between native calls, so running beside urgent work
     # they slow it however low their niceness: they start only once no urgent work is left.
-    lane = CpuLane(2)
-    release = threading.Event()
     background_started = threading.Event()
-    try:
-        with urgent():
-            urgent_work = asyncio.create_task(lane.run(release.wait))
+    async with _urgent_work_held(2) as (lane, release, urgent_work):
         background_work = asyncio.create_task(lane.run(background_started.set))
         # Without the wait it starts at once in a free background thread; with it, never before the release.
         assert not await asyncio.to_thread(background_started.wait, 0.3)
@@ -163,18 +177,11 @@ async def test_background_work_waits_while_urgent_work_is_queued_or_running() ->
         await urgent_work
         await background_work
         assert background_started.is_set()
-    finally:
-        release.set()
-        lane.shutdown()
 
 
 async def test_background_work_cancelled_while_it_waits_for_urgent_work_never_runs() -> None:
-    lane = CpuLane(1)
-    release = threading.Event()
     ran = threading.Event()
-    try:
-        with urgent():
-            urgent_work = asyncio.create_task(lane.run(release.wait))
+    async with _urgent_work_held(1) as (lane, release, urgent_work):
         background_work = asyncio.create_task(lane.run(ran.set))
         await asyncio.sleep(0)
         background_work.cancel()
@@ -185,9 +192,6 @@ async def test_background_work_cancelled_while_it_waits_for_urgent_work_never_ru
         # The lane is free for background work again, and the cancelled work never ran.
         assert await lane.run(lambda: "after") == "after"
         assert not ran.is_set()
-    finally:
-        release.set()
-        lane.shutdown()
 
 
 async def test_background_work_starts_anyway_once_urgent_work_has_lasted_the_limit(
@@ -195,14 +199,6 @@ async def test_background_work_starts_anyway_once_urgent_work_has_lasted_the_lim
 ) -> None:
     # Jobs that keep arriving keep urgent work in the lane: everyone's later sentences must go on.
     monkeypatch.setattr(urgency, "BACKGROUND_WAIT_LIMIT_SECONDS", 0.2)
-    lane = CpuLane(1)
-    release = threading.Event()
-    try:
-        with urgent():
-            urgent_work = asyncio.create_task(lane.run(release.wait))
+    async with _urgent_work_held(1) as (lane, _, urgent_work):
         assert await asyncio.wait_for(lane.run(lambda: "later sentence"), timeout=10) == "later sentence"
         assert not urgent_work.done()
-    finally:
-        release.set()
-        lane.shutdown()
-    await urgent_work

@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    Update,
     and_,
     delete,
     func,
@@ -164,6 +165,20 @@ class DeadLetteredJob:
     dead_letter_time: datetime
     attempts: int
     reason: str
+
+
+def _next_event_update(job_id: str, sequence: int, changes: JobChanges, event_time: datetime) -> Update:
+    """The guarded update that moves a running job's log to `sequence` and applies the event's changes: it
+    moves nothing unless the log is at `sequence - 1` and the job still runs."""
+    return (
+        update(JobRow)
+        .where(
+            JobRow.id == job_id,
+            JobRow.last_sequence == sequence - 1,
+            JobRow.state == MeditationState.RUNNING.value,
+        )
+        .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
+    )
 
 
 def _id_of(name: str) -> str:
@@ -351,15 +366,7 @@ class JobStore:
                 # The guarded update serialises writers on the job row: exactly one writer can move
                 # last_sequence from N-1 to N, so the log has no gap and no duplicate; and only while the job
                 # runs, so nothing can follow `completed` (a stale replica, a bug).
-                result = await session.execute(
-                    update(JobRow)
-                    .where(
-                        JobRow.id == job_id,
-                        JobRow.last_sequence == sequence - 1,
-                        JobRow.state == MeditationState.RUNNING.value,
-                    )
-                    .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
-                )
+                result = await session.execute(_next_event_update(job_id, sequence, changes, event_time))
                 if result.rowcount != 1:  # type: ignore[attr-defined]
                     recorded = (
                         await session.execute(
@@ -403,17 +410,7 @@ class JobStore:
         the update moved nothing (the insert then inserts nothing)."""
         assert self._one_statement_engine is not None
         job_id = _id_of(name)
-        moved = (
-            update(JobRow)
-            .where(
-                JobRow.id == job_id,
-                JobRow.last_sequence == sequence - 1,
-                JobRow.state == MeditationState.RUNNING.value,
-            )
-            .values(last_sequence=sequence, update_time=event_time, **changes.as_columns())
-            .returning(JobRow.id)
-            .cte("moved")
-        )
+        moved = _next_event_update(job_id, sequence, changes, event_time).returning(JobRow.id).cte("moved")
         statement = insert(JobEventRow).from_select(
             ["job_id", "sequence", "payload", "event_time"],
             select(
