@@ -77,7 +77,10 @@ class _DrainingReader:
         self._grpc_reader = grpc_reader
 
     def __call__(self) -> None:
-        extra = waiting_bytes(self._socket) - 1
+        waiting = waiting_bytes(self._socket)
+        if waiting == 0:
+            return  # woken with nothing to read: grpc's reader would block the loop in recv()
+        extra = waiting - 1
         while extra > 0:
             # Blocking socket, but the bytes are there: only this loop's thread reads it.
             extra -= len(self._socket.recv(min(extra, 65_536)))

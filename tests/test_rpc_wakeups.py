@@ -60,6 +60,7 @@ def test_the_reader_leaves_grpc_exactly_the_one_byte_it_reads() -> None:
         seen.append(rpc_wakeups.waiting_bytes(loop_end))
         loop_end.recv(1)  # what grpc.aio's reader does, on a blocking socket
 
+    loop_end.settimeout(2)  # a read that would block fails the test instead of hanging it
     try:
         poller_end.sendall(b"1" * 300)
         reader = rpc_wakeups._DrainingReader(loop_end, grpc_reader)
@@ -67,6 +68,9 @@ def test_the_reader_leaves_grpc_exactly_the_one_byte_it_reads() -> None:
         assert seen == [1]
         assert rpc_wakeups.waiting_bytes(loop_end) == 0
         poller_end.sendall(b"1")
+        reader()
+        assert seen == [1, 1]
+        # Woken with nothing waiting (grpc's reader would block the loop reading): it is not called.
         reader()
         assert seen == [1, 1]
     finally:
