@@ -16,9 +16,12 @@ from services.media import room
 from services.media.loudness import (
     TARGET_LOUDNESS_LUFS,
     TRUE_PEAK_CEILING_DBTP,
+    _heard_and_weighted,
+    _k_weighting_response,
     _Sentence,
     integrated_loudness,
     master_speech,
+    span_fft_size,
     true_peak_dbtp,
 )
 from services.media.piper_speech import PiperNarrator, packaged_voice
@@ -110,6 +113,52 @@ def test_a_voice_filter_is_mastered_as_the_voice_will_be_heard(spoken: npt.NDArr
     assert np.max(np.abs(mastered - master_speech(heard_first, RATE))) <= 4
     # And the room was applied: mastered without it, the voice differs far more than that.
     assert np.max(np.abs(mastered - master_speech(spoken, RATE))) > 500
+
+
+def test_a_voice_is_heard_and_weighed_span_by_span_as_it_would_be_whole(
+    spoken: npt.NDArray[np.int16],
+) -> None:
+    # Mastering transforms only the spans that sound, each with the filters' ringing after it. Silences
+    # shorter and longer than the ringing, a lone sample, and a voice cut off by the end: every sample of
+    # the heard and the weighted sound must be what filtering the whole comes to.
+    response = room.impulse_response(RATE)
+    ringing = response.size + _k_weighting_response(RATE).size
+    voice = spoken[: RATE // 2] / 32768
+    lone = np.zeros(1)
+    lone[0] = 0.5
+    pieces = [np.zeros(RATE // 3), voice, np.zeros(ringing // 3), voice, np.zeros(3 * ringing), lone]
+    pieces += [np.zeros(2 * ringing), voice, np.zeros(ringing // 10), voice[: RATE // 5]]
+    samples = np.concatenate(pieces)
+
+    heard, weighted, sounding = _heard_and_weighted(samples, RATE, room.impulse_response)
+
+    whole = np.convolve(samples, response)
+    assert np.allclose(heard, whole[: samples.size], rtol=0, atol=1e-12)
+    assert np.allclose(
+        weighted, np.convolve(whole, _k_weighting_response(RATE))[: samples.size], rtol=0, atol=1e-12
+    )
+    # The short silences were joined to the spans around them; nothing sounds outside the spans.
+    assert len(sounding) == 3
+    outside = np.ones(samples.size, dtype=bool)
+    for start, end in sounding:
+        outside[start:end] = False
+    assert not np.any(heard[outside])
+    # The true peaks measured span by span are those of the whole.
+    ceiling = 10 ** (TRUE_PEAK_CEILING_DBTP / 20)
+    by_span = _Sentence(heard, RATE, ceiling, weighted.copy(), sounding)
+    whole_sentence = _Sentence(heard, RATE, ceiling, weighted.copy())
+    assert np.array_equal(by_span._block_peaks, whole_sentence._block_peaks)
+
+
+@pytest.mark.parametrize("length", [1, 15, 16, 17, 1000, 5401, 24_001, 123_457, 300_000])
+def test_span_transforms_are_fast_sizes_at_most_a_fifth_longer(length: int) -> None:
+    size = span_fft_size(length)
+    assert length <= size <= max(16, 1.2 * length)
+    rest = size
+    for prime in (2, 3, 5):
+        while rest % prime == 0:
+            rest //= prime
+    assert rest == 1
 
 
 def test_silence_is_left_silent() -> None:
