@@ -196,9 +196,16 @@ class LiveEncoder:
         self._pictures_written += 1
 
     def _bed_at(self, first_sample: int, count: int) -> npt.NDArray[np.float32]:
-        """The bed's samples from `first_sample` on, going round its loop."""
-        positions = np.arange(first_sample, first_sample + count) % self._bed.size
-        return self._bed[positions]
+        """The bed's samples from `first_sample` on, going round its loop: a new array, joined from slices of
+        the loop (an index per sample took five times as long)."""
+        pieces = []
+        position = first_sample % self._bed.size
+        while count > 0:
+            piece = self._bed[position : position + count]
+            pieces.append(piece)
+            count -= piece.size
+            position = 0
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
 
 
 def aac_options(sound: RenderProfile) -> dict[str, str]:

@@ -120,6 +120,26 @@ def _spoken_phrase(seconds: float, seed: int) -> Narration:
     return Narration(np.clip(samples, -32768, 32767).astype("<i2").tobytes(), RATE)
 
 
+@pytest.mark.parametrize(
+    ("first_sample", "count"),
+    [
+        (0, 0),
+        (0, 1000),
+        (5, BED_LOOP_SECONDS * RATE),
+        (BED_LOOP_SECONDS * RATE - 10, 25),
+        (7, 3 * BED_LOOP_SECONDS * RATE),
+    ],
+)
+def test_the_bed_goes_round_its_loop_sample_by_sample(tmp_path: Path, first_sample: int, count: int) -> None:
+    loop = _bed_loop(RATE)
+    encoder = LiveEncoder(tmp_path, RATE)
+    try:
+        bed = encoder._bed_at(first_sample, count)
+    finally:
+        encoder.abandon()
+    assert np.array_equal(bed, loop[np.arange(first_sample, first_sample + count) % loop.size])
+
+
 def test_the_sound_is_encoded_at_a_constant_quality_cleaner_than_at_a_bitrate(
     tmp_path: Path,
 ) -> None:
