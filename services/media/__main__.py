@@ -15,6 +15,7 @@ from services import serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoders import EncoderSelection, select_h264_encoder
+from services.media.live_encoder import make_ready as make_shared_sound_and_pictures
 from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
 from services.media.media_links import MediaLinkSigner, load_or_create_secret
 from services.media.piper_speech import OfflineVoice, PiperDelivery, PiperVoiceFiles, start_offline_voice
@@ -119,6 +120,8 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         scratch=scratch,
         links=links,
     )
+    # Before serving: the first person after a start would otherwise wait for them.
+    await asyncio.to_thread(make_shared_sound_and_pictures)
     health_task: asyncio.Task[None] | None = None
 
     async def release() -> None:

@@ -31,12 +31,15 @@ from services.media.errors import EncodingError
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import is_disk_full
 from services.media.speech import Narration
+from services.media.still_mux import make_placeholder_ready
 from services.media.video import (
     BED_SEEDS,
     ENHANCED_PROFILE,
+    QUICK_PROFILE,
     RenderProfile,
     bed_noise_filter,
     live_sound_profile,
+    placeholder_height,
 )
 
 # FFmpeg's HLS muxer cuts a piece at each keyframe (every picture is one) at least this many seconds on.
@@ -62,6 +65,19 @@ _QP2LAMBDA = 118
 # The bed and the keyframes are made once per process: fifty jobs arriving together wait for the first to
 # make them rather than each making its own (functools.cache alone lets every caller in until one is done).
 _MADE_ONCE = threading.Lock()
+# The rates the voices speak at: OpenAI's PCM at 24 kHz, Piper's voices and espeak-ng at 22.05 kHz.
+VOICE_SAMPLE_RATES = (24_000, 22_050)
+
+
+def make_ready(sample_rates: tuple[int, ...] = VOICE_SAMPLE_RATES) -> None:
+    """Makes what every job's sound and pictures share, at start-up rather than in the first job: the bed at
+    each voice's rate, the preview's keyframes and the QUICK video's picture (about 0.1 CPU s a rate, which
+    the first person after a start waited for). Blocking: run it in a thread."""
+    with _MADE_ONCE:
+        for rate in sample_rates:
+            _bed_loop(rate)
+        _preview_keyframes()
+    make_placeholder_ready(placeholder_height(QUICK_PROFILE), QUICK_PROFILE.x264_crf)
 
 
 class LiveEncoder:

@@ -41,6 +41,13 @@ _MILLISECONDS = Fraction(1, 1000)
 _ENCODING_ONCE = threading.Lock()
 
 
+def make_placeholder_ready(height_pixels: int, x264_crf: int) -> None:
+    """Encodes the placeholder at this size now, before the first video needs it (see `_placeholder_picture`).
+    Blocking: run it in a thread."""
+    with _ENCODING_ONCE:
+        _placeholder_picture(height_pixels, x264_crf)
+
+
 def mux_placeholder_video(
     *,
     aac_path: Path,

@@ -243,7 +243,7 @@ async def render_still_video(
                 subtitles_path=subtitles_path,
                 duration_seconds=duration_seconds,
                 output_path=partial_path,
-                height_pixels=profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS,
+                height_pixels=placeholder_height(profile),
                 x264_crf=profile.x264_crf,
                 subtitle_language=SUBTITLE_LANGUAGE,
             )
@@ -542,9 +542,14 @@ def _stream_seconds(stream: VideoStream | AudioStream | None) -> float | None:
     return float(stream.duration * stream.time_base)
 
 
+def placeholder_height(profile: RenderProfile) -> int:
+    """The placeholder's height in a video of this profile: the profile's own, or full HD."""
+    return profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS
+
+
 def _write_placeholder(path: Path, profile: RenderProfile) -> None:
     """Writes the placeholder at the profile's height in 16:9, the shape of a landscape image's video."""
-    height = profile.max_height_pixels or _PLACEHOLDER_HEIGHT_PIXELS
+    height = placeholder_height(profile)
     path.write_bytes(_placeholder_png(placeholder_width(height), height))
 
 

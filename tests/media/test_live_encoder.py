@@ -14,12 +14,15 @@ from services.media.errors import EncodingError
 from services.media.live import _group_pieces, _Published, _read_playlist
 from services.media.live_encoder import (
     BED_LOOP_SECONDS,
+    VOICE_SAMPLE_RATES,
     LiveEncoder,
     _bed_loop,
     _preview_keyframes,
     bed_envelope,
+    make_ready,
 )
 from services.media.speech import Narration
+from services.media.still_mux import _placeholder_picture
 from services.media.video import QUICK_PROFILE
 
 RATE = 24_000
@@ -118,6 +121,25 @@ def _spoken_phrase(seconds: float, seed: int) -> Narration:
     breath = generator.normal(0, 0.02, times.size)
     samples = (0.25 * voiced + breath) * syllables * 32767 / 3
     return Narration(np.clip(samples, -32768, 32767).astype("<i2").tobytes(), RATE)
+
+
+def test_what_every_job_shares_is_made_before_the_first_job(tmp_path: Path) -> None:
+    for made in (_bed_loop, _preview_keyframes, _placeholder_picture):
+        made.cache_clear()
+
+    make_ready()
+
+    assert _bed_loop.cache_info().currsize == len(VOICE_SAMPLE_RATES)
+    assert _preview_keyframes.cache_info().currsize == 1
+    assert _placeholder_picture.cache_info().currsize == 1
+    # A job at either voice's rate then makes none of it again.
+    made_before = [made.cache_info().misses for made in (_bed_loop, _preview_keyframes, _placeholder_picture)]
+    for rate in VOICE_SAMPLE_RATES:
+        work_dir = tmp_path / str(rate)
+        work_dir.mkdir()
+        LiveEncoder(work_dir, rate).abandon()
+    made_after = [made.cache_info().misses for made in (_bed_loop, _preview_keyframes, _placeholder_picture)]
+    assert made_after == made_before
 
 
 @pytest.mark.parametrize(
