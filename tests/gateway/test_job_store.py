@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -151,6 +152,33 @@ async def test_postgresql_records_an_event_and_its_changes_in_one_statement(
     assert (await store.get(name)).transcript == "Breathe."
     page = await store.list_events(name, 0, 10)
     assert [(recorded.sequence, recorded.payload) for recorded in page.events] == [(1, b"accepted")]
+
+
+async def test_postgresql_reads_a_job_without_a_transaction_around_it(
+    engine: AsyncEngine, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read in a transaction was BEGIN, the SELECT and ROLLBACK, each a round trip waiting its turn on the
+    gateway's event loop; under READ COMMITTED the transaction bought nothing. The reads send no BEGIN."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's transactions are in the process: nothing to save")
+    name = await _create(store)
+    await store.record_event(name, 1, b"accepted", JobChanges())
+    sent: list[str] = []
+    execute = asyncpg.Connection.execute
+
+    async def counted(
+        connection: asyncpg.Connection, query: str, *arguments: object, **options: object
+    ) -> object:
+        sent.append(query)  # BEGIN, COMMIT and ROLLBACK go this way; prepared statements do not
+        return await execute(connection, query, *arguments, **options)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", counted)
+    meditation = await store.get(name)
+    page = await store.list_events(name, 0, 10)
+    assert await store.stored_bytes_of(OWNER) == 0
+
+    assert sent == []
+    assert meditation.name == name and [recorded.sequence for recorded in page.events] == [1]
 
 
 async def test_events_page_after_a_sequence_and_an_events_changes_are_kept(store: JobStore) -> None:

@@ -212,6 +212,12 @@ class JobStore:
             if engine.dialect.name == "postgresql"
             else None
         )
+        # Reads too: in a transaction each was BEGIN, its statements and ROLLBACK, three round trips for one
+        # SELECT, and it bought nothing, since under PostgreSQL's READ COMMITTED every statement takes its
+        # own snapshot inside a transaction as outside one.
+        self._reading_sessions = async_sessionmaker(
+            self._one_statement_engine or engine, expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[AsyncSession]:
@@ -222,7 +228,7 @@ class JobStore:
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncSession]:
         with _unavailable_when_unreachable():
-            async with self._sessions() as session:
+            async with self._reading_sessions() as session:
                 yield session
 
     async def create(
