@@ -211,6 +211,14 @@ class ContentRepository:
 
     def __init__(self, engine: AsyncEngine, limits: ConversationLimits | None = None) -> None:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # Reads outside a transaction on PostgreSQL (the same pool, lent in autocommit): BEGIN and ROLLBACK
+        # were two of a read's three round trips, and under READ COMMITTED each statement takes its own
+        # snapshot inside a transaction as outside one.
+        self._reading_sessions = (
+            async_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
+            if engine.dialect.name == "postgresql"
+            else self._sessions
+        )
         self._limits = limits or ConversationLimits()
         self._is_sqlite = engine.dialect.name == "sqlite"
 
@@ -223,7 +231,7 @@ class ContentRepository:
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncSession]:
         with _unavailable_when_unreachable():
-            async with self._sessions() as session:
+            async with self._reading_sessions() as session:
                 yield session
 
     async def create_conversation(

@@ -97,6 +97,30 @@ async def test_an_unreachable_database_names_its_host_not_its_password() -> None
     assert "hunter2" not in str(raised.value)
 
 
+async def test_postgresql_reads_a_conversation_without_a_transaction_around_it(
+    engine: AsyncEngine, repository: ContentRepository, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEGIN and ROLLBACK were two of a read's three round trips, and bought nothing under READ COMMITTED."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's transactions are in the process: nothing to save")
+    created = await repository.create_conversation(owner=OWNER, title="t", messages=MESSAGES, request_id=None)
+    sent: list[str] = []
+    execute = asyncpg.Connection.execute
+
+    async def counted(
+        connection: asyncpg.Connection, query: str, *arguments: object, **options: object
+    ) -> object:
+        sent.append(query)  # BEGIN, COMMIT and ROLLBACK go this way; prepared statements do not
+        return await execute(connection, query, *arguments, **options)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", counted)
+    read = await repository.get_conversation(OWNER, created.id)
+    await repository.check_owner(OWNER, created.id)
+
+    assert sent == []
+    assert [message.text for message in read.messages] == [message.text for message in MESSAGES]
+
+
 async def test_messages_keep_their_order_across_appends(repository: ContentRepository) -> None:
     conversation = await repository.create_conversation(
         owner=OWNER, title="t", messages=MESSAGES, request_id=None
