@@ -97,12 +97,11 @@ async def test_an_unreachable_database_names_its_host_not_its_password() -> None
     assert "hunter2" not in str(raised.value)
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_reads_a_conversation_without_a_transaction_around_it(
     engine: AsyncEngine, repository: ContentRepository, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """BEGIN and ROLLBACK were two of a read's three round trips, and bought nothing under READ COMMITTED."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's transactions are in the process: nothing to save")
     created = await repository.create_conversation(owner=OWNER, title="t", messages=MESSAGES, request_id=None)
     sent: list[str] = []
     execute = asyncpg.Connection.execute

@@ -154,13 +154,12 @@ async def test_postgresql_records_an_event_and_its_changes_in_one_statement(
     assert [(recorded.sequence, recorded.payload) for recorded in page.events] == [(1, b"accepted")]
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 async def test_postgresql_reads_a_job_without_a_transaction_around_it(
     engine: AsyncEngine, store: JobStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A read in a transaction was BEGIN, the SELECT and ROLLBACK, each a round trip waiting its turn on the
     gateway's event loop; under READ COMMITTED the transaction bought nothing. The reads send no BEGIN."""
-    if engine.dialect.name != "postgresql":
-        pytest.skip("SQLite's transactions are in the process: nothing to save")
     name = await _create(store)
     await store.record_event(name, 1, b"accepted", JobChanges())
     sent: list[str] = []
