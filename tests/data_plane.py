@@ -75,3 +75,19 @@ def fresh_database(kind: str, tmp_path: Path, sqlite_file_name: str) -> Iterator
         yield url
     finally:
         drop_postgres_database(url)
+
+
+def plain_commands_sent(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, every command asyncpg sends as plain SQL, in order: BEGIN, COMMIT and ROLLBACK go that
+    way (a prepared statement does not). For counting the round trips a unit of work spends on them."""
+    sent: list[str] = []
+    execute = asyncpg.Connection.execute
+
+    async def recorded(
+        connection: asyncpg.Connection, query: str, *arguments: object, **options: object
+    ) -> object:
+        sent.append(query)
+        return await execute(connection, query, *arguments, **options)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", recorded)
+    return sent

@@ -34,6 +34,7 @@ from tests.data_plane import (
     create_postgres_database,
     drop_postgres_database,
     fresh_database,
+    plain_commands_sent,
 )
 
 OWNER = "tester"
@@ -103,16 +104,7 @@ async def test_postgresql_reads_a_conversation_without_a_transaction_around_it(
 ) -> None:
     """BEGIN and ROLLBACK were two of a read's three round trips, and bought nothing under READ COMMITTED."""
     created = await repository.create_conversation(owner=OWNER, title="t", messages=MESSAGES, request_id=None)
-    sent: list[str] = []
-    execute = asyncpg.Connection.execute
-
-    async def counted(
-        connection: asyncpg.Connection, query: str, *arguments: object, **options: object
-    ) -> object:
-        sent.append(query)  # BEGIN, COMMIT and ROLLBACK go this way; prepared statements do not
-        return await execute(connection, query, *arguments, **options)
-
-    monkeypatch.setattr(asyncpg.Connection, "execute", counted)
+    sent = plain_commands_sent(monkeypatch)
     read = await repository.get_conversation(OWNER, created.id)
     await repository.check_owner(OWNER, created.id)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -20,6 +19,7 @@ from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.jobs.store import JobRow, JobStore
 from services.gateway.models import ImageAspect, JobChanges, MeditationOptions, MeditationState
 from services.gateway.schema import Base
+from tests.data_plane import plain_commands_sent
 
 CONVERSATION = "conversations/0123456789abcdef"
 QUEUE_LEASE_SECONDS = 60.0
@@ -162,16 +162,7 @@ async def test_postgresql_reads_a_job_without_a_transaction_around_it(
     gateway's event loop; under READ COMMITTED the transaction bought nothing. The reads send no BEGIN."""
     name = await _create(store)
     await store.record_event(name, 1, b"accepted", JobChanges())
-    sent: list[str] = []
-    execute = asyncpg.Connection.execute
-
-    async def counted(
-        connection: asyncpg.Connection, query: str, *arguments: object, **options: object
-    ) -> object:
-        sent.append(query)  # BEGIN, COMMIT and ROLLBACK go this way; prepared statements do not
-        return await execute(connection, query, *arguments, **options)
-
-    monkeypatch.setattr(asyncpg.Connection, "execute", counted)
+    sent = plain_commands_sent(monkeypatch)
     meditation = await store.get(name)
     page = await store.list_events(name, 0, 10)
     assert await store.stored_bytes_of(OWNER) == 0
