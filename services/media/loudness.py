@@ -320,7 +320,7 @@ def _heard_and_weighted(
     K-weighting and the room took half of mastering's time). And both filters of silence are silence: a
     spoken sentence is two-fifths silence (make bench's script, the pauses between its phrases), so each
     span that sounds is transformed on its own, with the filters' ringing after it, and laid where it
-    belongs: the same sums over three-fifths of the samples (a third less of mastering's time). Each FFT
+    belongs: the same sums over three-fifths of the samples (a quarter less of mastering's time). Each FFT
     holds the whole of both convolutions of its span, so nothing wraps round."""
     if voice_filter is None or samples.size == 0:
         return samples, _k_weighted(samples, sample_rate_hertz), [(0, samples.size)]
