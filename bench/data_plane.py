@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
+from dataclasses import dataclass, field
 
 import asyncpg
 import redis.asyncio
@@ -71,3 +73,22 @@ async def live_job_consumers(url: str, idle_below_seconds: float = 30.0) -> list
     return [
         str(consumer["name"]) for consumer in consumers if int(consumer["idle"]) < idle_below_seconds * 1000
     ]
+
+
+@dataclass
+class JobQueueReaders:
+    """Who reads the job queue in one Redis database: this run's own stacks, remembered as each stops (their
+    gateways' names stay in the stream's group, idle, after a stack stops, and were taken for another stack's
+    on the next replica set), and anyone else."""
+
+    url: str
+    stopped_own: set[str] = field(default_factory=set)
+
+    async def others(self) -> list[str]:
+        """Gateways reading the queue now that no stack of this run started."""
+        return [name for name in await live_job_consumers(self.url) if name not in self.stopped_own]
+
+    async def remember_own(self, others_at_start: Collection[str]) -> None:
+        """Called while one of this run's stacks still runs: the readers live now that were not when it
+        started (`others()` then) are its gateways."""
+        self.stopped_own.update(set(await live_job_consumers(self.url)) - set(others_at_start))

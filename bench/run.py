@@ -24,7 +24,7 @@ import psutil
 from storage3 import AsyncStorageClient
 
 from bench.conversations import conversation_for, source_text_of
-from bench.data_plane import check_redis, create_database, drop_database, live_job_consumers
+from bench.data_plane import JobQueueReaders, check_redis, create_database, drop_database
 from bench.encode import NARRATION_SECONDS, QUICK_NARRATION_SECONDS, compare_encodes
 from bench.jobs import JobTimeline
 from bench.latency_model import (
@@ -275,6 +275,7 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
     }
     sections: list[tuple[str, Sequence[JobTimeline]]] = []
     levels: dict[str, Any] = {}
+    queue_readers = JobQueueReaders(settings.redis_url)
     with MemorySampler() as sampler:
         if "reference" in settings.phases:
             what = f"{settings.reference_jobs} reference pipeline job(s), one at a time"
@@ -284,7 +285,7 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
             sections.append(("Reference pipeline: nothing to play until done", reference_jobs[1]))
         if "stillpoint" in settings.phases or "concurrency" in settings.phases:
             stillpoint = await _stillpoint_phases(
-                settings, work, sampler, levels, sections, estimates, report
+                settings, work, sampler, queue_readers, levels, sections, estimates, report
             )
             if stillpoint is not None:
                 report["stillpoint"] = stillpoint
@@ -292,7 +293,7 @@ async def run_bench(settings: BenchSettings) -> dict[str, Any]:
             level = max(settings.concurrency_levels)
             what = f"{len(settings.replica_sets)} replica set(s), {level} jobs at once"
             _log_estimate("scaleout", estimates, what)
-            report["scaleout"] = await _scaleout_phase(settings, work, sampler, sections)
+            report["scaleout"] = await _scaleout_phase(settings, work, sampler, queue_readers, sections)
     if levels:
         report["levels"] = levels
     if "encode" in settings.phases:
@@ -386,6 +387,7 @@ async def _stillpoint_phases(
     settings: BenchSettings,
     work: Path,
     sampler: MemorySampler,
+    queue_readers: JobQueueReaders,
     levels: dict[str, Any],
     sections: list[tuple[str, Sequence[JobTimeline]]],
     estimates: Mapping[str, float],
@@ -393,7 +395,7 @@ async def _stillpoint_phases(
 ) -> dict[str, Any] | None:
     """The sequential run (level 1) and each concurrency level, on one stack; returns the sequential run's
     section. The profiled level's profile goes into report["profile"]."""
-    async with _stillpoint_stack(settings, work / "stillpoint", sampler, replicas={}) as meter:
+    async with _stillpoint_stack(settings, work / "stillpoint", sampler, queue_readers, replicas={}) as meter:
         result: dict[str, Any] | None = None
         next_index = 0
         if "stillpoint" in settings.phases:
@@ -431,6 +433,7 @@ async def _scaleout_phase(
     settings: BenchSettings,
     work: Path,
     sampler: MemorySampler,
+    queue_readers: JobQueueReaders,
     sections: list[tuple[str, Sequence[JobTimeline]]],
 ) -> list[dict[str, Any]]:
     """The highest level again on a stack with replicas, once per replica set: the same two cores, shared."""
@@ -442,7 +445,7 @@ async def _scaleout_phase(
         replicas = dict(replica_set)
         label = level_label(level, replicas)
         async with _stillpoint_stack(
-            settings, work / f"scaleout-{number}", sampler, replicas=replicas
+            settings, work / f"scaleout-{number}", sampler, queue_readers, replicas=replicas
         ) as meter:
             log(f"scaleout: {label}")
             jobs, section = await meter.measure(
@@ -458,12 +461,17 @@ async def _scaleout_phase(
 
 @contextlib.asynccontextmanager
 async def _stillpoint_stack(
-    settings: BenchSettings, work: Path, sampler: MemorySampler, *, replicas: Mapping[str, int]
+    settings: BenchSettings,
+    work: Path,
+    sampler: MemorySampler,
+    queue_readers: JobQueueReaders,
+    *,
+    replicas: Mapping[str, int],
 ) -> AsyncIterator[_StillpointMeter]:
     """Providers, a fresh database and the three services (with `replicas`), yielding a meter for them."""
     await check_redis(settings.redis_url)
     notes: list[str] = []
-    others = await live_job_consumers(settings.redis_url)
+    others = await queue_readers.others()
     if others:
         notes.append(
             f"another stack's gateway(s) read the job queue in {settings.redis_url} ({', '.join(others)}):"
@@ -501,6 +509,7 @@ async def _stillpoint_stack(
                     yield meter
                 finally:
                     sampler.forget(["stillpoint"])
+                    await queue_readers.remember_own(others)
     finally:
         await drop_database(settings.postgres_admin_dsn, database_url)
 

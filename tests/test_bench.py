@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+import redis.asyncio
 from PIL import Image
 
 from bench.__main__ import parse_settings
 from bench.conversations import conversation_for
+from bench.data_plane import JobQueueReaders
 from bench.jobs import DERIVED_LATENCIES, MILESTONES, JobTimeline, StageSpan
 from bench.percentiles import percentile, summarize
 from bench.profiles import (
@@ -37,7 +39,9 @@ from bench.report import (
 )
 from bench.run import BenchSettings, PhaseCosts, estimate_seconds
 from bench.storage_server import count_by_kind, request_kind
+from services.gateway.jobs.work_queue import GROUP, STREAM_KEY
 from tests.servers.supabase_storage import SupabaseStorageServer
+from tests.test_cache import REDIS_URL, connect_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -547,3 +551,33 @@ def test_quick_encode_comparison_reports_ssim_for_every_command(tmp_path: Path) 
     )  # the reference encode keeps 4:4:4, as measured before
     assert report["encode"]["speedup_over_reference"]["stillpoint_quick_from_wav"] > 1
     assert (tmp_path / "report.md").exists() and (tmp_path / "timelines.png").exists()
+
+
+async def test_the_gateways_of_this_runs_stopped_stacks_are_not_taken_for_another_stacks() -> None:
+    # A database of its own (not the suite's 0, nor make bench's 7): the job stream's key is fixed.
+    url = REDIS_URL.rsplit("/", 1)[0] + "/11"
+    client = await connect_or_skip()
+    await client.aclose()
+    redis_client = redis.asyncio.Redis.from_url(url)
+    try:
+        await redis_client.delete(STREAM_KEY)
+        await redis_client.xgroup_create(STREAM_KEY, GROUP, id="$", mkstream=True)
+
+        async def reads(consumer: str) -> None:
+            # Given an entry: Redis 7.0 adds a consumer to the group only when it is delivered one.
+            await redis_client.xadd(STREAM_KEY, {"job": "meditations/0"})
+            await redis_client.xreadgroup(GROUP, consumer, {STREAM_KEY: ">"}, count=1)
+
+        await reads("gateway-someone-elses")
+        readers = JobQueueReaders(url)
+        others_at_start = await readers.others()
+        assert others_at_start == ["gateway-someone-elses"]
+        await reads("gateway-this-stacks")  # the stack's own gateway, while it runs
+        await readers.remember_own(others_at_start)
+
+        # The stack has stopped; its gateway's name stays in the group, seconds idle.
+        assert await readers.others() == ["gateway-someone-elses"]
+        assert readers.stopped_own == {"gateway-this-stacks"}
+    finally:
+        await redis_client.delete(STREAM_KEY)
+        await redis_client.aclose()
