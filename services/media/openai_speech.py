@@ -87,10 +87,13 @@ class OpenAISpeechNarrator:
         self._work_root = work_root
         self._timeout_seconds = timeout_seconds
         # Shared by every job of the process; a job's first sentence goes ahead of the queue (urgency.py).
-        # A quarter of them are kept for first sentences, which a listener is waiting for: with every other
-        # slot held by later sentences' longer requests (fifty jobs at once), a first sentence would wait for
-        # one of those to finish, seconds, before its own request of a fraction of a second.
-        reserved = max_concurrent_requests // 4
+        # Half of them are kept for first sentences, which a listener is waiting for: with every other slot
+        # held by later sentences' longer requests (fifty jobs at once), a first sentence would wait for one
+        # of those to finish, seconds, before its own request of a fraction of a second. With a quarter kept
+        # (6 of make bench's 24), the last of fifty first sentences still waited 0.3-0.7 s for a slot; with
+        # half, under 0.25 s, and the level's first playable came about half a second sooner. More slots in
+        # all made it later: the later sentences' speech took the cores the first sentences needed.
+        reserved = max_concurrent_requests // 2
         self._requests = PriorityLimiter(max_concurrent_requests - reserved)
         self._first_sentence_requests = PriorityLimiter(reserved) if reserved else None
 

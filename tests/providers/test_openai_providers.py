@@ -469,8 +469,8 @@ async def test_waiting_for_a_request_slot_behind_other_jobs_is_not_a_provider_ti
 async def test_a_first_sentence_is_spoken_while_later_ones_hold_every_shared_slot(
     client: openai.AsyncOpenAI, tmp_path: Path
 ) -> None:
-    """A quarter of the request slots are kept for first sentences (urgent): fifty jobs' later sentences
-    hold the rest, and a new listener's first sentence does not wait for one of them to finish."""
+    """Half of the request slots are kept for first sentences (urgent): fifty jobs' later sentences hold
+    the rest, and a new listener's first sentence does not wait for one of them to finish."""
     narrator = _speech_narrator(client, tmp_path, max_concurrent_requests=4)
     later_sentences_done = asyncio.Event()
     holding = 0
@@ -485,7 +485,7 @@ async def test_a_first_sentence_is_spoken_while_later_ones_hold_every_shared_slo
     while narrator._requests.has_free_slot:
         holders.append(asyncio.create_task(hold_a_slot()))
         await wait_until(lambda: holding == len(holders), what="a later sentence to hold a shared slot")
-    assert len(holders) == 3
+    assert len(holders) == 2
     later = asyncio.create_task(narrator.narrate_sentences(["And later, breathe out."]))
     with urgent():
         first = asyncio.create_task(narrator.narrate_sentences(["Breathe in slowly."]))
