@@ -159,6 +159,12 @@ class CpuLane:
         self._urgent_pending = 0
         self._no_urgent_work = asyncio.Event()
         self._no_urgent_work.set()
+        self._background_held = 0
+
+    @property
+    def background_held(self) -> int:
+        """Pieces of background work waiting now for urgent work to end (not those waiting for a thread)."""
+        return self._background_held
 
     async def run(
         self,
@@ -171,9 +177,13 @@ class CpuLane:
         if not is_urgent():
             # Bounded: arrivals that never stop must not stop everyone's later sentences (and their
             # previews) for longer than a burst of first sentences takes.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(BACKGROUND_WAIT_LIMIT_SECONDS):
-                    await self._no_urgent_work.wait()
+            self._background_held += 1
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(BACKGROUND_WAIT_LIMIT_SECONDS):
+                        await self._no_urgent_work.wait()
+            finally:
+                self._background_held -= 1
             async with self._background:
                 return await asyncio.get_running_loop().run_in_executor(
                     self._background_threads, functools.partial(function, *args, **kwargs)

@@ -23,16 +23,16 @@ from services.media.urgency import (
     is_urgent,
     urgent,
 )
+from tests.waiting import wait_until
 
 
 async def test_urgent_waiters_go_first_and_each_kind_keeps_its_order() -> None:
     limiter, order, release, holder, take = await _held_limiter()
     tasks = [asyncio.create_task(take("later 1")), asyncio.create_task(take("later 2"))]
-    await asyncio.sleep(0)
+    await _queued(limiter, 2)
     with urgent():
         tasks += [asyncio.create_task(take("first 1")), asyncio.create_task(take("first 2"))]
-    await asyncio.sleep(0)
-    assert limiter.waiting == 4
+    await _queued(limiter, 4)
     release.set()
     await asyncio.gather(holder, *tasks)
     assert order == ["first 1", "first 2", "later 1", "later 2"]
@@ -48,13 +48,12 @@ async def test_past_the_urgent_the_job_that_arrived_first_goes_first() -> None:
     for name, place in (("later job", later), ("earlier job", earlier), ("later job again", later)):
         with in_arrival_order(place):
             tasks.append(asyncio.create_task(take(name)))
-        await asyncio.sleep(0)
+        await _queued(limiter, len(tasks))
     tasks.append(asyncio.create_task(take("no job")))
-    await asyncio.sleep(0)
+    await _queued(limiter, 4)
     with in_arrival_order(later), urgent():
         tasks.append(asyncio.create_task(take("later job, urgent")))
-    await asyncio.sleep(0)
-    assert limiter.waiting == 5
+    await _queued(limiter, 5)
     release.set()
     await asyncio.gather(holder, *tasks)
     assert order == ["later job, urgent", "earlier job", "later job", "later job again", "no job"]
@@ -69,9 +68,9 @@ async def test_a_cancelled_waiter_gives_up_its_place_and_never_a_slot() -> None:
             await release.wait()
 
     holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
+    await wait_until(lambda: not limiter.has_free_slot, what="the holder to take the slot")
     waiter = asyncio.create_task(limiter.__aenter__())
-    await asyncio.sleep(0)
+    await _queued(limiter, 1)
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -109,8 +108,13 @@ async def _held_limiter() -> tuple[
             order.append(name)
 
     holder = asyncio.create_task(hold())
-    await asyncio.sleep(0)
+    await wait_until(lambda: not limiter.has_free_slot, what="the holder to take the slot")
     return limiter, order, release, holder, take
+
+
+async def _queued(limiter: PriorityLimiter, count: int) -> None:
+    """Returns once `count` tasks wait for the limiter: each in its place before the next one comes."""
+    await wait_until(lambda: limiter.waiting == count, what=f"{count} waiting for the limiter")
 
 
 def _own_niceness() -> int:
@@ -172,7 +176,8 @@ async def test_background_work_waits_while_urgent_work_is_queued_or_running() ->
     async with _urgent_work_held(2) as (lane, release, urgent_work):
         background_work = asyncio.create_task(lane.run(background_started.set))
         # Without the wait it starts at once in a free background thread; with it, never before the release.
-        assert not await asyncio.to_thread(background_started.wait, 0.3)
+        await wait_until(lambda: lane.background_held == 1, what="the background work to be held")
+        assert not background_started.is_set()
         release.set()
         await urgent_work
         await background_work
@@ -183,13 +188,14 @@ async def test_background_work_cancelled_while_it_waits_for_urgent_work_never_ru
     ran = threading.Event()
     async with _urgent_work_held(1) as (lane, release, urgent_work):
         background_work = asyncio.create_task(lane.run(ran.set))
-        await asyncio.sleep(0)
+        await wait_until(lambda: lane.background_held == 1, what="the background work to be held")
         background_work.cancel()
         with pytest.raises(asyncio.CancelledError):
             await background_work
         release.set()
         await urgent_work
         # The lane is free for background work again, and the cancelled work never ran.
+        assert lane.background_held == 0
         assert await lane.run(lambda: "after") == "after"
         assert not ran.is_set()
 
