@@ -27,7 +27,7 @@ from services.media.loudness import master_speech
 from services.media.scratch import disk_full_reported
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
-from services.media.urgency import CpuLane, arrival, in_arrival_order, urgent
+from services.media.urgency import DUE_HORIZON_SECONDS, CpuLane, arrival, due_by, in_arrival_order, urgent
 from services.media.video import VideoEncoded, VideoStored
 from services.script_marks import count_spoken_words, total_pause_seconds
 from services.sentences import SentenceSplitter
@@ -129,6 +129,10 @@ SpeakSentences = Callable[[Sequence[str]], Awaitable[list[SpokenSegment]]]
 # 0.6 to 1.2 s). At 600, QUICK came 3.08 s after the transcript's end (p50 of eight jobs), at 300, 2.84 s.
 FIRST_GROUP_CHARACTERS = 150
 MOST_GROUP_CHARACTERS = 300
+# How fast a voice reads, for when a sentence not yet spoken will be heard (its work's urgency.due_by): on the
+# quick side of a calm reading (OpenAI's voices read about 150 words a minute, slower when asked to be calm),
+# so a guess errs towards needing the sound sooner.
+ESTIMATED_WORDS_PER_SECOND = 2.5
 
 
 @dataclass
@@ -221,6 +225,11 @@ class LiveNarration:
         self._is_script_complete = False
         self._writer: asyncio.Task[None] | None = None
         self._work_dir: Path | None = None
+        # When each sentence is expected to end, in seconds from the start of the narration (estimated from
+        # its words and pauses, before it is spoken), by index.
+        self._estimated_ends: list[float] = []
+        # When the preview was first published (time.monotonic()): a listener may be playing it since.
+        self._playable_since: float | None = None
 
     async def __aenter__(self) -> LiveNarration:
         with disk_full_reported():
@@ -287,6 +296,11 @@ class LiveNarration:
 
     def _start_speaking(self, sentence: str) -> None:
         self._texts.append(sentence)
+        self._estimated_ends.append(
+            (self._estimated_ends[-1] if self._estimated_ends else 0.0)
+            + count_spoken_words(sentence) / ESTIMATED_WORDS_PER_SECOND
+            + total_pause_seconds(sentence)
+        )
         spoken = asyncio.get_running_loop().create_future()
         self._spoken[len(self._texts) - 1] = spoken
         if count_spoken_words(sentence) == 0:
@@ -312,8 +326,21 @@ class LiveNarration:
             self._requests_in_flight += 1
             # The first sentence is what the listener is waiting for: its request goes ahead of other jobs'.
             # Said for every request: the next ones are started from the first one's task, urgent itself.
-            with in_arrival_order(self._place), urgent(not self._requests):
+            # The later ones are due when the listener will reach them (guessed from the words before).
+            is_first = not self._requests
+            starts_at = self._estimated_ends[group[0] - 1] if group[0] else 0.0
+            with (
+                in_arrival_order(self._place),
+                urgent(is_first),
+                due_by(None if is_first else self._heard_at(starts_at)),
+            ):
                 self._requests.append(asyncio.create_task(self._speak_group(group)))
+
+    def _heard_at(self, narration_seconds: float) -> float:
+        """When a listener who started the preview as soon as it could be played reaches this point of the
+        narration (time.monotonic()); before it can be played, as if it could be now."""
+        started = self._playable_since if self._playable_since is not None else time.monotonic()
+        return started + narration_seconds
 
     def _next_group(self) -> list[int]:
         """The sentences the next request speaks, or none when it should wait for more."""
@@ -343,15 +370,13 @@ class LiveNarration:
         try:
             spoken = await self._speak([self._texts[index] for index in group])
             # The sound waits for its turn on disk, not in memory: fifty jobs' speech comes back long before
-            # two cores can master and encode it, and held in memory it was most of media's peak RSS.
+            # two cores can master and encode it, and held in memory it was most of media's peak RSS. It is
+            # mastered in its turn to be encoded, when a listener is about to need it (or in the
+            # background), not as it comes back: mastered then, a group far ahead of every listener took
+            # the cores from the sentences someone was about to hear.
             with disk_full_reported():
                 waiting = await asyncio.to_thread(_set_aside, work_dir, group, spoken)
             del spoken
-            # Mastered here, each sentence to the target loudness while later ones are still being spoken,
-            # so the one encode serves the live preview and the QUICK video; the whole group in one turn of
-            # the CPU lane, so it is not spread among other jobs' work.
-            with disk_full_reported():
-                await self._cpu_lane.run(_master_all_on_disk, waiting)
             for index, sound in zip(group, waiting, strict=True):
                 future = self._spoken.get(index)
                 if future is not None and not future.done():
@@ -410,6 +435,11 @@ class LiveNarration:
                 # This sentence and every one after it already spoken: encoded in one turn of the CPU lane,
                 # so a job's narration is not spread among other jobs' work a sentence per turn.
                 ready = self._ready_from(index)
+                heard_at = self._heard_at(written_samples / sample_rate) if sample_rate else None
+                if index and heard_at is not None:
+                    # A listener needs the next of it soon (due): as much as they will reach within the
+                    # horizon, in a turn at the process's priority; the rest in the background, after it.
+                    ready = _heard_within_horizon(ready, heard_at - time.monotonic())
                 if encoder is None:
                     sample_rate = ready[0].sample_rate_hertz
                     encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
@@ -420,8 +450,9 @@ class LiveNarration:
                 # time its speech is back): the bed falls away over it.
                 last = len(self._texts) - 1 if self._is_script_complete else -1
                 # In the CPU lane, the first sentence ahead of other jobs' later ones (it is the first piece
-                # a listener waits for), and off the event loop, which serves every other job's RPCs.
-                with urgent(index == 0):
+                # a listener waits for), then what a listener will reach soonest, and off the event loop,
+                # which serves every other job's RPCs.
+                with urgent(index == 0), due_by(heard_at if index else None):
                     counts = await self._cpu_lane.run(_encode_all, encoder, ready, index, last)
                 more_written.set()
                 for segment, count in zip(ready, counts, strict=True):
@@ -588,7 +619,7 @@ class LiveNarration:
         )
         published.playlist_bytes = stored.size_bytes  # rewritten in place: only its last version is kept
         if is_first:
-            published.playable_since = time.monotonic()
+            published.playable_since = self._playable_since = time.monotonic()
             await self._events.put(PlaylistPublished(storage_key=stored.key))
 
     async def _references(self, keys: Sequence[str]) -> list[str]:
@@ -614,6 +645,14 @@ class _WaitingSound:
     misread_sentence_count: int = 0
     path: Path | None = None
     silent_samples: int = 0
+    # The length of the sound at `path`.
+    spoken_samples: int = 0
+
+    @property
+    def seconds(self) -> float:
+        """How long the sound lasts (mastering keeps its length)."""
+        samples = self.silent_samples if self.path is None else self.spoken_samples
+        return samples / self.sample_rate_hertz
 
     def take(self) -> Narration:
         """The sound, read back and removed from disk (blocking: run it in a worker thread)."""
@@ -637,26 +676,37 @@ def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegm
                 fallback_reason=segment.fallback_reason,
                 misread_sentence_count=segment.narration.misread_sentence_count,
                 path=path,
+                spoken_samples=len(segment.narration.pcm_s16le) // 2,
             )
         )
     return waiting
 
 
-def _master_all_on_disk(sounds: Sequence[_WaitingSound]) -> None:
-    """Masters each sentence's sound where it waits (master_sentence)."""
-    for sound in sounds:
-        assert sound.path is not None
-        narration = Narration(sound.path.read_bytes(), sound.sample_rate_hertz, sound.misread_sentence_count)
-        sound.path.write_bytes(master_sentence(narration).pcm_s16le)
+def _heard_within_horizon(sounds: Sequence[_WaitingSound], seconds_until_heard: float) -> list[_WaitingSound]:
+    """The first of `sounds` (in order, the first heard in `seconds_until_heard`), and those after it that a
+    listener reaches within urgency.DUE_HORIZON_SECONDS; all of them when the first is beyond it."""
+    if seconds_until_heard > DUE_HORIZON_SECONDS:
+        return list(sounds)
+    taken = list(sounds[:1])
+    for sound in sounds[1:]:
+        seconds_until_heard += taken[-1].seconds
+        if seconds_until_heard > DUE_HORIZON_SECONDS:
+            break
+        taken.append(sound)
+    return taken
 
 
 def _encode_all(
     encoder: LiveEncoder, sounds: Sequence[_WaitingSound], first_index: int, last_index: int
 ) -> list[int]:
-    """Encodes sentences in order from `first_index` (LiveEncoder.write); the bed falls away over the one at
-    `last_index`. Returns how many samples each added."""
+    """Masters each spoken sentence to the target loudness (master_sentence) and encodes it, in order from
+    `first_index` (LiveEncoder.write); the bed falls away over the one at `last_index`. Returns how many
+    samples each added."""
     return [
-        encoder.write(sound.take(), is_last=first_index + offset == last_index)
+        encoder.write(
+            sound.take() if sound.path is None else master_sentence(sound.take()),
+            is_last=first_index + offset == last_index,
+        )
         for offset, sound in enumerate(sounds)
     ]
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import itertools
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,7 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.media import live as live_module
 from services.media.live import (
     LONGEST_SEGMENT_SECONDS,
     MOST_GROUP_CHARACTERS,
@@ -31,15 +32,18 @@ from services.media.live import (
     SpeakSentences,
     SpokenSegment,
     _group_pieces,
+    _heard_within_horizon,
     _joined_pieces,
     _Published,
+    _WaitingSound,
 )
 from services.media.live_encoder import LiveEncoder, bed_envelope
 from services.media.speech import EspeakNarrator, Narration
 from services.media.studio import MediaStudio
-from services.media.urgency import CpuLane, PriorityLimiter
+from services.media.urgency import DUE_HORIZON_SECONDS, CpuLane, PriorityLimiter, due_at, is_urgent
 from services.media.video import probe_media
 from services.proto_time import seconds_of
+from services.script_marks import total_pause_seconds
 from services.storage.base import StorageUnavailableError
 from services.storage.local import LocalAssetStorage
 from stillpoint.media.v2 import media_service_pb2 as media_pb
@@ -359,22 +363,16 @@ async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
     """Fifty jobs' speech comes back long before two cores can encode it: what waits is kept in the job's
     scratch folder, so a job holds no sentence's sound in memory while the encoder is busy."""
     seconds_of_sentence = {"Breathe in.": 1, "And out, slowly.": 2, "Let the day go.": 3}
-    mastered: dict[int, weakref.ref[Narration]] = {}  # by length in seconds
-    master = live_module.master_sentence
-
-    def recorded(narration: Narration) -> Narration:
-        result = master(narration)
-        mastered[round(narration.duration_seconds)] = weakref.ref(result)
-        return result
-
-    monkeypatch.setattr(live_module, "master_sentence", recorded)
+    spoken: dict[int, weakref.ref[Narration]] = {}  # by length in seconds
     encoder_free = _busy_encoder(monkeypatch)
 
     async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
-        return [
-            SpokenSegment(Narration(bytes(2 * 24_000 * seconds_of_sentence[text]), 24_000), "openai", "")
-            for text in sentences
-        ]
+        segments = []
+        for text in sentences:
+            narration = Narration(bytes(2 * 24_000 * seconds_of_sentence[text]), 24_000)
+            spoken[seconds_of_sentence[text]] = weakref.ref(narration)
+            segments.append(SpokenSegment(narration, "openai", ""))
+        return segments
 
     try:
         async with LiveNarration(
@@ -389,9 +387,9 @@ async def test_spoken_sentences_wait_for_the_encoder_on_disk_not_in_memory(
 
             def all_let_go() -> bool:
                 gc.collect()
-                return len(mastered) == 3 and all(sound() is None for sound in mastered.values())
+                return len(spoken) == 3 and all(sound() is None for sound in spoken.values())
 
-            # Every sentence is spoken and mastered while the encoder is still busy with the first.
+            # Every sentence is spoken while the encoder is still busy with the first.
             await wait_until(all_let_go, what="every sentence's sound to wait on disk")
             # The first may already be in the encoder's hands; the others wait in the scratch folder.
             waiting = {path.name for path in tmp_path.glob("live-*/sentence-*.pcm")}
@@ -426,7 +424,7 @@ async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_tu
 ) -> None:
     """Fifty jobs share the lane: a job's narration a sentence per turn was spread among everyone's work,
     and its preview published in as many small pieces. The first sentence is encoded at once (urgent work,
-    which the background waits for); the encoder is then held on the second while the rest are mastered."""
+    which the background waits for); the encoder is then held on the second while the rest are spoken."""
     encoder_free = _busy_encoder(monkeypatch, free_writes=1)
     spoken: list[str] = []
 
@@ -443,10 +441,11 @@ async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_tu
             live.add_text(" ".join(script))
             live.finish_script()
 
-            def all_mastered() -> bool:
-                return sum(len(args[0]) for name, args in lane.turns if name == "_master_all_on_disk") == 4
+            def all_set_aside() -> bool:
+                return len(spoken) == 4 and len(list(tmp_path.glob("live-*/sentence-*.pcm"))) >= 2
 
-            await wait_until(all_mastered, what="every sentence to be spoken and mastered")
+            # The second is in the encoder's hands (held), the third and fourth wait on disk.
+            await wait_until(all_set_aside, what="every sentence to be spoken and set aside")
             encoder_free.set()
             async with asyncio.timeout(30):
                 result = [event async for event in live.events()][-1]
@@ -455,9 +454,83 @@ async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_tu
     assert isinstance(result, LiveNarrationResult)
     assert [sentence.text for sentence in result.sentences] == script
     # The first sentence alone (a listener waits for it); the one the encoder was held on; then every
-    # sentence mastered meanwhile in one turn (a turn each was four).
+    # sentence spoken meanwhile in one turn (a turn each was four).
     encoded = [len(args[1]) for name, args in lane.turns if name == "_encode_all"]
     assert encoded[0] == 1 and sum(encoded) == 4 and len(encoded) <= 3, encoded
+
+
+class _UrgencyRecorded(CpuLane):
+    """A CPU lane that records, for each turn, its function's name, whether it was urgent, and in how many
+    seconds a listener needs it (None: nobody in particular)."""
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self.turns: list[tuple[str, bool, float | None]] = []
+
+    async def run(self, function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        moment = due_at()
+        self.turns.append(
+            (
+                getattr(function, "__name__", ""),
+                is_urgent(),
+                None if moment is None else moment - time.monotonic(),
+            )
+        )
+        return await super().run(function, *args, **kwargs)
+
+
+async def test_what_a_listener_reaches_soon_is_encoded_as_due_work_and_the_rest_in_the_background(
+    storage: LocalAssetStorage, tmp_path: Path
+) -> None:
+    """The first sentence is urgent; the next one, heard a second later, is due (encoded at the process's
+    priority, ahead of other jobs' background work); the one after a long pause is beyond the horizon, so
+    it is background work even when its sound is ready in the same turn."""
+
+    async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
+        return [
+            SpokenSegment(
+                Narration(bytes(2 * round(24_000 * (1 + total_pause_seconds(text)))), 24_000), "openai", ""
+            )
+            for text in sentences
+        ]
+
+    lane = _UrgencyRecorded(2)
+    script = ["Breathe in.", f"And out. {_FAR_OFF}", "Let it go."]
+    try:
+        async with LiveNarration(
+            meditation_id="0123456789abcdef", speak=speak, storage=storage, work_root=tmp_path, cpu_lane=lane
+        ) as live:
+            live.add_text(" ".join(script))
+            live.finish_script()
+            async with asyncio.timeout(30):
+                result = [event async for event in live.events()][-1]
+    finally:
+        lane.shutdown()
+    assert isinstance(result, LiveNarrationResult)
+    assert [sentence.text for sentence in result.sentences] == script
+    encoded = [(is_urgent, due) for name, is_urgent, due in lane.turns if name == "_encode_all"]
+    assert len(encoded) == 3, encoded
+    (first_urgent, first_due), (next_urgent, next_due), (last_urgent, last_due) = encoded
+    assert first_urgent and first_due is None
+    assert not next_urgent and next_due is not None and next_due <= DUE_HORIZON_SECONDS
+    # Heard 26 s into the narration: beyond the horizon, though spoken long before.
+    assert not last_urgent and last_due is not None and last_due > DUE_HORIZON_SECONDS
+
+
+def test_a_due_turn_takes_the_sounds_a_listener_reaches_within_the_horizon() -> None:
+    def sound(seconds: float) -> _WaitingSound:
+        return _WaitingSound(sample_rate_hertz=24_000, silent_samples=round(24_000 * seconds))
+
+    sounds = [sound(5), sound(10), sound(4), sound(3)]
+    # Heard in 2 s: starts at 2, 7, 17 (within 20 s), then 21 (beyond).
+    assert _heard_within_horizon(sounds, 2.0) == sounds[:3]
+    # A listener already waiting (due in the past) gets more of it.
+    assert _heard_within_horizon(sounds, -5.0) == sounds
+    # The first always, however long it is.
+    long = sound(60)
+    assert _heard_within_horizon([long, sound(1)], 0.0) == [long]
+    # Beyond the horizon from the start: background work, all of it in one turn.
+    assert _heard_within_horizon(sounds, DUE_HORIZON_SECONDS + 1) == sounds
 
 
 def test_joined_pieces_keep_every_fragment_and_one_segment_type(tmp_path: Path) -> None:
@@ -491,9 +564,10 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
     requests: list[list[str]] = []
 
     async def speak(sentences: Sequence[str]) -> list[SpokenSegment]:
-        # Each request takes a moment, as a remote voice does, so sentences gather while it is out.
+        # Each request takes a moment, as a remote voice does (a few tenths of a second), so sentences gather
+        # while it is out.
         requests.append(list(sentences))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
         return [SpokenSegment(await espeak.narrate(sentence), "openai", "") for sentence in sentences]
 
     script = " ".join(f"Sentence {index} is calm and slow, breathing in and out." for index in range(40))
@@ -525,11 +599,14 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
     ), [sum(map(len, request)) for request in requests]
 
 
-async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_first(
-    storage: LocalAssetStorage, tmp_path: Path
-) -> None:
-    """Two jobs share one speech slot: both first sentences go first, then all of the earlier job's, so it
-    finishes instead of both finishing late together."""
+# Two pauses of the longest a mark holds: what follows is heard beyond urgency.DUE_HORIZON_SECONDS.
+_FAR_OFF = "[pause 12s] [pause 12s]"
+
+
+async def _spoken_in_turn(storage: LocalAssetStorage, tmp_path: Path, scripts: dict[str, str]) -> list[str]:
+    """The jobs named in `scripts` (in the order they arrived) share one speech slot, one sentence a request:
+    the order their sentences were spoken in, as `job: sentence`. The last job's script comes first, and its
+    first request holds the slot until every other request waits for it."""
     slot = PriorityLimiter(1)
     spoken: list[str] = []
     everyone_waiting = asyncio.Event()
@@ -544,38 +621,61 @@ async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_f
 
         return speak
 
-    def narration(job: str) -> LiveNarration:
-        return LiveNarration(
+    narrations = {
+        job: LiveNarration(
             meditation_id=f"{job}0123456789abcdef",
             speak=speaker(job),
             storage=storage,
             work_root=tmp_path,
             max_requests_in_flight=3,
         )
-
-    script = " ".join(f"Sentence {index}." for index in range(5))
-    earlier, later = narration("a"), narration("b")  # the order they arrived in
-    async with later, earlier:
-        # The later job's script comes first, and its first request takes the slot.
-        later.add_text(script)
-        later.finish_script()
-        earlier.add_text(script)
-        earlier.finish_script()
-        # Both jobs' requests are queued for the slot (the later job's first one holds it) before it frees.
-        for _ in range(1000):  # at most 10 s
-            if slot.waiting == 5:
-                break
-            await asyncio.sleep(0.01)
-        assert slot.waiting == 5
+        for job in scripts
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        for live in reversed(narrations.values()):
+            await stack.enter_async_context(live)
+        for job in reversed(scripts):
+            narrations[job].add_text(scripts[job])
+            narrations[job].finish_script()
+        # Each job's first three requests wait (the last job's first one holds the slot) before it frees.
+        expected = 3 * len(scripts) - 1
+        await wait_until(lambda: slot.waiting == expected, what=f"{expected} requests waiting for the slot")
         everyone_waiting.set()
-        for live in (earlier, later):
+        for live in narrations.values():
             assert isinstance([event async for event in live.events()][-1], LiveNarrationResult)
-    sentences = [f"Sentence {index}." for index in range(5)]
+    return spoken
+
+
+async def test_past_their_first_sentences_the_job_that_arrived_first_is_spoken_first(
+    storage: LocalAssetStorage, tmp_path: Path
+) -> None:
+    """Both first sentences go first, then, of what no listener will reach soon, all of the earlier job's,
+    so it finishes instead of both finishing late together."""
+    sentences = [f"Sentence 0. {_FAR_OFF}", *(f"Sentence {index}." for index in range(1, 5))]
+    script = " ".join(sentences)
+    spoken = await _spoken_in_turn(storage, tmp_path, {"a": script, "b": script})
     assert spoken == [
         f"b: {sentences[0]}",
         f"a: {sentences[0]}",
         *(f"a: {sentence}" for sentence in sentences[1:]),
         *(f"b: {sentence}" for sentence in sentences[1:]),
+    ]
+
+
+async def test_a_listener_about_to_hear_the_next_sentences_goes_ahead_of_an_earlier_job(
+    storage: LocalAssetStorage, tmp_path: Path
+) -> None:
+    """The later job's next sentences will be heard in seconds, the earlier job's only after a long pause:
+    the later job's go first, or its listener would hear one sentence and then wait for the whole of the
+    earlier job's narration."""
+    far_off = [f"Sentence 0. {_FAR_OFF}", *(f"Sentence {index}." for index in range(1, 5))]
+    soon = [f"Sentence {index}." for index in range(5)]
+    spoken = await _spoken_in_turn(storage, tmp_path, {"a": " ".join(far_off), "b": " ".join(soon)})
+    assert spoken == [
+        f"b: {soon[0]}",
+        f"a: {far_off[0]}",
+        *(f"b: {sentence}" for sentence in soon[1:]),
+        *(f"a: {sentence}" for sentence in far_off[1:]),
     ]
 
 

@@ -1,5 +1,5 @@
-"""First things first: urgent waiters take the next free slot before anyone who was waiting already, and
-urgent CPU work runs ahead of the background."""
+"""First things first: urgent waiters take the next free slot before anyone who was waiting already, then
+work a listener needs soon, soonest first, and urgent and due CPU work runs ahead of the background."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import os
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -16,9 +17,12 @@ import pytest
 from services.media import urgency
 from services.media.urgency import (
     BACKGROUND_NICENESS,
+    DUE_HORIZON_SECONDS,
     CpuLane,
     PriorityLimiter,
     arrival,
+    due_at,
+    due_by,
     in_arrival_order,
     is_urgent,
     urgent,
@@ -59,6 +63,58 @@ async def test_past_the_urgent_the_job_that_arrived_first_goes_first() -> None:
     assert order == ["later job, urgent", "earlier job", "later job", "later job again", "no job"]
 
 
+async def test_work_a_listener_needs_soon_goes_ahead_of_earlier_jobs_work_soonest_first() -> None:
+    """A listener hearing their first sentence must not wait for everyone who arrived before them to be
+    narrated to the end: work due within the horizon goes ahead of the rest, by when it is due; urgent work
+    still goes first."""
+    now = 1000.0
+    limiter, order, release, holder, take = await _held_limiter(clock=lambda: now)
+    earlier, later = arrival(), arrival()
+    tasks = []
+    waiting = (
+        ("earlier job, heard in a minute", earlier, now + 60),
+        ("earlier job, nobody waits", earlier, None),
+        ("later job, heard in 10 s", later, now + 10),
+        ("later job, heard in 2 s", later, now + 2),
+        ("later job, a listener waiting already", later, now - 1),
+    )
+    for name, place, moment in waiting:
+        with in_arrival_order(place), due_by(moment):
+            tasks.append(asyncio.create_task(take(name)))
+        await _queued(limiter, len(tasks))
+    with in_arrival_order(later), urgent():
+        tasks.append(asyncio.create_task(take("later job, first sentence")))
+    await _queued(limiter, len(tasks))
+    release.set()
+    await asyncio.gather(holder, *tasks)
+    assert order == [
+        "later job, first sentence",
+        "later job, a listener waiting already",
+        "later job, heard in 2 s",
+        "later job, heard in 10 s",
+        "earlier job, heard in a minute",
+        "earlier job, nobody waits",
+    ]
+
+
+async def test_work_that_waits_until_a_listener_needs_it_goes_ahead_from_then_on() -> None:
+    """Being due is judged when a slot frees, not when the waiter came: work beyond the horizon when it
+    came to wait, behind an earlier job's, goes first once its moment is near."""
+    clock = [1000.0]
+    limiter, order, release, holder, take = await _held_limiter(clock=lambda: clock[0])
+    earlier, later = arrival(), arrival()
+    with in_arrival_order(earlier):
+        first = asyncio.create_task(take("earlier job, nobody waits"))
+    await _queued(limiter, 1)
+    with in_arrival_order(later), due_by(clock[0] + DUE_HORIZON_SECONDS + 5):
+        second = asyncio.create_task(take("later job, heard in 25 s"))
+    await _queued(limiter, 2)
+    clock[0] += 6  # the later job's work is 19 s from its listener now
+    release.set()
+    await asyncio.gather(holder, first, second)
+    assert order == ["later job, heard in 25 s", "earlier job, nobody waits"]
+
+
 async def test_a_cancelled_waiter_gives_up_its_place_and_never_a_slot() -> None:
     limiter = PriorityLimiter(1)
     release = asyncio.Event()
@@ -86,16 +142,24 @@ def test_urgency_is_scoped() -> None:
     with urgent():
         assert is_urgent()
     assert not is_urgent()
+    assert due_at() is None
+    with due_by(12.5):
+        assert due_at() == 12.5
+        with due_by(None):
+            assert due_at() is None
+    assert due_at() is None
     with pytest.raises(ValueError, match="at least 1"):
         PriorityLimiter(0)
 
 
-async def _held_limiter() -> tuple[
+async def _held_limiter(
+    clock: Callable[[], float] | None = None,
+) -> tuple[
     PriorityLimiter, list[str], asyncio.Event, asyncio.Task[None], Callable[[str], Coroutine[Any, Any, None]]
 ]:
-    """A one-slot limiter held until `release` is set, the order in which `take(name)` got the slot, and the
-    holder's task."""
-    limiter = PriorityLimiter(1)
+    """A one-slot limiter (on `clock`, if given) held until `release` is set, the order in which `take(name)`
+    got the slot, and the holder's task."""
+    limiter = PriorityLimiter(1) if clock is None else PriorityLimiter(1, clock=clock)
     order: list[str] = []
     release = asyncio.Event()
 
@@ -208,3 +272,31 @@ async def test_background_work_starts_anyway_once_urgent_work_has_lasted_the_lim
     async with _urgent_work_held(1) as (lane, _, urgent_work):
         assert await asyncio.wait_for(lane.run(lambda: "later sentence"), timeout=10) == "later sentence"
         assert not urgent_work.done()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread has a niceness of its own only on Linux")
+async def test_work_due_soon_runs_at_the_process_priority_and_holds_the_background_back() -> None:
+    """A listener's next sentences are encoded as urgently as a first sentence (not in a thread that runs
+    only when the cores are idle), and the background waits for them; work due beyond the horizon is
+    background work."""
+    lane = CpuLane(2)
+    release = threading.Event()
+    background_started = threading.Event()
+    try:
+        base = _own_niceness()
+        with due_by(time.monotonic() + DUE_HORIZON_SECONDS + 60):
+            assert await lane.run(_own_niceness) == min(19, base + BACKGROUND_NICENESS)
+        with due_by(time.monotonic() + 3):
+            niceness = await lane.run(_own_niceness)
+            held = asyncio.create_task(lane.run(release.wait))
+        assert niceness == base
+        background = asyncio.create_task(lane.run(background_started.set))
+        await wait_until(lambda: lane.background_held == 1, what="the background work to be held")
+        assert not background_started.is_set()
+        release.set()
+        await held
+        await background
+        assert background_started.is_set()
+    finally:
+        release.set()
+        lane.shutdown()
