@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench.continuity import Continuity
+
 # The five times reported for every job, in the order a person meets them.
 MILESTONES = ("first_event", "first_playable", "quick_video", "enhanced_video", "completed")
 # The per-job latencies derived from a job's events (JobTimeline.derived_seconds), as the report names them.
@@ -37,6 +39,13 @@ class JobTimeline:
     # pipeline has no such event, as the reference pipeline).
     accepted_seconds: float | None = None
     first_stage_started_seconds: float | None = None
+    # The job's `meditations/{id}`, from its `accepted` event ("" where there is none).
+    meditation: str = ""
+    # time.monotonic() when the request was sent: the times above are from it, and this places them on the
+    # clock every process of the machine shares (the storage server's record of the live playlist).
+    started_monotonic_seconds: float | None = None
+    # How the live preview played from first playable media, when the job had one and it was measured.
+    preview_continuity: Continuity | None = None
 
     @property
     def queue_wait_seconds(self) -> float | None:
@@ -72,6 +81,13 @@ class JobTimeline:
             "enhanced_after_image_and_quick": self.enhanced_after_image_and_quick_seconds,
         }
 
+    def monotonic_seconds(self, milestone: str) -> float | None:
+        """When a milestone was reached on time.monotonic(), or None where it was not (or not timed so)."""
+        value = self.milestones.get(milestone)
+        if value is None or self.started_monotonic_seconds is None:
+            return None
+        return self.started_monotonic_seconds + value
+
     def stage_end_seconds(self, stage: str) -> float | None:
         """When the stage last succeeded (a stage run again after a fallback counts by its last run)."""
         ends = [
@@ -99,6 +115,9 @@ class JobTimeline:
             "accepted_seconds": _rounded(self.accepted_seconds),
             "first_stage_started_seconds": _rounded(self.first_stage_started_seconds),
             "derived_seconds": {name: _rounded(value) for name, value in self.derived_seconds().items()},
+            "preview_continuity": None
+            if self.preview_continuity is None
+            else self.preview_continuity.to_json_object(),
         }
 
 

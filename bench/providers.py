@@ -2,7 +2,8 @@
 
 Each runs in its own process so that its CPU time (painting images, synthesising speech) is never counted as
 either pipeline's, and both pipelines get a fresh pair with the same random seeds: the same latencies. The
-storage server runs through `bench.storage_server`, which answers how many requests it has received.
+storage server runs through `bench.storage_server`, which answers how many requests it has received and
+which versions of the live playlists it has stored.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from bench.continuity import PlaylistVersion
 from bench.latency_model import LatencyModel
 
 API_KEY = "sk-bench-stillpoint-0123456789abcdef"
@@ -27,12 +30,12 @@ _START_TIMEOUT_SECONDS = 60.0
 _STOP_TIMEOUT_SECONDS = 10.0
 
 
-_COUNTS_TIMEOUT_SECONDS = 10.0
+_ANSWER_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
 class ProviderServers:
-    """Where the servers listen, their process ids, and the storage server's count of requests."""
+    """Where the servers listen, their process ids, and what the storage server has received."""
 
     openai_base_url: str
     supabase_url: str
@@ -41,15 +44,33 @@ class ProviderServers:
 
     def storage_request_counts(self) -> dict[str, int]:
         """The requests the storage server has received so far, by kind (`POST object`, ...)."""
+        counts = self._ask_storage("counts", "its request counts")
+        return {str(kind): int(count) for kind, count in counts.items()}
+
+    def storage_playlist_history(self) -> dict[str, list[PlaylistVersion]]:
+        """Every version of every `.m3u8` object stored so far by its key, oldest first, each timed on
+        time.monotonic() (this machine's, shared by its processes) when a reader could first GET it."""
+        history: dict[str, list[PlaylistVersion]] = {}
+        for version in self._ask_storage("playlists", "its playlists"):
+            history.setdefault(str(version["key"]), []).append(
+                PlaylistVersion(
+                    written_seconds=float(version["readable_monotonic_seconds"]),
+                    duration_seconds=float(version["duration_seconds"]),
+                    is_final=bool(version["is_final"]),
+                )
+            )
+        return history
+
+    def _ask_storage(self, command: str, what: str) -> Any:
+        """Sends a command to the storage server's standard input and returns its one-line JSON answer."""
         process = self.storage_process
         assert process.stdin is not None and process.stdout is not None
-        process.stdin.write(b"counts\n")
+        process.stdin.write(f"{command}\n".encode())
         process.stdin.flush()
-        ready, _, _ = select.select([process.stdout], [], [], _COUNTS_TIMEOUT_SECONDS)
+        ready, _, _ = select.select([process.stdout], [], [], _ANSWER_TIMEOUT_SECONDS)
         if not ready:
-            raise RuntimeError("the storage server did not answer with its request counts")
-        counts = json.loads(process.stdout.readline())
-        return {str(kind): int(count) for kind, count in counts.items()}
+            raise RuntimeError(f"the storage server did not answer with {what}")
+        return json.loads(process.stdout.readline())
 
 
 def _start(

@@ -143,6 +143,36 @@ def pipeline_section(
     return section
 
 
+# A listener notices a preview that waits this long in all; shorter waits are counted but not as stalled.
+PREVIEW_STALLED_AFTER_SECONDS = 0.5
+
+
+def preview_section(jobs: Sequence[JobTimeline]) -> dict[str, Any]:
+    """How the jobs' live previews played from first playable media: stall percentiles over the jobs whose
+    playlist ended (the others are `missing`, and those that were playable but never ended are counted),
+    and how many stalled more than PREVIEW_STALLED_AFTER_SECONDS in all."""
+    ended = [
+        job.preview_continuity
+        if job.preview_continuity is not None and job.preview_continuity.has_ended
+        else None
+        for job in jobs
+    ]
+    return {
+        "preview_stall_seconds": summarize([None if c is None else c.stall_seconds for c in ended]),
+        "preview_longest_stall_seconds": summarize(
+            [None if c is None else c.longest_stall_seconds for c in ended]
+        ),
+        "preview_stall_count": summarize([None if c is None else float(c.stall_count) for c in ended]),
+        "preview_stalled_jobs": sum(
+            c is not None and c.stall_seconds > PREVIEW_STALLED_AFTER_SECONDS for c in ended
+        ),
+        "preview_stalled_after_seconds": PREVIEW_STALLED_AFTER_SECONDS,
+        "preview_unended_jobs": sum(
+            job.preview_continuity is not None and not job.preview_continuity.has_ended for job in jobs
+        ),
+    }
+
+
 def _is_within_deadline(job: JobTimeline, deadline_seconds: float | None) -> bool:
     completed = job.milestones.get("completed")
     if not job.succeeded or completed is None:
@@ -517,6 +547,7 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
             )
             + f" | {_seconds(entry.get('wall_seconds'), 1)} |"
         )
+    lines += _preview_markdown(rows)
     lines += [
         "",
         "| jobs at once | CPU s/job, all services | content | media | gateway "
@@ -549,6 +580,35 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
             described = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
             lines.append(f"- level {label} storage requests: {described}")
     lines.append("")
+    return lines
+
+
+def _preview_markdown(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """The live preview's stalls per level, where they were measured (older reports have none)."""
+    measured = [(label, entry) for label, entry in rows if "preview_stall_seconds" in entry]
+    if not measured:
+        return []
+    threshold = measured[0][1].get("preview_stalled_after_seconds", PREVIEW_STALLED_AFTER_SECONDS)
+    lines = [
+        "",
+        "Live preview: a player that starts at first playable media and plays at 1x, waiting whenever it"
+        " reaches the end of the newest version of the live playlist that storage holds (reloads taken as"
+        " instant), until the final version's end; stalls are over the jobs whose playlist ended, and a job"
+        " whose playlist never ended is counted in the last column only.",
+        "",
+        f"| jobs at once | jobs that stalled > {_number(threshold, 1)} s in all "
+        "| total stall p50 / p95 / max | longest stall, max | stalls per job, max | playlist never ended |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for label, entry in measured:
+        stall = entry.get("preview_stall_seconds") or {}
+        longest = entry.get("preview_longest_stall_seconds") or {}
+        stall_count = entry.get("preview_stall_count") or {}
+        lines.append(
+            f"| {label} | {entry.get('preview_stalled_jobs')}/{stall.get('count')} | "
+            f"{_triple(stall)} | {_number(longest.get('max'))} | {_number(stall_count.get('max'), 0)} | "
+            f"{entry.get('preview_unended_jobs')} |"
+        )
     return lines
 
 
@@ -605,6 +665,13 @@ def _pair(summary: object) -> str:
     if not isinstance(summary, Mapping) or summary.get("p50") is None:
         return "—"
     return f"{_number(summary.get('p50'))} / {_number(summary.get('p95'))}"
+
+
+def _triple(summary: Mapping[str, Any]) -> str:
+    """`p50 / p95 / max` of a summary, in seconds."""
+    if summary.get("p50") is None:
+        return "—"
+    return f"{_number(summary.get('p50'))} / {_number(summary.get('p95'))} / {_number(summary.get('max'))}"
 
 
 def _storage_per_job(section: Mapping[str, Any] | None) -> float | None:

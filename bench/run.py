@@ -23,6 +23,7 @@ import openai
 import psutil
 from storage3 import AsyncStorageClient
 
+from bench.continuity import PlaylistVersion, playlist_versions_of, simulate_playback
 from bench.conversations import conversation_for, source_text_of
 from bench.data_plane import JobQueueReaders, check_redis, create_database, drop_database
 from bench.encode import NARRATION_SECONDS, QUICK_NARRATION_SECONDS, compare_encodes
@@ -37,14 +38,21 @@ from bench.percentiles import summarize
 from bench.profiles import DEFAULT_RATE_HERTZ, ProfileRecorder
 from bench.providers import API_KEY, SERVICE_KEY, ProviderServers, running_providers
 from bench.reference_pipeline import ReferencePipeline
-from bench.report import build_targets, level_entry, level_label, pipeline_section, write_report
+from bench.report import (
+    build_targets,
+    level_entry,
+    level_label,
+    pipeline_section,
+    preview_section,
+    write_report,
+)
 from bench.resources import (
     MemorySampler,
     ProcessGroup,
     data_plane_cpu_seconds,
     machine_busy_cpu_seconds,
 )
-from bench.stillpoint_pipeline import DEFAULT_JOB_TIMEOUT_SECONDS, run_jobs
+from bench.stillpoint_pipeline import DEFAULT_JOB_TIMEOUT_SECONDS, PLAYLIST_EVENT, run_jobs
 from scripts.stack import SERVICES, Stack, running_stack, service_of
 
 # `scaleout` is not run unless asked for: it starts the stack again with replicas and runs the highest
@@ -584,12 +592,19 @@ class _StillpointMeter:
         profile = None if recorder is None else recorder.stop()
         used = {name: value - before[name] for name, value in self._cpu_readings().items()}
         storage_requests = _difference(self.providers.storage_request_counts(), storage_before)
+        playlist_history = self.providers.storage_playlist_history()
+        _measure_previews(jobs, playlist_history, observed_until_seconds=time.monotonic())
         for job in jobs if not concurrent else []:
             log(f"stillpoint job {job.index}: {_describe(job)}")
         if concurrent:
             playable = summarize([job.milestones["first_playable"] for job in jobs])
             succeeded = sum(job.succeeded for job in jobs)
-            log(f"  {succeeded}/{count} succeeded, first playable {_p50_p95(playable)}, wall {wall:.0f} s")
+            previews = preview_section(jobs)
+            log(
+                f"  {succeeded}/{count} succeeded, first playable {_p50_p95(playable)}, wall {wall:.0f} s,"
+                f" live preview stalled > {previews['preview_stalled_after_seconds']:g} s in"
+                f" {previews['preview_stalled_jobs']}/{previews['preview_stall_seconds']['count']} jobs"
+            )
         section = pipeline_section(
             jobs,
             cpu_seconds=used["services"],
@@ -600,6 +615,7 @@ class _StillpointMeter:
             storage_requests=storage_requests,
             deadline_seconds=self.timeout_seconds,
         )
+        section.update(preview_section(jobs))
         section["replicas"] = {service: len(pids) for service, pids in self.service_pids.items()}
         section["notes"] = sorted({*section["notes"], *self.notes})
         section["provider_servers_cpu_seconds_per_job"] = used["providers"] / count
@@ -627,6 +643,22 @@ class _StillpointMeter:
             "data_plane": data_plane_cpu_seconds(self.database_name),
             "machine": machine_busy_cpu_seconds(),
         }
+
+
+def _measure_previews(
+    jobs: Sequence[JobTimeline],
+    history: Mapping[str, Sequence[PlaylistVersion]],
+    *,
+    observed_until_seconds: float,
+) -> None:
+    """Sets the preview continuity of each job whose first playable media was its live playlist, from the
+    versions of that playlist the storage server stored (both timed on time.monotonic())."""
+    for job in jobs:
+        first_playable = job.monotonic_seconds("first_playable")
+        if job.first_playable_kind != PLAYLIST_EVENT or first_playable is None:
+            continue
+        versions = playlist_versions_of(history, job.meditation)
+        job.preview_continuity = simulate_playback(first_playable, versions, observed_until_seconds)
 
 
 def _profile_dir(settings: BenchSettings, level: int) -> Path | None:
@@ -728,6 +760,12 @@ def _describe(job: JobTimeline) -> str:
     if not job.succeeded:
         return f"FAILED {job.error}"
     parts = [f"{name} {value:.1f}s" for name, value in job.milestones.items() if value is not None]
+    preview = job.preview_continuity
+    if preview is not None:
+        parts.append(
+            f"live preview stalled {preview.stall_seconds:.1f}s in {preview.stall_count} stall(s)"
+            + ("" if preview.has_ended else " (its playlist never ended)")
+        )
     return ", ".join(parts)
 
 

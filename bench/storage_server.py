@@ -4,8 +4,12 @@
 
 prints `listening on http://HOST:PORT` like `tests.servers.supabase_storage`, which it wraps unchanged; then,
 for every line `counts` read on its standard input, it prints one JSON line: the requests received so far,
-by kind (`{"POST object": 12, "PATCH upload/resumable": 3, ...}`). The server keeps that log in its own
-process, so the bench asks for it over this pipe rather than over HTTP the services could also reach.
+by kind (`{"POST object": 12, "PATCH upload/resumable": 3, ...}`). For every line `playlists`, it prints one
+JSON line listing every version of every `.m3u8` object stored so far (live playlists are rewritten in place
+as they grow), oldest first: `[{"key": "live/ID/R.m3u8", "readable_monotonic_seconds": 812.5,
+"duration_seconds": 3.0, "is_final": false}, ...]`, timed by time.monotonic() when it became readable. The
+server keeps these logs in its own process, so the bench asks for them over this pipe rather than over HTTP
+the services could also reach.
 """
 
 from __future__ import annotations
@@ -21,9 +25,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from tests.servers.supabase_storage import API_PREFIX, SupabaseStorageServer
+from bench.continuity import describe_playlist
+from tests.servers.supabase_storage import API_PREFIX, StoredObjectNotice, SupabaseStorageServer
 
 COUNTS_COMMAND = "counts"
+PLAYLISTS_COMMAND = "playlists"
+PLAYLIST_SUFFIX = ".m3u8"
 # The object API's sub-routes that name an operation rather than a bucket (`object/sign/BUCKET/KEY`).
 _OBJECT_OPERATIONS = frozenset(
     {"sign", "public", "authenticated", "info", "list", "move", "copy", "upload", "render"}
@@ -58,6 +65,39 @@ def count_by_kind(requests: Iterable[tuple[str, str]]) -> dict[str, int]:
     return dict(counted.most_common())
 
 
+class PlaylistHistory:
+    """Every version of every playlist stored, as `on_object_stored` reports them from the request threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (readable_monotonic_seconds, key, duration_seconds, is_final) of each version.
+        self._versions: list[tuple[float, str, float, bool]] = []
+
+    def record(self, notice: StoredObjectNotice) -> None:
+        # Parsed now: the next version overwrites these bytes, and only the figures are asked for.
+        duration_seconds, is_final = describe_playlist(notice.data.decode("utf-8", "replace"))
+        with self._lock:
+            self._versions.append(
+                (notice.readable_monotonic_seconds, notice.name, duration_seconds, is_final)
+            )
+
+    def versions(self) -> list[dict[str, object]]:
+        """The versions recorded so far, oldest first, as the `playlists` command prints them."""
+        with self._lock:
+            recorded = list(self._versions)
+        # Two request threads may report in another order than their objects became readable.
+        recorded.sort(key=lambda version: version[0])
+        return [
+            {
+                "key": key,
+                "readable_monotonic_seconds": readable,
+                "duration_seconds": duration_seconds,
+                "is_final": is_final,
+            }
+            for readable, key, duration_seconds, is_final in recorded
+        ]
+
+
 def _latency_range(text: str) -> tuple[float, float]:
     try:
         low, high = (float(part) for part in text.split(","))
@@ -85,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    playlists = PlaylistHistory()
     with SupabaseStorageServer(
         arguments.root,
         arguments.service_key,
@@ -93,17 +134,22 @@ def main(argv: Sequence[str] | None = None) -> None:
         upload_latency=arguments.upload_latency,
         upload_latency_seed=arguments.upload_latency_seed,
         upload_latency_scale_by_bytes=arguments.upload_latency_scale_by_bytes,
+        on_object_stored=playlists.record,
+        notified_suffixes=(PLAYLIST_SUFFIX,),
     ) as server:
 
-        def answer_counts() -> None:
+        def answer_commands() -> None:
             # A blocked read would hold up SIGTERM's handler in the main thread: read on a thread of its own.
             for line in sys.stdin:
-                if line.strip() == COUNTS_COMMAND:
+                command = line.strip()
+                if command == COUNTS_COMMAND:
                     received = [(request.method, request.path) for request in server.received_requests()]
                     print(json.dumps(count_by_kind(received)), flush=True)
+                elif command == PLAYLISTS_COMMAND:
+                    print(json.dumps(playlists.versions()), flush=True)
             stop_requested.set()
 
-        threading.Thread(target=answer_counts, name="counts", daemon=True).start()
+        threading.Thread(target=answer_commands, name="commands", daemon=True).start()
         print(f"listening on {server.url}", flush=True)
         while not stop_requested.wait(0.5):
             pass

@@ -93,6 +93,8 @@ class SupabaseStorageServer:
         upload_latency_seed: int = 0,
         upload_latency_scale_by_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        on_object_stored: Callable[[StoredObjectNotice], None] | None = None,
+        notified_suffixes: tuple[str, ...] = (),
     ) -> None:
         """`upload_latency` (min, max seconds) delays every object upload and TUS PATCH by a time drawn from a
         uniform range seeded with `upload_latency_seed`, so runs are reproducible; None answers at once.
@@ -102,10 +104,16 @@ class SupabaseStorageServer:
         trip.
 
         `clock` (seconds since the epoch) dates signed URLs and decides when they expire: a test passes its
-        own to see a URL expire without waiting for it."""
+        own to see a URL expire without waiting for it.
+
+        `on_object_stored` is called, on the request's thread, each time an object whose name ends with one of
+        `notified_suffixes` (`.m3u8`) becomes readable, a new version of it included: its bytes as stored,
+        which a later upsert replaces. It must not raise (the upload would fail with a 500)."""
         self._state = _StorageState(
             root, service_key, upload_latency, upload_latency_seed, upload_latency_scale_by_bytes, clock
         )
+        self._state.on_object_stored = on_object_stored
+        self._state.notified_suffixes = notified_suffixes
         self._host = host
         self._port = port
         self._httpd: _HTTPServer | None = None
@@ -185,6 +193,18 @@ class StoredObjectView:
     data: bytes
     content_type: str
     cache_control: str
+
+
+@dataclass(frozen=True)
+class StoredObjectNotice:
+    """An object (or a new version of one) that has just become readable, for `on_object_stored`."""
+
+    bucket: str
+    name: str
+    data: bytes
+    # time.monotonic() when it became readable: shared by every process of the machine, so another process
+    # can compare it with its own clock.
+    readable_monotonic_seconds: float
 
 
 # State ---------------------------------------------------------------------------------------------------
@@ -320,6 +340,8 @@ class _StorageState:
         self._failures_left = 0
         self._failure_status: int | None = None
         self._failure_path_part = ""
+        self.on_object_stored: Callable[[StoredObjectNotice], None] | None = None
+        self.notified_suffixes: tuple[str, ...] = ()
 
     # Log
 
@@ -431,6 +453,9 @@ class _StorageState:
         is_upsert: bool,
     ) -> _StoredObject:
         """Moves a fully received file into the store; refuses to replace an object unless upserting."""
+        listener = self.on_object_stored if name.endswith(self.notified_suffixes) else None
+        # Read now: once stored, the next upsert may remove the file.
+        data = source.read_bytes() if listener is not None else b""
         object_id = str(uuid.uuid4())
         data_path = self.root / "objects" / object_id
         digest = hashlib.md5()
@@ -455,8 +480,12 @@ class _StorageState:
                 raise _duplicate()
             source.replace(data_path)
             self._objects[(bucket, name)] = stored
+            # Under the lock readers look objects up with: no reader could have had this version earlier.
+            readable_at = time.monotonic()
         if previous is not None:
             previous.data_path.unlink(missing_ok=True)
+        if listener is not None:
+            listener(StoredObjectNotice(bucket, name, data, readable_at))
         return stored
 
     def delete_object(self, bucket: str, name: str) -> _StoredObject | None:
