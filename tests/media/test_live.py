@@ -513,7 +513,7 @@ async def test_what_a_listener_reaches_soon_is_encoded_as_due_work_and_the_rest_
     (first_urgent, first_due), (next_urgent, next_due), (last_urgent, last_due) = encoded
     assert first_urgent and first_due is None
     assert not next_urgent and next_due is not None and next_due <= DUE_HORIZON_SECONDS
-    # Heard 26 s into the narration: beyond the horizon, though spoken long before.
+    # Heard 50 s into the narration: beyond the horizon, though spoken long before.
     assert not last_urgent and last_due is not None and last_due > DUE_HORIZON_SECONDS
 
 
@@ -521,13 +521,14 @@ def test_a_due_turn_takes_the_sounds_a_listener_reaches_within_the_horizon() -> 
     def sound(seconds: float) -> _WaitingSound:
         return _WaitingSound(sample_rate_hertz=24_000, silent_samples=round(24_000 * seconds))
 
-    sounds = [sound(5), sound(10), sound(4), sound(3)]
-    # Heard in 2 s: starts at 2, 7, 17 (within 20 s), then 21 (beyond).
-    assert _heard_within_horizon(sounds, 2.0) == sounds[:3]
+    horizon = DUE_HORIZON_SECONDS
+    sounds = [sound(horizon / 4), sound(horizon / 2), sound(horizon / 5), sound(3)]
+    # Heard in 3 s: the next start 0.25, 0.75 and 0.95 of the horizon after that, the last beyond it.
+    assert _heard_within_horizon(sounds, 3.0) == sounds[:3]
     # A listener already waiting (due in the past) gets more of it.
     assert _heard_within_horizon(sounds, -5.0) == sounds
     # The first always, however long it is.
-    long = sound(60)
+    long = sound(horizon * 3)
     assert _heard_within_horizon([long, sound(1)], 0.0) == [long]
     # Beyond the horizon from the start: background work, all of it in one turn.
     assert _heard_within_horizon(sounds, DUE_HORIZON_SECONDS + 1) == sounds
@@ -599,8 +600,8 @@ async def test_a_remote_voice_hears_the_first_sentence_alone_then_growing_groups
     ), [sum(map(len, request)) for request in requests]
 
 
-# Two pauses of the longest a mark holds: what follows is heard beyond urgency.DUE_HORIZON_SECONDS.
-_FAR_OFF = "[pause 12s] [pause 12s]"
+# Four pauses of the longest a mark holds: what follows is heard beyond urgency.DUE_HORIZON_SECONDS.
+_FAR_OFF = "[pause 12s] [pause 12s] [pause 12s] [pause 12s]"
 
 
 async def _spoken_in_turn(storage: LocalAssetStorage, tmp_path: Path, scripts: dict[str, str]) -> list[str]:
