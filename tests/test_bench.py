@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -467,41 +469,48 @@ def test_storage_requests_are_counted_by_kind_without_bucket_or_key() -> None:
 
 @pytest.mark.timeout(30)
 def test_the_bench_storage_server_answers_how_many_requests_it_received(tmp_path: Path) -> None:
+    with running_bench_storage_server(tmp_path) as (process, url):
+        assert process.stdin is not None and process.stdout is not None
+        assert url.startswith("http://127.0.0.1:")
+        post_to_storage(f"{url}/storage/v1/bucket", json.dumps({"id": "bench"}).encode(), "application/json")
+        for name in ("a.mp4", "b.mp4"):
+            post_to_storage(f"{url}/storage/v1/object/bench/{name}", b"\0" * 10, "video/mp4")
+        process.stdin.write(b"counts\n")
+        process.stdin.flush()
+        assert json.loads(process.stdout.readline()) == {"POST object (*.mp4)": 2, "POST bucket": 1}
+
+
+@contextlib.contextmanager
+def running_bench_storage_server(root: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """`python -m bench.storage_server` over `root` (service key `k`), answering on its pipes, and its URL;
+    stopped, and checked to end cleanly, on the way out."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "bench.storage_server", "--root", str(tmp_path), "--service-key", "k"],
+        [sys.executable, "-m", "bench.storage_server", "--root", str(root), "--service-key", "k"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
     assert process.stdin is not None and process.stdout is not None
     try:
-        url = process.stdout.readline().decode().removeprefix("listening on ").strip()
-        assert url.startswith("http://127.0.0.1:")
-        _post(f"{url}/storage/v1/bucket", json.dumps({"id": "bench"}).encode(), "application/json", "k")
-        for name in ("a.mp4", "b.mp4"):
-            _post(f"{url}/storage/v1/object/bench/{name}", b"\0" * 10, "video/mp4", "k")
-        process.stdin.write(b"counts\n")
-        process.stdin.flush()
-        assert json.loads(process.stdout.readline()) == {"POST object (*.mp4)": 2, "POST bucket": 1}
+        yield process, process.stdout.readline().decode().removeprefix("listening on ").strip()
     finally:
         process.stdin.close()  # end of input stops it, as SIGTERM does
         assert process.wait(timeout=10) == 0
 
 
-def _post(url: str, body: bytes, content_type: str, key: str) -> None:
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Authorization": f"Bearer {key}", "Content-Type": content_type},
-    )
+def post_to_storage(url: str, body: bytes, content_type: str, *, is_upsert: bool = False) -> None:
+    """POSTs `body` to the bench storage server with its service key (`k`)."""
+    headers = {"Authorization": "Bearer k", "Content-Type": content_type}
+    if is_upsert:
+        headers["x-upsert"] = "true"
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read()
 
 
 def _upload_seconds(server: SupabaseStorageServer, name: str) -> float:
     started = time.perf_counter()
-    _post(f"{server.url}/storage/v1/object/bench/{name}", b"\0" * 1000, "video/mp4", "k")
+    post_to_storage(f"{server.url}/storage/v1/object/bench/{name}", b"\0" * 1000, "video/mp4")
     return time.perf_counter() - started
 
 
@@ -511,11 +520,8 @@ def test_supabase_server_delays_uploads_only_when_asked(tmp_path: Path) -> None:
         SupabaseStorageServer(tmp_path / "fast", "k") as fast,
     ):
         for server in (slow, fast):
-            _post(
-                f"{server.url}/storage/v1/bucket",
-                json.dumps({"id": "bench"}).encode(),
-                "application/json",
-                "k",
+            post_to_storage(
+                f"{server.url}/storage/v1/bucket", json.dumps({"id": "bench"}).encode(), "application/json"
             )
         assert _upload_seconds(slow, "a.mp4") >= 0.3
         assert _upload_seconds(fast, "a.mp4") < 0.3

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from bench.continuity import (
 from bench.jobs import JobTimeline
 from bench.providers import ProviderServers
 from bench.report import preview_section, render_markdown
+from tests.test_bench import post_to_storage, running_bench_storage_server
 
 ROOT = Path(__file__).resolve().parent.parent
 # Far past every version in the cases below: only a playlist that never ends waits until then.
@@ -144,34 +142,19 @@ def test_a_levels_preview_figures_leave_out_jobs_whose_playlist_never_ended() ->
     assert "| 3 | 1/3 | 0.40 / 2.74 / 3.00 | 2.00 | 2 | 1 |" in markdown
 
 
-def _post(url: str, body: bytes, content_type: str, *, is_upsert: bool = False) -> None:
-    headers = {"Authorization": "Bearer k", "Content-Type": content_type}
-    if is_upsert:
-        headers["x-upsert"] = "true"
-    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
-
-
 @pytest.mark.timeout(30)
 def test_the_bench_storage_server_answers_every_version_of_every_playlist(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.storage_server", "--root", str(tmp_path), "--service-key", "k"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=ROOT,
-    )
-    assert process.stdin is not None and process.stdout is not None
-    try:
-        url = process.stdout.readline().decode().removeprefix("listening on ").strip()
+    with running_bench_storage_server(tmp_path) as (process, url):
         servers = ProviderServers(openai_base_url="", supabase_url=url, pids=(), storage_process=process)
-        _post(f"{url}/storage/v1/bucket", json.dumps({"id": "bench"}).encode(), "application/json")
+        post_to_storage(f"{url}/storage/v1/bucket", json.dumps({"id": "bench"}).encode(), "application/json")
         playlist = f"{url}/storage/v1/object/bench/live/0123456789abcdef/aa.m3u8"
         before = time.monotonic()
-        _post(playlist, b"#EXTM3U\n#EXTINF:1.0,\na.m4s\n", "application/vnd.apple.mpegurl")
-        _post(f"{url}/storage/v1/object/bench/live/0123456789abcdef/a.m4s", b"\0" * 10, "video/iso.segment")
+        post_to_storage(playlist, b"#EXTM3U\n#EXTINF:1.0,\na.m4s\n", "application/vnd.apple.mpegurl")
+        post_to_storage(
+            f"{url}/storage/v1/object/bench/live/0123456789abcdef/a.m4s", b"\0" * 10, "video/iso.segment"
+        )
         written = b"#EXTM3U\n#EXTINF:1.0,\na.m4s\n#EXTINF:2.0,\nb.m4s\n#EXT-X-ENDLIST\n"
-        _post(playlist, written, "application/vnd.apple.mpegurl", is_upsert=True)
+        post_to_storage(playlist, written, "application/vnd.apple.mpegurl", is_upsert=True)
         after = time.monotonic()
 
         history = servers.storage_playlist_history()
@@ -186,6 +169,3 @@ def test_the_bench_storage_server_answers_every_version_of_every_playlist(tmp_pa
         assert before <= versions[0].written_seconds <= versions[1].written_seconds <= after
         # The request counts still answer on the same pipe.
         assert servers.storage_request_counts()["POST object (live/*.m3u8)"] == 2
-    finally:
-        process.stdin.close()  # end of input stops it, as SIGTERM does
-        assert process.wait(timeout=10) == 0
