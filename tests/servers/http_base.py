@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
@@ -36,6 +37,14 @@ class TrackingHTTPServer(ThreadingHTTPServer, Generic[StateT]):
                 self._connections.add(connection)
             else:
                 self._connections.discard(connection)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Prints a handler's error, as socketserver does, unless the client had hung up before its answer
+        was written (it timed out, or gave up on a refusal): that is the client's doing, not the fake's
+        failure, and its traceback in a test run's output only hid real ones."""
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            return
+        super().handle_error(request, client_address)
 
     def close_connections(self) -> None:
         """Shuts every open connection so handler threads blocked on it end."""

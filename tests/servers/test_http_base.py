@@ -64,3 +64,37 @@ def test_speech_is_written_at_intervals_with_the_first_piece_alone_and_the_last_
     assert all(b - a >= _AUDIO_WRITE_INTERVAL_SECONDS - 1e-9 for a, b in itertools.pairwise(later))
     # 80 pieces over 0.36 s at one write per 0.04 s: about ten writes, not eighty.
     assert 5 <= len(writes) <= 12
+
+
+class _FailingHandler(TrackingHandler):
+    """Fails every GET as its path says: as if the client had hung up, or with a bug of the fake's own."""
+
+    def _dispatch(self, method: str) -> None:
+        if self.path == "/hung-up":
+            raise BrokenPipeError(32, "Broken pipe")
+        raise ValueError("a bug in the fake")
+
+
+def test_a_client_that_hung_up_leaves_no_traceback_and_a_bug_in_the_fake_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    httpd = TrackingHTTPServer(("127.0.0.1", 0), _FailingHandler, None)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    try:
+        for path in ("/hung-up", "/bug"):
+            connection = http.client.HTTPConnection(str(host), int(port), timeout=5)
+            try:
+                connection.request("GET", path)
+                with pytest.raises((http.client.RemoteDisconnected, ConnectionError)):
+                    connection.getresponse()
+            finally:
+                connection.close()
+    finally:
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+    printed = capsys.readouterr().err
+    assert "ValueError: a bug in the fake" in printed
+    assert "BrokenPipeError" not in printed
