@@ -296,17 +296,17 @@ class LiveNarration:
 
     def _start_speaking(self, sentence: str) -> None:
         self._texts.append(sentence)
+        words, pause_seconds = count_spoken_words(sentence), total_pause_seconds(sentence)
         self._estimated_ends.append(
             (self._estimated_ends[-1] if self._estimated_ends else 0.0)
-            + count_spoken_words(sentence) / ESTIMATED_WORDS_PER_SECOND
-            + total_pause_seconds(sentence)
+            + words / ESTIMATED_WORDS_PER_SECOND
+            + pause_seconds
         )
         spoken = asyncio.get_running_loop().create_future()
         self._spoken[len(self._texts) - 1] = spoken
-        if count_spoken_words(sentence) == 0:
+        if words == 0:
             # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
-            seconds = total_pause_seconds(sentence)
-            spoken.set_result(_WaitingSound(sample_rate_hertz=24_000, silent_samples=round(seconds * 24_000)))
+            spoken.set_result(_WaitingSound(sample_rate_hertz=24_000, samples=round(pause_seconds * 24_000)))
         else:
             self._unspoken.append(len(self._texts) - 1)
         self._new_sentence.set()
@@ -636,28 +636,25 @@ class LiveNarration:
 
 @dataclass(frozen=True)
 class _WaitingSound:
-    """A sentence's sound waiting for its turn in the encoder: in the job's scratch folder (`path`), or, for
-    a sentence of pauses alone, `silent_samples` of silence."""
+    """A sentence's sound, `samples` long, waiting for its turn in the encoder: in the job's scratch folder
+    (`path`), or, for a sentence of pauses alone (no path), silence."""
 
     sample_rate_hertz: int
     provider: str = ""
     fallback_reason: str = ""
     misread_sentence_count: int = 0
     path: Path | None = None
-    silent_samples: int = 0
-    # The length of the sound at `path`.
-    spoken_samples: int = 0
+    samples: int = 0
 
     @property
     def seconds(self) -> float:
         """How long the sound lasts (mastering keeps its length)."""
-        samples = self.silent_samples if self.path is None else self.spoken_samples
-        return samples / self.sample_rate_hertz
+        return self.samples / self.sample_rate_hertz
 
     def take(self) -> Narration:
         """The sound, read back and removed from disk (blocking: run it in a worker thread)."""
         if self.path is None:
-            return Narration(bytes(2 * self.silent_samples), self.sample_rate_hertz)
+            return Narration(bytes(2 * self.samples), self.sample_rate_hertz)
         pcm = self.path.read_bytes()
         self.path.unlink()
         return Narration(pcm, self.sample_rate_hertz, self.misread_sentence_count)
@@ -676,7 +673,7 @@ def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegm
                 fallback_reason=segment.fallback_reason,
                 misread_sentence_count=segment.narration.misread_sentence_count,
                 path=path,
-                spoken_samples=len(segment.narration.pcm_s16le) // 2,
+                samples=len(segment.narration.pcm_s16le) // 2,
             )
         )
     return waiting

@@ -519,7 +519,7 @@ async def test_what_a_listener_reaches_soon_is_encoded_as_due_work_and_the_rest_
 
 def test_a_due_turn_takes_the_sounds_a_listener_reaches_within_the_horizon() -> None:
     def sound(seconds: float) -> _WaitingSound:
-        return _WaitingSound(sample_rate_hertz=24_000, silent_samples=round(24_000 * seconds))
+        return _WaitingSound(sample_rate_hertz=24_000, samples=round(24_000 * seconds))
 
     horizon = DUE_HORIZON_SECONDS
     sounds = [sound(horizon / 4), sound(horizon / 2), sound(horizon / 5), sound(3)]
