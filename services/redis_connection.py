@@ -28,6 +28,11 @@ class RedisUnavailableError(Exception):
         self.reason = reason
 
 
+# How long a command's answer may take before redis-py gives up on it (its own default, stated so that its
+# users see it: a blocking read, XREADGROUP BLOCK, must end sooner). A URL's `socket_timeout` overrides it.
+COMMAND_TIMEOUT_SECONDS = 5.0
+
+
 async def connect_redis(url: str, *, timeout_seconds: float = 3.0) -> Redis:
     """Makes the process's one Redis client (bytes in, bytes out) and checks it answers PING in time.
 
@@ -37,7 +42,12 @@ async def connect_redis(url: str, *, timeout_seconds: float = 3.0) -> Redis:
     redacted_url = redact_redis_url(url)
     address = _address_of_url(url)
     try:
-        pool = ConnectionPool.from_url(url, socket_connect_timeout=timeout_seconds, decode_responses=False)
+        pool = ConnectionPool.from_url(
+            url,
+            socket_connect_timeout=timeout_seconds,
+            socket_timeout=COMMAND_TIMEOUT_SECONDS,
+            decode_responses=False,
+        )
     except ValueError as error:
         raise RedisUnavailableError(address, f"{redacted_url} is not a valid Redis URL: {error}") from None
     # The URL chose the transport (TCP, TLS or a Unix socket); keep it, with the guard added. The pool makes
@@ -73,6 +83,12 @@ def redact_redis_url(url: str) -> str:
         for pair in parts.query.split("&")
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def command_timeout_seconds(client: Redis) -> float | None:
+    """How long the client waits for a command's answer before it raises TimeoutError (None: for ever)."""
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout", COMMAND_TIMEOUT_SECONDS)
+    return None if timeout is None else float(timeout)
 
 
 def redis_address(client: Redis) -> str:

@@ -21,7 +21,7 @@ from services.gateway.jobs.work_queue import (
     WorkQueueLostError,
     WorkQueueUnavailableError,
 )
-from services.redis_connection import RedisOutage
+from services.redis_connection import RedisOutage, command_timeout_seconds, connect_redis
 from tests.test_cache import REDIS_URL, connect_or_skip
 
 CLAIM_TIMEOUT_SECONDS = 0.4
@@ -305,6 +305,30 @@ async def test_a_lost_group_on_a_stream_that_remains_is_recreated(
     kept = await queue.take("gateway-1", wait_seconds=1)
     assert kept is not None
     assert kept.job == "meditations/kept"
+
+
+async def test_a_wait_longer_than_the_clients_command_timeout_ends_empty_not_as_an_outage(
+    redis_queue: tuple[RedisStreamWorkQueue, Redis, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Property: an idle consumer asked to wait longer than its client waits for an answer (a gateway's
+    5 s wait on redis-py's 5 s socket timeout) gets nothing back, as with a shorter wait: XREADGROUP's
+    block ends before the client gives up, so no outage is reported and the next job is still taken."""
+    _, _, stream = redis_queue
+    # The command timeout from the URL, as an operator may set it; 0.4 s keeps the test short.
+    client = await connect_redis(f"{REDIS_URL.split('?')[0]}?socket_timeout=0.4")
+    queue = RedisStreamWorkQueue(
+        client, REDIS_URL, claim_timeout_seconds=CLAIM_TIMEOUT_SECONDS, stream_key=stream
+    )
+    caplog.set_level(logging.INFO, logger="services.gateway.jobs.work_queue")
+    try:
+        assert command_timeout_seconds(client) == 0.4
+        assert await queue.take("gateway-1", wait_seconds=1.0) is None
+        await queue.submit("meditations/next")
+        taken = await queue.take("gateway-1", wait_seconds=1.0)
+        assert taken is not None and taken.job == "meditations/next"
+    finally:
+        await client.aclose()
+    assert not [record.getMessage() for record in caplog.records if "unreachable" in record.getMessage()]
 
 
 async def test_an_unreachable_redis_is_logged_once_jobs_wait_here_and_go_out_when_it_answers(

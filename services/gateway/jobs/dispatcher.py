@@ -44,6 +44,7 @@ _CLAIM_MARGIN_SECONDS = 1.0
 # timeout (a crashed replica's): a new entry ends the wait at once, so this only spaces out the look for
 # lost ones, which a quarter of the claim timeout (at most this) delays by little. Looking once a second,
 # an idle gateway took 2.1 ms of CPU a second, 1.6 ms at this (90 s idle each, the stack make bench runs).
+# A Redis queue keeps each wait short of its client's command timeout (redis_connection) as well.
 _MAX_TAKE_WAIT_SECONDS = 5.0
 # How long CancelMeditation waits for another replica to record the cancellation before answering.
 _CANCEL_WAIT_SECONDS = 10.0

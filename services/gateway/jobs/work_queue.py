@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from services.redis_connection import RedisOutage
+from services.redis_connection import RedisOutage, command_timeout_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -346,6 +346,11 @@ class RedisStreamWorkQueue:
         )
         # XAUTOCLAIM scans the pending list in pages; the cursor carries the scan across calls.
         self._claim_cursor = "0-0"
+        # XREADGROUP BLOCK answers only when its wait ends: a wait as long as the client's command timeout
+        # reads as a timeout, an outage that is none (logged, backed off from, the connection dropped).
+        # Short of it by a second (the answer's trip and a busy loop's delay), or by half a short one.
+        timeout = command_timeout_seconds(client)
+        self._longest_wait_seconds = None if timeout is None else timeout - min(1.0, timeout / 2)
 
     @property
     def name(self) -> str:
@@ -415,7 +420,7 @@ class RedisStreamWorkQueue:
                     {self._stream: ">"},
                     count=count - len(taken),
                     # Whatever was taken over goes to work now, not after a wait for more.
-                    block=None if taken else _milliseconds(wait_seconds),
+                    block=None if taken else _milliseconds(self._bounded_wait(wait_seconds)),
                 )
             )
         except ResponseError as error:
@@ -434,6 +439,12 @@ class RedisStreamWorkQueue:
             for entry_id, fields in entries:
                 taken.append(Delivery(_text(entry_id), _text(fields[b"job"]), 1, _trace_context(fields)))
         return taken
+
+    def _bounded_wait(self, wait_seconds: float) -> float:
+        """`wait_seconds`, cut short of the client's command timeout."""
+        if self._longest_wait_seconds is None:
+            return wait_seconds
+        return min(wait_seconds, self._longest_wait_seconds)
 
     async def _take_over(self, consumer: str, count: int) -> list[Delivery]:
         answer: Any = await self._call(
