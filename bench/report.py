@@ -568,7 +568,8 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
         "",
         "CPU per service: each service's processes (every replica) with their children, FFmpeg included."
         " Storage requests: what the Supabase-compatible server received during the level, divided by its"
-        " jobs. Peak RSS: the highest sum over the services' processes, sampled every 100 ms.",
+        " jobs. Peak RSS: the highest sum over the services' processes, sampled every 100 ms (PSS at least"
+        " once a second and whenever RSS rises 2 % past its peak).",
     ]
     for label, entry in rows:
         for failure in entry.get("failures", [])[:5]:
