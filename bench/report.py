@@ -621,8 +621,9 @@ def _profile_markdown(profile: Mapping[str, Any] | None) -> list[str]:
         f"## CPU profile, {profile.get('level')} jobs at once",
         "",
         "py-spy sampled each service process (not its FFmpeg children) without pausing it, idle threads left"
-        " out, for the whole level. Self: the function was running; total: it was on the stack. Raw"
-        " collapsed stacks: `profiles/` beside this file.",
+        " out, for the whole level, in a run of the level of its own after the measured one (the sampling"
+        " takes CPU from the services, so no timing above comes from a profiled run). Self: the function was"
+        " running; total: it was on the stack. Raw collapsed stacks: `profiles/` beside this file.",
         "",
     ]
     for service, entry in profile.get("services", {}).items():

@@ -104,9 +104,10 @@ class PhaseCosts:
     @classmethod
     def at_targets(cls) -> PhaseCosts:
         """A Stillpoint that meets its targets: ENHANCED within 2 s of the image (10–20 s) one job at a time,
-        and 50 jobs at once done within the 120 s ENHANCED p95."""
+        and 50 jobs at once done in about 75 s, as on 2026-12-05 (ENHANCED p95 73 s, the target 120 s; the
+        level runs twice, measured and then profiled)."""
         return cls(
-            sequential_job_seconds=20.0, concurrent_level_base_seconds=25.0, concurrent_job_seconds=2.0
+            sequential_job_seconds=20.0, concurrent_level_base_seconds=25.0, concurrent_job_seconds=1.0
         )
 
 
@@ -215,6 +216,12 @@ def estimate_seconds(settings: BenchSettings, costs: PhaseCosts | None = None) -
             * costs.reference_encode_seconds_per_narration_second
             + settings.encode_repetitions * narration * costs.stillpoint_encode_seconds_per_narration_second
         )
+    profiled = settings.profiled_level
+    if profiled == 1:
+        # The profiled level again, on the same stack.
+        estimates["profile"] = estimates["stillpoint"] - costs.stack_start_seconds
+    elif profiled is not None:
+        estimates["profile"] = _level_seconds(profiled, costs, settings.job_timeout_seconds)
     if "scaleout" in settings.phases:
         level = max(settings.concurrency_levels)
         estimates["scaleout"] = len(settings.replica_sets) * (
@@ -402,16 +409,15 @@ async def _stillpoint_phases(
     report: dict[str, Any],
 ) -> dict[str, Any] | None:
     """The sequential run (level 1) and each concurrency level, on one stack; returns the sequential run's
-    section. The profiled level's profile goes into report["profile"]."""
+    section. The profiled level is then run once more, with py-spy, and only its profile is kept (in
+    report["profile"]): the sampling takes CPU from the services, so the level's timings come from a run
+    without it (at 50 at once first playable was about a second later with it, at 20 samples a second)."""
     async with _stillpoint_stack(settings, work / "stillpoint", sampler, queue_readers, replicas={}) as meter:
         result: dict[str, Any] | None = None
         next_index = 0
         if "stillpoint" in settings.phases:
             _log_estimate("stillpoint", estimates, f"{settings.jobs} jobs, one at a time")
-            jobs, section = await meter.measure(
-                0, settings.jobs, concurrent=False, profile_dir=_profile_dir(settings, 1)
-            )
-            _take_profile(section, report, 1)
+            jobs, section = await meter.measure(0, settings.jobs, concurrent=False, profile_dir=None)
             next_index = settings.jobs
             section["measured_processes"] = "content, media and gateway, with their children"
             result = section
@@ -427,13 +433,21 @@ async def _stillpoint_phases(
         for level in chosen:
             log(f"concurrency {level}: {level} jobs at once")
             await asyncio.sleep(1.0)
-            jobs, section = await meter.measure(
-                next_index, level, concurrent=True, profile_dir=_profile_dir(settings, level)
-            )
-            _take_profile(section, report, level)
+            jobs, section = await meter.measure(next_index, level, concurrent=True, profile_dir=None)
             next_index += level
             levels[str(level)] = level_entry(section)
             sections.append((_section_title(f"Stillpoint, {level} jobs at once", section), jobs))
+        profiled = settings.profiled_level
+        if profiled is not None:
+            is_sequential = profiled == 1
+            count = settings.jobs if is_sequential else profiled
+            how = "one at a time" if is_sequential else "at once"
+            log(f"profile: {count} jobs {how} again, recorded by py-spy (its timings are not the level's)")
+            await asyncio.sleep(1.0)
+            _, section = await meter.measure(
+                next_index, count, concurrent=not is_sequential, profile_dir=settings.output_dir / "profiles"
+            )
+            _take_profile(section, report, profiled)
         return result
 
 
@@ -659,12 +673,6 @@ def _measure_previews(
             continue
         versions = playlist_versions_of(history, job.meditation)
         job.preview_continuity = simulate_playback(first_playable, versions, observed_until_seconds)
-
-
-def _profile_dir(settings: BenchSettings, level: int) -> Path | None:
-    if settings.profiled_level != level:
-        return None
-    return settings.output_dir / "profiles"
 
 
 def _take_profile(section: dict[str, Any], report: dict[str, Any], level: int) -> None:

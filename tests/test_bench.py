@@ -437,8 +437,13 @@ def test_profile_and_replica_options_are_checked_when_parsed(capsys: pytest.Capt
 
 def test_the_default_run_is_sized_to_finish_within_ten_minutes_once_stillpoint_meets_its_targets() -> None:
     estimates = estimate_seconds(BenchSettings(), PhaseCosts.at_targets())
-    assert set(estimates) == {"reference", "stillpoint", "concurrency", "encode"}
+    assert set(estimates) == {"reference", "stillpoint", "concurrency", "encode", "profile"}
     assert sum(estimates.values()) <= 600
+    # The profiled level runs again, by itself: as long as the level, and not at all without a profile.
+    assert estimates["profile"] == pytest.approx(25 + 50 * 1.0)
+    assert "profile" not in estimate_seconds(BenchSettings(is_profiling=False), PhaseCosts.at_targets())
+    sequential = BenchSettings(profile_level=1)
+    assert estimate_seconds(sequential, PhaseCosts.at_targets())["profile"] == pytest.approx(8 * 20.0)
     # The old defaults (20 sequential jobs, 3 reference jobs, the reference encode 3 times) were not.
     old = BenchSettings(jobs=20, reference_jobs=3, reference_encode_repetitions=3, narration_seconds=200.0)
     assert sum(estimate_seconds(old, PhaseCosts.at_targets()).values()) > 1200
@@ -446,9 +451,11 @@ def test_the_default_run_is_sized_to_finish_within_ten_minutes_once_stillpoint_m
     today = estimate_seconds(BenchSettings(concurrency_levels=(1, 50)), PhaseCosts())
     assert today["concurrency"] == pytest.approx(300 + 10)
     quick = estimate_seconds(BenchSettings.quick())
-    assert 30 <= sum(quick.values()) <= 180
+    # A smoke run within four minutes, its level of 3 at once profiled in a run of its own.
+    assert quick["profile"] == pytest.approx(25 + 3 * 12)
+    assert 30 <= sum(quick.values()) <= 240
     scaleout = estimate_seconds(BenchSettings(phases=("scaleout",)), PhaseCosts.at_targets())
-    assert scaleout == {"scaleout": pytest.approx(2 * (10 + 25 + 50 * 2))}
+    assert scaleout == {"scaleout": pytest.approx(2 * (10 + 25 + 50 * 1))}
 
 
 def test_storage_requests_are_counted_by_kind_without_bucket_or_key() -> None:
