@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -13,7 +14,7 @@ from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.jobs import JobLimits, MeditationJobs, claim_timeout_seconds
 from services.gateway.jobs.store import JobStore
 from services.gateway.jobs.work_queue import InProcessWorkQueue
-from services.gateway.models import MeditationOptions, Message
+from services.gateway.models import Conversation, MeditationOptions, Message
 from services.gateway.pipeline import MeditationPipeline
 from tests.conftest import TEST_OWNER
 from tests.security.test_stream_limits import TIMEOUTS, HeldContent
@@ -72,3 +73,67 @@ async def test_a_full_queue_answers_a_retry_with_the_meditation_it_accepted(
     with pytest.raises(GatewayError) as reused:
         await jobs.start(TEST_OWNER, conversation.name, request_id, MeditationOptions(skip_cache=True))
     assert reused.value.kind is FailureKind.ALREADY_EXISTS
+
+
+async def test_a_new_job_asks_for_what_it_is_judged_on_at_once_and_judges_it_in_order(
+    content_channel: grpc.aio.Channel,
+    media_channel: grpc.aio.Channel,
+    job_store: JobStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Property: the conversation, the queue's backlog and the owner's stored bytes are asked for together
+    (the conversation's answer here waits until the other two have been asked: one after another, it would
+    never come); whichever answers first, a full queue is still refused before a conversation that is not
+    the caller's, as before."""
+    asked: set[str] = set()
+    everything_asked = asyncio.Event()
+
+    def ask(what: str) -> None:
+        asked.add(what)
+        if asked >= {"conversation", "backlog", "stored bytes"}:
+            everything_asked.set()
+
+    class AnswersLast(HeldContent):
+        async def get_conversation(self, owner: str, conversation: str) -> Conversation:
+            ask("conversation")
+            async with asyncio.timeout(5):
+                await everything_asked.wait()
+            return await super().get_conversation(owner, conversation)
+
+    class CountedQueue(FillableQueue):
+        async def backlog(self) -> int:
+            ask("backlog")
+            return await super().backlog()
+
+    stored_bytes_of = job_store.stored_bytes_of
+
+    async def counted_stored_bytes_of(owner: str) -> int:
+        ask("stored bytes")
+        return await stored_bytes_of(owner)
+
+    monkeypatch.setattr(job_store, "stored_bytes_of", counted_stored_bytes_of)
+    content = AnswersLast(content_channel)
+    media = MediaClient(media_channel, TIMEOUTS)
+    queue = CountedQueue()
+    jobs = MeditationJobs(
+        job_store, content, MeditationPipeline(content, media, TIMEOUTS), media=media, queue=queue
+    )
+    try:
+        mine = await content.create_conversation(
+            TEST_OWNER, "", [Message(role="user", text="The tide came in slowly.")], ""
+        )
+        theirs = await content.create_conversation(
+            "someone-else", "", [Message(role="user", text="A quiet road home.")], ""
+        )
+        assert (await jobs.start(TEST_OWNER, mine.name, "", MeditationOptions())).startswith("meditations/")
+        queue.is_full = True
+        with pytest.raises(GatewayError) as refused:
+            await jobs.start(TEST_OWNER, theirs.name, "", MeditationOptions())
+        assert refused.value.kind is FailureKind.EXHAUSTED
+        queue.is_full = False
+        with pytest.raises(GatewayError) as hidden:
+            await jobs.start(TEST_OWNER, theirs.name, "", MeditationOptions())
+        assert hidden.value.kind is FailureKind.NOT_FOUND
+    finally:
+        content.release.set()
+        await jobs.close()

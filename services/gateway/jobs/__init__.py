@@ -8,6 +8,7 @@ wait for a replica). This facade is what the servicer calls.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import dataclasses
 import hashlib
@@ -15,6 +16,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from services import metrics, tracing
 from services.gateway.asset_links import AssetLinks
@@ -127,21 +129,36 @@ class MeditationJobs:
         """Creates `owner`'s job from their conversation and queues it, or finds the one a repeated
         request_id of theirs made for the same request; returns its name."""
         request_sha256 = _request_sha256(conversation, options)
-        # A retry first: the job it made is the answer, however full the queue is or whatever limit the
-        # owner has reached since (AIP-155). Only a new job is held to the limits below.
-        if request_id:
-            existing = await self._store.find_by_request_id(owner, request_id, request_sha256)
-            if existing is not None:
-                return existing.name
-        waiting = await self._backlog()
+        # The reads behind the checks go to different places (the job store, the queue, the content service)
+        # and none needs another's answer: asked together, a new job waits for the slowest of them, not for
+        # their sum (with fifty people arriving together, each read queued behind everyone else's).
+        existing, waiting, found, stored = await asyncio.gather(
+            self._find_retry(owner, request_id, request_sha256),
+            self._backlog(),
+            self._content.get_conversation(owner, conversation),
+            self._stored_bytes_of(owner),
+            return_exceptions=True,
+        )
+        # Judged in this order whatever answered first. A retry first: the job it made is the answer, however
+        # full the queue is or whatever limit the owner has reached since (AIP-155). Only a new job is held
+        # to the limits below.
+        existing = _answer(existing)
+        if existing is not None:
+            return existing.name
+        waiting = _answer(waiting)
         if waiting >= self._limits.max_queued_jobs:
             raise GatewayError(
                 FailureKind.EXHAUSTED,
                 f"{waiting} meditations are waiting to start (the limit is {self._limits.max_queued_jobs}): "
                 "try again in a minute",
             )
-        await self._check_conversation(owner, conversation)
-        await self._check_stored_bytes(owner)
+        # A job needs a conversation of its owner's (anything else is NOT_FOUND) with messages.
+        if not _answer(found).messages:
+            raise GatewayError(
+                FailureKind.PRECONDITION,
+                f"{conversation} has no messages: add some with AppendMessages first",
+            )
+        self._check_stored_bytes(_answer(stored))
         meditation, is_created = await self._store.create(
             owner=owner,
             conversation=conversation,
@@ -155,19 +172,20 @@ class MeditationJobs:
             await self._accept(meditation)
         return meditation.name
 
-    async def _check_conversation(self, owner: str, conversation: str) -> None:
-        """A job needs a conversation of its owner's (anything else is NOT_FOUND) with messages."""
-        found = await self._content.get_conversation(owner, conversation)
-        if not found.messages:
-            raise GatewayError(
-                FailureKind.PRECONDITION,
-                f"{conversation} has no messages: add some with AppendMessages first",
-            )
+    async def _find_retry(self, owner: str, request_id: str, request_sha256: str) -> Meditation | None:
+        """The job an earlier call with this request_id made, if any."""
+        if not request_id:
+            return None
+        return await self._store.find_by_request_id(owner, request_id, request_sha256)
 
-    async def _check_stored_bytes(self, owner: str) -> None:
+    async def _stored_bytes_of(self, owner: str) -> int:
+        """What the owner's meditations take in storage, read only when there is a limit to hold them to."""
+        return await self._store.stored_bytes_of(owner) if self._limits.max_stored_bytes_per_owner else 0
+
+    def _check_stored_bytes(self, stored: int) -> None:
         """A new job needs room under the owner's storage limit (running jobs count once they succeed)."""
         limit = self._limits.max_stored_bytes_per_owner
-        if limit and (stored := await self._store.stored_bytes_of(owner)) >= limit:
+        if limit and stored >= limit:
             raise GatewayError(
                 FailureKind.EXHAUSTED,
                 f"your meditations take {_megabytes(stored)} MB of storage (the limit is {_megabytes(limit)} "
@@ -308,3 +326,13 @@ class MeditationJobs:
     async def close(self) -> None:
         """Stops this replica's jobs and hands them back to the queue."""
         await self.dispatcher.close()
+
+
+_T = TypeVar("_T")
+
+
+def _answer(result: _T | BaseException) -> _T:
+    """A result of asyncio.gather(return_exceptions=True), or the exception that took its place, raised."""
+    if isinstance(result, BaseException):
+        raise result
+    return result
