@@ -166,6 +166,13 @@ class BenchSettings:
         return self.profile_level if self.profile_level is not None else max(self.levels_run)
 
     @property
+    def profiled_job_count(self) -> int:
+        """How many jobs the profiled level's second run starts (0 when nothing is profiled)."""
+        if self.profiled_level is None:
+            return 0
+        return self.jobs if self.profiled_level == 1 else self.profiled_level
+
+    @property
     def is_default_workload(self) -> bool:
         """Whether this run does what `make bench` does by default (the one the 10-minute target is for)."""
         default = BenchSettings()
@@ -440,7 +447,7 @@ async def _stillpoint_phases(
         profiled = settings.profiled_level
         if profiled is not None:
             is_sequential = profiled == 1
-            count = settings.jobs if is_sequential else profiled
+            count = settings.profiled_job_count
             how = "one at a time" if is_sequential else "at once"
             log(f"profile: {count} jobs {how} again, recorded by py-spy (its timings are not the level's)")
             await asyncio.sleep(1.0)
@@ -461,8 +468,9 @@ async def _scaleout_phase(
     """The highest level again on a stack with replicas, once per replica set: the same two cores, shared."""
     level = max(settings.concurrency_levels)
     entries: list[dict[str, Any]] = []
-    # Conversation numbers past every other phase's: distinct conversations, so cold caches.
-    first_index = settings.jobs + sum(settings.concurrency_levels)
+    # Conversation numbers past every other phase's (the profiled run's too): distinct conversations, so cold
+    # caches.
+    first_index = settings.jobs + sum(settings.concurrency_levels) + settings.profiled_job_count
     for number, replica_set in enumerate(settings.replica_sets):
         replicas = dict(replica_set)
         label = level_label(level, replicas)

@@ -403,6 +403,10 @@ def test_defaults_run_eight_sequential_jobs_one_reference_job_and_one_reference_
     assert (settings.encode_repetitions, settings.reference_encode_repetitions) == (3, 1)
     assert settings.narration_seconds == 180.0 and "scaleout" not in settings.phases
     assert settings.profiled_level == 50 and settings.is_default_workload
+    # The profiled level's second run: as many jobs as the level, the sequential run's when it is level 1.
+    assert settings.profiled_job_count == 50
+    assert parse_settings(["--profile-level", "1"]).profiled_job_count == 8
+    assert parse_settings(["--no-profile"]).profiled_job_count == 0
     settings = parse_settings(["--jobs", "2", "--concurrency", "1,5"])
     assert (settings.jobs, settings.reference_jobs, settings.concurrency_levels) == (2, 1, (1, 5))
     assert not settings.is_default_workload and settings.profiled_level == 5
