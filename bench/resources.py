@@ -50,14 +50,9 @@ class ProcessGroup:
         """
         return sum(_cpu_seconds(process) for process in self.processes())
 
-    def memory_bytes(self, table: ProcessTable | None = None) -> MemoryReading:
-        """Summed RSS (shared pages counted once per process, as `ps` adds them up) and summed PSS (each
-        shared page split between the processes sharing it: what the group really occupies)."""
-        members = self.processes(table)
-        return MemoryReading(_rss_bytes(members), _pss_bytes(members))
-
 
 def _rss_bytes(processes: Iterable[psutil.Process]) -> int:
+    """Summed RSS: shared pages counted once per process, as `ps` adds them up."""
     total = 0
     for process in processes:
         try:
@@ -68,6 +63,7 @@ def _rss_bytes(processes: Iterable[psutil.Process]) -> int:
 
 
 def _pss_bytes(processes: Iterable[psutil.Process]) -> int:
+    """Summed PSS: each shared page split between the processes sharing it, what the group really holds."""
     total = 0
     for process in processes:
         try:
