@@ -22,26 +22,19 @@ from tests.waiting import wait_until
 
 
 class LaunchPausingStore(JobStore):
-    """Pauses the dispatcher between its claim and its launch: the first read after a claim returns the job
-    as it stood, but only once the test says so."""
+    """Pauses the dispatcher between its claim and its launch: the first claim returns the job as it stood
+    then, but only once the test says so."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
         self.paused = asyncio.Event()
         self.resume = asyncio.Event()
-        self._pause_next_read = False
         self._has_paused = False
 
-    async def claim(self, name: str, holder: str, lease_seconds: float) -> bool:
-        is_claimed = await super().claim(name, holder, lease_seconds)
-        if is_claimed and not self._has_paused:
-            self._pause_next_read = self._has_paused = True
-        return is_claimed
-
-    async def get(self, name: str) -> Meditation:
-        meditation = await super().get(name)
-        if self._pause_next_read:
-            self._pause_next_read = False
+    async def claim(self, name: str, holder: str, lease_seconds: float) -> Meditation | None:
+        meditation = await super().claim(name, holder, lease_seconds)
+        if meditation is not None and not self._has_paused:
+            self._has_paused = True
             self.paused.set()
             await self.resume.wait()
         return meditation
@@ -67,7 +60,7 @@ async def test_a_cancel_during_the_launch_stops_the_job_it_launches(
         content, TEST_OWNER, "", [Message(role="user", text="The sea was calm this morning.")], ""
     )
     name = await jobs.start(TEST_OWNER, conversation.name, "", MeditationOptions())
-    await store.paused.wait()  # claimed by this replica, read, not launched
+    await store.paused.wait()  # claimed by this replica, not launched
 
     cancelling = asyncio.create_task(jobs.cancel(TEST_OWNER, name))
     # The cancel waits for the launch rather than ending the job beside it.

@@ -199,6 +199,63 @@ async def test_events_page_after_a_sequence_and_an_events_changes_are_kept(store
     assert (await store.get(name)).quick_video_storage_key == "videos/0123456789abcdef/q.mp4"
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_postgresql_creates_and_claims_a_job_in_one_statement_each(
+    engine: AsyncEngine, store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new job was a count of its owner's running jobs, BEGIN, the insert, COMMIT and a read of the row,
+    and its launch BEGIN, the claim, COMMIT and a read: nine round trips on the way to every job's first
+    stage, each queued on the gateway's event loop. Creating under the owner's limit and claiming are one
+    statement each, sent without a transaction around it, and each answers with the job it wrote."""
+    statements: list[str] = []
+
+    def executed(*arguments: object) -> None:
+        statements.append(str(arguments[2]))
+
+    sent = plain_commands_sent(monkeypatch)
+    event.listen(engine.sync_engine, "before_cursor_execute", executed)
+    try:
+        created, is_created = await store.create(
+            owner=OWNER,
+            conversation=CONVERSATION,
+            request_id="first",
+            request_sha256=REQUEST_SHA256,
+            options=MeditationOptions(image_aspect=ImageAspect.SQUARE),
+            queue_lease_seconds=QUEUE_LEASE_SECONDS,
+            max_running_per_owner=2,
+        )
+        claimed = await store.claim(created.name, "gateway-a", 60)
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", executed)
+
+    assert sent == []
+    assert len(statements) == 2, statements
+    assert is_created and claimed is not None
+    assert claimed == created == await store.get(created.name)
+    assert (claimed.owner, claimed.conversation, claimed.state) == (
+        OWNER,
+        CONVERSATION,
+        MeditationState.RUNNING,
+    )
+    assert claimed.options == MeditationOptions(image_aspect=ImageAspect.SQUARE)
+
+
+async def test_a_claim_answers_with_the_job_as_it_stands_and_nothing_for_one_it_cannot_take(
+    store: JobStore,
+) -> None:
+    """Property: a claim returns the job it took, as a read would (its log's progress included); a job held
+    by another, finished or missing is None."""
+    name = await _create(store)
+    await store.record_event(name, 1, b"accepted", JobChanges(transcript="Breathe."))
+    claimed = await store.claim(name, "gateway-a", 60)
+    assert claimed == await store.get(name)
+    assert claimed is not None and (claimed.last_sequence, claimed.transcript) == (1, "Breathe.")
+    assert await store.claim(name, "gateway-b", 60) is None
+    assert await store.claim("meditations/0123456789abcdef", "gateway-a", 60) is None
+    await store.record_event(name, 2, b"{}", JobChanges(state=MeditationState.SUCCEEDED))
+    assert await store.claim(name, "gateway-a", 60) is None
+
+
 async def test_a_queued_job_is_anyones_to_claim_but_no_janitors_until_its_queue_lease_lapses(
     store: JobStore,
 ) -> None:

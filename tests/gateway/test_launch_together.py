@@ -23,25 +23,17 @@ JOBS = 3  # within one owner's limit of running jobs
 
 
 class LaunchMeetingStore(JobStore):
-    """Holds each launch between its claim and its read of the job until JOBS launches are held at once: a
-    dispatcher that launches one job after another never gets there."""
+    """Holds each launch after its claim until JOBS launches are held at once: a dispatcher that launches one
+    job after another never gets there."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
-        self.claimed: set[str] = set()
         self.launches_held = 0
         self.all_held = asyncio.Event()
 
-    async def claim(self, name: str, holder: str, lease_seconds: float) -> bool:
-        is_claimed = await super().claim(name, holder, lease_seconds)
-        if is_claimed:
-            self.claimed.add(name)
-        return is_claimed
-
-    async def get(self, name: str) -> Meditation:
-        meditation = await super().get(name)
-        if name in self.claimed and not self.all_held.is_set():
-            self.claimed.discard(name)
+    async def claim(self, name: str, holder: str, lease_seconds: float) -> Meditation | None:
+        meditation = await super().claim(name, holder, lease_seconds)
+        if meditation is not None and not self.all_held.is_set():
             self.launches_held += 1
             if self.launches_held == JOBS:
                 self.all_held.set()

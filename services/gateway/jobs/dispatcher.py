@@ -294,12 +294,9 @@ class JobDispatcher:
             if name in self._running:
                 await self._queue.acknowledge(delivery)  # a duplicate entry of a job running here
                 return False
-            if not await self._store.claim(name, self.holder, self._lease_seconds):
-                # Finished, or held by a live replica (which has its own entry): this one is a duplicate.
-                await self._queue.acknowledge(delivery)
-                return False
-            meditation = await self._store.get(name)
-            if meditation.state.is_final:
+            meditation = await self._store.claim(name, self.holder, self._lease_seconds)
+            if meditation is None:
+                # Finished, gone, or held by a live replica (which has its own entry): a duplicate.
                 await self._queue.acknowledge(delivery)
                 return False
             if meditation.is_cancel_requested:
@@ -672,9 +669,8 @@ class JobDispatcher:
         running = self._running.get(name)
         if running is not None:
             await self._cancel_here(running)
-        elif await self._store.claim(name, self.holder, self._lease_seconds):
+        elif (meditation := await self._store.claim(name, self.holder, self._lease_seconds)) is not None:
             # Queued or abandoned: it is ours now, so end it here; its queue entry finds it final.
-            meditation = await self._store.get(name)
             recorder = JobRecorder(meditation=name, store=self._store, last_sequence=meditation.last_sequence)
             await _finish_cancelled(recorder)
             await self.delete_assets(name)

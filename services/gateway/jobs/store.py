@@ -226,6 +226,19 @@ class JobStore:
                 yield session
 
     @asynccontextmanager
+    async def _one_statement(self) -> AsyncIterator[AsyncSession]:
+        """A session for a write that is one statement: on PostgreSQL its connection is lent in autocommit,
+        so the statement is its own transaction (one round trip, where BEGIN, the statement and COMMIT took
+        three); on SQLite, a transaction."""
+        if self._one_statement_engine is None:
+            async with self._transaction() as session:
+                yield session
+            return
+        with _unavailable_when_unreachable():
+            async with self._reading_sessions() as session:
+                yield session
+
+    @asynccontextmanager
     async def _reading(self) -> AsyncIterator[AsyncSession]:
         with _unavailable_when_unreachable():
             async with self._reading_sessions() as session:
@@ -253,42 +266,41 @@ class JobStore:
         and no janitor lists it as abandoned before the lease lapses. An owner with
         `max_running_per_owner` running jobs is refused with EXHAUSTED.
         """
-        if max_running_per_owner > 0:
-            # Counted, then inserted: two requests racing past the limit can overshoot it by one each. A
-            # bound on concurrent work, not an accounting ledger, so that is an acceptable trade for not
-            # serialising every owner's inserts.
-            async with self._reading() as session:
-                running = await session.scalar(
-                    select(func.count())
-                    .select_from(JobRow)
-                    .where(JobRow.owner == owner, JobRow.state == MeditationState.RUNNING.value)
-                )
-            if (running or 0) >= max_running_per_owner:
-                existing = (
-                    await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
-                )
-                if existing is not None:
-                    return existing, False
-                raise GatewayError(
-                    FailureKind.EXHAUSTED,
-                    f"{running} of your meditations are already running (the limit is "
-                    f"{max_running_per_owner}): wait for one to finish, or cancel one",
-                )
         job_id = secrets.token_hex(8)
+        values = {
+            "id": job_id,
+            "conversation": conversation,
+            "owner": owner,
+            "request_id": request_id or None,
+            "request_sha256": request_sha256,
+            "image_aspect": options.image_aspect.value,
+            "skip_cache": options.skip_cache,
+            "lease_expires_time": now() + timedelta(seconds=queue_lease_seconds),
+        }
+        statement = insert(JobRow)
+        if max_running_per_owner > 0:
+            # Counted and inserted in one statement (INSERT ... SELECT ... WHERE under the limit): one round
+            # trip where a count, an insert in a transaction and a read of the row took five, each queued on
+            # the gateway's event loop behind every other new job's when fifty people arrive together. Two
+            # requests racing past the limit can still overshoot it by one each (neither sees the other's
+            # row): a bound on concurrent work, not an accounting ledger, so that is an acceptable trade for
+            # not serialising every owner's inserts.
+            running = (
+                select(func.count())
+                .select_from(JobRow)
+                .where(JobRow.owner == owner, JobRow.state == MeditationState.RUNNING.value)
+                .scalar_subquery()
+            )
+            columns = JobRow.__table__.columns
+            under_limit = select(
+                *(literal(value, columns[name].type) for name, value in values.items())
+            ).where(running < max_running_per_owner)
+            statement = statement.from_select(list(values), under_limit)
+        else:
+            statement = statement.values(values)
         try:
-            async with self._transaction() as session:
-                session.add(
-                    JobRow(
-                        id=job_id,
-                        conversation=conversation,
-                        owner=owner,
-                        request_id=request_id or None,
-                        request_sha256=request_sha256,
-                        image_aspect=options.image_aspect.value,
-                        skip_cache=options.skip_cache,
-                        lease_expires_time=now() + timedelta(seconds=queue_lease_seconds),
-                    )
-                )
+            async with self._one_statement() as session:
+                row = (await session.scalars(statement.returning(JobRow))).one_or_none()
         except IntegrityError:
             # Two identical retries raced; the unique (owner, request_id) let exactly one in.
             existing = (
@@ -297,7 +309,18 @@ class JobStore:
             if existing is None:
                 raise
             return existing, False
-        return await self.get(_NAME_PREFIX + job_id), True
+        if row is not None:
+            return _meditation(row), True
+        # Nothing inserted: the owner is at the limit. A repeat of a request that made a job is answered with
+        # that job, never refused.
+        existing = await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
+        if existing is not None:
+            return existing, False
+        raise GatewayError(
+            FailureKind.EXHAUSTED,
+            f"your meditations already running are at the limit (the limit is {max_running_per_owner}): "
+            "wait for one to finish, or cancel one",
+        )
 
     async def find_by_request_id(
         self, owner: str, request_id: str, request_sha256: str | None
@@ -434,21 +457,32 @@ class JobStore:
             raise GatewayError(FailureKind.INTERNAL, f"{name} already has event {sequence}") from error
         return bool(result.rowcount == 1)
 
-    async def claim(self, name: str, holder: str, lease_seconds: float) -> bool:
+    async def claim(self, name: str, holder: str, lease_seconds: float) -> Meditation | None:
         """Takes (or renews) a running job for the gateway process `holder` when nobody holds it, `holder`
-        already does, or its lease lapsed; one guarded UPDATE, so two claimants can never both win."""
+        already does, or its lease lapsed, and returns it as it stands then; None when it cannot be taken
+        (held by another, finished, or gone). One guarded UPDATE, so two claimants can never both win, and
+        it returns the row: a claim and a read of the job were four round trips on the way to every job's
+        first stage."""
         moment = now()
-        async with self._transaction() as session:
-            result = await session.execute(
-                update(JobRow)
-                .where(
-                    JobRow.id == _id_of(name),
-                    JobRow.state == MeditationState.RUNNING.value,
-                    or_(JobRow.holder.is_(None), JobRow.holder == holder, JobRow.lease_expires_time < moment),
+        async with self._one_statement() as session:
+            row = (
+                await session.scalars(
+                    update(JobRow)
+                    .where(
+                        JobRow.id == _id_of(name),
+                        JobRow.state == MeditationState.RUNNING.value,
+                        or_(
+                            JobRow.holder.is_(None),
+                            JobRow.holder == holder,
+                            JobRow.lease_expires_time < moment,
+                        ),
+                    )
+                    .values(holder=holder, lease_expires_time=moment + timedelta(seconds=lease_seconds))
+                    .returning(JobRow),
+                    execution_options={"synchronize_session": False},
                 )
-                .values(holder=holder, lease_expires_time=moment + timedelta(seconds=lease_seconds))
-            )
-        return bool(result.rowcount)  # type: ignore[attr-defined]
+            ).one_or_none()
+        return None if row is None else _meditation(row)
 
     async def renew(self, names: Sequence[str], holder: str, lease_seconds: float) -> Renewal:
         """Renews `holder`'s leases on the running jobs `names` (as `claim` does, in one transaction) and says
