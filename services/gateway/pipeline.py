@@ -63,6 +63,11 @@ class JobEvents(Protocol):
         """Records and publishes one event."""
         ...
 
+    def emit_soon(self, event: Event, changes: JobChanges | None = None) -> asyncio.Future[None]:
+        """Starts recording one event, in order with those emitted after it; await the result to know it
+        was recorded."""
+        ...
+
     def add_stage_time(self, stage: Stage, seconds: float) -> None:
         """Adds to a stage's total time."""
         ...
@@ -418,8 +423,29 @@ class MeditationPipeline:
 
     @contextlib.asynccontextmanager
     async def _stage(self, job: JobEvents, stage: Stage, timeout_seconds: float) -> AsyncIterator[_StageRun]:
-        """Reports a stage's start and end, enforces its deadline, and adds its time to the job's totals."""
-        await job.emit(StageChanged(stage=stage, state=StageState.STARTED))
+        """Reports a stage's start and end, enforces its deadline, and adds its time to the job's totals.
+
+        The start's write goes on beside the stage's work rather than before it: with fifty people arriving
+        together, the source and transcript stages' starts were two of the database round trips (queued on
+        the gateway's event loop) between a job's launch and its first call to a provider. The start keeps
+        its place in the log before everything the stage records, and a start that could not be recorded
+        fails the stage once its work is done, as it failed it before."""
+        started = job.emit_soon(StageChanged(stage=stage, state=StageState.STARTED))
+        try:
+            async with self._stage_run(job, stage, timeout_seconds) as run:
+                yield run
+                # Shielded: a stage stopped while it waits must not cut the write short (the log's
+                # numbering would be unsure); it finishes, and the stop is recorded after it.
+                await asyncio.shield(started)
+        finally:
+            # Never cancelled, for the same reason. When the stage failed first, that failure is the one
+            # reported: the start's own is only read.
+            started.add_done_callback(_read_failure)
+
+    @contextlib.asynccontextmanager
+    async def _stage_run(
+        self, job: JobEvents, stage: Stage, timeout_seconds: float
+    ) -> AsyncIterator[_StageRun]:
         run = _StageRun()
         # A child of the attempt's `meditation.job` span; the stage's calls to content and media go beneath
         # it. Its status is set from the failure's kind, never from the message (it may quote a provider).
@@ -545,6 +571,12 @@ def _result_if_ready(task: asyncio.Task[GeneratedImage]) -> GeneratedImage | Non
     if task.done() and not task.cancelled() and task.exception() is None:
         return task.result()
     return None
+
+
+def _read_failure(write: asyncio.Future[None]) -> None:
+    """Reads a write's failure that another one overtook, so asyncio does not report it as never read."""
+    if not write.cancelled():
+        write.exception()
 
 
 def _mark_failed(span: Span, error: GatewayError) -> None:

@@ -106,16 +106,32 @@ class JobRecorder:
         write the database did not answer is tried again (`EventWritePolicy`), except for a job being
         stopped: a shutdown or a cancel must not wait a database outage out.
         """
+        record, is_abandoned = self._start_recording(event, changes)
+        try:
+            await asyncio.shield(record)
+        except asyncio.CancelledError:
+            is_abandoned.set()
+            raise
+
+    def emit_soon(self, event: Event, changes: JobChanges | None = None) -> asyncio.Future[None]:
+        """Starts recording the event and returns its write without waiting for it: the event keeps its
+        place before every event emitted after this call, and awaiting the write raises what `emit` would.
+        For an event the caller's next step need not wait for (a stage's start: its work begins beside
+        the write)."""
+        record, _ = self._start_recording(event, changes)
+        return record
+
+    def _start_recording(
+        self, event: Event, changes: JobChanges | None
+    ) -> tuple[asyncio.Future[None], asyncio.Event]:
+        """The event's write, started now: tasks take their first step in the order they were made, and
+        the first step queues for the log's lock, so events are numbered in the order they were emitted."""
         # Set when the caller is being stopped: the write is then tried once more at most, not waited out.
         is_abandoned = asyncio.Event()
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             is_abandoned.set()
-        try:
-            await asyncio.shield(self._record(event, changes, is_abandoned))
-        except asyncio.CancelledError:
-            is_abandoned.set()
-            raise
+        return asyncio.ensure_future(self._record(event, changes, is_abandoned)), is_abandoned
 
     async def _record(self, event: Event, changes: JobChanges | None, is_abandoned: asyncio.Event) -> None:
         async with self._lock:

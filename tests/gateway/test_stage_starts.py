@@ -1,0 +1,193 @@
+"""A stage's start is recorded beside its work, not before it: with fifty people arriving together, each
+start was a database round trip between a job's launch and its first call to a provider. The start keeps its
+place in the log, and a start that cannot be recorded still fails the stage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import grpc
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.errors import FailureKind, GatewayError
+from services.gateway.events import (
+    Completed,
+    Stage,
+    StageChanged,
+    StageState,
+    TranscriptReady,
+    decode_event,
+)
+from services.gateway.jobs import MeditationJobs
+from services.gateway.jobs.recorder import JobRecorder
+from services.gateway.jobs.store import JobStore
+from services.gateway.models import JobChanges, MeditationOptions, MeditationState, Message
+from services.gateway.pipeline import MeditationPipeline
+from services.gateway.ports import SourceContent
+from tests.conftest import TEST_OWNER
+from tests.security.test_stream_limits import TIMEOUTS
+
+SOURCE_STARTED = StageChanged(stage=Stage.SOURCE, state=StageState.STARTED)
+
+
+def _is_source_start(sequence: int, payload: bytes) -> bool:
+    event = decode_event(sequence, datetime.now(), payload).event
+    return isinstance(event, StageChanged) and (event.stage, event.state) == (
+        Stage.SOURCE,
+        StageState.STARTED,
+    )
+
+
+class SourceWatchingContent(ContentClient):
+    """The content service, noting when a job's source stage first asks it for the conversation."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        super().__init__(channel, TIMEOUTS)
+        self.asked = asyncio.Event()
+
+    async def collect_source_content(self, owner: str, conversation: str) -> SourceContent:
+        self.asked.set()
+        return await super().collect_source_content(owner, conversation)
+
+
+class SourceStartStore(JobStore):
+    """The real store, except for the source stage's start: its write waits until content has been asked
+    for the source (`wait_for`), or is refused (`refusal`). Says when a transcript, and a job's end, are
+    recorded."""
+
+    def __init__(self, engine: AsyncEngine, wait_for: asyncio.Event | None = None, refusal: str = "") -> None:
+        super().__init__(engine)
+        self.wait_for = wait_for
+        self.refusal = refusal
+        self.transcript_recorded = asyncio.Event()
+        self.job_ended = asyncio.Event()
+
+    async def record_event(self, name: str, sequence: int, payload: bytes, changes: JobChanges) -> datetime:
+        if _is_source_start(sequence, payload):
+            if self.refusal:
+                raise GatewayError(FailureKind.PRECONDITION, self.refusal)
+            if self.wait_for is not None:
+                await self.wait_for.wait()
+        recorded = await super().record_event(name, sequence, payload, changes)
+        event = decode_event(sequence, recorded, payload).event
+        if isinstance(event, TranscriptReady):
+            self.transcript_recorded.set()
+        if isinstance(event, Completed):
+            self.job_ended.set()
+        return recorded
+
+
+@pytest.fixture
+async def content(content_channel: grpc.aio.Channel) -> SourceWatchingContent:
+    return SourceWatchingContent(content_channel)
+
+
+@pytest.fixture
+async def conversation(content: SourceWatchingContent) -> str:
+    made = await ContentClient.create_conversation(
+        content, TEST_OWNER, "", [Message(role="user", text="The sea was calm this morning.")], ""
+    )
+    return made.name
+
+
+@pytest.fixture
+async def jobs_of() -> AsyncIterator[list[MeditationJobs]]:
+    """Makes the replica's jobs over a store of the test's; closes them after the test."""
+    made: list[MeditationJobs] = []
+    yield made
+    for jobs in made:
+        await jobs.close()
+
+
+def _jobs(store: JobStore, content: SourceWatchingContent, media_channel: grpc.aio.Channel) -> MeditationJobs:
+    media = MediaClient(media_channel, TIMEOUTS)
+    return MeditationJobs(
+        store, content, MeditationPipeline(content, media, TIMEOUTS), media=media, poll_interval_seconds=0.05
+    )
+
+
+async def test_a_recorders_events_keep_the_order_they_were_emitted_in(job_store: JobStore) -> None:
+    """Property: an event started with emit_soon takes its place before one emitted right after it, however
+    the two writes are scheduled."""
+    meditation, _ = await job_store.create(
+        conversation="conversations/0123456789abcdef",
+        owner=TEST_OWNER,
+        request_id="",
+        options=MeditationOptions(),
+        queue_lease_seconds=60.0,
+    )
+    recorder = JobRecorder(meditation=meditation.name, store=job_store)
+    started = recorder.emit_soon(SOURCE_STARTED)
+    await recorder.emit(StageChanged(stage=Stage.SOURCE, state=StageState.SUCCEEDED))
+    await started
+    page = await job_store.list_events(meditation.name, 0)
+    events = [decode_event(event.sequence, event.event_time, event.payload).event for event in page.events]
+    assert events == [SOURCE_STARTED, StageChanged(stage=Stage.SOURCE, state=StageState.SUCCEEDED)]
+
+
+@pytest.mark.timeout(120)
+async def test_the_source_stage_asks_for_the_conversation_before_its_start_is_recorded(
+    gateway_engine: AsyncEngine,
+    content: SourceWatchingContent,
+    conversation: str,
+    media_channel: grpc.aio.Channel,
+    jobs_of: list[MeditationJobs],
+) -> None:
+    """The start's write is held until content has been asked: a stage that waited for its start to be
+    recorded before its work would wait for ever (the bound below). The log still has the start first."""
+    store = SourceStartStore(gateway_engine, wait_for=content.asked)
+    jobs = _jobs(store, content, media_channel)
+    jobs_of.append(jobs)
+    name = await jobs.start(TEST_OWNER, conversation, "", MeditationOptions())
+
+    async with asyncio.timeout(60):
+        await store.transcript_recorded.wait()
+    await jobs.cancel(TEST_OWNER, name)
+
+    page = await store.list_events(name, 0)
+    stages = [
+        (event.stage, event.state)
+        for stored in page.events
+        if isinstance(
+            event := decode_event(stored.sequence, stored.event_time, stored.payload).event, StageChanged
+        )
+    ]
+    assert stages[:4] == [
+        (Stage.SOURCE, StageState.STARTED),
+        (Stage.SOURCE, StageState.SUCCEEDED),
+        (Stage.IMAGE, StageState.STARTED),
+        (Stage.TRANSCRIPT, StageState.STARTED),
+    ] or stages[:4] == [
+        (Stage.SOURCE, StageState.STARTED),
+        (Stage.SOURCE, StageState.SUCCEEDED),
+        (Stage.TRANSCRIPT, StageState.STARTED),
+        (Stage.IMAGE, StageState.STARTED),
+    ]
+    assert [event.sequence for event in page.events] == list(range(1, len(page.events) + 1))
+
+
+@pytest.mark.timeout(60)
+async def test_a_start_that_cannot_be_recorded_fails_its_stage(
+    gateway_engine: AsyncEngine,
+    content: SourceWatchingContent,
+    conversation: str,
+    media_channel: grpc.aio.Channel,
+    jobs_of: list[MeditationJobs],
+) -> None:
+    """Its work ran beside the write (content was asked), and the job ends with the write's failure, as it
+    did when the start was recorded first."""
+    store = SourceStartStore(gateway_engine, refusal="the log refused the source stage's start")
+    jobs = _jobs(store, content, media_channel)
+    jobs_of.append(jobs)
+    name = await jobs.start(TEST_OWNER, conversation, "", MeditationOptions())
+
+    async with asyncio.timeout(45):
+        await store.job_ended.wait()
+    failed = await store.get(name)
+    assert content.asked.is_set()
+    assert failed.state is MeditationState.FAILED
+    assert "refused the source stage's start" in failed.failure_message
