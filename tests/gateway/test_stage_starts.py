@@ -5,7 +5,7 @@ place in the log, and a start that cannot be recorded still fails the stage."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 
 import grpc
@@ -94,20 +94,32 @@ async def conversation(content: SourceWatchingContent) -> str:
     return made.name
 
 
+# Starts a job of the test conversation's on a replica over `store` (closed after the test); returns the
+# replica's jobs and the job's name.
+StartJob = Callable[[JobStore], Awaitable[tuple[MeditationJobs, str]]]
+
+
 @pytest.fixture
-async def jobs_of() -> AsyncIterator[list[MeditationJobs]]:
-    """Makes the replica's jobs over a store of the test's; closes them after the test."""
+async def start_job(
+    content: SourceWatchingContent, conversation: str, media_channel: grpc.aio.Channel
+) -> AsyncIterator[StartJob]:
     made: list[MeditationJobs] = []
-    yield made
+
+    async def start(store: JobStore) -> tuple[MeditationJobs, str]:
+        media = MediaClient(media_channel, TIMEOUTS)
+        jobs = MeditationJobs(
+            store,
+            content,
+            MeditationPipeline(content, media, TIMEOUTS),
+            media=media,
+            poll_interval_seconds=0.05,
+        )
+        made.append(jobs)
+        return jobs, await jobs.start(TEST_OWNER, conversation, "", MeditationOptions())
+
+    yield start
     for jobs in made:
         await jobs.close()
-
-
-def _jobs(store: JobStore, content: SourceWatchingContent, media_channel: grpc.aio.Channel) -> MeditationJobs:
-    media = MediaClient(media_channel, TIMEOUTS)
-    return MeditationJobs(
-        store, content, MeditationPipeline(content, media, TIMEOUTS), media=media, poll_interval_seconds=0.05
-    )
 
 
 async def test_a_recorders_events_keep_the_order_they_were_emitted_in(job_store: JobStore) -> None:
@@ -131,18 +143,12 @@ async def test_a_recorders_events_keep_the_order_they_were_emitted_in(job_store:
 
 @pytest.mark.timeout(120)
 async def test_the_source_stage_asks_for_the_conversation_before_its_start_is_recorded(
-    gateway_engine: AsyncEngine,
-    content: SourceWatchingContent,
-    conversation: str,
-    media_channel: grpc.aio.Channel,
-    jobs_of: list[MeditationJobs],
+    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
 ) -> None:
     """The start's write is held until content has been asked: a stage that waited for its start to be
     recorded before its work would wait for ever (the bound below). The log still has the start first."""
     store = SourceStartStore(gateway_engine, wait_for=content.asked)
-    jobs = _jobs(store, content, media_channel)
-    jobs_of.append(jobs)
-    name = await jobs.start(TEST_OWNER, conversation, "", MeditationOptions())
+    jobs, name = await start_job(store)
 
     async with asyncio.timeout(60):
         await store.transcript_recorded.wait()
@@ -156,34 +162,20 @@ async def test_the_source_stage_asks_for_the_conversation_before_its_start_is_re
             event := decode_event(stored.sequence, stored.event_time, stored.payload).event, StageChanged
         )
     ]
-    assert stages[:4] == [
-        (Stage.SOURCE, StageState.STARTED),
-        (Stage.SOURCE, StageState.SUCCEEDED),
-        (Stage.IMAGE, StageState.STARTED),
-        (Stage.TRANSCRIPT, StageState.STARTED),
-    ] or stages[:4] == [
-        (Stage.SOURCE, StageState.STARTED),
-        (Stage.SOURCE, StageState.SUCCEEDED),
-        (Stage.TRANSCRIPT, StageState.STARTED),
-        (Stage.IMAGE, StageState.STARTED),
-    ]
+    # The image and the transcript start side by side, in either order, once the source is in.
+    assert stages[:2] == [(Stage.SOURCE, StageState.STARTED), (Stage.SOURCE, StageState.SUCCEEDED)]
+    assert set(stages[2:4]) == {(Stage.IMAGE, StageState.STARTED), (Stage.TRANSCRIPT, StageState.STARTED)}
     assert [event.sequence for event in page.events] == list(range(1, len(page.events) + 1))
 
 
 @pytest.mark.timeout(60)
 async def test_a_start_that_cannot_be_recorded_fails_its_stage(
-    gateway_engine: AsyncEngine,
-    content: SourceWatchingContent,
-    conversation: str,
-    media_channel: grpc.aio.Channel,
-    jobs_of: list[MeditationJobs],
+    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
 ) -> None:
     """Its work ran beside the write (content was asked), and the job ends with the write's failure, as it
     did when the start was recorded first."""
     store = SourceStartStore(gateway_engine, refusal="the log refused the source stage's start")
-    jobs = _jobs(store, content, media_channel)
-    jobs_of.append(jobs)
-    name = await jobs.start(TEST_OWNER, conversation, "", MeditationOptions())
+    _, name = await start_job(store)
 
     async with asyncio.timeout(45):
         await store.job_ended.wait()
