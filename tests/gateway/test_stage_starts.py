@@ -12,7 +12,7 @@ import grpc
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.gateway.backends import ContentClient, MediaClient
+from services.gateway.backends import ContentClient
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import (
     Completed,
@@ -26,9 +26,9 @@ from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.recorder import JobRecorder
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import JobChanges, MeditationOptions, MeditationState, Message
-from services.gateway.pipeline import MeditationPipeline
 from services.gateway.ports import SourceContent
 from tests.conftest import TEST_OWNER
+from tests.gateway.held_jobs import jobs_over
 from tests.security.test_stream_limits import TIMEOUTS
 
 SOURCE_STARTED = StageChanged(stage=Stage.SOURCE, state=StageState.STARTED)
@@ -106,14 +106,7 @@ async def start_job(
     made: list[MeditationJobs] = []
 
     async def start(store: JobStore) -> tuple[MeditationJobs, str]:
-        media = MediaClient(media_channel, TIMEOUTS)
-        jobs = MeditationJobs(
-            store,
-            content,
-            MeditationPipeline(content, media, TIMEOUTS),
-            media=media,
-            poll_interval_seconds=0.05,
-        )
+        jobs = jobs_over(store, content, media_channel)
         made.append(jobs)
         return jobs, await jobs.start(TEST_OWNER, conversation, "", MeditationOptions())
 
