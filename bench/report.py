@@ -490,6 +490,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 f"{'—' if speedup is None else f'{speedup:.0f}×'} |"
             )
         lines.append("")
+        against_machine = _cpu_against_reference_encode(encode, stillpoint)
+        if against_machine:
+            lines += [against_machine, ""]
     lines += _levels_markdown(report)
     lines += _profile_markdown(report.get("profile"))
     targets = report.get("targets", [])
@@ -507,6 +510,24 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines.append("")
     lines.append("Timelines: `timelines.png` beside this file.")
     return "\n".join(lines) + "\n"
+
+
+def _cpu_against_reference_encode(encode: Mapping[str, Any], stillpoint: Mapping[str, Any] | None) -> str:
+    """Stillpoint's CPU per job one at a time as a share of the reference encode's CPU in the same run, or
+    nothing when either was not measured. Both are CPU seconds on the same cores, so both move with the
+    machine's speed (a quarter between two sessions' runs of the same code): the share compares runs where
+    the seconds cannot. The target itself stays in CPU seconds."""
+    reference_cpu = ((encode.get("commands") or {}).get("reference") or {}).get("cpu_seconds")
+    per_job = (stillpoint or {}).get("cpu_seconds_per_job")
+    if not reference_cpu or per_job is None:
+        return ""
+    return (
+        "The machine's speed, as this run measured it: Stillpoint's CPU per job one at a time,"
+        f" {per_job:.2f} s, is {per_job / reference_cpu:.2%} of the reference encode's"
+        f" {reference_cpu:.1f} CPU s in this run."
+        " Both move with the machine's speed, so compare this share across runs, not the seconds (the"
+        " target stays in CPU seconds)."
+    )
 
 
 def _levels_markdown(report: Mapping[str, Any]) -> list[str]:

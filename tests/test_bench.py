@@ -246,6 +246,8 @@ def test_report_writes_stable_json_a_markdown_table_and_a_timeline_png(tmp_path:
     assert "| 1 | `_run_once` | `asyncio/base_events.py:1845` | 50.0 % | 50.0 % |" in markdown
     assert "not profiled: gateway (pid 124): Permission denied" in markdown
     assert "**missed**, by 0.10 GB (7 %)" in markdown
+    # CPU per job one at a time (1.50 s) against the reference encode's 99 CPU s in the same run.
+    assert "one at a time, 1.50 s, is 1.52% of the reference encode's 99.0 CPU s in this run" in markdown
 
     with Image.open(tmp_path / "timelines.png") as image:
         image.verify()
@@ -296,6 +298,7 @@ def test_markdown_says_not_measured_when_a_phase_did_not_run() -> None:
     targets = [target.to_json_object() for target in build_targets({})]
     markdown = render_markdown({"settings": {}, "targets": targets})
     assert markdown.count("not measured") == 2 * len(targets)
+    assert "The machine's speed" not in markdown
 
 
 def test_derived_latencies_and_queue_wait_come_from_the_jobs_own_events() -> None:
