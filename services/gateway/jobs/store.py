@@ -298,29 +298,27 @@ class JobStore:
             statement = statement.from_select(list(values), under_limit)
         else:
             statement = statement.values(values)
+        refusal: Exception
         try:
             async with self._one_statement() as session:
                 row = (await session.scalars(statement.returning(JobRow))).one_or_none()
-        except IntegrityError:
+        except IntegrityError as error:
             # Two identical retries raced; the unique (owner, request_id) let exactly one in.
-            existing = (
-                await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
+            refusal = error
+        else:
+            if row is not None:
+                return _meditation(row), True
+            # Nothing inserted: the owner is at the limit.
+            refusal = GatewayError(
+                FailureKind.EXHAUSTED,
+                f"your meditations already running are at the limit (the limit is {max_running_per_owner}): "
+                "wait for one to finish, or cancel one",
             )
-            if existing is None:
-                raise
-            return existing, False
-        if row is not None:
-            return _meditation(row), True
-        # Nothing inserted: the owner is at the limit. A repeat of a request that made a job is answered with
-        # that job, never refused.
+        # Either way, a repeat of a request that made a job is answered with that job, never refused.
         existing = await self.find_by_request_id(owner, request_id, request_sha256) if request_id else None
-        if existing is not None:
-            return existing, False
-        raise GatewayError(
-            FailureKind.EXHAUSTED,
-            f"your meditations already running are at the limit (the limit is {max_running_per_owner}): "
-            "wait for one to finish, or cancel one",
-        )
+        if existing is None:
+            raise refusal
+        return existing, False
 
     async def find_by_request_id(
         self, owner: str, request_id: str, request_sha256: str | None
