@@ -20,8 +20,7 @@ from bench.reference_pipeline import reference_encode_command, run_reference_enc
 from services.content.painter import paint_landscape
 from services.content.script_composer import compose_meditation
 from services.image_sizes import LANDSCAPE_SIZE_PIXELS
-from services.media.live import master_sentence
-from services.media.live_encoder import LiveEncoder
+from services.media.live_encoder import LiveEncoder, master_sentence
 from services.media.speech import EspeakNarrator, Narration, encode_wav
 from services.media.video import (
     ENHANCED_PROFILE,

@@ -34,6 +34,7 @@ from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.store import JobStore
 from services.gateway.pipeline import MeditationPipeline, StageTimeouts
 from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
+from services.media.encoder_process import EncoderProcess
 from services.media.encoders import EncoderSelection
 from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
 from services.media.media_links import MediaLinkSigner
@@ -151,12 +152,22 @@ def narrator() -> Iterator[EspeakNarrator]:
     speaker.close()
 
 
+@pytest.fixture(scope="session")
+def encoder_process() -> Iterator[EncoderProcess]:
+    """One encoder process for the session's media servers, as the media service has one for its lifetime."""
+    process = EncoderProcess(2)
+    process.start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 async def media_channel(
-    tmp_path: Path, storage: LocalAssetStorage, narrator: EspeakNarrator
+    tmp_path: Path, storage: LocalAssetStorage, narrator: EspeakNarrator, encoder_process: EncoderProcess
 ) -> AsyncIterator[grpc.aio.Channel]:
     """A channel to a real media server, its assets reachable through its real media endpoint (signed links
-    on a free port); encoder probing is skipped (tested on its own)."""
+    on a free port), its live narrations encoded in the encoder process; encoder probing is skipped (tested on
+    its own)."""
     listener = listening_socket("127.0.0.1", 0)
     links = MediaLinkSigner(
         TEST_MEDIA_LINK_SECRET, f"http://127.0.0.1:{listener.getsockname()[1]}{ROUTE_PREFIX}", 600
@@ -164,6 +175,7 @@ async def media_channel(
     endpoint = MediaHttpServer(build_media_app(links, storage.root), listener)
     await endpoint.start()
     studio = MediaStudio(
+        encoder_process=encoder_process,
         links=links,
         narrator=narrator,
         storage=storage,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 
 from scripts import run
@@ -22,6 +23,15 @@ from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = gateway_pb.Message(role=gateway_pb.MESSAGE_ROLE_USER, text="A quiet morning.")
+
+
+def _encoder_processes(pid: int) -> list[psutil.Process]:
+    """The encoder processes among `pid`'s descendants."""
+    return [
+        process
+        for process in psutil.Process(pid).children(recursive=True)
+        if "services.media.encoder_process" in process.cmdline()
+    ]
 
 
 def _free(port: int) -> bool:
@@ -86,11 +96,15 @@ async def test_run_prints_a_working_key_and_ctrl_c_stops_everything(tmp_path: Pa
         )
         answered = (await asyncio.wait_for(stats.communicate(), 60))[0].decode()
         assert stats.returncode == 0 and "transcripts" in answered, answered
+        # Media encodes live narrations in an encoder process of its own, which stops with it.
+        encoders = _encoder_processes(process.pid)
+        assert len(encoders) == 1, encoders
         process.send_signal(signal.SIGINT)
         rest = (await asyncio.wait_for(process.stdout.read(), 60)).decode()
         assert await asyncio.wait_for(process.wait(), 30) == 0, rest
         assert "Services stopped." in rest
         assert all(_free(port) for port in run.PORTS.values())
+        assert not any(encoder.is_running() for encoder in encoders)
     finally:
         if process.returncode is None:
             # Ctrl-C first, as a person would: a SIGKILL would leave its three services running on the

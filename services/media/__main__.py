@@ -14,8 +14,9 @@ from grpc_health.v1 import health_pb2
 from services import serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
+from services.media.encoder_process import EncoderProcess
 from services.media.encoders import EncoderSelection, select_h264_encoder
-from services.media.live_encoder import make_ready as make_shared_sound_and_pictures
+from services.media.live_encoder import make_quick_picture_ready
 from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
 from services.media.media_links import MediaLinkSigner, load_or_create_secret
 from services.media.piper_speech import OfflineVoice, PiperDelivery, PiperVoiceFiles, start_offline_voice
@@ -104,7 +105,10 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         # Bound before anything mints a link: with port 0, the port bound is what the default URL names.
         endpoint, links = _media_endpoint(config, config.media_endpoint)
         await endpoint.start()
+    # Live narrations are encoded in a process of their own: the encoding never holds this one's event loop.
+    encoder_process = EncoderProcess(os.cpu_count() or 1)
     studio = MediaStudio(
+        encoder_process=encoder_process,
         narrator=narrator,
         narrator_name="openai" if client is not None else offline.name,
         fallback_narrator=offline.narrator if client is not None and config.fallback_to_offline else None,
@@ -120,13 +124,17 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         scratch=scratch,
         links=links,
     )
-    # Before serving: the first person after a start would otherwise wait for them.
-    await asyncio.to_thread(make_shared_sound_and_pictures)
+    # Before serving: the first person after a start would otherwise wait for them (the encoder process makes
+    # the bed and the preview's keyframes as it starts).
+    await asyncio.gather(
+        asyncio.to_thread(make_quick_picture_ready), asyncio.to_thread(encoder_process.start)
+    )
     health_task: asyncio.Task[None] | None = None
 
     async def release() -> None:
         if health_task is not None:
             health_task.cancel()
+        await asyncio.to_thread(encoder_process.stop)
         if endpoint is not None:
             await endpoint.stop()
         offline.narrator.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import secrets
@@ -17,13 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from services.media import room
 from services.media.cleanup import finish_despite_cancellation
 from services.media.errors import EncodingError, InvalidInputError
-from services.media.live_encoder import PIECE_SECONDS, LiveEncoder
-from services.media.loudness import master_speech
+from services.media.live_encoder import PIECE_SECONDS, LiveEncoder, NarrationEncoder, WaitingSound
 from services.media.scratch import disk_full_reported
 from services.media.speech import Narration
 from services.media.subtitles import WEBVTT_CONTENT_TYPE, webvtt
@@ -118,6 +113,9 @@ class LiveNarrationResult:
 
 
 LiveEvent = PlaylistPublished | LiveNarrationResult
+# Opens a job's encoder in its scratch folder, for sound at this rate (blocking): a LiveEncoder in this
+# process, or one in the encoder process (encoder_process.EncoderProcess.open).
+OpenEncoder = Callable[[Path, int], NarrationEncoder]
 # Speaks one or more sentences (in one request, where the voice is remote), one segment per sentence.
 SpeakSentences = Callable[[Sequence[str]], Awaitable[list[SpokenSegment]]]
 # Grouped sentences (a remote voice): the first request is the first sentence alone, the quickest to come
@@ -196,9 +194,11 @@ class LiveNarration:
         max_requests_in_flight: int = 3,
         groups_sentences: bool = False,
         cpu_lane: CpuLane | None = None,
+        open_encoder: OpenEncoder = LiveEncoder,
         make_quick_video: MakeQuickVideo | None = None,
     ) -> None:
         self._meditation_id = meditation_id
+        self._open_encoder = open_encoder
         self._make_quick_video = make_quick_video
         self._speak = speak
         self._groups_sentences = groups_sentences
@@ -214,7 +214,7 @@ class LiveNarration:
         self._texts: list[str] = []
         # One future per sentence not yet encoded, by index, resolved when the request that speaks it
         # returns and its sound is mastered; the writer drops each once it has encoded it.
-        self._spoken: dict[int, asyncio.Future[_WaitingSound]] = {}
+        self._spoken: dict[int, asyncio.Future[WaitingSound]] = {}
         # Sentences with words that no request has taken yet, by index, in order.
         self._unspoken: list[int] = []
         self._requests: list[asyncio.Task[None]] = []
@@ -306,7 +306,7 @@ class LiveNarration:
         self._spoken[len(self._texts) - 1] = spoken
         if words == 0:
             # Only pause marks: silence, at whatever rate the rest uses (fixed up when written).
-            spoken.set_result(_WaitingSound(sample_rate_hertz=24_000, samples=round(pause_seconds * 24_000)))
+            spoken.set_result(WaitingSound(sample_rate_hertz=24_000, samples=round(pause_seconds * 24_000)))
         else:
             self._unspoken.append(len(self._texts) - 1)
         self._new_sentence.set()
@@ -407,7 +407,7 @@ class LiveNarration:
         assert self._work_dir is not None
         work_dir = self._work_dir
         index = 0
-        encoder: LiveEncoder | None = None
+        encoder: NarrationEncoder | None = None
         published = _Published()
         publisher: asyncio.Task[None] | None = None
         encoding_done = asyncio.Event()
@@ -442,7 +442,7 @@ class LiveNarration:
                     ready = _heard_within_horizon(ready, heard_at - time.monotonic())
                 if encoder is None:
                     sample_rate = ready[0].sample_rate_hertz
-                    encoder = await asyncio.to_thread(LiveEncoder, work_dir, sample_rate)
+                    encoder = await asyncio.to_thread(self._open_encoder, work_dir, sample_rate)
                     publisher = asyncio.create_task(
                         self._publish_while_encoding(work_dir, published, encoding_done, more_written)
                     )
@@ -453,7 +453,7 @@ class LiveNarration:
                 # a listener waits for), then what a listener will reach soonest, and off the event loop,
                 # which serves every other job's RPCs.
                 with urgent(index == 0), due_by(heard_at if index else None):
-                    counts = await self._cpu_lane.run(_encode_all, encoder, ready, index, last)
+                    counts = await self._cpu_lane.run(encoder.write_all, ready, index, last)
                 more_written.set()
                 for segment, count in zip(ready, counts, strict=True):
                     del self._spoken[index]
@@ -531,10 +531,10 @@ class LiveNarration:
             quick_video=quick,
         )
 
-    def _ready_from(self, index: int) -> list[_WaitingSound]:
+    def _ready_from(self, index: int) -> list[WaitingSound]:
         """The sentence at `index` (spoken) and those after it spoken already, in order. The first sentence
         alone: it is what a listener waits for, ahead of everything else."""
-        ready: list[_WaitingSound] = []
+        ready: list[WaitingSound] = []
         while (
             (future := self._spoken.get(index)) is not None
             and future.done()
@@ -634,40 +634,14 @@ class LiveNarration:
         ]
 
 
-@dataclass(frozen=True)
-class _WaitingSound:
-    """A sentence's sound, `samples` long, waiting for its turn in the encoder: in the job's scratch folder
-    (`path`), or, for a sentence of pauses alone (no path), silence."""
-
-    sample_rate_hertz: int
-    provider: str = ""
-    fallback_reason: str = ""
-    misread_sentence_count: int = 0
-    path: Path | None = None
-    samples: int = 0
-
-    @property
-    def seconds(self) -> float:
-        """How long the sound lasts (mastering keeps its length)."""
-        return self.samples / self.sample_rate_hertz
-
-    def take(self) -> Narration:
-        """The sound, read back and removed from disk (blocking: run it in a worker thread)."""
-        if self.path is None:
-            return Narration(bytes(2 * self.samples), self.sample_rate_hertz)
-        pcm = self.path.read_bytes()
-        self.path.unlink()
-        return Narration(pcm, self.sample_rate_hertz, self.misread_sentence_count)
-
-
-def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegment]) -> list[_WaitingSound]:
+def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegment]) -> list[WaitingSound]:
     """Writes each spoken sentence's sound to the scratch folder, named by its place in the script."""
     waiting = []
     for index, segment in zip(group, spoken, strict=True):
         path = work_dir / f"sentence-{index:05d}.pcm"
         path.write_bytes(segment.narration.pcm_s16le)
         waiting.append(
-            _WaitingSound(
+            WaitingSound(
                 sample_rate_hertz=segment.narration.sample_rate_hertz,
                 provider=segment.provider,
                 fallback_reason=segment.fallback_reason,
@@ -679,7 +653,7 @@ def _set_aside(work_dir: Path, group: Sequence[int], spoken: Sequence[SpokenSegm
     return waiting
 
 
-def _heard_within_horizon(sounds: Sequence[_WaitingSound], seconds_until_heard: float) -> list[_WaitingSound]:
+def _heard_within_horizon(sounds: Sequence[WaitingSound], seconds_until_heard: float) -> list[WaitingSound]:
     """The first of `sounds` (in order, the first heard in `seconds_until_heard`), and those after it that a
     listener reaches within urgency.DUE_HORIZON_SECONDS; all of them when the first is beyond it."""
     if seconds_until_heard > DUE_HORIZON_SECONDS:
@@ -691,30 +665,6 @@ def _heard_within_horizon(sounds: Sequence[_WaitingSound], seconds_until_heard: 
             break
         taken.append(sound)
     return taken
-
-
-def _encode_all(
-    encoder: LiveEncoder, sounds: Sequence[_WaitingSound], first_index: int, last_index: int
-) -> list[int]:
-    """Masters each spoken sentence to the target loudness (master_sentence) and encodes it, in order from
-    `first_index` (LiveEncoder.write); the bed falls away over the one at `last_index`. Returns how many
-    samples each added."""
-    return [
-        encoder.write(
-            sound.take() if sound.path is None else master_sentence(sound.take()),
-            is_last=first_index + offset == last_index,
-        )
-        for offset, sound in enumerate(sounds)
-    ]
-
-
-def master_sentence(narration: Narration) -> Narration:
-    """One spoken sentence in the room and at the meditation's loudness, as the live encoder takes it."""
-    samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
-    # In the room first, so the limiter holds the peaks the room raises: the encoder adds only the bed.
-    mastered = master_speech(samples, narration.sample_rate_hertz, voice_filter=room.impulse_response)
-    # The same narration, louder or softer: what the provider reported about it (misread sentences) stays.
-    return dataclasses.replace(narration, pcm_s16le=mastered.astype("<i2").tobytes())
 
 
 def _group_pieces(published: _Published, *, publish_all: bool) -> list[list[tuple[str, float]]]:

@@ -13,13 +13,15 @@ time.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 import numpy as np
@@ -27,7 +29,9 @@ import numpy.typing as npt
 from av.audio.stream import AudioStream
 from av.container import OutputContainer
 
+from services.media import room
 from services.media.errors import EncodingError
+from services.media.loudness import master_speech
 from services.media.placeholder import paint_placeholder
 from services.media.scratch import is_disk_full
 from services.media.speech import Narration
@@ -71,13 +75,76 @@ VOICE_SAMPLE_RATES = (24_000, 22_050)
 
 def make_ready(sample_rates: tuple[int, ...] = VOICE_SAMPLE_RATES) -> None:
     """Makes what every job's sound and pictures share, at start-up rather than in the first job: the bed at
-    each voice's rate, the preview's keyframes and the QUICK video's picture (about 0.1 CPU s a rate, which
-    the first person after a start waited for). Blocking: run it in a thread."""
+    each voice's rate and the preview's keyframes (about 0.1 CPU s a rate, which the first person after a
+    start waited for), in the process that encodes. Blocking: run it in a thread."""
     with _MADE_ONCE:
         for rate in sample_rates:
             _bed_loop(rate)
         _preview_keyframes()
+
+
+def make_quick_picture_ready() -> None:
+    """Encodes the QUICK video's picture now, in the process that makes QUICK videos (see make_ready).
+    Blocking: run it in a thread."""
     make_placeholder_ready(placeholder_height(QUICK_PROFILE), QUICK_PROFILE.x264_crf)
+
+
+@dataclass(frozen=True)
+class WaitingSound:
+    """A sentence's sound, `samples` long, waiting for its turn in the encoder: in the job's scratch folder
+    (`path`), or, for a sentence of pauses alone (no path), silence. Small and plain: it is what an encoder
+    in another process is sent (encoder_process), the sound itself staying on disk."""
+
+    sample_rate_hertz: int
+    provider: str = ""
+    fallback_reason: str = ""
+    misread_sentence_count: int = 0
+    path: Path | None = None
+    samples: int = 0
+
+    @property
+    def seconds(self) -> float:
+        """How long the sound lasts (mastering keeps its length)."""
+        return self.samples / self.sample_rate_hertz
+
+    def take(self) -> Narration:
+        """The sound, read back and removed from disk (blocking: run it in a worker thread)."""
+        if self.path is None:
+            return Narration(bytes(2 * self.samples), self.sample_rate_hertz)
+        pcm = self.path.read_bytes()
+        self.path.unlink()
+        return Narration(pcm, self.sample_rate_hertz, self.misread_sentence_count)
+
+
+def master_sentence(narration: Narration) -> Narration:
+    """One spoken sentence in the room and at the meditation's loudness, as the live encoder takes it."""
+    samples = np.frombuffer(narration.pcm_s16le, dtype="<i2").astype(np.int16)
+    # In the room first, so the limiter holds the peaks the room raises: the encoder adds only the bed.
+    mastered = master_speech(samples, narration.sample_rate_hertz, voice_filter=room.impulse_response)
+    # The same narration, louder or softer: what the provider reported about it (misread sentences) stays.
+    return dataclasses.replace(narration, pcm_s16le=mastered.astype("<i2").tobytes())
+
+
+class NarrationEncoder(Protocol):
+    """What a live narration asks of its encoder: a LiveEncoder in this process, or one in the encoder
+    process (encoder_process.RemoteLiveEncoder). Every method blocks: run it in a worker thread."""
+
+    @property
+    def aac_path(self) -> Path:
+        """Where the narration's AAC is, once closed."""
+        ...
+
+    def write_all(self, sounds: Sequence[WaitingSound], first_index: int, last_index: int) -> list[int]:
+        """See LiveEncoder.write_all."""
+        ...
+
+    def close(self) -> None:
+        """See LiveEncoder.close."""
+        ...
+
+    def abandon(self) -> None:
+        """See LiveEncoder.abandon."""
+        ...
 
 
 class LiveEncoder:
@@ -143,6 +210,18 @@ class LiveEncoder:
     @property
     def seconds_written(self) -> float:
         return self._samples_written / self._sample_rate
+
+    def write_all(self, sounds: Sequence[WaitingSound], first_index: int, last_index: int) -> list[int]:
+        """Masters each spoken sentence to the target loudness (master_sentence) and encodes it, in order from
+        `first_index` (write); the bed falls away over the one at `last_index`. Returns how many samples each
+        added."""
+        return [
+            self.write(
+                sound.take() if sound.path is None else master_sentence(sound.take()),
+                is_last=first_index + offset == last_index,
+            )
+            for offset, sound in enumerate(sounds)
+        ]
 
     def write(self, narration: Narration, *, is_last: bool) -> int:
         """Lays one sentence over the bed and encodes it; returns how many samples (at the encoder's rate)

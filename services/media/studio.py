@@ -19,9 +19,11 @@ import av
 
 from services import metrics, tracing
 from services.media.cleanup import finish_despite_cancellation
+from services.media.encoder_process import EncoderProcess
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, EncodingError, InvalidInputError
 from services.media.live import LiveNarration, QuickVideo, SpokenSegment
+from services.media.live_encoder import LiveEncoder
 from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
 from services.media.speech import Narration
@@ -85,8 +87,11 @@ class MediaStudio:
         scratch: ScratchDisk | None = None,
         links: MediaLinkSigner | None = None,
         deferrable_renders_at_once: int = 2,
+        encoder_process: EncoderProcess | None = None,
     ) -> None:
         self._narrator = narrator
+        # Where live narrations are encoded: the encoder process (the service's), or this process's CPU lane.
+        self._encoder_process = encoder_process
         # Local storage's files reach clients through the media endpoint's signed links; None: storage
         # signs its own URLs (Supabase).
         self._links = links
@@ -182,6 +187,7 @@ class MediaStudio:
             work_root=self._work_root,
             max_requests_in_flight=self._sentences_in_flight_per_job,
             cpu_lane=self._cpu_lane,
+            open_encoder=LiveEncoder if self._encoder_process is None else self._encoder_process.open,
             make_quick_video=functools.partial(self.make_quick_video, meditation_id),
         )
 

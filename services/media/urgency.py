@@ -278,7 +278,23 @@ class CpuLane:
         self._background_threads.shutdown(wait=False)
 
 
+# Whether the current thread is one of a CpuLane's background workers (set by their initializer).
+_WORKER = threading.local()
+
+
+def runs_in_background() -> bool:
+    """Whether this thread is a CpuLane's background worker: work it hands to another process (the encoder
+    process) runs there in the background too."""
+    return bool(getattr(_WORKER, "is_background", False))
+
+
 def _yield_to_everything_else() -> None:
+    _WORKER.is_background = True
+    yield_this_thread()
+
+
+def yield_this_thread() -> None:
+    """Lowers this thread's priority by BACKGROUND_NICENESS (Linux; elsewhere it keeps the process's)."""
     if sys.platform == "linux":
         # PRIO_PROCESS with a thread's id sets that thread's niceness alone (setpriority(2), Linux notes).
         thread = threading.get_native_id()

@@ -35,9 +35,8 @@ from services.media.live import (
     _heard_within_horizon,
     _joined_pieces,
     _Published,
-    _WaitingSound,
 )
-from services.media.live_encoder import LiveEncoder, bed_envelope
+from services.media.live_encoder import LiveEncoder, WaitingSound, bed_envelope
 from services.media.speech import EspeakNarrator, Narration
 from services.media.studio import MediaStudio
 from services.media.urgency import DUE_HORIZON_SECONDS, CpuLane, PriorityLimiter, due_at, is_urgent
@@ -455,7 +454,7 @@ async def test_sentences_spoken_while_the_encoder_was_busy_are_encoded_in_one_tu
     assert [sentence.text for sentence in result.sentences] == script
     # The first sentence alone (a listener waits for it); the one the encoder was held on; then every
     # sentence spoken meanwhile in one turn (a turn each was four).
-    encoded = [len(args[1]) for name, args in lane.turns if name == "_encode_all"]
+    encoded = [len(args[0]) for name, args in lane.turns if name == "write_all"]
     assert encoded[0] == 1 and sum(encoded) == 4 and len(encoded) <= 3, encoded
 
 
@@ -508,7 +507,7 @@ async def test_what_a_listener_reaches_soon_is_encoded_as_due_work_and_the_rest_
         lane.shutdown()
     assert isinstance(result, LiveNarrationResult)
     assert [sentence.text for sentence in result.sentences] == script
-    encoded = [(is_urgent, due) for name, is_urgent, due in lane.turns if name == "_encode_all"]
+    encoded = [(is_urgent, due) for name, is_urgent, due in lane.turns if name == "write_all"]
     assert len(encoded) == 3, encoded
     (first_urgent, first_due), (next_urgent, next_due), (last_urgent, last_due) = encoded
     assert first_urgent and first_due is None
@@ -518,8 +517,8 @@ async def test_what_a_listener_reaches_soon_is_encoded_as_due_work_and_the_rest_
 
 
 def test_a_due_turn_takes_the_sounds_a_listener_reaches_within_the_horizon() -> None:
-    def sound(seconds: float) -> _WaitingSound:
-        return _WaitingSound(sample_rate_hertz=24_000, samples=round(24_000 * seconds))
+    def sound(seconds: float) -> WaitingSound:
+        return WaitingSound(sample_rate_hertz=24_000, samples=round(24_000 * seconds))
 
     horizon = DUE_HORIZON_SECONDS
     sounds = [sound(horizon / 4), sound(horizon / 2), sound(horizon / 5), sound(3)]

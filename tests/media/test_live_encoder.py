@@ -19,6 +19,7 @@ from services.media.live_encoder import (
     _bed_loop,
     _preview_keyframes,
     bed_envelope,
+    make_quick_picture_ready,
     make_ready,
 )
 from services.media.speech import Narration
@@ -127,7 +128,9 @@ def test_what_every_job_shares_is_made_before_the_first_job(tmp_path: Path) -> N
     for made in (_bed_loop, _preview_keyframes, _placeholder_picture):
         made.cache_clear()
 
+    # The encoder's share (in the encoder process) and the QUICK video's picture (in the media process).
     make_ready()
+    make_quick_picture_ready()
 
     assert _bed_loop.cache_info().currsize == len(VOICE_SAMPLE_RATES)
     assert _preview_keyframes.cache_info().currsize == 1

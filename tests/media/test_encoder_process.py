@@ -1,0 +1,240 @@
+"""The encoder process: live narrations encoded in a child of the media process, as they would be in it."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from services.media.encoder_process import (
+    EncoderProcess,
+    EncoderProcessEndedError,
+    _failure,
+    _raised,
+)
+from services.media.errors import EncodingError, ScratchSpaceError
+from services.media.live import _read_playlist
+from services.media.live_encoder import LiveEncoder, NarrationEncoder, WaitingSound
+from services.media.scratch import disk_full_reported
+from services.media.urgency import BACKGROUND_NICENESS, CpuLane, urgent
+
+RATE = 24_000
+
+
+@pytest.fixture
+def encoders() -> Iterator[EncoderProcess]:
+    """An encoder process of the test's own, which it may kill or stop."""
+    process = EncoderProcess(1)
+    process.start()
+    yield process
+    process.stop()
+
+
+def _sounds(work_dir: Path) -> list[WaitingSound]:
+    """Three sentences waiting in `work_dir` as the live narration leaves them: two spoken, one of pauses."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    generator = np.random.default_rng(7)
+    sounds = []
+    for index, seconds in enumerate((1.4, 2.2)):
+        times = np.arange(round(seconds * RATE)) / RATE
+        tone = 0.3 * np.sin(2 * np.pi * (180 + 40 * index) * times) + generator.normal(0, 0.01, times.size)
+        path = work_dir / f"sentence-{index:05d}.pcm"
+        path.write_bytes((tone * 32767).astype("<i2").tobytes())
+        sounds.append(WaitingSound(sample_rate_hertz=RATE, path=path, samples=times.size))
+    return [*sounds, WaitingSound(sample_rate_hertz=RATE, samples=RATE // 2)]
+
+
+def _encoded(encoder: NarrationEncoder, sounds: list[WaitingSound]) -> list[int]:
+    try:
+        counts = encoder.write_all(sounds[:1], 0, 2) + encoder.write_all(sounds[1:], 1, 2)
+        encoder.close()
+    finally:
+        encoder.abandon()
+    return counts
+
+
+def test_a_narration_encoded_in_the_encoder_process_is_the_one_encoded_here(
+    tmp_path: Path, encoders: EncoderProcess
+) -> None:
+    here_sounds, there_sounds = _sounds(tmp_path / "here"), _sounds(tmp_path / "there")
+    here = LiveEncoder(tmp_path / "here", RATE)
+    there = encoders.open(tmp_path / "there", RATE)
+
+    here_counts, there_counts = _encoded(here, here_sounds), _encoded(there, there_sounds)
+
+    assert encoders.pid is not None and encoders.pid != os.getpid()
+    assert there_counts == here_counts and sum(there_counts) == round(4.1 * RATE)
+    # The same mastering, bed and AAC, byte for byte; the same pieces of the preview.
+    assert there.aac_path == tmp_path / "there" / "narration.aac"
+    assert there.aac_path.read_bytes() == here.aac_path.read_bytes()
+    assert _read_playlist(tmp_path / "there" / "live.m3u8") == _read_playlist(tmp_path / "here" / "live.m3u8")
+    # Each sentence's sound was taken from the scratch folder as it was encoded.
+    assert not list((tmp_path / "there").glob("sentence-*.pcm"))
+
+
+def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_starts_another(
+    tmp_path: Path, encoders: EncoderProcess
+) -> None:
+    (tmp_path / "held").mkdir()
+    held = encoders.open(tmp_path / "held", RATE)
+    first = encoders.pid
+    assert first is not None
+    _killed(first)
+
+    with pytest.raises(EncoderProcessEndedError, match=r"ended \(exit status -9\)"):
+        held.write_all(_sounds(tmp_path / "held"), 0, 2)
+    held.abandon()  # nothing left to close: no error on the way out of a failed narration
+
+    # The next narration is encoded by a new process, as if nothing had happened.
+    (tmp_path / "again").mkdir()
+    again = encoders.open(tmp_path / "again", RATE)
+    assert encoders.pid not in (None, first)
+    assert sum(_encoded(again, _sounds(tmp_path / "again"))) == round(4.1 * RATE)
+
+
+def test_errors_in_the_encoder_process_are_raised_here_as_the_encoder_raises_them(
+    tmp_path: Path, encoders: EncoderProcess
+) -> None:
+    # A scratch folder that is gone: FFmpeg's failure, as the encoder reports it.
+    with pytest.raises(EncodingError, match="the live encoder failed") as gone:
+        encoders.open(tmp_path / "gone", RATE)
+    assert gone.value.detail  # FFmpeg's message, for operators
+    # More sound after the end.
+    (tmp_path / "closed").mkdir()
+    encoder = encoders.open(tmp_path / "closed", RATE)
+    _encoded(encoder, _sounds(tmp_path / "closed"))
+    with pytest.raises(EncodingError, match="already closed"):
+        encoder.write_all(_sounds(tmp_path / "closed"), 0, 2)
+
+
+def test_a_full_disk_in_the_encoder_process_is_a_full_disk_here() -> None:
+    carried = _raised(_failure(OSError(errno.ENOSPC, "No space left on device")))
+    assert isinstance(carried, OSError) and carried.errno == errno.ENOSPC
+    # Which the narration reports as the scratch disk being full.
+    with pytest.raises(ScratchSpaceError), disk_full_reported():
+        raise carried
+    # Anything unforeseen is an encoding failure, its kind and words kept for operators only.
+    unforeseen = _raised(_failure(KeyError("encoder-3")))
+    assert isinstance(unforeseen, EncodingError) and str(unforeseen) == "the encoder process failed"
+    assert unforeseen.detail == "KeyError: 'encoder-3'"
+
+
+def _has_ended(pid: int, timeout_seconds: float) -> bool:
+    """Whether the process ends within the timeout, leaving it for whoever waits for it (its parent, whose
+    wait reads its exit status)."""
+    ended = os.pidfd_open(pid)  # readable once the process has ended, reaped or not
+    try:
+        readable, _, _ = select.select([ended], [], [], timeout_seconds)
+    finally:
+        os.close(ended)
+    return bool(readable)
+
+
+def _killed(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+    assert _has_ended(pid, 10)
+
+
+def _niced_threads(pid: int) -> int:
+    """How many of the process's threads run at BACKGROUND_NICENESS (the 19th field of /proc's stat)."""
+    count = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        fields = task.joinpath("stat").read_text().rsplit(")", 1)[1].split()
+        count += int(fields[16]) == BACKGROUND_NICENESS
+    return count
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a thread's own niceness is Linux's")
+async def test_background_work_is_encoded_in_a_lowered_thread_of_the_encoder_process(
+    tmp_path: Path, encoders: EncoderProcess
+) -> None:
+    lane = CpuLane(1)
+    try:
+        (tmp_path / "job").mkdir()
+        encoder = await asyncio.to_thread(encoders.open, tmp_path / "job", RATE)
+        sounds = _sounds(tmp_path / "job")
+        pid = encoders.pid
+        assert pid is not None
+        with urgent(True):
+            await lane.run(encoder.write_all, sounds[:1], 0, 2)
+        assert _niced_threads(pid) == 0
+        # Neither urgent nor due: the lane's background, and the encoder process's.
+        await lane.run(encoder.write_all, sounds[1:], 1, 2)
+        assert _niced_threads(pid) == 1
+        await asyncio.to_thread(encoder.abandon)
+    finally:
+        lane.shutdown()
+
+
+def test_the_encoder_process_holds_none_of_the_media_processs_secrets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-for-the-encoder")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://stillpoint:hunter2@db/stillpoint")
+    process = EncoderProcess(1)
+    process.start()
+    try:
+        assert process.pid is not None
+        environment = psutil.Process(process.pid).environ()
+    finally:
+        process.stop()
+    assert "OPENAI_API_KEY" not in environment and "DATABASE_URL" not in environment
+    assert not any("hunter2" in value or "sk-test" in value for value in environment.values())
+
+
+def test_a_stopped_encoder_process_ends_and_opens_no_more_encoders(tmp_path: Path) -> None:
+    process = EncoderProcess(1)
+    process.start()
+    pid = process.pid
+    assert pid is not None
+
+    process.stop()
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert process.pid is None
+    with pytest.raises(EncoderProcessEndedError, match="stopped"):
+        process.open(tmp_path, RATE)
+
+
+def test_the_encoder_process_ends_with_the_media_process() -> None:
+    """A media process killed outright (out of memory) leaves no encoder process behind."""
+    media = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(
+                """
+                import sys
+                from services.media.encoder_process import EncoderProcess
+                process = EncoderProcess(1)
+                process.start()
+                print(process.pid, flush=True)
+                sys.stdin.read()
+                """
+            ),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert media.stdout is not None
+        child = int(media.stdout.readline())
+        media.kill()
+        media.wait(10)
+        # Its requests' pipe closed with the media process: it ends on its own.
+        assert _has_ended(child, 10), "the encoder process outlived the media process"
+    finally:
+        media.kill()
+        media.wait()
