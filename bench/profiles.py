@@ -8,6 +8,7 @@ Idle threads are not sampled (no `--idle`): the samples are where the process sp
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
@@ -138,6 +139,25 @@ def find_py_spy() -> str | None:
     """The py-spy beside this Python (the venv's, from the dev extra), else one on PATH."""
     beside = Path(sys.executable).parent / "py-spy"
     return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def with_python_children(targets: Mapping[str, int]) -> dict[str, int]:
+    """The targets and the Python processes among their children, each named after its parent's key and its
+    own pid (`media.1234`): media encodes in a child process of its own, content paints in a pool of them,
+    and a profile of the parent alone would miss that work. FFmpeg's children py-spy cannot read."""
+    found = dict(targets)
+    for key, pid in targets.items():
+        try:
+            parent = psutil.Process(pid)
+            children = parent.children(recursive=True)
+            interpreter = parent.exe()
+        except psutil.Error:
+            continue  # ended: its recording reports it
+        for child in children:
+            with contextlib.suppress(psutil.Error):  # ended since it was listed
+                if child.exe() == interpreter:
+                    found[f"{key}.{child.pid}"] = child.pid
+    return found
 
 
 @dataclass

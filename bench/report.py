@@ -641,8 +641,9 @@ def _profile_markdown(profile: Mapping[str, Any] | None) -> list[str]:
     lines = [
         f"## CPU profile, {profile.get('level')} jobs at once",
         "",
-        "py-spy sampled each service process (not its FFmpeg children) without pausing it, idle threads left"
-        " out, for the whole level, in a run of the level of its own after the measured one (the sampling"
+        "py-spy sampled each service process and its Python children (media's encoder process, content's"
+        " painters; not FFmpeg) without pausing them, idle threads left out, for the whole level, in a run of"
+        " the level of its own after the measured one (the sampling"
         " takes CPU from the services, so no timing above comes from a profiled run). Self: the function was"
         " running; total: it was on the stack. Raw collapsed stacks: `profiles/` beside this file.",
         "",

@@ -35,7 +35,7 @@ from bench.latency_model import (
     LatencyModel,
 )
 from bench.percentiles import summarize
-from bench.profiles import DEFAULT_RATE_HERTZ, ProfileRecorder
+from bench.profiles import DEFAULT_RATE_HERTZ, ProfileRecorder, with_python_children
 from bench.providers import API_KEY, SERVICE_KEY, ProviderServers, running_providers
 from bench.reference_pipeline import ReferencePipeline
 from bench.report import (
@@ -586,9 +586,14 @@ class _StillpointMeter:
             None
             if profile_dir is None
             else ProfileRecorder(
-                targets={key: pid for pids in self.service_pids.values() for key, pid in pids.items()},
+                targets=(
+                    targets := with_python_children(
+                        {key: pid for pids in self.service_pids.values() for key, pid in pids.items()}
+                    )
+                ),
                 output_dir=profile_dir,
-                services={key: service for service, pids in self.service_pids.items() for key in pids},
+                # A child's key starts with its parent's (`media.1234`): its samples are its service's.
+                services={key: service_of(key.split(".", 1)[0]) for key in targets},
                 rate_hertz=self.profile_rate_hertz,
             )
         )

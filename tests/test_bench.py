@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +31,7 @@ from bench.profiles import (
     parse_collapsed,
     parse_frame,
     summarize_profile,
+    with_python_children,
 )
 from bench.reference_pipeline import reference_encode_command
 from bench.report import (
@@ -393,6 +396,36 @@ def test_py_spy_records_a_running_python_process_by_pid(tmp_path: Path) -> None:
     assert result["errors"] == [] and result["samples"] > 10
     assert result["top_self"][0]["function"] == "spin"
     assert (tmp_path / "content.txt").exists() and result["raw_profiles"] == [str(tmp_path / "content.txt")]
+
+
+def test_a_profile_takes_in_a_services_python_children_and_not_its_other_ones() -> None:
+    """Media encodes in a Python child of its own: a profile of the service alone would miss that work."""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys\n"
+            "python = subprocess.Popen(\n"
+            "    [sys.executable, '-c', 'import sys; sys.stdin.read()'], stdin=subprocess.PIPE\n"
+            ")\n"
+            "other = subprocess.Popen(['sleep', '60'])\n"
+            "print(python.pid, other.pid, flush=True)\n"
+            "sys.stdin.read()\n",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        python_child, other_child = (int(pid) for pid in parent.stdout.readline().split())
+        targets = with_python_children({"media-2": parent.pid, "gone": 2**22 + 1})
+    finally:
+        for pid in (python_child, other_child):
+            os.kill(pid, signal.SIGKILL)
+        parent.kill()
+        parent.wait()
+    assert targets == {"media-2": parent.pid, f"media-2.{python_child}": python_child, "gone": 2**22 + 1}
 
 
 def test_every_job_gets_a_distinct_conversation() -> None:
