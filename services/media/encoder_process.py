@@ -46,6 +46,11 @@ logger = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 60.0
 # How long a stopping child may take to finish the work it holds before it is killed.
 STOP_TIMEOUT_SECONDS = 5.0
+# How long one request may go unanswered before the child is taken for hung and killed (failing everything
+# it held: a worker thread stuck in FFmpeg would otherwise hold a lane's thread, and every job's encoding
+# behind it, for good). A request is one turn of the lane: at most a few seconds of CPU for a whole
+# narration, and the lane lets no more through than the child has threads for.
+ANSWER_TIMEOUT_SECONDS = 120.0
 # The variables the child keeps from the media process's environment: what Python and FFmpeg need to run.
 # Nothing else passes, so no secret (an API key, a database password) is in the child's environment.
 _KEPT_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")
@@ -155,6 +160,8 @@ class _Child:
         self._ids = itertools.count()
         self._pending: dict[int, Future[Any]] = {_READY_ID: Future()}
         self._end_reason = ""
+        # Why this process killed the child, if it did.
+        self._kill_reason = ""
         self._is_stopping = False
         self._reader = threading.Thread(target=self._read_replies, name="encoder-replies", daemon=True)
         self._reader.start()
@@ -218,7 +225,12 @@ class _Child:
             # A child that has gone cannot be sent to: the reader fails every pending request, this one too.
             with contextlib.suppress(OSError):
                 self._sending.send(request)
-        return future.result()
+        try:
+            return future.result(timeout=ANSWER_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self._kill(f"the encoder process did not answer within {ANSWER_TIMEOUT_SECONDS:g} s")
+            # Failed by the reader once the child has ended, with the reason.
+            return future.result()
 
     def stop(self, timeout_seconds: float) -> None:
         """Closes the child's requests (it ends once it has answered what it holds) and waits for it."""
@@ -231,6 +243,12 @@ class _Child:
             self._process.kill()
             self._process.wait()
         self._reader.join()
+
+    def _kill(self, reason: str) -> None:
+        with self._lock:
+            self._kill_reason = self._kill_reason or reason
+        with contextlib.suppress(ProcessLookupError):
+            self._process.kill()
 
     def _read_replies(self) -> None:
         try:
@@ -256,7 +274,7 @@ class _Child:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 status = self._process.wait(1.0)
         with self._lock:
-            self._end_reason = f"the encoder process ended (exit status {status})"
+            self._end_reason = self._kill_reason or f"the encoder process ended (exit status {status})"
             pending, self._pending = self._pending, {}
             is_stopping = self._is_stopping
         if not is_stopping:

@@ -17,6 +17,7 @@ import numpy as np
 import psutil
 import pytest
 
+from services.media import encoder_process
 from services.media.encoder_process import (
     EncoderProcess,
     EncoderProcessEndedError,
@@ -103,6 +104,28 @@ def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_
     assert sum(_encoded(again, _sounds(tmp_path / "again"))) == round(4.1 * RATE)
 
 
+def test_an_encoder_process_that_stops_answering_is_killed_and_the_next_narration_starts_another(
+    tmp_path: Path, encoders: EncoderProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encoder_process, "ANSWER_TIMEOUT_SECONDS", 0.5)
+    (tmp_path / "stuck").mkdir()
+    stuck = encoders.open(tmp_path / "stuck", RATE)
+    hung = encoders.pid
+    assert hung is not None
+    # A sound that never comes: reading a FIFO nobody writes to blocks the child's worker thread for good.
+    fifo = tmp_path / "stuck" / "sentence-00000.pcm"
+    os.mkfifo(fifo)
+
+    with pytest.raises(EncoderProcessEndedError, match=r"did not answer within 0\.5 s"):
+        stuck.write_all([WaitingSound(sample_rate_hertz=RATE, path=fifo, samples=RATE)], 0, 0)
+
+    assert _has_ended(hung, 10)
+    (tmp_path / "next").mkdir()
+    following = encoders.open(tmp_path / "next", RATE)
+    assert encoders.pid not in (None, hung)
+    assert sum(_encoded(following, _sounds(tmp_path / "next"))) == round(4.1 * RATE)
+
+
 def test_errors_in_the_encoder_process_are_raised_here_as_the_encoder_raises_them(
     tmp_path: Path, encoders: EncoderProcess
 ) -> None:
@@ -133,7 +156,10 @@ def test_a_full_disk_in_the_encoder_process_is_a_full_disk_here() -> None:
 def _has_ended(pid: int, timeout_seconds: float) -> bool:
     """Whether the process ends within the timeout, leaving it for whoever waits for it (its parent, whose
     wait reads its exit status)."""
-    ended = os.pidfd_open(pid)  # readable once the process has ended, reaped or not
+    try:
+        ended = os.pidfd_open(pid)  # readable once the process has ended, reaped or not
+    except ProcessLookupError:
+        return True  # ended and reaped already
     try:
         readable, _, _ = select.select([ended], [], [], timeout_seconds)
     finally:
