@@ -51,9 +51,20 @@ STOP_TIMEOUT_SECONDS = 5.0
 # behind it, for good). A request is one turn of the lane: at most a few seconds of CPU for a whole
 # narration, and the lane lets no more through than the child has threads for.
 ANSWER_TIMEOUT_SECONDS = 120.0
-# The variables the child keeps from the media process's environment: what Python and FFmpeg need to run.
-# Nothing else passes, so no secret (an API key, a database password) is in the child's environment.
-_KEPT_VARIABLES = ("PATH", "LANG", "LC_ALL", "TMPDIR", "HOME")
+# The variables the child keeps from the media process's environment: what Python and FFmpeg need to run
+# (the image's PYTHONPATH among them). Nothing else passes, so no secret (an API key, a database password) is
+# in the child's environment.
+_KEPT_VARIABLES = (
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "HOME",
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+    "PYTHONDONTWRITEBYTECODE",
+)
 # The folder holding the `services` package, on the child's import path whatever its working directory.
 _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -285,7 +296,9 @@ class _Child:
 
 def _child_environment(environment: Mapping[str, str]) -> dict[str, str]:
     kept = {name: environment[name] for name in _KEPT_VARIABLES if name in environment}
-    return kept | {"PYTHONPATH": str(_SOURCE_ROOT)}
+    # The `services` package first, wherever the media process found it.
+    path = [str(_SOURCE_ROOT), *filter(None, kept.get("PYTHONPATH", "").split(os.pathsep))]
+    return kept | {"PYTHONPATH": os.pathsep.join(path)}
 
 
 def _failure(error: BaseException) -> _Failure:

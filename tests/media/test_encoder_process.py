@@ -208,6 +208,8 @@ def test_the_encoder_process_holds_none_of_the_media_processs_secrets(
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-for-the-encoder")
     monkeypatch.setenv("DATABASE_URL", "postgresql://stillpoint:hunter2@db/stillpoint")
+    # The image's own import path (the container's /app/gen) is kept, after the services' folder.
+    monkeypatch.setenv("PYTHONPATH", "/nonexistent/gen")
     process = EncoderProcess(1)
     process.start()
     try:
@@ -217,6 +219,7 @@ def test_the_encoder_process_holds_none_of_the_media_processs_secrets(
         process.stop()
     assert "OPENAI_API_KEY" not in environment and "DATABASE_URL" not in environment
     assert not any("hunter2" in value or "sk-test" in value for value in environment.values())
+    assert environment["PYTHONPATH"].split(os.pathsep)[1:] == ["/nonexistent/gen"]
 
 
 def test_a_stopped_encoder_process_ends_and_opens_no_more_encoders(tmp_path: Path) -> None:
