@@ -153,6 +153,12 @@ VIDEO_ENCODE_SECONDS_PER_MEDIA_SECOND = Histogram(
     ["encoder", "profile"],
     buckets=ENCODE_SPEED_BUCKETS,
 )
+ENCODER_PROCESS_ENDS = Counter(
+    "stillpoint_media_encoder_process_ends",
+    "Times media's encoder process ended without being stopped, by how: exited (a crash, killed for memory) "
+    "or unanswered (killed after a request went unanswered). The narrations it held failed.",
+    ["how"],
+)
 UPLOADED_BYTES = Counter(
     "stillpoint_uploaded_bytes",
     "Bytes written to asset storage, by backend (local, supabase) and kind of asset.",
@@ -206,6 +212,11 @@ def provider_call(provider: str, capability: str) -> Iterator[None]:
 def record_fallback(provider: str, capability: str) -> None:
     """Counts a failed call of `provider` that the offline fallback takes over."""
     PROVIDER_FALLBACKS.labels(provider=provider, capability=capability).inc()
+
+
+def record_encoder_process_end(how: str) -> None:
+    """Counts an end of media's encoder process that nobody asked for ("exited" or "unanswered")."""
+    ENCODER_PROCESS_ENDS.labels(how=how).inc()
 
 
 def record_upload(storage: str, key: str, size_bytes: int) -> None:

@@ -101,6 +101,12 @@ async def test_a_provider_call_counts_its_outcome_and_only_a_provider_failure() 
     assert _sample("stillpoint_provider_calls_total", **labels, outcome="error") == 0
 
 
+def test_an_encoder_process_that_ends_unasked_is_counted_by_how() -> None:
+    before = _sample("stillpoint_media_encoder_process_ends_total", how="unanswered")
+    metrics.record_encoder_process_end("unanswered")
+    assert _sample("stillpoint_media_encoder_process_ends_total", how="unanswered") == before + 1
+
+
 def test_a_rate_limited_call_is_told_apart_from_other_unavailability() -> None:
     labels = {"provider": "unit-test", "capability": "speech"}
     model = ConfiguredModel("a-model", "STILLPOINT_SPEECH_MODEL")

@@ -11,7 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 from grpc_health.v1 import health_pb2
 
-from services import serving
+from services import metrics, serving
 from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoder_process import EncoderProcess
@@ -106,7 +106,9 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         endpoint, links = _media_endpoint(config, config.media_endpoint)
         await endpoint.start()
     # Live narrations are encoded in a process of their own: the encoding never holds this one's event loop.
-    encoder_process = EncoderProcess(os.cpu_count() or 1)
+    encoder_process = EncoderProcess(
+        os.cpu_count() or 1, on_unexpected_end=metrics.record_encoder_process_end
+    )
     studio = MediaStudio(
         encoder_process=encoder_process,
         narrator=narrator,

@@ -89,8 +89,11 @@ class EncoderProcess:
     """The media process's encoder process, started again when it has ended. Its methods block: run them in a
     worker thread."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, on_unexpected_end: Callable[[str], None] | None = None) -> None:
         self._workers = workers
+        # Told how a child ended that nobody stopped: "exited" (a crash, killed for memory) or "unanswered"
+        # (killed here after a request went unanswered); media counts it (metrics).
+        self._on_unexpected_end = on_unexpected_end
         self._lock = threading.Lock()
         self._child: _Child | None = None
         self._is_stopped = False
@@ -129,7 +132,7 @@ class EncoderProcess:
             if self._child is None or self._child.has_ended:
                 if self._child is not None:
                     logger.warning("starting the encoder process again: %s", self._child.end_reason)
-                self._child = _Child.start(self._workers)
+                self._child = _Child.start(self._workers, self._on_unexpected_end)
             return self._child
 
 
@@ -163,8 +166,15 @@ def _pool_of_this_thread() -> str:
 class _Child:
     """One encoder process, and the requests it has not answered yet."""
 
-    def __init__(self, process: subprocess.Popen[bytes], receiving: Connection, sending: Connection) -> None:
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        receiving: Connection,
+        sending: Connection,
+        on_unexpected_end: Callable[[str], None] | None,
+    ) -> None:
         self._process = process
+        self._on_unexpected_end = on_unexpected_end
         self._receiving = receiving
         self._sending = sending
         self._lock = threading.Lock()
@@ -178,7 +188,7 @@ class _Child:
         self._reader.start()
 
     @classmethod
-    def start(cls, workers: int) -> _Child:
+    def start(cls, workers: int, on_unexpected_end: Callable[[str], None] | None = None) -> _Child:
         """A new child, ready to encode."""
         # Pipes made here are not inherited by anything else this process starts (FFmpeg, a voice), so the
         # child reads the end of its requests when this process closes its end or dies, and so does this
@@ -199,7 +209,12 @@ class _Child:
             raise EncodingError("the encoder process could not start", detail=str(error)) from error
         os.close(child_receives)
         os.close(child_sends)
-        child = cls(process, Connection(from_child, writable=False), Connection(to_child, readable=False))
+        child = cls(
+            process,
+            Connection(from_child, writable=False),
+            Connection(to_child, readable=False),
+            on_unexpected_end,
+        )
         try:
             child._pending[_READY_ID].result(timeout=START_TIMEOUT_SECONDS)
         except TimeoutError as error:
@@ -290,6 +305,8 @@ class _Child:
             is_stopping = self._is_stopping
         if not is_stopping:
             logger.error("%s with %d requests unanswered", self._end_reason, len(pending))
+            if self._on_unexpected_end is not None:
+                self._on_unexpected_end("unanswered" if self._kill_reason else "exited")
         for future in pending.values():
             future.set_exception(EncoderProcessEndedError(self._end_reason))
 

@@ -34,9 +34,15 @@ RATE = 24_000
 
 
 @pytest.fixture
-def encoders() -> Iterator[EncoderProcess]:
+def ends() -> list[str]:
+    """How the test's encoder processes ended unasked, as media's metrics are told."""
+    return []
+
+
+@pytest.fixture
+def encoders(ends: list[str]) -> Iterator[EncoderProcess]:
     """An encoder process of the test's own, which it may kill or stop."""
-    process = EncoderProcess(1)
+    process = EncoderProcess(1, on_unexpected_end=ends.append)
     process.start()
     yield process
     process.stop()
@@ -85,7 +91,7 @@ def test_a_narration_encoded_in_the_encoder_process_is_the_one_encoded_here(
 
 
 def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_starts_another(
-    tmp_path: Path, encoders: EncoderProcess
+    tmp_path: Path, encoders: EncoderProcess, ends: list[str]
 ) -> None:
     (tmp_path / "held").mkdir()
     held = encoders.open(tmp_path / "held", RATE)
@@ -96,6 +102,7 @@ def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_
     with pytest.raises(EncoderProcessEndedError, match=r"ended \(exit status -9\)"):
         held.write_all(_sounds(tmp_path / "held"), 0, 2)
     held.abandon()  # nothing left to close: no error on the way out of a failed narration
+    assert ends == ["exited"]
 
     # The next narration is encoded by a new process, as if nothing had happened.
     (tmp_path / "again").mkdir()
@@ -105,7 +112,7 @@ def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_
 
 
 def test_an_encoder_process_that_stops_answering_is_killed_and_the_next_narration_starts_another(
-    tmp_path: Path, encoders: EncoderProcess, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, encoders: EncoderProcess, ends: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(encoder_process, "ANSWER_TIMEOUT_SECONDS", 0.5)
     (tmp_path / "stuck").mkdir()
@@ -120,6 +127,7 @@ def test_an_encoder_process_that_stops_answering_is_killed_and_the_next_narratio
         stuck.write_all([WaitingSound(sample_rate_hertz=RATE, path=fifo, samples=RATE)], 0, 0)
 
     assert _has_ended(hung, 10)
+    assert ends == ["unanswered"]
     (tmp_path / "next").mkdir()
     following = encoders.open(tmp_path / "next", RATE)
     assert encoders.pid not in (None, hung)
@@ -223,7 +231,8 @@ def test_the_encoder_process_holds_none_of_the_media_processs_secrets(
 
 
 def test_a_stopped_encoder_process_ends_and_opens_no_more_encoders(tmp_path: Path) -> None:
-    process = EncoderProcess(1)
+    ends: list[str] = []
+    process = EncoderProcess(1, on_unexpected_end=ends.append)
     process.start()
     pid = process.pid
     assert pid is not None
@@ -231,7 +240,7 @@ def test_a_stopped_encoder_process_ends_and_opens_no_more_encoders(tmp_path: Pat
     process.stop()
 
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert process.pid is None
+    assert process.pid is None and ends == []  # asked to end: nothing for an operator
     with pytest.raises(EncoderProcessEndedError, match="stopped"):
         process.open(tmp_path, RATE)
 
