@@ -22,9 +22,11 @@ and the next narration to open an encoder starts a new one; the media process's 
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import logging
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -279,15 +281,20 @@ class _Child:
     def _read_replies(self) -> None:
         try:
             while True:
-                request_id, succeeded, value = self._receiving.recv()
+                try:
+                    request_id, succeeded, value = plain_values(self._receiving.recv_bytes())
+                    failure = None if succeeded else _raised(value)
+                except (pickle.UnpicklingError, ValueError, TypeError) as error:
+                    self._kill(f"the encoder process sent a reply that is not plain values ({error})")
+                    return
                 with self._lock:
                     future = self._pending.pop(request_id, None)
                 if future is None:
                     continue
-                if succeeded:
+                if failure is None:
                     future.set_result(value)
                 else:
-                    future.set_exception(_raised(value))
+                    future.set_exception(failure)
         except (EOFError, OSError):
             pass
         finally:
@@ -311,6 +318,23 @@ class _Child:
             future.set_exception(EncoderProcessEndedError(self._end_reason))
 
 
+class _PlainValues(pickle.Unpickler):
+    """Reads the child's replies, which are plain values only (ints, strings, lists, tuples, None): a reply
+    cannot name a class or a function to call here, so a child taken over through what it encodes gains
+    nothing in the media process, which holds the secrets."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not a plain value")
+
+
+def plain_values(data: bytes) -> _Reply:
+    """A reply from the child, read as plain values (see _PlainValues)."""
+    request_id, succeeded, value = _PlainValues(io.BytesIO(data)).load()
+    if not isinstance(request_id, int) or not isinstance(succeeded, bool):
+        raise ValueError("a reply starts with its request's id and whether it succeeded")
+    return request_id, succeeded, value
+
+
 def _child_environment(environment: Mapping[str, str]) -> dict[str, str]:
     kept = {name: environment[name] for name in _KEPT_VARIABLES if name in environment}
     # The `services` package first, wherever the media process found it.
@@ -330,9 +354,9 @@ def _failure(error: BaseException) -> _Failure:
 def _raised(failure: _Failure) -> BaseException:
     """The error a failure from the child stands for, as this process raises it."""
     kind, message, detail, number = failure
-    if kind == "os" and number is not None:
-        return OSError(number, message)
-    return EncodingError(message, detail=detail)
+    if kind == "os" and isinstance(number, int):
+        return OSError(number, str(message))
+    return EncodingError(str(message), detail=str(detail))
 
 
 # The child's side.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from services.media.encoder_process import (
     EncoderProcessEndedError,
     _failure,
     _raised,
+    plain_values,
 )
 from services.media.errors import EncodingError, ScratchSpaceError
 from services.media.live import _read_playlist
@@ -159,6 +161,21 @@ def test_a_full_disk_in_the_encoder_process_is_a_full_disk_here() -> None:
     unforeseen = _raised(_failure(KeyError("encoder-3")))
     assert isinstance(unforeseen, EncodingError) and str(unforeseen) == "the encoder process failed"
     assert unforeseen.detail == "KeyError: 'encoder-3'"
+
+
+def test_the_media_process_reads_nothing_but_plain_values_from_the_encoder_process() -> None:
+    """A child taken over through what it encodes must not be able to run code in the media process."""
+    assert plain_values(pickle.dumps((3, True, [1024, 2048]))) == (3, True, [1024, 2048])
+    assert plain_values(pickle.dumps((4, False, ("os", "full", "", errno.ENOSPC)))) == (
+        4,
+        False,
+        ("os", "full", "", errno.ENOSPC),
+    )
+    for hostile in ((5, True, os.system), (6, True, Path("/etc/passwd")), (7, True, WaitingSound(1))):
+        with pytest.raises(pickle.UnpicklingError, match="is not a plain value"):
+            plain_values(pickle.dumps(hostile))
+    with pytest.raises(ValueError, match="request's id"):
+        plain_values(pickle.dumps(("7", True, None)))
 
 
 def _has_ended(pid: int, timeout_seconds: float) -> bool:
