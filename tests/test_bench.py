@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -45,6 +43,7 @@ from bench.report import (
 from bench.run import BenchSettings, PhaseCosts, estimate_seconds
 from bench.storage_server import count_by_kind, request_kind
 from services.gateway.jobs.work_queue import GROUP, STREAM_KEY
+from tests.process_trees import parent_of
 from tests.servers.supabase_storage import SupabaseStorageServer
 from tests.test_cache import REDIS_URL, connect_or_skip
 
@@ -400,32 +399,16 @@ def test_py_spy_records_a_running_python_process_by_pid(tmp_path: Path) -> None:
 
 def test_a_profile_takes_in_a_services_python_children_and_not_its_other_ones() -> None:
     """Media encodes in a Python child of its own: a profile of the service alone would miss that work."""
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import subprocess, sys\n"
-            "python = subprocess.Popen(\n"
-            "    [sys.executable, '-c', 'import sys; sys.stdin.read()'], stdin=subprocess.PIPE\n"
-            ")\n"
-            "other = subprocess.Popen(['sleep', '60'])\n"
-            "print(python.pid, other.pid, flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    script = (
+        "import subprocess, sys\n"
+        "waiting = 'import sys; sys.stdin.read()'\n"
+        "python = subprocess.Popen([sys.executable, '-c', waiting], stdin=subprocess.PIPE)\n"
+        "other = subprocess.Popen(['sleep', '60'])\n"
+        "print(python.pid, other.pid, flush=True)"
     )
-    try:
-        assert parent.stdout is not None
-        python_child, other_child = (int(pid) for pid in parent.stdout.readline().split())
-        targets = with_python_children({"media-2": parent.pid, "gone": 2**22 + 1})
-    finally:
-        for pid in (python_child, other_child):
-            os.kill(pid, signal.SIGKILL)
-        parent.kill()
-        parent.wait()
-    assert targets == {"media-2": parent.pid, f"media-2.{python_child}": python_child, "gone": 2**22 + 1}
+    with parent_of(script) as (parent, (python_child, _)):
+        targets = with_python_children({"media-2": parent, "gone": 2**22 + 1})
+    assert targets == {"media-2": parent, f"media-2.{python_child}": python_child, "gone": 2**22 + 1}
 
 
 def test_every_job_gets_a_distinct_conversation() -> None:

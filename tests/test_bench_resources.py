@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ import psutil
 import pytest
 
 from bench.resources import PSS_INTERVAL_SECONDS, MemorySampler, ProcessGroup, ProcessTable
+from tests.process_trees import parent_of
 
 # A root that starts two children, the first of which starts a grandchild; each prints its pid and waits
 # for its stdin to close.
@@ -79,33 +79,18 @@ def test_a_group_is_its_roots_with_every_descendant_less_the_excluded_trees(tree
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
 def test_a_fork_that_has_not_run_its_program_yet_is_its_parent_counted_once() -> None:
     """A service between forking FFmpeg and FFmpeg starting: the child is its parent's memory, not more."""
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import os, subprocess, sys, time\n"
-            "program = subprocess.Popen(['sleep', '60'])\n"
-            "fork = os.fork()\n"
-            "if fork == 0:\n"
-            "    time.sleep(60)\n"
-            "    os._exit(0)\n"
-            "print(program.pid, fork, flush=True)\n"
-            "sys.stdin.read()\n",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    script = (
+        "import os, subprocess, time\n"
+        "program = subprocess.Popen(['sleep', '60'])\n"
+        "fork = os.fork()\n"
+        "if fork == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(program.pid, fork, flush=True)"
     )
-    try:
-        assert parent.stdout is not None
-        program, fork = (int(pid) for pid in parent.stdout.readline().split())
-        members = _pids(ProcessGroup((parent.pid,)).processes())
-    finally:
-        for pid in (program, fork):
-            os.kill(pid, signal.SIGKILL)
-        parent.kill()
-        parent.wait()
-    assert members == {parent.pid, program}
+    with parent_of(script) as (parent, (program, _)):
+        members = _pids(ProcessGroup((parent,)).processes())
+    assert members == {parent, program}
 
 
 def test_the_process_table_read_from_proc_agrees_with_psutil(tree: Tree) -> None:

@@ -73,6 +73,14 @@ def _encoded(encoder: NarrationEncoder, sounds: list[WaitingSound]) -> list[int]
     return counts
 
 
+def _next_narration_is_encoded_by_a_new_process(encoders: EncoderProcess, work_dir: Path, ended: int) -> None:
+    """The next narration opens its encoder in a new process, and is encoded there as if nothing happened."""
+    sounds = _sounds(work_dir)
+    encoder = encoders.open(work_dir, RATE)
+    assert encoders.pid not in (None, ended)
+    assert sum(_encoded(encoder, sounds)) == round(4.1 * RATE)
+
+
 def test_a_narration_encoded_in_the_encoder_process_is_the_one_encoded_here(
     tmp_path: Path, encoders: EncoderProcess
 ) -> None:
@@ -106,11 +114,7 @@ def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_
     held.abandon()  # nothing left to close: no error on the way out of a failed narration
     assert ends == ["exited"]
 
-    # The next narration is encoded by a new process, as if nothing had happened.
-    (tmp_path / "again").mkdir()
-    again = encoders.open(tmp_path / "again", RATE)
-    assert encoders.pid not in (None, first)
-    assert sum(_encoded(again, _sounds(tmp_path / "again"))) == round(4.1 * RATE)
+    _next_narration_is_encoded_by_a_new_process(encoders, tmp_path / "again", first)
 
 
 def test_an_encoder_process_that_stops_answering_is_killed_and_the_next_narration_starts_another(
@@ -130,10 +134,7 @@ def test_an_encoder_process_that_stops_answering_is_killed_and_the_next_narratio
 
     assert _has_ended(hung, 10)
     assert ends == ["unanswered"]
-    (tmp_path / "next").mkdir()
-    following = encoders.open(tmp_path / "next", RATE)
-    assert encoders.pid not in (None, hung)
-    assert sum(_encoded(following, _sounds(tmp_path / "next"))) == round(4.1 * RATE)
+    _next_narration_is_encoded_by_a_new_process(encoders, tmp_path / "next", hung)
 
 
 def test_errors_in_the_encoder_process_are_raised_here_as_the_encoder_raises_them(
