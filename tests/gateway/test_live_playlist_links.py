@@ -3,7 +3,9 @@ it with no signing call of the gateway's, and the log keeps the storage key alon
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from services.gateway.backends import MediaClient
 from services.gateway.events import PlaylistReady, decode_event
 from services.gateway.jobs.store import JobStore
+from services.media.live import LiveNarration
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.gateway.test_servicer import collect, create_conversation
@@ -30,6 +33,31 @@ def signed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return keys
 
 
+@pytest.fixture
+def read_before_published(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Media publishes the playlist only once the reader's stream has read the log to its end and follows the
+    job live, as it nearly always has by then: the event then reaches the reader live. On a loaded machine
+    the playlist came first now and then, and the reader had the event from the log, signed by the gateway
+    as every replayed event is."""
+    read = asyncio.Event()
+    list_events = JobStore.list_events
+    write_playlist = LiveNarration._write_playlist
+
+    async def listed(store: JobStore, *args: Any, **kwargs: Any) -> Any:
+        page = await list_events(store, *args, **kwargs)
+        if not page.events:  # read to the end: the reader follows the job live from here
+            read.set()
+        return page
+
+    async def written(narration: LiveNarration, *args: Any, **kwargs: Any) -> None:
+        await read.wait()
+        await write_playlist(narration, *args, **kwargs)
+
+    monkeypatch.setattr(JobStore, "list_events", listed)
+    monkeypatch.setattr(LiveNarration, "_write_playlist", written)
+
+
+@pytest.mark.usefixtures("read_before_published")
 async def test_the_live_playlist_reaches_its_reader_with_the_uri_media_made(
     gateway_stub: gateway_grpc.GatewayServiceStub, signed: list[str], job_store: JobStore
 ) -> None:
