@@ -8,7 +8,9 @@ import grpc
 from services.gateway.backends import ContentClient, MediaClient
 from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.store import JobStore
+from services.gateway.models import Meditation, MeditationOptions
 from services.gateway.pipeline import MeditationPipeline
+from tests.conftest import TEST_OWNER
 from tests.security.test_stream_limits import TIMEOUTS, HeldContent
 
 
@@ -26,3 +28,16 @@ def jobs_over(store: JobStore, content: ContentClient, media_channel: grpc.aio.C
     return MeditationJobs(
         store, content, MeditationPipeline(content, media, TIMEOUTS), media=media, poll_interval_seconds=0.05
     )
+
+
+async def a_running_job(store: JobStore, *, queue_lease_seconds: float = 60.0) -> Meditation:
+    """A new job of the test owner's, straight in the store (no intake, no queue): for tests of what follows
+    its creation."""
+    meditation, _ = await store.create(
+        conversation="conversations/0123456789abcdef",
+        owner=TEST_OWNER,
+        request_id="",
+        options=MeditationOptions(),
+        queue_lease_seconds=queue_lease_seconds,
+    )
+    return meditation

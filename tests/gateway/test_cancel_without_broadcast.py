@@ -20,6 +20,7 @@ from services.gateway.jobs.work_queue import InProcessWorkQueue
 from services.gateway.models import MeditationOptions, MeditationState, Message
 from services.gateway.pipeline import MeditationPipeline
 from tests.conftest import TEST_OWNER
+from tests.gateway.held_jobs import a_running_job
 from tests.security.test_stream_limits import TIMEOUTS, HeldContent
 from tests.waiting import wait_until
 
@@ -106,13 +107,7 @@ async def test_a_job_whose_cancel_was_recorded_while_it_waited_is_ended_not_run(
     content = ContentClient(content_channel, TIMEOUTS)
     jobs = MeditationJobs(store, content, pipeline, queue=queue, poll_interval_seconds=0.05)  # type: ignore[arg-type]
     try:
-        meditation, _ = await store.create(
-            conversation="conversations/0123456789abcdef",
-            owner=TEST_OWNER,
-            request_id="",
-            options=MeditationOptions(),
-            queue_lease_seconds=300,
-        )
+        meditation = await a_running_job(store, queue_lease_seconds=300)
         await store.request_cancel(meditation.name)
         await queue.submit(meditation.name)
 

@@ -28,7 +28,7 @@ from services.gateway.jobs.store import JobStore
 from services.gateway.models import JobChanges, MeditationOptions, MeditationState, Message
 from services.gateway.ports import SourceContent
 from tests.conftest import TEST_OWNER
-from tests.gateway.held_jobs import jobs_over
+from tests.gateway.held_jobs import a_running_job, jobs_over
 from tests.security.test_stream_limits import TIMEOUTS
 
 SOURCE_STARTED = StageChanged(stage=Stage.SOURCE, state=StageState.STARTED)
@@ -118,13 +118,7 @@ async def start_job(
 async def test_a_recorders_events_keep_the_order_they_were_emitted_in(job_store: JobStore) -> None:
     """Property: an event started with emit_soon takes its place before one emitted right after it, however
     the two writes are scheduled."""
-    meditation, _ = await job_store.create(
-        conversation="conversations/0123456789abcdef",
-        owner=TEST_OWNER,
-        request_id="",
-        options=MeditationOptions(),
-        queue_lease_seconds=60.0,
-    )
+    meditation = await a_running_job(job_store)
     recorder = JobRecorder(meditation=meditation.name, store=job_store)
     started = recorder.emit_soon(SOURCE_STARTED)
     await recorder.emit(StageChanged(stage=Stage.SOURCE, state=StageState.SUCCEEDED))
