@@ -572,16 +572,16 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
     lines += [
         "",
         "| jobs at once | CPU s/job, all services | content | media | gateway "
-        "| peak RSS, summed (PSS) | storage requests/job | providers' CPU s/job "
-        "| PostgreSQL + Redis CPU s/job | other processes' CPU |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| peak RSS, summed (PSS) | peak RSS: content / media / gateway | storage requests/job "
+        "| providers' CPU s/job | PostgreSQL + Redis CPU s/job | other processes' CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, entry in rows:
         by_service = entry.get("cpu_seconds_per_job_by_service") or {}
         lines.append(
             f"| {label} | {_number(entry.get('cpu_seconds_per_job'))} | "
             + " | ".join(_number(by_service.get(service)) for service in ("content", "media", "gateway"))
-            + f" | {_memory(entry)} | {_number(_storage_per_job(entry), 1)} | "
+            + f" | {_memory(entry)} | {_memory_by_service(entry)} | {_number(_storage_per_job(entry), 1)} | "
             f"{_number(entry.get('provider_servers_cpu_seconds_per_job'))} | "
             f"{_number(entry.get('data_plane_cpu_seconds_per_job'))} | {_share(entry)} |"
         )
@@ -590,7 +590,9 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
         "CPU per service: each service's processes (every replica) with their children, FFmpeg included."
         " Storage requests: what the Supabase-compatible server received during the level, divided by its"
         " jobs. Peak RSS: the highest sum over the services' processes, sampled every 100 ms (PSS at least"
-        " once a second and whenever RSS rises 2 % past its peak).",
+        " once a second and whenever RSS rises 2 % past its peak); per service, each service's own highest"
+        " (every replica, with its children), each at its own moment, what one container of it must hold"
+        " with one replica.",
     ]
     for label, entry in rows:
         for failure in entry.get("failures", [])[:5]:
@@ -741,6 +743,14 @@ def _upload_scaling(scale_by_bytes: object) -> str:
 def _memory(section: Mapping[str, Any] | None) -> str:
     rss, pss = (section or {}).get("peak_rss_bytes"), (section or {}).get("peak_pss_bytes")
     return _megabytes(rss) + ("" if pss is None else f" ({_megabytes(pss)})")
+
+
+def _memory_by_service(section: Mapping[str, Any] | None) -> str:
+    """Each service's own peak RSS; older reports have none."""
+    peaks = (section or {}).get("peak_rss_bytes_by_service") or {}
+    if not peaks:
+        return "—"
+    return " / ".join(_megabytes(peaks.get(service)) for service in ("content", "media", "gateway"))
 
 
 def _share(section: Mapping[str, Any] | None) -> str:

@@ -186,6 +186,8 @@ class MemorySampler:
         # When each group's PSS is next read whatever its RSS.
         self._pss_due_at: dict[str, float] = {}
         self._groups: dict[str, ProcessGroup] = {}
+        # Groups whose PSS is never read: their RSS peak alone is wanted (each service's share of the sum).
+        self._rss_only: set[str] = set()
         self._peaks: dict[str, MemoryReading] = {}
         self._samples: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -193,10 +195,16 @@ class MemorySampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="memory-sampler", daemon=True)
 
-    def watch(self, name: str, group: ProcessGroup) -> None:
-        """Starts (or restarts) watching a group, its peak from zero."""
+    def watch(self, name: str, group: ProcessGroup, *, reads_pss: bool = True) -> None:
+        """Starts (or restarts) watching a group, its peak from zero. `reads_pss=False`: its RSS alone, the
+        PSS peak staying 0 (a walk of every mapping of every member, once more for each group it is read
+        for)."""
         with self._lock:
             self._groups[name] = group
+            if reads_pss:
+                self._rss_only.discard(name)
+            else:
+                self._rss_only.add(name)
             self._peaks[name] = MemoryReading(0, 0)
             self._samples[name] = 0
             self._pss_due_at[name] = 0.0
@@ -205,6 +213,7 @@ class MemorySampler:
         with self._lock:
             for name in names:
                 self._groups.pop(name, None)
+                self._rss_only.discard(name)
 
     def reset_peak(self, name: str) -> None:
         with self._lock:
@@ -226,6 +235,7 @@ class MemorySampler:
             groups = dict(self._groups)
             peaks = dict(self._peaks)
             pss_due_at = dict(self._pss_due_at)
+            rss_only = set(self._rss_only)
         table = ProcessTable.read()
         now = self._clock()
         # Each group's RSS, and its PSS where it is due (else None).
@@ -234,7 +244,9 @@ class MemorySampler:
             members = group.processes(table)
             rss = _rss_bytes(members)
             peak_rss = peaks.get(name, MemoryReading(0, 0)).rss_bytes
-            is_pss_due = rss > peak_rss * (1 + PSS_PEAK_MARGIN) or now >= pss_due_at.get(name, 0.0)
+            is_pss_due = name not in rss_only and (
+                rss > peak_rss * (1 + PSS_PEAK_MARGIN) or now >= pss_due_at.get(name, 0.0)
+            )
             readings[name] = (rss, _pss_bytes(members) if is_pss_due else None)
         with self._lock:
             for name, (rss, pss) in readings.items():

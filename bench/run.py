@@ -535,13 +535,20 @@ async def _stillpoint_stack(
                     notes=tuple(notes),
                 )
                 sampler.watch("stillpoint", meter.all_services)
+                for service, group in meter.service_groups().items():
+                    sampler.watch(_service_memory(service), group, reads_pss=False)
                 try:
                     yield meter
                 finally:
-                    sampler.forget(["stillpoint"])
+                    sampler.forget(["stillpoint", *map(_service_memory, meter.service_pids)])
                     await queue_readers.remember_own(others)
     finally:
         await drop_database(settings.postgres_admin_dsn, database_url)
+
+
+def _service_memory(service: str) -> str:
+    """The memory sampler's name for one service's processes (every replica, with their children)."""
+    return f"stillpoint:{service}"
 
 
 def service_pids(stack: Stack) -> dict[str, dict[str, int]]:
@@ -597,7 +604,8 @@ class _StillpointMeter:
                 rate_hertz=self.profile_rate_hertz,
             )
         )
-        self.sampler.reset_peak("stillpoint")
+        for name in ("stillpoint", *map(_service_memory, self.service_pids)):
+            self.sampler.reset_peak(name)
         before = self._cpu_readings()
         storage_before = self.providers.storage_request_counts()
         if recorder is not None:
@@ -644,6 +652,11 @@ class _StillpointMeter:
         )
         section.update(preview_section(jobs))
         section["replicas"] = {service: len(pids) for service, pids in self.service_pids.items()}
+        # Each service's own peak, at its own moment (so they may add up to more than the summed peak): what
+        # a container of it must hold (README, Kubernetes).
+        section["peak_rss_bytes_by_service"] = {
+            service: self.sampler.peak(_service_memory(service)).rss_bytes for service in self.service_pids
+        }
         section["notes"] = sorted({*section["notes"], *self.notes})
         section["provider_servers_cpu_seconds_per_job"] = used["providers"] / count
         # PostgreSQL's backends for this run's database and the Redis server: approximate (a backend that

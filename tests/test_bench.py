@@ -166,6 +166,12 @@ def _report() -> tuple[dict[str, Any], list[tuple[str, list[JobTimeline]]]]:
         storage_requests={"POST object": 1500, "PATCH upload/resumable": 600},
         deadline_seconds=300.0,
     )
+    # Measured per service by make bench's own run, not by pipeline_section.
+    fifty["peak_rss_bytes_by_service"] = {
+        "content": 150_000_000,
+        "media": 1_200_000_000,
+        "gateway": 250_000_000,
+    }
     report: dict[str, Any] = {
         "generated_at": "2026-11-21T00:00:00+00:00",
         "settings": {"jobs": 4, "reference_jobs": 3, "quick": False, "default_workload": True},
@@ -241,8 +247,9 @@ def test_report_writes_stable_json_a_markdown_table_and_a_timeline_png(tmp_path:
     )
     assert "| 50, media ×2 | 49/50 |" in markdown
     # Cost rows: CPU per job in all and per service, then storage requests per job.
-    assert "| 1 | 1.50 | 0.25 | 1.00 | 0.25 | 500 MB | 30.0 |" in markdown
-    assert "| 50 | 3.00 | 0.50 | 2.00 | 0.50 | 1600 MB | 42.0 |" in markdown
+    # Then the summed peak and each service's own, where the run measured them (not the sequential one here).
+    assert "| 1 | 1.50 | 0.25 | 1.00 | 0.25 | 500 MB | — | 30.0 |" in markdown
+    assert "| 50 | 3.00 | 0.50 | 2.00 | 0.50 | 1600 MB | 150 MB / 1200 MB / 250 MB | 42.0 |" in markdown
     assert "level 50 failure: job 59: DEADLINE_EXCEEDED" in markdown
     assert "## CPU profile, 50 jobs at once" in markdown
     assert "| 1 | `_run_once` | `asyncio/base_events.py:1845` | 50.0 % | 50.0 % |" in markdown

@@ -188,3 +188,30 @@ def test_pss_is_read_at_a_new_rss_peak_and_once_a_second_rss_every_sample(
     finally:
         growing.kill()
         growing.wait()
+
+
+def test_a_group_watched_for_rss_alone_never_has_its_pss_read(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Property: each service's own peak (reads_pss=False) costs one more sum over the process table and no
+    walk of its mappings; the group beside it that reads PSS still reads it, for its own members only."""
+    pss_reads: list[int] = []
+    memory_full_info = psutil.Process.memory_full_info
+
+    def counted(process: psutil.Process) -> Any:
+        pss_reads.append(process.pid)
+        return memory_full_info(process)
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", counted)
+    sampler = MemorySampler()
+    sampler.watch("whole", ProcessGroup((tree.root,)))
+    sampler.watch("service", ProcessGroup((tree.child,)), reads_pss=False)
+    sampler.sample_now()
+    whole, service = sampler.peak("whole"), sampler.peak("service")
+    # The child and the grandchild: two interpreters, under the whole tree's four.
+    assert 0 < service.rss_bytes < whole.rss_bytes and service.pss_bytes == 0 < whole.pss_bytes
+    assert sorted(pss_reads) == sorted((tree.root, tree.child, tree.grandchild, tree.other_child))
+    # Watched again with PSS, the same group has it read.
+    sampler.watch("service", ProcessGroup((tree.child,)))
+    sampler.sample_now()
+    assert sampler.peak("service").pss_bytes > 0
