@@ -595,6 +595,13 @@ def _levels_markdown(report: Mapping[str, Any]) -> list[str]:
         " with one replica.",
     ]
     for label, entry in rows:
+        measuring = entry.get("measuring_cpu_seconds") or {}
+        if measuring:
+            lines.append(
+                f"- level {label}: measuring used {_number(measuring.get('bench_process'), 1)} CPU s in the"
+                f" bench's own process (the jobs' client and the memory sampler;"
+                f" the sampler alone {_number(measuring.get('memory_sampler'), 1)} s), beside the services"
+            )
         for failure in entry.get("failures", [])[:5]:
             lines.append(f"- level {label} failure: {failure}")
         for note in entry.get("notes", []):

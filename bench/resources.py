@@ -13,9 +13,14 @@ import psutil
 SAMPLE_INTERVAL_SECONDS = 0.1
 # PSS costs the kernel a walk of every mapping of every process (smaps_rollup): read every 100 ms, it was
 # three quarters of the sampler's CPU at fifty jobs. RSS (statm) is read every sample; PSS at least this
-# often, and whenever a group's RSS rises PSS_PEAK_MARGIN above its peak so far, where PSS peaks too.
+# often, and whenever a group's RSS rises PSS_PEAK_MARGIN above its peak so far, where PSS peaks too, but
+# no sooner than PSS_RISING_GAP_SECONDS after its last: while fifty jobs start, RSS rises past each peak by
+# the margin nearly every sample, and the walks took a fifth of a core in the level's first seconds, the
+# very seconds its first playable media is measured in. Nor while a group's RSS is under its PSS peak (PSS
+# never exceeds RSS): no reading then could raise the peak.
 PSS_INTERVAL_SECONDS = 1.0
 PSS_PEAK_MARGIN = 0.02
+PSS_RISING_GAP_SECONDS = 0.5
 
 
 @dataclass
@@ -36,10 +41,10 @@ class ProcessGroup:
             pid = pending.pop()
             if pid in members:
                 continue
-            try:
-                members[pid] = psutil.Process(pid)
-            except psutil.Error:
+            process = table.process(pid)
+            if process is None:
                 continue  # ended since the table was read: its children are no longer its
+            members[pid] = process
             for child in table.children.get(pid, ()):
                 if child not in self.excluded_pids:
                     parents[child] = pid
@@ -47,7 +52,7 @@ class ProcessGroup:
         return [
             process
             for pid, process in members.items()
-            if pid not in parents or not _is_unexecuted_fork(pid, parents[pid])
+            if pid not in parents or not table.is_unexecuted_fork(pid, parents[pid])
         ]
 
     def cpu_seconds(self) -> float:
@@ -73,15 +78,9 @@ def _is_unexecuted_fork(pid: int, parent: int) -> bool:
         return False  # ended, or no /proc: counted as it is
 
 
-def _rss_bytes(processes: Iterable[psutil.Process]) -> int:
+def _rss_bytes(processes: Iterable[psutil.Process], table: ProcessTable) -> int:
     """Summed RSS: shared pages counted once per process, as `ps` adds them up."""
-    total = 0
-    for process in processes:
-        try:
-            total += process.memory_info().rss
-        except psutil.Error:
-            continue
-    return total
+    return sum(table.rss_bytes(process) for process in processes)
 
 
 def _pss_bytes(processes: Iterable[psutil.Process]) -> int:
@@ -104,9 +103,38 @@ class ProcessTable:
     each member of a group every 100 ms: at fifty jobs, with PostgreSQL's backends and FFmpeg's children
     in the table, the bench's own process took about a sixth of a core on this 2-core machine (12 of the
     level's 123 busy CPU seconds), time taken from the services it was timing. Each /proc/PID/stat is read
-    here as it is, not through psutil's per-process objects (a third of the cost)."""
+    here as it is, not through psutil's per-process objects (a third of the cost).
+
+    A table is one moment's: what its groups ask of a process (its psutil object, its RSS, whether it is an
+    unexecuted fork) is read once however many groups hold it (the stack's, and each service's own)."""
 
     children: dict[int, list[int]]
+    _processes: dict[int, psutil.Process | None] = field(default_factory=dict, compare=False, repr=False)
+    _rss: dict[int, int] = field(default_factory=dict, compare=False, repr=False)
+    _forks: dict[int, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    def process(self, pid: int) -> psutil.Process | None:
+        """The process `pid`, or None when it has ended."""
+        if pid not in self._processes:
+            try:
+                self._processes[pid] = psutil.Process(pid)
+            except psutil.Error:
+                self._processes[pid] = None
+        return self._processes[pid]
+
+    def is_unexecuted_fork(self, pid: int, parent: int) -> bool:
+        if pid not in self._forks:
+            self._forks[pid] = _is_unexecuted_fork(pid, parent)
+        return self._forks[pid]
+
+    def rss_bytes(self, process: psutil.Process) -> int:
+        """The process's RSS (0 once it has ended)."""
+        if process.pid not in self._rss:
+            try:
+                self._rss[process.pid] = process.memory_info().rss
+            except psutil.Error:
+                self._rss[process.pid] = 0
+        return self._rss[process.pid]
 
     @classmethod
     def read(cls) -> ProcessTable:
@@ -183,8 +211,9 @@ class MemorySampler:
     ) -> None:
         self._interval_seconds = interval_seconds
         self._clock = clock
-        # When each group's PSS is next read whatever its RSS.
+        # When each group's PSS is next read whatever its RSS, and when it was last read.
         self._pss_due_at: dict[str, float] = {}
+        self._pss_read_at: dict[str, float] = {}
         self._groups: dict[str, ProcessGroup] = {}
         # Groups whose PSS is never read: their RSS peak alone is wanted (each service's share of the sum).
         self._rss_only: set[str] = set()
@@ -208,6 +237,7 @@ class MemorySampler:
             self._peaks[name] = MemoryReading(0, 0)
             self._samples[name] = 0
             self._pss_due_at[name] = 0.0
+            self._pss_read_at.pop(name, None)
 
     def forget(self, names: Iterable[str]) -> None:
         with self._lock:
@@ -220,6 +250,7 @@ class MemorySampler:
             self._peaks[name] = MemoryReading(0, 0)
             self._samples[name] = 0
             self._pss_due_at[name] = 0.0
+            self._pss_read_at.pop(name, None)
 
     def peak(self, name: str) -> MemoryReading:
         """The highest summed RSS and PSS (each at its own moment) since the group was watched or reset."""
@@ -235,6 +266,7 @@ class MemorySampler:
             groups = dict(self._groups)
             peaks = dict(self._peaks)
             pss_due_at = dict(self._pss_due_at)
+            pss_read_at = dict(self._pss_read_at)
             rss_only = set(self._rss_only)
         table = ProcessTable.read()
         now = self._clock()
@@ -242,10 +274,17 @@ class MemorySampler:
         readings: dict[str, tuple[int, int | None]] = {}
         for name, group in groups.items():
             members = group.processes(table)
-            rss = _rss_bytes(members)
+            rss = _rss_bytes(members, table)
             peak_rss = peaks.get(name, MemoryReading(0, 0)).rss_bytes
-            is_pss_due = name not in rss_only and (
-                rss > peak_rss * (1 + PSS_PEAK_MARGIN) or now >= pss_due_at.get(name, 0.0)
+            is_rising = rss > peak_rss * (1 + PSS_PEAK_MARGIN) and (
+                name not in pss_read_at or now >= pss_read_at[name] + PSS_RISING_GAP_SECONDS
+            )
+            # A group's PSS never exceeds its RSS, so while its RSS is under its PSS peak (memory given back
+            # as jobs end) no reading could raise that peak: none is taken.
+            is_pss_due = (
+                name not in rss_only
+                and rss > peaks.get(name, MemoryReading(0, 0)).pss_bytes
+                and (is_rising or now >= pss_due_at.get(name, 0.0))
             )
             readings[name] = (rss, _pss_bytes(members) if is_pss_due else None)
         with self._lock:
@@ -257,6 +296,7 @@ class MemorySampler:
                     )
                     if pss is not None:
                         self._pss_due_at[name] = now + PSS_INTERVAL_SECONDS
+                        self._pss_read_at[name] = now
                     self._samples[name] = self._samples.get(name, 0) + 1
 
     @property

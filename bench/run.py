@@ -607,6 +607,7 @@ class _StillpointMeter:
         for name in ("stillpoint", *map(_service_memory, self.service_pids)):
             self.sampler.reset_peak(name)
         before = self._cpu_readings()
+        sampler_before = self.sampler.own_cpu_seconds
         storage_before = self.providers.storage_request_counts()
         if recorder is not None:
             log(f"  recording CPU profiles of {', '.join(recorder.targets)} with py-spy")
@@ -626,6 +627,7 @@ class _StillpointMeter:
         self.sampler.sample_now()
         profile = None if recorder is None else recorder.stop()
         used = {name: value - before[name] for name, value in self._cpu_readings().items()}
+        used["sampler"] = self.sampler.own_cpu_seconds - sampler_before
         storage_requests = _difference(self.providers.storage_request_counts(), storage_before)
         playlist_history = self.providers.storage_playlist_history()
         _measure_previews(jobs, playlist_history, observed_until_seconds=time.monotonic())
@@ -663,6 +665,9 @@ class _StillpointMeter:
         # closes during the batch takes its time with it), and not part of the services' figure.
         section["data_plane_cpu_seconds_per_job"] = used["data_plane"] / count
         profiler_cpu = 0.0 if recorder is None else recorder.cpu_seconds
+        # What measuring cost, on the cores the services were measured on: this process (the jobs' gRPC
+        # client, which times their events, and the memory sampler's thread) and the sampler alone.
+        section["measuring_cpu_seconds"] = {"bench_process": used["bench"], "memory_sampler": used["sampler"]}
         if profile is not None:
             section["profile"] = profile
         section["interference"] = _interference(

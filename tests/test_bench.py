@@ -166,7 +166,8 @@ def _report() -> tuple[dict[str, Any], list[tuple[str, list[JobTimeline]]]]:
         storage_requests={"POST object": 1500, "PATCH upload/resumable": 600},
         deadline_seconds=300.0,
     )
-    # Measured per service by make bench's own run, not by pipeline_section.
+    # Measured by make bench's own run, not by pipeline_section.
+    fifty["measuring_cpu_seconds"] = {"bench_process": 9.3, "memory_sampler": 2.5}
     fifty["peak_rss_bytes_by_service"] = {
         "content": 150_000_000,
         "media": 1_200_000_000,
@@ -251,6 +252,8 @@ def test_report_writes_stable_json_a_markdown_table_and_a_timeline_png(tmp_path:
     assert "| 1 | 1.50 | 0.25 | 1.00 | 0.25 | 500 MB | — | 30.0 |" in markdown
     assert "| 50 | 3.00 | 0.50 | 2.00 | 0.50 | 1600 MB | 150 MB / 1200 MB / 250 MB | 42.0 |" in markdown
     assert "level 50 failure: job 59: DEADLINE_EXCEEDED" in markdown
+    assert "level 50: measuring used 9.3 CPU s in the bench's own process" in markdown
+    assert "the sampler alone 2.5 s" in markdown
     assert "## CPU profile, 50 jobs at once" in markdown
     assert "| 1 | `_run_once` | `asyncio/base_events.py:1845` | 50.0 % | 50.0 % |" in markdown
     assert "not profiled: gateway (pid 124): Permission denied" in markdown

@@ -12,7 +12,13 @@ from typing import Any
 import psutil
 import pytest
 
-from bench.resources import PSS_INTERVAL_SECONDS, MemorySampler, ProcessGroup, ProcessTable
+from bench.resources import (
+    PSS_INTERVAL_SECONDS,
+    PSS_RISING_GAP_SECONDS,
+    MemorySampler,
+    ProcessGroup,
+    ProcessTable,
+)
 from tests.process_trees import parent_of
 
 # A root that starts two children, the first of which starts a grandchild; each prints its pid and waits
@@ -148,7 +154,8 @@ def test_pss_is_read_at_a_new_rss_peak_and_once_a_second_rss_every_sample(
 ) -> None:
     """Property: the first sample reads PSS; one at the same RSS soon after does not (PSS, a walk of every
     mapping, was most of the sampler's cost); one a second later does, and so does one whose RSS rose past
-    the peak by more than the margin, at once. Every sample keeps the RSS peak."""
+    the peak by more than the margin, but not within PSS_RISING_GAP_SECONDS of the last read (while fifty
+    jobs start, RSS rises past its peak nearly every sample). Every sample keeps the RSS peak."""
     pss_reads: list[float] = []
     memory_full_info = psutil.Process.memory_full_info
     clock = _Clock()
@@ -178,13 +185,22 @@ def test_pss_is_read_at_a_new_rss_peak_and_once_a_second_rss_every_sample(
         growing.stdin.write("grow\n")
         growing.stdin.flush()
         assert growing.stdout.readline().strip() == "grown"
-        clock.now += PSS_INTERVAL_SECONDS / 10
+        # Risen, but too soon after the last read: its RSS peak is kept, its PSS not read.
+        clock.now += PSS_RISING_GAP_SECONDS / 2
         sampler.sample_now()
-        assert len(pss_reads) == 3
+        assert len(pss_reads) == 2
+        assert sampler.peak("growing").rss_bytes >= first.rss_bytes + (60 << 20)
+        growing.stdin.write("grow\n")
+        growing.stdin.flush()
+        assert growing.stdout.readline().strip() == "grown"
+        # Risen again past the new RSS peak once the gap is over, well before the second's read is due.
+        clock.now += PSS_RISING_GAP_SECONDS / 2
+        sampler.sample_now()
+        assert pss_reads[2:] == [clock.now] and clock.now < pss_reads[1] + PSS_INTERVAL_SECONDS
         grown = sampler.peak("growing")
-        assert grown.rss_bytes >= first.rss_bytes + (60 << 20)
-        assert grown.pss_bytes >= first.pss_bytes + (60 << 20)
-        assert sampler.sample_count("growing") == 4
+        assert grown.rss_bytes >= first.rss_bytes + (120 << 20)
+        assert grown.pss_bytes >= first.pss_bytes + (120 << 20)
+        assert sampler.sample_count("growing") == 5
     finally:
         growing.kill()
         growing.wait()
@@ -215,3 +231,49 @@ def test_a_group_watched_for_rss_alone_never_has_its_pss_read(
     sampler.watch("service", ProcessGroup((tree.child,)))
     sampler.sample_now()
     assert sampler.peak("service").pss_bytes > 0
+
+
+def test_pss_is_not_read_while_rss_is_under_the_pss_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Property: PSS never exceeds RSS, so once a group's RSS falls under its PSS peak (its jobs ended and
+    gave memory back) a due reading is skipped, the peaks unchanged; a group still at its size is read."""
+    pss_reads: list[int] = []
+    memory_full_info = psutil.Process.memory_full_info
+
+    def counted(process: psutil.Process) -> Any:
+        pss_reads.append(process.pid)
+        return memory_full_info(process)
+
+    monkeypatch.setattr(psutil.Process, "memory_full_info", counted)
+    big, small = (
+        subprocess.Popen(
+            [sys.executable, "-c", _GROWING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    )
+    try:
+        assert big.stdin is not None and big.stdout is not None and small.stdout is not None
+        big.stdout.readline()
+        small.stdout.readline()
+        big.stdin.write("grow\n")
+        big.stdin.flush()
+        assert big.stdout.readline().strip() == "grown"
+        clock = _Clock()
+        sampler = MemorySampler(clock=clock)
+        sampler.watch("both", ProcessGroup((big.pid, small.pid)))
+        sampler.watch("small", ProcessGroup((small.pid,)))
+        sampler.sample_now()
+        assert sorted(pss_reads) == sorted((big.pid, small.pid, small.pid))
+        peak = sampler.peak("both")
+        big.kill()
+        big.wait()
+        pss_reads.clear()
+        clock.now += PSS_INTERVAL_SECONDS
+        sampler.sample_now()
+        # The small one's RSS is under both's PSS peak (the big one's 64 MB more): that group is not read; the
+        # small one's own group, at its size, is.
+        assert pss_reads == [small.pid]
+        assert sampler.peak("both") == peak
+    finally:
+        for process in (big, small):
+            process.kill()
+            process.wait()
