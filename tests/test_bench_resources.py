@@ -206,19 +206,23 @@ def test_pss_is_read_at_a_new_rss_peak_and_once_a_second_rss_every_sample(
         growing.wait()
 
 
-def test_a_group_watched_for_rss_alone_never_has_its_pss_read(
-    tree: Tree, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Property: each service's own peak (reads_pss=False) costs one more sum over the process table and no
-    walk of its mappings; the group beside it that reads PSS still reads it, for its own members only."""
-    pss_reads: list[int] = []
+@pytest.fixture
+def pss_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The pid of every PSS reading (a walk of every mapping: psutil's memory_full_info), in order."""
+    reads: list[int] = []
     memory_full_info = psutil.Process.memory_full_info
 
     def counted(process: psutil.Process) -> Any:
-        pss_reads.append(process.pid)
+        reads.append(process.pid)
         return memory_full_info(process)
 
     monkeypatch.setattr(psutil.Process, "memory_full_info", counted)
+    return reads
+
+
+def test_a_group_watched_for_rss_alone_never_has_its_pss_read(tree: Tree, pss_reads: list[int]) -> None:
+    """Property: each service's own peak (reads_pss=False) costs no walk of its mappings; the group beside
+    it that reads PSS still reads it, for its own members only."""
     sampler = MemorySampler()
     sampler.watch("whole", ProcessGroup((tree.root,)))
     sampler.watch("service", ProcessGroup((tree.child,)), reads_pss=False)
@@ -233,17 +237,9 @@ def test_a_group_watched_for_rss_alone_never_has_its_pss_read(
     assert sampler.peak("service").pss_bytes > 0
 
 
-def test_pss_is_not_read_while_rss_is_under_the_pss_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pss_is_not_read_while_rss_is_under_the_pss_peak(pss_reads: list[int]) -> None:
     """Property: PSS never exceeds RSS, so once a group's RSS falls under its PSS peak (its jobs ended and
     gave memory back) a due reading is skipped, the peaks unchanged; a group still at its size is read."""
-    pss_reads: list[int] = []
-    memory_full_info = psutil.Process.memory_full_info
-
-    def counted(process: psutil.Process) -> Any:
-        pss_reads.append(process.pid)
-        return memory_full_info(process)
-
-    monkeypatch.setattr(psutil.Process, "memory_full_info", counted)
     big, small = (
         subprocess.Popen(
             [sys.executable, "-c", _GROWING], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
