@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -211,8 +212,7 @@ class MemorySampler:
     ) -> None:
         self._interval_seconds = interval_seconds
         self._clock = clock
-        # When each group's PSS is next read whatever its RSS, and when it was last read.
-        self._pss_due_at: dict[str, float] = {}
+        # When each group's PSS was last read (absent: not since it was watched or reset, so it is due).
         self._pss_read_at: dict[str, float] = {}
         self._groups: dict[str, ProcessGroup] = {}
         # Groups whose PSS is never read: their RSS peak alone is wanted (each service's share of the sum).
@@ -236,7 +236,6 @@ class MemorySampler:
                 self._rss_only.add(name)
             self._peaks[name] = MemoryReading(0, 0)
             self._samples[name] = 0
-            self._pss_due_at[name] = 0.0
             self._pss_read_at.pop(name, None)
 
     def forget(self, names: Iterable[str]) -> None:
@@ -249,7 +248,6 @@ class MemorySampler:
         with self._lock:
             self._peaks[name] = MemoryReading(0, 0)
             self._samples[name] = 0
-            self._pss_due_at[name] = 0.0
             self._pss_read_at.pop(name, None)
 
     def peak(self, name: str) -> MemoryReading:
@@ -265,7 +263,6 @@ class MemorySampler:
         with self._lock:
             groups = dict(self._groups)
             peaks = dict(self._peaks)
-            pss_due_at = dict(self._pss_due_at)
             pss_read_at = dict(self._pss_read_at)
             rss_only = set(self._rss_only)
         table = ProcessTable.read()
@@ -275,16 +272,15 @@ class MemorySampler:
         for name, group in groups.items():
             members = group.processes(table)
             rss = _rss_bytes(members, table)
-            peak_rss = peaks.get(name, MemoryReading(0, 0)).rss_bytes
-            is_rising = rss > peak_rss * (1 + PSS_PEAK_MARGIN) and (
-                name not in pss_read_at or now >= pss_read_at[name] + PSS_RISING_GAP_SECONDS
-            )
+            peak = peaks.get(name, MemoryReading(0, 0))
+            since_read = now - pss_read_at[name] if name in pss_read_at else math.inf
+            is_rising = rss > peak.rss_bytes * (1 + PSS_PEAK_MARGIN) and since_read >= PSS_RISING_GAP_SECONDS
             # A group's PSS never exceeds its RSS, so while its RSS is under its PSS peak (memory given back
             # as jobs end) no reading could raise that peak: none is taken.
             is_pss_due = (
                 name not in rss_only
-                and rss > peaks.get(name, MemoryReading(0, 0)).pss_bytes
-                and (is_rising or now >= pss_due_at.get(name, 0.0))
+                and rss > peak.pss_bytes
+                and (is_rising or since_read >= PSS_INTERVAL_SECONDS)
             )
             readings[name] = (rss, _pss_bytes(members) if is_pss_due else None)
         with self._lock:
@@ -295,7 +291,6 @@ class MemorySampler:
                         max(peak.rss_bytes, rss), peak.pss_bytes if pss is None else max(peak.pss_bytes, pss)
                     )
                     if pss is not None:
-                        self._pss_due_at[name] = now + PSS_INTERVAL_SECONDS
                         self._pss_read_at[name] = now
                     self._samples[name] = self._samples.get(name, 0) + 1
 
