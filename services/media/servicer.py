@@ -94,7 +94,7 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                             yield media_pb.NarrateLiveResponse(
                                 playlist_ready=media_pb.LivePlaylistReady(
                                     storage_key=event.storage_key,
-                                    owner_uri=await self._owner_uri(event.storage_key, owner),
+                                    owner_uri=self._studio.live_playlist_uri(event, owner),
                                 )
                             )
                         else:
@@ -102,18 +102,6 @@ class MediaServicer(media_grpc.MediaServiceServicer):
                     await feeding
                 finally:
                     feeding.cancel()
-
-    async def _owner_uri(self, storage_key: str, owner: str) -> str:
-        """The asset's URI made now for `owner`, as SignAssetUris makes it; empty for no owner, or when
-        storage cannot sign now (the narration goes on, and the caller signs the playlist itself)."""
-        if not owner:
-            return ""
-        try:
-            [uri] = await self._studio.asset_uris([storage_key], owner)
-        except DEPENDENCY_FAILURES as error:
-            logger.warning("the live playlist was not signed for its owner: %s", type(error).__name__)
-            return ""
-        return uri
 
     async def DeleteMeditationAssets(
         self, request: media_pb.DeleteMeditationAssetsRequest, context: _Context

@@ -22,7 +22,7 @@ from services.media.cleanup import finish_despite_cancellation
 from services.media.encoder_process import EncoderProcess
 from services.media.encoders import EncoderSelection
 from services.media.errors import AssetNotFoundError, EncodingError, InvalidInputError
-from services.media.live import LiveNarration, QuickVideo, SpokenSegment
+from services.media.live import LiveNarration, PlaylistPublished, QuickVideo, SpokenSegment
 from services.media.live_encoder import LiveEncoder
 from services.media.media_links import MediaLinkSigner
 from services.media.scratch import ScratchDisk, disk_full_reported
@@ -312,6 +312,15 @@ class MediaStudio:
         finally:
             # A cancellation landing here (a cut stream, a shutdown) must not leave the files.
             await finish_despite_cancellation(asyncio.to_thread(shutil.rmtree, work_dir, True))
+
+    def live_playlist_uri(self, published: PlaylistPublished, owner: str) -> str:
+        """The URI `owner` can play a live playlist from, as asset_uris would make it, with no request:
+        storage signed the playlist as it published it. Empty for no owner (the gateway then signs it)."""
+        if not owner:
+            return ""
+        if self._links is None:
+            return published.signed_uri
+        return self._links.link(published.storage_key, owner)
 
     async def asset_uris(self, keys: Sequence[str], owner: str) -> list[str]:
         """URIs `owner` can fetch the assets from now, signed and short-lived, in order; an empty one for a

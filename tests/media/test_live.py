@@ -38,12 +38,10 @@ from services.media.live import (
 )
 from services.media.live_encoder import LiveEncoder, WaitingSound, bed_envelope
 from services.media.speech import EspeakNarrator, Narration
-from services.media.studio import MediaStudio
 from services.media.urgency import DUE_HORIZON_SECONDS, CpuLane, PriorityLimiter, due_at, is_urgent
 from services.media.video import probe_media
 from services.proto_time import seconds_of
 from services.script_marks import total_pause_seconds
-from services.storage.base import StorageUnavailableError
 from services.storage.local import LocalAssetStorage
 from stillpoint.media.v2 import media_service_pb2 as media_pb
 from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
@@ -135,19 +133,27 @@ async def test_the_live_playlist_comes_with_a_link_for_the_owner_it_was_told(
     assert untold[0].playlist_ready.storage_key and untold[0].playlist_ready.owner_uri == ""
 
 
-async def test_a_playlist_storage_cannot_sign_comes_without_a_link_and_the_narration_goes_on(
-    media_stub: media_grpc.MediaServiceStub, monkeypatch: pytest.MonkeyPatch
+async def test_the_owners_link_to_the_live_playlist_costs_no_signing_request_of_its_own(
+    media_stub: media_grpc.MediaServiceStub, storage: LocalAssetStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The link only spares the gateway a call: without it, the gateway signs the playlist as it signs any
-    asset."""
+    """Storage signs the playlist in the request that signs its first segments (an empty playlist holds its
+    place until then), so the link needs no request between the playlist's first version and the owner."""
+    signed: list[list[str]] = []
+    sign = storage.signed_uris
 
-    async def unavailable(*_: object) -> list[str]:
-        raise StorageUnavailableError("storage is down")
+    async def recording(keys: Sequence[str]) -> list[str]:
+        signed.append(list(keys))
+        return await sign(keys)
 
-    monkeypatch.setattr(MediaStudio, "asset_uris", unavailable)
+    monkeypatch.setattr(storage, "signed_uris", recording)
     responses = [r async for r in media_stub.NarrateLive(_requests("Breathe in. And out.", 2, owner="alice"))]
     assert [r.WhichOneof("event") for r in responses] == ["playlist_ready", "completed"]
-    assert responses[0].playlist_ready.storage_key and responses[0].playlist_ready.owner_uri == ""
+    key = responses[0].playlist_ready.storage_key
+    assert [keys for keys in signed if key in keys] == [signed[0]]
+    assert [name.rsplit(".", 1)[-1] for name in signed[0]] == ["mp4", "m4s", "m3u8"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        fetched = await client.get(responses[0].playlist_ready.owner_uri)
+    assert fetched.status_code == 200 and "#EXTINF" in fetched.text
 
 
 async def test_the_quick_video_copies_the_live_aac_and_matches_the_narration(
@@ -315,8 +321,8 @@ class _SigningRecorded(LocalAssetStorage):
 async def test_the_first_publication_signs_the_initialisation_and_first_segment_together(
     tmp_path: Path,
 ) -> None:
-    """The first publication is on the way to first playable media: one signing request, not one for the
-    initialisation segment and another for the first segment, and no wait for the later sentences."""
+    """The first publication is on the way to first playable media: one signing request for the
+    initialisation segment, the first segment and the playlist, and no wait for the later sentences."""
     storage = _SigningRecorded(tmp_path / "storage")
     rest_spoken = asyncio.Event()
 
@@ -334,7 +340,14 @@ async def test_the_first_publication_signs_the_initialisation_and_first_segment_
         async with asyncio.timeout(30):
             first = await anext(events)
         assert isinstance(first, PlaylistPublished)
-        assert [[key.rsplit(".", 1)[-1] for key in keys] for keys in storage.signed] == [["mp4", "m4s"]]
+        # The playlist is signed with them (its place held by an empty one), and lists a segment by the time
+        # it is announced.
+        assert [[key.rsplit(".", 1)[-1] for key in keys] for keys in storage.signed] == [
+            ["mp4", "m4s", "m3u8"]
+        ]
+        playlist_path = await storage.local_path(first.storage_key)
+        assert first.signed_uri == playlist_path.as_uri()
+        assert "#EXTINF" in playlist_path.read_text()
         rest_spoken.set()
         async with asyncio.timeout(30):
             assert isinstance([event async for event in events][-1], LiveNarrationResult)
