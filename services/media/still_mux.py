@@ -1,11 +1,13 @@
-"""A still video of the placeholder over sound that is already AAC, made in this process: the QUICK video of a
-live narration (the preview's picture, the narration's sound copied).
+"""A still video over sound that is already AAC, made in this process: the QUICK video of a live narration
+(the preview's picture, the narration's sound copied), and the ENHANCED video once the image has come.
 
-FFmpeg did it as a process per job: painting and writing the placeholder, encoding it, probing the AAC and
-the result, about 0.1 CPU s and 0.12 s of wall time per video, on the path from the narration's end to the
-QUICK video. The placeholder is the same picture for every job, so it is encoded once per process and size
-(`_placeholder_picture`), and each video is only a mux: the picture's one packet held for the narration, the
-AAC's packets, and the subtitles as MP4 text (mov_text). Blocking: run it in a worker thread.
+FFmpeg did it as a process per video: painting or decoding the picture, encoding it, probing the AAC and the
+result, about 0.1 CPU s and 0.12 s of wall time for the placeholder, 0.2-0.3 s of both for the 1792x1024
+image, all of it on the path from the narration's end (or the image's) to the video. The placeholder is the
+same picture for every job, so it is encoded once per process and size (`placeholder_picture`); an image is
+encoded once, here (`image_picture`, 0.08 s for 1792x1024); each video is then only a mux: the picture's one
+packet held for the narration, the AAC's packets, and the subtitles as MP4 text (mov_text). Blocking: run
+it in a worker thread.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from services.image_sizes import SUPPORTED_SIZES_PIXELS
 from services.media.errors import EncodingError
 from services.media.placeholder import paint_placeholder, placeholder_width
 
@@ -42,27 +45,53 @@ _ENCODING_ONCE = threading.Lock()
 
 
 def make_placeholder_ready(height_pixels: int, x264_crf: int) -> None:
-    """Encodes the placeholder at this size now, before the first video needs it (see `_placeholder_picture`).
+    """Encodes the placeholder at this size now, before the first video needs it (see `placeholder_picture`).
     Blocking: run it in a thread."""
+    placeholder_picture(height_pixels, x264_crf)
+
+
+def placeholder_picture(height_pixels: int, x264_crf: int) -> bytes:
+    """The placeholder at this height in 16:9, one H.264 keyframe in an MP4 (in memory), encoded once per
+    process and size: fifty jobs ending together wait for the first."""
     with _ENCODING_ONCE:
-        _placeholder_picture(height_pixels, x264_crf)
+        return _placeholder_picture(height_pixels, x264_crf)
 
 
-def mux_placeholder_video(
+def image_picture(image_path: Path, max_height_pixels: int | None, x264_crf: int) -> bytes | None:
+    """The image at `image_path` (a PNG this system made) as one H.264 keyframe in an MP4, as FFmpeg's renders
+    encoded it; None for an image of any size but those this system makes, or taller than
+    `max_height_pixels`, which FFmpeg scales and renders (its scaling is not repeated here). Raises
+    EncodingError when the file is no readable image."""
+    try:
+        with av.open(str(image_path), "r", format="image2pipe") as container:
+            if not container.streams.video:
+                raise EncodingError("the image has no picture in it")
+            context = container.streams.video[0].codec_context
+            size = (context.width, context.height)
+            if size not in SUPPORTED_SIZES_PIXELS or (
+                max_height_pixels is not None and context.height > max_height_pixels
+            ):
+                return None
+            frame = next(container.decode(video=0), None)
+    except av.FFmpegError as error:
+        raise EncodingError("the image could not be read", detail=str(error)) from error
+    if frame is None or (frame.width, frame.height) != size:
+        raise EncodingError("the image could not be read", detail="no picture of the size it announced")
+    return _encoded_picture(frame, x264_crf)
+
+
+def mux_still_video(
     *,
+    picture: bytes,
     aac_path: Path,
     subtitles_path: Path | None,
     duration_seconds: float,
     output_path: Path,
-    height_pixels: int,
-    x264_crf: int,
     subtitle_language: str,
 ) -> None:
-    """Writes to `output_path` the placeholder (16:9 at `height_pixels`) held for `duration_seconds` over the
-    AAC in `aac_path` (an ADTS file), with the WebVTT in `subtitles_path` as a text track. Raises
+    """Writes to `output_path` the `picture` (placeholder_picture, image_picture) held for `duration_seconds`
+    over the AAC in `aac_path` (an ADTS file), with the WebVTT in `subtitles_path` as a text track. Raises
     EncodingError when FFmpeg's libraries refuse the inputs; the caller removes a half-written file."""
-    with _ENCODING_ONCE:
-        picture = _placeholder_picture(height_pixels, x264_crf)
     try:
         with (
             av.open(str(output_path), "w", format="mp4", options={"movflags": "+faststart"}) as video,
@@ -100,16 +129,21 @@ def mux_placeholder_video(
                     sample.duration = end - start
                     video.mux(sample)
     except av.FFmpegError as error:
-        raise EncodingError("the placeholder video could not be muxed", detail=str(error)) from error
+        raise EncodingError("the still video could not be muxed", detail=str(error)) from error
 
 
 @functools.lru_cache(maxsize=4)
 def _placeholder_picture(height_pixels: int, x264_crf: int) -> bytes:
-    """The placeholder at this height in 16:9, one H.264 keyframe in an MP4 (in memory), encoded as FFmpeg
-    encoded a still: x264 at the profile's rate factor, BT.709 in TV range, tagged so."""
+    """The placeholder, painted and encoded (callers hold _ENCODING_ONCE: placeholder_picture)."""
     width_pixels = placeholder_width(height_pixels)
     rgb = np.asarray(paint_placeholder(width_pixels, height_pixels).convert("RGB"))
-    picture = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+    return _encoded_picture(av.VideoFrame.from_ndarray(rgb, format="rgb24"), x264_crf)
+
+
+def _encoded_picture(frame: av.VideoFrame, x264_crf: int) -> bytes:
+    """The frame as one H.264 keyframe in an MP4 (in memory), encoded as FFmpeg's renders encode a still:
+    converted with Lanczos to 4:2:0, x264 at the profile's rate factor, BT.709 in TV range, tagged so."""
+    picture = frame.reformat(
         format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG", interpolation="LANCZOS"
     )
     buffer = io.BytesIO()
@@ -119,7 +153,7 @@ def _placeholder_picture(height_pixels: int, x264_crf: int) -> bytes:
             rate=1,
             options={"preset": "veryfast", "crf": str(x264_crf), "tune": "stillimage"},
         )
-        stream.width, stream.height, stream.pix_fmt = width_pixels, height_pixels, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = frame.width, frame.height, "yuv420p"
         context = stream.codec_context
         # BT.709 primaries, transfer and matrix, in TV range (FFmpeg's enumerations).
         context.colorspace = context.color_primaries = context.color_trc = 1

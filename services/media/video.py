@@ -29,7 +29,7 @@ from services.media import room
 from services.media.errors import EncodingError, InvalidInputError, StageTimeoutError
 from services.media.placeholder import paint_placeholder, placeholder_width
 from services.media.scratch import encoding_failure
-from services.media.still_mux import mux_placeholder_video
+from services.media.still_mux import image_picture, mux_still_video, placeholder_picture
 from services.media.subtitles import SUBTITLE_LANGUAGE
 
 _STDERR_TAIL_CHARACTERS = 4000
@@ -62,8 +62,10 @@ class RenderProfile:
     ambient_bed_decibels: float | None
     # How long the bed takes to rise at the start and to fall away at the end.
     ambient_bed_fade_seconds: float = 0.0
-    # Rendered in its own lane and at low CPU priority: someone already has a video to watch (the QUICK one),
-    # so live narrations and first videos go first.
+    # Rendered in its own lane and, by FFmpeg, at low CPU priority: someone already has a video to watch (the
+    # QUICK one), so live narrations and first videos go first. A mux in this process (_muxed_here) runs at
+    # the process's priority: a lowered thread would hold the interpreter's lock between its packets while
+    # the event loop waited for it (urgency.CpuLane), and the mux takes a third of FFmpeg's CPU.
     is_deferrable: bool = False
     # FFmpeg's AAC encoder at a constant quality (its `-q:a`; the bitrate above is then only what it comes
     # to), or None for the average bitrate. At an average bitrate the encoder searches each frame again
@@ -234,20 +236,18 @@ async def render_still_video(
     partial_path = output_path.with_name(f"{hidden_prefix}.partial.mp4")
     placeholder_path = output_path.with_name(f"{hidden_prefix}.placeholder.png")
     try:
-        if image_path is None and is_audio_copied and encoder == "libx264":
-            # The placeholder over sound already made: a mux in this process (still_mux), its picture
-            # encoded once per process, where FFmpeg painted and encoded it again for every video.
-            await asyncio.to_thread(
-                mux_placeholder_video,
-                aac_path=audio_path,
+        is_muxed = False
+        if is_audio_copied and encoder == "libx264":
+            is_muxed = await asyncio.to_thread(
+                _muxed_here,
+                image_path=image_path,
+                audio_path=audio_path,
                 subtitles_path=subtitles_path,
                 duration_seconds=duration_seconds,
                 output_path=partial_path,
-                height_pixels=placeholder_height(profile),
-                x264_crf=profile.x264_crf,
-                subtitle_language=SUBTITLE_LANGUAGE,
+                profile=profile,
             )
-        else:
+        if not is_muxed:
             await _render_with_ffmpeg(
                 ffmpeg_path=ffmpeg_path,
                 image_path=image_path,
@@ -274,6 +274,36 @@ async def render_still_video(
         size_bytes=size_bytes,
         encoder=encoder,
     )
+
+
+def _muxed_here(
+    *,
+    image_path: Path | None,
+    audio_path: Path,
+    subtitles_path: Path | None,
+    duration_seconds: float,
+    output_path: Path,
+    profile: RenderProfile,
+) -> bool:
+    """A still over sound already made, muxed in this process (still_mux) where FFmpeg was a process per
+    video: the placeholder's picture encoded once per process, an image's here. False, with nothing written,
+    for an image FFmpeg must scale first."""
+    if image_path is None:
+        picture = placeholder_picture(placeholder_height(profile), profile.x264_crf)
+    else:
+        found = image_picture(image_path, profile.max_height_pixels, profile.x264_crf)
+        if found is None:
+            return False
+        picture = found
+    mux_still_video(
+        picture=picture,
+        aac_path=audio_path,
+        subtitles_path=subtitles_path,
+        duration_seconds=duration_seconds,
+        output_path=output_path,
+        subtitle_language=SUBTITLE_LANGUAGE,
+    )
+    return True
 
 
 async def _render_with_ffmpeg(
