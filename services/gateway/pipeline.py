@@ -94,6 +94,8 @@ class _StageRun:
         self.provider = ""
         # A stage run elsewhere and reported when done began that long ago.
         self.started_at = time.monotonic() - already_elapsed_seconds
+        # The end's write, when the stage ended with it still going (MeditationPipeline._stage, ends_soon).
+        self.end_written: asyncio.Future[None] | None = None
 
     def measure(self, stage: Stage, outcome: StageState) -> None:
         """Records the stage's duration in stillpoint_stage_duration_seconds."""
@@ -137,16 +139,22 @@ class MeditationPipeline:
         opened: _Started[LivePlaylist | SpokenNarration],
     ) -> None:
         options = meditation.options
-        async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds) as stage:
+        # The source's end is written beside the transcript's and the image's first calls, which wait for
+        # nothing else: with fifty jobs at once, that write was a database round trip (0.05-1.2 s, queued on
+        # the gateway's event loop) between the source and the first token. The transcript stage fails with
+        # it, should it fail (_stage's `after`).
+        async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds, ends_soon=True) as stage:
             source = await self._content.collect_source_content(meditation.owner, meditation.conversation)
             stage.detail = f"{len(source.text)} characters; themes: {', '.join(source.themes[:3]) or 'none'}"
+        source_ended = stage.end_written
+        assert source_ended is not None
         # The image is the slowest call: start it now, and let the transcript and narration run beside it.
         image_task = asyncio.create_task(
             self._image(job, source, options.image_aspect.size_pixels, options.skip_cache)
         )
         try:
             narration = await self._transcript_and_narration(
-                job, source, meditation.owner, options.skip_cache, script, opened
+                job, source, meditation.owner, options.skip_cache, script, opened, source_ended
             )
             made_quick = narration.quick_video
             if made_quick is not None:
@@ -175,10 +183,11 @@ class MeditationPipeline:
         skip_cache: bool,
         script: _LiveScript,
         opened: _Started[LivePlaylist | SpokenNarration],
+        source_ended: asyncio.Future[None],
     ) -> SpokenNarration:
         """Writes the transcript and speaks it at the same time: each sentence goes to the narrator (on the
         stream `opened` for `script`) as soon as the writer finishes it, so the live preview plays while the
-        transcript is still being written."""
+        transcript is still being written. `source_ended`: the source stage's end, still being written."""
         narrating = asyncio.create_task(self._narration(job, opened))
 
         def restart() -> None:
@@ -191,7 +200,9 @@ class MeditationPipeline:
             )
 
         try:
-            await self._transcript(job, source, skip_cache, lambda text: script.add(text), restart)
+            await self._transcript(
+                job, source, skip_cache, lambda text: script.add(text), restart, after=source_ended
+            )
             script.end()
             return await narrating
         finally:
@@ -207,8 +218,12 @@ class MeditationPipeline:
         skip_cache: bool,
         on_text: Callable[[str], None],
         on_restart: Callable[[], None],
+        *,
+        after: asyncio.Future[None],
     ) -> WrittenTranscript:
-        async with self._stage(job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds) as stage:
+        async with self._stage(
+            job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds, after=after
+        ) as stage:
             written: WrittenTranscript | None = None
             pieces = self._content.generate_transcript(
                 source.text,
@@ -422,29 +437,45 @@ class MeditationPipeline:
             return None
 
     @contextlib.asynccontextmanager
-    async def _stage(self, job: JobEvents, stage: Stage, timeout_seconds: float) -> AsyncIterator[_StageRun]:
+    async def _stage(
+        self,
+        job: JobEvents,
+        stage: Stage,
+        timeout_seconds: float,
+        *,
+        ends_soon: bool = False,
+        after: asyncio.Future[None] | None = None,
+    ) -> AsyncIterator[_StageRun]:
         """Reports a stage's start and end, enforces its deadline, and adds its time to the job's totals.
 
         The start's write goes on beside the stage's work rather than before it: with fifty people arriving
         together, the source and transcript stages' starts were two of the database round trips (queued on
         the gateway's event loop) between a job's launch and its first call to a provider. The start keeps
         its place in the log before everything the stage records, and a start that could not be recorded
-        fails the stage once its work is done, as it failed it before."""
+        fails the stage once its work is done, as it failed it before.
+
+        With `ends_soon`, a stage that succeeds ends with its end's write still going, in the run's
+        `end_written`, for a later stage's `after`: a write (an earlier stage's end) that fails this stage,
+        as its own start would, once its work is done."""
         started = job.emit_soon(StageChanged(stage=stage, state=StageState.STARTED))
         try:
-            async with self._stage_run(job, stage, timeout_seconds) as run:
+            async with self._stage_run(job, stage, timeout_seconds, ends_soon=ends_soon) as run:
                 yield run
                 # Shielded: a stage stopped while it waits must not cut the write short (the log's
                 # numbering would be unsure); it finishes, and the stop is recorded after it.
                 await asyncio.shield(started)
+                if after is not None:
+                    await asyncio.shield(after)
         finally:
             # Never cancelled, for the same reason. When the stage failed first, that failure is the one
-            # reported: the start's own is only read.
+            # reported: the start's own (and the earlier end's) is only read.
             started.add_done_callback(_read_failure)
+            if after is not None:
+                after.add_done_callback(_read_failure)
 
     @contextlib.asynccontextmanager
     async def _stage_run(
-        self, job: JobEvents, stage: Stage, timeout_seconds: float
+        self, job: JobEvents, stage: Stage, timeout_seconds: float, *, ends_soon: bool = False
     ) -> AsyncIterator[_StageRun]:
         run = _StageRun()
         # A child of the attempt's `meditation.job` span; the stage's calls to content and media go beneath
@@ -473,7 +504,10 @@ class MeditationPipeline:
                 with contextlib.suppress(GatewayError):
                     await self._end_stage(job, stage, run, StageState.STOPPED)
                 raise
-            await self._end_stage(job, stage, run, StageState.SUCCEEDED, run.detail)
+            if ends_soon:
+                run.end_written = self._end_stage_soon(job, stage, run, StageState.SUCCEEDED, run.detail)
+            else:
+                await self._end_stage(job, stage, run, StageState.SUCCEEDED, run.detail)
 
     async def _stage_done_elsewhere(
         self, job: JobEvents, stage: Stage, elapsed_seconds: float, detail: str, provider: str
@@ -492,11 +526,20 @@ class MeditationPipeline:
         self, job: JobEvents, stage: Stage, run: _StageRun, state: StageState, detail: str = ""
     ) -> None:
         """Closes a stage: its time in the job's totals, its duration metric, and its StageChanged event."""
-        job.add_stage_time(stage, run.elapsed_seconds)
-        run.measure(stage, state)
-        await job.emit(
-            StageChanged(stage=stage, state=state, stage_elapsed_seconds=run.elapsed_seconds, detail=detail)
-        )
+        await job.emit(_closed(job, stage, run, state, detail))
+
+    def _end_stage_soon(
+        self, job: JobEvents, stage: Stage, run: _StageRun, state: StageState, detail: str = ""
+    ) -> asyncio.Future[None]:
+        """Closes a stage as _end_stage does, its event's write started and returned, not waited for."""
+        return job.emit_soon(_closed(job, stage, run, state, detail))
+
+
+def _closed(job: JobEvents, stage: Stage, run: _StageRun, state: StageState, detail: str) -> StageChanged:
+    """A stage's end: its time added to the job's totals and its duration metric recorded; its event."""
+    job.add_stage_time(stage, run.elapsed_seconds)
+    run.measure(stage, state)
+    return StageChanged(stage=stage, state=state, stage_elapsed_seconds=run.elapsed_seconds, detail=detail)
 
 
 class _Started(Generic[T]):

@@ -1,12 +1,13 @@
-"""A stage's start is recorded beside its work, not before it: with fifty people arriving together, each
-start was a database round trip between a job's launch and its first call to a provider. The start keeps its
-place in the log, and a start that cannot be recorded still fails the stage."""
+"""A stage's start is recorded beside its work, not before it, and the source stage's end beside the
+transcript's: with fifty people arriving together, each was a database round trip between a job's launch and
+its first token. Each keeps its place in the log, and one that cannot be recorded still fails a stage."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import grpc
 import pytest
@@ -35,11 +36,12 @@ SOURCE_STARTED = StageChanged(stage=Stage.SOURCE, state=StageState.STARTED)
 
 
 def _is_source_start(sequence: int, payload: bytes) -> bool:
+    return _is_source(sequence, payload, StageState.STARTED)
+
+
+def _is_source(sequence: int, payload: bytes, state: StageState) -> bool:
     event = decode_event(sequence, datetime.now(), payload).event
-    return isinstance(event, StageChanged) and (event.stage, event.state) == (
-        Stage.SOURCE,
-        StageState.STARTED,
-    )
+    return isinstance(event, StageChanged) and (event.stage, event.state) == (Stage.SOURCE, state)
 
 
 class SourceWatchingContent(ContentClient):
@@ -48,26 +50,38 @@ class SourceWatchingContent(ContentClient):
     def __init__(self, channel: grpc.aio.Channel) -> None:
         super().__init__(channel, TIMEOUTS)
         self.asked = asyncio.Event()
+        self.asked_for_transcript = asyncio.Event()
 
     async def collect_source_content(self, owner: str, conversation: str) -> SourceContent:
         self.asked.set()
         return await super().collect_source_content(owner, conversation)
 
+    def generate_transcript(self, *arguments: Any, **keywords: Any) -> Any:
+        self.asked_for_transcript.set()
+        return super().generate_transcript(*arguments, **keywords)
+
 
 class SourceStartStore(JobStore):
-    """The real store, except for the source stage's start: its write waits until content has been asked
-    for the source (`wait_for`), or is refused (`refusal`). Says when a transcript, and a job's end, are
-    recorded."""
+    """The real store, except for the source stage's start (or, `held`, its end): its write waits for
+    `wait_for` (content asked for the source, or for the transcript), or is refused (`refusal`). Says when a
+    transcript, and a job's end, are recorded."""
 
-    def __init__(self, engine: AsyncEngine, wait_for: asyncio.Event | None = None, refusal: str = "") -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        wait_for: asyncio.Event | None = None,
+        refusal: str = "",
+        held: StageState = StageState.STARTED,
+    ) -> None:
         super().__init__(engine)
         self.wait_for = wait_for
         self.refusal = refusal
+        self.held = held
         self.transcript_recorded = asyncio.Event()
         self.job_ended = asyncio.Event()
 
     async def record_event(self, name: str, sequence: int, payload: bytes, changes: JobChanges) -> datetime:
-        if _is_source_start(sequence, payload):
+        if _is_source(sequence, payload, self.held):
             if self.refusal:
                 raise GatewayError(FailureKind.PRECONDITION, self.refusal)
             if self.wait_for is not None:
@@ -170,3 +184,47 @@ async def test_a_start_that_cannot_be_recorded_fails_its_stage(
     assert content.asked.is_set()
     assert failed.state is MeditationState.FAILED
     assert "refused the source stage's start" in failed.failure_message
+
+
+@pytest.mark.timeout(120)
+async def test_the_transcript_is_asked_for_before_the_sources_end_is_recorded(
+    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
+) -> None:
+    """The source's end is held until content has been asked for the transcript: a pipeline that waited for
+    it to be recorded first would wait for ever (the bound below). The log keeps its order."""
+    store = SourceStartStore(gateway_engine, wait_for=content.asked_for_transcript, held=StageState.SUCCEEDED)
+    jobs, name = await start_job(store)
+
+    async with asyncio.timeout(60):
+        await store.transcript_recorded.wait()
+    await jobs.cancel(TEST_OWNER, name)
+
+    page = await store.list_events(name, 0)
+    stages = [
+        (event.stage, event.state)
+        for stored in page.events
+        if isinstance(
+            event := decode_event(stored.sequence, stored.event_time, stored.payload).event, StageChanged
+        )
+    ]
+    assert stages[:2] == [(Stage.SOURCE, StageState.STARTED), (Stage.SOURCE, StageState.SUCCEEDED)]
+    assert set(stages[2:4]) == {(Stage.IMAGE, StageState.STARTED), (Stage.TRANSCRIPT, StageState.STARTED)}
+    assert [event.sequence for event in page.events] == list(range(1, len(page.events) + 1))
+
+
+@pytest.mark.timeout(60)
+async def test_a_source_end_that_cannot_be_recorded_fails_the_job(
+    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
+) -> None:
+    """The transcript was asked for beside the write, and the job ends with the write's failure."""
+    store = SourceStartStore(
+        gateway_engine, refusal="the log refused the source stage's end", held=StageState.SUCCEEDED
+    )
+    _, name = await start_job(store)
+
+    async with asyncio.timeout(45):
+        await store.job_ended.wait()
+    failed = await store.get(name)
+    assert content.asked_for_transcript.is_set()
+    assert failed.state is MeditationState.FAILED
+    assert "refused the source stage's end" in failed.failure_message

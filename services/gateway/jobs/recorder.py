@@ -117,7 +117,7 @@ class JobRecorder:
         """Starts recording the event and returns its write without waiting for it: the event keeps its
         place before every event emitted after this call, and awaiting the write raises what `emit` would.
         For an event the caller's next step need not wait for (a stage's start: its work begins beside
-        the write)."""
+        the write; the source stage's end: the transcript's and the image's calls begin beside it)."""
         record, _ = self._start_recording(event, changes)
         return record
 
