@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from opentelemetry.trace import Span, StatusCode
 
@@ -94,8 +94,9 @@ class _StageRun:
         self.provider = ""
         # A stage run elsewhere and reported when done began that long ago.
         self.started_at = time.monotonic() - already_elapsed_seconds
-        # The end's write, when the stage ended with it still going (MeditationPipeline._stage, ends_soon).
-        self.end_written: asyncio.Future[None] | None = None
+        # The start's and the end's writes, when the stage ended with them still going
+        # (MeditationPipeline._stage, ends_soon).
+        self.written: asyncio.Future[Any] | None = None
 
     def measure(self, stage: Stage, outcome: StageState) -> None:
         """Records the stage's duration in stillpoint_stage_duration_seconds."""
@@ -139,14 +140,14 @@ class MeditationPipeline:
         opened: _Started[LivePlaylist | SpokenNarration],
     ) -> None:
         options = meditation.options
-        # The source's end is written beside the transcript's and the image's first calls, which wait for
-        # nothing else: with fifty jobs at once, that write was a database round trip (0.05-1.2 s, queued on
-        # the gateway's event loop) between the source and the first token. The transcript stage fails with
-        # it, should it fail (_stage's `after`).
+        # The source's start and end are written beside the transcript's and the image's first calls, which
+        # wait for nothing else: with fifty jobs at once, waiting for them was a database round trip or two
+        # (0.05-1.2 s, queued on the gateway's event loop) between the source and the first token. The
+        # transcript stage fails with them, should either fail (_stage's `after`).
         async with self._stage(job, Stage.SOURCE, self._timeouts.source_seconds, ends_soon=True) as stage:
             source = await self._content.collect_source_content(meditation.owner, meditation.conversation)
             stage.detail = f"{len(source.text)} characters; themes: {', '.join(source.themes[:3]) or 'none'}"
-        source_ended = stage.end_written
+        source_ended = stage.written
         assert source_ended is not None
         # The image is the slowest call: start it now, and let the transcript and narration run beside it.
         image_task = asyncio.create_task(
@@ -183,11 +184,11 @@ class MeditationPipeline:
         skip_cache: bool,
         script: _LiveScript,
         opened: _Started[LivePlaylist | SpokenNarration],
-        source_ended: asyncio.Future[None],
+        source_ended: asyncio.Future[Any],
     ) -> SpokenNarration:
         """Writes the transcript and speaks it at the same time: each sentence goes to the narrator (on the
         stream `opened` for `script`) as soon as the writer finishes it, so the live preview plays while the
-        transcript is still being written. `source_ended`: the source stage's end, still being written."""
+        transcript is still being written. `source_ended`: the source stage's writes, still going."""
         narrating = asyncio.create_task(self._narration(job, opened))
 
         def restart() -> None:
@@ -219,7 +220,7 @@ class MeditationPipeline:
         on_text: Callable[[str], None],
         on_restart: Callable[[], None],
         *,
-        after: asyncio.Future[None],
+        after: asyncio.Future[Any],
     ) -> WrittenTranscript:
         async with self._stage(
             job, Stage.TRANSCRIPT, self._timeouts.transcript_seconds, after=after
@@ -444,7 +445,7 @@ class MeditationPipeline:
         timeout_seconds: float,
         *,
         ends_soon: bool = False,
-        after: asyncio.Future[None] | None = None,
+        after: asyncio.Future[Any] | None = None,
     ) -> AsyncIterator[_StageRun]:
         """Reports a stage's start and end, enforces its deadline, and adds its time to the job's totals.
 
@@ -454,18 +455,21 @@ class MeditationPipeline:
         its place in the log before everything the stage records, and a start that could not be recorded
         fails the stage once its work is done, as it failed it before.
 
-        With `ends_soon`, a stage that succeeds ends with its end's write still going, in the run's
-        `end_written`, for a later stage's `after`: a write (an earlier stage's end) that fails this stage,
-        as its own start would, once its work is done."""
+        With `ends_soon`, a stage that succeeds waits for neither its start's write nor its end's: both are
+        left going, in the run's `written`, for a later stage's `after`, writes (an earlier stage's) that
+        fail that stage, as its own start would, once its work is done."""
         started = job.emit_soon(StageChanged(stage=stage, state=StageState.STARTED))
         try:
             async with self._stage_run(job, stage, timeout_seconds, ends_soon=ends_soon) as run:
                 yield run
                 # Shielded: a stage stopped while it waits must not cut the write short (the log's
                 # numbering would be unsure); it finishes, and the stop is recorded after it.
-                await asyncio.shield(started)
+                if not ends_soon:
+                    await asyncio.shield(started)
                 if after is not None:
                     await asyncio.shield(after)
+            if run.written is not None:
+                run.written = asyncio.gather(started, run.written)
         finally:
             # Never cancelled, for the same reason. When the stage failed first, that failure is the one
             # reported: the start's own (and the earlier end's) is only read.
@@ -505,7 +509,7 @@ class MeditationPipeline:
                     await self._end_stage(job, stage, run, StageState.STOPPED)
                 raise
             if ends_soon:
-                run.end_written = self._end_stage_soon(job, stage, run, StageState.SUCCEEDED, run.detail)
+                run.written = self._end_stage_soon(job, stage, run, StageState.SUCCEEDED, run.detail)
             else:
                 await self._end_stage(job, stage, run, StageState.SUCCEEDED, run.detail)
 

@@ -187,12 +187,13 @@ async def test_a_start_that_cannot_be_recorded_fails_its_stage(
 
 
 @pytest.mark.timeout(120)
-async def test_the_transcript_is_asked_for_before_the_sources_end_is_recorded(
-    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
+@pytest.mark.parametrize("held", [StageState.STARTED, StageState.SUCCEEDED])
+async def test_the_transcript_is_asked_for_before_the_sources_start_and_end_are_recorded(
+    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob, held: StageState
 ) -> None:
-    """The source's end is held until content has been asked for the transcript: a pipeline that waited for
-    it to be recorded first would wait for ever (the bound below). The log keeps its order."""
-    store = SourceStartStore(gateway_engine, wait_for=content.asked_for_transcript, held=StageState.SUCCEEDED)
+    """The source's start, or its end, is held until content has been asked for the transcript: a pipeline
+    that waited for it to be recorded first would wait for ever (the bound below). The log keeps its order."""
+    store = SourceStartStore(gateway_engine, wait_for=content.asked_for_transcript, held=held)
     jobs, name = await start_job(store)
 
     async with asyncio.timeout(60):
