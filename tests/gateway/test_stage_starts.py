@@ -27,16 +27,11 @@ from services.gateway.jobs import MeditationJobs
 from services.gateway.jobs.recorder import JobRecorder
 from services.gateway.jobs.store import JobStore
 from services.gateway.models import JobChanges, MeditationOptions, MeditationState, Message
-from services.gateway.ports import SourceContent
 from tests.conftest import TEST_OWNER
 from tests.gateway.held_jobs import a_running_job, jobs_over
 from tests.security.test_stream_limits import TIMEOUTS
 
 SOURCE_STARTED = StageChanged(stage=Stage.SOURCE, state=StageState.STARTED)
-
-
-def _is_source_start(sequence: int, payload: bytes) -> bool:
-    return _is_source(sequence, payload, StageState.STARTED)
 
 
 def _is_source(sequence: int, payload: bytes, state: StageState) -> bool:
@@ -45,16 +40,11 @@ def _is_source(sequence: int, payload: bytes, state: StageState) -> bool:
 
 
 class SourceWatchingContent(ContentClient):
-    """The content service, noting when a job's source stage first asks it for the conversation."""
+    """The content service, noting when a job first asks it for the transcript."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         super().__init__(channel, TIMEOUTS)
-        self.asked = asyncio.Event()
         self.asked_for_transcript = asyncio.Event()
-
-    async def collect_source_content(self, owner: str, conversation: str) -> SourceContent:
-        self.asked.set()
-        return await super().collect_source_content(owner, conversation)
 
     def generate_transcript(self, *arguments: Any, **keywords: Any) -> Any:
         self.asked_for_transcript.set()
@@ -63,8 +53,8 @@ class SourceWatchingContent(ContentClient):
 
 class SourceStartStore(JobStore):
     """The real store, except for the source stage's start (or, `held`, its end): its write waits for
-    `wait_for` (content asked for the source, or for the transcript), or is refused (`refusal`). Says when a
-    transcript, and a job's end, are recorded."""
+    `wait_for` (content asked for the transcript), or is refused (`refusal`). Says when a transcript, and a
+    job's end, are recorded."""
 
     def __init__(
         self,
@@ -143,12 +133,14 @@ async def test_a_recorders_events_keep_the_order_they_were_emitted_in(job_store:
 
 
 @pytest.mark.timeout(120)
-async def test_the_source_stage_asks_for_the_conversation_before_its_start_is_recorded(
-    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
+@pytest.mark.parametrize("held", [StageState.STARTED, StageState.SUCCEEDED])
+async def test_the_transcript_is_asked_for_before_the_sources_start_and_end_are_recorded(
+    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob, held: StageState
 ) -> None:
-    """The start's write is held until content has been asked: a stage that waited for its start to be
-    recorded before its work would wait for ever (the bound below). The log still has the start first."""
-    store = SourceStartStore(gateway_engine, wait_for=content.asked)
+    """The source's start, or its end, is held until content has been asked for the transcript: a pipeline
+    that waited for it to be recorded before the source's work, or before the transcript's, would wait for
+    ever (the bound below). The log keeps its order."""
+    store = SourceStartStore(gateway_engine, wait_for=content.asked_for_transcript, held=held)
     jobs, name = await start_job(store)
 
     async with asyncio.timeout(60):
@@ -170,57 +162,17 @@ async def test_the_source_stage_asks_for_the_conversation_before_its_start_is_re
 
 
 @pytest.mark.timeout(60)
-async def test_a_start_that_cannot_be_recorded_fails_its_stage(
-    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
+@pytest.mark.parametrize(("held", "write"), [(StageState.STARTED, "start"), (StageState.SUCCEEDED, "end")])
+async def test_a_source_write_that_cannot_be_recorded_fails_the_job(
+    gateway_engine: AsyncEngine,
+    content: SourceWatchingContent,
+    start_job: StartJob,
+    held: StageState,
+    write: str,
 ) -> None:
-    """Its work ran beside the write (content was asked), and the job ends with the write's failure, as it
-    did when the start was recorded first."""
-    store = SourceStartStore(gateway_engine, refusal="the log refused the source stage's start")
-    _, name = await start_job(store)
-
-    async with asyncio.timeout(45):
-        await store.job_ended.wait()
-    failed = await store.get(name)
-    assert content.asked.is_set()
-    assert failed.state is MeditationState.FAILED
-    assert "refused the source stage's start" in failed.failure_message
-
-
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("held", [StageState.STARTED, StageState.SUCCEEDED])
-async def test_the_transcript_is_asked_for_before_the_sources_start_and_end_are_recorded(
-    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob, held: StageState
-) -> None:
-    """The source's start, or its end, is held until content has been asked for the transcript: a pipeline
-    that waited for it to be recorded first would wait for ever (the bound below). The log keeps its order."""
-    store = SourceStartStore(gateway_engine, wait_for=content.asked_for_transcript, held=held)
-    jobs, name = await start_job(store)
-
-    async with asyncio.timeout(60):
-        await store.transcript_recorded.wait()
-    await jobs.cancel(TEST_OWNER, name)
-
-    page = await store.list_events(name, 0)
-    stages = [
-        (event.stage, event.state)
-        for stored in page.events
-        if isinstance(
-            event := decode_event(stored.sequence, stored.event_time, stored.payload).event, StageChanged
-        )
-    ]
-    assert stages[:2] == [(Stage.SOURCE, StageState.STARTED), (Stage.SOURCE, StageState.SUCCEEDED)]
-    assert set(stages[2:4]) == {(Stage.IMAGE, StageState.STARTED), (Stage.TRANSCRIPT, StageState.STARTED)}
-    assert [event.sequence for event in page.events] == list(range(1, len(page.events) + 1))
-
-
-@pytest.mark.timeout(60)
-async def test_a_source_end_that_cannot_be_recorded_fails_the_job(
-    gateway_engine: AsyncEngine, content: SourceWatchingContent, start_job: StartJob
-) -> None:
-    """The transcript was asked for beside the write, and the job ends with the write's failure."""
-    store = SourceStartStore(
-        gateway_engine, refusal="the log refused the source stage's end", held=StageState.SUCCEEDED
-    )
+    """The transcript was asked for beside the write, and the job ends with the write's failure, as it did
+    when the source's start and end were recorded before the next step."""
+    store = SourceStartStore(gateway_engine, refusal=f"the log refused the source stage's {write}", held=held)
     _, name = await start_job(store)
 
     async with asyncio.timeout(45):
@@ -228,4 +180,4 @@ async def test_a_source_end_that_cannot_be_recorded_fails_the_job(
     failed = await store.get(name)
     assert content.asked_for_transcript.is_set()
     assert failed.state is MeditationState.FAILED
-    assert "refused the source stage's end" in failed.failure_message
+    assert f"refused the source stage's {write}" in failed.failure_message
