@@ -288,13 +288,13 @@ def _muxed_here(
     """A still over sound already made, muxed in this process (still_mux) where FFmpeg was a process per
     video: the placeholder's picture encoded once per process, an image's here. False, with nothing written,
     for an image FFmpeg must scale first."""
-    if image_path is None:
-        picture = placeholder_picture(placeholder_height(profile), profile.x264_crf)
-    else:
-        found = image_picture(image_path, profile.max_height_pixels, profile.x264_crf)
-        if found is None:
-            return False
-        picture = found
+    picture = (
+        placeholder_picture(placeholder_height(profile), profile.x264_crf)
+        if image_path is None
+        else image_picture(image_path, profile.max_height_pixels, profile.x264_crf)
+    )
+    if picture is None:
+        return False
     mux_still_video(
         picture=picture,
         aac_path=audio_path,
