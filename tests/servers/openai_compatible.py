@@ -102,6 +102,8 @@ _POST_ROUTES: Final[Mapping[str, Endpoint]] = {
     "/v1/audio/speech": "speech",
 }
 _WEBSOCKET_READ_BYTES: Final = 65_536
+# How long a refused Realtime client has to answer the server's Close.
+_CLOSING_HANDSHAKE_SECONDS: Final = 5.0
 # Small enough that even a few seconds of MP3 goes out as several chunks.
 _AUDIO_CHUNK_BYTES: Final = 4096
 # Speech goes out as a real provider sends it, a write every few tens of milliseconds with what has been
@@ -981,6 +983,8 @@ class _Handler(TrackingHandler):
         today = datetime.now(UTC).date()
         if not any(spec.id == model and not spec.is_retired(today) for spec in config.models):
             refusal = _model_not_found(model or "")
+            # A client that never answers the Close holds this thread no longer than this.
+            self.connection.settimeout(_CLOSING_HANDSHAKE_SECONDS)
             connection.refuse("invalid_request_error", "model_not_found", str(refusal))
             return
         with contextlib.suppress(DroppedError):  # already hung up

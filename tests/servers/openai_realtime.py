@@ -137,10 +137,24 @@ class RealtimeConnection:
                 return
 
     def refuse(self, error_type: str, code: str, message: str) -> None:
-        """Answers with an `error` event and closes, as the API does for a session it will not open."""
+        """Answers with an `error` event and closes, as the API does for a session it will not open: the
+        closing handshake completed (RFC 6455 7.1.1), what the client sent meanwhile read and ignored until
+        its own Close comes back. A socket closed with the client's events still unread is reset, and a reset
+        throws away what the kernel had not yet sent: now and then, under load, the `error` itself (the
+        client then saw only a dropped connection)."""
         self._error(error_type, code, message)
         self._protocol.send_close(1008, message[:100])
         self._flush()
+        while self._protocol.state is not State.CLOSED:
+            data = self._read()
+            if data:
+                self._protocol.receive_data(data)
+            else:
+                self._protocol.receive_eof()
+            self._protocol.events_received()  # the client's events, unanswered now
+            self._flush()
+            if not data:
+                return
 
     # Client events -----------------------------------------------------------------------------------------
 
