@@ -86,7 +86,18 @@ async def run_job(
                         timeline.first_stage_started_seconds = now
                 elif response.stage.state in _STAGE_ENDS:
                     begun = open_stages.pop(name, now)
-                    timeline.stages.append(StageSpan(name, begun, now, _STAGE_ENDS[response.stage.state]))
+                    elapsed = response.stage.stage_elapsed
+                    timeline.stages.append(
+                        StageSpan(
+                            name,
+                            begun,
+                            now,
+                            _STAGE_ENDS[response.stage.state],
+                            elapsed.ToTimedelta().total_seconds()
+                            if response.stage.HasField("stage_elapsed")
+                            else None,
+                        )
+                    )
             elif kind == "video_ready":
                 if response.video_ready.quality == gateway_pb.VIDEO_QUALITY_QUICK:
                     milestones["quick_video"] = now

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import redis.asyncio
@@ -41,13 +43,17 @@ from bench.report import (
     write_report,
 )
 from bench.run import BenchSettings, PhaseCosts, estimate_seconds
+from bench.stillpoint_pipeline import run_job
 from bench.storage_server import count_by_kind, request_kind
 from services.gateway.jobs.work_queue import GROUP, STREAM_KEY
+from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
+from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.process_trees import parent_of
 from tests.servers.supabase_storage import SupabaseStorageServer
 from tests.test_cache import REDIS_URL, connect_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
+_GATEWAY_SERVICE = gateway_pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
 
 @pytest.mark.parametrize("fraction", [0.0, 0.05, 0.5, 0.9, 0.95, 1.0])
@@ -325,6 +331,84 @@ def test_derived_latencies_and_queue_wait_come_from_the_jobs_own_events() -> Non
     assert job.enhanced_after_image_and_quick_seconds == pytest.approx(1.0)
     never_accepted = JobTimeline(pipeline="reference", index=1)
     assert never_accepted.derived_seconds() == dict.fromkeys(DERIVED_LATENCIES)
+
+
+def test_the_quick_upload_is_the_last_upload_before_the_quick_video_by_its_reported_time() -> None:
+    job = _job("stillpoint", 0, 0.0, playable=1.0)
+    # Media's QUICK upload arrives as a burst of events once it is over: its length is the one reported.
+    job.stages += [
+        StageSpan("upload", 7.9, 7.91, reported_seconds=1.7),
+        StageSpan("upload", 7.5, 7.6, "failed", reported_seconds=0.1),
+    ]
+    assert job.quick_upload_seconds == pytest.approx(1.7)
+    assert job.derived_seconds()["quick_upload"] == pytest.approx(1.7)
+    # A span the client saw whole (no reported time) is timed as seen.
+    job.stages[-2] = StageSpan("upload", 6.0, 7.25)
+    assert job.quick_upload_seconds == pytest.approx(1.25)
+    job.milestones["quick_video"] = None
+    assert job.quick_upload_seconds is None
+
+
+async def test_run_job_keeps_each_stage_s_reported_time_from_the_gateway_s_stream() -> None:
+    def stage(
+        name: gateway_pb.Stage.ValueType, state: gateway_pb.StageState.ValueType, elapsed_seconds: float
+    ) -> gateway_pb.GenerateMeditationResponse:
+        changed = gateway_pb.StageChanged(stage=name, state=state)
+        changed.stage_elapsed.FromTimedelta(datetime.timedelta(seconds=elapsed_seconds))
+        return gateway_pb.GenerateMeditationResponse(stage=changed)
+
+    started, succeeded = gateway_pb.STAGE_STATE_STARTED, gateway_pb.STAGE_STATE_SUCCEEDED
+    events = [
+        gateway_pb.GenerateMeditationResponse(
+            accepted=gateway_pb.MeditationAccepted(meditation="meditations/m")
+        ),
+        stage(gateway_pb.STAGE_TRANSCRIPT, started, 0.0),
+        stage(gateway_pb.STAGE_TRANSCRIPT, succeeded, 4.25),
+        # Media made and stored the QUICK video: its upload is reported at once, with media's own time.
+        stage(gateway_pb.STAGE_UPLOAD, started, 0.0),
+        stage(gateway_pb.STAGE_UPLOAD, succeeded, 1.75),
+        gateway_pb.GenerateMeditationResponse(
+            video_ready=gateway_pb.VideoReady(quality=gateway_pb.VIDEO_QUALITY_QUICK)
+        ),
+        # The ENHANCED video's upload comes after the QUICK video: not the QUICK one's.
+        stage(gateway_pb.STAGE_UPLOAD, started, 0.0),
+        stage(gateway_pb.STAGE_UPLOAD, succeeded, 2.5),
+        gateway_pb.GenerateMeditationResponse(
+            completed=gateway_pb.MeditationCompleted(state=gateway_pb.MEDITATION_STATE_SUCCEEDED)
+        ),
+    ]
+
+    async def generate_meditation(
+        request: gateway_pb.GenerateMeditationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[gateway_pb.GenerateMeditationResponse]:
+        for event in events:
+            yield event
+
+    # The gateway's one method the bench's client calls, served as the gateway serves it.
+    handler = grpc.unary_stream_rpc_method_handler(
+        generate_meditation,
+        request_deserializer=gateway_pb.GenerateMeditationRequest.FromString,
+        response_serializer=gateway_pb.GenerateMeditationResponse.SerializeToString,
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_GATEWAY_SERVICE, {"GenerateMeditation": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            job = await run_job(gateway_grpc.GatewayServiceStub(channel), "conversations/c", 0)
+    finally:
+        await server.stop(None)
+    assert job.succeeded and job.meditation == "meditations/m"
+    assert [(span.stage, span.reported_seconds) for span in job.stages] == [
+        ("transcript", 4.25),
+        ("upload", 1.75),
+        ("upload", 2.5),
+    ]
+    assert job.quick_upload_seconds == pytest.approx(1.75)
+    assert job.to_json_object()["derived_seconds"]["quick_upload"] == pytest.approx(1.75)  # type: ignore[index]
 
 
 def test_a_job_counts_as_completed_only_when_it_succeeded_within_the_deadline() -> None:
