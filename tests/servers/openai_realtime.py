@@ -6,12 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, cast, get_args
 
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Event, State
 from websockets.server import ServerProtocol
 
 # The faults a response can meet: the socket dropped halfway through its audio, an `error` event instead of
@@ -119,22 +119,14 @@ class RealtimeConnection:
     def serve(self) -> None:
         """Greets with `session.created`, then answers each client event in turn."""
         self._send({"type": "session.created", "session": self._session.to_json()})
-        while self._protocol.state is not State.CLOSED:
-            data = self._read()
-            if data:
-                self._protocol.receive_data(data)
-            else:
-                self._protocol.receive_eof()
-            for frame in self._protocol.events_received():
+        for received in self._received():
+            for frame in received:
                 if not isinstance(frame, Frame):
                     continue  # the handshake, answered before this connection was made
                 if frame.opcode is Opcode.TEXT:
                     self._handle(bytes(frame.data))
                 elif frame.opcode is Opcode.BINARY:
                     self._error("invalid_request_error", "invalid_event", "Binary frames are not supported.")
-            self._flush()
-            if not data:
-                return
 
     def refuse(self, error_type: str, code: str, message: str) -> None:
         """Answers with an `error` event and closes, as the API does for a session it will not open: the
@@ -145,13 +137,19 @@ class RealtimeConnection:
         self._error(error_type, code, message)
         self._protocol.send_close(1008, message[:100])
         self._flush()
+        for _ in self._received():
+            pass  # the client's events, unanswered now
+
+    def _received(self) -> Iterator[list[Event]]:
+        """What each read from the client brought, until the connection closes or the client hangs up; what
+        the caller sends in answer goes out before the next read."""
         while self._protocol.state is not State.CLOSED:
             data = self._read()
             if data:
                 self._protocol.receive_data(data)
             else:
                 self._protocol.receive_eof()
-            self._protocol.events_received()  # the client's events, unanswered now
+            yield self._protocol.events_received()
             self._flush()
             if not data:
                 return
