@@ -12,6 +12,7 @@ import pytest
 
 from services.gateway.backends import MediaClient
 from services.gateway.events import PlaylistReady, decode_event
+from services.gateway.jobs.recorder import JobRecorder, LiveWatcher
 from services.gateway.jobs.store import JobStore
 from services.media.live import LiveNarration
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
@@ -35,17 +36,26 @@ def signed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 @pytest.fixture
 def read_before_published(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Media publishes the playlist only once the reader's stream has read the log to its end and follows the
-    job live, as it nearly always has by then: the event then reaches the reader live. On a loaded machine
-    the playlist came first now and then, and the reader had the event from the log, signed by the gateway
-    as every replayed event is."""
+    """Media publishes the playlist only once the reader's stream follows the job live, as it nearly always
+    does by then: it has subscribed to the job's live events and then read the log to its end
+    (MeditationJobs.watch), and the event reaches it live. On a loaded machine the playlist came first now
+    and then, and the reader had the event from the log, signed by the gateway as every replayed event is.
+    A reader's first read of the log can come before the job runs on its replica, with nothing yet to
+    subscribe to: only an empty page read after a subscription lets the playlist through."""
     read = asyncio.Event()
+    subscribed = False
     list_events = JobStore.list_events
+    watch = JobRecorder.watch
     write_playlist = LiveNarration._write_playlist
+
+    def watched(recorder: JobRecorder) -> LiveWatcher:
+        nonlocal subscribed
+        subscribed = True
+        return watch(recorder)
 
     async def listed(store: JobStore, *args: Any, **kwargs: Any) -> Any:
         page = await list_events(store, *args, **kwargs)
-        if not page.events:  # read to the end: the reader follows the job live from here
+        if subscribed and not page.events:  # read to the end, subscribed: it follows the job live from here
             read.set()
         return page
 
@@ -53,6 +63,7 @@ def read_before_published(monkeypatch: pytest.MonkeyPatch) -> None:
         await read.wait()
         await write_playlist(narration, *args, **kwargs)
 
+    monkeypatch.setattr(JobRecorder, "watch", watched)
     monkeypatch.setattr(JobStore, "list_events", listed)
     monkeypatch.setattr(LiveNarration, "_write_playlist", written)
 
