@@ -408,7 +408,7 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             "",
             "The reference pipeline delivers nothing until its one video is uploaded: its first event, first"
             " playable media, QUICK and ENHANCED times are all its completion time. Queue wait is from"
-            " `accepted` to the first stage's start (the reference pipeline has no queue); the two"
+            " `accepted` to the first stage's start (the reference pipeline has no queue); the"
             " differences are per job, from the client's stream, then their percentiles. The QUICK video's"
             " upload is the last upload before it, as the service that ran it timed it (Stillpoint's media;"
             " the reference pipeline's one video): the part of QUICK − transcript end that is storage's"

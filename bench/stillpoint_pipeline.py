@@ -86,18 +86,14 @@ async def run_job(
                         timeline.first_stage_started_seconds = now
                 elif response.stage.state in _STAGE_ENDS:
                     begun = open_stages.pop(name, now)
-                    elapsed = response.stage.stage_elapsed
-                    timeline.stages.append(
-                        StageSpan(
-                            name,
-                            begun,
-                            now,
-                            _STAGE_ENDS[response.stage.state],
-                            elapsed.ToTimedelta().total_seconds()
-                            if response.stage.HasField("stage_elapsed")
-                            else None,
-                        )
+                    # The stage's own time: a stage another service ran arrives in a burst once it is over.
+                    reported = (
+                        response.stage.stage_elapsed.ToTimedelta().total_seconds()
+                        if response.stage.HasField("stage_elapsed")
+                        else None
                     )
+                    state = _STAGE_ENDS[response.stage.state]
+                    timeline.stages.append(StageSpan(name, begun, now, state, reported))
             elif kind == "video_ready":
                 if response.video_ready.quality == gateway_pb.VIDEO_QUALITY_QUICK:
                     milestones["quick_video"] = now
