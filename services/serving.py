@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span
 from pythonjsonlogger.json import JsonFormatter
 
-from services import rpc_metrics, rpc_tracing, rpc_wakeups, tracing
+from services import rpc_metrics, rpc_tracing, rpc_wakeups, rpc_write_status, tracing
 from services.environment import ConfigError
 from services.log_context import current_meditation
 from services.metrics import MetricsSettings
@@ -239,6 +239,8 @@ async def start_server(
     await server.start()
     # The server made grpc.aio's completion queue: from now on its completions reach the loop as they come.
     rpc_wakeups.drain_wakeups(asyncio.get_running_loop())
+    # Its clients' streaming calls (the gateway's NarrateLive) report the status their server sent.
+    rpc_write_status.keep_server_status()
     for name in ("", *service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(
