@@ -70,7 +70,6 @@ async def _media_answering_with(handler: _Handler) -> serving.RunningServer:
 async def _script() -> AsyncIterator[str]:
     for index in range(SENTENCES):
         yield f"Breathe in, and count to {index}."
-        await asyncio.sleep(0)
 
 
 async def test_the_gateway_reads_the_status_media_ended_a_live_narration_with() -> None:
