@@ -15,7 +15,7 @@ from grpc._cython import cygrpc
 from grpc.aio import _call
 
 from services import rpc_write_status, serving
-from services.gateway.backends import MediaClient
+from services.gateway.backends import MediaClient, open_backend_channel
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.pipeline import StageTimeouts
 from stillpoint.media.v2 import media_service_pb2 as media_pb
@@ -75,7 +75,8 @@ async def _script() -> AsyncIterator[str]:
 async def test_the_gateway_reads_the_status_media_ended_a_live_narration_with() -> None:
     running = await _media_answering_with(_refusing)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        # The gateway's own channel to media: its tracing interceptors, its retry policy.
+        async with open_backend_channel(f"127.0.0.1:{running.port}", "media", None) as channel:
             media = MediaClient(channel, StageTimeouts())
             seen = []
             for _ in range(CALLS):
