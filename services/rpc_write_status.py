@@ -5,9 +5,9 @@ narration while the gateway is still streaming it sentences), the client's write
 (1.85; grpc/grpc#36066, a fix proposed in grpc/grpc#43486) then sets the call's status to INTERNAL "Internal
 error from Core", over the status the server had sent, whenever the loop handles the failed write after that
 status. The gateway read media's FAILED_PRECONDITION or UNAVAILABLE as INTERNAL: retried what should not be,
-and told the listener nothing (429 of 500 calls, with a media that ends NarrateLive after its first message
-while the gateway streams fifty sentences). grpc's blocking client, and other languages' clients, report the
-server's status.
+and told the listener nothing (214 of 300 calls through the gateway's own channel, to a media that ends
+NarrateLive after its first message while the gateway streams fifty sentences). grpc's blocking client, and
+other languages' clients, report the server's status.
 
 `keep_server_status` replaces grpc.aio's write with one that, when a write fails, first waits a moment for
 the status Core delivers once a call has ended, and sets INTERNAL only when none comes: a write refused for
@@ -43,7 +43,10 @@ def keep_server_status() -> bool:
     mixin: Any = _call._StreamRequestMixin
     if mixin._write is _write:
         return True
-    source = inspect.getsource(mixin._write)
+    try:
+        source = inspect.getsource(mixin._write)
+    except (OSError, TypeError):
+        source = ""  # grpc installed without its Python source: nothing to recognise
     if hashlib.sha256(source.encode()).hexdigest() != _REPLACED_WRITE_SHA256:
         logger.warning(
             "grpc.aio's streaming write is not the one this process mends (grpc/grpc#36066): a call the "

@@ -137,3 +137,20 @@ def test_grpcs_own_write_is_replaced_and_only_once() -> None:
     assert _call._StreamRequestMixin._write is rpc_write_status._write
     assert rpc_write_status.keep_server_status()
     assert _call._StreamRequestMixin._write is rpc_write_status._write
+
+
+def test_a_grpc_without_its_source_is_left_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def compiled_write(self: object, request: object) -> None:
+        """A write whose source cannot be read (grpc installed without its .py files)."""
+
+    def no_source(_: object) -> str:
+        raise OSError("could not get source code")
+
+    monkeypatch.setattr(_call._StreamRequestMixin, "_write", compiled_write)
+    monkeypatch.setattr(rpc_write_status.inspect, "getsource", no_source)
+    with caplog.at_level(logging.WARNING, logger=rpc_write_status.__name__):
+        assert not rpc_write_status.keep_server_status()
+    assert _call._StreamRequestMixin._write is compiled_write
+    assert "grpc/grpc#36066" in caplog.text
