@@ -5,6 +5,7 @@ server sent it: the gateway learns why media failed a live narration, not grpc.a
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -149,7 +150,7 @@ def test_a_grpc_without_its_source_is_left_alone(
         raise OSError("could not get source code")
 
     monkeypatch.setattr(_call._StreamRequestMixin, "_write", compiled_write)
-    monkeypatch.setattr(rpc_write_status.inspect, "getsource", no_source)
+    monkeypatch.setattr(inspect, "getsource", no_source)
     with caplog.at_level(logging.WARNING, logger=rpc_write_status.__name__):
         assert not rpc_write_status.keep_server_status()
     assert _call._StreamRequestMixin._write is compiled_write
