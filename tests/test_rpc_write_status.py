@@ -24,7 +24,7 @@ from stillpoint.media.v2 import media_service_pb2_grpc as media_grpc
 from tests.conftest import MEDIA_SERVICE
 
 REFUSAL = "the voice refused this script"
-# Without the mend, about six calls in seven of these reported INTERNAL: a few dozen make a miss certain.
+# Without the mend, about five calls in seven of these reported INTERNAL: a few dozen make a miss certain.
 CALLS = 40
 SENTENCES = 50
 
