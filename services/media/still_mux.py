@@ -16,6 +16,7 @@ import functools
 import io
 import struct
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def image_picture(image_path: Path, max_height_pixels: int | None, x264_crf: int
     return _encoded_picture(frame, x264_crf)
 
 
+@dataclass(frozen=True)
+class MuxedStill:
+    """What mux_still_video wrote: the picture's size and the video's length (its longest track, as a
+    player reads it), known from the writing, so the file need not be opened again to learn them."""
+
+    width_pixels: int
+    height_pixels: int
+    duration_seconds: float
+
+
 def mux_still_video(
     *,
     picture: bytes,
@@ -88,10 +99,11 @@ def mux_still_video(
     duration_seconds: float,
     output_path: Path,
     subtitle_language: str,
-) -> None:
+) -> MuxedStill:
     """Writes to `output_path` the `picture` (placeholder_picture, image_picture) held for `duration_seconds`
     over the AAC in `aac_path` (an ADTS file), with the WebVTT in `subtitles_path` as a text track. Raises
-    EncodingError when FFmpeg's libraries refuse the inputs; the caller removes a half-written file."""
+    EncodingError when FFmpeg's libraries refuse the inputs (an AAC with no sound in it among them); the
+    caller removes a half-written file."""
     try:
         with (
             av.open(str(output_path), "w", format="mp4", options={"movflags": "+faststart"}) as video,
@@ -114,12 +126,16 @@ def mux_still_video(
             still.stream = picture_stream
             still.time_base = _MILLISECONDS
             still.pts = still.dts = 0
-            still.duration = round(duration_seconds * 1000)
+            still_milliseconds = round(duration_seconds * 1000)
+            still.duration = still_milliseconds
             video.mux(still)
+            sound_ticks = 0
             for packet in sound.demux(sound.streams.audio[0]):
                 if packet.size:
+                    sound_ticks += packet.duration or 0
                     packet.stream = sound_stream
                     video.mux(packet)
+            sound_seconds = float(sound_ticks * (sound.streams.audio[0].time_base or 0))
             if text_stream is not None:
                 for start, end, text in cues:
                     sample = av.Packet(struct.pack(">H", len(text)) + text)
@@ -128,8 +144,10 @@ def mux_still_video(
                     sample.pts = sample.dts = start
                     sample.duration = end - start
                     video.mux(sample)
+            width, height = picture_template.codec_context.width, picture_template.codec_context.height
     except av.FFmpegError as error:
         raise EncodingError("the still video could not be muxed", detail=str(error)) from error
+    return MuxedStill(width, height, max(still_milliseconds / 1000, sound_seconds))
 
 
 @functools.lru_cache(maxsize=4)

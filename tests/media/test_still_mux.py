@@ -52,7 +52,7 @@ def test_the_placeholder_is_held_over_the_copied_sound_with_the_subtitles(tmp_pa
     )
     output = tmp_path / "quick.mp4"
 
-    mux_still_video(
+    muxed = mux_still_video(
         picture=placeholder_picture(720, 14),
         aac_path=aac,
         subtitles_path=subtitles,
@@ -84,6 +84,50 @@ def test_the_placeholder_is_held_over_the_copied_sound_with_the_subtitles(tmp_pa
         if kind == "subtitle" and len(data) > 2
     ]
     assert cues == [(0.0, "Breathe in."), (4.0, "And let it go, gently.")]
+    # What the mux reports (the render trusts it rather than opening the file again) is what the file holds.
+    probed = probe_media(output)
+    assert (muxed.width_pixels, muxed.height_pixels) == (probed.width_pixels, probed.height_pixels)
+    assert muxed.duration_seconds == pytest.approx(probed.duration_seconds, abs=0.001)
+
+
+def test_the_video_lasts_as_long_as_its_longest_track(tmp_path: Path) -> None:
+    """The still held a second past the narration's sound: the video is the still's length, as a probe
+    reads it; and the sound past the still's end: the sound's."""
+    aac = _narration_aac(tmp_path, 3.0)
+
+    for duration_seconds in (4.0, 2.0):
+        output = tmp_path / f"quick-{duration_seconds}.mp4"
+        muxed = mux_still_video(
+            picture=placeholder_picture(720, 14),
+            aac_path=aac,
+            subtitles_path=None,
+            duration_seconds=duration_seconds,
+            output_path=output,
+            subtitle_language="eng",
+        )
+
+        probed = probe_media(output)
+        assert muxed.duration_seconds == pytest.approx(probed.duration_seconds, abs=0.001)
+        assert muxed.duration_seconds == pytest.approx(max(duration_seconds, 3.0), abs=0.1)
+
+
+def test_an_aac_with_no_sound_in_it_is_an_encoding_error(tmp_path: Path) -> None:
+    """A narration cut off after its first frame's header (FFmpeg opens it, and it holds no packet) is
+    refused: what the probe of the finished video, which the render no longer makes after this mux, checked
+    (a video with no sound)."""
+    aac = _narration_aac(tmp_path, 1.0)
+    empty = tmp_path / "narration-cut-short.aac"
+    empty.write_bytes(aac.read_bytes()[:7])  # an ADTS header is 7 bytes
+
+    with pytest.raises(EncodingError):
+        mux_still_video(
+            picture=placeholder_picture(720, 14),
+            aac_path=empty,
+            subtitles_path=None,
+            duration_seconds=2.0,
+            output_path=tmp_path / "quick.mp4",
+            subtitle_language="eng",
+        )
 
 
 def test_sound_that_is_not_aac_is_an_encoding_error(tmp_path: Path) -> None:
