@@ -28,6 +28,7 @@ from services.gateway.pagination import PageTokens, page_size
 from services.gateway.ports import ContentPort
 from services.message_roles import role_values, role_words
 from services.proto_time import from_timestamp, to_duration, to_timestamp
+from services.rpc_handlers import with_behaviour
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 
@@ -279,29 +280,15 @@ def _metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str
 
 
 def _refusing(handler: Any, code: grpc.StatusCode, message: str) -> Any:
-    """A handler of the same shape as `handler` that ends the call with `code` before reading anything."""
+    """A handler of the same shape as `handler` that ends the call with `code` before reading anything.
 
-    async def unary(_request: object, context: _Context) -> None:
+    One coroutine for every shape: grpc.aio takes a streaming method's behaviour as a coroutine too (one
+    that would write with context.write), and this one only aborts."""
+
+    async def refuse(_request: object, context: _Context) -> None:
         await context.abort(code, message)
 
-    async def streaming(_request: object, context: _Context) -> AsyncIterator[None]:
-        await context.abort(code, message)
-        yield  # never reached: makes this an async generator, as a streaming handler must be
-
-    shapes = {
-        "unary_unary": (unary, grpc.unary_unary_rpc_method_handler),
-        "unary_stream": (streaming, grpc.unary_stream_rpc_method_handler),
-        "stream_unary": (unary, grpc.stream_unary_rpc_method_handler),
-        "stream_stream": (streaming, grpc.stream_stream_rpc_method_handler),
-    }
-    for shape, (behaviour, make) in shapes.items():
-        if getattr(handler, shape) is not None:
-            return make(
-                behaviour,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-    raise AssertionError("a handler of no known shape")
+    return with_behaviour(handler, lambda _behaviour: refuse)
 
 
 @asynccontextmanager
