@@ -202,9 +202,14 @@ class MeditationPipeline:
 
         try:
             await self._transcript(
-                job, source, skip_cache, lambda text: script.add(text), restart, after=source_ended
+                job,
+                source,
+                skip_cache,
+                lambda text: script.add(text),
+                restart,
+                lambda: script.end(),
+                after=source_ended,
             )
-            script.end()
             return await narrating
         finally:
             if not narrating.done():
@@ -219,6 +224,7 @@ class MeditationPipeline:
         skip_cache: bool,
         on_text: Callable[[str], None],
         on_restart: Callable[[], None],
+        on_complete: Callable[[], None],
         *,
         after: asyncio.Future[Any],
     ) -> WrittenTranscript:
@@ -245,6 +251,11 @@ class MeditationPipeline:
                     written = piece
             if written is None:
                 raise GatewayError(FailureKind.INTERNAL, "the transcript stream ended without a transcript")
+            # The narrator hears that the script is complete before the stage's end and the transcript are
+            # recorded: until then it holds the last sentences for a fuller speech request, and the QUICK
+            # video waits for them (each record is a database round trip, queued behind every other job's on
+            # a busy gateway).
+            on_complete()
             stage.detail = _provider_detail(
                 f"{written.word_count} words", written.provider, written.is_cached, written.fallback_reason
             )
