@@ -111,33 +111,22 @@ def test_the_video_lasts_as_long_as_its_longest_track(tmp_path: Path) -> None:
         assert muxed.duration_seconds == pytest.approx(max(duration_seconds, 3.0), abs=0.1)
 
 
-def test_an_aac_with_no_sound_in_it_is_an_encoding_error(tmp_path: Path) -> None:
-    """A narration cut off after its first frame's header (FFmpeg opens it, and it holds no packet) is
-    refused: what the probe of the finished video, which the render no longer makes after this mux, checked
-    (a video with no sound)."""
-    aac = _narration_aac(tmp_path, 1.0)
-    empty = tmp_path / "narration-cut-short.aac"
-    empty.write_bytes(aac.read_bytes()[:7])  # an ADTS header is 7 bytes
+@pytest.mark.parametrize("kind", ["not AAC at all", "cut off after its first header"])
+def test_a_narration_with_no_sound_in_it_is_an_encoding_error(tmp_path: Path, kind: str) -> None:
+    """Bytes that are no AAC, and a narration cut off after its first frame's header (FFmpeg opens it, and
+    it holds no packet), are refused: what the probe of the finished video, which the render no longer makes
+    after this mux, checked (a video with no sound)."""
+    narration = tmp_path / "narration.aac"
+    if kind == "not AAC at all":
+        narration.write_bytes(b"not a narration at all" * 100)
+    else:
+        # An ADTS header is 7 bytes.
+        narration.write_bytes(_narration_aac(tmp_path, 1.0).read_bytes()[:7])
 
     with pytest.raises(EncodingError):
         mux_still_video(
             picture=placeholder_picture(720, 14),
-            aac_path=empty,
-            subtitles_path=None,
-            duration_seconds=2.0,
-            output_path=tmp_path / "quick.mp4",
-            subtitle_language="eng",
-        )
-
-
-def test_sound_that_is_not_aac_is_an_encoding_error(tmp_path: Path) -> None:
-    not_sound = tmp_path / "narration.aac"
-    not_sound.write_bytes(b"not a narration at all" * 100)
-
-    with pytest.raises(EncodingError):
-        mux_still_video(
-            picture=placeholder_picture(720, 14),
-            aac_path=not_sound,
+            aac_path=narration,
             subtitles_path=None,
             duration_seconds=2.0,
             output_path=tmp_path / "quick.mp4",
