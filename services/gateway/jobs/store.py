@@ -6,11 +6,13 @@ keep several gateway replicas honest (one writer per sequence, one holder per le
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -19,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Insert,
     Integer,
     LargeBinary,
     String,
@@ -26,6 +29,7 @@ from sqlalchemy import (
     UniqueConstraint,
     Update,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -165,6 +169,55 @@ class DeadLetteredJob:
     dead_letter_time: datetime
     attempts: int
     reason: str
+
+
+@functools.cache
+def _event_insert(changed_columns: tuple[str, ...]) -> Insert:
+    """record_event's guarded update and its insert as one PostgreSQL statement (a data-modifying WITH), for
+    an event that changes these job columns; its values are bound parameters (see `_event_parameters`).
+
+    Made once per set of changed columns (a handful: JobChanges has eight fields, and each kind of event
+    changes the same ones): building the statement afresh for every event, and SQLAlchemy working out its
+    cache key, was three fifths of an event's CPU in the gateway (0.82 against 0.33 ms on PostgreSQL), on
+    the one event loop that records every job's events."""
+    moved = (
+        update(JobRow)
+        .where(
+            JobRow.id == bindparam("job_id"),
+            JobRow.last_sequence == bindparam("previous_sequence"),
+            JobRow.state == MeditationState.RUNNING.value,
+        )
+        .values(
+            last_sequence=bindparam("sequence"),
+            update_time=bindparam("event_time"),
+            **{column: bindparam(f"changed_{column}") for column in changed_columns},
+        )
+        .returning(JobRow.id)
+        .cte("moved")
+    )
+    return insert(JobEventRow).from_select(
+        ["job_id", "sequence", "payload", "event_time"],
+        select(
+            moved.c.id,
+            bindparam("sequence", type_=Integer),
+            bindparam("payload", type_=LargeBinary),
+            bindparam("event_time", type_=DateTime(timezone=True)),
+        ),
+    )
+
+
+def _event_parameters(
+    job_id: str, sequence: int, payload: bytes, changes: dict[str, Any], event_time: datetime
+) -> dict[str, Any]:
+    """The values `_event_insert(tuple(changes))` binds."""
+    return {
+        "job_id": job_id,
+        "previous_sequence": sequence - 1,
+        "sequence": sequence,
+        "payload": payload,
+        "event_time": event_time,
+        **{f"changed_{column}": value for column, value in changes.items()},
+    }
 
 
 def _next_event_update(job_id: str, sequence: int, changes: JobChanges, event_time: datetime) -> Update:
@@ -429,28 +482,20 @@ class JobStore:
     async def _recorded_in_one_statement(
         self, name: str, sequence: int, payload: bytes, changes: JobChanges, event_time: datetime
     ) -> bool:
-        """record_event's guarded update and its insert as one PostgreSQL statement (a data-modifying WITH),
+        """record_event's guarded update and its insert as one PostgreSQL statement (`_event_insert`),
         atomic on its own: one round trip to the database where a transaction took four (BEGIN, the update,
         the insert, COMMIT); with the pool's liveness check (three: its probe in a transaction of its own),
         four instead of seven. Every job records a couple of dozen events, fifty jobs' first ones all in
         their first seconds, each waiting on the gateway's one event loop for every round trip. False when
         the update moved nothing (the insert then inserts nothing)."""
         assert self._one_statement_engine is not None
-        job_id = _id_of(name)
-        moved = _next_event_update(job_id, sequence, changes, event_time).returning(JobRow.id).cte("moved")
-        statement = insert(JobEventRow).from_select(
-            ["job_id", "sequence", "payload", "event_time"],
-            select(
-                moved.c.id,
-                literal(sequence, Integer),
-                literal(payload, LargeBinary),
-                literal(event_time, DateTime(timezone=True)),
-            ),
-        )
+        columns = changes.as_columns()
+        statement = _event_insert(tuple(columns))
+        parameters = _event_parameters(_id_of(name), sequence, payload, columns, event_time)
         try:
             with _unavailable_when_unreachable():
                 async with self._one_statement_engine.connect() as connection:
-                    result = await connection.execute(statement)
+                    result = await connection.execute(statement, parameters)
         except IntegrityError as error:
             raise GatewayError(FailureKind.INTERNAL, f"{name} already has event {sequence}") from error
         return bool(result.rowcount == 1)
