@@ -201,6 +201,8 @@ class MeditationPipeline:
             )
 
         try:
+            # Lambdas, not `script.add` and `script.end`: `restart` replaces `script`, and the rest of the
+            # transcript goes to the new one.
             await self._transcript(
                 job,
                 source,
