@@ -124,14 +124,15 @@ OpenEncoder = Callable[[Path, int], NarrationEncoder]
 # Speaks one or more sentences (in one request, where the voice is remote), one segment per sentence.
 SpeakSentences = Callable[[Sequence[str]], Awaitable[list[SpokenSegment]]]
 # Grouped sentences (a remote voice): the first request is the first sentence alone, the quickest to come
-# back; after it, a request waits until it holds this many characters, doubling each time up to the most,
+# back; after it, a request waits until it holds as many whole sentences as fit in this many characters,
 # unless nothing else is being spoken (the narration would stall) or the script is complete. A three-minute
-# script is then about ten requests instead of forty-five, most of them while the transcript is written.
-# No more than 300 characters: a request sent just before the script ends is what the QUICK video waits for,
-# and a provider takes time by length (600 characters: 1.2 to 2.3 s under make bench's latency model, 300:
-# 0.6 to 1.2 s). At 600, QUICK came 3.08 s after the transcript's end (p50 of eight jobs), at 300, 2.84 s.
-FIRST_GROUP_CHARACTERS = 150
-MOST_GROUP_CHARACTERS = 300
+# script is then about twenty requests instead of forty-five, most of them while the transcript is written.
+# No more: a request sent just before the script ends is what the QUICK video waits for, and a provider takes
+# time by length (300 characters: 0.6 to 1.2 s under make bench's latency model, 150: 0.3 to 0.6 s). Eight
+# jobs one at a time, by turns: QUICK came 2.45 and 2.45 s after the transcript's end at 150 against 2.86 and
+# 2.85 s at 300 (3.08 s at 600), for no CPU that the runs could tell apart (the requests are more, not longer
+# in all: a request costs the client 1.4 to 3 ms).
+GROUP_CHARACTERS = 150
 # How fast a voice reads, for when a sentence not yet spoken will be heard (its work's urgency.due_by): on the
 # quick side of a calm reading (OpenAI's voices read about 150 words a minute, slower when asked to be calm),
 # so a guess errs towards needing the sound sooner.
@@ -318,7 +319,7 @@ class LiveNarration:
         self._send_requests()
 
     def _send_requests(self) -> None:
-        """Starts as many speech requests as are due and have room (see FIRST_GROUP_CHARACTERS)."""
+        """Starts as many speech requests as are due and have room (see GROUP_CHARACTERS)."""
         while (
             not self._is_closing
             and self._unspoken
@@ -351,21 +352,18 @@ class LiveNarration:
         """The sentences the next request speaks, or none when it should wait for more."""
         if not self._groups_sentences or not self._requests:
             return self._unspoken[:1]
-        if self._is_script_complete:
-            # The rest is spread over every free request, so the narration ends as soon as it can.
-            free = self._max_requests_in_flight - self._requests_in_flight
-            remaining = sum(len(self._texts[index]) for index in self._unspoken)
-            wanted = min(max(FIRST_GROUP_CHARACTERS, remaining / free), MOST_GROUP_CHARACTERS)
-        else:
-            wanted = min(FIRST_GROUP_CHARACTERS * 2 ** (len(self._requests) - 1), MOST_GROUP_CHARACTERS)
         group: list[int] = []
         characters = 0
         for index in self._unspoken:
-            if group and characters + len(self._texts[index]) > wanted:
+            if group and characters + len(self._texts[index]) > GROUP_CHARACTERS:
                 break
             group.append(index)
             characters += len(self._texts[index])
-        is_due = characters >= wanted or len(group) < len(self._unspoken) or self._is_script_complete
+        # Once the script is complete, the rest goes out at once, a group a free request, so the narration
+        # ends as soon as it can.
+        is_due = (
+            characters >= GROUP_CHARACTERS or len(group) < len(self._unspoken) or self._is_script_complete
+        )
         # Nothing being spoken: a request now keeps the narration moving, however short.
         return group if is_due or self._requests_in_flight == 0 else []
 
