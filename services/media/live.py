@@ -130,8 +130,8 @@ SpeakSentences = Callable[[Sequence[str]], Awaitable[list[SpokenSegment]]]
 # No more: a request sent just before the script ends is what the QUICK video waits for, and a provider takes
 # time by length (300 characters: 0.6 to 1.2 s under make bench's latency model, 150: 0.3 to 0.6 s). Eight
 # jobs one at a time, by turns: QUICK came 2.45 and 2.45 s after the transcript's end at 150 against 2.86 and
-# 2.85 s at 300 (3.08 s at 600), for no CPU that the runs could tell apart (the requests are more, not longer
-# in all: a request costs the client 1.4 to 3 ms).
+# 2.85 s at 300 (3.08 s at 600), for no CPU that the runs could tell apart (twice the requests for the same
+# characters, and a request costs the client 1.4 to 3 ms).
 GROUP_CHARACTERS = 150
 # How fast a voice reads, for when a sentence not yet spoken will be heard (its work's urgency.due_by): on the
 # quick side of a calm reading (OpenAI's voices read about 150 words a minute, slower when asked to be calm),
