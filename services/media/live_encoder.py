@@ -39,6 +39,7 @@ from services.media.still_mux import make_placeholder_ready
 from services.media.video import (
     BED_SEEDS,
     ENHANCED_PROFILE,
+    LIVE_AAC_QUALITY,
     QUICK_PROFILE,
     RenderProfile,
     bed_noise_filter,
@@ -156,7 +157,7 @@ class LiveEncoder:
     (picture_seconds) lets that piece's picture into the preview, so its pieces never run ahead of the sound.
     """
 
-    def __init__(self, work_dir: Path, sample_rate: int) -> None:
+    def __init__(self, work_dir: Path, sample_rate: int, *, aac_quality: float = LIVE_AAC_QUALITY) -> None:
         self.aac_path = work_dir / "narration.aac"
         self.playlist_path = work_dir / "live.m3u8"
         self._sample_rate = sample_rate
@@ -166,7 +167,7 @@ class LiveEncoder:
         # Written to no more (closed, or abandoned); and whether both files are closed.
         self._is_done = False
         self._are_files_closed = False
-        sound = live_sound_profile(sample_rate)
+        sound = live_sound_profile(sample_rate, aac_quality)
         with _MADE_ONCE:
             self._bed = _bed_loop(sample_rate)
             keyframes = _preview_keyframes()

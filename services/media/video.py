@@ -504,7 +504,7 @@ def copying_sound(profile: RenderProfile) -> RenderProfile:
 LIVE_AAC_QUALITY = 2.0
 
 
-def live_sound_profile(sample_rate_hertz: int) -> RenderProfile:
+def live_sound_profile(sample_rate_hertz: int, aac_quality: float = LIVE_AAC_QUALITY) -> RenderProfile:
     """The meditation's sound as the live narration makes it, once, for the preview and both videos: the
     ENHANCED room (applied to each sentence before it is mastered) and bed, at the voice's own rate, in mono,
     at a constant quality near the QUICK bitrate.
@@ -512,7 +512,8 @@ def live_sound_profile(sample_rate_hertz: int) -> RenderProfile:
     One sound rather than a plain voice for the preview and QUICK and a second for ENHANCED: a player that
     moves from one to the next hears no change, and the ENHANCED render is a copy. The voice's rate, since
     nothing in it, the room or the bed (low-passed at 280 Hz) reaches above half of it; mono, since the voice
-    is mono and a second channel only widened a bed 36 LU under it, at half again the AAC encoder's time."""
+    is mono and a second channel only widened a bed 36 LU under it, at half again the AAC encoder's time.
+    Another `aac_quality` is for hearing the trade between the sound and its bytes (bench.sound_samples)."""
     return dataclasses.replace(
         ENHANCED_PROFILE,
         name="live",
@@ -522,7 +523,7 @@ def live_sound_profile(sample_rate_hertz: int) -> RenderProfile:
         audio_sample_rate_hertz=sample_rate_hertz,
         audio_channels=1,
         audio_bitrate_bits_per_second=QUICK_PROFILE.audio_bitrate_bits_per_second,
-        aac_quality=LIVE_AAC_QUALITY,
+        aac_quality=aac_quality,
     )
 
 
