@@ -14,6 +14,12 @@ is still the media process's CpuLane's: its threads hand each turn here and wait
 for a background thread here (runs_in_background), so the child never holds more work than the lane lets
 through and needs no queue of its own.
 
+The media process's still videos are muxed here too (mux_still), and its narrations measured
+(narration_seconds): each is a loop over every AAC packet in PyAV, which gives the lock up and takes it back
+for each one. In the media process, two to four muxes at once each took three to seven times the CPU of one
+alone (the threads handing the lock round for every packet), and a mux beside a busy event loop waited out
+the lock's switch interval at every packet. Here they run one at a time, in a thread of their own.
+
 The messages are pickled tuples of plain values, on two pipes that only this process and its child hold. A
 child that ends (killed for memory, a crash in FFmpeg) fails the work it held with EncoderProcessEndedError,
 and the next narration to open an encoder starts a new one; the media process's own work goes on.
@@ -38,9 +44,11 @@ from pathlib import Path
 from typing import Any
 
 from services.media import live_encoder
-from services.media.errors import EncodingError
+from services.media.errors import EncodingError, InvalidInputError
 from services.media.live_encoder import LiveEncoder, WaitingSound
+from services.media.still_mux import MuxedStill
 from services.media.urgency import runs_in_background, yield_this_thread
+from services.media.video import RenderProfile, muxed_here, narration_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +81,13 @@ _SOURCE_ROOT = Path(__file__).resolve().parents[2]
 # The request the child answers when it is ready (it has no request of its own).
 _READY_ID = -1
 # The child's pools: urgent and due work at its own priority, background work lowered (as the CpuLane's are),
-# and the quick steps outside the lane (opening and abandoning an encoder).
-_URGENT, _BACKGROUND, _ASIDE = "urgent", "background", "aside"
+# the quick steps outside the lane (opening and abandoning an encoder), and the still videos' muxes and the
+# narrations' measures, one at a time (at the child's priority: see the module's docstring).
+_URGENT, _BACKGROUND, _ASIDE, _STILLS = "urgent", "background", "aside", "stills"
 
 # A request: (its id, the operation, the pool it runs in, the operation's arguments). A reply: (the request's
-# id, whether it succeeded, its result or a failure). A failure: (kind, message, detail, errno).
+# id, whether it succeeded, its result or a failure). A failure: (kind, message, detail, errno); for a bad
+# input, (kind, field, problem, None).
 _Request = tuple[int, str, str, tuple[Any, ...]]
 _Reply = tuple[int, bool, Any]
 _Failure = tuple[str, str, str, int | None]
@@ -118,6 +128,36 @@ class EncoderProcess:
         key = f"encoder-{next(self._keys)}"
         aac_path = child.call("open", _ASIDE, key, str(work_dir), sample_rate)
         return RemoteLiveEncoder(child, key, Path(aac_path))
+
+    def mux_still(
+        self,
+        *,
+        image_path: Path | None,
+        audio_path: Path,
+        subtitles_path: Path | None,
+        duration_seconds: float,
+        output_path: Path,
+        profile: RenderProfile,
+    ) -> MuxedStill | None:
+        """video.muxed_here, in the child (video.StillMuxer)."""
+        muxed = self._running_child().call(
+            "mux_still",
+            _STILLS,
+            None if image_path is None else str(image_path),
+            str(audio_path),
+            None if subtitles_path is None else str(subtitles_path),
+            duration_seconds,
+            str(output_path),
+            profile,
+        )
+        if muxed is None:
+            return None
+        width, height, seconds = muxed
+        return MuxedStill(int(width), int(height), float(seconds))
+
+    def narration_seconds(self, path: Path) -> float:
+        """video.narration_seconds, in the child."""
+        return float(self._running_child().call("narration_seconds", _STILLS, str(path)))
 
     def stop(self) -> None:
         """Lets the child finish the work it holds and end (killed after STOP_TIMEOUT_SECONDS)."""
@@ -346,6 +386,8 @@ def _failure(error: BaseException) -> _Failure:
     """An error raised in the child, as plain values for the pipe."""
     if isinstance(error, OSError) and error.errno is not None:
         return ("os", error.strerror or str(error), "", error.errno)
+    if isinstance(error, InvalidInputError):
+        return ("invalid", error.field, error.problem, None)
     if isinstance(error, EncodingError):
         return ("encoding", str(error), error.detail, None)
     return ("other", "the encoder process failed", f"{type(error).__name__}: {error}", None)
@@ -356,6 +398,8 @@ def _raised(failure: _Failure) -> BaseException:
     kind, message, detail, number = failure
     if kind == "os" and isinstance(number, int):
         return OSError(number, str(message))
+    if kind == "invalid":
+        return InvalidInputError(str(message), str(detail))
     return EncodingError(str(message), detail=str(detail))
 
 
@@ -375,12 +419,15 @@ class _Encoders:
                 workers, thread_name_prefix="encode-background", initializer=yield_this_thread
             ),
             _ASIDE: ThreadPoolExecutor(workers, thread_name_prefix="encode-aside"),
+            _STILLS: ThreadPoolExecutor(1, thread_name_prefix="encode-stills"),
         }
         self._operations: dict[str, Callable[..., Any]] = {
             "open": self._open,
             "write_all": self._write_all,
             "close": self._close,
             "abandon": self._abandon,
+            "mux_still": self._mux_still,
+            "narration_seconds": self._narration_seconds,
         }
 
     def take(self, request: _Request) -> None:
@@ -423,6 +470,28 @@ class _Encoders:
         encoder = self._encoders.pop(key, None)
         if encoder is not None:
             encoder.abandon()
+
+    def _mux_still(
+        self,
+        image_path: str | None,
+        audio_path: str,
+        subtitles_path: str | None,
+        duration_seconds: float,
+        output_path: str,
+        profile: RenderProfile,
+    ) -> tuple[int, int, float] | None:
+        muxed = muxed_here(
+            image_path=None if image_path is None else Path(image_path),
+            audio_path=Path(audio_path),
+            subtitles_path=None if subtitles_path is None else Path(subtitles_path),
+            duration_seconds=duration_seconds,
+            output_path=Path(output_path),
+            profile=profile,
+        )
+        return None if muxed is None else (muxed.width_pixels, muxed.height_pixels, muxed.duration_seconds)
+
+    def _narration_seconds(self, path: str) -> float:
+        return narration_seconds(Path(path))
 
     def _encoder(self, key: str) -> LiveEncoder:
         encoder = self._encoders.get(key)

@@ -10,12 +10,9 @@ import os
 import shutil
 import tempfile
 import time
-import wave
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
-
-import av
 
 from services import metrics, tracing
 from services.media.cleanup import finish_despite_cancellation
@@ -31,10 +28,12 @@ from services.media.urgency import CpuLane
 from services.media.video import (
     QUICK_PROFILE,
     RenderProfile,
+    StillMuxer,
     VideoEncoded,
     VideoStored,
     copying_sound,
-    measure_audio_seconds,
+    muxed_here,
+    narration_seconds,
     render_still_video,
 )
 from services.openai_api import ProviderCallError
@@ -92,6 +91,13 @@ class MediaStudio:
         self._narrator = narrator
         # Where live narrations are encoded: the encoder process (the service's), or this process's CPU lane.
         self._encoder_process = encoder_process
+        # Where still videos are muxed and narrations measured, loops over every packet that PyAV runs taking
+        # the interpreter's lock back for each: the encoder process, away from this process's event loop
+        # (see encoder_process), or a worker thread here.
+        self._still_muxer: StillMuxer = muxed_here if encoder_process is None else encoder_process.mux_still
+        self._narration_seconds: Callable[[Path], float] = (
+            narration_seconds if encoder_process is None else encoder_process.narration_seconds
+        )
         # Local storage's files reach clients through the media endpoint's signed links; None: storage
         # signs its own URLs (Supabase).
         self._links = links
@@ -208,7 +214,10 @@ class MediaStudio:
         if not narration_key:
             raise InvalidInputError("narration_storage_key", "is empty: synthesize the narration first")
         audio_path = await self._input_path(narration_key, "narration_storage_key")
-        duration_seconds = await asyncio.to_thread(_narration_seconds, audio_path)
+        try:
+            duration_seconds = await asyncio.to_thread(self._narration_seconds, audio_path)
+        except InvalidInputError as error:
+            raise InvalidInputError("narration_storage_key", error.problem) from None
         # A narration from NarrateLive is already the meditation's sound, room and bed included
         # (video.live_sound_profile): both profiles copy it, and the video is a picture and a copy rather
         # than a second pass over the whole narration. A WAV narration is mastered by the profile.
@@ -288,6 +297,7 @@ class MediaStudio:
                         timeout_seconds=self._video_timeout_seconds,
                         is_audio_copied=is_audio_copied,
                         subtitles_path=subtitles_path,
+                        still_muxer=self._still_muxer,
                     )
             encode_seconds = time.perf_counter() - started
             metrics.record_encode(video.encoder, profile.name, encode_seconds, video.duration_seconds)
@@ -352,19 +362,3 @@ class MediaStudio:
             raise InvalidInputError(field, f"{key!r} is not a storage key this system made") from None
         except AssetMissingError:
             raise AssetNotFoundError(key) from None
-
-
-def _narration_seconds(path: Path) -> float:
-    """The narration's exact length: from a WAV's header, or from an AAC's packets (the live narration
-    stores AAC alone)."""
-    try:
-        with wave.open(str(path), "rb") as reader:
-            return reader.getnframes() / reader.getframerate()
-    except (wave.Error, EOFError):
-        pass
-    try:
-        return measure_audio_seconds(path)
-    except (av.FFmpegError, InvalidInputError) as error:
-        raise InvalidInputError(
-            "narration_storage_key", f"is not a readable narration, WAV or AAC ({error})"
-        ) from None

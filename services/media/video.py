@@ -16,10 +16,12 @@ import io
 import math
 import os
 import uuid
+import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Protocol
 
 import av
 from av.audio.stream import AudioStream
@@ -63,9 +65,10 @@ class RenderProfile:
     # How long the bed takes to rise at the start and to fall away at the end.
     ambient_bed_fade_seconds: float = 0.0
     # Rendered in its own lane and, by FFmpeg, at low CPU priority: someone already has a video to watch (the
-    # QUICK one), so live narrations and first videos go first. A mux in this process (_muxed_here) runs at
-    # the process's priority: a lowered thread would hold the interpreter's lock between its packets while
-    # the event loop waited for it (urgency.CpuLane), and the mux takes a third of FFmpeg's CPU.
+    # QUICK one), so live narrations and first videos go first. A mux in a Python process (muxed_here) runs
+    # at that process's priority: a lowered thread would hold the interpreter's lock between its packets
+    # while the process's other threads waited for it (urgency.CpuLane), and the mux takes a third of
+    # FFmpeg's CPU.
     is_deferrable: bool = False
     # FFmpeg's AAC encoder at a constant quality (its `-q:a`; the bitrate above is then only what it comes
     # to), or None for the average bitrate. At an average bitrate the encoder searches each frame again
@@ -217,11 +220,13 @@ async def render_still_video(
     timeout_seconds: float = 120.0,
     is_audio_copied: bool = False,
     subtitles_path: Path | None = None,
+    still_muxer: StillMuxer | None = None,
 ) -> RenderedVideo:
     """Renders `image_path` (or a calm placeholder when None) held for the narration in `audio_path`.
 
     With `is_audio_copied`, `audio_path` is already AAC as the profile wants it and is copied, not
-    encoded: the render is then one still frame and a remux, a fraction of a second.
+    encoded: the render is then one still frame and a remux, a fraction of a second, by `still_muxer`
+    (muxed_here in a worker thread of this process when None; media passes its encoder process's).
 
     With `subtitles_path` (WebVTT), the MP4 carries them as a soft subtitle track, which costs nothing
     noticeable: a few hundred bytes of text.
@@ -239,7 +244,7 @@ async def render_still_video(
         muxed: MuxedStill | None = None
         if is_audio_copied and encoder == "libx264":
             muxed = await asyncio.to_thread(
-                _muxed_here,
+                muxed_here if still_muxer is None else still_muxer,
                 image_path=image_path,
                 audio_path=audio_path,
                 subtitles_path=subtitles_path,
@@ -282,7 +287,22 @@ async def render_still_video(
     )
 
 
-def _muxed_here(
+class StillMuxer(Protocol):
+    """What muxes a still over sound already made (muxed_here, here or in another process). Blocking."""
+
+    def __call__(
+        self,
+        *,
+        image_path: Path | None,
+        audio_path: Path,
+        subtitles_path: Path | None,
+        duration_seconds: float,
+        output_path: Path,
+        profile: RenderProfile,
+    ) -> MuxedStill | None: ...
+
+
+def muxed_here(
     *,
     image_path: Path | None,
     audio_path: Path,
@@ -612,3 +632,17 @@ def measure_audio_seconds(path: Path) -> float:
             raise InvalidInputError("audio", "has no audio stream")
         ticks = sum(packet.duration or 0 for packet in container.demux(stream))
         return float(ticks * stream.time_base)
+
+
+def narration_seconds(path: Path) -> float:
+    """A narration's exact length: from a WAV's header, or from an AAC's packets (a live narration stores
+    AAC alone). Raises InvalidInputError for a file that is neither."""
+    try:
+        with wave.open(str(path), "rb") as reader:
+            return reader.getnframes() / reader.getframerate()
+    except (wave.Error, EOFError):
+        pass
+    try:
+        return measure_audio_seconds(path)
+    except (av.FFmpegError, InvalidInputError) as error:
+        raise InvalidInputError("narration", f"is not a readable narration, WAV or AAC ({error})") from None

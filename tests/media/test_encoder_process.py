@@ -1,4 +1,5 @@
-"""The encoder process: live narrations encoded in a child of the media process, as they would be in it."""
+"""The encoder process: live narrations encoded, and still videos muxed, in a child of the media process, as
+they would be in it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
+import PIL.Image
 import psutil
 import pytest
 
@@ -26,11 +30,24 @@ from services.media.encoder_process import (
     _raised,
     plain_values,
 )
-from services.media.errors import EncodingError, ScratchSpaceError
+from services.media.encoders import EncoderSelection
+from services.media.errors import EncodingError, InvalidInputError, ScratchSpaceError
 from services.media.live import _read_playlist
 from services.media.live_encoder import LiveEncoder, NarrationEncoder, WaitingSound
 from services.media.scratch import disk_full_reported
+from services.media.speech import EspeakNarrator
+from services.media.still_mux import MuxedStill
+from services.media.studio import MediaStudio
 from services.media.urgency import BACKGROUND_NICENESS, CpuLane, urgent
+from services.media.video import (
+    QUICK_PROFILE,
+    VideoStored,
+    copying_sound,
+    muxed_here,
+    narration_seconds,
+)
+from services.storage.base import new_key
+from services.storage.local import LocalAssetStorage
 
 RATE = 24_000
 
@@ -98,6 +115,116 @@ def test_a_narration_encoded_in_the_encoder_process_is_the_one_encoded_here(
     assert _read_playlist(tmp_path / "there" / "live.m3u8") == _read_playlist(tmp_path / "here" / "live.m3u8")
     # Each sentence's sound was taken from the scratch folder as it was encoded.
     assert not list((tmp_path / "there").glob("sentence-*.pcm"))
+
+
+def _narration_made_here(work_dir: Path) -> Path:
+    """A live narration's AAC, encoded in this process."""
+    sounds = _sounds(work_dir)
+    encoder = LiveEncoder(work_dir, RATE)
+    _encoded(encoder, sounds)
+    return encoder.aac_path
+
+
+def test_a_still_video_muxed_in_the_encoder_process_is_the_one_muxed_here(
+    tmp_path: Path, encoders: EncoderProcess
+) -> None:
+    aac = _narration_made_here(tmp_path / "narration")
+    subtitles = tmp_path / "narration" / "subtitles.vtt"
+    subtitles.write_text("WEBVTT\n\n00:00.000 --> 00:02.000\nBreathe in.\n")
+    profile = copying_sound(QUICK_PROFILE)
+
+    def muxed(muxer: Callable[..., MuxedStill | None], name: str) -> MuxedStill | None:
+        return muxer(
+            image_path=None,
+            audio_path=aac,
+            subtitles_path=subtitles,
+            duration_seconds=4.1,
+            output_path=tmp_path / name,
+            profile=profile,
+        )
+
+    there, here = muxed(encoders.mux_still, "there.mp4"), muxed(muxed_here, "here.mp4")
+
+    assert here is not None and here.height_pixels == 720 and here.duration_seconds >= 4.1
+    assert there == here
+    assert (tmp_path / "there.mp4").read_bytes() == (tmp_path / "here.mp4").read_bytes()
+    # An image this system did not make is FFmpeg's to scale: the child says so, as muxed_here does.
+    odd = tmp_path / "odd.png"
+    PIL.Image.new("RGB", (100, 60), (40, 60, 80)).save(odd)
+    assert (
+        encoders.mux_still(
+            image_path=odd,
+            audio_path=aac,
+            subtitles_path=None,
+            duration_seconds=4.1,
+            output_path=tmp_path / "odd.mp4",
+            profile=profile,
+        )
+        is None
+    )
+    assert not (tmp_path / "odd.mp4").exists()
+
+
+def test_a_narration_measured_in_the_encoder_process_is_measured_as_here(
+    tmp_path: Path, encoders: EncoderProcess
+) -> None:
+    aac = _narration_made_here(tmp_path)
+    assert encoders.narration_seconds(aac) == narration_seconds(aac) > 4.1
+    # A file that is no narration is the caller's bad input, in either process.
+    noise = tmp_path / "noise.aac"
+    noise.write_bytes(b"not a sound " * 200)
+    with pytest.raises(InvalidInputError, match="is not a readable narration, WAV or AAC") as raised:
+        encoders.narration_seconds(noise)
+    assert raised.value.field == "narration"
+
+
+class _CountingEncoderProcess(EncoderProcess):
+    """An encoder process that notes what the media process asked of it besides narrations."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.asked: list[str] = []
+
+    def mux_still(self, **arguments: Any) -> MuxedStill | None:
+        self.asked.append("mux_still")
+        return super().mux_still(**arguments)
+
+    def narration_seconds(self, path: Path) -> float:
+        self.asked.append("narration_seconds")
+        return super().narration_seconds(path)
+
+
+async def test_a_studio_with_an_encoder_process_measures_and_muxes_a_live_narrations_video_there(
+    tmp_path: Path, storage: LocalAssetStorage, narrator: EspeakNarrator
+) -> None:
+    aac = _narration_made_here(tmp_path / "narration")
+    stored = await storage.put_file(new_key("narrations/m1", "narration.aac"), aac, "audio/aac", signed=False)
+    process = _CountingEncoderProcess()
+    process.start()
+    (tmp_path / "work").mkdir()
+    studio = MediaStudio(
+        encoder_process=process,
+        narrator=narrator,
+        storage=storage,
+        ffmpeg_path=imageio_ffmpeg.get_ffmpeg_exe(),
+        encoders=EncoderSelection(selected="libx264", probes=("probing skipped in tests",)),
+        work_root=tmp_path / "work",
+        video_timeout_seconds=120,
+    )
+    try:
+        events = [
+            event
+            async for event in studio.render(
+                "m1", "", stored.key, QUICK_PROFILE, narration_aac_key=stored.key
+            )
+        ]
+    finally:
+        process.stop()
+
+    assert process.asked == ["narration_seconds", "mux_still"]
+    video = events[-1]
+    assert isinstance(video, VideoStored) and video.height_pixels == 720
+    assert video.duration_seconds == pytest.approx(narration_seconds(aac), abs=0.001)
 
 
 def test_an_encoder_process_that_ends_fails_what_it_held_and_the_next_narration_starts_another(
