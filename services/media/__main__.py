@@ -16,7 +16,6 @@ from services.environment import ConfigError, Environment
 from services.media.config import MediaConfig, MediaEndpointSettings, SpeechApi
 from services.media.encoder_process import EncoderProcess
 from services.media.encoders import EncoderSelection, select_h264_encoder
-from services.media.live_encoder import make_quick_picture_ready
 from services.media.media_http import ROUTE_PREFIX, MediaHttpServer, build_media_app, listening_socket
 from services.media.media_links import MediaLinkSigner, load_or_create_secret
 from services.media.piper_speech import OfflineVoice, PiperDelivery, PiperVoiceFiles, start_offline_voice
@@ -126,11 +125,9 @@ async def serve(config: MediaConfig, storage: AssetStorage) -> None:
         scratch=scratch,
         links=links,
     )
-    # Before serving: the first person after a start would otherwise wait for them (the encoder process makes
-    # the bed and the preview's keyframes as it starts).
-    await asyncio.gather(
-        asyncio.to_thread(make_quick_picture_ready), asyncio.to_thread(encoder_process.start)
-    )
+    # Before serving: the first person after a start would otherwise wait for what the encoder process makes
+    # as it starts (the bed, the preview's keyframes and the QUICK video's picture).
+    await asyncio.to_thread(encoder_process.start)
     health_task: asyncio.Task[None] | None = None
 
     async def release() -> None:

@@ -52,7 +52,8 @@ from services.media.video import RenderProfile, muxed_here, narration_seconds
 
 logger = logging.getLogger(__name__)
 
-# How long the child may take to start and make the shared bed and keyframes (a fraction of a second here).
+# How long the child may take to start and make the shared bed, keyframes and QUICK picture (a fraction of a
+# second here).
 START_TIMEOUT_SECONDS = 60.0
 # How long a stopping child may take to finish the work it holds before it is killed.
 STOP_TIMEOUT_SECONDS = 5.0
@@ -510,6 +511,7 @@ def main(arguments: Sequence[str]) -> None:
     receiving, sending = Connection(receives, writable=False), Connection(sends, readable=False)
     encoders = _Encoders(sending, workers)
     live_encoder.make_ready()
+    live_encoder.make_quick_picture_ready()  # QUICK videos are muxed here (mux_still)
     encoders.reply((_READY_ID, True, os.getpid()))
     while True:
         try:
