@@ -4,10 +4,10 @@ encoder makes it, once at each AAC quality (`-q:a`), under names that do not say
     python -m bench.sound_samples [--voice piper|espeak] [--qualities 2.0,1.5,1.2] [--seed N]
         [--output-dir var/bench/sound]
 
-The QUICK target is met, under make bench's latency model, only with fewer bytes (README: Missed, and why),
-and which quality is good enough is a listening question: the same script, voice, mastering, room and bed in
-every file, only the quality different, shuffled into A.aac, B.aac, ... Listen on headphones first; `key.json`
-then says which file is which quality, with its bitrate.
+The QUICK target is met, under make bench's latency model, only with fewer bytes (README: "What the latest
+run missed, and why"), and which quality is good enough is a listening question: the same script, voice,
+mastering, room and bed in every file, only the quality different, shuffled into A.aac, B.aac, ... Listen on
+headphones first; `key.json` then says which file is which quality, with its bitrate.
 """
 
 from __future__ import annotations
