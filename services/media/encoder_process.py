@@ -9,10 +9,11 @@ storage round trips before a job's first playlist took 0.7-1.1 s each although s
 0.02-0.3 s. In a process of its own, the encoding takes its own lock.
 
 What crosses the pipe is small: the sentences' sound stays in the job's scratch folder (the child reads each
-file, masters and encodes it, and removes it) and only paths, counts and keys travel. The order of the work
-is still the media process's CpuLane's: its threads hand each turn here and wait, the background ones asking
-for a background thread here (runs_in_background), so the child never holds more work than the lane lets
-through and needs no queue of its own.
+file, masters and encodes it, and removes it) and only paths, counts, keys and a still video's render profile
+travel (its picture is read and encoded here). The order of the narrations' work is still the media
+process's CpuLane's: its threads hand each turn here and wait, the background ones asking for a background
+thread here (runs_in_background), so the child never holds more of it than the lane lets through. The still
+videos queue for their one thread, at most one for each media thread waiting on an answer.
 
 The media process's still videos are muxed here too (mux_still), and its narrations measured
 (narration_seconds): each is a loop over every AAC packet in PyAV, which gives the lock up and takes it back
