@@ -105,6 +105,10 @@ class JobChanges:
     enhanced_video_storage_key: str | None = None
     stored_bytes: int | None = None
     failure_message: str | None = None
+    # Set by a failed or cancelled job's end where its stored assets are to go: the debt is recorded in the
+    # end's own write, so a replica stopped (or its lease lost) between the end and the deletion still
+    # leaves it to a janitor.
+    asset_deletion_owed_time: datetime | None = None
 
     def as_columns(self) -> dict[str, Any]:
         """The changed columns and their values."""
@@ -118,6 +122,7 @@ class JobChanges:
                 ("enhanced_video_storage_key", self.enhanced_video_storage_key),
                 ("stored_bytes", self.stored_bytes),
                 ("failure_message", self.failure_message),
+                ("asset_deletion_owed_time", self.asset_deletion_owed_time),
             )
             if value is not None
         }

@@ -305,7 +305,7 @@ class JobDispatcher:
                 recorder = JobRecorder(
                     meditation=name, store=self._store, last_sequence=meditation.last_sequence
                 )
-                await _finish_cancelled(recorder)
+                await self._finish_cancelled(recorder)
                 await self._queue.acknowledge(delivery)
                 await self.delete_assets(name)
                 return False
@@ -382,7 +382,7 @@ class JobDispatcher:
                 # A shutdown (close() hands the job back) or a lost lease (the replica holding it now has
                 # this entry or its own): either way, not this task's to end.
                 raise
-            if await _finish_cancelled(recorder):
+            if await self._finish_cancelled(recorder):
                 await self._queue.acknowledge(running.delivery)
         except GatewayError as error:
             await self._failed(recorder, running, error)
@@ -429,13 +429,13 @@ class JobDispatcher:
         decision = self._retry_policy.after_failure(error, attempt)
         if decision.outcome is Outcome.FINISH:
             logger.warning("%s failed: %s", name, error.message)
-            if await recorder.finish(MeditationState.FAILED, decision.failure):
+            if await self._finish_failed(recorder, decision.failure):
                 await self._queue.acknowledge(running.delivery)
                 await self._delete_failed_assets(name)
             return
         if decision.outcome is Outcome.DEAD_LETTER:
             logger.warning("%s failed on its last attempt (%d): %s", name, attempt, error.message)
-            if await recorder.finish(MeditationState.FAILED, decision.failure):
+            if await self._finish_failed(recorder, decision.failure):
                 await self._dead_letter(running.delivery, attempt, decision.failure.message)
                 await self._delete_failed_assets(name)
             return
@@ -472,7 +472,7 @@ class JobDispatcher:
             meditation=meditation.name, store=self._store, last_sequence=meditation.last_sequence
         )
         logger.warning("%s: %s", meditation.name, failure.message)
-        if await recorder.finish(MeditationState.FAILED, failure):
+        if await self._finish_failed(recorder, failure):
             await self._dead_letter(delivery, delivery.delivery_count - 1, failure.message)
             await self._delete_failed_assets(meditation.name)
 
@@ -531,7 +531,7 @@ class JobDispatcher:
         so is one whose cancellation another replica recorded in the job store (its broadcast may never have
         come: Redis was down). The leases are renewed even while the queue does not answer: the database says
         who runs a job."""
-        running = [job for job in self._running.values() if not job.recorder.is_finished]
+        running = [job for job in self._running.values() if not job.recorder.is_ending]
         try:
             await self._queue.heartbeat(self.holder, [job.delivery for job in running])
         except WorkQueueUnavailableError as error:
@@ -542,6 +542,10 @@ class JobDispatcher:
         cancelled = []
         for job in running:
             name = job.recorder.meditation
+            if job.recorder.is_ending:
+                # Its end was written while the renewal was under way (which is why the lease is gone): the
+                # task is settling the end's bookkeeping (the queue, the assets) and must not be stopped.
+                continue
             if name in renewal.lost:
                 logger.warning("%s: lease lost to another replica; stopping here", name)
                 job.recorder.is_fenced = True
@@ -672,7 +676,7 @@ class JobDispatcher:
         elif (meditation := await self._store.claim(name, self.holder, self._lease_seconds)) is not None:
             # Queued or abandoned: it is ours now, so end it here; its queue entry finds it final.
             recorder = JobRecorder(meditation=name, store=self._store, last_sequence=meditation.last_sequence)
-            await _finish_cancelled(recorder)
+            await self._finish_cancelled(recorder)
             await self.delete_assets(name)
         elif not (await self._store.get(name)).state.is_final:
             await self._cancel_elsewhere(name)
@@ -682,7 +686,7 @@ class JobDispatcher:
         running.task.cancel()
         await asyncio.wait({running.task})
         # Cancelled before its first step ran, the task could not record its own end.
-        if not running.recorder.is_finished and await _finish_cancelled(running.recorder):
+        if not running.recorder.is_finished and await self._finish_cancelled(running.recorder):
             await self._queue.acknowledge(running.delivery)
         await self.delete_assets(running.recorder.meditation)
 
@@ -706,17 +710,27 @@ class JobDispatcher:
                 return
             await asyncio.sleep(self._poll_interval_seconds / 2)  # polling the log, with a deadline
 
+    async def _finish_failed(self, recorder: JobRecorder, failure: GatewayError) -> bool:
+        """Records the job's FAILED end, and that its assets are owed a deletion (see `delete_assets`)."""
+        return await recorder.finish(
+            MeditationState.FAILED, failure, owes_asset_deletion=self._media is not None
+        )
+
+    async def _finish_cancelled(self, recorder: JobRecorder) -> bool:
+        """Records the job's CANCELLED end, and that its assets are owed a deletion."""
+        failure = GatewayError(FailureKind.CANCELLED, f"{recorder.meditation} was cancelled")
+        return await recorder.finish(
+            MeditationState.CANCELLED, failure, owes_asset_deletion=self._media is not None
+        )
+
     async def delete_assets(self, name: str) -> None:
         """Deletes what the job stored through media (idempotent: a second call finds nothing). The deletion
-        is recorded as owed first and settled after, so one that fails (storage or media down) or is cut
-        short (this replica stopped) is finished by a janitor: nothing stays orphaned in storage."""
+        is recorded as owed first (a failed or cancelled job's end has recorded it already, in the end's own
+        write) and settled after, so one that fails (storage or media down) or is cut short (this replica
+        stopped, or its task was stopped between the end and here) is finished by a janitor: nothing stays
+        orphaned in storage."""
         if self._media is not None:
             await self._store.owe_asset_deletion(name)
             # Nothing half-made stays behind: the narration, the live preview and any video go.
             await self._media.delete_meditation_assets(name)
             await self._store.settle_asset_deletion(name)
-
-
-async def _finish_cancelled(recorder: JobRecorder) -> bool:
-    failure = GatewayError(FailureKind.CANCELLED, f"{recorder.meditation} was cancelled")
-    return await recorder.finish(MeditationState.CANCELLED, failure)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from services import metrics
+from services.database import now
 from services.gateway.errors import FailureKind, GatewayError
 from services.gateway.events import (
     Completed,
@@ -78,6 +79,10 @@ class JobRecorder:
     spoken_outcome: SpokenOutcome = SpokenOutcome.UNSPECIFIED
     outcome_reason: str = ""
     is_cancel_requested: bool = False
+    # Set as the job's end starts to be written, and never cleared: from then on the end's own write decides
+    # whether this attempt or another replica's has the job (the log takes no event after another's), so a
+    # renewal that finds the lease gone must not stop the task between its end and the bookkeeping after.
+    is_ending: bool = False
     is_finished: bool = False
     # Whether this attempt has made its first playable media (the live preview) yet: measured once.
     is_playable: bool = False
@@ -230,14 +235,21 @@ class JobRecorder:
             misread_sentence_count=self.misread_sentence_count,
         )
 
-    async def finish(self, state: MeditationState, failure: GatewayError | None) -> bool:
-        """Records the job's last event; False when it could not (the job then stays with the queue, and
-        another attempt carries it on)."""
+    async def finish(
+        self, state: MeditationState, failure: GatewayError | None, *, owes_asset_deletion: bool = False
+    ) -> bool:
+        """Records the job's last event, and with it, where `owes_asset_deletion`, that its stored assets
+        are to be deleted; False when it could not (the job then stays with the queue, and another attempt
+        carries it on)."""
+        self.is_ending = True
         completed = self.summary(state, failure)
+        changes = JobChanges(
+            state=state,
+            failure_message=completed.failure_message or None,
+            asset_deletion_owed_time=now() if owes_asset_deletion else None,
+        )
         try:
-            await self.emit(
-                completed, JobChanges(state=state, failure_message=completed.failure_message or None)
-            )
+            await self.emit(completed, changes)
         except GatewayError as error:
             # The database unreachable, or another replica took the job over: the job stays running in the
             # database and pending in the queue.

@@ -177,7 +177,7 @@ def _event_update(changed_columns: tuple[str, ...]) -> Update:
     these job columns: it moves nothing unless the log is at the sequence before and the job still runs.
     Its values are bound parameters (`_event_parameters`).
 
-    Made once per set of changed columns (a handful: JobChanges has eight fields, and each kind of event
+    Made once per set of changed columns (a handful: JobChanges has nine fields, and each kind of event
     changes the same ones): building the statement afresh for every event, and SQLAlchemy working out its
     cache key, was three fifths of an event's CPU in the gateway (0.82 against 0.35 ms on PostgreSQL), on
     the one event loop that records every job's events."""
