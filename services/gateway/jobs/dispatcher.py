@@ -531,7 +531,9 @@ class JobDispatcher:
         so is one whose cancellation another replica recorded in the job store (its broadcast may never have
         come: Redis was down). The leases are renewed even while the queue does not answer: the database says
         who runs a job."""
-        running = [job for job in self._running.values() if not job.recorder.is_ending]
+        # A job whose end is being written is renewed too: a write riding out a database outage must not
+        # let its lease lapse and the job be run again meanwhile.
+        running = [job for job in self._running.values() if not job.recorder.is_finished]
         try:
             await self._queue.heartbeat(self.holder, [job.delivery for job in running])
         except WorkQueueUnavailableError as error:
@@ -543,8 +545,9 @@ class JobDispatcher:
         for job in running:
             name = job.recorder.meditation
             if job.recorder.is_ending:
-                # Its end was written while the renewal was under way (which is why the lease is gone): the
-                # task is settling the end's bookkeeping (the queue, the assets) and must not be stopped.
+                # Its end is being written, or was while the renewal was under way (then the lease is gone
+                # with the RUNNING state): the end's own write fences other replicas, and the task is
+                # settling the end's bookkeeping (the queue, the assets), so it is never stopped here.
                 continue
             if name in renewal.lost:
                 logger.warning("%s: lease lost to another replica; stopping here", name)
