@@ -29,6 +29,7 @@ from services.gateway.servicer import AuthenticationInterceptor, GatewayServicer
 from stillpoint.gateway.v1 import gateway_service_pb2 as gateway_pb
 from stillpoint.gateway.v1 import gateway_service_pb2_grpc as gateway_grpc
 from tests.conftest import GATEWAY_SERVICE
+from tests.gateway.held_jobs import jobs_over
 from tests.gateway.test_failures import run_until_status
 from tests.security.test_stream_limits import TIMEOUTS
 from tests.waiting import wait_until
@@ -303,12 +304,8 @@ async def test_a_replica_stopped_between_a_failed_jobs_end_and_its_deletion_leav
     assert (await store.get(meditation)).state is MeditationState.FAILED
     assert _files_of(tmp_path, meditation), "stopped before its assets were deleted"
 
-    janitor_store = JobStore(gateway_engine)
-    content = ContentClient(content_channel, TIMEOUTS)
-    media_here = MediaClient(media_channel, TIMEOUTS)
-    other = MeditationJobs(
-        janitor_store, content, MeditationPipeline(content, media_here, TIMEOUTS), media=media_here
-    )
+    # Another replica, whose janitor finds the debt in the job store.
+    other = jobs_over(JobStore(gateway_engine), ContentClient(content_channel, TIMEOUTS), media_channel)
     try:
         assert await other.dispatcher.settle_owed_deletions(grace_seconds=0) == [meditation]
     finally:
